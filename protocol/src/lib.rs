@@ -1,0 +1,547 @@
+//! Trunkline wire protocol (version [`PROTOCOL_VERSION`]).
+//!
+//! Every message between a browser softphone, a switch gateway and the signal server is one
+//! JSON object in one WebSocket text frame, tagged by `"type"`. The first message on a
+//! connection authenticates it (`login`, `resume` or `switch_auth`) and carries the protocol
+//! version `v`; everything after is bound to that identity.
+//!
+//! This crate does no I/O, so the browser (wasm32), the gateway, the server and the headless
+//! client all share one definition. [`ClientMsg::decode`] is the only way network text becomes
+//! a message: it bounds the size, parses and validates every field, and returns a typed
+//! [`ProtocolError`] whose [`ErrorCode`] is what goes back on the wire.
+//!
+//! Step letters (A, B1–B6, C1–C3, C11–C15) are those of patent CN110012057B; see [`Step`].
+
+use serde::{Deserialize, Serialize};
+
+pub mod validate;
+pub use validate::*;
+
+/// The protocol version this crate speaks. A peer announcing another version gets
+/// [`ErrorCode::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest text frame accepted, in bytes. SDP offers from browsers are ~4–6 kB.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// Call identifier, chosen by whoever starts the attempt (browser `dial` or gateway
+/// `route_query`): 1–64 characters of `[A-Za-z0-9._-]`; a UUID is a good choice.
+pub type CallId = String;
+
+/// The steps of patent CN110012057B. They name trace events, call-record traces and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Step {
+    /// Was the call request sent via a caller-side switch (→ B) or via the cloud (→ C1)?
+    A,
+    /// Caller's switch receives a desk phone's call request.
+    B1,
+    /// Caller's switch asks the cloud to validate the callee.
+    B2,
+    /// Cloud validates the callee; invalid → "invalid call" rejection.
+    B3,
+    /// Callee is valid: cloud decides how it is reached.
+    B4,
+    /// Callee has a home switch: answer with that switch's address.
+    B5,
+    /// Callee has no switch: answer with its device id.
+    B6,
+    /// Call request from a device via the cloud.
+    C1,
+    /// Caller's switch is given the callee switch's address + key and connects directly.
+    C2,
+    /// A switchless callee is told the caller switch's address + key and connects directly.
+    C3,
+    /// Cloud asks the callee's switch whether the callee accepts.
+    C11,
+    /// Callee's switch queues the call and answers with its address + one-time key (or declines).
+    C12,
+    /// Cloud relays the switch's address + key (or its decline) to the caller.
+    C13,
+    /// Caller connects directly to the switch and presents the key.
+    C14,
+    /// Switch verifies the key and bridges the call to the desk phone.
+    C15,
+    /// Browser-to-browser relay of offer/answer/ICE (flow F4; not a patent step).
+    F4,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::A => "A",
+            Step::B1 => "B1",
+            Step::B2 => "B2",
+            Step::B3 => "B3",
+            Step::B4 => "B4",
+            Step::B5 => "B5",
+            Step::B6 => "B6",
+            Step::C1 => "C1",
+            Step::C2 => "C2",
+            Step::C3 => "C3",
+            Step::C11 => "C11",
+            Step::C12 => "C12",
+            Step::C13 => "C13",
+            Step::C14 => "C14",
+            Step::C15 => "C15",
+            Step::F4 => "F4",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of device an account is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountKind {
+    Browser,
+    Deskphone,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Browser => "browser",
+            AccountKind::Deskphone => "deskphone",
+        }
+    }
+}
+
+impl std::str::FromStr for AccountKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "browser" => Ok(AccountKind::Browser),
+            "deskphone" => Ok(AccountKind::Deskphone),
+            other => Err(format!("unknown account kind {other:?} (expected browser or deskphone)")),
+        }
+    }
+}
+
+/// Why a callee (or its switch) did not take a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeclineReason {
+    /// Callee is on another call (SIP 486).
+    Busy,
+    /// Callee's device is not registered / not online (SIP 480).
+    NotRegistered,
+    /// Callee (or its user) refused the call (SIP 603).
+    Declined,
+}
+
+impl DeclineReason {
+    pub fn outcome(self) -> Outcome {
+        match self {
+            DeclineReason::Busy => Outcome::Busy,
+            DeclineReason::NotRegistered => Outcome::CalleeOffline,
+            DeclineReason::Declined => Outcome::Declined,
+        }
+    }
+}
+
+/// The one final outcome every call attempt ends with (flows F5/F6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The call was answered; `duration_ms` says for how long it lasted.
+    Connected,
+    /// B3: the callee does not exist (SIP 404).
+    RejectedInvalid,
+    Declined,
+    Busy,
+    NoAnswer,
+    CalleeOffline,
+    /// The switch that should carry the call is offline or did not answer in time.
+    SwitchUnavailable,
+    /// The one-time key was not presented in time.
+    KeyExpired,
+    Cancelled,
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Connected,
+        Outcome::RejectedInvalid,
+        Outcome::Declined,
+        Outcome::Busy,
+        Outcome::NoAnswer,
+        Outcome::CalleeOffline,
+        Outcome::SwitchUnavailable,
+        Outcome::KeyExpired,
+        Outcome::Cancelled,
+        Outcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Connected => "connected",
+            Outcome::RejectedInvalid => "rejected_invalid",
+            Outcome::Declined => "declined",
+            Outcome::Busy => "busy",
+            Outcome::NoAnswer => "no_answer",
+            Outcome::CalleeOffline => "callee_offline",
+            Outcome::SwitchUnavailable => "switch_unavailable",
+            Outcome::KeyExpired => "key_expired",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
+    /// The SIP final response a desk phone caller gets for this outcome.
+    pub fn sip_status(self) -> (u16, &'static str) {
+        match self {
+            Outcome::Connected => (200, "OK"),
+            Outcome::RejectedInvalid => (404, "Not Found"),
+            Outcome::Declined => (603, "Decline"),
+            Outcome::Busy => (486, "Busy Here"),
+            Outcome::NoAnswer => (480, "Temporarily Unavailable"),
+            Outcome::CalleeOffline => (480, "Temporarily Unavailable"),
+            Outcome::SwitchUnavailable => (503, "Service Unavailable"),
+            Outcome::KeyExpired => (408, "Request Timeout"),
+            Outcome::Cancelled => (487, "Request Terminated"),
+            Outcome::Error => (500, "Server Internal Error"),
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// WebRTC negotiation relayed by the cloud between two switchless browsers (F4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SignalPayload {
+    Offer { sdp: String },
+    Answer { sdp: String },
+    Ice {
+        candidate: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_mid: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_m_line_index: Option<u16>,
+    },
+    EndOfCandidates,
+}
+
+/// Progress of a call reported by the party that carries it (a switch, or the callee browser
+/// in F4) and forwarded to the caller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum CallEvent {
+    /// C14 done: the caller presented a valid key at the switch's direct endpoint.
+    KeyAccepted,
+    /// The callee's device is ringing.
+    Ringing,
+    /// The callee answered (C15 bridged).
+    Connected,
+    /// The call is over.
+    Ended {
+        outcome: Outcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+    },
+}
+
+/// A switch's answer to the cloud's C11 question "does the callee accept?".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum QueryAnswer {
+    /// C12, claim 9: the call is in the switch's waiting queue; connect here with this key.
+    Accept { url: String, key: String, expires_in_ms: u64 },
+    /// C12: the callee cannot take the call.
+    Decline { reason: DeclineReason },
+}
+
+/// The cloud's answer to a switch's B2 validation request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "route", rename_all = "snake_case")]
+pub enum Route {
+    /// B3: there is no such callee. The desk phone gets SIP 404 with `reason`.
+    Invalid { reason: String },
+    /// The callee's home switch is the asking switch itself: connect locally (F7).
+    Local,
+    /// B5: the callee's home switch. The cloud is fetching a key from it (C11–C12); a
+    /// `connect` (C2) or an `outcome` follows.
+    Switch { switch_id: String, url: String },
+    /// B6: the callee is a switchless device. The asking switch must queue the call and send
+    /// `direct_offer` (its own address + key) for the cloud to pass on (C3).
+    Device { device_id: String },
+}
+
+/// How an incoming call reaches a switchless browser.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "via", rename_all = "snake_case")]
+pub enum IncomingVia {
+    /// C3: connect directly to the caller's switch at `url` and present `key`.
+    Direct { url: String, key: String, expires_in_ms: u64 },
+    /// F4: answer with `accept` and relay WebRTC through the cloud, presenting `key`.
+    Peer { key: String },
+}
+
+/// A desk phone served by a switch, with its SIP digest verifiers (never the password).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhoneEntry {
+    pub number: String,
+    pub display_name: String,
+    /// hex MD5(number:realm:password), RFC 2617 HA1.
+    pub ha1_md5: String,
+    /// hex SHA-256(number:realm:password), RFC 8760 HA1.
+    pub ha1_sha256: String,
+}
+
+/// Messages a browser or a switch gateway sends to the signal server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// Browser sign-in with number + password.
+    Login { v: u16, number: String, password: String },
+    /// Browser sign-in with a session token from an earlier `welcome` (e.g. after a reconnect).
+    Resume { v: u16, token: String },
+    /// Switch gateway sign-in with its provisioned secret; `direct_urls` are the direct
+    /// endpoint addresses it advertises to callers.
+    SwitchAuth { v: u16, switch_id: String, secret: String, direct_urls: Vec<String> },
+    /// A: a browser asks the cloud to place a call (→ C1).
+    Dial { call_id: CallId, to: String },
+    /// The caller gives up before the call is connected.
+    Cancel { call_id: CallId },
+    /// F4: the switchless callee takes the call, presenting the key from `incoming`.
+    Accept { call_id: CallId, key: String },
+    /// The callee (browser, or the switch for its phone) refuses the call.
+    Decline { call_id: CallId, reason: DeclineReason },
+    /// F4: WebRTC negotiation for the peer, with the call's key.
+    Signal { call_id: CallId, key: String, payload: SignalPayload },
+    /// Either party of an F4 call hangs up.
+    Hangup { call_id: CallId },
+    /// Progress reported by the party that carries the call.
+    CallEvent { call_id: CallId, event: CallEvent },
+    /// B1/B2: a switch asks the cloud to validate the callee of its desk phone's call.
+    RouteQuery { call_id: CallId, from: String, to: String },
+    /// C12: a switch answers the cloud's `callee_query`.
+    QueryAnswer { call_id: CallId, answer: QueryAnswer },
+    /// C3: after a B6 route, the caller's switch hands the cloud its address + key for the callee.
+    DirectOffer { call_id: CallId, url: String, key: String, expires_in_ms: u64 },
+    /// Keep-alive; answered with `pong`.
+    Ping,
+}
+
+impl ClientMsg {
+    /// The `type` tag, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMsg::Login { .. } => "login",
+            ClientMsg::Resume { .. } => "resume",
+            ClientMsg::SwitchAuth { .. } => "switch_auth",
+            ClientMsg::Dial { .. } => "dial",
+            ClientMsg::Cancel { .. } => "cancel",
+            ClientMsg::Accept { .. } => "accept",
+            ClientMsg::Decline { .. } => "decline",
+            ClientMsg::Signal { .. } => "signal",
+            ClientMsg::Hangup { .. } => "hangup",
+            ClientMsg::CallEvent { .. } => "call_event",
+            ClientMsg::RouteQuery { .. } => "route_query",
+            ClientMsg::QueryAnswer { .. } => "query_answer",
+            ClientMsg::DirectOffer { .. } => "direct_offer",
+            ClientMsg::Ping => "ping",
+        }
+    }
+
+    /// The call this message is about, if any.
+    pub fn call_id(&self) -> Option<&str> {
+        match self {
+            ClientMsg::Dial { call_id, .. }
+            | ClientMsg::Cancel { call_id }
+            | ClientMsg::Accept { call_id, .. }
+            | ClientMsg::Decline { call_id, .. }
+            | ClientMsg::Signal { call_id, .. }
+            | ClientMsg::Hangup { call_id }
+            | ClientMsg::CallEvent { call_id, .. }
+            | ClientMsg::RouteQuery { call_id, .. }
+            | ClientMsg::QueryAnswer { call_id, .. }
+            | ClientMsg::DirectOffer { call_id, .. } => Some(call_id),
+            _ => None,
+        }
+    }
+
+    /// Parse one text frame from the network: size bound, JSON, then field validation.
+    pub fn decode(text: &str) -> Result<ClientMsg, ProtocolError> {
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(ProtocolError::new(
+                ErrorCode::MessageTooLarge,
+                format!("message is {} bytes; the limit is {MAX_MESSAGE_BYTES}", text.len()),
+            ));
+        }
+        let msg: ClientMsg = serde_json::from_str(text)
+            .map_err(|e| ProtocolError::new(ErrorCode::BadMessage, format!("not a valid message: {e}")))?;
+        msg.validate()?;
+        Ok(msg)
+    }
+
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("protocol messages always serialize")
+    }
+}
+
+/// Messages the signal server sends to a browser or a switch gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// Browser signed in. Keep `session_token` to `resume` after a reconnect.
+    Welcome {
+        v: u16,
+        number: String,
+        display_name: String,
+        kind: AccountKind,
+        session_token: String,
+        session_expires_in_s: u64,
+    },
+    /// Switch signed in; `phones` are the desk phones whose home switch it is.
+    SwitchWelcome { v: u16, switch_id: String, sip_realm: String, phones: Vec<PhoneEntry> },
+    /// The directory changed: the full current list of this switch's phones.
+    PhonesUpdate { phones: Vec<PhoneEntry> },
+    /// Something the peer sent was refused; nothing changed.
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_id: Option<CallId>,
+    },
+    /// Answer to a switch's `route_query` (B3 / B5 / B6, or local).
+    Route { call_id: CallId, route: Route },
+    /// C11: does `to` (a phone of yours) accept a call from `from`?
+    CalleeQuery { call_id: CallId, from: String, from_name: String, to: String },
+    /// C13 (to a browser) / C2 (to a switch): connect directly to `url` and present `key`.
+    Connect { call_id: CallId, url: String, key: String, expires_in_ms: u64 },
+    /// An incoming call for a switchless browser (C3 or F4).
+    Incoming { call_id: CallId, from: String, from_name: String, via: IncomingVia },
+    /// F4: WebRTC negotiation from the peer.
+    Signal { call_id: CallId, payload: SignalPayload },
+    /// Progress of your call.
+    CallEvent { call_id: CallId, event: CallEvent },
+    /// Final: the call attempt is over with this outcome. Sent exactly once per party.
+    Outcome {
+        call_id: CallId,
+        outcome: Outcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+    },
+    Pong,
+}
+
+impl ServerMsg {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("protocol messages always serialize")
+    }
+
+    pub fn decode(text: &str) -> Result<ServerMsg, ProtocolError> {
+        serde_json::from_str(text)
+            .map_err(|e| ProtocolError::new(ErrorCode::BadMessage, format!("not a valid server message: {e}")))
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>, call_id: Option<CallId>) -> ServerMsg {
+        ServerMsg::Error { code, message: message.into(), call_id }
+    }
+}
+
+/// Wire error codes. Each is documented in docs/protocol.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, unknown `type`, or a field of the wrong type.
+    BadMessage,
+    /// A field is present but its value is not allowed (length, characters, range).
+    InvalidField,
+    /// Frame larger than [`MAX_MESSAGE_BYTES`] (or a binary frame).
+    MessageTooLarge,
+    /// `v` is not [`PROTOCOL_VERSION`].
+    UnsupportedVersion,
+    /// The first message must be `login`, `resume` or `switch_auth`.
+    NotAuthenticated,
+    /// A second sign-in on an authenticated connection.
+    AlreadyAuthenticated,
+    /// Wrong number/password, token or switch secret. The connection is closed.
+    AuthFailed,
+    /// Too many failed sign-ins for this account or address; try later.
+    RateLimited,
+    /// The same session signed in on another connection; this one is closed.
+    SessionReplaced,
+    /// This kind of peer may not send this message (e.g. a browser sending `route_query`).
+    Forbidden,
+    /// A `call_id` already in use.
+    DuplicateCall,
+    /// No such call (or it is over).
+    UnknownCall,
+    /// The call exists but this peer is not a party of it.
+    NotYourCall,
+    /// The message does not fit the call's current state (out of order).
+    WrongState,
+    /// The key presented is not the call's key.
+    BadKey,
+    /// B3: the callee does not exist.
+    InvalidCall,
+    /// Too many messages; slow down.
+    TooManyRequests,
+    /// Something broke on the server; the message had no effect.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::NotAuthenticated => "not_authenticated",
+            ErrorCode::AlreadyAuthenticated => "already_authenticated",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::SessionReplaced => "session_replaced",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::DuplicateCall => "duplicate_call",
+            ErrorCode::UnknownCall => "unknown_call",
+            ErrorCode::NotYourCall => "not_your_call",
+            ErrorCode::WrongState => "wrong_state",
+            ErrorCode::BadKey => "bad_key",
+            ErrorCode::InvalidCall => "invalid_call",
+            ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused message: the code for the wire and a human-readable reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ProtocolError { code, message: message.into() }
+    }
+
+    pub fn to_msg(&self, call_id: Option<CallId>) -> ServerMsg {
+        ServerMsg::error(self.code, self.message.clone(), call_id)
+    }
+}

@@ -1,0 +1,261 @@
+//! Field rules. Every string that arrives from the network is checked here before any
+//! component looks at it, so the cores can assume well-formed identifiers.
+
+use crate::{
+    CallEvent, ClientMsg, ErrorCode, PROTOCOL_VERSION, ProtocolError, QueryAnswer, SignalPayload,
+};
+
+pub const MAX_NUMBER_LEN: usize = 32;
+pub const MAX_CALL_ID_LEN: usize = 64;
+pub const MIN_KEY_LEN: usize = 22; // 128 bits in unpadded base64url
+pub const MAX_KEY_LEN: usize = 128;
+pub const MAX_URL_LEN: usize = 256;
+pub const MAX_PASSWORD_LEN: usize = 1024;
+pub const MAX_SWITCH_ID_LEN: usize = 64;
+pub const MAX_DIRECT_URLS: usize = 8;
+pub const MAX_SDP_LEN: usize = 12 * 1024;
+pub const MAX_CANDIDATE_LEN: usize = 512;
+pub const MAX_DISPLAY_NAME_LEN: usize = 64;
+/// Longest TTL a switch may give a key: 5 minutes.
+pub const MAX_KEY_TTL_MS: u64 = 300_000;
+
+fn bad(field: &str, why: impl std::fmt::Display) -> ProtocolError {
+    ProtocolError::new(ErrorCode::InvalidField, format!("{field}: {why}"))
+}
+
+/// A dialable number / account id: 1–32 of `[A-Za-z0-9+._-]`.
+pub fn check_number(field: &str, s: &str) -> Result<(), ProtocolError> {
+    if s.is_empty() || s.len() > MAX_NUMBER_LEN {
+        return Err(bad(field, format_args!("must be 1–{MAX_NUMBER_LEN} characters")));
+    }
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'_' | b'-')) {
+        return Err(bad(field, "only letters, digits and + . _ - are allowed"));
+    }
+    Ok(())
+}
+
+/// A call id: 1–64 of `[A-Za-z0-9._-]`.
+pub fn check_call_id(s: &str) -> Result<(), ProtocolError> {
+    if s.is_empty() || s.len() > MAX_CALL_ID_LEN {
+        return Err(bad("call_id", format_args!("must be 1–{MAX_CALL_ID_LEN} characters")));
+    }
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return Err(bad("call_id", "only letters, digits and . _ - are allowed"));
+    }
+    Ok(())
+}
+
+/// A switch id: 1–64 of `[A-Za-z0-9._-]`.
+pub fn check_switch_id(s: &str) -> Result<(), ProtocolError> {
+    if s.is_empty() || s.len() > MAX_SWITCH_ID_LEN {
+        return Err(bad("switch_id", format_args!("must be 1–{MAX_SWITCH_ID_LEN} characters")));
+    }
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return Err(bad("switch_id", "only letters, digits and . _ - are allowed"));
+    }
+    Ok(())
+}
+
+/// A one-time key: 22–128 characters of unpadded base64url (≥ 128 bits).
+pub fn check_key(s: &str) -> Result<(), ProtocolError> {
+    if s.len() < MIN_KEY_LEN || s.len() > MAX_KEY_LEN {
+        return Err(bad("key", format_args!("must be {MIN_KEY_LEN}–{MAX_KEY_LEN} characters")));
+    }
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')) {
+        return Err(bad("key", "must be unpadded base64url"));
+    }
+    Ok(())
+}
+
+/// A direct endpoint address: `ws://` or `wss://`, printable ASCII, ≤ 256 bytes.
+pub fn check_url(field: &str, s: &str) -> Result<(), ProtocolError> {
+    if s.len() > MAX_URL_LEN {
+        return Err(bad(field, format_args!("longer than {MAX_URL_LEN} bytes")));
+    }
+    let rest = s
+        .strip_prefix("wss://")
+        .or_else(|| s.strip_prefix("ws://"))
+        .ok_or_else(|| bad(field, "must start with ws:// or wss://"))?;
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad(field, "must have a host and no spaces or control characters"));
+    }
+    Ok(())
+}
+
+fn check_version(v: u16) -> Result<(), ProtocolError> {
+    if v != PROTOCOL_VERSION {
+        return Err(ProtocolError::new(
+            ErrorCode::UnsupportedVersion,
+            format!("protocol version {v} is not supported; this server speaks {PROTOCOL_VERSION}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_ttl(ms: u64) -> Result<(), ProtocolError> {
+    if ms == 0 || ms > MAX_KEY_TTL_MS {
+        return Err(bad("expires_in_ms", format_args!("must be 1–{MAX_KEY_TTL_MS}")));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, s: &str, max: usize) -> Result<(), ProtocolError> {
+    if s.len() > max {
+        return Err(bad(field, format_args!("longer than {max} bytes")));
+    }
+    if s.chars().any(|c| c.is_control() && c != '\r' && c != '\n' && c != '\t') {
+        return Err(bad(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+impl ClientMsg {
+    /// Check every field against the rules above.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        if let Some(id) = self.call_id() {
+            check_call_id(id)?;
+        }
+        match self {
+            ClientMsg::Login { v, number, password } => {
+                check_version(*v)?;
+                check_number("number", number)?;
+                if password.is_empty() || password.len() > MAX_PASSWORD_LEN {
+                    return Err(bad("password", format_args!("must be 1–{MAX_PASSWORD_LEN} bytes")));
+                }
+            }
+            ClientMsg::Resume { v, token } => {
+                check_version(*v)?;
+                if token.is_empty() || token.len() > 128 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(bad("token", "must be 1–128 printable characters"));
+                }
+            }
+            ClientMsg::SwitchAuth { v, switch_id, secret, direct_urls } => {
+                check_version(*v)?;
+                check_switch_id(switch_id)?;
+                if secret.is_empty() || secret.len() > MAX_PASSWORD_LEN {
+                    return Err(bad("secret", format_args!("must be 1–{MAX_PASSWORD_LEN} bytes")));
+                }
+                if direct_urls.is_empty() || direct_urls.len() > MAX_DIRECT_URLS {
+                    return Err(bad("direct_urls", format_args!("must list 1–{MAX_DIRECT_URLS} addresses")));
+                }
+                for u in direct_urls {
+                    check_url("direct_urls", u)?;
+                }
+            }
+            ClientMsg::Dial { to, .. } => check_number("to", to)?,
+            ClientMsg::Accept { key, .. } => check_key(key)?,
+            ClientMsg::Signal { key, payload, .. } => {
+                check_key(key)?;
+                match payload {
+                    SignalPayload::Offer { sdp } | SignalPayload::Answer { sdp } => {
+                        if sdp.is_empty() {
+                            return Err(bad("sdp", "is empty"));
+                        }
+                        check_text("sdp", sdp, MAX_SDP_LEN)?
+                    }
+                    SignalPayload::Ice { candidate, sdp_mid, .. } => {
+                        check_text("candidate", candidate, MAX_CANDIDATE_LEN)?;
+                        if let Some(m) = sdp_mid {
+                            check_text("sdp_mid", m, 64)?;
+                        }
+                    }
+                    SignalPayload::EndOfCandidates => {}
+                }
+            }
+            ClientMsg::CallEvent { event, .. } => {
+                if let CallEvent::Ended { outcome: _, duration_ms: Some(d) } = event {
+                    // A call longer than a year is a bug or a lie.
+                    if *d > 366 * 24 * 3600 * 1000 {
+                        return Err(bad("duration_ms", "out of range"));
+                    }
+                }
+            }
+            ClientMsg::RouteQuery { from, to, .. } => {
+                check_number("from", from)?;
+                check_number("to", to)?;
+            }
+            ClientMsg::QueryAnswer { answer, .. } => {
+                if let QueryAnswer::Accept { url, key, expires_in_ms } = answer {
+                    check_url("url", url)?;
+                    check_key(key)?;
+                    check_ttl(*expires_in_ms)?;
+                }
+            }
+            ClientMsg::DirectOffer { url, key, expires_in_ms, .. } => {
+                check_url("url", url)?;
+                check_key(key)?;
+                check_ttl(*expires_in_ms)?;
+            }
+            ClientMsg::Cancel { .. } | ClientMsg::Decline { .. } | ClientMsg::Hangup { .. } | ClientMsg::Ping => {}
+        }
+        Ok(())
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MAX_MESSAGE_BYTES, ServerMsg};
+
+    #[test]
+    fn login_round_trips() {
+        let m = ClientMsg::Login { v: 1, number: "1001".into(), password: "pw".into() };
+        assert_eq!(ClientMsg::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn unknown_type_is_bad_message() {
+        let e = ClientMsg::decode(r#"{"type":"explode"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadMessage);
+    }
+
+    #[test]
+    fn not_json_is_bad_message() {
+        assert_eq!(ClientMsg::decode("\u{0}\u{1}garbage").unwrap_err().code, ErrorCode::BadMessage);
+        assert_eq!(ClientMsg::decode("").unwrap_err().code, ErrorCode::BadMessage);
+        assert_eq!(ClientMsg::decode("[]").unwrap_err().code, ErrorCode::BadMessage);
+    }
+
+    #[test]
+    fn oversized_is_too_large() {
+        let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(MAX_MESSAGE_BYTES));
+        assert_eq!(ClientMsg::decode(&big).unwrap_err().code, ErrorCode::MessageTooLarge);
+    }
+
+    #[test]
+    fn wrong_version_is_refused() {
+        let e = ClientMsg::decode(r#"{"type":"login","v":9,"number":"1","password":"x"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnsupportedVersion);
+    }
+
+    #[test]
+    fn bad_fields_are_invalid_field() {
+        for text in [
+            r#"{"type":"dial","call_id":"a b","to":"1002"}"#,
+            r#"{"type":"dial","call_id":"","to":"1002"}"#,
+            r#"{"type":"dial","call_id":"c1","to":"10<02"}"#,
+            r#"{"type":"dial","call_id":"c1","to":""}"#,
+            r#"{"type":"accept","call_id":"c1","key":"short"}"#,
+            r#"{"type":"direct_offer","call_id":"c1","url":"http://x","key":"AAAAAAAAAAAAAAAAAAAAAAAA","expires_in_ms":1000}"#,
+            r#"{"type":"direct_offer","call_id":"c1","url":"ws://x","key":"AAAAAAAAAAAAAAAAAAAAAAAA","expires_in_ms":0}"#,
+            r#"{"type":"switch_auth","v":1,"switch_id":"hq","secret":"s","direct_urls":[]}"#,
+        ] {
+            assert_eq!(ClientMsg::decode(text).unwrap_err().code, ErrorCode::InvalidField, "{text}");
+        }
+    }
+
+    #[test]
+    fn server_messages_round_trip() {
+        let m = ServerMsg::Outcome { call_id: "c".into(), outcome: crate::Outcome::Connected, duration_ms: Some(5) };
+        assert_eq!(ServerMsg::decode(&m.encode()).unwrap(), m);
+        assert!(m.encode().contains(r#""type":"outcome""#));
+    }
+
+    #[test]
+    fn outcome_names_parse_back() {
+        for o in crate::Outcome::ALL {
+            assert_eq!(crate::Outcome::parse(o.as_str()), Some(o));
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Configuration: one TOML file (strict: unknown keys are an error) with every key documented
+//! in `signal-server.example.toml`. Environment variables override keys:
+//! `TRUNKLINE_SIGNAL_<KEY>`, with `__` between a table and its key
+//! (e.g. `TRUNKLINE_SIGNAL_LISTEN=0.0.0.0:443`, `TRUNKLINE_SIGNAL_TLS__CERT_FILE=/etc/cert.pem`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub const ENV_PREFIX: &str = "TRUNKLINE_SIGNAL_";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP/WebSocket server binds.
+    pub listen: SocketAddr,
+    /// `sqlite://path/to/file.db` (created if missing) or `sqlite::memory:`.
+    pub database_url: String,
+    /// Folder of the built softphone served at `/` (Trunk's `dist`). Missing folder: `/` says so.
+    pub web_root: PathBuf,
+    /// The URL users reach this server at (printed, used in links and Web Push).
+    pub public_url: String,
+    /// SIP digest realm the gateways use for their desk phones; HA1 verifiers depend on it.
+    pub sip_realm: String,
+    /// File holding the admin API bearer token. No file: the admin API answers 503.
+    pub admin_token_file: Option<PathBuf>,
+    pub tls: Option<TlsConfig>,
+    pub auth: AuthConfig,
+    pub steering: SteeringConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// How long a browser session token stays valid for `resume`.
+    pub session_ttl_secs: u64,
+    /// Failed sign-ins allowed per account within `failure_window_secs` before refusing.
+    pub max_failures_per_account: u32,
+    /// Failed sign-ins allowed per remote address within `failure_window_secs`.
+    pub max_failures_per_address: u32,
+    pub failure_window_secs: u64,
+    /// Argon2id memory cost (KiB) for new password hashes. Existing hashes keep their own.
+    pub password_hash_memory_kib: u32,
+    /// Argon2id iterations for new password hashes.
+    pub password_hash_iterations: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SteeringConfig {
+    /// C11: how long to wait for the callee's switch to answer a `callee_query`.
+    pub switch_answer_timeout_ms: u64,
+    /// C3: how long to wait for the caller's switch to send `direct_offer` after a B6 route.
+    pub direct_offer_timeout_ms: u64,
+    /// How long a callee may ring before the attempt ends `no_answer`.
+    pub ring_timeout_ms: u64,
+    /// TTL of cloud-issued F4 keys, and how long after C13/C2/C3 the caller (or callee) has to
+    /// reach the switch before the attempt ends `key_expired`.
+    pub key_ttl_ms: u64,
+    /// A connected call with no `ended` report after this long is closed as `error`.
+    pub max_call_duration_secs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// WebSocket connections accepted at once; more are refused with HTTP 503.
+    pub max_connections: usize,
+    /// Messages per second one connection may send (burst: twice this); more get
+    /// `too_many_requests` and are dropped.
+    pub messages_per_second: u32,
+    /// Seconds a new connection has to authenticate before it is closed.
+    pub auth_timeout_secs: u64,
+    /// Call attempts one browser may have in progress at once.
+    pub max_calls_per_device: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            database_url: "sqlite://trunkline.db".into(),
+            web_root: "dist".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            sip_realm: "trunkline".into(),
+            admin_token_file: None,
+            tls: None,
+            auth: AuthConfig::default(),
+            steering: SteeringConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            session_ttl_secs: 30 * 24 * 3600,
+            max_failures_per_account: 5,
+            max_failures_per_address: 20,
+            failure_window_secs: 300,
+            // OWASP's argon2id recommendation.
+            password_hash_memory_kib: 19 * 1024,
+            password_hash_iterations: 2,
+        }
+    }
+}
+
+impl Default for SteeringConfig {
+    fn default() -> Self {
+        SteeringConfig {
+            switch_answer_timeout_ms: 5_000,
+            direct_offer_timeout_ms: 5_000,
+            ring_timeout_ms: 45_000,
+            key_ttl_ms: 30_000,
+            max_call_duration_secs: 24 * 3600,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_connections: 100_000, messages_per_second: 50, auth_timeout_secs: 10, max_calls_per_device: 4 }
+    }
+}
+
+impl SteeringConfig {
+    pub fn switch_answer_timeout(&self) -> Duration {
+        Duration::from_millis(self.switch_answer_timeout_ms)
+    }
+    pub fn direct_offer_timeout(&self) -> Duration {
+        Duration::from_millis(self.direct_offer_timeout_ms)
+    }
+    pub fn ring_timeout(&self) -> Duration {
+        Duration::from_millis(self.ring_timeout_ms)
+    }
+    pub fn key_ttl(&self) -> Duration {
+        Duration::from_millis(self.key_ttl_ms)
+    }
+    pub fn max_call_duration(&self) -> Duration {
+        Duration::from_secs(self.max_call_duration_secs)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Load `path` (if given) over the defaults, then apply `TRUNKLINE_SIGNAL_*` variables.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// Parse TOML text only (no environment), e.g. for tests.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn load_with_env(path: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = path {
+            // Read it ourselves so a missing file is an error, not silently ignored.
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
+            fig = fig.merge(Toml::string(&text));
+        }
+        let cfg: Config = fig.merge(env).extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(self.database_url.starts_with("sqlite:")) {
+            return Err(ConfigError::Invalid(format!(
+                "database_url {:?}: only sqlite:// URLs are supported in this version",
+                self.database_url
+            )));
+        }
+        if self.sip_realm.is_empty() {
+            return Err(ConfigError::Invalid("sip_realm must not be empty".into()));
+        }
+        let s = &self.steering;
+        for (name, v) in [
+            ("steering.switch_answer_timeout_ms", s.switch_answer_timeout_ms),
+            ("steering.direct_offer_timeout_ms", s.direct_offer_timeout_ms),
+            ("steering.ring_timeout_ms", s.ring_timeout_ms),
+            ("steering.key_ttl_ms", s.key_ttl_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be > 0")));
+            }
+        }
+        if s.key_ttl_ms > trunkline_protocol::MAX_KEY_TTL_MS {
+            return Err(ConfigError::Invalid(format!(
+                "steering.key_ttl_ms must be ≤ {}",
+                trunkline_protocol::MAX_KEY_TTL_MS
+            )));
+        }
+        if self.auth.password_hash_memory_kib < 8 || self.auth.password_hash_iterations == 0 {
+            return Err(ConfigError::Invalid("auth.password_hash_* too small (memory ≥ 8 KiB, iterations ≥ 1)".into()));
+        }
+        if self.limits.messages_per_second == 0 || self.limits.max_connections == 0 {
+            return Err(ConfigError::Invalid("limits.* must be > 0".into()));
+        }
+        Ok(())
+    }
+}

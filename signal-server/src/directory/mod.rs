@@ -1,0 +1,131 @@
+//! The directory: accounts, switches, sessions, Web Push subscriptions and call records.
+//!
+//! Storage sits behind the [`Directory`] trait so the engine and the driver never see SQL;
+//! SQLite ([`sqlite::SqliteDirectory`]) is the embedded default, PostgreSQL can follow as a
+//! second implementation without touching the steering engine.
+
+use trunkline_protocol::{AccountKind, Outcome, Step};
+
+pub mod sqlite;
+
+/// Unix time in milliseconds.
+pub type UnixMs = i64;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub number: String,
+    pub display_name: String,
+    pub kind: AccountKind,
+    /// The switch this account's device hangs off (B5), or none (B6).
+    pub home_switch: Option<String>,
+    /// SIP digest verifiers; present for desk phones only (browsers never use SIP).
+    pub ha1_md5: Option<String>,
+    pub ha1_sha256: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewAccount {
+    pub number: String,
+    pub display_name: String,
+    pub kind: AccountKind,
+    pub home_switch: Option<String>,
+    /// PHC string (argon2id) of the password.
+    pub password_hash: String,
+    pub ha1_md5: Option<String>,
+    pub ha1_sha256: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchRecord {
+    pub id: String,
+    /// Direct endpoint addresses it advertised when it last connected.
+    pub direct_urls: Vec<String>,
+    pub online: bool,
+    pub last_seen_ms: Option<UnixMs>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushSubscription {
+    pub number: String,
+    pub endpoint: String,
+    pub p256dh: String,
+    pub auth: String,
+}
+
+/// One row per call attempt, written once when the attempt ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallRecord {
+    pub call_id: String,
+    pub caller: String,
+    pub callee: String,
+    /// Switch that carried (or was asked to carry) the call, if any.
+    pub switch_id: Option<String>,
+    pub started_ms: UnixMs,
+    pub ended_ms: UnixMs,
+    pub outcome: Outcome,
+    /// Talk time for connected calls.
+    pub duration_ms: Option<u64>,
+    /// Patent steps the attempt went through, in order.
+    pub trace: Vec<Step>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("{what} {key:?} already exists")]
+    AlreadyExists { what: &'static str, key: String },
+    #[error("{what} {key:?} not found")]
+    NotFound { what: &'static str, key: String },
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("database: {0}")]
+    Database(String),
+}
+
+/// Storage for everything the signal server must keep across restarts.
+#[async_trait::async_trait]
+pub trait Directory: Send + Sync + 'static {
+    // Accounts.
+    async fn add_account(&self, account: NewAccount) -> Result<(), DirectoryError>;
+    async fn remove_account(&self, number: &str) -> Result<(), DirectoryError>;
+    async fn list_accounts(&self) -> Result<Vec<Account>, DirectoryError>;
+    async fn account(&self, number: &str) -> Result<Option<Account>, DirectoryError>;
+    /// The argon2 PHC string for `number`, for sign-in.
+    async fn password_hash(&self, number: &str) -> Result<Option<String>, DirectoryError>;
+
+    // Switches.
+    async fn add_switch(&self, id: &str, secret_hash: &str) -> Result<(), DirectoryError>;
+    async fn remove_switch(&self, id: &str) -> Result<(), DirectoryError>;
+    async fn list_switches(&self) -> Result<Vec<SwitchRecord>, DirectoryError>;
+    async fn switch_secret_hash(&self, id: &str) -> Result<Option<String>, DirectoryError>;
+    async fn set_switch_online(
+        &self,
+        id: &str,
+        online: bool,
+        direct_urls: &[String],
+        now: UnixMs,
+    ) -> Result<(), DirectoryError>;
+    /// Mark every switch offline (at start: nothing is connected yet).
+    async fn reset_switches_offline(&self) -> Result<(), DirectoryError>;
+
+    /// A counter that changes whenever accounts or switches are added or removed (by this
+    /// process or another, e.g. the admin CLI), so the server knows when to reload.
+    async fn directory_version(&self) -> Result<i64, DirectoryError>;
+
+    // Sessions (token stored as its SHA-256 hex, never in clear).
+    async fn create_session(&self, token_sha256: &str, number: &str, expires_ms: UnixMs) -> Result<(), DirectoryError>;
+    /// The number owning an unexpired session.
+    async fn session(&self, token_sha256: &str, now: UnixMs) -> Result<Option<String>, DirectoryError>;
+    async fn delete_expired_sessions(&self, now: UnixMs) -> Result<u64, DirectoryError>;
+
+    // Web Push subscriptions.
+    async fn add_push_subscription(&self, sub: PushSubscription) -> Result<(), DirectoryError>;
+    async fn push_subscriptions(&self, number: &str) -> Result<Vec<PushSubscription>, DirectoryError>;
+    async fn remove_push_subscription(&self, endpoint: &str) -> Result<(), DirectoryError>;
+
+    // Call records.
+    async fn insert_call_record(&self, record: &CallRecord) -> Result<(), DirectoryError>;
+    /// Several records in one transaction (the server batches them under load).
+    async fn insert_call_records(&self, records: &[CallRecord]) -> Result<(), DirectoryError>;
+    /// Newest first; `number` filters on caller or callee.
+    async fn call_records(&self, number: Option<&str>, limit: u32) -> Result<Vec<CallRecord>, DirectoryError>;
+}

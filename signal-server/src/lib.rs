@@ -1,0 +1,18 @@
+//! Trunkline signal server — the cloud server of patent CN110012057B.
+//!
+//! - [`steering`]: the sans-IO steering engine (steps A, B1–B6, C1–C3, C11–C13, F4 relay).
+//! - [`directory`]: storage trait + SQLite.
+//! - [`server`]: the thin tokio/axum driver: `/ws`, admin API, `/healthz`, `/metrics`, static web.
+//! - [`cli`]: the `signal-server` command line (run + admin commands).
+
+pub mod admin_api;
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod directory;
+pub mod ratelimit;
+pub mod server;
+pub mod steering;
+
+pub use config::Config;
+pub use server::{ServerError, run};
