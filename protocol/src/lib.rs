@@ -424,6 +424,9 @@ pub enum ServerMsg {
     CalleeQuery { call_id: CallId, from: String, from_name: String, to: String },
     /// C13 (to a browser) / C2 (to a switch): connect directly to `url` and present `key`.
     Connect { call_id: CallId, url: String, key: String, expires_in_ms: u64 },
+    /// F4, to the caller: the callee is a switchless browser that is being rung; negotiate
+    /// WebRTC with `signal` messages carrying this key (the callee got the same key).
+    Peer { call_id: CallId, key: String },
     /// An incoming call for a switchless browser (C3 or F4).
     Incoming { call_id: CallId, from: String, from_name: String, via: IncomingVia },
     /// F4: WebRTC negotiation from the peer.

@@ -1,1 +1,662 @@
-//! (in progress)
+//! The thin tokio driver around the steering engine.
+//!
+//! - one task per WebSocket connection: authenticates it (argon2 off the async threads), then
+//!   decodes frames ([`ClientMsg::decode`]) and forwards typed messages to the engine task;
+//! - one engine task: owns the [`Engine`], its timers and the per-connection outboxes;
+//! - one store task: writes call records (batched) and switch online state in order;
+//! - one directory watcher: reloads the directory when the admin API or CLI changed it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use futures_util::SinkExt;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::{Notify, mpsc, watch};
+use trunkline_protocol::{AccountKind, ClientMsg, ErrorCode, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ServerMsg};
+
+use crate::admin_api::{self, AdminState};
+use crate::config::Config;
+use crate::credentials;
+use crate::directory::sqlite::SqliteDirectory;
+use crate::directory::{CallRecord, Directory, DirectoryError, UnixMs};
+use crate::ratelimit::FailureLimiter;
+use crate::steering::{ConnId, Engine, Output, Party};
+
+/// Frames above this are cut by the WebSocket layer itself (connection closed, code 1009);
+/// between [`MAX_MESSAGE_BYTES`] and this, the peer gets a typed `message_too_large` error.
+const HARD_FRAME_LIMIT: usize = 4 * MAX_MESSAGE_BYTES;
+/// Messages queued for one slow peer before it is disconnected.
+const OUTBOX_DEPTH: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("directory: {0}")]
+    Directory(#[from] DirectoryError),
+    #[error("admin token file {path}: {source}")]
+    AdminToken { path: PathBuf, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub fn unix_ms() -> UnixMs {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// What a connection task asks of the engine task.
+enum EngineCmd {
+    Online { conn: ConnId, who: Online, outbox: mpsc::Sender<Out> },
+    Msg { conn: ConnId, msg: ClientMsg },
+    Gone { conn: ConnId },
+    Directory(Vec<crate::directory::Account>),
+}
+
+enum Online {
+    Device(String),
+    Switch { id: String, urls: Vec<String> },
+}
+
+/// What the engine task hands a connection task to write.
+enum Out {
+    Msg(ServerMsg),
+    Close,
+}
+
+enum StoreCmd {
+    Record(CallRecord),
+    SwitchState { id: String, online: bool, urls: Vec<String>, at: UnixMs },
+}
+
+struct Shared {
+    config: Arc<Config>,
+    dir: Arc<dyn Directory>,
+    engine: mpsc::Sender<EngineCmd>,
+    store: mpsc::UnboundedSender<StoreCmd>,
+    next_conn: AtomicU64,
+    live_conns: AtomicUsize,
+    account_failures: Mutex<FailureLimiter<String>>,
+    address_failures: Mutex<FailureLimiter<IpAddr>>,
+    /// A hash to verify against when the account does not exist (same cost as a real one).
+    decoy_hash: String,
+    shutdown: watch::Receiver<bool>,
+    metrics: PrometheusHandle,
+}
+
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Several servers may run in one process (tests); the first installs the recorder.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Run the signal server on `listener` until `shutdown` resolves. Opens (and migrates) the
+/// configured database first.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let config = Arc::new(config);
+    let dir: Arc<dyn Directory> = Arc::new(SqliteDirectory::open(&config.database_url).await?);
+    dir.reset_switches_offline().await?;
+    let admin_token = match &config.admin_token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|source| ServerError::AdminToken { path: p.clone(), source })?
+                .trim()
+                .to_string(),
+        )
+        .filter(|t| !t.is_empty()),
+        None => None,
+    };
+    let tls = match &config.tls {
+        Some(t) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(&t.cert_file, &t.key_file)
+                .await
+                .map_err(|e| ServerError::Tls(format!("{} / {}: {e}", t.cert_file.display(), t.key_file.display())))?,
+        ),
+        None => None,
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (engine_tx, engine_rx) = mpsc::channel(64 * 1024);
+    let (store_tx, store_rx) = mpsc::unbounded_channel();
+    let changed = Arc::new(Notify::new());
+
+    let mut engine = Engine::new(
+        config.steering.clone(),
+        config.limits.max_calls_per_device,
+        (Instant::now(), unix_ms()),
+        Box::new(new_call_key),
+    );
+    engine.set_directory(dir.list_accounts().await?);
+    let window = Duration::from_secs(config.auth.failure_window_secs);
+    let a = &config.auth;
+    let decoy_hash = {
+        let (m, t) = (a.password_hash_memory_kib, a.password_hash_iterations);
+        tokio::task::spawn_blocking(move || credentials::decoy_hash(m, t)).await.expect("hashing does not panic")
+    };
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        dir: dir.clone(),
+        engine: engine_tx.clone(),
+        store: store_tx.clone(),
+        next_conn: AtomicU64::new(1),
+        live_conns: AtomicUsize::new(0),
+        account_failures: Mutex::new(FailureLimiter::new(a.max_failures_per_account, window)),
+        address_failures: Mutex::new(FailureLimiter::new(a.max_failures_per_address, window)),
+        decoy_hash,
+        shutdown: shutdown_rx.clone(),
+        metrics: metrics_handle(),
+    });
+
+    let store_task = tokio::spawn(store_loop(dir.clone(), store_rx));
+    let engine_task = tokio::spawn(engine_loop(engine, engine_rx, store_tx.clone(), config.sip_realm.clone()));
+    let watch_task = tokio::spawn(directory_watch(dir.clone(), engine_tx.clone(), changed.clone(), shutdown_rx.clone()));
+
+    let admin = AdminState { dir: dir.clone(), token: admin_token, config: config.clone(), changed };
+    let app = Router::new()
+        .route("/ws", get(ws_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_endpoint))
+        .with_state(shared.clone())
+        .nest("/api", admin_api::router(admin))
+        .fallback_service(static_files(&config.web_root));
+    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+
+    let signal = async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(true);
+    };
+    match tls {
+        None => {
+            let mut rx = shutdown_rx.clone();
+            let serve = axum::serve(listener, make).with_graceful_shutdown(async move {
+                shut(&mut rx).await;
+            });
+            tokio::spawn(signal);
+            serve.await?;
+        }
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            let mut rx = shutdown_rx.clone();
+            tokio::spawn(signal);
+            tokio::spawn(async move {
+                let _ = rx.wait_for(|s| *s).await;
+                h.graceful_shutdown(Some(Duration::from_secs(5)));
+            });
+            axum_server::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle).serve(make).await?;
+        }
+    }
+
+    // Connections see the shutdown flag and close; then the engine ends every open attempt
+    // (so each still gets exactly one outcome) and the store flushes before we return.
+    drop(shared);
+    drop(engine_tx);
+    let _ = watch_task.await;
+    let _ = engine_task.await;
+    drop(store_tx);
+    let _ = store_task.await;
+    Ok(())
+}
+
+/// One-time keys for F4 calls: 128 bits from the OS CSPRNG, unpadded base64url.
+fn new_call_key() -> String {
+    use base64::Engine as _;
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn static_files(root: &std::path::Path) -> axum::routing::MethodRouter {
+    if root.join("index.html").is_file() {
+        let spa = tower_http::services::ServeFile::new(root.join("index.html"));
+        axum::routing::get_service(tower_http::services::ServeDir::new(root).not_found_service(spa))
+    } else {
+        let msg = format!(
+            "Trunkline signal server is running, but the softphone is not built: {} has no index.html.\n",
+            root.display()
+        );
+        axum::routing::get(move || async move { (StatusCode::NOT_FOUND, msg) })
+    }
+}
+
+async fn metrics_endpoint(State(s): State<Arc<Shared>>) -> String {
+    metrics::gauge!("trunkline_ws_connections").set(s.live_conns.load(Ordering::Relaxed) as f64);
+    s.metrics.render()
+}
+
+async fn ws_handler(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if *s.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    if s.live_conns.load(Ordering::Relaxed) >= s.config.limits.max_connections {
+        metrics::counter!("trunkline_ws_refused_total").increment(1);
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+    }
+    s.live_conns.fetch_add(1, Ordering::Relaxed);
+    // Small buffers: most connections idle for hours (memory per idle connection matters).
+    ws.read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(HARD_FRAME_LIMIT)
+        .max_frame_size(HARD_FRAME_LIMIT)
+        .on_upgrade(move |socket| async move {
+            let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
+            connection(s.clone(), socket, conn, addr.ip()).await;
+            s.live_conns.fetch_sub(1, Ordering::Relaxed);
+        })
+}
+
+fn frame(msg: &ServerMsg) -> Message {
+    Message::Text(Utf8Bytes::from(msg.encode()))
+}
+
+/// Read one text message as a [`ClientMsg`]. `Ok(None)`: the peer closed.
+async fn read_msg(socket: &mut WebSocket) -> Option<Result<ClientMsg, trunkline_protocol::ProtocolError>> {
+    loop {
+        match socket.recv().await? {
+            Ok(Message::Text(t)) => return Some(ClientMsg::decode(t.as_str())),
+            Ok(Message::Binary(_)) => {
+                return Some(Err(trunkline_protocol::ProtocolError::new(
+                    ErrorCode::BadMessage,
+                    "binary frames are not part of the protocol; send JSON text",
+                )));
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+        }
+    }
+}
+
+async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpAddr) {
+    let auth_deadline = tokio::time::sleep(Duration::from_secs(s.config.limits.auth_timeout_secs));
+    let first = tokio::select! {
+        m = read_msg(&mut socket) => m,
+        _ = auth_deadline => {
+            let _ = socket.send(frame(&ServerMsg::error(ErrorCode::NotAuthenticated, "sign in within the time limit", None))).await;
+            None
+        }
+    };
+    let Some(first) = first else { return };
+    let who = match first {
+        Ok(msg) => match authenticate(&s, msg, ip).await {
+            Ok((who, welcome)) => {
+                if let Some(w) = welcome
+                    && socket.send(frame(&w)).await.is_err()
+                {
+                    return;
+                }
+                who
+            }
+            Err(e) => {
+                let _ = socket.send(frame(&e.to_msg(None))).await;
+                let _ = socket.close().await;
+                return;
+            }
+        },
+        Err(e) => {
+            let _ = socket.send(frame(&e.to_msg(None))).await;
+            let _ = socket.close().await;
+            return;
+        }
+    };
+    let is_device = matches!(who, Online::Device(_));
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUTBOX_DEPTH);
+    if s.engine.send(EngineCmd::Online { conn, who, outbox: out_tx.clone() }).await.is_err() {
+        return;
+    }
+
+    // Browsers get a token bucket; switches are provisioned infrastructure and carry many calls.
+    let rate = s.config.limits.messages_per_second as f64;
+    let mut tokens = rate * 2.0;
+    let mut last = Instant::now();
+    let mut shutdown = s.shutdown.clone();
+    loop {
+        tokio::select! {
+            incoming = read_msg(&mut socket) => {
+                let Some(incoming) = incoming else { break };
+                metrics::counter!("trunkline_ws_messages_total").increment(1);
+                if is_device {
+                    let now = Instant::now();
+                    tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate * 2.0);
+                    last = now;
+                    if tokens < 1.0 {
+                        let e = ServerMsg::error(ErrorCode::TooManyRequests, "too many messages; slow down", None);
+                        if out_tx.try_send(Out::Msg(e)).is_err() { break }
+                        continue;
+                    }
+                    tokens -= 1.0;
+                }
+                match incoming {
+                    Ok(msg) => {
+                        if s.engine.send(EngineCmd::Msg { conn, msg }).await.is_err() { break }
+                    }
+                    Err(e) => {
+                        if out_tx.try_send(Out::Msg(e.to_msg(None))).is_err() { break }
+                    }
+                }
+            }
+            out = out_rx.recv() => match out {
+                Some(Out::Msg(m)) => { if socket.send(frame(&m)).await.is_err() { break } }
+                Some(Out::Close) | None => break,
+            },
+            _ = shut(&mut shutdown) => break,
+        }
+    }
+    // Flush what is already queued (e.g. a session_replaced error) before closing.
+    while let Ok(Out::Msg(m)) = out_rx.try_recv() {
+        if socket.send(frame(&m)).await.is_err() {
+            break;
+        }
+    }
+    let _ = socket.close().await;
+    let _ = s.engine.send(EngineCmd::Gone { conn }).await;
+}
+
+type AuthResult = Result<(Online, Option<ServerMsg>), trunkline_protocol::ProtocolError>;
+
+async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
+    use trunkline_protocol::ProtocolError as PE;
+    let now = Instant::now();
+    let limited = |what: &str, retry: Duration| {
+        metrics::counter!("trunkline_auth_rate_limited_total").increment(1);
+        tracing::warn!(%ip, who = what, "sign-in refused: rate limited");
+        PE::new(ErrorCode::RateLimited, format!("too many failed sign-ins; retry in {} s", retry.as_secs().max(1)))
+    };
+    let internal = |e: DirectoryError| {
+        tracing::error!(error = %e, "directory error during sign-in");
+        PE::new(ErrorCode::Internal, "sign-in failed on the server; try again")
+    };
+    if let Err(retry) = s.address_failures.lock().unwrap().check(&ip, now) {
+        return Err(limited("address", retry));
+    }
+    match msg {
+        ClientMsg::Login { number, password, .. } => {
+            if let Err(retry) = s.account_failures.lock().unwrap().check(&number, now) {
+                return Err(limited(&number, retry));
+            }
+            let stored = s.dir.password_hash(&number).await.map_err(internal)?;
+            let known = stored.is_some();
+            let phc = stored.unwrap_or_else(|| s.decoy_hash.clone());
+            let ok = tokio::task::spawn_blocking(move || credentials::verify_password(&phc, &password))
+                .await
+                .unwrap_or(false)
+                && known;
+            if !ok {
+                s.account_failures.lock().unwrap().failed(number.clone(), now);
+                s.address_failures.lock().unwrap().failed(ip, now);
+                metrics::counter!("trunkline_auth_failures_total", "kind" => "login").increment(1);
+                tracing::warn!(%ip, %number, "sign-in failed: wrong number or password");
+                return Err(PE::new(ErrorCode::AuthFailed, "wrong number or password"));
+            }
+            s.account_failures.lock().unwrap().succeeded(&number);
+            let account = s.dir.account(&number).await.map_err(internal)?.ok_or_else(|| {
+                PE::new(ErrorCode::AuthFailed, "wrong number or password")
+            })?;
+            if account.kind != AccountKind::Browser {
+                tracing::warn!(%ip, %number, "sign-in refused: desk phone accounts register over SIP");
+                return Err(PE::new(ErrorCode::Forbidden, "this number is a desk phone: register it over SIP at its switch"));
+            }
+            let token = credentials::new_token();
+            let ttl = s.config.auth.session_ttl_secs;
+            s.dir
+                .create_session(&credentials::token_sha256(&token), &number, unix_ms() + (ttl as i64) * 1000)
+                .await
+                .map_err(internal)?;
+            tracing::info!(%ip, %number, "browser signed in");
+            let welcome = ServerMsg::Welcome {
+                v: PROTOCOL_VERSION,
+                number: number.clone(),
+                display_name: account.display_name,
+                kind: account.kind,
+                session_token: token,
+                session_expires_in_s: ttl,
+            };
+            Ok((Online::Device(number), Some(welcome)))
+        }
+        ClientMsg::Resume { token, .. } => {
+            let number = s.dir.session(&credentials::token_sha256(&token), unix_ms()).await.map_err(internal)?;
+            let account = match number {
+                Some(n) => s.dir.account(&n).await.map_err(internal)?,
+                None => None,
+            };
+            let Some(account) = account else {
+                s.address_failures.lock().unwrap().failed(ip, now);
+                metrics::counter!("trunkline_auth_failures_total", "kind" => "resume").increment(1);
+                tracing::warn!(%ip, "session resume failed: unknown or expired token");
+                return Err(PE::new(ErrorCode::AuthFailed, "session expired or unknown; sign in again"));
+            };
+            tracing::info!(%ip, number = %account.number, "browser resumed its session");
+            let welcome = ServerMsg::Welcome {
+                v: PROTOCOL_VERSION,
+                number: account.number.clone(),
+                display_name: account.display_name,
+                kind: account.kind,
+                session_token: token,
+                session_expires_in_s: s.config.auth.session_ttl_secs,
+            };
+            Ok((Online::Device(account.number), Some(welcome)))
+        }
+        ClientMsg::SwitchAuth { switch_id, secret, direct_urls, .. } => {
+            let key = format!("switch:{switch_id}");
+            if let Err(retry) = s.account_failures.lock().unwrap().check(&key, now) {
+                return Err(limited(&key, retry));
+            }
+            let stored = s.dir.switch_secret_hash(&switch_id).await.map_err(internal)?;
+            let known = stored.is_some();
+            let phc = stored.unwrap_or_else(|| s.decoy_hash.clone());
+            let ok = tokio::task::spawn_blocking(move || credentials::verify_password(&phc, &secret))
+                .await
+                .unwrap_or(false)
+                && known;
+            if !ok {
+                s.account_failures.lock().unwrap().failed(key, now);
+                s.address_failures.lock().unwrap().failed(ip, now);
+                metrics::counter!("trunkline_auth_failures_total", "kind" => "switch").increment(1);
+                tracing::warn!(%ip, %switch_id, "switch sign-in failed: wrong id or secret");
+                return Err(PE::new(ErrorCode::AuthFailed, "wrong switch id or secret"));
+            }
+            s.account_failures.lock().unwrap().succeeded(&key);
+            tracing::info!(%ip, %switch_id, urls = ?direct_urls, "switch signed in");
+            let _ = s.store.send(StoreCmd::SwitchState {
+                id: switch_id.clone(),
+                online: true,
+                urls: direct_urls.clone(),
+                at: unix_ms(),
+            });
+            // The engine sends switch_welcome (it knows the phones).
+            Ok((Online::Switch { id: switch_id, urls: direct_urls }, None))
+        }
+        other => Err(PE::new(
+            ErrorCode::NotAuthenticated,
+            format!("sign in first (login, resume or switch_auth), not {}", other.kind()),
+        )),
+    }
+}
+
+async fn engine_loop(
+    mut engine: Engine,
+    mut rx: mpsc::Receiver<EngineCmd>,
+    store: mpsc::UnboundedSender<StoreCmd>,
+    realm: String,
+) {
+    let mut outboxes: HashMap<ConnId, mpsc::Sender<Out>> = HashMap::new();
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        let deadline = engine.poll_timeout();
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => {
+                if n == 0 { break }
+                let now = Instant::now();
+                for cmd in batch.drain(..) {
+                    match cmd {
+                        EngineCmd::Online { conn, who, outbox } => {
+                            outboxes.insert(conn, outbox);
+                            match who {
+                                Online::Device(n) => engine.device_online(now, conn, &n),
+                                Online::Switch { id, urls } => engine.switch_online(now, conn, &id, urls, &realm),
+                            }
+                        }
+                        EngineCmd::Msg { conn, msg } => engine.handle(now, conn, msg),
+                        EngineCmd::Gone { conn } => {
+                            outboxes.remove(&conn);
+                            if let Some(Party::Switch(id)) = engine.disconnected(now, conn) {
+                                tracing::info!(switch_id = %id, "switch went offline");
+                                let _ = store.send(StoreCmd::SwitchState { id, online: false, urls: vec![], at: unix_ms() });
+                            }
+                        }
+                        EngineCmd::Directory(accounts) => engine.set_directory(accounts),
+                    }
+                }
+            }
+            _ = sleep_until_opt(deadline) => engine.handle_timeout(Instant::now()),
+        }
+        drain(&mut engine, &mut outboxes, &store);
+    }
+    engine.shutdown(Instant::now());
+    drain(&mut engine, &mut outboxes, &store);
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+async fn shut(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn drain(engine: &mut Engine, outboxes: &mut HashMap<ConnId, mpsc::Sender<Out>>, store: &mpsc::UnboundedSender<StoreCmd>) {
+    while let Some(out) = engine.poll_output() {
+        match out {
+            Output::Send { conn, msg } => {
+                if let Some(tx) = outboxes.get(&conn)
+                    && tx.try_send(Out::Msg(msg)).is_err()
+                {
+                    // A peer that does not read its messages is dropped rather than buffered forever.
+                    tracing::warn!(conn, "outbox full or closed: disconnecting slow peer");
+                    outboxes.remove(&conn);
+                }
+            }
+            Output::Close { conn } => {
+                if let Some(tx) = outboxes.remove(&conn) {
+                    let _ = tx.try_send(Out::Close);
+                }
+            }
+            Output::Trace { call_id, step, detail } => {
+                metrics::counter!("trunkline_steps_total", "step" => step.as_str()).increment(1);
+                tracing::info!(target: "trunkline::trace", %call_id, step = step.as_str(), "{detail}");
+            }
+            Output::Ended { call_id, outcome, why } => {
+                metrics::counter!("trunkline_calls_total", "outcome" => outcome.as_str()).increment(1);
+                tracing::info!(target: "trunkline::trace", %call_id, outcome = outcome.as_str(), "call ended: {why}");
+            }
+            Output::Record(r) => {
+                let _ = store.send(StoreCmd::Record(r));
+            }
+        }
+    }
+}
+
+async fn store_loop(dir: Arc<dyn Directory>, mut rx: mpsc::UnboundedReceiver<StoreCmd>) {
+    let mut batch = Vec::with_capacity(512);
+    let mut records = Vec::with_capacity(512);
+    while rx.recv_many(&mut batch, 512).await > 0 {
+        for cmd in batch.drain(..) {
+            match cmd {
+                StoreCmd::Record(r) => records.push(r),
+                StoreCmd::SwitchState { id, online, urls, at } => {
+                    flush(&*dir, &mut records).await;
+                    if let Err(e) = dir.set_switch_online(&id, online, &urls, at).await {
+                        tracing::error!(switch_id = %id, error = %e, "could not store switch state");
+                    }
+                }
+            }
+        }
+        flush(&*dir, &mut records).await;
+    }
+}
+
+async fn flush(dir: &dyn Directory, records: &mut Vec<CallRecord>) {
+    if records.is_empty() {
+        return;
+    }
+    // Retry a few times: losing call records is worse than a delay.
+    for attempt in 0..5u64 {
+        match dir.insert_call_records(records).await {
+            Ok(()) => {
+                records.clear();
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, attempt, count = records.len(), "could not store call records; retrying");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+        }
+    }
+    tracing::error!(count = records.len(), "dropping call records after repeated failures");
+    records.clear();
+}
+
+/// Reload the directory into the engine when it changes: at once when the admin API says so,
+/// and by polling a version counter for changes made by other processes (the admin CLI).
+async fn directory_watch(
+    dir: Arc<dyn Directory>,
+    engine: mpsc::Sender<EngineCmd>,
+    changed: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut version = dir.directory_version().await.ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sweep = Instant::now();
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            _ = changed.notified() => true,
+            _ = shut(&mut shutdown) => return,
+        };
+        let v = dir.directory_version().await.ok();
+        if forced || v != version {
+            match dir.list_accounts().await {
+                Ok(accounts) => {
+                    version = v;
+                    if engine.send(EngineCmd::Directory(accounts)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not reload the directory"),
+            }
+        }
+        if last_sweep.elapsed() > Duration::from_secs(3600) {
+            last_sweep = Instant::now();
+            let _ = dir.delete_expired_sessions(unix_ms()).await;
+        }
+    }
+}

@@ -1,1 +1,937 @@
-//! (in progress)
+//! The steering engine: the cloud server's half of patent CN110012057B, as a sans-IO core.
+//!
+//! Inputs are method calls with `now` passed in ([`Engine::handle`], [`Engine::device_online`],
+//! [`Engine::switch_online`], [`Engine::disconnected`], [`Engine::handle_timeout`],
+//! [`Engine::set_directory`]); outputs are [`Output`] commands drained with
+//! [`Engine::poll_output`]; the next deadline is [`Engine::poll_timeout`]. No sockets, no clock,
+//! no tasks: the tokio driver in `server.rs` owns those, and the tests in `tests.rs` drive every
+//! branch deterministically.
+//!
+//! Parties are named by identity (a device number or a switch id), not by connection, so a
+//! switch or browser that reconnects mid-call still reaches (and is reached by) its calls.
+//!
+//! Steps, as they appear in traces and call records:
+//! - `A`: a `dial` from a browser came via the cloud (→ `C1`); a `route_query` came via a
+//!   caller-side switch (→ `B1`, `B2`).
+//! - `B3`: callee unknown → `rejected_invalid`. `B4`: callee valid.
+//! - `B5`: callee has a home switch → `C11` ask it, `C12` its answer, `C13` (to a browser) or
+//!   `C2` (to the caller's switch) hand over address + key.
+//! - `B6`: callee is switchless → from a browser: F4 relay with a cloud-issued key; from a
+//!   switch: the switch sends `direct_offer` and `C3` tells the callee over its WebSocket.
+//! - `C14`/`C15`: reported by the switch that carries the call (key accepted, bridged).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use trunkline_protocol::{
+    AccountKind, CallEvent, CallId, ClientMsg, DeclineReason, ErrorCode, IncomingVia, Outcome, PhoneEntry,
+    ProtocolError, QueryAnswer, Route, ServerMsg, SignalPayload, Step,
+};
+
+use crate::config::SteeringConfig;
+use crate::directory::{Account, CallRecord, UnixMs};
+
+#[cfg(test)]
+mod tests;
+
+/// A connection, as numbered by the driver.
+pub type ConnId = u64;
+
+/// Who is at the other end of a connection (or a call).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Party {
+    Device(String),
+    Switch(String),
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Send `msg` on connection `conn`.
+    Send { conn: ConnId, msg: ServerMsg },
+    /// Close connection `conn` (after sending what was queued for it).
+    Close { conn: ConnId },
+    /// Persist a finished call attempt.
+    Record(CallRecord),
+    /// A patent step happened for `call_id` (for logs/metrics; the steps also go in the record).
+    Trace { call_id: CallId, step: Step, detail: String },
+    /// The attempt ended (for logs; the `Record` that follows carries the details).
+    Ended { call_id: CallId, outcome: Outcome, why: String },
+}
+
+/// Where a call is between its start and its outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallState {
+    /// C11 sent; waiting for the callee's switch to answer (C12).
+    AwaitSwitchAnswer,
+    /// B6 route sent to the caller's switch; waiting for its `direct_offer` (C3).
+    AwaitDirectOffer,
+    /// Address + key handed out (C13/C2/C3); waiting for the switch to see the key (C14).
+    AwaitDirectConnect,
+    /// C14 done: the switch accepted the key and is ringing its phone.
+    KeyAccepted,
+    /// The callee is ringing.
+    Ringing,
+    Connected,
+}
+
+#[derive(Clone, Debug)]
+struct Call {
+    caller: Party,
+    caller_number: String,
+    callee_number: String,
+    /// The switch that carries the call (bridges media), once known.
+    carrier: Option<String>,
+    /// The switchless callee device (F4 and C3), if any.
+    callee_device: Option<String>,
+    /// Cloud-issued key for F4 relays.
+    peer_key: Option<String>,
+    state: CallState,
+    started: Instant,
+    connected_at: Option<Instant>,
+    deadline: (Instant, u64),
+    trace: Vec<Step>,
+}
+
+#[derive(Clone, Debug)]
+struct DirEntry {
+    display_name: String,
+    kind: AccountKind,
+    home_switch: Option<String>,
+    ha1_md5: Option<String>,
+    ha1_sha256: Option<String>,
+}
+
+/// The steering engine.
+pub struct Engine {
+    cfg: SteeringConfig,
+    max_calls_per_device: usize,
+    clock_base: (Instant, UnixMs),
+    accounts: HashMap<String, DirEntry>,
+    conns: HashMap<ConnId, Party>,
+    devices: HashMap<String, ConnId>,
+    switches: HashMap<String, (ConnId, Vec<String>)>,
+    calls: HashMap<CallId, Call>,
+    timers: BTreeMap<(Instant, u64), CallId>,
+    timer_seq: u64,
+    outputs: std::collections::VecDeque<Output>,
+    new_key: Box<dyn FnMut() -> String + Send>,
+}
+
+/// Extra time past a key's TTL before the cloud gives up waiting for C14 (clock skew, RTT).
+const KEY_GRACE: Duration = Duration::from_secs(2);
+
+impl Engine {
+    /// `clock_base` ties the monotonic clock to wall time for call records:
+    /// `(Instant::now(), unix_ms_now)`. `new_key` returns a fresh ≥128-bit unpadded base64url key.
+    pub fn new(
+        cfg: SteeringConfig,
+        max_calls_per_device: usize,
+        clock_base: (Instant, UnixMs),
+        new_key: Box<dyn FnMut() -> String + Send>,
+    ) -> Engine {
+        Engine {
+            cfg,
+            max_calls_per_device,
+            clock_base,
+            accounts: HashMap::new(),
+            conns: HashMap::new(),
+            devices: HashMap::new(),
+            switches: HashMap::new(),
+            calls: HashMap::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            outputs: Default::default(),
+            new_key,
+        }
+    }
+
+    // ---------------------------------------------------------------- driver interface
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The earliest instant at which [`Engine::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|(t, _)| *t)
+    }
+
+    /// Calls in progress (for metrics and tests).
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn call_state(&self, call_id: &str) -> Option<CallState> {
+        self.calls.get(call_id).map(|c| c.state)
+    }
+
+    pub fn is_switch_online(&self, id: &str) -> bool {
+        self.switches.contains_key(id)
+    }
+
+    /// Replace the directory snapshot. Online switches whose phone list changed get
+    /// `phones_update`.
+    pub fn set_directory(&mut self, accounts: Vec<Account>) {
+        let before: HashMap<String, Vec<PhoneEntry>> =
+            self.switches.keys().map(|id| (id.clone(), self.phones_of(id))).collect();
+        self.accounts = accounts
+            .into_iter()
+            .map(|a| {
+                (
+                    a.number,
+                    DirEntry {
+                        display_name: a.display_name,
+                        kind: a.kind,
+                        home_switch: a.home_switch,
+                        ha1_md5: a.ha1_md5,
+                        ha1_sha256: a.ha1_sha256,
+                    },
+                )
+            })
+            .collect();
+        let ids: Vec<(String, ConnId)> = self.switches.iter().map(|(id, (c, _))| (id.clone(), *c)).collect();
+        for (id, conn) in ids {
+            let now = self.phones_of(&id);
+            if before.get(&id) != Some(&now) {
+                self.send(conn, ServerMsg::PhonesUpdate { phones: now });
+            }
+        }
+    }
+
+    /// The desk phones whose home switch is `switch_id`, sorted by number.
+    pub fn phones_of(&self, switch_id: &str) -> Vec<PhoneEntry> {
+        let mut v: Vec<PhoneEntry> = self
+            .accounts
+            .iter()
+            .filter(|(_, a)| a.home_switch.as_deref() == Some(switch_id))
+            .map(|(n, a)| PhoneEntry {
+                number: n.clone(),
+                display_name: a.display_name.clone(),
+                ha1_md5: a.ha1_md5.clone().unwrap_or_default(),
+                ha1_sha256: a.ha1_sha256.clone().unwrap_or_default(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.number.cmp(&b.number));
+        v
+    }
+
+    /// A browser signed in on `conn`. A previous connection of the same device is replaced:
+    /// it gets `session_replaced` and is closed.
+    pub fn device_online(&mut self, _now: Instant, conn: ConnId, number: &str) {
+        if let Some(old) = self.devices.insert(number.to_string(), conn)
+            && old != conn
+        {
+            self.conns.remove(&old);
+            self.send(old, ServerMsg::error(ErrorCode::SessionReplaced, "signed in on another connection", None));
+            self.outputs.push_back(Output::Close { conn: old });
+        }
+        self.conns.insert(conn, Party::Device(number.to_string()));
+    }
+
+    /// A switch signed in on `conn`, advertising `direct_urls`. It is sent `switch_welcome`
+    /// with its phones. A previous connection of the same switch is replaced.
+    pub fn switch_online(&mut self, _now: Instant, conn: ConnId, switch_id: &str, direct_urls: Vec<String>, realm: &str) {
+        if let Some((old, _)) = self.switches.insert(switch_id.to_string(), (conn, direct_urls))
+            && old != conn
+        {
+            self.conns.remove(&old);
+            self.send(old, ServerMsg::error(ErrorCode::SessionReplaced, "switch signed in on another connection", None));
+            self.outputs.push_back(Output::Close { conn: old });
+        }
+        self.conns.insert(conn, Party::Switch(switch_id.to_string()));
+        let phones = self.phones_of(switch_id);
+        self.send(
+            conn,
+            ServerMsg::SwitchWelcome {
+                v: trunkline_protocol::PROTOCOL_VERSION,
+                switch_id: switch_id.to_string(),
+                sip_realm: realm.to_string(),
+                phones,
+            },
+        );
+    }
+
+    /// A connection closed. Returns the party it was (if it had signed in and was not replaced).
+    pub fn disconnected(&mut self, now: Instant, conn: ConnId) -> Option<Party> {
+        let party = self.conns.remove(&conn)?;
+        match &party {
+            Party::Device(n) => {
+                self.devices.remove(n);
+            }
+            Party::Switch(id) => {
+                self.switches.remove(id);
+            }
+        }
+        // Calls that depended on this live connection end now; calls whose media runs
+        // directly between the other parties and a switch carry on without the cloud.
+        let affected: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| Self::involves(c, &party))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in affected {
+            let Some(call) = self.calls.get(&id) else { continue };
+            let outcome = match (&party, call.state) {
+                // Waiting on this switch's answer or offer: it is gone.
+                (Party::Switch(s), CallState::AwaitSwitchAnswer) if call.carrier.as_deref() == Some(s) => {
+                    Some(Outcome::SwitchUnavailable)
+                }
+                (Party::Switch(s), CallState::AwaitDirectOffer) if call.caller == Party::Switch(s.clone()) => {
+                    Some(Outcome::SwitchUnavailable)
+                }
+                // F4 (no switch): the cloud relay is the call's only signalling path.
+                (Party::Device(_), state) if call.carrier.is_none() => Some(match state {
+                    CallState::Connected => Outcome::Connected,
+                    _ if call.caller == party => Outcome::Cancelled,
+                    _ => Outcome::CalleeOffline,
+                }),
+                // A browser caller that leaves before it got the switch's key gives up.
+                (Party::Device(_), CallState::AwaitSwitchAnswer) if call.caller == party => Some(Outcome::Cancelled),
+                // A switchless C3 callee that leaves while being rung: it cannot connect.
+                (Party::Device(d), CallState::Ringing) if call.callee_device.as_deref() == Some(d) => {
+                    Some(Outcome::CalleeOffline)
+                }
+                // Otherwise the direct leg carries on; the switch reports the end.
+                _ => None,
+            };
+            if let Some(o) = outcome {
+                self.finish(now, &id, o, &format!("{party:?} disconnected"));
+            }
+        }
+        Some(party)
+    }
+
+    /// The server is stopping: every open attempt ends now (outcome `error`, or `connected`
+    /// with its duration so far), so no attempt is left without a record.
+    pub fn shutdown(&mut self, now: Instant) {
+        let ids: Vec<CallId> = self.calls.keys().cloned().collect();
+        for id in ids {
+            let connected = self.calls[&id].state == CallState::Connected;
+            let o = if connected { Outcome::Connected } else { Outcome::Error };
+            self.finish(now, &id, o, "signal server stopped");
+        }
+    }
+
+    /// Fire every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((&(t, seq), _)) = self.timers.iter().next() {
+            if t > now {
+                break;
+            }
+            let id = self.timers.remove(&(t, seq)).expect("key just seen");
+            let Some(call) = self.calls.get(&id) else { continue };
+            let (outcome, why) = match call.state {
+                CallState::AwaitSwitchAnswer => (Outcome::SwitchUnavailable, "C11: callee's switch did not answer in time"),
+                CallState::AwaitDirectOffer => (Outcome::SwitchUnavailable, "C3: caller's switch sent no direct_offer in time"),
+                CallState::AwaitDirectConnect => (Outcome::KeyExpired, "C14: the key was not presented in time"),
+                CallState::KeyAccepted | CallState::Ringing => (Outcome::NoAnswer, "callee did not answer in time"),
+                CallState::Connected => (Outcome::Connected, "no end reported within max_call_duration"),
+            };
+            self.finish(now, &id, outcome, why);
+        }
+    }
+
+    /// A message from an authenticated connection. Refusals go back as typed errors and
+    /// change nothing.
+    pub fn handle(&mut self, now: Instant, conn: ConnId, msg: ClientMsg) {
+        let Some(party) = self.conns.get(&conn).cloned() else {
+            self.send(conn, ServerMsg::error(ErrorCode::NotAuthenticated, "sign in first", None));
+            return;
+        };
+        let call_id = msg.call_id().map(str::to_string);
+        if let Err(e) = self.dispatch(now, conn, &party, msg) {
+            self.send(conn, e.to_msg(call_id));
+        }
+    }
+
+    // ---------------------------------------------------------------- dispatch
+
+    fn dispatch(&mut self, now: Instant, conn: ConnId, party: &Party, msg: ClientMsg) -> Result<(), ProtocolError> {
+        use ClientMsg as M;
+        match (party, msg) {
+            (_, M::Ping) => {
+                self.send(conn, ServerMsg::Pong);
+                Ok(())
+            }
+            (_, M::Login { .. } | M::Resume { .. } | M::SwitchAuth { .. }) => {
+                Err(ProtocolError::new(ErrorCode::AlreadyAuthenticated, "this connection is already signed in"))
+            }
+            (Party::Device(me), M::Dial { call_id, to }) => self.dial(now, me, call_id, to),
+            (Party::Switch(me), M::RouteQuery { call_id, from, to }) => self.route_query(now, me, call_id, from, to),
+            (Party::Switch(me), M::QueryAnswer { call_id, answer }) => self.query_answer(now, me, &call_id, answer),
+            (Party::Switch(me), M::DirectOffer { call_id, url, key, expires_in_ms }) => {
+                self.direct_offer(now, me, &call_id, url, key, expires_in_ms)
+            }
+            (Party::Switch(me), M::CallEvent { call_id, event }) => self.call_event(now, me, &call_id, event),
+            (_, M::Cancel { call_id }) => self.cancel(now, party, &call_id),
+            (Party::Device(me), M::Accept { call_id, key }) => self.accept(now, me, &call_id, &key),
+            (_, M::Decline { call_id, reason }) => self.decline(now, party, &call_id, reason),
+            (Party::Device(me), M::Signal { call_id, key, payload }) => self.signal(me, &call_id, &key, payload),
+            (Party::Device(me), M::Hangup { call_id }) => self.hangup(now, me, &call_id),
+            (_, m) => Err(ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "a {} may not send {}",
+                    if matches!(party, Party::Device(_)) { "browser" } else { "switch" },
+                    m.kind()
+                ),
+            )),
+        }
+    }
+
+    /// A: a browser's call request arrives via the cloud → C1.
+    fn dial(&mut self, now: Instant, me: &str, call_id: CallId, to: String) -> Result<(), ProtocolError> {
+        self.check_new_call(&call_id)?;
+        let mine = self.calls.values().filter(|c| c.caller == Party::Device(me.to_string())).count();
+        if mine >= self.max_calls_per_device {
+            return Err(ProtocolError::new(
+                ErrorCode::TooManyRequests,
+                format!("at most {} calls in progress per device", self.max_calls_per_device),
+            ));
+        }
+        let caller = Party::Device(me.to_string());
+        self.start_call(now, &call_id, caller, me, &to);
+        self.trace(&call_id, Step::A, "request via the cloud");
+        self.trace(&call_id, Step::C1, "browser dials");
+        let Some(callee) = self.validate_callee(now, &call_id, me, &to) else { return Ok(()) };
+        match callee.home_switch {
+            Some(sw) => {
+                self.trace(&call_id, Step::B5, &format!("callee {to} is on switch {sw}"));
+                self.ask_switch(now, &call_id, &sw);
+            }
+            None => {
+                self.trace(&call_id, Step::B6, &format!("callee {to} is a switchless device"));
+                self.ring_peer(now, &call_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// A: a switch's request (B1) asks the cloud to validate (B2).
+    fn route_query(&mut self, now: Instant, me: &str, call_id: CallId, from: String, to: String) -> Result<(), ProtocolError> {
+        match self.accounts.get(&from) {
+            Some(a) if a.home_switch.as_deref() == Some(me) => {}
+            _ => {
+                return Err(ProtocolError::new(
+                    ErrorCode::Forbidden,
+                    format!("{from} is not a phone of switch {me}"),
+                ));
+            }
+        }
+        self.check_new_call(&call_id)?;
+        self.start_call(now, &call_id, Party::Switch(me.to_string()), &from, &to);
+        self.trace(&call_id, Step::A, "request via a caller-side switch");
+        self.trace(&call_id, Step::B1, &format!("switch {me} got a call from {from}"));
+        self.trace(&call_id, Step::B2, "switch asks the cloud to validate");
+        let Some(callee) = self.validate_callee(now, &call_id, &from, &to) else { return Ok(()) };
+        match callee.home_switch {
+            Some(sw) if sw == me => {
+                // The switch's phone list was stale: it can connect the call itself (F7).
+                self.send_party(&Party::Switch(me.to_string()), ServerMsg::Route { call_id: call_id.clone(), route: Route::Local });
+                let c = self.calls.get_mut(&call_id).expect("just started");
+                c.carrier = Some(me.to_string());
+                self.set_state(now, &call_id, CallState::Ringing);
+            }
+            Some(sw) => {
+                self.trace(&call_id, Step::B5, &format!("callee {to} is on switch {sw}"));
+                let Some(url) = self.switch_url(&sw) else {
+                    self.finish(now, &call_id, Outcome::SwitchUnavailable, &format!("switch {sw} is offline"));
+                    return Ok(());
+                };
+                self.send_party(
+                    &Party::Switch(me.to_string()),
+                    ServerMsg::Route { call_id: call_id.clone(), route: Route::Switch { switch_id: sw.clone(), url } },
+                );
+                self.ask_switch(now, &call_id, &sw);
+            }
+            None => {
+                self.trace(&call_id, Step::B6, &format!("callee {to} is a switchless device"));
+                if !self.devices.contains_key(&to) {
+                    self.finish(now, &call_id, Outcome::CalleeOffline, &format!("{to} has no live connection"));
+                    return Ok(());
+                }
+                let c = self.calls.get_mut(&call_id).expect("just started");
+                c.carrier = Some(me.to_string());
+                c.callee_device = Some(to.clone());
+                self.send_party(
+                    &Party::Switch(me.to_string()),
+                    ServerMsg::Route { call_id: call_id.clone(), route: Route::Device { device_id: to } },
+                );
+                self.set_state(now, &call_id, CallState::AwaitDirectOffer);
+            }
+        }
+        Ok(())
+    }
+
+    /// C12: the callee's switch answers C11.
+    fn query_answer(&mut self, now: Instant, me: &str, call_id: &str, answer: QueryAnswer) -> Result<(), ProtocolError> {
+        let call = self.party_call(call_id, &Party::Switch(me.to_string()))?;
+        if call.state != CallState::AwaitSwitchAnswer || call.carrier.as_deref() != Some(me) {
+            return Err(wrong_state(call_id, call.state, "query_answer"));
+        }
+        let caller = call.caller.clone();
+        match answer {
+            QueryAnswer::Accept { url, key, expires_in_ms } => {
+                self.trace(call_id, Step::C12, &format!("switch {me} queued the call and issued a key"));
+                let step = if matches!(caller, Party::Switch(_)) { Step::C2 } else { Step::C13 };
+                self.trace(call_id, step, "address + key relayed to the caller");
+                self.send_party(&caller, ServerMsg::Connect { call_id: call_id.to_string(), url, key, expires_in_ms });
+                let ttl = Duration::from_millis(expires_in_ms).min(self.cfg.key_ttl()) + KEY_GRACE;
+                self.set_state_deadline(call_id, CallState::AwaitDirectConnect, now + ttl);
+            }
+            QueryAnswer::Decline { reason } => {
+                self.trace(call_id, Step::C12, &format!("switch {me} declined: {reason:?}"));
+                self.trace(call_id, Step::C13, "decline relayed to the caller");
+                self.finish(now, call_id, reason.outcome(), "callee's switch declined");
+            }
+        }
+        Ok(())
+    }
+
+    /// C3: after a B6 route, the caller's switch gives its address + key for the callee.
+    fn direct_offer(
+        &mut self,
+        now: Instant,
+        me: &str,
+        call_id: &str,
+        url: String,
+        key: String,
+        expires_in_ms: u64,
+    ) -> Result<(), ProtocolError> {
+        let call = self.party_call(call_id, &Party::Switch(me.to_string()))?;
+        if call.state != CallState::AwaitDirectOffer || call.caller != Party::Switch(me.to_string()) {
+            return Err(wrong_state(call_id, call.state, "direct_offer"));
+        }
+        let callee = call.callee_device.clone().expect("B6 calls have a callee device");
+        let from = call.caller_number.clone();
+        let from_name = self.display_name(&from);
+        if !self.devices.contains_key(&callee) {
+            self.finish(now, call_id, Outcome::CalleeOffline, "callee went offline");
+            return Ok(());
+        }
+        self.trace(call_id, Step::C3, &format!("callee {callee} told to connect to switch {me}"));
+        self.send_party(
+            &Party::Device(callee),
+            ServerMsg::Incoming {
+                call_id: call_id.to_string(),
+                from,
+                from_name,
+                via: IncomingVia::Direct { url, key, expires_in_ms },
+            },
+        );
+        self.set_state(now, call_id, CallState::Ringing);
+        Ok(())
+    }
+
+    /// Progress from a switch that is a party of the call (C14 / C15 / the end).
+    fn call_event(&mut self, now: Instant, me: &str, call_id: &str, event: CallEvent) -> Result<(), ProtocolError> {
+        let me_p = Party::Switch(me.to_string());
+        let call = self.party_call(call_id, &me_p)?;
+        let state = call.state;
+        let is_carrier = call.carrier.as_deref() == Some(me);
+        let caller = call.caller.clone();
+        let pre_connect = matches!(state, CallState::AwaitDirectConnect | CallState::KeyAccepted | CallState::Ringing);
+        match event {
+            CallEvent::KeyAccepted if is_carrier && matches!(state, CallState::AwaitDirectConnect | CallState::Ringing) => {
+                self.trace(call_id, Step::C14, &format!("switch {me} accepted the key"));
+                self.set_state(now, call_id, CallState::KeyAccepted);
+                Ok(())
+            }
+            CallEvent::Ringing if is_carrier && pre_connect => {
+                self.notify_caller(&caller, me, call_id, CallEvent::Ringing);
+                if state != CallState::Ringing {
+                    self.set_state(now, call_id, CallState::Ringing);
+                }
+                Ok(())
+            }
+            CallEvent::Connected if is_carrier && pre_connect => {
+                self.trace(call_id, Step::C15, &format!("switch {me} bridged the call"));
+                self.notify_caller(&caller, me, call_id, CallEvent::Connected);
+                let c = self.calls.get_mut(call_id).expect("checked");
+                c.connected_at = Some(now);
+                let until = now + self.cfg.max_call_duration();
+                self.set_state_deadline(call_id, CallState::Connected, until);
+                Ok(())
+            }
+            CallEvent::Ended { outcome, duration_ms } if state != CallState::AwaitSwitchAnswer || !is_carrier => {
+                let outcome = if state == CallState::Connected { Outcome::Connected } else { outcome };
+                if let Some(d) = duration_ms
+                    && let Some(c) = self.calls.get_mut(call_id)
+                    && outcome == Outcome::Connected
+                {
+                    // The carrier measured talk time; trust it over our message timing.
+                    c.connected_at = Some(now.checked_sub(Duration::from_millis(d)).unwrap_or(now));
+                }
+                self.finish(now, call_id, outcome, &format!("switch {me} reported the end"));
+                Ok(())
+            }
+            ev => Err(ProtocolError::new(
+                ErrorCode::WrongState,
+                format!("call {call_id} is {state:?}; a {} event from this switch does not fit", event_name(&ev)),
+            )),
+        }
+    }
+
+    fn cancel(&mut self, now: Instant, party: &Party, call_id: &str) -> Result<(), ProtocolError> {
+        let call = self.party_call(call_id, party)?;
+        if &call.caller != party {
+            return Err(ProtocolError::new(ErrorCode::NotYourCall, "only the caller can cancel; use decline"));
+        }
+        if call.state == CallState::Connected {
+            return Err(wrong_state(call_id, call.state, "cancel (the call is connected: hang up)"));
+        }
+        self.finish(now, call_id, Outcome::Cancelled, "caller cancelled");
+        Ok(())
+    }
+
+    fn decline(&mut self, now: Instant, party: &Party, call_id: &str, reason: DeclineReason) -> Result<(), ProtocolError> {
+        let call = self.party_call(call_id, party)?;
+        if &call.caller == party {
+            return Err(ProtocolError::new(ErrorCode::NotYourCall, "the caller cannot decline; use cancel"));
+        }
+        if call.state == CallState::Connected {
+            return Err(wrong_state(call_id, call.state, "decline (the call is connected: hang up)"));
+        }
+        if let Party::Switch(s) = party
+            && call.state == CallState::AwaitSwitchAnswer
+        {
+            // Same as a C12 decline.
+            return self.query_answer(now, s, call_id, QueryAnswer::Decline { reason });
+        }
+        self.finish(now, call_id, reason.outcome(), "callee declined");
+        Ok(())
+    }
+
+    /// F4: the switchless callee takes the call.
+    fn accept(&mut self, now: Instant, me: &str, call_id: &str, key: &str) -> Result<(), ProtocolError> {
+        let call = self.party_call(call_id, &Party::Device(me.to_string()))?;
+        if call.callee_device.as_deref() != Some(me) || call.carrier.is_some() {
+            return Err(ProtocolError::new(ErrorCode::NotYourCall, "accept is for the callee of a browser-to-browser call"));
+        }
+        check_peer_key(call, key)?;
+        if call.state != CallState::Ringing {
+            return Err(wrong_state(call_id, call.state, "accept"));
+        }
+        let caller = call.caller.clone();
+        self.trace(call_id, Step::F4, &format!("{me} accepted"));
+        self.send_party(&caller, ServerMsg::CallEvent { call_id: call_id.to_string(), event: CallEvent::Connected });
+        let c = self.calls.get_mut(call_id).expect("checked");
+        c.connected_at = Some(now);
+        let until = now + self.cfg.max_call_duration();
+        self.set_state_deadline(call_id, CallState::Connected, until);
+        Ok(())
+    }
+
+    /// F4: relay WebRTC negotiation to the other browser.
+    fn signal(&mut self, me: &str, call_id: &str, key: &str, payload: SignalPayload) -> Result<(), ProtocolError> {
+        let call = self.party_call(call_id, &Party::Device(me.to_string()))?;
+        if call.carrier.is_some() || call.peer_key.is_none() {
+            return Err(ProtocolError::new(ErrorCode::WrongState, "signal is only for browser-to-browser calls"));
+        }
+        check_peer_key(call, key)?;
+        if !matches!(call.state, CallState::Ringing | CallState::Connected) {
+            return Err(wrong_state(call_id, call.state, "signal"));
+        }
+        let other = if call.caller == Party::Device(me.to_string()) {
+            Party::Device(call.callee_device.clone().expect("F4 calls have a callee device"))
+        } else {
+            call.caller.clone()
+        };
+        if !call.trace.contains(&Step::F4) {
+            self.trace(call_id, Step::F4, "relaying WebRTC negotiation");
+        }
+        self.send_party(&other, ServerMsg::Signal { call_id: call_id.to_string(), payload });
+        Ok(())
+    }
+
+    /// F4: either browser hangs up (before connect: the caller cancels, the callee declines).
+    fn hangup(&mut self, now: Instant, me: &str, call_id: &str) -> Result<(), ProtocolError> {
+        let party = Party::Device(me.to_string());
+        let call = self.party_call(call_id, &party)?;
+        if call.carrier.is_some() && call.state == CallState::Connected {
+            return Err(ProtocolError::new(
+                ErrorCode::WrongState,
+                "this call runs through a switch: hang up on the direct connection",
+            ));
+        }
+        let outcome = match call.state {
+            CallState::Connected => Outcome::Connected,
+            _ if call.caller == party => Outcome::Cancelled,
+            _ => Outcome::Declined,
+        };
+        self.finish(now, call_id, outcome, &format!("{me} hung up"));
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- steps
+
+    fn check_new_call(&self, call_id: &str) -> Result<(), ProtocolError> {
+        if self.calls.contains_key(call_id) {
+            return Err(ProtocolError::new(ErrorCode::DuplicateCall, format!("call {call_id} already exists")));
+        }
+        Ok(())
+    }
+
+    fn start_call(&mut self, now: Instant, call_id: &str, caller: Party, from: &str, to: &str) {
+        let seq = self.next_seq();
+        self.calls.insert(
+            call_id.to_string(),
+            Call {
+                caller,
+                caller_number: from.to_string(),
+                callee_number: to.to_string(),
+                carrier: None,
+                callee_device: None,
+                peer_key: None,
+                state: CallState::AwaitSwitchAnswer,
+                started: now,
+                connected_at: None,
+                // Placeholder; every path sets a real deadline or finishes immediately.
+                deadline: (now, seq),
+                trace: Vec::with_capacity(8),
+            },
+        );
+    }
+
+    /// B3/B4: is the callee a valid account? Invalid → the attempt ends `rejected_invalid`.
+    fn validate_callee(&mut self, now: Instant, call_id: &str, from: &str, to: &str) -> Option<DirEntry> {
+        match self.accounts.get(to) {
+            Some(a) if to != from => {
+                let a = a.clone();
+                self.trace(call_id, Step::B4, &format!("callee {to} is valid"));
+                Some(a)
+            }
+            Some(_) => {
+                self.trace(call_id, Step::B3, "a device cannot call itself");
+                self.reject_invalid(now, call_id, "you cannot call your own number");
+                None
+            }
+            None => {
+                self.trace(call_id, Step::B3, &format!("callee {to} does not exist"));
+                self.reject_invalid(now, call_id, &format!("number {to} does not exist"));
+                None
+            }
+        }
+    }
+
+    fn reject_invalid(&mut self, now: Instant, call_id: &str, reason: &str) {
+        let caller = self.calls[call_id].caller.clone();
+        match &caller {
+            Party::Switch(_) => self.send_party(
+                &caller,
+                ServerMsg::Route { call_id: call_id.to_string(), route: Route::Invalid { reason: reason.to_string() } },
+            ),
+            Party::Device(_) => self.send_party(
+                &caller,
+                ServerMsg::error(ErrorCode::InvalidCall, reason, Some(call_id.to_string())),
+            ),
+        }
+        self.finish(now, call_id, Outcome::RejectedInvalid, reason);
+    }
+
+    /// C11: ask the callee's switch whether the callee accepts.
+    fn ask_switch(&mut self, now: Instant, call_id: &str, switch_id: &str) {
+        self.calls.get_mut(call_id).expect("live call").carrier = Some(switch_id.to_string());
+        let Some((conn, _)) = self.switches.get(switch_id) else {
+            self.finish(now, call_id, Outcome::SwitchUnavailable, &format!("switch {switch_id} is offline"));
+            return;
+        };
+        let conn = *conn;
+        let c = &self.calls[call_id];
+        let msg = ServerMsg::CalleeQuery {
+            call_id: call_id.to_string(),
+            from: c.caller_number.clone(),
+            from_name: self.display_name(&c.caller_number),
+            to: c.callee_number.clone(),
+        };
+        self.trace(call_id, Step::C11, &format!("asking switch {switch_id}"));
+        self.send(conn, msg);
+        let until = now + self.cfg.switch_answer_timeout();
+        self.set_state_deadline(call_id, CallState::AwaitSwitchAnswer, until);
+    }
+
+    /// F4: ring a switchless browser from a browser, with a cloud-issued key for both.
+    fn ring_peer(&mut self, now: Instant, call_id: &str) {
+        let (callee, from, caller) = {
+            let c = &self.calls[call_id];
+            (c.callee_number.clone(), c.caller_number.clone(), c.caller.clone())
+        };
+        if !self.devices.contains_key(&callee) {
+            self.finish(now, call_id, Outcome::CalleeOffline, &format!("{callee} has no live connection"));
+            return;
+        }
+        let busy = self.calls.iter().any(|(id, c)| {
+            id != call_id
+                && c.state == CallState::Connected
+                && (c.callee_device.as_deref() == Some(&callee) || c.caller == Party::Device(callee.clone()))
+        });
+        if busy {
+            self.finish(now, call_id, Outcome::Busy, &format!("{callee} is on another call"));
+            return;
+        }
+        let key = (self.new_key)();
+        let c = self.calls.get_mut(call_id).expect("live call");
+        c.callee_device = Some(callee.clone());
+        c.peer_key = Some(key.clone());
+        let from_name = self.display_name(&from);
+        self.trace(call_id, Step::F4, &format!("ringing {callee} with a cloud-issued key"));
+        self.send_party(
+            &Party::Device(callee),
+            ServerMsg::Incoming { call_id: call_id.to_string(), from, from_name, via: IncomingVia::Peer { key: key.clone() } },
+        );
+        self.send_party(&caller, ServerMsg::Peer { call_id: call_id.to_string(), key });
+        self.send_party(&caller, ServerMsg::CallEvent { call_id: call_id.to_string(), event: CallEvent::Ringing });
+        self.set_state(now, call_id, CallState::Ringing);
+    }
+
+    /// The one end of every attempt: outcome to every party still online, a record, no timer.
+    fn finish(&mut self, now: Instant, call_id: &str, outcome: Outcome, why: &str) {
+        let Some(mut call) = self.calls.remove(call_id) else { return };
+        self.timers.remove(&call.deadline);
+        let duration_ms = match (outcome, call.connected_at) {
+            (Outcome::Connected, Some(t)) => Some(now.saturating_duration_since(t).as_millis() as u64),
+            (Outcome::Connected, None) => Some(0),
+            _ => None,
+        };
+        self.outputs.push_back(Output::Ended { call_id: call_id.to_string(), outcome, why: why.to_string() });
+        let msg = ServerMsg::Outcome { call_id: call_id.to_string(), outcome, duration_ms };
+        let mut told: Vec<Party> = vec![call.caller.clone()];
+        if let Some(s) = &call.carrier {
+            told.push(Party::Switch(s.clone()));
+        }
+        if let Some(d) = &call.callee_device {
+            told.push(Party::Device(d.clone()));
+        }
+        told.dedup();
+        for p in &told {
+            self.send_party(p, msg.clone());
+        }
+        let to_ms = |t: Instant| -> UnixMs {
+            let (base_i, base_ms) = self.clock_base;
+            if t >= base_i {
+                base_ms + t.duration_since(base_i).as_millis() as i64
+            } else {
+                base_ms - base_i.duration_since(t).as_millis() as i64
+            }
+        };
+        let record = CallRecord {
+            call_id: call_id.to_string(),
+            caller: std::mem::take(&mut call.caller_number),
+            callee: std::mem::take(&mut call.callee_number),
+            switch_id: call.carrier.take(),
+            started_ms: to_ms(call.started),
+            ended_ms: to_ms(now),
+            outcome,
+            duration_ms,
+            trace: std::mem::take(&mut call.trace),
+        };
+        self.outputs.push_back(Output::Record(record));
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    fn involves(c: &Call, p: &Party) -> bool {
+        if &c.caller == p {
+            return true;
+        }
+        match p {
+            Party::Switch(s) => c.carrier.as_deref() == Some(s),
+            Party::Device(d) => c.callee_device.as_deref() == Some(d),
+        }
+    }
+
+    /// The call, if `party` takes part in it.
+    fn party_call(&self, call_id: &str, party: &Party) -> Result<&Call, ProtocolError> {
+        let call = self
+            .calls
+            .get(call_id)
+            .ok_or_else(|| ProtocolError::new(ErrorCode::UnknownCall, format!("no call {call_id} in progress")))?;
+        if !Self::involves(call, party) {
+            return Err(ProtocolError::new(ErrorCode::NotYourCall, format!("you are not a party of call {call_id}")));
+        }
+        Ok(call)
+    }
+
+    fn notify_caller(&mut self, caller: &Party, reporter: &str, call_id: &str, event: CallEvent) {
+        if caller != &Party::Switch(reporter.to_string()) {
+            self.send_party(caller, ServerMsg::CallEvent { call_id: call_id.to_string(), event });
+        }
+    }
+
+    fn switch_url(&self, id: &str) -> Option<String> {
+        self.switches.get(id).and_then(|(_, urls)| urls.first().cloned())
+    }
+
+    fn display_name(&self, number: &str) -> String {
+        self.accounts.get(number).map(|a| a.display_name.clone()).unwrap_or_else(|| number.to_string())
+    }
+
+    fn trace(&mut self, call_id: &str, step: Step, detail: &str) {
+        if let Some(c) = self.calls.get_mut(call_id) {
+            c.trace.push(step);
+        }
+        self.outputs.push_back(Output::Trace { call_id: call_id.to_string(), step, detail: detail.to_string() });
+    }
+
+    fn send(&mut self, conn: ConnId, msg: ServerMsg) {
+        self.outputs.push_back(Output::Send { conn, msg });
+    }
+
+    fn send_party(&mut self, p: &Party, msg: ServerMsg) {
+        let conn = match p {
+            Party::Device(n) => self.devices.get(n).copied(),
+            Party::Switch(s) => self.switches.get(s).map(|(c, _)| *c),
+        };
+        if let Some(conn) = conn {
+            self.send(conn, msg);
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.timer_seq += 1;
+        self.timer_seq
+    }
+
+    /// Enter `state` with the deadline that state implies.
+    fn set_state(&mut self, now: Instant, call_id: &str, state: CallState) {
+        let d = match state {
+            CallState::AwaitSwitchAnswer => self.cfg.switch_answer_timeout(),
+            CallState::AwaitDirectOffer => self.cfg.direct_offer_timeout(),
+            CallState::AwaitDirectConnect => self.cfg.key_ttl() + KEY_GRACE,
+            CallState::KeyAccepted | CallState::Ringing => self.cfg.ring_timeout(),
+            CallState::Connected => self.cfg.max_call_duration(),
+        };
+        self.set_state_deadline(call_id, state, now + d);
+    }
+
+    fn set_state_deadline(&mut self, call_id: &str, state: CallState, deadline: Instant) {
+        let seq = self.next_seq();
+        let Some(c) = self.calls.get_mut(call_id) else { return };
+        self.timers.remove(&c.deadline);
+        c.state = state;
+        c.deadline = (deadline, seq);
+        self.timers.insert((deadline, seq), call_id.to_string());
+    }
+}
+
+fn check_peer_key(call: &Call, key: &str) -> Result<(), ProtocolError> {
+    match &call.peer_key {
+        Some(k) if crate::credentials::ct_eq(k, key) => Ok(()),
+        _ => Err(ProtocolError::new(ErrorCode::BadKey, "the key does not match this call")),
+    }
+}
+
+fn wrong_state(call_id: &str, state: CallState, what: &str) -> ProtocolError {
+    ProtocolError::new(ErrorCode::WrongState, format!("call {call_id} is {state:?}: {what} does not fit now"))
+}
+
+fn event_name(e: &CallEvent) -> &'static str {
+    match e {
+        CallEvent::KeyAccepted => "key_accepted",
+        CallEvent::Ringing => "ringing",
+        CallEvent::Connected => "connected",
+        CallEvent::Ended { .. } => "ended",
+    }
+}

@@ -1,0 +1,705 @@
+//! Deterministic tests of the steering engine: every patent branch and every timeout, driven
+//! with a fake clock (plain `Instant` arithmetic) and no sockets.
+
+use super::*;
+use trunkline_protocol::ServerMsg as S;
+
+const ALICE: ConnId = 1; // browser 2001, no switch
+const BOB: ConnId = 2; // browser 2002, no switch
+const HQ: ConnId = 10; // switch hq: desk phones 1001, 1002
+const BRANCH: ConnId = 20; // switch branch: desk phone 3001
+const HQ_URL: &str = "ws://10.0.0.1:7000/direct";
+const BRANCH_URL: &str = "ws://10.0.0.2:7000/direct";
+const KEY: &str = "k3y-k3y-k3y-k3y-k3y-k3y-k3y";
+
+fn account(number: &str, kind: AccountKind, switch: Option<&str>) -> Account {
+    Account {
+        number: number.into(),
+        display_name: format!("User {number}"),
+        kind,
+        home_switch: switch.map(Into::into),
+        ha1_md5: switch.map(|_| "md5".into()),
+        ha1_sha256: switch.map(|_| "sha".into()),
+    }
+}
+
+struct H {
+    e: Engine,
+    t0: Instant,
+    now: Instant,
+    out: Vec<Output>,
+}
+
+impl H {
+    /// Everyone online.
+    fn new() -> H {
+        let mut h = H::offline();
+        h.e.device_online(h.now, ALICE, "2001");
+        h.e.device_online(h.now, BOB, "2002");
+        h.e.switch_online(h.now, HQ, "hq", vec![HQ_URL.into()], "trunkline");
+        h.e.switch_online(h.now, BRANCH, "branch", vec![BRANCH_URL.into()], "trunkline");
+        h.drain();
+        h.out.clear();
+        h
+    }
+
+    fn offline() -> H {
+        let t0 = Instant::now();
+        let mut n = 0u32;
+        let mut e = Engine::new(
+            SteeringConfig::default(),
+            4,
+            (t0, 1_700_000_000_000),
+            Box::new(move || {
+                n += 1;
+                format!("cloud-key-{n:016}")
+            }),
+        );
+        e.set_directory(vec![
+            account("2001", AccountKind::Browser, None),
+            account("2002", AccountKind::Browser, None),
+            account("1001", AccountKind::Deskphone, Some("hq")),
+            account("1002", AccountKind::Deskphone, Some("hq")),
+            account("3001", AccountKind::Deskphone, Some("branch")),
+        ]);
+        H { e, t0, now: t0, out: vec![] }
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.e.poll_output() {
+            self.out.push(o);
+        }
+    }
+
+    fn msg(&mut self, conn: ConnId, json: &str) {
+        let m = ClientMsg::decode(json).unwrap_or_else(|e| panic!("test message {json} invalid: {e}"));
+        self.e.handle(self.now, conn, m);
+        self.drain();
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.e.handle_timeout(self.now);
+        self.drain();
+    }
+
+    /// Messages sent to `conn` since the last call, consumed.
+    fn to(&mut self, conn: ConnId) -> Vec<S> {
+        let mut got = vec![];
+        self.out.retain(|o| match o {
+            Output::Send { conn: c, msg } if *c == conn => {
+                got.push(msg.clone());
+                false
+            }
+            _ => true,
+        });
+        got
+    }
+
+    fn records(&mut self) -> Vec<CallRecord> {
+        let mut got = vec![];
+        self.out.retain(|o| match o {
+            Output::Record(r) => {
+                got.push(r.clone());
+                false
+            }
+            _ => true,
+        });
+        got
+    }
+
+    fn one_record(&mut self) -> CallRecord {
+        let r = self.records();
+        assert_eq!(r.len(), 1, "exactly one record expected: {r:?}");
+        r.into_iter().next().unwrap()
+    }
+
+    fn error_code(&mut self, conn: ConnId) -> ErrorCode {
+        let msgs = self.to(conn);
+        match msgs.as_slice() {
+            [S::Error { code, .. }] => *code,
+            other => panic!("expected one error, got {other:?}"),
+        }
+    }
+
+    fn nothing_sent(&self) -> bool {
+        !self.out.iter().any(|o| matches!(o, Output::Send { .. } | Output::Record(_)))
+    }
+}
+
+fn outcome_of(msgs: &[S]) -> Option<(Outcome, Option<u64>)> {
+    msgs.iter().find_map(|m| match m {
+        S::Outcome { outcome, duration_ms, .. } => Some((*outcome, *duration_ms)),
+        _ => None,
+    })
+}
+
+fn steps(r: &CallRecord) -> String {
+    r.trace.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+}
+
+fn accept_json(call: &str) -> String {
+    format!(r#"{{"type":"query_answer","call_id":"{call}","answer":{{"answer":"accept","url":"{BRANCH_URL}","key":"{KEY}","expires_in_ms":30000}}}}"#)
+}
+
+// ------------------------------------------------------------------ A → C1, B3
+
+#[test]
+fn c1_b3_browser_dials_unknown_number_gets_invalid_call_and_nothing_rings() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"c1","to":"9999"}"#);
+    let to_alice = h.to(ALICE);
+    assert!(matches!(&to_alice[0], S::Error { code: ErrorCode::InvalidCall, call_id: Some(c), .. } if c == "c1"));
+    assert_eq!(outcome_of(&to_alice), Some((Outcome::RejectedInvalid, None)));
+    assert!(h.to(HQ).is_empty() && h.to(BRANCH).is_empty() && h.to(BOB).is_empty(), "nothing rings");
+    let r = h.one_record();
+    assert_eq!(r.outcome, Outcome::RejectedInvalid);
+    assert_eq!(steps(&r), "A,C1,B3");
+    assert_eq!(h.e.active_calls(), 0);
+}
+
+#[test]
+fn c1_b3_calling_yourself_is_invalid() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"c1","to":"2001"}"#);
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::RejectedInvalid, None)));
+    assert_eq!(h.one_record().outcome, Outcome::RejectedInvalid);
+}
+
+// ------------------------------------------------------------------ F1: C1, B5, C11–C15
+
+#[test]
+fn f1_c11_c12_c13_accept_relays_address_and_key_then_c14_c15_connect() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"f1","to":"3001"}"#);
+    let q = h.to(BRANCH);
+    assert_eq!(
+        q,
+        vec![S::CalleeQuery { call_id: "f1".into(), from: "2001".into(), from_name: "User 2001".into(), to: "3001".into() }]
+    );
+    assert_eq!(h.e.call_state("f1"), Some(CallState::AwaitSwitchAnswer));
+    h.msg(BRANCH, &accept_json("f1"));
+    assert_eq!(
+        h.to(ALICE),
+        vec![S::Connect { call_id: "f1".into(), url: BRANCH_URL.into(), key: KEY.into(), expires_in_ms: 30_000 }]
+    );
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"f1","event":{"event":"key_accepted"}}"#);
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"f1","event":{"event":"ringing"}}"#);
+    assert_eq!(h.to(ALICE), vec![S::CallEvent { call_id: "f1".into(), event: CallEvent::Ringing }]);
+    h.advance(Duration::from_secs(3));
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"f1","event":{"event":"connected"}}"#);
+    assert_eq!(h.to(ALICE), vec![S::CallEvent { call_id: "f1".into(), event: CallEvent::Connected }]);
+    h.advance(Duration::from_secs(10));
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"f1","event":{"event":"ended","outcome":"connected","duration_ms":10000}}"#);
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::Connected, Some(10_000))));
+    assert_eq!(outcome_of(&h.to(BRANCH)), Some((Outcome::Connected, Some(10_000))));
+    let r = h.one_record();
+    assert_eq!(steps(&r), "A,C1,B4,B5,C11,C12,C13,C14,C15");
+    assert_eq!((r.outcome, r.duration_ms, r.switch_id.as_deref()), (Outcome::Connected, Some(10_000), Some("branch")));
+    assert_eq!(r.started_ms, 1_700_000_000_000);
+    assert_eq!(r.ended_ms - r.started_ms, 13_000);
+    // Exactly one outcome: the call is gone, later reports are refused and record nothing.
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"f1","event":{"event":"ended","outcome":"error"}}"#);
+    assert_eq!(h.error_code(BRANCH), ErrorCode::UnknownCall);
+    assert!(h.records().is_empty());
+}
+
+#[test]
+fn f6_c12_declines_map_to_busy_offline_declined() {
+    for (reason, outcome) in [
+        ("busy", Outcome::Busy),
+        ("not_registered", Outcome::CalleeOffline),
+        ("declined", Outcome::Declined),
+    ] {
+        let mut h = H::new();
+        h.msg(ALICE, r#"{"type":"dial","call_id":"d","to":"3001"}"#);
+        h.to(BRANCH);
+        h.msg(
+            BRANCH,
+            &format!(r#"{{"type":"query_answer","call_id":"d","answer":{{"answer":"decline","reason":"{reason}"}}}}"#),
+        );
+        assert_eq!(outcome_of(&h.to(ALICE)), Some((outcome, None)), "{reason}");
+        let r = h.one_record();
+        assert_eq!((r.outcome, steps(&r).as_str()), (outcome, "A,C1,B4,B5,C11,C12,C13"));
+    }
+}
+
+#[test]
+fn c11_timeout_switch_never_answers_is_switch_unavailable() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"t","to":"3001"}"#);
+    h.out.clear();
+    let timeout = SteeringConfig::default().switch_answer_timeout();
+    assert_eq!(h.e.poll_timeout(), Some(h.t0 + timeout));
+    h.advance(timeout - Duration::from_millis(1));
+    assert!(h.nothing_sent(), "not yet");
+    h.advance(Duration::from_millis(1));
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::SwitchUnavailable, None)));
+    // The switch hears it too, so a late queue entry is dropped.
+    assert_eq!(outcome_of(&h.to(BRANCH)), Some((Outcome::SwitchUnavailable, None)));
+    assert_eq!(h.one_record().outcome, Outcome::SwitchUnavailable);
+    assert_eq!(h.e.poll_timeout(), None);
+    // A late answer changes nothing.
+    h.msg(BRANCH, &accept_json("t"));
+    assert_eq!(h.error_code(BRANCH), ErrorCode::UnknownCall);
+    assert!(h.to(ALICE).is_empty());
+}
+
+#[test]
+fn b5_callee_switch_offline_is_switch_unavailable_at_once() {
+    let mut h = H::new();
+    h.e.disconnected(h.now, BRANCH);
+    h.msg(ALICE, r#"{"type":"dial","call_id":"o","to":"3001"}"#);
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::SwitchUnavailable, None)));
+    assert_eq!(steps(&h.one_record()), "A,C1,B4,B5");
+}
+
+#[test]
+fn c14_timeout_key_never_presented_is_key_expired() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"k","to":"3001"}"#);
+    h.msg(BRANCH, &accept_json("k"));
+    h.out.clear();
+    h.advance(Duration::from_secs(30));
+    assert!(h.nothing_sent(), "grace period past the TTL");
+    h.advance(KEY_GRACE);
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::KeyExpired, None)));
+    assert_eq!(h.one_record().outcome, Outcome::KeyExpired);
+}
+
+#[test]
+fn ring_timeout_after_c14_is_no_answer() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"r","to":"3001"}"#);
+    h.msg(BRANCH, &accept_json("r"));
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"r","event":{"event":"key_accepted"}}"#);
+    h.out.clear();
+    h.advance(SteeringConfig::default().ring_timeout());
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::NoAnswer, None)));
+}
+
+#[test]
+fn switch_reported_no_answer_is_relayed() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"r","to":"3001"}"#);
+    h.msg(BRANCH, &accept_json("r"));
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"r","event":{"event":"ringing"}}"#);
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"r","event":{"event":"ended","outcome":"no_answer"}}"#);
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::NoAnswer, None)));
+}
+
+#[test]
+fn caller_cancel_before_answer_tells_the_switch() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"x","to":"3001"}"#);
+    h.to(BRANCH);
+    h.msg(ALICE, r#"{"type":"cancel","call_id":"x"}"#);
+    assert_eq!(outcome_of(&h.to(BRANCH)), Some((Outcome::Cancelled, None)));
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::Cancelled, None)));
+    assert_eq!(h.one_record().outcome, Outcome::Cancelled);
+}
+
+// ------------------------------------------------------------------ B: via a switch
+
+#[test]
+fn b2_b3_switch_asks_for_unknown_number_gets_invalid_route() {
+    let mut h = H::new();
+    h.msg(HQ, r#"{"type":"route_query","call_id":"b3","from":"1001","to":"555"}"#);
+    let to_hq = h.to(HQ);
+    assert!(matches!(&to_hq[0], S::Route { route: Route::Invalid { reason }, .. } if reason.contains("555")));
+    assert_eq!(outcome_of(&to_hq), Some((Outcome::RejectedInvalid, None)));
+    assert_eq!(steps(&h.one_record()), "A,B1,B2,B3");
+    assert!(h.to(BRANCH).is_empty());
+}
+
+#[test]
+fn f2_b5_answer_then_c11_c12_and_c2_hands_the_caller_switch_address_and_key() {
+    let mut h = H::new();
+    h.msg(HQ, r#"{"type":"route_query","call_id":"f2","from":"1001","to":"3001"}"#);
+    assert_eq!(
+        h.to(HQ),
+        vec![S::Route {
+            call_id: "f2".into(),
+            route: Route::Switch { switch_id: "branch".into(), url: BRANCH_URL.into() }
+        }]
+    );
+    assert!(matches!(h.to(BRANCH).as_slice(), [S::CalleeQuery { from, .. }] if from == "1001"));
+    h.msg(BRANCH, &accept_json("f2"));
+    assert_eq!(
+        h.to(HQ),
+        vec![S::Connect { call_id: "f2".into(), url: BRANCH_URL.into(), key: KEY.into(), expires_in_ms: 30_000 }]
+    );
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"f2","event":{"event":"key_accepted"}}"#);
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"f2","event":{"event":"connected"}}"#);
+    assert!(matches!(h.to(HQ).as_slice(), [S::CallEvent { event: CallEvent::Connected, .. }]));
+    // The caller's switch may report the end (its phone hung up).
+    h.advance(Duration::from_secs(2));
+    h.msg(HQ, r#"{"type":"call_event","call_id":"f2","event":{"event":"ended","outcome":"connected"}}"#);
+    let r = h.one_record();
+    assert_eq!(steps(&r), "A,B1,B2,B4,B5,C11,C12,C2,C14,C15");
+    assert_eq!((r.outcome, r.duration_ms), (Outcome::Connected, Some(2_000)));
+}
+
+#[test]
+fn f3_b6_device_answer_then_c3_tells_the_online_browser() {
+    let mut h = H::new();
+    h.msg(HQ, r#"{"type":"route_query","call_id":"f3","from":"1001","to":"2001"}"#);
+    assert_eq!(
+        h.to(HQ),
+        vec![S::Route { call_id: "f3".into(), route: Route::Device { device_id: "2001".into() } }]
+    );
+    assert_eq!(h.e.call_state("f3"), Some(CallState::AwaitDirectOffer));
+    h.msg(
+        HQ,
+        &format!(r#"{{"type":"direct_offer","call_id":"f3","url":"{HQ_URL}","key":"{KEY}","expires_in_ms":30000}}"#),
+    );
+    assert_eq!(
+        h.to(ALICE),
+        vec![S::Incoming {
+            call_id: "f3".into(),
+            from: "1001".into(),
+            from_name: "User 1001".into(),
+            via: IncomingVia::Direct { url: HQ_URL.into(), key: KEY.into(), expires_in_ms: 30_000 }
+        }]
+    );
+    h.msg(HQ, r#"{"type":"call_event","call_id":"f3","event":{"event":"key_accepted"}}"#);
+    h.msg(HQ, r#"{"type":"call_event","call_id":"f3","event":{"event":"connected"}}"#);
+    h.msg(HQ, r#"{"type":"call_event","call_id":"f3","event":{"event":"ended","outcome":"connected","duration_ms":500}}"#);
+    let r = h.one_record();
+    assert_eq!(steps(&r), "A,B1,B2,B4,B6,C3,C14,C15");
+    assert_eq!(r.duration_ms, Some(500));
+}
+
+#[test]
+fn f3_callee_declines_the_direct_call() {
+    let mut h = H::new();
+    h.msg(HQ, r#"{"type":"route_query","call_id":"f3","from":"1001","to":"2001"}"#);
+    h.msg(
+        HQ,
+        &format!(r#"{{"type":"direct_offer","call_id":"f3","url":"{HQ_URL}","key":"{KEY}","expires_in_ms":30000}}"#),
+    );
+    h.out.clear();
+    h.msg(ALICE, r#"{"type":"decline","call_id":"f3","reason":"declined"}"#);
+    assert_eq!(outcome_of(&h.to(HQ)), Some((Outcome::Declined, None)));
+}
+
+#[test]
+fn b6_offline_callee_is_callee_offline() {
+    let mut h = H::new();
+    h.e.disconnected(h.now, ALICE);
+    h.msg(HQ, r#"{"type":"route_query","call_id":"off","from":"1001","to":"2001"}"#);
+    assert_eq!(outcome_of(&h.to(HQ)), Some((Outcome::CalleeOffline, None)));
+    assert_eq!(steps(&h.one_record()), "A,B1,B2,B4,B6");
+}
+
+#[test]
+fn c3_timeout_switch_never_sends_direct_offer() {
+    let mut h = H::new();
+    h.msg(HQ, r#"{"type":"route_query","call_id":"c3","from":"1001","to":"2001"}"#);
+    h.out.clear();
+    h.advance(SteeringConfig::default().direct_offer_timeout());
+    assert_eq!(outcome_of(&h.to(HQ)), Some((Outcome::SwitchUnavailable, None)));
+}
+
+#[test]
+fn c3_callee_never_connects_is_no_answer() {
+    let mut h = H::new();
+    h.msg(HQ, r#"{"type":"route_query","call_id":"c3","from":"1001","to":"2001"}"#);
+    h.msg(
+        HQ,
+        &format!(r#"{{"type":"direct_offer","call_id":"c3","url":"{HQ_URL}","key":"{KEY}","expires_in_ms":30000}}"#),
+    );
+    h.out.clear();
+    h.advance(SteeringConfig::default().ring_timeout());
+    assert_eq!(outcome_of(&h.to(HQ)), Some((Outcome::NoAnswer, None)));
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::NoAnswer, None)));
+}
+
+#[test]
+fn route_query_for_own_phone_is_local() {
+    let mut h = H::new();
+    h.msg(HQ, r#"{"type":"route_query","call_id":"l","from":"1001","to":"1002"}"#);
+    assert_eq!(h.to(HQ), vec![S::Route { call_id: "l".into(), route: Route::Local }]);
+    h.msg(HQ, r#"{"type":"call_event","call_id":"l","event":{"event":"ended","outcome":"busy"}}"#);
+    assert_eq!(h.one_record().outcome, Outcome::Busy);
+}
+
+#[test]
+fn switch_cannot_place_calls_for_phones_that_are_not_its_own() {
+    let mut h = H::new();
+    h.msg(HQ, r#"{"type":"route_query","call_id":"spoof","from":"3001","to":"1001"}"#);
+    assert_eq!(h.error_code(HQ), ErrorCode::Forbidden);
+    assert_eq!(h.e.active_calls(), 0);
+    h.msg(HQ, r#"{"type":"route_query","call_id":"spoof","from":"2001","to":"1001"}"#);
+    assert_eq!(h.error_code(HQ), ErrorCode::Forbidden);
+}
+
+// ------------------------------------------------------------------ F4: browser ⇄ browser
+
+fn f4_ringing(h: &mut H) -> String {
+    h.msg(ALICE, r#"{"type":"dial","call_id":"f4","to":"2002"}"#);
+    let to_bob = h.to(BOB);
+    let key = match to_bob.as_slice() {
+        [S::Incoming { via: IncomingVia::Peer { key }, from, .. }] if from == "2001" => key.clone(),
+        other => panic!("bob should be rung: {other:?}"),
+    };
+    let to_alice = h.to(ALICE);
+    assert_eq!(
+        to_alice,
+        vec![
+            S::Peer { call_id: "f4".into(), key: key.clone() },
+            S::CallEvent { call_id: "f4".into(), event: CallEvent::Ringing }
+        ]
+    );
+    key
+}
+
+#[test]
+fn f4_relay_between_two_browsers_with_cloud_key() {
+    let mut h = H::new();
+    let key = f4_ringing(&mut h);
+    // Offer from the caller reaches the callee; a wrong key is refused and relays nothing.
+    h.msg(ALICE, r#"{"type":"signal","call_id":"f4","key":"wrong-wrong-wrong-wrong-wrong","payload":{"kind":"offer","sdp":"v=0"}}"#);
+    assert_eq!(h.error_code(ALICE), ErrorCode::BadKey);
+    assert!(h.to(BOB).is_empty());
+    h.msg(ALICE, &format!(r#"{{"type":"signal","call_id":"f4","key":"{key}","payload":{{"kind":"offer","sdp":"v=0"}}}}"#));
+    assert_eq!(
+        h.to(BOB),
+        vec![S::Signal { call_id: "f4".into(), payload: SignalPayload::Offer { sdp: "v=0".into() } }]
+    );
+    h.msg(BOB, &format!(r#"{{"type":"accept","call_id":"f4","key":"{key}"}}"#));
+    assert_eq!(h.to(ALICE), vec![S::CallEvent { call_id: "f4".into(), event: CallEvent::Connected }]);
+    h.msg(BOB, &format!(r#"{{"type":"signal","call_id":"f4","key":"{key}","payload":{{"kind":"answer","sdp":"v=0 a"}}}}"#));
+    h.msg(BOB, &format!(r#"{{"type":"signal","call_id":"f4","key":"{key}","payload":{{"kind":"ice","candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdp_mid":"0"}}}}"#));
+    assert_eq!(h.to(ALICE).len(), 2);
+    h.advance(Duration::from_secs(7));
+    h.msg(BOB, r#"{"type":"hangup","call_id":"f4"}"#);
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::Connected, Some(7_000))));
+    assert_eq!(outcome_of(&h.to(BOB)), Some((Outcome::Connected, Some(7_000))));
+    let r = h.one_record();
+    assert_eq!(steps(&r), "A,C1,B4,B6,F4,F4");
+    assert_eq!(r.switch_id, None);
+}
+
+#[test]
+fn f4_accept_with_wrong_key_or_by_caller_is_refused() {
+    let mut h = H::new();
+    let key = f4_ringing(&mut h);
+    h.msg(BOB, r#"{"type":"accept","call_id":"f4","key":"wrong-wrong-wrong-wrong-wrong"}"#);
+    assert_eq!(h.error_code(BOB), ErrorCode::BadKey);
+    h.msg(ALICE, &format!(r#"{{"type":"accept","call_id":"f4","key":"{key}"}}"#));
+    assert_eq!(h.error_code(ALICE), ErrorCode::NotYourCall);
+    assert_eq!(h.e.call_state("f4"), Some(CallState::Ringing));
+}
+
+#[test]
+fn f4_ring_timeout_decline_cancel_offline_busy() {
+    let mut h = H::new();
+    f4_ringing(&mut h);
+    h.advance(SteeringConfig::default().ring_timeout());
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::NoAnswer, None)));
+    assert_eq!(outcome_of(&h.to(BOB)), Some((Outcome::NoAnswer, None)));
+
+    let mut h = H::new();
+    f4_ringing(&mut h);
+    h.msg(BOB, r#"{"type":"decline","call_id":"f4","reason":"declined"}"#);
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::Declined, None)));
+
+    let mut h = H::new();
+    f4_ringing(&mut h);
+    h.msg(ALICE, r#"{"type":"cancel","call_id":"f4"}"#);
+    assert_eq!(outcome_of(&h.to(BOB)), Some((Outcome::Cancelled, None)));
+
+    let mut h = H::new();
+    h.e.disconnected(h.now, BOB);
+    h.msg(ALICE, r#"{"type":"dial","call_id":"f4","to":"2002"}"#);
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::CalleeOffline, None)));
+
+    // Busy: bob is connected to someone else.
+    let mut h = H::new();
+    let key = f4_ringing(&mut h);
+    h.msg(BOB, &format!(r#"{{"type":"accept","call_id":"f4","key":"{key}"}}"#));
+    h.e.set_directory(vec![
+        account("2001", AccountKind::Browser, None),
+        account("2002", AccountKind::Browser, None),
+        account("2003", AccountKind::Browser, None),
+    ]);
+    h.e.device_online(h.now, 3, "2003");
+    h.out.clear();
+    h.msg(3, r#"{"type":"dial","call_id":"busy","to":"2002"}"#);
+    assert_eq!(outcome_of(&h.to(3)), Some((Outcome::Busy, None)));
+}
+
+#[test]
+fn f4_disconnect_mid_call_ends_it_for_the_other_side() {
+    let mut h = H::new();
+    let key = f4_ringing(&mut h);
+    h.msg(BOB, &format!(r#"{{"type":"accept","call_id":"f4","key":"{key}"}}"#));
+    h.advance(Duration::from_secs(4));
+    h.out.clear();
+    assert_eq!(h.e.disconnected(h.now, ALICE), Some(Party::Device("2001".into())));
+    assert_eq!(outcome_of(&h.to(BOB)), Some((Outcome::Connected, Some(4_000))));
+    assert_eq!(h.one_record().duration_ms, Some(4_000));
+}
+
+// ------------------------------------------------------------------ disconnects
+
+#[test]
+fn caller_disconnect_while_waiting_for_switch_cancels_and_tells_switch() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"dc","to":"3001"}"#);
+    h.out.clear();
+    h.e.disconnected(h.now, ALICE);
+    h.drain();
+    assert_eq!(outcome_of(&h.to(BRANCH)), Some((Outcome::Cancelled, None)));
+}
+
+#[test]
+fn caller_disconnect_after_key_does_not_drop_the_direct_call() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"dc","to":"3001"}"#);
+    h.msg(BRANCH, &accept_json("dc"));
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"dc","event":{"event":"connected"}}"#);
+    h.e.disconnected(h.now, ALICE);
+    h.drain();
+    assert!(h.records().is_empty());
+    assert_eq!(h.e.call_state("dc"), Some(CallState::Connected));
+}
+
+#[test]
+fn switch_disconnect_while_asked_is_switch_unavailable() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"sd","to":"3001"}"#);
+    h.out.clear();
+    h.e.disconnected(h.now, BRANCH);
+    h.drain();
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::SwitchUnavailable, None)));
+}
+
+#[test]
+fn switch_that_reconnects_mid_call_can_still_report_the_end() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"rc","to":"3001"}"#);
+    h.msg(BRANCH, &accept_json("rc"));
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"rc","event":{"event":"connected"}}"#);
+    h.e.disconnected(h.now, BRANCH);
+    h.e.switch_online(h.now, 21, "branch", vec![BRANCH_URL.into()], "trunkline");
+    h.drain();
+    h.msg(21, r#"{"type":"call_event","call_id":"rc","event":{"event":"ended","outcome":"connected"}}"#);
+    assert_eq!(h.one_record().outcome, Outcome::Connected);
+}
+
+#[test]
+fn second_sign_in_replaces_the_first_connection() {
+    let mut h = H::new();
+    h.e.device_online(h.now, 99, "2001");
+    h.drain();
+    assert!(matches!(h.to(ALICE).as_slice(), [S::Error { code: ErrorCode::SessionReplaced, .. }]));
+    assert!(h.out.contains(&Output::Close { conn: ALICE }));
+    // The old connection going away does not take the new one offline.
+    assert_eq!(h.e.disconnected(h.now, ALICE), None);
+    h.out.clear();
+    h.msg(BOB, r#"{"type":"dial","call_id":"n","to":"2001"}"#);
+    assert!(matches!(h.to(99).as_slice(), [S::Incoming { .. }]));
+}
+
+// ------------------------------------------------------------------ refusals change nothing
+
+#[test]
+fn out_of_order_and_foreign_messages_get_typed_errors_and_change_nothing() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"o","to":"3001"}"#);
+    h.out.clear();
+    // Duplicate call id.
+    h.msg(BOB, r#"{"type":"dial","call_id":"o","to":"3001"}"#);
+    assert_eq!(h.error_code(BOB), ErrorCode::DuplicateCall);
+    // Events before the switch answered C11.
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"o","event":{"event":"connected"}}"#);
+    assert_eq!(h.error_code(BRANCH), ErrorCode::WrongState);
+    // Another switch answering.
+    h.msg(HQ, &accept_json("o"));
+    assert_eq!(h.error_code(HQ), ErrorCode::NotYourCall);
+    // A stranger cancelling.
+    h.msg(BOB, r#"{"type":"cancel","call_id":"o"}"#);
+    assert_eq!(h.error_code(BOB), ErrorCode::NotYourCall);
+    // Unknown call.
+    h.msg(BRANCH, &accept_json("nope"));
+    assert_eq!(h.error_code(BRANCH), ErrorCode::UnknownCall);
+    // Wrong kind of peer.
+    h.msg(ALICE, r#"{"type":"route_query","call_id":"z","from":"2001","to":"1001"}"#);
+    assert_eq!(h.error_code(ALICE), ErrorCode::Forbidden);
+    h.msg(HQ, r#"{"type":"dial","call_id":"z","to":"1001"}"#);
+    assert_eq!(h.error_code(HQ), ErrorCode::Forbidden);
+    // A second sign-in on the same connection.
+    h.msg(ALICE, r#"{"type":"login","v":1,"number":"2001","password":"x"}"#);
+    assert_eq!(h.error_code(ALICE), ErrorCode::AlreadyAuthenticated);
+    // Unauthenticated connection.
+    h.msg(77, r#"{"type":"ping"}"#);
+    assert_eq!(h.error_code(77), ErrorCode::NotAuthenticated);
+    assert!(h.nothing_sent());
+    assert_eq!(h.e.call_state("o"), Some(CallState::AwaitSwitchAnswer));
+    // The call still completes normally.
+    h.msg(BRANCH, &accept_json("o"));
+    assert!(matches!(h.to(ALICE).as_slice(), [S::Connect { .. }]));
+    // A second answer is out of order.
+    h.msg(BRANCH, &accept_json("o"));
+    assert_eq!(h.error_code(BRANCH), ErrorCode::WrongState);
+}
+
+#[test]
+fn too_many_calls_per_device_is_refused() {
+    let mut h = H::new();
+    for i in 0..4 {
+        h.msg(ALICE, &format!(r#"{{"type":"dial","call_id":"m{i}","to":"3001"}}"#));
+    }
+    h.out.clear();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"m5","to":"3001"}"#);
+    assert_eq!(h.error_code(ALICE), ErrorCode::TooManyRequests);
+    assert_eq!(h.e.active_calls(), 4);
+}
+
+#[test]
+fn ping_is_answered() {
+    let mut h = H::new();
+    h.msg(HQ, r#"{"type":"ping"}"#);
+    assert_eq!(h.to(HQ), vec![S::Pong]);
+}
+
+#[test]
+fn shutdown_ends_every_attempt_with_one_record() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"s1","to":"3001"}"#);
+    f4_ringing(&mut h);
+    h.out.clear();
+    h.e.shutdown(h.now);
+    h.drain();
+    let r = h.records();
+    assert_eq!(r.len(), 2);
+    assert!(r.iter().all(|r| r.outcome == Outcome::Error));
+    assert_eq!(h.e.active_calls(), 0);
+    assert_eq!(h.e.poll_timeout(), None);
+}
+
+#[test]
+fn switch_welcome_lists_its_phones_and_directory_changes_push_updates() {
+    let mut h = H::offline();
+    h.e.switch_online(h.now, HQ, "hq", vec![HQ_URL.into()], "trunkline");
+    h.drain();
+    match h.to(HQ).as_slice() {
+        [S::SwitchWelcome { phones, sip_realm, .. }] => {
+            assert_eq!(sip_realm, "trunkline");
+            assert_eq!(phones.iter().map(|p| p.number.as_str()).collect::<Vec<_>>(), ["1001", "1002"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    h.e.set_directory(vec![account("1001", AccountKind::Deskphone, Some("hq"))]);
+    h.drain();
+    match h.to(HQ).as_slice() {
+        [S::PhonesUpdate { phones }] => assert_eq!(phones.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    // Same directory again: nothing to tell.
+    h.e.set_directory(vec![account("1001", AccountKind::Deskphone, Some("hq"))]);
+    h.drain();
+    assert!(h.to(HQ).is_empty());
+}
