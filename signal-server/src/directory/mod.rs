@@ -8,6 +8,12 @@ use trunkline_protocol::{AccountKind, Outcome, Step};
 
 pub mod sqlite;
 
+/// Open the directory named by `database_url` (`sqlite://…` or `sqlite::memory:`), applying
+/// migrations. The one place that picks the storage implementation.
+pub async fn open(database_url: &str) -> Result<std::sync::Arc<dyn Directory>, DirectoryError> {
+    Ok(std::sync::Arc::new(sqlite::SqliteDirectory::open(database_url).await?))
+}
+
 /// Unix time in milliseconds.
 pub type UnixMs = i64;
 

@@ -1,1 +1,886 @@
-//! (in progress)
+//! SQLite implementation of [`Directory`] (sqlx, runtime queries).
+//!
+//! One database file, WAL journal, `synchronous = NORMAL`, 5 s busy timeout, foreign keys on.
+//! The schema lives in `signal-server/migrations/` and is applied on [`SqliteDirectory::open`].
+//! A `directory_meta.version` counter is bumped by SQL triggers, so changes made by another
+//! process (the admin CLI) are visible to a running server through
+//! [`Directory::directory_version`].
+//!
+//! Errors never carry secrets: sqlx/SQLite messages name tables and columns, never bound values,
+//! and session tokens are only ever handled as their SHA-256.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, error::ErrorKind};
+use trunkline_protocol::{AccountKind, Outcome, Step};
+
+use super::{Account, CallRecord, Directory, DirectoryError, NewAccount, PushSubscription, SwitchRecord, UnixMs};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Every patent step, for parsing stored traces.
+const ALL_STEPS: [Step; 16] = [
+    Step::A,
+    Step::B1,
+    Step::B2,
+    Step::B3,
+    Step::B4,
+    Step::B5,
+    Step::B6,
+    Step::C1,
+    Step::C2,
+    Step::C3,
+    Step::C11,
+    Step::C12,
+    Step::C13,
+    Step::C14,
+    Step::C15,
+    Step::F4,
+];
+
+/// The directory stored in one SQLite database.
+#[derive(Clone, Debug)]
+pub struct SqliteDirectory {
+    pool: SqlitePool,
+}
+
+/// A sqlx error as a [`DirectoryError::Database`]. sqlx errors carry no bound values, so no
+/// secret can leak through here; the SQL text is not included either.
+fn db_err(context: &str, e: sqlx::Error) -> DirectoryError {
+    let detail = match &e {
+        sqlx::Error::Database(d) => d.message().to_string(),
+        sqlx::Error::PoolTimedOut => "timed out waiting for a database connection".to_string(),
+        sqlx::Error::RowNotFound => "row not found".to_string(),
+        sqlx::Error::ColumnDecode { index, .. } => format!("cannot decode column {index}"),
+        sqlx::Error::Io(io) => format!("I/O error: {io}"),
+        other => other.to_string(),
+    };
+    DirectoryError::Database(format!("{context}: {detail}"))
+}
+
+fn kind_of(e: &sqlx::Error) -> Option<ErrorKind> {
+    match e {
+        sqlx::Error::Database(d) => Some(d.kind()),
+        _ => None,
+    }
+}
+
+fn migrate_err(e: sqlx::migrate::MigrateError) -> DirectoryError {
+    DirectoryError::Database(format!("applying migrations: {e}"))
+}
+
+fn corrupt(what: &str) -> DirectoryError {
+    DirectoryError::Database(format!("corrupt row: {what}"))
+}
+
+fn parse_kind(s: &str) -> Result<AccountKind, DirectoryError> {
+    AccountKind::from_str(s).map_err(|_| corrupt("accounts.kind"))
+}
+
+/// `[A, C1, B3]` → `"A,C1,B3"`.
+pub fn format_trace(trace: &[Step]) -> String {
+    trace.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+}
+
+/// `"A,C1,B3"` → `[A, C1, B3]`; `""` → `[]`. `None` for an unknown step name.
+pub fn parse_trace(text: &str) -> Option<Vec<Step>> {
+    if text.trim().is_empty() {
+        return Some(Vec::new());
+    }
+    text.split(',').map(|name| ALL_STEPS.into_iter().find(|s| s.as_str() == name.trim())).collect()
+}
+
+fn account_from_row(row: &SqliteRow) -> Result<Account, DirectoryError> {
+    let get = |e| db_err("reading account", e);
+    let kind: String = row.try_get("kind").map_err(get)?;
+    Ok(Account {
+        number: row.try_get("number").map_err(get)?,
+        display_name: row.try_get("display_name").map_err(get)?,
+        kind: parse_kind(&kind)?,
+        home_switch: row.try_get("home_switch").map_err(get)?,
+        ha1_md5: row.try_get("ha1_md5").map_err(get)?,
+        ha1_sha256: row.try_get("ha1_sha256").map_err(get)?,
+    })
+}
+
+fn switch_from_row(row: &SqliteRow) -> Result<SwitchRecord, DirectoryError> {
+    let get = |e| db_err("reading switch", e);
+    let urls: String = row.try_get("direct_urls").map_err(get)?;
+    let online: i64 = row.try_get("online").map_err(get)?;
+    Ok(SwitchRecord {
+        id: row.try_get("id").map_err(get)?,
+        direct_urls: serde_json::from_str(&urls).map_err(|_| corrupt("switches.direct_urls"))?,
+        online: online != 0,
+        last_seen_ms: row.try_get("last_seen_ms").map_err(get)?,
+    })
+}
+
+fn call_from_row(row: &SqliteRow) -> Result<CallRecord, DirectoryError> {
+    let get = |e| db_err("reading call record", e);
+    let outcome: String = row.try_get("outcome").map_err(get)?;
+    let trace: String = row.try_get("trace").map_err(get)?;
+    let duration: Option<i64> = row.try_get("duration_ms").map_err(get)?;
+    Ok(CallRecord {
+        call_id: row.try_get("call_id").map_err(get)?,
+        caller: row.try_get("caller").map_err(get)?,
+        callee: row.try_get("callee").map_err(get)?,
+        switch_id: row.try_get("switch_id").map_err(get)?,
+        started_ms: row.try_get("started_ms").map_err(get)?,
+        ended_ms: row.try_get("ended_ms").map_err(get)?,
+        outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("call_records.outcome"))?,
+        duration_ms: duration.map(|d| u64::try_from(d).map_err(|_| corrupt("call_records.duration_ms"))).transpose()?,
+        trace: parse_trace(&trace).ok_or_else(|| corrupt("call_records.trace"))?,
+    })
+}
+
+fn now_ms() -> UnixMs {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as UnixMs)
+        .unwrap_or(0)
+}
+
+/// Is this URL an in-memory database (`sqlite::memory:`, `sqlite://:memory:`, `?mode=memory`)?
+fn is_memory_url(url: &str) -> bool {
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let (db, params) = rest.split_once('?').unwrap_or((rest, ""));
+    db == ":memory:" || params.split('&').any(|p| p == "mode=memory")
+}
+
+impl SqliteDirectory {
+    /// Open (creating if missing) the database at `database_url` and apply the migrations.
+    ///
+    /// `sqlite://path/file.db` (relative to the working directory), `sqlite:///abs/path.db`, or
+    /// `sqlite::memory:` (one private in-memory database, lost when this value is dropped).
+    pub async fn open(database_url: &str) -> Result<Self, DirectoryError> {
+        if !database_url.starts_with("sqlite:") {
+            return Err(DirectoryError::Invalid(format!(
+                "database_url {database_url:?}: only sqlite: URLs are supported"
+            )));
+        }
+        let memory = is_memory_url(database_url);
+        let mut options = SqliteConnectOptions::from_str(database_url)
+            .map_err(|e| DirectoryError::Invalid(format!("database_url {database_url:?}: {e}")))?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5))
+            .synchronous(SqliteSynchronous::Normal);
+        let pool_options = if memory {
+            // One connection that never closes: every query must see the same in-memory DB.
+            SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
+        } else {
+            options = options.journal_mode(SqliteJournalMode::Wal);
+            SqlitePoolOptions::new().max_connections(4)
+        };
+        let pool = pool_options
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| db_err(&format!("opening {database_url}"), e))?;
+        MIGRATOR.run(&pool).await.map_err(migrate_err)?;
+        Ok(SqliteDirectory { pool })
+    }
+
+    /// Close the pool (waits for connections to be returned). Optional: dropping works too.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The accounts whose home switch is `id`, sorted.
+    async fn accounts_of_switch(&self, id: &str) -> Result<Vec<String>, DirectoryError> {
+        let rows = sqlx::query("SELECT number FROM accounts WHERE home_switch = ? ORDER BY number")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_err("listing accounts of switch", e))?;
+        rows.iter().map(|r| r.try_get::<String, _>("number").map_err(|e| db_err("listing accounts of switch", e))).collect()
+    }
+}
+
+const ACCOUNT_COLUMNS: &str = "number, display_name, kind, home_switch, ha1_md5, ha1_sha256";
+
+#[async_trait::async_trait]
+impl Directory for SqliteDirectory {
+    async fn add_account(&self, a: NewAccount) -> Result<(), DirectoryError> {
+        if a.number.is_empty() {
+            return Err(DirectoryError::Invalid("account number must not be empty".into()));
+        }
+        let res = sqlx::query(
+            "INSERT INTO accounts (number, display_name, kind, home_switch, password_hash, ha1_md5, ha1_sha256, created_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&a.number)
+        .bind(&a.display_name)
+        .bind(a.kind.as_str())
+        .bind(&a.home_switch)
+        .bind(&a.password_hash)
+        .bind(&a.ha1_md5)
+        .bind(&a.ha1_sha256)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => match kind_of(&e) {
+                Some(ErrorKind::UniqueViolation) => Err(DirectoryError::AlreadyExists { what: "account", key: a.number }),
+                // The only foreign key of `accounts` is `home_switch`.
+                Some(ErrorKind::ForeignKeyViolation) => Err(DirectoryError::NotFound {
+                    what: "switch",
+                    key: a.home_switch.unwrap_or_default(),
+                }),
+                _ => Err(db_err("adding account", e)),
+            },
+        }
+    }
+
+    async fn remove_account(&self, number: &str) -> Result<(), DirectoryError> {
+        let done = sqlx::query("DELETE FROM accounts WHERE number = ?")
+            .bind(number)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_err("removing account", e))?;
+        if done.rows_affected() == 0 {
+            return Err(DirectoryError::NotFound { what: "account", key: number.to_string() });
+        }
+        Ok(())
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>, DirectoryError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY number")))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_err("listing accounts", e))?;
+        rows.iter().map(account_from_row).collect()
+    }
+
+    async fn account(&self, number: &str) -> Result<Option<Account>, DirectoryError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE number = ?")))
+            .bind(number)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_err("reading account", e))?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn password_hash(&self, number: &str) -> Result<Option<String>, DirectoryError> {
+        sqlx::query_scalar("SELECT password_hash FROM accounts WHERE number = ?")
+            .bind(number)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_err("reading password hash", e))
+    }
+
+    async fn add_switch(&self, id: &str, secret_hash: &str) -> Result<(), DirectoryError> {
+        if id.is_empty() {
+            return Err(DirectoryError::Invalid("switch id must not be empty".into()));
+        }
+        let res = sqlx::query("INSERT INTO switches (id, secret_hash) VALUES (?, ?)")
+            .bind(id)
+            .bind(secret_hash)
+            .execute(&self.pool)
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if kind_of(&e) == Some(ErrorKind::UniqueViolation) => {
+                Err(DirectoryError::AlreadyExists { what: "switch", key: id.to_string() })
+            }
+            Err(e) => Err(db_err("adding switch", e)),
+        }
+    }
+
+    async fn remove_switch(&self, id: &str) -> Result<(), DirectoryError> {
+        let res = sqlx::query("DELETE FROM switches WHERE id = ?").bind(id).execute(&self.pool).await;
+        match res {
+            Ok(done) if done.rows_affected() == 0 => Err(DirectoryError::NotFound { what: "switch", key: id.to_string() }),
+            Ok(_) => Ok(()),
+            Err(e) if kind_of(&e) == Some(ErrorKind::ForeignKeyViolation) => {
+                let numbers = self.accounts_of_switch(id).await?;
+                let list = if numbers.is_empty() { "some accounts".to_string() } else { numbers.join(", ") };
+                Err(DirectoryError::Invalid(format!(
+                    "switch {id:?} is the home switch of {list}; remove those accounts first"
+                )))
+            }
+            Err(e) => Err(db_err("removing switch", e)),
+        }
+    }
+
+    async fn list_switches(&self) -> Result<Vec<SwitchRecord>, DirectoryError> {
+        let rows = sqlx::query("SELECT id, direct_urls, online, last_seen_ms FROM switches ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_err("listing switches", e))?;
+        rows.iter().map(switch_from_row).collect()
+    }
+
+    async fn switch_secret_hash(&self, id: &str) -> Result<Option<String>, DirectoryError> {
+        sqlx::query_scalar("SELECT secret_hash FROM switches WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_err("reading switch secret hash", e))
+    }
+
+    async fn set_switch_online(
+        &self,
+        id: &str,
+        online: bool,
+        direct_urls: &[String],
+        now: UnixMs,
+    ) -> Result<(), DirectoryError> {
+        let urls = serde_json::to_string(direct_urls).expect("a list of strings serializes");
+        let done = sqlx::query("UPDATE switches SET online = ?, direct_urls = ?, last_seen_ms = ? WHERE id = ?")
+            .bind(online as i64)
+            .bind(urls)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_err("updating switch presence", e))?;
+        if done.rows_affected() == 0 {
+            return Err(DirectoryError::NotFound { what: "switch", key: id.to_string() });
+        }
+        Ok(())
+    }
+
+    async fn reset_switches_offline(&self) -> Result<(), DirectoryError> {
+        sqlx::query("UPDATE switches SET online = 0 WHERE online <> 0")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_err("resetting switch presence", e))?;
+        Ok(())
+    }
+
+    async fn directory_version(&self) -> Result<i64, DirectoryError> {
+        sqlx::query_scalar("SELECT version FROM directory_meta WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_err("reading directory version", e))
+    }
+
+    async fn create_session(&self, token_sha256: &str, number: &str, expires_ms: UnixMs) -> Result<(), DirectoryError> {
+        let res = sqlx::query("INSERT INTO sessions (token_sha256, number, expires_ms) VALUES (?, ?, ?)")
+            .bind(token_sha256)
+            .bind(number)
+            .bind(expires_ms)
+            .execute(&self.pool)
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => match kind_of(&e) {
+                Some(ErrorKind::ForeignKeyViolation) => {
+                    Err(DirectoryError::NotFound { what: "account", key: number.to_string() })
+                }
+                // Never echo the token (even hashed) in full.
+                Some(ErrorKind::UniqueViolation) => Err(DirectoryError::AlreadyExists {
+                    what: "session",
+                    key: format!("{}…", token_sha256.chars().take(8).collect::<String>()),
+                }),
+                _ => Err(db_err("creating session", e)),
+            },
+        }
+    }
+
+    async fn session(&self, token_sha256: &str, now: UnixMs) -> Result<Option<String>, DirectoryError> {
+        sqlx::query_scalar("SELECT number FROM sessions WHERE token_sha256 = ? AND expires_ms > ?")
+            .bind(token_sha256)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_err("reading session", e))
+    }
+
+    async fn delete_expired_sessions(&self, now: UnixMs) -> Result<u64, DirectoryError> {
+        let done = sqlx::query("DELETE FROM sessions WHERE expires_ms <= ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_err("deleting expired sessions", e))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Adding an endpoint that is already stored replaces it (a browser re-subscribing, possibly
+    /// for another account on the same device).
+    async fn add_push_subscription(&self, sub: PushSubscription) -> Result<(), DirectoryError> {
+        let res = sqlx::query(
+            "INSERT INTO push_subscriptions (endpoint, number, p256dh, auth) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (endpoint) DO UPDATE SET number = excluded.number, p256dh = excluded.p256dh, auth = excluded.auth",
+        )
+        .bind(&sub.endpoint)
+        .bind(&sub.number)
+        .bind(&sub.p256dh)
+        .bind(&sub.auth)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if kind_of(&e) == Some(ErrorKind::ForeignKeyViolation) => {
+                Err(DirectoryError::NotFound { what: "account", key: sub.number })
+            }
+            Err(e) => Err(db_err("adding push subscription", e)),
+        }
+    }
+
+    async fn push_subscriptions(&self, number: &str) -> Result<Vec<PushSubscription>, DirectoryError> {
+        let rows =
+            sqlx::query("SELECT endpoint, number, p256dh, auth FROM push_subscriptions WHERE number = ? ORDER BY endpoint")
+                .bind(number)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_err("listing push subscriptions", e))?;
+        rows.iter()
+            .map(|r| {
+                let get = |e| db_err("reading push subscription", e);
+                Ok(PushSubscription {
+                    number: r.try_get("number").map_err(get)?,
+                    endpoint: r.try_get("endpoint").map_err(get)?,
+                    p256dh: r.try_get("p256dh").map_err(get)?,
+                    auth: r.try_get("auth").map_err(get)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Idempotent: removing an endpoint that is not stored is not an error (two pushes may both
+    /// learn that the endpoint is gone).
+    async fn remove_push_subscription(&self, endpoint: &str) -> Result<(), DirectoryError> {
+        sqlx::query("DELETE FROM push_subscriptions WHERE endpoint = ?")
+            .bind(endpoint)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_err("removing push subscription", e))?;
+        Ok(())
+    }
+
+    async fn insert_call_record(&self, record: &CallRecord) -> Result<(), DirectoryError> {
+        self.insert_call_records(std::slice::from_ref(record)).await
+    }
+
+    async fn insert_call_records(&self, records: &[CallRecord]) -> Result<(), DirectoryError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(|e| db_err("writing call records", e))?;
+        for r in records {
+            let duration = r
+                .duration_ms
+                .map(|d| i64::try_from(d).map_err(|_| DirectoryError::Invalid(format!("call {}: duration_ms too large", r.call_id))))
+                .transpose()?;
+            sqlx::query(
+                "INSERT INTO call_records (call_id, caller, callee, switch_id, started_ms, ended_ms, outcome, duration_ms, trace) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&r.call_id)
+            .bind(&r.caller)
+            .bind(&r.callee)
+            .bind(&r.switch_id)
+            .bind(r.started_ms)
+            .bind(r.ended_ms)
+            .bind(r.outcome.as_str())
+            .bind(duration)
+            .bind(format_trace(&r.trace))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_err("writing call records", e))?;
+        }
+        tx.commit().await.map_err(|e| db_err("writing call records", e))
+    }
+
+    async fn call_records(&self, number: Option<&str>, limit: u32) -> Result<Vec<CallRecord>, DirectoryError> {
+        const COLUMNS: &str = "call_id, caller, callee, switch_id, started_ms, ended_ms, outcome, duration_ms, trace";
+        let rows = match number {
+            Some(n) => {
+                // UNION of two index-friendly lookups rather than `caller = ? OR callee = ?`.
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM call_records WHERE id IN \
+                     (SELECT id FROM call_records WHERE caller = ?1 UNION SELECT id FROM call_records WHERE callee = ?1) \
+                     ORDER BY started_ms DESC, id DESC LIMIT ?2"
+                )))
+                .bind(n)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM call_records ORDER BY started_ms DESC, id DESC LIMIT ?1"
+                )))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(|e| db_err("listing call records", e))?;
+        rows.iter().map(call_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url_for(dir: &tempfile::TempDir) -> String {
+        format!("sqlite://{}", dir.path().join("test.db").display())
+    }
+
+    async fn fresh() -> (tempfile::TempDir, SqliteDirectory) {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = SqliteDirectory::open(&url_for(&tmp)).await.unwrap();
+        (tmp, d)
+    }
+
+    fn browser(number: &str) -> NewAccount {
+        NewAccount {
+            number: number.into(),
+            display_name: format!("Name {number}"),
+            kind: AccountKind::Browser,
+            home_switch: None,
+            password_hash: format!("$argon2id$fake${number}"),
+            ha1_md5: None,
+            ha1_sha256: None,
+        }
+    }
+
+    fn deskphone(number: &str, switch: &str) -> NewAccount {
+        NewAccount {
+            kind: AccountKind::Deskphone,
+            home_switch: Some(switch.into()),
+            ha1_md5: Some(format!("md5-{number}")),
+            ha1_sha256: Some(format!("sha-{number}")),
+            ..browser(number)
+        }
+    }
+
+    fn record(call_id: &str, caller: &str, callee: &str, started: UnixMs) -> CallRecord {
+        CallRecord {
+            call_id: call_id.into(),
+            caller: caller.into(),
+            callee: callee.into(),
+            switch_id: None,
+            started_ms: started,
+            ended_ms: started + 1000,
+            outcome: Outcome::Connected,
+            duration_ms: Some(900),
+            trace: vec![Step::A, Step::C1, Step::C11, Step::C12, Step::C13],
+        }
+    }
+
+    #[test]
+    fn trace_round_trip() {
+        let all = ALL_STEPS.to_vec();
+        assert_eq!(parse_trace(&format_trace(&all)).unwrap(), all);
+        assert_eq!(format_trace(&[Step::A, Step::C1, Step::B3]), "A,C1,B3");
+        assert_eq!(parse_trace(""), Some(vec![]));
+        assert_eq!(parse_trace("A,XX"), None);
+    }
+
+    #[test]
+    fn memory_urls() {
+        assert!(is_memory_url("sqlite::memory:"));
+        assert!(is_memory_url("sqlite://:memory:"));
+        assert!(is_memory_url("sqlite://?mode=memory"));
+        assert!(!is_memory_url("sqlite://trunkline.db"));
+        assert!(!is_memory_url("sqlite:///var/lib/x.db?mode=rwc"));
+    }
+
+    #[tokio::test]
+    async fn accounts_crud_and_errors() {
+        let (_tmp, d) = fresh().await;
+        assert!(d.list_accounts().await.unwrap().is_empty());
+        d.add_account(browser("100")).await.unwrap();
+        d.add_switch("sw1", "$argon2id$secret").await.unwrap();
+        d.add_account(deskphone("200", "sw1")).await.unwrap();
+
+        let all = d.list_accounts().await.unwrap();
+        assert_eq!(all.iter().map(|a| a.number.as_str()).collect::<Vec<_>>(), ["100", "200"]);
+        let desk = d.account("200").await.unwrap().unwrap();
+        assert_eq!(desk.kind, AccountKind::Deskphone);
+        assert_eq!(desk.home_switch.as_deref(), Some("sw1"));
+        assert_eq!(desk.ha1_md5.as_deref(), Some("md5-200"));
+        assert_eq!(desk.ha1_sha256.as_deref(), Some("sha-200"));
+        assert_eq!(desk.display_name, "Name 200");
+        let b = d.account("100").await.unwrap().unwrap();
+        assert_eq!((b.kind, b.home_switch, b.ha1_md5), (AccountKind::Browser, None, None));
+        assert_eq!(d.account("999").await.unwrap(), None);
+        assert_eq!(d.password_hash("100").await.unwrap().as_deref(), Some("$argon2id$fake$100"));
+        assert_eq!(d.password_hash("999").await.unwrap(), None);
+
+        // Duplicate.
+        let e = d.add_account(browser("100")).await.unwrap_err();
+        assert!(matches!(e, DirectoryError::AlreadyExists { what: "account", ref key } if key == "100"), "{e:?}");
+        // Unknown home switch.
+        let e = d.add_account(deskphone("300", "nope")).await.unwrap_err();
+        assert!(matches!(e, DirectoryError::NotFound { what: "switch", ref key } if key == "nope"), "{e:?}");
+        assert!(d.account("300").await.unwrap().is_none());
+        // Empty number.
+        assert!(matches!(d.add_account(browser("")).await, Err(DirectoryError::Invalid(_))));
+
+        d.remove_account("100").await.unwrap();
+        assert!(d.account("100").await.unwrap().is_none());
+        let e = d.remove_account("100").await.unwrap_err();
+        assert!(matches!(e, DirectoryError::NotFound { what: "account", .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn switches_crud_presence_and_errors() {
+        let (_tmp, d) = fresh().await;
+        d.add_switch("sw1", "hash1").await.unwrap();
+        d.add_switch("sw2", "hash2").await.unwrap();
+        let e = d.add_switch("sw1", "other").await.unwrap_err();
+        assert!(matches!(e, DirectoryError::AlreadyExists { what: "switch", .. }), "{e:?}");
+        assert!(matches!(d.add_switch("", "h").await, Err(DirectoryError::Invalid(_))));
+        assert_eq!(d.switch_secret_hash("sw1").await.unwrap().as_deref(), Some("hash1"));
+        assert_eq!(d.switch_secret_hash("zz").await.unwrap(), None);
+
+        let list = d.list_switches().await.unwrap();
+        assert_eq!(
+            list[0],
+            SwitchRecord { id: "sw1".into(), direct_urls: vec![], online: false, last_seen_ms: None }
+        );
+        assert_eq!(list.len(), 2);
+
+        let urls = vec!["wss://a.example:7443/direct".to_string(), "ws://10.0.0.2:7080".to_string()];
+        d.set_switch_online("sw1", true, &urls, 1234).await.unwrap();
+        let sw1 = d.list_switches().await.unwrap().remove(0);
+        assert_eq!(sw1, SwitchRecord { id: "sw1".into(), direct_urls: urls.clone(), online: true, last_seen_ms: Some(1234) });
+        let e = d.set_switch_online("zz", true, &urls, 1).await.unwrap_err();
+        assert!(matches!(e, DirectoryError::NotFound { what: "switch", .. }), "{e:?}");
+
+        d.reset_switches_offline().await.unwrap();
+        let sw1 = d.list_switches().await.unwrap().remove(0);
+        assert!(!sw1.online);
+        assert_eq!(sw1.last_seen_ms, Some(1234));
+        assert_eq!(sw1.direct_urls, urls);
+
+        // A switch with accounts cannot be removed; the error names them.
+        d.add_account(deskphone("201", "sw1")).await.unwrap();
+        d.add_account(deskphone("202", "sw1")).await.unwrap();
+        let e = d.remove_switch("sw1").await.unwrap_err();
+        match &e {
+            DirectoryError::Invalid(msg) => {
+                assert!(msg.contains("201") && msg.contains("202") && msg.contains("sw1"), "{msg}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(d.switch_secret_hash("sw1").await.unwrap().is_some());
+        d.remove_account("201").await.unwrap();
+        d.remove_account("202").await.unwrap();
+        d.remove_switch("sw1").await.unwrap();
+        let e = d.remove_switch("sw1").await.unwrap_err();
+        assert!(matches!(e, DirectoryError::NotFound { what: "switch", .. }), "{e:?}");
+        assert_eq!(d.list_switches().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn version_bumps_on_directory_changes_only() {
+        let (_tmp, d) = fresh().await;
+        let v0 = d.directory_version().await.unwrap();
+        d.add_switch("sw1", "h").await.unwrap();
+        let v1 = d.directory_version().await.unwrap();
+        assert!(v1 > v0);
+        // Presence is not a directory change.
+        d.set_switch_online("sw1", true, &["ws://x".into()], 5).await.unwrap();
+        d.reset_switches_offline().await.unwrap();
+        assert_eq!(d.directory_version().await.unwrap(), v1);
+        d.add_account(deskphone("200", "sw1")).await.unwrap();
+        let v2 = d.directory_version().await.unwrap();
+        assert!(v2 > v1);
+        // Neither are sessions, push subscriptions or call records.
+        d.create_session("t", "200", 10).await.unwrap();
+        d.add_push_subscription(PushSubscription {
+            number: "200".into(),
+            endpoint: "https://push/1".into(),
+            p256dh: "k".into(),
+            auth: "a".into(),
+        })
+        .await
+        .unwrap();
+        d.insert_call_record(&record("c1", "200", "300", 1)).await.unwrap();
+        assert_eq!(d.directory_version().await.unwrap(), v2);
+        // Failed changes do not bump it.
+        let _ = d.add_account(browser("200")).await.unwrap_err();
+        let _ = d.remove_switch("sw1").await.unwrap_err();
+        assert_eq!(d.directory_version().await.unwrap(), v2);
+        d.remove_account("200").await.unwrap();
+        let v3 = d.directory_version().await.unwrap();
+        assert!(v3 > v2);
+        d.remove_switch("sw1").await.unwrap();
+        assert!(d.directory_version().await.unwrap() > v3);
+    }
+
+    #[tokio::test]
+    async fn version_seen_across_connections_of_another_process() {
+        // Two independent pools on one file stand in for the server and the CLI.
+        let tmp = tempfile::tempdir().unwrap();
+        let server = SqliteDirectory::open(&url_for(&tmp)).await.unwrap();
+        let cli = SqliteDirectory::open(&url_for(&tmp)).await.unwrap();
+        let before = server.directory_version().await.unwrap();
+        cli.add_account(browser("555")).await.unwrap();
+        assert!(server.directory_version().await.unwrap() > before);
+        assert!(server.account("555").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn sessions() {
+        let (_tmp, d) = fresh().await;
+        d.add_account(browser("100")).await.unwrap();
+        d.create_session("aaa", "100", 1_000).await.unwrap();
+        d.create_session("bbb", "100", 5_000).await.unwrap();
+        assert_eq!(d.session("aaa", 999).await.unwrap().as_deref(), Some("100"));
+        assert_eq!(d.session("aaa", 1_000).await.unwrap(), None, "expiry is exclusive");
+        assert_eq!(d.session("zzz", 0).await.unwrap(), None);
+        let e = d.create_session("aaa", "100", 9).await.unwrap_err();
+        assert!(matches!(e, DirectoryError::AlreadyExists { what: "session", .. }), "{e:?}");
+        let e = d.create_session("ccc", "nobody", 9).await.unwrap_err();
+        assert!(matches!(e, DirectoryError::NotFound { what: "account", .. }), "{e:?}");
+
+        assert_eq!(d.delete_expired_sessions(2_000).await.unwrap(), 1);
+        assert_eq!(d.delete_expired_sessions(2_000).await.unwrap(), 0);
+        assert_eq!(d.session("bbb", 2_000).await.unwrap().as_deref(), Some("100"));
+        // Removing the account removes its sessions.
+        d.remove_account("100").await.unwrap();
+        assert_eq!(d.session("bbb", 0).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn push_subscriptions() {
+        let (_tmp, d) = fresh().await;
+        d.add_account(browser("100")).await.unwrap();
+        d.add_account(browser("101")).await.unwrap();
+        let sub = |n: &str, ep: &str| PushSubscription {
+            number: n.into(),
+            endpoint: ep.into(),
+            p256dh: format!("p-{ep}"),
+            auth: format!("a-{ep}"),
+        };
+        d.add_push_subscription(sub("100", "https://push/a")).await.unwrap();
+        d.add_push_subscription(sub("100", "https://push/b")).await.unwrap();
+        assert_eq!(d.push_subscriptions("100").await.unwrap(), vec![sub("100", "https://push/a"), sub("100", "https://push/b")]);
+        // Same endpoint again: replaced (moves to 101).
+        d.add_push_subscription(sub("101", "https://push/b")).await.unwrap();
+        assert_eq!(d.push_subscriptions("100").await.unwrap(), vec![sub("100", "https://push/a")]);
+        assert_eq!(d.push_subscriptions("101").await.unwrap(), vec![sub("101", "https://push/b")]);
+        let e = d.add_push_subscription(sub("nobody", "https://push/c")).await.unwrap_err();
+        assert!(matches!(e, DirectoryError::NotFound { what: "account", .. }), "{e:?}");
+
+        d.remove_push_subscription("https://push/a").await.unwrap();
+        d.remove_push_subscription("https://push/a").await.unwrap(); // idempotent
+        assert!(d.push_subscriptions("100").await.unwrap().is_empty());
+        d.remove_account("101").await.unwrap();
+        assert!(d.push_subscriptions("101").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn call_records_round_trip_filter_and_order() {
+        let (_tmp, d) = fresh().await;
+        let mut r1 = record("c1", "100", "200", 1_000);
+        r1.switch_id = Some("sw1".into());
+        let mut r2 = record("c2", "300", "100", 2_000);
+        r2.outcome = Outcome::RejectedInvalid;
+        r2.duration_ms = None;
+        r2.trace = vec![Step::A, Step::B1, Step::B2, Step::B3];
+        let mut r3 = record("c3", "300", "400", 3_000);
+        r3.trace = vec![];
+        d.insert_call_record(&r1).await.unwrap();
+        d.insert_call_records(&[r2.clone(), r3.clone()]).await.unwrap();
+        d.insert_call_records(&[]).await.unwrap();
+
+        assert_eq!(d.call_records(None, 10).await.unwrap(), vec![r3.clone(), r2.clone(), r1.clone()]);
+        assert_eq!(d.call_records(None, 2).await.unwrap(), vec![r3.clone(), r2.clone()]);
+        assert_eq!(d.call_records(Some("100"), 10).await.unwrap(), vec![r2.clone(), r1.clone()]);
+        assert_eq!(d.call_records(Some("400"), 10).await.unwrap(), vec![r3.clone()]);
+        assert_eq!(d.call_records(Some("nobody"), 10).await.unwrap(), vec![]);
+        assert_eq!(d.call_records(None, 0).await.unwrap(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn call_record_batch_is_atomic() {
+        let (_tmp, d) = fresh().await;
+        let good = record("c1", "100", "200", 1);
+        let mut bad = record("c2", "100", "200", 2);
+        bad.duration_ms = Some(u64::MAX);
+        let e = d.insert_call_records(&[good, bad]).await.unwrap_err();
+        assert!(matches!(e, DirectoryError::Invalid(_)), "{e:?}");
+        assert!(d.call_records(None, 10).await.unwrap().is_empty(), "nothing of a failed batch is kept");
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = url_for(&tmp);
+        {
+            let d = SqliteDirectory::open(&url).await.unwrap();
+            d.add_switch("sw1", "h").await.unwrap();
+            d.add_account(deskphone("200", "sw1")).await.unwrap();
+            d.create_session("tok", "200", 10_000).await.unwrap();
+            d.insert_call_record(&record("c1", "200", "300", 5)).await.unwrap();
+            d.close().await;
+        }
+        let d = SqliteDirectory::open(&url).await.unwrap();
+        assert_eq!(d.account("200").await.unwrap().unwrap().home_switch.as_deref(), Some("sw1"));
+        assert_eq!(d.switch_secret_hash("sw1").await.unwrap().as_deref(), Some("h"));
+        assert_eq!(d.session("tok", 0).await.unwrap().as_deref(), Some("200"));
+        assert_eq!(d.call_records(None, 10).await.unwrap().len(), 1);
+        assert!(d.directory_version().await.unwrap() >= 2);
+    }
+
+    #[tokio::test]
+    async fn creates_missing_file_and_uses_wal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("new.db");
+        assert!(!path.exists());
+        let d = SqliteDirectory::open(&format!("sqlite://{}", path.display())).await.unwrap();
+        assert!(path.exists());
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&d.pool).await.unwrap();
+        assert_eq!(mode, "wal");
+        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(&d.pool).await.unwrap();
+        assert_eq!(fk, 1);
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&d.pool).await.unwrap();
+        assert_eq!(sync, 1, "NORMAL");
+    }
+
+    #[tokio::test]
+    async fn in_memory_database_is_one_database() {
+        let d = SqliteDirectory::open("sqlite::memory:").await.unwrap();
+        d.add_account(browser("100")).await.unwrap();
+        // Many sequential and concurrent queries all see the same data.
+        let mut handles = Vec::new();
+        for _ in 0..8 {
+            let d = d.clone();
+            handles.push(tokio::spawn(async move { d.account("100").await.unwrap().is_some() }));
+        }
+        for h in handles {
+            assert!(h.await.unwrap());
+        }
+        assert_eq!(d.list_accounts().await.unwrap().len(), 1);
+        // A second in-memory directory is a separate database.
+        let other = SqliteDirectory::open("sqlite::memory:").await.unwrap();
+        assert!(other.list_accounts().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn bad_urls_are_invalid() {
+        assert!(matches!(SqliteDirectory::open("postgres://x").await, Err(DirectoryError::Invalid(_))));
+        let e = SqliteDirectory::open("sqlite:///nonexistent-dir-xyz/sub/db.sqlite").await.unwrap_err();
+        assert!(matches!(e, DirectoryError::Database(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn errors_do_not_contain_secrets() {
+        let (_tmp, d) = fresh().await;
+        d.add_switch("sw1", "SECRET-HASH-XYZ").await.unwrap();
+        let e = d.add_switch("sw1", "SECRET-HASH-XYZ").await.unwrap_err().to_string();
+        assert!(!e.contains("SECRET"), "{e}");
+        let mut a = browser("100");
+        a.password_hash = "PW-HASH-XYZ".into();
+        d.add_account(a.clone()).await.unwrap();
+        let e = d.add_account(a).await.unwrap_err().to_string();
+        assert!(!e.contains("PW-HASH"), "{e}");
+        d.create_session("0123456789abcdef-token-hash", "100", 1).await.unwrap();
+        let e = d.create_session("0123456789abcdef-token-hash", "100", 1).await.unwrap_err().to_string();
+        assert!(!e.contains("token-hash"), "{e}");
+    }
+}
