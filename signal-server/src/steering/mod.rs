@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use trunkline_protocol::{
-    AccountKind, CallEvent, CallId, ClientMsg, DeclineReason, ErrorCode, IncomingVia, Outcome, PhoneEntry,
+    CallEvent, CallId, ClientMsg, DeclineReason, ErrorCode, IncomingVia, Outcome, PhoneEntry,
     ProtocolError, QueryAnswer, Route, ServerMsg, SignalPayload, Step,
 };
 
@@ -96,7 +96,6 @@ struct Call {
 #[derive(Clone, Debug)]
 struct DirEntry {
     display_name: String,
-    kind: AccountKind,
     home_switch: Option<String>,
     ha1_md5: Option<String>,
     ha1_sha256: Option<String>,
@@ -182,7 +181,6 @@ impl Engine {
                     a.number,
                     DirEntry {
                         display_name: a.display_name,
-                        kind: a.kind,
                         home_switch: a.home_switch,
                         ha1_md5: a.ha1_md5,
                         ha1_sha256: a.ha1_sha256,

@@ -2,6 +2,7 @@
 //! with a fake clock (plain `Instant` arithmetic) and no sockets.
 
 use super::*;
+use trunkline_protocol::AccountKind;
 use trunkline_protocol::ServerMsg as S;
 
 const ALICE: ConnId = 1; // browser 2001, no switch
@@ -538,6 +539,7 @@ fn f4_disconnect_mid_call_ends_it_for_the_other_side() {
     h.advance(Duration::from_secs(4));
     h.out.clear();
     assert_eq!(h.e.disconnected(h.now, ALICE), Some(Party::Device("2001".into())));
+    h.drain();
     assert_eq!(outcome_of(&h.to(BOB)), Some((Outcome::Connected, Some(4_000))));
     assert_eq!(h.one_record().duration_ms, Some(4_000));
 }

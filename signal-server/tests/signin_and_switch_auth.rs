@@ -1,0 +1,149 @@
+//! Sign-in over real WebSockets: browsers (password, session resume), switches (secret),
+//! wrong credentials, rate limits, and what an unauthenticated connection may do.
+
+mod common;
+use common::*;
+use trunkline_protocol::{ErrorCode, ServerMsg};
+
+#[tokio::test]
+async fn browser_login_ok_gets_welcome_with_session_token_and_resume_works_after_reconnect() {
+    let (srv, _tmp) = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.send(&format!(r#"{{"type":"login","v":1,"number":"{}","password":"{}"}}"#, ALICE.0, ALICE.1)).await;
+    let token = match c.recv().await {
+        ServerMsg::Welcome { number, display_name, kind, session_token, .. } => {
+            assert_eq!((number.as_str(), display_name.as_str()), ("2001", "User 2001"));
+            assert_eq!(kind, trunkline_protocol::AccountKind::Browser);
+            assert_eq!(session_token.len(), 43);
+            session_token
+        }
+        other => panic!("{other:?}"),
+    };
+    drop(c);
+    let mut again = srv.client().await;
+    again.send(&format!(r#"{{"type":"resume","v":1,"token":"{token}"}}"#)).await;
+    assert!(matches!(again.recv().await, ServerMsg::Welcome { number, .. } if number == "2001"));
+    assert!(again.sync().await.is_empty());
+    // A made-up token is refused and the connection closed.
+    let mut bad = srv.client().await;
+    bad.send(r#"{"type":"resume","v":1,"token":"made-up-token"}"#).await;
+    bad.expect_error(ErrorCode::AuthFailed).await;
+    bad.expect_closed().await;
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_number_get_the_same_error_and_are_closed() {
+    let (srv, _tmp) = TestServer::start().await;
+    let mut msgs = vec![];
+    for (number, pw) in [("2001", "wrong"), ("9999", "whatever")] {
+        let mut c = srv.client().await;
+        c.send(&format!(r#"{{"type":"login","v":1,"number":"{number}","password":"{pw}"}}"#)).await;
+        msgs.push(c.expect_error(ErrorCode::AuthFailed).await);
+        c.expect_closed().await;
+    }
+    assert_eq!(msgs[0], msgs[1], "no way to tell a wrong password from an unknown number");
+    // The real password still works.
+    srv.browser(ALICE).await;
+}
+
+#[tokio::test]
+async fn repeated_failures_are_rate_limited_per_account_even_with_the_right_password() {
+    let (srv, _tmp) = TestServer::start().await;
+    for _ in 0..5 {
+        let mut c = srv.client().await;
+        c.send(r#"{"type":"login","v":1,"number":"2001","password":"guess"}"#).await;
+        c.expect_error(ErrorCode::AuthFailed).await;
+    }
+    let mut c = srv.client().await;
+    c.send(&format!(r#"{{"type":"login","v":1,"number":"2001","password":"{}"}}"#, ALICE.1)).await;
+    let msg = c.expect_error(ErrorCode::RateLimited).await;
+    assert!(msg.contains("retry"), "{msg}");
+    c.expect_closed().await;
+    // Another account from the same address is not locked out yet (5 < 20 per address).
+    srv.browser(BOB).await;
+}
+
+#[tokio::test]
+async fn repeated_failures_are_rate_limited_per_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(tmp.path());
+    cfg.auth.max_failures_per_address = 3;
+    provision(&cfg.database_url).await;
+    let srv = TestServer::start_with(cfg).await;
+    for number in ["7001", "7002", "7003"] {
+        let mut c = srv.client().await;
+        c.send(&format!(r#"{{"type":"login","v":1,"number":"{number}","password":"x"}}"#)).await;
+        c.expect_error(ErrorCode::AuthFailed).await;
+    }
+    let mut c = srv.client().await;
+    c.send(&format!(r#"{{"type":"login","v":1,"number":"{}","password":"{}"}}"#, BOB.0, BOB.1)).await;
+    c.expect_error(ErrorCode::RateLimited).await;
+}
+
+#[tokio::test]
+async fn switch_auth_ok_lists_its_phones_and_wrong_secret_is_refused() {
+    let (srv, _tmp) = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.send(&format!(
+        r#"{{"type":"switch_auth","v":1,"switch_id":"hq","secret":"{}","direct_urls":["{HQ_URL}"]}}"#,
+        HQ.1
+    ))
+    .await;
+    match c.recv().await {
+        ServerMsg::SwitchWelcome { switch_id, sip_realm, phones, .. } => {
+            assert_eq!((switch_id.as_str(), sip_realm.as_str()), ("hq", "trunkline"));
+            let numbers: Vec<_> = phones.iter().map(|p| p.number.as_str()).collect();
+            assert_eq!(numbers, ["1001", "1002"]);
+            // Digest verifiers, never passwords.
+            assert_eq!(phones[0].ha1_md5, signal_server::credentials::ha1_md5("1001", "trunkline", "phone-1001"));
+            assert_eq!(phones[0].ha1_sha256.len(), 64);
+        }
+        other => panic!("{other:?}"),
+    }
+    for (id, secret) in [("hq", "wrong-secret-0123456789"), ("nosuch", "wrong-secret-0123456789")] {
+        let mut bad = srv.client().await;
+        bad.send(&format!(
+            r#"{{"type":"switch_auth","v":1,"switch_id":"{id}","secret":"{secret}","direct_urls":["{HQ_URL}"]}}"#
+        ))
+        .await;
+        bad.expect_error(ErrorCode::AuthFailed).await;
+        bad.expect_closed().await;
+    }
+    // The rightful switch connection was not disturbed.
+    assert!(c.sync().await.is_empty());
+}
+
+#[tokio::test]
+async fn desk_phone_accounts_cannot_sign_in_as_browsers() {
+    let (srv, _tmp) = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.send(r#"{"type":"login","v":1,"number":"1001","password":"phone-1001"}"#).await;
+    let msg = c.expect_error(ErrorCode::Forbidden).await;
+    assert!(msg.contains("SIP"), "{msg}");
+}
+
+#[tokio::test]
+async fn first_message_must_sign_in_and_version_must_match() {
+    let (srv, _tmp) = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.send(r#"{"type":"dial","call_id":"x","to":"1001"}"#).await;
+    c.expect_error(ErrorCode::NotAuthenticated).await;
+    c.expect_closed().await;
+    let mut c = srv.client().await;
+    c.send(r#"{"type":"login","v":2,"number":"2001","password":"x"}"#).await;
+    c.expect_error(ErrorCode::UnsupportedVersion).await;
+    c.expect_closed().await;
+}
+
+#[tokio::test]
+async fn a_second_connection_of_the_same_browser_replaces_the_first() {
+    let (srv, _tmp) = TestServer::start().await;
+    let mut first = srv.browser(ALICE).await;
+    let mut second = srv.browser(ALICE).await;
+    first.expect_error(ErrorCode::SessionReplaced).await;
+    first.expect_closed().await;
+    // Calls now reach the second connection.
+    let mut bob = srv.browser(BOB).await;
+    bob.send(r#"{"type":"dial","call_id":"r1","to":"2001"}"#).await;
+    assert!(matches!(second.recv().await, ServerMsg::Incoming { call_id, .. } if call_id == "r1"));
+}
