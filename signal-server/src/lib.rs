@@ -5,6 +5,7 @@
 //! - [`server`]: the thin tokio/axum driver: `/ws`, admin API, `/healthz`, `/metrics`, static web.
 //! - [`cli`]: the `signal-server` command line (run + admin commands).
 
+pub mod admin;
 pub mod admin_api;
 pub mod cli;
 pub mod config;
