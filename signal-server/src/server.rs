@@ -69,7 +69,8 @@ enum Online {
 
 /// What the engine task hands a connection task to write.
 enum Out {
-    Msg(ServerMsg),
+    /// Boxed: an idle connection's outbox then costs pointers, not full messages, per slot.
+    Msg(Box<ServerMsg>),
     Close,
 }
 
@@ -168,7 +169,8 @@ pub async fn run(
     });
 
     let store_task = tokio::spawn(store_loop(dir.clone(), store_rx));
-    let engine_task = tokio::spawn(engine_loop(engine, engine_rx, store_tx.clone(), config.sip_realm.clone()));
+    let engine_task =
+        tokio::spawn(engine_loop(engine, engine_rx, store_tx.clone(), config.sip_realm.clone(), shutdown_rx.clone()));
     let watch_task = tokio::spawn(directory_watch(dir.clone(), engine_tx.clone(), changed.clone(), shutdown_rx.clone()));
 
     let admin = AdminState { dir: dir.clone(), token: admin_token, config: config.clone(), changed };
@@ -345,7 +347,7 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
                     last = now;
                     if tokens < 1.0 {
                         let e = ServerMsg::error(ErrorCode::TooManyRequests, "too many messages; slow down", None);
-                        if out_tx.try_send(Out::Msg(e)).is_err() { break }
+                        if out_tx.try_send(Out::Msg(Box::new(e))).is_err() { break }
                         continue;
                     }
                     tokens -= 1.0;
@@ -355,7 +357,7 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
                         if s.engine.send(EngineCmd::Msg { conn, msg }).await.is_err() { break }
                     }
                     Err(e) => {
-                        if out_tx.try_send(Out::Msg(e.to_msg(None))).is_err() { break }
+                        if out_tx.try_send(Out::Msg(Box::new(e.to_msg(None)))).is_err() { break }
                     }
                 }
             }
@@ -502,7 +504,9 @@ async fn engine_loop(
     mut rx: mpsc::Receiver<EngineCmd>,
     store: mpsc::UnboundedSender<StoreCmd>,
     realm: String,
+    mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut stopping = false;
     let mut outboxes: HashMap<ConnId, mpsc::Sender<Out>> = HashMap::new();
     let mut batch = Vec::with_capacity(256);
     loop {
@@ -511,6 +515,11 @@ async fn engine_loop(
             n = rx.recv_many(&mut batch, 256) => {
                 if n == 0 { break }
                 let now = Instant::now();
+                // Connections leave *because* of the shutdown: end attempts first (see below).
+                if !stopping && *shutdown.borrow() {
+                    stopping = true;
+                    engine.shutdown(now);
+                }
                 for cmd in batch.drain(..) {
                     match cmd {
                         EngineCmd::Online { conn, who, outbox } => {
@@ -533,6 +542,12 @@ async fn engine_loop(
                 }
             }
             _ = sleep_until_opt(deadline) => engine.handle_timeout(Instant::now()),
+            // Stopping: end open attempts as `error` (server stopped) before the connections'
+            // departures could be mistaken for callers or callees leaving.
+            _ = shut(&mut shutdown), if !stopping => {
+                stopping = true;
+                engine.shutdown(Instant::now());
+            }
         }
         drain(&mut engine, &mut outboxes, &store);
     }
@@ -557,7 +572,7 @@ fn drain(engine: &mut Engine, outboxes: &mut HashMap<ConnId, mpsc::Sender<Out>>,
         match out {
             Output::Send { conn, msg } => {
                 if let Some(tx) = outboxes.get(&conn)
-                    && tx.try_send(Out::Msg(msg)).is_err()
+                    && tx.try_send(Out::Msg(Box::new(msg))).is_err()
                 {
                     // A peer that does not read its messages is dropped rather than buffered forever.
                     tracing::warn!(conn, "outbox full or closed: disconnecting slow peer");

@@ -16,6 +16,7 @@ async fn restart_keeps_accounts_and_call_records() {
     let srv = TestServer::start_with(cfg.clone()).await;
     let mut alice = srv.browser(ALICE).await;
     alice.send(r#"{"type":"dial","call_id":"gone","to":"4040"}"#).await;
+    alice.expect_error(trunkline_protocol::ErrorCode::InvalidCall).await;
     assert_eq!(alice.expect_outcome("gone").await.0, Outcome::RejectedInvalid);
     // One attempt still ringing when the server stops.
     let mut bob = srv.browser(BOB).await;

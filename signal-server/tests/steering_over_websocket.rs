@@ -122,6 +122,7 @@ async fn f6_c12_scripted_switch_declines() {
             .send(&format!(r#"{{"type":"query_answer","call_id":"{call}","answer":{{"answer":"decline","reason":"{reason}"}}}}"#))
             .await;
         assert_eq!(alice.expect_outcome(&call).await.0, outcome);
+        assert_eq!(branch.expect_outcome(&call).await.0, outcome, "the switch hears the outcome too");
     }
 }
 
