@@ -7,9 +7,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use trunkline_protocol::{
-    AccountKind, MAX_DISPLAY_NAME_LEN, MAX_PASSWORD_LEN, check_number, check_switch_id,
-};
+use trunkline_protocol::{AccountKind, MAX_DISPLAY_NAME_LEN, MAX_PASSWORD_LEN, check_number, check_switch_id};
 
 use crate::Config;
 use crate::credentials;
@@ -118,8 +116,9 @@ pub fn new_account(input: &AccountInput, config: &Config) -> Result<NewAccount, 
     check_account(input)?;
     let kind = effective_kind(input);
     let a = &config.auth;
-    let password_hash = credentials::hash_password(&input.password, a.password_hash_memory_kib, a.password_hash_iterations)
-        .map_err(|e| AdminError::Internal(e.to_string()))?;
+    let password_hash =
+        credentials::hash_password(&input.password, a.password_hash_memory_kib, a.password_hash_iterations)
+            .map_err(|e| AdminError::Internal(e.to_string()))?;
     let (ha1_md5, ha1_sha256) = match kind {
         AccountKind::Deskphone => (
             Some(credentials::ha1_md5(&input.number, &config.sip_realm, &input.password)),
@@ -192,7 +191,11 @@ pub async fn add_account(
 }
 
 /// Validate, hash (on a blocking thread) and store a new switch.
-pub async fn add_switch(dir: &dyn Directory, config: Arc<Config>, input: SwitchInput) -> Result<SwitchView, AdminError> {
+pub async fn add_switch(
+    dir: &dyn Directory,
+    config: Arc<Config>,
+    input: SwitchInput,
+) -> Result<SwitchView, AdminError> {
     check_switch(&input)?;
     if dir.switch_secret_hash(&input.id).await?.is_some() {
         return Err(DirectoryError::AlreadyExists { what: "switch", key: input.id.clone() }.into());
@@ -405,12 +408,18 @@ mod tests {
         let e = add_account(&dir, c.clone(), i.clone()).await.unwrap_err();
         assert!(matches!(e, AdminError::Directory(DirectoryError::NotFound { what: "switch", .. })), "{e:?}");
         add_switch(&dir, c.clone(), SwitchInput { id: "sw1".into(), secret: "s".repeat(16) }).await.unwrap();
-        let e = add_switch(&dir, c.clone(), SwitchInput { id: "sw1".into(), secret: "s".repeat(16) }).await.unwrap_err();
+        let e =
+            add_switch(&dir, c.clone(), SwitchInput { id: "sw1".into(), secret: "s".repeat(16) }).await.unwrap_err();
         assert!(matches!(e, AdminError::Directory(DirectoryError::AlreadyExists { .. })), "{e:?}");
         let v = add_account(&dir, c.clone(), i.clone()).await.unwrap();
         assert_eq!(
             v,
-            AccountView { number: "200".into(), display_name: "200".into(), kind: AccountKind::Deskphone, home_switch: Some("sw1".into()) }
+            AccountView {
+                number: "200".into(),
+                display_name: "200".into(),
+                kind: AccountKind::Deskphone,
+                home_switch: Some("sw1".into())
+            }
         );
         let e = add_account(&dir, c.clone(), i).await.unwrap_err();
         assert!(matches!(e, AdminError::Directory(DirectoryError::AlreadyExists { .. })), "{e:?}");

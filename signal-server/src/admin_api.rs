@@ -276,7 +276,14 @@ mod tests {
             assert_eq!(body["error"], "unauthorized");
         }
         // A write with a wrong token changes nothing.
-        let (st, _) = call(&s, Method::POST, "/switches", Some("wrong"), Some(serde_json::json!({"id": "sw1", "secret": "x".repeat(20)}))).await;
+        let (st, _) = call(
+            &s,
+            Method::POST,
+            "/switches",
+            Some("wrong"),
+            Some(serde_json::json!({"id": "sw1", "secret": "x".repeat(20)})),
+        )
+        .await;
         assert_eq!(st, StatusCode::UNAUTHORIZED);
         assert!(s.dir.list_switches().await.unwrap().is_empty());
         let (st, _) = call(&s, Method::GET, "/accounts", Some(TOKEN), None).await;
@@ -288,7 +295,8 @@ mod tests {
         let s = state(Some(TOKEN)).await;
         let t = Some(TOKEN);
         let secret = "switch-secret-0123456789";
-        let (st, body) = call(&s, Method::POST, "/switches", t, Some(serde_json::json!({"id": "sw1", "secret": secret}))).await;
+        let (st, body) =
+            call(&s, Method::POST, "/switches", t, Some(serde_json::json!({"id": "sw1", "secret": secret}))).await;
         assert_eq!(st, StatusCode::CREATED, "{body}");
         assert_eq!(body, serde_json::json!({"id": "sw1", "online": false, "direct_urls": [], "last_seen_ms": null}));
         assert!(was_notified(&s).await);
@@ -303,18 +311,26 @@ mod tests {
         )
         .await;
         assert_eq!(st, StatusCode::CREATED, "{body}");
-        assert_eq!(body, serde_json::json!({"number": "200", "display_name": "Desk", "kind": "deskphone", "home_switch": "sw1"}));
+        assert_eq!(
+            body,
+            serde_json::json!({"number": "200", "display_name": "Desk", "kind": "deskphone", "home_switch": "sw1"})
+        );
         assert!(was_notified(&s).await);
         let stored = s.dir.account("200").await.unwrap().unwrap();
         assert_eq!(stored.ha1_md5, Some(credentials::ha1_md5("200", &s.config.sip_realm, "pw-200")));
 
-        let (st, _) = call(&s, Method::POST, "/accounts", t, Some(serde_json::json!({"number": "100", "password": "pw-100"}))).await;
+        let (st, _) =
+            call(&s, Method::POST, "/accounts", t, Some(serde_json::json!({"number": "100", "password": "pw-100"})))
+                .await;
         assert_eq!(st, StatusCode::CREATED);
         assert!(was_notified(&s).await);
         let (st, body) = call(&s, Method::GET, "/accounts", t, None).await;
         assert_eq!(st, StatusCode::OK);
         assert_eq!(body.as_array().unwrap().len(), 2);
-        assert_eq!(body[0], serde_json::json!({"number": "100", "display_name": "100", "kind": "browser", "home_switch": null}));
+        assert_eq!(
+            body[0],
+            serde_json::json!({"number": "100", "display_name": "100", "kind": "browser", "home_switch": null})
+        );
         let text = body.to_string();
         assert!(!text.contains("pw-") && !text.contains("argon2") && !text.contains("ha1"), "{text}");
 
@@ -344,13 +360,38 @@ mod tests {
         let cases = [
             ("/accounts", serde_json::json!({"number": "1 2", "password": "x"}), StatusCode::BAD_REQUEST, "invalid"),
             ("/accounts", serde_json::json!({"number": "100", "password": ""}), StatusCode::BAD_REQUEST, "invalid"),
-            ("/accounts", serde_json::json!({"number": "100", "password": "x", "kind": "deskphone"}), StatusCode::BAD_REQUEST, "invalid"),
-            ("/accounts", serde_json::json!({"number": "100", "password": "x", "kind": "fax"}), StatusCode::BAD_REQUEST, "invalid"),
-            ("/accounts", serde_json::json!({"number": "100", "password": "x", "home_switch": "sw"}), StatusCode::BAD_REQUEST, "invalid"),
+            (
+                "/accounts",
+                serde_json::json!({"number": "100", "password": "x", "kind": "deskphone"}),
+                StatusCode::BAD_REQUEST,
+                "invalid",
+            ),
+            (
+                "/accounts",
+                serde_json::json!({"number": "100", "password": "x", "kind": "fax"}),
+                StatusCode::BAD_REQUEST,
+                "invalid",
+            ),
+            (
+                "/accounts",
+                serde_json::json!({"number": "100", "password": "x", "home_switch": "sw"}),
+                StatusCode::BAD_REQUEST,
+                "invalid",
+            ),
             ("/accounts", serde_json::json!({"number": "100"}), StatusCode::BAD_REQUEST, "invalid"),
-            ("/accounts", serde_json::json!({"number": "100", "password": "x", "switch": "nope"}), StatusCode::NOT_FOUND, "not_found"),
+            (
+                "/accounts",
+                serde_json::json!({"number": "100", "password": "x", "switch": "nope"}),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
             ("/switches", serde_json::json!({"id": "sw1", "secret": "tiny-S3CR"}), StatusCode::BAD_REQUEST, "invalid"),
-            ("/switches", serde_json::json!({"id": "bad id", "secret": "x".repeat(32)}), StatusCode::BAD_REQUEST, "invalid"),
+            (
+                "/switches",
+                serde_json::json!({"id": "bad id", "secret": "x".repeat(32)}),
+                StatusCode::BAD_REQUEST,
+                "invalid",
+            ),
         ];
         for (uri, body, status, code) in cases {
             let (st, resp) = call(&s, Method::POST, uri, t, Some(body.clone())).await;
@@ -396,7 +437,10 @@ mod tests {
             duration_ms: None,
             trace: vec![Step::A, Step::B1, Step::B2, Step::B4, Step::B5],
         };
-        s.dir.insert_call_records(&[rec("c1", "100", "200", 1), rec("c2", "300", "400", 2), rec("c3", "200", "300", 3)]).await.unwrap();
+        s.dir
+            .insert_call_records(&[rec("c1", "100", "200", 1), rec("c2", "300", "400", 2), rec("c3", "200", "300", 3)])
+            .await
+            .unwrap();
         let t = Some(TOKEN);
         let (st, body) = call(&s, Method::GET, "/calls", t, None).await;
         assert_eq!(st, StatusCode::OK);

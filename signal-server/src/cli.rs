@@ -160,6 +160,7 @@ impl From<AdminError> for CliError {
     fn from(e: AdminError) -> Self {
         match e {
             AdminError::Invalid(m) => CliError::Usage(m),
+            AdminError::Directory(d) => d.into(),
             other => CliError::Failed(other.to_string()),
         }
     }
@@ -167,7 +168,12 @@ impl From<AdminError> for CliError {
 
 impl From<DirectoryError> for CliError {
     fn from(e: DirectoryError) -> Self {
-        CliError::Failed(e.to_string())
+        match e {
+            // The directory refused a change that conflicts with stored data (e.g. removing a
+            // switch that still has accounts): not a command-line mistake, so exit 1.
+            DirectoryError::Invalid(m) => CliError::Failed(m),
+            other => CliError::Failed(other.to_string()),
+        }
     }
 }
 
@@ -231,7 +237,9 @@ fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs go to stderr; stdout carries the one "listening" line.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
 }
 
 /// A future resolving on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed now, so a
@@ -462,16 +470,38 @@ mod tests {
     #[test]
     fn parses_commands() {
         let cli = Cli::try_parse_from([
-            "signal-server", "account", "add", "--number", "100", "--password-file", "-", "--config", "x.toml",
+            "signal-server",
+            "account",
+            "add",
+            "--number",
+            "100",
+            "--password-file",
+            "-",
+            "--config",
+            "x.toml",
         ])
         .unwrap();
         assert_eq!(cli.config.as_deref(), Some(Path::new("x.toml")));
         assert!(matches!(cli.command, Command::Account(AccountCmd::Add { ref number, .. }) if number == "100"));
-        let cli = Cli::try_parse_from(["signal-server", "--config", "y.toml", "calls", "--json", "--limit", "5"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["signal-server", "--config", "y.toml", "calls", "--json", "--limit", "5"]).unwrap();
         assert!(matches!(cli.command, Command::Calls { json: true, limit: 5, number: None }));
         // No way to pass a password on the command line.
         assert!(Cli::try_parse_from(["signal-server", "account", "add", "--number", "1", "--password", "x"]).is_err());
-        assert!(Cli::try_parse_from(["signal-server", "account", "add", "--number", "1", "--password-file", "f", "--kind", "fax"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "signal-server",
+                "account",
+                "add",
+                "--number",
+                "1",
+                "--password-file",
+                "f",
+                "--kind",
+                "fax"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -138,10 +138,7 @@ fn call_from_row(row: &SqliteRow) -> Result<CallRecord, DirectoryError> {
 }
 
 fn now_ms() -> UnixMs {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as UnixMs)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as UnixMs).unwrap_or(0)
 }
 
 /// Is this URL an in-memory database (`sqlite::memory:`, `sqlite://:memory:`, `?mode=memory`)?
@@ -197,7 +194,9 @@ impl SqliteDirectory {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_err("listing accounts of switch", e))?;
-        rows.iter().map(|r| r.try_get::<String, _>("number").map_err(|e| db_err("listing accounts of switch", e))).collect()
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("number").map_err(|e| db_err("listing accounts of switch", e)))
+            .collect()
     }
 }
 
@@ -226,12 +225,13 @@ impl Directory for SqliteDirectory {
         match res {
             Ok(_) => Ok(()),
             Err(e) => match kind_of(&e) {
-                Some(ErrorKind::UniqueViolation) => Err(DirectoryError::AlreadyExists { what: "account", key: a.number }),
+                Some(ErrorKind::UniqueViolation) => {
+                    Err(DirectoryError::AlreadyExists { what: "account", key: a.number })
+                }
                 // The only foreign key of `accounts` is `home_switch`.
-                Some(ErrorKind::ForeignKeyViolation) => Err(DirectoryError::NotFound {
-                    what: "switch",
-                    key: a.home_switch.unwrap_or_default(),
-                }),
+                Some(ErrorKind::ForeignKeyViolation) => {
+                    Err(DirectoryError::NotFound { what: "switch", key: a.home_switch.unwrap_or_default() })
+                }
                 _ => Err(db_err("adding account", e)),
             },
         }
@@ -295,7 +295,9 @@ impl Directory for SqliteDirectory {
     async fn remove_switch(&self, id: &str) -> Result<(), DirectoryError> {
         let res = sqlx::query("DELETE FROM switches WHERE id = ?").bind(id).execute(&self.pool).await;
         match res {
-            Ok(done) if done.rows_affected() == 0 => Err(DirectoryError::NotFound { what: "switch", key: id.to_string() }),
+            Ok(done) if done.rows_affected() == 0 => {
+                Err(DirectoryError::NotFound { what: "switch", key: id.to_string() })
+            }
             Ok(_) => Ok(()),
             Err(e) if kind_of(&e) == Some(ErrorKind::ForeignKeyViolation) => {
                 let numbers = self.accounts_of_switch(id).await?;
@@ -425,12 +427,13 @@ impl Directory for SqliteDirectory {
     }
 
     async fn push_subscriptions(&self, number: &str) -> Result<Vec<PushSubscription>, DirectoryError> {
-        let rows =
-            sqlx::query("SELECT endpoint, number, p256dh, auth FROM push_subscriptions WHERE number = ? ORDER BY endpoint")
-                .bind(number)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| db_err("listing push subscriptions", e))?;
+        let rows = sqlx::query(
+            "SELECT endpoint, number, p256dh, auth FROM push_subscriptions WHERE number = ? ORDER BY endpoint",
+        )
+        .bind(number)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_err("listing push subscriptions", e))?;
         rows.iter()
             .map(|r| {
                 let get = |e| db_err("reading push subscription", e);
@@ -467,7 +470,10 @@ impl Directory for SqliteDirectory {
         for r in records {
             let duration = r
                 .duration_ms
-                .map(|d| i64::try_from(d).map_err(|_| DirectoryError::Invalid(format!("call {}: duration_ms too large", r.call_id))))
+                .map(|d| {
+                    i64::try_from(d)
+                        .map_err(|_| DirectoryError::Invalid(format!("call {}: duration_ms too large", r.call_id)))
+                })
                 .transpose()?;
             sqlx::query(
                 "INSERT INTO call_records (call_id, caller, callee, switch_id, started_ms, ended_ms, outcome, duration_ms, trace) \
@@ -636,16 +642,16 @@ mod tests {
         assert_eq!(d.switch_secret_hash("zz").await.unwrap(), None);
 
         let list = d.list_switches().await.unwrap();
-        assert_eq!(
-            list[0],
-            SwitchRecord { id: "sw1".into(), direct_urls: vec![], online: false, last_seen_ms: None }
-        );
+        assert_eq!(list[0], SwitchRecord { id: "sw1".into(), direct_urls: vec![], online: false, last_seen_ms: None });
         assert_eq!(list.len(), 2);
 
         let urls = vec!["wss://a.example:7443/direct".to_string(), "ws://10.0.0.2:7080".to_string()];
         d.set_switch_online("sw1", true, &urls, 1234).await.unwrap();
         let sw1 = d.list_switches().await.unwrap().remove(0);
-        assert_eq!(sw1, SwitchRecord { id: "sw1".into(), direct_urls: urls.clone(), online: true, last_seen_ms: Some(1234) });
+        assert_eq!(
+            sw1,
+            SwitchRecord { id: "sw1".into(), direct_urls: urls.clone(), online: true, last_seen_ms: Some(1234) }
+        );
         let e = d.set_switch_online("zz", true, &urls, 1).await.unwrap_err();
         assert!(matches!(e, DirectoryError::NotFound { what: "switch", .. }), "{e:?}");
 
@@ -758,7 +764,10 @@ mod tests {
         };
         d.add_push_subscription(sub("100", "https://push/a")).await.unwrap();
         d.add_push_subscription(sub("100", "https://push/b")).await.unwrap();
-        assert_eq!(d.push_subscriptions("100").await.unwrap(), vec![sub("100", "https://push/a"), sub("100", "https://push/b")]);
+        assert_eq!(
+            d.push_subscriptions("100").await.unwrap(),
+            vec![sub("100", "https://push/a"), sub("100", "https://push/b")]
+        );
         // Same endpoint again: replaced (moves to 101).
         d.add_push_subscription(sub("101", "https://push/b")).await.unwrap();
         assert_eq!(d.push_subscriptions("100").await.unwrap(), vec![sub("100", "https://push/a")]);
