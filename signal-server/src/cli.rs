@@ -55,8 +55,8 @@ pub enum Command {
         /// Only calls where this number is the caller or the callee.
         #[arg(long, value_name = "N")]
         number: Option<String>,
-        /// At most this many records.
-        #[arg(long, value_name = "N", default_value_t = 50)]
+        /// At most this many records (1–10000).
+        #[arg(long, value_name = "N", default_value_t = admin::DEFAULT_CALLS_LIMIT)]
         limit: u32,
     },
 }
@@ -407,7 +407,7 @@ async fn calls(config: Config, json: bool, number: Option<String>, limit: u32) -
                     c.duration_ms.map(admin::format_duration_ms).unwrap_or_else(|| "-".into()),
                     c.switch_id.clone().unwrap_or_else(|| "-".into()),
                     c.call_id.clone(),
-                    c.trace.join(" "),
+                    c.trace.join(","),
                 ]
             })
             .collect();

@@ -388,7 +388,7 @@ async fn calls_listing() {
     let lines: Vec<&str> = human.lines().collect();
     assert_eq!(lines.len(), 2, "{human}");
     assert!(lines[0].starts_with("TIME") && lines[0].contains("OUTCOME") && lines[0].contains("TRACE"));
-    for needle in ["2023-11-14 22:13:20Z", "100", "200", "connected", "1m05s", "A C1 C11 C12 C13"] {
+    for needle in ["2023-11-14 22:13:20Z", "100", "200", "connected", "1m05s", "A,C1,C11,C12,C13"] {
         assert!(lines[1].contains(needle), "{needle:?} in {human}");
     }
     assert_eq!(env.ok(&["calls", "--number", "555"]), "no calls\n");
