@@ -71,7 +71,8 @@ pub struct SteeringConfig {
     /// TTL of cloud-issued F4 keys, and how long after C13/C2/C3 the caller (or callee) has to
     /// reach the switch before the attempt ends `key_expired`.
     pub key_ttl_ms: u64,
-    /// A connected call with no `ended` report after this long is closed as `error`.
+    /// A connected call with no `ended` report after this long is closed (outcome `connected`,
+    /// duration = this limit): the carrier stopped reporting, the call did connect.
     pub max_call_duration_secs: u64,
 }
 

@@ -27,7 +27,6 @@ use trunkline_protocol::{AccountKind, ClientMsg, ErrorCode, MAX_MESSAGE_BYTES, P
 use crate::admin_api::{self, AdminState};
 use crate::config::Config;
 use crate::credentials;
-use crate::directory::sqlite::SqliteDirectory;
 use crate::directory::{CallRecord, Directory, DirectoryError, UnixMs};
 use crate::ratelimit::FailureLimiter;
 use crate::steering::{ConnId, Engine, Output, Party};
@@ -115,7 +114,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let config = Arc::new(config);
-    let dir: Arc<dyn Directory> = Arc::new(SqliteDirectory::open(&config.database_url).await?);
+    let dir = crate::directory::open(&config.database_url).await?;
     dir.reset_switches_offline().await?;
     let admin_token = match &config.admin_token_file {
         Some(p) => Some(
@@ -451,6 +450,14 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 tracing::warn!(%ip, "session resume failed: unknown or expired token");
                 return Err(PE::new(ErrorCode::AuthFailed, "session expired or unknown; sign in again"));
             };
+            // A fresh token each time, so the expiry we announce is true and a stolen old
+            // token stops being renewed. The old one stays valid until its own expiry.
+            let token = credentials::new_token();
+            let ttl = s.config.auth.session_ttl_secs;
+            s.dir
+                .create_session(&credentials::token_sha256(&token), &account.number, unix_ms() + (ttl as i64) * 1000)
+                .await
+                .map_err(internal)?;
             tracing::info!(%ip, number = %account.number, "browser resumed its session");
             let welcome = ServerMsg::Welcome {
                 v: PROTOCOL_VERSION,
@@ -458,7 +465,7 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 display_name: account.display_name,
                 kind: account.kind,
                 session_token: token,
-                session_expires_in_s: s.config.auth.session_ttl_secs,
+                session_expires_in_s: ttl,
             };
             Ok((Online::Device(account.number), Some(welcome)))
         }
@@ -608,8 +615,11 @@ async fn store_loop(dir: Arc<dyn Directory>, mut rx: mpsc::UnboundedReceiver<Sto
                 StoreCmd::Record(r) => records.push(r),
                 StoreCmd::SwitchState { id, online, urls, at } => {
                     flush(&*dir, &mut records).await;
-                    if let Err(e) = dir.set_switch_online(&id, online, &urls, at).await {
-                        tracing::error!(switch_id = %id, error = %e, "could not store switch state");
+                    match dir.set_switch_online(&id, online, &urls, at).await {
+                        Ok(()) => {}
+                        // Removed by an admin while connected: nothing to record.
+                        Err(DirectoryError::NotFound { .. }) => tracing::info!(switch_id = %id, "switch no longer provisioned"),
+                        Err(e) => tracing::error!(switch_id = %id, error = %e, "could not store switch state"),
                     }
                 }
             }
@@ -623,7 +633,7 @@ async fn flush(dir: &dyn Directory, records: &mut Vec<CallRecord>) {
         return;
     }
     // Retry a few times: losing call records is worse than a delay.
-    for attempt in 0..5u64 {
+    for attempt in 0..3u64 {
         match dir.insert_call_records(records).await {
             Ok(()) => {
                 records.clear();
@@ -635,8 +645,12 @@ async fn flush(dir: &dyn Directory, records: &mut Vec<CallRecord>) {
             }
         }
     }
-    tracing::error!(count = records.len(), "dropping call records after repeated failures");
-    records.clear();
+    // One bad record must not take the good ones with it: store them one by one.
+    for r in records.drain(..) {
+        if let Err(e) = dir.insert_call_record(&r).await {
+            tracing::error!(error = %e, call_id = %r.call_id, "dropping a call record that cannot be stored");
+        }
+    }
 }
 
 /// Reload the directory into the engine when it changes: at once when the admin API says so,

@@ -22,8 +22,19 @@ async fn browser_login_ok_gets_welcome_with_session_token_and_resume_works_after
     drop(c);
     let mut again = srv.client().await;
     again.send(&format!(r#"{{"type":"resume","v":1,"token":"{token}"}}"#)).await;
-    assert!(matches!(again.recv().await, ServerMsg::Welcome { number, .. } if number == "2001"));
+    let rotated = match again.recv().await {
+        ServerMsg::Welcome { number, session_token, .. } => {
+            assert_eq!(number, "2001");
+            session_token
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(rotated, token, "each resume hands out a fresh token");
     assert!(again.sync().await.is_empty());
+    drop(again);
+    let mut third = srv.client().await;
+    third.send(&format!(r#"{{"type":"resume","v":1,"token":"{rotated}"}}"#)).await;
+    assert!(matches!(third.recv().await, ServerMsg::Welcome { .. }));
     // A made-up token is refused and the connection closed.
     let mut bad = srv.client().await;
     bad.send(r#"{"type":"resume","v":1,"token":"made-up-token"}"#).await;

@@ -211,7 +211,7 @@ impl Client {
 
     /// The connection must be closed by the server (after any pending messages).
     pub async fn expect_closed(&mut self) {
-        while let Some(m) = self.try_recv().await {
+        if let Some(m) = self.try_recv().await {
             panic!("expected the connection to close, got {m:?}");
         }
     }
