@@ -1,1 +1,278 @@
-fn main() {}
+//! `trunkline-bench`: the measuring half of `bench/run.sh` (which starts the processes and
+//! prints the table). Every measurement prints `key=value` lines on stdout; `table` turns
+//! those files into the one markdown table. Benchmarks print numbers; they assert nothing.
+
+mod idle;
+mod procfs;
+mod provision;
+mod report;
+mod steer;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "trunkline-bench", about = "Trunkline benchmark load generators (see bench/README.md)")]
+struct Cli {
+    /// Tokio worker threads of the load generator (1: a single-threaded runtime, which leaves
+    /// the most CPU to the server on a small machine).
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print the CPU time (user + system, µs) a process has used so far.
+    Cpu {
+        #[arg(long)]
+        pid: u32,
+        /// Add the CPU time of all its descendant processes (Kamailio's workers).
+        #[arg(long)]
+        children: bool,
+    },
+    /// Print how many processes `cpu --children` would count.
+    Processes {
+        #[arg(long)]
+        pid: u32,
+    },
+    /// Print a free loopback port (the kernel's choice) for TCP or UDP.
+    FreePort {
+        #[arg(long)]
+        udp: bool,
+    },
+    /// Create the switch pairs, their phones and the browser accounts over the admin API.
+    Provision {
+        /// host:port of the signal server.
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        token_file: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        pairs: usize,
+        #[arg(long)]
+        switch_secret: String,
+        #[arg(long, default_value_t = 0)]
+        browsers: usize,
+        #[arg(long, default_value_t = 500_000)]
+        first_browser: u64,
+        #[arg(long)]
+        password: String,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// Steering decisions per second with `window` queries in flight per caller switch.
+    Saturate {
+        #[command(flatten)]
+        s: SteerArgs,
+        #[arg(long, default_value_t = 2.0)]
+        warmup_secs: f64,
+        /// Length of one measured interval.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Measured intervals (back to back); the median one is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Server CPU per steering decision at a fixed rate.
+    Rate {
+        #[command(flatten)]
+        s: SteerArgs,
+        /// Decisions per second, in total over all switch pairs.
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+    },
+    /// Server RSS growth per idle authenticated browser WebSocket.
+    Idle {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        server_pid: u32,
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        #[arg(long, default_value_t = 500_000)]
+        first_browser: u64,
+        #[arg(long)]
+        password: String,
+        /// Sign-ins in progress at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Seconds to stay idle before reading the RSS again.
+        #[arg(long, default_value_t = 12.0)]
+        settle_secs: f64,
+    },
+    /// Print the markdown table from the files the measurements wrote (missing: n/a).
+    Table {
+        #[arg(long)]
+        saturate: Option<PathBuf>,
+        #[arg(long)]
+        rate: Option<PathBuf>,
+        #[arg(long)]
+        idle: Option<PathBuf>,
+        #[arg(long)]
+        kamailio: Option<PathBuf>,
+        /// Date line (default: now, UTC, from `date`).
+        #[arg(long)]
+        date: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct SteerArgs {
+    /// WebSocket URL of the signal server, e.g. ws://127.0.0.1:8080/ws.
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    server_pid: u32,
+    #[arg(long, default_value_t = 16)]
+    pairs: usize,
+    #[arg(long)]
+    switch_secret: String,
+    /// Queries in flight per caller switch connection at most. Each costs the server two
+    /// queued messages per switch (route + outcome; callee_query + outcome), and the server
+    /// drops a switch with 1024 messages queued: keep this under 512.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+}
+
+impl SteerArgs {
+    fn params(self, mode: steer::Mode) -> steer::Params {
+        steer::Params {
+            url: self.url,
+            pairs: self.pairs,
+            secret: self.switch_secret,
+            window: self.window,
+            server_pid: self.server_pid,
+            mode,
+        }
+    }
+}
+
+fn print_kv(kv: &[(String, String)]) {
+    for (k, v) in kv {
+        println!("{k}={v}");
+    }
+}
+
+/// Many connections need many descriptors: raise the soft limit to the hard one.
+fn raise_nofile() {
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    let mut b = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    b.enable_all().build().expect("tokio runtime")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    raise_nofile();
+    let result: Result<Vec<(String, String)>, String> = match cli.cmd {
+        Cmd::Cpu { pid, children } => procfs::cpu_us(pid, children)
+            .map(|us| vec![("cpu_us".into(), us.to_string())])
+            .map_err(|e| format!("pid {pid}: {e}")),
+        Cmd::Processes { pid } => Ok(vec![("processes".into(), procfs::process_tree(pid).len().to_string())]),
+        Cmd::FreePort { udp } => {
+            let port = if udp {
+                std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr())
+            } else {
+                std::net::TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr())
+            };
+            match port {
+                Ok(a) => {
+                    println!("{}", a.port());
+                    return ExitCode::SUCCESS;
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Cmd::Provision { addr, token_file, pairs, switch_secret, browsers, first_browser, password, concurrency } => {
+            match std::fs::read_to_string(&token_file) {
+                Err(e) => Err(format!("{}: {e}", token_file.display())),
+                Ok(token) => runtime(cli.threads).block_on(provision::run(provision::Params {
+                    addr,
+                    token: token.trim().to_string(),
+                    pairs,
+                    switch_secret,
+                    phone_password: password.clone(),
+                    browsers,
+                    first_browser,
+                    browser_password: password,
+                    concurrency,
+                })),
+            }
+        }
+        Cmd::Saturate { s, warmup_secs, secs, runs } => {
+            runtime(cli.threads).block_on(steer::run(s.params(steer::Mode::Saturate {
+                warmup: Duration::from_secs_f64(warmup_secs),
+                measure: Duration::from_secs_f64(secs),
+                runs,
+            })))
+        }
+        Cmd::Rate { s, rate, secs } => runtime(cli.threads)
+            .block_on(steer::run(s.params(steer::Mode::Rate { per_sec: rate, measure: Duration::from_secs_f64(secs) }))),
+        Cmd::Idle { url, server_pid, count, first_browser, password, concurrency, settle_secs } => {
+            runtime(cli.threads).block_on(idle::run(idle::Params {
+                url,
+                count,
+                first_number: first_browser,
+                password,
+                concurrency,
+                settle: Duration::from_secs_f64(settle_secs),
+                server_pid,
+            }))
+        }
+        Cmd::Table { saturate, rate, idle, kamailio, date } => {
+            let date = date.unwrap_or_else(|| {
+                std::process::Command::new("date")
+                    .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+                    .output()
+                    .ok()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .unwrap_or_default()
+            });
+            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+            print!(
+                "{}",
+                report::table(&report::Inputs {
+                    saturate: report::read_kv(saturate.as_deref()),
+                    rate: report::read_kv(rate.as_deref()),
+                    idle: report::read_kv(idle.as_deref()),
+                    kamailio: report::read_kv(kamailio.as_deref()),
+                    cores,
+                    date,
+                })
+            );
+            return ExitCode::SUCCESS;
+        }
+    };
+    match result {
+        Ok(kv) => {
+            print_kv(&kv);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trunkline-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
