@@ -1,0 +1,393 @@
+//! Server side of SIP digest authentication (RFC 2617, RFC 7616, RFC 8760):
+//! stateless nonces, challenges, Authorization parsing and response checking.
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use md5::Md5;
+use sha2::{Digest, Sha256};
+
+use crate::scan::{self, Cur};
+
+/// Digest hash algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    Md5,
+    Sha256,
+}
+
+impl Algorithm {
+    /// Name as written in `algorithm=`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Sha256 => "SHA-256",
+        }
+    }
+
+    fn hex(self, data: &[u8]) -> String {
+        match self {
+            Algorithm::Md5 => hex::encode(Md5::digest(data)),
+            Algorithm::Sha256 => hex::encode(Sha256::digest(data)),
+        }
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = DigestError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("MD5") {
+            Ok(Algorithm::Md5)
+        } else if s.eq_ignore_ascii_case("SHA-256") {
+            Ok(Algorithm::Sha256)
+        } else {
+            Err(DigestError::UnsupportedAlgorithm(s.to_owned()))
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    /// Not a `Digest` credential (e.g. RFC 4475 regaut01's unknown scheme): answer 401.
+    #[error("authorization scheme is not Digest")]
+    NotDigest,
+    #[error("malformed digest credentials: {0}")]
+    Malformed(&'static str),
+    #[error("digest parameter {0} missing")]
+    Missing(&'static str),
+    #[error("digest parameter {0} given twice")]
+    Duplicate(String),
+    /// `MD5-sess`, `SHA-512-256`, ...: not offered, so not accepted.
+    #[error("unsupported digest algorithm {0}")]
+    UnsupportedAlgorithm(String),
+}
+
+/// Result of [`NonceSource::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceCheck {
+    Valid,
+    /// Ours but too old: challenge again with `stale=true` (the client retries silently).
+    Stale,
+    /// Not issued by us (or tampered with): plain 401/403.
+    Invalid,
+}
+
+/// Issues and checks nonces without server state: each nonce carries its issue time
+/// and a counter, authenticated with HMAC-SHA256 under a secret, so any gateway
+/// sharing the secret accepts it and a restart loses nothing.
+pub struct NonceSource {
+    secret: [u8; 32],
+    counter: AtomicU64,
+}
+
+/// Issued-in-the-future tolerance, for clock steps between issue and check.
+const FUTURE_SKEW_SECS: u64 = 60;
+
+impl NonceSource {
+    pub fn new(secret: [u8; 32]) -> NonceSource {
+        NonceSource { secret, counter: AtomicU64::new(0) }
+    }
+
+    /// A fresh nonce: 64 hex chars = issue time (8 bytes), counter (8), MAC (16).
+    pub fn issue(&self, now_unix_secs: u64) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut data = [0u8; 16];
+        data[..8].copy_from_slice(&now_unix_secs.to_be_bytes());
+        data[8..].copy_from_slice(&n.to_be_bytes());
+        let mac = hmac_sha256(&self.secret, &data);
+        let mut out = hex::encode(data);
+        out.push_str(&hex::encode(&mac[..16]));
+        out
+    }
+
+    /// Checks a nonce from an Authorization header against the current time.
+    pub fn check(&self, nonce: &str, now_unix_secs: u64, max_age_secs: u64) -> NonceCheck {
+        let mut raw = [0u8; 32];
+        if nonce.len() != 64 || hex::decode_to_slice(nonce, &mut raw).is_err() {
+            return NonceCheck::Invalid;
+        }
+        let (data, mac) = raw.split_at(16);
+        let expected = hmac_sha256(&self.secret, data);
+        if !ct_eq(&expected[..16], mac) {
+            return NonceCheck::Invalid;
+        }
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&data[..8]);
+        let issued = u64::from_be_bytes(ts);
+        if issued > now_unix_secs.saturating_add(FUTURE_SKEW_SECS) || now_unix_secs.saturating_sub(issued) > max_age_secs {
+            NonceCheck::Stale
+        } else {
+            NonceCheck::Valid
+        }
+    }
+}
+
+impl std::fmt::Debug for NonceSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NonceSource { .. }")
+    }
+}
+
+fn hmac_sha256(key: &[u8; 32], msg: &[u8]) -> [u8; 32] {
+    let mut ipad = [0x36u8; 64];
+    let mut opad = [0x5cu8; 64];
+    for (i, k) in key.iter().enumerate() {
+        ipad[i] ^= k;
+        opad[i] ^= k;
+    }
+    let inner = Sha256::new().chain_update(ipad).chain_update(msg).finalize();
+    Sha256::new().chain_update(opad).chain_update(inner).finalize().into()
+}
+
+/// Compares without an early exit, so timing reveals at most the length.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// WWW-Authenticate (or Proxy-Authenticate) header value offering qop=auth.
+/// RFC 8760: send one challenge per algorithm, SHA-256 first, to let clients pick.
+pub fn www_authenticate(realm: &str, nonce: &str, algorithm: Algorithm, stale: bool) -> String {
+    let mut s = String::with_capacity(128);
+    s.push_str("Digest realm=");
+    let _ = scan::write_quoted(&mut s, realm);
+    s.push_str(", nonce=");
+    let _ = scan::write_quoted(&mut s, nonce);
+    let _ = write!(s, ", algorithm={}, qop=\"auth\"", algorithm.as_str());
+    if stale {
+        s.push_str(", stale=true");
+    }
+    s
+}
+
+/// Parsed Digest credentials from Authorization / Proxy-Authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub realm: String,
+    pub nonce: String,
+    pub uri: String,
+    pub response: String,
+    /// `MD5` when absent (RFC 2617).
+    pub algorithm: Algorithm,
+    pub cnonce: Option<String>,
+    pub nc: Option<String>,
+    pub qop: Option<String>,
+    pub opaque: Option<String>,
+}
+
+/// Parses `Digest k=v, k="v", ...`: names case-insensitive, spacing free, quoted or
+/// bare values; unknown parameters ignored, repeated ones rejected.
+pub fn parse_authorization(value: &str) -> Result<Credentials, DigestError> {
+    let mut cur = Cur::new(value);
+    cur.skip_ws();
+    if !cur.token().eq_ignore_ascii_case("Digest") {
+        return Err(DigestError::NotDigest);
+    }
+    let (mut username, mut realm, mut nonce, mut uri, mut response) = (None, None, None, None, None);
+    let (mut algorithm, mut cnonce, mut nc, mut qop, mut opaque) = (None, None, None, None, None);
+    loop {
+        while cur.peek().is_some_and(|c| scan::is_ws(c) || c == b',') {
+            cur.pos += 1;
+        }
+        if cur.at_end() {
+            break;
+        }
+        let name = cur.token();
+        if name.is_empty() {
+            return Err(DigestError::Malformed("bad parameter name"));
+        }
+        cur.skip_ws();
+        if !cur.eat(b'=') {
+            return Err(DigestError::Malformed("parameter without '='"));
+        }
+        cur.skip_ws();
+        let v = if cur.peek() == Some(b'"') {
+            cur.quoted().map_err(|_| DigestError::Malformed("bad quoted string"))?.1
+        } else {
+            cur.take_while(|c| c != b',' && !scan::is_ws(c)).to_owned()
+        };
+        cur.skip_ws();
+        if !cur.at_end() && cur.peek() != Some(b',') {
+            return Err(DigestError::Malformed("junk after parameter"));
+        }
+        let slot = match name.to_ascii_lowercase().as_str() {
+            "username" => &mut username,
+            "realm" => &mut realm,
+            "nonce" => &mut nonce,
+            "uri" => &mut uri,
+            "response" => &mut response,
+            "algorithm" => &mut algorithm,
+            "cnonce" => &mut cnonce,
+            "nc" => &mut nc,
+            "qop" => &mut qop,
+            "opaque" => &mut opaque,
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(DigestError::Duplicate(name.to_owned()));
+        }
+        *slot = Some(v);
+    }
+    let algorithm = match algorithm {
+        Some(a) => a.parse()?,
+        None => Algorithm::Md5,
+    };
+    Ok(Credentials {
+        username: username.ok_or(DigestError::Missing("username"))?,
+        realm: realm.ok_or(DigestError::Missing("realm"))?,
+        nonce: nonce.ok_or(DigestError::Missing("nonce"))?,
+        uri: uri.ok_or(DigestError::Missing("uri"))?,
+        response: response.ok_or(DigestError::Missing("response"))?,
+        algorithm,
+        cnonce,
+        nc,
+        qop,
+        opaque,
+    })
+}
+
+/// `H(username:realm:password)` in lowercase hex: what a user store keeps instead of
+/// the password (one per algorithm offered).
+pub fn ha1(algorithm: Algorithm, user: &str, realm: &str, password: &str) -> String {
+    algorithm.hex(format!("{user}:{realm}:{password}").as_bytes())
+}
+
+/// Checks the `response` of `creds` for qop=auth, or for no qop (RFC 2069 clients).
+/// `ha1_hex` must be for `creds.algorithm`. The caller still checks the nonce
+/// ([`NonceSource::check`]), the realm and that `creds.uri` matches the Request-URI.
+pub fn verify(creds: &Credentials, method: &str, ha1_hex: &str) -> bool {
+    let alg = creds.algorithm;
+    let ha1 = ha1_hex.to_ascii_lowercase();
+    let ha2 = alg.hex(format!("{method}:{}", creds.uri).as_bytes());
+    let expected = match creds.qop.as_deref() {
+        None => alg.hex(format!("{ha1}:{}:{ha2}", creds.nonce).as_bytes()),
+        Some(q) if q.eq_ignore_ascii_case("auth") => {
+            let (Some(nc), Some(cnonce)) = (&creds.nc, &creds.cnonce) else {
+                return false;
+            };
+            if nc.len() != 8 || !nc.bytes().all(|c| c.is_ascii_hexdigit()) || !cnonce.bytes().all(|c| c != b'"') {
+                return false;
+            }
+            alg.hex(format!("{ha1}:{}:{nc}:{cnonce}:{q}:{ha2}", creds.nonce).as_bytes())
+        }
+        // auth-int and unknown qop values are not offered.
+        Some(_) => return false,
+    };
+    ct_eq(expected.as_bytes(), creds.response.to_ascii_lowercase().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc2617_mufasa() {
+        let creds = parse_authorization(
+            "Digest username=\"Mufasa\",\r realm=\"testrealm@host.com\",
+                 nonce=\"dcd98b7102dd2f0e8b11d0f600bfb0c093\",
+                 uri=\"/dir/index.html\",
+                 qop=auth,
+                 nc=00000001,
+                 cnonce=\"0a4f113b\",
+                 response=\"6629fae49393a05397450978507c4ef1\",
+                 opaque=\"5ccc069c403ebaf9f0171e9517f40e41\""
+                .replace(['\r', '\n'], " ")
+                .as_str(),
+        )
+        .unwrap();
+        assert_eq!(creds.username, "Mufasa");
+        assert_eq!(creds.nc.as_deref(), Some("00000001"));
+        assert_eq!(creds.algorithm, Algorithm::Md5);
+        let h = ha1(Algorithm::Md5, "Mufasa", "testrealm@host.com", "Circle Of Life");
+        assert!(verify(&creds, "GET", &h));
+        assert!(verify(&creds, "GET", &h.to_ascii_uppercase()));
+        assert!(!verify(&creds, "POST", &h));
+        let wrong = ha1(Algorithm::Md5, "Mufasa", "testrealm@host.com", "circle of life");
+        assert!(!verify(&creds, "GET", &wrong));
+    }
+
+    #[test]
+    fn rfc7616_sha256() {
+        let creds = parse_authorization(
+            r#"Digest username="Mufasa", realm="http-auth@example.org", uri="/dir/index.html", algorithm=SHA-256, nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", nc=00000001, cnonce="f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ", qop=auth, response="753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1", opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS""#,
+        )
+        .unwrap();
+        assert_eq!(creds.algorithm, Algorithm::Sha256);
+        let h = ha1(Algorithm::Sha256, "Mufasa", "http-auth@example.org", "Circle of Life");
+        assert!(verify(&creds, "GET", &h));
+        assert!(!verify(&creds, "GET", &ha1(Algorithm::Sha256, "Mufasa", "http-auth@example.org", "Circle Of Life")));
+        // The same exchange with MD5 (RFC 7616 §3.9.1).
+        let md5 = Credentials {
+            algorithm: Algorithm::Md5,
+            response: "8ca523f5e9506fed4657c9700eebdbec".into(),
+            ..creds
+        };
+        assert!(verify(&md5, "GET", &ha1(Algorithm::Md5, "Mufasa", "http-auth@example.org", "Circle of Life")));
+    }
+
+    #[test]
+    fn rfc2069_no_qop() {
+        let h = ha1(Algorithm::Md5, "bob", "example.com", "pw");
+        let ha2 = Algorithm::Md5.hex(b"REGISTER:sip:example.com");
+        let resp = Algorithm::Md5.hex(format!("{h}:abc:{ha2}").as_bytes());
+        let v = format!("digest USERNAME = bob ,realm=\"example.com\",nonce=abc,uri=\"sip:example.com\",response={resp}");
+        let c = parse_authorization(&v).unwrap();
+        assert!(verify(&c, "REGISTER", &h));
+        let auth_int = Credentials { qop: Some("auth-int".into()), ..c.clone() };
+        assert!(!verify(&auth_int, "REGISTER", &h));
+    }
+
+    #[test]
+    fn parse_errors() {
+        assert_eq!(parse_authorization("NoOneKnowsThisScheme opaque-data=here"), Err(DigestError::NotDigest));
+        assert_eq!(parse_authorization("Basic abc"), Err(DigestError::NotDigest));
+        assert_eq!(parse_authorization("Digest realm=\"a\""), Err(DigestError::Missing("username")));
+        assert!(matches!(
+            parse_authorization("Digest username=a, username=b, realm=r, nonce=n, uri=u, response=x"),
+            Err(DigestError::Duplicate(_))
+        ));
+        assert!(matches!(
+            parse_authorization("Digest username=a, realm=r, nonce=n, uri=u, response=x, algorithm=MD5-sess"),
+            Err(DigestError::UnsupportedAlgorithm(_))
+        ));
+        assert!(parse_authorization("Digest username=\"a").is_err());
+        assert!(parse_authorization("Digest username a").is_err());
+        assert!(parse_authorization("Digest username=a b").is_err());
+    }
+
+    #[test]
+    fn nonces() {
+        let src = NonceSource::new([7; 32]);
+        let n = src.issue(1_000_000);
+        assert_eq!(n.len(), 64);
+        assert_ne!(n, src.issue(1_000_000));
+        assert_eq!(src.check(&n, 1_000_000, 300), NonceCheck::Valid);
+        assert_eq!(src.check(&n, 1_000_300, 300), NonceCheck::Valid);
+        assert_eq!(src.check(&n, 1_000_301, 300), NonceCheck::Stale);
+        assert_eq!(src.check(&n, 999_000, 300), NonceCheck::Stale);
+        // Tampered: a different timestamp with the old MAC.
+        let mut t = n.clone().into_bytes();
+        t[15] = if t[15] == b'0' { b'1' } else { b'0' };
+        assert_eq!(src.check(std::str::from_utf8(&t).unwrap(), 1_000_000, 300), NonceCheck::Invalid);
+        assert_eq!(NonceSource::new([8; 32]).check(&n, 1_000_000, 300), NonceCheck::Invalid);
+        assert_eq!(src.check("", 0, 300), NonceCheck::Invalid);
+        assert_eq!(src.check(&"zz".repeat(32), 0, 300), NonceCheck::Invalid);
+        assert_eq!(src.check("é".repeat(32).as_str(), 0, 300), NonceCheck::Invalid);
+    }
+
+    #[test]
+    fn challenge() {
+        assert_eq!(
+            www_authenticate("example.com", "abc", Algorithm::Sha256, true),
+            "Digest realm=\"example.com\", nonce=\"abc\", algorithm=SHA-256, qop=\"auth\", stale=true"
+        );
+        assert_eq!(
+            www_authenticate("a\"b", "n", Algorithm::Md5, false),
+            "Digest realm=\"a\\\"b\", nonce=\"n\", algorithm=MD5, qop=\"auth\""
+        );
+    }
+}

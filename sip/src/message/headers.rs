@@ -1,0 +1,450 @@
+//! Ordered header list with case-insensitive names and typed accessors.
+
+use std::borrow::Cow;
+
+use super::addr::{Contact, NameAddr};
+use super::method::CSeq;
+use super::via::Via;
+use crate::scan::{self, SyntaxError};
+
+/// Why a typed header accessor failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("missing {0} header")]
+    Missing(&'static str),
+    #[error("more than one {0} header")]
+    Multiple(&'static str),
+    #[error("bad {header} header: {reason}")]
+    Invalid { header: &'static str, reason: &'static str },
+}
+
+/// Canonical spelling of a known header name (compact forms expanded), matched
+/// case-insensitively; `None` for unknown names.
+pub fn canonical_name(name: &str) -> Option<&'static str> {
+    let b = name.as_bytes();
+    if b.len() == 1 {
+        return Some(match b[0].to_ascii_lowercase() {
+            b'v' => "Via",
+            b'f' => "From",
+            b't' => "To",
+            b'i' => "Call-ID",
+            b'm' => "Contact",
+            b'l' => "Content-Length",
+            b'c' => "Content-Type",
+            b'k' => "Supported",
+            b's' => "Subject",
+            b'e' => "Content-Encoding",
+            b'o' => "Event",
+            b'u' => "Allow-Events",
+            b'r' => "Refer-To",
+            b'b' => "Referred-By",
+            b'x' => "Session-Expires",
+            b'y' => "Identity",
+            b'a' => "Accept-Contact",
+            b'j' => "Reject-Contact",
+            b'd' => "Request-Disposition",
+            _ => return None,
+        });
+    }
+    let mut buf = [0u8; 24];
+    let lower = buf.get_mut(..b.len())?;
+    for (d, s) in lower.iter_mut().zip(b) {
+        *d = s.to_ascii_lowercase();
+    }
+    Some(match &*lower {
+        b"via" => "Via",
+        b"from" => "From",
+        b"to" => "To",
+        b"call-id" => "Call-ID",
+        b"cseq" => "CSeq",
+        b"contact" => "Contact",
+        b"max-forwards" => "Max-Forwards",
+        b"content-length" => "Content-Length",
+        b"content-type" => "Content-Type",
+        b"content-encoding" => "Content-Encoding",
+        b"content-disposition" => "Content-Disposition",
+        b"content-language" => "Content-Language",
+        b"route" => "Route",
+        b"record-route" => "Record-Route",
+        b"expires" => "Expires",
+        b"min-expires" => "Min-Expires",
+        b"supported" => "Supported",
+        b"require" => "Require",
+        b"proxy-require" => "Proxy-Require",
+        b"unsupported" => "Unsupported",
+        b"allow" => "Allow",
+        b"accept" => "Accept",
+        b"accept-encoding" => "Accept-Encoding",
+        b"accept-language" => "Accept-Language",
+        b"authorization" => "Authorization",
+        b"proxy-authorization" => "Proxy-Authorization",
+        b"www-authenticate" => "WWW-Authenticate",
+        b"proxy-authenticate" => "Proxy-Authenticate",
+        b"authentication-info" => "Authentication-Info",
+        b"user-agent" => "User-Agent",
+        b"server" => "Server",
+        b"date" => "Date",
+        b"subject" => "Subject",
+        b"event" => "Event",
+        b"allow-events" => "Allow-Events",
+        b"subscription-state" => "Subscription-State",
+        b"refer-to" => "Refer-To",
+        b"referred-by" => "Referred-By",
+        b"retry-after" => "Retry-After",
+        b"warning" => "Warning",
+        b"timestamp" => "Timestamp",
+        b"organization" => "Organization",
+        b"priority" => "Priority",
+        b"reply-to" => "Reply-To",
+        b"in-reply-to" => "In-Reply-To",
+        b"alert-info" => "Alert-Info",
+        b"call-info" => "Call-Info",
+        b"error-info" => "Error-Info",
+        b"mime-version" => "MIME-Version",
+        b"rseq" => "RSeq",
+        b"rack" => "RAck",
+        b"path" => "Path",
+        b"service-route" => "Service-Route",
+        b"session-expires" => "Session-Expires",
+        b"min-se" => "Min-SE",
+        b"privacy" => "Privacy",
+        b"p-asserted-identity" => "P-Asserted-Identity",
+        b"p-preferred-identity" => "P-Preferred-Identity",
+        b"replaces" => "Replaces",
+        b"identity" => "Identity",
+        b"reason" => "Reason",
+        b"accept-contact" => "Accept-Contact",
+        b"reject-contact" => "Reject-Contact",
+        b"request-disposition" => "Request-Disposition",
+        _ => return None,
+    })
+}
+
+/// Headers whose comma-separated values are split into one entry each on parse.
+pub(crate) fn is_split_list(canon: &str) -> bool {
+    matches!(canon, "Via" | "Contact" | "Route" | "Record-Route")
+}
+
+fn name_cow(name: &str) -> Cow<'static, str> {
+    match canonical_name(name) {
+        Some(c) => Cow::Borrowed(c),
+        None if scan::is_token(name) => Cow::Owned(name.to_owned()),
+        // A header name must be a token; dropping other characters prevents header injection.
+        None => Cow::Owned(name.bytes().filter(|&c| scan::is_token_char(c)).map(char::from).collect()),
+    }
+}
+
+/// CR/LF in a value would inject headers on output: replace them with spaces.
+fn clean_value(value: String) -> String {
+    if value.bytes().any(|c| c == b'\r' || c == b'\n') {
+        value.replace(['\r', '\n'], " ")
+    } else {
+        value
+    }
+}
+
+/// Ordered list of `(name, value)` entries. Known names are stored in canonical
+/// spelling (compact forms expanded); lookups are case-insensitive and also accept
+/// compact forms. Values are unfolded and trimmed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    entries: Vec<(Cow<'static, str>, String)>,
+}
+
+impl Headers {
+    pub fn new() -> Headers {
+        Headers { entries: Vec::new() }
+    }
+
+    pub fn with_capacity(n: usize) -> Headers {
+        Headers { entries: Vec::with_capacity(n) }
+    }
+
+    /// Appends an entry already in canonical form (parser fast path).
+    pub(crate) fn push_raw(&mut self, name: Cow<'static, str>, value: String) {
+        self.entries.push((name, value));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// All entries in order, as `(name, value)`.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(n, v)| (&**n, v.as_str()))
+    }
+
+    /// First value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let q = query(name);
+        self.entries.iter().find(|(n, _)| n.eq_ignore_ascii_case(&q)).map(|(_, v)| v.as_str())
+    }
+
+    /// All values of `name`, in order.
+    pub fn get_all<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> + 'a {
+        let q = query(name);
+        self.entries
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(&q))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn count(&self, name: &str) -> usize {
+        self.get_all(name).count()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Appends one value (not split on commas).
+    pub fn push(&mut self, name: &str, value: impl Into<String>) {
+        self.entries.push((name_cow(name), clean_value(value.into())));
+    }
+
+    /// Inserts a value before the first existing entry of that name (or appends):
+    /// how a new top Via or Record-Route is added.
+    pub fn push_front(&mut self, name: &str, value: impl Into<String>) {
+        let n = name_cow(name);
+        let at = self.entries.iter().position(|(e, _)| e.eq_ignore_ascii_case(&n)).unwrap_or(self.entries.len());
+        self.entries.insert(at, (n, clean_value(value.into())));
+    }
+
+    /// Replaces all entries of `name` by one value, kept at the first one's position.
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        let n = name_cow(name);
+        let value = clean_value(value.into());
+        match self.entries.iter().position(|(e, _)| e.eq_ignore_ascii_case(&n)) {
+            Some(i) => {
+                self.entries[i].1 = value;
+                let mut k = 0;
+                self.entries.retain(|(e, _)| {
+                    k += 1;
+                    k - 1 <= i || !e.eq_ignore_ascii_case(&n)
+                });
+            }
+            None => self.entries.push((n, value)),
+        }
+    }
+
+    /// Removes all entries of `name`; returns how many there were.
+    pub fn remove(&mut self, name: &str) -> usize {
+        let q = query(name);
+        let before = self.entries.len();
+        self.entries.retain(|(n, _)| !n.eq_ignore_ascii_case(&q));
+        before - self.entries.len()
+    }
+
+    /// The single value of a header that may occur at most once.
+    pub(crate) fn single(&self, name: &'static str) -> Result<Option<&str>, HeaderError> {
+        let mut it = self.get_all(name);
+        let first = it.next();
+        if it.next().is_some() {
+            return Err(HeaderError::Multiple(name));
+        }
+        Ok(first)
+    }
+
+    fn required(&self, name: &'static str) -> Result<&str, HeaderError> {
+        self.single(name)?.ok_or(HeaderError::Missing(name))
+    }
+
+    // ---- typed accessors ----
+
+    /// Call-ID: non-empty, no whitespace or control characters.
+    pub fn call_id(&self) -> Result<&str, HeaderError> {
+        let v = self.required("Call-ID")?;
+        if v.is_empty() || !v.bytes().all(|c| c > 0x20 && c != 0x7f) {
+            return Err(HeaderError::Invalid { header: "Call-ID", reason: "bad Call-ID" });
+        }
+        Ok(v)
+    }
+
+    pub fn cseq(&self) -> Result<CSeq, HeaderError> {
+        CSeq::parse(self.required("CSeq")?).map_err(invalid("CSeq"))
+    }
+
+    pub fn from(&self) -> Result<NameAddr, HeaderError> {
+        NameAddr::parse(self.required("From")?).map_err(invalid("From"))
+    }
+
+    pub fn to(&self) -> Result<NameAddr, HeaderError> {
+        NameAddr::parse(self.required("To")?).map_err(invalid("To"))
+    }
+
+    /// All Via values, top first; at least one is required.
+    pub fn vias(&self) -> Result<Vec<Via>, HeaderError> {
+        let vias = self.get_all("Via").map(Via::parse).collect::<Result<Vec<_>, _>>().map_err(invalid("Via"))?;
+        if vias.is_empty() {
+            return Err(HeaderError::Missing("Via"));
+        }
+        Ok(vias)
+    }
+
+    pub fn top_via(&self) -> Result<Via, HeaderError> {
+        Via::parse(self.get("Via").ok_or(HeaderError::Missing("Via"))?).map_err(invalid("Via"))
+    }
+
+    /// All Contact values (empty if there is none).
+    pub fn contacts(&self) -> Result<Vec<Contact>, HeaderError> {
+        self.get_all("Contact").map(Contact::parse).collect::<Result<_, _>>().map_err(invalid("Contact"))
+    }
+
+    /// Route values, in order.
+    pub fn routes(&self) -> Result<Vec<NameAddr>, HeaderError> {
+        self.get_all("Route").map(NameAddr::parse).collect::<Result<_, _>>().map_err(invalid("Route"))
+    }
+
+    /// Record-Route values, in order.
+    pub fn record_routes(&self) -> Result<Vec<NameAddr>, HeaderError> {
+        self.get_all("Record-Route")
+            .map(NameAddr::parse)
+            .collect::<Result<_, _>>()
+            .map_err(invalid("Record-Route"))
+    }
+
+    /// Expires header (delta-seconds). Values above 2^32-1 are an error; RFC 4475
+    /// suggests treating them as absent, which the caller may do on `Err`.
+    pub fn expires(&self) -> Result<Option<u32>, HeaderError> {
+        self.single("Expires")?
+            .map(|v| scan::parse_u32(v).ok_or(HeaderError::Invalid { header: "Expires", reason: "not a 32-bit number" }))
+            .transpose()
+    }
+
+    /// Max-Forwards (0-255). Absent is `Ok(None)`: RFC 2543 peers omit it.
+    pub fn max_forwards(&self) -> Result<Option<u8>, HeaderError> {
+        self.single("Max-Forwards")?
+            .map(|v| {
+                scan::parse_u32(v)
+                    .and_then(|n| u8::try_from(n).ok())
+                    .ok_or(HeaderError::Invalid { header: "Max-Forwards", reason: "not in 0-255" })
+            })
+            .transpose()
+    }
+
+    /// Media type of Content-Type without parameters, e.g. `application/sdp`.
+    pub fn content_type(&self) -> Result<Option<&str>, HeaderError> {
+        let Some(v) = self.single("Content-Type")? else {
+            return Ok(None);
+        };
+        let mt = scan::trim_ws(v.split(';').next().unwrap_or(""));
+        let ok = mt.split_once('/').is_some_and(|(t, s)| {
+            scan::is_token(scan::trim_ws(t)) && scan::is_token(scan::trim_ws(s))
+        });
+        if ok {
+            Ok(Some(mt))
+        } else {
+            Err(HeaderError::Invalid { header: "Content-Type", reason: "bad media type" })
+        }
+    }
+
+    // ---- typed setters ----
+
+    pub fn set_call_id(&mut self, call_id: &str) {
+        self.set("Call-ID", call_id);
+    }
+
+    pub fn set_cseq(&mut self, cseq: &CSeq) {
+        self.set("CSeq", cseq.to_string());
+    }
+
+    pub fn set_from(&mut self, from: &NameAddr) {
+        self.set("From", from.to_string());
+    }
+
+    pub fn set_to(&mut self, to: &NameAddr) {
+        self.set("To", to.to_string());
+    }
+
+    /// Adds a Via on top of the existing ones.
+    pub fn push_via(&mut self, via: &Via) {
+        self.push_front("Via", via.to_string());
+    }
+
+    pub fn set_max_forwards(&mut self, n: u8) {
+        self.set("Max-Forwards", n.to_string());
+    }
+
+    pub fn set_contact(&mut self, contact: &Contact) {
+        self.set("Contact", contact.to_string());
+    }
+
+    pub fn set_expires(&mut self, secs: u32) {
+        self.set("Expires", secs.to_string());
+    }
+
+    /// Adds a tag to To if it parses and has none; returns whether it did.
+    pub fn set_to_tag(&mut self, tag: &str) -> bool {
+        let Ok(mut to) = self.to() else { return false };
+        if to.tag().is_some() {
+            return false;
+        }
+        to.set_tag(tag);
+        self.set_to(&to);
+        true
+    }
+}
+
+/// Query names are canonicalized so `get("v")` finds Via.
+fn query(name: &str) -> Cow<'static, str> {
+    match canonical_name(name) {
+        Some(c) => Cow::Borrowed(c),
+        None => Cow::Owned(name.to_owned()),
+    }
+}
+
+fn invalid(header: &'static str) -> impl Fn(SyntaxError) -> HeaderError {
+    move |e| HeaderError::Invalid { header, reason: e.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_order() {
+        let mut h = Headers::new();
+        h.push("v", "SIP/2.0/UDP a;branch=z9hG4bK1");
+        h.push("X-Custom", "1");
+        h.push("VIA", "SIP/2.0/UDP b;branch=z9hG4bK2");
+        h.push("x-custom", "2");
+        assert_eq!(h.get("Via"), Some("SIP/2.0/UDP a;branch=z9hG4bK1"));
+        assert_eq!(h.get_all("v").count(), 2);
+        assert_eq!(h.get_all("X-CUSTOM").collect::<Vec<_>>(), ["1", "2"]);
+        h.set("x-Custom", "3");
+        assert_eq!(h.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>(), [
+            "Via=SIP/2.0/UDP a;branch=z9hG4bK1",
+            "X-Custom=3",
+            "Via=SIP/2.0/UDP b;branch=z9hG4bK2"
+        ]);
+        h.push_front("Via", "SIP/2.0/TCP c;branch=z9hG4bK0");
+        assert_eq!(h.top_via().unwrap().transport, "TCP");
+        assert_eq!(h.remove("via"), 3);
+        assert_eq!(h.len(), 1);
+        h.push("Bad\r\nName:", "v\r\nInjected: 1");
+        assert_eq!(h.get("BadName"), Some("v  Injected: 1"));
+    }
+
+    #[test]
+    fn accessors() {
+        let mut h = Headers::new();
+        assert_eq!(h.call_id(), Err(HeaderError::Missing("Call-ID")));
+        assert_eq!(h.max_forwards(), Ok(None));
+        h.push("Max-Forwards", "300");
+        assert!(h.max_forwards().is_err());
+        h.set("Max-Forwards", "0068");
+        assert_eq!(h.max_forwards(), Ok(Some(68)));
+        h.push("Expires", "10000000000");
+        assert!(h.expires().is_err());
+        h.push("c", "application/sdp ; charset=x");
+        assert_eq!(h.content_type(), Ok(Some("application/sdp")));
+        h.push("To", "<sip:a@b>");
+        assert!(h.set_to_tag("t1"));
+        assert!(!h.set_to_tag("t2"));
+        assert_eq!(h.to().unwrap().tag(), Some("t1"));
+    }
+}
