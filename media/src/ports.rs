@@ -1,0 +1,251 @@
+//! RTP/RTCP port pairs: a thread-safe pool of even ports in a configured range.
+//!
+//! [`PortAllocator::allocate`] binds a UDP socket on an even port `p` (RTP) and one on `p + 1`
+//! (RTCP) at the allocator's IP and returns them as [`LegSockets`]. A port that another process
+//! holds (bind fails with "address in use" on either socket) is skipped and moved to the back of
+//! the pool, to be tried again later. Dropping the `LegSockets` closes both sockets and returns
+//! the pair to the *back* of the pool, so a just-freed pair is reused last (late packets of an
+//! ended call are unlikely to reach the next call).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::net::UdpSocket;
+
+/// Why a port pair could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    #[error("port range {start}..={end} holds no even RTP port with room for RTCP on port+1")]
+    EmptyRange { start: u16, end: u16 },
+    #[error("no free RTP/RTCP port pair in {start}..={end}")]
+    Exhausted { start: u16, end: u16 },
+    #[error("sockets can only be created from within a tokio runtime")]
+    NoRuntime,
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+struct Pool {
+    bind_ip: IpAddr,
+    start: u16,
+    end: u16,
+    capacity: usize,
+    free: Mutex<VecDeque<u16>>,
+}
+
+impl Pool {
+    fn free(&self) -> MutexGuard<'_, VecDeque<u16>> {
+        // A panic while holding this lock cannot leave the deque inconsistent: keep going.
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Hands out RTP/RTCP socket pairs on even ports of a range. Cheap to clone; all clones share
+/// one pool. `Send + Sync`.
+#[derive(Clone)]
+pub struct PortAllocator {
+    pool: Arc<Pool>,
+}
+
+impl fmt::Debug for PortAllocator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PortAllocator")
+            .field("bind_ip", &self.pool.bind_ip)
+            .field("range", &(self.pool.start..=self.pool.end))
+            .field("available", &self.available())
+            .field("capacity", &self.pool.capacity)
+            .finish()
+    }
+}
+
+impl PortAllocator {
+    /// A pool of the even ports `p` in `range` with `p + 1` also in `range`, bound on `bind_ip`
+    /// (a concrete address, or `0.0.0.0` / `::`). Port 0 is never used.
+    pub fn new(range: RangeInclusive<u16>, bind_ip: IpAddr) -> Result<Self, AllocError> {
+        let (start, end) = (*range.start(), *range.end());
+        let first = start.max(2).checked_add(start.max(2) % 2);
+        let free: VecDeque<u16> = match first {
+            Some(first) if first < end => (first..end).step_by(2).collect(),
+            _ => VecDeque::new(),
+        };
+        if free.is_empty() {
+            return Err(AllocError::EmptyRange { start, end });
+        }
+        let capacity = free.len();
+        Ok(Self {
+            pool: Arc::new(Pool {
+                bind_ip,
+                start,
+                end,
+                capacity,
+                free: Mutex::new(free),
+            }),
+        })
+    }
+
+    /// Bind a fresh RTP/RTCP pair. Must run inside a tokio runtime (the sockets are registered
+    /// with its reactor). Skips ports in use by other processes; [`AllocError::Exhausted`] when
+    /// every pair is handed out or held elsewhere; [`AllocError::Bind`] for any other bind
+    /// failure (e.g. `bind_ip` is not an address of this machine).
+    pub fn allocate(&self) -> Result<LegSockets, AllocError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(AllocError::NoRuntime);
+        }
+        let pool = &self.pool;
+        let attempts = pool.free().len();
+        for _ in 0..attempts {
+            let Some(port) = pool.free().pop_front() else {
+                break;
+            };
+            match bind_pair(pool.bind_ip, port) {
+                Ok((rtp, rtcp)) => {
+                    let lease = PortLease {
+                        port,
+                        pool: Arc::clone(pool),
+                    };
+                    return LegSockets::with_lease(rtp, rtcp, Some(lease)).map_err(|source| {
+                        AllocError::Bind {
+                            addr: SocketAddr::new(pool.bind_ip, port),
+                            source,
+                        }
+                    });
+                }
+                Err((addr, e)) if skippable(&e) => {
+                    tracing::debug!(%addr, error = %e, "RTP port busy, skipping");
+                    pool.free().push_back(port);
+                }
+                Err((addr, source)) => {
+                    pool.free().push_back(port);
+                    return Err(AllocError::Bind { addr, source });
+                }
+            }
+        }
+        Err(AllocError::Exhausted {
+            start: pool.start,
+            end: pool.end,
+        })
+    }
+
+    /// Pairs currently in the pool (not handed out; some may be held by other processes).
+    pub fn available(&self) -> usize {
+        self.pool.free().len()
+    }
+
+    /// Number of pairs the range holds.
+    pub fn capacity(&self) -> usize {
+        self.pool.capacity
+    }
+
+    pub fn bind_ip(&self) -> IpAddr {
+        self.pool.bind_ip
+    }
+}
+
+fn skippable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied
+    )
+}
+
+fn bind_pair(ip: IpAddr, port: u16) -> Result<(UdpSocket, UdpSocket), (SocketAddr, io::Error)> {
+    let rtp = bind_one(SocketAddr::new(ip, port))?;
+    let rtcp = bind_one(SocketAddr::new(ip, port + 1))?;
+    Ok((rtp, rtcp))
+}
+
+fn bind_one(addr: SocketAddr) -> Result<UdpSocket, (SocketAddr, io::Error)> {
+    let sock = std::net::UdpSocket::bind(addr).map_err(|e| (addr, e))?;
+    sock.set_nonblocking(true).map_err(|e| (addr, e))?;
+    UdpSocket::from_std(sock).map_err(|e| (addr, e))
+}
+
+/// Returns its port pair to the pool when dropped.
+struct PortLease {
+    port: u16,
+    pool: Arc<Pool>,
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        self.pool.free().push_back(self.port);
+    }
+}
+
+/// One call leg's local RTP and RTCP sockets. From [`PortAllocator::allocate`] (adjacent even/odd
+/// ports, returned to the pool on drop) or [`LegSockets::new`] / [`LegSockets::bind_ephemeral`].
+pub struct LegSockets {
+    // Field order matters: the sockets close before the lease hands the ports back.
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+    rtp_local: SocketAddr,
+    rtcp_local: SocketAddr,
+    lease: Option<PortLease>,
+}
+
+impl fmt::Debug for LegSockets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LegSockets")
+            .field("rtp", &self.rtp_local)
+            .field("rtcp", &self.rtcp_local)
+            .field("pooled", &self.lease.is_some())
+            .finish()
+    }
+}
+
+impl LegSockets {
+    /// Wrap two already bound sockets (not from a pool).
+    pub fn new(rtp: UdpSocket, rtcp: UdpSocket) -> io::Result<Self> {
+        Self::with_lease(rtp, rtcp, None)
+    }
+
+    /// Two sockets on OS-chosen ports of `ip` (not necessarily adjacent: advertise the RTCP port
+    /// with `a=rtcp` if it matters). Meant for tests and tools.
+    pub async fn bind_ephemeral(ip: IpAddr) -> io::Result<Self> {
+        let rtp = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let rtcp = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        Self::new(rtp, rtcp)
+    }
+
+    fn with_lease(rtp: UdpSocket, rtcp: UdpSocket, lease: Option<PortLease>) -> io::Result<Self> {
+        let rtp_local = rtp.local_addr()?;
+        let rtcp_local = rtcp.local_addr()?;
+        Ok(Self {
+            rtp,
+            rtcp,
+            rtp_local,
+            rtcp_local,
+            lease,
+        })
+    }
+
+    /// The RTP port to advertise in SDP.
+    pub fn rtp_port(&self) -> u16 {
+        self.rtp_local.port()
+    }
+
+    pub fn rtp_local_addr(&self) -> SocketAddr {
+        self.rtp_local
+    }
+
+    pub fn rtcp_local_addr(&self) -> SocketAddr {
+        self.rtcp_local
+    }
+
+    pub fn rtp_socket(&self) -> &UdpSocket {
+        &self.rtp
+    }
+
+    pub fn rtcp_socket(&self) -> &UdpSocket {
+        &self.rtcp
+    }
+
+    /// Whether the pair came from a [`PortAllocator`].
+    pub fn is_pooled(&self) -> bool {
+        self.lease.is_some()
+    }
+}
