@@ -2,9 +2,12 @@
 //!
 //! * [`sdp`]: sans-IO parsing and rewriting of the audio part of SDP offers/answers.
 //! * [`ports`]: a thread-safe pool of RTP/RTCP UDP socket pairs on even ports.
+//! * [`relay`]: a symmetric (latching) RTP/RTCP relay between two call legs, one tokio task each.
 
 pub mod ports;
+pub mod relay;
 pub mod sdp;
 
 pub use ports::{AllocError, LegSockets, PortAllocator};
+pub use relay::{Leg, Relay, RelayConfig, RelayHandle, RelayStats};
 pub use sdp::{Codec, Direction, Sdp, SdpError};
