@@ -8,8 +8,9 @@
 #   - the server's RSS growth per idle authenticated WebSocket over 10,000 connections.
 # Traffic goes to 127.0.0.1 only. Every process started here is stopped on exit.
 #
-# Knobs (environment): RATE (5000/s), RATE_SECS (10), SAT_SECS (10), SAT_WARMUP_SECS (2),
-# PAIRS (4 switch pairs), WINDOW (256 queries in flight per caller switch), IDLE_CONNS (10000),
+# Knobs (environment): RATE (5000/s), RATE_SECS (10), SAT_SECS (5 s per run), SAT_RUNS (3, the
+# median is reported), SAT_WARMUP_SECS (2), PAIRS (16 switch pairs), WINDOW (256 queries in
+# flight per caller switch), IDLE_CONNS (10000),
 # IDLE_SETTLE_SECS (12), TIME_LIMIT (1200 s for the whole run), SKIP_BUILD=1, KEEP_TMP=1,
 # ONLY="kamailio rate saturate idle" (a subset), OUT (default bench/results/latest.md).
 set -euo pipefail
@@ -18,9 +19,10 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
 RATE=${RATE:-5000}
 RATE_SECS=${RATE_SECS:-10}
-SAT_SECS=${SAT_SECS:-10}
+SAT_SECS=${SAT_SECS:-5}
+SAT_RUNS=${SAT_RUNS:-3}
 SAT_WARMUP_SECS=${SAT_WARMUP_SECS:-2}
-PAIRS=${PAIRS:-4}
+PAIRS=${PAIRS:-16}
 WINDOW=${WINDOW:-256}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_SETTLE_SECS=${IDLE_SETTLE_SECS:-12}
@@ -234,10 +236,10 @@ run_server() {
             log "rate: $(tr '\n' ' ' <"$TMP/rate.kv")"
         fi
         if wants saturate; then
-            log "saturation: $PAIRS switch pairs, $WINDOW in flight each, ${SAT_WARMUP_SECS}s warm-up + ${SAT_SECS}s"
-            timeout $((SAT_WARMUP_SECS + SAT_SECS + 120)) "$BENCH" saturate --url "$url" --server-pid "$SPID" \
+            log "saturation: $PAIRS switch pairs, $WINDOW in flight each, ${SAT_WARMUP_SECS}s warm-up + $SAT_RUNS x ${SAT_SECS}s"
+            timeout $((SAT_WARMUP_SECS + SAT_SECS * SAT_RUNS + 120)) "$BENCH" saturate --url "$url" --server-pid "$SPID" \
                 --pairs "$PAIRS" --switch-secret "$SECRET" --window "$WINDOW" \
-                --warmup-secs "$SAT_WARMUP_SECS" --secs "$SAT_SECS" \
+                --warmup-secs "$SAT_WARMUP_SECS" --secs "$SAT_SECS" --runs "$SAT_RUNS" \
                 >"$TMP/saturate.kv" || die "saturation measurement failed"
             log "saturate: $(tr '\n' ' ' <"$TMP/saturate.kv")"
         fi
@@ -246,6 +248,7 @@ run_server() {
 }
 
 # ------------------------------------------------------------------ run, report
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 wants kamailio && run_kamailio
 if wants rate || wants saturate || wants idle; then run_server; fi
 
@@ -254,5 +257,9 @@ for m in saturate rate idle kamailio; do
     [[ -f $TMP/$m.kv ]] && args+=("--$m" "$TMP/$m.kv")
 done
 mkdir -p "$(dirname "$OUT")"
-"$BENCH" table "${args[@]}" | tee "$OUT"
+{
+    "$BENCH" table "${args[@]}"
+    echo "- load average before the run: $LOADAVG (anything else running on the machine skews these numbers)"
+    echo "- versions: Trunkline $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'), $("$KAMAILIO" -v 2>/dev/null | sed -n 's/^version: kamailio \([0-9.]*\).*/Kamailio \1/p' | head -n1), $("$SIPP" -v 2>/dev/null | grep -o 'SIPp v[0-9.]*' | head -n1)"
+} | tee "$OUT"
 log "saved to $OUT"

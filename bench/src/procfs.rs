@@ -90,3 +90,22 @@ pub fn rss_bytes(pid: u32) -> io::Result<u64> {
 pub fn threads(pid: u32) -> u64 {
     stat_fields(pid).ok().and_then(|f| f.get(17).and_then(|v| v.parse().ok())).unwrap_or(0)
 }
+
+/// Context switches (voluntary + involuntary) of all live threads of `pid` so far: each one a
+/// thread going to sleep or being preempted, so a rough count of wake-ups.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    let mut total = 0;
+    for e in rd.flatten() {
+        let Ok(s) = fs::read_to_string(e.path().join("status")) else { continue };
+        for line in s.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
+}

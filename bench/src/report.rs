@@ -91,8 +91,11 @@ pub fn table(i: &Inputs) -> String {
     if !i.saturate.is_empty() {
         let s = &i.saturate;
         notes.push(format!(
-            "saturation: {} decisions in {} s over {} switch pairs, {} queries in flight per caller switch; \
-             server used {} cores ({} µs CPU per decision), load generator {} cores; {} errors",
+            "saturation: median of {} runs (decisions/s: {}); that run: {} decisions in {} s over {} switch pairs, \
+             {} queries in flight per caller switch; server used {} cores ({} µs CPU per decision), load \
+             generator {} cores; {} errors, {} switch disconnects",
+            or_na(s.get("runs").cloned()),
+            or_na(s.get("decisions_per_sec_runs").cloned()),
             or_na(num(s, "decisions").map(|v| fmt_num(v, 0))),
             or_na(s.get("secs").cloned()),
             or_na(s.get("pairs").cloned()),
@@ -101,17 +104,22 @@ pub fn table(i: &Inputs) -> String {
             or_na(s.get("server_cpu_us_per_decision").cloned()),
             or_na(s.get("client_cpu_cores").cloned()),
             or_na(s.get("errors").cloned()),
+            or_na(s.get("disconnects").cloned()),
         ));
     }
     if !i.rate.is_empty() {
         let r = &i.rate;
         notes.push(format!(
-            "fixed rate: {} decisions in {} s (target {rate_s}), server CPU {} µs in total; route latency p50 {} µs, p99 {} µs; {} errors",
+            "fixed rate: {} decisions in {} s (target {rate_s}) over {} switch pairs, server CPU {} µs in total \
+             ({} cores); route latency p50 {} µs, p99 {} µs, max {} µs; {} errors",
             or_na(num(r, "decisions").map(|v| fmt_num(v, 0))),
             or_na(r.get("secs").cloned()),
+            or_na(r.get("pairs").cloned()),
             or_na(num(r, "server_cpu_us").map(|v| fmt_num(v, 0))),
+            or_na(r.get("server_cpu_cores").cloned()),
             or_na(r.get("route_latency_p50_us").cloned()),
             or_na(r.get("route_latency_p99_us").cloned()),
+            or_na(r.get("route_latency_max_us").cloned()),
             or_na(r.get("errors").cloned()),
         ));
     }

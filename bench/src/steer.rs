@@ -73,6 +73,7 @@ struct Snap {
     decisions: u64,
     server_cpu: u64,
     client_cpu: u64,
+    server_switches: u64,
 }
 
 struct Sample {
@@ -80,6 +81,7 @@ struct Sample {
     decisions: u64,
     server_cpu: u64,
     client_cpu: u64,
+    server_switches: u64,
 }
 
 impl Sample {
@@ -89,6 +91,7 @@ impl Sample {
             decisions: b.decisions - a.decisions,
             server_cpu: b.server_cpu.saturating_sub(a.server_cpu),
             client_cpu: b.client_cpu.saturating_sub(a.client_cpu),
+            server_switches: b.server_switches.saturating_sub(a.server_switches),
         }
     }
     fn rate(&self) -> f64 {
@@ -384,6 +387,7 @@ pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
             decisions: stats.decisions.load(Ordering::Relaxed),
             server_cpu: procfs::cpu_us(pid, false).map_err(|e| format!("server pid {pid}: {e}"))?,
             client_cpu: procfs::self_cpu_us(),
+            server_switches: procfs::context_switches(pid),
         })
     };
     let mut samples: Vec<Sample> = Vec::new();
@@ -437,6 +441,10 @@ pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
         ("server_cpu_us_per_decision".into(), format!("{:.2}", m.server_cpu as f64 / m.decisions.max(1) as f64)),
         ("server_cpu_cores".into(), format!("{:.2}", m.server_cpu as f64 / 1e6 / m.secs)),
         ("client_cpu_cores".into(), format!("{:.2}", m.client_cpu as f64 / 1e6 / m.secs)),
+        (
+            "server_context_switches_per_decision".into(),
+            format!("{:.1}", m.server_switches as f64 / m.decisions.max(1) as f64),
+        ),
         ("queries_sent".into(), stats.sent.load(Ordering::Relaxed).to_string()),
         ("outcomes".into(), stats.outcomes.load(Ordering::Relaxed).to_string()),
         ("errors".into(), stats.errors.load(Ordering::Relaxed).to_string()),
