@@ -521,8 +521,8 @@ fn looks_valid(kind: usize, data: &[u8]) -> bool {
     }
 }
 
-fn send(sock: &UdpSocket, data: &[u8], dest: SocketAddr) -> io::Result<usize> {
-    let local_v6 = sock.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+/// Send `data` from `sock` (bound to an IPv6 address if `local_v6`) to `dest`.
+fn send(sock: &UdpSocket, local_v6: bool, data: &[u8], dest: SocketAddr) -> io::Result<usize> {
     let dest = match dest {
         SocketAddr::V4(v4) if local_v6 => {
             SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
@@ -656,7 +656,7 @@ impl Future for RelayTask {
                 } else {
                     io[out].rtcp_socket()
                 };
-                match send(out_sock, data, dest) {
+                match send(out_sock, st.locals[out * 2 + kind].is_ipv6(), data, dest) {
                     Ok(_) => {
                         st.counters.forwarded[leg] += 1;
                         st.counters.bytes += len as u64;
