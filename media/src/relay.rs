@@ -253,7 +253,8 @@ impl RelayHandle {
     }
 
     /// Resolves once no accepted packet has arrived from either leg for `timeout` (media
-    /// inactivity: hang up the call). Costs one timer, not a wake-up per packet.
+    /// inactivity: hang up the call). Costs one timer, not a wake-up per packet. After a stop
+    /// nothing flows, so it resolves too.
     pub async fn inactive(&self, timeout: Duration) {
         loop {
             let idle = self.idle_for();
