@@ -490,8 +490,16 @@ pub enum ErrorCode {
     NotYourCall,
     /// The message does not fit the call's current state (out of order).
     WrongState,
-    /// The key presented is not the call's key.
+    /// The key presented is not the call's key (forged, or for another call).
     BadKey,
+    /// The key was valid but its time is up.
+    KeyExpired,
+    /// The key was already used once (keys are single-use).
+    KeyUsed,
+    /// The key belongs to this call but was issued for another caller.
+    WrongCaller,
+    /// The feature is not available in this version.
+    NotImplemented,
     /// B3: the callee does not exist.
     InvalidCall,
     /// Too many messages; slow down.
@@ -518,6 +526,10 @@ impl ErrorCode {
             ErrorCode::NotYourCall => "not_your_call",
             ErrorCode::WrongState => "wrong_state",
             ErrorCode::BadKey => "bad_key",
+            ErrorCode::KeyExpired => "key_expired",
+            ErrorCode::KeyUsed => "key_used",
+            ErrorCode::WrongCaller => "wrong_caller",
+            ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::InvalidCall => "invalid_call",
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::Internal => "internal",
@@ -546,5 +558,63 @@ impl ProtocolError {
 
     pub fn to_msg(&self, call_id: Option<CallId>) -> ServerMsg {
         ServerMsg::error(self.code, self.message.clone(), call_id)
+    }
+}
+
+/// Messages a caller (browser or another gateway) sends to a gateway's **direct endpoint**
+/// (the `url` from `connect` / `incoming`), steps C14–C15.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DirectClientMsg {
+    /// C14, claim 10: present the one-time key for `call_id`. `caller` is who connects: the
+    /// caller's number (F1/F2) or the callee device's number (C3).
+    Present { v: u16, call_id: CallId, key: String, caller: String },
+    /// Leave the call.
+    Hangup,
+}
+
+/// Messages a gateway's direct endpoint sends back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DirectServerMsg {
+    /// The key checked out: it is now spent, and the call proceeds (C15).
+    Accepted { call_id: CallId },
+    /// Refused (the connection is closed after this); nothing rang.
+    Error { code: ErrorCode, message: String },
+    /// The call ended.
+    Ended { outcome: Outcome },
+}
+
+impl DirectClientMsg {
+    pub fn decode(text: &str) -> Result<DirectClientMsg, ProtocolError> {
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(ProtocolError::new(ErrorCode::MessageTooLarge, "message too large"));
+        }
+        let m: DirectClientMsg = serde_json::from_str(text)
+            .map_err(|e| ProtocolError::new(ErrorCode::BadMessage, format!("not a valid message: {e}")))?;
+        if let DirectClientMsg::Present { v, call_id, key, caller } = &m {
+            if *v != PROTOCOL_VERSION {
+                return Err(ProtocolError::new(ErrorCode::UnsupportedVersion, format!("protocol version {v} is not supported")));
+            }
+            check_call_id(call_id)?;
+            check_key(key)?;
+            check_number("caller", caller)?;
+        }
+        Ok(m)
+    }
+
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("protocol messages always serialize")
+    }
+}
+
+impl DirectServerMsg {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("protocol messages always serialize")
+    }
+
+    pub fn decode(text: &str) -> Result<DirectServerMsg, ProtocolError> {
+        serde_json::from_str(text)
+            .map_err(|e| ProtocolError::new(ErrorCode::BadMessage, format!("not a valid direct message: {e}")))
     }
 }

@@ -1,1 +1,465 @@
-//! (in progress)
+//! Trunkline switch gateway — the on-site network switch of patent CN110012057B (claim 4).
+//!
+//! - [`b2bua`]: the sans-IO core (registrar, digest, SIP transactions, B2BUA, queue, cloud exchange).
+//! - [`queue`]: the call-waiting queue with one-time keys (claims 8–10).
+//! - [`registrar`], [`phones`]: bindings and the local copy of this switch's phones.
+//! - [`cloud_link`]: the persistent WebSocket to the signal server.
+//! - this module: the thin tokio driver (SIP over UDP/TCP, direct endpoint, RTP relays, timers).
+
+pub mod b2bua;
+pub mod cli;
+pub mod cloud_link;
+pub mod config;
+pub mod phones;
+pub mod queue;
+pub mod registrar;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::SinkExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch};
+use trunkline_media::ports::{LegSockets, PortAllocator};
+use trunkline_media::relay::{Leg, Relay, RelayHandle};
+use trunkline_protocol::{ClientMsg, DirectClientMsg, DirectServerMsg};
+
+use crate::b2bua::{Core, CoreConfig, MediaLeg, MediaPair, MediaPorts, Output};
+use crate::cloud_link::{LinkConfig, LinkEvent};
+pub use crate::config::Config;
+use crate::phones::Phones;
+use crate::registrar::Transport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("RTP ports: {0}")]
+    Media(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The sockets the gateway serves on (bound by the caller, so tests can use port 0).
+pub struct Sockets {
+    pub sip_udp: UdpSocket,
+    pub sip_tcp: TcpListener,
+    pub direct: TcpListener,
+}
+
+impl Sockets {
+    /// Bind what `config` names.
+    pub async fn bind(config: &Config) -> std::io::Result<Sockets> {
+        Ok(Sockets {
+            sip_udp: UdpSocket::bind(config.sip_listen).await?,
+            sip_tcp: TcpListener::bind(config.sip_listen).await?,
+            direct: TcpListener::bind(config.direct_listen).await?,
+        })
+    }
+}
+
+enum CoreIn {
+    Sip { src: SocketAddr, transport: Transport, msg: trunkline_sip::Message },
+    Cloud(LinkEvent),
+    DirectOpen { conn: u64, tx: mpsc::Sender<(DirectServerMsg, bool)> },
+    Direct { conn: u64, msg: DirectClientMsg },
+    DirectGone { conn: u64 },
+}
+
+type TcpWriters = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
+
+/// Relay ports: pairs are bound at allocation (so the SDP can name them) and started later.
+struct DriverMedia {
+    alloc: Arc<PortAllocator>,
+    adv_ip: IpAddr,
+    pending: Arc<Mutex<HashMap<u64, (LegSockets, LegSockets)>>>,
+    next: u64,
+}
+
+impl MediaPorts for DriverMedia {
+    fn allocate(&mut self) -> Option<MediaPair> {
+        let a = self.alloc.allocate().map_err(|e| tracing::error!(error = %e, "no RTP ports")).ok()?;
+        let b = self.alloc.allocate().map_err(|e| tracing::error!(error = %e, "no RTP ports")).ok()?;
+        self.next += 1;
+        let pair = MediaPair {
+            id: self.next,
+            a_local: SocketAddr::new(self.adv_ip, a.rtp_port()),
+            b_local: SocketAddr::new(self.adv_ip, b.rtp_port()),
+        };
+        self.pending.lock().unwrap().insert(self.next, (a, b));
+        Some(pair)
+    }
+}
+
+/// Run the gateway until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    sockets: Sockets,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let secret = config.read_secret()?;
+    let udp = Arc::new(sockets.sip_udp);
+    let sip_port = udp.local_addr()?.port();
+    let adv_ip = config.advertise_ip();
+    let bind_ip = config.sip_listen.ip();
+    let alloc = Arc::new(
+        PortAllocator::new(config.rtp_range()?, bind_ip).map_err(|e| GatewayError::Media(e.to_string()))?,
+    );
+    let pending = Arc::new(Mutex::new(HashMap::new()));
+    let media = DriverMedia { alloc, adv_ip, pending: pending.clone(), next: 0 };
+    let phones = Phones::load(&config.state_dir);
+    let mut secret_bytes = [0u8; 32];
+    {
+        use rand::RngCore;
+        rand::rng().fill_bytes(&mut secret_bytes);
+    }
+    let core = Core::new(
+        CoreConfig {
+            switch_id: config.id.clone(),
+            adv_ip,
+            sip_port,
+            advertise_url: config.advertise_url.clone(),
+            ring_timeout: config.ring_timeout(),
+            key_ttl: config.key_ttl(),
+            min_expires: config.min_expires_secs,
+            max_expires: config.max_expires_secs,
+        },
+        phones,
+        Box::new(media),
+        secret_bytes,
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (core_tx, core_rx) = mpsc::channel::<CoreIn>(16 * 1024);
+    let (link_out_tx, link_out_rx) = mpsc::channel::<ClientMsg>(4096);
+    let (link_ev_tx, mut link_ev_rx) = mpsc::channel::<LinkEvent>(4096);
+    let tcp_writers: TcpWriters = Arc::default();
+
+    tracing::info!(
+        switch_id = %config.id, sip = %udp.local_addr()?, direct = %sockets.direct.local_addr()?,
+        advertise_url = %config.advertise_url, cloud = %config.cloud_url, "switch gateway starting"
+    );
+
+    // Cloud link, and its events into the core.
+    let link = tokio::spawn(cloud_link::run(
+        LinkConfig {
+            url: config.cloud_url.clone(),
+            switch_id: config.id.clone(),
+            secret,
+            direct_urls: vec![config.advertise_url.clone()],
+        },
+        link_ev_tx,
+        link_out_rx,
+        stop_rx.clone(),
+    ));
+    {
+        let core_tx = core_tx.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = link_ev_rx.recv().await {
+                if core_tx.send(CoreIn::Cloud(ev)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    let udp_task = tokio::spawn(udp_loop(udp.clone(), core_tx.clone(), stop_rx.clone()));
+    let tcp_task =
+        tokio::spawn(tcp_accept_loop(sockets.sip_tcp, core_tx.clone(), tcp_writers.clone(), stop_rx.clone()));
+
+    let next_conn = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let app = axum::Router::new()
+        .route("/direct", get(direct_ws))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state((core_tx.clone(), next_conn));
+    let mut direct_stop = stop_rx.clone();
+    let direct_task = tokio::spawn(async move {
+        let _ = axum::serve(sockets.direct, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                stopped(&mut direct_stop).await;
+            })
+            .await;
+    });
+
+    let core_task = tokio::spawn(core_loop(core, core_rx, udp, tcp_writers, link_out_tx, pending, core_tx.clone(), stop_rx.clone()));
+    drop(core_tx);
+
+    shutdown.await;
+    tracing::info!("switch gateway stopping");
+    let _ = stop_tx.send(true);
+    let _ = link.await;
+    let _ = udp_task.await;
+    let _ = tcp_task.await;
+    let _ = direct_task.await;
+    let _ = core_task.await;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn core_loop(
+    mut core: Core,
+    mut rx: mpsc::Receiver<CoreIn>,
+    udp: Arc<UdpSocket>,
+    tcp: TcpWriters,
+    link: mpsc::Sender<ClientMsg>,
+    pending: Arc<Mutex<HashMap<u64, (LegSockets, LegSockets)>>>,
+    core_tx: mpsc::Sender<CoreIn>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut relays: HashMap<u64, RelayHandle> = HashMap::new();
+    let mut direct: HashMap<u64, mpsc::Sender<(DirectServerMsg, bool)>> = HashMap::new();
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        let deadline = core.poll_timeout();
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 64) => {
+                if n == 0 { break }
+                let now = Instant::now();
+                for input in batch.drain(..) {
+                    match input {
+                        CoreIn::Sip { src, transport, msg } => core.on_sip(now, src, transport, msg),
+                        CoreIn::Cloud(ev) => core.on_cloud(now, ev),
+                        CoreIn::DirectOpen { conn, tx } => { direct.insert(conn, tx); }
+                        CoreIn::Direct { conn, msg } => core.on_direct(now, conn, msg),
+                        CoreIn::DirectGone { conn } => { direct.remove(&conn); }
+                    }
+                }
+            }
+            _ = async { match deadline { Some(t) => tokio::time::sleep_until(t.into()).await, None => std::future::pending().await } } => {
+                core.handle_timeout(Instant::now());
+            }
+            _ = stopped(&mut stop) => break,
+        }
+        while let Some(out) = core.poll_output() {
+            match out {
+                Output::Sip { to, transport: Transport::Udp, data } => {
+                    if let Err(e) = udp.try_send_to(&data, to) {
+                        tracing::debug!(%to, error = %e, "UDP send failed");
+                    }
+                }
+                Output::Sip { to, transport: Transport::Tcp, data } => send_tcp(&tcp, &core_tx, to, data),
+                Output::Cloud(m) => {
+                    if link.try_send(m).is_err() {
+                        tracing::warn!("cloud link queue full or down: message dropped");
+                    }
+                }
+                Output::Direct { conn, msg, close } => {
+                    if let Some(tx) = direct.get(&conn) {
+                        let _ = tx.try_send((msg, close));
+                    }
+                    if close {
+                        direct.remove(&conn);
+                    }
+                }
+                Output::MediaStart { id, a_remote, b_remote } => {
+                    if let Some((a, b)) = pending.lock().unwrap().remove(&id) {
+                        relays.insert(id, Relay::start(a, b, a_remote, b_remote));
+                    }
+                }
+                Output::MediaRemote { id, leg, addr } => {
+                    if let Some(r) = relays.get(&id) {
+                        r.set_remote(if leg == MediaLeg::A { Leg::A } else { Leg::B }, addr);
+                    }
+                }
+                Output::MediaStop { id } => {
+                    pending.lock().unwrap().remove(&id);
+                    if let Some(r) = relays.remove(&id) {
+                        r.stop();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn parse_and_forward(data: &[u8], src: SocketAddr, transport: Transport) -> Result<trunkline_sip::Message, Option<Vec<u8>>> {
+    match trunkline_sip::parse(data) {
+        Ok(m) => Ok(m),
+        Err(e) => {
+            tracing::debug!(%src, status = e.status, reason = %e.reason, ?transport, "malformed SIP");
+            Err(trunkline_sip::error_response(data, &e))
+        }
+    }
+}
+
+async fn udp_loop(udp: Arc<UdpSocket>, core: mpsc::Sender<CoreIn>, mut stop: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, src) = tokio::select! {
+            r = udp.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                // ICMP port unreachable and the like surface here on some systems; keep going.
+                Err(_) => continue,
+            },
+            _ = stopped(&mut stop) => return,
+        };
+        let data = &buf[..n];
+        if data.iter().all(|b| b.is_ascii_whitespace()) {
+            continue; // keep-alive
+        }
+        match parse_and_forward(data, src, Transport::Udp) {
+            Ok(msg) => {
+                if core.send(CoreIn::Sip { src, transport: Transport::Udp, msg }).await.is_err() {
+                    return;
+                }
+            }
+            Err(Some(reply)) => {
+                let _ = udp.send_to(&reply, src).await;
+            }
+            Err(None) => {}
+        }
+    }
+}
+
+async fn tcp_accept_loop(listener: TcpListener, core: mpsc::Sender<CoreIn>, writers: TcpWriters, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = stopped(&mut stop) => return,
+        };
+        tokio::spawn(tcp_conn(stream, peer, core.clone(), writers.clone(), stop.clone()));
+    }
+}
+
+/// Send on the TCP connection to `to`, opening one if there is none (e.g. a BYE to a phone
+/// whose connection dropped).
+fn send_tcp(writers: &TcpWriters, core: &mpsc::Sender<CoreIn>, to: SocketAddr, data: Vec<u8>) {
+    if let Some(tx) = writers.lock().unwrap().get(&to) {
+        let _ = tx.try_send(data);
+        return;
+    }
+    let (writers, core) = (writers.clone(), core.clone());
+    tokio::spawn(async move {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(to)).await {
+            Ok(Ok(stream)) => {
+                let (stop_tx, stop_rx) = watch::channel(false);
+                let w = writers.clone();
+                let task = tokio::spawn(tcp_conn(stream, to, core, w, stop_rx));
+                // Wait until the connection task registered its writer, then send.
+                for _ in 0..100 {
+                    if let Some(tx) = writers.lock().unwrap().get(&to) {
+                        let _ = tx.try_send(data);
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                let _ = task.await;
+                drop(stop_tx);
+            }
+            _ => tracing::debug!(%to, "cannot open TCP connection for SIP"),
+        }
+    });
+}
+
+async fn tcp_conn(stream: TcpStream, peer: SocketAddr, core: mpsc::Sender<CoreIn>, writers: TcpWriters, mut stop: watch::Receiver<bool>) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+    writers.lock().unwrap().insert(peer, tx.clone());
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut chunk = vec![0u8; 16 * 1024];
+    'conn: loop {
+        tokio::select! {
+            r = rd.read(&mut chunk) => {
+                let n = match r { Ok(0) | Err(_) => break, Ok(n) => n };
+                buf.extend_from_slice(&chunk[..n]);
+                loop {
+                    match trunkline_sip::frame_len(&buf) {
+                        Ok(None) => {
+                            if buf.len() > 128 * 1024 { break 'conn }
+                            break;
+                        }
+                        Ok(Some(trunkline_sip::Frame::KeepAlive { len, ping })) => {
+                            buf.drain(..len);
+                            if ping { let _ = tx.try_send(b"\r\n".to_vec()); }
+                        }
+                        Ok(Some(trunkline_sip::Frame::Message(len))) => {
+                            let frame: Vec<u8> = buf.drain(..len).collect();
+                            match parse_and_forward(&frame, peer, Transport::Tcp) {
+                                Ok(msg) => {
+                                    if core.send(CoreIn::Sip { src: peer, transport: Transport::Tcp, msg }).await.is_err() {
+                                        break 'conn;
+                                    }
+                                }
+                                Err(Some(reply)) => { let _ = tx.try_send(reply); }
+                                Err(None) => {}
+                            }
+                        }
+                        Err(e) => {
+                            // Framing is lost on a stream: answer if we can, then close.
+                            if let Some(reply) = trunkline_sip::error_response(&buf, &e) {
+                                let _ = wr.write_all(&reply).await;
+                            }
+                            break 'conn;
+                        }
+                    }
+                }
+            }
+            out = rx.recv() => match out {
+                Some(data) => { if wr.write_all(&data).await.is_err() { break } }
+                None => break,
+            },
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    let mut w = writers.lock().unwrap();
+    if w.get(&peer).is_some_and(|t| t.same_channel(&tx)) {
+        w.remove(&peer);
+    }
+}
+
+type DirectState = (mpsc::Sender<CoreIn>, Arc<std::sync::atomic::AtomicU64>);
+
+async fn direct_ws(State((core, next)): State<DirectState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(trunkline_protocol::MAX_MESSAGE_BYTES * 4).on_upgrade(move |socket| async move {
+        let conn = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        direct_conn(socket, conn, peer, core).await;
+    })
+}
+
+async fn direct_conn(mut socket: WebSocket, conn: u64, peer: SocketAddr, core: mpsc::Sender<CoreIn>) {
+    let (tx, mut rx) = mpsc::channel::<(DirectServerMsg, bool)>(64);
+    if core.send(CoreIn::DirectOpen { conn, tx }).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            m = socket.recv() => match m {
+                Some(Ok(WsMessage::Text(t))) => match DirectClientMsg::decode(t.as_str()) {
+                    Ok(msg) => { if core.send(CoreIn::Direct { conn, msg }).await.is_err() { break } }
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "bad message on the direct endpoint");
+                        let reply = DirectServerMsg::Error { code: e.code, message: e.message };
+                        let _ = socket.send(WsMessage::Text(reply.encode().into())).await;
+                        break;
+                    }
+                },
+                Some(Ok(WsMessage::Binary(_))) => {
+                    let reply = DirectServerMsg::Error { code: trunkline_protocol::ErrorCode::BadMessage, message: "text frames only".into() };
+                    let _ = socket.send(WsMessage::Text(reply.encode().into())).await;
+                    break;
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            },
+            out = rx.recv() => match out {
+                Some((msg, close)) => {
+                    if socket.send(WsMessage::Text(msg.encode().into())).await.is_err() || close { break }
+                }
+                None => break,
+            }
+        }
+    }
+    let _ = socket.close().await;
+    let _ = core.send(CoreIn::DirectGone { conn }).await;
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}

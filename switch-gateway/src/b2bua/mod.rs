@@ -1,0 +1,1594 @@
+//! The gateway core: registrar, digest authentication, SIP transactions, B2BUA calls, the
+//! waiting queue and the cloud exchange — one sans-IO state machine.
+//!
+//! Inputs carry `now`: parsed SIP messages with their source ([`Core::on_sip`]), cloud link
+//! events ([`Core::on_cloud`]), direct-endpoint presentations ([`Core::on_direct`]) and timers
+//! ([`Core::handle_timeout`]). Outputs ([`Output`]) are datagrams/frames to send, cloud
+//! messages, direct-endpoint replies and media relay commands. Media ports come from an injected
+//! [`MediaPorts`] so the core can write SDP synchronously without owning sockets.
+//!
+//! Patent steps on this side: F7 (local call), A/B1/B2 (a phone dials elsewhere → ask the
+//! cloud), B3 → 404, B5/B6 → C2/C3, C11/C12 (callee query → waiting queue + key), C14 (key check).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use trunkline_protocol::{
+    CallEvent, ClientMsg, DeclineReason, DirectClientMsg, DirectServerMsg, ErrorCode, Outcome, PhoneEntry, QueryAnswer,
+    Route, ServerMsg,
+};
+use trunkline_sip::digest::{self, Algorithm, NonceCheck, NonceSource};
+use trunkline_sip::{CSeq, Contact, Host, Message, Method, NameAddr, Request, Response, Scheme, Uri};
+
+use crate::cloud_link::LinkEvent;
+use crate::phones::Phones;
+use crate::queue::{Direction, KeyError, WaitingQueue};
+use crate::registrar::{ContactUpdate, RegisterError, Registrar, Transport};
+
+#[cfg(test)]
+mod tests;
+
+/// RFC 3261 timer T1 (RTT estimate) and T2 (max retransmit interval).
+const T1: Duration = Duration::from_millis(500);
+const T2: Duration = Duration::from_secs(4);
+/// Timers B/F/H/J: 64·T1.
+const T64: Duration = Duration::from_secs(32);
+/// How long a phone's call waits for the cloud's answer to B2 before giving up (503).
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(8);
+/// How old a nonce may be before we ask again with `stale=true`.
+const NONCE_MAX_AGE: u64 = 300;
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
+
+pub struct CoreConfig {
+    pub switch_id: String,
+    pub adv_ip: IpAddr,
+    pub sip_port: u16,
+    pub advertise_url: String,
+    pub ring_timeout: Duration,
+    pub key_ttl: Duration,
+    pub min_expires: u32,
+    pub max_expires: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaLeg {
+    /// Faces the caller (leg A).
+    A,
+    /// Faces the callee (leg B).
+    B,
+}
+
+/// A relay's two local RTP addresses, allocated before the SDP that names them is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MediaPair {
+    pub id: u64,
+    pub a_local: SocketAddr,
+    pub b_local: SocketAddr,
+}
+
+/// Where relay ports come from (the driver binds sockets; tests hand out fake addresses).
+pub trait MediaPorts: Send {
+    fn allocate(&mut self) -> Option<MediaPair>;
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Output {
+    Sip { to: SocketAddr, transport: Transport, data: Vec<u8> },
+    Cloud(ClientMsg),
+    Direct { conn: u64, msg: DirectServerMsg, close: bool },
+    MediaStart { id: u64, a_remote: Option<SocketAddr>, b_remote: Option<SocketAddr> },
+    MediaRemote { id: u64, leg: MediaLeg, addr: SocketAddr },
+    /// Stop (or, if never started, just free) relay `id`.
+    MediaStop { id: u64 },
+}
+
+// ---------------------------------------------------------------- transactions
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ServerKey {
+    branch: String,
+    sent_by: String,
+    /// ACK and CANCEL match the INVITE's transaction by branch; CANCEL has its own too.
+    method: String,
+}
+
+struct ServerTx {
+    invite: bool,
+    to: SocketAddr,
+    transport: Transport,
+    last: Option<(Vec<u8>, u16)>,
+    /// Non-2xx final to an INVITE over UDP: retransmitted (timer G) until the ACK.
+    acked: bool,
+    interval: Duration,
+    generation: u64,
+    /// The call this INVITE transaction belongs to.
+    call: Option<u64>,
+}
+
+enum ClientOwner {
+    Fork { call: u64, fork: usize },
+    /// BYE/CANCEL and the like: nobody waits for the answer.
+    Fire,
+}
+
+struct ClientTx {
+    invite: bool,
+    data: Vec<u8>,
+    to: SocketAddr,
+    transport: Transport,
+    interval: Duration,
+    got_provisional: bool,
+    got_final: bool,
+    generation: u64,
+    owner: ClientOwner,
+    /// What an ACK for a non-2xx final needs (same branch, RFC 3261 §17.1.1.3).
+    request: Option<Request>,
+}
+
+#[derive(Clone, Debug)]
+enum Timer {
+    ServerRetransmit(ServerKey),
+    ServerExpire(ServerKey),
+    ClientRetransmit(String),
+    ClientTimeout(String),
+    Call(u64, CallTimer),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CallTimer {
+    Ring,
+    Route,
+    OkRetransmit,
+}
+
+// ---------------------------------------------------------------- calls
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CallState {
+    /// Waiting for the cloud's route (B2) or its connect/outcome.
+    Routing,
+    /// Forks sent to the callee's contacts.
+    Ringing,
+    /// Waiting for a direct caller (C3, or an inbound C12 entry).
+    AwaitingDirect,
+    /// 2xx sent to A; waiting for A's ACK.
+    Answered,
+    Connected,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ForkState {
+    Trying,
+    Ringing,
+    Answered,
+    Failed(u16),
+    Cancelled,
+}
+
+struct Fork {
+    call_id: String,
+    to_tag: Option<String>,
+    branch: String,
+    dest: SocketAddr,
+    transport: Transport,
+    request: Request,
+    state: ForkState,
+    /// The callee's Contact from its 2xx: the Request-URI of our BYE.
+    remote_target: Option<Uri>,
+    cseq: u32,
+}
+
+struct ALeg {
+    src: SocketAddr,
+    transport: Transport,
+    invite: Request,
+    tx: ServerKey,
+    call_id: String,
+    our_tag: String,
+    /// The caller's Contact: the Request-URI of our BYE to it.
+    remote_target: Uri,
+    our_cseq: u32,
+    /// Our 2xx, retransmitted until the ACK arrives.
+    ok: Option<Vec<u8>>,
+    ok_interval: Duration,
+    ok_since: Option<Instant>,
+    final_sent: bool,
+}
+
+struct Call {
+    caller: String,
+    callee: String,
+    a: ALeg,
+    forks: Vec<Fork>,
+    winner: Option<usize>,
+    media: Option<MediaPair>,
+    state: CallState,
+    /// The id the cloud knows this call by, for calls that went through it.
+    cloud_id: Option<String>,
+    ringing_sent: bool,
+    generation: u64,
+    connected_at: Option<Instant>,
+}
+
+pub struct Core {
+    cfg: CoreConfig,
+    phones: Phones,
+    registrar: Registrar,
+    queue: WaitingQueue,
+    nonces: NonceSource,
+    media: Box<dyn MediaPorts>,
+    cloud_up: bool,
+    server_txs: HashMap<ServerKey, ServerTx>,
+    client_txs: HashMap<String, ClientTx>,
+    calls: HashMap<u64, Call>,
+    /// A-leg Call-ID → call.
+    by_a: HashMap<String, u64>,
+    /// B-leg (fork) Call-ID → (call, fork).
+    by_b: HashMap<String, (u64, usize)>,
+    /// Cloud call id → call (our outgoing B2 calls).
+    by_cloud: HashMap<String, u64>,
+    timers: BTreeMap<(Instant, u64), Timer>,
+    seq: u64,
+    next_call: u64,
+    out: VecDeque<Output>,
+}
+
+impl Core {
+    pub fn new(cfg: CoreConfig, phones: Phones, media: Box<dyn MediaPorts>, nonce_secret: [u8; 32]) -> Core {
+        let queue = WaitingQueue::with_os_keys(cfg.key_ttl);
+        let registrar = Registrar::new(cfg.min_expires, cfg.max_expires);
+        Core {
+            cfg,
+            phones,
+            registrar,
+            queue,
+            nonces: NonceSource::new(nonce_secret),
+            media,
+            cloud_up: false,
+            server_txs: HashMap::new(),
+            client_txs: HashMap::new(),
+            calls: HashMap::new(),
+            by_a: HashMap::new(),
+            by_b: HashMap::new(),
+            by_cloud: HashMap::new(),
+            timers: BTreeMap::new(),
+            seq: 0,
+            next_call: 1,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// Replace the waiting queue's key source (deterministic tests).
+    pub fn set_queue(&mut self, q: WaitingQueue) {
+        self.queue = q;
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let t = self.timers.keys().next().map(|(t, _)| *t);
+        match (t, self.queue.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn is_registered(&mut self, now: Instant, number: &str) -> bool {
+        self.registrar.is_registered(now, number)
+    }
+
+    pub fn cloud_up(&self) -> bool {
+        self.cloud_up
+    }
+
+    // ============================================================ inputs
+
+    pub fn on_sip(&mut self, now: Instant, src: SocketAddr, transport: Transport, msg: Message) {
+        match msg {
+            Message::Request(req) => self.on_request(now, src, transport, req),
+            Message::Response(resp) => self.on_response(now, resp),
+        }
+    }
+
+    pub fn on_cloud(&mut self, now: Instant, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Up => self.cloud_up = true,
+            LinkEvent::Down => {
+                self.cloud_up = false;
+                // Calls still waiting for the cloud cannot get an answer now.
+                let waiting: Vec<u64> =
+                    self.calls.iter().filter(|(_, c)| c.state == CallState::Routing).map(|(id, _)| *id).collect();
+                for id in waiting {
+                    self.fail_call(now, id, 503, "Service Unavailable", Some("the cloud became unreachable"));
+                }
+            }
+            LinkEvent::Msg(m) => self.on_cloud_msg(now, m),
+        }
+    }
+
+    /// A message on direct-endpoint connection `conn` (C14).
+    pub fn on_direct(&mut self, now: Instant, conn: u64, msg: DirectClientMsg) {
+        match msg {
+            DirectClientMsg::Present { call_id, key, caller, .. } => match self.queue.take(now, &call_id, &key, &caller) {
+                Err(e) => {
+                    tracing::warn!(%call_id, %caller, error = %e, "C14: key refused");
+                    self.out.push_back(Output::Direct {
+                        conn,
+                        msg: DirectServerMsg::Error { code: e.code(), message: key_error_text(e).into() },
+                        close: true,
+                    });
+                }
+                Ok(entry) => {
+                    tracing::info!(%call_id, %caller, step = "C14", "key accepted");
+                    self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Accepted { call_id: call_id.clone() }, close: false });
+                    self.cloud(ClientMsg::CallEvent { call_id: call_id.clone(), event: CallEvent::KeyAccepted });
+                    // C15 (bridging the direct WebRTC leg to the phone) arrives with the direct
+                    // media leg; until then the call cannot go further and ends cleanly.
+                    self.out.push_back(Output::Direct {
+                        conn,
+                        msg: DirectServerMsg::Error {
+                            code: ErrorCode::NotImplemented,
+                            message: "direct media (WebRTC) is not available on this gateway version".into(),
+                        },
+                        close: true,
+                    });
+                    self.cloud(ClientMsg::CallEvent {
+                        call_id: call_id.clone(),
+                        event: CallEvent::Ended { outcome: Outcome::Error, duration_ms: None },
+                    });
+                    if entry.direction == Direction::Outbound
+                        && let Some(id) = self.by_cloud.get(&call_id).copied()
+                    {
+                        self.fail_call(now, id, 503, "Service Unavailable", Some("direct media is not available yet"));
+                    }
+                }
+            },
+            DirectClientMsg::Hangup => {
+                self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Ended { outcome: Outcome::Cancelled }, close: true });
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for e in self.queue.expire(now) {
+            tracing::info!(call_id = %e.call_id, "waiting-queue entry expired");
+            if e.direction == Direction::Outbound
+                && let Some(id) = self.by_cloud.get(&e.call_id).copied()
+            {
+                self.fail_call(now, id, 480, "Temporarily Unavailable", Some("the callee did not connect in time"));
+            }
+        }
+        while let Some((&(t, g), _)) = self.timers.iter().next() {
+            if t > now {
+                break;
+            }
+            let timer = self.timers.remove(&(t, g)).expect("just seen");
+            self.fire(now, g, timer);
+        }
+    }
+
+    // ============================================================ cloud
+
+    fn cloud(&mut self, m: ClientMsg) {
+        self.out.push_back(Output::Cloud(m));
+    }
+
+    fn on_cloud_msg(&mut self, now: Instant, m: ServerMsg) {
+        match m {
+            ServerMsg::SwitchWelcome { sip_realm, phones, .. } => self.set_phones(Some(&sip_realm), phones),
+            ServerMsg::PhonesUpdate { phones } => self.set_phones(None, phones),
+            ServerMsg::CalleeQuery { call_id, from, to, .. } => self.callee_query(now, call_id, from, to),
+            ServerMsg::Route { call_id, route } => self.route_answer(now, &call_id, route),
+            ServerMsg::Connect { call_id, .. } => {
+                // C2: the callee's switch address + key. Connecting to another gateway's direct
+                // endpoint needs the direct media leg (WebRTC), which this version lacks.
+                tracing::warn!(%call_id, step = "C2", "cannot connect directly to another gateway in this version");
+                self.cloud(ClientMsg::CallEvent {
+                    call_id: call_id.clone(),
+                    event: CallEvent::Ended { outcome: Outcome::Error, duration_ms: None },
+                });
+                if let Some(id) = self.by_cloud.get(&call_id).copied() {
+                    self.fail_call(now, id, 503, "Service Unavailable", Some("calls to other sites need direct media, not available yet"));
+                }
+            }
+            ServerMsg::CallEvent { call_id, event: CallEvent::Ringing } => {
+                if let Some(id) = self.by_cloud.get(&call_id).copied() {
+                    self.send_ringing(id);
+                }
+            }
+            ServerMsg::Outcome { call_id, outcome, .. } => {
+                if self.queue.cancel(now, &call_id).is_some() {
+                    tracing::info!(%call_id, %outcome, "cloud ended a queued call");
+                }
+                if let Some(id) = self.by_cloud.get(&call_id).copied() {
+                    let state = self.calls.get(&id).map(|c| c.state);
+                    if matches!(state, Some(CallState::Routing | CallState::AwaitingDirect)) {
+                        let (code, reason) = outcome.sip_status();
+                        let code = if outcome == Outcome::Connected { 480 } else { code };
+                        self.fail_call(now, id, code, reason, Some(outcome_text(outcome)));
+                    }
+                }
+            }
+            ServerMsg::Error { code, message, call_id } => {
+                tracing::warn!(%code, %message, call_id = ?call_id, "cloud refused a message");
+                if let Some(cid) = call_id
+                    && let Some(id) = self.by_cloud.get(&cid).copied()
+                    && self.calls.get(&id).is_some_and(|c| c.state == CallState::Routing)
+                {
+                    self.fail_call(now, id, 503, "Service Unavailable", Some(&message));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn set_phones(&mut self, realm: Option<&str>, phones: Vec<PhoneEntry>) {
+        for gone in self.phones.replace(realm, phones) {
+            self.registrar.remove_aor(&gone);
+        }
+        tracing::info!(count = self.phones.len(), "phone list updated");
+    }
+
+    /// C11 → C12: can our phone `to` take a call from `from`?
+    fn callee_query(&mut self, now: Instant, call_id: String, from: String, to: String) {
+        let decline = |reason| QueryAnswer::Decline { reason };
+        let answer = if !self.phones.contains(&to) || !self.registrar.is_registered(now, &to) {
+            decline(DeclineReason::NotRegistered)
+        } else if self.is_busy(&to) {
+            decline(DeclineReason::Busy)
+        } else {
+            match self.queue.insert(now, &call_id, &from, &to, Direction::Inbound) {
+                Some(key) => QueryAnswer::Accept {
+                    url: self.cfg.advertise_url.clone(),
+                    key,
+                    expires_in_ms: self.cfg.key_ttl.as_millis() as u64,
+                },
+                None => decline(DeclineReason::Busy),
+            }
+        };
+        tracing::info!(%call_id, %from, %to, step = "C12", answer = ?matches!(answer, QueryAnswer::Accept { .. }), "answering the cloud");
+        self.cloud(ClientMsg::QueryAnswer { call_id, answer });
+    }
+
+    fn route_answer(&mut self, now: Instant, cloud_id: &str, route: Route) {
+        let Some(id) = self.by_cloud.get(cloud_id).copied() else { return };
+        if self.calls.get(&id).is_none_or(|c| c.state != CallState::Routing) {
+            return;
+        }
+        match route {
+            Route::Invalid { reason } => {
+                tracing::info!(call_id = %cloud_id, step = "B3", %reason, "callee does not exist");
+                self.fail_call(now, id, 404, "Not Found", Some(&reason));
+            }
+            Route::Local => {
+                let callee = self.calls[&id].callee.clone();
+                self.ring_local(now, id, &callee);
+            }
+            Route::Switch { switch_id, .. } => {
+                tracing::info!(call_id = %cloud_id, step = "B5", %switch_id, "callee is on another switch; waiting for C2");
+            }
+            Route::Device { device_id } => {
+                // B6 → C3: queue the call for the switchless callee and hand the cloud our key.
+                let caller = self.calls[&id].caller.clone();
+                match self.queue.insert(now, cloud_id, &device_id, &caller, Direction::Outbound) {
+                    Some(key) => {
+                        tracing::info!(call_id = %cloud_id, step = "B6", %device_id, "queued for a switchless callee");
+                        self.cloud(ClientMsg::DirectOffer {
+                            call_id: cloud_id.to_string(),
+                            url: self.cfg.advertise_url.clone(),
+                            key,
+                            expires_in_ms: self.cfg.key_ttl.as_millis() as u64,
+                        });
+                        if let Some(c) = self.calls.get_mut(&id) {
+                            c.state = CallState::AwaitingDirect;
+                        }
+                        self.cancel_timer(id);
+                        self.send_ringing(id);
+                    }
+                    None => self.fail_call(now, id, 500, "Server Internal Error", Some("duplicate call id")),
+                }
+            }
+        }
+    }
+
+    // ============================================================ SIP requests
+
+    fn on_request(&mut self, now: Instant, src: SocketAddr, transport: Transport, req: Request) {
+        let Ok(via) = req.top_via() else { return };
+        let sent_by = format!("{}:{}", host_str(&via.host), via.port.unwrap_or(5060));
+        let branch = match via.branch() {
+            Some(b) if via.is_rfc3261_branch() => b.to_string(),
+            // RFC 2543 peers: identify the transaction by what they do send.
+            _ => format!(
+                "2543-{}-{}-{}",
+                req.call_id().unwrap_or(""),
+                req.cseq().map(|c| c.seq).unwrap_or(0),
+                req.from().ok().and_then(|f| f.tag().map(str::to_string)).unwrap_or_default()
+            ),
+        };
+        let method = match &req.method {
+            Method::Ack => "INVITE".to_string(),
+            m => m.as_str().to_string(),
+        };
+        let key = ServerKey { branch, sent_by, method };
+
+        if req.method == Method::Ack {
+            if let Some(tx) = self.server_txs.get_mut(&key) {
+                // ACK for our non-2xx final: absorbed by the transaction.
+                tx.acked = true;
+                return;
+            }
+            self.on_ack_2xx(now, &req);
+            return;
+        }
+        if let Some(tx) = self.server_txs.get(&key) {
+            // A retransmission: repeat our last answer, if any.
+            if let Some((data, _)) = &tx.last {
+                self.out.push_back(Output::Sip { to: src, transport, data: data.clone() });
+            }
+            return;
+        }
+        self.server_txs.insert(
+            key.clone(),
+            ServerTx {
+                invite: req.method == Method::Invite,
+                to: src,
+                transport,
+                last: None,
+                acked: false,
+                interval: T1,
+                generation: 0,
+                call: None,
+            },
+        );
+        // Non-INVITE transactions are forgotten after timer J (they may stay answerless only
+        // if we never answer, which every path below avoids).
+        if req.method != Method::Invite {
+            let g = self.schedule(now + T64, Timer::ServerExpire(key.clone()));
+            if let Some(tx) = self.server_txs.get_mut(&key) {
+                tx.generation = g;
+            }
+        }
+
+        // RFC 3261 §8.2: checks every UAS makes before looking at the method.
+        if !matches!(req.uri.scheme, Scheme::Sip | Scheme::Sips) {
+            return self.reply(now, &key, &req, 416, "Unsupported URI Scheme", |_| {});
+        }
+        if let Ok(Some(0)) = req.max_forwards()
+            && req.method != Method::Options
+        {
+            return self.reply(now, &key, &req, 483, "Too Many Hops", |_| {});
+        }
+        if let Some(req_ext) = req.headers.get("Require")
+            && req.method != Method::Cancel
+        {
+            let unsupported: Vec<&str> = req_ext.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+            if !unsupported.is_empty() {
+                let list = unsupported.join(", ");
+                return self.reply(now, &key, &req, 420, "Bad Extension", |r| r.headers.push("Unsupported", list));
+            }
+        }
+        if !req.body.is_empty()
+            && let Ok(Some(ct)) = req.content_type()
+            && !ct.trim().to_ascii_lowercase().starts_with("application/sdp")
+            && req.method == Method::Invite
+        {
+            return self.reply(now, &key, &req, 415, "Unsupported Media Type", |r| r.headers.push("Accept", "application/sdp"));
+        }
+
+        let in_dialog = req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_some();
+        match req.method {
+            Method::Register => self.on_register(now, &key, src, transport, &req),
+            Method::Invite if !in_dialog => self.on_invite(now, &key, src, transport, req),
+            Method::Cancel => self.on_cancel(now, &key, &req),
+            Method::Options if !in_dialog => self.reply(now, &key, &req, 200, "OK", |r| {
+                r.headers.push("Allow", ALLOW);
+                r.headers.push("Accept", "application/sdp");
+            }),
+            _ if in_dialog => self.on_in_dialog(now, &key, src, transport, req),
+            Method::Bye => self.reply(now, &key, &req, 481, "Call/Transaction Does Not Exist", |_| {}),
+            _ => self.reply(now, &key, &req, 405, "Method Not Allowed", |r| r.headers.push("Allow", ALLOW)),
+        }
+    }
+
+    /// Send a response within server transaction `key`.
+    fn reply(&mut self, now: Instant, key: &ServerKey, req: &Request, status: u16, reason: &str, edit: impl FnOnce(&mut Response)) {
+        let mut r = Response::to_request(req, status, reason);
+        if status > 100 && req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_none() {
+            r.set_to_tag(&new_tag());
+        }
+        r.headers.push("Server", "Trunkline");
+        edit(&mut r);
+        self.send_response(now, key, r);
+    }
+
+    fn send_response(&mut self, now: Instant, key: &ServerKey, r: Response) {
+        let status = r.status;
+        let data = r.to_bytes();
+        let Some(tx) = self.server_txs.get_mut(key) else { return };
+        self.out.push_back(Output::Sip { to: tx.to, transport: tx.transport, data: data.clone() });
+        tx.last = Some((data, status));
+        let (invite, transport) = (tx.invite, tx.transport);
+        if invite && status >= 300 {
+            // Non-2xx final: retransmit until ACK (UDP), forget after timer H.
+            if transport == Transport::Udp {
+                self.schedule(now + T1, Timer::ServerRetransmit(key.clone()));
+            }
+            self.schedule(now + T64, Timer::ServerExpire(key.clone()));
+        } else if invite && (200..300).contains(&status) {
+            // 2xx ends the INVITE server transaction; the call retransmits the 2xx itself.
+            self.schedule(now + T64, Timer::ServerExpire(key.clone()));
+        }
+    }
+
+    // ------------------------------------------------------------ REGISTER
+
+    fn on_register(&mut self, now: Instant, key: &ServerKey, src: SocketAddr, transport: Transport, req: &Request) {
+        let Ok(to) = req.to() else {
+            return self.reply(now, key, req, 400, "Bad Request", |_| {});
+        };
+        let aor = to.uri.user.clone().unwrap_or_default();
+        let user = match self.authenticate(now, key, req, "REGISTER") {
+            Some(u) => u,
+            None => return,
+        };
+        if user != aor {
+            tracing::warn!(%src, %user, %aor, "REGISTER for another number refused");
+            return self.reply(now, key, req, 403, "Forbidden", |_| {});
+        }
+        let contacts = match req.contacts() {
+            Ok(c) => c,
+            Err(_) => return self.reply(now, key, req, 400, "Bad Contact", |_| {}),
+        };
+        let header_expires = req.expires().ok().flatten();
+        let wildcard = contacts.iter().any(|c| matches!(c, Contact::Star));
+        let updates: Vec<ContactUpdate> = contacts
+            .iter()
+            .filter_map(|c| c.name_addr())
+            .map(|na| ContactUpdate {
+                contact: format!("<{}>", na.uri),
+                expires: na.expires().or(header_expires).unwrap_or(3600),
+            })
+            .collect();
+        let (call_id, cseq) = (req.call_id().unwrap_or("").to_string(), req.cseq().map(|c| c.seq).unwrap_or(0));
+        match self.registrar.register(now, &aor, &updates, wildcard, header_expires, src, transport, &call_id, cseq) {
+            Ok(bindings) => {
+                tracing::info!(number = %aor, %src, contacts = bindings.len(), "registered");
+                self.reply(now, key, req, 200, "OK", |r| {
+                    for b in &bindings {
+                        let left = b.expires.saturating_duration_since(now).as_secs().max(1);
+                        r.headers.push("Contact", format!("{};expires={left}", b.contact));
+                    }
+                });
+            }
+            Err(RegisterError::TooBrief(min)) => {
+                self.reply(now, key, req, 423, "Interval Too Brief", |r| r.headers.push("Min-Expires", min.to_string()))
+            }
+            Err(e) => {
+                let text = e.to_string();
+                self.reply(now, key, req, 400, "Bad Request", |r| r.headers.push("Warning", warning(&text)))
+            }
+        }
+    }
+
+    /// Digest check (RFC 8760 SHA-256 or MD5). Returns the authenticated number, or answers
+    /// the request (401 challenge, or 403 — the same for an unknown number and a wrong
+    /// password, so numbers cannot be enumerated) and returns `None`.
+    fn authenticate(&mut self, now: Instant, key: &ServerKey, req: &Request, method: &str) -> Option<String> {
+        let realm = self.phones.realm().to_string();
+        let unix = unix_secs();
+        let creds = req
+            .headers
+            .get_all("Authorization")
+            .chain(req.headers.get_all("Proxy-Authorization"))
+            .filter_map(|v| digest::parse_authorization(v).ok())
+            .find(|c| c.realm == realm);
+        let Some(creds) = creds else {
+            self.challenge(now, key, req, false);
+            return None;
+        };
+        match self.nonces.check(&creds.nonce, unix, NONCE_MAX_AGE) {
+            NonceCheck::Valid => {}
+            NonceCheck::Stale => {
+                self.challenge(now, key, req, true);
+                return None;
+            }
+            NonceCheck::Invalid => {
+                self.challenge(now, key, req, false);
+                return None;
+            }
+        }
+        let ok = self.phones.get(&creds.username).is_some_and(|p| {
+            let ha1 = match creds.algorithm {
+                Algorithm::Sha256 => &p.ha1_sha256,
+                Algorithm::Md5 => &p.ha1_md5,
+            };
+            !ha1.is_empty() && digest::verify(&creds, method, ha1)
+        });
+        if ok {
+            Some(creds.username.clone())
+        } else {
+            tracing::warn!(user = %creds.username, "SIP authentication failed");
+            self.reply(now, key, req, 403, "Forbidden", |_| {});
+            None
+        }
+    }
+
+    fn challenge(&mut self, now: Instant, key: &ServerKey, req: &Request, stale: bool) {
+        let realm = self.phones.realm().to_string();
+        let nonce = self.nonces.issue(unix_secs());
+        self.reply(now, key, req, 401, "Unauthorized", |r| {
+            // RFC 8760 §2.4: the preferred algorithm first.
+            r.headers.push("WWW-Authenticate", digest::www_authenticate(&realm, &nonce, Algorithm::Sha256, stale));
+            r.headers.push("WWW-Authenticate", digest::www_authenticate(&realm, &nonce, Algorithm::Md5, stale));
+        });
+    }
+
+    // ------------------------------------------------------------ INVITE (new call from a phone)
+
+    fn on_invite(&mut self, now: Instant, key: &ServerKey, src: SocketAddr, transport: Transport, req: Request) {
+        let caller = match self.authenticate(now, key, &req, "INVITE") {
+            Some(u) => u,
+            None => return,
+        };
+        let from_user = req.from().ok().and_then(|f| f.uri.user.clone());
+        if from_user.as_deref() != Some(caller.as_str()) {
+            return self.reply(now, key, &req, 403, "Forbidden", |r| r.headers.push("Warning", warning("From does not match the authenticated number")));
+        }
+        let Some(callee) = req.uri.user.clone().filter(|u| trunkline_protocol::check_number("to", u).is_ok()) else {
+            return self.reply(now, key, &req, 404, "Not Found", |r| r.headers.push("Warning", warning("no dialable number in the Request-URI")));
+        };
+        let Ok(call_id) = req.call_id().map(str::to_string) else { return };
+        if self.by_a.contains_key(&call_id) {
+            return self.reply(now, key, &req, 482, "Loop Detected", |_| {});
+        }
+        if callee == caller {
+            return self.reply(now, key, &req, 404, "Not Found", |r| r.headers.push("Warning", warning("you cannot call your own number")));
+        }
+        if req.body.is_empty() {
+            return self.reply(now, key, &req, 488, "Not Acceptable Here", |r| r.headers.push("Warning", warning("an SDP offer is required")));
+        }
+        let remote_target = req
+            .contacts()
+            .ok()
+            .and_then(|c| c.into_iter().find_map(|c| c.name_addr().map(|n| n.uri.clone())))
+            .unwrap_or_else(|| req.from().map(|f| f.uri).unwrap_or_else(|_| req.uri.clone()));
+        let id = self.next_call;
+        self.next_call += 1;
+        // 100 Trying at once so the phone stops retransmitting.
+        self.reply(now, key, &req, 100, "Trying", |_| {});
+        if let Some(tx) = self.server_txs.get_mut(key) {
+            tx.call = Some(id);
+        }
+        self.calls.insert(
+            id,
+            Call {
+                caller: caller.clone(),
+                callee: callee.clone(),
+                a: ALeg {
+                    src,
+                    transport,
+                    invite: req,
+                    tx: key.clone(),
+                    call_id: call_id.clone(),
+                    our_tag: new_tag(),
+                    remote_target,
+                    our_cseq: 1,
+                    ok: None,
+                    ok_interval: T1,
+                    ok_since: None,
+                    final_sent: false,
+                },
+                forks: vec![],
+                winner: None,
+                media: None,
+                state: CallState::Routing,
+                cloud_id: None,
+                ringing_sent: false,
+                generation: 0,
+                connected_at: None,
+            },
+        );
+        self.by_a.insert(call_id, id);
+
+        if self.phones.contains(&callee) {
+            tracing::info!(%caller, %callee, "F7: local call");
+            self.ring_local(now, id, &callee);
+        } else if !self.cloud_up {
+            self.fail_call(now, id, 503, "Service Unavailable", Some("the cloud is unreachable; only local numbers can be called"));
+        } else {
+            // A: via this switch → B1/B2: ask the cloud.
+            let cloud_id = format!("{}-{}", self.cfg.switch_id, new_tag());
+            tracing::info!(call_id = %cloud_id, %caller, %callee, step = "B2", "asking the cloud to validate");
+            self.by_cloud.insert(cloud_id.clone(), id);
+            if let Some(c) = self.calls.get_mut(&id) {
+                c.cloud_id = Some(cloud_id.clone());
+            }
+            self.cloud(ClientMsg::RouteQuery { call_id: cloud_id, from: caller, to: callee });
+            self.set_call_timer(now, id, ROUTE_TIMEOUT, CallTimer::Route);
+        }
+    }
+
+    /// F7 (and `route: local`): fork to every contact of `callee`.
+    fn ring_local(&mut self, now: Instant, id: u64, callee: &str) {
+        let bindings = self.registrar.lookup(now, callee);
+        if bindings.is_empty() {
+            return self.fail_call(now, id, 480, "Temporarily Unavailable", Some("the callee is not registered"));
+        }
+        if self.is_busy_except(callee, id) {
+            return self.fail_call(now, id, 486, "Busy Here", None);
+        }
+        let Some(pair) = self.media.allocate() else {
+            return self.fail_call(now, id, 503, "Service Unavailable", Some("no media ports left"));
+        };
+        let call = self.calls.get_mut(&id).expect("live call");
+        let offer = String::from_utf8_lossy(&call.a.a_body()).into_owned();
+        let a_remote = trunkline_media::sdp::Sdp::parse(&offer).ok().and_then(|s| s.audio_rtp_addr());
+        let b_offer = match trunkline_media::sdp::rewrite(&offer, pair.b_local.ip(), pair.b_local.port(), None) {
+            Ok(s) => s,
+            Err(e) => {
+                self.out.push_back(Output::MediaStop { id: pair.id });
+                return self.fail_call(now, id, 488, "Not Acceptable Here", Some(&format!("unusable SDP offer: {e}")));
+            }
+        };
+        call.media = Some(pair);
+        call.state = CallState::Ringing;
+        self.out.push_back(Output::MediaStart { id: pair.id, a_remote, b_remote: None });
+        let caller = call.caller.clone();
+        let caller_name = call.a.a_from_display();
+        for (i, b) in bindings.iter().enumerate() {
+            let Ok(target) = Uri::parse(b.contact.trim_start_matches('<').trim_end_matches('>')) else { continue };
+            let fork_call_id = format!("{}@{}", new_tag(), self.cfg.adv_ip);
+            let from_tag = new_tag();
+            let branch = new_branch();
+            let mut r = Request::new(Method::Invite, target);
+            r.headers.push("Via", self.via(b.transport, &branch));
+            r.headers.push("Max-Forwards", "70");
+            let mut from = NameAddr::new(Uri::sip(Some(&caller), host_of(self.cfg.adv_ip), None));
+            from.display = caller_name.clone();
+            from.set_tag(&from_tag);
+            r.set_from(&from);
+            r.set_to(&NameAddr::new(Uri::sip(Some(callee), host_of(self.cfg.adv_ip), None)));
+            r.set_call_id(&fork_call_id);
+            r.set_cseq(&CSeq::new(1, Method::Invite));
+            r.headers.push("Contact", self.contact());
+            r.headers.push("Allow", ALLOW);
+            r.headers.push("User-Agent", "Trunkline");
+            r.set_body("application/sdp", b_offer.clone().into_bytes());
+            self.by_b.insert(fork_call_id.clone(), (id, i));
+            let call = self.calls.get_mut(&id).expect("live call");
+            call.forks.push(Fork {
+                call_id: fork_call_id,
+
+                to_tag: None,
+                branch: branch.clone(),
+                dest: b.source,
+                transport: b.transport,
+                request: r.clone(),
+                state: ForkState::Trying,
+                remote_target: None,
+                cseq: 1,
+            });
+            self.send_client(now, branch, r, b.source, b.transport, ClientOwner::Fork { call: id, fork: i });
+        }
+        self.set_call_timer(now, id, self.cfg.ring_timeout, CallTimer::Ring);
+    }
+
+    fn on_cancel(&mut self, now: Instant, key: &ServerKey, req: &Request) {
+        let invite_key = ServerKey { method: "INVITE".into(), ..key.clone() };
+        let call = self.server_txs.get(&invite_key).and_then(|t| t.call);
+        let Some(id) = call else {
+            return self.reply(now, key, req, 481, "Call/Transaction Does Not Exist", |_| {});
+        };
+        self.reply(now, key, req, 200, "OK", |_| {});
+        let final_sent = self.calls.get(&id).is_none_or(|c| c.a.final_sent);
+        if !final_sent {
+            tracing::info!(call = id, "caller cancelled");
+            if let Some(cid) = self.calls.get(&id).and_then(|c| c.cloud_id.clone()) {
+                self.cloud(ClientMsg::Cancel { call_id: cid });
+            }
+            self.fail_call(now, id, 487, "Request Terminated", None);
+        }
+    }
+
+    fn on_ack_2xx(&mut self, now: Instant, req: &Request) {
+        let Some(id) = req.call_id().ok().and_then(|c| self.by_a.get(c)).copied() else { return };
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        if call.state == CallState::Answered {
+            call.state = CallState::Connected;
+            call.a.ok = None;
+            call.connected_at.get_or_insert(now);
+            tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "call connected");
+        }
+    }
+
+    /// Requests inside an established dialog, from either side.
+    fn on_in_dialog(&mut self, now: Instant, key: &ServerKey, _src: SocketAddr, _transport: Transport, req: Request) {
+        let cid = req.call_id().unwrap_or("").to_string();
+        let (id, from_a) = if let Some(id) = self.by_a.get(&cid) {
+            (*id, true)
+        } else if let Some((id, _)) = self.by_b.get(&cid) {
+            (*id, false)
+        } else {
+            return self.reply(now, key, &req, 481, "Call/Transaction Does Not Exist", |_| {});
+        };
+        match req.method {
+            Method::Bye => {
+                self.reply(now, key, &req, 200, "OK", |_| {});
+                tracing::info!(call = id, from_caller = from_a, "hang-up");
+                self.hangup(now, id, !from_a, from_a);
+            }
+            Method::Invite | Method::Update => {
+                // Re-INVITE (hold, codec change): media keeps flowing through the relay, so we
+                // answer with the same SDP we gave this side (a new version).
+                let sdp = self.calls.get(&id).and_then(|c| c.last_sdp_for(from_a, &self.cfg));
+                let contact = self.contact_str();
+                match sdp {
+                    Some(sdp) => self.reply(now, key, &req, 200, "OK", |r| {
+                        r.headers.push("Contact", contact);
+                        r.set_body("application/sdp", sdp.into_bytes());
+                    }),
+                    None => self.reply(now, key, &req, 488, "Not Acceptable Here", |_| {}),
+                }
+            }
+            _ => self.reply(now, key, &req, 200, "OK", |_| {}),
+        }
+    }
+
+    // ============================================================ SIP responses (our forks)
+
+    fn on_response(&mut self, now: Instant, resp: Response) {
+        let Some(branch) = resp.top_via().ok().and_then(|v| v.branch().map(str::to_string)) else { return };
+        let Some(tx) = self.client_txs.get_mut(&branch) else { return };
+        let status = resp.status;
+        if status < 200 {
+            tx.got_provisional = true;
+            if tx.invite {
+                // Timer A stops on a provisional.
+                tx.interval = Duration::MAX;
+            }
+        } else {
+            let first_final = !tx.got_final;
+            tx.got_final = true;
+            tx.interval = Duration::MAX;
+            if tx.invite && status >= 300 {
+                // ACK the non-2xx in the transaction (same branch), each time it comes.
+                if let Some(req) = &tx.request {
+                    let ack = ack_for(req, &resp, &branch);
+                    let (to, transport) = (tx.to, tx.transport);
+                    self.out.push_back(Output::Sip { to, transport, data: ack.to_bytes() });
+                }
+                if !first_final {
+                    return;
+                }
+            }
+            if !tx.invite && !first_final {
+                return;
+            }
+        }
+        let owner = match &tx.owner {
+            ClientOwner::Fork { call, fork } => Some((*call, *fork)),
+            ClientOwner::Fire => None,
+        };
+        if let Some((call, fork)) = owner {
+            self.fork_response(now, call, fork, &branch, resp);
+        }
+    }
+
+    fn fork_response(&mut self, now: Instant, id: u64, fi: usize, branch: &str, resp: Response) {
+        let status = resp.status;
+        let Some(call) = self.calls.get_mut(&id) else {
+            // The call is gone: a late 2xx must still be ACKed and hung up.
+            if (200..300).contains(&status) {
+                self.ack_and_bye_orphan(now, branch, &resp);
+            }
+            return;
+        };
+        let Some(fork) = call.forks.get_mut(fi) else { return };
+        if let Ok(to) = resp.to()
+            && let Some(tag) = to.tag()
+        {
+            fork.to_tag.get_or_insert_with(|| tag.to_string());
+        }
+        match status {
+            100 => {}
+            101..=199 => {
+                if fork.state == ForkState::Trying {
+                    fork.state = ForkState::Ringing;
+                }
+                self.send_ringing(id);
+            }
+            200..=299 => {
+                fork.remote_target = resp
+                    .contacts()
+                    .ok()
+                    .and_then(|c| c.into_iter().find_map(|c| c.name_addr().map(|n| n.uri.clone())));
+                let already = call.winner.is_some() && call.winner != Some(fi);
+                // Every 2xx gets an ACK (retransmissions included).
+                let ack = self.ack_2xx(id, fi);
+                if let Some(ack) = ack {
+                    self.out.push_back(ack);
+                }
+                let call = self.calls.get_mut(&id).expect("checked");
+                if already || call.state == CallState::Done || call.a.final_sent && call.winner.is_none() {
+                    // Lost the race (or the caller gave up): hang this one up.
+                    if call.forks[fi].state != ForkState::Answered {
+                        call.forks[fi].state = ForkState::Answered;
+                        self.bye_fork(now, id, fi);
+                    }
+                    return;
+                }
+                if call.winner == Some(fi) {
+                    return; // 2xx retransmission, ACKed above.
+                }
+                call.winner = Some(fi);
+                call.forks[fi].state = ForkState::Answered;
+                let answer = String::from_utf8_lossy(&resp.body).into_owned();
+                let media = call.media;
+                // CANCEL the other forks.
+                let others: Vec<usize> = (0..call.forks.len())
+                    .filter(|&j| j != fi && matches!(call.forks[j].state, ForkState::Trying | ForkState::Ringing))
+                    .collect();
+                for j in others {
+                    self.cancel_fork(now, id, j);
+                }
+                let Some(pair) = media else { return };
+                if let Ok(sdp) = trunkline_media::sdp::Sdp::parse(&answer)
+                    && let Some(addr) = sdp.audio_rtp_addr()
+                {
+                    self.out.push_back(Output::MediaRemote { id: pair.id, leg: MediaLeg::B, addr });
+                }
+                let a_answer = match trunkline_media::sdp::rewrite(&answer, pair.a_local.ip(), pair.a_local.port(), None) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(call = id, error = %e, "callee's SDP answer unusable");
+                        self.bye_fork(now, id, fi);
+                        return self.fail_call(now, id, 488, "Not Acceptable Here", Some("the callee's SDP answer was unusable"));
+                    }
+                };
+                self.answer_a(now, id, a_answer);
+            }
+            _ => {
+                fork.state = ForkState::Failed(status);
+                let all_done = call.forks.iter().all(|f| matches!(f.state, ForkState::Failed(_) | ForkState::Cancelled));
+                if all_done && call.winner.is_none() && !call.a.final_sent {
+                    let codes: Vec<u16> =
+                        call.forks.iter().filter_map(|f| if let ForkState::Failed(c) = f.state { Some(c) } else { None }).collect();
+                    let (code, reason) = if codes.iter().any(|c| *c == 486 || *c == 600) {
+                        (486, "Busy Here")
+                    } else if codes.iter().any(|c| *c == 603) {
+                        (603, "Decline")
+                    } else {
+                        (480, "Temporarily Unavailable")
+                    };
+                    self.fail_call(now, id, code, reason, None);
+                }
+            }
+        }
+    }
+
+    fn answer_a(&mut self, now: Instant, id: u64, sdp: String) {
+        let contact = self.contact_str();
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let mut r = Response::to_request(&call.a.a_req(), 200, "OK");
+        r.set_to_tag(&call.a.our_tag);
+        r.headers.push("Contact", contact);
+        r.headers.push("Allow", ALLOW);
+        r.headers.push("Server", "Trunkline");
+        r.set_body("application/sdp", sdp.into_bytes());
+        let data = r.to_bytes();
+        call.a.final_sent = true;
+        call.a.ok = Some(data.clone());
+        call.a.ok_since = Some(now);
+        call.a.ok_interval = T1;
+        call.state = CallState::Answered;
+        call.connected_at = Some(now);
+        let (src, tr, key) = (call.a.src, call.a.transport, call.a.tx.clone());
+        self.out.push_back(Output::Sip { to: src, transport: tr, data: data.clone() });
+        if let Some(tx) = self.server_txs.get_mut(&key) {
+            tx.last = Some((data, 200));
+        }
+        self.schedule(now + T64, Timer::ServerExpire(key));
+        self.set_call_timer(now, id, T1, CallTimer::OkRetransmit);
+    }
+
+    fn send_ringing(&mut self, id: u64) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        if call.ringing_sent || call.a.final_sent {
+            return;
+        }
+        call.ringing_sent = true;
+        let mut r = Response::to_request(&call.a.a_req(), 180, "Ringing");
+        r.set_to_tag(&call.a.our_tag);
+        r.headers.push("Contact", format!("<sip:{}:{}>", ip_host(self.cfg.adv_ip), self.cfg.sip_port));
+        let data = r.to_bytes();
+        let (src, tr, key) = (call.a.src, call.a.transport, call.a.tx.clone());
+        self.out.push_back(Output::Sip { to: src, transport: tr, data: data.clone() });
+        if let Some(tx) = self.server_txs.get_mut(&key) {
+            tx.last = Some((data, 180));
+        }
+    }
+
+    // ============================================================ ending calls
+
+    /// End a call that was never answered: final `code` to the caller (with `why` as a Warning),
+    /// CANCEL forks, free media.
+    fn fail_call(&mut self, now: Instant, id: u64, code: u16, reason: &str, why: Option<&str>) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        if call.state == CallState::Done {
+            return;
+        }
+        let was_final = call.a.final_sent;
+        call.state = CallState::Done;
+        call.a.final_sent = true;
+        let req = call.a.a_req();
+        let key = call.a.tx.clone();
+        let tag = call.a.our_tag.clone();
+        let forks: Vec<usize> = (0..call.forks.len())
+            .filter(|&j| matches!(call.forks[j].state, ForkState::Trying | ForkState::Ringing))
+            .collect();
+        tracing::info!(call = id, caller = %call.caller, callee = %call.callee, code, reason = ?why, "call not connected");
+        for j in forks {
+            self.cancel_fork(now, id, j);
+        }
+        if !was_final {
+            let mut r = Response::to_request(&req, code, reason);
+            r.set_to_tag(&tag);
+            r.headers.push("Server", "Trunkline");
+            if let Some(w) = why {
+                r.headers.push("Warning", warning(w));
+                r.headers.push("Reason", format!("SIP;cause={code};text=\"{}\"", w.replace('"', "'")));
+            }
+            self.send_response(now, &key, r);
+        }
+        self.finish(id);
+    }
+
+    /// BYE: `bye_a` / `bye_b` say which sides we must still send a BYE to.
+    fn hangup(&mut self, now: Instant, id: u64, bye_a: bool, bye_b: bool) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.state = CallState::Done;
+        if bye_a {
+            call.a.our_cseq += 1;
+            let a = &call.a;
+            let mut r = Request::new(Method::Bye, a.remote_target.clone());
+            let branch = new_branch();
+            r.headers.push("Via", via_str(a.transport, self.cfg.adv_ip, self.cfg.sip_port, &branch));
+            r.headers.push("Max-Forwards", "70");
+            // From/To swap: we are the callee of the A dialog.
+            let mut from = a.invite.to().unwrap_or_else(|_| NameAddr::new(a.invite.uri.clone()));
+            from.set_tag(&a.our_tag);
+            r.set_from(&from);
+            if let Ok(to) = a.invite.from() {
+                r.set_to(&to);
+            }
+            r.set_call_id(&a.call_id);
+            r.set_cseq(&CSeq::new(a.our_cseq, Method::Bye));
+            let (src, tr) = (a.src, a.transport);
+            self.send_client(now, branch, r, src, tr, ClientOwner::Fire);
+        }
+        let call = self.calls.get(&id).expect("live");
+        if bye_b && let Some(w) = call.winner {
+            self.bye_fork(now, id, w);
+        }
+        self.finish(id);
+    }
+
+    fn finish(&mut self, id: u64) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.generation = 0;
+        if let Some(m) = call.media.take() {
+            self.out.push_back(Output::MediaStop { id: m.id });
+        }
+        // Keep the call (for late 2xx/ACK matching) only while its dialog can still see
+        // traffic; it is removed when its last timers are gone (see `reap`).
+        let call = self.calls.remove(&id).expect("live");
+        self.by_a.remove(&call.a.call_id);
+        for f in &call.forks {
+            self.by_b.remove(&f.call_id);
+        }
+        if let Some(c) = &call.cloud_id {
+            self.by_cloud.remove(c);
+        }
+    }
+
+    fn cancel_fork(&mut self, now: Instant, id: u64, fi: usize) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let fork = &mut call.forks[fi];
+        if !matches!(fork.state, ForkState::Trying | ForkState::Ringing) {
+            return;
+        }
+        fork.state = ForkState::Cancelled;
+        let mut c = Request::new(Method::Cancel, fork.request.uri.clone());
+        for v in fork.request.headers.get_all("Via").take(1) {
+            c.headers.push("Via", v);
+        }
+        c.headers.push("Max-Forwards", "70");
+        for h in ["From", "To", "Call-ID"] {
+            if let Some(v) = fork.request.headers.get(h) {
+                c.headers.push(h, v);
+            }
+        }
+        c.set_cseq(&CSeq::new(fork.cseq, Method::Cancel));
+        let (dest, tr) = (fork.dest, fork.transport);
+        // A CANCEL shares the INVITE's branch but is its own transaction.
+        let key = format!("{}-cancel", fork.branch);
+        self.send_client(now, key, c, dest, tr, ClientOwner::Fire);
+    }
+
+    fn bye_fork(&mut self, now: Instant, id: u64, fi: usize) {
+        let (adv_ip, port) = (self.cfg.adv_ip, self.cfg.sip_port);
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let fork = &mut call.forks[fi];
+        fork.cseq += 1;
+        let target = fork.remote_target.clone().unwrap_or_else(|| fork.request.uri.clone());
+        let mut r = Request::new(Method::Bye, target);
+        let branch = new_branch();
+        r.headers.push("Via", via_str(fork.transport, adv_ip, port, &branch));
+        r.headers.push("Max-Forwards", "70");
+        if let Some(v) = fork.request.headers.get("From") {
+            r.headers.push("From", v);
+        }
+        let mut to = fork.request.to().unwrap_or_else(|_| NameAddr::new(fork.request.uri.clone()));
+        if let Some(t) = &fork.to_tag {
+            to.set_tag(t);
+        }
+        r.set_to(&to);
+        r.set_call_id(&fork.call_id);
+        r.set_cseq(&CSeq::new(fork.cseq, Method::Bye));
+        let (dest, tr) = (fork.dest, fork.transport);
+        self.send_client(now, branch, r, dest, tr, ClientOwner::Fire);
+    }
+
+    fn ack_2xx(&self, id: u64, fi: usize) -> Option<Output> {
+        let call = self.calls.get(&id)?;
+        let fork = call.forks.get(fi)?;
+        let target = fork.remote_target.clone().unwrap_or_else(|| fork.request.uri.clone());
+        let mut r = Request::new(Method::Ack, target);
+        r.headers.push("Via", via_str(fork.transport, self.cfg.adv_ip, self.cfg.sip_port, &new_branch()));
+        r.headers.push("Max-Forwards", "70");
+        if let Some(v) = fork.request.headers.get("From") {
+            r.headers.push("From", v);
+        }
+        let mut to = fork.request.to().ok()?;
+        if let Some(t) = &fork.to_tag {
+            to.set_tag(t);
+        }
+        r.set_to(&to);
+        r.set_call_id(&fork.call_id);
+        r.set_cseq(&CSeq::new(1, Method::Ack));
+        Some(Output::Sip { to: fork.dest, transport: fork.transport, data: r.to_bytes() })
+    }
+
+    /// A 2xx for a call we no longer have: ACK it and BYE it so the phone stops ringing.
+    fn ack_and_bye_orphan(&mut self, now: Instant, branch: &str, resp: &Response) {
+        let Some(tx) = self.client_txs.get(branch) else { return };
+        let Some(req) = tx.request.clone() else { return };
+        let (to_addr, tr) = (tx.to, tx.transport);
+        let target = resp
+            .contacts()
+            .ok()
+            .and_then(|c| c.into_iter().find_map(|c| c.name_addr().map(|n| n.uri.clone())))
+            .unwrap_or_else(|| req.uri.clone());
+        for (method, seq) in [(Method::Ack, 1), (Method::Bye, 2)] {
+            let mut r = Request::new(method.clone(), target.clone());
+            let b = new_branch();
+            r.headers.push("Via", via_str(tr, self.cfg.adv_ip, self.cfg.sip_port, &b));
+            r.headers.push("Max-Forwards", "70");
+            if let Some(v) = req.headers.get("From") {
+                r.headers.push("From", v);
+            }
+            if let Some(v) = resp.headers.get("To") {
+                r.headers.push("To", v);
+            }
+            if let Some(v) = req.headers.get("Call-ID") {
+                r.headers.push("Call-ID", v);
+            }
+            r.set_cseq(&CSeq::new(seq, method.clone()));
+            if method == Method::Ack {
+                self.out.push_back(Output::Sip { to: to_addr, transport: tr, data: r.to_bytes() });
+            } else {
+                self.send_client(now, b, r, to_addr, tr, ClientOwner::Fire);
+            }
+        }
+    }
+
+    // ============================================================ client transactions + timers
+
+    fn send_client(&mut self, now: Instant, key: String, req: Request, to: SocketAddr, transport: Transport, owner: ClientOwner) {
+        let invite = req.method == Method::Invite;
+        let data = req.to_bytes();
+        self.out.push_back(Output::Sip { to, transport, data: data.clone() });
+        let g = if transport == Transport::Udp { self.schedule(now + T1, Timer::ClientRetransmit(key.clone())) } else { 0 };
+        self.schedule(now + T64, Timer::ClientTimeout(key.clone()));
+        self.client_txs.insert(
+            key,
+            ClientTx {
+                invite,
+                data,
+                to,
+                transport,
+                interval: T1,
+                got_provisional: false,
+                got_final: false,
+                generation: g,
+                owner,
+                request: if invite { Some(req) } else { None },
+            },
+        );
+    }
+
+    fn schedule(&mut self, at: Instant, t: Timer) -> u64 {
+        self.seq += 1;
+        self.timers.insert((at, self.seq), t);
+        self.seq
+    }
+
+    fn set_call_timer(&mut self, now: Instant, id: u64, after: Duration, which: CallTimer) {
+        let g = self.schedule(now + after, Timer::Call(id, which));
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.generation = g;
+        }
+    }
+
+    fn cancel_timer(&mut self, id: u64) {
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.generation = 0;
+        }
+    }
+
+    fn fire(&mut self, now: Instant, g: u64, t: Timer) {
+        match t {
+            Timer::ServerRetransmit(key) => {
+                let Some(tx) = self.server_txs.get_mut(&key) else { return };
+                if tx.acked {
+                    return;
+                }
+                if let Some((data, _)) = &tx.last {
+                    self.out.push_back(Output::Sip { to: tx.to, transport: tx.transport, data: data.clone() });
+                }
+                tx.interval = (tx.interval * 2).min(T2);
+                let next = tx.interval;
+                self.schedule(now + next, Timer::ServerRetransmit(key));
+            }
+            Timer::ServerExpire(key) => {
+                // Only the latest expiry counts for non-INVITE transactions; INVITE ones go
+                // when their (final) expiry fires.
+                if let Some(tx) = self.server_txs.get(&key)
+                    && (tx.invite || tx.generation == g || tx.generation == 0)
+                {
+                    if tx.invite && tx.last.as_ref().is_none_or(|(_, s)| *s < 200) {
+                        return; // still proceeding: the call owns it
+                    }
+                    self.server_txs.remove(&key);
+                }
+            }
+            Timer::ClientRetransmit(key) => {
+                let Some(tx) = self.client_txs.get_mut(&key) else { return };
+                if tx.got_final || tx.interval == Duration::MAX || (tx.invite && tx.got_provisional) {
+                    return;
+                }
+                self.out.push_back(Output::Sip { to: tx.to, transport: tx.transport, data: tx.data.clone() });
+                tx.interval = if tx.invite { tx.interval * 2 } else { (tx.interval * 2).min(T2) };
+                let next = tx.interval;
+                tx.generation = self.seq + 1;
+                self.schedule(now + next, Timer::ClientRetransmit(key));
+            }
+            Timer::ClientTimeout(key) => {
+                // A ringing INVITE (provisional seen) waits for its final as long as the call
+                // does; timer B only ends INVITEs nobody answered at all.
+                if let Some(tx) = self.client_txs.get(&key)
+                    && tx.invite
+                    && tx.got_provisional
+                    && !tx.got_final
+                {
+                    self.schedule(now + T64, Timer::ClientTimeout(key));
+                    return;
+                }
+                let Some(tx) = self.client_txs.remove(&key) else { return };
+                if !tx.got_final
+                    && let ClientOwner::Fork { call, fork } = tx.owner
+                {
+                    // Timer B: treat as 408 from that contact.
+                    if let Some(c) = self.calls.get_mut(&call)
+                        && let Some(f) = c.forks.get_mut(fork)
+                        && matches!(f.state, ForkState::Trying | ForkState::Ringing)
+                    {
+                        f.state = ForkState::Failed(408);
+                        let all_done = c.forks.iter().all(|f| matches!(f.state, ForkState::Failed(_) | ForkState::Cancelled));
+                        if all_done && c.winner.is_none() {
+                            self.fail_call(now, call, 480, "Temporarily Unavailable", Some("the callee's phone did not respond"));
+                        }
+                    }
+                }
+            }
+            Timer::Call(id, which) => {
+                let Some(call) = self.calls.get_mut(&id) else { return };
+                if call.generation != g {
+                    return;
+                }
+                match which {
+                    CallTimer::Ring => {
+                        if call.state == CallState::Ringing {
+                            self.fail_call(now, id, 480, "Temporarily Unavailable", Some("no answer"));
+                        }
+                    }
+                    CallTimer::Route => {
+                        if call.state == CallState::Routing {
+                            self.fail_call(now, id, 503, "Service Unavailable", Some("the cloud did not answer in time"));
+                        }
+                    }
+                    CallTimer::OkRetransmit => {
+                        if call.state != CallState::Answered {
+                            return;
+                        }
+                        let since = call.a.ok_since.unwrap_or(now);
+                        if now.duration_since(since) >= T64 {
+                            // Timer H for 2xx: the caller never ACKed; end both legs.
+                            tracing::warn!(call = id, "no ACK for our 200 OK: hanging up");
+                            return self.hangup(now, id, true, true);
+                        }
+                        if call.a.transport == Transport::Udp
+                            && let Some(ok) = &call.a.ok
+                        {
+                            self.out.push_back(Output::Sip { to: call.a.src, transport: call.a.transport, data: ok.clone() });
+                        }
+                        call.a.ok_interval = (call.a.ok_interval * 2).min(T2);
+                        let next = call.a.ok_interval;
+                        self.set_call_timer(now, id, next, CallTimer::OkRetransmit);
+                    }
+                }
+            }
+        }
+    }
+
+    // ============================================================ helpers
+
+    fn is_busy(&self, number: &str) -> bool {
+        self.calls.values().any(|c| c.state != CallState::Done && (c.caller == number || c.callee == number))
+    }
+
+    fn is_busy_except(&self, number: &str, id: u64) -> bool {
+        self.calls
+            .iter()
+            .any(|(cid, c)| *cid != id && c.state != CallState::Done && (c.caller == number || c.callee == number))
+    }
+
+    fn via(&self, transport: Transport, branch: &str) -> String {
+        via_str(transport, self.cfg.adv_ip, self.cfg.sip_port, branch)
+    }
+
+    fn contact(&self) -> String {
+        self.contact_str()
+    }
+
+    fn contact_str(&self) -> String {
+        format!("<sip:{}@{}:{}>", self.cfg.switch_id, ip_host(self.cfg.adv_ip), self.cfg.sip_port)
+    }
+}
+
+impl ALeg {
+    fn a_req(&self) -> Request {
+        self.invite.clone()
+    }
+
+    fn a_body(&self) -> Vec<u8> {
+        self.invite.body.clone()
+    }
+
+    fn a_from_display(&self) -> Option<String> {
+        self.invite.from().ok().and_then(|f| f.display)
+    }
+}
+
+impl Call {
+    /// The SDP we last gave side A (`for_a`) or B, re-versioned for a re-INVITE answer.
+    fn last_sdp_for(&self, for_a: bool, _cfg: &CoreConfig) -> Option<String> {
+        let pair = self.media?;
+        let (body, addr) = if for_a {
+            // What A got: the callee's answer rewritten to our A side. Rebuild from A's offer.
+            (String::from_utf8_lossy(&self.a.invite.body).into_owned(), pair.a_local)
+        } else {
+            let w = self.winner?;
+            (String::from_utf8_lossy(&self.forks[w].request.body).into_owned(), pair.b_local)
+        };
+        let s = trunkline_media::sdp::rewrite(&body, addr.ip(), addr.port(), None).ok()?;
+        trunkline_media::sdp::bump_version(&s).ok()
+    }
+}
+
+fn ack_for(invite: &Request, resp: &Response, branch: &str) -> Request {
+    let mut ack = Request::new(Method::Ack, invite.uri.clone());
+    if let Some(v) = invite.headers.get("Via") {
+        ack.headers.push("Via", v);
+    } else {
+        ack.headers.push("Via", format!("SIP/2.0/UDP 0.0.0.0;branch={branch}"));
+    }
+    ack.headers.push("Max-Forwards", "70");
+    for h in ["From", "Call-ID"] {
+        if let Some(v) = invite.headers.get(h) {
+            ack.headers.push(h, v);
+        }
+    }
+    if let Some(v) = resp.headers.get("To") {
+        ack.headers.push("To", v);
+    }
+    let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
+    ack.set_cseq(&CSeq::new(seq, Method::Ack));
+    ack
+}
+
+fn via_str(transport: Transport, ip: IpAddr, port: u16, branch: &str) -> String {
+    format!("SIP/2.0/{} {}:{};branch={};rport", transport.as_str(), ip_host(ip), port, branch)
+}
+
+fn ip_host(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v) => v.to_string(),
+        IpAddr::V6(v) => format!("[{v}]"),
+    }
+}
+
+fn host_of(ip: IpAddr) -> Host {
+    match ip {
+        IpAddr::V4(v) => Host::V4(v),
+        IpAddr::V6(v) => Host::V6(v),
+    }
+}
+
+fn host_str(h: &Host) -> String {
+    match h {
+        Host::Domain(d) => d.to_ascii_lowercase(),
+        Host::V4(v) => v.to_string(),
+        Host::V6(v) => format!("[{v}]"),
+    }
+}
+
+fn warning(text: &str) -> String {
+    format!("399 trunkline \"{}\"", text.replace(['"', '\\', '\r', '\n'], "'"))
+}
+
+fn new_tag() -> String {
+    format!("{:016x}", rand::rng().random::<u64>())
+}
+
+fn new_branch() -> String {
+    format!("z9hG4bK{:016x}", rand::rng().random::<u64>())
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn key_error_text(e: KeyError) -> &'static str {
+    match e {
+        KeyError::BadKey => "no call is waiting with that key",
+        KeyError::Expired => "the key has expired",
+        KeyError::Used => "the key was already used",
+        KeyError::WrongCaller => "the key was issued to another caller",
+    }
+}
+
+fn outcome_text(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Connected => "connected",
+        Outcome::RejectedInvalid => "number does not exist",
+        Outcome::Declined => "declined",
+        Outcome::Busy => "busy",
+        Outcome::NoAnswer => "no answer",
+        Outcome::CalleeOffline => "callee offline",
+        Outcome::SwitchUnavailable => "the callee's site is unavailable",
+        Outcome::KeyExpired => "the callee did not connect in time",
+        Outcome::Cancelled => "cancelled",
+        Outcome::Error => "error",
+    }
+}

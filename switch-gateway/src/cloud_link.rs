@@ -1,0 +1,161 @@
+//! The gateway's one persistent, authenticated WebSocket to the signal server.
+//!
+//! Connects, signs in with `switch_auth` (announcing the direct address), forwards every
+//! server message to the gateway core, and sends what the core queues. When the link drops it
+//! reconnects by itself with exponential backoff and jitter; the core is told `Up`/`Down` so
+//! it can answer calls that need the cloud at once (503) while local calls carry on.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use trunkline_protocol::{ClientMsg, ErrorCode, PROTOCOL_VERSION, ServerMsg};
+
+/// What the link tells the core.
+#[derive(Debug)]
+pub enum LinkEvent {
+    Up,
+    Msg(ServerMsg),
+    Down,
+}
+
+pub struct LinkConfig {
+    pub url: String,
+    pub switch_id: String,
+    pub secret: String,
+    pub direct_urls: Vec<String>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive ping when nothing else was sent for this long (NAT bindings, dead peers).
+const KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// Run the link until `shutdown` turns true. Outgoing messages are taken from `outgoing`; while
+/// the link is down they are dropped (the core knows the link is down and does not rely on them).
+pub async fn run(
+    cfg: LinkConfig,
+    events: mpsc::Sender<LinkEvent>,
+    mut outgoing: mpsc::Receiver<ClientMsg>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let session = tokio::select! {
+            r = session(&cfg, &events, &mut outgoing) => r,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let _ = events.send(LinkEvent::Down).await;
+        let wait = match session {
+            // Ran properly before dropping: come back quickly.
+            Ok(()) => {
+                backoff = BACKOFF_MIN;
+                BACKOFF_MIN
+            }
+            Err(SessionError::Auth(msg)) => {
+                tracing::error!(switch_id = %cfg.switch_id, "cloud refused this switch: {msg} (check id and secret_file)");
+                backoff = BACKOFF_MAX;
+                BACKOFF_MAX
+            }
+            Err(SessionError::Io(msg)) => {
+                tracing::warn!(url = %cfg.url, "cloud link down: {msg}; retrying in ~{:?}", backoff);
+                let w = backoff;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                w
+            }
+        };
+        // Jitter ±50% so a site's gateways do not reconnect in lockstep after a cloud restart.
+        let jitter = rand::rng().random_range(0.5..1.5);
+        let wait = wait.mul_f64(jitter);
+        // Drain what the core sent meanwhile: it was told the link is down.
+        while outgoing.try_recv().is_ok() {}
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+enum SessionError {
+    Auth(String),
+    Io(String),
+}
+
+async fn session(
+    cfg: &LinkConfig,
+    events: &mpsc::Sender<LinkEvent>,
+    outgoing: &mut mpsc::Receiver<ClientMsg>,
+) -> Result<(), SessionError> {
+    let io = |e: &dyn std::fmt::Display| SessionError::Io(e.to_string());
+    let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(cfg.url.as_str()))
+        .await
+        .map_err(|_| SessionError::Io("connect timed out".into()))?
+        .map_err(|e| io(&e))?;
+    let auth = ClientMsg::SwitchAuth {
+        v: PROTOCOL_VERSION,
+        switch_id: cfg.switch_id.clone(),
+        secret: cfg.secret.clone(),
+        direct_urls: cfg.direct_urls.clone(),
+    };
+    ws.send(Message::Text(auth.encode().into())).await.map_err(|e| io(&e))?;
+    // The first answer tells whether we are in.
+    let first = tokio::time::timeout(CONNECT_TIMEOUT, ws.next())
+        .await
+        .map_err(|_| SessionError::Io("no answer to switch_auth".into()))?;
+    match first {
+        Some(Ok(Message::Text(t))) => match ServerMsg::decode(t.as_str()) {
+            Ok(m @ ServerMsg::SwitchWelcome { .. }) => {
+                tracing::info!(url = %cfg.url, switch_id = %cfg.switch_id, "cloud link up");
+                let _ = events.send(LinkEvent::Up).await;
+                let _ = events.send(LinkEvent::Msg(m)).await;
+            }
+            Ok(ServerMsg::Error { code: ErrorCode::AuthFailed | ErrorCode::RateLimited | ErrorCode::Forbidden, message, .. }) => {
+                return Err(SessionError::Auth(message));
+            }
+            Ok(other) => return Err(SessionError::Io(format!("unexpected first message {other:?}"))),
+            Err(e) => return Err(SessionError::Io(e.to_string())),
+        },
+        Some(Ok(other)) => return Err(SessionError::Io(format!("unexpected frame {other:?}"))),
+        Some(Err(e)) => return Err(io(&e)),
+        None => return Err(SessionError::Io("closed during sign-in".into())),
+    }
+    let mut idle = tokio::time::interval(KEEPALIVE);
+    idle.reset();
+    loop {
+        tokio::select! {
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Text(t))) => match ServerMsg::decode(t.as_str()) {
+                    Ok(ServerMsg::Error { code: ErrorCode::SessionReplaced, .. }) => {
+                        return Err(SessionError::Io("another connection signed in as this switch".into()));
+                    }
+                    Ok(ServerMsg::Pong) => {}
+                    Ok(m) => {
+                        if events.send(LinkEvent::Msg(m)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring an unreadable message from the cloud"),
+                },
+                Some(Ok(Message::Close(_))) | None => return Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(io(&e)),
+            },
+            out = outgoing.recv() => match out {
+                Some(m) => {
+                    ws.send(Message::Text(m.encode().into())).await.map_err(|e| io(&e))?;
+                    idle.reset();
+                }
+                None => return Ok(()),
+            },
+            _ = idle.tick() => {
+                ws.send(Message::Text(ClientMsg::Ping.encode().into())).await.map_err(|e| io(&e))?;
+            }
+        }
+    }
+}

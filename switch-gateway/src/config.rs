@@ -1,0 +1,160 @@
+//! Gateway configuration: one strict TOML file (every key documented in
+//! `switch-gateway.example.toml`), then `TRUNKLINE_GATEWAY_<KEY>` environment overrides
+//! (`__` between a table and its key).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub const ENV_PREFIX: &str = "TRUNKLINE_GATEWAY_";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This gateway's switch id, as provisioned on the signal server (`switch add --id`).
+    pub id: String,
+    /// File holding the switch secret given to `switch add --secret-file`.
+    pub secret_file: PathBuf,
+    /// The signal server's WebSocket, e.g. `wss://cloud.example.com/ws`.
+    pub cloud_url: String,
+    /// SIP for desk phones: UDP and TCP on this address.
+    pub sip_listen: SocketAddr,
+    /// Address written into Via/Contact/Record-Route and SDP for phones to reach us; default:
+    /// the `sip_listen` IP, or 127.0.0.1 when that is unspecified (0.0.0.0).
+    pub sip_advertise: Option<IpAddr>,
+    /// The direct endpoint (WebSocket) callers connect to with a key.
+    pub direct_listen: SocketAddr,
+    /// The direct endpoint's address as callers reach it (handed out by the cloud).
+    pub advertise_url: String,
+    /// UDP ports for RTP/RTCP relaying, "FIRST-LAST" (even RTP port, RTCP = RTP + 1).
+    pub rtp_ports: String,
+    /// How long a phone may ring before the call ends with no answer (SIP 480).
+    pub ring_timeout_secs: u64,
+    /// TTL of the one-time keys this gateway issues (claims 9–10).
+    pub key_ttl_ms: u64,
+    /// Registration expiry bounds (seconds): shorter requests get 423, longer are clamped.
+    pub min_expires_secs: u32,
+    pub max_expires_secs: u32,
+    /// Where the gateway keeps its local copy of its phones (works while the cloud is away).
+    pub state_dir: PathBuf,
+    /// A number that answers and echoes the caller's audio (for testing a phone); none if empty.
+    pub echo_number: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            id: "hq".into(),
+            secret_file: "switch.secret".into(),
+            cloud_url: "ws://127.0.0.1:8080/ws".into(),
+            sip_listen: "127.0.0.1:5060".parse().unwrap(),
+            sip_advertise: None,
+            direct_listen: "127.0.0.1:7443".parse().unwrap(),
+            advertise_url: "ws://127.0.0.1:7443/direct".into(),
+            rtp_ports: "20000-20999".into(),
+            ring_timeout_secs: 30,
+            key_ttl_ms: 30_000,
+            min_expires_secs: 60,
+            max_expires_secs: 3600,
+            state_dir: "gateway-state".into(),
+            echo_number: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = path {
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
+            fig = fig.merge(Toml::string(&text));
+        }
+        let cfg: Config =
+            fig.merge(Env::prefixed(ENV_PREFIX).split("__")).extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        trunkline_protocol::check_switch_id(&self.id).map_err(|e| ConfigError::Invalid(format!("id: {}", e.message)))?;
+        trunkline_protocol::check_url("advertise_url", &self.advertise_url)
+            .map_err(|e| ConfigError::Invalid(e.message))?;
+        if !(self.cloud_url.starts_with("ws://") || self.cloud_url.starts_with("wss://")) {
+            return Err(ConfigError::Invalid(format!("cloud_url {:?} must start with ws:// or wss://", self.cloud_url)));
+        }
+        self.rtp_range()?;
+        if self.key_ttl_ms == 0 || self.key_ttl_ms > trunkline_protocol::MAX_KEY_TTL_MS {
+            return Err(ConfigError::Invalid(format!("key_ttl_ms must be 1–{}", trunkline_protocol::MAX_KEY_TTL_MS)));
+        }
+        if self.ring_timeout_secs == 0 {
+            return Err(ConfigError::Invalid("ring_timeout_secs must be > 0".into()));
+        }
+        if self.min_expires_secs == 0 || self.min_expires_secs > self.max_expires_secs {
+            return Err(ConfigError::Invalid("need 0 < min_expires_secs ≤ max_expires_secs".into()));
+        }
+        if let Some(n) = &self.echo_number {
+            trunkline_protocol::check_number("echo_number", n).map_err(|e| ConfigError::Invalid(e.message))?;
+        }
+        Ok(())
+    }
+
+    /// `rtp_ports` as an inclusive range of at least two ports.
+    pub fn rtp_range(&self) -> Result<std::ops::RangeInclusive<u16>, ConfigError> {
+        let bad = || ConfigError::Invalid(format!("rtp_ports {:?}: expected FIRST-LAST, e.g. 20000-20999", self.rtp_ports));
+        let (a, b) = self.rtp_ports.split_once('-').ok_or_else(bad)?;
+        let (a, b): (u16, u16) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+        if a == 0 || b <= a {
+            return Err(bad());
+        }
+        Ok(a..=b)
+    }
+
+    /// The IP phones are told to send SIP and RTP to.
+    pub fn advertise_ip(&self) -> IpAddr {
+        match self.sip_advertise {
+            Some(ip) => ip,
+            None if self.sip_listen.ip().is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            None => self.sip_listen.ip(),
+        }
+    }
+
+    pub fn ring_timeout(&self) -> Duration {
+        Duration::from_secs(self.ring_timeout_secs)
+    }
+
+    pub fn key_ttl(&self) -> Duration {
+        Duration::from_millis(self.key_ttl_ms)
+    }
+
+    /// Read the switch secret (trimmed). Never logged.
+    pub fn read_secret(&self) -> Result<String, ConfigError> {
+        let s = std::fs::read_to_string(&self.secret_file)
+            .map_err(|source| ConfigError::Read { path: self.secret_file.clone(), source })?;
+        let s = s.trim().to_string();
+        if s.is_empty() {
+            return Err(ConfigError::Invalid(format!("secret_file {} is empty", self.secret_file.display())));
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,252 @@
+//! Registrar bindings (RFC 3261 §10.3), sans-IO: which contacts each desk phone number has,
+//! until when, and where their packets actually came from (phones behind NAT or with a wrong
+//! idea of their own address are reached at the source address, as with symmetric RTP).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// The Contact URI as the phone gave it (sent back in 200 OK and used as Request-URI).
+    pub contact: String,
+    /// Where the REGISTER came from: requests to this binding go there.
+    pub source: SocketAddr,
+    pub transport: Transport,
+    pub expires: Instant,
+    pub call_id: String,
+    pub cseq: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// RFC 3261 §10.3 step 7: a retransmitted or reordered REGISTER (same Call-ID, CSeq not higher).
+    #[error("CSeq {0} is not higher than the last one for this Call-ID")]
+    OutOfOrder(u32),
+    /// `Contact: *` must come alone and with `Expires: 0`.
+    #[error("Contact: * must be alone and with Expires: 0")]
+    BadWildcard,
+    /// Interval below the minimum (423), carrying the minimum.
+    #[error("interval too brief; at least {0} s")]
+    TooBrief(u32),
+}
+
+/// One contact in a REGISTER.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContactUpdate {
+    pub contact: String,
+    /// Seconds requested (from the contact's `expires` param, else the Expires header, else default).
+    pub expires: u32,
+}
+
+pub struct Registrar {
+    bindings: HashMap<String, Vec<Binding>>,
+    min_expires: u32,
+    max_expires: u32,
+}
+
+/// Most contacts one number may hold (a phone plus a few soft clients).
+pub const MAX_CONTACTS: usize = 10;
+
+impl Registrar {
+    pub fn new(min_expires: u32, max_expires: u32) -> Self {
+        Registrar { bindings: HashMap::new(), min_expires, max_expires }
+    }
+
+    /// Apply a REGISTER for `aor` (already authenticated). `contacts` empty = a query.
+    /// `wildcard` = `Contact: *`. Returns the current bindings to list in the 200 OK.
+    #[allow(clippy::too_many_arguments)]
+    pub fn register(
+        &mut self,
+        now: Instant,
+        aor: &str,
+        contacts: &[ContactUpdate],
+        wildcard: bool,
+        header_expires: Option<u32>,
+        source: SocketAddr,
+        transport: Transport,
+        call_id: &str,
+        cseq: u32,
+    ) -> Result<Vec<Binding>, RegisterError> {
+        self.expire_aor(now, aor);
+        if wildcard {
+            if !contacts.is_empty() || header_expires != Some(0) {
+                return Err(RegisterError::BadWildcard);
+            }
+            if let Some(list) = self.bindings.get(aor)
+                && list.iter().any(|b| b.call_id == call_id && cseq <= b.cseq)
+            {
+                return Err(RegisterError::OutOfOrder(cseq));
+            }
+            self.bindings.remove(aor);
+            return Ok(vec![]);
+        }
+        // Check everything before changing anything.
+        for c in contacts {
+            if c.expires != 0 && c.expires < self.min_expires {
+                return Err(RegisterError::TooBrief(self.min_expires));
+            }
+            if let Some(b) = self.bindings.get(aor).and_then(|l| l.iter().find(|b| same_contact(&b.contact, &c.contact)))
+                && b.call_id == call_id
+                && cseq <= b.cseq
+            {
+                return Err(RegisterError::OutOfOrder(cseq));
+            }
+        }
+        let list = self.bindings.entry(aor.to_string()).or_default();
+        for c in contacts {
+            list.retain(|b| !same_contact(&b.contact, &c.contact));
+            if c.expires == 0 {
+                continue;
+            }
+            let secs = c.expires.min(self.max_expires);
+            list.push(Binding {
+                contact: c.contact.clone(),
+                source,
+                transport,
+                expires: now + Duration::from_secs(secs as u64),
+                call_id: call_id.to_string(),
+                cseq,
+            });
+        }
+        // Keep the newest few.
+        if list.len() > MAX_CONTACTS {
+            list.sort_by_key(|b| b.expires);
+            let drop = list.len() - MAX_CONTACTS;
+            list.drain(..drop);
+        }
+        let out = list.clone();
+        if list.is_empty() {
+            self.bindings.remove(aor);
+        }
+        Ok(out)
+    }
+
+    /// Live bindings of `aor`.
+    pub fn lookup(&mut self, now: Instant, aor: &str) -> Vec<Binding> {
+        self.expire_aor(now, aor);
+        self.bindings.get(aor).cloned().unwrap_or_default()
+    }
+
+    pub fn is_registered(&mut self, now: Instant, aor: &str) -> bool {
+        !self.lookup(now, aor).is_empty()
+    }
+
+    /// Forget a number entirely (it left this switch's phone list).
+    pub fn remove_aor(&mut self, aor: &str) {
+        self.bindings.remove(aor);
+    }
+
+    pub fn registered_numbers(&self) -> usize {
+        self.bindings.len()
+    }
+
+    /// Drop every expired binding.
+    pub fn expire(&mut self, now: Instant) {
+        self.bindings.retain(|_, l| {
+            l.retain(|b| b.expires > now);
+            !l.is_empty()
+        });
+    }
+
+    fn expire_aor(&mut self, now: Instant, aor: &str) {
+        if let Some(l) = self.bindings.get_mut(aor) {
+            l.retain(|b| b.expires > now);
+            if l.is_empty() {
+                self.bindings.remove(aor);
+            }
+        }
+    }
+}
+
+/// RFC 3261 §10.3 compares contact URIs with URI equality; phones re-send the same text, so a
+/// case-insensitive comparison of the URI part (without display name and header params) does.
+fn same_contact(a: &str, b: &str) -> bool {
+    fn core(s: &str) -> String {
+        let s = s.trim();
+        let s = match (s.find('<'), s.find('>')) {
+            (Some(i), Some(j)) if j > i => &s[i + 1..j],
+            _ => s.split(';').next().unwrap_or(s),
+        };
+        s.to_ascii_lowercase()
+    }
+    core(a) == core(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src() -> SocketAddr {
+        "127.0.0.1:5062".parse().unwrap()
+    }
+
+    fn c(contact: &str, expires: u32) -> ContactUpdate {
+        ContactUpdate { contact: contact.into(), expires }
+    }
+
+    #[test]
+    fn register_expire_and_unregister() {
+        let t = Instant::now();
+        let mut r = Registrar::new(60, 3600);
+        let b = r.register(t, "1001", &[c("<sip:1001@10.0.0.5:5062>", 120)], false, None, src(), Transport::Udp, "a", 1).unwrap();
+        assert_eq!(b.len(), 1);
+        assert!(r.is_registered(t + Duration::from_secs(119), "1001"));
+        assert!(!r.is_registered(t + Duration::from_secs(120), "1001"));
+        r.register(t, "1001", &[c("<sip:1001@10.0.0.5:5062>", 120)], false, None, src(), Transport::Udp, "a", 2).unwrap();
+        let b = r.register(t, "1001", &[c("<sip:1001@10.0.0.5:5062>", 0)], false, None, src(), Transport::Udp, "a", 3).unwrap();
+        assert!(b.is_empty());
+        assert!(!r.is_registered(t, "1001"));
+    }
+
+    #[test]
+    fn several_contacts_per_number_and_wildcard_removal() {
+        let t = Instant::now();
+        let mut r = Registrar::new(60, 3600);
+        r.register(t, "1001", &[c("<sip:1001@a>", 600)], false, None, src(), Transport::Udp, "x", 1).unwrap();
+        let b = r.register(t, "1001", &[c("<sip:1001@b>", 600)], false, None, src(), Transport::Tcp, "y", 1).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(r.register(t, "1001", &[], true, Some(1), src(), Transport::Udp, "z", 1), Err(RegisterError::BadWildcard));
+        assert!(r.register(t, "1001", &[], true, Some(0), src(), Transport::Udp, "z", 1).unwrap().is_empty());
+        assert!(!r.is_registered(t, "1001"));
+    }
+
+    #[test]
+    fn out_of_order_and_too_brief_change_nothing() {
+        let t = Instant::now();
+        let mut r = Registrar::new(60, 3600);
+        r.register(t, "1001", &[c("<sip:1001@a>", 600)], false, None, src(), Transport::Udp, "x", 5).unwrap();
+        assert_eq!(
+            r.register(t, "1001", &[c("<sip:1001@a>", 0)], false, None, src(), Transport::Udp, "x", 5),
+            Err(RegisterError::OutOfOrder(5))
+        );
+        assert_eq!(
+            r.register(t, "1001", &[c("<sip:1001@b>", 30)], false, None, src(), Transport::Udp, "x", 6),
+            Err(RegisterError::TooBrief(60))
+        );
+        assert_eq!(r.lookup(t, "1001").len(), 1);
+    }
+
+    #[test]
+    fn long_intervals_are_clamped() {
+        let t = Instant::now();
+        let mut r = Registrar::new(60, 3600);
+        let b = r.register(t, "1001", &[c("sip:1001@a", 999_999)], false, None, src(), Transport::Udp, "x", 1).unwrap();
+        assert_eq!(b[0].expires, t + Duration::from_secs(3600));
+    }
+}
