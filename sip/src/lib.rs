@@ -12,7 +12,7 @@ pub mod parse;
 mod scan;
 
 pub use message::{
-    CSeq, Contact, HeaderError, Headers, Host, Message, Method, NameAddr, Request, Response, Scheme,
-    SyntaxError, Uri, Via,
+    CSeq, Contact, HeaderError, Headers, Host, Message, Method, NameAddr, Request, Response,
+    Scheme, SyntaxError, Uri, Via,
 };
 pub use parse::{Frame, ParseError, Partial, error_response, frame_len, parse};

@@ -30,10 +30,16 @@ const fn build_classes() -> [u8; 256] {
         if c.is_ascii_alphanumeric() {
             f |= TOKEN | UNRESERVED;
         }
-        if matches!(c, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~') {
+        if matches!(
+            c,
+            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+        ) {
             f |= TOKEN;
         }
-        if matches!(c, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')') {
+        if matches!(
+            c,
+            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+        ) {
             f |= UNRESERVED;
         }
         if matches!(c, b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/') {
@@ -48,7 +54,10 @@ const fn build_classes() -> [u8; 256] {
         if matches!(c, b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$') {
             f |= HNV;
         }
-        if matches!(c, b';' | b'/' | b'?' | b':' | b'@' | b'&' | b'=' | b'+' | b'$' | b',') {
+        if matches!(
+            c,
+            b';' | b'/' | b'?' | b':' | b'@' | b'&' | b'=' | b'+' | b'$' | b','
+        ) {
             f |= RESERVED;
         }
         t[i] = f;
@@ -379,7 +388,10 @@ fn parse_one_param(cur: &mut Cur<'_>) -> Result<(String, Option<String>), Syntax
 }
 
 /// Case-insensitive lookup in a parameter list: `None` if absent, `Some(None)` for a flag.
-pub(crate) fn find_param<'p>(params: &'p [(String, Option<String>)], name: &str) -> Option<Option<&'p str>> {
+pub(crate) fn find_param<'p>(
+    params: &'p [(String, Option<String>)],
+    name: &str,
+) -> Option<Option<&'p str>> {
     params
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -387,15 +399,25 @@ pub(crate) fn find_param<'p>(params: &'p [(String, Option<String>)], name: &str)
 }
 
 /// Replaces (or appends) a parameter.
-pub(crate) fn set_param(params: &mut Vec<(String, Option<String>)>, name: &str, value: Option<&str>) {
+pub(crate) fn set_param(
+    params: &mut Vec<(String, Option<String>)>,
+    name: &str,
+    value: Option<&str>,
+) {
     let value = value.map(str::to_owned);
-    match params.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+    match params
+        .iter_mut()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+    {
         Some(p) => p.1 = value,
         None => params.push((name.to_owned(), value)),
     }
 }
 
-pub(crate) fn write_params(f: &mut fmt::Formatter<'_>, params: &[(String, Option<String>)]) -> fmt::Result {
+pub(crate) fn write_params(
+    f: &mut fmt::Formatter<'_>,
+    params: &[(String, Option<String>)],
+) -> fmt::Result {
     for (n, v) in params {
         match v {
             Some(v) => write!(f, ";{n}={v}")?,

@@ -20,7 +20,11 @@ pub struct NameAddr {
 
 impl NameAddr {
     pub fn new(uri: Uri) -> NameAddr {
-        NameAddr { display: None, uri, params: Vec::new() }
+        NameAddr {
+            display: None,
+            uri,
+            params: Vec::new(),
+        }
     }
 
     /// Parses `[display-name] <URI> *(;param)` or `URI *(;param)`.
@@ -53,14 +57,29 @@ impl NameAddr {
             } else {
                 cur.pos = start;
                 let text = cur.take_while(|c| c != b';' && !is_ws(c));
-                if text.bytes().any(|c| c == b'?' || c == b',') {
-                    return Err(SyntaxError("URI with '?' or ',' must be in <>"));
-                }
-                uri = Uri::parse(text)?;
+                let bare = if text.bytes().any(|c| c == b'?' || c == b',') {
+                    Err(SyntaxError("URI with '?' or ',' must be in <>"))
+                } else {
+                    Uri::parse(text)
+                };
+                uri = match bare {
+                    Ok(u) => u,
+                    // `Bell, Alexander <sip:...>`: the display name is the problem.
+                    Err(_) if s.contains('<') => {
+                        return Err(SyntaxError(
+                            "display name must be tokens or a quoted string",
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                };
             }
         }
         let params = scan::parse_params(&mut cur, false)?;
-        Ok(NameAddr { display, uri, params })
+        Ok(NameAddr {
+            display,
+            uri,
+            params,
+        })
     }
 
     /// Header parameter: `None` if absent, `Some(None)` for a flag.
@@ -94,6 +113,9 @@ fn angle_uri(cur: &mut Cur<'_>) -> Result<Uri, SyntaxError> {
         return Err(SyntaxError("missing '>'"));
     }
     // LAQUOT/RAQUOT allow no whitespace inside the brackets.
+    if inner.starts_with([' ', '\t']) || inner.ends_with([' ', '\t']) {
+        return Err(SyntaxError("whitespace inside <>"));
+    }
     Uri::parse(inner)
 }
 
@@ -117,6 +139,8 @@ impl fmt::Display for NameAddr {
 }
 
 /// One Contact header value.
+// `Star` is rare; boxing the common variant would cost an allocation per contact.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Contact {
     /// `Contact: *` (REGISTER with Expires: 0 removes all bindings).
@@ -174,7 +198,10 @@ mod tests {
         assert_eq!(a.display.as_deref(), Some("A \"B\\"));
         assert!(a.uri.lr());
         assert_eq!(a.tag(), Some("x"));
-        assert_eq!(a.to_string(), "\"A \\\"B\\\\\" <sip:a@b.com;lr>;tag=x;q=0.5");
+        assert_eq!(
+            a.to_string(),
+            "\"A \\\"B\\\\\" <sip:a@b.com;lr>;tag=x;q=0.5"
+        );
         assert_eq!(NameAddr::parse(&a.to_string()).unwrap(), a);
 
         let b = NameAddr::parse("sip:a@b.com;tag=1").unwrap();
@@ -185,13 +212,28 @@ mod tests {
         assert_eq!(c.tag(), Some("9"));
         assert_eq!(c.param("FOO"), Some(Some("\"x;y\"")));
         for bad in [
-            "\"open <sip:a@b.com>", "Bell, A <sip:a@b.com>", "< sip:a@b.com >", "sip:a@b.com?x=y",
-            "<sip:a@b.com>;;", "<sip:a@b.com", "<sip:a@b.com> junk", "", "<>",
+            "\"open <sip:a@b.com>",
+            "Bell, A <sip:a@b.com>",
+            "< sip:a@b.com >",
+            "sip:a@b.com?x=y",
+            "<sip:a@b.com>;;",
+            "<sip:a@b.com",
+            "<sip:a@b.com> junk",
+            "",
+            "<>",
         ] {
             assert!(NameAddr::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Contact::parse(" * ").unwrap(), Contact::Star);
-        assert_eq!(Contact::parse("<sip:a@b>;expires=60").unwrap().expires(), Some(60));
-        assert_eq!(Contact::parse("<sip:a@b>;expires=99999999999").unwrap().expires(), None);
+        assert_eq!(
+            Contact::parse("<sip:a@b>;expires=60").unwrap().expires(),
+            Some(60)
+        );
+        assert_eq!(
+            Contact::parse("<sip:a@b>;expires=99999999999")
+                .unwrap()
+                .expires(),
+            None
+        );
     }
 }

@@ -15,7 +15,10 @@ pub enum HeaderError {
     #[error("more than one {0} header")]
     Multiple(&'static str),
     #[error("bad {header} header: {reason}")]
-    Invalid { header: &'static str, reason: &'static str },
+    Invalid {
+        header: &'static str,
+        reason: &'static str,
+    },
 }
 
 /// Canonical spelling of a known header name (compact forms expanded), matched
@@ -130,7 +133,12 @@ fn name_cow(name: &str) -> Cow<'static, str> {
         Some(c) => Cow::Borrowed(c),
         None if scan::is_token(name) => Cow::Owned(name.to_owned()),
         // A header name must be a token; dropping other characters prevents header injection.
-        None => Cow::Owned(name.bytes().filter(|&c| scan::is_token_char(c)).map(char::from).collect()),
+        None => Cow::Owned(
+            name.bytes()
+                .filter(|&c| scan::is_token_char(c))
+                .map(char::from)
+                .collect(),
+        ),
     }
 }
 
@@ -153,11 +161,15 @@ pub struct Headers {
 
 impl Headers {
     pub fn new() -> Headers {
-        Headers { entries: Vec::new() }
+        Headers {
+            entries: Vec::new(),
+        }
     }
 
     pub fn with_capacity(n: usize) -> Headers {
-        Headers { entries: Vec::with_capacity(n) }
+        Headers {
+            entries: Vec::with_capacity(n),
+        }
     }
 
     /// Appends an entry already in canonical form (parser fast path).
@@ -181,7 +193,10 @@ impl Headers {
     /// First value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         let q = query(name);
-        self.entries.iter().find(|(n, _)| n.eq_ignore_ascii_case(&q)).map(|(_, v)| v.as_str())
+        self.entries
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&q))
+            .map(|(_, v)| v.as_str())
     }
 
     /// All values of `name`, in order.
@@ -203,14 +218,19 @@ impl Headers {
 
     /// Appends one value (not split on commas).
     pub fn push(&mut self, name: &str, value: impl Into<String>) {
-        self.entries.push((name_cow(name), clean_value(value.into())));
+        self.entries
+            .push((name_cow(name), clean_value(value.into())));
     }
 
     /// Inserts a value before the first existing entry of that name (or appends):
     /// how a new top Via or Record-Route is added.
     pub fn push_front(&mut self, name: &str, value: impl Into<String>) {
         let n = name_cow(name);
-        let at = self.entries.iter().position(|(e, _)| e.eq_ignore_ascii_case(&n)).unwrap_or(self.entries.len());
+        let at = self
+            .entries
+            .iter()
+            .position(|(e, _)| e.eq_ignore_ascii_case(&n))
+            .unwrap_or(self.entries.len());
         self.entries.insert(at, (n, clean_value(value.into())));
     }
 
@@ -218,7 +238,11 @@ impl Headers {
     pub fn set(&mut self, name: &str, value: impl Into<String>) {
         let n = name_cow(name);
         let value = clean_value(value.into());
-        match self.entries.iter().position(|(e, _)| e.eq_ignore_ascii_case(&n)) {
+        match self
+            .entries
+            .iter()
+            .position(|(e, _)| e.eq_ignore_ascii_case(&n))
+        {
             Some(i) => {
                 self.entries[i].1 = value;
                 let mut k = 0;
@@ -259,7 +283,10 @@ impl Headers {
     pub fn call_id(&self) -> Result<&str, HeaderError> {
         let v = self.required("Call-ID")?;
         if v.is_empty() || !v.bytes().all(|c| c > 0x20 && c != 0x7f) {
-            return Err(HeaderError::Invalid { header: "Call-ID", reason: "bad Call-ID" });
+            return Err(HeaderError::Invalid {
+                header: "Call-ID",
+                reason: "bad Call-ID",
+            });
         }
         Ok(v)
     }
@@ -278,7 +305,11 @@ impl Headers {
 
     /// All Via values, top first; at least one is required.
     pub fn vias(&self) -> Result<Vec<Via>, HeaderError> {
-        let vias = self.get_all("Via").map(Via::parse).collect::<Result<Vec<_>, _>>().map_err(invalid("Via"))?;
+        let vias = self
+            .get_all("Via")
+            .map(Via::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid("Via"))?;
         if vias.is_empty() {
             return Err(HeaderError::Missing("Via"));
         }
@@ -291,12 +322,18 @@ impl Headers {
 
     /// All Contact values (empty if there is none).
     pub fn contacts(&self) -> Result<Vec<Contact>, HeaderError> {
-        self.get_all("Contact").map(Contact::parse).collect::<Result<_, _>>().map_err(invalid("Contact"))
+        self.get_all("Contact")
+            .map(Contact::parse)
+            .collect::<Result<_, _>>()
+            .map_err(invalid("Contact"))
     }
 
     /// Route values, in order.
     pub fn routes(&self) -> Result<Vec<NameAddr>, HeaderError> {
-        self.get_all("Route").map(NameAddr::parse).collect::<Result<_, _>>().map_err(invalid("Route"))
+        self.get_all("Route")
+            .map(NameAddr::parse)
+            .collect::<Result<_, _>>()
+            .map_err(invalid("Route"))
     }
 
     /// Record-Route values, in order.
@@ -311,7 +348,12 @@ impl Headers {
     /// suggests treating them as absent, which the caller may do on `Err`.
     pub fn expires(&self) -> Result<Option<u32>, HeaderError> {
         self.single("Expires")?
-            .map(|v| scan::parse_u32(v).ok_or(HeaderError::Invalid { header: "Expires", reason: "not a 32-bit number" }))
+            .map(|v| {
+                scan::parse_u32(v).ok_or(HeaderError::Invalid {
+                    header: "Expires",
+                    reason: "not a 32-bit number",
+                })
+            })
             .transpose()
     }
 
@@ -321,7 +363,10 @@ impl Headers {
             .map(|v| {
                 scan::parse_u32(v)
                     .and_then(|n| u8::try_from(n).ok())
-                    .ok_or(HeaderError::Invalid { header: "Max-Forwards", reason: "not in 0-255" })
+                    .ok_or(HeaderError::Invalid {
+                        header: "Max-Forwards",
+                        reason: "not in 0-255",
+                    })
             })
             .transpose()
     }
@@ -338,7 +383,10 @@ impl Headers {
         if ok {
             Ok(Some(mt))
         } else {
-            Err(HeaderError::Invalid { header: "Content-Type", reason: "bad media type" })
+            Err(HeaderError::Invalid {
+                header: "Content-Type",
+                reason: "bad media type",
+            })
         }
     }
 
@@ -398,7 +446,10 @@ fn query(name: &str) -> Cow<'static, str> {
 }
 
 fn invalid(header: &'static str) -> impl Fn(SyntaxError) -> HeaderError {
-    move |e| HeaderError::Invalid { header, reason: e.0 }
+    move |e| HeaderError::Invalid {
+        header,
+        reason: e.0,
+    }
 }
 
 #[cfg(test)]
@@ -416,11 +467,16 @@ mod tests {
         assert_eq!(h.get_all("v").count(), 2);
         assert_eq!(h.get_all("X-CUSTOM").collect::<Vec<_>>(), ["1", "2"]);
         h.set("x-Custom", "3");
-        assert_eq!(h.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>(), [
-            "Via=SIP/2.0/UDP a;branch=z9hG4bK1",
-            "X-Custom=3",
-            "Via=SIP/2.0/UDP b;branch=z9hG4bK2"
-        ]);
+        assert_eq!(
+            h.iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>(),
+            [
+                "Via=SIP/2.0/UDP a;branch=z9hG4bK1",
+                "X-Custom=3",
+                "Via=SIP/2.0/UDP b;branch=z9hG4bK2"
+            ]
+        );
         h.push_front("Via", "SIP/2.0/TCP c;branch=z9hG4bK0");
         assert_eq!(h.top_via().unwrap().transport, "TCP");
         assert_eq!(h.remove("via"), 3);

@@ -52,12 +52,15 @@ impl Host {
                 .strip_prefix('[')
                 .and_then(|r| r.strip_suffix(']'))
                 .ok_or(SyntaxError("bad IPv6 reference"))?;
-            return inner.parse().map(Host::V6).map_err(|_| SyntaxError("bad IPv6 address"));
+            return inner
+                .parse()
+                .map(Host::V6)
+                .map_err(|_| SyntaxError("bad IPv6 address"));
         }
-        if b.first().is_some_and(u8::is_ascii_digit) {
-            if let Ok(ip) = s.parse::<Ipv4Addr>() {
-                return Ok(Host::V4(ip));
-            }
+        if b.first().is_some_and(u8::is_ascii_digit)
+            && let Ok(ip) = s.parse::<Ipv4Addr>()
+        {
+            return Ok(Host::V4(ip));
         }
         if is_hostname(s) {
             Ok(Host::Domain(s.to_owned()))
@@ -105,7 +108,11 @@ fn is_hostname(s: &str) -> bool {
             return false;
         };
         let top = labels.peek().is_none();
-        let first_ok = if top { first.is_ascii_alphabetic() } else { first.is_ascii_alphanumeric() };
+        let first_ok = if top {
+            first.is_ascii_alphabetic()
+        } else {
+            first.is_ascii_alphanumeric()
+        };
         if !first_ok
             || !last.is_ascii_alphanumeric()
             || !b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-')
@@ -152,10 +159,15 @@ impl Uri {
     /// Parses a URI per RFC 3261's grammar (SIP-URI / SIPS-URI / absoluteURI).
     pub fn parse(s: &str) -> Result<Uri, SyntaxError> {
         let colon = s.find(':').ok_or(SyntaxError("URI has no scheme"))?;
-        let (scheme, rest) = (s.get(..colon).unwrap_or(""), s.get(colon + 1..).unwrap_or(""));
+        let (scheme, rest) = (
+            s.get(..colon).unwrap_or(""),
+            s.get(colon + 1..).unwrap_or(""),
+        );
         let sb = scheme.as_bytes();
         if !sb.first().is_some_and(u8::is_ascii_alphabetic)
-            || !sb.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+            || !sb
+                .iter()
+                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
         {
             return Err(SyntaxError("bad URI scheme"));
         }
@@ -223,16 +235,25 @@ fn parse_sip(scheme: Scheme, rest: &str) -> Result<Uri, SyntaxError> {
         }
         user = Some(unescape(u, UNRESERVED | USER, "bad character in URI user")?);
         if let Some(p) = p {
-            password = Some(unescape(p, UNRESERVED | PASSWORD, "bad character in URI password")?);
+            password = Some(unescape(
+                p,
+                UNRESERVED | PASSWORD,
+                "bad character in URI password",
+            )?);
         }
     }
 
     // Host ends at ':' (port), ';' (params), '?' (headers); an IPv6 reference at ']'.
     let hb = hostpart.as_bytes();
     let host_end = if hb.first() == Some(&b'[') {
-        hostpart.find(']').map(|i| i + 1).ok_or(SyntaxError("bad IPv6 reference"))?
+        hostpart
+            .find(']')
+            .map(|i| i + 1)
+            .ok_or(SyntaxError("bad IPv6 reference"))?
     } else {
-        hb.iter().position(|&c| matches!(c, b':' | b';' | b'?')).unwrap_or(hb.len())
+        hb.iter()
+            .position(|&c| matches!(c, b':' | b';' | b'?'))
+            .unwrap_or(hb.len())
     };
     let host = Host::parse(hostpart.get(..host_end).unwrap_or(""))?;
     let mut rest = hostpart.get(host_end..).unwrap_or("");
@@ -251,7 +272,9 @@ fn parse_sip(scheme: Scheme, rest: &str) -> Result<Uri, SyntaxError> {
     };
     let mut params = Vec::new();
     if !param_part.is_empty() {
-        let p = param_part.strip_prefix(';').ok_or(SyntaxError("junk after URI host"))?;
+        let p = param_part
+            .strip_prefix(';')
+            .ok_or(SyntaxError("junk after URI host"))?;
         for item in p.split(';') {
             let (n, v) = match item.find('=') {
                 Some(i) => (item.get(..i).unwrap_or(""), item.get(i + 1..)),
@@ -261,14 +284,18 @@ fn parse_sip(scheme: Scheme, rest: &str) -> Result<Uri, SyntaxError> {
                 return Err(SyntaxError("empty URI parameter"));
             }
             let n = unescape(n, UNRESERVED | PARAM, "bad character in URI parameter")?;
-            let v = v.map(|v| unescape(v, UNRESERVED | PARAM, "bad character in URI parameter")).transpose()?;
+            let v = v
+                .map(|v| unescape(v, UNRESERVED | PARAM, "bad character in URI parameter"))
+                .transpose()?;
             params.push((n, v));
         }
     }
     let mut headers = Vec::new();
     if let Some(h) = header_part {
         for item in h.split('&') {
-            let i = item.find('=').ok_or(SyntaxError("URI header without '='"))?;
+            let i = item
+                .find('=')
+                .ok_or(SyntaxError("URI header without '='"))?;
             let (n, v) = (item.get(..i).unwrap_or(""), item.get(i + 1..).unwrap_or(""));
             if n.is_empty() {
                 return Err(SyntaxError("empty URI header name"));
@@ -279,7 +306,16 @@ fn parse_sip(scheme: Scheme, rest: &str) -> Result<Uri, SyntaxError> {
             ));
         }
     }
-    Ok(Uri { scheme, user, password, host, port, params, headers, opaque: None })
+    Ok(Uri {
+        scheme,
+        user,
+        password,
+        host,
+        port,
+        params,
+        headers,
+        opaque: None,
+    })
 }
 
 pub(crate) fn parse_port(p: &str) -> Result<u16, SyntaxError> {
@@ -337,7 +373,8 @@ mod tests {
 
     #[test]
     fn basic() {
-        let u = Uri::parse("sip:alice:secret@example.com:5070;transport=tcp;lr?subject=hi%20there").unwrap();
+        let u = Uri::parse("sip:alice:secret@example.com:5070;transport=tcp;lr?subject=hi%20there")
+            .unwrap();
         assert_eq!(u.scheme, Scheme::Sip);
         assert_eq!(u.user.as_deref(), Some("alice"));
         assert_eq!(u.password.as_deref(), Some("secret"));
@@ -346,18 +383,47 @@ mod tests {
         assert_eq!(u.transport(), Some("tcp"));
         assert!(u.lr());
         assert_eq!(u.headers, vec![("subject".into(), "hi there".into())]);
-        assert_eq!(u.to_string(), "sip:alice:secret@example.com:5070;transport=tcp;lr?subject=hi%20there");
+        assert_eq!(
+            u.to_string(),
+            "sip:alice:secret@example.com:5070;transport=tcp;lr?subject=hi%20there"
+        );
     }
 
     #[test]
     fn hosts() {
-        assert_eq!(Uri::parse("sip:[2001:db8::1]:5060").unwrap().host, Host::V6("2001:db8::1".parse().unwrap()));
-        assert_eq!(Uri::parse("sips:192.0.2.1").unwrap().host, Host::V4(Ipv4Addr::new(192, 0, 2, 1)));
-        assert_eq!(Uri::parse("sip:[2001:db8::1]:5060").unwrap().to_string(), "sip:[2001:db8::1]:5060");
+        assert_eq!(
+            Uri::parse("sip:[2001:db8::1]:5060").unwrap().host,
+            Host::V6("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(
+            Uri::parse("sips:192.0.2.1").unwrap().host,
+            Host::V4(Ipv4Addr::new(192, 0, 2, 1))
+        );
+        assert_eq!(
+            Uri::parse("sip:[2001:db8::1]:5060").unwrap().to_string(),
+            "sip:[2001:db8::1]:5060"
+        );
         for bad in [
-            "sip:", "sip:user@", "sip:-a.com", "sip:a-.com", "sip:a..com", "sip:1.2.3", "sip:a.com:",
-            "sip:a.com:70000", "sip:a.com;", "sip:a.com;x=", "sip:[::1", "sip:a b.com", "sip:@a.com",
-            "<sip:a.com>", "sip:a.com?x", "sip:us%4@a.com", "sip:a_b.com", ":x", "1x:y", "tel:",
+            "sip:",
+            "sip:user@",
+            "sip:-a.com",
+            "sip:a-.com",
+            "sip:a..com",
+            "sip:1.2.3",
+            "sip:a.com:",
+            "sip:a.com:70000",
+            "sip:a.com;",
+            "sip:a.com;x=",
+            "sip:[::1",
+            "sip:a b.com",
+            "sip:@a.com",
+            "<sip:a.com>",
+            "sip:a.com?x",
+            "sip:us%4@a.com",
+            "sip:a_b.com",
+            ":x",
+            "1x:y",
+            "tel:",
         ] {
             assert!(Uri::parse(bad).is_err(), "{bad}");
         }
@@ -368,7 +434,10 @@ mod tests {
         let u = Uri::parse("sip:I%20have%20spaces@example.net;n%61me=v%61lue%25%34%31").unwrap();
         assert_eq!(u.user.as_deref(), Some("I have spaces"));
         assert_eq!(u.param("name"), Some(Some("value%41")));
-        assert_eq!(u.to_string(), "sip:I%20have%20spaces@example.net;name=value%2541");
+        assert_eq!(
+            u.to_string(),
+            "sip:I%20have%20spaces@example.net;name=value%2541"
+        );
         assert_eq!(Uri::parse(&u.to_string()).unwrap(), u);
     }
 
@@ -377,7 +446,10 @@ mod tests {
         let u = Uri::parse("tel:+1-201-555-0123;phone-context=example.com").unwrap();
         assert_eq!(u.scheme, Scheme::Other("tel".into()));
         assert!(!u.is_sip());
-        assert_eq!(u.to_string(), "tel:+1-201-555-0123;phone-context=example.com");
+        assert_eq!(
+            u.to_string(),
+            "tel:+1-201-555-0123;phone-context=example.com"
+        );
         assert!(Uri::parse("soap.beep://192.0.2.103:3002").is_ok());
         assert!(Uri::parse("http://a b").is_err());
     }
