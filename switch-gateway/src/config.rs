@@ -43,6 +43,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// A number that answers and echoes the caller's audio (for testing a phone); none if empty.
     pub echo_number: Option<String>,
+    /// Digest algorithms offered in 401 challenges, most preferred first ("MD5", "SHA-256").
+    /// Phones take the first they support, and many (sipp, older firmware) only ever try the
+    /// first one: MD5 first is the compatible default; put "SHA-256" first where phones do RFC 8760.
+    pub digest_algorithms: Vec<String>,
 }
 
 impl Default for Config {
@@ -62,6 +66,7 @@ impl Default for Config {
             max_expires_secs: 3600,
             state_dir: "gateway-state".into(),
             echo_number: None,
+            digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
         }
     }
 }
@@ -112,6 +117,14 @@ impl Config {
         }
         if self.min_expires_secs == 0 || self.min_expires_secs > self.max_expires_secs {
             return Err(ConfigError::Invalid("need 0 < min_expires_secs ≤ max_expires_secs".into()));
+        }
+        if self.digest_algorithms.is_empty()
+            || self.digest_algorithms.iter().any(|a| a != "MD5" && a != "SHA-256")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "digest_algorithms {:?}: list \"MD5\" and/or \"SHA-256\"",
+                self.digest_algorithms
+            )));
         }
         if let Some(n) = &self.echo_number {
             trunkline_protocol::check_number("echo_number", n).map_err(|e| ConfigError::Invalid(e.message))?;

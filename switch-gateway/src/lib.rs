@@ -130,6 +130,11 @@ pub async fn run(
             key_ttl: config.key_ttl(),
             min_expires: config.min_expires_secs,
             max_expires: config.max_expires_secs,
+            digest_algorithms: config
+                .digest_algorithms
+                .iter()
+                .map(|a| if a == "SHA-256" { trunkline_sip::digest::Algorithm::Sha256 } else { trunkline_sip::digest::Algorithm::Md5 })
+                .collect(),
         },
         phones,
         Box::new(media),

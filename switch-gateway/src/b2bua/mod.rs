@@ -50,6 +50,8 @@ pub struct CoreConfig {
     pub key_ttl: Duration,
     pub min_expires: u32,
     pub max_expires: u32,
+    /// Offered in challenges, in this order.
+    pub digest_algorithms: Vec<Algorithm>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -726,10 +728,12 @@ impl Core {
     fn challenge(&mut self, now: Instant, key: &ServerKey, req: &Request, stale: bool) {
         let realm = self.phones.realm().to_string();
         let nonce = self.nonces.issue(unix_secs());
+        let algs = self.cfg.digest_algorithms.clone();
         self.reply(now, key, req, 401, "Unauthorized", |r| {
             // RFC 8760 §2.4: the preferred algorithm first.
-            r.headers.push("WWW-Authenticate", digest::www_authenticate(&realm, &nonce, Algorithm::Sha256, stale));
-            r.headers.push("WWW-Authenticate", digest::www_authenticate(&realm, &nonce, Algorithm::Md5, stale));
+            for a in algs {
+                r.headers.push("WWW-Authenticate", digest::www_authenticate(&realm, &nonce, a, stale));
+            }
         });
     }
 
