@@ -15,4 +15,4 @@ pub use message::{
     CSeq, Contact, HeaderError, Headers, Host, Message, Method, NameAddr, Request, Response,
     Scheme, SyntaxError, Uri, Via,
 };
-pub use parse::{Frame, ParseError, Partial, error_response, frame_len, parse};
+pub use parse::{Frame, Framer, ParseError, Partial, error_response, frame_len, parse};

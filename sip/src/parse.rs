@@ -507,50 +507,92 @@ fn finish(sp: &mut Split<'_>, pd: Option<Pending>) -> Option<Pending> {
 /// Content-Length; missing Content-Length counts as 0).
 ///
 /// `Ok(None)`: need more bytes. `Err`: the stream cannot be framed; answer with
-/// [`error_response`] if it gives one, then close the connection.
+/// [`error_response`] if it gives one, then close the connection. This rescans `buf`
+/// on each call; [`Framer`] remembers its progress instead.
 pub fn frame_len(buf: &[u8]) -> Result<Option<Frame>, ParseError> {
-    let Some(&first) = buf.first() else {
-        return Ok(None);
-    };
-    if first == b'\r' || first == b'\n' {
-        let n = buf
-            .iter()
-            .take_while(|&&c| c == b'\r' || c == b'\n')
-            .count();
-        let run = buf.get(..n).unwrap_or(b"");
-        if let Some(p) = run.windows(4).position(|w| w == b"\r\n\r\n") {
-            return Ok(Some(Frame::KeepAlive {
-                len: p + 4,
-                ping: true,
-            }));
-        }
-        if n < buf.len() || n >= 64 {
-            return Ok(Some(Frame::KeepAlive {
-                len: n,
-                ping: false,
-            }));
-        }
-        return Ok(None);
-    }
-    let window = buf.get(..MAX_MESSAGE).unwrap_or(buf);
-    let Some(hdr_end) = header_end(window) else {
-        if buf.len() >= MAX_MESSAGE {
-            return Err(ParseError::new(513, "header section larger than 64 KiB"));
-        }
-        return Ok(None);
-    };
-    let cl = scan_content_length(window.get(..hdr_end).unwrap_or(b""))
-        .map_err(|(s, r)| ParseError::new(s, r))?;
-    let total = hdr_end.saturating_add(cl);
-    if total > MAX_MESSAGE {
-        return Err(ParseError::new(413, "message body too large"));
-    }
-    Ok((buf.len() >= total).then_some(Frame::Message(total)))
+    Framer::new().next_frame(buf)
 }
 
-/// Index just past the empty line ending the header section.
-fn header_end(b: &[u8]) -> Option<usize> {
-    let mut from = 0;
+/// [`frame_len`] for one connection, resuming where the last call stopped so a peer
+/// sending a large header a few bytes at a time costs linear, not quadratic, time.
+///
+/// Call [`Framer::next_frame`] with the connection's whole pending buffer each time it
+/// grows; after it returns a frame, drain exactly that many bytes before the next call.
+#[derive(Debug, Clone, Default)]
+pub struct Framer {
+    /// Bytes already searched for the end of the header section.
+    searched: usize,
+    /// Total frame length, once the header section has been read.
+    total: Option<usize>,
+}
+
+impl Framer {
+    pub fn new() -> Framer {
+        Framer::default()
+    }
+
+    /// Forget progress (e.g. after the caller discarded its buffer).
+    pub fn reset(&mut self) {
+        *self = Framer::default();
+    }
+
+    pub fn next_frame(&mut self, buf: &[u8]) -> Result<Option<Frame>, ParseError> {
+        let r = self.step(buf);
+        if !matches!(r, Ok(None)) {
+            self.reset();
+        }
+        r
+    }
+
+    fn step(&mut self, buf: &[u8]) -> Result<Option<Frame>, ParseError> {
+        if let Some(total) = self.total {
+            return Ok((buf.len() >= total).then_some(Frame::Message(total)));
+        }
+        let Some(&first) = buf.first() else {
+            return Ok(None);
+        };
+        if first == b'\r' || first == b'\n' {
+            let n = buf
+                .iter()
+                .take_while(|&&c| c == b'\r' || c == b'\n')
+                .count();
+            let run = buf.get(..n).unwrap_or(b"");
+            if let Some(p) = run.windows(4).position(|w| w == b"\r\n\r\n") {
+                return Ok(Some(Frame::KeepAlive {
+                    len: p + 4,
+                    ping: true,
+                }));
+            }
+            if n < buf.len() || n >= 64 {
+                return Ok(Some(Frame::KeepAlive {
+                    len: n,
+                    ping: false,
+                }));
+            }
+            return Ok(None);
+        }
+        let window = buf.get(..MAX_MESSAGE).unwrap_or(buf);
+        // An empty line straddling the previous end starts at most 3 bytes back.
+        let Some(hdr_end) = header_end(window, self.searched.saturating_sub(3)) else {
+            if buf.len() >= MAX_MESSAGE {
+                return Err(ParseError::new(513, "header section larger than 64 KiB"));
+            }
+            self.searched = window.len();
+            return Ok(None);
+        };
+        let cl = scan_content_length(window.get(..hdr_end).unwrap_or(b""))
+            .map_err(|(s, r)| ParseError::new(s, r))?;
+        let total = hdr_end.saturating_add(cl);
+        if total > MAX_MESSAGE {
+            return Err(ParseError::new(413, "message body too large"));
+        }
+        self.total = Some(total);
+        Ok((buf.len() >= total).then_some(Frame::Message(total)))
+    }
+}
+
+/// Index just past the empty line ending the header section (searching from `from`).
+fn header_end(b: &[u8], mut from: usize) -> Option<usize> {
     while let Some(nl) = find_lf(b, from) {
         match b.get(nl + 1..) {
             Some([b'\n', ..]) => return Some(nl + 2),

@@ -2,7 +2,7 @@
 
 use trunkline_sip::parse::{MAX_HEADERS, MAX_MESSAGE};
 use trunkline_sip::{
-    CSeq, Contact, Frame, Host, Message, Method, NameAddr, Request, Response, Uri, Via,
+    CSeq, Contact, Frame, Framer, Host, Message, Method, NameAddr, Request, Response, Uri, Via,
     error_response, frame_len, parse,
 };
 
@@ -206,13 +206,18 @@ fn stream_framing() {
         },
         Frame::Message(REGISTER.len()),
     ];
-    // Fed in chunks of every size, framing finds the same boundaries.
+    // Fed in chunks of every size, framing finds the same boundaries, with or without
+    // a resuming Framer.
     for chunk in 1..40 {
         let mut buf: Vec<u8> = Vec::new();
         let mut frames = Vec::new();
+        let mut framer = Framer::new();
         for piece in stream.as_bytes().chunks(chunk) {
             buf.extend_from_slice(piece);
-            while let Some(f) = frame_len(&buf).unwrap() {
+            loop {
+                let stateless = frame_len(&buf).unwrap();
+                assert_eq!(framer.next_frame(&buf).unwrap(), stateless);
+                let Some(f) = stateless else { break };
                 let n = match f {
                     Frame::KeepAlive { len, .. } => len,
                     Frame::Message(n) => {

@@ -195,16 +195,16 @@ impl Headers {
         let q = query(name);
         self.entries
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(&q))
+            .find(|(n, _)| n.eq_ignore_ascii_case(q))
             .map(|(_, v)| v.as_str())
     }
 
     /// All values of `name`, in order.
-    pub fn get_all<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn get_all<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
         let q = query(name);
         self.entries
             .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(&q))
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(q))
             .map(|(_, v)| v.as_str())
     }
 
@@ -259,7 +259,7 @@ impl Headers {
     pub fn remove(&mut self, name: &str) -> usize {
         let q = query(name);
         let before = self.entries.len();
-        self.entries.retain(|(n, _)| !n.eq_ignore_ascii_case(&q));
+        self.entries.retain(|(n, _)| !n.eq_ignore_ascii_case(q));
         before - self.entries.len()
     }
 
@@ -438,11 +438,8 @@ impl Headers {
 }
 
 /// Query names are canonicalized so `get("v")` finds Via.
-fn query(name: &str) -> Cow<'static, str> {
-    match canonical_name(name) {
-        Some(c) => Cow::Borrowed(c),
-        None => Cow::Owned(name.to_owned()),
-    }
+fn query(name: &str) -> &str {
+    canonical_name(name).unwrap_or(name)
 }
 
 fn invalid(header: &'static str) -> impl Fn(SyntaxError) -> HeaderError {

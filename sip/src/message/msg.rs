@@ -133,7 +133,9 @@ impl Request {
     /// Appends the wire form to `out` (lets a transport reuse one buffer).
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let mut s = String::with_capacity(256 + 64 * self.headers.len());
-        let _ = write!(s, "{} {} SIP/2.0\r\n", self.method, self.uri);
+        // Fields are public, so a hand-made method or opaque URI could hold CR/LF.
+        push_clean(&mut s, &format!("{} {} SIP/2.0", self.method, self.uri));
+        s.push_str("\r\n");
         write_headers(&mut s, &self.headers, self.body.len());
         out.extend_from_slice(s.as_bytes());
         out.extend_from_slice(&self.body);
