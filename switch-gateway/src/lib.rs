@@ -369,15 +369,17 @@ async fn tcp_conn(stream: TcpStream, peer: SocketAddr, core: mpsc::Sender<CoreIn
     writers.lock().unwrap().insert(peer, tx.clone());
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 16 * 1024];
+    // Resumable framing: a peer trickling bytes costs linear, not quadratic, CPU.
+    let mut framer = trunkline_sip::Framer::new();
     'conn: loop {
         tokio::select! {
             r = rd.read(&mut chunk) => {
                 let n = match r { Ok(0) | Err(_) => break, Ok(n) => n };
                 buf.extend_from_slice(&chunk[..n]);
                 loop {
-                    match trunkline_sip::frame_len(&buf) {
+                    match framer.next_frame(&buf) {
                         Ok(None) => {
-                            if buf.len() > 128 * 1024 { break 'conn }
+                            if buf.len() > trunkline_sip::parse::MAX_MESSAGE * 2 { break 'conn }
                             break;
                         }
                         Ok(Some(trunkline_sip::Frame::KeepAlive { len, ping })) => {

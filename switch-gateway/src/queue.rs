@@ -89,6 +89,11 @@ impl WaitingQueue {
         self.slots.values().filter(|s| matches!(s, Slot::Waiting { .. })).count()
     }
 
+    /// Is a call waiting for `phone` (it is about to ring, so it counts as busy)?
+    pub fn has_call_for(&self, phone: &str) -> bool {
+        self.slots.values().any(|s| matches!(s, Slot::Waiting { entry, .. } if entry.phone == phone))
+    }
+
     pub fn is_waiting(&self, call_id: &str) -> bool {
         matches!(self.slots.get(call_id), Some(Slot::Waiting { .. }))
     }

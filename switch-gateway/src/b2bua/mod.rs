@@ -1458,7 +1458,8 @@ impl Core {
     // ============================================================ helpers
 
     fn is_busy(&self, number: &str) -> bool {
-        self.calls.values().any(|c| c.state != CallState::Done && (c.caller == number || c.callee == number))
+        self.queue.has_call_for(number)
+            || self.calls.values().any(|c| c.state != CallState::Done && (c.caller == number || c.callee == number))
     }
 
     fn is_busy_except(&self, number: &str, id: u64) -> bool {

@@ -1,0 +1,323 @@
+//! Shared fixtures for the gateway's integration tests: a real signal server (library, on a
+//! port-0 listener, temp SQLite) and real gateways (library, port-0 sockets), provisioned
+//! through the real directory; plus small helpers to run sipp and to talk to the direct
+//! endpoint.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use signal_server::credentials::{ha1_md5, ha1_sha256, hash_password};
+use signal_server::directory::sqlite::SqliteDirectory;
+use signal_server::directory::{Directory, NewAccount};
+use trunkline_protocol::AccountKind;
+
+pub const WAIT: Duration = Duration::from_secs(15);
+pub const REALM: &str = "trunkline";
+
+/// A phone account: number, password, home switch.
+pub struct Phone {
+    pub number: &'static str,
+    pub password: &'static str,
+    pub switch: Option<&'static str>,
+}
+
+/// Default directory: desk phones 1001/1002/1003 on hq, 3001 on branch; browsers 2001/2002.
+pub const PHONES: &[Phone] = &[
+    Phone { number: "1001", password: "pw-1001", switch: Some("hq") },
+    Phone { number: "1002", password: "pw-1002", switch: Some("hq") },
+    Phone { number: "1003", password: "pw-1003", switch: Some("hq") },
+    Phone { number: "3001", password: "pw-3001", switch: Some("branch") },
+    Phone { number: "2001", password: "pw-2001", switch: None },
+    Phone { number: "2002", password: "pw-2002", switch: None },
+];
+
+pub fn secret_of(switch: &str) -> String {
+    format!("{switch}-secret-0123456789abcdef")
+}
+
+pub struct Cloud {
+    pub addr: SocketAddr,
+    pub ws_url: String,
+    pub db_url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), signal_server::ServerError>>>,
+}
+
+impl Cloud {
+    /// A provisioned signal server in `dir` on a fresh port.
+    pub async fn start(dir: &Path) -> Cloud {
+        let db_url = format!("sqlite://{}", dir.join("cloud.db").display());
+        provision(&db_url).await;
+        Cloud::start_at(dir, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// (Re)start on `addr` over the database in `dir` (already provisioned).
+    pub async fn start_at(dir: &Path, addr: SocketAddr) -> Cloud {
+        let mut cfg = signal_server::Config::default();
+        cfg.database_url = format!("sqlite://{}", dir.join("cloud.db").display());
+        cfg.web_root = dir.join("no-web");
+        cfg.auth.password_hash_memory_kib = 64;
+        cfg.auth.password_hash_iterations = 1;
+        let listener = bind_retry(addr).await;
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let db_url = cfg.database_url.clone();
+        let task = tokio::spawn(signal_server::run(cfg, listener, async move {
+            let _ = rx.await;
+        }));
+        Cloud { addr, ws_url: format!("ws://{addr}/ws"), db_url, stop: Some(tx), task: Some(task) }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = tokio::time::timeout(WAIT, self.task.take().unwrap()).await;
+    }
+}
+
+/// Binding the same port right after a stop can race the old socket's close; retry briefly.
+async fn bind_retry(addr: SocketAddr) -> tokio::net::TcpListener {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::task::yield_now().await;
+            }
+            Err(e) => panic!("cannot bind {addr}: {e}"),
+        }
+    }
+}
+
+pub async fn provision(db_url: &str) {
+    let dir = SqliteDirectory::open(db_url).await.expect("open directory");
+    for id in ["hq", "branch"] {
+        dir.add_switch(id, &hash_password(&secret_of(id), 64, 1).unwrap()).await.expect("add switch");
+    }
+    for p in PHONES {
+        dir.add_account(NewAccount {
+            number: p.number.into(),
+            display_name: format!("Phone {}", p.number),
+            kind: if p.switch.is_some() { AccountKind::Deskphone } else { AccountKind::Browser },
+            home_switch: p.switch.map(Into::into),
+            password_hash: hash_password(p.password, 64, 1).unwrap(),
+            ha1_md5: p.switch.map(|_| ha1_md5(p.number, REALM, p.password)),
+            ha1_sha256: p.switch.map(|_| ha1_sha256(p.number, REALM, p.password)),
+        })
+        .await
+        .expect("add account");
+    }
+}
+
+pub struct Gateway {
+    pub id: String,
+    /// SIP (UDP and TCP) address.
+    pub sip: SocketAddr,
+    pub direct_url: String,
+    pub config: switch_gateway::Config,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), switch_gateway::GatewayError>>>,
+}
+
+/// A free RTP range for one gateway (tests run in parallel; ranges are picked by probing).
+fn rtp_range() -> String {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let slot = NEXT.fetch_add(1, Ordering::Relaxed) % 200;
+    let base = 40000 + (std::process::id() as u16 % 50) * 100 + slot * 40;
+    let base = 40000 + (base - 40000) % 20000;
+    let base = base & !1;
+    format!("{}-{}", base, base + 39)
+}
+
+impl Gateway {
+    /// Start gateway `id` linked to `cloud_ws` with state in `dir`.
+    pub async fn start(id: &str, cloud_ws: &str, dir: &Path) -> Gateway {
+        Self::start_with(id, cloud_ws, dir, |_| {}).await
+    }
+
+    pub async fn start_with(id: &str, cloud_ws: &str, dir: &Path, edit: impl FnOnce(&mut switch_gateway::Config)) -> Gateway {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = udp.local_addr().unwrap().port();
+        // TCP on the same port as UDP, as phones expect.
+        let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("TCP on the UDP port");
+        let direct = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let direct_url = format!("ws://{}/direct", direct.local_addr().unwrap());
+        let secret_file = dir.join(format!("{id}.secret"));
+        std::fs::write(&secret_file, secret_of(id)).unwrap();
+        let mut config = switch_gateway::Config {
+            id: id.into(),
+            secret_file,
+            cloud_url: cloud_ws.into(),
+            sip_listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            direct_listen: direct.local_addr().unwrap(),
+            advertise_url: direct_url.clone(),
+            rtp_ports: rtp_range(),
+            state_dir: dir.join(format!("{id}-state")),
+            ring_timeout_secs: 5,
+            ..Default::default()
+        };
+        edit(&mut config);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let sockets = switch_gateway::Sockets { sip_udp: udp, sip_tcp: tcp, direct };
+        let task = tokio::spawn(switch_gateway::run(config.clone(), sockets, async move {
+            let _ = rx.await;
+        }));
+        Gateway {
+            id: id.into(),
+            sip: format!("127.0.0.1:{port}").parse().unwrap(),
+            direct_url,
+            config,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = tokio::time::timeout(WAIT, self.task.take().unwrap()).await;
+    }
+}
+
+/// Wait until `cond` holds, checking after each `step` (a poll with a deadline, not a sleep
+/// standing in for synchronisation).
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Is switch `id` online according to the signal server's directory?
+pub async fn switch_online(db_url: &str, id: &str) -> bool {
+    let dir = SqliteDirectory::open(db_url).await.unwrap();
+    let online = dir.list_switches().await.unwrap().into_iter().any(|s| s.id == id && s.online);
+    dir.close().await;
+    online
+}
+
+/// The folder with the sipp scenarios.
+pub fn scenarios() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp")
+}
+
+/// Result of one sipp run.
+pub struct SippRun {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+    /// The message trace (`-trace_msg`), for assertions on what was exchanged.
+    pub messages: String,
+}
+
+/// Run sipp with `args` against `target` (foreground, bounded), from a temp working dir.
+pub async fn sipp(dir: &Path, target: SocketAddr, args: &[&str]) -> SippRun {
+    let work = tempfile::tempdir_in(dir).unwrap();
+    let mut cmd = tokio::process::Command::new("sipp");
+    cmd.current_dir(work.path())
+        .arg(target.to_string())
+        .args(["-i", "127.0.0.1", "-p", &free_udp_port().to_string(), "-nostdin", "-trace_msg", "-trace_err", "-timeout", "20s", "-timeout_error"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(40), cmd.output()).await.expect("sipp finishes").expect("sipp runs");
+    let mut messages = String::new();
+    for e in std::fs::read_dir(work.path()).unwrap().flatten() {
+        if e.file_name().to_string_lossy().ends_with("_messages.log") {
+            messages.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+    }
+    SippRun {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        messages,
+    }
+}
+
+/// A UDP port free right now (sipp cannot take port 0).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Register `number` at `gw` over UDP from `local` with digest (MD5, or SHA-256 when
+/// `sha256`), the way a desk phone does: REGISTER, 401, REGISTER with credentials. Returns the
+/// final status (200 when registered). The socket stays usable as the phone's SIP socket.
+pub async fn register_udp(sock: &tokio::net::UdpSocket, gw: SocketAddr, number: &str, password: &str, expires: u32, sha256: bool) -> u16 {
+    use trunkline_sip::digest::{self, Algorithm};
+    let local = sock.local_addr().unwrap();
+    let call_id = format!("reg-{number}-{}", local.port());
+    let build = |cseq: u32, auth: Option<String>| {
+        let mut m = format!(
+            "REGISTER sip:{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{number}x{cseq}x{port};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:{number}@{gw}>;tag=t{port}\r\nTo: <sip:{number}@{gw}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:{number}@{local}>\r\nExpires: {expires}\r\n",
+            port = local.port()
+        );
+        if let Some(a) = auth {
+            m.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        m.push_str("Content-Length: 0\r\n\r\n");
+        m
+    };
+    // Every REGISTER a new transaction (branch) and a higher CSeq, as a phone does.
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let cseq = SEQ.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+    sock.send_to(build(cseq, None).as_bytes(), gw).await.unwrap();
+    let resp = recv_response(sock).await;
+    assert_eq!(resp.status, 401, "expected a challenge");
+    let alg = if sha256 { Algorithm::Sha256 } else { Algorithm::Md5 };
+    let challenge = resp
+        .headers
+        .get_all("WWW-Authenticate")
+        .find(|h| h.contains(alg.as_str()) && (sha256 || !h.contains("SHA-256")))
+        .expect("challenge for the algorithm")
+        .to_string();
+    let nonce = challenge.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let uri = format!("sip:{gw}");
+    let ha1 = digest::ha1(alg, number, REALM, password);
+    let response = digest_response(alg, &ha1, &nonce, "REGISTER", &uri, "00000001", "c0ffee");
+    let auth = format!(
+        "Digest username=\"{number}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{response}\", algorithm={}, qop=auth, nc=00000001, cnonce=\"c0ffee\"",
+        alg.as_str()
+    );
+    sock.send_to(build(cseq + 1, Some(auth)).as_bytes(), gw).await.unwrap();
+    recv_response(sock).await.status
+}
+
+/// RFC 7616 response with qop=auth, computed independently of the gateway's code.
+pub fn digest_response(alg: trunkline_sip::digest::Algorithm, ha1: &str, nonce: &str, method: &str, uri: &str, nc: &str, cnonce: &str) -> String {
+    use sha2::Digest;
+    let h = |s: String| match alg {
+        trunkline_sip::digest::Algorithm::Md5 => hex::encode(md5::Md5::digest(s.as_bytes())),
+        trunkline_sip::digest::Algorithm::Sha256 => hex::encode(sha2::Sha256::digest(s.as_bytes())),
+    };
+    let ha2 = h(format!("{method}:{uri}"));
+    h(format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
+}
+
+/// Next SIP response on `sock` (requests in between are ignored), within [`WAIT`].
+pub async fn recv_response(sock: &tokio::net::UdpSocket) -> trunkline_sip::Response {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf)).await.expect("a SIP response in time").unwrap();
+        if let Ok(trunkline_sip::Message::Response(r)) = trunkline_sip::parse(&buf[..n])
+            && r.status >= 200
+        {
+            return r;
+        }
+    }
+}
