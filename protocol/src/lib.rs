@@ -569,6 +569,9 @@ pub enum DirectClientMsg {
     /// C14, claim 10: present the one-time key for `call_id`. `caller` is who connects: the
     /// caller's number (F1/F2) or the callee device's number (C3).
     Present { v: u16, call_id: CallId, key: String, caller: String },
+    /// After `accepted`: the caller's WebRTC offer (audio; all its ICE candidates included,
+    /// no trickle). The gateway answers with `answer` and rings the desk phone (C15).
+    Offer { sdp: String },
     /// Leave the call.
     Hangup,
 }
@@ -577,8 +580,12 @@ pub enum DirectClientMsg {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DirectServerMsg {
-    /// The key checked out: it is now spent, and the call proceeds (C15).
+    /// The key checked out: it is now spent, and the call proceeds (C15). Send `offer` next.
     Accepted { call_id: CallId },
+    /// The gateway's WebRTC answer (ICE-lite, host candidates included, DTLS-SRTP).
+    Answer { sdp: String },
+    /// Progress of the desk phone: `ringing`, `connected`.
+    Progress { event: CallEvent },
     /// Refused (the connection is closed after this); nothing rang.
     Error { code: ErrorCode, message: String },
     /// The call ended.
@@ -592,6 +599,11 @@ impl DirectClientMsg {
         }
         let m: DirectClientMsg = serde_json::from_str(text)
             .map_err(|e| ProtocolError::new(ErrorCode::BadMessage, format!("not a valid message: {e}")))?;
+        if let DirectClientMsg::Offer { sdp } = &m
+            && (sdp.is_empty() || sdp.len() > validate::MAX_SDP_LEN)
+        {
+            return Err(ProtocolError::new(ErrorCode::InvalidField, "sdp: must be 1–12 KiB"));
+        }
         if let DirectClientMsg::Present { v, call_id, key, caller } = &m {
             if *v != PROTOCOL_VERSION {
                 return Err(ProtocolError::new(ErrorCode::UnsupportedVersion, format!("protocol version {v} is not supported")));

@@ -354,6 +354,13 @@ impl Core {
                     }
                 }
             },
+            DirectClientMsg::Offer { .. } => {
+                self.out.push_back(Output::Direct {
+                    conn,
+                    msg: DirectServerMsg::Error { code: ErrorCode::WrongState, message: "present a key first".into() },
+                    close: true,
+                });
+            }
             DirectClientMsg::Hangup => {
                 self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Ended { outcome: Outcome::Cancelled }, close: true });
             }
