@@ -1,0 +1,4 @@
+//! Trunkline headless softphone (see the crate README).
+
+pub mod g711;
+pub mod wav;
