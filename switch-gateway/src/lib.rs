@@ -7,6 +7,7 @@
 //! - this module: the thin tokio driver (SIP over UDP/TCP, direct endpoint, RTP relays, timers).
 
 pub mod b2bua;
+pub mod bridge;
 pub mod cli;
 pub mod cloud_link;
 pub mod config;
@@ -138,6 +139,7 @@ pub async fn run(
         },
         phones,
         Box::new(media),
+        Box::new(bridge::DriverBridges::new()),
         secret_bytes,
     );
 
@@ -233,7 +235,10 @@ async fn core_loop(
                         CoreIn::Cloud(ev) => core.on_cloud(now, ev),
                         CoreIn::DirectOpen { conn, tx } => { direct.insert(conn, tx); }
                         CoreIn::Direct { conn, msg } => core.on_direct(now, conn, msg),
-                        CoreIn::DirectGone { conn } => { direct.remove(&conn); }
+                        CoreIn::DirectGone { conn } => {
+                            direct.remove(&conn);
+                            core.on_direct_gone(now, conn);
+                        }
                     }
                 }
             }
@@ -273,6 +278,7 @@ async fn core_loop(
                         r.set_remote(if leg == MediaLeg::A { Leg::A } else { Leg::B }, addr);
                     }
                 }
+                Output::BridgeStart { .. } | Output::BridgeRemote { .. } | Output::BridgeStop { .. } => {}
                 Output::MediaStop { id } => {
                     pending.lock().unwrap().remove(&id);
                     if let Some(r) = relays.remove(&id) {

@@ -75,6 +75,41 @@ pub trait MediaPorts: Send {
     fn allocate(&mut self) -> Option<MediaPair>;
 }
 
+/// A WebRTC ⇄ RTP bridge set up for a direct caller (C15): the WebRTC answer for the caller and
+/// the SDP for the desk phone side (an offer, or the answer to `phone_offer`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeSetup {
+    pub id: u64,
+    pub answer: String,
+    pub phone_sdp: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BridgeError {
+    #[error("WebRTC media bridging is not available on this gateway")]
+    Unavailable,
+    #[error("unusable offer: {0}")]
+    BadOffer(String),
+    #[error("no media ports left")]
+    NoPorts,
+}
+
+impl BridgeError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            BridgeError::Unavailable => ErrorCode::NotImplemented,
+            BridgeError::BadOffer(_) => ErrorCode::InvalidField,
+            BridgeError::NoPorts => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Builds bridges (the driver runs str0m + an RTP socket per call; tests fake it).
+pub trait Bridges: Send {
+    /// Accept the caller's WebRTC `offer`. With `phone_offer`, the phone side answers it.
+    fn accept(&mut self, offer: &str, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError>;
+}
+
 #[derive(Debug, PartialEq)]
 pub enum Output {
     Sip { to: SocketAddr, transport: Transport, data: Vec<u8> },
@@ -84,6 +119,11 @@ pub enum Output {
     MediaRemote { id: u64, leg: MediaLeg, addr: SocketAddr },
     /// Stop (or, if never started, just free) relay `id`.
     MediaStop { id: u64 },
+    /// Start bridge `id` (media flows once the phone's address is known).
+    BridgeStart { id: u64, phone: Option<SocketAddr> },
+    /// The desk phone's RTP address for bridge `id` (from its SDP; the bridge latches).
+    BridgeRemote { id: u64, phone: SocketAddr },
+    BridgeStop { id: u64 },
 }
 
 // ---------------------------------------------------------------- transactions
@@ -200,10 +240,57 @@ struct ALeg {
     final_sent: bool,
 }
 
+/// Who called: a SIP phone (leg A is a SIP dialog) or a direct caller on the WebSocket
+/// endpoint with a WebRTC leg (F1/F2 inbound, C14/C15).
+enum CallerSide {
+    Sip(ALeg),
+    Direct(DirectSide),
+}
+
+struct DirectSide {
+    conn: u64,
+    bridge: u64,
+    final_sent: bool,
+}
+
+impl CallerSide {
+    fn final_sent(&self) -> bool {
+        match self {
+            CallerSide::Sip(a) => a.final_sent,
+            CallerSide::Direct(d) => d.final_sent,
+        }
+    }
+    fn sip(&self) -> Option<&ALeg> {
+        match self {
+            CallerSide::Sip(a) => Some(a),
+            CallerSide::Direct(_) => None,
+        }
+    }
+    fn sip_mut(&mut self) -> Option<&mut ALeg> {
+        match self {
+            CallerSide::Sip(a) => Some(a),
+            CallerSide::Direct(_) => None,
+        }
+    }
+}
+
+/// A direct caller that presented a valid key and has not sent its offer yet.
+struct DirectSession {
+    call_id: String,
+    entry: crate::queue::Entry,
+    /// The call it became, once the offer arrived.
+    call: Option<u64>,
+}
+
 struct Call {
     caller: String,
     callee: String,
-    a: ALeg,
+    a: CallerSide,
+    /// The SDP offered towards the callee phone(s) (leg A's offer, or the bridge's).
+    offer_sdp: String,
+    caller_name: Option<String>,
+    /// C3: the switchless callee connected directly; its bridge is leg B.
+    b_direct: Option<(u64, u64)>,
     forks: Vec<Fork>,
     winner: Option<usize>,
     media: Option<MediaPair>,
@@ -217,6 +304,8 @@ struct Call {
 
 pub struct Core {
     cfg: CoreConfig,
+    bridges: Box<dyn Bridges>,
+    direct: HashMap<u64, DirectSession>,
     phones: Phones,
     registrar: Registrar,
     queue: WaitingQueue,
@@ -239,11 +328,19 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(cfg: CoreConfig, phones: Phones, media: Box<dyn MediaPorts>, nonce_secret: [u8; 32]) -> Core {
+    pub fn new(
+        cfg: CoreConfig,
+        phones: Phones,
+        media: Box<dyn MediaPorts>,
+        bridges: Box<dyn Bridges>,
+        nonce_secret: [u8; 32],
+    ) -> Core {
         let queue = WaitingQueue::with_os_keys(cfg.key_ttl);
         let registrar = Registrar::new(cfg.min_expires, cfg.max_expires);
         Core {
             cfg,
+            bridges,
+            direct: HashMap::new(),
             phones,
             registrar,
             queue,
@@ -317,54 +414,158 @@ impl Core {
         }
     }
 
-    /// A message on direct-endpoint connection `conn` (C14).
+    /// A message on direct-endpoint connection `conn` (C14, then the WebRTC offer for C15).
     pub fn on_direct(&mut self, now: Instant, conn: u64, msg: DirectClientMsg) {
+        let refuse = |code: ErrorCode, message: &str| Output::Direct {
+            conn,
+            msg: DirectServerMsg::Error { code, message: message.into() },
+            close: true,
+        };
         match msg {
+            DirectClientMsg::Present { .. } if self.direct.contains_key(&conn) => {
+                self.out.push_back(refuse(ErrorCode::AlreadyAuthenticated, "a key was already presented on this connection"));
+            }
             DirectClientMsg::Present { call_id, key, caller, .. } => match self.queue.take(now, &call_id, &key, &caller) {
                 Err(e) => {
                     tracing::warn!(%call_id, %caller, error = %e, "C14: key refused");
-                    self.out.push_back(Output::Direct {
-                        conn,
-                        msg: DirectServerMsg::Error { code: e.code(), message: key_error_text(e).into() },
-                        close: true,
-                    });
+                    self.out.push_back(refuse(e.code(), key_error_text(e)));
                 }
                 Ok(entry) => {
                     tracing::info!(%call_id, %caller, step = "C14", "key accepted");
                     self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Accepted { call_id: call_id.clone() }, close: false });
                     self.cloud(ClientMsg::CallEvent { call_id: call_id.clone(), event: CallEvent::KeyAccepted });
-                    // C15 (bridging the direct WebRTC leg to the phone) arrives with the direct
-                    // media leg; until then the call cannot go further and ends cleanly.
-                    self.out.push_back(Output::Direct {
-                        conn,
-                        msg: DirectServerMsg::Error {
-                            code: ErrorCode::NotImplemented,
-                            message: "direct media (WebRTC) is not available on this gateway version".into(),
-                        },
-                        close: true,
-                    });
-                    self.cloud(ClientMsg::CallEvent {
-                        call_id: call_id.clone(),
-                        event: CallEvent::Ended { outcome: Outcome::Error, duration_ms: None },
-                    });
-                    if entry.direction == Direction::Outbound
-                        && let Some(id) = self.by_cloud.get(&call_id).copied()
-                    {
-                        self.fail_call(now, id, 503, "Service Unavailable", Some("direct media is not available yet"));
-                    }
+                    self.direct.insert(conn, DirectSession { call_id, entry, call: None });
                 }
             },
-            DirectClientMsg::Offer { .. } => {
+            DirectClientMsg::Offer { sdp } => {
+                let Some(session) = self.direct.get(&conn) else {
+                    return self.out.push_back(refuse(ErrorCode::WrongState, "present a key first"));
+                };
+                if session.call.is_some() {
+                    return self.out.push_back(refuse(ErrorCode::WrongState, "the offer was already made"));
+                }
+                let (call_id, entry) = (session.call_id.clone(), session.entry.clone());
+                match entry.direction {
+                    Direction::Inbound => self.direct_inbound(now, conn, call_id, entry, &sdp),
+                    Direction::Outbound => self.direct_outbound(now, conn, call_id, &sdp),
+                }
+            }
+            DirectClientMsg::Hangup => self.direct_gone(now, conn),
+        }
+    }
+
+    /// The direct connection closed (or hung up).
+    pub fn on_direct_gone(&mut self, now: Instant, conn: u64) {
+        self.direct_gone(now, conn);
+    }
+
+    fn direct_gone(&mut self, now: Instant, conn: u64) {
+        let Some(session) = self.direct.remove(&conn) else { return };
+        let Some(id) = session.call else {
+            // Key presented but no offer: the attempt ends here.
+            self.cloud(ClientMsg::CallEvent {
+                call_id: session.call_id,
+                event: CallEvent::Ended { outcome: Outcome::Cancelled, duration_ms: None },
+            });
+            return;
+        };
+        let Some(call) = self.calls.get(&id) else { return };
+        tracing::info!(call = id, "direct caller left");
+        match (&call.a, call.state) {
+            (CallerSide::Direct(_), CallState::Connected) => self.hangup(now, id, false, true),
+            (CallerSide::Direct(_), _) => self.fail_call(now, id, 487, "Request Terminated", None),
+            // C3: the browser callee left; the phone that called hangs up too.
+            (CallerSide::Sip(_), CallState::Connected | CallState::Answered) => self.hangup(now, id, true, false),
+            (CallerSide::Sip(_), _) => self.fail_call(now, id, 480, "Temporarily Unavailable", Some("the callee left")),
+        }
+    }
+
+    /// F1/F2 callee side (C15): a caller with a valid key offers WebRTC; bridge it to our phone.
+    fn direct_inbound(&mut self, now: Instant, conn: u64, call_id: String, entry: crate::queue::Entry, offer: &str) {
+        let setup = match self.bridges.accept(offer, None) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%call_id, error = %e, "WebRTC offer refused");
                 self.out.push_back(Output::Direct {
                     conn,
-                    msg: DirectServerMsg::Error { code: ErrorCode::WrongState, message: "present a key first".into() },
+                    msg: DirectServerMsg::Error { code: e.code(), message: e.to_string() },
                     close: true,
                 });
+                self.cloud(ClientMsg::CallEvent { call_id, event: CallEvent::Ended { outcome: Outcome::Error, duration_ms: None } });
+                self.direct.remove(&conn);
+                return;
             }
-            DirectClientMsg::Hangup => {
-                self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Ended { outcome: Outcome::Cancelled }, close: true });
-            }
+        };
+        self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Answer { sdp: setup.answer.clone() }, close: false });
+        self.out.push_back(Output::BridgeStart { id: setup.id, phone: None });
+        let id = self.next_call;
+        self.next_call += 1;
+        let caller_name = Some(format!("{}", entry.presenter));
+        self.calls.insert(
+            id,
+            Call {
+                caller: entry.presenter.clone(),
+                callee: entry.phone.clone(),
+                a: CallerSide::Direct(DirectSide { conn, bridge: setup.id, final_sent: false }),
+                offer_sdp: setup.phone_sdp,
+                caller_name,
+                b_direct: None,
+                forks: vec![],
+                winner: None,
+                media: None,
+                state: CallState::Routing,
+                cloud_id: Some(call_id.clone()),
+                ringing_sent: false,
+                generation: 0,
+                connected_at: None,
+            },
+        );
+        self.by_cloud.insert(call_id, id);
+        if let Some(s) = self.direct.get_mut(&conn) {
+            s.call = Some(id);
         }
+        let phone = entry.phone.clone();
+        self.ring_local(now, id, &phone);
+    }
+
+    /// C3 carrier side: the switchless callee connected with our key and offers WebRTC; answer
+    /// the waiting phone's INVITE through a bridge.
+    fn direct_outbound(&mut self, now: Instant, conn: u64, call_id: String, offer: &str) {
+        let Some(id) = self.by_cloud.get(&call_id).copied() else {
+            self.out.push_back(Output::Direct {
+                conn,
+                msg: DirectServerMsg::Error { code: ErrorCode::UnknownCall, message: "the calling phone gave up".into() },
+                close: true,
+            });
+            self.direct.remove(&conn);
+            return;
+        };
+        let phone_offer = self.calls.get(&id).map(|c| c.offer_sdp.clone()).unwrap_or_default();
+        let setup = match self.bridges.accept(offer, Some(&phone_offer)) {
+            Ok(s) => s,
+            Err(e) => {
+                self.out.push_back(Output::Direct {
+                    conn,
+                    msg: DirectServerMsg::Error { code: e.code(), message: e.to_string() },
+                    close: true,
+                });
+                self.direct.remove(&conn);
+                return self.fail_call(now, id, 488, "Not Acceptable Here", Some("the callee's media could not be bridged"));
+            }
+        };
+        let phone_addr = trunkline_media::sdp::Sdp::parse(&phone_offer).ok().and_then(|s| s.audio_rtp_addr());
+        self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Answer { sdp: setup.answer }, close: false });
+        self.out.push_back(Output::BridgeStart { id: setup.id, phone: phone_addr });
+        if let Some(s) = self.direct.get_mut(&conn) {
+            s.call = Some(id);
+        }
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.b_direct = Some((conn, setup.id));
+        }
+        tracing::info!(call = id, %call_id, step = "C15", "switchless callee connected; answering the phone");
+        self.cloud(ClientMsg::CallEvent { call_id, event: CallEvent::Connected });
+        self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Progress { event: CallEvent::Connected }, close: false });
+        self.answer_a(now, id, setup.phone_sdp);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -780,12 +981,17 @@ impl Core {
         if let Some(tx) = self.server_txs.get_mut(key) {
             tx.call = Some(id);
         }
+        let offer_sdp = String::from_utf8_lossy(&req.body).into_owned();
+        let caller_name = req.from().ok().and_then(|f| f.display);
         self.calls.insert(
             id,
             Call {
                 caller: caller.clone(),
                 callee: callee.clone(),
-                a: ALeg {
+                offer_sdp,
+                caller_name,
+                b_direct: None,
+                a: CallerSide::Sip(ALeg {
                     src,
                     transport,
                     invite: req,
@@ -798,7 +1004,7 @@ impl Core {
                     ok_interval: T1,
                     ok_since: None,
                     final_sent: false,
-                },
+                }),
                 forks: vec![],
                 winner: None,
                 media: None,
@@ -838,24 +1044,31 @@ impl Core {
         if self.is_busy_except(callee, id) {
             return self.fail_call(now, id, 486, "Busy Here", None);
         }
-        let Some(pair) = self.media.allocate() else {
-            return self.fail_call(now, id, 503, "Service Unavailable", Some("no media ports left"));
+        let direct_caller = matches!(self.calls.get(&id).map(|c| &c.a), Some(CallerSide::Direct(_)));
+        let b_offer = if direct_caller {
+            // The bridge is the media endpoint facing the phone: its SDP goes out as is.
+            self.calls[&id].offer_sdp.clone()
+        } else {
+            let Some(pair) = self.media.allocate() else {
+                return self.fail_call(now, id, 503, "Service Unavailable", Some("no media ports left"));
+            };
+            let offer = self.calls[&id].offer_sdp.clone();
+            let a_remote = trunkline_media::sdp::Sdp::parse(&offer).ok().and_then(|s| s.audio_rtp_addr());
+            let b_offer = match trunkline_media::sdp::rewrite(&offer, pair.b_local.ip(), pair.b_local.port(), None) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.out.push_back(Output::MediaStop { id: pair.id });
+                    return self.fail_call(now, id, 488, "Not Acceptable Here", Some(&format!("unusable SDP offer: {e}")));
+                }
+            };
+            self.calls.get_mut(&id).expect("live call").media = Some(pair);
+            self.out.push_back(Output::MediaStart { id: pair.id, a_remote, b_remote: None });
+            b_offer
         };
         let call = self.calls.get_mut(&id).expect("live call");
-        let offer = String::from_utf8_lossy(&call.a.a_body()).into_owned();
-        let a_remote = trunkline_media::sdp::Sdp::parse(&offer).ok().and_then(|s| s.audio_rtp_addr());
-        let b_offer = match trunkline_media::sdp::rewrite(&offer, pair.b_local.ip(), pair.b_local.port(), None) {
-            Ok(s) => s,
-            Err(e) => {
-                self.out.push_back(Output::MediaStop { id: pair.id });
-                return self.fail_call(now, id, 488, "Not Acceptable Here", Some(&format!("unusable SDP offer: {e}")));
-            }
-        };
-        call.media = Some(pair);
         call.state = CallState::Ringing;
-        self.out.push_back(Output::MediaStart { id: pair.id, a_remote, b_remote: None });
         let caller = call.caller.clone();
-        let caller_name = call.a.a_from_display();
+        let caller_name = call.caller_name.clone();
         for (i, b) in bindings.iter().enumerate() {
             let Ok(target) = Uri::parse(b.contact.trim_start_matches('<').trim_end_matches('>')) else { continue };
             let fork_call_id = format!("{}@{}", new_tag(), self.cfg.adv_ip);
@@ -901,7 +1114,7 @@ impl Core {
             return self.reply(now, key, req, 481, "Call/Transaction Does Not Exist", |_| {});
         };
         self.reply(now, key, req, 200, "OK", |_| {});
-        let final_sent = self.calls.get(&id).is_none_or(|c| c.a.final_sent);
+        let final_sent = self.calls.get(&id).is_none_or(|c| c.a.final_sent());
         if !final_sent {
             tracing::info!(call = id, "caller cancelled");
             if let Some(cid) = self.calls.get(&id).and_then(|c| c.cloud_id.clone()) {
@@ -916,7 +1129,9 @@ impl Core {
         let Some(call) = self.calls.get_mut(&id) else { return };
         if call.state == CallState::Answered {
             call.state = CallState::Connected;
-            call.a.ok = None;
+            if let Some(a) = call.a.sip_mut() {
+                a.ok = None;
+            }
             call.connected_at.get_or_insert(now);
             tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "call connected");
         }
@@ -1030,7 +1245,7 @@ impl Core {
                     self.out.push_back(ack);
                 }
                 let call = self.calls.get_mut(&id).expect("checked");
-                if already || call.state == CallState::Done || call.a.final_sent && call.winner.is_none() {
+                if already || call.state == CallState::Done || call.a.final_sent() && call.winner.is_none() {
                     // Lost the race (or the caller gave up): hang this one up.
                     if call.forks[fi].state != ForkState::Answered {
                         call.forks[fi].state = ForkState::Answered;
@@ -1052,10 +1267,17 @@ impl Core {
                 for j in others {
                     self.cancel_fork(now, id, j);
                 }
+                let phone_addr = trunkline_media::sdp::Sdp::parse(&answer).ok().and_then(|s| s.audio_rtp_addr());
+                if let Some(CallerSide::Direct(d)) = self.calls.get(&id).map(|c| &c.a) {
+                    // C15: the phone answered; the bridge sends to it.
+                    let bridge = d.bridge;
+                    if let Some(addr) = phone_addr {
+                        self.out.push_back(Output::BridgeRemote { id: bridge, phone: addr });
+                    }
+                    return self.answer_a(now, id, String::new());
+                }
                 let Some(pair) = media else { return };
-                if let Ok(sdp) = trunkline_media::sdp::Sdp::parse(&answer)
-                    && let Some(addr) = sdp.audio_rtp_addr()
-                {
+                if let Some(addr) = phone_addr {
                     self.out.push_back(Output::MediaRemote { id: pair.id, leg: MediaLeg::B, addr });
                 }
                 let a_answer = match trunkline_media::sdp::rewrite(&answer, pair.a_local.ip(), pair.a_local.port(), None) {
@@ -1071,7 +1293,7 @@ impl Core {
             _ => {
                 fork.state = ForkState::Failed(status);
                 let all_done = call.forks.iter().all(|f| matches!(f.state, ForkState::Failed(_) | ForkState::Cancelled));
-                if all_done && call.winner.is_none() && !call.a.final_sent {
+                if all_done && call.winner.is_none() && !call.a.final_sent() {
                     let codes: Vec<u16> =
                         call.forks.iter().filter_map(|f| if let ForkState::Failed(c) = f.state { Some(c) } else { None }).collect();
                     let (code, reason) = if codes.iter().any(|c| *c == 486 || *c == 600) {
@@ -1087,23 +1309,39 @@ impl Core {
         }
     }
 
+    /// The call is answered: tell the caller (200 OK with `sdp` to a SIP caller; `connected` to
+    /// a direct caller, and C15 to the cloud).
     fn answer_a(&mut self, now: Instant, id: u64, sdp: String) {
         let contact = self.contact_str();
         let Some(call) = self.calls.get_mut(&id) else { return };
-        let mut r = Response::to_request(&call.a.a_req(), 200, "OK");
-        r.set_to_tag(&call.a.our_tag);
+        call.connected_at = Some(now);
+        let a = match &mut call.a {
+            CallerSide::Direct(d) => {
+                d.final_sent = true;
+                call.state = CallState::Connected;
+                let (conn, cloud_id) = (d.conn, call.cloud_id.clone());
+                tracing::info!(call = id, caller = %call.caller, callee = %call.callee, step = "C15", "bridged");
+                self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Progress { event: CallEvent::Connected }, close: false });
+                if let Some(c) = cloud_id {
+                    self.cloud(ClientMsg::CallEvent { call_id: c, event: CallEvent::Connected });
+                }
+                return;
+            }
+            CallerSide::Sip(a) => a,
+        };
+        let mut r = Response::to_request(&a.invite, 200, "OK");
+        r.set_to_tag(&a.our_tag);
         r.headers.push("Contact", contact);
         r.headers.push("Allow", ALLOW);
         r.headers.push("Server", "Trunkline");
         r.set_body("application/sdp", sdp.into_bytes());
         let data = r.to_bytes();
-        call.a.final_sent = true;
-        call.a.ok = Some(data.clone());
-        call.a.ok_since = Some(now);
-        call.a.ok_interval = T1;
+        a.final_sent = true;
+        a.ok = Some(data.clone());
+        a.ok_since = Some(now);
+        a.ok_interval = T1;
         call.state = CallState::Answered;
-        call.connected_at = Some(now);
-        let (src, tr, key) = (call.a.src, call.a.transport, call.a.tx.clone());
+        let (src, tr, key) = (a.src, a.transport, a.tx.clone());
         self.out.push_back(Output::Sip { to: src, transport: tr, data: data.clone() });
         if let Some(tx) = self.server_txs.get_mut(&key) {
             tx.last = Some((data, 200));
@@ -1113,16 +1351,28 @@ impl Core {
     }
 
     fn send_ringing(&mut self, id: u64) {
+        let contact = format!("<sip:{}:{}>", ip_host(self.cfg.adv_ip), self.cfg.sip_port);
         let Some(call) = self.calls.get_mut(&id) else { return };
-        if call.ringing_sent || call.a.final_sent {
+        if call.ringing_sent || call.a.final_sent() {
             return;
         }
         call.ringing_sent = true;
-        let mut r = Response::to_request(&call.a.a_req(), 180, "Ringing");
-        r.set_to_tag(&call.a.our_tag);
-        r.headers.push("Contact", format!("<sip:{}:{}>", ip_host(self.cfg.adv_ip), self.cfg.sip_port));
+        let a = match &call.a {
+            CallerSide::Direct(d) => {
+                let (conn, cloud_id) = (d.conn, call.cloud_id.clone());
+                self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Progress { event: CallEvent::Ringing }, close: false });
+                if let Some(c) = cloud_id {
+                    self.cloud(ClientMsg::CallEvent { call_id: c, event: CallEvent::Ringing });
+                }
+                return;
+            }
+            CallerSide::Sip(a) => a,
+        };
+        let mut r = Response::to_request(&a.invite, 180, "Ringing");
+        r.set_to_tag(&a.our_tag);
+        r.headers.push("Contact", contact);
         let data = r.to_bytes();
-        let (src, tr, key) = (call.a.src, call.a.transport, call.a.tx.clone());
+        let (src, tr, key) = (a.src, a.transport, a.tx.clone());
         self.out.push_back(Output::Sip { to: src, transport: tr, data: data.clone() });
         if let Some(tx) = self.server_txs.get_mut(&key) {
             tx.last = Some((data, 180));
@@ -1138,58 +1388,100 @@ impl Core {
         if call.state == CallState::Done {
             return;
         }
-        let was_final = call.a.final_sent;
+        let was_final = call.a.final_sent();
         call.state = CallState::Done;
-        call.a.final_sent = true;
-        let req = call.a.a_req();
-        let key = call.a.tx.clone();
-        let tag = call.a.our_tag.clone();
         let forks: Vec<usize> = (0..call.forks.len())
             .filter(|&j| matches!(call.forks[j].state, ForkState::Trying | ForkState::Ringing))
             .collect();
         tracing::info!(call = id, caller = %call.caller, callee = %call.callee, code, reason = ?why, "call not connected");
+        let outcome = outcome_for(code, why);
+        let report = call.cloud_id.clone().filter(|_| matches!(call.a, CallerSide::Direct(_)) || call.b_direct.is_some());
+        let b_direct = call.b_direct;
+        let mut to_send = None;
+        match &mut call.a {
+            CallerSide::Sip(a) => {
+                a.final_sent = true;
+                if !was_final {
+                    let mut r = Response::to_request(&a.invite, code, reason);
+                    r.set_to_tag(&a.our_tag);
+                    r.headers.push("Server", "Trunkline");
+                    if let Some(w) = why {
+                        r.headers.push("Warning", warning(w));
+                        r.headers.push("Reason", format!("SIP;cause={code};text=\"{}\"", w.replace('"', "'")));
+                    }
+                    to_send = Some((a.tx.clone(), r));
+                }
+            }
+            CallerSide::Direct(d) => {
+                d.final_sent = true;
+                self.out.push_back(Output::Direct { conn: d.conn, msg: DirectServerMsg::Ended { outcome }, close: true });
+            }
+        }
+        if let Some((b_conn, _)) = b_direct {
+            self.out.push_back(Output::Direct { conn: b_conn, msg: DirectServerMsg::Ended { outcome }, close: true });
+        }
         for j in forks {
             self.cancel_fork(now, id, j);
         }
-        if !was_final {
-            let mut r = Response::to_request(&req, code, reason);
-            r.set_to_tag(&tag);
-            r.headers.push("Server", "Trunkline");
-            if let Some(w) = why {
-                r.headers.push("Warning", warning(w));
-                r.headers.push("Reason", format!("SIP;cause={code};text=\"{}\"", w.replace('"', "'")));
-            }
+        if let Some((key, r)) = to_send {
             self.send_response(now, &key, r);
+        }
+        if let Some(cid) = report {
+            self.cloud(ClientMsg::CallEvent { call_id: cid, event: CallEvent::Ended { outcome, duration_ms: None } });
         }
         self.finish(id);
     }
 
-    /// BYE: `bye_a` / `bye_b` say which sides we must still send a BYE to.
+    /// BYE: `bye_a` / `bye_b` say which sides we must still hang up.
     fn hangup(&mut self, now: Instant, id: u64, bye_a: bool, bye_b: bool) {
+        let (adv_ip, port) = (self.cfg.adv_ip, self.cfg.sip_port);
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.state = CallState::Done;
+        let duration_ms = call.connected_at.map(|t| now.saturating_duration_since(t).as_millis() as u64);
+        let report = call.cloud_id.clone().filter(|_| matches!(call.a, CallerSide::Direct(_)) || call.b_direct.is_some());
+        let mut bye = None;
         if bye_a {
-            call.a.our_cseq += 1;
-            let a = &call.a;
-            let mut r = Request::new(Method::Bye, a.remote_target.clone());
-            let branch = new_branch();
-            r.headers.push("Via", via_str(a.transport, self.cfg.adv_ip, self.cfg.sip_port, &branch));
-            r.headers.push("Max-Forwards", "70");
-            // From/To swap: we are the callee of the A dialog.
-            let mut from = a.invite.to().unwrap_or_else(|_| NameAddr::new(a.invite.uri.clone()));
-            from.set_tag(&a.our_tag);
-            r.set_from(&from);
-            if let Ok(to) = a.invite.from() {
-                r.set_to(&to);
+            match &mut call.a {
+                CallerSide::Sip(a) => {
+                    a.our_cseq += 1;
+                    let mut r = Request::new(Method::Bye, a.remote_target.clone());
+                    let branch = new_branch();
+                    r.headers.push("Via", via_str(a.transport, adv_ip, port, &branch));
+                    r.headers.push("Max-Forwards", "70");
+                    // From/To swap: we are the callee of the A dialog.
+                    let mut from = a.invite.to().unwrap_or_else(|_| NameAddr::new(a.invite.uri.clone()));
+                    from.set_tag(&a.our_tag);
+                    r.set_from(&from);
+                    if let Ok(to) = a.invite.from() {
+                        r.set_to(&to);
+                    }
+                    r.set_call_id(&a.call_id);
+                    r.set_cseq(&CSeq::new(a.our_cseq, Method::Bye));
+                    bye = Some((branch, r, a.src, a.transport));
+                }
+                CallerSide::Direct(d) => {
+                    self.out.push_back(Output::Direct {
+                        conn: d.conn,
+                        msg: DirectServerMsg::Ended { outcome: Outcome::Connected },
+                        close: true,
+                    });
+                }
             }
-            r.set_call_id(&a.call_id);
-            r.set_cseq(&CSeq::new(a.our_cseq, Method::Bye));
-            let (src, tr) = (a.src, a.transport);
+        }
+        let b_direct = call.b_direct;
+        let winner = call.winner;
+        if let Some((branch, r, src, tr)) = bye {
             self.send_client(now, branch, r, src, tr, ClientOwner::Fire);
         }
-        let call = self.calls.get(&id).expect("live");
-        if bye_b && let Some(w) = call.winner {
-            self.bye_fork(now, id, w);
+        if bye_b {
+            if let Some((conn, _)) = b_direct {
+                self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Ended { outcome: Outcome::Connected }, close: true });
+            } else if let Some(w) = winner {
+                self.bye_fork(now, id, w);
+            }
+        }
+        if let Some(cid) = report {
+            self.cloud(ClientMsg::CallEvent { call_id: cid, event: CallEvent::Ended { outcome: Outcome::Connected, duration_ms } });
         }
         self.finish(id);
     }
@@ -1200,10 +1492,29 @@ impl Core {
         if let Some(m) = call.media.take() {
             self.out.push_back(Output::MediaStop { id: m.id });
         }
+        let bridges: Vec<u64> = match &call.a {
+            CallerSide::Direct(d) => vec![d.bridge],
+            CallerSide::Sip(_) => vec![],
+        }
+        .into_iter()
+        .chain(call.b_direct.map(|(_, b)| b))
+        .collect();
+        for b in bridges {
+            self.out.push_back(Output::BridgeStop { id: b });
+        }
         // Keep the call (for late 2xx/ACK matching) only while its dialog can still see
         // traffic; it is removed when its last timers are gone (see `reap`).
         let call = self.calls.remove(&id).expect("live");
-        self.by_a.remove(&call.a.call_id);
+        if let Some(a) = call.a.sip() {
+            self.by_a.remove(&a.call_id);
+        }
+        let conns: Vec<u64> = match &call.a {
+            CallerSide::Direct(d) => vec![d.conn],
+            CallerSide::Sip(_) => vec![],
+        };
+        for c in conns.into_iter().chain(call.b_direct.map(|(c, _)| c)) {
+            self.direct.remove(&c);
+        }
         for f in &call.forks {
             self.by_b.remove(&f.call_id);
         }
@@ -1442,19 +1753,20 @@ impl Core {
                         if call.state != CallState::Answered {
                             return;
                         }
-                        let since = call.a.ok_since.unwrap_or(now);
+                        let Some(a) = call.a.sip_mut() else { return };
+                        let since = a.ok_since.unwrap_or(now);
                         if now.duration_since(since) >= T64 {
                             // Timer H for 2xx: the caller never ACKed; end both legs.
                             tracing::warn!(call = id, "no ACK for our 200 OK: hanging up");
                             return self.hangup(now, id, true, true);
                         }
-                        if call.a.transport == Transport::Udp
-                            && let Some(ok) = &call.a.ok
+                        if a.transport == Transport::Udp
+                            && let Some(ok) = &a.ok
                         {
-                            self.out.push_back(Output::Sip { to: call.a.src, transport: call.a.transport, data: ok.clone() });
+                            self.out.push_back(Output::Sip { to: a.src, transport: a.transport, data: ok.clone() });
                         }
-                        call.a.ok_interval = (call.a.ok_interval * 2).min(T2);
-                        let next = call.a.ok_interval;
+                        a.ok_interval = (a.ok_interval * 2).min(T2);
+                        let next = a.ok_interval;
                         self.set_call_timer(now, id, next, CallTimer::OkRetransmit);
                     }
                 }
@@ -1488,27 +1800,13 @@ impl Core {
     }
 }
 
-impl ALeg {
-    fn a_req(&self) -> Request {
-        self.invite.clone()
-    }
-
-    fn a_body(&self) -> Vec<u8> {
-        self.invite.body.clone()
-    }
-
-    fn a_from_display(&self) -> Option<String> {
-        self.invite.from().ok().and_then(|f| f.display)
-    }
-}
-
 impl Call {
     /// The SDP we last gave side A (`for_a`) or B, re-versioned for a re-INVITE answer.
     fn last_sdp_for(&self, for_a: bool, _cfg: &CoreConfig) -> Option<String> {
         let pair = self.media?;
         let (body, addr) = if for_a {
             // What A got: the callee's answer rewritten to our A side. Rebuild from A's offer.
-            (String::from_utf8_lossy(&self.a.invite.body).into_owned(), pair.a_local)
+            (self.offer_sdp.clone(), pair.a_local)
         } else {
             let w = self.winner?;
             (String::from_utf8_lossy(&self.forks[w].request.body).into_owned(), pair.b_local)
@@ -1587,6 +1885,19 @@ fn key_error_text(e: KeyError) -> &'static str {
         KeyError::Expired => "the key has expired",
         KeyError::Used => "the key was already used",
         KeyError::WrongCaller => "the key was issued to another caller",
+    }
+}
+
+/// The outcome a SIP final status stands for (reported to the cloud for calls we carry).
+fn outcome_for(code: u16, why: Option<&str>) -> Outcome {
+    match code {
+        486 | 600 => Outcome::Busy,
+        603 => Outcome::Declined,
+        487 => Outcome::Cancelled,
+        404 => Outcome::RejectedInvalid,
+        480 if why.is_some_and(|w| w.contains("not registered")) => Outcome::CalleeOffline,
+        408 | 480 => Outcome::NoAnswer,
+        _ => Outcome::Error,
     }
 }
 

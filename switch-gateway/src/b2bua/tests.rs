@@ -17,6 +17,21 @@ impl MediaPorts for FakeMedia {
     }
 }
 
+struct FakeBridges(u64);
+
+impl Bridges for FakeBridges {
+    fn accept(&mut self, offer: &str, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
+        if !offer.starts_with("v=0") {
+            return Err(BridgeError::BadOffer("not SDP".into()));
+        }
+        self.0 += 1;
+        let port = 30000 + self.0 * 2;
+        let phone_sdp = format!("v=0\r\no=gw 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n");
+        let _ = phone_offer;
+        Ok(BridgeSetup { id: self.0, answer: format!("v=0\r\nanswer-{}", self.0), phone_sdp })
+    }
+}
+
 const GW: &str = "10.0.0.1:5060";
 
 struct H {
@@ -57,6 +72,7 @@ impl H {
             },
             phones,
             Box::new(FakeMedia(0)),
+            Box::new(FakeBridges(0)),
             [7u8; 32],
         );
         let mut h = H { core, now: Instant::now(), out: vec![] };
@@ -425,4 +441,90 @@ fn rfc_checks_before_the_method_unsupported_scheme_max_forwards_require() {
     assert_eq!((r.status, r.headers.get("Unsupported")), (420, Some("nothingyouknow")));
     h.sip(a, &req(&format!("sip:hq@{GW}"), ""));
     assert_eq!(h.last_status(a), 200);
+}
+
+fn direct_msgs(h: &mut H, conn: u64) -> Vec<DirectServerMsg> {
+    let mut got = vec![];
+    h.out.retain(|o| match o {
+        Output::Direct { conn: c, msg, .. } if *c == conn => {
+            got.push(msg.clone());
+            false
+        }
+        _ => true,
+    });
+    got
+}
+
+#[test]
+fn c14_c15_direct_caller_with_key_and_offer_rings_the_phone_through_a_bridge() {
+    let mut h = H::new();
+    h.register("1002", 5070);
+    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::CalleeQuery { call_id: "f1".into(), from: "2001".into(), from_name: "A".into(), to: "1002".into() }));
+    h.drain();
+    let key = match h.cloud_msgs().as_slice() {
+        [ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { key, .. }, .. }] => key.clone(),
+        other => panic!("{other:?}"),
+    };
+    // An offer before the key is refused.
+    h.core.on_direct(h.now, 8, DirectClientMsg::Offer { sdp: "v=0\r\n".into() });
+    h.drain();
+    assert!(matches!(direct_msgs(&mut h, 8).as_slice(), [DirectServerMsg::Error { code: ErrorCode::WrongState, .. }]));
+    h.core.on_direct(h.now, 7, DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: "f1".into(), key, caller: "2001".into() });
+    h.drain();
+    assert_eq!(direct_msgs(&mut h, 7), vec![DirectServerMsg::Accepted { call_id: "f1".into() }]);
+    assert!(matches!(h.cloud_msgs().as_slice(), [ClientMsg::CallEvent { event: CallEvent::KeyAccepted, .. }]));
+    h.core.on_direct(h.now, 7, DirectClientMsg::Offer { sdp: "v=0\r\nwebrtc".into() });
+    h.drain();
+    assert_eq!(direct_msgs(&mut h, 7), vec![DirectServerMsg::Answer { sdp: "v=0\r\nanswer-1".into() }]);
+    let inv = only_request(h.sent_to(addr(5070)));
+    assert!(String::from_utf8_lossy(&inv.body).contains("m=audio 30002 "), "the phone is offered the bridge");
+    h.sip(addr(5070), &reply_text(&inv, 180, "Ringing", "p", None));
+    assert_eq!(direct_msgs(&mut h, 7), vec![DirectServerMsg::Progress { event: CallEvent::Ringing }]);
+    h.sip(addr(5070), &reply_text(&inv, 200, "OK", "p", Some(SDP_B)));
+    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeRemote { id: 1, phone } if phone.port() == 6000)));
+    assert_eq!(direct_msgs(&mut h, 7), vec![DirectServerMsg::Progress { event: CallEvent::Connected }]);
+    let events: Vec<CallEvent> = h
+        .cloud_msgs()
+        .into_iter()
+        .filter_map(|m| if let ClientMsg::CallEvent { event, .. } = m { Some(event) } else { None })
+        .collect();
+    assert_eq!(events, vec![CallEvent::Ringing, CallEvent::Connected]);
+    // The phone hangs up: the direct caller and the cloud hear it, the bridge stops.
+    h.advance(Duration::from_secs(3));
+    let tag = "p";
+    h.sip(addr(5070), &format!("BYE sip:hq@{GW} SIP/2.0\nVia: SIP/2.0/UDP {}:5070;branch=z9hG4bKpb\nFrom: <sip:1002@{GW}>;tag={tag}\nTo: {}\nCall-ID: {}\nCSeq: 5 BYE\nContent-Length: 0\n\n", "192.168.1.50", inv.headers.get("From").unwrap(), inv.call_id().unwrap()));
+    assert_eq!(direct_msgs(&mut h, 7), vec![DirectServerMsg::Ended { outcome: Outcome::Connected }]);
+    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStop { id: 1 })));
+    assert!(matches!(h.cloud_msgs().as_slice(), [ClientMsg::CallEvent { event: CallEvent::Ended { outcome: Outcome::Connected, duration_ms: Some(3000) }, .. }]));
+}
+
+#[test]
+fn c3_switchless_callee_connects_with_our_key_and_the_phone_is_answered() {
+    let mut h = H::new();
+    h.invite("2001");
+    let call_id = match h.cloud_msgs().as_slice() {
+        [ClientMsg::RouteQuery { call_id, .. }] => call_id.clone(),
+        other => panic!("{other:?}"),
+    };
+    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::Route { call_id: call_id.clone(), route: Route::Device { device_id: "2001".into() } }));
+    h.drain();
+    let key = match h.cloud_msgs().as_slice() {
+        [ClientMsg::DirectOffer { key, .. }] => key.clone(),
+        other => panic!("{other:?}"),
+    };
+    h.responses_to(addr(5062));
+    h.core.on_direct(h.now, 5, DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: call_id.clone(), key, caller: "2001".into() });
+    h.core.on_direct(h.now, 5, DirectClientMsg::Offer { sdp: "v=0\r\nbrowser".into() });
+    h.drain();
+    let msgs = direct_msgs(&mut h, 5);
+    assert_eq!(msgs[0], DirectServerMsg::Accepted { call_id: call_id.clone() });
+    assert!(matches!(msgs[1], DirectServerMsg::Answer { .. }));
+    let ok = h.responses_to(addr(5062)).pop().unwrap();
+    assert_eq!(ok.status, 200);
+    assert!(String::from_utf8_lossy(&ok.body).contains("m=audio 30002 "));
+    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStart { id: 1, phone: Some(p) } if p.port() == 4000)));
+    // The browser leaves: the phone gets a BYE and the cloud the end.
+    h.core.on_direct_gone(h.now, 5);
+    h.drain();
+    assert_eq!(only_request(h.sent_to(addr(5062))).method, Method::Bye);
 }
