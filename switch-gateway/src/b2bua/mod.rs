@@ -1174,6 +1174,11 @@ impl Core {
 
     fn on_response(&mut self, now: Instant, resp: Response) {
         let Some(branch) = resp.top_via().ok().and_then(|v| v.branch().map(str::to_string)) else { return };
+        // A CANCEL shares its INVITE's branch: tell them apart by the CSeq method.
+        let branch = match resp.cseq() {
+            Ok(c) if c.method == Method::Cancel => format!("{branch}-cancel"),
+            _ => branch,
+        };
         let Some(tx) = self.client_txs.get_mut(&branch) else { return };
         let status = resp.status;
         if status < 200 {

@@ -320,6 +320,12 @@ fn ring_timeout_cancels_the_fork_and_answers_480() {
     let cancel = only_request(h.sent_to(addr(5070)));
     assert_eq!(cancel.method, Method::Cancel);
     assert_eq!(cancel.top_via().unwrap().branch(), inv.top_via().unwrap().branch(), "CANCEL shares the INVITE branch");
+    // The 200 for the CANCEL carries the same branch: it must not pass for a 2xx to the INVITE.
+    h.sip(addr(5070), &reply_text(&cancel, 200, "OK", "callee", None));
+    assert!(h.sent_to(addr(5070)).is_empty(), "no ACK for a CANCEL's 200");
+    h.sip(addr(5070), &reply_text(&inv, 487, "Request Terminated", "callee", None));
+    let ack = only_request(h.sent_to(addr(5070)));
+    assert_eq!((ack.method.clone(), ack.top_via().unwrap().branch()), (Method::Ack, inv.top_via().unwrap().branch()));
 }
 
 #[test]
