@@ -1,26 +1,373 @@
-//! WebRTC ⇄ RTP bridges for direct callers (C15).
+//! WebRTC ⇄ RTP bridges for direct callers (C15): one str0m `Rtc` (ICE-lite, DTLS-SRTP) on its
+//! own UDP socket facing the caller, and one RTP/RTCP socket pair facing the desk phone, driven
+//! by one small tokio task per call.
 //!
-//! In progress: until the str0m bridge lands, direct callers get a typed `not_implemented`
-//! after their key is accepted and their offer arrives.
+//! G.711 passes through without transcoding when both legs use the same law (the phone is
+//! offered the law the WebRTC side prefers first); if they differ each sample is re-coded.
+//! RFC 4733 events are carried both ways: str0m's frame API on the WebRTC leg, RTP
+//! `telephone-event` packets on the phone leg. The phone's real RTP source is latched
+//! (symmetric RTP), as in the relay.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpOffer;
+use str0m::format::{Codec, CodecExtra, FormatParams};
+use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt, TelephoneEvent};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use trunkline_client::g711::Law;
+use trunkline_media::ports::{LegSockets, PortAllocator};
 
 use crate::b2bua::{BridgeError, BridgeSetup, Bridges};
 
-pub struct DriverBridges;
+/// `telephone-event/8000` payload type we use towards phones (and accept from browsers: str0m
+/// maps whatever the offer uses).
+const PHONE_TE_PT: u8 = 101;
+const WEBRTC_TE_PT: u8 = 126;
+
+/// A bridge whose sockets exist but whose task has not started yet.
+pub struct PendingBridge {
+    rtc: Rtc,
+    ice: UdpSocket,
+    phone: LegSockets,
+    /// The law the phone is offered (or answered) with.
+    phone_law: Law,
+    phone_te_pt: Option<u8>,
+}
+
+pub type PendingBridges = Arc<Mutex<HashMap<u64, PendingBridge>>>;
+
+pub struct DriverBridges {
+    alloc: Arc<PortAllocator>,
+    bind_ip: IpAddr,
+    adv_ip: IpAddr,
+    pending: PendingBridges,
+    next: u64,
+}
 
 impl DriverBridges {
-    pub fn new() -> Self {
-        DriverBridges
+    pub fn new(alloc: Arc<PortAllocator>, bind_ip: IpAddr, adv_ip: IpAddr, pending: PendingBridges) -> Self {
+        DriverBridges { alloc, bind_ip, adv_ip, pending, next: 0 }
     }
 }
 
-impl Default for DriverBridges {
-    fn default() -> Self {
-        Self::new()
-    }
+fn rtc_config() -> RtcConfig {
+    let mut cfg = RtcConfig::new().set_ice_lite(true).clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
+    cfg.codec_config()
+        .add_config(WEBRTC_TE_PT.into(), None, Codec::Tele, Frequency::EIGHT_KHZ, None, FormatParams::parse_line("0-16"));
+    cfg
 }
 
 impl Bridges for DriverBridges {
-    fn accept(&mut self, _offer: &str, _phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
-        Err(BridgeError::Unavailable)
+    fn accept(&mut self, offer: &str, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?;
+        if !offer.media_lines.iter().any(|m| m.typ.to_string() == "audio") {
+            return Err(BridgeError::BadOffer("no audio m-line".into()));
+        }
+        // The caller-facing socket: ICE-lite host candidate on the advertised address.
+        let std_sock = std::net::UdpSocket::bind(SocketAddr::new(self.bind_ip, 0)).map_err(|_| BridgeError::NoPorts)?;
+        std_sock.set_nonblocking(true).map_err(|_| BridgeError::NoPorts)?;
+        let local = std_sock.local_addr().map_err(|_| BridgeError::NoPorts)?;
+        let ice = UdpSocket::from_std(std_sock).map_err(|_| BridgeError::NoPorts)?;
+        let mut rtc = rtc_config().build(Instant::now());
+        let candidate = Candidate::host(SocketAddr::new(self.adv_ip, local.port()), "udp")
+            .map_err(|e| BridgeError::BadOffer(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?.to_sdp_string();
+        // Which law does the WebRTC side list first? Offer the phone that one first.
+        let mu_at = answer.find("PCMU/8000");
+        let a_at = answer.find("PCMA/8000");
+        let webrtc_law = match (mu_at, a_at) {
+            (Some(m), Some(a)) if a < m => Law::A,
+            (Some(_), _) => Law::Mu,
+            (None, Some(_)) => Law::A,
+            (None, None) => return Err(BridgeError::BadOffer("the offer has neither PCMU nor PCMA".into())),
+        };
+        let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
+        let port = phone.rtp_port();
+        self.next += 1;
+        let id = self.next;
+        let ip = self.adv_ip;
+        let ipv = if ip.is_ipv4() { "IP4" } else { "IP6" };
+        let (phone_sdp, phone_law, phone_te_pt) = match phone_offer {
+            // F1/F2: we offer the phone our side.
+            None => {
+                let (first, second) = if webrtc_law == Law::Mu { (0, 8) } else { (8, 0) };
+                let sdp = format!(
+                    "v=0\r\no=trunkline {id} 1 IN {ipv} {ip}\r\ns=Trunkline\r\nc=IN {ipv} {ip}\r\nt=0 0\r\n\
+                     m=audio {port} RTP/AVP {first} {second} {PHONE_TE_PT}\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+                     a=rtpmap:{PHONE_TE_PT} telephone-event/8000\r\na=fmtp:{PHONE_TE_PT} 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
+                );
+                (sdp, webrtc_law, Some(PHONE_TE_PT))
+            }
+            // C3: answer the phone's own offer.
+            Some(po) => {
+                let parsed = trunkline_media::sdp::Sdp::parse(po).map_err(|e| BridgeError::BadOffer(format!("phone SDP: {e}")))?;
+                let audio = parsed.audio.as_ref().ok_or_else(|| BridgeError::BadOffer("phone offered no audio".into()))?;
+                let law = audio
+                    .payload_types
+                    .iter()
+                    .find_map(|pt| match pt {
+                        0 => Some(Law::Mu),
+                        8 => Some(Law::A),
+                        _ => None,
+                    })
+                    .ok_or_else(|| BridgeError::BadOffer("the phone offers neither PCMU nor PCMA".into()))?;
+                let te = audio.telephone_event_pt();
+                let pt = if law == Law::Mu { 0 } else { 8 };
+                let name = if law == Law::Mu { "PCMU" } else { "PCMA" };
+                let mut sdp = format!(
+                    "v=0\r\no=trunkline {id} 1 IN {ipv} {ip}\r\ns=Trunkline\r\nc=IN {ipv} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pt}"
+                );
+                if let Some(te) = te {
+                    sdp.push_str(&format!(" {te}"));
+                }
+                sdp.push_str(&format!("\r\na=rtpmap:{pt} {name}/8000\r\n"));
+                if let Some(te) = te {
+                    sdp.push_str(&format!("a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n"));
+                }
+                sdp.push_str("a=ptime:20\r\na=sendrecv\r\n");
+                (sdp, law, te)
+            }
+        };
+        self.pending.lock().unwrap().insert(id, PendingBridge { rtc, ice, phone, phone_law, phone_te_pt });
+        Ok(BridgeSetup { id, answer, phone_sdp })
+    }
+}
+
+/// Commands to a running bridge.
+pub enum BridgeCmd {
+    PhoneRemote(SocketAddr),
+    Stop,
+}
+
+/// Start bridge `id`'s task. Returns its command channel.
+pub fn start(pending: PendingBridge, phone_remote: Option<SocketAddr>) -> mpsc::UnboundedSender<BridgeCmd> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(pending, phone_remote, rx));
+    tx
+}
+
+struct PhoneOut {
+    ssrc: u32,
+    seq: u16,
+    /// RTP timestamp offset applied to the WebRTC leg's media time.
+    first: bool,
+}
+
+async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: mpsc::UnboundedReceiver<BridgeCmd>) {
+    let PendingBridge { mut rtc, ice, phone, phone_law, phone_te_pt } = p;
+    let ice_local = ice.local_addr().ok();
+    let mut latched: Option<SocketAddr> = None;
+    let mut mid: Option<Mid> = None;
+    let mut webrtc_pts: Vec<(Pt, Codec)> = vec![];
+    let mut out = PhoneOut { ssrc: rand::random(), seq: rand::random(), first: true };
+    let mut ice_buf = vec![0u8; 2000];
+    let mut rtp_buf = vec![0u8; 2000];
+    let mut rtcp_buf = vec![0u8; 2000];
+    let mut last_phone_event_ts: Option<u32> = None;
+    let mut pending_event: Option<TelephoneEvent> = None;
+    let started = Instant::now();
+    loop {
+        // Drain str0m until it only has a timeout for us.
+        let next_timeout = loop {
+            match rtc.poll_output() {
+                Ok(Output::Timeout(t)) => break t,
+                Ok(Output::Transmit(t)) => {
+                    let _ = ice.try_send_to(&t.contents, t.destination);
+                }
+                Ok(Output::Event(e)) => match e {
+                    Event::MediaAdded(m) if m.kind == MediaKind::Audio => mid = Some(m.mid),
+                    Event::Connected => {
+                        if let Some(w) = mid.and_then(|m| rtc.writer(m)) {
+                            webrtc_pts = w.payload_params().map(|p| (p.pt(), p.spec().codec)).collect();
+                        }
+                        tracing::debug!(after = ?started.elapsed(), "bridge: WebRTC leg connected");
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        tracing::debug!("bridge: WebRTC leg disconnected");
+                    }
+                    Event::MediaData(data) => {
+                        let dest = latched.or(phone_remote);
+                        let Some(dest) = dest else { continue };
+                        let ts = data.time.rebase(Frequency::EIGHT_KHZ).numer() as u32;
+                        match data.params.spec().codec {
+                            c @ (Codec::PCMU | Codec::PCMA) => {
+                                let from_law = if c == Codec::PCMU { Law::Mu } else { Law::A };
+                                let pt = if phone_law == Law::Mu { 0 } else { 8 };
+                                let payload: Vec<u8> = if from_law == phone_law {
+                                    data.data.to_vec()
+                                } else {
+                                    data.data.iter().map(|b| phone_law.encode(from_law.decode(*b))).collect()
+                                };
+                                let pkt = rtp_packet(pt, &mut out, ts, &payload);
+                                let _ = phone.rtp_socket().try_send_to(&pkt, dest);
+                            }
+                            Codec::Tele => {
+                                if let (CodecExtra::Tele(ev), Some(te)) = (&data.codec_extra, phone_te_pt) {
+                                    let dur = (ev.duration.as_millis() as u64 * 8).min(u16::MAX as u64) as u16;
+                                    let body = [ev.event, if ev.end { 0x80 } else { 0 } | (ev.volume & 0x3f), (dur >> 8) as u8, dur as u8];
+                                    // RFC 4733 §2.5.1.4: the end packet is sent three times.
+                                    let repeats = if ev.end { 3 } else { 1 };
+                                    for _ in 0..repeats {
+                                        let pkt = rtp_packet(te, &mut out, ts, &body);
+                                        let _ = phone.rtp_socket().try_send_to(&pkt, dest);
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "bridge: str0m error; closing");
+                    return;
+                }
+            }
+        };
+        if !rtc.is_alive() {
+            return;
+        }
+        let wait = next_timeout.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+        tokio::select! {
+            r = ice.recv_from(&mut ice_buf) => {
+                let Ok((n, source)) = r else { continue };
+                let Some(destination) = ice_local else { continue };
+                let Ok(contents) = ice_buf[..n].try_into() else { continue };
+                let input = Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source, destination, contents });
+                if rtc.accepts(&input) && rtc.handle_input(input).is_err() {
+                    return;
+                }
+            }
+            r = phone.rtp_socket().recv_from(&mut rtp_buf) => {
+                let Ok((n, source)) = r else { continue };
+                let Some(pkt) = parse_rtp(&rtp_buf[..n]) else { continue };
+                // Symmetric RTP: answer where the phone really sends from.
+                if latched != Some(source) {
+                    latched = Some(source);
+                }
+                let (Some(m), false) = (mid, webrtc_pts.is_empty()) else { continue };
+                let now = Instant::now();
+                if Some(pkt.pt) == phone_te_pt {
+                    // Forward each DTMF event once, when it ends (str0m sends the RFC 4733
+                    // packets for it on the WebRTC leg).
+                    if pkt.payload.len() >= 4 && pkt.payload[1] & 0x80 != 0 && last_phone_event_ts != Some(pkt.ts) {
+                        last_phone_event_ts = Some(pkt.ts);
+                        let dur = u16::from_be_bytes([pkt.payload[2], pkt.payload[3]]);
+                        pending_event = Some(TelephoneEvent {
+                            event: pkt.payload[0],
+                            end: true,
+                            volume: pkt.payload[1] & 0x3f,
+                            duration: Duration::from_millis(u64::from(dur) / 8),
+                        });
+                    }
+                    continue;
+                }
+                let law = match pkt.pt { 0 => Law::Mu, 8 => Law::A, _ => continue };
+                let want = if law == Law::Mu { Codec::PCMU } else { Codec::PCMA };
+                let (pt, payload): (Pt, Vec<u8>) = match webrtc_pts.iter().find(|(_, c)| *c == want) {
+                    Some((pt, _)) => (*pt, pkt.payload.to_vec()),
+                    None => {
+                        // The WebRTC side took only the other law: re-code.
+                        let other = if law == Law::Mu { Law::A } else { Law::Mu };
+                        let oc = if other == Law::Mu { Codec::PCMU } else { Codec::PCMA };
+                        let Some((pt, _)) = webrtc_pts.iter().find(|(_, c)| *c == oc) else { continue };
+                        (*pt, pkt.payload.iter().map(|b| other.encode(law.decode(*b))).collect())
+                    }
+                };
+                let Some(mut w) = rtc.writer(m) else { continue };
+                if let Some(ev) = pending_event.take() {
+                    w = w.telephone_event(ev);
+                }
+                let time = MediaTime::new(u64::from(pkt.ts), Frequency::EIGHT_KHZ);
+                if w.write(pt, now, time, payload).is_err() {
+                    continue;
+                }
+            }
+            // RTCP from the phone is not forwarded (str0m makes its own reports); just drain it.
+            _ = phone.rtcp_socket().recv_from(&mut rtcp_buf) => {}
+            cmd = cmds.recv() => match cmd {
+                Some(BridgeCmd::PhoneRemote(addr)) => phone_remote = Some(addr),
+                Some(BridgeCmd::Stop) | None => {
+                    rtc.disconnect();
+                    return;
+                }
+            },
+            _ = tokio::time::sleep(wait) => {
+                if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct RtpIn<'a> {
+    pt: u8,
+    ts: u32,
+    payload: &'a [u8],
+}
+
+/// Minimal RTP parse (RFC 3550 §5.1): version 2, skip CSRCs and an extension, drop padding.
+fn parse_rtp(b: &[u8]) -> Option<RtpIn<'_>> {
+    if b.len() < 12 || b[0] >> 6 != 2 {
+        return None;
+    }
+    let pt = b[1] & 0x7f;
+    if (72..=79).contains(&pt) {
+        return None; // RTCP on the RTP port (rtcp-mux)
+    }
+    let cc = usize::from(b[0] & 0x0f);
+    let mut off = 12 + 4 * cc;
+    if b[0] & 0x10 != 0 {
+        let ext = b.get(off + 2..off + 4)?;
+        off += 4 + 4 * usize::from(u16::from_be_bytes([ext[0], ext[1]]));
+    }
+    let mut end = b.len();
+    if b[0] & 0x20 != 0 {
+        let pad = usize::from(*b.last()?);
+        end = end.checked_sub(pad)?;
+    }
+    let payload = b.get(off..end)?;
+    Some(RtpIn { pt, ts: u32::from_be_bytes([b[4], b[5], b[6], b[7]]), payload })
+}
+
+fn rtp_packet(pt: u8, out: &mut PhoneOut, ts: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12 + payload.len());
+    p.push(0x80);
+    p.push(if out.first { 0x80 | pt } else { pt });
+    out.first = false;
+    p.extend_from_slice(&out.seq.to_be_bytes());
+    out.seq = out.seq.wrapping_add(1);
+    p.extend_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&out.ssrc.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtp_round_trip_and_junk() {
+        let mut out = PhoneOut { ssrc: 7, seq: 65535, first: true };
+        let p = rtp_packet(0, &mut out, 1234, &[1, 2, 3]);
+        let r = parse_rtp(&p).unwrap();
+        assert_eq!((r.pt, r.ts, r.payload), (0, 1234, &[1u8, 2, 3][..]));
+        assert_eq!(out.seq, 0, "sequence wraps");
+        assert!(parse_rtp(&[0u8; 5]).is_none());
+        assert!(parse_rtp(&[0x40; 20]).is_none(), "version 1");
+        // Padding longer than the packet.
+        let mut bad = rtp_packet(0, &mut out, 1, &[9]);
+        bad[0] |= 0x20;
+        *bad.last_mut().unwrap() = 200;
+        assert!(parse_rtp(&bad).is_none());
     }
 }

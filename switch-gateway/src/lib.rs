@@ -114,7 +114,8 @@ pub async fn run(
         PortAllocator::new(config.rtp_range()?, bind_ip).map_err(|e| GatewayError::Media(e.to_string()))?,
     );
     let pending = Arc::new(Mutex::new(HashMap::new()));
-    let media = DriverMedia { alloc, adv_ip, pending: pending.clone(), next: 0 };
+    let media = DriverMedia { alloc: alloc.clone(), adv_ip, pending: pending.clone(), next: 0 };
+    let pending_bridges: bridge::PendingBridges = Arc::default();
     let phones = Phones::load(&config.state_dir);
     let mut secret_bytes = [0u8; 32];
     {
@@ -139,7 +140,7 @@ pub async fn run(
         },
         phones,
         Box::new(media),
-        Box::new(bridge::DriverBridges::new()),
+        Box::new(bridge::DriverBridges::new(alloc.clone(), bind_ip, adv_ip, pending_bridges.clone())),
         secret_bytes,
     );
 
@@ -195,7 +196,17 @@ pub async fn run(
             .await;
     });
 
-    let core_task = tokio::spawn(core_loop(core, core_rx, udp, tcp_writers, link_out_tx, pending, core_tx.clone(), stop_rx.clone()));
+    let core_task = tokio::spawn(core_loop(
+        core,
+        core_rx,
+        udp,
+        tcp_writers,
+        link_out_tx,
+        pending,
+        pending_bridges,
+        core_tx.clone(),
+        stop_rx.clone(),
+    ));
     drop(core_tx);
 
     shutdown.await;
@@ -217,10 +228,12 @@ async fn core_loop(
     tcp: TcpWriters,
     link: mpsc::Sender<ClientMsg>,
     pending: Arc<Mutex<HashMap<u64, (LegSockets, LegSockets)>>>,
+    pending_bridges: bridge::PendingBridges,
     core_tx: mpsc::Sender<CoreIn>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut relays: HashMap<u64, RelayHandle> = HashMap::new();
+    let mut bridges: HashMap<u64, mpsc::UnboundedSender<bridge::BridgeCmd>> = HashMap::new();
     let mut direct: HashMap<u64, mpsc::Sender<(DirectServerMsg, bool)>> = HashMap::new();
     let mut batch = Vec::with_capacity(64);
     loop {
@@ -278,7 +291,22 @@ async fn core_loop(
                         r.set_remote(if leg == MediaLeg::A { Leg::A } else { Leg::B }, addr);
                     }
                 }
-                Output::BridgeStart { .. } | Output::BridgeRemote { .. } | Output::BridgeStop { .. } => {}
+                Output::BridgeStart { id, phone } => {
+                    if let Some(p) = pending_bridges.lock().unwrap().remove(&id) {
+                        bridges.insert(id, bridge::start(p, phone));
+                    }
+                }
+                Output::BridgeRemote { id, phone } => {
+                    if let Some(b) = bridges.get(&id) {
+                        let _ = b.send(bridge::BridgeCmd::PhoneRemote(phone));
+                    }
+                }
+                Output::BridgeStop { id } => {
+                    pending_bridges.lock().unwrap().remove(&id);
+                    if let Some(b) = bridges.remove(&id) {
+                        let _ = b.send(bridge::BridgeCmd::Stop);
+                    }
+                }
                 Output::MediaStop { id } => {
                     pending.lock().unwrap().remove(&id);
                     if let Some(r) = relays.remove(&id) {
