@@ -203,7 +203,7 @@ impl Phone {
         Phone { number, child, ctrl, log, rec }
     }
 
-    /// Wait until baresip reports its registration as OK.
+    /// Wait until baresip reports its registration as OK (its `reginfo` shows OK or ERR).
     async fn registered(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -211,6 +211,9 @@ impl Phone {
             if info.contains("OK") {
                 return;
             }
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let failed = log.lines().find(|l| l.contains("reg: ") && l.contains("Register:"));
+            assert!(failed.is_none(), "{} could not register: {}\n{}", self.number, failed.unwrap_or(""), self.dump());
             assert!(Instant::now() < deadline, "{} never registered: {info:?}\n{}", self.number, self.dump());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -299,7 +302,10 @@ async fn f7_call_between_two_baresip_phones_carries_both_tones() {
     );
     let dir = tempfile::tempdir().unwrap();
     let cloud = Cloud::start(dir.path()).await;
-    let gw = Gateway::start("hq", &cloud.ws_url, dir.path()).await;
+    // baresip 1.0's SIP stack (libre) gives up on a 401 carrying any non-MD5 challenge, even
+    // after an MD5 one (see `baresip_registers_with_the_default_challenges`); a site with such
+    // phones offers MD5 only. This test is about the call and its audio.
+    let gw = Gateway::start_with("hq", &cloud.ws_url, dir.path(), |c| c.digest_algorithms = vec!["MD5".into()]).await;
     wait_phone_list(&gw.config.state_dir, &["1001", "1002"]).await;
     let relay = {
         let (a, b) = gw.config.rtp_ports.split_once('-').unwrap();
@@ -329,6 +335,26 @@ async fn f7_call_between_two_baresip_phones_carries_both_tones() {
     check_tone(&callee, 1000.0, &relay);
     check_tone(&caller, 440.0, &relay);
 
+    gw.stop().await;
+    cloud.stop().await;
+}
+
+/// A baresip 1.0 desk phone registers with the gateway's default settings (challenges: MD5,
+/// then SHA-256 — RFC 8760). libre's `sip/auth.c` in this baresip answers `ENOSYS` ("Function
+/// not implemented") to any challenge whose algorithm is not MD5, even when an MD5 one came
+/// first, and then gives up the whole registration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_registers_with_the_default_challenges() {
+    require_tool("baresip", "baresip");
+    require_tool("sox", "sox");
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(dir.path()).await;
+    let gw = Gateway::start("hq", &cloud.ws_url, dir.path()).await;
+    wait_phone_list(&gw.config.state_dir, &["1001"]).await;
+    let tone1k = tone(dir.path(), "tone1k.wav", 1000);
+    let mut phone = Phone::start(dir.path(), "1001", gw.sip, &tone1k, false).await;
+    phone.registered().await;
+    phone.quit().await;
     gw.stop().await;
     cloud.stop().await;
 }
