@@ -252,7 +252,16 @@ async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: m
                 if latched != Some(source) {
                     latched = Some(source);
                 }
-                let (Some(m), false) = (mid, webrtc_pts.is_empty()) else { continue };
+                let Some(m) = mid else { continue };
+                if webrtc_pts.is_empty() {
+                    // Known once the WebRTC leg negotiated (MediaAdded may follow Connected).
+                    if let Some(w) = rtc.writer(m) {
+                        webrtc_pts = w.payload_params().map(|p| (p.pt(), p.spec().codec)).collect();
+                    }
+                    if webrtc_pts.is_empty() {
+                        continue;
+                    }
+                }
                 let now = Instant::now();
                 if Some(pkt.pt) == phone_te_pt {
                     // Forward each DTMF event once, when it ends (str0m sends the RFC 4733
@@ -286,7 +295,8 @@ async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: m
                     w = w.telephone_event(ev);
                 }
                 let time = MediaTime::new(u64::from(pkt.ts), Frequency::EIGHT_KHZ);
-                if w.write(pt, now, time, payload).is_err() {
+                if let Err(e) = w.write(pt, now, time, payload) {
+                    tracing::debug!(error = %e, "bridge: cannot write to the WebRTC leg");
                     continue;
                 }
             }

@@ -147,10 +147,9 @@ async fn c11_c12_accept_gives_a_key_that_works_once_at_the_direct_endpoint() {
     // The rightful caller: accepted (C14).
     let (mut d, m) = present(&url, "c-accept", &key, "2001").await;
     assert_eq!(m, Some(DirectServerMsg::Accepted { call_id: "c-accept".into() }));
-    // C15 needs the caller's WebRTC offer next; without a media bridge in this build the
-    // gateway says so with a typed error rather than pretending.
+    // C15 needs a usable WebRTC offer next; garbage is refused with a typed error.
     d.send(r#"{"type":"offer","sdp":"v=0\r\n"}"#).await;
-    assert_eq!(refused_with(d.direct_msg().await), ErrorCode::NotImplemented);
+    assert_eq!(refused_with(d.direct_msg().await), ErrorCode::InvalidField);
     // Replay: refused as used.
     let (_d, m) = present(&url, "c-accept", &key, "2001").await;
     assert_eq!(refused_with(m), ErrorCode::KeyUsed);

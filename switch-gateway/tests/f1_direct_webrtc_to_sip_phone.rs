@@ -1,0 +1,152 @@
+//! F1 over the wire, up to the media: a browser (the headless client's WebRTC peer) dials a
+//! desk phone through the real signal server (C1, C11–C13), presents the key at the gateway's
+//! direct endpoint (C14), offers WebRTC and gets the gateway's answer; the gateway rings the
+//! phone and bridges (C15). The phone here is a scripted SIP UA on a UDP socket (register with
+//! digest, answer the INVITE, play a 440 Hz tone as PCMU, record what arrives), so the test
+//! can check both directions byte by byte; the baresip tests cover real phones.
+
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::UdpSocket;
+use tokio_tungstenite::tungstenite::Message;
+use trunkline_client::g711::Law;
+use trunkline_client::wav::{dominant_frequency, tone};
+use trunkline_client::webrtc::{AudioSource, PeerOptions, WebRtcPeer};
+use trunkline_protocol::{CallEvent, DirectServerMsg, ServerMsg};
+
+async fn ws_text(ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>) -> String {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("message in time") {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(_)) => continue,
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}
+
+/// Answer the next INVITE on `sip` with an SDP for `rtp`; returns the gateway's RTP address.
+async fn answer_invite(sip: &UdpSocket, rtp: SocketAddr) -> (SocketAddr, String, SocketAddr) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = tokio::time::timeout(WAIT, sip.recv_from(&mut buf)).await.expect("INVITE in time").unwrap();
+        let Ok(trunkline_sip::Message::Request(req)) = trunkline_sip::parse(&buf[..n]) else { continue };
+        if req.method != trunkline_sip::Method::Invite {
+            continue;
+        }
+        let offer = String::from_utf8_lossy(&req.body).into_owned();
+        let sdp = trunkline_media::sdp::Sdp::parse(&offer).unwrap();
+        let gw_rtp = sdp.audio_rtp_addr().expect("the gateway offers an RTP address");
+        let mut ringing = trunkline_sip::Response::to_request(&req, 180, "Ringing");
+        ringing.set_to_tag("phone");
+        sip.send_to(&ringing.to_bytes(), from).await.unwrap();
+        let mut ok = trunkline_sip::Response::to_request(&req, 200, "OK");
+        ok.set_to_tag("phone");
+        ok.headers.push("Contact", format!("<sip:1001@{}>", sip.local_addr().unwrap()));
+        let answer = format!(
+            "v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
+            rtp.port()
+        );
+        ok.set_body("application/sdp", answer.into_bytes());
+        sip.send_to(&ok.to_bytes(), from).await.unwrap();
+        return (gw_rtp, offer, from);
+    }
+}
+
+#[tokio::test]
+async fn f1_browser_key_offer_answer_and_audio_both_ways_through_the_bridge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(tmp.path()).await;
+    let gw = Gateway::start("hq", &cloud.ws_url, tmp.path()).await;
+    eventually("hq online", || switch_online(&cloud.db_url, "hq")).await;
+    let sip = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(register_udp(&sip, gw.sip, "1001", "pw-1001", 300, false).await, 200);
+    let phone_rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+
+    // C1 → C13: the browser dials and gets the gateway's address + key.
+    let (mut cloud_ws, _) = tokio_tungstenite::connect_async(cloud.ws_url.as_str()).await.unwrap();
+    cloud_ws.send(Message::Text(r#"{"type":"login","v":1,"number":"2001","password":"pw-2001"}"#.into())).await.unwrap();
+    assert!(matches!(ServerMsg::decode(&ws_text(&mut cloud_ws).await).unwrap(), ServerMsg::Welcome { .. }));
+    cloud_ws.send(Message::Text(r#"{"type":"dial","call_id":"f1-media","to":"1001"}"#.into())).await.unwrap();
+    let (url, key) = loop {
+        if let ServerMsg::Connect { url, key, .. } = ServerMsg::decode(&ws_text(&mut cloud_ws).await).unwrap() {
+            break (url, key);
+        }
+    };
+
+    // C14: present the key, then offer WebRTC.
+    let (mut direct, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    direct
+        .send(Message::Text(format!(r#"{{"type":"present","v":1,"call_id":"f1-media","key":"{key}","caller":"2001"}}"#).into()))
+        .await
+        .unwrap();
+    assert_eq!(DirectServerMsg::decode(&ws_text(&mut direct).await).unwrap(), DirectServerMsg::Accepted { call_id: "f1-media".into() });
+    let mut peer = WebRtcPeer::bind(PeerOptions::bind("127.0.0.1".parse().unwrap())).await.unwrap();
+    let offer = peer.create_offer().unwrap();
+    direct.send(Message::Text(trunkline_protocol::DirectClientMsg::Offer { sdp: offer }.encode().into())).await.unwrap();
+    let answer = match DirectServerMsg::decode(&ws_text(&mut direct).await).unwrap() {
+        DirectServerMsg::Answer { sdp } => sdp,
+        other => panic!("expected the gateway's answer: {other:?}"),
+    };
+    assert!(answer.contains("a=ice-lite"), "the gateway is an ICE-lite answerer");
+    let media = peer.accept_answer(&answer, AudioSource::tone(1000.0)).unwrap();
+
+    // C15: the phone rings (180 → `ringing`), answers; the bridge connects.
+    let (gw_rtp, phone_offer, _) = answer_invite(&sip, phone_rtp.local_addr().unwrap()).await;
+    assert!(phone_offer.contains("PCMU/8000"));
+    let mut saw = vec![];
+    while !saw.contains(&CallEvent::Connected) {
+        match DirectServerMsg::decode(&ws_text(&mut direct).await).unwrap() {
+            DirectServerMsg::Progress { event } => saw.push(event),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(saw, vec![CallEvent::Ringing, CallEvent::Connected]);
+    media.wait_connected(WAIT).await.expect("ICE + DTLS up with the gateway");
+
+    // The phone plays 440 Hz (PCMU, 20 ms packets) and records what the browser sends.
+    let phone_tone = tone(440.0, 2.0, 8000);
+    let sender = {
+        let phone_rtp_addr = phone_rtp.local_addr().unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        drop(sock);
+        let _ = phone_rtp_addr;
+        let rtp = std::sync::Arc::new(phone_rtp);
+        let tx = rtp.clone();
+        let send = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for (i, frame) in phone_tone.chunks(160).enumerate() {
+                tick.tick().await;
+                let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+                pkt[2..4].copy_from_slice(&(i as u16).to_be_bytes());
+                pkt[4..8].copy_from_slice(&((i * 160) as u32).to_be_bytes());
+                pkt.extend(Law::Mu.encode_frame(frame));
+                let _ = tx.send_to(&pkt, gw_rtp).await;
+            }
+        });
+        (rtp, send)
+    };
+    let (rtp, send) = sender;
+    let mut heard: Vec<i16> = vec![];
+    let mut buf = vec![0u8; 2048];
+    while heard.len() < 8000 {
+        let (n, _) = tokio::time::timeout(WAIT, rtp.recv_from(&mut buf)).await.expect("audio from the browser").unwrap();
+        if n > 12 && buf[1] & 0x7f == 0 {
+            Law::Mu.decode_into(&buf[12..n], &mut heard);
+        }
+    }
+    send.await.unwrap();
+    let f_phone = dominant_frequency(&heard[heard.len() - 4000..], 8000);
+    assert!((f_phone - 1000.0).abs() < 20.0, "the phone heard {f_phone} Hz, expected the browser's 1 kHz");
+    media.wait_packets(60, WAIT).await.expect("audio from the phone");
+    let rec = media.recording();
+    let f_browser = dominant_frequency(&rec[rec.len().saturating_sub(4000)..], 8000);
+    assert!((f_browser - 440.0).abs() < 20.0, "the browser heard {f_browser} Hz, expected the phone's 440 Hz");
+    media.close().await;
+    gw.stop().await;
+    cloud.stop().await;
+}
