@@ -206,6 +206,32 @@ async fn f7_call_from_a_tcp_phone() {
     site.stop().await;
 }
 
+/// The callee registered over TCP: the gateway must send its INVITE (and later BYE) down the
+/// phone's own connection. One sipp registers and keeps the connection; the gateway's INVITE
+/// (a Call-ID of its own) runs in that sipp's out-of-call scenario, callee_answer.xml.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f7_call_to_a_tcp_phone() {
+    let site = Site::start().await;
+    let reg = scenarios().join("register_stay.xml");
+    let ooc = scenarios().join("callee_answer.xml");
+    let args = [
+        "-sf", reg.to_str().unwrap(), "-oocsf", ooc.to_str().unwrap(),
+        "-s", "1002", "-au", "1002", "-ap", "pw-1002", "-set", "expires", "300", "-m", "1", "-t", "t1",
+    ];
+    let callee = sipp(site.path(), site.gw.sip, &args);
+    let caller = async {
+        common::eventually("the TCP callee registered", || async { !sipcheck::find_files(site.path(), "registered.flag").is_empty() }).await;
+        site.caller("caller.xml", "1001", "1002", false).await
+    };
+    let (callee, caller) = tokio::join!(callee, caller);
+    assert!(callee.success, "TCP callee\n{}", dump(&callee));
+    assert_eq!(statuses_for(&callee.messages, "REGISTER"), [401, 200]);
+    let tcp_only = sipcheck::trace(&callee.messages).iter().all(|m| m.transport == "TCP");
+    assert!(tcp_only, "everything to and from the callee over its TCP connection\n{}", dump(&callee));
+    check_answered_call(&site, &callee, &caller, "UDP");
+    site.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f7_caller_cancels_while_ringing() {
     let site = Site::start().await;
