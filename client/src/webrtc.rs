@@ -169,6 +169,9 @@ pub struct PeerOptions {
     pub dtmf_duration: Duration,
     /// Pause after each DTMF event before the next one starts (str0m requires ≥ 50 ms).
     pub dtmf_gap: Duration,
+    /// Be an ICE-lite agent (answer only; never the caller's side). The softphone is always
+    /// full ICE; this exists for tests that stand in for a gateway, which answers ICE-lite.
+    pub ice_lite: bool,
 }
 
 impl Default for PeerOptions {
@@ -179,6 +182,7 @@ impl Default for PeerOptions {
             prefer: Law::Mu,
             dtmf_duration: Duration::from_millis(100),
             dtmf_gap: Duration::from_millis(60),
+            ice_lite: false,
         }
     }
 }
@@ -190,8 +194,9 @@ impl PeerOptions {
 }
 
 /// The str0m configuration both roles use: G.711 only, telephone-event at 8 kHz.
-fn rtc_config() -> RtcConfig {
-    let mut cfg = RtcConfig::new().clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
+fn rtc_config(ice_lite: bool) -> RtcConfig {
+    let mut cfg =
+        RtcConfig::new().set_ice_lite(ice_lite).clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
     cfg.codec_config().add_config(
         TELEPHONE_EVENT_PT.into(),
         None,
@@ -218,7 +223,7 @@ impl WebRtcPeer {
         if ips.is_empty() {
             return Err(WebRtcError::NoAddress(opts.bind));
         }
-        let mut rtc = rtc_config().build(Instant::now());
+        let mut rtc = rtc_config(opts.ice_lite).build(Instant::now());
         let mut sockets = Vec::with_capacity(ips.len());
         for ip in ips {
             let addr = SocketAddr::new(ip, opts.port);
@@ -285,7 +290,7 @@ impl WebRtcPeer {
         let (events, _) = broadcast::channel(256);
         let (changed, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { stats: MediaStats::default(), recording: Vec::new() }),
+            state: Mutex::new(State { stats: MediaStats::default(), recording: Vec::new(), history: Vec::new() }),
             changed,
             events,
         });
@@ -417,6 +422,8 @@ pub enum MediaEvent {
 struct State {
     stats: MediaStats,
     recording: Vec<i16>,
+    /// Every event so far, in order.
+    history: Vec<MediaEvent>,
 }
 
 struct Shared {
@@ -441,7 +448,11 @@ impl Shared {
         f(&s)
     }
 
+    /// Record and broadcast under the state lock, so that a subscriber taking the history
+    /// under the same lock sees every event exactly once.
     fn emit(&self, e: MediaEvent) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.history.push(e.clone());
         let _ = self.events.send(e);
     }
 }
@@ -479,6 +490,17 @@ impl MediaSession {
     /// Subscribe to events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<MediaEvent> {
         self.shared.events.subscribe()
+    }
+
+    /// Every event so far, and a subscription to the ones after them (no gap, no repeat).
+    pub fn subscribe_with_history(&self) -> (Vec<MediaEvent>, broadcast::Receiver<MediaEvent>) {
+        let s = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        (s.history.clone(), self.shared.events.subscribe())
+    }
+
+    /// Every event so far, in order.
+    pub fn events(&self) -> Vec<MediaEvent> {
+        self.shared.read(|s| s.history.clone())
     }
 
     /// What has been received so far, decoded to 8 kHz samples.

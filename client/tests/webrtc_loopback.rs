@@ -18,7 +18,6 @@ async fn tones_both_ways_and_dtmf_over_loopback() {
     let (answer, b) = b.accept_offer(&offer, AudioSource::tone(440.0)).unwrap();
     assert!(answer.contains("a=setup:active") || answer.contains("a=setup:passive"), "{answer}");
     let a = a.accept_answer(&answer, AudioSource::tone(1000.0)).unwrap();
-    let mut a_events = a.subscribe();
 
     let sa = a.wait_connected(WAIT).await.unwrap();
     let sb = b.wait_connected(WAIT).await.unwrap();
@@ -47,11 +46,11 @@ async fn tones_both_ways_and_dtmf_over_loopback() {
     assert!(a.send_dtmf('x').is_err());
     assert_eq!(a.stats().dtmf_sent, "5");
 
-    // The events stream saw the connection, the first audio and the digits.
-    let mut seen = vec![];
-    while let Ok(e) = a_events.try_recv() {
-        seen.push(e);
-    }
+    // The event history has the connection, the first audio and the digits, in order.
+    let seen = a.events();
+    let at = |e: &MediaEvent| seen.iter().position(|x| x == e).unwrap_or_else(|| panic!("no {e:?} in {seen:?}"));
+    assert!(at(&MediaEvent::Connected) < at(&MediaEvent::FirstAudio), "{seen:?}");
+    assert!(at(&MediaEvent::FirstAudio) < at(&MediaEvent::Dtmf('1')), "{seen:?}");
     assert!(seen.contains(&MediaEvent::Connected), "{seen:?}");
     assert!(seen.contains(&MediaEvent::FirstAudio), "{seen:?}");
     assert!(seen.contains(&MediaEvent::Dtmf('#')), "{seen:?}");
