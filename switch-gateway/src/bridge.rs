@@ -13,9 +13,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use str0m::change::SdpOffer;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::{Codec, CodecExtra, FormatParams};
-use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt, TelephoneEvent};
+use str0m::media::{Direction as MediaDirection, Frequency, MediaKind, MediaTime, Mid, Pt, TelephoneEvent};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
@@ -38,6 +38,10 @@ pub struct PendingBridge {
     /// The law the phone is offered (or answered) with.
     phone_law: Law,
     phone_te_pt: Option<u8>,
+    /// F2 caller side: our offer, waiting for the remote gateway's answer.
+    offer: Option<SdpPendingOffer>,
+    /// Known up front when we offered (str0m only announces remote-added media).
+    mid: Option<Mid>,
 }
 
 pub type PendingBridges = Arc<Mutex<HashMap<u64, PendingBridge>>>;
@@ -56,56 +60,44 @@ impl DriverBridges {
     }
 }
 
-fn rtc_config() -> RtcConfig {
-    let mut cfg = RtcConfig::new().set_ice_lite(true).clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
+/// ICE-lite when answering callers (we have a reachable address); a full agent when we are the
+/// caller of another gateway (F2), which is ICE-lite itself.
+fn rtc_config(ice_lite: bool) -> RtcConfig {
+    let mut cfg =
+        RtcConfig::new().set_ice_lite(ice_lite).clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
     cfg.codec_config()
         .add_config(WEBRTC_TE_PT.into(), None, Codec::Tele, Frequency::EIGHT_KHZ, None, FormatParams::parse_line("0-16"));
     cfg
 }
 
-impl Bridges for DriverBridges {
-    fn accept(&mut self, offer: &str, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
-        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?;
-        if !offer.media_lines.iter().any(|m| m.typ.to_string() == "audio") {
-            return Err(BridgeError::BadOffer("no audio m-line".into()));
-        }
-        // The caller-facing socket: ICE-lite host candidate on the advertised address.
+impl DriverBridges {
+    /// A UDP socket for the WebRTC leg and an `Rtc` with its host candidate on it.
+    fn rtc_and_socket(&self, ice_lite: bool) -> Result<(Rtc, UdpSocket), BridgeError> {
         let std_sock = std::net::UdpSocket::bind(SocketAddr::new(self.bind_ip, 0)).map_err(|_| BridgeError::NoPorts)?;
         std_sock.set_nonblocking(true).map_err(|_| BridgeError::NoPorts)?;
         let local = std_sock.local_addr().map_err(|_| BridgeError::NoPorts)?;
         let ice = UdpSocket::from_std(std_sock).map_err(|_| BridgeError::NoPorts)?;
-        let mut rtc = rtc_config().build(Instant::now());
+        let mut rtc = rtc_config(ice_lite).build(Instant::now());
         let candidate = Candidate::host(SocketAddr::new(self.adv_ip, local.port()), "udp")
             .map_err(|e| BridgeError::BadOffer(e.to_string()))?;
         rtc.add_local_candidate(candidate);
-        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?.to_sdp_string();
-        // Which law does the WebRTC side list first? Offer the phone that one first.
-        let mu_at = answer.find("PCMU/8000");
-        let a_at = answer.find("PCMA/8000");
-        let webrtc_law = match (mu_at, a_at) {
-            (Some(m), Some(a)) if a < m => Law::A,
-            (Some(_), _) => Law::Mu,
-            (None, Some(_)) => Law::A,
-            (None, None) => return Err(BridgeError::BadOffer("the offer has neither PCMU nor PCMA".into())),
-        };
-        let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
-        let port = phone.rtp_port();
-        self.next += 1;
-        let id = self.next;
+        Ok((rtc, ice))
+    }
+
+    /// The phone side: an offer of `law` first (F1), or the answer to the phone's offer (C3, F2).
+    fn phone_side(&mut self, id: u64, port: u16, law: Law, phone_offer: Option<&str>) -> Result<(String, Law, Option<u8>), BridgeError> {
         let ip = self.adv_ip;
         let ipv = if ip.is_ipv4() { "IP4" } else { "IP6" };
-        let (phone_sdp, phone_law, phone_te_pt) = match phone_offer {
-            // F1/F2: we offer the phone our side.
+        Ok(match phone_offer {
             None => {
-                let (first, second) = if webrtc_law == Law::Mu { (0, 8) } else { (8, 0) };
+                let (first, second) = if law == Law::Mu { (0, 8) } else { (8, 0) };
                 let sdp = format!(
                     "v=0\r\no=trunkline {id} 1 IN {ipv} {ip}\r\ns=Trunkline\r\nc=IN {ipv} {ip}\r\nt=0 0\r\n\
                      m=audio {port} RTP/AVP {first} {second} {PHONE_TE_PT}\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
                      a=rtpmap:{PHONE_TE_PT} telephone-event/8000\r\na=fmtp:{PHONE_TE_PT} 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
                 );
-                (sdp, webrtc_law, Some(PHONE_TE_PT))
+                (sdp, law, Some(PHONE_TE_PT))
             }
-            // C3: answer the phone's own offer.
             Some(po) => {
                 let parsed = trunkline_media::sdp::Sdp::parse(po).map_err(|e| BridgeError::BadOffer(format!("phone SDP: {e}")))?;
                 let audio = parsed.audio.as_ref().ok_or_else(|| BridgeError::BadOffer("phone offered no audio".into()))?;
@@ -134,9 +126,55 @@ impl Bridges for DriverBridges {
                 sdp.push_str("a=ptime:20\r\na=sendrecv\r\n");
                 (sdp, law, te)
             }
+        })
+    }
+}
+
+impl Bridges for DriverBridges {
+    fn accept(&mut self, offer: &str, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?;
+        if !offer.media_lines.iter().any(|m| m.typ.to_string() == "audio") {
+            return Err(BridgeError::BadOffer("no audio m-line".into()));
+        }
+        let (mut rtc, ice) = self.rtc_and_socket(true)?;
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?.to_sdp_string();
+        // Which law does the WebRTC side list first? Offer the phone that one first.
+        let webrtc_law = match (answer.find("PCMU/8000"), answer.find("PCMA/8000")) {
+            (Some(m), Some(a)) if a < m => Law::A,
+            (Some(_), _) => Law::Mu,
+            (None, Some(_)) => Law::A,
+            (None, None) => return Err(BridgeError::BadOffer("the offer has neither PCMU nor PCMA".into())),
         };
-        self.pending.lock().unwrap().insert(id, PendingBridge { rtc, ice, phone, phone_law, phone_te_pt });
+        let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
+        self.next += 1;
+        let id = self.next;
+        let (phone_sdp, phone_law, phone_te_pt) = self.phone_side(id, phone.rtp_port(), webrtc_law, phone_offer)?;
+        self.pending.lock().unwrap().insert(id, PendingBridge { rtc, ice, phone, phone_law, phone_te_pt, offer: None, mid: None });
         Ok(BridgeSetup { id, answer, phone_sdp })
+    }
+
+    fn offer(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
+        let (mut rtc, ice) = self.rtc_and_socket(false)?;
+        let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
+        self.next += 1;
+        let id = self.next;
+        let (phone_sdp, phone_law, phone_te_pt) = self.phone_side(id, phone.rtp_port(), Law::Mu, Some(phone_offer))?;
+        let mut change = rtc.sdp_api();
+        let mid = change.add_media(MediaKind::Audio, MediaDirection::SendRecv, None, None, None);
+        let (offer, pending) = change.apply().ok_or_else(|| BridgeError::BadOffer("no media to offer".into()))?;
+        self.pending
+            .lock()
+            .unwrap()
+            .insert(id, PendingBridge { rtc, ice, phone, phone_law, phone_te_pt, offer: Some(pending), mid: Some(mid) });
+        Ok(BridgeSetup { id, answer: offer.to_sdp_string(), phone_sdp })
+    }
+
+    fn remote_answer(&mut self, id: u64, answer: &str) -> Result<(), BridgeError> {
+        let answer = SdpAnswer::from_sdp_string(answer).map_err(|e| BridgeError::BadOffer(e.to_string()))?;
+        let mut pending = self.pending.lock().unwrap();
+        let b = pending.get_mut(&id).ok_or_else(|| BridgeError::BadOffer("no such bridge".into()))?;
+        let offer = b.offer.take().ok_or_else(|| BridgeError::BadOffer("no offer pending".into()))?;
+        b.rtc.sdp_api().accept_answer(offer, answer).map_err(|e| BridgeError::BadOffer(e.to_string()))
     }
 }
 
@@ -161,10 +199,10 @@ struct PhoneOut {
 }
 
 async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: mpsc::UnboundedReceiver<BridgeCmd>) {
-    let PendingBridge { mut rtc, ice, phone, phone_law, phone_te_pt } = p;
+    let PendingBridge { mut rtc, ice, phone, phone_law, phone_te_pt, offer: _, mid } = p;
     let ice_local = ice.local_addr().ok();
     let mut latched: Option<SocketAddr> = None;
-    let mut mid: Option<Mid> = None;
+    let mut mid: Option<Mid> = mid;
     let mut webrtc_pts: Vec<(Pt, Codec)> = vec![];
     let mut out = PhoneOut { ssrc: rand::random(), seq: rand::random(), first: true };
     let mut ice_buf = vec![0u8; 2000];

@@ -72,6 +72,7 @@ enum CoreIn {
     DirectOpen { conn: u64, tx: mpsc::Sender<(DirectServerMsg, bool)> },
     Direct { conn: u64, msg: DirectClientMsg },
     DirectGone { conn: u64 },
+    Remote { id: u64, ev: b2bua::RemoteEvent },
 }
 
 type TcpWriters = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
@@ -234,6 +235,7 @@ async fn core_loop(
 ) {
     let mut relays: HashMap<u64, RelayHandle> = HashMap::new();
     let mut bridges: HashMap<u64, mpsc::UnboundedSender<bridge::BridgeCmd>> = HashMap::new();
+    let mut dials: HashMap<u64, mpsc::UnboundedSender<()>> = HashMap::new();
     let mut direct: HashMap<u64, mpsc::Sender<(DirectServerMsg, bool)>> = HashMap::new();
     let mut batch = Vec::with_capacity(64);
     loop {
@@ -248,6 +250,12 @@ async fn core_loop(
                         CoreIn::Cloud(ev) => core.on_cloud(now, ev),
                         CoreIn::DirectOpen { conn, tx } => { direct.insert(conn, tx); }
                         CoreIn::Direct { conn, msg } => core.on_direct(now, conn, msg),
+                        CoreIn::Remote { id, ev } => {
+                            if matches!(ev, b2bua::RemoteEvent::Closed(_)) {
+                                dials.remove(&id);
+                            }
+                            core.on_remote(now, id, ev);
+                        }
                         CoreIn::DirectGone { conn } => {
                             direct.remove(&conn);
                             core.on_direct_gone(now, conn);
@@ -299,6 +307,16 @@ async fn core_loop(
                 Output::BridgeRemote { id, phone } => {
                     if let Some(b) = bridges.get(&id) {
                         let _ = b.send(bridge::BridgeCmd::PhoneRemote(phone));
+                    }
+                }
+                Output::DirectDial { id, url, call_id, key, caller, offer } => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    dials.insert(id, tx);
+                    tokio::spawn(direct_dial(id, url, call_id, key, caller, offer, core_tx.clone(), rx));
+                }
+                Output::DirectHangup { id } => {
+                    if let Some(tx) = dials.remove(&id) {
+                        let _ = tx.send(());
                     }
                 }
                 Output::BridgeStop { id } => {
@@ -503,4 +521,68 @@ async fn direct_conn(mut socket: WebSocket, conn: u64, peer: SocketAddr, core: m
 
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// F2 caller side: be a direct caller of another gateway (same protocol as a browser).
+#[allow(clippy::too_many_arguments)]
+async fn direct_dial(
+    id: u64,
+    url: String,
+    call_id: String,
+    key: String,
+    caller: String,
+    offer: String,
+    core: mpsc::Sender<CoreIn>,
+    mut hangup: mpsc::UnboundedReceiver<()>,
+) {
+    use b2bua::RemoteEvent as R;
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as M;
+    let report = |ev: R| {
+        let core = core.clone();
+        async move {
+            let _ = core.send(CoreIn::Remote { id, ev }).await;
+        }
+    };
+    let ws = tokio::time::timeout(std::time::Duration::from_secs(10), tokio_tungstenite::connect_async(url.as_str())).await;
+    let mut ws = match ws {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => return report(R::Closed(format!("cannot reach the callee's switch: {e}"))).await,
+        Err(_) => return report(R::Closed("the callee's switch did not answer in time".into())).await,
+    };
+    let present = DirectClientMsg::Present { v: trunkline_protocol::PROTOCOL_VERSION, call_id, key, caller };
+    if ws.send(M::Text(present.encode().into())).await.is_err() {
+        return report(R::Closed("connection lost".into())).await;
+    }
+    let mut offered = false;
+    loop {
+        tokio::select! {
+            frame = ws.next() => match frame {
+                Some(Ok(M::Text(t))) => match DirectServerMsg::decode(t.as_str()) {
+                    Ok(DirectServerMsg::Accepted { .. }) => {
+                        report(R::Accepted).await;
+                        if !offered {
+                            offered = true;
+                            let o = DirectClientMsg::Offer { sdp: offer.clone() };
+                            if ws.send(M::Text(o.encode().into())).await.is_err() {
+                                return report(R::Closed("connection lost".into())).await;
+                            }
+                        }
+                    }
+                    Ok(DirectServerMsg::Answer { sdp }) => report(R::Answer(sdp)).await,
+                    Ok(DirectServerMsg::Progress { event }) => report(R::Progress(event)).await,
+                    Ok(DirectServerMsg::Ended { outcome }) => return report(R::Ended(outcome)).await,
+                    Ok(DirectServerMsg::Error { code, message }) => return report(R::Refused { code, message }).await,
+                    Err(e) => tracing::warn!(error = %e, "unreadable message from the callee's switch"),
+                },
+                Some(Ok(M::Close(_))) | None | Some(Err(_)) => return report(R::Closed("the callee's switch closed the connection".into())).await,
+                Some(Ok(_)) => {}
+            },
+            _ = hangup.recv() => {
+                let _ = ws.send(M::Text(DirectClientMsg::Hangup.encode().into())).await;
+                let _ = ws.close(None).await;
+                return;
+            }
+        }
+    }
 }

@@ -108,6 +108,23 @@ impl BridgeError {
 pub trait Bridges: Send {
     /// Accept the caller's WebRTC `offer`. With `phone_offer`, the phone side answers it.
     fn accept(&mut self, offer: &str, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError>;
+    /// F2 caller side: make a WebRTC offer (in `BridgeSetup::answer`) for another gateway's
+    /// direct endpoint, with the phone side answering `phone_offer`.
+    fn offer(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError>;
+    /// Apply the remote gateway's answer to bridge `id`'s offer.
+    fn remote_answer(&mut self, id: u64, answer: &str) -> Result<(), BridgeError>;
+}
+
+/// What the remote gateway's direct endpoint said (F2, caller side).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteEvent {
+    Accepted,
+    Answer(String),
+    Progress(CallEvent),
+    Ended(Outcome),
+    Refused { code: ErrorCode, message: String },
+    /// The connection closed (or could not be opened).
+    Closed(String),
 }
 
 #[derive(Debug, PartialEq)]
@@ -124,6 +141,11 @@ pub enum Output {
     /// The desk phone's RTP address for bridge `id` (from its SDP; the bridge latches).
     BridgeRemote { id: u64, phone: SocketAddr },
     BridgeStop { id: u64 },
+    /// F2 / C2: open the remote gateway's direct endpoint `url`, present `key` for `call_id` as
+    /// `caller`, and offer `offer`; report what happens with [`Core::on_remote`] under `id`.
+    DirectDial { id: u64, url: String, call_id: String, key: String, caller: String, offer: String },
+    /// Leave remote direct call `id` (send `hangup`, close).
+    DirectHangup { id: u64 },
 }
 
 // ---------------------------------------------------------------- transactions
@@ -291,6 +313,8 @@ struct Call {
     caller_name: Option<String>,
     /// C3: the switchless callee connected directly; its bridge is leg B.
     b_direct: Option<(u64, u64)>,
+    /// F2 caller side: our bridge to the remote gateway (id), and the SDP answer for our phone.
+    b_remote: Option<(u64, String)>,
     forks: Vec<Fork>,
     winner: Option<usize>,
     media: Option<MediaPair>,
@@ -321,6 +345,8 @@ pub struct Core {
     by_b: HashMap<String, (u64, usize)>,
     /// Cloud call id → call (our outgoing B2 calls).
     by_cloud: HashMap<String, u64>,
+    /// F2: our bridge to a remote gateway → call.
+    by_remote: HashMap<u64, u64>,
     timers: BTreeMap<(Instant, u64), Timer>,
     seq: u64,
     next_call: u64,
@@ -353,6 +379,7 @@ impl Core {
             by_a: HashMap::new(),
             by_b: HashMap::new(),
             by_cloud: HashMap::new(),
+            by_remote: HashMap::new(),
             timers: BTreeMap::new(),
             seq: 0,
             next_call: 1,
@@ -510,6 +537,7 @@ impl Core {
                 offer_sdp: setup.phone_sdp,
                 caller_name,
                 b_direct: None,
+                b_remote: None,
                 forks: vec![],
                 winner: None,
                 media: None,
@@ -598,18 +626,7 @@ impl Core {
             ServerMsg::PhonesUpdate { phones } => self.set_phones(None, phones),
             ServerMsg::CalleeQuery { call_id, from, to, .. } => self.callee_query(now, call_id, from, to),
             ServerMsg::Route { call_id, route } => self.route_answer(now, &call_id, route),
-            ServerMsg::Connect { call_id, .. } => {
-                // C2: the callee's switch address + key. Connecting to another gateway's direct
-                // endpoint needs the direct media leg (WebRTC), which this version lacks.
-                tracing::warn!(%call_id, step = "C2", "cannot connect directly to another gateway in this version");
-                self.cloud(ClientMsg::CallEvent {
-                    call_id: call_id.clone(),
-                    event: CallEvent::Ended { outcome: Outcome::Error, duration_ms: None },
-                });
-                if let Some(id) = self.by_cloud.get(&call_id).copied() {
-                    self.fail_call(now, id, 503, "Service Unavailable", Some("calls to other sites need direct media, not available yet"));
-                }
-            }
+            ServerMsg::Connect { call_id, url, key, .. } => self.connect_remote(now, call_id, url, key),
             ServerMsg::CallEvent { call_id, event: CallEvent::Ringing } => {
                 if let Some(id) = self.by_cloud.get(&call_id).copied() {
                     self.send_ringing(id);
@@ -638,6 +655,80 @@ impl Core {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// C2 (F2 caller side): the callee's switch address + key. Connect to it directly as a
+    /// client, with a WebRTC offer from a new bridge whose phone side answers our phone.
+    fn connect_remote(&mut self, now: Instant, call_id: String, url: String, key: String) {
+        let Some(id) = self.by_cloud.get(&call_id).copied() else { return };
+        let Some(call) = self.calls.get(&id) else { return };
+        if call.state != CallState::Routing || call.b_remote.is_some() {
+            return;
+        }
+        let (caller, phone_offer) = (call.caller.clone(), call.offer_sdp.clone());
+        let setup = match self.bridges.offer(&phone_offer) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%call_id, error = %e, "cannot set up the direct leg");
+                return self.fail_call(now, id, 488, "Not Acceptable Here", Some(&e.to_string()));
+            }
+        };
+        tracing::info!(%call_id, %url, step = "C2", "connecting directly to the callee's switch");
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.b_remote = Some((setup.id, setup.phone_sdp));
+        }
+        self.by_remote.insert(setup.id, id);
+        self.out.push_back(Output::DirectDial { id: setup.id, url, call_id, key, caller, offer: setup.answer });
+    }
+
+    /// F2 caller side: what the remote gateway's direct endpoint did with our call.
+    pub fn on_remote(&mut self, now: Instant, bridge: u64, ev: RemoteEvent) {
+        let Some(id) = self.by_remote.get(&bridge).copied() else { return };
+        let Some(call) = self.calls.get(&id) else { return };
+        let answered = call.a.final_sent();
+        let phone_sdp = call.b_remote.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
+        match ev {
+            RemoteEvent::Accepted => {}
+            RemoteEvent::Answer(sdp) => match self.bridges.remote_answer(bridge, &sdp) {
+                Ok(()) => {
+                    let phone = trunkline_media::sdp::Sdp::parse(&call.offer_sdp).ok().and_then(|s| s.audio_rtp_addr());
+                    self.out.push_back(Output::BridgeStart { id: bridge, phone });
+                }
+                Err(e) => {
+                    self.out.push_back(Output::DirectHangup { id: bridge });
+                    self.fail_call(now, id, 488, "Not Acceptable Here", Some(&format!("the callee's site answered badly: {e}")));
+                }
+            },
+            RemoteEvent::Progress(CallEvent::Ringing) => self.send_ringing(id),
+            RemoteEvent::Progress(CallEvent::Connected) if !answered => {
+                tracing::info!(call = id, step = "C15", "callee's site bridged the call");
+                self.answer_a(now, id, phone_sdp);
+            }
+            RemoteEvent::Progress(_) => {}
+            RemoteEvent::Ended(outcome) if answered => {
+                let _ = outcome;
+                self.hangup(now, id, true, false);
+            }
+            RemoteEvent::Ended(outcome) => {
+                let (code, reason) = outcome.sip_status();
+                self.fail_call(now, id, code, reason, Some(outcome_text(outcome)));
+            }
+            RemoteEvent::Refused { code, message } => {
+                tracing::warn!(call = id, %code, %message, "callee's site refused the direct connection");
+                if answered {
+                    self.hangup(now, id, true, false);
+                } else {
+                    self.fail_call(now, id, 503, "Service Unavailable", Some(&message));
+                }
+            }
+            RemoteEvent::Closed(why) => {
+                if answered {
+                    self.hangup(now, id, true, false);
+                } else {
+                    self.fail_call(now, id, 503, "Service Unavailable", Some(&why));
+                }
+            }
         }
     }
 
@@ -991,6 +1082,7 @@ impl Core {
                 offer_sdp,
                 caller_name,
                 b_direct: None,
+                b_remote: None,
                 a: CallerSide::Sip(ALeg {
                     src,
                     transport,
@@ -1425,6 +1517,9 @@ impl Core {
         if let Some((b_conn, _)) = b_direct {
             self.out.push_back(Output::Direct { conn: b_conn, msg: DirectServerMsg::Ended { outcome }, close: true });
         }
+        if let Some((remote, _)) = self.calls.get(&id).and_then(|c| c.b_remote.clone()) {
+            self.out.push_back(Output::DirectHangup { id: remote });
+        }
         for j in forks {
             self.cancel_fork(now, id, j);
         }
@@ -1478,6 +1573,11 @@ impl Core {
         if let Some((branch, r, src, tr)) = bye {
             self.send_client(now, branch, r, src, tr, ClientOwner::Fire);
         }
+        let b_remote = self.calls.get(&id).and_then(|c| c.b_remote.as_ref().map(|(r, _)| *r));
+        if let Some(r) = b_remote {
+            // The direct leg to the other site ends with the call, whoever hung up.
+            self.out.push_back(Output::DirectHangup { id: r });
+        }
         if bye_b {
             if let Some((conn, _)) = b_direct {
                 self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Ended { outcome: Outcome::Connected }, close: true });
@@ -1503,6 +1603,7 @@ impl Core {
         }
         .into_iter()
         .chain(call.b_direct.map(|(_, b)| b))
+        .chain(call.b_remote.as_ref().map(|(b, _)| *b))
         .collect();
         for b in bridges {
             self.out.push_back(Output::BridgeStop { id: b });
@@ -1525,6 +1626,9 @@ impl Core {
         }
         if let Some(c) = &call.cloud_id {
             self.by_cloud.remove(c);
+        }
+        if let Some((b, _)) = &call.b_remote {
+            self.by_remote.remove(b);
         }
     }
 

@@ -30,6 +30,16 @@ impl Bridges for FakeBridges {
         let _ = phone_offer;
         Ok(BridgeSetup { id: self.0, answer: format!("v=0\r\nanswer-{}", self.0), phone_sdp })
     }
+
+    fn offer(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
+        let mut s = self.accept("v=0", Some(phone_offer))?;
+        s.answer = format!("v=0\r\noffer-{}", s.id);
+        Ok(s)
+    }
+
+    fn remote_answer(&mut self, _id: u64, answer: &str) -> Result<(), BridgeError> {
+        if answer.starts_with("v=0") { Ok(()) } else { Err(BridgeError::BadOffer("not SDP".into())) }
+    }
 }
 
 const GW: &str = "10.0.0.1:5060";
