@@ -2,6 +2,8 @@
 //! listener over a temporary SQLite directory.
 #![allow(dead_code)]
 
+pub mod gateway;
+
 use std::time::Duration;
 
 use signal_server::Config;
