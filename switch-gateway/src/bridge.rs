@@ -301,31 +301,42 @@ async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: m
                     }
                 }
                 let now = Instant::now();
-                if Some(pkt.pt) == phone_te_pt {
-                    // Forward each DTMF event once, when it ends (str0m sends the RFC 4733
-                    // packets for it on the WebRTC leg).
-                    if pkt.payload.len() >= 4 && pkt.payload[1] & 0x80 != 0 && last_phone_event_ts != Some(pkt.ts) {
-                        last_phone_event_ts = Some(pkt.ts);
-                        let dur = u16::from_be_bytes([pkt.payload[2], pkt.payload[3]]);
-                        pending_event = Some(TelephoneEvent {
-                            event: pkt.payload[0],
-                            end: true,
-                            volume: pkt.payload[1] & 0x3f,
-                            duration: Duration::from_millis(u64::from(dur) / 8),
-                        });
+                let is_event = Some(pkt.pt) == phone_te_pt;
+                if is_event {
+                    // Forward each DTMF event once, when it ends: str0m sends the RFC 4733
+                    // packets for it on the WebRTC leg, attached to a frame of silence (the
+                    // phone may send no audio while or after a key is pressed).
+                    if pkt.payload.len() < 4 || pkt.payload[1] & 0x80 == 0 || last_phone_event_ts == Some(pkt.ts) {
+                        continue;
                     }
-                    continue;
+                    last_phone_event_ts = Some(pkt.ts);
+                    let dur = u16::from_be_bytes([pkt.payload[2], pkt.payload[3]]);
+                    pending_event = Some(TelephoneEvent {
+                        event: pkt.payload[0],
+                        end: true,
+                        volume: pkt.payload[1] & 0x3f,
+                        duration: Duration::from_millis(u64::from(dur) / 8),
+                    });
                 }
-                let law = match pkt.pt { 0 => Law::Mu, 8 => Law::A, _ => continue };
+                let silence = [phone_law.encode(0); 160];
+                let (law, body): (Law, &[u8]) = if is_event {
+                    (phone_law, &silence[..])
+                } else {
+                    match pkt.pt {
+                        0 => (Law::Mu, pkt.payload),
+                        8 => (Law::A, pkt.payload),
+                        _ => continue,
+                    }
+                };
                 let want = if law == Law::Mu { Codec::PCMU } else { Codec::PCMA };
                 let (pt, payload): (Pt, Vec<u8>) = match webrtc_pts.iter().find(|(_, c)| *c == want) {
-                    Some((pt, _)) => (*pt, pkt.payload.to_vec()),
+                    Some((pt, _)) => (*pt, body.to_vec()),
                     None => {
                         // The WebRTC side took only the other law: re-code.
                         let other = if law == Law::Mu { Law::A } else { Law::Mu };
                         let oc = if other == Law::Mu { Codec::PCMU } else { Codec::PCMA };
                         let Some((pt, _)) = webrtc_pts.iter().find(|(_, c)| *c == oc) else { continue };
-                        (*pt, pkt.payload.iter().map(|b| other.encode(law.decode(*b))).collect())
+                        (*pt, body.iter().map(|b| other.encode(law.decode(*b))).collect())
                     }
                 };
                 let Some(mut w) = rtc.writer(m) else { continue };

@@ -146,7 +146,47 @@ async fn f1_browser_key_offer_answer_and_audio_both_ways_through_the_bridge() {
     let rec = media.recording();
     let f_browser = dominant_frequency(&rec[rec.len().saturating_sub(4000)..], 8000);
     assert!((f_browser - 440.0).abs() < 20.0, "the browser heard {f_browser} Hz, expected the phone's 440 Hz");
+
+    // DTMF both ways (RFC 4733): the browser presses 4, the phone receives the event; the phone
+    // presses 7, the browser receives it.
+    media.send_dtmf('4').unwrap();
+    let mut got_event = None;
+    while got_event.is_none() {
+        let (n, _) = tokio::time::timeout(WAIT, rtp.recv_from(&mut buf)).await.expect("DTMF in time").unwrap();
+        if n >= 16 && buf[1] & 0x7f == 101 && buf[13] & 0x80 != 0 {
+            got_event = Some(buf[12]);
+        }
+    }
+    assert_eq!(got_event, Some(4), "the phone received the browser's digit");
+    for i in 0..6u8 {
+        let end = i >= 3;
+        let mut pkt = vec![0x80, 101, 0, 200 + i, 0, 0, 0x40, 0, 0, 0, 0, 7];
+        let dur = (160 * (u16::from(i) + 1)).to_be_bytes();
+        pkt.extend([7, if end { 0x8a } else { 0x0a }, dur[0], dur[1]]);
+        rtp.send_to(&pkt, gw_rtp).await.unwrap();
+    }
+    assert_eq!(media.wait_dtmf(1, WAIT).await.expect("the browser receives the phone's digit"), "7");
+
+    // The direct leg does not need the cloud: stop the signal server, audio keeps flowing.
+    cloud.stop().await;
+    let before = media.stats().packets_received;
+    let keep = {
+        let rtp = rtp.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for i in 0..250u32 {
+                tick.tick().await;
+                let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+                pkt[2..4].copy_from_slice(&((1000 + i) as u16).to_be_bytes());
+                pkt[4..8].copy_from_slice(&(100_000 + i * 160).to_be_bytes());
+                pkt.extend(Law::Mu.encode_frame(&tone(440.0, 0.02, 8000)));
+                let _ = rtp.send_to(&pkt, gw_rtp).await;
+            }
+        })
+    };
+    keep.await.unwrap();
+    let after = media.stats().packets_received;
+    assert!(after - before >= 200, "5 s of audio after the cloud went away: {} packets", after - before);
     media.close().await;
     gw.stop().await;
-    cloud.stop().await;
 }
