@@ -3,132 +3,22 @@
 //! and a key from branch (C11/C12) via C2, connects to branch's direct endpoint as a WebRTC
 //! caller (C14), branch rings 3001 and bridges (C15). The phones are scripted SIP UAs (digest,
 //! INVITE/answer, PCMU tones); audio is checked both ways by frequency, then the cloud's call
-//! record must list the patent steps in order.
+//! record must list the patent steps in order. DTMF crosses both gateways, and the call keeps
+//! its audio for 5 s after the signal server is stopped.
 
 mod common;
+#[path = "common/scripted_phone.rs"]
+mod scripted_phone;
 use common::*;
+use scripted_phone::*;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use signal_server::directory::Directory;
 use tokio::net::UdpSocket;
-use trunkline_client::g711::Law;
-use trunkline_client::wav::{dominant_frequency, tone};
+use trunkline_client::wav::dominant_frequency;
+use trunkline_sip::Message;
 use trunkline_protocol::Step;
-use trunkline_sip::digest::{self, Algorithm};
-use trunkline_sip::{Message, Method, Response};
-
-async fn next_msg(sock: &UdpSocket) -> (Message, SocketAddr) {
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let (n, from) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf)).await.expect("SIP in time").unwrap();
-        if let Ok(m) = trunkline_sip::parse(&buf[..n]) {
-            return (m, from);
-        }
-    }
-}
-
-/// 1001 places a call to `to` through `gw` (digest-authenticated INVITE). Returns the 200 OK.
-async fn call(sip: &UdpSocket, gw: SocketAddr, to: &str, rtp: SocketAddr) -> Response {
-    let local = sip.local_addr().unwrap();
-    let sdp = format!(
-        "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
-        rtp.port()
-    );
-    let invite = |cseq: u32, auth: &str| {
-        format!(
-            "INVITE sip:{to}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKf2{cseq};rport\r\nMax-Forwards: 70\r\n\
-             From: <sip:1001@{gw}>;tag=f2caller\r\nTo: <sip:{to}@{gw}>\r\nCall-ID: f2-call@test\r\nCSeq: {cseq} INVITE\r\n\
-             Contact: <sip:1001@{local}>\r\n{auth}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-            sdp.len()
-        )
-    };
-    sip.send_to(invite(1, "").as_bytes(), gw).await.unwrap();
-    let challenge = loop {
-        if let (Message::Response(r), _) = next_msg(sip).await
-            && r.status == 401
-        {
-            break r;
-        }
-    };
-    let ack = format!(
-        "ACK sip:{to}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKf21;rport\r\nMax-Forwards: 70\r\nFrom: <sip:1001@{gw}>;tag=f2caller\r\n\
-         To: {}\r\nCall-ID: f2-call@test\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
-        challenge.headers.get("To").unwrap()
-    );
-    sip.send_to(ack.as_bytes(), gw).await.unwrap();
-    let h = challenge.headers.get_all("WWW-Authenticate").find(|h| h.contains("MD5")).unwrap().to_string();
-    let nonce = h.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
-    let uri = format!("sip:{to}@{gw}");
-    let ha1 = digest::ha1(Algorithm::Md5, "1001", REALM, "pw-1001");
-    let resp = digest_response(Algorithm::Md5, &ha1, &nonce, "INVITE", &uri, "00000001", "f2");
-    let auth = format!(
-        "Authorization: Digest username=\"1001\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"f2\"\r\n"
-    );
-    sip.send_to(invite(2, &auth).as_bytes(), gw).await.unwrap();
-    loop {
-        if let (Message::Response(r), _) = next_msg(sip).await {
-            match r.status {
-                100..=199 => continue,
-                200 => return r,
-                other => panic!("the call failed with {other} {}: {:?}", r.reason, r.headers.get("Warning")),
-            }
-        }
-    }
-}
-
-/// 3001 answers the next INVITE with an SDP for `rtp`; returns the gateway's RTP address.
-async fn answer(sip: &UdpSocket, rtp: SocketAddr) -> SocketAddr {
-    loop {
-        let (m, from) = next_msg(sip).await;
-        let Message::Request(req) = m else { continue };
-        if req.method != Method::Invite {
-            continue;
-        }
-        let offer = String::from_utf8_lossy(&req.body).into_owned();
-        let gw_rtp = trunkline_media::sdp::Sdp::parse(&offer).unwrap().audio_rtp_addr().unwrap();
-        let mut ok = Response::to_request(&req, 200, "OK");
-        ok.set_to_tag("callee");
-        ok.headers.push("Contact", format!("<sip:3001@{}>", sip.local_addr().unwrap()));
-        let sdp = format!(
-            "v=0\r\no=b 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
-            rtp.port()
-        );
-        ok.set_body("application/sdp", sdp.into_bytes());
-        sip.send_to(&ok.to_bytes(), from).await.unwrap();
-        return gw_rtp;
-    }
-}
-
-/// Send `secs` of `freq` as PCMU to `to` from `sock`, and collect what arrives meanwhile.
-async fn play_and_record(sock: Arc<UdpSocket>, to: SocketAddr, freq: f32, secs: f32) -> Vec<i16> {
-    let samples = tone(freq, secs, 8000);
-    let tx = sock.clone();
-    let send = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        for (i, frame) in samples.chunks(160).enumerate() {
-            tick.tick().await;
-            let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
-            pkt[2..4].copy_from_slice(&(i as u16).to_be_bytes());
-            pkt[4..8].copy_from_slice(&((i * 160) as u32).to_be_bytes());
-            pkt.extend(Law::Mu.encode_frame(frame));
-            let _ = tx.send_to(&pkt, to).await;
-        }
-    });
-    let mut heard = vec![];
-    let mut buf = vec![0u8; 2048];
-    let want = (secs * 8000.0 * 0.6) as usize;
-    while heard.len() < want {
-        let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf)).await.expect("audio in time").unwrap();
-        if n > 12 && buf[1] & 0x7f == 0 {
-            Law::Mu.decode_into(&buf[12..n], &mut heard);
-        }
-    }
-    send.await.unwrap();
-    heard
-}
 
 #[tokio::test]
 async fn f2_deskphone_on_hq_calls_deskphone_on_branch_with_audio_both_ways_and_traced_steps() {
@@ -162,6 +52,34 @@ async fn f2_deskphone_on_hq_calls_deskphone_on_branch_with_audio_both_ways_and_t
     assert!((f_callee - 1000.0).abs() < 20.0, "3001 heard {f_callee} Hz, expected 1001's 1 kHz");
     assert!((f_caller - 440.0).abs() < 20.0, "1001 heard {f_caller} Hz, expected 3001's 440 Hz");
 
+    // DTMF across the two gateways: 1001 presses 9, 3001's phone receives the RFC 4733 event.
+    for i in 0..6u16 {
+        let end = i >= 3;
+        let mut pkt = vec![0x80, 101, 0, 50 + i as u8, 0, 1, 0, 0, 0, 0, 0, 9];
+        let dur = (160 * (i + 1)).to_be_bytes();
+        pkt.extend([9, if end { 0x8a } else { 0x0a }, dur[0], dur[1]]);
+        caller_rtp.send_to(&pkt, hq_rtp).await.unwrap();
+    }
+    let mut buf = vec![0u8; 2048];
+    let digit = loop {
+        let (n, _) = tokio::time::timeout(WAIT, callee_rtp.recv_from(&mut buf)).await.expect("DTMF in time").unwrap();
+        if n >= 16 && buf[1] & 0x7f == 101 && buf[13] & 0x80 != 0 {
+            break buf[12];
+        }
+    };
+    assert_eq!(digit, 9, "3001 received 1001's digit");
+
+    // The direct leg between the sites survives the cloud: stop it, audio keeps flowing for 5 s.
+    let cloud_db = cloud.db_url.clone();
+    cloud.stop().await;
+    let (heard_by_callee, _) = tokio::join!(
+        play_and_record(callee_rtp.clone(), branch_rtp, 440.0, 5.0),
+        play_and_record(caller_rtp.clone(), hq_rtp, 1000.0, 5.0),
+    );
+    assert!(heard_by_callee.len() >= 24_000, "3001 kept hearing 1001 without the cloud");
+    let f = dominant_frequency(&heard_by_callee[heard_by_callee.len() - 4000..], 8000);
+    assert!((f - 1000.0).abs() < 20.0, "{f} Hz");
+
     // Hang up from the caller: 200, and the cloud records the call with its steps in order.
     let local = caller_sip.local_addr().unwrap();
     let bye = format!(
@@ -179,7 +97,9 @@ async fn f2_deskphone_on_hq_calls_deskphone_on_branch_with_audio_both_ways_and_t
             break;
         }
     }
-    let dir = signal_server::directory::sqlite::SqliteDirectory::open(&cloud.db_url).await.unwrap();
+    // The cloud stopped with the call connected: it recorded the attempt (connected) with the
+    // steps it saw, as every attempt gets exactly one record.
+    let dir = signal_server::directory::sqlite::SqliteDirectory::open(&cloud_db).await.unwrap();
     eventually("the cloud recorded the call", || {
         let dir = dir.clone();
         async move { !dir.call_records(Some("1001"), 5).await.unwrap().is_empty() }
@@ -196,5 +116,4 @@ async fn f2_deskphone_on_hq_calls_deskphone_on_branch_with_audio_both_ways_and_t
     }
     hq.stop().await;
     branch.stop().await;
-    cloud.stop().await;
 }
