@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
-use trunkline_protocol::{CallEvent, DirectClientMsg, DirectServerMsg, ErrorCode, Outcome, PROTOCOL_VERSION};
+use trunkline_protocol::{
+    CallEvent, DirectClientMsg, DirectServerMsg, ErrorCode, Outcome, PROTOCOL_VERSION,
+};
 
 use crate::ws::{self, ConnectError, TlsOptions, WsStream};
 
@@ -112,13 +114,27 @@ impl DirectClient {
         tls: &TlsOptions,
         within: Duration,
     ) -> Result<DirectClient, DirectError> {
-        let ws = tokio::time::timeout(within, ws::connect(url, tls)).await.map_err(|_| DirectError::Timeout("connection"))??;
-        let mut c = DirectClient { ws, call_id: call_id.into(), early: VecDeque::new(), closed: false };
-        c.send(&DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: call_id.into(), key: key.into(), caller: caller.into() })
-            .await?;
+        let ws = tokio::time::timeout(within, ws::connect(url, tls))
+            .await
+            .map_err(|_| DirectError::Timeout("connection"))??;
+        let mut c = DirectClient {
+            ws,
+            call_id: call_id.into(),
+            early: VecDeque::new(),
+            closed: false,
+        };
+        c.send(&DirectClientMsg::Present {
+            v: PROTOCOL_VERSION,
+            call_id: call_id.into(),
+            key: key.into(),
+            caller: caller.into(),
+        })
+        .await?;
         match c.next_msg(within, "accepted").await? {
             DirectServerMsg::Accepted { call_id: accepted } if accepted == call_id => Ok(c),
-            DirectServerMsg::Accepted { call_id: other } => Err(DirectError::Unexpected(format!("accepted for call {other}"))),
+            DirectServerMsg::Accepted { call_id: other } => Err(DirectError::Unexpected(format!(
+                "accepted for call {other}"
+            ))),
             DirectServerMsg::Error { code, message } => Err(DirectError::from_code(code, message)),
             DirectServerMsg::Ended { outcome } => Err(DirectError::Ended(outcome)),
             other => Err(DirectError::Unexpected(other.encode())),
@@ -132,14 +148,19 @@ impl DirectClient {
     /// Send the WebRTC offer (all candidates included) and wait for the gateway's answer.
     /// Progress that arrives first is kept for [`next_event`](Self::next_event).
     pub async fn offer(&mut self, sdp: &str, within: Duration) -> Result<String, DirectError> {
-        self.send(&DirectClientMsg::Offer { sdp: sdp.into() }).await?;
+        self.send(&DirectClientMsg::Offer { sdp: sdp.into() })
+            .await?;
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_msg(left, "answer").await? {
                 DirectServerMsg::Answer { sdp } => return Ok(sdp),
-                DirectServerMsg::Progress { event } => self.early.push_back(DirectEvent::Progress(event)),
-                DirectServerMsg::Error { code, message } => return Err(DirectError::from_code(code, message)),
+                DirectServerMsg::Progress { event } => {
+                    self.early.push_back(DirectEvent::Progress(event))
+                }
+                DirectServerMsg::Error { code, message } => {
+                    return Err(DirectError::from_code(code, message));
+                }
                 DirectServerMsg::Ended { outcome } => return Err(DirectError::Ended(outcome)),
                 other => return Err(DirectError::Unexpected(other.encode())),
             }
@@ -157,7 +178,9 @@ impl DirectClient {
         match self.read().await {
             Ok(DirectServerMsg::Progress { event }) => Ok(Some(DirectEvent::Progress(event))),
             Ok(DirectServerMsg::Ended { outcome }) => Ok(Some(DirectEvent::Ended(outcome))),
-            Ok(DirectServerMsg::Error { code, message }) => Ok(Some(DirectEvent::Error { code, message })),
+            Ok(DirectServerMsg::Error { code, message }) => {
+                Ok(Some(DirectEvent::Error { code, message }))
+            }
             Ok(other) => Err(DirectError::Unexpected(other.encode())),
             Err(DirectError::Closed(_)) => {
                 self.closed = true;
@@ -183,11 +206,20 @@ impl DirectClient {
 
     async fn send(&mut self, msg: &DirectClientMsg) -> Result<(), DirectError> {
         tracing::trace!("→ direct {}", msg.encode());
-        self.ws.send(Message::Text(msg.encode().into())).await.map_err(|e| DirectError::Closed(Some(e.to_string())))
+        self.ws
+            .send(Message::Text(msg.encode().into()))
+            .await
+            .map_err(|e| DirectError::Closed(Some(e.to_string())))
     }
 
-    async fn next_msg(&mut self, within: Duration, what: &'static str) -> Result<DirectServerMsg, DirectError> {
-        tokio::time::timeout(within, self.read()).await.map_err(|_| DirectError::Timeout(what))?
+    async fn next_msg(
+        &mut self,
+        within: Duration,
+        what: &'static str,
+    ) -> Result<DirectServerMsg, DirectError> {
+        tokio::time::timeout(within, self.read())
+            .await
+            .map_err(|_| DirectError::Timeout(what))?
     }
 
     /// One message; `StreamExt::next` is cancel-safe, so is this.
@@ -196,7 +228,8 @@ impl DirectClient {
             match self.ws.next().await {
                 Some(Ok(Message::Text(t))) => {
                     tracing::trace!("← direct {t}");
-                    return DirectServerMsg::decode(t.as_str()).map_err(|e| DirectError::Unexpected(format!("{e}: {t}")));
+                    return DirectServerMsg::decode(t.as_str())
+                        .map_err(|e| DirectError::Unexpected(format!("{e}: {t}")));
                 }
                 Some(Ok(Message::Close(frame))) => {
                     self.closed = true;

@@ -13,7 +13,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use trunkline_protocol::{
-    AccountKind, CallId, ClientMsg, DeclineReason, ErrorCode, PROTOCOL_VERSION, ServerMsg, SignalPayload,
+    AccountKind, CallId, ClientMsg, DeclineReason, ErrorCode, PROTOCOL_VERSION, ServerMsg,
+    SignalPayload,
 };
 
 use crate::ws::{self, ConnectError, TlsOptions, WsStream};
@@ -58,7 +59,9 @@ pub struct SignalSender {
 impl SignalSender {
     pub fn send(&self, msg: &ClientMsg) -> Result<(), SignalError> {
         tracing::trace!("→ cloud {}", msg.encode());
-        self.tx.send(Message::Text(msg.encode().into())).map_err(|_| SignalError::Closed(None))
+        self.tx
+            .send(Message::Text(msg.encode().into()))
+            .map_err(|_| SignalError::Closed(None))
     }
 
     /// **A → C1**: place a call with a fresh call id (a UUID); returns the call id.
@@ -69,31 +72,53 @@ impl SignalSender {
     }
 
     pub fn dial_with_id(&self, call_id: &str, to: &str) -> Result<(), SignalError> {
-        self.send(&ClientMsg::Dial { call_id: call_id.into(), to: to.into() })
+        self.send(&ClientMsg::Dial {
+            call_id: call_id.into(),
+            to: to.into(),
+        })
     }
 
     /// Give up before the call is connected (outcome `cancelled`).
     pub fn cancel(&self, call_id: &str) -> Result<(), SignalError> {
-        self.send(&ClientMsg::Cancel { call_id: call_id.into() })
+        self.send(&ClientMsg::Cancel {
+            call_id: call_id.into(),
+        })
     }
 
     /// F4: take a browser-to-browser call with the key from `incoming`.
     pub fn accept(&self, call_id: &str, key: &str) -> Result<(), SignalError> {
-        self.send(&ClientMsg::Accept { call_id: call_id.into(), key: key.into() })
+        self.send(&ClientMsg::Accept {
+            call_id: call_id.into(),
+            key: key.into(),
+        })
     }
 
     pub fn decline(&self, call_id: &str, reason: DeclineReason) -> Result<(), SignalError> {
-        self.send(&ClientMsg::Decline { call_id: call_id.into(), reason })
+        self.send(&ClientMsg::Decline {
+            call_id: call_id.into(),
+            reason,
+        })
     }
 
     /// F4: relay WebRTC negotiation to the peer, with the call's key.
-    pub fn signal(&self, call_id: &str, key: &str, payload: SignalPayload) -> Result<(), SignalError> {
-        self.send(&ClientMsg::Signal { call_id: call_id.into(), key: key.into(), payload })
+    pub fn signal(
+        &self,
+        call_id: &str,
+        key: &str,
+        payload: SignalPayload,
+    ) -> Result<(), SignalError> {
+        self.send(&ClientMsg::Signal {
+            call_id: call_id.into(),
+            key: key.into(),
+            payload,
+        })
     }
 
     /// End a browser-to-browser (F4) call.
     pub fn hangup(&self, call_id: &str) -> Result<(), SignalError> {
-        self.send(&ClientMsg::Hangup { call_id: call_id.into() })
+        self.send(&ClientMsg::Hangup {
+            call_id: call_id.into(),
+        })
     }
 
     /// Close the connection (a WebSocket close frame).
@@ -121,27 +146,67 @@ pub struct SignalClient {
 
 impl SignalClient {
     /// Connect and sign in with number + password (a browser account).
-    pub async fn login(url: &str, number: &str, password: &str, tls: &TlsOptions) -> Result<SignalClient, SignalError> {
-        let msg = ClientMsg::Login { v: PROTOCOL_VERSION, number: number.into(), password: password.into() };
+    pub async fn login(
+        url: &str,
+        number: &str,
+        password: &str,
+        tls: &TlsOptions,
+    ) -> Result<SignalClient, SignalError> {
+        let msg = ClientMsg::Login {
+            v: PROTOCOL_VERSION,
+            number: number.into(),
+            password: password.into(),
+        };
         Self::sign_in(url, msg, tls).await
     }
 
     /// Connect and sign in with a session token from an earlier `welcome`.
-    pub async fn resume(url: &str, token: &str, tls: &TlsOptions) -> Result<SignalClient, SignalError> {
-        Self::sign_in(url, ClientMsg::Resume { v: PROTOCOL_VERSION, token: token.into() }, tls).await
+    pub async fn resume(
+        url: &str,
+        token: &str,
+        tls: &TlsOptions,
+    ) -> Result<SignalClient, SignalError> {
+        Self::sign_in(
+            url,
+            ClientMsg::Resume {
+                v: PROTOCOL_VERSION,
+                token: token.into(),
+            },
+            tls,
+        )
+        .await
     }
 
-    async fn sign_in(url: &str, msg: ClientMsg, tls: &TlsOptions) -> Result<SignalClient, SignalError> {
+    async fn sign_in(
+        url: &str,
+        msg: ClientMsg,
+        tls: &TlsOptions,
+    ) -> Result<SignalClient, SignalError> {
         let mut ws = ws::connect(url, tls).await?;
-        ws.send(Message::Text(msg.encode().into())).await.map_err(|e| SignalError::Closed(Some(e.to_string())))?;
+        ws.send(Message::Text(msg.encode().into()))
+            .await
+            .map_err(|e| SignalError::Closed(Some(e.to_string())))?;
         let first = tokio::time::timeout(SIGN_IN_TIMEOUT, next_server_msg(&mut ws))
             .await
             .map_err(|_| SignalError::Timeout("welcome"))?;
         let session = match first {
-            Ok(ServerMsg::Welcome { number, display_name, kind, session_token, session_expires_in_s, .. }) => {
-                Session { number, display_name, kind, session_token, session_expires_in_s }
+            Ok(ServerMsg::Welcome {
+                number,
+                display_name,
+                kind,
+                session_token,
+                session_expires_in_s,
+                ..
+            }) => Session {
+                number,
+                display_name,
+                kind,
+                session_token,
+                session_expires_in_s,
+            },
+            Ok(ServerMsg::Error { code, message, .. }) => {
+                return Err(SignalError::Refused { code, message });
             }
-            Ok(ServerMsg::Error { code, message, .. }) => return Err(SignalError::Refused { code, message }),
             Ok(other) => return Err(SignalError::Unexpected(other.encode())),
             Err(reason) => return Err(SignalError::Closed(reason)),
         };
@@ -156,7 +221,8 @@ impl SignalClient {
         // Writer: outgoing messages, keep-alive pings; stops after a close frame or when every
         // sender is gone.
         tokio::spawn(async move {
-            let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+            let mut keepalive =
+                tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
             loop {
                 let msg = tokio::select! {
                     m = out_rx.recv() => m.unwrap_or(Message::Close(None)),
@@ -182,10 +248,14 @@ impl SignalClient {
                                 break "client dropped".to_string();
                             }
                         }
-                        Err(e) => tracing::warn!("ignoring a message from the signal server: {e}: {t}"),
+                        Err(e) => {
+                            tracing::warn!("ignoring a message from the signal server: {e}: {t}")
+                        }
                     },
                     Some(Ok(Message::Close(frame))) => {
-                        break frame.map_or("closed".into(), |f| format!("closed ({}: {})", f.code, f.reason));
+                        break frame.map_or("closed".into(), |f| {
+                            format!("closed ({}: {})", f.code, f.reason)
+                        });
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => break e.to_string(),
@@ -194,7 +264,12 @@ impl SignalClient {
             };
             *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
         });
-        SignalClient { session, sender: SignalSender { tx: out_tx }, inbox, close_reason }
+        SignalClient {
+            session,
+            sender: SignalSender { tx: out_tx },
+            inbox,
+            close_reason,
+        }
     }
 
     pub fn sender(&self) -> &SignalSender {
@@ -209,12 +284,22 @@ impl SignalClient {
 
     /// Why the connection ended, once it has.
     pub fn close_reason(&self) -> Option<String> {
-        self.close_reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.close_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Split into the sender and the message stream.
     pub fn into_parts(self) -> (Session, SignalSender, SignalInbox) {
-        (self.session, self.sender, SignalInbox { inbox: self.inbox, close_reason: self.close_reason })
+        (
+            self.session,
+            self.sender,
+            SignalInbox {
+                inbox: self.inbox,
+                close_reason: self.close_reason,
+            },
+        )
     }
 }
 
@@ -230,7 +315,10 @@ impl SignalInbox {
     }
 
     pub fn close_reason(&self) -> Option<String> {
-        self.close_reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.close_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -263,7 +351,10 @@ pub fn server_msg_call_id(msg: &ServerMsg) -> Option<&str> {
         | ServerMsg::CallEvent { call_id, .. }
         | ServerMsg::Outcome { call_id, .. } => Some(call_id),
         ServerMsg::Error { call_id, .. } => call_id.as_deref(),
-        ServerMsg::Welcome { .. } | ServerMsg::SwitchWelcome { .. } | ServerMsg::PhonesUpdate { .. } | ServerMsg::Pong => None,
+        ServerMsg::Welcome { .. }
+        | ServerMsg::SwitchWelcome { .. }
+        | ServerMsg::PhonesUpdate { .. }
+        | ServerMsg::Pong => None,
     }
 }
 
@@ -280,7 +371,12 @@ mod tests {
 
     #[test]
     fn call_id_of_messages() {
-        let m = ServerMsg::Connect { call_id: "c1".into(), url: "ws://x/direct".into(), key: "k".into(), expires_in_ms: 1 };
+        let m = ServerMsg::Connect {
+            call_id: "c1".into(),
+            url: "ws://x/direct".into(),
+            key: "k".into(),
+            expires_in_ms: 1,
+        };
         assert_eq!(server_msg_call_id(&m), Some("c1"));
         assert_eq!(server_msg_call_id(&ServerMsg::Pong), None);
         let e = ServerMsg::error(ErrorCode::BadMessage, "x", None);

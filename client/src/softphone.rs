@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use trunkline_protocol::{CallEvent, CallId, DeclineReason, ErrorCode, IncomingVia, Outcome, ServerMsg, SignalPayload};
+use trunkline_protocol::{
+    CallEvent, CallId, DeclineReason, ErrorCode, IncomingVia, Outcome, ServerMsg, SignalPayload,
+};
 
 use crate::direct::{DirectClient, DirectError, DirectEvent};
 use crate::g711::Law;
@@ -53,7 +55,11 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { direct: Duration::from_secs(10), offer: Duration::from_secs(10), outcome_grace: Duration::from_secs(5) }
+        Timeouts {
+            direct: Duration::from_secs(10),
+            offer: Duration::from_secs(10),
+            outcome_grace: Duration::from_secs(5),
+        }
     }
 }
 
@@ -71,7 +77,11 @@ pub struct SoftphoneConfig {
 }
 
 impl SoftphoneConfig {
-    pub fn new(server: impl Into<String>, number: impl Into<String>, password: impl Into<String>) -> Self {
+    pub fn new(
+        server: impl Into<String>,
+        number: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
         SoftphoneConfig {
             server: server.into(),
             number: number.into(),
@@ -96,12 +106,18 @@ struct Inner {
 impl Inner {
     fn route(&self, call_id: &str) -> mpsc::UnboundedReceiver<ServerMsg> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.routes.lock().unwrap_or_else(|p| p.into_inner()).insert(call_id.to_string(), tx);
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(call_id.to_string(), tx);
         rx
     }
 
     fn unroute(&self, call_id: &str) {
-        self.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(call_id);
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(call_id);
     }
 }
 
@@ -139,7 +155,11 @@ impl Softphone {
         });
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         let dispatcher = tokio::spawn(dispatch(inner.clone(), inbox, incoming_tx));
-        Softphone { inner, incoming: tokio::sync::Mutex::new(incoming_rx), dispatcher }
+        Softphone {
+            inner,
+            incoming: tokio::sync::Mutex::new(incoming_rx),
+            dispatcher,
+        }
     }
 
     /// What `welcome` said (number, display name, session token for `resume`).
@@ -165,7 +185,14 @@ impl Softphone {
     pub async fn call(&self, to: &str, source: AudioSource) -> Result<CallHandle, SoftphoneError> {
         let call_id = signal::new_call_id();
         let rx = self.inner.route(&call_id);
-        let (handle, task) = CallTask::new(self.inner.clone(), call_id.clone(), true, to.into(), source, rx);
+        let (handle, task) = CallTask::new(
+            self.inner.clone(),
+            call_id.clone(),
+            true,
+            to.into(),
+            source,
+            rx,
+        );
         task.update(CallUpdate::Dialing { to: to.into() });
         if let Err(e) = self.inner.signal.dial_with_id(&call_id, to) {
             self.inner.unroute(&call_id);
@@ -181,12 +208,19 @@ impl Softphone {
         match tokio::time::timeout(within, rx.recv()).await {
             Ok(Some(call)) => Ok(call),
             Ok(None) => Err(SoftphoneError::SignalClosed),
-            Err(_) => Err(SoftphoneError::Timeout { what: "an incoming call".into(), after: within }),
+            Err(_) => Err(SoftphoneError::Timeout {
+                what: "an incoming call".into(),
+                after: within,
+            }),
         }
     }
 
     /// Auto-answer: wait up to `within` for the next incoming call and answer it with `source`.
-    pub async fn answer_incoming(&self, source: AudioSource, within: Duration) -> Result<CallHandle, SoftphoneError> {
+    pub async fn answer_incoming(
+        &self,
+        source: AudioSource,
+        within: Duration,
+    ) -> Result<CallHandle, SoftphoneError> {
         let call = self.next_incoming(within).await?;
         Ok(call.answer(source))
     }
@@ -204,11 +238,28 @@ impl Drop for Softphone {
     }
 }
 
-async fn dispatch(inner: Arc<Inner>, mut inbox: SignalInbox, incoming: mpsc::UnboundedSender<IncomingCall>) {
+async fn dispatch(
+    inner: Arc<Inner>,
+    mut inbox: SignalInbox,
+    incoming: mpsc::UnboundedSender<IncomingCall>,
+) {
     while let Some(msg) = inbox.recv().await {
-        if let ServerMsg::Incoming { call_id, from, from_name, via } = msg {
+        if let ServerMsg::Incoming {
+            call_id,
+            from,
+            from_name,
+            via,
+        } = msg
+        {
             let rx = inner.route(&call_id);
-            let call = IncomingCall { call_id, from, from_name, via, rx: Some(rx), inner: inner.clone() };
+            let call = IncomingCall {
+                call_id,
+                from,
+                from_name,
+                via,
+                rx: Some(rx),
+                inner: inner.clone(),
+            };
             if incoming.send(call).is_err() {
                 return;
             }
@@ -216,7 +267,12 @@ async fn dispatch(inner: Arc<Inner>, mut inbox: SignalInbox, incoming: mpsc::Unb
         }
         match signal::server_msg_call_id(&msg) {
             Some(id) => {
-                let tx = inner.routes.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
+                let tx = inner
+                    .routes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(id)
+                    .cloned();
                 match tx {
                     Some(tx) => {
                         let _ = tx.send(msg);
@@ -225,7 +281,9 @@ async fn dispatch(inner: Arc<Inner>, mut inbox: SignalInbox, incoming: mpsc::Unb
                 }
             }
             None => match msg {
-                ServerMsg::Error { code, message, .. } => tracing::warn!("signal server: {code}: {message}"),
+                ServerMsg::Error { code, message, .. } => {
+                    tracing::warn!("signal server: {code}: {message}")
+                }
                 other => tracing::debug!("ignoring {}", other.encode()),
             },
         }
@@ -234,7 +292,11 @@ async fn dispatch(inner: Arc<Inner>, mut inbox: SignalInbox, incoming: mpsc::Unb
     tracing::debug!("signal connection ended: {reason}");
     inner.closed.send_replace(Some(reason));
     // Every call task sees its cloud channel end.
-    inner.routes.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    inner
+        .routes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
 }
 
 /// A call that is ringing here.
@@ -252,12 +314,29 @@ impl IncomingCall {
     /// Answer, sending `source` once media flows.
     pub fn answer(mut self, source: AudioSource) -> CallHandle {
         let rx = self.rx.take().expect("an incoming call is answered once");
-        let (handle, task) = CallTask::new(self.inner.clone(), self.call_id.clone(), false, self.from.clone(), source, rx);
-        task.update(CallUpdate::Incoming { from: self.from.clone(), from_name: self.from_name.clone(), via: self.via.clone() });
+        let (handle, task) = CallTask::new(
+            self.inner.clone(),
+            self.call_id.clone(),
+            false,
+            self.from.clone(),
+            source,
+            rx,
+        );
+        task.update(CallUpdate::Incoming {
+            from: self.from.clone(),
+            from_name: self.from_name.clone(),
+            via: self.via.clone(),
+        });
         let start = match &self.via {
-            IncomingVia::Direct { url, key, expires_in_ms } => {
-                Start::Direct { url: url.clone(), key: key.clone(), expires_in_ms: *expires_in_ms }
-            }
+            IncomingVia::Direct {
+                url,
+                key,
+                expires_in_ms,
+            } => Start::Direct {
+                url: url.clone(),
+                key: key.clone(),
+                expires_in_ms: *expires_in_ms,
+            },
             IncomingVia::Peer { key } => Start::AwaitOffer { key: key.clone() },
         };
         tokio::spawn(task.run(start));
@@ -287,7 +366,11 @@ pub enum CallUpdate {
     /// A → C1: `dial` sent.
     Dialing { to: String },
     /// An incoming call is being answered.
-    Incoming { from: String, from_name: String, via: IncomingVia },
+    Incoming {
+        from: String,
+        from_name: String,
+        via: IncomingVia,
+    },
     /// C13 (caller) / C3 (callee): go to the gateway's direct endpoint with the key.
     Connect { url: String, expires_in_ms: u64 },
     /// C14: the gateway accepted the key.
@@ -300,10 +383,15 @@ pub enum CallUpdate {
     Answer,
     /// F4 callee: `accept` sent.
     Accepted,
-    /// Progress from the cloud (`call_event`) or the gateway (`progress`).
+    /// Progress from the cloud (`call_event`).
     Event(CallEvent),
+    /// Progress from the gateway's direct endpoint (`progress`, C15).
+    GatewayProgress(CallEvent),
     /// ICE + DTLS are up.
-    MediaConnected { codec: Option<Law>, after: Option<Duration> },
+    MediaConnected {
+        codec: Option<Law>,
+        after: Option<Duration>,
+    },
     /// The first audio packet arrived.
     FirstAudio { after: Option<Duration> },
     /// A DTMF digit arrived.
@@ -319,35 +407,43 @@ pub enum CallUpdate {
     /// Something failed on this side.
     Failed(String),
     /// Final: the cloud's outcome.
-    Outcome { outcome: Outcome, duration_ms: Option<u64> },
+    Outcome {
+        outcome: Outcome,
+        duration_ms: Option<u64>,
+    },
 }
 
 impl std::fmt::Display for CallUpdate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallUpdate::Dialing { to } => write!(f, "A/C1 dialing {to}"),
-            CallUpdate::Incoming { from, from_name, via } => match via {
-                IncomingVia::Direct { url, .. } => write!(f, "C3 incoming call from {from} ({from_name}) via gateway {url}"),
-                IncomingVia::Peer { .. } => write!(f, "F4 incoming call from {from} ({from_name}), browser to browser"),
+            CallUpdate::Incoming {
+                from,
+                from_name,
+                via,
+            } => match via {
+                IncomingVia::Direct { url, .. } => write!(
+                    f,
+                    "C3 incoming call from {from} ({from_name}) via gateway {url}"
+                ),
+                IncomingVia::Peer { .. } => write!(
+                    f,
+                    "F4 incoming call from {from} ({from_name}), browser to browser"
+                ),
             },
             CallUpdate::Connect { url, expires_in_ms } => {
-                write!(f, "C13 connect to {url} with the one-time key (expires in {expires_in_ms} ms)")
+                write!(
+                    f,
+                    "C13 connect to {url} with the one-time key (expires in {expires_in_ms} ms)"
+                )
             }
             CallUpdate::KeyAccepted => write!(f, "C14 key accepted by the gateway"),
             CallUpdate::Peer => write!(f, "F4 callee is a browser: negotiating through the cloud"),
             CallUpdate::OfferSent => write!(f, "WebRTC offer sent"),
             CallUpdate::Answer => write!(f, "WebRTC answer exchanged"),
             CallUpdate::Accepted => write!(f, "F4 accepted"),
-            CallUpdate::Event(CallEvent::KeyAccepted) => write!(f, "C14 key accepted"),
-            CallUpdate::Event(CallEvent::Ringing) => write!(f, "ringing"),
-            CallUpdate::Event(CallEvent::Connected) => write!(f, "C15 connected"),
-            CallUpdate::Event(CallEvent::Ended { outcome, duration_ms }) => {
-                write!(f, "ended: {outcome}")?;
-                if let Some(d) = duration_ms {
-                    write!(f, " after {d} ms")?;
-                }
-                Ok(())
-            }
+            CallUpdate::Event(e) => write!(f, "{}", event_text(e)),
+            CallUpdate::GatewayProgress(e) => write!(f, "C15 gateway: {}", event_text(e)),
             CallUpdate::MediaConnected { codec, after } => {
                 write!(f, "media connected (ICE + DTLS-SRTP)")?;
                 if let Some(c) = codec {
@@ -368,7 +464,10 @@ impl std::fmt::Display for CallUpdate {
             CallUpdate::DirectEnded(o) => write!(f, "gateway ended the call: {o}"),
             CallUpdate::HungUp => write!(f, "hung up"),
             CallUpdate::Failed(why) => write!(f, "failed: {why}"),
-            CallUpdate::Outcome { outcome, duration_ms } => {
+            CallUpdate::Outcome {
+                outcome,
+                duration_ms,
+            } => {
                 write!(f, "outcome: {outcome}")?;
                 if let Some(d) = duration_ms {
                     write!(f, " ({d} ms)")?;
@@ -376,6 +475,21 @@ impl std::fmt::Display for CallUpdate {
                 Ok(())
             }
         }
+    }
+}
+
+fn event_text(e: &CallEvent) -> String {
+    match e {
+        CallEvent::KeyAccepted => "C14 key accepted".into(),
+        CallEvent::Ringing => "ringing".into(),
+        CallEvent::Connected => "connected (answered)".into(),
+        CallEvent::Ended {
+            outcome,
+            duration_ms,
+        } => match duration_ms {
+            Some(d) => format!("ended: {outcome} after {d} ms"),
+            None => format!("ended: {outcome}"),
+        },
     }
 }
 
@@ -482,29 +596,44 @@ impl CallHandle {
                     return Ok(s.clone());
                 }
                 if s.finished {
-                    return Err(SoftphoneError::CallEnded { what: what.into(), status: s.to_string() });
+                    return Err(SoftphoneError::CallEnded {
+                        what: what.into(),
+                        status: s.to_string(),
+                    });
                 }
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => {
                     let s = rx.borrow().clone();
-                    return Err(SoftphoneError::CallEnded { what: what.into(), status: s.to_string() });
+                    return Err(SoftphoneError::CallEnded {
+                        what: what.into(),
+                        status: s.to_string(),
+                    });
                 }
-                Err(_) => return Err(SoftphoneError::Timeout { what: what.into(), after: within }),
+                Err(_) => {
+                    return Err(SoftphoneError::Timeout {
+                        what: what.into(),
+                        after: within,
+                    });
+                }
             }
         }
     }
 
     /// Wait until the callee answered.
     pub async fn wait_answered(&self, within: Duration) -> Result<(), SoftphoneError> {
-        self.wait_for("the answer", within, |s| s.answered).await.map(|_| ())
+        self.wait_for("the answer", within, |s| s.answered)
+            .await
+            .map(|_| ())
     }
 
     /// Wait until the media session is negotiated and connected (ICE + DTLS).
     pub async fn wait_media(&self, within: Duration) -> Result<Arc<MediaSession>, SoftphoneError> {
         let start = tokio::time::Instant::now();
-        let s = self.wait_for("media", within, |s| s.media.is_some()).await?;
+        let s = self
+            .wait_for("media", within, |s| s.media.is_some())
+            .await?;
         let media = s.media.expect("checked");
         let left = within.saturating_sub(start.elapsed());
         media.wait_connected(left).await?;
@@ -517,8 +646,13 @@ impl CallHandle {
     }
 
     /// Wait for the cloud's final outcome.
-    pub async fn wait_outcome(&self, within: Duration) -> Result<(Outcome, Option<u64>), SoftphoneError> {
-        let s = self.wait_for("the outcome", within, |s| s.outcome.is_some()).await?;
+    pub async fn wait_outcome(
+        &self,
+        within: Duration,
+    ) -> Result<(Outcome, Option<u64>), SoftphoneError> {
+        let s = self
+            .wait_for("the outcome", within, |s| s.outcome.is_some())
+            .await?;
         Ok(s.outcome.expect("checked"))
     }
 
@@ -529,7 +663,10 @@ impl CallHandle {
         match r {
             Ok(Ok(s)) => Ok(s.clone()),
             Ok(Err(_)) => Ok(self.status()),
-            Err(_) => Err(SoftphoneError::Timeout { what: "the end of the call".into(), after: within }),
+            Err(_) => Err(SoftphoneError::Timeout {
+                what: "the end of the call".into(),
+                after: within,
+            }),
         }
     }
 
@@ -544,7 +681,11 @@ enum Start {
     /// Outgoing: `dial` is sent; wait for `connect` / `peer` / `outcome`.
     Dialed,
     /// C3: connect to the caller's gateway.
-    Direct { url: String, key: String, expires_in_ms: u64 },
+    Direct {
+        url: String,
+        key: String,
+        expires_in_ms: u64,
+    },
     /// F4 callee: wait for the offer, then `accept` and answer.
     AwaitOffer { key: String },
 }
@@ -650,8 +791,15 @@ impl CallTask {
     async fn run(mut self, start: Start) {
         match start {
             Start::Dialed => {}
-            Start::Direct { url, key, expires_in_ms } => {
-                self.update(CallUpdate::Connect { url: url.clone(), expires_in_ms });
+            Start::Direct {
+                url,
+                key,
+                expires_in_ms,
+            } => {
+                self.update(CallUpdate::Connect {
+                    url: url.clone(),
+                    expires_in_ms,
+                });
                 self.start_direct(&url, &key).await;
             }
             Start::AwaitOffer { key } => {
@@ -704,8 +852,16 @@ impl CallTask {
             self.progressed = true;
         }
         match m {
-            ServerMsg::Connect { url, key, expires_in_ms, .. } => {
-                self.update(CallUpdate::Connect { url: url.clone(), expires_in_ms });
+            ServerMsg::Connect {
+                url,
+                key,
+                expires_in_ms,
+                ..
+            } => {
+                self.update(CallUpdate::Connect {
+                    url: url.clone(),
+                    expires_in_ms,
+                });
                 if self.direct.is_none() && self.media.is_none() && !self.hung_up {
                     self.start_direct(&url, &key).await;
                 }
@@ -713,7 +869,11 @@ impl CallTask {
             ServerMsg::Peer { key, .. } => {
                 self.update(CallUpdate::Peer);
                 self.peer_key = Some(key);
-                if self.outgoing && self.pending_peer.is_none() && self.media.is_none() && !self.hung_up {
+                if self.outgoing
+                    && self.pending_peer.is_none()
+                    && self.media.is_none()
+                    && !self.hung_up
+                {
                     self.send_peer_offer().await;
                 }
             }
@@ -726,13 +886,23 @@ impl CallTask {
                 }
                 self.update(CallUpdate::Event(event));
             }
-            ServerMsg::Outcome { outcome, duration_ms, .. } => {
-                self.update(CallUpdate::Outcome { outcome, duration_ms });
+            ServerMsg::Outcome {
+                outcome,
+                duration_ms,
+                ..
+            } => {
+                self.update(CallUpdate::Outcome {
+                    outcome,
+                    duration_ms,
+                });
                 self.set_status(|s| s.outcome = Some((outcome, duration_ms)));
                 self.done = true;
             }
             ServerMsg::Error { code, message, .. } => {
-                self.update(CallUpdate::Refused { code, message: message.clone() });
+                self.update(CallUpdate::Refused {
+                    code,
+                    message: message.clone(),
+                });
                 self.set_status(|s| s.refused = Some((code, message.clone())));
                 // A refused `dial` changes nothing at the server: no outcome will follow (except
                 // for invalid_call, B3, which is followed by `rejected_invalid`).
@@ -746,10 +916,17 @@ impl CallTask {
 
     fn on_cloud_lost(&mut self) {
         self.cloud_open = false;
-        let why = self.inner.closed.borrow().clone().unwrap_or_else(|| "closed".into());
+        let why = self
+            .inner
+            .closed
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| "closed".into());
         if self.direct.is_some() {
             // The call goes on over the direct connection; its `ended` finishes it.
-            self.update(CallUpdate::Failed(format!("signal connection lost ({why}); the call continues on the direct endpoint")));
+            self.update(CallUpdate::Failed(format!(
+                "signal connection lost ({why}); the call continues on the direct endpoint"
+            )));
         } else {
             self.fail(format!("signal connection lost: {why}"));
         }
@@ -759,7 +936,10 @@ impl CallTask {
         match payload {
             SignalPayload::Offer { sdp } => {
                 if self.outgoing || self.media.is_some() {
-                    tracing::debug!("call {}: ignoring an offer (renegotiation is not supported)", self.call_id);
+                    tracing::debug!(
+                        "call {}: ignoring an offer (renegotiation is not supported)",
+                        self.call_id
+                    );
                     return;
                 }
                 self.awaiting_offer = None;
@@ -814,10 +994,12 @@ impl CallTask {
     async fn start_direct(&mut self, url: &str, key: &str) {
         let t = self.inner.timeouts.direct;
         let number = self.inner.session.number.clone();
-        let mut direct = match DirectClient::present(url, &self.call_id, key, &number, &self.inner.tls, t).await {
-            Ok(d) => d,
-            Err(e) => return self.direct_failed(e).await,
-        };
+        let mut direct =
+            match DirectClient::present(url, &self.call_id, key, &number, &self.inner.tls, t).await
+            {
+                Ok(d) => d,
+                Err(e) => return self.direct_failed(e).await,
+            };
         self.update(CallUpdate::KeyAccepted);
         let mut peer = match WebRtcPeer::bind(self.inner.media.clone()).await {
             Ok(p) => p,
@@ -852,14 +1034,18 @@ impl CallTask {
             Err(e) => {
                 let _ = direct.hangup().await;
                 direct.close().await;
-                self.direct_failed_local(format!("the gateway's answer: {e}")).await;
+                self.direct_failed_local(format!("the gateway's answer: {e}"))
+                    .await;
             }
         }
     }
 
     async fn direct_failed(&mut self, e: DirectError) {
         if let Some(code) = e.code() {
-            self.update(CallUpdate::Refused { code, message: e.to_string() });
+            self.update(CallUpdate::Refused {
+                code,
+                message: e.to_string(),
+            });
             let msg = e.to_string();
             self.set_status(|s| s.refused = Some((code, msg)));
         }
@@ -870,7 +1056,8 @@ impl CallTask {
             self.update(CallUpdate::Failed(format!("direct endpoint: {e}")));
             self.start_grace();
         } else {
-            self.direct_failed_local(format!("direct endpoint: {e}")).await;
+            self.direct_failed_local(format!("direct endpoint: {e}"))
+                .await;
         }
     }
 
@@ -884,7 +1071,9 @@ impl CallTask {
         let r = if self.outgoing {
             self.inner.signal.cancel(&self.call_id)
         } else {
-            self.inner.signal.decline(&self.call_id, DeclineReason::Declined)
+            self.inner
+                .signal
+                .decline(&self.call_id, DeclineReason::Declined)
         };
         if let Err(e) = r {
             tracing::debug!("call {}: {e}", self.call_id);
@@ -895,7 +1084,9 @@ impl CallTask {
 
     /// F4 caller: offer through the cloud.
     async fn send_peer_offer(&mut self) {
-        let Some(key) = self.peer_key.clone() else { return };
+        let Some(key) = self.peer_key.clone() else {
+            return;
+        };
         let mut peer = match WebRtcPeer::bind(self.inner.media.clone()).await {
             Ok(p) => p,
             Err(e) => return self.peer_failed(format!("media: {e}")).await,
@@ -908,7 +1099,11 @@ impl CallTask {
             .inner
             .signal
             .signal(&self.call_id, &key, SignalPayload::Offer { sdp: offer })
-            .and_then(|_| self.inner.signal.signal(&self.call_id, &key, SignalPayload::EndOfCandidates));
+            .and_then(|_| {
+                self.inner
+                    .signal
+                    .signal(&self.call_id, &key, SignalPayload::EndOfCandidates)
+            });
         if let Err(e) = sent {
             return self.fail(format!("sending the offer: {e}"));
         }
@@ -918,7 +1113,9 @@ impl CallTask {
 
     /// F4 callee: `accept`, then answer through the cloud.
     async fn answer_peer_offer(&mut self, offer: &str) {
-        let Some(key) = self.peer_key.clone() else { return };
+        let Some(key) = self.peer_key.clone() else {
+            return;
+        };
         let peer = match WebRtcPeer::bind(self.inner.media.clone()).await {
             Ok(p) => p,
             Err(e) => return self.peer_failed(format!("media: {e}")).await,
@@ -928,8 +1125,12 @@ impl CallTask {
             Err(e) => return self.peer_failed(format!("the caller's offer: {e}")).await,
         };
         let sent = self.inner.signal.accept(&self.call_id, &key).and_then(|_| {
-            self.inner.signal.signal(&self.call_id, &key, SignalPayload::Answer { sdp: answer })?;
-            self.inner.signal.signal(&self.call_id, &key, SignalPayload::EndOfCandidates)
+            self.inner
+                .signal
+                .signal(&self.call_id, &key, SignalPayload::Answer { sdp: answer })?;
+            self.inner
+                .signal
+                .signal(&self.call_id, &key, SignalPayload::EndOfCandidates)
         });
         if let Err(e) = sent {
             return self.fail(format!("answering: {e}"));
@@ -953,7 +1154,7 @@ impl CallTask {
                     CallEvent::Connected => self.set_status(|s| s.answered = true),
                     _ => {}
                 }
-                self.update(CallUpdate::Event(event));
+                self.update(CallUpdate::GatewayProgress(event));
             }
             Ok(Some(DirectEvent::Ended(outcome))) => {
                 self.update(CallUpdate::DirectEnded(outcome));
@@ -964,7 +1165,10 @@ impl CallTask {
                 self.start_grace();
             }
             Ok(Some(DirectEvent::Error { code, message })) => {
-                self.update(CallUpdate::Refused { code, message: message.clone() });
+                self.update(CallUpdate::Refused {
+                    code,
+                    message: message.clone(),
+                });
                 self.set_status(|s| s.refused = Some((code, message)));
             }
             Ok(None) => {
@@ -974,7 +1178,9 @@ impl CallTask {
                     let o = self.status.borrow().direct_outcome;
                     match o {
                         Some(_) => self.done = true,
-                        None => self.fail("the direct connection closed and the signal connection is gone".into()),
+                        None => self.fail(
+                            "the direct connection closed and the signal connection is gone".into(),
+                        ),
                     }
                 }
             }
@@ -994,11 +1200,16 @@ impl CallTask {
         match e {
             MediaEvent::Connected => {
                 let s = self.media.as_ref().map(|m| m.stats()).unwrap_or_default();
-                self.update(CallUpdate::MediaConnected { codec: s.send_codec, after: s.connected_after });
+                self.update(CallUpdate::MediaConnected {
+                    codec: s.send_codec,
+                    after: s.connected_after,
+                });
             }
             MediaEvent::FirstAudio => {
                 let s = self.media.as_ref().map(|m| m.stats()).unwrap_or_default();
-                self.update(CallUpdate::FirstAudio { after: s.first_audio_after });
+                self.update(CallUpdate::FirstAudio {
+                    after: s.first_audio_after,
+                });
             }
             MediaEvent::Dtmf(d) => self.update(CallUpdate::Dtmf(d)),
             MediaEvent::Closed(why) => {
@@ -1013,7 +1224,9 @@ impl CallTask {
         let now = tokio::time::Instant::now();
         if self.awaiting_offer.is_some_and(|t| t <= now) {
             self.awaiting_offer = None;
-            self.update(CallUpdate::Failed("no offer from the caller in time".into()));
+            self.update(CallUpdate::Failed(
+                "no offer from the caller in time".into(),
+            ));
             self.hangup().await;
         }
         if self.grace.is_some_and(|t| t <= now) {
@@ -1048,7 +1261,9 @@ impl CallTask {
         } else if self.outgoing {
             self.inner.signal.cancel(&self.call_id)
         } else {
-            self.inner.signal.decline(&self.call_id, DeclineReason::Declined)
+            self.inner
+                .signal
+                .decline(&self.call_id, DeclineReason::Declined)
         };
         if let Err(e) = r {
             tracing::debug!("call {}: {e}", self.call_id);
@@ -1072,8 +1287,12 @@ async fn next_direct(d: &mut Option<DirectClient>) -> Result<Option<DirectEvent>
     }
 }
 
-async fn next_media(rx: &mut Option<tokio::sync::broadcast::Receiver<MediaEvent>>) -> Option<MediaEvent> {
-    let Some(r) = rx else { return std::future::pending().await };
+async fn next_media(
+    rx: &mut Option<tokio::sync::broadcast::Receiver<MediaEvent>>,
+) -> Option<MediaEvent> {
+    let Some(r) = rx else {
+        return std::future::pending().await;
+    };
     loop {
         match r.recv().await {
             Ok(e) => return Some(e),

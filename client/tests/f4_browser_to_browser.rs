@@ -24,7 +24,11 @@ async fn f4_call_between_two_browsers_carries_tones_both_ways() {
     let incoming = bob.next_incoming(WAIT).await.unwrap();
     assert_eq!(incoming.call_id, call.call_id());
     assert_eq!(incoming.from, ALICE.0);
-    assert!(matches!(incoming.via, IncomingVia::Peer { .. }), "{:?}", incoming.via);
+    assert!(
+        matches!(incoming.via, IncomingVia::Peer { .. }),
+        "{:?}",
+        incoming.via
+    );
     let answered = incoming.answer(AudioSource::tone(440.0));
 
     call.wait_answered(WAIT).await.unwrap();
@@ -63,10 +67,23 @@ async fn f4_call_between_two_browsers_carries_tones_both_ways() {
     let dialing = pos(&|u| matches!(u, CallUpdate::Dialing { .. })).expect("dialing");
     let peer = pos(&|u| matches!(u, CallUpdate::Peer)).expect("peer");
     let ringing = pos(&|u| matches!(u, CallUpdate::Event(CallEvent::Ringing))).expect("ringing");
-    let connected = pos(&|u| matches!(u, CallUpdate::Event(CallEvent::Connected))).expect("connected");
+    let connected =
+        pos(&|u| matches!(u, CallUpdate::Event(CallEvent::Connected))).expect("connected");
     let media = pos(&|u| matches!(u, CallUpdate::MediaConnected { .. })).expect("media");
-    let outcome = pos(&|u| matches!(u, CallUpdate::Outcome { outcome: Outcome::Connected, .. })).expect("outcome");
-    assert!(dialing < peer && peer < ringing && ringing < connected && connected < outcome, "{updates:?}");
+    let outcome = pos(&|u| {
+        matches!(
+            u,
+            CallUpdate::Outcome {
+                outcome: Outcome::Connected,
+                ..
+            }
+        )
+    })
+    .expect("outcome");
+    assert!(
+        dialing < peer && peer < ringing && ringing < connected && connected < outcome,
+        "{updates:?}"
+    );
     assert!(media < outcome, "{updates:?}");
     let lines: Vec<String> = updates.iter().map(|u| u.to_string()).collect();
     assert!(lines.iter().any(|l| l.starts_with("F4 ")), "{lines:?}");
@@ -84,9 +101,15 @@ async fn outcomes_when_the_call_does_not_connect() {
 
     // F5 / B3: no such number → invalid_call, then rejected_invalid.
     let call = alice.call("4040", AudioSource::Silence).await.unwrap();
-    assert_eq!(call.wait_outcome(WAIT).await.unwrap().0, Outcome::RejectedInvalid);
+    assert_eq!(
+        call.wait_outcome(WAIT).await.unwrap().0,
+        Outcome::RejectedInvalid
+    );
     let status = call.status();
-    assert_eq!(status.refused.as_ref().map(|r| r.0), Some(ErrorCode::InvalidCall));
+    assert_eq!(
+        status.refused.as_ref().map(|r| r.0),
+        Some(ErrorCode::InvalidCall)
+    );
 
     // F6: the callee declines.
     let call = alice.call(BOB.0, AudioSource::Silence).await.unwrap();
@@ -96,7 +119,10 @@ async fn outcomes_when_the_call_does_not_connect() {
 
     // F6: the callee has no live connection.
     let call = alice.call(CAROL.0, AudioSource::Silence).await.unwrap();
-    assert_eq!(call.wait_outcome(WAIT).await.unwrap().0, Outcome::CalleeOffline);
+    assert_eq!(
+        call.wait_outcome(WAIT).await.unwrap().0,
+        Outcome::CalleeOffline
+    );
 
     // The caller gives up while it rings.
     let call = alice.call(BOB.0, AudioSource::Silence).await.unwrap();
@@ -107,7 +133,10 @@ async fn outcomes_when_the_call_does_not_connect() {
 
     // A refused dial (calling yourself is B3 too).
     let call = alice.call(ALICE.0, AudioSource::Silence).await.unwrap();
-    assert_eq!(call.wait_outcome(WAIT).await.unwrap().0, Outcome::RejectedInvalid);
+    assert_eq!(
+        call.wait_outcome(WAIT).await.unwrap().0,
+        Outcome::RejectedInvalid
+    );
 
     cloud.stop().await;
 }

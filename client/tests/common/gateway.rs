@@ -8,7 +8,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use trunkline_protocol::{ClientMsg, DirectClientMsg, DirectServerMsg, PROTOCOL_VERSION, ServerMsg};
+use trunkline_protocol::{
+    ClientMsg, DirectClientMsg, DirectServerMsg, PROTOCOL_VERSION, ServerMsg,
+};
 
 use super::WAIT;
 
@@ -20,8 +22,14 @@ pub struct FakeSwitch {
 }
 
 impl FakeSwitch {
-    pub async fn connect(cloud_url: &str, (id, secret): (&str, &str), direct_url: &str) -> FakeSwitch {
-        let (ws, _) = tokio_tungstenite::connect_async(cloud_url).await.expect("switch connects");
+    pub async fn connect(
+        cloud_url: &str,
+        (id, secret): (&str, &str),
+        direct_url: &str,
+    ) -> FakeSwitch {
+        let (ws, _) = tokio_tungstenite::connect_async(cloud_url)
+            .await
+            .expect("switch connects");
         let mut s = FakeSwitch { ws };
         s.send(ClientMsg::SwitchAuth {
             v: PROTOCOL_VERSION,
@@ -38,17 +46,24 @@ impl FakeSwitch {
     }
 
     pub async fn send(&mut self, m: ClientMsg) {
-        self.ws.send(Message::Text(m.encode().into())).await.expect("switch send");
+        self.ws
+            .send(Message::Text(m.encode().into()))
+            .await
+            .expect("switch send");
     }
 
     pub async fn recv(&mut self) -> ServerMsg {
         loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next()).await.expect("switch: a message in time");
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("switch: a message in time");
             match m {
-                Some(Ok(Message::Text(t))) => match ServerMsg::decode(t.as_str()).expect("server message") {
-                    ServerMsg::PhonesUpdate { .. } | ServerMsg::Pong => continue,
-                    m => return m,
-                },
+                Some(Ok(Message::Text(t))) => {
+                    match ServerMsg::decode(t.as_str()).expect("server message") {
+                        ServerMsg::PhonesUpdate { .. } | ServerMsg::Pong => continue,
+                        m => return m,
+                    }
+                }
                 Some(Ok(_)) => continue,
                 other => panic!("switch link closed: {other:?}"),
             }
@@ -70,8 +85,13 @@ impl DirectListener {
     }
 
     pub async fn accept(&self) -> DirectConn {
-        let (tcp, _) = tokio::time::timeout(WAIT, self.listener.accept()).await.expect("a direct connection in time").unwrap();
-        let ws = tokio_tungstenite::accept_async(tcp).await.expect("websocket handshake");
+        let (tcp, _) = tokio::time::timeout(WAIT, self.listener.accept())
+            .await
+            .expect("a direct connection in time")
+            .unwrap();
+        let ws = tokio_tungstenite::accept_async(tcp)
+            .await
+            .expect("websocket handshake");
         DirectConn { ws }
     }
 }
@@ -82,20 +102,31 @@ pub struct DirectConn {
 
 impl DirectConn {
     pub async fn send(&mut self, m: DirectServerMsg) {
-        self.ws.send(Message::Text(m.encode().into())).await.expect("direct send");
+        self.ws
+            .send(Message::Text(m.encode().into()))
+            .await
+            .expect("direct send");
     }
 
     /// Send a refusal and close, as the gateway does.
     pub async fn refuse(mut self, code: trunkline_protocol::ErrorCode, message: &str) {
-        self.send(DirectServerMsg::Error { code, message: message.into() }).await;
+        self.send(DirectServerMsg::Error {
+            code,
+            message: message.into(),
+        })
+        .await;
         let _ = self.ws.close(None).await;
     }
 
     pub async fn recv(&mut self) -> DirectClientMsg {
         loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next()).await.expect("direct: a message in time");
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("direct: a message in time");
             match m {
-                Some(Ok(Message::Text(t))) => return DirectClientMsg::decode(t.as_str()).expect("valid direct message"),
+                Some(Ok(Message::Text(t))) => {
+                    return DirectClientMsg::decode(t.as_str()).expect("valid direct message");
+                }
                 Some(Ok(_)) => continue,
                 other => panic!("direct connection closed: {other:?}"),
             }
@@ -105,7 +136,10 @@ impl DirectConn {
     /// Read until the client closes the connection.
     pub async fn expect_closed(&mut self) {
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("close in time") {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close in time")
+            {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(Message::Text(t))) => panic!("expected close, got {t}"),
                 Some(Ok(_)) => continue,
