@@ -15,6 +15,14 @@
 # ONLY="kamailio rate saturate idle" (a subset), OUT (default bench/results/latest.md).
 set -euo pipefail
 
+# The whole run is bounded: re-run this script under `timeout`, which on expiry signals the
+# script and everything it started (they share its process group); the trap below cleans up.
+TIME_LIMIT=${TIME_LIMIT:-1200}
+if [[ -z ${TRUNKLINE_BENCH_BOUNDED:-} ]]; then
+    export TRUNKLINE_BENCH_BOUNDED=1
+    exec timeout -k 15 "$TIME_LIMIT" "$0" "$@"
+fi
+
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
 RATE=${RATE:-5000}
@@ -26,7 +34,6 @@ PAIRS=${PAIRS:-16}
 WINDOW=${WINDOW:-256}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_SETTLE_SECS=${IDLE_SETTLE_SECS:-12}
-TIME_LIMIT=${TIME_LIMIT:-1200}
 ONLY=${ONLY:-kamailio rate saturate idle}
 OUT=${OUT:-$BENCH_DIR/results/latest.md}
 
@@ -37,7 +44,6 @@ wants() { [[ " $ONLY " == *" $1 "* ]]; }
 # ------------------------------------------------------------------ cleanup, time bound
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/trunkline-bench.XXXXXX")
 PIDS=()
-WATCHDOG=
 stop_pid() {
     local pid=$1
     kill -0 "$pid" 2>/dev/null || return 0
@@ -50,7 +56,6 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    [[ -n $WATCHDOG ]] && kill "$WATCHDOG" 2>/dev/null
     if [[ ${KEEP_TMP:-0} == 1 || $rc != 0 ]]; then
         log "logs kept in $TMP"
     else
@@ -61,8 +66,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "stopped (time limit of ${TIME_LIMIT}s?)"; exit 124' TERM
-( sleep "$TIME_LIMIT"; kill -TERM $$ 2>/dev/null ) &
-WATCHDOG=$!
 
 # Each connection is a file descriptor, on both sides: raise the limit (children inherit it).
 hard=$(ulimit -Hn)
