@@ -676,6 +676,96 @@ impl CallHandle {
     }
 }
 
+/// Where to go for a direct connection (from `connect` or `incoming` via `direct`).
+#[derive(Clone, Copy, Debug)]
+pub struct DirectTarget<'a> {
+    pub url: &'a str,
+    pub call_id: &'a str,
+    pub key: &'a str,
+    /// The connecting party's number: the caller (C13), or the switchless callee (C3).
+    pub caller: &'a str,
+}
+
+/// **C13 / C3 → C14 → C15**: open the gateway's direct endpoint, present the one-time key,
+/// offer WebRTC (all host candidates in the SDP) and apply the gateway's answer. Returns the
+/// direct connection (for `progress` / `ended` / `hangup`) and the running media session.
+/// `progress` gets [`CallUpdate::KeyAccepted`], [`CallUpdate::OfferSent`] and
+/// [`CallUpdate::Answer`] as they happen. After the key was accepted, a local failure hangs
+/// up on the direct connection before returning.
+pub async fn connect_direct(
+    target: DirectTarget<'_>,
+    media: &PeerOptions,
+    source: AudioSource,
+    tls: &TlsOptions,
+    within: Duration,
+    progress: &mut (dyn FnMut(CallUpdate) + Send),
+) -> Result<(DirectClient, MediaSession), SoftphoneError> {
+    let mut direct = DirectClient::present(
+        target.url,
+        target.call_id,
+        target.key,
+        target.caller,
+        tls,
+        within,
+    )
+    .await?;
+    progress(CallUpdate::KeyAccepted);
+    let r = async {
+        let mut peer = WebRtcPeer::bind(media.clone()).await?;
+        let offer = peer.create_offer()?;
+        progress(CallUpdate::OfferSent);
+        let answer = direct.offer(&offer, within).await?;
+        let session = peer.accept_answer(&answer, source)?;
+        progress(CallUpdate::Answer);
+        Ok::<_, SoftphoneError>(session)
+    }
+    .await;
+    match r {
+        Ok(session) => Ok((direct, session)),
+        Err(e) => {
+            if !matches!(e, SoftphoneError::Direct(_)) {
+                let _ = direct.hangup().await;
+            }
+            direct.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// **F4 caller**: make the offer and send it through the cloud with the call's key (then
+/// `end_of_candidates`: every candidate is in the SDP). Apply the answer that comes back as
+/// `signal` with [`WebRtcPeer::accept_answer`].
+pub async fn offer_to_peer(
+    signal: &SignalSender,
+    call_id: &str,
+    key: &str,
+    media: &PeerOptions,
+) -> Result<WebRtcPeer, SoftphoneError> {
+    let mut peer = WebRtcPeer::bind(media.clone()).await?;
+    let offer = peer.create_offer()?;
+    signal.signal(call_id, key, SignalPayload::Offer { sdp: offer })?;
+    signal.signal(call_id, key, SignalPayload::EndOfCandidates)?;
+    Ok(peer)
+}
+
+/// **F4 callee**: answer the caller's offer, `accept` the call with the key, and send the
+/// answer (then `end_of_candidates`) through the cloud. Media starts at once.
+pub async fn answer_peer(
+    signal: &SignalSender,
+    call_id: &str,
+    key: &str,
+    offer_sdp: &str,
+    media: &PeerOptions,
+    source: AudioSource,
+) -> Result<MediaSession, SoftphoneError> {
+    let peer = WebRtcPeer::bind(media.clone()).await?;
+    let (answer, session) = peer.accept_offer(offer_sdp, source)?;
+    signal.accept(call_id, key)?;
+    signal.signal(call_id, key, SignalPayload::Answer { sdp: answer })?;
+    signal.signal(call_id, key, SignalPayload::EndOfCandidates)?;
+    Ok(session)
+}
+
 /// How a call task starts.
 enum Start {
     /// Outgoing: `dial` is sent; wait for `connect` / `peer` / `outcome`.
@@ -992,51 +1082,32 @@ impl CallTask {
 
     /// C13 / C3: present the key at the gateway, offer, apply its answer.
     async fn start_direct(&mut self, url: &str, key: &str) {
-        let t = self.inner.timeouts.direct;
         let number = self.inner.session.number.clone();
-        let mut direct =
-            match DirectClient::present(url, &self.call_id, key, &number, &self.inner.tls, t).await
-            {
-                Ok(d) => d,
-                Err(e) => return self.direct_failed(e).await,
-            };
-        self.update(CallUpdate::KeyAccepted);
-        let mut peer = match WebRtcPeer::bind(self.inner.media.clone()).await {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = direct.hangup().await;
-                direct.close().await;
-                return self.direct_failed_local(format!("media: {e}")).await;
-            }
-        };
-        let offer = match peer.create_offer() {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = direct.hangup().await;
-                direct.close().await;
-                return self.direct_failed_local(format!("media: {e}")).await;
-            }
-        };
-        self.update(CallUpdate::OfferSent);
-        let answer = match direct.offer(&offer, t).await {
-            Ok(a) => a,
-            Err(e) => {
-                direct.close().await;
-                return self.direct_failed(e).await;
-            }
-        };
-        match peer.accept_answer(&answer, self.source.clone()) {
-            Ok(media) => {
-                self.update(CallUpdate::Answer);
+        let updates = self.updates.clone();
+        let call_id = self.call_id.clone();
+        let r = connect_direct(
+            DirectTarget {
+                url,
+                call_id: &call_id,
+                key,
+                caller: &number,
+            },
+            &self.inner.media,
+            self.source.clone(),
+            &self.inner.tls,
+            self.inner.timeouts.direct,
+            &mut |u| {
+                let _ = updates.send(u);
+            },
+        )
+        .await;
+        match r {
+            Ok((direct, media)) => {
                 self.set_media(media);
                 self.direct = Some(direct);
             }
-            Err(e) => {
-                let _ = direct.hangup().await;
-                direct.close().await;
-                self.direct_failed_local(format!("the gateway's answer: {e}"))
-                    .await;
-            }
+            Err(SoftphoneError::Direct(e)) => self.direct_failed(e).await,
+            Err(e) => self.direct_failed_local(e.to_string()).await,
         }
     }
 
@@ -1087,28 +1158,14 @@ impl CallTask {
         let Some(key) = self.peer_key.clone() else {
             return;
         };
-        let mut peer = match WebRtcPeer::bind(self.inner.media.clone()).await {
-            Ok(p) => p,
-            Err(e) => return self.peer_failed(format!("media: {e}")).await,
-        };
-        let offer = match peer.create_offer() {
-            Ok(o) => o,
-            Err(e) => return self.peer_failed(format!("media: {e}")).await,
-        };
-        let sent = self
-            .inner
-            .signal
-            .signal(&self.call_id, &key, SignalPayload::Offer { sdp: offer })
-            .and_then(|_| {
-                self.inner
-                    .signal
-                    .signal(&self.call_id, &key, SignalPayload::EndOfCandidates)
-            });
-        if let Err(e) = sent {
-            return self.fail(format!("sending the offer: {e}"));
+        match offer_to_peer(&self.inner.signal, &self.call_id, &key, &self.inner.media).await {
+            Ok(peer) => {
+                self.update(CallUpdate::OfferSent);
+                self.pending_peer = Some(peer);
+            }
+            Err(SoftphoneError::Signal(e)) => self.fail(format!("sending the offer: {e}")),
+            Err(e) => self.peer_failed(e.to_string()).await,
         }
-        self.update(CallUpdate::OfferSent);
-        self.pending_peer = Some(peer);
     }
 
     /// F4 callee: `accept`, then answer through the cloud.
@@ -1116,29 +1173,25 @@ impl CallTask {
         let Some(key) = self.peer_key.clone() else {
             return;
         };
-        let peer = match WebRtcPeer::bind(self.inner.media.clone()).await {
-            Ok(p) => p,
-            Err(e) => return self.peer_failed(format!("media: {e}")).await,
-        };
-        let (answer, media) = match peer.accept_offer(offer, self.source.clone()) {
-            Ok(x) => x,
-            Err(e) => return self.peer_failed(format!("the caller's offer: {e}")).await,
-        };
-        let sent = self.inner.signal.accept(&self.call_id, &key).and_then(|_| {
-            self.inner
-                .signal
-                .signal(&self.call_id, &key, SignalPayload::Answer { sdp: answer })?;
-            self.inner
-                .signal
-                .signal(&self.call_id, &key, SignalPayload::EndOfCandidates)
-        });
-        if let Err(e) = sent {
-            return self.fail(format!("answering: {e}"));
+        let r = answer_peer(
+            &self.inner.signal,
+            &self.call_id,
+            &key,
+            offer,
+            &self.inner.media,
+            self.source.clone(),
+        )
+        .await;
+        match r {
+            Ok(media) => {
+                self.update(CallUpdate::Accepted);
+                self.update(CallUpdate::Answer);
+                self.set_status(|s| s.answered = true);
+                self.set_media(media);
+            }
+            Err(SoftphoneError::Signal(e)) => self.fail(format!("answering: {e}")),
+            Err(e) => self.peer_failed(format!("the caller's offer: {e}")).await,
         }
-        self.update(CallUpdate::Accepted);
-        self.update(CallUpdate::Answer);
-        self.set_status(|s| s.answered = true);
-        self.set_media(media);
     }
 
     async fn peer_failed(&mut self, why: String) {

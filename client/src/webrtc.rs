@@ -187,6 +187,9 @@ pub struct PeerOptions {
     /// Be an ICE-lite agent (answer only; never the caller's side). The softphone is always
     /// full ICE; this exists for tests that stand in for a gateway, which answers ICE-lite.
     pub ice_lite: bool,
+    /// Keep what arrives (decoded) for [`MediaSession::recording`]. Turn off for load runs:
+    /// the counters still count.
+    pub record: bool,
 }
 
 impl Default for PeerOptions {
@@ -198,6 +201,7 @@ impl Default for PeerOptions {
             dtmf_duration: Duration::from_millis(100),
             dtmf_gap: Duration::from_millis(60),
             ice_lite: false,
+            record: true,
         }
     }
 }
@@ -914,10 +918,13 @@ impl Driver {
                         };
                         let Some(gap) = gap else { return };
                         self.next_expected_ts = Some(ts + data.data.len() as u64);
+                        let record = self.opts.record;
                         let first = self.shared.update(|s| {
-                            s.recording.extend(std::iter::repeat_n(0i16, gap));
-                            law.decode_into(&data.data, &mut s.recording);
-                            s.stats.recorded_samples = s.recording.len();
+                            if record {
+                                s.recording.extend(std::iter::repeat_n(0i16, gap));
+                                law.decode_into(&data.data, &mut s.recording);
+                                s.stats.recorded_samples = s.recording.len();
+                            }
                             s.stats.packets_received += 1;
                             s.stats.bytes_received += data.data.len() as u64;
                             let first = s.stats.first_audio_after.is_none();
