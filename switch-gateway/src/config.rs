@@ -44,8 +44,9 @@ pub struct Config {
     /// A number that answers and echoes the caller's audio (for testing a phone); none if empty.
     pub echo_number: Option<String>,
     /// Digest algorithms offered in 401 challenges, most preferred first ("MD5", "SHA-256").
-    /// Phones take the first they support, and many (sipp, older firmware) only ever try the
-    /// first one: MD5 first is the compatible default; put "SHA-256" first where phones do RFC 8760.
+    /// Default MD5 only: sipp 3.6 and many phones try only the first challenge, and some
+    /// (baresip 1.0's libre) abandon the registration when any challenge is not MD5. Sites whose
+    /// phones do RFC 8760 list "SHA-256" (first).
     pub digest_algorithms: Vec<String>,
 }
 
@@ -66,7 +67,7 @@ impl Default for Config {
             max_expires_secs: 3600,
             state_dir: "gateway-state".into(),
             echo_number: None,
-            digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
+            digest_algorithms: vec!["MD5".into()],
         }
     }
 }

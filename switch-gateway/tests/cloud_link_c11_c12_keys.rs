@@ -77,7 +77,11 @@ async fn registered_phone(gw: &Gateway, number: &str) -> tokio::net::UdpSocket {
 async fn gateway_signs_in_learns_its_phones_and_reconnects_after_a_cloud_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let cloud = Cloud::start(tmp.path()).await;
-    let gw = Gateway::start("hq", &cloud.ws_url, tmp.path()).await;
+    // Both digest algorithms offered (RFC 8760): SHA-256 and MD5 phones both register.
+    let gw = Gateway::start_with("hq", &cloud.ws_url, tmp.path(), |c| {
+        c.digest_algorithms = vec!["SHA-256".into(), "MD5".into()]
+    })
+    .await;
     eventually("hq online at the cloud", || switch_online(&cloud.db_url, "hq")).await;
     // It learned its phones from the cloud: 1001 can register (SHA-256 and MD5 both verify).
     let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -211,6 +215,28 @@ async fn c12_declines_not_registered_and_busy_and_keys_for_other_calls_or_late_a
     let mut d = Ws::connect(&url).await;
     d.send(r#"{"type":"present","v":1,"call_id":"x y","key":"k","caller":"2001"}"#).await;
     assert_eq!(refused_with(d.direct_msg().await), ErrorCode::InvalidField);
+    // None of those refused keys rang a phone: the first thing 1001's phone hears from the
+    // gateway is the INVITE of the next call that is properly presented.
+    let key_ok = match dial(&mut alice, "c-good", "1001").await {
+        ServerMsg::Connect { key, .. } => key,
+        other => panic!("{other:?}"),
+    };
+    let (mut d, m) = present(&url, "c-good", &key_ok, "2001").await;
+    assert_eq!(m, Some(DirectServerMsg::Accepted { call_id: "c-good".into() }));
+    let mut peer = trunkline_client::webrtc::WebRtcPeer::bind(trunkline_client::webrtc::PeerOptions::bind("127.0.0.1".parse().unwrap()))
+        .await
+        .unwrap();
+    d.send(&trunkline_protocol::DirectClientMsg::Offer { sdp: peer.create_offer().unwrap() }.encode()).await;
+    assert!(matches!(d.direct_msg().await, Some(DirectServerMsg::Answer { .. })));
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = tokio::time::timeout(WAIT, _p1.recv_from(&mut buf)).await.expect("the phone rings now").unwrap();
+    match trunkline_sip::parse(&buf[..n]).unwrap() {
+        trunkline_sip::Message::Request(r) => {
+            assert_eq!(r.method, trunkline_sip::Method::Invite);
+            assert!(r.headers.get("From").unwrap().contains("2001"), "the INVITE is the good call's");
+        }
+        other => panic!("the phone got something else first: {other:?}"),
+    }
     gw.stop().await;
     cloud.stop().await;
 }

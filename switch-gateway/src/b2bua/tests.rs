@@ -151,7 +151,7 @@ impl H {
     fn auth(&mut self, to: SocketAddr, number: &str, password: &str, method: &str, uri: &str) -> String {
         let r = self.responses_to(to).into_iter().rev().find(|r| r.status == 401).expect("a 401");
         let h = r.headers.get_all("WWW-Authenticate").next().unwrap().to_string();
-        assert!(h.contains("algorithm=MD5"), "MD5 offered first by default: {h}");
+        assert!(h.contains("algorithm=MD5"), "MD5 offered first here: {h}");
         let nonce = h.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
         let ha1 = digest::ha1(Algorithm::Md5, number, "trunkline", password);
         use md5::Digest;

@@ -140,10 +140,18 @@ impl Gateway {
     }
 
     pub async fn start_with(id: &str, cloud_ws: &str, dir: &Path, edit: impl FnOnce(&mut switch_gateway::Config)) -> Gateway {
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let port = udp.local_addr().unwrap().port();
-        // TCP on the same port as UDP, as phones expect.
-        let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("TCP on the UDP port");
+        // UDP and TCP on the same port, as phones expect; the TCP port may be taken (e.g. by an
+        // outgoing connection's ephemeral port), so try until both bind.
+        let mut bound = None;
+        for _ in 0..50 {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let port = udp.local_addr().unwrap().port();
+            if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                bound = Some((udp, tcp, port));
+                break;
+            }
+        }
+        let (udp, tcp, port) = bound.expect("a port free for both UDP and TCP");
         let direct = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let direct_url = format!("ws://{}/direct", direct.local_addr().unwrap());
         let secret_file = dir.join(format!("{id}.secret"));
@@ -248,9 +256,15 @@ pub async fn sipp(dir: &Path, target: SocketAddr, args: &[&str]) -> SippRun {
     }
 }
 
-/// A UDP port free right now (sipp cannot take port 0).
+/// A port free right now for both UDP and TCP (sipp cannot take port 0; `-t t1` uses TCP).
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    for _ in 0..100 {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP");
 }
 
 /// Register `number` at `gw` over UDP from `local` with digest (MD5, or SHA-256 when
