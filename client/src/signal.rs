@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use trunkline_protocol::{
     AccountKind, CallId, ClientMsg, DeclineReason, ErrorCode, PROTOCOL_VERSION, ServerMsg,
@@ -50,18 +50,48 @@ pub struct Session {
     pub session_expires_in_s: u64,
 }
 
+/// What the writer task sends.
+enum Outgoing {
+    Frame(Message),
+    /// A protocol `ping`; the writer replies with its number among all pings it wrote.
+    Ping(oneshot::Sender<u64>),
+}
+
 /// Sends messages to the signal server; cheap to clone.
 #[derive(Clone)]
 pub struct SignalSender {
-    tx: mpsc::UnboundedSender<Message>,
+    tx: mpsc::UnboundedSender<Outgoing>,
+    /// Pongs received so far.
+    pongs: watch::Receiver<u64>,
 }
 
 impl SignalSender {
     pub fn send(&self, msg: &ClientMsg) -> Result<(), SignalError> {
         tracing::trace!("→ cloud {}", msg.encode());
         self.tx
-            .send(Message::Text(msg.encode().into()))
+            .send(Outgoing::Frame(Message::Text(msg.encode().into())))
             .map_err(|_| SignalError::Closed(None))
+    }
+
+    /// Round-trip a protocol `ping`: when it returns, the server has handled everything sent
+    /// before it, and everything it sent before the `pong` is in the inbox.
+    pub async fn sync(&self, within: Duration) -> Result<(), SignalError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Outgoing::Ping(tx))
+            .map_err(|_| SignalError::Closed(None))?;
+        let mut pongs = self.pongs.clone();
+        let wait = async {
+            let n = rx.await.map_err(|_| SignalError::Closed(None))?;
+            pongs
+                .wait_for(|&p| p >= n)
+                .await
+                .map_err(|_| SignalError::Closed(None))?;
+            Ok(())
+        };
+        tokio::time::timeout(within, wait)
+            .await
+            .map_err(|_| SignalError::Timeout("pong"))?
     }
 
     /// **A → C1**: place a call with a fresh call id (a UUID); returns the call id.
@@ -123,7 +153,7 @@ impl SignalSender {
 
     /// Close the connection (a WebSocket close frame).
     pub fn close(&self) {
-        let _ = self.tx.send(Message::Close(None));
+        let _ = self.tx.send(Outgoing::Frame(Message::Close(None)));
     }
 
     pub fn is_closed(&self) -> bool {
@@ -210,23 +240,38 @@ impl SignalClient {
             Ok(other) => return Err(SignalError::Unexpected(other.encode())),
             Err(reason) => return Err(SignalError::Closed(reason)),
         };
-        Ok(Self::start(ws, session))
+        let client = Self::start(ws, session);
+        // The signal server sends `welcome` before its engine has the device online: a call to
+        // this number right after `welcome` can still find it offline. One ping round trip
+        // orders the two, so a signed-in client is one that can be called.
+        client.sender.sync(SIGN_IN_TIMEOUT).await?;
+        Ok(client)
     }
 
     fn start(ws: WsStream, session: Session) -> SignalClient {
         let (mut sink, mut stream) = ws.split();
-        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
         let (in_tx, inbox) = mpsc::unbounded_channel();
+        let (pongs_tx, pongs) = watch::channel(0u64);
         let close_reason = Arc::new(Mutex::new(None));
         // Writer: outgoing messages, keep-alive pings; stops after a close frame or when every
         // sender is gone.
         tokio::spawn(async move {
             let mut keepalive =
                 tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+            let mut pings = 0u64;
             loop {
-                let msg = tokio::select! {
-                    m = out_rx.recv() => m.unwrap_or(Message::Close(None)),
-                    _ = keepalive.tick() => Message::Text(ClientMsg::Ping.encode().into()),
+                let out = tokio::select! {
+                    m = out_rx.recv() => m.unwrap_or(Outgoing::Frame(Message::Close(None))),
+                    _ = keepalive.tick() => Outgoing::Ping(oneshot::channel().0),
+                };
+                let msg = match out {
+                    Outgoing::Frame(m) => m,
+                    Outgoing::Ping(reply) => {
+                        pings += 1;
+                        let _ = reply.send(pings);
+                        Message::Text(ClientMsg::Ping.encode().into())
+                    }
                 };
                 let is_close = matches!(msg, Message::Close(_));
                 if sink.send(msg).await.is_err() || is_close {
@@ -241,7 +286,7 @@ impl SignalClient {
             let why = loop {
                 match stream.next().await {
                     Some(Ok(Message::Text(t))) => match ServerMsg::decode(t.as_str()) {
-                        Ok(ServerMsg::Pong) => {}
+                        Ok(ServerMsg::Pong) => pongs_tx.send_modify(|p| *p += 1),
                         Ok(m) => {
                             tracing::trace!("← cloud {t}");
                             if in_tx.send(m).is_err() {
@@ -266,7 +311,7 @@ impl SignalClient {
         });
         SignalClient {
             session,
-            sender: SignalSender { tx: out_tx },
+            sender: SignalSender { tx: out_tx, pongs },
             inbox,
             close_reason,
         }

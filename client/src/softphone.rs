@@ -125,7 +125,6 @@ impl Inner {
 pub struct Softphone {
     inner: Arc<Inner>,
     incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<IncomingCall>>,
-    dispatcher: tokio::task::JoinHandle<()>,
 }
 
 impl Softphone {
@@ -154,11 +153,10 @@ impl Softphone {
             closed,
         });
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
-        let dispatcher = tokio::spawn(dispatch(inner.clone(), inbox, incoming_tx));
+        tokio::spawn(dispatch(inner.clone(), inbox, incoming_tx));
         Softphone {
             inner,
             incoming: tokio::sync::Mutex::new(incoming_rx),
-            dispatcher,
         }
     }
 
@@ -232,9 +230,10 @@ impl Softphone {
 }
 
 impl Drop for Softphone {
+    /// Closes the signal connection; the dispatcher then ends by itself and every call still
+    /// running sees its cloud channel end.
     fn drop(&mut self) {
         self.inner.signal.close();
-        self.dispatcher.abort();
     }
 }
 
@@ -260,9 +259,8 @@ async fn dispatch(
                 rx: Some(rx),
                 inner: inner.clone(),
             };
-            if incoming.send(call).is_err() {
-                return;
-            }
+            // Nobody listening (the Softphone is gone): dropping the call stops its routing.
+            let _ = incoming.send(call);
             continue;
         }
         match signal::server_msg_call_id(&msg) {
@@ -542,7 +540,7 @@ enum CallCmd {
     Hangup,
 }
 
-/// A call in progress (either direction).
+/// A call in progress (either direction). Dropping the handle hangs the call up.
 pub struct CallHandle {
     call_id: CallId,
     outgoing: bool,

@@ -140,3 +140,101 @@ async fn outcomes_when_the_call_does_not_connect() {
 
     cloud.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_signal_connection_ends_the_f4_call_for_both() {
+    let cloud = Cloud::start().await;
+    let alice = cloud.phone(ALICE).await;
+    let bob = cloud.phone(BOB).await;
+    let call = alice.call(BOB.0, AudioSource::tone(1000.0)).await.unwrap();
+    let incoming = bob.next_incoming(WAIT).await;
+    let answered = match incoming {
+        Ok(i) => i.answer(AudioSource::tone(440.0)),
+        Err(e) => panic!(
+            "{e}: caller's status {:?}, bob closed: {:?}",
+            call.status(),
+            bob.closed_reason()
+        ),
+    };
+    call.wait_media(WAIT)
+        .await
+        .unwrap()
+        .wait_packets(10, WAIT)
+        .await
+        .unwrap();
+
+    // Bob's browser goes away: the cloud relay was the call's only signalling path.
+    drop(bob);
+    let (outcome, _) = call.wait_outcome(WAIT).await.unwrap();
+    assert_eq!(outcome, Outcome::Connected);
+    let status = answered.wait_finished(WAIT).await.unwrap();
+    assert!(status.outcome.is_none());
+    assert!(
+        status
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("signal connection")),
+        "{status:?}"
+    );
+    call.wait_finished(WAIT).await.unwrap();
+    assert!(call.media().unwrap().is_closed() && answered.media().unwrap().is_closed());
+    cloud.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_with_the_session_token_and_typed_sign_in_refusals() {
+    use trunkline_client::signal::{SignalClient, SignalError};
+    use trunkline_client::{Softphone, SoftphoneConfig, SoftphoneError, TlsOptions};
+
+    let cloud = Cloud::start().await;
+    let alice = cloud.phone(ALICE).await;
+    let token = alice.session().session_token.clone();
+    drop(alice);
+    let cfg = SoftphoneConfig::new(&cloud.ws_url, ALICE.0, "unused");
+    let again = tokio::time::timeout(WAIT, Softphone::resume(cfg, &token))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.number(), ALICE.0);
+    assert_ne!(
+        again.session().session_token,
+        token,
+        "the token is rotated on resume"
+    );
+
+    let bad = SignalClient::login(&cloud.ws_url, ALICE.0, "wrong", &TlsOptions::default()).await;
+    assert!(
+        matches!(
+            bad,
+            Err(SignalError::Refused {
+                code: ErrorCode::AuthFailed,
+                ..
+            })
+        ),
+        "{:?}",
+        bad.err()
+    );
+    let cfg = SoftphoneConfig::new(&cloud.ws_url, BOB.0, "wrong");
+    let bad = Softphone::login(cfg).await;
+    assert!(matches!(
+        bad,
+        Err(SoftphoneError::Signal(SignalError::Refused { .. }))
+    ));
+    let nowhere = SignalClient::login(
+        "ws://127.0.0.1:1/ws",
+        ALICE.0,
+        ALICE.1,
+        &TlsOptions::default(),
+    )
+    .await;
+    assert!(matches!(nowhere, Err(SignalError::Connect(_))));
+    let not_ws = SignalClient::login(
+        "http://127.0.0.1:1/ws",
+        ALICE.0,
+        ALICE.1,
+        &TlsOptions::default(),
+    )
+    .await;
+    assert!(matches!(not_ws, Err(SignalError::Connect(_))));
+    cloud.stop().await;
+}
