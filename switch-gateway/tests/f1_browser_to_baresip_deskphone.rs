@@ -1,0 +1,133 @@
+//! F1 with a real desk phone: baresip 1001 is registered at gateway hq (digest, auto-answer,
+//! plays a 440 Hz WAV, records what it hears). The headless client stands in for browser 2001:
+//! it logs in at the real signal server, dials 1001 (C1, C11–C13), presents the one-time key at
+//! hq's direct endpoint (C14) and offers WebRTC with a 1 kHz tone; hq rings baresip and
+//! bridges (C15). Checked: baresip heard ≈1 kHz, the browser heard ≈440 Hz; a digit the
+//! browser sends arrives at baresip as an RFC 4733 event (baresip's `CALL_DTMF_START`); and
+//! with the signal server stopped the call keeps its audio both ways for 5 more seconds.
+
+mod common;
+#[path = "common/audio.rs"]
+mod audio;
+#[path = "common/baresip.rs"]
+mod baresip;
+#[path = "common/sipcheck.rs"]
+mod sipcheck;
+
+use std::time::Duration;
+
+use baresip::Phone;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use sipcheck::wait_phone_list;
+use tokio_tungstenite::tungstenite::Message;
+use trunkline_client::wav::dominant_frequency;
+use trunkline_client::webrtc::{AudioSource, PeerOptions, WebRtcPeer};
+use trunkline_protocol::{CallEvent, DirectClientMsg, DirectServerMsg, ServerMsg};
+
+type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_text(ws: &mut WsStream) -> String {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("message in time") {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(_)) => continue,
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}
+
+/// Long enough for the whole test: baresip hangs up when its WAV file ends.
+const PHONE_WAV_SECS: u32 = 60;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f1_browser_calls_a_baresip_deskphone_audio_dtmf_and_survives_the_cloud() {
+    baresip::require();
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(dir.path()).await;
+    let gw = Gateway::start("hq", &cloud.ws_url, dir.path()).await;
+    wait_phone_list(&gw.config.state_dir, &["1001"]).await;
+    let gw_rtp = baresip::rtp_ports_of(&gw.config);
+
+    let tone440 = baresip::tone_wav(dir.path(), "tone440.wav", 440, PHONE_WAV_SECS);
+    let mut phone = Phone::start(dir.path(), "1001", gw.sip, &tone440, true).await;
+    phone.registered().await;
+
+    // A → C1 → C13: browser 2001 logs in, dials 1001, gets hq's direct address + key.
+    let (mut cloud_ws, _) = tokio_tungstenite::connect_async(cloud.ws_url.as_str()).await.unwrap();
+    cloud_ws.send(Message::Text(r#"{"type":"login","v":1,"number":"2001","password":"pw-2001"}"#.into())).await.unwrap();
+    assert!(matches!(ServerMsg::decode(&ws_text(&mut cloud_ws).await).unwrap(), ServerMsg::Welcome { .. }));
+    cloud_ws.send(Message::Text(r#"{"type":"dial","call_id":"f1-baresip","to":"1001"}"#.into())).await.unwrap();
+    let (url, key) = loop {
+        if let ServerMsg::Connect { url, key, .. } = ServerMsg::decode(&ws_text(&mut cloud_ws).await).unwrap() {
+            break (url, key);
+        }
+    };
+    assert_eq!(url, gw.direct_url, "C13 names the callee's gateway");
+
+    // C14: present the key; then the WebRTC offer with a 1 kHz tone.
+    let (mut direct, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    let present = DirectClientMsg::Present { v: 1, call_id: "f1-baresip".into(), key, caller: "2001".into() };
+    direct.send(Message::Text(present.encode().into())).await.unwrap();
+    assert_eq!(DirectServerMsg::decode(&ws_text(&mut direct).await).unwrap(), DirectServerMsg::Accepted { call_id: "f1-baresip".into() });
+    let mut peer = WebRtcPeer::bind(PeerOptions::bind("127.0.0.1".parse().unwrap())).await.unwrap();
+    direct.send(Message::Text(DirectClientMsg::Offer { sdp: peer.create_offer().unwrap() }.encode().into())).await.unwrap();
+    let answer = match DirectServerMsg::decode(&ws_text(&mut direct).await).unwrap() {
+        DirectServerMsg::Answer { sdp } => sdp,
+        other => panic!("expected the gateway's answer: {other:?}"),
+    };
+    let media = peer.accept_answer(&answer, AudioSource::tone(1000.0)).unwrap();
+
+    // C15: baresip rings and answers by itself; the browser sees ringing, then connected.
+    let mut saw = vec![];
+    while !saw.contains(&CallEvent::Connected) {
+        match DirectServerMsg::decode(&ws_text(&mut direct).await).unwrap() {
+            DirectServerMsg::Progress { event } => saw.push(event),
+            other => panic!("{other:?}\n{}", phone.dump()),
+        }
+    }
+    assert_eq!(saw, vec![CallEvent::Ringing, CallEvent::Connected]);
+    phone.expect_event("CALL_ESTABLISHED", WAIT).await;
+    media.wait_connected(WAIT).await.expect("ICE + DTLS up with the gateway");
+
+    // Audio both ways: baresip hears the browser's 1 kHz, the browser hears baresip's 440 Hz.
+    media.wait_packets(150, WAIT).await.expect("audio from the phone");
+    let rec = media.recording();
+    let f_browser = dominant_frequency(&rec[rec.len().saturating_sub(8000)..], 8000);
+    assert!((f_browser - 440.0).abs() < 20.0, "the browser heard {f_browser} Hz, expected baresip's 440 Hz\n{}", phone.dump());
+    let heard = phone.wait_received(3.0, WAIT).await;
+    baresip::check_tone(&phone, "heard from the browser", &baresip::since(&heard, 1.0), 1000.0, 1.5);
+    baresip::assert_rtp_from(&phone, &gw_rtp);
+
+    // DTMF: the browser presses 4; baresip reports the RFC 4733 event it decoded.
+    media.send_dtmf('4').unwrap();
+    assert_eq!(phone.expect_dtmf(1, WAIT).await, "4", "baresip received the browser's digit");
+    assert!(phone.log_text().contains("received event: '4'"), "baresip's log shows the event\n{}", phone.dump());
+
+    // The direct leg does not need the cloud: stop the signal server; 5 s more of audio
+    // (250 packets of 20 ms) reach the browser, and baresip records 5 s more of the 1 kHz tone.
+    cloud.stop().await;
+    let packets_before = media.stats().packets_received;
+    let rec_before = media.recording().len();
+    let phone_before = phone.received_secs();
+    let stats = media
+        .wait_for("5 s more of audio without the cloud", Duration::from_secs(10), |s| s.packets_received >= packets_before + 250)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", phone.dump()));
+    assert!(stats.packets_received - packets_before >= 200);
+    let heard = phone.wait_received(phone_before + 4.8, Duration::from_secs(10)).await;
+    baresip::check_tone(&phone, "heard without the cloud", &baresip::since(&heard, phone_before), 1000.0, 4.5);
+    let rec = media.recording();
+    assert!(rec.len() - rec_before >= 5 * 8000 - 800, "the browser recorded {} samples without the cloud", rec.len() - rec_before);
+    let f = dominant_frequency(&rec[rec_before..], 8000);
+    assert!((f - 440.0).abs() < 20.0, "the browser heard {f} Hz without the cloud");
+    phone.sync_events().await;
+    assert!(!phone.saw_event("CALL_CLOSED"), "the call ended without the cloud: {:?}", phone.ctrl.event_types());
+
+    // The browser leaves; the gateway hangs up the phone.
+    direct.send(Message::Text(DirectClientMsg::Hangup.encode().into())).await.unwrap();
+    phone.expect_event("CALL_CLOSED", WAIT).await;
+    media.close().await;
+    phone.quit().await;
+    gw.stop().await;
+}
