@@ -302,16 +302,9 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
         }
     };
     let Some(first) = first else { return };
-    let who = match first {
+    let (who, welcome) = match first {
         Ok(msg) => match authenticate(&s, msg, ip).await {
-            Ok((who, welcome)) => {
-                if let Some(w) = welcome
-                    && socket.send(frame(&w)).await.is_err()
-                {
-                    return;
-                }
-                who
-            }
+            Ok(x) => x,
             Err(e) => {
                 let _ = socket.send(frame(&e.to_msg(None))).await;
                 let _ = socket.close().await;
@@ -326,7 +319,16 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
     };
     let is_device = matches!(who, Online::Device(_));
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUTBOX_DEPTH);
+    // Online in the engine first, welcome second: a peer that acts on `welcome` (or is called
+    // right after it) must find itself online. Anything the engine queues meanwhile waits in
+    // the outbox until after the welcome.
     if s.engine.send(EngineCmd::Online { conn, who, outbox: out_tx.clone() }).await.is_err() {
+        return;
+    }
+    if let Some(w) = welcome
+        && socket.send(frame(&w)).await.is_err()
+    {
+        let _ = s.engine.send(EngineCmd::Gone { conn }).await;
         return;
     }
 

@@ -354,7 +354,17 @@ async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: m
             cmd = cmds.recv() => match cmd {
                 Some(BridgeCmd::PhoneRemote(addr)) => phone_remote = Some(addr),
                 Some(BridgeCmd::Stop) | None => {
-                    rtc.disconnect();
+                    // RTCP BYE + DTLS close_notify, so the caller's side sees the end too.
+                    let _ = rtc.close();
+                    while let Ok(o) = rtc.poll_output() {
+                        match o {
+                            Output::Transmit(t) => {
+                                let _ = ice.try_send_to(&t.contents, t.destination);
+                            }
+                            Output::Timeout(_) => break,
+                            Output::Event(_) => {}
+                        }
+                    }
                     return;
                 }
             },
