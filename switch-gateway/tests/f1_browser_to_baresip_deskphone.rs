@@ -3,8 +3,9 @@
 //! it logs in at the real signal server, dials 1001 (C1, C11–C13), presents the one-time key at
 //! hq's direct endpoint (C14) and offers WebRTC with a 1 kHz tone; hq rings baresip and
 //! bridges (C15). Checked: baresip heard ≈1 kHz, the browser heard ≈440 Hz; a digit the
-//! browser sends arrives at baresip as an RFC 4733 event (baresip's `CALL_DTMF_START`); and
-//! with the signal server stopped the call keeps its audio both ways for 5 more seconds.
+//! browser sends arrives at baresip as an RFC 4733 event (baresip's `CALL_DTMF_START`), and one
+//! baresip sends (`sndcode`) arrives at the browser; and with the signal server stopped the
+//! call keeps its audio both ways for 5 more seconds.
 
 mod common;
 #[path = "common/audio.rs"]
@@ -103,6 +104,10 @@ async fn f1_browser_calls_a_baresip_deskphone_audio_dtmf_and_survives_the_cloud(
     media.send_dtmf('4').unwrap();
     assert_eq!(phone.expect_dtmf(1, WAIT).await, "4", "baresip received the browser's digit");
     assert!(phone.log_text().contains("received event: '4'"), "baresip's log shows the event\n{}", phone.dump());
+    // And back: baresip presses 7 (`sndcode`), the browser receives the RFC 4733 event.
+    phone.send_dtmf("7").await;
+    let got = media.wait_dtmf(1, WAIT).await.unwrap_or_else(|e| panic!("the browser got no digit: {e}\n{}", phone.dump()));
+    assert_eq!(got, "7", "the browser received baresip's digit");
 
     // The direct leg does not need the cloud: stop the signal server; 5 s more of audio
     // (250 packets of 20 ms) reach the browser, and baresip records 5 s more of the 1 kHz tone.
