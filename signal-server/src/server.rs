@@ -34,8 +34,10 @@ use crate::steering::{ConnId, Engine, Output, Party};
 /// Frames above this are cut by the WebSocket layer itself (connection closed, code 1009);
 /// between [`MAX_MESSAGE_BYTES`] and this, the peer gets a typed `message_too_large` error.
 const HARD_FRAME_LIMIT: usize = 4 * MAX_MESSAGE_BYTES;
-/// Messages queued for one slow peer before it is disconnected.
-const OUTBOX_DEPTH: usize = 1024;
+/// Messages queued for one slow browser before it is disconnected.
+const OUTBOX_DEPTH: usize = 256;
+/// A switch carries many calls at once (each query puts two messages in its outbox).
+const SWITCH_OUTBOX_DEPTH: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -260,8 +262,8 @@ async fn ws_handler(
     }
     s.live_conns.fetch_add(1, Ordering::Relaxed);
     // Small buffers: most connections idle for hours (memory per idle connection matters).
-    ws.read_buffer_size(4096)
-        .write_buffer_size(0)
+    ws.read_buffer_size(1024)
+        .write_buffer_size(8 * 1024)
         .max_message_size(HARD_FRAME_LIMIT)
         .max_frame_size(HARD_FRAME_LIMIT)
         .on_upgrade(move |socket| async move {
@@ -303,7 +305,9 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
     };
     let Some(first) = first else { return };
     let (who, welcome) = match first {
-        Ok(msg) => match authenticate(&s, msg, ip).await {
+        // Boxed: the sign-in future is large and only lives once; idle connections should not
+        // carry its space for hours.
+        Ok(msg) => match Box::pin(authenticate(&s, msg, ip)).await {
             Ok(x) => x,
             Err(e) => {
                 let _ = socket.send(frame(&e.to_msg(None))).await;
@@ -318,7 +322,7 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
         }
     };
     let is_device = matches!(who, Online::Device(_));
-    let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUTBOX_DEPTH);
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(if is_device { OUTBOX_DEPTH } else { SWITCH_OUTBOX_DEPTH });
     // Online in the engine first, welcome second: a peer that acts on `welcome` (or is called
     // right after it) must find itself online. Anything the engine queues meanwhile waits in
     // the outbox until after the welcome.
@@ -362,10 +366,24 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
                     }
                 }
             }
-            out = out_rx.recv() => match out {
-                Some(Out::Msg(m)) => { if socket.send(frame(&m)).await.is_err() { break } }
-                Some(Out::Close) | None => break,
-            },
+            out = out_rx.recv() => {
+                // Write everything already queued, then flush once (one syscall for a burst).
+                let mut next = out;
+                let mut close = false;
+                loop {
+                    match next {
+                        Some(Out::Msg(m)) => {
+                            if socket.feed(frame(&m)).await.is_err() { close = true; break }
+                        }
+                        Some(Out::Close) | None => { close = true; break }
+                    }
+                    match out_rx.try_recv() {
+                        Ok(o) => next = Some(o),
+                        Err(_) => break,
+                    }
+                }
+                if socket.flush().await.is_err() || close { break }
+            }
             _ = shut(&mut shutdown) => break,
         }
     }

@@ -466,7 +466,9 @@ impl Directory for SqliteDirectory {
         if records.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(|e| db_err("writing call records", e))?;
+        // Multi-row INSERTs: one statement per chunk instead of one round trip per record
+        // (records arrive in batches under load).
+        let mut rows = Vec::with_capacity(records.len());
         for r in records {
             let duration = r
                 .duration_ms
@@ -475,22 +477,25 @@ impl Directory for SqliteDirectory {
                         .map_err(|_| DirectoryError::Invalid(format!("call {}: duration_ms too large", r.call_id)))
                 })
                 .transpose()?;
-            sqlx::query(
-                "INSERT INTO call_records (call_id, caller, callee, switch_id, started_ms, ended_ms, outcome, duration_ms, trace) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&r.call_id)
-            .bind(&r.caller)
-            .bind(&r.callee)
-            .bind(&r.switch_id)
-            .bind(r.started_ms)
-            .bind(r.ended_ms)
-            .bind(r.outcome.as_str())
-            .bind(duration)
-            .bind(format_trace(&r.trace))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_err("writing call records", e))?;
+            rows.push((r, duration, format_trace(&r.trace)));
+        }
+        let mut tx = self.pool.begin().await.map_err(|e| db_err("writing call records", e))?;
+        for chunk in rows.chunks(200) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO call_records (call_id, caller, callee, switch_id, started_ms, ended_ms, outcome, duration_ms, trace) ",
+            );
+            q.push_values(chunk, |mut b, (r, duration, trace)| {
+                b.push_bind(&r.call_id)
+                    .push_bind(&r.caller)
+                    .push_bind(&r.callee)
+                    .push_bind(&r.switch_id)
+                    .push_bind(r.started_ms)
+                    .push_bind(r.ended_ms)
+                    .push_bind(r.outcome.as_str())
+                    .push_bind(*duration)
+                    .push_bind(trace.as_str());
+            });
+            q.build().execute(&mut *tx).await.map_err(|e| db_err("writing call records", e))?;
         }
         tx.commit().await.map_err(|e| db_err("writing call records", e))
     }
