@@ -83,7 +83,7 @@ enum StoreCmd {
 struct Shared {
     config: Arc<Config>,
     dir: Arc<dyn Directory>,
-    engine: mpsc::Sender<EngineCmd>,
+    hub: Arc<Hub>,
     store: mpsc::UnboundedSender<StoreCmd>,
     next_conn: AtomicU64,
     live_conns: AtomicUsize,
@@ -138,7 +138,6 @@ pub async fn run(
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (engine_tx, engine_rx) = mpsc::channel(64 * 1024);
     let (store_tx, store_rx) = mpsc::unbounded_channel();
     let changed = Arc::new(Notify::new());
 
@@ -155,10 +154,17 @@ pub async fn run(
         let (m, t) = (a.password_hash_memory_kib, a.password_hash_iterations);
         tokio::task::spawn_blocking(move || credentials::decoy_hash(m, t)).await.expect("hashing does not panic")
     };
+    let hub = Arc::new(Hub {
+        inner: Mutex::new(HubInner { engine, outboxes: HashMap::new(), stopping: false, timer_target: None }),
+        timer: Notify::new(),
+        store: store_tx.clone(),
+        realm: config.sip_realm.clone(),
+        shutdown: shutdown_rx.clone(),
+    });
     let shared = Arc::new(Shared {
         config: config.clone(),
         dir: dir.clone(),
-        engine: engine_tx.clone(),
+        hub: hub.clone(),
         store: store_tx.clone(),
         next_conn: AtomicU64::new(1),
         live_conns: AtomicUsize::new(0),
@@ -170,9 +176,8 @@ pub async fn run(
     });
 
     let store_task = tokio::spawn(store_loop(dir.clone(), store_rx));
-    let engine_task =
-        tokio::spawn(engine_loop(engine, engine_rx, store_tx.clone(), config.sip_realm.clone(), shutdown_rx.clone()));
-    let watch_task = tokio::spawn(directory_watch(dir.clone(), engine_tx.clone(), changed.clone(), shutdown_rx.clone()));
+    let engine_task = tokio::spawn(timer_loop(hub.clone(), shutdown_rx.clone()));
+    let watch_task = tokio::spawn(directory_watch(dir.clone(), hub.clone(), changed.clone(), shutdown_rx.clone()));
 
     let admin = AdminState { dir: dir.clone(), token: admin_token, config: config.clone(), changed };
     let app = Router::new()
@@ -213,9 +218,10 @@ pub async fn run(
     // Connections see the shutdown flag and close; then the engine ends every open attempt
     // (so each still gets exactly one outcome) and the store flushes before we return.
     drop(shared);
-    drop(engine_tx);
     let _ = watch_task.await;
     let _ = engine_task.await;
+    hub.shutdown_engine();
+    drop(hub);
     drop(store_tx);
     let _ = store_task.await;
     Ok(())
@@ -326,13 +332,11 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
     // Online in the engine first, welcome second: a peer that acts on `welcome` (or is called
     // right after it) must find itself online. Anything the engine queues meanwhile waits in
     // the outbox until after the welcome.
-    if s.engine.send(EngineCmd::Online { conn, who, outbox: out_tx.clone() }).await.is_err() {
-        return;
-    }
+    s.hub.apply(EngineCmd::Online { conn, who, outbox: out_tx.clone() });
     if let Some(w) = welcome
         && socket.send(frame(&w)).await.is_err()
     {
-        let _ = s.engine.send(EngineCmd::Gone { conn }).await;
+        s.hub.apply(EngineCmd::Gone { conn });
         return;
     }
 
@@ -359,7 +363,7 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
                 }
                 match incoming {
                     Ok(msg) => {
-                        if s.engine.send(EngineCmd::Msg { conn, msg }).await.is_err() { break }
+                        s.hub.apply(EngineCmd::Msg { conn, msg });
                     }
                     Err(e) => {
                         if out_tx.try_send(Out::Msg(Box::new(e.to_msg(None)))).is_err() { break }
@@ -394,7 +398,7 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
         }
     }
     let _ = socket.close().await;
-    let _ = s.engine.send(EngineCmd::Gone { conn }).await;
+    s.hub.apply(EngineCmd::Gone { conn });
 }
 
 type AuthResult = Result<(Online, Option<ServerMsg>), trunkline_protocol::ProtocolError>;
@@ -526,60 +530,107 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
     }
 }
 
-async fn engine_loop(
-    mut engine: Engine,
-    mut rx: mpsc::Receiver<EngineCmd>,
+/// The steering engine and the outboxes it writes to, behind one lock. Connection tasks apply
+/// their messages directly (no hand-off to another task per message: that was most of the CPU
+/// per decision); a timer task only fires the engine's deadlines.
+struct Hub {
+    inner: Mutex<HubInner>,
+    /// Wakes the timer task when the engine's earliest deadline moved earlier.
+    timer: Notify,
     store: mpsc::UnboundedSender<StoreCmd>,
     realm: String,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut stopping = false;
-    let mut outboxes: HashMap<ConnId, mpsc::Sender<Out>> = HashMap::new();
-    let mut batch = Vec::with_capacity(256);
-    loop {
-        let deadline = engine.poll_timeout();
-        tokio::select! {
-            n = rx.recv_many(&mut batch, 256) => {
-                if n == 0 { break }
-                let now = Instant::now();
-                // Connections leave *because* of the shutdown: end attempts first (see below).
-                if !stopping && *shutdown.borrow() {
-                    stopping = true;
-                    engine.shutdown(now);
-                }
-                for cmd in batch.drain(..) {
-                    match cmd {
-                        EngineCmd::Online { conn, who, outbox } => {
-                            outboxes.insert(conn, outbox);
-                            match who {
-                                Online::Device(n) => engine.device_online(now, conn, &n),
-                                Online::Switch { id, urls } => engine.switch_online(now, conn, &id, urls, &realm),
-                            }
-                        }
-                        EngineCmd::Msg { conn, msg } => engine.handle(now, conn, msg),
-                        EngineCmd::Gone { conn } => {
-                            outboxes.remove(&conn);
-                            if let Some(Party::Switch(id)) = engine.disconnected(now, conn) {
-                                tracing::info!(switch_id = %id, "switch went offline");
-                                let _ = store.send(StoreCmd::SwitchState { id, online: false, urls: vec![], at: unix_ms() });
-                            }
-                        }
-                        EngineCmd::Directory(accounts) => engine.set_directory(accounts),
-                    }
+    shutdown: watch::Receiver<bool>,
+}
+
+struct HubInner {
+    engine: Engine,
+    outboxes: HashMap<ConnId, mpsc::Sender<Out>>,
+    stopping: bool,
+    /// The deadline the timer task is sleeping towards.
+    timer_target: Option<Instant>,
+}
+
+impl Hub {
+    fn apply(&self, cmd: EngineCmd) {
+        let now = Instant::now();
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let h = &mut *guard;
+        // Connections leave *because* of the shutdown: end attempts first, so their
+        // departures are not mistaken for callers or callees leaving.
+        if !h.stopping && *self.shutdown.borrow() {
+            h.stopping = true;
+            h.engine.shutdown(now);
+        }
+        match cmd {
+            EngineCmd::Online { conn, who, outbox } => {
+                h.outboxes.insert(conn, outbox);
+                match who {
+                    Online::Device(n) => h.engine.device_online(now, conn, &n),
+                    Online::Switch { id, urls } => h.engine.switch_online(now, conn, &id, urls, &self.realm),
                 }
             }
-            _ = sleep_until_opt(deadline) => engine.handle_timeout(Instant::now()),
-            // Stopping: end open attempts as `error` (server stopped) before the connections'
-            // departures could be mistaken for callers or callees leaving.
-            _ = shut(&mut shutdown), if !stopping => {
-                stopping = true;
-                engine.shutdown(Instant::now());
+            EngineCmd::Msg { conn, msg } => h.engine.handle(now, conn, msg),
+            EngineCmd::Gone { conn } => {
+                h.outboxes.remove(&conn);
+                if let Some(Party::Switch(id)) = h.engine.disconnected(now, conn) {
+                    tracing::info!(switch_id = %id, "switch went offline");
+                    let _ = self.store.send(StoreCmd::SwitchState { id, online: false, urls: vec![], at: unix_ms() });
+                }
+            }
+            EngineCmd::Directory(accounts) => h.engine.set_directory(accounts),
+        }
+        self.after(h);
+    }
+
+    fn after(&self, h: &mut HubInner) {
+        drain(&mut h.engine, &mut h.outboxes, &self.store);
+        let next = h.engine.poll_timeout();
+        let earlier = match (next, h.timer_target) {
+            (Some(n), Some(t)) => n < t,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if earlier {
+            h.timer_target = next;
+            self.timer.notify_one();
+        }
+    }
+
+    fn timeout(&self) -> Option<Instant> {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let h = &mut *guard;
+        h.engine.handle_timeout(Instant::now());
+        self.after(h);
+        h.timer_target = h.engine.poll_timeout();
+        h.timer_target
+    }
+
+    fn shutdown_engine(&self) {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let h = &mut *guard;
+        if !h.stopping {
+            h.stopping = true;
+            h.engine.shutdown(Instant::now());
+        }
+        drain(&mut h.engine, &mut h.outboxes, &self.store);
+    }
+}
+
+/// Fires the engine's deadlines; ends the engine's open attempts when the server stops.
+async fn timer_loop(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+    let mut target = hub.timeout();
+    loop {
+        tokio::select! {
+            _ = sleep_until_opt(target) => target = hub.timeout(),
+            _ = hub.timer.notified() => {
+                target = hub.inner.lock().unwrap_or_else(|e| e.into_inner()).timer_target;
+            }
+            _ = shut(&mut shutdown) => {
+                hub.shutdown_engine();
+                return;
             }
         }
-        drain(&mut engine, &mut outboxes, &store);
     }
-    engine.shutdown(Instant::now());
-    drain(&mut engine, &mut outboxes, &store);
 }
 
 /// Resolves once the shutdown flag is set (or its sender is gone).
@@ -677,7 +728,7 @@ async fn flush(dir: &dyn Directory, records: &mut Vec<CallRecord>) {
 /// and by polling a version counter for changes made by other processes (the admin CLI).
 async fn directory_watch(
     dir: Arc<dyn Directory>,
-    engine: mpsc::Sender<EngineCmd>,
+    hub: Arc<Hub>,
     changed: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -696,9 +747,7 @@ async fn directory_watch(
             match dir.list_accounts().await {
                 Ok(accounts) => {
                     version = v;
-                    if engine.send(EngineCmd::Directory(accounts)).await.is_err() {
-                        return;
-                    }
+                    hub.apply(EngineCmd::Directory(accounts));
                 }
                 Err(e) => tracing::error!(error = %e, "could not reload the directory"),
             }
