@@ -1,8 +1,9 @@
 //! The thin tokio driver around the steering engine.
 //!
 //! - one task per WebSocket connection: authenticates it (argon2 off the async threads), then
-//!   decodes frames ([`ClientMsg::decode`]) and forwards typed messages to the engine task;
-//! - one engine task: owns the [`Engine`], its timers and the per-connection outboxes;
+//!   decodes frames ([`ClientMsg::decode`]) and applies typed messages to the engine itself
+//!   (the [`Hub`]: the [`Engine`] and the per-connection outboxes behind one lock);
+//! - one timer task: fires the engine's deadlines;
 //! - one store task: writes call records (batched) and switch online state in order;
 //! - one directory watcher: reloads the directory when the admin API or CLI changed it.
 
@@ -55,7 +56,7 @@ pub fn unix_ms() -> UnixMs {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// What a connection task asks of the engine task.
+/// What a connection task applies to the engine.
 enum EngineCmd {
     Online { conn: ConnId, who: Online, outbox: mpsc::Sender<Out> },
     Msg { conn: ConnId, msg: ClientMsg },
@@ -68,7 +69,7 @@ enum Online {
     Switch { id: String, urls: Vec<String> },
 }
 
-/// What the engine task hands a connection task to write.
+/// What the engine hands a connection task to write.
 enum Out {
     /// Boxed: an idle connection's outbox then costs pointers, not full messages, per slot.
     Msg(Box<ServerMsg>),
