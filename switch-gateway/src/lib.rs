@@ -11,6 +11,7 @@ pub mod bridge;
 pub mod cli;
 pub mod cloud_link;
 pub mod config;
+pub mod echo;
 pub mod phones;
 pub mod queue;
 pub mod registrar;
@@ -32,7 +33,7 @@ use trunkline_media::ports::{LegSockets, PortAllocator};
 use trunkline_media::relay::{Leg, Relay, RelayHandle};
 use trunkline_protocol::{ClientMsg, DirectClientMsg, DirectServerMsg};
 
-use crate::b2bua::{Core, CoreConfig, MediaLeg, MediaPair, MediaPorts, Output};
+use crate::b2bua::{Core, CoreConfig, EchoSetup, MediaLeg, MediaPair, MediaPorts, Output};
 use crate::cloud_link::{LinkConfig, LinkEvent};
 pub use crate::config::Config;
 use crate::phones::Phones;
@@ -82,8 +83,11 @@ struct DriverMedia {
     alloc: Arc<PortAllocator>,
     adv_ip: IpAddr,
     pending: Arc<Mutex<HashMap<u64, (LegSockets, LegSockets)>>>,
+    echoes: Echoes,
     next: u64,
 }
+
+type Echoes = Arc<Mutex<HashMap<u64, tokio::task::AbortHandle>>>;
 
 impl MediaPorts for DriverMedia {
     fn allocate(&mut self) -> Option<MediaPair> {
@@ -97,6 +101,27 @@ impl MediaPorts for DriverMedia {
         };
         self.pending.lock().unwrap().insert(self.next, (a, b));
         Some(pair)
+    }
+
+    fn start_echo(&mut self, offer: &str) -> Option<EchoSetup> {
+        let sdp = trunkline_media::sdp::Sdp::parse(offer).ok()?;
+        let audio = sdp.audio.as_ref()?;
+        let pt = audio.payload_types.iter().copied().find(|p| *p == 0 || *p == 8)?;
+        let remote = sdp.audio_rtp_addr();
+        let sock = self.alloc.allocate().map_err(|e| tracing::error!(error = %e, "no RTP ports for the echo test")).ok()?;
+        self.next += 1;
+        let port = sock.rtp_port();
+        let ip = self.adv_ip;
+        let ipv = if ip.is_ipv4() { "IP4" } else { "IP6" };
+        let name = if pt == 0 { "PCMU" } else { "PCMA" };
+        let answer = format!(
+            "v=0\r\no=trunkline-echo {id} 1 IN {ipv} {ip}\r\ns=Echo test\r\nc=IN {ipv} {ip}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP {pt}\r\na=rtpmap:{pt} {name}/8000\r\na=ptime:20\r\na=sendrecv\r\n",
+            id = self.next
+        );
+        let task = tokio::spawn(echo::run(sock, remote, pt));
+        self.echoes.lock().unwrap().insert(self.next, task.abort_handle());
+        Some(EchoSetup { id: self.next, local: SocketAddr::new(ip, port), answer })
     }
 }
 
@@ -115,7 +140,8 @@ pub async fn run(
         PortAllocator::new(config.rtp_range()?, bind_ip).map_err(|e| GatewayError::Media(e.to_string()))?,
     );
     let pending = Arc::new(Mutex::new(HashMap::new()));
-    let media = DriverMedia { alloc: alloc.clone(), adv_ip, pending: pending.clone(), next: 0 };
+    let echoes: Echoes = Arc::default();
+    let media = DriverMedia { alloc: alloc.clone(), adv_ip, pending: pending.clone(), echoes: echoes.clone(), next: 0 };
     let pending_bridges: bridge::PendingBridges = Arc::default();
     let phones = Phones::load(&config.state_dir);
     let mut secret_bytes = [0u8; 32];
@@ -133,6 +159,7 @@ pub async fn run(
             key_ttl: config.key_ttl(),
             min_expires: config.min_expires_secs,
             max_expires: config.max_expires_secs,
+            echo_number: config.echo_number.clone(),
             digest_algorithms: config
                 .digest_algorithms
                 .iter()
@@ -205,6 +232,7 @@ pub async fn run(
         link_out_tx,
         pending,
         pending_bridges,
+        echoes,
         core_tx.clone(),
         stop_rx.clone(),
     ));
@@ -230,6 +258,7 @@ async fn core_loop(
     link: mpsc::Sender<ClientMsg>,
     pending: Arc<Mutex<HashMap<u64, (LegSockets, LegSockets)>>>,
     pending_bridges: bridge::PendingBridges,
+    echoes: Echoes,
     core_tx: mpsc::Sender<CoreIn>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -327,6 +356,9 @@ async fn core_loop(
                 }
                 Output::MediaStop { id } => {
                     pending.lock().unwrap().remove(&id);
+                    if let Some(task) = echoes.lock().unwrap().remove(&id) {
+                        task.abort();
+                    }
                     if let Some(r) = relays.remove(&id) {
                         r.stop();
                     }

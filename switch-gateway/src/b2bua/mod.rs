@@ -52,6 +52,8 @@ pub struct CoreConfig {
     pub max_expires: u32,
     /// Offered in challenges, in this order.
     pub digest_algorithms: Vec<Algorithm>,
+    /// The echo-test number, answered by the gateway itself.
+    pub echo_number: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,9 +72,21 @@ pub struct MediaPair {
     pub b_local: SocketAddr,
 }
 
+/// The echo-test endpoint set up for one call: where it receives, and the SDP answer to the
+/// offer it was given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EchoSetup {
+    pub id: u64,
+    pub local: SocketAddr,
+    pub answer: String,
+}
+
 /// Where relay ports come from (the driver binds sockets; tests hand out fake addresses).
 pub trait MediaPorts: Send {
     fn allocate(&mut self) -> Option<MediaPair>;
+    /// Start an echo endpoint for a peer that offered `offer`: it plays a short prompt tone,
+    /// then sends back what it hears. Stopped with [`Output::MediaStop`].
+    fn start_echo(&mut self, offer: &str) -> Option<EchoSetup>;
 }
 
 /// A WebRTC ⇄ RTP bridge set up for a direct caller (C15): the WebRTC answer for the caller and
@@ -315,6 +329,8 @@ struct Call {
     b_direct: Option<(u64, u64)>,
     /// F2 caller side: our bridge to the remote gateway (id), and the SDP answer for our phone.
     b_remote: Option<(u64, String)>,
+    /// The echo endpoint answering this call, if it is to the echo-test number.
+    echo: Option<u64>,
     forks: Vec<Fork>,
     winner: Option<usize>,
     media: Option<MediaPair>,
@@ -538,6 +554,7 @@ impl Core {
                 caller_name,
                 b_direct: None,
                 b_remote: None,
+                echo: None,
                 forks: vec![],
                 winner: None,
                 media: None,
@@ -742,7 +759,16 @@ impl Core {
     /// C11 → C12: can our phone `to` take a call from `from`?
     fn callee_query(&mut self, now: Instant, call_id: String, from: String, to: String) {
         let decline = |reason| QueryAnswer::Decline { reason };
-        let answer = if !self.phones.contains(&to) || !self.registrar.is_registered(now, &to) {
+        let answer = if self.is_echo(&to) {
+            match self.queue.insert(now, &call_id, &from, &to, Direction::Inbound) {
+                Some(key) => QueryAnswer::Accept {
+                    url: self.cfg.advertise_url.clone(),
+                    key,
+                    expires_in_ms: self.cfg.key_ttl.as_millis() as u64,
+                },
+                None => decline(DeclineReason::Busy),
+            }
+        } else if !self.phones.contains(&to) || !self.registrar.is_registered(now, &to) {
             decline(DeclineReason::NotRegistered)
         } else if self.is_busy(&to) {
             decline(DeclineReason::Busy)
@@ -1083,6 +1109,7 @@ impl Core {
                 caller_name,
                 b_direct: None,
                 b_remote: None,
+                echo: None,
                 a: CallerSide::Sip(ALeg {
                     src,
                     transport,
@@ -1109,7 +1136,7 @@ impl Core {
         );
         self.by_a.insert(call_id, id);
 
-        if self.phones.contains(&callee) {
+        if self.phones.contains(&callee) || self.is_echo(&callee) {
             tracing::info!(%caller, %callee, "F7: local call");
             self.ring_local(now, id, &callee);
         } else if !self.cloud_up {
@@ -1129,6 +1156,9 @@ impl Core {
 
     /// F7 (and `route: local`): fork to every contact of `callee`.
     fn ring_local(&mut self, now: Instant, id: u64, callee: &str) {
+        if self.is_echo(callee) {
+            return self.answer_echo(now, id);
+        }
         let bindings = self.registrar.lookup(now, callee);
         if bindings.is_empty() {
             return self.fail_call(now, id, 480, "Temporarily Unavailable", Some("the callee is not registered"));
@@ -1197,6 +1227,29 @@ impl Core {
             self.send_client(now, branch, r, b.source, b.transport, ClientOwner::Fork { call: id, fork: i });
         }
         self.set_call_timer(now, id, self.cfg.ring_timeout, CallTimer::Ring);
+    }
+
+    fn is_echo(&self, number: &str) -> bool {
+        self.cfg.echo_number.as_deref() == Some(number)
+    }
+
+    /// The echo-test number answers at once: a prompt tone, then the caller's own audio.
+    fn answer_echo(&mut self, now: Instant, id: u64) {
+        let offer = self.calls[&id].offer_sdp.clone();
+        let Some(echo) = self.media.start_echo(&offer) else {
+            return self.fail_call(now, id, 503, "Service Unavailable", Some("the echo test cannot start (no media ports)"));
+        };
+        tracing::info!(call = id, "answered by the echo test");
+        let call = self.calls.get_mut(&id).expect("live call");
+        call.echo = Some(echo.id);
+        match &call.a {
+            CallerSide::Direct(d) => {
+                let bridge = d.bridge;
+                self.out.push_back(Output::BridgeRemote { id: bridge, phone: echo.local });
+                self.answer_a(now, id, String::new());
+            }
+            CallerSide::Sip(_) => self.answer_a(now, id, echo.answer),
+        }
     }
 
     fn on_cancel(&mut self, now: Instant, key: &ServerKey, req: &Request) {
@@ -1596,6 +1649,9 @@ impl Core {
         call.generation = 0;
         if let Some(m) = call.media.take() {
             self.out.push_back(Output::MediaStop { id: m.id });
+        }
+        if let Some(e) = call.echo.take() {
+            self.out.push_back(Output::MediaStop { id: e });
         }
         let bridges: Vec<u64> = match &call.a {
             CallerSide::Direct(d) => vec![d.bridge],

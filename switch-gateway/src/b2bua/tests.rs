@@ -7,6 +7,15 @@ use trunkline_protocol::PROTOCOL_VERSION;
 struct FakeMedia(u64);
 
 impl MediaPorts for FakeMedia {
+    fn start_echo(&mut self, _offer: &str) -> Option<EchoSetup> {
+        self.0 += 1;
+        Some(EchoSetup {
+            id: self.0,
+            local: format!("10.0.0.1:{}", 24000 + self.0 * 2).parse().unwrap(),
+            answer: format!("v=0\r\no=echo 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n", 24000 + self.0 * 2),
+        })
+    }
+
     fn allocate(&mut self) -> Option<MediaPair> {
         self.0 += 1;
         Some(MediaPair {
@@ -79,6 +88,7 @@ impl H {
                 min_expires: 60,
                 max_expires: 3600,
                 digest_algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
+                echo_number: Some("1999".into()),
             },
             phones,
             Box::new(FakeMedia(0)),
@@ -543,4 +553,17 @@ fn c3_switchless_callee_connects_with_our_key_and_the_phone_is_answered() {
     h.core.on_direct_gone(h.now, 5);
     h.drain();
     assert_eq!(only_request(h.sent_to(addr(5062))).method, Method::Bye);
+}
+
+#[test]
+fn the_echo_number_answers_at_once_without_any_phone() {
+    let mut h = H::new();
+    h.invite("1999");
+    let ok = h.responses_to(addr(5062)).pop().unwrap();
+    assert_eq!(ok.status, 200);
+    assert!(String::from_utf8_lossy(&ok.body).contains("m=audio 24002 "));
+    // Over the cloud too (C11): always accepted, registered or not.
+    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::CalleeQuery { call_id: "e".into(), from: "2001".into(), from_name: "A".into(), to: "1999".into() }));
+    h.drain();
+    assert!(h.cloud_msgs().iter().any(|m| matches!(m, ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { .. }, .. })));
 }
