@@ -1,0 +1,350 @@
+//! Trunkline's main job on the embedded default, in one process: a signal server on SQLite and
+//! two switch gateways ("hq" and "branch") on loopback, provisioned with demo accounts and an
+//! echo-test number per gateway. `./trunkline run` runs this; tests start it on random ports.
+//!
+//! Everything lives in one data folder: the SQLite directory, the admin token, the switch
+//! secrets, the demo logins and the gateways' local phone lists. A second start reuses it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use signal_server::admin::{self, AccountInput, SwitchInput};
+use tokio::net::{TcpListener, UdpSocket};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("data folder {path}: {source}")]
+    Data { path: PathBuf, source: std::io::Error },
+    #[error("cannot bind {what} on {addr}: {source} (is another Trunkline running? set TRUNKLINE_PORT)")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("provisioning: {0}")]
+    Provision(String),
+    #[error("signal server: {0}")]
+    Server(#[from] signal_server::ServerError),
+    #[error("gateway config: {0}")]
+    Gateway(String),
+}
+
+/// How to start the stack.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub data_dir: PathBuf,
+    /// HTTP/WebSocket port of the signal server; 0 picks random ports for everything.
+    pub http_port: u16,
+    pub bind_ip: IpAddr,
+    /// The built softphone (Trunk's `dist`).
+    pub web_root: PathBuf,
+}
+
+/// What was started, for the summary and for tests.
+#[derive(Clone, Debug)]
+pub struct StackInfo {
+    pub http: SocketAddr,
+    pub admin_token: String,
+    pub browsers: Vec<Login>,
+    pub gateways: Vec<GatewayInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Login {
+    pub number: String,
+    pub name: String,
+    pub password: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewayInfo {
+    pub id: String,
+    pub sip: SocketAddr,
+    pub direct_url: String,
+    pub echo_number: String,
+    pub phones: Vec<Login>,
+}
+
+/// Secrets kept in the data folder (owner-only), created on first start.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Secrets {
+    admin_token: String,
+    switches: Vec<(String, String)>,
+    browsers: Vec<Login>,
+    deskphones: Vec<(String, Login)>,
+    echo: Vec<(String, String)>,
+}
+
+fn random_secret(bytes: usize) -> String {
+    use base64::Engine as _;
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+impl Secrets {
+    fn new() -> Secrets {
+        let login = |n: &str, name: &str| Login { number: n.into(), name: name.into(), password: random_secret(9) };
+        Secrets {
+            admin_token: random_secret(32),
+            switches: vec![("hq".into(), random_secret(24)), ("branch".into(), random_secret(24))],
+            browsers: vec![login("2001", "Alice"), login("2002", "Bob")],
+            deskphones: vec![
+                ("hq".into(), login("1001", "Reception")),
+                ("hq".into(), login("1002", "Office")),
+                ("branch".into(), login("3001", "Branch desk")),
+            ],
+            echo: vec![("hq".into(), "1999".into()), ("branch".into(), "3999".into())],
+        }
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    opts.open(path)?.write_all(data)
+}
+
+/// A running stack; [`Stack::stop`] shuts everything down cleanly.
+pub struct Stack {
+    pub info: StackInfo,
+    db_url: String,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Stack {
+    /// Wait (up to `within`) until every gateway is signed in to the signal server.
+    pub async fn wait_ready(&self, within: std::time::Duration) -> Result<(), DemoError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let dir = signal_server::directory::open(&self.db_url).await.map_err(|e| DemoError::Provision(e.to_string()))?;
+        loop {
+            let online = dir.list_switches().await.map_err(|e| DemoError::Provision(e.to_string()))?;
+            if self.info.gateways.iter().all(|g| online.iter().any(|s| s.id == g.id && s.online)) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DemoError::Provision("the gateways did not sign in to the signal server in time".into()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        // Gateways first (they hang up their calls), then the signal server.
+        for s in self.stops.drain(..).rev() {
+            let _ = s.send(());
+        }
+        for t in self.tasks.drain(..).rev() {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, DemoError> {
+    TcpListener::bind(addr).await.map_err(|source| DemoError::Bind { what, addr, source })
+}
+
+/// Start the stack described by `opts`.
+pub async fn start(opts: StackOptions) -> Result<Stack, DemoError> {
+    let data = &opts.data_dir;
+    std::fs::create_dir_all(data).map_err(|source| DemoError::Data { path: data.clone(), source })?;
+    let secrets_path = data.join("demo-secrets.json");
+    let secrets: Secrets = match std::fs::read(&secrets_path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| DemoError::Provision(format!("{}: {e}", secrets_path.display())))?,
+        Err(_) => {
+            let s = Secrets::new();
+            write_private(&secrets_path, &serde_json::to_vec_pretty(&s).expect("serializes"))
+                .map_err(|source| DemoError::Data { path: secrets_path.clone(), source })?;
+            s
+        }
+    };
+    let token_file = data.join("admin-token");
+    write_private(&token_file, secrets.admin_token.as_bytes()).map_err(|source| DemoError::Data { path: token_file.clone(), source })?;
+
+    let mut config = signal_server::Config::default();
+    config.database_url = format!("sqlite://{}", data.join("trunkline.db").display());
+    config.web_root = opts.web_root.clone();
+    config.admin_token_file = Some(token_file);
+    let http = bind_tcp("the signal server", SocketAddr::new(opts.bind_ip, opts.http_port)).await?;
+    let http_addr = http.local_addr().map_err(|source| DemoError::Data { path: data.clone(), source })?;
+    config.listen = http_addr;
+    config.public_url = format!("http://{http_addr}");
+
+    provision(&config, &secrets).await?;
+
+    let mut stops = vec![];
+    let mut tasks = vec![];
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    stops.push(tx);
+    let server_cfg = config.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = signal_server::run(server_cfg, http, async move {
+            let _ = rx.await;
+        })
+        .await
+        {
+            tracing::error!(error = %e, "signal server stopped with an error");
+        }
+    }));
+
+    let fixed = opts.http_port != 0;
+    let mut gateways = vec![];
+    for (i, (id, secret)) in secrets.switches.iter().enumerate() {
+        let sip_port = if fixed { 5060 + 10 * i as u16 } else { 0 };
+        let direct_port = if fixed { 7443 + i as u16 } else { 0 };
+        let (udp, tcp) = bind_sip(opts.bind_ip, sip_port).await?;
+        let sip = udp.local_addr().map_err(|source| DemoError::Data { path: data.clone(), source })?;
+        let direct = bind_tcp("a gateway's direct endpoint", SocketAddr::new(opts.bind_ip, direct_port)).await?;
+        let direct_addr = direct.local_addr().map_err(|source| DemoError::Data { path: data.clone(), source })?;
+        let secret_file = data.join(format!("{id}.secret"));
+        write_private(&secret_file, secret.as_bytes()).map_err(|source| DemoError::Data { path: secret_file.clone(), source })?;
+        let echo = secrets.echo.iter().find(|(s, _)| s == id).map(|(_, n)| n.clone()).unwrap_or_default();
+        let rtp = if fixed { format!("{}-{}", 20000 + 1000 * i, 20999 + 1000 * i) } else { free_rtp_range(opts.bind_ip) };
+        let gw = switch_gateway::Config {
+            id: id.clone(),
+            secret_file,
+            cloud_url: format!("ws://{http_addr}/ws"),
+            sip_listen: sip,
+            direct_listen: direct_addr,
+            advertise_url: format!("ws://{direct_addr}/direct"),
+            rtp_ports: rtp,
+            state_dir: data.join(format!("{id}-state")),
+            echo_number: Some(echo.clone()),
+            ..Default::default()
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        stops.push(tx);
+        let sockets = switch_gateway::Sockets { sip_udp: udp, sip_tcp: tcp, direct };
+        let gw_id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = switch_gateway::run(gw, sockets, async move {
+                let _ = rx.await;
+            })
+            .await
+            {
+                tracing::error!(gateway = %gw_id, error = %e, "gateway stopped with an error");
+            }
+        }));
+        gateways.push(GatewayInfo {
+            id: id.clone(),
+            sip,
+            direct_url: format!("ws://{direct_addr}/direct"),
+            echo_number: echo,
+            phones: secrets.deskphones.iter().filter(|(s, _)| s == id).map(|(_, l)| l.clone()).collect(),
+        });
+    }
+    Ok(Stack {
+        db_url: config.database_url.clone(),
+        info: StackInfo { http: http_addr, admin_token: secrets.admin_token.clone(), browsers: secrets.browsers.clone(), gateways },
+        stops,
+        tasks,
+    })
+}
+
+/// UDP and TCP on the same SIP port (a random one when `port` is 0).
+async fn bind_sip(ip: IpAddr, port: u16) -> Result<(UdpSocket, TcpListener), DemoError> {
+    for _ in 0..50 {
+        let addr = SocketAddr::new(ip, port);
+        let udp = UdpSocket::bind(addr).await.map_err(|source| DemoError::Bind { what: "SIP (UDP)", addr, source })?;
+        let bound = udp.local_addr().map_err(|source| DemoError::Bind { what: "SIP (UDP)", addr, source })?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(source) if port != 0 => return Err(DemoError::Bind { what: "SIP (TCP)", addr: bound, source }),
+            Err(_) => continue,
+        }
+    }
+    Err(DemoError::Bind { what: "SIP", addr: SocketAddr::new(ip, port), source: std::io::ErrorKind::AddrInUse.into() })
+}
+
+/// 200 free UDP ports (even start) for one gateway's relays in random-port mode.
+fn free_rtp_range(ip: IpAddr) -> String {
+    use rand::Rng;
+    for _ in 0..200 {
+        let base = rand::rng().random_range(30_000u16..60_000) & !1;
+        if (base..base + 20).step_by(5).all(|p| std::net::UdpSocket::bind((ip, p)).is_ok()) {
+            return format!("{}-{}", base, base + 199);
+        }
+    }
+    "40000-40199".into()
+}
+
+/// First start: switches, demo browsers, desk phones and echo numbers (idempotent).
+async fn provision(config: &signal_server::Config, s: &Secrets) -> Result<(), DemoError> {
+    let dir = signal_server::directory::open(&config.database_url).await.map_err(|e| DemoError::Provision(e.to_string()))?;
+    let cfg = Arc::new(config.clone());
+    let existing = dir.list_switches().await.map_err(|e| DemoError::Provision(e.to_string()))?;
+    for (id, secret) in &s.switches {
+        if !existing.iter().any(|x| &x.id == id) {
+            admin::add_switch(&*dir, cfg.clone(), SwitchInput { id: id.clone(), secret: secret.clone() })
+                .await
+                .map_err(|e| DemoError::Provision(e.to_string()))?;
+        }
+    }
+    let accounts = dir.list_accounts().await.map_err(|e| DemoError::Provision(e.to_string()))?;
+    let mut wanted: Vec<AccountInput> = vec![];
+    for b in &s.browsers {
+        wanted.push(AccountInput { number: b.number.clone(), password: b.password.clone(), name: Some(b.name.clone()), switch: None, kind: None });
+    }
+    for (sw, p) in &s.deskphones {
+        wanted.push(AccountInput { number: p.number.clone(), password: p.password.clone(), name: Some(p.name.clone()), switch: Some(sw.clone()), kind: None });
+    }
+    for (sw, n) in &s.echo {
+        wanted.push(AccountInput {
+            number: n.clone(),
+            password: random_secret(16),
+            name: Some("Echo test".into()),
+            switch: Some(sw.clone()),
+            kind: None,
+        });
+    }
+    for a in wanted {
+        if !accounts.iter().any(|x| x.number == a.number) {
+            admin::add_account(&*dir, cfg.clone(), a).await.map_err(|e| DemoError::Provision(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+impl StackInfo {
+    /// What a newcomer needs, in words.
+    pub fn summary(&self, web_built: bool, data_dir: &Path) -> String {
+        let mut s = String::new();
+        let http = self.http;
+        s.push_str("\n  Trunkline is running\n  ------------------------------------------------------------------\n");
+        s.push_str(&format!(
+            "  Softphone     http://{http}/{}\n",
+            if web_built { "" } else { "   (not built: run ./trunkline run again after installing the web toolchain)" }
+        ));
+        s.push_str(&format!("  WebSocket     ws://{http}/ws      health: http://{http}/healthz   metrics: /metrics\n"));
+        s.push_str(&format!("  Admin API     http://{http}/api/   Authorization: Bearer {}\n", self.admin_token));
+        s.push_str("  Browser logins (number / password / name):\n");
+        for b in &self.browsers {
+            s.push_str(&format!("                {}  {}  {}\n", b.number, b.password, b.name));
+        }
+        for g in &self.gateways {
+            s.push_str(&format!(
+                "  Gateway {:<6} SIP {} (UDP/TCP, realm trunkline, digest MD5)   echo test: dial {}\n",
+                g.id, g.sip, g.echo_number
+            ));
+            for p in &g.phones {
+                s.push_str(&format!("                desk phone {}  password {}  ({})\n", p.number, p.password, p.name));
+            }
+        }
+        s.push_str(&format!(
+            "  Try           log in as {} and dial {} (echo test) or {} (the other browser)\n",
+            self.browsers[0].number, self.gateways[0].echo_number, self.browsers[1].number
+        ));
+        s.push_str(&format!(
+            "  SIP phone     register e.g. Linphone/Zoiper/baresip as 1001@{} with its password above\n",
+            self.gateways[0].sip
+        ));
+        s.push_str(&format!("  Data          {} (reused next time)\n  Stop          Ctrl-C\n", data_dir.display()));
+        s.push_str("  ------------------------------------------------------------------\n");
+        s
+    }
+}
