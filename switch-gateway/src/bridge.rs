@@ -18,7 +18,6 @@ use str0m::format::{Codec, CodecExtra, FormatParams};
 use str0m::media::{Direction as MediaDirection, Frequency, MediaKind, MediaTime, Mid, Pt, TelephoneEvent};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use trunkline_client::g711::Law;
 use trunkline_media::ports::{LegSockets, PortAllocator};
@@ -33,7 +32,11 @@ const WEBRTC_TE_PT: u8 = 126;
 /// A bridge whose sockets exist but whose task has not started yet.
 pub struct PendingBridge {
     rtc: Rtc,
-    ice: UdpSocket,
+    /// The WebRTC leg's socket: from the RTP port range, so one forwarded range covers both
+    /// legs behind a NAT. Its RTCP twin stays unused.
+    ice: LegSockets,
+    /// The address in our ICE candidate: what str0m must see as the packets' destination.
+    candidate: SocketAddr,
     phone: LegSockets,
     /// The law the phone is offered (or answered) with.
     phone_law: Law,
@@ -48,15 +51,14 @@ pub type PendingBridges = Arc<Mutex<HashMap<u64, PendingBridge>>>;
 
 pub struct DriverBridges {
     alloc: Arc<PortAllocator>,
-    bind_ip: IpAddr,
     adv_ip: IpAddr,
     pending: PendingBridges,
     next: u64,
 }
 
 impl DriverBridges {
-    pub fn new(alloc: Arc<PortAllocator>, bind_ip: IpAddr, adv_ip: IpAddr, pending: PendingBridges) -> Self {
-        DriverBridges { alloc, bind_ip, adv_ip, pending, next: 0 }
+    pub fn new(alloc: Arc<PortAllocator>, adv_ip: IpAddr, pending: PendingBridges) -> Self {
+        DriverBridges { alloc, adv_ip, pending, next: 0 }
     }
 }
 
@@ -72,16 +74,13 @@ fn rtc_config(ice_lite: bool) -> RtcConfig {
 
 impl DriverBridges {
     /// A UDP socket for the WebRTC leg and an `Rtc` with its host candidate on it.
-    fn rtc_and_socket(&self, ice_lite: bool) -> Result<(Rtc, UdpSocket), BridgeError> {
-        let std_sock = std::net::UdpSocket::bind(SocketAddr::new(self.bind_ip, 0)).map_err(|_| BridgeError::NoPorts)?;
-        std_sock.set_nonblocking(true).map_err(|_| BridgeError::NoPorts)?;
-        let local = std_sock.local_addr().map_err(|_| BridgeError::NoPorts)?;
-        let ice = UdpSocket::from_std(std_sock).map_err(|_| BridgeError::NoPorts)?;
+    fn rtc_and_socket(&self, ice_lite: bool) -> Result<(Rtc, LegSockets, SocketAddr), BridgeError> {
+        let ice = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
         let mut rtc = rtc_config(ice_lite).build(Instant::now());
-        let candidate = Candidate::host(SocketAddr::new(self.adv_ip, local.port()), "udp")
-            .map_err(|e| BridgeError::BadOffer(e.to_string()))?;
+        let addr = SocketAddr::new(self.adv_ip, ice.rtp_port());
+        let candidate = Candidate::host(addr, "udp").map_err(|e| BridgeError::BadOffer(e.to_string()))?;
         rtc.add_local_candidate(candidate);
-        Ok((rtc, ice))
+        Ok((rtc, ice, addr))
     }
 
     /// The phone side: an offer of `law` first (F1), or the answer to the phone's offer (C3, F2).
@@ -136,7 +135,7 @@ impl Bridges for DriverBridges {
         if !offer.media_lines.iter().any(|m| m.typ.to_string() == "audio") {
             return Err(BridgeError::BadOffer("no audio m-line".into()));
         }
-        let (mut rtc, ice) = self.rtc_and_socket(true)?;
+        let (mut rtc, ice, candidate) = self.rtc_and_socket(true)?;
         let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?.to_sdp_string();
         // Which law does the WebRTC side list first? Offer the phone that one first.
         let webrtc_law = match (answer.find("PCMU/8000"), answer.find("PCMA/8000")) {
@@ -149,12 +148,12 @@ impl Bridges for DriverBridges {
         self.next += 1;
         let id = self.next;
         let (phone_sdp, phone_law, phone_te_pt) = self.phone_side(id, phone.rtp_port(), webrtc_law, phone_offer)?;
-        self.pending.lock().unwrap().insert(id, PendingBridge { rtc, ice, phone, phone_law, phone_te_pt, offer: None, mid: None });
+        self.pending.lock().unwrap().insert(id, PendingBridge { rtc, ice, candidate, phone, phone_law, phone_te_pt, offer: None, mid: None });
         Ok(BridgeSetup { id, answer, phone_sdp })
     }
 
     fn offer(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
-        let (mut rtc, ice) = self.rtc_and_socket(false)?;
+        let (mut rtc, ice, candidate) = self.rtc_and_socket(false)?;
         let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
         self.next += 1;
         let id = self.next;
@@ -165,7 +164,7 @@ impl Bridges for DriverBridges {
         self.pending
             .lock()
             .unwrap()
-            .insert(id, PendingBridge { rtc, ice, phone, phone_law, phone_te_pt, offer: Some(pending), mid: Some(mid) });
+            .insert(id, PendingBridge { rtc, ice, candidate, phone, phone_law, phone_te_pt, offer: Some(pending), mid: Some(mid) });
         Ok(BridgeSetup { id, answer: offer.to_sdp_string(), phone_sdp })
     }
 
@@ -199,8 +198,11 @@ struct PhoneOut {
 }
 
 async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: mpsc::UnboundedReceiver<BridgeCmd>) {
-    let PendingBridge { mut rtc, ice, phone, phone_law, phone_te_pt, offer: _, mid } = p;
-    let ice_local = ice.local_addr().ok();
+    let PendingBridge { mut rtc, ice, candidate, phone, phone_law, phone_te_pt, offer: _, mid } = p;
+    let ice = ice.rtp_socket();
+    // str0m matches STUN to a candidate by the exact destination address; the socket may be
+    // bound to 0.0.0.0 while the candidate names the advertised address.
+    let ice_local = Some(candidate);
     let mut latched: Option<SocketAddr> = None;
     let mut mid: Option<Mid> = mid;
     let mut webrtc_pts: Vec<(Pt, Codec)> = vec![];

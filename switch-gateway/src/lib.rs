@@ -168,7 +168,7 @@ pub async fn run(
         },
         phones,
         Box::new(media),
-        Box::new(bridge::DriverBridges::new(alloc.clone(), bind_ip, adv_ip, pending_bridges.clone())),
+        Box::new(bridge::DriverBridges::new(alloc.clone(), adv_ip, pending_bridges.clone())),
         secret_bytes,
     );
 
