@@ -63,6 +63,9 @@ pub enum Step {
     C15,
     /// Browser-to-browser relay of offer/answer/ICE (flow F4; not a patent step).
     F4,
+    /// Web Push wake-up of a switchless callee that has no live WebSocket (part of F4, and of
+    /// C3's "the callee is told, over its WebSocket or by Web Push"; not a patent step of its own).
+    Push,
 }
 
 impl Step {
@@ -84,7 +87,33 @@ impl Step {
             Step::C14 => "C14",
             Step::C15 => "C15",
             Step::F4 => "F4",
+            Step::Push => "Push",
         }
+    }
+
+    /// Every step, in the order above (e.g. to parse stored traces back).
+    pub const ALL: [Step; 17] = [
+        Step::A,
+        Step::B1,
+        Step::B2,
+        Step::B3,
+        Step::B4,
+        Step::B5,
+        Step::B6,
+        Step::C1,
+        Step::C2,
+        Step::C3,
+        Step::C11,
+        Step::C12,
+        Step::C13,
+        Step::C14,
+        Step::C15,
+        Step::F4,
+        Step::Push,
+    ];
+
+    pub fn parse(s: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|step| step.as_str() == s)
     }
 }
 
@@ -333,6 +362,14 @@ pub enum ClientMsg {
     QueryAnswer { call_id: CallId, answer: QueryAnswer },
     /// C3: after a B6 route, the caller's switch hands the cloud its address + key for the callee.
     DirectOffer { call_id: CallId, url: String, key: String, expires_in_ms: u64 },
+    /// Browser: keep this Web Push subscription for my account, so the server can wake me when
+    /// a call comes while I have no live connection. The fields are those of the browser's
+    /// `PushSubscription` (made with `welcome.vapid_public_key` as `applicationServerKey`):
+    /// `endpoint`, and `keys.p256dh` / `keys.auth` (unpadded base64url). No reply on success;
+    /// an `error` otherwise (a `ping` right after tells when it is stored).
+    PushSubscribe { endpoint: String, p256dh: String, auth: String },
+    /// Browser: forget this subscription of my account (unknown endpoints are ignored).
+    PushUnsubscribe { endpoint: String },
     /// Keep-alive; answered with `pong`.
     Ping,
 }
@@ -354,6 +391,8 @@ impl ClientMsg {
             ClientMsg::RouteQuery { .. } => "route_query",
             ClientMsg::QueryAnswer { .. } => "query_answer",
             ClientMsg::DirectOffer { .. } => "direct_offer",
+            ClientMsg::PushSubscribe { .. } => "push_subscribe",
+            ClientMsg::PushUnsubscribe { .. } => "push_unsubscribe",
             ClientMsg::Ping => "ping",
         }
     }
@@ -406,6 +445,12 @@ pub enum ServerMsg {
         kind: AccountKind,
         session_token: String,
         session_expires_in_s: u64,
+        /// The server's VAPID public key (RFC 8292): an uncompressed P-256 point, unpadded
+        /// base64url (87 characters). Pass it (decoded) as `applicationServerKey` to
+        /// `pushManager.subscribe`, then send `push_subscribe`. Absent when the server has Web
+        /// Push turned off.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vapid_public_key: Option<String>,
     },
     /// Switch signed in; `phones` are the desk phones whose home switch it is.
     SwitchWelcome { v: u16, switch_id: String, sip_realm: String, phones: Vec<PhoneEntry> },

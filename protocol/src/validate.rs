@@ -18,6 +18,12 @@ pub const MAX_CANDIDATE_LEN: usize = 512;
 pub const MAX_DISPLAY_NAME_LEN: usize = 64;
 /// Longest TTL a switch may give a key: 5 minutes.
 pub const MAX_KEY_TTL_MS: u64 = 300_000;
+/// Longest Web Push endpoint URL accepted (real ones are 150–400 bytes).
+pub const MAX_PUSH_ENDPOINT_LEN: usize = 1024;
+/// A subscription's `p256dh`: a 65-byte uncompressed P-256 point, in unpadded base64url.
+pub const PUSH_P256DH_LEN: usize = 87;
+/// A subscription's `auth` secret: 16 bytes, in unpadded base64url.
+pub const PUSH_AUTH_LEN: usize = 22;
 
 fn bad(field: &str, why: impl std::fmt::Display) -> ProtocolError {
     ProtocolError::new(ErrorCode::InvalidField, format!("{field}: {why}"))
@@ -78,6 +84,61 @@ pub fn check_url(field: &str, s: &str) -> Result<(), ProtocolError> {
         .ok_or_else(|| bad(field, "must start with ws:// or wss://"))?;
     if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(bad(field, "must have a host and no spaces or control characters"));
+    }
+    Ok(())
+}
+
+/// Is `host` (as written in a URL's authority, port removed) this machine's loopback name?
+pub fn is_loopback_host(host: &str) -> bool {
+    let ipv4_loopback = host.starts_with("127.")
+        && host.split('.').count() == 4
+        && host.split('.').all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+    ipv4_loopback || host.eq_ignore_ascii_case("localhost") || host == "[::1]"
+}
+
+/// The `host[:port]` part of an `http(s)://` URL, and the host without the port.
+pub fn url_authority(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = if authority.starts_with('[') {
+        &authority[..=authority.find(']')?]
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    Some((authority, host))
+}
+
+/// A Web Push endpoint: an `https://` URL (plain `http://` only to this machine's loopback
+/// address, for tests), printable ASCII, no user info, ≤ 1024 bytes.
+pub fn check_push_endpoint(s: &str) -> Result<(), ProtocolError> {
+    if s.len() > MAX_PUSH_ENDPOINT_LEN {
+        return Err(bad("endpoint", format_args!("longer than {MAX_PUSH_ENDPOINT_LEN} bytes")));
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("endpoint", "must be printable ASCII without spaces"));
+    }
+    let Some((authority, host)) = url_authority(s) else {
+        return Err(bad("endpoint", "must be an https:// URL"));
+    };
+    if host.is_empty() || authority.contains('@') {
+        return Err(bad("endpoint", "must name a host (and no user info)"));
+    }
+    if let Some((_, port)) = authority.strip_prefix(host).and_then(|p| p.split_once(':'))
+        && (port.is_empty() || port.parse::<u16>().is_err())
+    {
+        return Err(bad("endpoint", "bad port"));
+    }
+    if s.starts_with("http://") && !is_loopback_host(host) {
+        return Err(bad("endpoint", "must be an https:// URL (http:// only to localhost)"));
+    }
+    Ok(())
+}
+
+/// Unpadded base64url of exactly `len` characters.
+fn check_b64url(field: &str, s: &str, len: usize) -> Result<(), ProtocolError> {
+    if s.len() != len || !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')) {
+        return Err(bad(field, format_args!("must be {len} characters of unpadded base64url")));
     }
     Ok(())
 }
@@ -186,6 +247,16 @@ impl ClientMsg {
                 check_key(key)?;
                 check_ttl(*expires_in_ms)?;
             }
+            ClientMsg::PushSubscribe { endpoint, p256dh, auth } => {
+                check_push_endpoint(endpoint)?;
+                check_b64url("p256dh", p256dh, PUSH_P256DH_LEN)?;
+                // 0x04 (uncompressed point) encodes as a leading 'B'.
+                if !p256dh.starts_with('B') {
+                    return Err(bad("p256dh", "must be an uncompressed P-256 point (0x04…)"));
+                }
+                check_b64url("auth", auth, PUSH_AUTH_LEN)?;
+            }
+            ClientMsg::PushUnsubscribe { endpoint } => check_push_endpoint(endpoint)?,
             ClientMsg::Cancel { .. } | ClientMsg::Decline { .. } | ClientMsg::Hangup { .. } | ClientMsg::Ping => {}
         }
         Ok(())
@@ -243,6 +314,119 @@ mod tests {
         ] {
             assert_eq!(ClientMsg::decode(text).unwrap_err().code, ErrorCode::InvalidField, "{text}");
         }
+    }
+
+    const P256DH: &str = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+    const AUTH: &str = "BTBZMqHH6r4Tts7J_aSIgg";
+
+    fn subscribe(endpoint: &str, p256dh: &str, auth: &str) -> String {
+        format!(r#"{{"type":"push_subscribe","endpoint":"{endpoint}","p256dh":"{p256dh}","auth":"{auth}"}}"#)
+    }
+
+    #[test]
+    fn push_subscribe_accepts_real_shapes() {
+        for endpoint in [
+            "https://fcm.googleapis.com/fcm/send/dpH5lCsTSSM:APA91bHqjZxM0VImWWqDRN7U0a3AycjUf4O-byuxb_wJsKRaKvV_iKw56s16ekq6FUqoCF7k2nICUpd8fHPxVTgqLunFeVeB9lLCQZyohyAztTH8ZQL9WCxKpA6dvTG_TUIhQUFq_n",
+            "https://updates.push.services.mozilla.com/wpush/v2/gAAAAABk",
+            "https://web.push.apple.com/QGuQyavXutnMH",
+            "https://push.example.com:8443/p/1",
+            "http://127.0.0.1:41234/push/abc",
+            "http://localhost:9000/x",
+            "http://[::1]:9000/x",
+        ] {
+            let m = ClientMsg::decode(&subscribe(endpoint, P256DH, AUTH)).unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+            assert_eq!(ClientMsg::decode(&m.encode()).unwrap(), m);
+            assert_eq!(m.kind(), "push_subscribe");
+            assert_eq!(m.call_id(), None);
+        }
+        let m = ClientMsg::decode(r#"{"type":"push_unsubscribe","endpoint":"https://push.example.com/p/1"}"#).unwrap();
+        assert_eq!(m, ClientMsg::PushUnsubscribe { endpoint: "https://push.example.com/p/1".into() });
+    }
+
+    #[test]
+    fn push_subscribe_refuses_bad_endpoints_and_keys() {
+        let long = format!("https://push.example.com/{}", "a".repeat(MAX_PUSH_ENDPOINT_LEN));
+        for endpoint in [
+            "http://push.example.com/p",
+            "http://127.0.0.1.evil.example/p",
+            "http://localhost.evil.example/p",
+            "ftp://push.example.com/p",
+            "wss://push.example.com/p",
+            "https://",
+            "https:///path",
+            "https://user@push.example.com/p",
+            "https://push.example.com:99999/p",
+            "https://push.example.com:/p",
+            "https://push example.com/p",
+            "push.example.com/p",
+            long.as_str(),
+        ] {
+            let e = ClientMsg::decode(&subscribe(endpoint, P256DH, AUTH)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidField, "{endpoint}");
+            assert!(e.message.starts_with("endpoint"), "{endpoint}: {e}");
+        }
+        let https = "https://push.example.com/p";
+        for (p256dh, auth, field) in [
+            (&P256DH[1..], AUTH, "p256dh"),
+            (&format!("{P256DH}="), AUTH, "p256dh"),
+            (&format!("C{}", &P256DH[1..]), AUTH, "p256dh"),
+            (&P256DH.replace('_', "/"), AUTH, "p256dh"),
+            (P256DH, &AUTH[1..], "auth"),
+            (P256DH, &format!("{AUTH}=="), "auth"),
+            (P256DH, "BTBZMqHH6r4Tts7J+aSIgg", "auth"),
+        ] {
+            let e = ClientMsg::decode(&subscribe(https, p256dh, auth)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidField, "{p256dh} {auth}");
+            assert!(e.message.starts_with(field), "{e}");
+        }
+        let e = ClientMsg::decode(r#"{"type":"push_unsubscribe","endpoint":"http://push.example.com/p"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidField);
+        let e = ClientMsg::decode(r#"{"type":"push_subscribe","endpoint":"https://push.example.com/p"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadMessage);
+    }
+
+    #[test]
+    fn loopback_hosts_and_authorities() {
+        for h in ["localhost", "LOCALHOST", "127.0.0.1", "127.1.2.3", "[::1]"] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in ["127.0.0.1.example", "localhost.example", "128.0.0.1", "[::2]", "127.0.0", "example.com"] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+        assert_eq!(url_authority("https://a.example:8443/x?y"), Some(("a.example:8443", "a.example")));
+        assert_eq!(url_authority("http://[::1]:80/"), Some(("[::1]:80", "[::1]")));
+        assert_eq!(url_authority("https://a.example"), Some(("a.example", "a.example")));
+        assert_eq!(url_authority("ws://a.example"), None);
+    }
+
+    #[test]
+    fn welcome_without_vapid_key_still_parses() {
+        // What a server without Web Push (or an older one) sends.
+        let old = r#"{"type":"welcome","v":1,"number":"2001","display_name":"A","kind":"browser","session_token":"t","session_expires_in_s":5}"#;
+        match ServerMsg::decode(old).unwrap() {
+            ServerMsg::Welcome { vapid_public_key, .. } => assert_eq!(vapid_public_key, None),
+            other => panic!("{other:?}"),
+        }
+        let new = ServerMsg::Welcome {
+            v: 1,
+            number: "2001".into(),
+            display_name: "A".into(),
+            kind: crate::AccountKind::Browser,
+            session_token: "t".into(),
+            session_expires_in_s: 5,
+            vapid_public_key: Some(P256DH.into()),
+        };
+        assert!(new.encode().contains(r#""vapid_public_key":"BCVx"#));
+        assert_eq!(ServerMsg::decode(&new.encode()).unwrap(), new);
+    }
+
+    #[test]
+    fn steps_parse_back() {
+        for s in crate::Step::ALL {
+            assert_eq!(crate::Step::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(crate::Step::parse("Push"), Some(crate::Step::Push));
+        assert_eq!(crate::Step::parse("Z9"), None);
     }
 
     #[test]

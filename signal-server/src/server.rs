@@ -460,6 +460,7 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 kind: account.kind,
                 session_token: token,
                 session_expires_in_s: ttl,
+                vapid_public_key: None,
             };
             Ok((Online::Device(number), Some(welcome)))
         }
@@ -491,6 +492,7 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 kind: account.kind,
                 session_token: token,
                 session_expires_in_s: ttl,
+                vapid_public_key: None,
             };
             Ok((Online::Device(account.number), Some(welcome)))
         }

@@ -23,24 +23,7 @@ use super::{Account, CallRecord, Directory, DirectoryError, NewAccount, PushSubs
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Every patent step, for parsing stored traces.
-const ALL_STEPS: [Step; 16] = [
-    Step::A,
-    Step::B1,
-    Step::B2,
-    Step::B3,
-    Step::B4,
-    Step::B5,
-    Step::B6,
-    Step::C1,
-    Step::C2,
-    Step::C3,
-    Step::C11,
-    Step::C12,
-    Step::C13,
-    Step::C14,
-    Step::C15,
-    Step::F4,
-];
+const ALL_STEPS: [Step; 17] = Step::ALL;
 
 /// The directory stored in one SQLite database.
 #[derive(Clone, Debug)]
