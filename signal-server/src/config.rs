@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 pub const ENV_PREFIX: &str = "TRUNKLINE_SIGNAL_";
 
+/// Longest `push.ttl_secs`: a wake-up for a call is useless long before this.
+pub const MAX_PUSH_TTL_SECS: u64 = 24 * 3600;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -32,6 +35,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub steering: SteeringConfig,
     pub limits: LimitsConfig,
+    pub push: PushConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -90,6 +94,53 @@ pub struct LimitsConfig {
     pub max_calls_per_device: usize,
 }
 
+/// Web Push (RFC 8030 + RFC 8291 aes128gcm + RFC 8292 VAPID): wakes a switchless browser that
+/// has no live connection when a call comes for it (flows F3 and F4).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Off: an offline switchless callee ends `callee_offline` at once, no push is sent, and
+    /// `welcome` carries no `vapid_public_key`.
+    pub enabled: bool,
+    /// The VAPID private key: a PEM file (SEC1 `EC PRIVATE KEY` or PKCS#8 `PRIVATE KEY`, P-256)
+    /// or the raw 32-byte scalar in base64url. Not set: `vapid-private-key.pem` next to the
+    /// database file, generated at the first start (in memory only for `sqlite::memory:`).
+    pub vapid_private_key_file: Option<PathBuf>,
+    /// The VAPID `sub` claim, a `mailto:` or `https:` URL push services may use to contact the
+    /// operator. Not set: `public_url`.
+    pub vapid_subject: Option<String>,
+    /// How long a push service keeps an undelivered wake-up (the `TTL` header), seconds.
+    pub ttl_secs: u64,
+    /// Time limit for one push request (connect + TLS + answer), milliseconds.
+    pub timeout_ms: u64,
+    /// Subscriptions one account may keep; more are refused with `too_many_requests`.
+    pub max_subscriptions_per_account: usize,
+    /// Accept push endpoints on this machine's loopback address (`localhost`, `127.x`, `[::1]`).
+    /// Only tests need this; off, such endpoints are refused so a browser cannot make the
+    /// server post to local services.
+    pub allow_loopback_endpoints: bool,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            enabled: true,
+            vapid_private_key_file: None,
+            vapid_subject: None,
+            ttl_secs: 30,
+            timeout_ms: 5_000,
+            max_subscriptions_per_account: 10,
+            allow_loopback_endpoints: false,
+        }
+    }
+}
+
+impl PushConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -103,6 +154,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             steering: SteeringConfig::default(),
             limits: LimitsConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }
@@ -225,6 +277,18 @@ impl Config {
         }
         if self.limits.messages_per_second == 0 || self.limits.max_connections == 0 {
             return Err(ConfigError::Invalid("limits.* must be > 0".into()));
+        }
+        let p = &self.push;
+        if p.ttl_secs > MAX_PUSH_TTL_SECS {
+            return Err(ConfigError::Invalid(format!("push.ttl_secs must be ≤ {MAX_PUSH_TTL_SECS} (one day)")));
+        }
+        if p.timeout_ms == 0 || p.max_subscriptions_per_account == 0 {
+            return Err(ConfigError::Invalid("push.timeout_ms and push.max_subscriptions_per_account must be > 0".into()));
+        }
+        if let Some(sub) = &p.vapid_subject
+            && !(sub.starts_with("mailto:") || sub.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!("push.vapid_subject {sub:?} must be a mailto: or https:// URL")));
         }
         Ok(())
     }

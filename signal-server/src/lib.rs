@@ -2,6 +2,7 @@
 //!
 //! - [`steering`]: the sans-IO steering engine (steps A, B1–B6, C1–C3, C11–C13, F4 relay).
 //! - [`directory`]: storage trait + SQLite.
+//! - [`push`]: Web Push wake-ups for offline switchless browsers (RFC 8030/8291/8292).
 //! - [`server`]: the thin tokio/axum driver: `/ws`, admin API, `/healthz`, `/metrics`, static web.
 //! - [`cli`]: the `signal-server` command line (run + admin commands).
 
@@ -11,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod directory;
+pub mod push;
 pub mod ratelimit;
 pub mod server;
 pub mod steering;

@@ -556,7 +556,14 @@ fn example_config_loads_and_documents_the_defaults() {
         .lines()
         .map(|l| {
             let t = l.trim_start();
-            for k in ["# admin_token_file =", "# [tls]", "# cert_file =", "# key_file ="] {
+            for k in [
+                "# admin_token_file =",
+                "# [tls]",
+                "# cert_file =",
+                "# key_file =",
+                "# vapid_private_key_file =",
+                "# vapid_subject =",
+            ] {
                 if t.starts_with(k) {
                     return t.trim_start_matches("# ").to_string();
                 }
@@ -569,6 +576,8 @@ fn example_config_loads_and_documents_the_defaults() {
     assert!(full.admin_token_file.is_some());
     let tls = full.tls.expect("[tls] example present");
     assert!(tls.cert_file.ends_with("cert.pem") && tls.key_file.ends_with("key.pem"));
+    assert!(full.push.vapid_private_key_file.is_some_and(|p| p.ends_with("vapid.pem")));
+    assert!(full.push.vapid_subject.is_some_and(|s| s.starts_with("mailto:")));
     // Documented override rule.
     assert!(text.contains("TRUNKLINE_SIGNAL_") && text.contains("__"));
 }
