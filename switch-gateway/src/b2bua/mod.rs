@@ -1471,11 +1471,7 @@ impl Core {
                 call.state = CallState::Connected;
                 let (conn, cloud_id) = (d.conn, call.cloud_id.clone());
                 tracing::info!(call = id, caller = %call.caller, callee = %call.callee, step = "C15", "bridged");
-                self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Progress { event: CallEvent::Connected }, close: false });
-                if let Some(c) = cloud_id {
-                    self.cloud(ClientMsg::CallEvent { call_id: c, event: CallEvent::Connected });
-                }
-                return;
+                return self.direct_progress(conn, cloud_id, CallEvent::Connected);
             }
             CallerSide::Sip(a) => a,
         };
@@ -1500,6 +1496,14 @@ impl Core {
         self.set_call_timer(now, id, T1, CallTimer::OkRetransmit);
     }
 
+    /// Progress of the phone, to a direct caller and (as the carrier) to the cloud.
+    fn direct_progress(&mut self, conn: u64, cloud_id: Option<String>, event: CallEvent) {
+        self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Progress { event: event.clone() }, close: false });
+        if let Some(c) = cloud_id {
+            self.cloud(ClientMsg::CallEvent { call_id: c, event });
+        }
+    }
+
     fn send_ringing(&mut self, id: u64) {
         let contact = format!("<sip:{}:{}>", ip_host(self.cfg.adv_ip), self.cfg.sip_port);
         let Some(call) = self.calls.get_mut(&id) else { return };
@@ -1510,11 +1514,7 @@ impl Core {
         let a = match &call.a {
             CallerSide::Direct(d) => {
                 let (conn, cloud_id) = (d.conn, call.cloud_id.clone());
-                self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Progress { event: CallEvent::Ringing }, close: false });
-                if let Some(c) = cloud_id {
-                    self.cloud(ClientMsg::CallEvent { call_id: c, event: CallEvent::Ringing });
-                }
-                return;
+                return self.direct_progress(conn, cloud_id, CallEvent::Ringing);
             }
             CallerSide::Sip(a) => a,
         };
