@@ -5,13 +5,16 @@
 //!   (the [`Hub`]: the [`Engine`] and the per-connection outboxes behind one lock);
 //! - one timer task: fires the engine's deadlines;
 //! - one store task: writes call records (batched) and switch online state in order;
-//! - one directory watcher: reloads the directory when the admin API or CLI changed it.
+//! - one directory watcher: reloads the directory when the admin API or CLI changed it;
+//! - one push task: sends the engine's Web Push wake-ups ([`crate::push`]) and tells the engine
+//!   when nobody could be woken. Browsers' `push_subscribe` / `push_unsubscribe` go straight to
+//!   the directory from their connection task (the engine has no part in them).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -22,13 +25,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::sync::{Notify, mpsc, watch};
-use trunkline_protocol::{AccountKind, ClientMsg, ErrorCode, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ServerMsg};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use trunkline_protocol::{AccountKind, CallId, ClientMsg, ErrorCode, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ServerMsg};
 
 use crate::admin_api::{self, AdminState};
 use crate::config::Config;
 use crate::credentials;
-use crate::directory::{CallRecord, Directory, DirectoryError, UnixMs};
+use crate::directory::{CallRecord, Directory, DirectoryError, PushSubscription, UnixMs};
+use crate::push::{self, PushError, PushSender};
 use crate::ratelimit::FailureLimiter;
 use crate::steering::{ConnId, Engine, Output, Party};
 
@@ -39,6 +43,8 @@ const HARD_FRAME_LIMIT: usize = 4 * MAX_MESSAGE_BYTES;
 const OUTBOX_DEPTH: usize = 256;
 /// A switch carries many calls at once (each query puts two messages in its outbox).
 const SWITCH_OUTBOX_DEPTH: usize = 16 * 1024;
+/// Wake-ups being sent at once (each: a directory read and one request per subscription).
+const PUSHES_IN_FLIGHT: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -48,6 +54,8 @@ pub enum ServerError {
     AdminToken { path: PathBuf, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("Web Push: {0}")]
+    Push(#[from] PushError),
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -62,6 +70,15 @@ enum EngineCmd {
     Msg { conn: ConnId, msg: ClientMsg },
     Gone { conn: ConnId },
     Directory(Vec<crate::directory::Account>),
+    /// The push task could not wake the callee of this call.
+    WakeFailed { call_id: CallId, why: &'static str },
+}
+
+/// A Web Push wake-up for the push task.
+struct WakeCmd {
+    call_id: CallId,
+    number: String,
+    payload: Vec<u8>,
 }
 
 enum Online {
@@ -94,6 +111,8 @@ struct Shared {
     decoy_hash: String,
     shutdown: watch::Receiver<bool>,
     metrics: PrometheusHandle,
+    /// `None` when `push.enabled` is off.
+    push: Option<Arc<PushSender>>,
 }
 
 fn metrics_handle() -> PrometheusHandle {
@@ -138,8 +157,11 @@ pub async fn run(
         None => None,
     };
 
+    let push = PushSender::from_config(&config)?.map(Arc::new);
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (store_tx, store_rx) = mpsc::unbounded_channel();
+    let (wake_tx, wake_rx) = mpsc::unbounded_channel();
     let changed = Arc::new(Notify::new());
 
     let mut engine = Engine::new(
@@ -149,6 +171,7 @@ pub async fn run(
         Box::new(new_call_key),
     );
     engine.set_directory(dir.list_accounts().await?);
+    engine.set_wake_up(push.is_some());
     let window = Duration::from_secs(config.auth.failure_window_secs);
     let a = &config.auth;
     let decoy_hash = {
@@ -159,6 +182,7 @@ pub async fn run(
         inner: Mutex::new(HubInner { engine, outboxes: HashMap::new(), stopping: false, timer_target: None }),
         timer: Notify::new(),
         store: store_tx.clone(),
+        wake: push.is_some().then_some(wake_tx),
         realm: config.sip_realm.clone(),
         shutdown: shutdown_rx.clone(),
     });
@@ -174,11 +198,15 @@ pub async fn run(
         decoy_hash,
         shutdown: shutdown_rx.clone(),
         metrics: metrics_handle(),
+        push: push.clone(),
     });
 
     let store_task = tokio::spawn(store_loop(dir.clone(), store_rx));
     let engine_task = tokio::spawn(timer_loop(hub.clone(), shutdown_rx.clone()));
     let watch_task = tokio::spawn(directory_watch(dir.clone(), hub.clone(), changed.clone(), shutdown_rx.clone()));
+    let push_task = push.map(|sender| {
+        tokio::spawn(push_loop(Arc::downgrade(&hub), dir.clone(), sender, wake_rx, shutdown_rx.clone()))
+    });
 
     let admin = AdminState { dir: dir.clone(), token: admin_token, config: config.clone(), changed };
     let app = Router::new()
@@ -221,6 +249,9 @@ pub async fn run(
     drop(shared);
     let _ = watch_task.await;
     let _ = engine_task.await;
+    if let Some(t) = push_task {
+        let _ = t.await;
+    }
     hub.shutdown_engine();
     drop(hub);
     drop(store_tx);
@@ -363,6 +394,13 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
                     tokens -= 1.0;
                 }
                 match incoming {
+                    Ok(msg @ (ClientMsg::PushSubscribe { .. } | ClientMsg::PushUnsubscribe { .. })) if is_device => {
+                        if let Err(e) = push_subscription(&s, conn, msg).await
+                            && out_tx.try_send(Out::Msg(Box::new(e.to_msg(None)))).is_err()
+                        {
+                            break;
+                        }
+                    }
                     Ok(msg) => {
                         s.hub.apply(EngineCmd::Msg { conn, msg });
                     }
@@ -400,6 +438,85 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
     }
     let _ = socket.close().await;
     s.hub.apply(EngineCmd::Gone { conn });
+}
+
+/// A browser's `push_subscribe` / `push_unsubscribe`, applied to the directory (the reply, if
+/// any, is an error; success is silent).
+async fn push_subscription(s: &Shared, conn: ConnId, msg: ClientMsg) -> Result<(), trunkline_protocol::ProtocolError> {
+    use trunkline_protocol::ProtocolError as PE;
+    if s.push.is_none() {
+        return Err(PE::new(ErrorCode::NotImplemented, "Web Push is turned off on this server"));
+    }
+    let Some(number) = s.hub.device_of(conn) else {
+        return Err(PE::new(ErrorCode::NotAuthenticated, "sign in first"));
+    };
+    let internal = |e: DirectoryError| {
+        tracing::error!(error = %e, "directory error on a push subscription");
+        PE::new(ErrorCode::Internal, "could not store the push subscription; try again")
+    };
+    match msg {
+        ClientMsg::PushSubscribe { endpoint, p256dh, auth } => {
+            push::check_subscription(&s.config.push, &endpoint, &p256dh, &auth)?;
+            let mine = s.dir.push_subscriptions(&number).await.map_err(internal)?;
+            let max = s.config.push.max_subscriptions_per_account;
+            if mine.len() >= max && !mine.iter().any(|m| m.endpoint == endpoint) {
+                return Err(PE::new(
+                    ErrorCode::TooManyRequests,
+                    format!("at most {max} push subscriptions per account: unsubscribe an old one first"),
+                ));
+            }
+            let origin = push::origin_of(&endpoint).unwrap_or_default();
+            s.dir.add_push_subscription(PushSubscription { number: number.clone(), endpoint, p256dh, auth }).await.map_err(internal)?;
+            tracing::info!(%number, %origin, "push subscription stored");
+        }
+        ClientMsg::PushUnsubscribe { endpoint } => {
+            // Only this account's own subscription: an endpoint is no proof of ownership.
+            let mine = s.dir.push_subscriptions(&number).await.map_err(internal)?;
+            if mine.iter().any(|m| m.endpoint == endpoint) {
+                s.dir.remove_push_subscription(&endpoint).await.map_err(internal)?;
+                tracing::info!(%number, origin = %push::origin_of(&endpoint).unwrap_or_default(), "push subscription removed");
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Sends the engine's wake-ups, a bounded number at once. When a callee has no subscription,
+/// or no push service took the message, the engine hears `wake_failed`.
+async fn push_loop(
+    hub: Weak<Hub>,
+    dir: Arc<dyn Directory>,
+    sender: Arc<PushSender>,
+    mut rx: mpsc::UnboundedReceiver<WakeCmd>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(PUSHES_IN_FLIGHT));
+    loop {
+        let cmd = tokio::select! {
+            c = rx.recv() => match c {
+                Some(c) => c,
+                None => return,
+            },
+            _ = shut(&mut shutdown) => return,
+        };
+        let (hub, dir, sender, limit) = (hub.clone(), dir.clone(), sender.clone(), limit.clone());
+        tokio::spawn(async move {
+            let Ok(_permit) = limit.acquire_owned().await else { return };
+            let report = push::wake(&*dir, &sender, &cmd.number, &cmd.call_id, &cmd.payload).await;
+            if report.accepted == 0 {
+                let why = if report.subscriptions == 0 {
+                    "callee offline and has no Web Push subscription"
+                } else {
+                    "callee offline and no push service accepted the wake-up"
+                };
+                // The Hub is gone once the server has stopped: nothing left to tell.
+                if let Some(hub) = hub.upgrade() {
+                    hub.apply(EngineCmd::WakeFailed { call_id: cmd.call_id, why });
+                }
+            }
+        });
+    }
 }
 
 type AuthResult = Result<(Online, Option<ServerMsg>), trunkline_protocol::ProtocolError>;
@@ -460,7 +577,7 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 kind: account.kind,
                 session_token: token,
                 session_expires_in_s: ttl,
-                vapid_public_key: None,
+                vapid_public_key: s.push.as_ref().map(|p| p.public_key().to_string()),
             };
             Ok((Online::Device(number), Some(welcome)))
         }
@@ -492,7 +609,7 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 kind: account.kind,
                 session_token: token,
                 session_expires_in_s: ttl,
-                vapid_public_key: None,
+                vapid_public_key: s.push.as_ref().map(|p| p.public_key().to_string()),
             };
             Ok((Online::Device(account.number), Some(welcome)))
         }
@@ -541,6 +658,8 @@ struct Hub {
     /// Wakes the timer task when the engine's earliest deadline moved earlier.
     timer: Notify,
     store: mpsc::UnboundedSender<StoreCmd>,
+    /// To the push task; `None` when Web Push is off.
+    wake: Option<mpsc::UnboundedSender<WakeCmd>>,
     realm: String,
     shutdown: watch::Receiver<bool>,
 }
@@ -581,12 +700,13 @@ impl Hub {
                 }
             }
             EngineCmd::Directory(accounts) => h.engine.set_directory(accounts),
+            EngineCmd::WakeFailed { call_id, why } => h.engine.wake_failed(now, &call_id, why),
         }
         self.after(h);
     }
 
     fn after(&self, h: &mut HubInner) {
-        drain(&mut h.engine, &mut h.outboxes, &self.store);
+        drain(&mut h.engine, &mut h.outboxes, &self.store, self.wake.as_ref());
         let next = h.engine.poll_timeout();
         let earlier = match (next, h.timer_target) {
             (Some(n), Some(t)) => n < t,
@@ -615,7 +735,13 @@ impl Hub {
             h.stopping = true;
             h.engine.shutdown(Instant::now());
         }
-        drain(&mut h.engine, &mut h.outboxes, &self.store);
+        drain(&mut h.engine, &mut h.outboxes, &self.store, self.wake.as_ref());
+    }
+
+    /// The browser signed in on `conn`, if it still is.
+    fn device_of(&self, conn: ConnId) -> Option<String> {
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        guard.engine.device_of(conn).map(str::to_string)
     }
 }
 
@@ -648,7 +774,12 @@ async fn sleep_until_opt(t: Option<Instant>) {
     }
 }
 
-fn drain(engine: &mut Engine, outboxes: &mut HashMap<ConnId, mpsc::Sender<Out>>, store: &mpsc::UnboundedSender<StoreCmd>) {
+fn drain(
+    engine: &mut Engine,
+    outboxes: &mut HashMap<ConnId, mpsc::Sender<Out>>,
+    store: &mpsc::UnboundedSender<StoreCmd>,
+    wake: Option<&mpsc::UnboundedSender<WakeCmd>>,
+) {
     while let Some(out) = engine.poll_output() {
         match out {
             Output::Send { conn, msg } => {
@@ -675,6 +806,13 @@ fn drain(engine: &mut Engine, outboxes: &mut HashMap<ConnId, mpsc::Sender<Out>>,
             }
             Output::Record(r) => {
                 let _ = store.send(StoreCmd::Record(r));
+            }
+            Output::WakeUp { call_id, number, from, from_name } => {
+                let payload = push::incoming_payload(&call_id, &from, &from_name);
+                let sent = wake.is_some_and(|tx| tx.send(WakeCmd { call_id: call_id.clone(), number, payload }).is_ok());
+                if !sent {
+                    engine.wake_failed(Instant::now(), &call_id, "Web Push is not available");
+                }
             }
         }
     }

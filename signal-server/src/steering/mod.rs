@@ -19,6 +19,11 @@
 //! - `B6`: callee is switchless → from a browser: F4 relay with a cloud-issued key; from a
 //!   switch: the switch sends `direct_offer` and `C3` tells the callee over its WebSocket.
 //! - `C14`/`C15`: reported by the switch that carries the call (key accepted, bridged).
+//! - `Push` (not a patent step): a switchless callee with no live connection is woken by Web
+//!   Push ([`Output::WakeUp`], when [`Engine::set_wake_up`] is on). The attempt waits
+//!   ([`CallState::AwaitWake`]) until the callee signs in ([`Engine::device_online`]: then F4
+//!   rings it, or C3 hands it the caller switch's offer), the driver reports that nobody could be
+//!   woken ([`Engine::wake_failed`]), or the ring timeout passes — both `callee_offline`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -57,6 +62,11 @@ pub enum Output {
     Trace { call_id: CallId, step: Step, detail: String },
     /// The attempt ended (for logs; the `Record` that follows carries the details).
     Ended { call_id: CallId, outcome: Outcome, why: String },
+    /// The switchless callee `number` has no live connection: wake it by Web Push with an
+    /// incoming-call message (F4, or C3 after B6). If it has no subscription, or no push is
+    /// accepted, the driver calls [`Engine::wake_failed`]; otherwise the attempt waits for the
+    /// callee to sign in.
+    WakeUp { call_id: CallId, number: String, from: String, from_name: String },
 }
 
 /// Where a call is between its start and its outcome.
@@ -73,6 +83,20 @@ pub enum CallState {
     /// The callee is ringing.
     Ringing,
     Connected,
+    /// The switchless callee had no live connection and is being woken by Web Push: waiting for
+    /// it to sign in (F4: then it is rung; B6: the caller switch's `direct_offer` is kept and
+    /// handed over then, C3). Times out `callee_offline` at the ring timeout (for B6 also when
+    /// the switch's key expires first).
+    AwaitWake,
+}
+
+/// A caller switch's C3 offer, kept while its switchless callee is being woken.
+#[derive(Clone, Debug)]
+struct PendingOffer {
+    url: String,
+    key: String,
+    expires_in_ms: u64,
+    at: Instant,
 }
 
 #[derive(Clone, Debug)]
@@ -91,6 +115,10 @@ struct Call {
     connected_at: Option<Instant>,
     deadline: (Instant, u64),
     trace: Vec<Step>,
+    /// A Web Push wake-up is out and the callee has not signed in since (listed in `wakes`).
+    waking: bool,
+    /// B6 while waking: the caller switch's offer, for when the callee signs in.
+    offer: Option<Box<PendingOffer>>,
 }
 
 #[derive(Clone, Debug)]
@@ -115,10 +143,16 @@ pub struct Engine {
     timer_seq: u64,
     outputs: std::collections::VecDeque<Output>,
     new_key: Box<dyn FnMut() -> String + Send>,
+    /// Wake offline switchless callees by Web Push (else they end `callee_offline` at once).
+    wake_up: bool,
+    /// Callee number → the attempts waiting for it to sign in.
+    wakes: HashMap<String, Vec<CallId>>,
 }
 
 /// Extra time past a key's TTL before the cloud gives up waiting for C14 (clock skew, RTT).
 const KEY_GRACE: Duration = Duration::from_secs(2);
+/// A woken callee rings for what is left of the ring timeout, but at least this long.
+pub const WAKE_MIN_RING: Duration = Duration::from_secs(10);
 
 impl Engine {
     /// `clock_base` ties the monotonic clock to wall time for call records:
@@ -142,6 +176,24 @@ impl Engine {
             timer_seq: 0,
             outputs: Default::default(),
             new_key,
+            wake_up: false,
+            wakes: HashMap::new(),
+        }
+    }
+
+    /// Turn Web Push wake-ups on (the driver has a push sender) or off (the default: an offline
+    /// switchless callee ends `callee_offline` at once).
+    pub fn set_wake_up(&mut self, on: bool) {
+        self.wake_up = on;
+    }
+
+    /// The driver could not wake the callee of `call_id`: it has no push subscription, or no
+    /// push service accepted the message. If the callee has not signed in meanwhile, the
+    /// attempt ends `callee_offline` now. Otherwise (or for an attempt that is over) nothing
+    /// happens.
+    pub fn wake_failed(&mut self, now: Instant, call_id: &str, why: &str) {
+        if self.calls.get(call_id).is_some_and(|c| c.waking) {
+            self.finish(now, call_id, Outcome::CalleeOffline, why);
         }
     }
 
@@ -163,6 +215,14 @@ impl Engine {
 
     pub fn call_state(&self, call_id: &str) -> Option<CallState> {
         self.calls.get(call_id).map(|c| c.state)
+    }
+
+    /// The device number signed in on `conn`, if `conn` is a browser's live connection.
+    pub fn device_of(&self, conn: ConnId) -> Option<&str> {
+        match self.conns.get(&conn)? {
+            Party::Device(n) => Some(n),
+            Party::Switch(_) => None,
+        }
     }
 
     pub fn is_switch_online(&self, id: &str) -> bool {
@@ -216,7 +276,7 @@ impl Engine {
 
     /// A browser signed in on `conn`. A previous connection of the same device is replaced:
     /// it gets `session_replaced` and is closed.
-    pub fn device_online(&mut self, _now: Instant, conn: ConnId, number: &str) {
+    pub fn device_online(&mut self, now: Instant, conn: ConnId, number: &str) {
         if let Some(old) = self.devices.insert(number.to_string(), conn)
             && old != conn
         {
@@ -225,6 +285,40 @@ impl Engine {
             self.outputs.push_back(Output::Close { conn: old });
         }
         self.conns.insert(conn, Party::Device(number.to_string()));
+        if !self.wakes.is_empty()
+            && let Some(ids) = self.wakes.remove(number)
+        {
+            for id in ids {
+                self.woken(now, &id);
+            }
+        }
+    }
+
+    /// The callee of `call_id`, woken by Web Push, has signed in: ring it (F4) or hand it the
+    /// caller switch's offer (C3). It rings for the rest of the ring timeout, at least
+    /// [`WAKE_MIN_RING`]. Before the switch's offer has come (B6), the offer finds it online.
+    fn woken(&mut self, now: Instant, call_id: &str) {
+        let Some(c) = self.calls.get_mut(call_id) else { return };
+        if !c.waking {
+            return;
+        }
+        c.waking = false;
+        let until = (c.started + self.cfg.ring_timeout()).max(now + WAKE_MIN_RING);
+        if c.state != CallState::AwaitWake {
+            return;
+        }
+        match c.offer.take() {
+            None => self.deliver_peer(call_id, until),
+            Some(offer) => {
+                let left = Duration::from_millis(offer.expires_in_ms).saturating_sub(now.saturating_duration_since(offer.at));
+                if left.is_zero() {
+                    self.finish(now, call_id, Outcome::CalleeOffline, "the callee signed in after the switch's key expired");
+                    return;
+                }
+                let PendingOffer { url, key, .. } = *offer;
+                self.deliver_direct(call_id, url, key, left.as_millis() as u64, until);
+            }
+        }
     }
 
     /// A switch signed in on `conn`, advertising `direct_urls`. It is sent `switch_welcome`
@@ -326,6 +420,7 @@ impl Engine {
                 CallState::AwaitDirectConnect => (Outcome::KeyExpired, "C14: the key was not presented in time"),
                 CallState::KeyAccepted | CallState::Ringing => (Outcome::NoAnswer, "callee did not answer in time"),
                 CallState::Connected => (Outcome::Connected, "no end reported within max_call_duration"),
+                CallState::AwaitWake => (Outcome::CalleeOffline, "the callee did not sign in after the Web Push wake-up"),
             };
             self.finish(now, &id, outcome, why);
         }
@@ -446,13 +541,18 @@ impl Engine {
             }
             None => {
                 self.trace(&call_id, Step::B6, &format!("callee {to} is a switchless device"));
-                if !self.devices.contains_key(&to) {
+                let online = self.devices.contains_key(&to);
+                if !online && !self.wake_up {
                     self.finish(now, &call_id, Outcome::CalleeOffline, &format!("{to} has no live connection"));
                     return Ok(());
                 }
                 let c = self.calls.get_mut(&call_id).expect("just started");
                 c.carrier = Some(me.to_string());
                 c.callee_device = Some(to.clone());
+                if !online {
+                    // Wake it while the switch queues the call and makes its offer.
+                    self.start_wake(&call_id, &to);
+                }
                 self.send_party(
                     &Party::Switch(me.to_string()),
                     ServerMsg::Route { call_id: call_id.clone(), route: Route::Device { device_id: to } },
@@ -502,14 +602,32 @@ impl Engine {
         if call.state != CallState::AwaitDirectOffer || call.caller != Party::Switch(me.to_string()) {
             return Err(wrong_state(call_id, call.state, "direct_offer"));
         }
-        let callee = call.callee_device.clone().expect("B6 calls have a callee device");
-        let from = call.caller_number.clone();
-        let from_name = self.display_name(&from);
-        if !self.devices.contains_key(&callee) {
-            self.finish(now, call_id, Outcome::CalleeOffline, "callee went offline");
+        let callee = call.callee_device.as_deref().expect("B6 calls have a callee device");
+        if !self.devices.contains_key(callee) {
+            if call.waking {
+                // Keep the offer until the callee signs in, but not past the key's life.
+                let until = (call.started + self.cfg.ring_timeout()).min(now + Duration::from_millis(expires_in_ms));
+                let c = self.calls.get_mut(call_id).expect("checked");
+                c.offer = Some(Box::new(PendingOffer { url, key, expires_in_ms, at: now }));
+                self.set_state_deadline(call_id, CallState::AwaitWake, until);
+            } else {
+                self.finish(now, call_id, Outcome::CalleeOffline, "callee went offline");
+            }
             return Ok(());
         }
-        self.trace(call_id, Step::C3, &format!("callee {callee} told to connect to switch {me}"));
+        let until = now + self.cfg.ring_timeout();
+        self.deliver_direct(call_id, url, key, expires_in_ms, until);
+        Ok(())
+    }
+
+    /// C3: tell the switchless callee (online) to connect to the caller's switch with its key.
+    fn deliver_direct(&mut self, call_id: &str, url: String, key: String, expires_in_ms: u64, until: Instant) {
+        let Some(c) = self.calls.get(call_id) else { return };
+        let callee = c.callee_device.clone().expect("B6 calls have a callee device");
+        let detail = format!("callee {callee} told to connect to switch {}", c.carrier.as_deref().unwrap_or("?"));
+        let from = c.caller_number.clone();
+        let from_name = self.display_name(&from);
+        self.trace(call_id, Step::C3, &detail);
         self.send_party(
             &Party::Device(callee),
             ServerMsg::Incoming {
@@ -519,8 +637,7 @@ impl Engine {
                 via: IncomingVia::Direct { url, key, expires_in_ms },
             },
         );
-        self.set_state(now, call_id, CallState::Ringing);
-        Ok(())
+        self.set_state_deadline(call_id, CallState::Ringing, until);
     }
 
     /// Progress from a switch that is a party of the call (C14 / C15 / the end).
@@ -625,6 +742,9 @@ impl Engine {
     /// F4: relay WebRTC negotiation to the other browser.
     fn signal(&mut self, me: &str, call_id: &str, key: &str, payload: SignalPayload) -> Result<(), ProtocolError> {
         let call = self.party_call(call_id, &Party::Device(me.to_string()))?;
+        if call.state == CallState::AwaitWake {
+            return Err(wrong_state(call_id, call.state, "signal (the callee is not there yet: wait for `peer`)"));
+        }
         if call.carrier.is_some() || call.peer_key.is_none() {
             return Err(ProtocolError::new(ErrorCode::WrongState, "signal is only for browser-to-browser calls"));
         }
@@ -689,6 +809,8 @@ impl Engine {
                 // Placeholder; every path sets a real deadline or finishes immediately.
                 deadline: (now, seq),
                 trace: Vec::with_capacity(8),
+                waking: false,
+                offer: None,
             },
         );
     }
@@ -752,25 +874,40 @@ impl Engine {
 
     /// F4: ring a switchless browser from a browser, with a cloud-issued key for both.
     fn ring_peer(&mut self, now: Instant, call_id: &str) {
-        let (callee, from, caller) = {
-            let c = &self.calls[call_id];
-            (c.callee_number.clone(), c.caller_number.clone(), c.caller.clone())
-        };
-        if !self.devices.contains_key(&callee) {
-            self.finish(now, call_id, Outcome::CalleeOffline, &format!("{callee} has no live connection"));
+        let callee = self.calls[call_id].callee_number.as_str();
+        let online = self.devices.contains_key(callee);
+        if !online && !self.wake_up {
+            let why = format!("{callee} has no live connection");
+            self.finish(now, call_id, Outcome::CalleeOffline, &why);
             return;
         }
         let busy = self.calls.iter().any(|(id, c)| {
             id != call_id
                 && c.state == CallState::Connected
-                && (c.callee_device.as_deref() == Some(&callee) || c.caller == Party::Device(callee.clone()))
+                && (c.callee_device.as_deref() == Some(callee) || matches!(&c.caller, Party::Device(d) if d == callee))
         });
         if busy {
-            self.finish(now, call_id, Outcome::Busy, &format!("{callee} is on another call"));
+            let why = format!("{callee} is on another call");
+            self.finish(now, call_id, Outcome::Busy, &why);
             return;
         }
+        if !online {
+            // The caller hears nothing more until the callee signs in and is rung (`peer`).
+            let callee = callee.to_string();
+            self.start_wake(call_id, &callee);
+            let until = self.calls[call_id].started + self.cfg.ring_timeout();
+            self.set_state_deadline(call_id, CallState::AwaitWake, until);
+            return;
+        }
+        self.deliver_peer(call_id, now + self.cfg.ring_timeout());
+    }
+
+    /// F4: ring the (online) switchless callee with a cloud-issued key for both browsers.
+    fn deliver_peer(&mut self, call_id: &str, until: Instant) {
         let key = (self.new_key)();
-        let c = self.calls.get_mut(call_id).expect("live call");
+        let Some(c) = self.calls.get_mut(call_id) else { return };
+        let callee = c.callee_number.clone();
+        let (from, caller) = (c.caller_number.clone(), c.caller.clone());
         c.callee_device = Some(callee.clone());
         c.peer_key = Some(key.clone());
         let from_name = self.display_name(&from);
@@ -781,13 +918,34 @@ impl Engine {
         );
         self.send_party(&caller, ServerMsg::Peer { call_id: call_id.to_string(), key });
         self.send_party(&caller, ServerMsg::CallEvent { call_id: call_id.to_string(), event: CallEvent::Ringing });
-        self.set_state(now, call_id, CallState::Ringing);
+        self.set_state_deadline(call_id, CallState::Ringing, until);
+    }
+
+    /// `Push`: the switchless callee has no live connection; ask the driver to wake it.
+    fn start_wake(&mut self, call_id: &str, callee: &str) {
+        let Some(c) = self.calls.get_mut(call_id) else { return };
+        c.callee_device = Some(callee.to_string());
+        c.waking = true;
+        let from = c.caller_number.clone();
+        let from_name = self.display_name(&from);
+        self.trace(call_id, Step::Push, &format!("{callee} has no live connection: waking it by Web Push"));
+        self.wakes.entry(callee.to_string()).or_default().push(call_id.to_string());
+        self.outputs.push_back(Output::WakeUp { call_id: call_id.to_string(), number: callee.to_string(), from, from_name });
     }
 
     /// The one end of every attempt: outcome to every party still online, a record, no timer.
     fn finish(&mut self, now: Instant, call_id: &str, outcome: Outcome, why: &str) {
         let Some(mut call) = self.calls.remove(call_id) else { return };
         self.timers.remove(&call.deadline);
+        if call.waking
+            && let Some(d) = &call.callee_device
+            && let Some(ids) = self.wakes.get_mut(d)
+        {
+            ids.retain(|id| id != call_id);
+            if ids.is_empty() {
+                self.wakes.remove(d);
+            }
+        }
         let duration_ms = match (outcome, call.connected_at) {
             (Outcome::Connected, Some(t)) => Some(now.saturating_duration_since(t).as_millis() as u64),
             (Outcome::Connected, None) => Some(0),
@@ -898,7 +1056,7 @@ impl Engine {
             CallState::AwaitSwitchAnswer => self.cfg.switch_answer_timeout(),
             CallState::AwaitDirectOffer => self.cfg.direct_offer_timeout(),
             CallState::AwaitDirectConnect => self.cfg.key_ttl() + KEY_GRACE,
-            CallState::KeyAccepted | CallState::Ringing => self.cfg.ring_timeout(),
+            CallState::KeyAccepted | CallState::Ringing | CallState::AwaitWake => self.cfg.ring_timeout(),
             CallState::Connected => self.cfg.max_call_duration(),
         };
         self.set_state_deadline(call_id, state, now + d);

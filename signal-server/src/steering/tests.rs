@@ -705,3 +705,341 @@ fn switch_welcome_lists_its_phones_and_directory_changes_push_updates() {
     h.drain();
     assert!(h.to(HQ).is_empty());
 }
+
+// ------------------------------------------------------------------ Push: waking offline callees
+
+impl H {
+    /// Everyone online, Web Push wake-ups on.
+    fn waking() -> H {
+        let mut h = H::new();
+        h.e.set_wake_up(true);
+        h
+    }
+
+    /// `WakeUp` outputs since the last call, consumed: (call, number, from, from_name).
+    fn wakeups(&mut self) -> Vec<(String, String, String, String)> {
+        let mut got = vec![];
+        self.out.retain(|o| match o {
+            Output::WakeUp { call_id, number, from, from_name } => {
+                got.push((call_id.clone(), number.clone(), from.clone(), from_name.clone()));
+                false
+            }
+            _ => true,
+        });
+        got
+    }
+
+    fn online(&mut self, conn: ConnId, number: &str) {
+        self.e.device_online(self.now, conn, number);
+        self.drain();
+    }
+
+    fn offline_now(&mut self, conn: ConnId) {
+        self.e.disconnected(self.now, conn);
+        self.drain();
+        self.out.clear();
+    }
+}
+
+const BOB2: ConnId = 12; // browser 2002 after it signs in again
+const ALICE2: ConnId = 11; // browser 2001 after it signs in again
+
+fn direct_offer_json(call: &str, ttl_ms: u64) -> String {
+    format!(r#"{{"type":"direct_offer","call_id":"{call}","url":"{HQ_URL}","key":"{KEY}","expires_in_ms":{ttl_ms}}}"#)
+}
+
+#[test]
+fn push_f4_offline_callee_is_woken_then_rung_when_it_signs_in() {
+    let mut h = H::waking();
+    h.offline_now(BOB);
+    h.msg(ALICE, r#"{"type":"dial","call_id":"w","to":"2002"}"#);
+    assert_eq!(h.wakeups(), vec![("w".into(), "2002".into(), "2001".into(), "User 2001".into())]);
+    // The caller hears nothing yet: no outcome, no key (it would offer at once).
+    assert!(h.to(ALICE).is_empty());
+    assert_eq!(h.e.call_state("w"), Some(CallState::AwaitWake));
+    assert_eq!(h.e.poll_timeout(), Some(h.t0 + SteeringConfig::default().ring_timeout()));
+    // Signals before the callee is there are out of order.
+    h.msg(ALICE, r#"{"type":"signal","call_id":"w","key":"wrong-wrong-wrong-wrong-wrong","payload":{"kind":"offer","sdp":"v=0"}}"#);
+    assert_eq!(h.error_code(ALICE), ErrorCode::WrongState);
+
+    h.advance(Duration::from_secs(8));
+    assert!(h.nothing_sent());
+    h.online(BOB2, "2002");
+    let key = match h.to(BOB2).as_slice() {
+        [S::Incoming { call_id, from, from_name, via: IncomingVia::Peer { key } }] => {
+            assert_eq!((call_id.as_str(), from.as_str(), from_name.as_str()), ("w", "2001", "User 2001"));
+            key.clone()
+        }
+        other => panic!("the woken callee is rung: {other:?}"),
+    };
+    assert_eq!(
+        h.to(ALICE),
+        vec![S::Peer { call_id: "w".into(), key: key.clone() }, S::CallEvent { call_id: "w".into(), event: CallEvent::Ringing }]
+    );
+    assert_eq!(h.e.call_state("w"), Some(CallState::Ringing));
+    // It rings for the rest of the ring timeout.
+    assert_eq!(h.e.poll_timeout(), Some(h.t0 + SteeringConfig::default().ring_timeout()));
+    // A late "could not wake" changes nothing now.
+    h.e.wake_failed(h.now, "w", "no subscription");
+    h.drain();
+    assert!(h.nothing_sent());
+
+    h.msg(BOB2, &format!(r#"{{"type":"accept","call_id":"w","key":"{key}"}}"#));
+    assert_eq!(h.to(ALICE), vec![S::CallEvent { call_id: "w".into(), event: CallEvent::Connected }]);
+    h.advance(Duration::from_secs(3));
+    h.msg(ALICE, r#"{"type":"hangup","call_id":"w"}"#);
+    assert_eq!(outcome_of(&h.to(BOB2)), Some((Outcome::Connected, Some(3_000))));
+    let r = h.one_record();
+    assert_eq!(steps(&r), "A,C1,B4,B6,Push,F4,F4");
+    assert_eq!(r.outcome, Outcome::Connected);
+}
+
+#[test]
+fn push_f4_nobody_to_wake_ends_callee_offline_at_once() {
+    let mut h = H::waking();
+    h.offline_now(BOB);
+    h.msg(ALICE, r#"{"type":"dial","call_id":"w","to":"2002"}"#);
+    assert_eq!(h.wakeups().len(), 1);
+    h.e.wake_failed(h.now, "w", "callee offline and has no Web Push subscription");
+    h.drain();
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::CalleeOffline, None)));
+    let r = h.one_record();
+    assert_eq!((r.outcome, steps(&r).as_str()), (Outcome::CalleeOffline, "A,C1,B4,B6,Push"));
+    assert_eq!(h.e.poll_timeout(), None);
+    // Nothing is left waiting for 2002: signing in later rings nothing, and a repeated
+    // failure report is ignored.
+    h.online(BOB2, "2002");
+    assert!(h.to(BOB2).is_empty());
+    h.e.wake_failed(h.now, "w", "again");
+    h.drain();
+    assert!(h.records().is_empty());
+}
+
+#[test]
+fn push_f4_callee_that_never_signs_in_is_callee_offline_at_the_ring_timeout() {
+    let mut h = H::waking();
+    h.offline_now(BOB);
+    h.msg(ALICE, r#"{"type":"dial","call_id":"w","to":"2002"}"#);
+    h.out.clear();
+    let ring = SteeringConfig::default().ring_timeout();
+    h.advance(ring - Duration::from_millis(1));
+    assert!(h.nothing_sent());
+    h.advance(Duration::from_millis(1));
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::CalleeOffline, None)));
+    assert_eq!(steps(&h.one_record()), "A,C1,B4,B6,Push");
+    h.online(BOB2, "2002");
+    assert!(h.to(BOB2).is_empty(), "the attempt is over");
+}
+
+#[test]
+fn push_f4_callee_woken_late_still_rings_for_the_minimum() {
+    let mut h = H::waking();
+    h.offline_now(BOB);
+    h.msg(ALICE, r#"{"type":"dial","call_id":"w","to":"2002"}"#);
+    h.out.clear();
+    h.advance(Duration::from_secs(40));
+    h.online(BOB2, "2002");
+    assert!(matches!(h.to(BOB2).as_slice(), [S::Incoming { .. }]));
+    assert_eq!(h.e.poll_timeout(), Some(h.now + WAKE_MIN_RING));
+    h.out.clear();
+    h.advance(WAKE_MIN_RING);
+    // Rung and not answered: no_answer, as for any ringing callee.
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::NoAnswer, None)));
+    assert_eq!(outcome_of(&h.to(BOB2)), Some((Outcome::NoAnswer, None)));
+}
+
+#[test]
+fn push_f4_caller_gives_up_while_the_callee_is_woken() {
+    // Cancel.
+    let mut h = H::waking();
+    h.offline_now(BOB);
+    h.msg(ALICE, r#"{"type":"dial","call_id":"w","to":"2002"}"#);
+    h.out.clear();
+    h.msg(ALICE, r#"{"type":"cancel","call_id":"w"}"#);
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::Cancelled, None)));
+    assert_eq!(h.one_record().outcome, Outcome::Cancelled);
+    h.online(BOB2, "2002");
+    assert!(h.to(BOB2).is_empty());
+
+    // Hang up (F4's way to give up) and disconnect.
+    for how in ["hangup", "disconnect"] {
+        let mut h = H::waking();
+        h.offline_now(BOB);
+        h.msg(ALICE, r#"{"type":"dial","call_id":"w","to":"2002"}"#);
+        h.out.clear();
+        if how == "hangup" {
+            h.msg(ALICE, r#"{"type":"hangup","call_id":"w"}"#);
+        } else {
+            h.e.disconnected(h.now, ALICE);
+            h.drain();
+        }
+        assert_eq!(h.one_record().outcome, Outcome::Cancelled, "{how}");
+        assert_eq!(h.e.active_calls(), 0);
+    }
+}
+
+#[test]
+fn push_f4_two_calls_waiting_for_one_callee_both_ring() {
+    let mut h = H::waking();
+    h.offline_now(BOB);
+    h.msg(ALICE, r#"{"type":"dial","call_id":"w1","to":"2002"}"#);
+    h.msg(ALICE, r#"{"type":"dial","call_id":"w2","to":"2002"}"#);
+    assert_eq!(h.wakeups().len(), 2);
+    h.online(BOB2, "2002");
+    let rung: Vec<String> = h
+        .to(BOB2)
+        .into_iter()
+        .map(|m| match m {
+            S::Incoming { call_id, .. } => call_id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(rung, ["w1", "w2"]);
+    assert_eq!(h.e.call_state("w1"), Some(CallState::Ringing));
+    assert_eq!(h.e.call_state("w2"), Some(CallState::Ringing));
+}
+
+#[test]
+fn push_offline_callee_still_in_a_direct_call_is_busy_not_woken() {
+    let mut h = H::waking();
+    // 2001 takes a C3 call from hq and connects; then its WebSocket drops (the direct leg and
+    // the call go on without the cloud).
+    h.msg(HQ, r#"{"type":"route_query","call_id":"c3","from":"1001","to":"2001"}"#);
+    h.msg(HQ, &direct_offer_json("c3", 30_000));
+    h.msg(HQ, r#"{"type":"call_event","call_id":"c3","event":{"event":"connected"}}"#);
+    h.offline_now(ALICE);
+    assert_eq!(h.e.call_state("c3"), Some(CallState::Connected));
+    h.msg(BOB, r#"{"type":"dial","call_id":"w","to":"2001"}"#);
+    assert!(h.wakeups().is_empty());
+    assert_eq!(outcome_of(&h.to(BOB)), Some((Outcome::Busy, None)));
+}
+
+#[test]
+fn push_off_means_callee_offline_at_once_and_no_wake_up() {
+    let mut h = H::new();
+    h.offline_now(BOB);
+    h.msg(ALICE, r#"{"type":"dial","call_id":"w","to":"2002"}"#);
+    assert!(h.wakeups().is_empty());
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::CalleeOffline, None)));
+    assert_eq!(steps(&h.one_record()), "A,C1,B4,B6");
+}
+
+#[test]
+fn push_b6_offer_is_kept_until_the_woken_callee_signs_in_then_c3() {
+    let mut h = H::waking();
+    h.offline_now(ALICE);
+    h.msg(HQ, r#"{"type":"route_query","call_id":"b6","from":"1001","to":"2001"}"#);
+    // The switch is routed to the device at once, so it queues the call and makes its offer
+    // while the push goes out.
+    assert_eq!(h.to(HQ), vec![S::Route { call_id: "b6".into(), route: Route::Device { device_id: "2001".into() } }]);
+    assert_eq!(h.wakeups(), vec![("b6".into(), "2001".into(), "1001".into(), "User 1001".into())]);
+    assert_eq!(h.e.call_state("b6"), Some(CallState::AwaitDirectOffer));
+    h.advance(Duration::from_secs(1));
+    h.msg(HQ, &direct_offer_json("b6", 30_000));
+    assert!(h.nothing_sent());
+    assert_eq!(h.e.call_state("b6"), Some(CallState::AwaitWake));
+    // Waits until the switch's key would expire (before the ring timeout here).
+    assert_eq!(h.e.poll_timeout(), Some(h.now + Duration::from_secs(30)));
+
+    h.advance(Duration::from_secs(4));
+    h.online(ALICE2, "2001");
+    assert_eq!(
+        h.to(ALICE2),
+        vec![S::Incoming {
+            call_id: "b6".into(),
+            from: "1001".into(),
+            from_name: "User 1001".into(),
+            // What is left of the key's life.
+            via: IncomingVia::Direct { url: HQ_URL.into(), key: KEY.into(), expires_in_ms: 26_000 }
+        }]
+    );
+    assert_eq!(h.e.call_state("b6"), Some(CallState::Ringing));
+    h.msg(HQ, r#"{"type":"call_event","call_id":"b6","event":{"event":"key_accepted"}}"#);
+    h.msg(HQ, r#"{"type":"call_event","call_id":"b6","event":{"event":"connected"}}"#);
+    h.msg(HQ, r#"{"type":"call_event","call_id":"b6","event":{"event":"ended","outcome":"connected","duration_ms":900}}"#);
+    let r = h.one_record();
+    assert_eq!(steps(&r), "A,B1,B2,B4,B6,Push,C3,C14,C15");
+    assert_eq!((r.outcome, r.duration_ms), (Outcome::Connected, Some(900)));
+}
+
+#[test]
+fn push_b6_callee_signs_in_before_the_offer_comes() {
+    let mut h = H::waking();
+    h.offline_now(ALICE);
+    h.msg(HQ, r#"{"type":"route_query","call_id":"b6","from":"1001","to":"2001"}"#);
+    h.online(ALICE2, "2001");
+    h.out.clear();
+    assert_eq!(h.e.call_state("b6"), Some(CallState::AwaitDirectOffer));
+    h.msg(HQ, &direct_offer_json("b6", 30_000));
+    assert!(matches!(
+        h.to(ALICE2).as_slice(),
+        [S::Incoming { via: IncomingVia::Direct { expires_in_ms: 30_000, .. }, .. }]
+    ));
+    // Signed in: a late "could not wake" is ignored.
+    h.e.wake_failed(h.now, "b6", "no subscription");
+    h.drain();
+    assert!(h.records().is_empty());
+    assert_eq!(h.e.call_state("b6"), Some(CallState::Ringing));
+}
+
+#[test]
+fn push_b6_nobody_to_wake_tells_the_switch_callee_offline() {
+    let mut h = H::waking();
+    h.offline_now(ALICE);
+    h.msg(HQ, r#"{"type":"route_query","call_id":"b6","from":"1001","to":"2001"}"#);
+    h.to(HQ);
+    h.e.wake_failed(h.now, "b6", "no subscription");
+    h.drain();
+    assert_eq!(outcome_of(&h.to(HQ)), Some((Outcome::CalleeOffline, None)));
+    assert_eq!(steps(&h.one_record()), "A,B1,B2,B4,B6,Push");
+    // The switch's offer after that is for a call that is over.
+    h.msg(HQ, &direct_offer_json("b6", 30_000));
+    assert_eq!(h.error_code(HQ), ErrorCode::UnknownCall);
+}
+
+#[test]
+fn push_b6_timeouts_key_expiry_and_missing_offer() {
+    // The switch's key runs out before the callee signs in: callee_offline.
+    let mut h = H::waking();
+    h.offline_now(ALICE);
+    h.msg(HQ, r#"{"type":"route_query","call_id":"b6","from":"1001","to":"2001"}"#);
+    h.msg(HQ, &direct_offer_json("b6", 10_000));
+    h.out.clear();
+    h.advance(Duration::from_millis(9_999));
+    assert!(h.nothing_sent());
+    h.advance(Duration::from_millis(1));
+    assert_eq!(outcome_of(&h.to(HQ)), Some((Outcome::CalleeOffline, None)));
+    h.online(ALICE2, "2001");
+    assert!(h.to(ALICE2).is_empty());
+
+    // The ring timeout comes first.
+    let mut h = H::waking();
+    h.offline_now(ALICE);
+    h.msg(HQ, r#"{"type":"route_query","call_id":"b6","from":"1001","to":"2001"}"#);
+    h.msg(HQ, &direct_offer_json("b6", 300_000));
+    h.out.clear();
+    assert_eq!(h.e.poll_timeout(), Some(h.t0 + SteeringConfig::default().ring_timeout()));
+    h.advance(SteeringConfig::default().ring_timeout());
+    assert_eq!(outcome_of(&h.to(HQ)), Some((Outcome::CalleeOffline, None)));
+
+    // The switch never makes its offer: as without a wake-up, switch_unavailable.
+    let mut h = H::waking();
+    h.offline_now(ALICE);
+    h.msg(HQ, r#"{"type":"route_query","call_id":"b6","from":"1001","to":"2001"}"#);
+    h.out.clear();
+    h.advance(SteeringConfig::default().direct_offer_timeout());
+    assert_eq!(outcome_of(&h.to(HQ)), Some((Outcome::SwitchUnavailable, None)));
+}
+
+#[test]
+fn push_shutdown_while_waking_records_the_attempt_and_forgets_it() {
+    let mut h = H::waking();
+    h.offline_now(BOB);
+    h.msg(ALICE, r#"{"type":"dial","call_id":"w","to":"2002"}"#);
+    h.out.clear();
+    h.e.shutdown(h.now);
+    h.drain();
+    assert_eq!(h.one_record().outcome, Outcome::Error);
+    h.online(BOB2, "2002");
+    assert!(h.to(BOB2).is_empty());
+}
