@@ -174,6 +174,8 @@ pub async fn start(opts: StackOptions) -> Result<Stack, DemoError> {
     let http_addr = http.local_addr().map_err(|source| DemoError::Data { path: data.clone(), source })?;
     config.listen = http_addr;
     config.public_url = format!("http://{http_addr}");
+    // Push services want a contact; the demo runs on loopback, so name a local mailbox.
+    config.push.vapid_subject = Some("mailto:admin@localhost".into());
 
     provision(&config, &secrets).await?;
 
