@@ -1,0 +1,113 @@
+// Trunkline softphone service worker: keeps the app shell available offline and shows an
+// incoming-call notification for a Web Push message (the server wakes a browser that has no
+// live WebSocket). Payload: {"type":"incoming","call_id","from","from_name"}.
+'use strict';
+
+const CACHE = 'trunkline-shell-v1';
+const SHELL = ['/', '/manifest.webmanifest', '/icons/icon.svg', '/icons/icon-192.png', '/icons/icon-512.png'];
+// Trunk names built files with a content hash: those never change, serve them from the cache.
+const HASHED = /-[0-9a-f]{16,}(_bg)?\.(js|wasm|css)$/;
+// Server endpoints are never cached.
+const LIVE = /^\/(ws|api|healthz|metrics)(\/|$)/;
+
+self.addEventListener('install', (event) => {
+  event.waitUntil(
+    caches.open(CACHE)
+      .then((c) => c.addAll(SHELL))
+      .catch(() => {})
+      .then(() => self.skipWaiting()),
+  );
+});
+
+self.addEventListener('activate', (event) => {
+  event.waitUntil((async () => {
+    for (const k of await caches.keys()) {
+      if (k !== CACHE) await caches.delete(k);
+    }
+    await self.clients.claim();
+  })());
+});
+
+self.addEventListener('fetch', (event) => {
+  const req = event.request;
+  if (req.method !== 'GET') return;
+  const url = new URL(req.url);
+  if (url.origin !== self.location.origin || LIVE.test(url.pathname)) return;
+
+  if (HASHED.test(url.pathname)) {
+    // Cache first: a hashed file's content never changes.
+    event.respondWith((async () => {
+      const hit = await caches.match(req);
+      if (hit) return hit;
+      const res = await fetch(req);
+      if (res.ok) (await caches.open(CACHE)).put(req, res.clone());
+      return res;
+    })());
+    return;
+  }
+
+  // Network first (a new build shows up at once), the cache when offline. Pages fall back to
+  // the cached shell ("/"), since the app routes itself.
+  event.respondWith((async () => {
+    try {
+      const res = await fetch(req);
+      if (res.ok) {
+        const c = await caches.open(CACHE);
+        c.put(req.mode === 'navigate' ? '/' : req, res.clone());
+      }
+      return res;
+    } catch (err) {
+      const hit = await caches.match(req.mode === 'navigate' ? '/' : req);
+      if (hit) return hit;
+      throw err;
+    }
+  })());
+});
+
+function callTitle(data) {
+  const from = data.from || 'unknown number';
+  if (data.from_name && data.from_name !== data.from) return `Call from ${data.from_name} (${from})`;
+  return `Call from ${from}`;
+}
+
+self.addEventListener('push', (event) => {
+  let data = {};
+  try {
+    data = event.data ? event.data.json() : {};
+  } catch (_) {
+    data = {};
+  }
+  event.waitUntil((async () => {
+    if (data.type !== 'incoming') {
+      // userVisibleOnly: every push must show something.
+      await self.registration.showNotification('Trunkline', { body: 'Open the app for news.', tag: 'trunkline' });
+      return;
+    }
+    const windows = await self.clients.matchAll({ type: 'window', includeUncontrolled: true });
+    // A window the user is looking at rings by itself (it gets the call over its WebSocket).
+    if (windows.some((w) => w.focused && w.visibilityState === 'visible')) return;
+    await self.registration.showNotification(callTitle(data), {
+      body: 'Incoming call — tap to answer',
+      tag: 'incoming-call',
+      renotify: true,
+      requireInteraction: true,
+      icon: '/icons/icon-192.png',
+      badge: '/icons/icon-192.png',
+      vibrate: [400, 200, 400, 200, 400],
+      data: { type: 'incoming', call_id: data.call_id || null, from: data.from || null, url: '/' },
+    });
+  })());
+});
+
+self.addEventListener('notificationclick', (event) => {
+  event.notification.close();
+  const url = (event.notification.data && event.notification.data.url) || '/';
+  event.waitUntil((async () => {
+    const windows = await self.clients.matchAll({ type: 'window', includeUncontrolled: true });
+    for (const w of windows) {
+      if (new URL(w.url).origin === self.location.origin && 'focus' in w) return w.focus();
+    }
+    // Opening the app signs it in again (stored session): the server then delivers the call.
+    if (self.clients.openWindow) return self.clients.openWindow(url);
+  })());
+});

@@ -1,0 +1,115 @@
+//! Call history. The protocol has no message yet for a browser to read its call records from
+//! the server (only the admin API has them), so the app keeps the calls it saw itself in
+//! localStorage, newest first. Plain Rust.
+
+use serde::{Deserialize, Serialize};
+
+use crate::call::{Call, Direction};
+#[cfg(test)]
+use crate::call::format_duration;
+
+/// Entries kept per account.
+pub const MAX_ENTRIES: usize = 50;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub call_id: String,
+    /// true: we called; false: we were called.
+    pub outgoing: bool,
+    pub number: String,
+    #[serde(default)]
+    pub name: String,
+    /// Start, ms since the Unix epoch.
+    pub at_ms: f64,
+    /// The outcome line as shown when the call ended ("Busy", "Call ended · 01:02", …).
+    pub result: String,
+    /// Connected time, when it was answered.
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+}
+
+impl Entry {
+    /// The entry for a finished call; `epoch_offset` turns the call's clock into epoch ms.
+    pub fn from_call(call: &Call, epoch_offset: f64) -> Entry {
+        Entry {
+            call_id: call.call_id.clone(),
+            outgoing: call.direction == Direction::Outgoing,
+            number: call.remote.clone(),
+            name: call.remote_name.clone(),
+            at_ms: call.started_at + epoch_offset,
+            result: call.outcome_line().unwrap_or_default(),
+            duration_ms: call.connected_at.and(call.duration()),
+        }
+    }
+
+    pub fn arrow(&self) -> &'static str {
+        if self.outgoing { "↗" } else { "↙" }
+    }
+}
+
+/// Add or replace (same call id) an entry, newest first, at most [`MAX_ENTRIES`].
+pub fn record(list: &mut Vec<Entry>, entry: Entry) {
+    list.retain(|e| e.call_id != entry.call_id);
+    list.insert(0, entry);
+    list.sort_by(|a, b| b.at_ms.total_cmp(&a.at_ms));
+    list.truncate(MAX_ENTRIES);
+}
+
+pub fn encode(list: &[Entry]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
+}
+
+/// Anything unreadable is an empty history.
+pub fn decode(text: &str) -> Vec<Entry> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// The localStorage key of an account's history.
+pub fn storage_key(number: &str) -> String {
+    format!("trunkline.history.{number}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::{Input, UserAction};
+    use trunkline_protocol::{Outcome, ServerMsg};
+
+    #[test]
+    fn finished_calls_become_entries_newest_first() {
+        let (mut c, _) = Call::dial("a".into(), "2001".into(), "1001".into(), 1000.0);
+        c.on(Input::Cloud(ServerMsg::Outcome { call_id: "a".into(), outcome: Outcome::Busy, duration_ms: None }), 2000.0);
+        let busy = Entry::from_call(&c, 1_700_000_000_000.0);
+        assert_eq!(busy.result, "Busy");
+        assert!(busy.outgoing);
+        assert_eq!(busy.duration_ms, None);
+
+        let (mut c, _) = Call::dial("b".into(), "2001".into(), "2002".into(), 5000.0);
+        c.on(Input::Cloud(ServerMsg::Peer { call_id: "b".into(), key: "k".repeat(22) }), 5100.0);
+        c.on(Input::Cloud(ServerMsg::CallEvent { call_id: "b".into(), event: trunkline_protocol::CallEvent::Connected }), 6000.0);
+        c.on(Input::User(UserAction::Hangup), 71_000.0);
+        let talked = Entry::from_call(&c, 1_700_000_000_000.0);
+        assert_eq!(talked.duration_ms.map(format_duration).as_deref(), Some("01:05"));
+        assert_eq!(talked.result, "Call ended · 01:05");
+
+        let mut list = vec![];
+        record(&mut list, busy.clone());
+        record(&mut list, talked.clone());
+        assert_eq!(list[0].call_id, "b");
+        // The cloud's outcome refines an entry in place.
+        let mut refined = talked.clone();
+        refined.duration_ms = Some(65_100);
+        record(&mut list, refined);
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].duration_ms, Some(65_100));
+        assert_eq!(decode(&encode(&list)), list);
+        assert!(decode("not json").is_empty());
+        for i in 0..80 {
+            let mut e = busy.clone();
+            e.call_id = format!("x{i}");
+            e.at_ms += i as f64;
+            record(&mut list, e);
+        }
+        assert_eq!(list.len(), MAX_ENTRIES);
+    }
+}
