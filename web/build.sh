@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds the browser softphone (release) into dist/, offline, with the tools web/setup.sh
+# installed. Prints the size of the wasm (raw and gzip).
+# Usage: web/build.sh [--dev]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export PATH="$ROOT/.tools/node_modules/.bin:$HOME/.cargo/bin:$PATH"
+for t in trunk wasm-bindgen wasm-opt; do
+  command -v "$t" >/dev/null 2>&1 || { echo "error: $t not found: run web/setup.sh first" >&2; exit 1; }
+done
+mode=(--release)
+[ "${1:-}" = "--dev" ] && mode=()
+# The workspace's release profile keeps line tables (debug = 1) for the servers; the wasm does
+# not need them, and is built for size.
+export CARGO_PROFILE_RELEASE_DEBUG=0
+export CARGO_PROFILE_RELEASE_OPT_LEVEL=z
+export CARGO_PROFILE_RELEASE_LTO=true
+export CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
+export CARGO_PROFILE_RELEASE_PANIC=abort
+cargo fetch --locked -q
+CARGO_NET_OFFLINE=true trunk build "${mode[@]}" --locked --skip-version-check --config Trunk.toml
+wasm=$(ls -1 dist/*.wasm | head -n1)
+raw=$(stat -c %s "$wasm")
+gz=$(gzip -9 -c "$wasm" | wc -c)
+printf 'web: %s  %d bytes raw, %d bytes gzip (%.1f kB gzip)\n' "$wasm" "$raw" "$gz" "$(echo "$gz/1000" | bc -l)"
