@@ -36,11 +36,16 @@ pub struct StackOptions {
     pub bind_ip: IpAddr,
     /// The built softphone (Trunk's `dist`).
     pub web_root: PathBuf,
+    /// Also start baresip desk phones (auto-answer, each playing its own tone) for the demo
+    /// desk-phone numbers, if baresip is installed.
+    pub with_phones: bool,
 }
 
 /// What was started, for the summary and for tests.
 #[derive(Clone, Debug)]
 pub struct StackInfo {
+    /// Desk phones started with `with_phones` (number, tone in Hz), or why none were.
+    pub phones: Result<Vec<(String, u32)>, String>,
     pub http: SocketAddr,
     pub admin_token: String,
     pub browsers: Vec<Login>,
@@ -113,6 +118,7 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 pub struct Stack {
     pub info: StackInfo,
     db_url: String,
+    phones: Vec<tokio::process::Child>,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -135,6 +141,9 @@ impl Stack {
     }
 
     pub async fn stop(mut self) {
+        for p in &mut self.phones {
+            let _ = p.kill().await;
+        }
         // Gateways first (they hang up their calls), then the signal server.
         for s in self.stops.drain(..).rev() {
             let _ = s.send(());
@@ -240,12 +249,113 @@ pub async fn start(opts: StackOptions) -> Result<Stack, DemoError> {
             phones: secrets.deskphones.iter().filter(|(s, _)| s == id).map(|(_, l)| l.clone()).collect(),
         });
     }
+    let (phones, started) = if opts.with_phones {
+        // Phones register only once their gateway has its phone list from the cloud.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        for g in &gateways {
+            let list = data.join(format!("{}-state", g.id)).join("phones.json");
+            while tokio::time::Instant::now() < deadline
+                && !std::fs::read_to_string(&list).is_ok_and(|t| g.phones.iter().all(|p| t.contains(&format!("\"{}\"", p.number))))
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        match start_phones(data, &gateways).await {
+            Ok((children, list)) => (children, Ok(list)),
+            Err(why) => (vec![], Err(why)),
+        }
+    } else {
+        (vec![], Ok(vec![]))
+    };
     Ok(Stack {
         db_url: config.database_url.clone(),
-        info: StackInfo { http: http_addr, admin_token: secrets.admin_token.clone(), browsers: secrets.browsers.clone(), gateways },
+        phones,
+        info: StackInfo {
+            phones: started, http: http_addr, admin_token: secrets.admin_token.clone(), browsers: secrets.browsers.clone(), gateways },
         stops,
         tasks,
     })
+}
+
+/// `--with-phones`: one baresip per demo desk phone, auto-answering and playing its own tone
+/// (440, 660, 880 Hz…) so a caller can tell which phone answered.
+async fn start_phones(data: &Path, gateways: &[GatewayInfo]) -> Result<(Vec<tokio::process::Child>, Vec<(String, u32)>), String> {
+    const MODULES: &str = "/usr/lib/baresip/modules";
+    if std::process::Command::new("baresip").arg("-h").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_err() {
+        return Err("baresip is not installed (apt-get install baresip)".into());
+    }
+    let dir = data.join("phones");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut children = vec![];
+    let mut list = vec![];
+    let mut i = 0u32;
+    for g in gateways {
+        for p in &g.phones {
+            let freq = 440 + 220 * i;
+            let wav = dir.join(format!("tone-{freq}.wav"));
+            if !wav.is_file() {
+                write_tone_wav(&wav, freq as f32, 300).map_err(|e| e.to_string())?;
+            }
+            let conf = dir.join(&p.number);
+            std::fs::create_dir_all(&conf).map_err(|e| e.to_string())?;
+            let sip = free_port(g.sip.ip());
+            let rtp = 24000 + 40 * i as u16;
+            let config = format!(
+                "poll_method epoll\nsip_listen {ip}:{sip}\naudio_source aufile,{wav}\naudio_player aubridge,out{n}\n\
+                 audio_alert aubridge,out{n}\nrtp_ports {rtp}-{rtp_end}\nmodule_path {MODULES}\nmodule g711.so\n\
+                 module aufile.so\nmodule aubridge.so\nmodule_tmp account.so\nmodule_app menu.so\n",
+                ip = g.sip.ip(),
+                wav = wav.display(),
+                n = p.number,
+                rtp_end = rtp + 39,
+            );
+            std::fs::write(conf.join("config"), config).map_err(|e| e.to_string())?;
+            let account = format!("<sip:{}@{};transport=udp>;auth_pass={};regint=300;answermode=auto\n", p.number, g.sip, p.password);
+            std::fs::write(conf.join("accounts"), account).map_err(|e| e.to_string())?;
+            std::fs::write(conf.join("contacts"), "").map_err(|e| e.to_string())?;
+            let log = std::fs::File::create(conf.join("baresip.log")).map_err(|e| e.to_string())?;
+            let child = tokio::process::Command::new("baresip")
+                .arg("-f")
+                .arg(&conf)
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone().map_err(|e| e.to_string())?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| format!("cannot start baresip: {e}"))?;
+            children.push(child);
+            list.push((p.number.clone(), freq));
+            i += 1;
+        }
+    }
+    Ok((children, list))
+}
+
+fn free_port(ip: IpAddr) -> u16 {
+    std::net::UdpSocket::bind((ip, 0)).and_then(|s| s.local_addr()).map(|a| a.port()).unwrap_or(5090)
+}
+
+/// A mono 8 kHz 16-bit WAV of `freq` Hz lasting `secs` (baresip hangs up when its file ends).
+fn write_tone_wav(path: &Path, freq: f32, secs: u32) -> std::io::Result<()> {
+    let n = 8000 * secs;
+    let mut b = Vec::with_capacity(44 + 2 * n as usize);
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + 2 * n).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&8000u32.to_le_bytes());
+    b.extend_from_slice(&16000u32.to_le_bytes());
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&16u16.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&(2 * n).to_le_bytes());
+    for i in 0..n {
+        let v = ((i as f32 / 8000.0 * freq * std::f32::consts::TAU).sin() * 12000.0) as i16;
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, b)
 }
 
 /// UDP and TCP on the same SIP port (a random one when `port` is 0).
@@ -345,6 +455,14 @@ impl StackInfo {
             "  SIP phone     register e.g. Linphone/Zoiper/baresip as 1001@{} with its password above\n",
             self.gateways[0].sip
         ));
+        match &self.phones {
+            Ok(list) if !list.is_empty() => {
+                let l: Vec<String> = list.iter().map(|(n, f)| format!("{n} ({f} Hz)")).collect();
+                s.push_str(&format!("  Desk phones   baresip running, auto-answer: {}\n", l.join(", ")));
+            }
+            Ok(_) => {}
+            Err(why) => s.push_str(&format!("  Desk phones   not started: {why}\n")),
+        }
         s.push_str(&format!("  Data          {} (reused next time)\n  Stop          Ctrl-C\n", data_dir.display()));
         s.push_str("  ------------------------------------------------------------------\n");
         s

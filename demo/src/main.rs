@@ -27,16 +27,19 @@ enum Command {
         /// The built softphone.
         #[arg(long, default_value = "dist")]
         web_root: PathBuf,
+        /// Also start baresip desk phones for the demo desk-phone numbers (auto-answer).
+        #[arg(long)]
+        with_phones: bool,
     },
 }
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let Command::Run { data, port, bind, web_root } = Cli::parse().command;
+    let Command::Run { data, port, bind, web_root, with_phones } = Cli::parse().command;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(async move {
-        let opts = trunkline_demo::StackOptions { data_dir: data.clone(), http_port: port, bind_ip: bind, web_root: web_root.clone() };
+        let opts = trunkline_demo::StackOptions { data_dir: data.clone(), http_port: port, bind_ip: bind, web_root: web_root.clone(), with_phones };
         let stack = match trunkline_demo::start(opts).await {
             Ok(s) => s,
             Err(e) => {

@@ -17,6 +17,7 @@ fn opts(dir: &std::path::Path) -> trunkline_demo::StackOptions {
         http_port: 0,
         bind_ip: "127.0.0.1".parse().unwrap(),
         web_root: dir.join("no-web"),
+        with_phones: false,
     }
 }
 
