@@ -1,0 +1,348 @@
+// Browser tests of the Trunkline softphone: headless Debian Chromium (playwright-core) against
+// the real signal server (serving dist/), a real switch gateway and baresip desk phones.
+// Prints one line per test and, last, "N passed, N failed". Exit status 1 if any failed.
+//
+//   node web/e2e/run.mjs [name-filter]        (web/e2e/run.sh builds what is needed first)
+//
+// Env: TRUNKLINE_BIN_DIR (default target/debug), TRUNKLINE_WEB_ROOT (default dist),
+//      CHROMIUM (default /usr/bin/chromium), KEEP=1 keeps the temp folder with all logs.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import assert from 'node:assert/strict';
+import { startCloud, startGateway, toneWav, waitFor, sleep, PASSWORD } from './lib/stack.mjs';
+import { launch, openApp, byId, signIn, dial, waitCallState, waitConnected, inboundAudio, remoteDominantFrequency } from './lib/browser.mjs';
+import { Phone } from './lib/baresip.mjs';
+import { dominantFrequency, lastSeconds } from './lib/audio.mjs';
+
+const filter = process.argv[2] || '';
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'trunkline-e2e-'));
+const metrics = {};
+const tests = [];
+const test = (name, fn) => tests.push({ name, fn });
+
+// Microphones: browser 2001 says 1000 Hz, browser 2002 says 500 Hz, desk phone 1001 440 Hz.
+const MIC_2001 = toneWav(path.join(dir, 'tone1000.wav'), 1000, 30);
+const MIC_2002 = toneWav(path.join(dir, 'tone500.wav'), 500, 30);
+const PHONE_WAV = toneWav(path.join(dir, 'tone440.wav'), 440, 60, 8000);
+
+let cloud;
+let gateway;
+const cleanups = [];
+const onCleanup = (f) => cleanups.push(f);
+
+async function browserFor(number) {
+  const b = await launch(number === '2001' ? MIC_2001 : MIC_2002);
+  onCleanup(b.close);
+  const { page } = await openApp(b.browser, cloud.url);
+  return page;
+}
+
+async function signedIn(number) {
+  const page = await browserFor(number);
+  await signIn(page, number);
+  return page;
+}
+
+/** Poll inbound audio until packets and energy arrive (the remote stream is being played). */
+async function audioArrives(page, who) {
+  return waitFor(`${who}: inbound audio (packetsReceived > 0 && totalAudioEnergy > 0)`, async () => {
+    const s = await inboundAudio(page);
+    return s && s.packetsReceived > 0 && s.totalAudioEnergy > 0 ? s : null;
+  }, 15000, 250);
+}
+
+async function energyDelta(page, ms = 1200) {
+  const a = await inboundAudio(page);
+  await sleep(ms);
+  const b = await inboundAudio(page);
+  return b.totalAudioEnergy - a.totalAudioEnergy;
+}
+
+async function ensureGateway() {
+  if (!gateway) gateway = await startGateway(dir, cloud);
+  return gateway;
+}
+
+// ---- tests -------------------------------------------------------------------------------------
+
+test('sign in with number + password; stays signed in across a reload (resume); time to interactive', async () => {
+  const b = await launch(MIC_2001);
+  onCleanup(b.close);
+  const context = await b.browser.newContext({ viewport: { width: 390, height: 844 } });
+  const page = await context.newPage();
+  let t0 = Date.now();
+  await page.goto(cloud.url);
+  await byId(page, 'login-submit').waitFor();
+  metrics.first_load_to_sign_in_form_ms = Date.now() - t0;
+  assert.equal(await byId(page, 'conn-state').getAttribute('data-state'), 'signed-out');
+
+  // A wrong password is refused in words.
+  await byId(page, 'login-number').fill('2001');
+  await byId(page, 'login-password').fill('wrong-password');
+  await byId(page, 'login-submit').click();
+  await page.getByText('Wrong number or password.').waitFor({ timeout: 10000 });
+
+  // Keyboard only: Tab between the fields, Enter submits.
+  await byId(page, 'login-number').fill('');
+  await byId(page, 'login-number').focus();
+  await page.keyboard.type('2001');
+  await page.keyboard.press('Tab');
+  await page.keyboard.type(PASSWORD('2001'));
+  await page.keyboard.press('Enter');
+  t0 = Date.now();
+  await waitConnected(page);
+  metrics.sign_in_to_connected_ms = Date.now() - t0;
+  assert.equal((await byId(page, 'conn-state').textContent()).trim(), 'Connected');
+
+  // Reload: the session token in localStorage signs in again (resume) without the form.
+  t0 = Date.now();
+  await page.reload();
+  await waitConnected(page);
+  metrics.reload_to_connected_ms = Date.now() - t0;
+  assert.equal(await byId(page, 'login-submit').count(), 0, 'no sign-in form after a reload');
+
+  // Time to interactive from a fresh navigation (signed-in user opening the app), 5 runs.
+  const runs = [];
+  for (let i = 0; i < 5; i++) {
+    const p = await context.newPage();
+    t0 = Date.now();
+    await p.goto(cloud.url);
+    await waitConnected(p);
+    runs.push(Date.now() - t0);
+    await p.close();
+  }
+  runs.sort((a, b) => a - b);
+  metrics.time_to_interactive_ms = { median: runs[2], min: runs[0], max: runs[4], runs };
+
+  // Connection state and automatic reconnect: the server drops, the app says so and comes back.
+  const p = await context.newPage();
+  await p.goto(cloud.url);
+  await waitConnected(p);
+  await cloud.stop();
+  await p.waitForSelector('[data-testid="conn-state"][data-state="reconnecting"]', { timeout: 10000 });
+  cloud = await startCloud(dir, { port: cloud.port, reuse: true });
+  await waitConnected(p, 30000);
+
+  // Sign out forgets the session.
+  await p.getByRole('button', { name: 'Sign out' }).click();
+  await byId(p, 'login-submit').waitFor();
+  await p.reload();
+  await byId(p, 'login-submit').waitFor();
+  await context.close();
+});
+
+test('F5: an invalid number ends with "Number does not exist"', async () => {
+  const page = await signedIn('2001');
+  await dial(page, '4040');
+  await waitCallState(page, 'ended');
+  assert.equal((await byId(page, 'call-outcome').textContent()).trim(), 'Number does not exist');
+  await byId(page, 'history-list').getByText('Number does not exist').waitFor();
+  await page.context().close();
+});
+
+test('F4: browser → browser through the cloud relay: audio both ways, mute, hold, DTMF, hang up', async () => {
+  const alice = await signedIn('2001');
+  const bob = await signedIn('2002');
+  await dial(alice, '2002');
+  await waitCallState(bob, 'incoming');
+  assert.equal((await byId(bob, 'incoming-from').textContent()).trim(), '2001');
+  assert.equal((await byId(bob, 'incoming-name').textContent()).trim(), 'Alice');
+  await waitCallState(alice, 'ringing');
+  await byId(bob, 'incoming-answer').click();
+  await waitCallState(alice, 'connected');
+  await waitCallState(bob, 'connected');
+
+  const a = await audioArrives(alice, '2001');
+  const b = await audioArrives(bob, '2002');
+  const fa = await remoteDominantFrequency(alice);
+  const fb = await remoteDominantFrequency(bob);
+  metrics.f4 = { alice_inbound: a, bob_inbound: b, alice_hears_hz: Math.round(fa.freq), bob_hears_hz: Math.round(fb.freq) };
+  assert.ok(Math.abs(fa.freq - 500) < 30, `2001 hears ${fa.freq} Hz, expected 2002's 500 Hz`);
+  assert.ok(Math.abs(fb.freq - 1000) < 30, `2002 hears ${fb.freq} Hz, expected 2001's 1000 Hz`);
+
+  // Mute: 2002 stops hearing 2001; unmute: it hears again.
+  const before = await energyDelta(bob);
+  await byId(alice, 'call-mute').click();
+  assert.equal(await byId(alice, 'call-mute').getAttribute('aria-pressed'), 'true');
+  await sleep(600);
+  const muted = await energyDelta(bob);
+  await byId(alice, 'call-mute').click();
+  assert.equal(await byId(alice, 'call-mute').getAttribute('aria-pressed'), 'false');
+  await sleep(600);
+  const after = await energyDelta(bob);
+  metrics.f4.mute_energy = { before, muted, after };
+  assert.ok(muted < before / 10, `muted: 2002 still gets energy ${muted} (before ${before})`);
+  assert.ok(after > before / 4, `unmuted: 2002 gets energy ${after} (before ${before})`);
+
+  // Hold: nothing is sent and nothing played; resume brings both back.
+  await byId(alice, 'call-hold').click();
+  await alice.waitForSelector('[data-testid="call-hold"][aria-pressed="true"]');
+  assert.equal((await byId(alice, 'call-state').textContent()).trim(), 'On hold');
+  await sleep(600);
+  const held = await energyDelta(bob);
+  assert.ok(held < before / 10, `on hold: 2002 still gets energy ${held}`);
+  await byId(alice, 'call-hold').click();
+  await alice.waitForSelector('[data-testid="call-hold"][aria-pressed="false"]');
+
+  // DTMF keys are live while connected (RTCDTMFSender.insertDTMF; checked end to end in F1).
+  for (const k of ['dtmf-1', 'dtmf-star', 'dtmf-hash', 'dtmf-0']) assert.ok(await byId(alice, k).isEnabled(), `${k} enabled`);
+  await byId(alice, 'dtmf-1').click();
+  await alice.keyboard.press('5');
+
+  await sleep(1000);
+  await byId(alice, 'call-hangup').click();
+  await waitCallState(alice, 'ended');
+  await waitCallState(bob, 'ended');
+  assert.match((await byId(alice, 'call-outcome').textContent()).trim(), /^Call ended · \d\d:\d\d$/);
+  assert.match((await byId(bob, 'call-outcome').textContent()).trim(), /^Call ended/);
+  await byId(alice, 'history-list').getByText('2002').first().waitFor();
+  await byId(bob, 'history-list').getByText('2001').first().waitFor();
+  const rec = await waitFor('the call record', () => cloud.calls().find((c) => c.caller === '2001' && c.callee === '2002' && c.outcome === 'connected'));
+  metrics.f4.trace = rec.trace.join(',');
+});
+
+test('F4: the callee declines → "Declined"; the caller cancels → "Missed call"', async () => {
+  const alice = await signedIn('2001');
+  const bob = await signedIn('2002');
+  await dial(alice, '2002');
+  await waitCallState(bob, 'incoming');
+  await byId(bob, 'incoming-decline').click();
+  await waitCallState(alice, 'ended');
+  assert.equal((await byId(alice, 'call-outcome').textContent()).trim(), 'Declined');
+
+  await dial(alice, '2002');
+  await waitCallState(bob, 'incoming');
+  await byId(alice, 'call-hangup').click();
+  await waitCallState(alice, 'ended');
+  assert.equal((await byId(alice, 'call-outcome').textContent()).trim(), 'Cancelled');
+  await waitCallState(bob, 'ended');
+  assert.equal((await byId(bob, 'call-outcome').textContent()).trim(), 'Missed call');
+});
+
+test('F1: browser → baresip desk phone via the gateway direct endpoint: tones both ways, DTMF, hang up', async () => {
+  const gw = await ensureGateway();
+  const phone = await Phone.start(dir, '1001', PASSWORD('1001'), gw.sip, PHONE_WAV, { autoAnswer: true });
+  onCleanup(() => phone.quit());
+  await phone.registered();
+  const alice = await signedIn('2001');
+  await dial(alice, '1001');
+  await waitCallState(alice, 'connected', 20000);
+  await phone.event('CALL_ESTABLISHED');
+  await audioArrives(alice, '2001');
+  const f = await remoteDominantFrequency(alice);
+  const heard = await phone.waitReceived(3);
+  const fp = dominantFrequency(lastSeconds(heard, 1.5));
+  metrics.f1 = { browser_hears_hz: Math.round(f.freq), phone_hears_hz: fp.freq, phone_rms: Number(fp.rms.toFixed(3)) };
+  assert.ok(Math.abs(f.freq - 440) < 25, `the browser hears ${f.freq} Hz, expected baresip's 440 Hz`);
+  assert.ok(Math.abs(fp.freq - 1000) < 25 && fp.rms > 0.02, `baresip hears ${fp.freq} Hz (rms ${fp.rms}), expected the browser's 1000 Hz`);
+
+  // DTMF from the keypad reaches the desk phone as RFC 4733 events.
+  await byId(alice, 'dtmf-5').click();
+  await waitFor('baresip to receive 5', () => phone.dtmf().includes('5'));
+  await byId(alice, 'dtmf-hash').click();
+  await waitFor('baresip to receive #', () => phone.dtmf().includes('#'));
+  metrics.f1.dtmf_at_phone = phone.dtmf();
+
+  await byId(alice, 'call-hangup').click();
+  await phone.event('CALL_CLOSED');
+  await waitCallState(alice, 'ended');
+  assert.match((await byId(alice, 'call-outcome').textContent()).trim(), /^Call ended/);
+  const rec = await waitFor('the call record', () => cloud.calls().find((c) => c.caller === '2001' && c.callee === '1001' && c.outcome === 'connected'));
+  metrics.f1.trace = rec.trace.join(',');
+  assert.equal(metrics.f1.trace, 'A,C1,B4,B5,C11,C12,C13,C14,C15');
+  await phone.quit();
+});
+
+test('F3: baresip desk phone → switchless browser (incoming via direct): tones both ways, phone hangs up', async () => {
+  const gw = await ensureGateway();
+  const phone = await Phone.start(dir, '1001', PASSWORD('1001'), gw.sip, PHONE_WAV, { autoAnswer: false });
+  onCleanup(() => phone.quit());
+  await phone.registered();
+  const alice = await signedIn('2001');
+  await phone.dial(`sip:2001@${gw.sip}`);
+  await waitCallState(alice, 'incoming', 20000);
+  assert.equal((await byId(alice, 'incoming-from').textContent()).trim(), '1001');
+  await byId(alice, 'incoming-answer').click();
+  await waitCallState(alice, 'connected', 20000);
+  await phone.event('CALL_ESTABLISHED');
+  await audioArrives(alice, '2001');
+  const f = await remoteDominantFrequency(alice);
+  const heard = await phone.waitReceived(3);
+  const fp = dominantFrequency(lastSeconds(heard, 1.5));
+  metrics.f3 = { browser_hears_hz: Math.round(f.freq), phone_hears_hz: fp.freq };
+  assert.ok(Math.abs(f.freq - 440) < 25, `the browser hears ${f.freq} Hz, expected baresip's 440 Hz`);
+  assert.ok(Math.abs(fp.freq - 1000) < 25 && fp.rms > 0.02, `baresip hears ${fp.freq} Hz, expected the browser's 1000 Hz`);
+  await phone.hangup();
+  await waitCallState(alice, 'ended');
+  assert.match((await byId(alice, 'call-outcome').textContent()).trim(), /^Call ended/);
+  const rec = await waitFor('the call record', () => cloud.calls().find((c) => c.caller === '1001' && c.callee === '2001' && c.outcome === 'connected'));
+  metrics.f3.trace = rec.trace.join(',');
+  assert.equal(metrics.f3.trace, 'A,B1,B2,B4,B6,C3,C14,C15');
+  await phone.quit();
+});
+
+test('PWA: manifest, service worker, and a Web Push "incoming" shows a call notification', async () => {
+  const page = await browserFor('2001');
+  const manifest = await (await fetch(`${cloud.url}/manifest.webmanifest`)).json();
+  assert.equal(manifest.short_name, 'Trunkline');
+  for (const icon of manifest.icons) {
+    const r = await fetch(new URL(icon.src, cloud.url));
+    assert.ok(r.ok, `${icon.src}: ${r.status}`);
+  }
+  await page.evaluate(() => navigator.serviceWorker.ready);
+  const cdp = await page.context().newCDPSession(page);
+  const regs = [];
+  cdp.on('ServiceWorker.workerRegistrationUpdated', (e) => regs.push(...e.registrations));
+  await cdp.send('ServiceWorker.enable');
+  const reg = await waitFor('the service worker registration', () => regs.find((r) => r.scopeURL === `${cloud.url}/` && !r.isDeleted));
+  // The app is closed (no window): the push wakes the service worker, which shows the call.
+  await page.goto('about:blank');
+  const payload = { type: 'incoming', call_id: 'push-test-1', from: '1001', from_name: 'Reception' };
+  await cdp.send('ServiceWorker.deliverPushMessage', { origin: cloud.url, registrationId: reg.registrationId, data: JSON.stringify(payload) });
+  await page.goto(cloud.url);
+  const shown = await waitFor('the incoming-call notification', () => page.evaluate(async () => {
+    const r = await navigator.serviceWorker.ready;
+    const n = await r.getNotifications({ tag: 'incoming-call' });
+    return n.length ? { title: n[0].title, body: n[0].body, data: n[0].data } : null;
+  }), 10000, 200);
+  assert.equal(shown.title, 'Call from Reception (1001)');
+  assert.equal(shown.data.call_id, 'push-test-1');
+  // The shell is cached for offline use.
+  const cached = await page.evaluate(async () => (await caches.keys()).length > 0 && !!(await caches.match('/')));
+  assert.ok(cached, 'the app shell is cached');
+});
+
+// ---- runner ------------------------------------------------------------------------------------
+
+let passed = 0;
+let failed = 0;
+try {
+  cloud = await startCloud(dir);
+  for (const t of tests) {
+    if (filter && !t.name.includes(filter)) continue;
+    const t0 = Date.now();
+    try {
+      await t.fn();
+      passed++;
+      console.log(`ok   ${t.name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+    } catch (e) {
+      failed++;
+      console.log(`FAIL ${t.name} (${((Date.now() - t0) / 1000).toFixed(1)} s)\n     ${String(e && e.stack || e).split('\n').join('\n     ')}`);
+    } finally {
+      while (cleanups.length) await cleanups.pop()().catch(() => {});
+    }
+  }
+} catch (e) {
+  failed++;
+  console.log(`FAIL setup: ${e && e.stack || e}`);
+} finally {
+  await gateway?.stop().catch(() => {});
+  await cloud?.stop().catch(() => {});
+}
+console.log(`metrics ${JSON.stringify(metrics)}`);
+if (failed && process.env.KEEP !== '0') console.log(`logs kept in ${dir}`);
+else if (process.env.KEEP === '1') console.log(`logs kept in ${dir}`);
+else fs.rmSync(dir, { recursive: true, force: true });
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
