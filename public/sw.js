@@ -7,6 +7,8 @@ const CACHE = 'trunkline-shell-v1';
 const SHELL = ['/', '/manifest.webmanifest', '/icons/icon.svg', '/icons/icon-192.png', '/icons/icon-512.png'];
 // Trunk names built files with a content hash: those never change, serve them from the cache.
 const HASHED = /-[0-9a-f]{16,}(_bg)?\.(js|wasm|css)$/;
+// How long a call rings at most (the server's steering.ring_timeout_ms default).
+const RING_MS = 45000;
 // Server endpoints are never cached.
 const LIVE = /^\/(ws|api|healthz|metrics)(\/|$)/;
 
@@ -86,6 +88,7 @@ self.addEventListener('push', (event) => {
     const windows = await self.clients.matchAll({ type: 'window', includeUncontrolled: true });
     // A window the user is looking at rings by itself (it gets the call over its WebSocket).
     if (windows.some((w) => w.focused && w.visibilityState === 'visible')) return;
+    const callId = typeof data.call_id === 'string' ? data.call_id : '';
     await self.registration.showNotification(callTitle(data), {
       body: 'Incoming call — tap to answer',
       tag: 'incoming-call',
@@ -94,8 +97,14 @@ self.addEventListener('push', (event) => {
       icon: '/icons/icon-192.png',
       badge: '/icons/icon-192.png',
       vibrate: [400, 200, 400, 200, 400],
-      data: { type: 'incoming', call_id: data.call_id || null, from: data.from || null, url: '/' },
+      // Opening /?answer=<call_id> signs the app in and answers that call when it arrives.
+      data: { type: 'incoming', call_id: callId || null, from: data.from || null, url: callId ? `/?answer=${encodeURIComponent(callId)}` : '/' },
     });
+    // No push comes when the call ends: the notification goes away after the ring time.
+    await new Promise((r) => setTimeout(r, RING_MS));
+    for (const n of await self.registration.getNotifications({ tag: 'incoming-call' })) {
+      if (n.data && n.data.call_id === (callId || null)) n.close();
+    }
   })());
 });
 
@@ -105,7 +114,9 @@ self.addEventListener('notificationclick', (event) => {
   event.waitUntil((async () => {
     const windows = await self.clients.matchAll({ type: 'window', includeUncontrolled: true });
     for (const w of windows) {
-      if (new URL(w.url).origin === self.location.origin && 'focus' in w) return w.focus();
+      if (new URL(w.url).origin !== self.location.origin) continue;
+      // An open app already has (or will get) the call over its WebSocket: bring it forward.
+      if ('focus' in w) return w.focus();
     }
     // Opening the app signs it in again (stored session): the server then delivers the call.
     if (self.clients.openWindow) return self.clients.openWindow(url);

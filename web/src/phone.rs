@@ -96,8 +96,10 @@ impl Ui {
 pub enum Ev {
     Login { number: String, password: String },
     SignOut,
-    /// Reconnect now (timer, network back, or the user asked).
+    /// Reconnect now (the backoff timer fired, or the user asked).
     Reconnect,
+    /// The network is back or the page is shown again: retry at once if waiting to reconnect.
+    Wake,
     WsOpen(u32),
     WsText(u32, String),
     WsClosed(u32, u16, String),
@@ -115,6 +117,8 @@ pub enum Ev {
     /// Dismiss the ended call's card.
     Dismiss,
     PushSubscribe,
+    /// The browser's push subscription: tell the server (`push_subscribe`).
+    PushSubscribed(crate::push::Subscription),
     SetDevices(DeviceChoice),
     DevicesChanged,
 }
@@ -209,6 +213,11 @@ struct Driver {
     early_ice: Vec<RtcIceCandidateInit>,
     ringtone: Option<Ringtone>,
     vapid_key: Option<String>,
+    /// The endpoint sent in `push_subscribe` (withdrawn with `push_unsubscribe` at sign-out).
+    push_endpoint: Option<String>,
+    /// Opened from a call notification (`/?answer=<call_id>`): answer that call when its
+    /// `incoming` arrives right after `welcome`.
+    auto_answer: Option<String>,
 }
 
 thread_local! {
@@ -256,6 +265,8 @@ pub fn start(ui: Ui) {
         early_ice: Vec::new(),
         ringtone: None,
         vapid_key: None,
+        push_endpoint: None,
+        auto_answer: take_answer_param(),
     };
     if let Some(s) = stored {
         ui.me.set(Some(Me { number: s.number.clone(), display_name: s.display_name.clone() }));
@@ -267,7 +278,12 @@ pub fn start(ui: Ui) {
     let _ = set_interval_with_handle(move || ui.now.set(now()), Duration::from_millis(1000));
     let _ = set_interval_with_handle(|| dispatch(Ev::Ping), PING_EVERY);
     // Network back, or the page shown again: reconnect at once instead of waiting.
-    std::mem::forget(window_event_listener_untyped("online", |_| dispatch(Ev::Reconnect)));
+    std::mem::forget(window_event_listener_untyped("online", |_| dispatch(Ev::Wake)));
+    if let Some(doc) = web_sys::window().and_then(|w| w.document()) {
+        let cb = Closure::<dyn FnMut(JsValue)>::new(|_| dispatch(Ev::Wake));
+        let _ = doc.add_event_listener_with_callback("visibilitychange", cb.as_ref().unchecked_ref());
+        cb.forget();
+    }
     if let Some(md) = web_sys::window().and_then(|w| w.navigator().media_devices().ok()) {
         let cb = Closure::<dyn FnMut(JsValue)>::new(|_| dispatch(Ev::DevicesChanged));
         md.set_ondevicechange(Some(cb.as_ref().unchecked_ref()));
@@ -292,6 +308,14 @@ impl Driver {
                 {
                     self.call_input(c.call_id.clone(), Input::User(UserAction::Hangup));
                 }
+                // Withdraw this browser's push subscription: nobody is signed in here any more.
+                if let Some(endpoint) = self.push_endpoint.take() {
+                    let msg = serde_json::json!({"type": "push_unsubscribe", "endpoint": endpoint});
+                    if let Some(ws) = &self.ws {
+                        ws.send(&msg.to_string());
+                    }
+                    crate::push::unsubscribe();
+                }
                 self.hold_off = true;
                 self.signed_in = false;
                 self.sign_in = None;
@@ -313,6 +337,11 @@ impl Driver {
                 }
                 if matches!(self.ui.conn.get_untracked(), ConnState::Reconnecting { .. } | ConnState::Replaced) {
                     self.hold_off = false;
+                    self.connect();
+                }
+            }
+            Ev::Wake => {
+                if !self.hold_off && self.sign_in.is_some() && matches!(self.ui.conn.get_untracked(), ConnState::Reconnecting { .. }) {
                     self.connect();
                 }
             }
@@ -385,6 +414,14 @@ impl Driver {
                 }
             }
             Ev::PushSubscribe => self.push_subscribe(true),
+            Ev::PushSubscribed(sub) => {
+                let msg = serde_json::json!({"type": "push_subscribe", "endpoint": sub.endpoint, "p256dh": sub.p256dh, "auth": sub.auth});
+                if let Some(ws) = &self.ws {
+                    ws.send(&msg.to_string());
+                }
+                self.push_endpoint = Some(sub.endpoint);
+                self.ui.push.set(PushState::Subscribed);
+            }
             Ev::SetDevices(choice) => {
                 if let Some(s) = storage() {
                     let _ = s.set_item(DEVICES_KEY, &serde_json::to_string(&choice).unwrap_or_default());
@@ -503,10 +540,17 @@ impl Driver {
                     return;
                 }
                 let me = self.ui.me.get_untracked().map(|m| m.number).unwrap_or_default();
-                let (call, actions) = Call::incoming(call_id, me, from.clone(), from_name.clone(), via, now());
+                let answer_now = self.auto_answer.as_deref() == Some(call_id.as_str());
+                let (call, actions) = Call::incoming(call_id.clone(), me, from.clone(), from_name.clone(), via, now());
                 self.set_call(call);
                 self.run(actions);
-                notify_incoming(&from, &from_name);
+                if answer_now {
+                    // The user already chose to answer on the notification.
+                    self.auto_answer = None;
+                    self.call_input(call_id, Input::User(UserAction::Answer));
+                } else {
+                    notify_incoming(&from, &from_name);
+                }
             }
             ServerMsg::Error { code, message, call_id: None } => {
                 let resuming = matches!(self.sign_in, Some(ClientMsg::Resume { .. }));
@@ -823,18 +867,7 @@ impl Driver {
         let ui = self.ui;
         wasm_bindgen_futures::spawn_local(async move {
             match crate::push::subscribe(&key).await {
-                Ok(sub) => {
-                    let msg = serde_json::json!({"type": "push_subscribe", "endpoint": sub.endpoint, "p256dh": sub.p256dh, "auth": sub.auth});
-                    DRIVER.with(|d| {
-                        if let Ok(d) = d.try_borrow()
-                            && let Some(d) = d.as_ref()
-                            && let Some(ws) = &d.ws
-                        {
-                            ws.send(&msg.to_string());
-                        }
-                    });
-                    ui.push.set(PushState::Subscribed);
-                }
+                Ok(sub) => dispatch(Ev::PushSubscribed(sub)),
                 Err(e) if e == "denied" => ui.push.set(PushState::Denied),
                 Err(e) => ui.push.set(PushState::Failed(e)),
             }
@@ -1045,6 +1078,17 @@ fn store_session(s: &StoredSession) {
 
 fn load_history(number: &str) -> Vec<Entry> {
     storage().and_then(|s| s.get_item(&history::storage_key(number)).ok().flatten()).map(|t| history::decode(&t)).unwrap_or_default()
+}
+
+/// `/?answer=<call_id>` (a click on a call notification): the call id, and the URL made plain.
+fn take_answer_param() -> Option<String> {
+    let w = web_sys::window()?;
+    let search = w.location().search().ok()?;
+    let id = search.trim_start_matches('?').split('&').find_map(|kv| kv.strip_prefix("answer="))?.to_string();
+    if let Ok(h) = w.history() {
+        let _ = h.replace_state_with_url(&JsValue::NULL, "", Some("/"));
+    }
+    (!id.is_empty()).then_some(id)
 }
 
 /// While the page is hidden, show the incoming call as a notification (through the service

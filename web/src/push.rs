@@ -104,6 +104,15 @@ pub async fn subscribe(vapid_key: &str) -> Result<Subscription, String> {
     let pm = get(&reg, "pushManager");
     let key = base64url_decode(vapid_key).ok_or("bad VAPID key")?;
     let mut sub = await_js(call(&pm, "getSubscription", &[]).map_err(text)?).await.map_err(text)?;
+    if !(sub.is_null() || sub.is_undefined()) {
+        // Made with another server key (the server's VAPID key changed): subscribe again.
+        let old = get(&get(&sub, "options"), "applicationServerKey");
+        let same = !old.is_null() && !old.is_undefined() && js_sys::Uint8Array::new(&old).to_vec() == key;
+        if !same {
+            let _ = await_js(call(&sub, "unsubscribe", &[]).map_err(text)?).await;
+            sub = JsValue::NULL;
+        }
+    }
     if sub.is_null() || sub.is_undefined() {
         let opts = js_sys::Object::new();
         let _ = js_sys::Reflect::set(&opts, &"userVisibleOnly".into(), &true.into());
@@ -117,6 +126,23 @@ pub async fn subscribe(vapid_key: &str) -> Result<Subscription, String> {
         p256dh: get(&keys, "p256dh").as_string().ok_or("no p256dh")?,
         auth: get(&keys, "auth").as_string().ok_or("no auth")?,
     })
+}
+
+/// Drop this browser's push subscription (at sign-out).
+pub fn unsubscribe() {
+    let Some(c) = container() else { return };
+    let Ok(ready) = c.ready() else { return };
+    wasm_bindgen_futures::spawn_local(async move {
+        let Ok(reg) = JsFuture::from(ready).await else { return };
+        let Ok(p) = call(&get(&reg, "pushManager"), "getSubscription", &[]) else { return };
+        if let Ok(sub) = await_js(p).await
+            && !sub.is_null()
+            && !sub.is_undefined()
+            && let Ok(p) = call(&sub, "unsubscribe", &[])
+        {
+            let _ = await_js(p).await;
+        }
+    });
 }
 
 /// A notification for an incoming call while the page is hidden (shown by the service worker
