@@ -14,6 +14,7 @@ import { startCloud, startGateway, toneWav, waitFor, sleep, PASSWORD } from './l
 import { launch, openApp, byId, signIn, dial, waitCallState, waitConnected, inboundAudio, remoteDominantFrequency } from './lib/browser.mjs';
 import { Phone } from './lib/baresip.mjs';
 import { dominantFrequency, lastSeconds } from './lib/audio.mjs';
+import { startPushService, fakePushManagerScript } from './lib/webpush.mjs';
 
 const filter = process.argv[2] || '';
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'trunkline-e2e-'));
@@ -311,6 +312,73 @@ test('PWA: manifest, service worker, and a Web Push "incoming" shows a call noti
   // The shell is cached for offline use.
   const cached = await page.evaluate(async () => (await caches.keys()).length > 0 && !!(await caches.match('/')));
   assert.ok(cached, 'the app shell is cached');
+});
+
+test('Web Push wake-up (F4): offline 2002 is pushed, the notification opens /?answer=<call>, the app answers', async () => {
+  const svc = await startPushService();
+  onCleanup(svc.close);
+  const alice = await signedIn('2001');
+  const b = await launch(MIC_2002);
+  onCleanup(b.close);
+  const context = await b.browser.newContext({ viewport: { width: 390, height: 844 } });
+  await context.grantPermissions(['microphone', 'notifications'], { origin: cloud.url });
+  // Chromium here cannot reach a real push service: its pushManager hands out a subscription
+  // to the local stand-in (the app's own code sends it as push_subscribe).
+  await context.addInitScript(fakePushManagerScript(svc));
+  const bob = await context.newPage();
+  bob.logs = [];
+  bob.on('console', (m) => bob.logs.push(`[${m.type()}] ${m.text()}`));
+  await bob.goto(cloud.url);
+  await signIn(bob, '2002');
+  await bob.getByText('Call notifications are on.').waitFor({ state: 'attached', timeout: 10000 });
+  const opts = await bob.evaluate(() => window.__pushSubscribeOptions);
+  assert.deepEqual(opts, { userVisibleOnly: true, keyLength: 65 }, 'subscribed with the server VAPID key');
+  await bob.evaluate(() => navigator.serviceWorker.ready);
+
+  // 2002 closes the app (no live connection); 2001 calls: the server pushes the call.
+  await bob.goto('about:blank');
+  await sleep(500);
+  await dial(alice, '2002');
+  const push = await waitFor('the push request', () => svc.received[0], 10000);
+  assert.equal(push.error, null, `decrypting the push: ${push.error}`);
+  assert.equal(push.headers['content-encoding'], 'aes128gcm');
+  assert.match(push.headers.authorization || '', /^vapid t=.+, k=.+/);
+  assert.equal(push.payload.type, 'incoming');
+  assert.equal(push.payload.from, '2001');
+  assert.equal(push.payload.from_name, 'Alice');
+  assert.equal((await byId(alice, 'call-state').getAttribute('data-state')), 'calling', 'the caller waits while the callee wakes');
+
+  // What the push service delivers reaches the service worker, which shows the call.
+  const cdp = await context.newCDPSession(bob);
+  const regs = [];
+  cdp.on('ServiceWorker.workerRegistrationUpdated', (e) => regs.push(...e.registrations));
+  await cdp.send('ServiceWorker.enable');
+  const reg = await waitFor('the service worker registration', () => regs.find((r) => r.scopeURL === `${cloud.url}/` && !r.isDeleted));
+  await cdp.send('ServiceWorker.deliverPushMessage', { origin: cloud.url, registrationId: reg.registrationId, data: JSON.stringify(push.payload) });
+  const sw = await waitFor('the service worker', () => context.serviceWorkers()[0]);
+  const note = await waitFor('the notification', () => sw.evaluate(async () => {
+    const n = await self.registration.getNotifications({ tag: 'incoming-call' });
+    return n.length ? { title: n[0].title, data: n[0].data } : null;
+  }), 10000, 200);
+  assert.equal(note.title, 'Call from Alice (2001)');
+  assert.equal(note.data.url, `/?answer=${encodeURIComponent(push.payload.call_id)}`);
+
+  // A click opens the notification's URL: the app signs in again (resume), the call arrives
+  // right after welcome and is answered by itself.
+  await bob.goto(new URL(note.data.url, cloud.url).href);
+  await waitCallState(bob, 'connected', 20000);
+  await waitCallState(alice, 'connected', 20000);
+  await audioArrives(alice, '2001');
+  await audioArrives(bob, '2002');
+  await byId(bob, 'call-hangup').click();
+  await waitCallState(alice, 'ended');
+  const rec = await waitFor('the call record', () => cloud.calls().find((c) => c.call_id === push.payload.call_id && c.outcome === 'connected'));
+  metrics.push_wake = { trace: rec.trace.join(',') };
+  assert.ok(rec.trace.includes('Push'), `trace ${rec.trace}`);
+
+  // Sign-out withdraws the subscription.
+  await bob.getByRole('button', { name: 'Sign out' }).click();
+  await waitFor('the browser-side unsubscribe', () => bob.evaluate(() => window.__pushUnsubscribed === true));
 });
 
 // ---- runner ------------------------------------------------------------------------------------

@@ -123,6 +123,9 @@ function provision(dir, bin, cfg, port, secretFile) {
     'password_hash_iterations = 1',
     '[steering]',
     'ring_timeout_ms = 30000',
+    '[push]',
+    // The Web Push test's stand-in push service listens on 127.0.0.1.
+    'allow_loopback_endpoints = true',
     '',
   ].join('\n'));
   fs.writeFileSync(secretFile, 'hq-secret-0123456789abcdef\n');
