@@ -135,7 +135,10 @@ test('sign in with number + password; stays signed in across a reload (resume); 
 
 test('F5: an invalid number ends with "Number does not exist"', async () => {
   const page = await signedIn('2001');
-  await dial(page, '4040');
+  // Keyboard only: the number field, then Enter places the call.
+  await byId(page, 'dial-input').focus();
+  await page.keyboard.type('4040');
+  await page.keyboard.press('Enter');
   await waitCallState(page, 'ended');
   assert.equal((await byId(page, 'call-outcome').textContent()).trim(), 'Number does not exist');
   await byId(page, 'history-list').getByText('Number does not exist').waitFor();

@@ -19,10 +19,20 @@ fn context() -> Option<AudioContext> {
     })
 }
 
-/// Call from a user gesture: browsers start an AudioContext only after one.
+/// Call from a user gesture: browsers start audio (an AudioContext, a media element that was
+/// refused autoplay) only after one.
 pub fn unlock() {
     if let Some(ctx) = context() {
         let _ = ctx.resume();
+    }
+    let remote = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.query_selector("audio[data-testid=remote-audio]").ok().flatten());
+    if let Some(el) = remote {
+        let a: web_sys::HtmlMediaElement = wasm_bindgen::JsCast::unchecked_into(el);
+        if a.paused() {
+            let _ = a.play();
+        }
     }
 }
 

@@ -262,6 +262,7 @@ pub struct Call {
 }
 
 impl Call {
+    #[allow(clippy::too_many_arguments)]
     fn new(call_id: String, direction: Direction, me: String, remote: String, remote_name: String, via: Via, phase: Phase, now: f64) -> Call {
         Call {
             call_id,

@@ -186,7 +186,7 @@ impl Media {
             stop_stream(s);
         }
         self.audio.set_src_object(None);
-        let _ = self.audio.remove();
+        self.audio.remove();
         debug_hook("pc", &JsValue::NULL);
         debug_hook("remote", &JsValue::NULL);
     }
@@ -389,7 +389,10 @@ impl Driver {
                 {
                     m.audio.set_src_object(Some(&stream));
                     if let Ok(p) = m.audio.play() {
-                        let _ = JsFuture::from(p);
+                        // A refused autoplay retries at the next click (audio::unlock).
+                        wasm_bindgen_futures::spawn_local(async move {
+                            let _ = JsFuture::from(p).await;
+                        });
                     }
                     debug_hook("remote", &stream);
                     self.apply_mute_hold();
@@ -633,7 +636,7 @@ impl Driver {
         let Some(me) = self.ui.me.get_untracked() else { return };
         let entry = Entry::from_call(call, 0.0);
         let mut list = self.ui.history.get_untracked();
-        if list.iter().any(|e| *e == entry) {
+        if list.contains(&entry) {
             return;
         }
         history::record(&mut list, entry);
