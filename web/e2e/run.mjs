@@ -412,6 +412,11 @@ try {
   await cloud?.stop().catch(() => {});
 }
 console.log(`metrics ${JSON.stringify(metrics)}`);
+if (metrics.time_to_interactive_ms) {
+  const t = metrics.time_to_interactive_ms;
+  console.log(`time to interactive (navigation → conn-state "Connected", stored session, loopback): median ${t.median} ms (min ${t.min}, max ${t.max}, 5 loads)`);
+  console.log(`first load → sign-in form: ${metrics.first_load_to_sign_in_form_ms} ms; sign-in → connected: ${metrics.sign_in_to_connected_ms} ms`);
+}
 if (failed && process.env.KEEP !== '0') console.log(`logs kept in ${dir}`);
 else if (process.env.KEEP === '1') console.log(`logs kept in ${dir}`);
 else fs.rmSync(dir, { recursive: true, force: true });

@@ -78,14 +78,25 @@ pub fn key_click(d: char) {
     tone(&ctx, &[a, b], &g, t, Some(t + 0.12));
 }
 
-/// The ringtone: 440 + 480 Hz, 2 s on / 4 s off (for up to two minutes).
+/// A ringing cadence (for up to two minutes): the ringtone (440 + 480 Hz, 2 s on / 4 s off)
+/// or the ringback.
 pub struct Ringtone {
     oscillators: Vec<OscillatorNode>,
     gain: GainNode,
 }
 
 impl Ringtone {
+    /// An incoming call ringing here.
     pub fn start() -> Option<Ringtone> {
+        Self::cadence(&[440.0, 480.0], 2.0, 6.0, 0.12)
+    }
+
+    /// Ringback while the far end rings (425 Hz, 1 s on / 4 s off), quieter.
+    pub fn ringback() -> Option<Ringtone> {
+        Self::cadence(&[425.0], 1.0, 5.0, 0.05)
+    }
+
+    fn cadence(freqs: &[f32], on: f64, period: f64, level: f32) -> Option<Ringtone> {
         let ctx = context()?;
         let _ = ctx.resume();
         let gain = ctx.create_gain().ok()?;
@@ -93,12 +104,13 @@ impl Ringtone {
         let t0 = ctx.current_time() + 0.05;
         let g = gain.gain();
         g.set_value(0.0);
-        for i in 0..20 {
-            let t = t0 + i as f64 * 6.0;
-            let _ = g.set_value_at_time(0.12, t);
-            let _ = g.set_value_at_time(0.0, t + 2.0);
+        let mut t = t0;
+        while t < t0 + 120.0 {
+            let _ = g.set_value_at_time(level, t);
+            let _ = g.set_value_at_time(0.0, t + on);
+            t += period;
         }
-        let oscillators = tone(&ctx, &[440.0, 480.0], &gain, t0, None);
+        let oscillators = tone(&ctx, freqs, &gain, t0, None);
         Some(Ringtone { oscillators, gain })
     }
 

@@ -212,6 +212,8 @@ struct Driver {
     /// Remote candidates that came before the media (F4 callee before answering).
     early_ice: Vec<RtcIceCandidateInit>,
     ringtone: Option<Ringtone>,
+    /// Ringback while an outgoing call rings at the far end.
+    ringback: Option<Ringtone>,
     vapid_key: Option<String>,
     /// The endpoint sent in `push_subscribe` (withdrawn with `push_unsubscribe` at sign-out).
     push_endpoint: Option<String>,
@@ -264,6 +266,7 @@ pub fn start(ui: Ui) {
         media: None,
         early_ice: Vec::new(),
         ringtone: None,
+        ringback: None,
         vapid_key: None,
         push_endpoint: None,
         auto_answer: take_answer_param(),
@@ -626,6 +629,12 @@ impl Driver {
         let snapshot = call.clone();
         self.ui.call.set(Some(snapshot.clone()));
         self.run(actions);
+        let ringing_there = snapshot.phase == Phase::Ringing && snapshot.direction == crate::call::Direction::Outgoing;
+        if ringing_there && self.ringback.is_none() {
+            self.ringback = Ringtone::ringback();
+        } else if !ringing_there && let Some(r) = self.ringback.take() {
+            r.stop();
+        }
         // The cloud's outcome may refine an ended call: keep its history entry current.
         if snapshot.is_over() {
             self.record(&snapshot);
