@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Builds the browser softphone (release) into dist/, offline, with the tools web/setup.sh
-# installed. Prints the size of the wasm (raw and gzip).
+# installs (it runs `web/setup.sh --no-browser` first if one is missing). Prints the size of the
+# wasm (raw and gzip).
 # Usage: web/build.sh [--dev]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 export PATH="$ROOT/.tools/node_modules/.bin:$HOME/.cargo/bin:$PATH"
 for t in trunk wasm-bindgen wasm-opt; do
-  command -v "$t" >/dev/null 2>&1 || { echo "error: $t not found: run web/setup.sh first" >&2; exit 1; }
+  if ! command -v "$t" >/dev/null 2>&1; then
+    echo "==> $t not found: installing the web build tools (web/setup.sh --no-browser)" >&2
+    "$ROOT/web/setup.sh" --no-browser
+    break
+  fi
 done
 mode=(--release)
 [ "${1:-}" = "--dev" ] && mode=()
