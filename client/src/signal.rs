@@ -399,6 +399,7 @@ pub fn server_msg_call_id(msg: &ServerMsg) -> Option<&str> {
         ServerMsg::Welcome { .. }
         | ServerMsg::SwitchWelcome { .. }
         | ServerMsg::PhonesUpdate { .. }
+        | ServerMsg::History { .. }
         | ServerMsg::Pong => None,
     }
 }

@@ -370,6 +370,12 @@ pub enum ClientMsg {
     PushSubscribe { endpoint: String, p256dh: String, auth: String },
     /// Browser: forget this subscription of my account (unknown endpoints are ignored).
     PushUnsubscribe { endpoint: String },
+    /// A browser asks for its call history (newest first, from the server's call records);
+    /// answered with `history`.
+    History {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
     /// Keep-alive; answered with `pong`.
     Ping,
 }
@@ -393,6 +399,7 @@ impl ClientMsg {
             ClientMsg::DirectOffer { .. } => "direct_offer",
             ClientMsg::PushSubscribe { .. } => "push_subscribe",
             ClientMsg::PushUnsubscribe { .. } => "push_unsubscribe",
+            ClientMsg::History { .. } => "history",
             ClientMsg::Ping => "ping",
         }
     }
@@ -486,7 +493,26 @@ pub enum ServerMsg {
         duration_ms: Option<u64>,
     },
     Pong,
+    /// Answer to `history`: the browser's call records, newest first.
+    History { calls: Vec<CallSummary> },
 }
+
+/// One call record, as a browser sees its history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallSummary {
+    pub call_id: CallId,
+    pub caller: String,
+    pub callee: String,
+    /// Unix ms.
+    pub started_ms: i64,
+    pub ended_ms: i64,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// Most history entries one `history` request returns.
+pub const MAX_HISTORY: u32 = 200;
 
 impl ServerMsg {
     pub fn encode(&self) -> String {

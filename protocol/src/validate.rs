@@ -257,7 +257,14 @@ impl ClientMsg {
                 check_b64url("auth", auth, PUSH_AUTH_LEN)?;
             }
             ClientMsg::PushUnsubscribe { endpoint } => check_push_endpoint(endpoint)?,
-            ClientMsg::Cancel { .. } | ClientMsg::Decline { .. } | ClientMsg::Hangup { .. } | ClientMsg::Ping => {}
+            ClientMsg::History { limit: Some(n) } if *n == 0 || *n > crate::MAX_HISTORY => {
+                return Err(bad("limit", format_args!("must be 1–{}", crate::MAX_HISTORY)));
+            }
+            ClientMsg::Cancel { .. }
+            | ClientMsg::Decline { .. }
+            | ClientMsg::Hangup { .. }
+            | ClientMsg::Ping
+            | ClientMsg::History { .. } => {}
         }
         Ok(())
     }

@@ -401,6 +401,13 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
                             break;
                         }
                     }
+                    Ok(ClientMsg::History { limit }) if is_device => {
+                        let reply = match history(&s, conn, limit).await {
+                            Ok(m) => m,
+                            Err(e) => e.to_msg(None),
+                        };
+                        if out_tx.try_send(Out::Msg(Box::new(reply))).is_err() { break }
+                    }
                     Ok(msg) => {
                         s.hub.apply(EngineCmd::Msg { conn, msg });
                     }
@@ -438,6 +445,32 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
     }
     let _ = socket.close().await;
     s.hub.apply(EngineCmd::Gone { conn });
+}
+
+/// A browser's call history: its call records (as caller or callee), newest first.
+async fn history(s: &Shared, conn: ConnId, limit: Option<u32>) -> Result<ServerMsg, trunkline_protocol::ProtocolError> {
+    use trunkline_protocol::ProtocolError as PE;
+    let Some(number) = s.hub.device_of(conn) else {
+        return Err(PE::new(ErrorCode::NotAuthenticated, "sign in first"));
+    };
+    let limit = limit.unwrap_or(50).min(trunkline_protocol::MAX_HISTORY);
+    let records = s.dir.call_records(Some(&number), limit).await.map_err(|e| {
+        tracing::error!(error = %e, "directory error reading call history");
+        PE::new(ErrorCode::Internal, "could not read the call history; try again")
+    })?;
+    let calls = records
+        .into_iter()
+        .map(|r| trunkline_protocol::CallSummary {
+            call_id: r.call_id,
+            caller: r.caller,
+            callee: r.callee,
+            started_ms: r.started_ms,
+            ended_ms: r.ended_ms,
+            outcome: r.outcome,
+            duration_ms: r.duration_ms,
+        })
+        .collect();
+    Ok(ServerMsg::History { calls })
 }
 
 /// A browser's `push_subscribe` / `push_unsubscribe`, applied to the directory (the reply, if

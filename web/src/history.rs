@@ -1,6 +1,6 @@
-//! Call history. The protocol has no message yet for a browser to read its call records from
-//! the server (only the admin API has them), so the app keeps the calls it saw itself in
-//! localStorage, newest first. Plain Rust.
+//! Call history: the server's call records (`history` → `history`), merged with the calls this
+//! browser saw itself (kept in localStorage, so the list shows at once and offline), newest
+//! first. Plain Rust.
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +39,25 @@ impl Entry {
             at_ms: call.started_at + epoch_offset,
             result: call.outcome_line().unwrap_or_default(),
             duration_ms: call.connected_at.and(call.duration()),
+        }
+    }
+
+    /// An entry from the server's record of a call `me` took part in.
+    pub fn from_record(r: &trunkline_protocol::CallSummary, me: &str) -> Entry {
+        let outgoing = r.caller == me;
+        let direction = if outgoing { Direction::Outgoing } else { Direction::Incoming };
+        let result = match (r.outcome, r.duration_ms) {
+            (trunkline_protocol::Outcome::Connected, Some(d)) => format!("Call ended · {}", crate::call::format_duration(d)),
+            (o, _) => crate::call::outcome_text(o, direction).to_string(),
+        };
+        Entry {
+            call_id: r.call_id.clone(),
+            outgoing,
+            number: if outgoing { r.callee.clone() } else { r.caller.clone() },
+            name: String::new(),
+            at_ms: r.started_ms as f64,
+            result,
+            duration_ms: r.duration_ms,
         }
     }
 
@@ -111,5 +130,30 @@ mod tests {
             record(&mut list, e);
         }
         assert_eq!(list.len(), MAX_ENTRIES);
+    }
+}
+
+#[cfg(test)]
+mod server_record_tests {
+    use super::*;
+    use trunkline_protocol::{CallSummary, Outcome};
+
+    #[test]
+    fn server_records_become_entries_from_my_side() {
+        let r = CallSummary {
+            call_id: "c".into(),
+            caller: "2001".into(),
+            callee: "1001".into(),
+            started_ms: 1000,
+            ended_ms: 63_000,
+            outcome: Outcome::Connected,
+            duration_ms: Some(62_000),
+        };
+        let mine = Entry::from_record(&r, "2001");
+        assert!(mine.outgoing);
+        assert_eq!((mine.number.as_str(), mine.result.as_str()), ("1001", "Call ended · 01:02"));
+        let theirs = Entry::from_record(&CallSummary { outcome: Outcome::NoAnswer, duration_ms: None, ..r }, "1001");
+        assert!(!theirs.outgoing);
+        assert_eq!((theirs.number.as_str(), theirs.result.as_str()), ("2001", "Missed call"));
     }
 }

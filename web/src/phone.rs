@@ -537,6 +537,19 @@ impl Driver {
                     .ok()
                     .and_then(|v| v.get("vapid_public_key").and_then(|k| k.as_str()).map(String::from));
                 self.push_subscribe(false);
+                // The server's call records for this account (history list).
+                self.send(&ClientMsg::History { limit: Some(history::MAX_ENTRIES as u32) });
+            }
+            ServerMsg::History { calls } => {
+                let Some(me) = self.ui.me.get_untracked() else { return };
+                let mut list = self.ui.history.get_untracked();
+                for c in &calls {
+                    history::record(&mut list, Entry::from_record(c, &me.number));
+                }
+                if let Some(s) = storage() {
+                    let _ = s.set_item(&history::storage_key(&me.number), &history::encode(&list));
+                }
+                self.ui.history.set(list);
             }
             ServerMsg::Pong => self.awaiting_pong = false,
             ServerMsg::Incoming { call_id, from, from_name, via } => {
