@@ -53,6 +53,21 @@ async function audioArrives(page, who) {
   }, 15000, 250);
 }
 
+/** The selected ICE pair's local and remote ports (ports are never obfuscated, unlike hosts). */
+async function selectedPair(page) {
+  return page.evaluate(async () => {
+    const s = await window.trunkline.pc.getStats();
+    let pair = null;
+    s.forEach((r) => {
+      if (r.type === 'transport' && r.selectedCandidatePairId) pair = s.get(r.selectedCandidatePairId);
+    });
+    if (!pair) s.forEach((r) => { if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') pair = r; });
+    if (!pair) return null;
+    const l = s.get(pair.localCandidateId), r = s.get(pair.remoteCandidateId);
+    return { localPort: l.port, remotePort: r.port, remoteType: r.candidateType };
+  });
+}
+
 async function energyDelta(page, ms = 1200) {
   const a = await inboundAudio(page);
   await sleep(ms);
@@ -164,6 +179,20 @@ test('F4: browser → browser through the cloud relay: audio both ways, mute, ho
   metrics.f4 = { alice_inbound: a, bob_inbound: b, alice_hears_hz: Math.round(fa.freq), bob_hears_hz: Math.round(fb.freq) };
   assert.ok(Math.abs(fa.freq - 500) < 30, `2001 hears ${fa.freq} Hz, expected 2002's 500 Hz`);
   assert.ok(Math.abs(fb.freq - 1000) < 30, `2002 hears ${fb.freq} Hz, expected 2001's 1000 Hz`);
+  // Media goes browser to browser: each side's selected ICE pair points at the other browser's
+  // own port, so no gateway (or the server) carries it.
+  const pa = await selectedPair(alice);
+  const pb = await selectedPair(bob);
+  metrics.f4.ice = { alice: pa, bob: pb };
+  assert.ok(pa && pb, 'both sides have a selected ICE candidate pair');
+  assert.equal(pa.remotePort, pb.localPort, "2001's media goes straight to 2002's socket");
+  assert.equal(pb.remotePort, pa.localPort, "2002's media goes straight to 2001's socket");
+  if (gateway) {
+    const range = gateway.rtpPorts;
+    if (range) {
+      assert.ok(pa.remotePort < range[0] || pa.remotePort > range[1], 'not a gateway port');
+    }
+  }
 
   // Mute: 2002 stops hearing 2001; unmute: it hears again.
   const before = await energyDelta(bob);
