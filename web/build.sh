@@ -25,7 +25,10 @@ export CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
 export CARGO_PROFILE_RELEASE_PANIC=abort
 cargo fetch --locked -q
 CARGO_NET_OFFLINE=true trunk build "${mode[@]}" --locked --skip-version-check --config Trunk.toml
+# Pre-compressed copies: the signal server serves `x.gz` to browsers that accept gzip.
+find dist -type f \( -name '*.wasm' -o -name '*.js' -o -name '*.css' -o -name '*.html' -o -name '*.json' -o -name '*.svg' -o -name '*.webmanifest' \) \
+  -exec gzip -9 -k -f {} \;
 wasm=$(ls -1 dist/*.wasm | head -n1)
 raw=$(stat -c %s "$wasm")
 gz=$(gzip -9 -c "$wasm" | wc -c)
-printf 'web: %s  %d bytes raw, %d bytes gzip (%.1f kB gzip)\n' "$wasm" "$raw" "$gz" "$(echo "$gz/1000" | bc -l)"
+printf 'web: %s  %d bytes raw, %d bytes gzip (%.1f kB gzip)\n' "$wasm" "$raw" "$gz" "$(awk "BEGIN{print $gz/1000}")"
