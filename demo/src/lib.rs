@@ -230,7 +230,7 @@ pub async fn start(opts: StackOptions) -> Result<Stack, DemoError> {
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         stops.push(tx);
-        let sockets = switch_gateway::Sockets { sip_udp: udp, sip_tcp: tcp, direct };
+        let sockets = switch_gateway::Sockets { sip_udp: udp, sip_tcp: tcp, direct, sip_tls: None };
         let gw_id = id.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = switch_gateway::run(gw, sockets, async move {

@@ -23,6 +23,8 @@ pub struct Config {
     pub cloud_url: String,
     /// SIP for desk phones: UDP and TCP on this address.
     pub sip_listen: SocketAddr,
+    /// SIP over TLS for desk phones (off when absent).
+    pub sip_tls: Option<SipTlsConfig>,
     /// Address written into Via/Contact/Record-Route and SDP for phones to reach us; default:
     /// the `sip_listen` IP, or 127.0.0.1 when that is unspecified (0.0.0.0).
     pub sip_advertise: Option<IpAddr>,
@@ -58,6 +60,7 @@ impl Default for Config {
             cloud_url: "ws://127.0.0.1:8080/ws".into(),
             sip_listen: "127.0.0.1:5060".parse().unwrap(),
             sip_advertise: None,
+            sip_tls: None,
             direct_listen: "127.0.0.1:7443".parse().unwrap(),
             advertise_url: "ws://127.0.0.1:7443/direct".into(),
             rtp_ports: "20000-20999".into(),
@@ -70,6 +73,16 @@ impl Default for Config {
             digest_algorithms: vec!["MD5".into()],
         }
     }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SipTlsConfig {
+    /// Address for SIP over TLS (usually port 5061).
+    pub listen: SocketAddr,
+    /// PEM certificate chain and private key.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -54,6 +54,8 @@ pub struct Sockets {
     pub sip_udp: UdpSocket,
     pub sip_tcp: TcpListener,
     pub direct: TcpListener,
+    /// SIP over TLS (with `config.sip_tls`).
+    pub sip_tls: Option<TcpListener>,
 }
 
 impl Sockets {
@@ -63,6 +65,10 @@ impl Sockets {
             sip_udp: UdpSocket::bind(config.sip_listen).await?,
             sip_tcp: TcpListener::bind(config.sip_listen).await?,
             direct: TcpListener::bind(config.direct_listen).await?,
+            sip_tls: match &config.sip_tls {
+                Some(t) => Some(TcpListener::bind(t.listen).await?),
+                None => None,
+            },
         })
     }
 }
@@ -131,7 +137,13 @@ pub async fn run(
     sockets: Sockets,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
+    // One process-wide crypto provider for rustls (wss:// to the cloud, SIP over TLS).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let secret = config.read_secret()?;
+    let tls_acceptor = match (&config.sip_tls, &sockets.sip_tls) {
+        (Some(t), Some(_)) => Some(tls_acceptor(&t.cert_file, &t.key_file)?),
+        _ => None,
+    };
     let udp = Arc::new(sockets.sip_udp);
     let sip_port = udp.local_addr()?.port();
     let adv_ip = config.advertise_ip();
@@ -209,6 +221,13 @@ pub async fn run(
     let udp_task = tokio::spawn(udp_loop(udp.clone(), core_tx.clone(), stop_rx.clone()));
     let tcp_task =
         tokio::spawn(tcp_accept_loop(sockets.sip_tcp, core_tx.clone(), tcp_writers.clone(), stop_rx.clone()));
+    let tls_task = match (sockets.sip_tls, tls_acceptor) {
+        (Some(l), Some(acceptor)) => {
+            tracing::info!(addr = %l.local_addr()?, "SIP over TLS");
+            Some(tokio::spawn(tls_accept_loop(l, acceptor, core_tx.clone(), tcp_writers.clone(), stop_rx.clone())))
+        }
+        _ => None,
+    };
 
     let next_conn = Arc::new(std::sync::atomic::AtomicU64::new(1));
     let app = axum::Router::new()
@@ -244,6 +263,9 @@ pub async fn run(
     let _ = link.await;
     let _ = udp_task.await;
     let _ = tcp_task.await;
+    if let Some(t) = tls_task {
+        let _ = t.await;
+    }
     let _ = direct_task.await;
     let _ = core_task.await;
     Ok(())
@@ -305,6 +327,15 @@ async fn core_loop(
                     }
                 }
                 Output::Sip { to, transport: Transport::Tcp, data } => send_tcp(&tcp, &core_tx, to, data),
+                Output::Sip { to, transport: Transport::Tls, data } => {
+                    // TLS phones keep their connection open; we do not dial out over TLS.
+                    match tcp.lock().unwrap().get(&to) {
+                        Some(tx) => {
+                            let _ = tx.try_send(data);
+                        }
+                        None => tracing::debug!(%to, "no TLS connection to this phone; message dropped"),
+                    }
+                }
                 Output::Cloud(m) => {
                     if link.try_send(m).is_err() {
                         tracing::warn!("cloud link queue full or down: message dropped");
@@ -413,7 +444,47 @@ async fn tcp_accept_loop(listener: TcpListener, core: mpsc::Sender<CoreIn>, writ
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = stopped(&mut stop) => return,
         };
-        tokio::spawn(tcp_conn(stream, peer, core.clone(), writers.clone(), stop.clone()));
+        tokio::spawn(tcp_conn(stream, peer, Transport::Tcp, core.clone(), writers.clone(), stop.clone()));
+    }
+}
+
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, GatewayError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, e: &dyn std::fmt::Display| GatewayError::Media(format!("SIP TLS {what}: {e}"));
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(&cert.display().to_string(), &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(&cert.display().to_string(), &e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(&key.display().to_string(), &e))?;
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("certificate", &e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+async fn tls_accept_loop(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    core: mpsc::Sender<CoreIn>,
+    writers: TcpWriters,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = stopped(&mut stop) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, core, writers, stop) = (acceptor.clone(), core.clone(), writers.clone(), stop.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tcp_conn(tls, peer, Transport::Tls, core, writers, stop).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "SIP TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "SIP TLS handshake timed out"),
+            }
+        });
     }
 }
 
@@ -430,7 +501,7 @@ fn send_tcp(writers: &TcpWriters, core: &mpsc::Sender<CoreIn>, to: SocketAddr, d
             Ok(Ok(stream)) => {
                 let (stop_tx, stop_rx) = watch::channel(false);
                 let w = writers.clone();
-                let task = tokio::spawn(tcp_conn(stream, to, core, w, stop_rx));
+                let task = tokio::spawn(tcp_conn(stream, to, Transport::Tcp, core, w, stop_rx));
                 // Wait until the connection task registered its writer, then send.
                 for _ in 0..100 {
                     if let Some(tx) = writers.lock().unwrap().get(&to) {
@@ -447,8 +518,12 @@ fn send_tcp(writers: &TcpWriters, core: &mpsc::Sender<CoreIn>, to: SocketAddr, d
     });
 }
 
-async fn tcp_conn(stream: TcpStream, peer: SocketAddr, core: mpsc::Sender<CoreIn>, writers: TcpWriters, mut stop: watch::Receiver<bool>) {
-    let (mut rd, mut wr) = stream.into_split();
+/// One SIP stream connection (TCP or TLS): framing in, writes out.
+async fn tcp_conn<S>(stream: S, peer: SocketAddr, transport: Transport, core: mpsc::Sender<CoreIn>, writers: TcpWriters, mut stop: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
     writers.lock().unwrap().insert(peer, tx.clone());
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
@@ -472,9 +547,9 @@ async fn tcp_conn(stream: TcpStream, peer: SocketAddr, core: mpsc::Sender<CoreIn
                         }
                         Ok(Some(trunkline_sip::Frame::Message(len))) => {
                             let frame: Vec<u8> = buf.drain(..len).collect();
-                            match parse_and_forward(&frame, peer, Transport::Tcp) {
+                            match parse_and_forward(&frame, peer, transport) {
                                 Ok(msg) => {
-                                    if core.send(CoreIn::Sip { src: peer, transport: Transport::Tcp, msg }).await.is_err() {
+                                    if core.send(CoreIn::Sip { src: peer, transport, msg }).await.is_err() {
                                         break 'conn;
                                     }
                                 }

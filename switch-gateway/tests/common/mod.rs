@@ -170,7 +170,12 @@ impl Gateway {
         };
         edit(&mut config);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let sockets = switch_gateway::Sockets { sip_udp: udp, sip_tcp: tcp, direct };
+        // SIP over TLS when the test configured it (its listener on a fresh port).
+        let sip_tls = match &config.sip_tls {
+            Some(t) => Some(tokio::net::TcpListener::bind(t.listen).await.expect("TLS port")),
+            None => None,
+        };
+        let sockets = switch_gateway::Sockets { sip_udp: udp, sip_tcp: tcp, direct, sip_tls };
         let task = tokio::spawn(switch_gateway::run(config.clone(), sockets, async move {
             let _ = rx.await;
         }));
