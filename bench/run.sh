@@ -5,14 +5,24 @@
 #   - steering decisions/s at saturation (a switch's B2 route_query answered with B5 route),
 #   - the signal server's CPU µs per decision at a fixed rate, beside Kamailio's CPU µs per
 #     302 (location lookup + redirect) loaded by sipp at the same rate,
-#   - the server's RSS growth per idle authenticated WebSocket over 10,000 connections.
+#   - the server's RSS growth per idle authenticated WebSocket over 10,000 connections,
+#   - the switch gateway beside Kamailio (phase "gateway"): REGISTER/s with digest auth at
+#     saturation and CPU µs per registration; F7 local calls/s at a fixed rate and at
+#     saturation and CPU µs per call; call setup times of F1/F2/F3 (headless client and bench
+#     desk phones); concurrent bridged WebRTC⇄RTP calls with no loss and p99 delay < 1 ms.
 # Traffic goes to 127.0.0.1 only. Every process started here is stopped on exit.
 #
 # Knobs (environment): RATE (5000/s), RATE_SECS (10), SAT_SECS (5 s per run), SAT_RUNS (3, the
 # median is reported), SAT_WARMUP_SECS (2), PAIRS (16 switch pairs), WINDOW (256 queries in
 # flight per caller switch), IDLE_CONNS (10000),
 # IDLE_SETTLE_SECS (12), TIME_LIMIT (1200 s for the whole run), SKIP_BUILD=1, KEEP_TMP=1,
-# ONLY="kamailio rate saturate idle" (a subset), OUT (default bench/results/latest.md).
+# ONLY="kamailio rate saturate idle gateway" (a subset), OUT (default bench/results/latest.md).
+# Gateway phase: GW_PARTS="register calls setup media" (a subset), REG_SECS (6), REG_WARMUP (2),
+# REG_SIPPS (2 sipp instances), REG_IN_FLIGHT ("50 200 400" per instance: one run each, the best
+# counts), REG_RATE (2000/s), REG_RATE_SECS (5), CALL_RATE (500/s), CALL_RATE_SECS (10),
+# CALL_HOLD_MS (100), CALL_SECS (6), CALL_SIPPS (2), CALL_IN_FLIGHT ("100 300 500" per instance),
+# SETUP_CALLS (200), SETUP_CONCURRENCY (4),
+# MEDIA_STEPS (10,25,50,...,2000), MEDIA_SECS (5), MEDIA_MAX_SECS (240: no further step after).
 set -euo pipefail
 
 # The whole run is bounded: re-run this script under `timeout`, which on expiry signals the
@@ -34,12 +44,31 @@ PAIRS=${PAIRS:-16}
 WINDOW=${WINDOW:-256}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_SETTLE_SECS=${IDLE_SETTLE_SECS:-12}
-ONLY=${ONLY:-kamailio rate saturate idle}
+ONLY=${ONLY:-kamailio rate saturate idle gateway}
+GW_PARTS=${GW_PARTS:-register calls setup media}
+REG_SECS=${REG_SECS:-6}
+REG_WARMUP=${REG_WARMUP:-2}
+REG_SIPPS=${REG_SIPPS:-2}
+REG_IN_FLIGHT=${REG_IN_FLIGHT:-50 200 400}
+REG_RATE=${REG_RATE:-2000}
+REG_RATE_SECS=${REG_RATE_SECS:-5}
+CALL_RATE=${CALL_RATE:-500}
+CALL_RATE_SECS=${CALL_RATE_SECS:-10}
+CALL_HOLD_MS=${CALL_HOLD_MS:-100}
+CALL_SECS=${CALL_SECS:-6}
+CALL_SIPPS=${CALL_SIPPS:-2}
+CALL_IN_FLIGHT=${CALL_IN_FLIGHT:-100 300 500}
+SETUP_CALLS=${SETUP_CALLS:-200}
+SETUP_CONCURRENCY=${SETUP_CONCURRENCY:-4}
+MEDIA_STEPS=${MEDIA_STEPS:-10,25,50,100,200,400,600,800,1000,1250,1500,1750,2000}
+MEDIA_SECS=${MEDIA_SECS:-5}
+MEDIA_MAX_SECS=${MEDIA_MAX_SECS:-240}
 OUT=${OUT:-$BENCH_DIR/results/latest.md}
 
 log() { printf 'run.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 wants() { [[ " $ONLY " == *" $1 "* ]]; }
+gw_wants() { [[ " $GW_PARTS " == *" $1 "* ]]; }
 
 # ------------------------------------------------------------------ cleanup, time bound
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/trunkline-bench.XXXXXX")
@@ -89,11 +118,13 @@ SIPP=$(command -v sipp)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     log "building release binaries"
-    (cd "$ROOT" && timeout 1800 cargo build --release -q -p trunkline-signal-server -p trunkline-bench) >&2
+    (cd "$ROOT" && timeout 1800 cargo build --release -q -p trunkline-signal-server -p trunkline-switch-gateway \
+        -p trunkline-bench) >&2
 fi
 SERVER=$TARGET_DIR/release/signal-server
+GATEWAY=$TARGET_DIR/release/switch-gateway
 BENCH=$TARGET_DIR/release/trunkline-bench
-[[ -x $SERVER && -x $BENCH ]] || die "missing $SERVER or $BENCH"
+[[ -x $SERVER && -x $BENCH && -x $GATEWAY ]] || die "missing $SERVER, $GATEWAY or $BENCH"
 
 kv() { sed -n "s/^$1=//p" "$2" | tail -n1; }
 
@@ -250,13 +281,318 @@ run_server() {
     fi
 }
 
+# ------------------------------------------------------------------ switch gateway vs Kamailio
+# Numbers (desk phones' passwords are pw-NUMBER): hq 1000-1999 (REGISTER), hq 2000-5999 (F7:
+# caller N calls N+2000; a number in a call is busy, so there are more pairs than calls in
+# flight, and none of these has the REGISTER benchmark's contacts, which would make the
+# gateway and Kamailio fork), hq 20000.. (setup times: F1 callees, F2 and F3 callers),
+# br 30000.. (F2 callees), hq 40000.. (the concurrent-calls ramp), browsers 50000-50031.
+GW=$TMP/gw
+GW_SECRET=bench-gateway-secret-0123456789
+GW_BROWSER_PW=bench-browser-pw-1
+GWKV=$TMP/gateway.kv
+# sipp's socket buffers (SO_SNDBUF/SO_RCVBUF): 4 MB, so that the load generator is not where
+# datagrams get dropped (the kernel caps it at net.core.rmem_max).
+SIPP_BUF=4194304
+
+# Append `prefix_key=value` lines from a key=value file to gateway.kv.
+gwkv() { sed "s/^/$1_/" "$2" >>"$GWKV"; }
+gwset() { echo "$1=$2" >>"$GWKV"; }
+
+# Start a gateway: start_gateway ID RTP_RANGE; sets GW_PID, GW_SIP.
+start_gateway() {
+    local id=$1 range=$2 sport dport
+    for _ in $(seq 10); do
+        sport=$("$BENCH" free-port --both)
+        dport=$("$BENCH" free-port)
+        printf '%s' "$GW_SECRET" >"$GW/$id.secret"
+        cat >"$GW/$id.toml" <<EOT
+id = "$id"
+secret_file = "$GW/$id.secret"
+cloud_url = "ws://127.0.0.1:$GW_SPORT/ws"
+sip_listen = "127.0.0.1:$sport"
+direct_listen = "127.0.0.1:$dport"
+advertise_url = "ws://127.0.0.1:$dport/direct"
+rtp_ports = "$range"
+state_dir = "$GW/$id-state"
+ring_timeout_secs = 30
+EOT
+        RUST_LOG=warn "$GATEWAY" run --config "$GW/$id.toml" >"$GW/$id.log" 2>&1 &
+        GW_PID=$!
+        PIDS+=("$GW_PID")
+        sleep 0.5
+        if kill -0 "$GW_PID" 2>/dev/null; then
+            GW_SIP=127.0.0.1:$sport
+            return 0
+        fi
+        log "gateway $id did not start (port race?); retrying: $(tail -n1 "$GW/$id.log")"
+    done
+    die "gateway $id does not start; see $GW/$id.log"
+}
+
+# Wait until gateway ID has its phone list from the cloud (the last number provisioned for it).
+wait_phones() {
+    local id=$1 last=$2
+    for _ in $(seq 300); do
+        grep -q "\"number\": \"$last\"" "$GW/$id-state/phones.json" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "gateway $id has no phone list with $last; see $GW/$id.log"
+}
+
+# sipp in the background with its statistics file; sets SIPP_PID (and adds it to PIDS).
+# sipp_bg NAME TARGET ARGS... (runs in $GW/sipp/NAME)
+sipp_bg() {
+    local name=$1 target=$2
+    shift 2
+    mkdir -p "$GW/sipp/$name"
+    (cd "$GW/sipp/$name" && exec "$SIPP" "$target" -i 127.0.0.1 -nostdin -buff_size "$SIPP_BUF" -trace_err -trace_stat -stf stat.csv -fd 1 "$@" \
+        >out.txt 2>&1) &
+    SIPP_PID=$!
+    PIDS+=("$SIPP_PID")
+}
+
+# Wait for background sipps for at most SECS seconds, then stop the ones still running (sipp
+# lets calls that wait for a message run past -timeout until -recv_timeout).
+wait_sipps() {
+    local secs=$1 p
+    shift
+    for _ in $(seq $((secs * 10))); do
+        local running=0
+        for p in "$@"; do kill -0 "$p" 2>/dev/null && running=1; done
+        (( running )) || break
+        sleep 0.1
+    done
+    for p in "$@"; do stop_pid "$p"; done
+}
+
+# One saturation run: SIPPS sipps with IN_FLIGHT calls each in flight (-users) of SCENARIO for
+# REG_WARMUP + SECS; the rate after the warm-up goes to $GW/NAME.kv with the failures, the
+# kernel's drops at the peer's socket and the peer's busy cores. Sipp i reads CSV-i.csv if it
+# exists, else CSV.csv.
+# sat_run NAME TARGET PID CFLAG SIPPS IN_FLIGHT SECS SCENARIO CSV [more sipp args...]
+sat_run() {
+    local name=$1 target=$2 pid=$3 cflag=$4 n=$5 users=$6 secs=$7 sf=$8 csv=$9
+    shift 9
+    local pids=() files=() i f c0 c1 t0 t1 d0 SIPP_PID
+    d0=$(kv drops <("$BENCH" udp-drops --ports "${target##*:}"))
+    c0=$(kv cpu_us <("$BENCH" cpu --pid "$pid" ${cflag:+"$cflag"})); t0=$(date +%s.%N)
+    for i in $(seq "$n"); do
+        f=$csv.csv; [[ -f $csv-$i.csv ]] && f=$csv-$i.csv
+        sipp_bg "$name-$i" "$target" -sf "$sf" -inf "$f" -p "$("$BENCH" free-port --udp)" -mp "$("$BENCH" free-port --udp)" \
+            -users "$users" -m 100000000 \
+            -timeout $((REG_WARMUP + secs)) -recv_timeout 5000 "$@"
+        pids+=("$SIPP_PID")
+        files+=("$GW/sipp/$name-$i/stat.csv")
+    done
+    wait_sipps $((REG_WARMUP + secs + 10)) "${pids[@]}"
+    c1=$(kv cpu_us <("$BENCH" cpu --pid "$pid" ${cflag:+"$cflag"})); t1=$(date +%s.%N)
+    "$BENCH" sipp-rate --skip "$REG_WARMUP" --secs "$secs" "${files[@]}" >"$GW/$name.kv" || die "no sipp statistics in $GW/sipp/$name-*"
+    echo "cores=$(awk -v c="$((c1 - c0))" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", c / 1e6 / (b - a) }')" >>"$GW/$name.kv"
+    echo "socket_drops=$(( $(kv drops <("$BENCH" udp-drops --ports "${target##*:}")) - d0 ))" >>"$GW/$name.kv"
+    echo "in_flight=$users" >>"$GW/$name.kv"
+}
+
+# Saturation at each in-flight level of LEVELS (more calls in flight is not always more
+# throughput: queues overflow and retransmissions stall the closed loop). The level that counts
+# is the one with the most completed calls per second among those where at most 1 % of the
+# calls failed (if none qualifies: the one with the most); its figures go to gateway.kv as
+# PREFIX_*, every level's rate and failures as PREFIX_levels.
+# saturate PREFIX LEVELS sat_run-arguments-after-IN_FLIGHT... (NAME and IN_FLIGHT are filled in)
+saturate() {
+    local prefix=$1 levels=$2 target=$3 pid=$4 cflag=$5 n=$6
+    shift 6
+    local l best= best_rate=-1 any= any_rate=-1 r ok failed summary=
+    for l in $levels; do
+        sat_run "$prefix-$l" "$target" "$pid" "$cflag" "$n" "$l" "$@"
+        r=$(kv per_sec "$GW/$prefix-$l.kv")
+        ok=$(kv successful "$GW/$prefix-$l.kv")
+        failed=$(kv failed "$GW/$prefix-$l.kv")
+        log "$prefix, $l in flight per sipp: $(tr '\n' ' ' <"$GW/$prefix-$l.kv")"
+        summary+="${summary:+, }$l: $r/s ($failed of $((ok + failed)) failed)"
+        if (( r > any_rate )); then any_rate=$r; any=$l; fi
+        if (( failed * 100 <= ok && r > best_rate )); then best_rate=$r; best=$l; fi
+    done
+    if [[ -z $best ]]; then
+        best=$any
+        gwset "${prefix}_over_1pct_failed" 1
+    fi
+    gwkv "$prefix" "$GW/$prefix-$best.kv"
+    gwset "${prefix}_levels" "$summary"
+}
+
+# REGISTER at saturation: REG_SIPPS sipps × REG_IN_FLIGHT registrations in flight for
+# REG_WARMUP + REG_SECS; then REG_RATE/s for REG_RATE_SECS with CPU from /proc.
+# measure_register TAG TARGET PID CHILDREN(0/1)
+measure_register() {
+    local tag=$1 target=$2 pid=$3 children=$4 c0 c1 t0 t1 rc=0
+    local cflag=; [[ $children == 1 ]] && cflag=--children
+    saturate "reg_$tag" "$REG_IN_FLIGHT" "$target" "$pid" "$cflag" "$REG_SIPPS" "$REG_SECS" \
+        "$BENCH_DIR/sipp/register_auth.xml" "$GW/sip/users"
+    # Fixed rate.
+    c0=$(kv cpu_us <("$BENCH" cpu --pid "$pid" $cflag))
+    t0=$(date +%s.%N)
+    mkdir -p "$GW/sipp/regfix-$tag"
+    (cd "$GW/sipp/regfix-$tag" && timeout $((REG_RATE_SECS * 3 + 30)) "$SIPP" "$target" -i 127.0.0.1 -nostdin -buff_size "$SIPP_BUF" -trace_err \
+        -sf "$BENCH_DIR/sipp/register_auth.xml" -inf "$GW/sip/users.csv" -p "$("$BENCH" free-port --udp)" \
+        -r "$REG_RATE" -m $((REG_RATE * REG_RATE_SECS)) -recv_timeout 5000 -trace_stat -stf stat.csv -fd 1 >out.txt 2>&1) || rc=$?
+    t1=$(date +%s.%N)
+    c1=$(kv cpu_us <("$BENCH" cpu --pid "$pid" $cflag))
+    (( rc == 0 || rc == 1 )) || log "warning: sipp (fixed-rate REGISTER, $tag) exited with $rc"
+    gwset "regfix_rate" "$REG_RATE"
+    gwset "regfix_sent" $((REG_RATE * REG_RATE_SECS))
+    gwset "regfix_${tag}_cpu_us" $((c1 - c0))
+    gwset "regfix_${tag}_secs" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')"
+    gwset "regfix_${tag}_ok" "$(csv_col "$GW/sipp/regfix-$tag/stat.csv" 'SuccessfulCall(C)')"
+    gwset "regfix_${tag}_failed" "$(csv_col "$GW/sipp/regfix-$tag/stat.csv" 'FailedCall(C)')"
+    log "REGISTER at $REG_RATE/s ($tag): CPU $((c1 - c0)) µs, $(csv_col "$GW/sipp/regfix-$tag/stat.csv" 'SuccessfulCall(C)') ok"
+}
+
+# F7 through TARGET: register the callees from the UAS's port, run the UAS, then the callers
+# at CALL_RATE/s (CPU from /proc) and at saturation (CALL_SIPPS × CALL_IN_FLIGHT).
+# measure_calls TAG TARGET PID CHILDREN(0/1)
+measure_calls() {
+    local tag=$1 target=$2 pid=$3 children=$4 uport uas i c0 c1 rc=0 SIPP_PID
+    local cflag=; [[ $children == 1 ]] && cflag=--children
+    uport=$("$BENCH" free-port --udp)
+    mkdir -p "$GW/sipp/uasreg-$tag"
+    (cd "$GW/sipp/uasreg-$tag" && timeout 60 "$SIPP" "$target" -i 127.0.0.1 -nostdin -buff_size "$SIPP_BUF" -trace_err \
+        -sf "$BENCH_DIR/sipp/register_auth.xml" -inf "$GW/sip/callees.csv" -p "$uport" -r 1000 -m 2000 >out.txt 2>&1) ||
+        die "registering the F7 callees at $tag failed; see $GW/sipp/uasreg-$tag"
+    sipp_bg "uas-$tag" "$target" -sf "$BENCH_DIR/sipp/uas_answer.xml" -p "$uport" -mp "$("$BENCH" free-port --udp)"
+    uas=$SIPP_PID
+    sleep 0.5
+    # Fixed rate.
+    c0=$(kv cpu_us <("$BENCH" cpu --pid "$pid" $cflag))
+    mkdir -p "$GW/sipp/callfix-$tag"
+    (cd "$GW/sipp/callfix-$tag" && timeout $((CALL_RATE_SECS * 3 + 30)) "$SIPP" "$target" -i 127.0.0.1 -nostdin -buff_size "$SIPP_BUF" -trace_err \
+        -sf "$BENCH_DIR/sipp/uac_call.xml" -inf "$GW/sip/callers.csv" -p "$("$BENCH" free-port --udp)" \
+        -mp "$("$BENCH" free-port --udp)" -r "$CALL_RATE" -m $((CALL_RATE * CALL_RATE_SECS)) -d "$CALL_HOLD_MS" \
+        -recv_timeout 5000 -trace_stat -stf stat.csv -fd 1 >out.txt 2>&1) || rc=$?
+    c1=$(kv cpu_us <("$BENCH" cpu --pid "$pid" $cflag))
+    (( rc == 0 || rc == 1 )) || log "warning: sipp (fixed-rate F7, $tag) exited with $rc"
+    "$BENCH" sipp-rate --skip 1 --secs $((CALL_RATE_SECS - 1)) "$GW/sipp/callfix-$tag/stat.csv" >"$GW/callfix-$tag.kv" || die "no sipp statistics in $GW/sipp/callfix-$tag"
+    gwkv "callfix_$tag" "$GW/callfix-$tag.kv"
+    gwset "callfix_${tag}_ok" "$(kv successful "$GW/callfix-$tag.kv")"
+    gwset "callfix_${tag}_cpu_us" $((c1 - c0))
+    log "F7 at $CALL_RATE/s ($tag): CPU $((c1 - c0)) µs; $(tr '\n' ' ' <"$GW/callfix-$tag.kv")"
+    # Saturation: each UAC its own share of the caller/callee pairs (a number in a call is busy).
+    for i in $(seq "$CALL_SIPPS"); do
+        awk -v k="$CALL_SIPPS" -v i="$i" 'NR == 1 || (NR - 2) % k == i - 1' "$GW/sip/callers.csv" >"$GW/sip/callers-$i.csv"
+    done
+    saturate "callsat_$tag" "$CALL_IN_FLIGHT" "$target" "$pid" "$cflag" "$CALL_SIPPS" "$CALL_SECS" \
+        "$BENCH_DIR/sipp/uac_call.xml" "$GW/sip/callers" -d "$CALL_HOLD_MS"
+    stop_pid "$uas"
+}
+
+run_gateway() {
+    mkdir -p "$GW/sip" "$GW/sipp"
+    : >"$GWKV"
+    local setup_hq_last=$((20000 + 3 * SETUP_CALLS - 1)) setup_br_last=$((30000 + SETUP_CALLS - 1))
+    local media_max media_last
+    media_max=$(tr ',' '\n' <<<"$MEDIA_STEPS" | sort -n | tail -n1)
+    media_last=$((40000 + media_max - 1))
+    # The signal server (a database of its own), provisioned over the admin API.
+    GW_SPORT=$("$BENCH" free-port)
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$GW/admin.token"
+    cat >"$GW/signal-server.toml" <<EOT
+listen = "127.0.0.1:$GW_SPORT"
+database_url = "sqlite://$GW/cloud.db"
+web_root = "$GW/no-web-app"
+public_url = "http://127.0.0.1:$GW_SPORT"
+admin_token_file = "$GW/admin.token"
+
+[auth]
+password_hash_memory_kib = 64
+password_hash_iterations = 1
+
+[limits]
+max_connections = 100000
+# The bench's browsers place thousands of calls over a few connections.
+messages_per_second = 1000000
+max_calls_per_device = 100000
+EOT
+    RUST_LOG=warn "$SERVER" run --config "$GW/signal-server.toml" >"$GW/signal-server.log" 2>&1 &
+    local spid=$!
+    PIDS+=("$spid")
+    for _ in $(seq 300); do
+        kill -0 "$spid" 2>/dev/null || die "signal-server exited; see $GW/signal-server.log"
+        if (exec 3<>"/dev/tcp/127.0.0.1/$GW_SPORT" &&
+            printf 'GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3 &&
+            timeout 2 cat <&3) 2>/dev/null | grep -q '^ok'; then break; fi
+        sleep 0.1
+    done
+    log "gateway phase: provisioning hq (1000-5999, 20000-$setup_hq_last, 40000-$media_last), br (30000-$setup_br_last), browsers"
+    timeout 600 "$BENCH" gw-provision --addr "127.0.0.1:$GW_SPORT" --token-file "$GW/admin.token" --switch-secret "$GW_SECRET" \
+        --hq "1000-5999,20000-$setup_hq_last,40000-$media_last" --br "30000-$setup_br_last" --browsers 50000-50031 \
+        --browser-password "$GW_BROWSER_PW" >"$GW/provision.kv" || die "gateway provisioning failed"
+    log "provisioned: $(tr '\n' ' ' <"$GW/provision.kv")"
+    "$BENCH" sip-files --dir "$GW/sip" --users 1000-1999 --callers 2000-3999 --callees 4000-5999 >/dev/null ||
+        die "cannot write the sipp/Kamailio files"
+    gwset call_callers 2000-3999
+    gwset call_callees 4000-5999
+    gwset call_hold_ms "$CALL_HOLD_MS"
+    gwset callfix_rate "$CALL_RATE"
+    gwset reg_secs "$REG_SECS"
+    gwset reg_warmup_secs "$REG_WARMUP"
+    gwset call_secs "$CALL_SECS"
+
+    start_gateway hq 21000-28999
+    local hq_pid=$GW_PID hq_sip=$GW_SIP
+    start_gateway br 29000-29999
+    local br_sip=$GW_SIP
+    wait_phones hq "$media_last"
+    wait_phones br "$setup_br_last"
+    log "gateways hq (SIP $hq_sip, pid $hq_pid) and br (SIP $br_sip) have their phones"
+
+    # Kamailio: registrar + proxy with the same users' HA1s.
+    local kdir=$GW/kamailio kport kpid
+    mkdir -p "$kdir"
+    cp "$BENCH_DIR/kamailio/proxy.cfg" "$GW/sip/credentials.cfg" "$kdir/"
+    if gw_wants register || gw_wants calls; then
+        kport=$("$BENCH" free-port --udp)
+        "$KAMAILIO" -DD -E -f "$kdir/proxy.cfg" -l "udp:127.0.0.1:$kport" -w "$kdir" -m 1024 -M 64 >"$kdir/kamailio.log" 2>&1 &
+        kpid=$!
+        PIDS+=("$kpid")
+        sleep 1.5
+        kill -0 "$kpid" 2>/dev/null || die "Kamailio exited; see $kdir/kamailio.log"
+        gwset kam_processes "$(kv processes <("$BENCH" processes --pid "$kpid"))"
+    fi
+    if gw_wants register; then
+        measure_register gw "$hq_sip" "$hq_pid" 0
+        measure_register kam "127.0.0.1:$kport" "$kpid" 1
+    fi
+    if gw_wants calls; then
+        measure_calls gw "$hq_sip" "$hq_pid" 0
+        measure_calls kam "127.0.0.1:$kport" "$kpid" 1
+    fi
+    [[ -n ${kpid:-} ]] && stop_pid "$kpid"
+
+    if gw_wants setup; then
+        log "call setup times: F1, F2, F3 × $SETUP_CALLS calls, $SETUP_CONCURRENCY at a time"
+        timeout 600 "$BENCH" setup-times --server "ws://127.0.0.1:$GW_SPORT/ws" --hq-sip "$hq_sip" --br-sip "$br_sip" \
+            --calls "$SETUP_CALLS" --concurrency "$SETUP_CONCURRENCY" --hq-first 20000 --br-first 30000 \
+            --browser-first 50000 --browser-password "$GW_BROWSER_PW" >"$GW/setup.kv" || log "warning: setup-times failed"
+        gwkv setup "$GW/setup.kv"
+    fi
+    if gw_wants media; then
+        log "concurrent bridged calls: steps $MEDIA_STEPS, ${MEDIA_SECS}s each"
+        timeout 900 "$BENCH" media-ramp --server "ws://127.0.0.1:$GW_SPORT/ws" --gateway-sip "$hq_sip" --gateway-pid "$hq_pid" \
+            --browser-first 50016 --browsers 8 --browser-password "$GW_BROWSER_PW" --phone-first 40000 \
+            --steps "$MEDIA_STEPS" --secs "$MEDIA_SECS" --max-secs "$MEDIA_MAX_SECS" >"$GW/media.kv" || log "warning: media-ramp failed"
+        gwkv media "$GW/media.kv"
+    fi
+    for p in "$spid" "$hq_pid" "$GW_PID"; do stop_pid "$p"; done
+}
+
 # ------------------------------------------------------------------ run, report
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 wants kamailio && run_kamailio
 if wants rate || wants saturate || wants idle; then run_server; fi
+wants gateway && run_gateway
 
 args=()
-for m in saturate rate idle kamailio; do
+for m in saturate rate idle kamailio gateway; do
     [[ -f $TMP/$m.kv ]] && args+=("--$m" "$TMP/$m.kv")
 done
 mkdir -p "$(dirname "$OUT")"

@@ -2,11 +2,17 @@
 //! prints the table). Every measurement prints `key=value` lines on stdout; `table` turns
 //! those files into the one markdown table. Benchmarks print numbers; they assert nothing.
 
+mod gwprov;
 mod idle;
+mod media;
 mod procfs;
 mod provision;
 mod report;
+mod setup;
+mod sipua;
+mod sippstat;
 mod steer;
+mod udp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,10 +46,19 @@ enum Cmd {
         #[arg(long)]
         pid: u32,
     },
+    /// Print the kernel's count of datagrams dropped at the UDP sockets bound to these ports
+    /// (full receive buffer; /proc/net/udp).
+    UdpDrops {
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<u16>,
+    },
     /// Print a free loopback port (the kernel's choice) for TCP or UDP.
     FreePort {
         #[arg(long)]
         udp: bool,
+        /// Free for both UDP and TCP (a SIP listener binds both).
+        #[arg(long)]
+        both: bool,
     },
     /// Create the switch pairs, their phones and the browser accounts over the admin API.
     Provision {
@@ -107,6 +122,102 @@ enum Cmd {
         #[arg(long, default_value_t = 12.0)]
         settle_secs: f64,
     },
+    /// Provision the gateway benchmarks' directory: switches hq and br, desk phones on each,
+    /// browsers (number ranges "FIRST-LAST[,FIRST-LAST]"; phone passwords are pw-NUMBER).
+    GwProvision {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        token_file: PathBuf,
+        #[arg(long)]
+        switch_secret: String,
+        #[arg(long)]
+        hq: String,
+        #[arg(long, default_value = "")]
+        br: String,
+        #[arg(long, default_value = "")]
+        browsers: String,
+        #[arg(long)]
+        browser_password: String,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// Write the sipp -inf files (users.csv, callers.csv, callees.csv) and Kamailio's
+    /// credentials.cfg for the same desk phones.
+    SipFiles {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        users: String,
+        #[arg(long)]
+        callers: String,
+        #[arg(long)]
+        callees: String,
+    },
+    /// Successful calls per second from sipp statistics files (-trace_stat), summed.
+    SippRate {
+        /// Seconds of warm-up to leave out.
+        #[arg(long, default_value_t = 2.0)]
+        skip: f64,
+        /// Measure at most this long after the warm-up (sipp may run on with stuck calls).
+        #[arg(long)]
+        secs: Option<f64>,
+        files: Vec<PathBuf>,
+    },
+    /// Call setup times (dial → ringing, dial → first audio) of F1, F2, F3.
+    SetupTimes {
+        /// The signal server's WebSocket URL.
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        hq_sip: std::net::SocketAddr,
+        #[arg(long)]
+        br_sip: std::net::SocketAddr,
+        #[arg(long, default_value_t = 200)]
+        calls: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[arg(long)]
+        hq_first: u64,
+        #[arg(long)]
+        br_first: u64,
+        #[arg(long)]
+        browser_first: u64,
+        #[arg(long)]
+        browser_password: String,
+        /// Which flows, comma-separated.
+        #[arg(long, default_value = "f1,f2,f3")]
+        flows: String,
+    },
+    /// Concurrent bridged F1 calls one gateway carries with no loss and p99 added delay < 1 ms.
+    MediaRamp {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        gateway_sip: std::net::SocketAddr,
+        #[arg(long)]
+        gateway_pid: u32,
+        #[arg(long)]
+        browser_first: u64,
+        #[arg(long, default_value_t = 8)]
+        browsers: usize,
+        #[arg(long)]
+        browser_password: String,
+        #[arg(long)]
+        phone_first: u64,
+        /// Concurrent calls at each step, comma-separated, ascending.
+        #[arg(long, default_value = "10,25,50,100,200,400,600,800,1000,1250,1500,1750,2000")]
+        steps: String,
+        /// Length of the measured window at each step.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Calls being set up at once while ramping.
+        #[arg(long, default_value_t = 32)]
+        setup_concurrency: usize,
+        /// Start no further step after this many seconds.
+        #[arg(long, default_value_t = 300.0)]
+        max_secs: f64,
+    },
     /// Print the markdown table from the files the measurements wrote (missing: n/a).
     Table {
         #[arg(long)]
@@ -117,6 +228,9 @@ enum Cmd {
         idle: Option<PathBuf>,
         #[arg(long)]
         kamailio: Option<PathBuf>,
+        /// Gateway benchmarks (run.sh's gateway phase): one key=value file.
+        #[arg(long)]
+        gateway: Option<PathBuf>,
         /// Date line (default: now, UTC, from `date`).
         #[arg(long)]
         date: Option<String>,
@@ -191,8 +305,17 @@ fn main() -> ExitCode {
             .map(|us| vec![("cpu_us".into(), us.to_string())])
             .map_err(|e| format!("pid {pid}: {e}")),
         Cmd::Processes { pid } => Ok(vec![("processes".into(), procfs::process_tree(pid).len().to_string())]),
-        Cmd::FreePort { udp } => {
-            let port = if udp {
+        Cmd::UdpDrops { ports } => Ok(vec![("drops".into(), udp::drops(&ports).to_string())]),
+        Cmd::FreePort { udp, both } => {
+            let port = if both {
+                (0..200)
+                    .find_map(|_| {
+                        let u = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+                        let a = u.local_addr().ok()?;
+                        std::net::TcpListener::bind(a).ok().map(|_| a)
+                    })
+                    .ok_or_else(|| std::io::Error::other("no port free for both UDP and TCP"))
+            } else if udp {
                 std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr())
             } else {
                 std::net::TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr())
@@ -241,7 +364,63 @@ fn main() -> ExitCode {
                 server_pid,
             }))
         }
-        Cmd::Table { saturate, rate, idle, kamailio, date } => {
+        Cmd::GwProvision { addr, token_file, switch_secret, hq, br, browsers, browser_password, concurrency } => {
+            let ranges = (|| Ok::<_, String>((gwprov::parse_ranges(&hq)?, gwprov::parse_ranges(&br)?, gwprov::parse_ranges(&browsers)?)))();
+            match (std::fs::read_to_string(&token_file), ranges) {
+                (Err(e), _) => Err(format!("{}: {e}", token_file.display())),
+                (_, Err(e)) => Err(e),
+                (Ok(token), Ok((hq, br, browsers))) => runtime(cli.threads).block_on(gwprov::provision(gwprov::Params {
+                    addr,
+                    token: token.trim().to_string(),
+                    switch_secret,
+                    hq,
+                    br,
+                    browsers,
+                    browser_password,
+                    concurrency,
+                })),
+            }
+        }
+        Cmd::SipFiles { dir, users, callers, callees } => (|| {
+            let one = |s: &str| -> Result<std::ops::RangeInclusive<u64>, String> {
+                gwprov::parse_ranges(s)?.into_iter().next().ok_or_else(|| format!("{s:?}: one range expected"))
+            };
+            gwprov::sip_files(&dir, &gwprov::parse_ranges(&users)?, one(&callers)?, one(&callees)?)
+        })(),
+        Cmd::SippRate { skip, secs, files } => sippstat::rates(&files, skip, secs),
+        Cmd::SetupTimes { server, hq_sip, br_sip, calls, concurrency, hq_first, br_first, browser_first, browser_password, flows } => {
+            runtime(cli.threads).block_on(setup::run(setup::Params {
+                server,
+                hq_sip,
+                br_sip,
+                calls,
+                concurrency,
+                hq_first,
+                br_first,
+                browser_first,
+                browser_password,
+                flows: flows.split(',').map(|f| f.trim().to_ascii_lowercase()).filter(|f| !f.is_empty()).collect(),
+            }))
+        }
+        Cmd::MediaRamp { server, gateway_sip, gateway_pid, browser_first, browsers, browser_password, phone_first, steps, secs, setup_concurrency, max_secs } => {
+            match steps.split(',').map(|s| s.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>() {
+                Err(e) => Err(format!("--steps: {e}")),
+                Ok(steps) => runtime(cli.threads).block_on(media::run(media::Params {
+                    server,
+                    gateway_sip,
+                    gateway_pid,
+                    browser_first,
+                    browsers,
+                    browser_password,
+                    phone_first,
+                    steps,
+                    secs,
+                    setup_concurrency,
+                    max_secs,
+                })),
+            }
+        }
+        Cmd::Table { saturate, rate, idle, kamailio, gateway, date } => {
             let date = date.unwrap_or_else(|| {
                 std::process::Command::new("date")
                     .args(["-u", "+%Y-%m-%d %H:%M UTC"])
@@ -258,6 +437,7 @@ fn main() -> ExitCode {
                     rate: report::read_kv(rate.as_deref()),
                     idle: report::read_kv(idle.as_deref()),
                     kamailio: report::read_kv(kamailio.as_deref()),
+                    gateway: report::read_kv(gateway.as_deref()),
                     cores,
                     date,
                 })

@@ -109,3 +109,14 @@ pub fn context_switches(pid: u32) -> u64 {
     }
     total
 }
+
+/// CPU time the whole machine spent busy so far (all cores: user, nice, system, irq, softirq,
+/// steal from the `cpu` line of /proc/stat), in microseconds.
+pub fn machine_busy_us() -> u64 {
+    let Ok(s) = fs::read_to_string("/proc/stat") else { return 0 };
+    let Some(line) = s.lines().find(|l| l.starts_with("cpu ")) else { return 0 };
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal …
+    let busy: u64 = [0usize, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
+    busy * 1_000_000 / clock_ticks_per_sec()
+}

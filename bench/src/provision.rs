@@ -28,14 +28,14 @@ pub struct Params {
     pub concurrency: usize,
 }
 
-struct Http {
+pub(crate) struct Http {
     addr: String,
     token: String,
     conn: Option<BufReader<TcpStream>>,
 }
 
 impl Http {
-    fn new(addr: &str, token: &str) -> Http {
+    pub(crate) fn new(addr: &str, token: &str) -> Http {
         Http { addr: addr.to_string(), token: token.to_string(), conn: None }
     }
 
@@ -107,11 +107,11 @@ impl Http {
     }
 }
 
-fn json_str(s: &str) -> String {
+pub(crate) fn json_str(s: &str) -> String {
     serde_json::to_string(s).expect("strings serialize")
 }
 
-async fn create(http: &mut Http, path: &str, body: String, what: &str) -> Result<bool, String> {
+pub(crate) async fn create(http: &mut Http, path: &str, body: String, what: &str) -> Result<bool, String> {
     let (status, answer) = http.post(path, &body).await?;
     match status {
         200..=299 => Ok(true),

@@ -45,6 +45,8 @@ pub struct Inputs {
     pub rate: Kv,
     pub idle: Kv,
     pub kamailio: Kv,
+    /// The gateway phase (prefixed keys: reg_*, regfix_*, call_*, callfix_*, setup_*, media_*).
+    pub gateway: Kv,
     pub cores: usize,
     pub date: String,
 }
@@ -84,6 +86,7 @@ pub fn table(i: &Inputs) -> String {
         conns.unwrap_or_else(|| "the idle connections".into()),
         or_na(per_conn.map(|v| fmt_num(v, 0)))
     ));
+    gateway_rows(&mut out, &i.gateway);
     out.push_str(&format!("\nMachine: {} CPU cores; {}.\n", i.cores, i.date));
 
     // Details that make the numbers checkable.
@@ -153,6 +156,7 @@ pub fn table(i: &Inputs) -> String {
             or_na(num(d, "bytes_per_conn_at_connect").map(|v| fmt_num(v, 0))),
         ));
     }
+    gateway_notes(&mut notes, &i.gateway);
     if !notes.is_empty() {
         out.push('\n');
         for n in notes {
@@ -160,6 +164,220 @@ pub fn table(i: &Inputs) -> String {
         }
     }
     out
+}
+
+fn ratio_of(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "n/a".into(),
+    }
+}
+
+/// CPU µs per item from `<prefix>_cpu_us` / `<prefix>_ok`.
+fn cpu_per(g: &Kv, prefix: &str) -> Option<f64> {
+    match (num(g, &format!("{prefix}_cpu_us")), num(g, &format!("{prefix}_ok"))) {
+        (Some(c), Some(n)) if n > 0.0 => Some(c / n),
+        _ => None,
+    }
+}
+
+fn gateway_rows(out: &mut String, g: &Kv) {
+    if g.is_empty() {
+        return;
+    }
+    let s = |k: &str| g.get(k).cloned();
+    let rate = |k: &str| num(g, k).map(|v| format!("{}/s", fmt_num(v, 0))).unwrap_or_else(|| "a fixed rate".into());
+    // A saturation figure; "(>1 % failed)" when no load level kept failures under 1 %.
+    let sat = |prefix: &str| {
+        num(g, &format!("{prefix}_per_sec")).map(|v| {
+            let flag = if g.contains_key(&format!("{prefix}_over_1pct_failed")) { " (>1 % failed)" } else { "" };
+            format!("{}{flag}", fmt_num(v, 0))
+        })
+    };
+    let (a, b) = (num(g, "reg_gw_per_sec"), num(g, "reg_kam_per_sec"));
+    out.push_str(&format!(
+        "| REGISTER/s with digest auth (401 → REGISTER with MD5 credentials → 200) at saturation (best load level with ≤ 1 % failed); ratio Trunkline ÷ Kamailio | {} | {} | {} | — |\n",
+        or_na(sat("reg_gw")),
+        or_na(sat("reg_kam")),
+        ratio_of(a, b)
+    ));
+    let (a, b) = (cpu_per(g, "regfix_gw"), cpu_per(g, "regfix_kam"));
+    out.push_str(&format!(
+        "| CPU µs per registration, both at {} | {} | {} | {} | — |\n",
+        rate("regfix_rate"),
+        or_na(a.map(|v| fmt_num(v, 1))),
+        or_na(b.map(|v| fmt_num(v, 1))),
+        ratio_of(a, b)
+    ));
+    let (a, b) = (num(g, "callfix_gw_per_sec"), num(g, "callfix_kam_per_sec"));
+    out.push_str(&format!(
+        "| F7 local calls completed/s at a fixed {} (INVITE+SDP → 401/407 → INVITE with credentials → 180/200 → ACK → {} ms → BYE); Kamailio relays no media | {} | {} | {} | — |\n",
+        rate("callfix_rate"),
+        or_na(s("call_hold_ms")),
+        or_na(a.map(|v| fmt_num(v, 0))),
+        or_na(b.map(|v| fmt_num(v, 0))),
+        ratio_of(a, b)
+    ));
+    let (a, b) = (cpu_per(g, "callfix_gw"), cpu_per(g, "callfix_kam"));
+    out.push_str(&format!(
+        "| CPU µs per F7 call at {} (gateway: B2BUA + RTP relay set-up; Kamailio: stateful proxy) | {} | {} | {} | — |\n",
+        rate("callfix_rate"),
+        or_na(a.map(|v| fmt_num(v, 1))),
+        or_na(b.map(|v| fmt_num(v, 1))),
+        ratio_of(a, b)
+    ));
+    let (a, b) = (num(g, "callsat_gw_per_sec"), num(g, "callsat_kam_per_sec"));
+    out.push_str(&format!(
+        "| F7 local calls completed/s at saturation (best load level with ≤ 1 % failed); ratio Trunkline ÷ Kamailio | {} | {} | {} | — |\n",
+        or_na(sat("callsat_gw")),
+        or_na(sat("callsat_kam")),
+        ratio_of(a, b)
+    ));
+    for (flow, what) in [
+        ("f1", "F1 browser (headless client) → desk phone"),
+        ("f2", "F2 desk phone on gateway A → desk phone on gateway B"),
+        ("f3", "F3 desk phone → switchless browser"),
+    ] {
+        let pair = |k: &str| match (s(&format!("setup_{flow}_{k}_p50_ms")), s(&format!("setup_{flow}_{k}_p99_ms"))) {
+            (Some(a), Some(b)) => format!("{a} / {b}"),
+            _ => "n/a".into(),
+        };
+        let n = s(&format!("setup_{flow}_ok")).unwrap_or_else(|| "n/a".into());
+        out.push_str(&format!("| {what}: dial → ringing, p50 / p99 ms ({n} calls) | {} | — | — | — |\n", pair("ringing")));
+        out.push_str(&format!("| {what}: dial → first audio, p50 / p99 ms | {} | — | — | — |\n", pair("audio")));
+    }
+    let best = s("media_max_calls_ok");
+    let limit = match (s("media_failed_step"), s("media_failed_because")) {
+        (Some(n), Some(why)) => format!(
+            " (first step missed: {n} calls, {why}; no loss and p99 < 1 ms browser → phone only: up to {} calls; no loss, any delay: up to {} calls{})",
+            or_na(s("media_max_calls_up_ok")),
+            or_na(s("media_max_calls_no_loss")),
+            s("media_generator_limit_at").map(|g| format!("; the load generator fell behind its 50 packets/s per call at {g}")).unwrap_or_default()
+        ),
+        _ => String::new(),
+    };
+    out.push_str(&format!(
+        "| concurrent bridged WebRTC⇄RTP G.711 calls on one gateway with no loss and p99 added delay < 1 ms{limit} | {} | — | — | ≥ 2,000 |\n",
+        or_na(best)
+    ));
+}
+
+fn gateway_notes(notes: &mut Vec<String>, g: &Kv) {
+    if g.is_empty() {
+        return;
+    }
+    let s = |k: &str| or_na(g.get(k).cloned());
+    let n0 = |k: &str| or_na(num(g, k).map(|v| fmt_num(v, 0)));
+    notes.push(format!(
+        "REGISTER saturation: {} sipp instances per peer, each keeping N registrations in flight, {} s after {} s warm-up, for N per sipp = \
+         Trunkline {} — Kamailio {}; best: Trunkline N={} per instance {}/s ({} retransmissions, {} datagrams dropped at its SIP socket, \
+         gateway busy {} cores), Kamailio N={} per instance {}/s ({} retransmissions, {} dropped at its socket, {} cores). Fixed rate: \
+         Trunkline {} of {} registrations in {} s, CPU {} µs; Kamailio {} of {}, CPU {} µs over {} processes",
+        s("reg_gw_instances"),
+        s("reg_secs"),
+        s("reg_warmup_secs"),
+        s("reg_gw_levels"),
+        s("reg_kam_levels"),
+        s("reg_gw_in_flight"),
+        s("reg_gw_per_sec_each"),
+        s("reg_gw_retransmissions"),
+        s("reg_gw_socket_drops"),
+        s("reg_gw_cores"),
+        s("reg_kam_in_flight"),
+        s("reg_kam_per_sec_each"),
+        s("reg_kam_retransmissions"),
+        s("reg_kam_socket_drops"),
+        s("reg_kam_cores"),
+        n0("regfix_gw_ok"),
+        n0("regfix_sent"),
+        s("regfix_gw_secs"),
+        n0("regfix_gw_cpu_us"),
+        n0("regfix_kam_ok"),
+        n0("regfix_sent"),
+        n0("regfix_kam_cpu_us"),
+        s("kam_processes"),
+    ));
+    notes.push(format!(
+        "F7 calls: sipp UAC (callers {}) → sipp UAS (callees {}, registered from the UAS's port first), {} ms hold; fixed rate: Trunkline \
+         {} ok / {} failed, CPU {} µs (gateway) — Kamailio {} ok / {} failed, CPU {} µs. Saturation, {} UAC instances each keeping N calls in \
+         flight, {} s, for N per UAC = Trunkline {} — Kamailio {}; best: Trunkline N={}: {} retransmissions, {} datagrams dropped at its SIP \
+         socket (full receive buffer), gateway busy {} cores; Kamailio N={}: {} retransmissions, {} dropped, {} cores. The gateway is a B2BUA \
+         that allocates and starts an RTP relay (two port pairs) per call; Kamailio only forwards signalling (record_route + lookup + \
+         t_relay) and relays no media",
+        s("call_callers"),
+        s("call_callees"),
+        s("call_hold_ms"),
+        n0("callfix_gw_ok"),
+        s("callfix_gw_failed"),
+        n0("callfix_gw_cpu_us"),
+        n0("callfix_kam_ok"),
+        s("callfix_kam_failed"),
+        n0("callfix_kam_cpu_us"),
+        s("callsat_gw_instances"),
+        s("call_secs"),
+        s("callsat_gw_levels"),
+        s("callsat_kam_levels"),
+        s("callsat_gw_in_flight"),
+        s("callsat_gw_retransmissions"),
+        s("callsat_gw_socket_drops"),
+        s("callsat_gw_cores"),
+        s("callsat_kam_in_flight"),
+        s("callsat_kam_retransmissions"),
+        s("callsat_kam_socket_drops"),
+        s("callsat_kam_cores"),
+    ));
+    if g.contains_key("setup_calls") {
+        let mut parts = Vec::new();
+        for f in ["f1", "f2", "f3"] {
+            let mut p = format!("{}: {} ok, {} failed in {} s", f.to_uppercase(), s(&format!("setup_{f}_ok")), s(&format!("setup_{f}_failed")), s(&format!("setup_{f}_secs")));
+            if let Some(e) = g.get(&format!("setup_{f}_first_error")) {
+                p.push_str(&format!(" (first error: {e})"));
+            }
+            parts.push(p);
+        }
+        notes.push(format!(
+            "call setup: {} calls per flow, {} at a time, each hung up at its first audio; the desk phones are bench UAs that answer at once \
+             (180 then 200) and send a frame every 20 ms; {}",
+            s("setup_calls"),
+            s("setup_concurrency"),
+            parts.join("; ")
+        ));
+    }
+    let steps = num(g, "media_steps_run").unwrap_or(0.0) as usize;
+    if steps > 0 {
+        let mut lines = Vec::new();
+        for i in 0..steps {
+            let k = |x: &str| s(&format!("media_step{i}_{x}"));
+            lines.push(format!(
+                "N={} ({} up, generator at {} of nominal): loss up {}/{} down {}/{}; delay up p50/p99/max {}/{}/{} ms, down {}/{}/{} ms; gateway {} cores, \
+                 load generator {} cores (frame writes late p99 {} ms, {} datagrams dropped at its own sockets), whole machine busy {} cores{}",
+                k("calls"),
+                k("active"),
+                k("send_ratio"),
+                k("up_lost"),
+                k("up_sent"),
+                k("down_lost"),
+                k("down_sent"),
+                k("up_p50_ms"),
+                k("up_p99_ms"),
+                k("up_max_ms"),
+                k("down_p50_ms"),
+                k("down_p99_ms"),
+                k("down_max_ms"),
+                k("gateway_cores"),
+                k("generator_cores"),
+                k("gen_late_p99_ms"),
+                k("generator_drops"),
+                k("machine_busy_cores"),
+                if k("pass") == "true" { " — pass".to_string() } else { " — FAIL".to_string() },
+            ));
+        }
+        notes.push(format!(
+            "concurrent calls ramp ({} s window per step; up = browser → gateway → phone, down = back): {}",
+            s("media_window_secs"),
+            lines.join("; ")
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +404,7 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            gateway: Kv::new(),
             cores: 2,
             date: "today".into(),
         });
