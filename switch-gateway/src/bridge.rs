@@ -213,6 +213,7 @@ async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: m
     let mut last_phone_event_ts: Option<u32> = None;
     let mut pending_event: Option<TelephoneEvent> = None;
     let started = Instant::now();
+    let mut kick = false;
     loop {
         // Drain str0m until it only has a timeout for us.
         let next_timeout = loop {
@@ -273,6 +274,12 @@ async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: m
         };
         if !rtc.is_alive() {
             return;
+        }
+        if std::mem::take(&mut kick) {
+            if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
+                return;
+            }
+            continue;
         }
         let wait = next_timeout.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
         tokio::select! {
@@ -350,6 +357,9 @@ async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: m
                     tracing::debug!(error = %e, "bridge: cannot write to the WebRTC leg");
                     continue;
                 }
+                // str0m releases queued media on its next input: give it one right after the
+                // drain (≈ 1 ms of added delay otherwise, waiting for the timer tick).
+                kick = true;
             }
             // RTCP from the phone is not forwarded (str0m makes its own reports); just drain it.
             _ = phone.rtcp_socket().recv_from(&mut rtcp_buf) => {}

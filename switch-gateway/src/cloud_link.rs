@@ -93,7 +93,11 @@ async fn session(
     outgoing: &mut mpsc::Receiver<ClientMsg>,
 ) -> Result<(), SessionError> {
     let io = |e: &dyn std::fmt::Display| SessionError::Io(e.to_string());
-    let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(cfg.url.as_str()))
+    let (mut ws, _) = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        // Nagle off: signalling is small frames that must not wait for a delayed ACK.
+        tokio_tungstenite::connect_async_with_config(cfg.url.as_str(), None, true),
+    )
         .await
         .map_err(|_| SessionError::Io("connect timed out".into()))?
         .map_err(|e| io(&e))?;

@@ -144,6 +144,9 @@ pub async fn run(
         (Some(t), Some(_)) => Some(tls_acceptor(&t.cert_file, &t.key_file)?),
         _ => None,
     };
+    // A deep receive buffer: bursts of SIP (registration storms, many calls) must not be
+    // dropped by the kernel while the core is busy.
+    let _ = socket2::SockRef::from(&sockets.sip_udp).set_recv_buffer_size(4 << 20);
     let udp = Arc::new(sockets.sip_udp);
     let sip_port = udp.local_addr()?.port();
     let adv_ip = config.advertise_ip();
@@ -236,7 +239,10 @@ pub async fn run(
         .with_state((core_tx.clone(), next_conn));
     let mut direct_stop = stop_rx.clone();
     let direct_task = tokio::spawn(async move {
-        let _ = axum::serve(sockets.direct, app.into_make_service_with_connect_info::<SocketAddr>())
+        let direct = axum::serve::ListenerExt::tap_io(sockets.direct, |tcp: &mut TcpStream| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let _ = axum::serve(direct, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 stopped(&mut direct_stop).await;
             })
@@ -651,7 +657,11 @@ async fn direct_dial(
             let _ = core.send(CoreIn::Remote { id, ev }).await;
         }
     };
-    let ws = tokio::time::timeout(std::time::Duration::from_secs(10), tokio_tungstenite::connect_async(url.as_str())).await;
+    let ws = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
+    )
+    .await;
     let mut ws = match ws {
         Ok(Ok((ws, _))) => ws,
         Ok(Err(e)) => return report(R::Closed(format!("cannot reach the callee's switch: {e}"))).await,
