@@ -16,7 +16,7 @@
 # median is reported), SAT_WARMUP_SECS (2), PAIRS (16 switch pairs), WINDOW (256 queries in
 # flight per caller switch), IDLE_CONNS (10000),
 # IDLE_SETTLE_SECS (12), TIME_LIMIT (1200 s for the whole run), SKIP_BUILD=1, KEEP_TMP=1,
-# ONLY="kamailio rate saturate idle gateway" (a subset), OUT (default bench/results/latest.md).
+# ONLY="kamailio rate saturate idle gateway web" (a subset), OUT (default bench/results/latest.md).
 # Gateway phase: GW_PARTS="register calls setup media" (a subset), REG_SECS (6), REG_WARMUP (2),
 # REG_SIPPS (2 sipp instances), REG_IN_FLIGHT ("50 200 400" per instance: one run each, the best
 # counts), REG_RATE (2000/s), REG_RATE_SECS (5), CALL_RATE (500/s), CALL_RATE_SECS (10),
@@ -44,7 +44,7 @@ PAIRS=${PAIRS:-16}
 WINDOW=${WINDOW:-256}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_SETTLE_SECS=${IDLE_SETTLE_SECS:-12}
-ONLY=${ONLY:-kamailio rate saturate idle gateway}
+ONLY=${ONLY:-kamailio rate saturate idle gateway web}
 GW_PARTS=${GW_PARTS:-register calls setup media}
 REG_SECS=${REG_SECS:-6}
 REG_WARMUP=${REG_WARMUP:-2}
@@ -590,9 +590,24 @@ LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 wants kamailio && run_kamailio
 if wants rate || wants saturate || wants idle; then run_server; fi
 wants gateway && run_gateway
+# The browser softphone: release wasm size and time to interactive (headless Chromium).
+if wants web && [[ -x $ROOT/web/build.sh ]]; then
+    log "browser softphone: release build and time to interactive"
+    if "$ROOT/web/setup.sh" >"$TMP/web-setup.log" 2>&1 && "$ROOT/web/build.sh" >"$TMP/web-build.log" 2>&1; then
+        sizes=$(grep -o '[0-9]* bytes raw, [0-9]* bytes gzip' "$TMP/web-build.log" | tail -n1)
+        echo "wasm_raw=$(echo "$sizes" | awk '{print $1}')" >"$TMP/web.kv"
+        echo "wasm_gzip=$(echo "$sizes" | awk '{print $4}')" >>"$TMP/web.kv"
+        if SKIP_WEB_BUILD=1 "$ROOT/web/e2e/run.sh" "sign in" >"$TMP/web-tti.log" 2>&1; then
+            tti=$(sed -n 's/.*"time_to_interactive_ms":{"median":\([0-9]*\).*/\1/p' "$TMP/web-tti.log" | tail -n1)
+            [[ -n $tti ]] && echo "tti_ms=$tti" >>"$TMP/web.kv"
+        fi
+    else
+        log "web build failed (see $TMP/web-build.log)"
+    fi
+fi
 
 args=()
-for m in saturate rate idle kamailio gateway; do
+for m in saturate rate idle kamailio gateway web; do
     [[ -f $TMP/$m.kv ]] && args+=("--$m" "$TMP/$m.kv")
 done
 mkdir -p "$(dirname "$OUT")"

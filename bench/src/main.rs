@@ -231,6 +231,9 @@ enum Cmd {
         /// Gateway benchmarks (run.sh's gateway phase): one key=value file.
         #[arg(long)]
         gateway: Option<PathBuf>,
+        /// Browser softphone numbers (wasm_raw, wasm_gzip, tti_ms).
+        #[arg(long)]
+        web: Option<PathBuf>,
         /// Date line (default: now, UTC, from `date`).
         #[arg(long)]
         date: Option<String>,
@@ -420,7 +423,7 @@ fn main() -> ExitCode {
                 })),
             }
         }
-        Cmd::Table { saturate, rate, idle, kamailio, gateway, date } => {
+        Cmd::Table { saturate, rate, idle, kamailio, gateway, web, date } => {
             let date = date.unwrap_or_else(|| {
                 std::process::Command::new("date")
                     .args(["-u", "+%Y-%m-%d %H:%M UTC"])
@@ -438,6 +441,7 @@ fn main() -> ExitCode {
                     idle: report::read_kv(idle.as_deref()),
                     kamailio: report::read_kv(kamailio.as_deref()),
                     gateway: report::read_kv(gateway.as_deref()),
+                    web: report::read_kv(web.as_deref()),
                     cores,
                     date,
                 })

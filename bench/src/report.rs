@@ -47,6 +47,8 @@ pub struct Inputs {
     pub kamailio: Kv,
     /// The gateway phase (prefixed keys: reg_*, regfix_*, call_*, callfix_*, setup_*, media_*).
     pub gateway: Kv,
+    /// The browser softphone (wasm_raw, wasm_gzip, tti_ms).
+    pub web: Kv,
     pub cores: usize,
     pub date: String,
 }
@@ -87,6 +89,15 @@ pub fn table(i: &Inputs) -> String {
         or_na(per_conn.map(|v| fmt_num(v, 0)))
     ));
     gateway_rows(&mut out, &i.gateway);
+    out.push_str(&format!(
+        "| browser softphone: release wasm, bytes raw / gzip | {} / {} | — | — | < 250 kB gzip |\n",
+        or_na(num(&i.web, "wasm_raw").map(|v| fmt_num(v, 0))),
+        or_na(num(&i.web, "wasm_gzip").map(|v| fmt_num(v, 0))),
+    ));
+    out.push_str(&format!(
+        "| browser softphone: time to interactive on loopback (navigation → connected, median of 5) | {} ms | — | — | — |\n",
+        or_na(num(&i.web, "tti_ms").map(|v| fmt_num(v, 0))),
+    ));
     out.push_str(&format!("\nMachine: {} CPU cores; {}.\n", i.cores, i.date));
 
     // Details that make the numbers checkable.
