@@ -4,6 +4,8 @@
 //! caller) — all over real sockets.
 
 mod common;
+#[path = "common/scripted_phone.rs"]
+mod scripted_phone;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -121,6 +123,18 @@ async fn phones_register_from_the_local_copy_while_the_cloud_is_unreachable() {
     let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     assert_eq!(register_udp(&s, gw.sip, "1001", "pw-1001", 300, false).await, 200);
     assert_eq!(register_udp(&s, gw.sip, "1001", "wrong", 300, false).await, 403);
+    // And a local call (F7) connects without the cloud.
+    let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(register_udp(&callee, gw.sip, "1002", "pw-1002", 300, false).await, 200);
+    let (caller_rtp, callee_rtp) = (
+        tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+    );
+    let callee_rtp_addr = callee_rtp.local_addr().unwrap();
+    let answering = tokio::spawn(async move { scripted_phone::answer(&callee, callee_rtp_addr).await });
+    let ok = scripted_phone::call(&s, gw.sip, "1002", caller_rtp.local_addr().unwrap()).await;
+    assert_eq!(ok.status, 200, "local call answered with the cloud unreachable");
+    answering.await.unwrap();
     gw.stop().await;
 }
 

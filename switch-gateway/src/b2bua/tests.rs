@@ -567,3 +567,25 @@ fn the_echo_number_answers_at_once_without_any_phone() {
     h.drain();
     assert!(h.cloud_msgs().iter().any(|m| matches!(m, ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { .. }, .. })));
 }
+
+#[test]
+fn several_contacts_all_ring_first_answer_wins_the_others_are_cancelled() {
+    let mut h = H::new();
+    assert_eq!(h.register("1002", 5070), 200);
+    // The same number from a second device (another Call-ID, another contact).
+    let a = addr(5072);
+    let base = format!(
+        "REGISTER sip:{GW} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bKsecond{{B}}\nFrom: <sip:1002@{GW}>;tag=s\nTo: <sip:1002@{GW}>\nCall-ID: second@x\nCSeq: {{C}} REGISTER\nContact: <sip:1002@{a}>\nExpires: 600\n{{AUTH}}Content-Length: 0\n\n"
+    );
+    h.sip(a, &base.replace("{B}", "a").replace("{C}", "1").replace("{AUTH}", ""));
+    let auth = h.auth(a, "1002", "pw-1002", "REGISTER", &format!("sip:{GW}"));
+    h.sip(a, &base.replace("{B}", "b").replace("{C}", "2").replace("{AUTH}", &format!("Authorization: {auth}\n")));
+    assert_eq!(h.last_status(a), 200);
+    h.invite("1002");
+    let first = only_request(h.sent_to(addr(5070)));
+    let second = only_request(h.sent_to(addr(5072)));
+    assert_eq!((first.method.clone(), second.method.clone()), (Method::Invite, Method::Invite), "both contacts ring");
+    h.sip(addr(5072), &reply_text(&second, 200, "OK", "dev2", Some(SDP_B)));
+    assert_eq!(h.responses_to(addr(5062)).pop().unwrap().status, 200, "the first answer connects the caller");
+    assert_eq!(only_request(h.sent_to(addr(5070))).method, Method::Cancel, "the other contact is cancelled");
+}
