@@ -361,6 +361,7 @@ impl WebRtcPeer {
             })
             .collect();
         let driver = Driver {
+            kick: false,
             rtc: self.rtc,
             sockets: self.sockets,
             opts: self.opts,
@@ -729,6 +730,9 @@ pub fn dtmf_digit(code: u8) -> Option<char> {
 }
 
 struct Driver {
+    /// A frame was written: give str0m an input right after the drain so it sends it now
+    /// rather than at its next timer tick (≈ 1 ms later).
+    kick: bool,
     rtc: Rtc,
     sockets: Vec<Arc<UdpSocket>>,
     opts: PeerOptions,
@@ -774,6 +778,12 @@ impl Driver {
                 Ok(t) => t,
                 Err(e) => return format!("WebRTC error: {e}"),
             };
+            if std::mem::take(&mut self.kick) {
+                if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
+                    return format!("WebRTC error: {e}");
+                }
+                continue;
+            }
             if !self.rtc.is_alive() {
                 return if self.closing_since.is_some() {
                     "closed".into()
@@ -821,6 +831,7 @@ impl Driver {
                         if let Err(e) = self.write_frame(now) {
                             tracing::warn!("audio write failed: {e}");
                         }
+                        self.kick = true;
                     } else if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
                         return format!("WebRTC error: {e}");
                     }
