@@ -416,10 +416,13 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             gateway: Kv::new(),
+            web: [("wasm_raw", "500000"), ("wasm_gzip", "190000")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             cores: 2,
             date: "today".into(),
         });
         assert!(t.contains("| n/a | 19.0 | n/a |"), "{t}");
+        assert!(t.contains("| 500,000 / 190,000 |"), "{t}");
+        assert!(t.contains("| n/a ms |"), "time to interactive not measured: {t}");
         assert!(t.contains("at 5,000/s"), "{t}");
     }
 }
