@@ -170,6 +170,9 @@ pub async fn run(
         (Instant::now(), unix_ms()),
         Box::new(new_call_key),
     );
+    // The version first, then the snapshot: a change landing in between is then seen as newer
+    // by the watcher and reloaded (the other order could miss it for good).
+    let loaded_version = dir.directory_version().await.ok();
     engine.set_directory(dir.list_accounts().await?);
     engine.set_wake_up(push.is_some());
     let window = Duration::from_secs(config.auth.failure_window_secs);
@@ -203,7 +206,8 @@ pub async fn run(
 
     let store_task = tokio::spawn(store_loop(dir.clone(), store_rx));
     let engine_task = tokio::spawn(timer_loop(hub.clone(), shutdown_rx.clone()));
-    let watch_task = tokio::spawn(directory_watch(dir.clone(), hub.clone(), changed.clone(), shutdown_rx.clone()));
+    let watch_task =
+        tokio::spawn(directory_watch(dir.clone(), hub.clone(), changed.clone(), loaded_version, shutdown_rx.clone()));
     let push_task = push.map(|sender| {
         tokio::spawn(push_loop(Arc::downgrade(&hub), dir.clone(), sender, wake_rx, shutdown_rx.clone()))
     });
@@ -907,9 +911,10 @@ async fn directory_watch(
     dir: Arc<dyn Directory>,
     hub: Arc<Hub>,
     changed: Arc<Notify>,
+    loaded_version: Option<i64>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut version = dir.directory_version().await.ok();
+    let mut version = loaded_version;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sweep = Instant::now();
