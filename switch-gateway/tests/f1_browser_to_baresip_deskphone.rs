@@ -19,24 +19,12 @@ use std::time::Duration;
 
 use baresip::Phone;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use sipcheck::wait_phone_list;
 use tokio_tungstenite::tungstenite::Message;
 use trunkline_client::wav::dominant_frequency;
 use trunkline_client::webrtc::{AudioSource, PeerOptions, WebRtcPeer};
 use trunkline_protocol::{CallEvent, DirectClientMsg, DirectServerMsg, ServerMsg};
-
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws_text(ws: &mut WsStream) -> String {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.expect("message in time") {
-            Some(Ok(Message::Text(t))) => return t.to_string(),
-            Some(Ok(_)) => continue,
-            other => panic!("connection ended: {other:?}"),
-        }
-    }
-}
 
 /// Long enough for the whole test: baresip hangs up when its WAV file ends.
 const PHONE_WAV_SECS: u32 = 60;

@@ -11,23 +11,13 @@ use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::Message;
 use trunkline_client::g711::Law;
 use trunkline_client::wav::{dominant_frequency, tone};
 use trunkline_client::webrtc::{AudioSource, PeerOptions, WebRtcPeer};
 use trunkline_protocol::{CallEvent, DirectServerMsg, ServerMsg};
-
-async fn ws_text(ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>) -> String {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.expect("message in time") {
-            Some(Ok(Message::Text(t))) => return t.to_string(),
-            Some(Ok(_)) => continue,
-            other => panic!("connection ended: {other:?}"),
-        }
-    }
-}
 
 /// Answer the next INVITE on `sip` with an SDP for `rtp`; returns the gateway's RTP address.
 async fn answer_invite(sip: &UdpSocket, rtp: SocketAddr) -> (SocketAddr, String, SocketAddr) {

@@ -340,3 +340,17 @@ pub async fn recv_response(sock: &tokio::net::UdpSocket) -> trunkline_sip::Respo
         }
     }
 }
+
+pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text frame on a WebSocket (other frames skipped), within [`WAIT`].
+pub async fn ws_text(ws: &mut WsStream) -> String {
+    use futures_util::StreamExt;
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("message in time") {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => return t.to_string(),
+            Some(Ok(_)) => continue,
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}
