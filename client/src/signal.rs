@@ -400,6 +400,7 @@ pub fn server_msg_call_id(msg: &ServerMsg) -> Option<&str> {
         | ServerMsg::SwitchWelcome { .. }
         | ServerMsg::PhonesUpdate { .. }
         | ServerMsg::History { .. }
+        | ServerMsg::IceServers { .. }
         | ServerMsg::Pong => None,
     }
 }

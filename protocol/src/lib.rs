@@ -320,6 +320,20 @@ pub enum IncomingVia {
     Peer { key: String },
 }
 
+/// One STUN or TURN server, shaped like WebRTC's `RTCIceServer` so a browser passes it on
+/// unchanged: `urls` such as `stun:turn.example.com:3478`,
+/// `turn:turn.example.com:443?transport=tcp` or `turns:…`; TURN entries carry a TURN REST
+/// credential (`username` = `<unix expiry>:<number or switch id>`, `credential` =
+/// base64(HMAC-SHA1(secret, username)), as coturn's `use-auth-secret` checks).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
 /// A desk phone served by a switch, with its SIP digest verifiers (never the password).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhoneEntry {
@@ -458,9 +472,25 @@ pub enum ServerMsg {
         /// Push turned off.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         vapid_public_key: Option<String>,
+        /// STUN/TURN servers for this browser's WebRTC connections (the `iceServers` of an
+        /// `RTCConfiguration`), TURN ones with short-lived credentials. Renewed by an
+        /// `ice_servers` message before they expire. Empty when the server has none configured.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
     },
-    /// Switch signed in; `phones` are the desk phones whose home switch it is.
-    SwitchWelcome { v: u16, switch_id: String, sip_realm: String, phones: Vec<PhoneEntry> },
+    /// Switch signed in; `phones` are the desk phones whose home switch it is; `ice_servers`
+    /// are the STUN/TURN servers it gathers its own candidates with (renewed like a browser's).
+    SwitchWelcome {
+        v: u16,
+        switch_id: String,
+        sip_realm: String,
+        phones: Vec<PhoneEntry>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
+    },
+    /// Fresh STUN/TURN credentials, sent before the ones from `welcome` (or the last
+    /// `ice_servers`) expire. Replace the old list; calls in progress may keep their allocation.
+    IceServers { ice_servers: Vec<IceServer>, expires_in_s: u64 },
     /// The directory changed: the full current list of this switch's phones.
     PhonesUpdate { phones: Vec<PhoneEntry> },
     /// Something the peer sent was refused; nothing changed.

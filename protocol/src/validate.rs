@@ -422,9 +422,34 @@ mod tests {
             session_token: "t".into(),
             session_expires_in_s: 5,
             vapid_public_key: Some(P256DH.into()),
+            ice_servers: vec![],
         };
         assert!(new.encode().contains(r#""vapid_public_key":"BCVx"#));
+        assert!(!new.encode().contains("ice_servers"), "an empty list is left out for old clients");
         assert_eq!(ServerMsg::decode(&new.encode()).unwrap(), new);
+    }
+
+    #[test]
+    fn ice_servers_have_the_rtc_ice_server_shape() {
+        let msg = ServerMsg::IceServers {
+            ice_servers: vec![
+                crate::IceServer { urls: vec!["stun:turn.example.com:3478".into()], username: None, credential: None },
+                crate::IceServer {
+                    urls: vec!["turn:turn.example.com:443?transport=tcp".into()],
+                    username: Some("1796285093:2001".into()),
+                    credential: Some("c2VjcmV0".into()),
+                },
+            ],
+            expires_in_s: 86400,
+        };
+        let text = msg.encode();
+        // Exactly the keys RTCIceServer takes, so the browser can pass each entry on unchanged.
+        assert!(text.contains(r#"{"urls":["stun:turn.example.com:3478"]}"#), "{text}");
+        assert!(text.contains(r#""username":"1796285093:2001","credential":"c2VjcmV0""#), "{text}");
+        assert_eq!(ServerMsg::decode(&text).unwrap(), msg);
+        // An old switch_welcome (no ice_servers) still parses.
+        let old = r#"{"type":"switch_welcome","v":1,"switch_id":"hq","sip_realm":"r","phones":[]}"#;
+        assert!(matches!(ServerMsg::decode(old).unwrap(), ServerMsg::SwitchWelcome { ice_servers, .. } if ice_servers.is_empty()));
     }
 
     #[test]
