@@ -36,6 +36,29 @@ pub struct Config {
     pub steering: SteeringConfig,
     pub limits: LimitsConfig,
     pub push: PushConfig,
+    pub ice: IceConfig,
+}
+
+/// STUN/TURN servers handed to browsers (in `welcome`) and gateways (in `switch_welcome`) for
+/// ICE across NATs, with TURN REST credentials minted from coturn's `static-auth-secret`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IceConfig {
+    /// `stun:host:port` URLs (server-reflexive candidates). Empty: none.
+    pub stun_urls: Vec<String>,
+    /// `turn:`/`turns:` URLs, e.g. `turn:turn.example.com:443?transport=tcp`. Empty: no relay
+    /// (two parties behind symmetric NATs then cannot connect).
+    pub turn_urls: Vec<String>,
+    /// File holding coturn's `static-auth-secret` (≥ 16 bytes). Required with `turn_urls`.
+    pub turn_secret_file: Option<PathBuf>,
+    /// Lifetime of minted TURN credentials, seconds; renewed at half-life on live connections.
+    pub turn_ttl_secs: u64,
+}
+
+impl Default for IceConfig {
+    fn default() -> Self {
+        IceConfig { stun_urls: vec![], turn_urls: vec![], turn_secret_file: None, turn_ttl_secs: 86400 }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -155,6 +178,7 @@ impl Default for Config {
             steering: SteeringConfig::default(),
             limits: LimitsConfig::default(),
             push: PushConfig::default(),
+            ice: IceConfig::default(),
         }
     }
 }
@@ -290,6 +314,41 @@ impl Config {
         {
             return Err(ConfigError::Invalid(format!("push.vapid_subject {sub:?} must be a mailto: or https:// URL")));
         }
+        let ice = &self.ice;
+        for u in &ice.stun_urls {
+            check_ice_url("ice.stun_urls", u, &["stun:", "stuns:"])?;
+        }
+        for u in &ice.turn_urls {
+            check_ice_url("ice.turn_urls", u, &["turn:", "turns:"])?;
+        }
+        if !ice.turn_urls.is_empty() && ice.turn_secret_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "ice.turn_urls needs ice.turn_secret_file (coturn's static-auth-secret) to mint credentials".into(),
+            ));
+        }
+        if !(10..=7 * 24 * 3600).contains(&ice.turn_ttl_secs) {
+            return Err(ConfigError::Invalid("ice.turn_ttl_secs must be 10–604800 (ten seconds to a week)".into()));
+        }
         Ok(())
     }
+}
+
+/// A STUN/TURN URI (RFC 7064/7065): scheme, then `host[:port]`, optional `?transport=udp|tcp`.
+fn check_ice_url(key: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let bad = |why: &str| Err(ConfigError::Invalid(format!("{key}: {url:?} {why}")));
+    let Some(scheme) = schemes.iter().find(|s| url.starts_with(**s)) else {
+        return bad(&format!("must start with {}", schemes.join(" or ")));
+    };
+    let rest = &url[scheme.len()..];
+    let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if hostport.is_empty() || hostport.starts_with("//") || hostport.chars().any(|c| c.is_whitespace() || c == '/' || c == '@') {
+        return bad("needs host[:port] after the scheme (no //, path or user)");
+    }
+    if !query.is_empty() && query != "transport=udp" && query != "transport=tcp" {
+        return bad("may only have ?transport=udp or ?transport=tcp");
+    }
+    if !query.is_empty() && scheme.starts_with("stun") {
+        return bad("STUN URLs take no ?transport");
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod directory;
+pub mod ice;
 pub mod push;
 pub mod ratelimit;
 pub mod server;

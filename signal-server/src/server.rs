@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::credentials;
 use crate::directory::{CallRecord, Directory, DirectoryError, PushSubscription, UnixMs};
 use crate::push::{self, PushError, PushSender};
+use crate::ice::IceServers;
 use crate::ratelimit::FailureLimiter;
 use crate::steering::{ConnId, Engine, Output, Party};
 
@@ -56,6 +57,8 @@ pub enum ServerError {
     Tls(String),
     #[error("Web Push: {0}")]
     Push(#[from] PushError),
+    #[error("{0}")]
+    Ice(#[from] crate::ice::IceError),
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -83,7 +86,21 @@ struct WakeCmd {
 
 enum Online {
     Device(String),
-    Switch { id: String, urls: Vec<String> },
+    Switch { id: String, urls: Vec<String>, ice_servers: Vec<trunkline_protocol::IceServer> },
+}
+
+impl Online {
+    /// The name TURN credentials are minted for: a browser's number or a switch id.
+    fn turn_user(&self) -> &str {
+        match self {
+            Online::Device(n) => n,
+            Online::Switch { id, .. } => id,
+        }
+    }
+}
+
+fn unix_s() -> u64 {
+    (unix_ms() / 1000).max(0) as u64
 }
 
 /// What the engine hands a connection task to write.
@@ -113,6 +130,8 @@ struct Shared {
     metrics: PrometheusHandle,
     /// `None` when `push.enabled` is off.
     push: Option<Arc<PushSender>>,
+    /// STUN/TURN servers and the TURN secret to mint credentials with.
+    ice: IceServers,
 }
 
 fn metrics_handle() -> PrometheusHandle {
@@ -158,6 +177,7 @@ pub async fn run(
     };
 
     let push = PushSender::from_config(&config)?.map(Arc::new);
+    let ice = IceServers::from_config(&config.ice)?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (store_tx, store_rx) = mpsc::unbounded_channel();
@@ -202,6 +222,7 @@ pub async fn run(
         shutdown: shutdown_rx.clone(),
         metrics: metrics_handle(),
         push: push.clone(),
+        ice,
     });
 
     let store_task = tokio::spawn(store_loop(dir.clone(), store_rx));
@@ -367,6 +388,7 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
         }
     };
     let is_device = matches!(who, Online::Device(_));
+    let turn_user = who.turn_user().to_string();
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(if is_device { OUTBOX_DEPTH } else { SWITCH_OUTBOX_DEPTH });
     // Online in the engine first, welcome second: a peer that acts on `welcome` (or is called
     // right after it) must find itself online. Anything the engine queues meanwhile waits in
@@ -384,8 +406,18 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
     let mut tokens = rate * 2.0;
     let mut last = Instant::now();
     let mut shutdown = s.shutdown.clone();
+    // TURN credentials from the welcome expire: send fresh ones halfway through their life.
+    let renew_every = s.ice.renew_after();
+    let ice_renew = sleep_until_opt(renew_every.map(|d| Instant::now() + d));
+    tokio::pin!(ice_renew);
     loop {
         tokio::select! {
+            _ = &mut ice_renew => {
+                let ice_servers = s.ice.mint(&turn_user, unix_s());
+                let msg = ServerMsg::IceServers { ice_servers, expires_in_s: s.ice.ttl_secs() };
+                if out_tx.try_send(Out::Msg(Box::new(msg))).is_err() { break }
+                ice_renew.set(sleep_until_opt(renew_every.map(|d| Instant::now() + d)));
+            }
             incoming = read_msg(&mut socket) => {
                 let Some(incoming) = incoming else { break };
                 metrics::counter!("trunkline_ws_messages_total").increment(1);
@@ -618,6 +650,7 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 session_token: token,
                 session_expires_in_s: ttl,
                 vapid_public_key: s.push.as_ref().map(|p| p.public_key().to_string()),
+                ice_servers: s.ice.mint(&number, unix_s()),
             };
             Ok((Online::Device(number), Some(welcome)))
         }
@@ -650,6 +683,7 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 session_token: token,
                 session_expires_in_s: ttl,
                 vapid_public_key: s.push.as_ref().map(|p| p.public_key().to_string()),
+                ice_servers: s.ice.mint(&account.number, unix_s()),
             };
             Ok((Online::Device(account.number), Some(welcome)))
         }
@@ -681,7 +715,8 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 at: unix_ms(),
             });
             // The engine sends switch_welcome (it knows the phones).
-            Ok((Online::Switch { id: switch_id, urls: direct_urls }, None))
+            let ice_servers = s.ice.mint(&switch_id, unix_s());
+            Ok((Online::Switch { id: switch_id, urls: direct_urls, ice_servers }, None))
         }
         other => Err(PE::new(
             ErrorCode::NotAuthenticated,
@@ -728,7 +763,9 @@ impl Hub {
                 h.outboxes.insert(conn, outbox);
                 match who {
                     Online::Device(n) => h.engine.device_online(now, conn, &n),
-                    Online::Switch { id, urls } => h.engine.switch_online(now, conn, &id, urls, &self.realm),
+                    Online::Switch { id, urls, ice_servers } => {
+                        h.engine.switch_online(now, conn, &id, urls, &self.realm, ice_servers)
+                    }
                 }
             }
             EngineCmd::Msg { conn, msg } => h.engine.handle(now, conn, msg),

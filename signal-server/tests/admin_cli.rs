@@ -563,6 +563,7 @@ fn example_config_loads_and_documents_the_defaults() {
                 "# key_file =",
                 "# vapid_private_key_file =",
                 "# vapid_subject =",
+                "# turn_secret_file =",
             ] {
                 if t.starts_with(k) {
                     return t.trim_start_matches("# ").to_string();
@@ -578,6 +579,17 @@ fn example_config_loads_and_documents_the_defaults() {
     assert!(tls.cert_file.ends_with("cert.pem") && tls.key_file.ends_with("key.pem"));
     assert!(full.push.vapid_private_key_file.is_some_and(|p| p.ends_with("vapid.pem")));
     assert!(full.push.vapid_subject.is_some_and(|s| s.starts_with("mailto:")));
+    assert!(full.ice.turn_secret_file.is_some_and(|p| p.ends_with("turn.secret")));
+    // The indented example of a real deployment loads too.
+    let example: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   "))
+        .filter(|l| l.starts_with("stun_urls") || l.starts_with("turn_urls") || l.starts_with("turn_secret_file"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let real = Config::from_toml(&format!("[ice]\n{example}")).unwrap();
+    assert_eq!(real.ice.turn_urls.len(), 2);
+    assert_eq!(real.ice.stun_urls, vec!["stun:turn.example.com:3478"]);
     // Documented override rule.
     assert!(text.contains("TRUNKLINE_SIGNAL_") && text.contains("__"));
 }

@@ -323,7 +323,15 @@ impl Engine {
 
     /// A switch signed in on `conn`, advertising `direct_urls`. It is sent `switch_welcome`
     /// with its phones. A previous connection of the same switch is replaced.
-    pub fn switch_online(&mut self, _now: Instant, conn: ConnId, switch_id: &str, direct_urls: Vec<String>, realm: &str) {
+    pub fn switch_online(
+        &mut self,
+        _now: Instant,
+        conn: ConnId,
+        switch_id: &str,
+        direct_urls: Vec<String>,
+        realm: &str,
+        ice_servers: Vec<trunkline_protocol::IceServer>,
+    ) {
         if let Some((old, _)) = self.switches.insert(switch_id.to_string(), (conn, direct_urls))
             && old != conn
         {
@@ -340,6 +348,7 @@ impl Engine {
                 switch_id: switch_id.to_string(),
                 sip_realm: realm.to_string(),
                 phones,
+                ice_servers,
             },
         );
     }

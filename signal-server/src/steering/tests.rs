@@ -37,8 +37,8 @@ impl H {
         let mut h = H::offline();
         h.e.device_online(h.now, ALICE, "2001");
         h.e.device_online(h.now, BOB, "2002");
-        h.e.switch_online(h.now, HQ, "hq", vec![HQ_URL.into()], "trunkline");
-        h.e.switch_online(h.now, BRANCH, "branch", vec![BRANCH_URL.into()], "trunkline");
+        h.e.switch_online(h.now, HQ, "hq", vec![HQ_URL.into()], "trunkline", vec![]);
+        h.e.switch_online(h.now, BRANCH, "branch", vec![BRANCH_URL.into()], "trunkline", vec![]);
         h.drain();
         h.out.clear();
         h
@@ -585,7 +585,7 @@ fn switch_that_reconnects_mid_call_can_still_report_the_end() {
     h.msg(BRANCH, &accept_json("rc"));
     h.msg(BRANCH, r#"{"type":"call_event","call_id":"rc","event":{"event":"connected"}}"#);
     h.e.disconnected(h.now, BRANCH);
-    h.e.switch_online(h.now, 21, "branch", vec![BRANCH_URL.into()], "trunkline");
+    h.e.switch_online(h.now, 21, "branch", vec![BRANCH_URL.into()], "trunkline", vec![]);
     h.drain();
     h.msg(21, r#"{"type":"call_event","call_id":"rc","event":{"event":"ended","outcome":"connected"}}"#);
     assert_eq!(h.one_record().outcome, Outcome::Connected);
@@ -685,7 +685,7 @@ fn shutdown_ends_every_attempt_with_one_record() {
 #[test]
 fn switch_welcome_lists_its_phones_and_directory_changes_push_updates() {
     let mut h = H::offline();
-    h.e.switch_online(h.now, HQ, "hq", vec![HQ_URL.into()], "trunkline");
+    h.e.switch_online(h.now, HQ, "hq", vec![HQ_URL.into()], "trunkline", vec![]);
     h.drain();
     match h.to(HQ).as_slice() {
         [S::SwitchWelcome { phones, sip_realm, .. }] => {
