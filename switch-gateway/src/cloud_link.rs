@@ -26,6 +26,37 @@ pub struct LinkConfig {
     pub switch_id: String,
     pub secret: String,
     pub direct_urls: Vec<String>,
+    /// TLS settings for `wss://` (the public roots plus `cloud_ca_file`); `None` for `ws://`.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// The TLS client settings for a `wss://` cloud link: Mozilla's root store (public CAs) plus
+/// the certificates in `ca_file`, so an operator (or a test) can run the signal server on its
+/// own certificate authority. A file that is unreadable or holds no certificate is an error at
+/// start, not a mystery at the first connect.
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(path) = ca_file {
+        let what = |e: &dyn std::fmt::Display| format!("cloud_ca_file {}: {e}", path.display());
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| what(&e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| what(&e))?;
+        if certs.is_empty() {
+            return Err(what(&"no PEM certificate in the file"));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| what(&e))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -96,7 +127,12 @@ async fn session(
     let (mut ws, _) = tokio::time::timeout(
         CONNECT_TIMEOUT,
         // Nagle off: signalling is small frames that must not wait for a delayed ACK.
-        tokio_tungstenite::connect_async_with_config(cfg.url.as_str(), None, true),
+        tokio_tungstenite::connect_async_tls_with_config(
+            cfg.url.as_str(),
+            None,
+            true,
+            cfg.tls.clone().map(tokio_tungstenite::Connector::Rustls),
+        ),
     )
         .await
         .map_err(|_| SessionError::Io("connect timed out".into()))?

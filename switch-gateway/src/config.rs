@@ -21,6 +21,9 @@ pub struct Config {
     pub secret_file: PathBuf,
     /// The signal server's WebSocket, e.g. `wss://cloud.example.com/ws`.
     pub cloud_url: String,
+    /// PEM file of extra certificate authorities trusted for a `wss://` cloud_url, beside the
+    /// public web PKI roots (a signal server on a private CA). None: public roots only.
+    pub cloud_ca_file: Option<PathBuf>,
     /// SIP for desk phones: UDP and TCP on this address.
     pub sip_listen: SocketAddr,
     /// SIP over TLS for desk phones (off when absent).
@@ -58,6 +61,7 @@ impl Default for Config {
             id: "hq".into(),
             secret_file: "switch.secret".into(),
             cloud_url: "ws://127.0.0.1:8080/ws".into(),
+            cloud_ca_file: None,
             sip_listen: "127.0.0.1:5060".parse().unwrap(),
             sip_advertise: None,
             sip_tls: None,

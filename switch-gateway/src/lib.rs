@@ -45,6 +45,8 @@ pub enum GatewayError {
     Config(#[from] config::ConfigError),
     #[error("RTP ports: {0}")]
     Media(String),
+    #[error("cloud link TLS: {0}")]
+    CloudTls(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -140,6 +142,11 @@ pub async fn run(
     // One process-wide crypto provider for rustls (wss:// to the cloud, SIP over TLS).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let secret = config.read_secret()?;
+    let cloud_tls = if config.cloud_url.starts_with("wss://") {
+        Some(Arc::new(cloud_link::tls_config(config.cloud_ca_file.as_deref()).map_err(GatewayError::CloudTls)?))
+    } else {
+        None
+    };
     let tls_acceptor = match (&config.sip_tls, &sockets.sip_tls) {
         (Some(t), Some(_)) => Some(tls_acceptor(&t.cert_file, &t.key_file)?),
         _ => None,
@@ -205,6 +212,7 @@ pub async fn run(
             switch_id: config.id.clone(),
             secret,
             direct_urls: vec![config.advertise_url.clone()],
+            tls: cloud_tls,
         },
         link_ev_tx,
         link_out_rx,
