@@ -215,6 +215,8 @@ struct Driver {
     /// Ringback while an outgoing call rings at the far end.
     ringback: Option<Ringtone>,
     vapid_key: Option<String>,
+    /// STUN/TURN servers from `welcome` / `ice_servers` (the `iceServers` of new connections).
+    ice_servers: Vec<trunkline_protocol::IceServer>,
     /// The endpoint sent in `push_subscribe` (withdrawn with `push_unsubscribe` at sign-out).
     push_endpoint: Option<String>,
     /// Opened from a call notification (`/?answer=<call_id>`): answer that call when its
@@ -268,6 +270,7 @@ pub fn start(ui: Ui) {
         ringtone: None,
         ringback: None,
         vapid_key: None,
+        ice_servers: Vec::new(),
         push_endpoint: None,
         auto_answer: take_answer_param(),
     };
@@ -519,7 +522,8 @@ impl Driver {
             Err(_) => return, // a message this version does not know
         };
         match msg {
-            ServerMsg::Welcome { number, display_name, session_token, .. } => {
+            ServerMsg::Welcome { number, display_name, session_token, ice_servers, .. } => {
+                self.ice_servers = ice_servers;
                 self.signed_in = true;
                 self.attempt = 0;
                 let me = Me { number: number.clone(), display_name: display_name.clone() };
@@ -552,6 +556,8 @@ impl Driver {
                 self.ui.history.set(list);
             }
             ServerMsg::Pong => self.awaiting_pong = false,
+            // Fresh TURN credentials; connections already up keep the ones they started with.
+            ServerMsg::IceServers { ice_servers, .. } => self.ice_servers = ice_servers,
             ServerMsg::Incoming { call_id, from, from_name, via } => {
                 let busy = self.call.as_ref().is_some_and(|c| !c.is_over());
                 if busy {
@@ -801,6 +807,12 @@ impl Driver {
     fn new_media(&mut self, call_id: &str, trickle: bool) -> RtcPeerConnection {
         self.close_media();
         let cfg = RtcConfiguration::new();
+        // The server's STUN/TURN list is already shaped like RTCIceServer[]: pass it as JSON.
+        if !self.ice_servers.is_empty()
+            && let Ok(list) = js_sys::JSON::parse(&serde_json::to_string(&self.ice_servers).unwrap_or_default())
+        {
+            let _ = js_sys::Reflect::set(&cfg, &JsValue::from_str("iceServers"), &list);
+        }
         let pc = RtcPeerConnection::new_with_configuration(&cfg).expect("RTCPeerConnection");
         let mut handlers = Vec::new();
         let id = call_id.to_string();
