@@ -22,6 +22,17 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Ask STUN servers how this site's NAT maps a UDP socket (what callers will see), and
+    /// whether the NAT is "cone" (direct calls can work) or symmetric (calls need TURN).
+    /// Give two servers (two addresses) to tell the NAT's kind. Exit 0 when one answered.
+    NatCheck {
+        /// A STUN server, `stun:host[:port]` (repeat: two servers tell the NAT's kind).
+        #[arg(long = "stun", value_name = "URL", required = true)]
+        stun: Vec<String>,
+        /// The local address to send from (the RTP range's interface on a gateway).
+        #[arg(long, default_value = "0.0.0.0:0")]
+        bind: std::net::SocketAddr,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -36,6 +47,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::NatCheck { stun, bind } => rt.block_on(nat_check(stun, bind)),
         Command::Run { config } => rt.block_on(async move {
             let config = match Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -64,6 +76,40 @@ pub fn main() -> ExitCode {
             }
         }),
     }
+}
+
+async fn nat_check(urls: Vec<String>, bind: std::net::SocketAddr) -> ExitCode {
+    use crate::srflx;
+    let mut servers = vec![];
+    for url in &urls {
+        let Some((host, port)) = srflx::parse_stun_url(url) else {
+            eprintln!("error: {url:?} is not a stun:host[:port] URL");
+            return ExitCode::from(2);
+        };
+        match tokio::net::lookup_host((host.as_str(), port)).await.map(|mut a| a.find(|a| a.is_ipv4() == bind.is_ipv4())) {
+            Ok(Some(a)) => servers.push(a),
+            Ok(None) | Err(_) => {
+                eprintln!("error: cannot resolve {host} (for {url})");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let report = match srflx::check(bind, &servers, srflx::ProbeTiming::default()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot use a UDP socket on {bind}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("local socket     {}", report.base);
+    for (server, mapped) in &report.mapped {
+        println!("stun {server:<21} sees {mapped}");
+    }
+    for (server, why) in &report.unreachable {
+        println!("stun {server:<21} unreachable: {why}");
+    }
+    println!("nat              {}", report.kind.describe());
+    if report.mapped.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 async fn shutdown_signal() {

@@ -15,6 +15,7 @@ pub mod echo;
 pub mod phones;
 pub mod queue;
 pub mod registrar;
+pub mod srflx;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
