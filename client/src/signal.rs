@@ -393,6 +393,7 @@ pub fn server_msg_call_id(msg: &ServerMsg) -> Option<&str> {
         | ServerMsg::Peer { call_id, .. }
         | ServerMsg::Incoming { call_id, .. }
         | ServerMsg::Signal { call_id, .. }
+        | ServerMsg::DirectSignal { call_id, .. }
         | ServerMsg::CallEvent { call_id, .. }
         | ServerMsg::Outcome { call_id, .. } => Some(call_id),
         ServerMsg::Error { call_id, .. } => call_id.as_deref(),

@@ -366,6 +366,13 @@ pub enum ClientMsg {
     Decline { call_id: CallId, reason: DeclineReason },
     /// F4: WebRTC negotiation for the peer, with the call's key.
     Signal { call_id: CallId, key: String, payload: SignalPayload },
+    /// C14 over WebRTC: negotiation between the party that connects to a switch (F1: the
+    /// calling browser; F2: the calling switch; F3: the called browser) and the switch that
+    /// carries the call, relayed by the cloud over the links both already hold. Allowed once
+    /// the address and key were handed out (`connect` / `incoming` via `direct`) until the
+    /// call ends. The key itself is never in it: it is presented on the DataChannel, inside
+    /// DTLS, once the direct connection is up.
+    DirectSignal { call_id: CallId, payload: SignalPayload },
     /// Either party of an F4 call hangs up.
     Hangup { call_id: CallId },
     /// Progress reported by the party that carries the call.
@@ -406,6 +413,7 @@ impl ClientMsg {
             ClientMsg::Accept { .. } => "accept",
             ClientMsg::Decline { .. } => "decline",
             ClientMsg::Signal { .. } => "signal",
+            ClientMsg::DirectSignal { .. } => "direct_signal",
             ClientMsg::Hangup { .. } => "hangup",
             ClientMsg::CallEvent { .. } => "call_event",
             ClientMsg::RouteQuery { .. } => "route_query",
@@ -426,6 +434,7 @@ impl ClientMsg {
             | ClientMsg::Accept { call_id, .. }
             | ClientMsg::Decline { call_id, .. }
             | ClientMsg::Signal { call_id, .. }
+            | ClientMsg::DirectSignal { call_id, .. }
             | ClientMsg::Hangup { call_id }
             | ClientMsg::CallEvent { call_id, .. }
             | ClientMsg::RouteQuery { call_id, .. }
@@ -513,6 +522,9 @@ pub enum ServerMsg {
     Incoming { call_id: CallId, from: String, from_name: String, via: IncomingVia },
     /// F4: WebRTC negotiation from the peer.
     Signal { call_id: CallId, payload: SignalPayload },
+    /// C14 over WebRTC: negotiation from the other end of the direct connection (the switch,
+    /// or the party connecting to it); see `ClientMsg::DirectSignal`.
+    DirectSignal { call_id: CallId, payload: SignalPayload },
     /// Progress of your call.
     CallEvent { call_id: CallId, event: CallEvent },
     /// Final: the call attempt is over with this outcome. Sent exactly once per party.

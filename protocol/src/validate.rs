@@ -170,6 +170,26 @@ fn check_text(field: &str, s: &str, max: usize) -> Result<(), ProtocolError> {
     Ok(())
 }
 
+/// An offer/answer or trickled candidate, relayed by the cloud (F4 `signal`, `direct_signal`).
+fn check_payload(payload: &SignalPayload) -> Result<(), ProtocolError> {
+    match payload {
+        SignalPayload::Offer { sdp } | SignalPayload::Answer { sdp } => {
+            if sdp.is_empty() {
+                return Err(bad("sdp", "is empty"));
+            }
+            check_text("sdp", sdp, MAX_SDP_LEN)
+        }
+        SignalPayload::Ice { candidate, sdp_mid, .. } => {
+            check_text("candidate", candidate, MAX_CANDIDATE_LEN)?;
+            if let Some(m) = sdp_mid {
+                check_text("sdp_mid", m, 64)?;
+            }
+            Ok(())
+        }
+        SignalPayload::EndOfCandidates => Ok(()),
+    }
+}
+
 impl ClientMsg {
     /// Check every field against the rules above.
     pub fn validate(&self) -> Result<(), ProtocolError> {
@@ -205,23 +225,10 @@ impl ClientMsg {
             }
             ClientMsg::Dial { to, .. } => check_number("to", to)?,
             ClientMsg::Accept { key, .. } => check_key(key)?,
+            ClientMsg::DirectSignal { payload, .. } => check_payload(payload)?,
             ClientMsg::Signal { key, payload, .. } => {
                 check_key(key)?;
-                match payload {
-                    SignalPayload::Offer { sdp } | SignalPayload::Answer { sdp } => {
-                        if sdp.is_empty() {
-                            return Err(bad("sdp", "is empty"));
-                        }
-                        check_text("sdp", sdp, MAX_SDP_LEN)?
-                    }
-                    SignalPayload::Ice { candidate, sdp_mid, .. } => {
-                        check_text("candidate", candidate, MAX_CANDIDATE_LEN)?;
-                        if let Some(m) = sdp_mid {
-                            check_text("sdp_mid", m, 64)?;
-                        }
-                    }
-                    SignalPayload::EndOfCandidates => {}
-                }
+                check_payload(payload)?;
             }
             ClientMsg::CallEvent { event, .. } => {
                 if let CallEvent::Ended { outcome: _, duration_ms: Some(d) } = event {

@@ -233,3 +233,37 @@ async fn f4_callee_offline_and_no_answer() {
     assert_eq!(alice.expect_outcome("na").await.0, Outcome::NoAnswer);
     assert_eq!(bob.expect_outcome("na").await.0, Outcome::NoAnswer);
 }
+
+#[tokio::test]
+async fn f1_c14_offer_answer_and_candidates_travel_between_browser_and_switch_through_the_cloud() {
+    use trunkline_protocol::SignalPayload;
+    let (srv, _tmp) = TestServer::start().await;
+    let mut branch = srv.switch(BRANCH, BRANCH_URL).await;
+    let mut alice = srv.browser(ALICE).await;
+    let mut bob = srv.browser(BOB).await;
+    alice.send(r#"{"type":"dial","call_id":"c14","to":"3001"}"#).await;
+    assert!(matches!(branch.recv().await, ServerMsg::CalleeQuery { .. }));
+    branch.send(&accept("c14", BRANCH_URL)).await;
+    assert!(matches!(alice.recv().await, ServerMsg::Connect { .. }));
+    alice.send(r#"{"type":"direct_signal","call_id":"c14","payload":{"kind":"offer","sdp":"v=0\r\nalice offer\r\n"}}"#).await;
+    assert_eq!(
+        branch.recv().await,
+        ServerMsg::DirectSignal { call_id: "c14".into(), payload: SignalPayload::Offer { sdp: "v=0\r\nalice offer\r\n".into() } }
+    );
+    branch
+        .send(r#"{"type":"direct_signal","call_id":"c14","payload":{"kind":"ice","candidate":"candidate:1 1 udp 99 203.0.113.101 40000 typ srflx raddr 0.0.0.0 rport 0","sdp_mid":"0"}}"#)
+        .await;
+    match alice.recv().await {
+        ServerMsg::DirectSignal { call_id, payload: SignalPayload::Ice { candidate, sdp_mid, .. } } => {
+            assert_eq!(call_id, "c14");
+            assert!(candidate.contains("typ srflx"));
+            assert_eq!(sdp_mid.as_deref(), Some("0"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A bystander gets a typed refusal and the parties see nothing of it.
+    bob.send(r#"{"type":"direct_signal","call_id":"c14","payload":{"kind":"end_of_candidates"}}"#).await;
+    assert!(!bob.expect_error(ErrorCode::NotYourCall).await.is_empty());
+    assert!(alice.sync().await.is_empty());
+    assert!(branch.sync().await.is_empty());
+}

@@ -471,6 +471,7 @@ impl Engine {
             (Party::Device(me), M::Accept { call_id, key }) => self.accept(now, me, &call_id, &key),
             (_, M::Decline { call_id, reason }) => self.decline(now, party, &call_id, reason),
             (Party::Device(me), M::Signal { call_id, key, payload }) => self.signal(me, &call_id, &key, payload),
+            (_, M::DirectSignal { call_id, payload }) => self.direct_signal(party, &call_id, payload),
             (Party::Device(me), M::Hangup { call_id }) => self.hangup(now, me, &call_id),
             (_, m) => Err(ProtocolError::new(
                 ErrorCode::Forbidden,
@@ -770,6 +771,42 @@ impl Engine {
             self.trace(call_id, Step::F4, "relaying WebRTC negotiation");
         }
         self.send_party(&other, ServerMsg::Signal { call_id: call_id.to_string(), payload });
+        Ok(())
+    }
+
+    /// C14 over WebRTC: relay the direct connection's offer/answer/candidates between the party
+    /// that connects (F1: the calling browser; F2: the calling switch; F3: the called browser)
+    /// and the switch that carries the call. Only once the address and key were handed out
+    /// (C13/C2/C3), so a stranger cannot make a switch allocate anything; never the key.
+    fn direct_signal(&mut self, party: &Party, call_id: &str, payload: SignalPayload) -> Result<(), ProtocolError> {
+        let call = self.party_call(call_id, party)?;
+        let Some(carrier) = call.carrier.clone() else {
+            return Err(ProtocolError::new(
+                ErrorCode::WrongState,
+                "direct_signal is for calls through a switch (browser-to-browser calls use signal)",
+            ));
+        };
+        let carrier_p = Party::Switch(carrier.clone());
+        // The caller's switch carries the call in F3 (its callee browser connects to it); for
+        // F7 (a local call) nobody connects.
+        let connecting = if call.caller == carrier_p { call.callee_device.clone().map(Party::Device) } else { Some(call.caller.clone()) };
+        let Some(connecting) = connecting else {
+            return Err(ProtocolError::new(ErrorCode::WrongState, "this call is local to its switch: there is no direct connection"));
+        };
+        if !matches!(
+            call.state,
+            CallState::AwaitDirectConnect | CallState::KeyAccepted | CallState::Ringing | CallState::Connected
+        ) {
+            return Err(wrong_state(call_id, call.state, "direct_signal (wait for the address and key)"));
+        }
+        let to = if *party == carrier_p {
+            connecting
+        } else if *party == connecting {
+            carrier_p
+        } else {
+            return Err(ProtocolError::new(ErrorCode::NotYourCall, "you do not connect to this call's switch"));
+        };
+        self.send_party(&to, ServerMsg::DirectSignal { call_id: call_id.to_string(), payload });
         Ok(())
     }
 

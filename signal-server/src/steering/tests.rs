@@ -1043,3 +1043,106 @@ fn push_shutdown_while_waking_records_the_attempt_and_forgets_it() {
     h.online(BOB2, "2002");
     assert!(h.to(BOB2).is_empty());
 }
+
+// ---------------------------------------------------------------- C14 over WebRTC (direct_signal)
+
+fn offer_json(call: &str) -> String {
+    format!(r#"{{"type":"direct_signal","call_id":"{call}","payload":{{"kind":"offer","sdp":"v=0 offer"}}}}"#)
+}
+fn answer_json(call: &str) -> String {
+    format!(r#"{{"type":"direct_signal","call_id":"{call}","payload":{{"kind":"answer","sdp":"v=0 answer"}}}}"#)
+}
+fn ice_json(call: &str) -> String {
+    format!(
+        r#"{{"type":"direct_signal","call_id":"{call}","payload":{{"kind":"ice","candidate":"candidate:1 1 udp 1 203.0.113.101 40000 typ srflx raddr 198.51.100.2 rport 40000"}}}}"#
+    )
+}
+fn is_direct_signal(msgs: &[S], call: &str, kind: &str) -> bool {
+    matches!(msgs, [S::DirectSignal { call_id, payload }] if call_id == call && match (kind, payload) {
+        ("offer", SignalPayload::Offer { .. }) | ("answer", SignalPayload::Answer { .. }) | ("ice", SignalPayload::Ice { .. }) => true,
+        _ => false,
+    })
+}
+
+#[test]
+fn f1_c14_direct_signal_relays_between_the_calling_browser_and_the_callee_switch() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"f1","to":"3001"}"#);
+    h.to(BRANCH);
+    // Before the switch handed out its address and key, nothing is relayed: a stranger cannot
+    // make a switch set up a WebRTC leg.
+    h.msg(ALICE, &offer_json("f1"));
+    assert_eq!(h.error_code(ALICE), ErrorCode::WrongState);
+    assert!(h.to(BRANCH).is_empty());
+    h.msg(BRANCH, &accept_json("f1"));
+    h.to(ALICE);
+    h.msg(ALICE, &offer_json("f1"));
+    assert!(is_direct_signal(&h.to(BRANCH), "f1", "offer"));
+    h.msg(BRANCH, &answer_json("f1"));
+    assert!(is_direct_signal(&h.to(ALICE), "f1", "answer"));
+    h.msg(BRANCH, &ice_json("f1"));
+    assert!(is_direct_signal(&h.to(ALICE), "f1", "ice"));
+    h.msg(ALICE, &ice_json("f1"));
+    assert!(is_direct_signal(&h.to(BRANCH), "f1", "ice"));
+    // Others may not take part: another browser, another switch.
+    h.msg(BOB, &ice_json("f1"));
+    assert_eq!(h.error_code(BOB), ErrorCode::NotYourCall);
+    h.msg(HQ, &ice_json("f1"));
+    assert_eq!(h.error_code(HQ), ErrorCode::NotYourCall);
+    // Trickle goes on after the key was accepted (late candidates, ICE restarts).
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"f1","event":{"event":"key_accepted"}}"#);
+    h.msg(ALICE, &ice_json("f1"));
+    assert!(is_direct_signal(&h.to(BRANCH), "f1", "ice"));
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"f1","event":{"event":"ended","outcome":"no_answer"}}"#);
+    h.records();
+    h.to(ALICE);
+    h.msg(ALICE, &ice_json("f1"));
+    assert_eq!(h.error_code(ALICE), ErrorCode::UnknownCall, "nothing is relayed after the call");
+}
+
+#[test]
+fn f2_c2_direct_signal_relays_between_the_two_switches() {
+    let mut h = H::new();
+    h.msg(HQ, r#"{"type":"route_query","call_id":"f2","from":"1001","to":"3001"}"#);
+    h.to(HQ);
+    h.to(BRANCH);
+    h.msg(BRANCH, &accept_json("f2"));
+    h.to(HQ);
+    h.msg(HQ, &offer_json("f2"));
+    assert!(is_direct_signal(&h.to(BRANCH), "f2", "offer"));
+    h.msg(BRANCH, &answer_json("f2"));
+    assert!(is_direct_signal(&h.to(HQ), "f2", "answer"));
+}
+
+#[test]
+fn f3_c3_direct_signal_relays_between_the_called_browser_and_the_caller_switch() {
+    let mut h = H::new();
+    h.msg(HQ, r#"{"type":"route_query","call_id":"f3","from":"1001","to":"2001"}"#);
+    h.to(HQ);
+    // The callee browser has no address and key yet.
+    h.msg(ALICE, &offer_json("f3"));
+    assert_eq!(h.error_code(ALICE), ErrorCode::WrongState);
+    h.msg(HQ, &direct_offer_json("f3", 30_000));
+    h.to(ALICE);
+    h.msg(ALICE, &offer_json("f3"));
+    assert!(is_direct_signal(&h.to(HQ), "f3", "offer"));
+    h.msg(HQ, &answer_json("f3"));
+    assert!(is_direct_signal(&h.to(ALICE), "f3", "answer"));
+    h.msg(BOB, &offer_json("f3"));
+    assert_eq!(h.error_code(BOB), ErrorCode::NotYourCall);
+}
+
+#[test]
+fn direct_signal_is_refused_for_browser_to_browser_and_local_calls() {
+    let mut h = H::new();
+    f4_ringing(&mut h);
+    h.msg(ALICE, &offer_json("f4"));
+    assert_eq!(h.error_code(ALICE), ErrorCode::WrongState, "F4 uses signal with the cloud key");
+    h.msg(HQ, r#"{"type":"route_query","call_id":"f7","from":"1001","to":"1002"}"#);
+    h.to(HQ);
+    h.msg(HQ, &offer_json("f7"));
+    assert_eq!(h.error_code(HQ), ErrorCode::WrongState);
+    // Malformed payloads never reach the engine: the protocol refuses them.
+    let e = ClientMsg::decode(r#"{"type":"direct_signal","call_id":"f1","payload":{"kind":"offer","sdp":""}}"#).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidField);
+}
