@@ -48,6 +48,8 @@ pub struct Session {
     /// Keep to [`SignalClient::resume`] after a reconnect (it is rotated on each resume).
     pub session_token: String,
     pub session_expires_in_s: u64,
+    /// STUN/TURN servers from `welcome` (this client uses the `stun:` ones).
+    pub ice_servers: Vec<trunkline_protocol::IceServer>,
 }
 
 /// What the writer task sends.
@@ -226,6 +228,7 @@ impl SignalClient {
                 kind,
                 session_token,
                 session_expires_in_s,
+                ice_servers,
                 ..
             }) => Session {
                 number,
@@ -233,6 +236,7 @@ impl SignalClient {
                 kind,
                 session_token,
                 session_expires_in_s,
+                ice_servers,
             },
             Ok(ServerMsg::Error { code, message, .. }) => {
                 return Err(SignalError::Refused { code, message });

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use trunkline_protocol::{
-    CallEvent, CallId, DeclineReason, ErrorCode, IncomingVia, Outcome, ServerMsg, SignalPayload,
+    CallEvent, CallId, ClientMsg, DeclineReason, DirectClientMsg, DirectServerMsg, ErrorCode, IncomingVia, Outcome, ServerMsg,
+    SignalPayload,
 };
 
 use crate::direct::{DirectClient, DirectError, DirectEvent};
@@ -74,7 +75,15 @@ pub struct SoftphoneConfig {
     pub media: PeerOptions,
     pub tls: TlsOptions,
     pub timeouts: Timeouts,
+    /// C14 over WebRTC: reach a switch with ICE + DTLS, the offer/answer and candidates going
+    /// through the cloud (`direct_signal`) and the key presented on a DataChannel, instead of
+    /// opening its `ws://` direct endpoint. The server's `stun:` servers (from `welcome`) give
+    /// a server-reflexive candidate unless `media.stun` names some.
+    pub direct_over_webrtc: bool,
 }
+
+/// The DataChannel a caller presents its key on (C14 over WebRTC).
+pub const DIRECT_CHANNEL: &str = "trunkline-direct";
 
 impl SoftphoneConfig {
     pub fn new(
@@ -89,6 +98,7 @@ impl SoftphoneConfig {
             media: PeerOptions::default(),
             tls: TlsOptions::default(),
             timeouts: Timeouts::default(),
+            direct_over_webrtc: false,
         }
     }
 }
@@ -99,6 +109,7 @@ struct Inner {
     media: PeerOptions,
     tls: TlsOptions,
     timeouts: Timeouts,
+    direct_over_webrtc: bool,
     routes: Mutex<HashMap<CallId, mpsc::UnboundedSender<ServerMsg>>>,
     closed: watch::Sender<Option<String>>,
 }
@@ -143,12 +154,17 @@ impl Softphone {
     fn start(client: SignalClient, cfg: SoftphoneConfig) -> Softphone {
         let (session, signal, inbox) = client.into_parts();
         let (closed, _) = watch::channel(None);
+        let mut media = cfg.media;
+        if cfg.direct_over_webrtc && media.stun.is_empty() {
+            media.stun = stun_addrs(&session.ice_servers);
+        }
         let inner = Arc::new(Inner {
             session,
             signal,
-            media: cfg.media,
+            media,
             tls: cfg.tls,
             timeouts: cfg.timeouts,
+            direct_over_webrtc: cfg.direct_over_webrtc,
             routes: Mutex::new(HashMap::new()),
             closed,
         });
@@ -798,6 +814,11 @@ struct CallTask {
     /// Trickled candidates that came before the media session.
     pending_candidates: Vec<String>,
     direct: Option<DirectClient>,
+    /// C14 over WebRTC: the key to present on the DataChannel, and whether it was accepted.
+    webrtc_key: Option<String>,
+    webrtc_accepted: bool,
+    /// DataChannel text not handled yet.
+    dc_inbox: Vec<String>,
     media: Option<Arc<MediaSession>>,
     media_events: Option<tokio::sync::broadcast::Receiver<MediaEvent>>,
     /// Anything but an error was received for this call.
@@ -844,6 +865,9 @@ impl CallTask {
             pending_peer: None,
             pending_candidates: vec![],
             direct: None,
+            webrtc_key: None,
+            webrtc_accepted: false,
+            dc_inbox: vec![],
             media: None,
             media_events: None,
             progressed: false,
@@ -906,7 +930,10 @@ impl CallTask {
                     None => self.on_cloud_lost(),
                 },
                 e = next_direct(&mut self.direct) => self.on_direct(e).await,
-                e = next_media(&mut self.media_events) => self.on_media(e),
+                e = next_media(&mut self.media_events) => {
+                    self.on_media(e);
+                    self.drain_dc().await;
+                }
                 c = self.cmds.recv(), if self.cmds_open => match c {
                     Some(CallCmd::Hangup) => self.hangup().await,
                     None => {
@@ -950,7 +977,7 @@ impl CallTask {
                     url: url.clone(),
                     expires_in_ms,
                 });
-                if self.direct.is_none() && self.media.is_none() && !self.hung_up {
+                if self.direct.is_none() && self.media.is_none() && self.webrtc_key.is_none() && !self.hung_up {
                     self.start_direct(&url, &key).await;
                 }
             }
@@ -966,6 +993,7 @@ impl CallTask {
                 }
             }
             ServerMsg::Signal { payload, .. } => self.on_signal(payload).await,
+            ServerMsg::DirectSignal { payload, .. } if self.webrtc_key.is_some() => self.on_signal(payload).await,
             ServerMsg::CallEvent { event, .. } => {
                 match &event {
                     CallEvent::Ringing => self.set_status(|s| s.ringing = true),
@@ -1010,7 +1038,7 @@ impl CallTask {
             .borrow()
             .clone()
             .unwrap_or_else(|| "closed".into());
-        if self.direct.is_some() {
+        if self.direct.is_some() || self.webrtc_accepted {
             // The call goes on over the direct connection; its `ended` finishes it.
             self.update(CallUpdate::Failed(format!(
                 "signal connection lost ({why}); the call continues on the direct endpoint"
@@ -1078,8 +1106,66 @@ impl CallTask {
         }
     }
 
+    /// C14 over WebRTC: offer (audio + DataChannel) through the cloud; the answer and the
+    /// switch's candidates come back as `direct_signal`; the key goes on the DataChannel once
+    /// it opens ([`MediaEvent::ChannelOpen`]).
+    async fn start_direct_webrtc(&mut self, key: &str) {
+        let r = async {
+            let mut peer = WebRtcPeer::bind(self.inner.media.clone()).await?;
+            let offer = peer.create_offer_with_channel(DIRECT_CHANNEL)?;
+            Ok::<_, SoftphoneError>((peer, offer))
+        }
+        .await;
+        match r {
+            Ok((peer, offer)) => {
+                self.webrtc_key = Some(key.to_string());
+                self.pending_peer = Some(peer);
+                let msg = ClientMsg::DirectSignal { call_id: self.call_id.clone(), payload: SignalPayload::Offer { sdp: offer } };
+                if let Err(e) = self.inner.signal.send(&msg) {
+                    return self.direct_failed_local(format!("cannot send the offer: {e}")).await;
+                }
+                self.update(CallUpdate::OfferSent);
+            }
+            Err(e) => self.direct_failed_local(e.to_string()).await,
+        }
+    }
+
+    /// DataChannel messages from the switch (the direct endpoint's messages, over WebRTC).
+    async fn drain_dc(&mut self) {
+        for text in std::mem::take(&mut self.dc_inbox) {
+            let msg = match DirectServerMsg::decode(&text) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!("call {}: bad DataChannel message: {e}", self.call_id);
+                    continue;
+                }
+            };
+            match msg {
+                DirectServerMsg::Accepted { .. } => {
+                    self.webrtc_accepted = true;
+                    self.update(CallUpdate::KeyAccepted);
+                }
+                DirectServerMsg::Error { code, message } if !self.webrtc_accepted => {
+                    self.direct_failed(DirectError::from_code(code, message)).await;
+                    if let Some(m) = &self.media {
+                        m.close().await;
+                    }
+                }
+                DirectServerMsg::Error { code, message } => {
+                    self.on_direct(Ok(Some(DirectEvent::Error { code, message }))).await
+                }
+                DirectServerMsg::Progress { event } => self.on_direct(Ok(Some(DirectEvent::Progress(event)))).await,
+                DirectServerMsg::Ended { outcome } => self.on_direct(Ok(Some(DirectEvent::Ended(outcome)))).await,
+                DirectServerMsg::Answer { .. } => {}
+            }
+        }
+    }
+
     /// C13 / C3: present the key at the gateway, offer, apply its answer.
     async fn start_direct(&mut self, url: &str, key: &str) {
+        if self.inner.direct_over_webrtc {
+            return self.start_direct_webrtc(key).await;
+        }
         let number = self.inner.session.number.clone();
         let updates = self.updates.clone();
         let call_id = self.call_id.clone();
@@ -1263,6 +1349,30 @@ impl CallTask {
                 });
             }
             MediaEvent::Dtmf(d) => self.update(CallUpdate::Dtmf(d)),
+            MediaEvent::ChannelOpen => {
+                // C14: present the key inside DTLS.
+                if let (Some(key), Some(m)) = (&self.webrtc_key, &self.media) {
+                    let present = DirectClientMsg::Present {
+                        v: trunkline_protocol::PROTOCOL_VERSION,
+                        call_id: self.call_id.clone(),
+                        key: key.clone(),
+                        caller: self.inner.session.number.clone(),
+                    };
+                    if let Err(e) = m.channel_send(&present.encode()) {
+                        tracing::debug!("call {}: {e}", self.call_id);
+                    }
+                }
+            }
+            MediaEvent::ChannelText(t) => self.dc_inbox.push(t),
+            MediaEvent::LocalCandidate(candidate) => {
+                if self.webrtc_key.is_some() {
+                    let payload = SignalPayload::Ice { candidate, sdp_mid: None, sdp_m_line_index: Some(0) };
+                    let msg = ClientMsg::DirectSignal { call_id: self.call_id.clone(), payload };
+                    if let Err(e) = self.inner.signal.send(&msg) {
+                        tracing::debug!("call {}: {e}", self.call_id);
+                    }
+                }
+            }
             MediaEvent::Closed(why) => {
                 self.update(CallUpdate::MediaClosed(why));
                 self.media_events = None;
@@ -1306,6 +1416,12 @@ impl CallTask {
                 tracing::debug!("call {}: {e}", self.call_id);
             }
             Ok(())
+        } else if self.webrtc_accepted
+            && let Some(m) = &self.media
+        {
+            // Over WebRTC the switch hears it on the DataChannel (it reports the end).
+            let _ = m.channel_send(&DirectClientMsg::Hangup.encode());
+            Ok(())
         } else if self.peer_key.is_some() && (answered || !self.outgoing) {
             // F4: hang up (or, as the callee before answering, decline) through the cloud.
             self.inner.signal.hangup(&self.call_id)
@@ -1329,6 +1445,22 @@ impl CallTask {
         }
         self.start_grace();
     }
+}
+
+/// The addresses of the `stun:` URLs among `ice_servers` (IPv4; names resolved once here).
+fn stun_addrs(ice_servers: &[trunkline_protocol::IceServer]) -> Vec<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let mut out = vec![];
+    for url in ice_servers.iter().flat_map(|s| s.urls.iter()) {
+        if let Some((host, port)) = trunkline_media::srflx::parse_stun_url(url)
+            && let Ok(mut addrs) = (host.as_str(), port).to_socket_addrs()
+            && let Some(a) = addrs.find(|a| a.is_ipv4())
+        {
+            out.push(a);
+        }
+    }
+    out.dedup();
+    out
 }
 
 async fn next_direct(d: &mut Option<DirectClient>) -> Result<Option<DirectEvent>, DirectError> {

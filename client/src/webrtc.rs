@@ -190,6 +190,9 @@ pub struct PeerOptions {
     /// Keep what arrives (decoded) for [`MediaSession::recording`]. Turn off for load runs:
     /// the counters still count.
     pub record: bool,
+    /// STUN servers to learn this peer's server-reflexive address from (its first socket),
+    /// reported as [`MediaEvent::LocalCandidate`] for trickling. Empty: host candidates only.
+    pub stun: Vec<SocketAddr>,
 }
 
 impl Default for PeerOptions {
@@ -202,6 +205,7 @@ impl Default for PeerOptions {
             dtmf_gap: Duration::from_millis(60),
             ice_lite: false,
             record: true,
+            stun: Vec::new(),
         }
     }
 }
@@ -297,6 +301,17 @@ impl WebRtcPeer {
         Ok(offer.to_sdp_string())
     }
 
+    /// The offer for a direct connection to a switch (C14 over WebRTC): audio as in
+    /// [`create_offer`](Self::create_offer), plus a DataChannel to present the key on.
+    pub fn create_offer_with_channel(&mut self, label: &str) -> Result<String, WebRtcError> {
+        let mut change = self.rtc.sdp_api();
+        let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        change.add_channel(label.to_string());
+        let (offer, pending) = change.apply().ok_or(WebRtcError::NoAudio)?;
+        self.pending = Some((pending, mid));
+        Ok(offer.to_sdp_string())
+    }
+
     /// Apply the remote answer to [`create_offer`](Self::create_offer)'s offer and start media.
     pub fn accept_answer(
         mut self,
@@ -381,6 +396,9 @@ impl WebRtcPeer {
             cmd_rx,
             net_rx,
             frame: vec![0i16; FRAME_SAMPLES],
+            channel: None,
+            channel_queue: vec![],
+            probe: None,
         };
         let task = tokio::spawn(driver.run(readers));
         MediaSession {
@@ -489,6 +507,13 @@ pub enum MediaEvent {
     Dtmf(char),
     /// The session ended.
     Closed(String),
+    /// The DataChannel is open (C14 over WebRTC: present the key now).
+    ChannelOpen,
+    /// Text arrived on the DataChannel.
+    ChannelText(String),
+    /// A local candidate found after the offer/answer (server-reflexive, from STUN), as an SDP
+    /// `candidate:` line to trickle to the far end.
+    LocalCandidate(String),
 }
 
 struct State {
@@ -533,6 +558,7 @@ enum Command {
     SetSource(AudioSource),
     Dtmf(u8, char),
     RemoteCandidate(Candidate),
+    ChannelSend(String),
     Close,
 }
 
@@ -612,6 +638,11 @@ impl MediaSession {
     }
 
     /// Add a candidate the remote trickled (`candidate:…` as in SDP, without `a=`).
+    /// Send text on the DataChannel (queued until it is open).
+    pub fn channel_send(&self, text: &str) -> Result<(), WebRtcError> {
+        self.cmd.send(Command::ChannelSend(text.to_string())).map_err(|_| WebRtcError::Closed)
+    }
+
     pub fn add_remote_candidate(&self, candidate: &str) -> Result<(), WebRtcError> {
         let c = Candidate::from_sdp_string(candidate.trim().trim_start_matches("a="))
             .map_err(|e| WebRtcError::BadSdp(format!("candidate {candidate:?}: {e}")))?;
@@ -753,6 +784,11 @@ struct Driver {
     cmd_rx: mpsc::UnboundedReceiver<Command>,
     net_rx: mpsc::Receiver<Datagram>,
     frame: Vec<i16>,
+    /// The open DataChannel, and text queued before it opened.
+    channel: Option<str0m::channel::ChannelId>,
+    channel_queue: Vec<String>,
+    /// Server-reflexive discovery on the first socket (see [`PeerOptions::stun`]).
+    probe: Option<trunkline_media::srflx::SrflxProbe>,
 }
 
 /// How long a local close may take to drain (BYE, close_notify) before the driver just stops.
@@ -760,6 +796,13 @@ const CLOSE_DRAIN: Duration = Duration::from_millis(500);
 
 impl Driver {
     async fn run(mut self, readers: Vec<tokio::task::JoinHandle<()>>) {
+        if !self.opts.stun.is_empty() {
+            self.probe = Some(trunkline_media::srflx::SrflxProbe::new(
+                &self.opts.stun,
+                trunkline_media::srflx::ProbeTiming::default(),
+                Instant::now(),
+            ));
+        }
         let reason = self.run_loop().await;
         for r in readers {
             r.abort();
@@ -802,6 +845,9 @@ impl Driver {
                 None
             };
             let mut wake = frame_due.map_or(timeout, |f| f.min(timeout));
+            if let Some(t) = self.run_probe(now) {
+                wake = wake.min(t);
+            }
             if let Some(t) = self.closing_since {
                 wake = wake.min(t + CLOSE_DRAIN);
             }
@@ -819,6 +865,12 @@ impl Driver {
                 },
                 d = self.net_rx.recv() => {
                     let Some(d) = d else { return "sockets closed".into() };
+                    if let Some(p) = self.probe.as_mut()
+                        && p.is_ours(d.source, &d.data)
+                    {
+                        p.handle_input(d.source, &d.data, d.at);
+                        continue;
+                    }
                     let Ok(contents) = d.data.as_slice().try_into() else { continue };
                     let input = Input::Receive(d.at, Receive { proto: Protocol::Udp, source: d.source, destination: d.destination, contents });
                     if let Err(e) = self.rtc.handle_input(input) {
@@ -854,9 +906,48 @@ impl Driver {
             Command::SetSource(s) => self.source = SourceCursor::new(s),
             Command::Dtmf(code, digit) => self.dtmf_queue.push_back((code, digit)),
             Command::RemoteCandidate(c) => self.rtc.add_remote_candidate(c),
+            Command::ChannelSend(text) => match self.channel.and_then(|id| self.rtc.channel(id)) {
+                Some(mut ch) => {
+                    ch.write(false, text.as_bytes())?;
+                    self.kick = true;
+                }
+                None => self.channel_queue.push(text),
+            },
             Command::Close => self.start_close(),
         }
         Ok(())
+    }
+
+    /// Send the STUN probe's requests and turn its answers into trickled srflx candidates.
+    /// Returns when it next needs to run.
+    fn run_probe(&mut self, now: Instant) -> Option<Instant> {
+        use trunkline_media::srflx::ProbeEvent;
+        let probe = self.probe.as_mut()?;
+        let socket = self.sockets.first()?.clone();
+        let base = socket.local_addr().ok()?;
+        probe.handle_timeout(now);
+        while let Some((to, bytes)) = probe.poll_transmit(now) {
+            let _ = socket.try_send_to(&bytes, to);
+        }
+        let mut found = vec![];
+        while let Some(ev) = probe.poll_event() {
+            if let ProbeEvent::Mapped { mapped, .. } = ev
+                && mapped != base
+            {
+                found.push(mapped);
+            }
+        }
+        let next = probe.poll_timeout();
+        for mapped in found {
+            if let Ok(c) = Candidate::server_reflexive(mapped, base, "udp") {
+                let line = c.to_sdp_string();
+                if self.rtc.add_local_candidate(c).is_some() {
+                    tracing::debug!("server-reflexive candidate {mapped}");
+                    self.shared.emit(MediaEvent::LocalCandidate(line));
+                }
+            }
+        }
+        next
     }
 
     /// Drain `poll_output` to its next timeout: send datagrams, handle events.
@@ -888,6 +979,20 @@ impl Driver {
 
     fn event(&mut self, e: Event) {
         match e {
+            Event::ChannelOpen(id, _label) if self.channel.is_none() => {
+                self.channel = Some(id);
+                if let Some(mut ch) = self.rtc.channel(id) {
+                    for text in self.channel_queue.drain(..) {
+                        let _ = ch.write(false, text.as_bytes());
+                    }
+                }
+                self.shared.emit(MediaEvent::ChannelOpen);
+            }
+            Event::ChannelData(d) if Some(d.id) == self.channel && !d.binary => {
+                if let Ok(text) = String::from_utf8(d.data) {
+                    self.shared.emit(MediaEvent::ChannelText(text));
+                }
+            }
             Event::IceConnectionStateChange(state) => {
                 tracing::debug!("ICE {state:?}");
                 self.shared.update(|s| s.stats.ice_state = Some(state));

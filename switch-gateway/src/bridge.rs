@@ -1,6 +1,12 @@
-//! WebRTC ⇄ RTP bridges for direct callers (C15): one str0m `Rtc` (ICE-lite, DTLS-SRTP) on its
-//! own UDP socket facing the caller, and one RTP/RTCP socket pair facing the desk phone, driven
-//! by one small tokio task per call.
+//! WebRTC ⇄ RTP bridges for direct callers (C15): one str0m `Rtc` (DTLS-SRTP) on its own UDP
+//! socket facing the caller, and one RTP/RTCP socket pair facing the desk phone, driven by one
+//! small tokio task per call.
+//!
+//! Two ways in: the WebSocket direct endpoint (ICE-lite answer, key first, then the offer), and
+//! a **session** (C14 over WebRTC): the caller's offer comes through the cloud, the leg is a
+//! full ICE agent that learns its server-reflexive address by STUN from the same socket and
+//! trickles it back through the cloud, the key arrives on a DataChannel inside DTLS, and only
+//! then is the phone side attached and rung.
 //!
 //! G.711 passes through without transcoding when both legs use the same law (the phone is
 //! offered the law the WebRTC side prefers first); if they differ each sample is re-coded.
@@ -18,9 +24,11 @@ use str0m::format::{Codec, CodecExtra, FormatParams};
 use str0m::media::{Direction as MediaDirection, Frequency, MediaKind, MediaTime, Mid, Pt, TelephoneEvent};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::channel::ChannelId;
 use tokio::sync::mpsc;
 use trunkline_client::g711::Law;
 use trunkline_media::ports::{LegSockets, PortAllocator};
+use trunkline_media::srflx::{ProbeEvent, ProbeTiming, SrflxProbe};
 
 use crate::b2bua::{BridgeError, BridgeSetup, Bridges};
 
@@ -28,6 +36,14 @@ use crate::b2bua::{BridgeError, BridgeSetup, Bridges};
 /// maps whatever the offer uses).
 const PHONE_TE_PT: u8 = 101;
 const WEBRTC_TE_PT: u8 = 126;
+
+/// The desk-phone side of a bridge.
+pub struct PhoneLeg {
+    sockets: LegSockets,
+    /// The law the phone is offered (or answered) with.
+    law: Law,
+    te_pt: Option<u8>,
+}
 
 /// A bridge whose sockets exist but whose task has not started yet.
 pub struct PendingBridge {
@@ -37,10 +53,8 @@ pub struct PendingBridge {
     ice: LegSockets,
     /// The address in our ICE candidate: what str0m must see as the packets' destination.
     candidate: SocketAddr,
-    phone: LegSockets,
-    /// The law the phone is offered (or answered) with.
-    phone_law: Law,
-    phone_te_pt: Option<u8>,
+    /// None for a session until its key is accepted.
+    phone: Option<PhoneLeg>,
     /// F2 caller side: our offer, waiting for the remote gateway's answer.
     offer: Option<SdpPendingOffer>,
     /// Known up front when we offered (str0m only announces remote-added media).
@@ -48,17 +62,35 @@ pub struct PendingBridge {
 }
 
 pub type PendingBridges = Arc<Mutex<HashMap<u64, PendingBridge>>>;
+/// Phone sides made for running sessions, taken by the driver at `BridgeStart`.
+pub type Attachments = Arc<Mutex<HashMap<u64, PhoneLeg>>>;
+/// The STUN servers (resolved) sessions learn their server-reflexive address from; set by
+/// the driver from `switch_welcome` / `ice_servers`.
+pub type StunServers = Arc<Mutex<Vec<SocketAddr>>>;
 
 pub struct DriverBridges {
     alloc: Arc<PortAllocator>,
     adv_ip: IpAddr,
     pending: PendingBridges,
+    attach: Attachments,
+    /// Each session's WebRTC law (the one its answer lists first), for its phone side.
+    session_law: HashMap<u64, Law>,
     next: u64,
 }
 
 impl DriverBridges {
-    pub fn new(alloc: Arc<PortAllocator>, adv_ip: IpAddr, pending: PendingBridges) -> Self {
-        DriverBridges { alloc, adv_ip, pending, next: 0 }
+    pub fn new(alloc: Arc<PortAllocator>, adv_ip: IpAddr, pending: PendingBridges, attach: Attachments) -> Self {
+        DriverBridges { alloc, adv_ip, pending, attach, session_law: HashMap::new(), next: 0 }
+    }
+}
+
+/// Which law the WebRTC side listed first in `answer` (offer the phone that one first).
+fn first_law(answer: &str) -> Option<Law> {
+    match (answer.find("PCMU/8000"), answer.find("PCMA/8000")) {
+        (Some(m), Some(a)) if a < m => Some(Law::A),
+        (Some(_), _) => Some(Law::Mu),
+        (None, Some(_)) => Some(Law::A),
+        (None, None) => None,
     }
 }
 
@@ -137,19 +169,42 @@ impl Bridges for DriverBridges {
         }
         let (mut rtc, ice, candidate) = self.rtc_and_socket(true)?;
         let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?.to_sdp_string();
-        // Which law does the WebRTC side list first? Offer the phone that one first.
-        let webrtc_law = match (answer.find("PCMU/8000"), answer.find("PCMA/8000")) {
-            (Some(m), Some(a)) if a < m => Law::A,
-            (Some(_), _) => Law::Mu,
-            (None, Some(_)) => Law::A,
-            (None, None) => return Err(BridgeError::BadOffer("the offer has neither PCMU nor PCMA".into())),
-        };
+        let webrtc_law =
+            first_law(&answer).ok_or_else(|| BridgeError::BadOffer("the offer has neither PCMU nor PCMA".into()))?;
         let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
         self.next += 1;
         let id = self.next;
-        let (phone_sdp, phone_law, phone_te_pt) = self.phone_side(id, phone.rtp_port(), webrtc_law, phone_offer)?;
-        self.pending.lock().unwrap().insert(id, PendingBridge { rtc, ice, candidate, phone, phone_law, phone_te_pt, offer: None, mid: None });
+        let (phone_sdp, law, te_pt) = self.phone_side(id, phone.rtp_port(), webrtc_law, phone_offer)?;
+        let phone = Some(PhoneLeg { sockets: phone, law, te_pt });
+        self.pending.lock().unwrap().insert(id, PendingBridge { rtc, ice, candidate, phone, offer: None, mid: None });
         Ok(BridgeSetup { id, answer, phone_sdp })
+    }
+
+    fn open_session(&mut self, offer: &str) -> Result<(u64, String), BridgeError> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?;
+        if !offer.media_lines.iter().any(|m| m.typ.to_string() == "audio") {
+            return Err(BridgeError::BadOffer("no audio m-line".into()));
+        }
+        if !offer.media_lines.iter().any(|m| m.typ.to_string() == "application") {
+            return Err(BridgeError::BadOffer("no DataChannel (m=application) to present the key on".into()));
+        }
+        // Full ICE: behind NAT our own checks open the pinhole the caller's checks come through.
+        let (mut rtc, ice, candidate) = self.rtc_and_socket(false)?;
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?.to_sdp_string();
+        let law = first_law(&answer).ok_or_else(|| BridgeError::BadOffer("the offer has neither PCMU nor PCMA".into()))?;
+        self.next += 1;
+        let id = self.next;
+        self.session_law.insert(id, law);
+        self.pending.lock().unwrap().insert(id, PendingBridge { rtc, ice, candidate, phone: None, offer: None, mid: None });
+        Ok((id, answer))
+    }
+
+    fn attach(&mut self, id: u64, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
+        let webrtc_law = self.session_law.remove(&id).ok_or_else(|| BridgeError::BadOffer("no such session".into()))?;
+        let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
+        let (phone_sdp, law, te_pt) = self.phone_side(id, phone.rtp_port(), webrtc_law, phone_offer)?;
+        self.attach.lock().unwrap().insert(id, PhoneLeg { sockets: phone, law, te_pt });
+        Ok(BridgeSetup { id, answer: String::new(), phone_sdp })
     }
 
     fn offer(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
@@ -157,14 +212,15 @@ impl Bridges for DriverBridges {
         let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
         self.next += 1;
         let id = self.next;
-        let (phone_sdp, phone_law, phone_te_pt) = self.phone_side(id, phone.rtp_port(), Law::Mu, Some(phone_offer))?;
+        let (phone_sdp, law, te_pt) = self.phone_side(id, phone.rtp_port(), Law::Mu, Some(phone_offer))?;
+        let phone = Some(PhoneLeg { sockets: phone, law, te_pt });
         let mut change = rtc.sdp_api();
         let mid = change.add_media(MediaKind::Audio, MediaDirection::SendRecv, None, None, None);
         let (offer, pending) = change.apply().ok_or_else(|| BridgeError::BadOffer("no media to offer".into()))?;
         self.pending
             .lock()
             .unwrap()
-            .insert(id, PendingBridge { rtc, ice, candidate, phone, phone_law, phone_te_pt, offer: Some(pending), mid: Some(mid) });
+            .insert(id, PendingBridge { rtc, ice, candidate, phone, offer: Some(pending), mid: Some(mid) });
         Ok(BridgeSetup { id, answer: offer.to_sdp_string(), phone_sdp })
     }
 
@@ -180,14 +236,63 @@ impl Bridges for DriverBridges {
 /// Commands to a running bridge.
 pub enum BridgeCmd {
     PhoneRemote(SocketAddr),
+    /// A session's key was accepted: bridge to this phone side now.
+    Attach(PhoneLeg, Option<SocketAddr>),
+    /// A candidate the caller trickled (SDP `candidate:` line).
+    RemoteCandidate(String),
+    /// Send this text on the session's DataChannel (a direct-endpoint message).
+    Dc(String),
     Stop,
 }
+
+/// What a session tells the driver.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// A local candidate to trickle to the caller (SDP `candidate:` line).
+    Candidate(String),
+    /// Text from the caller on the DataChannel (a direct-endpoint message).
+    Dc(String),
+    /// The leg is gone (closed, failed, or never got its key in time).
+    Gone(&'static str),
+}
+
+/// How long a session waits for its key before it gives up (the key's own TTL is shorter).
+const SESSION_KEY_WAIT: Duration = Duration::from_secs(60);
 
 /// Start bridge `id`'s task. Returns its command channel.
 pub fn start(pending: PendingBridge, phone_remote: Option<SocketAddr>) -> mpsc::UnboundedSender<BridgeCmd> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(pending, phone_remote, rx));
+    tokio::spawn(run(pending, phone_remote, rx, None));
     tx
+}
+
+/// Start a session's task (no phone side yet): it gathers its server-reflexive candidate from
+/// `stun`, and reports candidates, DataChannel text and its end on `events`.
+pub fn start_session(
+    pending: PendingBridge,
+    stun: Vec<SocketAddr>,
+    events: mpsc::UnboundedSender<SessionEvent>,
+) -> mpsc::UnboundedSender<BridgeCmd> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(pending, None, rx, Some((stun, events))));
+    tx
+}
+
+/// A session's own state inside the bridge task.
+struct SessionState {
+    events: mpsc::UnboundedSender<SessionEvent>,
+    probe: Option<SrflxProbe>,
+    dc: Option<ChannelId>,
+    /// DataChannel text queued before the channel opened.
+    dc_queue: Vec<String>,
+    key_deadline: Instant,
+}
+
+async fn recv_opt(sock: Option<&tokio::net::UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    match sock {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
 }
 
 struct PhoneOut {
@@ -197,9 +302,38 @@ struct PhoneOut {
     first: bool,
 }
 
-async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: mpsc::UnboundedReceiver<BridgeCmd>) {
-    let PendingBridge { mut rtc, ice, candidate, phone, phone_law, phone_te_pt, offer: _, mid } = p;
+async fn run(
+    p: PendingBridge,
+    mut phone_remote: Option<SocketAddr>,
+    mut cmds: mpsc::UnboundedReceiver<BridgeCmd>,
+    session: Option<(Vec<SocketAddr>, mpsc::UnboundedSender<SessionEvent>)>,
+) {
+    let PendingBridge { mut rtc, ice, candidate, mut phone, offer: _, mid } = p;
     let ice = ice.rtp_socket();
+    let mut session = session.map(|(stun, events)| SessionState {
+        events,
+        probe: (!stun.is_empty()).then(|| SrflxProbe::new(&stun, ProbeTiming::default(), Instant::now())),
+        dc: None,
+        dc_queue: vec![],
+        key_deadline: Instant::now() + SESSION_KEY_WAIT,
+    });
+    let why = run_loop(&mut rtc, ice, candidate, &mut phone, &mut phone_remote, &mut cmds, &mut session, mid).await;
+    if let Some(s) = &session {
+        let _ = s.events.send(SessionEvent::Gone(why));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_loop(
+    rtc: &mut Rtc,
+    ice: &tokio::net::UdpSocket,
+    candidate: SocketAddr,
+    phone: &mut Option<PhoneLeg>,
+    phone_remote: &mut Option<SocketAddr>,
+    cmds: &mut mpsc::UnboundedReceiver<BridgeCmd>,
+    session: &mut Option<SessionState>,
+    mid: Option<Mid>,
+) -> &'static str {
     // str0m matches STUN to a candidate by the exact destination address; the socket may be
     // bound to 0.0.0.0 while the candidate names the advertised address.
     let ice_local = Some(candidate);
@@ -224,6 +358,31 @@ async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: m
                 }
                 Ok(Output::Event(e)) => match e {
                     Event::MediaAdded(m) if m.kind == MediaKind::Audio => mid = Some(m.mid),
+                    Event::ChannelOpen(id, label) => {
+                        if let Some(s) = session.as_mut() && s.dc.is_none() {
+                            tracing::debug!(%label, "session: DataChannel open");
+                            s.dc = Some(id);
+                            if let Some(mut ch) = rtc.channel(id) {
+                                for text in s.dc_queue.drain(..) {
+                                    let _ = ch.write(false, text.as_bytes());
+                                }
+                            }
+                        }
+                    }
+                    Event::ChannelData(d) => {
+                        if let Some(s) = session.as_ref()
+                            && Some(d.id) == s.dc
+                            && !d.binary
+                            && let Ok(text) = String::from_utf8(d.data)
+                        {
+                            let _ = s.events.send(SessionEvent::Dc(text));
+                        }
+                    }
+                    Event::ChannelClose(id) => {
+                        if session.as_ref().is_some_and(|s| s.dc == Some(id)) {
+                            return "the caller closed the DataChannel";
+                        }
+                    }
                     Event::Connected => {
                         if let Some(w) = mid.and_then(|m| rtc.writer(m)) {
                             webrtc_pts = w.payload_params().map(|p| (p.pt(), p.spec().codec)).collect();
@@ -234,8 +393,9 @@ async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: m
                         tracing::debug!("bridge: WebRTC leg disconnected");
                     }
                     Event::MediaData(data) => {
-                        let dest = latched.or(phone_remote);
-                        let Some(dest) = dest else { continue };
+                        let dest = latched.or(*phone_remote);
+                        let (Some(dest), Some(phone)) = (dest, phone.as_ref()) else { continue };
+                        let (phone_law, phone_te_pt) = (phone.law, phone.te_pt);
                         let ts = data.time.rebase(Frequency::EIGHT_KHZ).numer() as u32;
                         match data.params.spec().codec {
                             c @ (Codec::PCMU | Codec::PCMA) => {
@@ -247,7 +407,7 @@ async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: m
                                     data.data.iter().map(|b| phone_law.encode(from_law.decode(*b))).collect()
                                 };
                                 let pkt = rtp_packet(pt, &mut out, ts, &payload);
-                                let _ = phone.rtp_socket().try_send_to(&pkt, dest);
+                                let _ = phone.sockets.rtp_socket().try_send_to(&pkt, dest);
                             }
                             Codec::Tele => {
                                 if let (CodecExtra::Tele(ev), Some(te)) = (&data.codec_extra, phone_te_pt) {
@@ -257,7 +417,7 @@ async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: m
                                     let repeats = if ev.end { 3 } else { 1 };
                                     for _ in 0..repeats {
                                         let pkt = rtp_packet(te, &mut out, ts, &body);
-                                        let _ = phone.rtp_socket().try_send_to(&pkt, dest);
+                                        let _ = phone.sockets.rtp_socket().try_send_to(&pkt, dest);
                                     }
                                 }
                             }
@@ -268,16 +428,52 @@ async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: m
                 },
                 Err(e) => {
                     tracing::debug!(error = %e, "bridge: str0m error; closing");
-                    return;
+                    return "WebRTC error";
                 }
             }
         };
         if !rtc.is_alive() {
-            return;
+            return "the WebRTC leg closed";
+        }
+        let mut next_timeout = next_timeout;
+        if let Some(s) = session.as_mut() {
+            if phone.is_none() && Instant::now() >= s.key_deadline {
+                let _ = rtc.close();
+                return "no key was presented in time";
+            }
+            next_timeout = next_timeout.min(s.key_deadline);
+            if let Some(probe) = s.probe.as_mut() {
+                let now = Instant::now();
+                probe.handle_timeout(now);
+                while let Some((to, bytes)) = probe.poll_transmit(now) {
+                    let _ = ice.try_send_to(&bytes, to);
+                }
+                while let Some(ev) = probe.poll_event() {
+                    match ev {
+                        ProbeEvent::Mapped { server, mapped } => {
+                            match Candidate::server_reflexive(mapped, candidate, "udp") {
+                                Ok(c) => {
+                                    let line = c.to_sdp_string();
+                                    if mapped != candidate && rtc.add_local_candidate(c).is_some() {
+                                        tracing::debug!(%server, %mapped, "session: server-reflexive candidate");
+                                        let _ = s.events.send(SessionEvent::Candidate(line));
+                                    }
+                                }
+                                Err(e) => tracing::debug!(error = %e, "session: unusable mapped address"),
+                            }
+                        }
+                        ProbeEvent::Unreachable { server, why } => tracing::debug!(%server, %why, "session: STUN server unreachable"),
+                        ProbeEvent::Done => {}
+                    }
+                }
+                if let Some(t) = probe.poll_timeout() {
+                    next_timeout = next_timeout.min(t);
+                }
+            }
         }
         if std::mem::take(&mut kick) {
             if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
-                return;
+                return "WebRTC error";
             }
             continue;
         }
@@ -285,15 +481,23 @@ async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: m
         tokio::select! {
             r = ice.recv_from(&mut ice_buf) => {
                 let Ok((n, source)) = r else { continue };
+                // Our STUN probe's answers share the socket with ICE, DTLS and SRTP.
+                if let Some(probe) = session.as_mut().and_then(|s| s.probe.as_mut())
+                    && probe.is_ours(source, &ice_buf[..n])
+                {
+                    probe.handle_input(source, &ice_buf[..n], Instant::now());
+                    continue;
+                }
                 let Some(destination) = ice_local else { continue };
                 let Ok(contents) = ice_buf[..n].try_into() else { continue };
                 let input = Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source, destination, contents });
                 if rtc.accepts(&input) && rtc.handle_input(input).is_err() {
-                    return;
+                    return "WebRTC error";
                 }
             }
-            r = phone.rtp_socket().recv_from(&mut rtp_buf) => {
+            r = recv_opt(phone.as_ref().map(|p| p.sockets.rtp_socket()), &mut rtp_buf) => {
                 let Ok((n, source)) = r else { continue };
+                let Some((phone_law, phone_te_pt)) = phone.as_ref().map(|p| (p.law, p.te_pt)) else { continue };
                 let Some(pkt) = parse_rtp(&rtp_buf[..n]) else { continue };
                 // Symmetric RTP: answer where the phone really sends from.
                 if latched != Some(source) {
@@ -362,9 +566,33 @@ async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: m
                 kick = true;
             }
             // RTCP from the phone is not forwarded (str0m makes its own reports); just drain it.
-            _ = phone.rtcp_socket().recv_from(&mut rtcp_buf) => {}
+            _ = recv_opt(phone.as_ref().map(|p| p.sockets.rtcp_socket()), &mut rtcp_buf) => {}
             cmd = cmds.recv() => match cmd {
-                Some(BridgeCmd::PhoneRemote(addr)) => phone_remote = Some(addr),
+                Some(BridgeCmd::PhoneRemote(addr)) => *phone_remote = Some(addr),
+                Some(BridgeCmd::Attach(leg, remote)) => {
+                    *phone = Some(leg);
+                    if remote.is_some() {
+                        *phone_remote = remote;
+                    }
+                }
+                Some(BridgeCmd::RemoteCandidate(line)) => {
+                    let line = line.strip_prefix("a=").unwrap_or(&line);
+                    match Candidate::from_sdp_string(line) {
+                        Ok(c) => rtc.add_remote_candidate(c),
+                        Err(e) => tracing::debug!(error = %e, "session: unusable remote candidate"),
+                    }
+                }
+                Some(BridgeCmd::Dc(text)) => {
+                    if let Some(s) = session.as_mut() {
+                        match s.dc.and_then(|id| rtc.channel(id)) {
+                            Some(mut ch) => {
+                                let _ = ch.write(false, text.as_bytes());
+                            }
+                            None => s.dc_queue.push(text),
+                        }
+                        kick = true;
+                    }
+                }
                 Some(BridgeCmd::Stop) | None => {
                     // RTCP BYE + DTLS close_notify, so the caller's side sees the end too.
                     let _ = rtc.close();
@@ -377,12 +605,12 @@ async fn run(p: PendingBridge, mut phone_remote: Option<SocketAddr>, mut cmds: m
                             Output::Event(_) => {}
                         }
                     }
-                    return;
+                    return "stopped";
                 }
             },
             _ = tokio::time::sleep(wait) => {
                 if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
-                    return;
+                    return "WebRTC error";
                 }
             }
         }

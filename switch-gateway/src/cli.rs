@@ -79,7 +79,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn nat_check(urls: Vec<String>, bind: std::net::SocketAddr) -> ExitCode {
-    use crate::srflx;
+    use trunkline_media::srflx;
     let mut servers = vec![];
     for url in &urls {
         let Some((host, port)) = srflx::parse_stun_url(url) else {

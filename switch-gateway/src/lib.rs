@@ -15,7 +15,6 @@ pub mod echo;
 pub mod phones;
 pub mod queue;
 pub mod registrar;
-pub mod srflx;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -32,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use trunkline_media::ports::{LegSockets, PortAllocator};
 use trunkline_media::relay::{Leg, Relay, RelayHandle};
-use trunkline_protocol::{ClientMsg, DirectClientMsg, DirectServerMsg};
+use trunkline_protocol::{ClientMsg, DirectClientMsg, DirectServerMsg, ServerMsg};
 
 use crate::b2bua::{Core, CoreConfig, EchoSetup, MediaLeg, MediaPair, MediaPorts, Output};
 use crate::cloud_link::{LinkConfig, LinkEvent};
@@ -166,6 +165,8 @@ pub async fn run(
     let echoes: Echoes = Arc::default();
     let media = DriverMedia { alloc: alloc.clone(), adv_ip, pending: pending.clone(), echoes: echoes.clone(), next: 0 };
     let pending_bridges: bridge::PendingBridges = Arc::default();
+    let attachments: bridge::Attachments = Arc::default();
+    let stun_servers: bridge::StunServers = Arc::default();
     let phones = Phones::load(&config.state_dir);
     let mut secret_bytes = [0u8; 32];
     {
@@ -191,7 +192,7 @@ pub async fn run(
         },
         phones,
         Box::new(media),
-        Box::new(bridge::DriverBridges::new(alloc.clone(), adv_ip, pending_bridges.clone())),
+        Box::new(bridge::DriverBridges::new(alloc.clone(), adv_ip, pending_bridges.clone(), attachments.clone())),
         secret_bytes,
     );
 
@@ -221,8 +222,16 @@ pub async fn run(
     ));
     {
         let core_tx = core_tx.clone();
+        let stun_servers = stun_servers.clone();
         tokio::spawn(async move {
             while let Some(ev) = link_ev_rx.recv().await {
+                // The cloud's STUN servers, for the server-reflexive candidates of sessions.
+                if let LinkEvent::Msg(
+                    ServerMsg::SwitchWelcome { ice_servers, .. } | ServerMsg::IceServers { ice_servers, .. },
+                ) = &ev
+                {
+                    tokio::spawn(resolve_stun(ice_servers.clone(), stun_servers.clone()));
+                }
                 if core_tx.send(CoreIn::Cloud(ev)).await.is_err() {
                     break;
                 }
@@ -266,6 +275,8 @@ pub async fn run(
         link_out_tx,
         pending,
         pending_bridges,
+        attachments,
+        stun_servers,
         echoes,
         core_tx.clone(),
         stop_rx.clone(),
@@ -295,6 +306,8 @@ async fn core_loop(
     link: mpsc::Sender<ClientMsg>,
     pending: Arc<Mutex<HashMap<u64, (LegSockets, LegSockets)>>>,
     pending_bridges: bridge::PendingBridges,
+    attachments: bridge::Attachments,
+    stun_servers: bridge::StunServers,
     echoes: Echoes,
     core_tx: mpsc::Sender<CoreIn>,
     mut stop: watch::Receiver<bool>,
@@ -356,6 +369,31 @@ async fn core_loop(
                         tracing::warn!("cloud link queue full or down: message dropped");
                     }
                 }
+                Output::Direct { conn, msg, close } if conn & b2bua::SESSION_CONN != 0 => {
+                    // A session's DataChannel. Its answer already went through the cloud.
+                    if let Some(b) = bridges.get(&(conn & !b2bua::SESSION_CONN)) {
+                        let refused = close && matches!(msg, DirectServerMsg::Error { .. });
+                        if !matches!(msg, DirectServerMsg::Answer { .. }) {
+                            let _ = b.send(bridge::BridgeCmd::Dc(msg.encode()));
+                        }
+                        if refused {
+                            let _ = b.send(bridge::BridgeCmd::Stop);
+                        }
+                    }
+                }
+                Output::SessionStart { id, conn, call_id } => {
+                    let Some(p) = pending_bridges.lock().unwrap().remove(&id) else { continue };
+                    let stun = stun_servers.lock().unwrap().clone();
+                    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+                    let tx = bridge::start_session(p, stun, ev_tx);
+                    bridges.insert(id, tx.clone());
+                    tokio::spawn(session_events(conn, call_id, ev_rx, tx, core_tx.clone(), link.clone()));
+                }
+                Output::SessionCandidate { id, candidate } => {
+                    if let Some(b) = bridges.get(&id) {
+                        let _ = b.send(bridge::BridgeCmd::RemoteCandidate(candidate));
+                    }
+                }
                 Output::Direct { conn, msg, close } => {
                     if let Some(tx) = direct.get(&conn) {
                         let _ = tx.try_send((msg, close));
@@ -375,8 +413,14 @@ async fn core_loop(
                     }
                 }
                 Output::BridgeStart { id, phone } => {
-                    if let Some(p) = pending_bridges.lock().unwrap().remove(&id) {
+                    let pending = pending_bridges.lock().unwrap().remove(&id);
+                    if let Some(p) = pending {
                         bridges.insert(id, bridge::start(p, phone));
+                    } else if let Some(leg) = attachments.lock().unwrap().remove(&id)
+                        && let Some(b) = bridges.get(&id)
+                    {
+                        // C15 for a session: its key was accepted, bridge to the phone now.
+                        let _ = b.send(bridge::BridgeCmd::Attach(leg, phone));
                     }
                 }
                 Output::BridgeRemote { id, phone } => {
@@ -396,6 +440,7 @@ async fn core_loop(
                 }
                 Output::BridgeStop { id } => {
                     pending_bridges.lock().unwrap().remove(&id);
+                    attachments.lock().unwrap().remove(&id);
                     if let Some(b) = bridges.remove(&id) {
                         let _ = b.send(bridge::BridgeCmd::Stop);
                     }
@@ -412,6 +457,59 @@ async fn core_loop(
             }
         }
     }
+}
+
+/// A session's events: its candidates go to the cloud (trickle), its DataChannel text to the
+/// core as direct-endpoint messages, its end as the direct connection going away.
+async fn session_events(
+    conn: u64,
+    call_id: String,
+    mut events: mpsc::UnboundedReceiver<bridge::SessionEvent>,
+    bridge: mpsc::UnboundedSender<bridge::BridgeCmd>,
+    core: mpsc::Sender<CoreIn>,
+    link: mpsc::Sender<ClientMsg>,
+) {
+    use trunkline_protocol::SignalPayload;
+    while let Some(ev) = events.recv().await {
+        match ev {
+            bridge::SessionEvent::Candidate(candidate) => {
+                let payload = SignalPayload::Ice { candidate, sdp_mid: None, sdp_m_line_index: Some(0) };
+                let _ = link.try_send(ClientMsg::DirectSignal { call_id: call_id.clone(), payload });
+            }
+            bridge::SessionEvent::Dc(text) => match DirectClientMsg::decode(&text) {
+                Ok(msg) => {
+                    if core.send(CoreIn::Direct { conn, msg }).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let reply = DirectServerMsg::Error { code: e.code, message: e.message };
+                    let _ = bridge.send(bridge::BridgeCmd::Dc(reply.encode()));
+                }
+            },
+            bridge::SessionEvent::Gone(why) => {
+                tracing::info!(%call_id, %why, "session ended");
+                let _ = core.send(CoreIn::DirectGone { conn }).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Resolve the `stun:` URLs of `ice_servers` (STUN or TURN entries: a TURN server answers
+/// Binding requests too) into the addresses sessions probe.
+async fn resolve_stun(ice_servers: Vec<trunkline_protocol::IceServer>, into: bridge::StunServers) {
+    let mut addrs = vec![];
+    for url in ice_servers.iter().flat_map(|s| s.urls.iter()) {
+        let Some((host, port)) = trunkline_media::srflx::parse_stun_url(url) else { continue };
+        match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(found) => addrs.extend(found.filter(|a| a.is_ipv4()).take(1)),
+            Err(e) => tracing::warn!(%url, error = %e, "cannot resolve STUN server"),
+        }
+    }
+    addrs.dedup();
+    tracing::info!(servers = ?addrs, "STUN servers for server-reflexive candidates");
+    *into.lock().unwrap() = addrs;
 }
 
 fn parse_and_forward(data: &[u8], src: SocketAddr, transport: Transport) -> Result<trunkline_sip::Message, Option<Vec<u8>>> {

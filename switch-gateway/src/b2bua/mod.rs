@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use trunkline_protocol::{
     CallEvent, ClientMsg, DeclineReason, DirectClientMsg, DirectServerMsg, ErrorCode, Outcome, PhoneEntry, QueryAnswer,
-    Route, ServerMsg,
+    Route, ServerMsg, SignalPayload,
 };
 use trunkline_sip::digest::{self, Algorithm, NonceCheck, NonceSource};
 use trunkline_sip::{CSeq, Contact, Host, Message, Method, NameAddr, Request, Response, Scheme, Uri};
@@ -127,7 +127,26 @@ pub trait Bridges: Send {
     fn offer(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError>;
     /// Apply the remote gateway's answer to bridge `id`'s offer.
     fn remote_answer(&mut self, id: u64, answer: &str) -> Result<(), BridgeError>;
+    /// C14 over WebRTC: a WebRTC leg (full ICE, DTLS, a DataChannel) answering `offer`, which
+    /// came through the cloud before any key: returns the session's id (also its bridge's id)
+    /// and the answer. Nothing rings: the key is checked when the caller presents it on the
+    /// DataChannel.
+    fn open_session(&mut self, offer: &str) -> Result<(u64, String), BridgeError> {
+        let _ = offer;
+        Err(BridgeError::Unavailable)
+    }
+    /// C15 for a session: add the desk-phone side to session `id`'s leg (an offer of the law
+    /// the WebRTC side prefers, or the answer to `phone_offer`). `BridgeSetup::answer` is the
+    /// answer already sent.
+    fn attach(&mut self, id: u64, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
+        let _ = (id, phone_offer);
+        Err(BridgeError::Unavailable)
+    }
 }
+
+/// Direct-connection ids of WebRTC sessions (their DataChannel) have this bit set, so they
+/// never collide with the WebSocket direct endpoint's connection numbers.
+pub const SESSION_CONN: u64 = 1 << 62;
 
 /// What the remote gateway's direct endpoint said (F2, caller side).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,6 +179,12 @@ pub enum Output {
     DirectDial { id: u64, url: String, call_id: String, key: String, caller: String, offer: String },
     /// Leave remote direct call `id` (send `hangup`, close).
     DirectHangup { id: u64 },
+    /// C14 over WebRTC: start session `id` (its leg already answered the caller's offer). Its
+    /// DataChannel is direct connection `conn` (messages as on the direct endpoint); its local
+    /// candidates are trickled to the cloud for `call_id`.
+    SessionStart { id: u64, conn: u64, call_id: String },
+    /// A candidate the caller trickled for session `id`.
+    SessionCandidate { id: u64, candidate: String },
 }
 
 // ---------------------------------------------------------------- transactions
@@ -342,10 +367,22 @@ struct Call {
     connected_at: Option<Instant>,
 }
 
+/// A caller's WebRTC leg that came through the cloud (C14 over WebRTC), waiting for its key.
+struct WebRtcSession {
+    call_id: String,
+    id: u64,
+    /// The caller's offer, for the C15 step once the key is accepted.
+    offer: String,
+}
+
 pub struct Core {
     cfg: CoreConfig,
     bridges: Box<dyn Bridges>,
     direct: HashMap<u64, DirectSession>,
+    /// Direct connection (`SESSION_CONN | id`) → WebRTC session.
+    sessions: HashMap<u64, WebRtcSession>,
+    /// Cloud call id → the session's direct connection.
+    session_by_call: HashMap<String, u64>,
     phones: Phones,
     registrar: Registrar,
     queue: WaitingQueue,
@@ -383,6 +420,8 @@ impl Core {
             cfg,
             bridges,
             direct: HashMap::new(),
+            sessions: HashMap::new(),
+            session_by_call: HashMap::new(),
             phones,
             registrar,
             queue,
@@ -478,6 +517,10 @@ impl Core {
                     self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Accepted { call_id: call_id.clone() }, close: false });
                     self.cloud(ClientMsg::CallEvent { call_id: call_id.clone(), event: CallEvent::KeyAccepted });
                     self.direct.insert(conn, DirectSession { call_id, entry, call: None });
+                    // Over WebRTC the offer came first (through the cloud): C15 now.
+                    if let Some(offer) = self.sessions.get(&conn).map(|s| s.offer.clone()) {
+                        self.on_direct(now, conn, DirectClientMsg::Offer { sdp: offer });
+                    }
                 }
             },
             DirectClientMsg::Offer { sdp } => {
@@ -503,6 +546,14 @@ impl Core {
     }
 
     fn direct_gone(&mut self, now: Instant, conn: u64) {
+        if let Some(s) = self.sessions.remove(&conn) {
+            self.session_by_call.remove(&s.call_id);
+            if !self.direct.contains_key(&conn) {
+                // The leg ended before a key was presented: free it; the key stays queued
+                // until it is used or expires (the caller may try again).
+                self.out.push_back(Output::BridgeStop { id: s.id });
+            }
+        }
         let Some(session) = self.direct.remove(&conn) else { return };
         let Some(id) = session.call else {
             // Key presented but no offer: the attempt ends here.
@@ -525,7 +576,7 @@ impl Core {
 
     /// F1/F2 callee side (C15): a caller with a valid key offers WebRTC; bridge it to our phone.
     fn direct_inbound(&mut self, now: Instant, conn: u64, call_id: String, entry: crate::queue::Entry, offer: &str) {
-        let setup = match self.bridges.accept(offer, None) {
+        let setup = match self.bridge_for(conn, offer, None) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%call_id, error = %e, "WebRTC offer refused");
@@ -573,6 +624,56 @@ impl Core {
         self.ring_local(now, id, &phone);
     }
 
+    /// The bridge for direct connection `conn`: its WebRTC session's leg with the phone side
+    /// added, or (direct endpoint) a new leg answering `offer`.
+    fn bridge_for(&mut self, conn: u64, offer: &str, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
+        match self.sessions.get(&conn) {
+            Some(s) => self.bridges.attach(s.id, phone_offer),
+            None => self.bridges.accept(offer, phone_offer),
+        }
+    }
+
+    /// C14 over WebRTC, carrier side: the connecting party's offer and candidates, relayed by
+    /// the cloud. Only for a call waiting in our queue (a key was issued for it); one leg per
+    /// call. The answer goes back the same way; the key comes later on the DataChannel.
+    fn direct_signal(&mut self, now: Instant, call_id: String, payload: SignalPayload) {
+        match payload {
+            SignalPayload::Offer { sdp } => {
+                if !self.queue.is_waiting(&call_id) {
+                    tracing::warn!(%call_id, "C14: WebRTC offer for a call that is not waiting here; ignored");
+                    return;
+                }
+                if self.session_by_call.contains_key(&call_id) {
+                    tracing::warn!(%call_id, "C14: a second WebRTC offer for the same call; ignored");
+                    return;
+                }
+                match self.bridges.open_session(&sdp) {
+                    Ok((id, answer)) => {
+                        let conn = SESSION_CONN | id;
+                        tracing::info!(%call_id, session = id, "C14: WebRTC leg answered; waiting for the key on its DataChannel");
+                        self.sessions.insert(conn, WebRtcSession { call_id: call_id.clone(), id, offer: sdp });
+                        self.session_by_call.insert(call_id.clone(), conn);
+                        self.out.push_back(Output::SessionStart { id, conn, call_id: call_id.clone() });
+                        self.cloud(ClientMsg::DirectSignal { call_id, payload: SignalPayload::Answer { sdp: answer } });
+                    }
+                    Err(e) => {
+                        tracing::warn!(%call_id, error = %e, "C14: WebRTC offer refused");
+                        let outcome = if e == BridgeError::NoPorts { Outcome::SwitchUnavailable } else { Outcome::Error };
+                        self.queue.cancel(now, &call_id);
+                        self.cloud(ClientMsg::CallEvent { call_id, event: CallEvent::Ended { outcome, duration_ms: None } });
+                    }
+                }
+            }
+            SignalPayload::Ice { candidate, .. } => {
+                if let Some(s) = self.session_by_call.get(&call_id).and_then(|c| self.sessions.get(c)) {
+                    self.out.push_back(Output::SessionCandidate { id: s.id, candidate });
+                }
+            }
+            // Answers are for a side that offered (F2 caller: still the direct endpoint).
+            SignalPayload::Answer { .. } | SignalPayload::EndOfCandidates => {}
+        }
+    }
+
     /// C3 carrier side: the switchless callee connected with our key and offers WebRTC; answer
     /// the waiting phone's INVITE through a bridge.
     fn direct_outbound(&mut self, now: Instant, conn: u64, call_id: String, offer: &str) {
@@ -586,7 +687,7 @@ impl Core {
             return;
         };
         let phone_offer = self.calls.get(&id).map(|c| c.offer_sdp.clone()).unwrap_or_default();
-        let setup = match self.bridges.accept(offer, Some(&phone_offer)) {
+        let setup = match self.bridge_for(conn, offer, Some(&phone_offer)) {
             Ok(s) => s,
             Err(e) => {
                 self.out.push_back(Output::Direct {
@@ -641,6 +742,7 @@ impl Core {
         match m {
             ServerMsg::SwitchWelcome { sip_realm, phones, .. } => self.set_phones(Some(&sip_realm), phones),
             ServerMsg::PhonesUpdate { phones } => self.set_phones(None, phones),
+            ServerMsg::DirectSignal { call_id, payload } => self.direct_signal(now, call_id, payload),
             ServerMsg::CalleeQuery { call_id, from, to, .. } => self.callee_query(now, call_id, from, to),
             ServerMsg::Route { call_id, route } => self.route_answer(now, &call_id, route),
             ServerMsg::Connect { call_id, url, key, .. } => self.connect_remote(now, call_id, url, key),

@@ -1,0 +1,183 @@
+//! F1 with C14 over WebRTC (no `ws://` direct endpoint): the headless softphone dials a desk
+//! phone; the cloud hands it the switch's key (C13); its offer (audio + DataChannel) and the
+//! gateway's answer and candidates travel through the cloud (`direct_signal`); ICE + DTLS
+//! connect straight to the gateway's full-ICE leg; the key goes on the DataChannel, the gateway
+//! accepts it (C14) and only then rings the phone and bridges (C15). Audio both ways by
+//! frequency. A forged key on the DataChannel gets a typed `bad_key` and nothing rings.
+
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use trunkline_client::g711::Law;
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::Message;
+use trunkline_client::softphone::{DIRECT_CHANNEL, Softphone, SoftphoneConfig};
+use trunkline_client::wav::{dominant_frequency, tone};
+use trunkline_client::webrtc::{AudioSource, MediaEvent, PeerOptions, WebRtcPeer};
+use trunkline_protocol::{ClientMsg, DirectClientMsg, DirectServerMsg, ErrorCode, Outcome, ServerMsg, SignalPayload, Step};
+
+/// Answer the next INVITE on `sip` with an SDP for `rtp`; returns the gateway's RTP address.
+async fn answer_invite(sip: &UdpSocket, rtp: SocketAddr) -> SocketAddr {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = tokio::time::timeout(WAIT, sip.recv_from(&mut buf)).await.expect("INVITE in time").unwrap();
+        let Ok(trunkline_sip::Message::Request(req)) = trunkline_sip::parse(&buf[..n]) else { continue };
+        if req.method != trunkline_sip::Method::Invite {
+            continue;
+        }
+        let offer = String::from_utf8_lossy(&req.body).into_owned();
+        let gw_rtp = trunkline_media::sdp::Sdp::parse(&offer).unwrap().audio_rtp_addr().expect("an RTP address");
+        let mut ok = trunkline_sip::Response::to_request(&req, 200, "OK");
+        ok.set_to_tag("phone");
+        ok.headers.push("Contact", format!("<sip:1001@{}>", sip.local_addr().unwrap()));
+        let answer = format!(
+            "v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
+            rtp.port()
+        );
+        ok.set_body("application/sdp", answer.into_bytes());
+        sip.send_to(&ok.to_bytes(), from).await.unwrap();
+        return gw_rtp;
+    }
+}
+
+fn softphone_config(cloud: &Cloud) -> SoftphoneConfig {
+    let mut cfg = SoftphoneConfig::new(cloud.ws_url.clone(), "2001", "pw-2001");
+    cfg.direct_over_webrtc = true;
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f1_key_on_the_datachannel_then_the_phone_rings_and_audio_flows_both_ways() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(tmp.path()).await;
+    let gw = Gateway::start("hq", &cloud.ws_url, tmp.path()).await;
+    eventually("hq online", || switch_online(&cloud.db_url, "hq")).await;
+    let sip = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(register_udp(&sip, gw.sip, "1001", "pw-1001", 300, false).await, 200);
+    let phone_rtp = std::sync::Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+
+    let alice = Softphone::login(softphone_config(&cloud)).await.unwrap();
+    let call = alice.call("1001", AudioSource::tone(1000.0)).await.unwrap();
+    let gw_rtp = answer_invite(&sip, phone_rtp.local_addr().unwrap()).await;
+    let media = call.wait_media(WAIT).await.expect("the WebRTC leg to the gateway");
+    media.wait_connected(WAIT).await.expect("ICE + DTLS straight to the gateway");
+
+    // The phone plays 440 Hz; the browser plays 1 kHz.
+    let sender = {
+        let tx = phone_rtp.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for (i, frame) in tone(440.0, 3.0, 8000).chunks(160).enumerate() {
+                tick.tick().await;
+                let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+                pkt[2..4].copy_from_slice(&(i as u16).to_be_bytes());
+                pkt[4..8].copy_from_slice(&((i * 160) as u32).to_be_bytes());
+                pkt.extend(Law::Mu.encode_frame(frame));
+                let _ = tx.send_to(&pkt, gw_rtp).await;
+            }
+        })
+    };
+    let mut heard: Vec<i16> = vec![];
+    let mut buf = vec![0u8; 2048];
+    while heard.len() < 8000 {
+        let (n, _) = tokio::time::timeout(WAIT, phone_rtp.recv_from(&mut buf)).await.expect("audio from the browser").unwrap();
+        if n > 12 && buf[1] & 0x7f == 0 {
+            Law::Mu.decode_into(&buf[12..n], &mut heard);
+        }
+    }
+    let f_phone = dominant_frequency(&heard[heard.len() - 4000..], 8000);
+    assert!((f_phone - 1000.0).abs() < 20.0, "the phone heard {f_phone} Hz, expected the browser's 1 kHz");
+    media.wait_packets(60, WAIT).await.expect("audio from the phone");
+    let rec = media.recording();
+    let f_browser = dominant_frequency(&rec[rec.len().saturating_sub(4000)..], 8000);
+    assert!((f_browser - 440.0).abs() < 20.0, "the browser heard {f_browser} Hz, expected the phone's 440 Hz");
+    sender.await.unwrap();
+
+    call.hangup();
+    let status = call.wait_finished(WAIT).await.unwrap();
+    assert_eq!(status.outcome.map(|o| o.0), Some(Outcome::Connected), "{status:?}");
+    // The cloud's record has the patent's F1 steps, the key accepted (C14) before the bridge.
+    let call_id = call.call_id().to_string();
+    eventually("the call record", || {
+        let (db, call_id) = (cloud.db_url.clone(), call_id.clone());
+        async move {
+            let dir = signal_server::directory::sqlite::SqliteDirectory::open(&db).await.unwrap();
+            let recs = signal_server::directory::Directory::call_records(&dir, None, 10).await.unwrap();
+            dir.close().await;
+            recs.iter().any(|r| r.call_id == call_id)
+        }
+    })
+    .await;
+    let dir = signal_server::directory::sqlite::SqliteDirectory::open(&cloud.db_url).await.unwrap();
+    let recs = signal_server::directory::Directory::call_records(&dir, None, 10).await.unwrap();
+    let trace = recs.into_iter().find(|r| r.call_id == call_id).unwrap().trace;
+    let pos = |s: Step| trace.iter().position(|t| *t == s).unwrap_or_else(|| panic!("step {s} in {trace:?}"));
+    assert!(pos(Step::C13) < pos(Step::C14) && pos(Step::C14) < pos(Step::C15), "{trace:?}");
+    gw.stop().await;
+    cloud.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_key_on_the_datachannel_is_refused_and_nothing_rings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(tmp.path()).await;
+    let gw = Gateway::start("hq", &cloud.ws_url, tmp.path()).await;
+    eventually("hq online", || switch_online(&cloud.db_url, "hq")).await;
+    let sip = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(register_udp(&sip, gw.sip, "1001", "pw-1001", 300, false).await, 200);
+
+    // The caller's side by hand: a real signed-in browser, a real offer through the cloud and
+    // a real WebRTC leg to the gateway; only the key presented on the DataChannel is forged.
+    let (mut ws, _) = tokio_tungstenite::connect_async(cloud.ws_url.as_str()).await.unwrap();
+    ws.send(Message::Text(r#"{"type":"login","v":1,"number":"2001","password":"pw-2001"}"#.into())).await.unwrap();
+    assert!(matches!(ServerMsg::decode(&ws_text(&mut ws).await).unwrap(), ServerMsg::Welcome { .. }));
+    ws.send(Message::Text(r#"{"type":"dial","call_id":"forged","to":"1001"}"#.into())).await.unwrap();
+    let real_key = loop {
+        if let ServerMsg::Connect { key, .. } = ServerMsg::decode(&ws_text(&mut ws).await).unwrap() {
+            break key;
+        }
+    };
+    let mut peer = WebRtcPeer::bind(PeerOptions::default()).await.unwrap();
+    let offer = peer.create_offer_with_channel(DIRECT_CHANNEL).unwrap();
+    let msg = ClientMsg::DirectSignal { call_id: "forged".into(), payload: SignalPayload::Offer { sdp: offer } };
+    ws.send(Message::Text(msg.encode().into())).await.unwrap();
+    let answer = loop {
+        if let ServerMsg::DirectSignal { payload: SignalPayload::Answer { sdp }, .. } = ServerMsg::decode(&ws_text(&mut ws).await).unwrap() {
+            break sdp;
+        }
+    };
+    assert!(!answer.contains("a=ice-lite"), "the gateway's session leg is a full ICE agent");
+    let media = peer.accept_answer(&answer, AudioSource::tone(1000.0)).unwrap();
+    let (history, mut events) = media.subscribe_with_history();
+    if !history.contains(&MediaEvent::ChannelOpen) {
+        loop {
+            match tokio::time::timeout(WAIT, events.recv()).await.expect("the DataChannel opens").unwrap() {
+                MediaEvent::ChannelOpen => break,
+                _ => continue,
+            }
+        }
+    }
+    let mut forged = real_key.clone().into_bytes();
+    forged[0] = if forged[0] == b'A' { b'B' } else { b'A' };
+    let present = DirectClientMsg::Present { v: 1, call_id: "forged".into(), key: String::from_utf8(forged).unwrap(), caller: "2001".into() };
+    media.channel_send(&present.encode()).unwrap();
+    let reply = loop {
+        match tokio::time::timeout(WAIT, events.recv()).await.expect("an answer on the DataChannel").unwrap() {
+            MediaEvent::ChannelText(t) => break DirectServerMsg::decode(&t).unwrap(),
+            _ => continue,
+        }
+    };
+    assert!(matches!(reply, DirectServerMsg::Error { code: ErrorCode::BadKey, .. }), "{reply:?}");
+    // Nothing rang: no INVITE reached the phone.
+    let mut buf = vec![0u8; 65536];
+    if let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(500), sip.recv_from(&mut buf)).await {
+        assert!(!String::from_utf8_lossy(&buf[..n]).starts_with("INVITE"), "the phone must not ring");
+    }
+    media.close().await;
+    gw.stop().await;
+    cloud.stop().await;
+}
