@@ -1012,7 +1012,16 @@ impl CallTask {
                     duration_ms,
                 });
                 self.set_status(|s| s.outcome = Some((outcome, duration_ms)));
-                self.done = true;
+                // Over WebRTC the switch carries the call and ends it on the DataChannel: a
+                // cloud that closes its books (e.g. while shutting down) does not cut the media.
+                let carried = self.webrtc_accepted
+                    && self.status.borrow().direct_outcome.is_none()
+                    && self.media.as_ref().is_some_and(|m| !m.is_closed());
+                if carried && !self.hung_up {
+                    tracing::info!("call {}: the cloud closed the call ({outcome}); media goes on until the switch ends it", self.call_id);
+                } else {
+                    self.done = true;
+                }
             }
             ServerMsg::Error { code, message, .. } => {
                 self.update(CallUpdate::Refused {
@@ -1299,7 +1308,11 @@ impl CallTask {
                 if let Some(m) = &self.media {
                     m.close().await;
                 }
-                self.start_grace();
+                if self.status.borrow().outcome.is_some() {
+                    self.done = true;
+                } else {
+                    self.start_grace();
+                }
             }
             Ok(Some(DirectEvent::Error { code, message })) => {
                 self.update(CallUpdate::Refused {
@@ -1376,6 +1389,10 @@ impl CallTask {
             MediaEvent::Closed(why) => {
                 self.update(CallUpdate::MediaClosed(why));
                 self.media_events = None;
+                if self.webrtc_accepted && self.status.borrow().outcome.is_some() {
+                    // The cloud had closed the call already; now the media is over too.
+                    self.done = true;
+                }
             }
             MediaEvent::IceState(_) => {}
         }

@@ -1,0 +1,321 @@
+//! F1 across real NATs, C14 over WebRTC, no inbound port anywhere: the signal server and coturn
+//! (STUN only here) on the lab's "Internet"; the gateway and a desk phone on a site LAN behind a
+//! port-restricted cone NAT; the headless softphone at home behind another cone NAT. The
+//! softphone's offer and the gateway's answer and trickled server-reflexive candidates go
+//! through the cloud; ICE punches through both NATs directly (no TURN is even configured); the
+//! key is accepted on the DataChannel; audio flows both ways (checked by frequency) and keeps
+//! flowing after the signal server is stopped. The same LAN case: a softphone next to the
+//! gateway connects over host candidates.
+//!
+//! Every party runs in-process on its own thread whose network namespace is its lab host, with
+//! a current-thread runtime: every socket it opens (listeners, the cloud link, RTP and WebRTC
+//! sockets) lives in that namespace, as if it were its own machine. Needs root (see natlab/).
+
+mod common;
+#[path = "../../natlab/rust/lab.rs"]
+mod lab;
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use trunkline_client::g711::Law;
+use trunkline_client::softphone::{Softphone, SoftphoneConfig};
+use trunkline_client::wav::{dominant_frequency, tone};
+use trunkline_client::webrtc::{AudioSource, PeerOptions};
+
+const SIGNAL_PORT: u16 = 8080;
+const TURN_SECRET: &str = "natlab-turn-secret-0123456789";
+
+/// Run `f` on a new thread inside network namespace `ns`, on a current-thread runtime (tasks
+/// never move to a thread in another namespace).
+fn in_netns<F, Fut, T>(ns: &str, f: F) -> std::thread::JoinHandle<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns on this thread only, with a namespace file descriptor we hold open.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(f())
+    })
+}
+
+/// The signal server in the lab's public namespace at 203.0.113.20, with STUN from coturn.
+/// Returns when it serves; stops when `stop` fires.
+fn start_signal_server(lab: &lab::Lab, dir: &std::path::Path) -> (String, String, oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let db_url = format!("sqlite://{}", dir.join("cloud.db").display());
+    let secret_file = dir.join("turn.secret");
+    std::fs::write(&secret_file, TURN_SECRET).unwrap();
+    let addr: SocketAddr = format!("{}:{SIGNAL_PORT}", lab.get("SIGNAL_IP")).parse().unwrap();
+    let turn_ip = lab.get("TURN_IP").to_string();
+    let web_root = dir.join("no-web");
+    let db = db_url.clone();
+    let thread = in_netns(&lab.pub_ns(), move || async move {
+        provision(&db_url).await;
+        let mut cfg = signal_server::Config::default();
+        cfg.database_url = db_url;
+        cfg.web_root = web_root;
+        cfg.auth.password_hash_memory_kib = 64;
+        cfg.auth.password_hash_iterations = 1;
+        cfg.ice.stun_urls = vec![format!("stun:{turn_ip}:3478")];
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("signal server port in the pub namespace");
+        let _ = ready_tx.send(());
+        signal_server::run(cfg, listener, async move {
+            let _ = stop_rx.await;
+        })
+        .await
+        .expect("signal server runs");
+    });
+    ready_rx.recv_timeout(WAIT).expect("signal server listening");
+    (format!("ws://{addr}/ws"), db, stop_tx, thread)
+}
+
+/// The gateway "hq" on site host `ns` (`ip`), linked to `cloud`.
+fn start_gateway(ns: &str, ip: &str, cloud: &str, dir: &std::path::Path) -> (oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let secret_file = dir.join("hq.secret");
+    std::fs::write(&secret_file, secret_of("hq")).unwrap();
+    let config = switch_gateway::Config {
+        id: "hq".into(),
+        secret_file,
+        cloud_url: cloud.into(),
+        sip_listen: format!("{ip}:5060").parse().unwrap(),
+        direct_listen: format!("{ip}:7443").parse().unwrap(),
+        advertise_url: format!("ws://{ip}:7443/direct"),
+        rtp_ports: "40000-40199".into(),
+        state_dir: dir.join("hq-state"),
+        ring_timeout_secs: 10,
+        ..Default::default()
+    };
+    let thread = in_netns(ns, move || async move {
+        let sockets = switch_gateway::Sockets::bind(&config).await.expect("gateway sockets on the site LAN");
+        switch_gateway::run(config, sockets, async move {
+            let _ = stop_rx.await;
+        })
+        .await
+        .expect("gateway runs");
+    });
+    (stop_tx, thread)
+}
+
+/// A desk phone (1001) on site host `ns`: registers with the gateway at `gw` (then says so on
+/// the returned receiver), answers the first INVITE, plays 440 Hz for `seconds` and reports the
+/// dominant frequency it heard as soon as it has 1 s of it (the thread plays on).
+struct Phone {
+    registered: std::sync::mpsc::Receiver<()>,
+    heard: std::sync::mpsc::Receiver<f32>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn start_phone(ns: &str, ip: &str, gw: SocketAddr, seconds: f32) -> Phone {
+    let ip: std::net::IpAddr = ip.parse().unwrap();
+    let (registered_tx, registered) = std::sync::mpsc::channel();
+    let (heard_tx, heard) = std::sync::mpsc::channel();
+    let thread = in_netns(ns, move || async move {
+        let sip = UdpSocket::bind((ip, 0)).await.unwrap();
+        let rtp = Arc::new(UdpSocket::bind((ip, 0)).await.unwrap());
+        // The gateway may still be starting: REGISTER until it answers.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let r = tokio::time::timeout(Duration::from_secs(2), register_udp(&sip, gw, "1001", "pw-1001", 300, false)).await;
+            if r == Ok(200) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the phone could not register: {r:?}");
+        }
+        let _ = registered_tx.send(());
+        let gw_rtp = answer_invite(&sip, rtp.local_addr().unwrap()).await;
+        let send = {
+            let rtp = rtp.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(20));
+                for (i, frame) in tone(440.0, seconds, 8000).chunks(160).enumerate() {
+                    tick.tick().await;
+                    let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+                    pkt[2..4].copy_from_slice(&(i as u16).to_be_bytes());
+                    pkt[4..8].copy_from_slice(&((i * 160) as u32).to_be_bytes());
+                    pkt.extend(Law::Mu.encode_frame(frame));
+                    let _ = rtp.send_to(&pkt, gw_rtp).await;
+                }
+            })
+        };
+        let mut heard: Vec<i16> = vec![];
+        let mut buf = vec![0u8; 2048];
+        while heard.len() < 8000 {
+            let (n, _) = tokio::time::timeout(WAIT, rtp.recv_from(&mut buf)).await.expect("audio from the browser").unwrap();
+            if n > 12 && buf[1] & 0x7f == 0 {
+                Law::Mu.decode_into(&buf[12..n], &mut heard);
+            }
+        }
+        let _ = heard_tx.send(dominant_frequency(&heard[heard.len() - 4000..], 8000));
+        let _ = send.await;
+    });
+    Phone { registered, heard, thread }
+}
+
+/// Packets site `site`'s router has sent out on its Internet side.
+fn wan_tx_packets(lab: &lab::Lab, site: &str) -> u64 {
+    let router = lab.get(&format!("SITE_{site}_ROUTER_NS")).to_string();
+    let out = lab.exec(&router, &["cat", "/sys/class/net/wan0/statistics/tx_packets"]);
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("tx_packets of {router}: {out:?}"))
+}
+
+/// Block until gateway `id` is online at the signal server (its directory says so).
+fn wait_switch_online(db_url: &str, id: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(eventually(&format!("{id} online"), || switch_online(db_url, id)));
+}
+
+/// Answer the next INVITE on `sip` with an SDP for `rtp`; returns the gateway's RTP address.
+async fn answer_invite(sip: &UdpSocket, rtp: SocketAddr) -> SocketAddr {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = tokio::time::timeout(WAIT, sip.recv_from(&mut buf)).await.expect("INVITE in time").unwrap();
+        let Ok(trunkline_sip::Message::Request(req)) = trunkline_sip::parse(&buf[..n]) else { continue };
+        if req.method != trunkline_sip::Method::Invite {
+            continue;
+        }
+        let offer = String::from_utf8_lossy(&req.body).into_owned();
+        let gw_rtp = trunkline_media::sdp::Sdp::parse(&offer).unwrap().audio_rtp_addr().expect("an RTP address");
+        let mut ok = trunkline_sip::Response::to_request(&req, 200, "OK");
+        ok.set_to_tag("phone");
+        ok.headers.push("Contact", format!("<sip:1001@{}>", sip.local_addr().unwrap()));
+        let ip = rtp.ip();
+        let answer = format!(
+            "v=0\r\no=phone 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
+            rtp.port()
+        );
+        ok.set_body("application/sdp", answer.into_bytes());
+        sip.send_to(&ok.to_bytes(), from).await.unwrap();
+        return gw_rtp;
+    }
+}
+
+/// What the softphone saw.
+#[derive(Debug)]
+struct Heard {
+    connected_after: Option<Duration>,
+    frequency: f32,
+    /// Audio packets that arrived while the signal server was down.
+    packets_without_cloud: u64,
+    /// The call's state at the end (for failure messages).
+    status: String,
+}
+
+/// The headless softphone 2001 on host `ns` calls 1001 over C14-over-WebRTC, plays 1 kHz, and
+/// measures what it hears; after `cloud_down` fires (the test stopped the signal server) it
+/// counts the audio that still arrives.
+fn start_softphone(
+    ns: &str,
+    ip: &str,
+    cloud: &str,
+    cloud_down: Option<(std::sync::mpsc::Sender<()>, mpsc::UnboundedReceiver<()>)>,
+) -> std::thread::JoinHandle<Heard> {
+    let mut cfg = SoftphoneConfig::new(cloud, "2001", "pw-2001");
+    cfg.direct_over_webrtc = true;
+    cfg.media = PeerOptions::bind(ip.parse().unwrap());
+    in_netns(ns, move || async move {
+        let alice = Softphone::login(cfg).await.expect("sign in from behind the home NAT");
+        let call = alice.call("1001", AudioSource::tone(1000.0)).await.unwrap();
+        let media = call.wait_media(WAIT).await.expect("a WebRTC leg to the gateway");
+        let stats = media.wait_connected(Duration::from_secs(20)).await.expect("ICE + DTLS through both NATs");
+        media.wait_packets(100, WAIT).await.expect("audio from the desk phone");
+        let rec = media.recording();
+        let frequency = dominant_frequency(&rec[rec.len().saturating_sub(4000)..], 8000);
+        let mut packets_without_cloud = 0;
+        if let Some((heard_enough, mut down)) = cloud_down {
+            let _ = heard_enough.send(());
+            down.recv().await.expect("the test says when the cloud is down");
+            let before = media.stats().packets_received;
+            let _ = media.wait_packets(before + 100, WAIT).await;
+            packets_without_cloud = media.stats().packets_received - before;
+        }
+        let status = format!("{:?}", call.status());
+        media.close().await;
+        Heard { connected_after: stats.connected_after, frequency, packets_without_cloud, status }
+    })
+}
+
+#[test]
+fn f1_softphone_behind_a_cone_nat_reaches_a_desk_phone_at_a_site_behind_a_cone_nat_directly() {
+    if !lab::should_run("f1_softphone_behind_a_cone_nat_reaches_a_desk_phone_at_a_site_behind_a_cone_nat_directly") {
+        return;
+    }
+    let mut lab = lab::Lab::up(&["site:cone:2", "home:cone:1"]);
+    lab.coturn(TURN_SECRET);
+    let tmp = tempfile::tempdir().unwrap();
+    let (cloud, db_url, cloud_stop, cloud_thread) = start_signal_server(&lab, tmp.path());
+    let (gw_ip, phone_ip) = (lab.host_ip("site", 1), lab.host_ip("site", 2));
+    let (gw_stop, gw_thread) = start_gateway(&lab.ns("site", 1), &gw_ip, &cloud, tmp.path());
+    let phone = start_phone(&lab.ns("site", 2), &phone_ip, format!("{gw_ip}:5060").parse().unwrap(), 12.0);
+    wait_switch_online(&db_url, "hq");
+    phone.registered.recv_timeout(WAIT).expect("the desk phone registered");
+    let (down_tx, down_rx) = mpsc::unbounded_channel();
+    let (heard_tx, heard_rx) = std::sync::mpsc::channel();
+    let browser = start_softphone(&lab.ns("home", 1), &lab.host_ip("home", 1), &cloud, Some((heard_tx, down_rx)));
+
+    let phone_heard = phone.heard.recv_timeout(Duration::from_secs(40)).expect("the desk phone heard the browser");
+    heard_rx.recv_timeout(Duration::from_secs(40)).expect("the browser heard the desk phone");
+    assert!((phone_heard - 1000.0).abs() < 20.0, "the desk phone heard {phone_heard} Hz, expected the browser's 1 kHz");
+    // Mid-call, the signal server goes away: media runs directly, so it does not care.
+    let _ = cloud_stop.send(());
+    cloud_thread.join().expect("signal server stops");
+    let _ = down_tx.send(());
+    let heard = browser.join().expect("the softphone's thread");
+    assert!((heard.frequency - 440.0).abs() < 20.0, "the browser heard {} Hz, expected the phone's 440 Hz", heard.frequency);
+    assert!(heard.connected_after.is_some());
+    assert!(heard.packets_without_cloud >= 100, "audio kept flowing without the cloud: {heard:?}; call: {}", heard.status);
+    // Nothing was relayed: coturn allocated nothing (no TURN is configured, and its log agrees).
+    let turn_log = std::fs::read_to_string(lab.get("TURN_LOG")).unwrap_or_default();
+    assert!(!turn_log.contains("ALLOCATE processed, success"), "no relay may be used");
+    phone.thread.join().expect("the desk phone's thread");
+    let _ = gw_stop.send(());
+    gw_thread.join().expect("gateway stops");
+}
+
+#[test]
+fn f1_softphone_on_the_gateway_s_own_lan_connects_over_host_candidates() {
+    if !lab::should_run("f1_softphone_on_the_gateway_s_own_lan_connects_over_host_candidates") {
+        return;
+    }
+    let mut lab = lab::Lab::up(&["site:cone:3"]);
+    lab.coturn(TURN_SECRET);
+    let tmp = tempfile::tempdir().unwrap();
+    let (cloud, db_url, cloud_stop, cloud_thread) = start_signal_server(&lab, tmp.path());
+    let (gw_ip, phone_ip) = (lab.host_ip("site", 1), lab.host_ip("site", 2));
+    let (gw_stop, gw_thread) = start_gateway(&lab.ns("site", 1), &gw_ip, &cloud, tmp.path());
+    let phone = start_phone(&lab.ns("site", 2), &phone_ip, format!("{gw_ip}:5060").parse().unwrap(), 6.0);
+    wait_switch_online(&db_url, "hq");
+    phone.registered.recv_timeout(WAIT).expect("the desk phone registered");
+    let wan_tx_before = wan_tx_packets(&lab, "site");
+    let browser = start_softphone(&lab.ns("site", 3), &lab.host_ip("site", 3), &cloud, None);
+    let phone_heard = phone.heard.recv_timeout(Duration::from_secs(40)).expect("the desk phone heard the browser");
+    phone.thread.join().expect("the desk phone's thread");
+    let heard = browser.join().expect("the softphone's thread");
+    assert!((phone_heard - 1000.0).abs() < 20.0, "the desk phone heard {phone_heard} Hz");
+    assert!((heard.frequency - 440.0).abs() < 20.0, "the browser heard {} Hz", heard.frequency);
+    // Media stayed on the LAN: ~6 s of audio both ways is 600+ packets between the hosts; the
+    // router's Internet side saw only signalling and STUN.
+    let wan_tx_after = wan_tx_packets(&lab, "site");
+    assert!(
+        wan_tx_after - wan_tx_before < 200,
+        "{} packets left the site during a LAN call: media went through the Internet",
+        wan_tx_after - wan_tx_before
+    );
+    let _ = cloud_stop.send(());
+    cloud_thread.join().unwrap();
+    let _ = gw_stop.send(());
+    gw_thread.join().unwrap();
+}
