@@ -415,7 +415,9 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
             _ = &mut ice_renew => {
                 let ice_servers = s.ice.mint(&turn_user, unix_s());
                 let msg = ServerMsg::IceServers { ice_servers, expires_in_s: s.ice.ttl_secs() };
-                if out_tx.try_send(Out::Msg(Box::new(msg))).is_err() { break }
+                // A full outbox (a slow reader) skips this renewal; the next one comes at the
+                // next half-life, and credentials only expire after a whole one.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = out_tx.try_send(Out::Msg(Box::new(msg))) { break }
                 ice_renew.set(sleep_until_opt(renew_every.map(|d| Instant::now() + d)));
             }
             incoming = read_msg(&mut socket) => {

@@ -256,6 +256,9 @@ pub enum SessionEvent {
     Gone(&'static str),
 }
 
+/// The DataChannel label a caller presents its key on (C14 over WebRTC).
+pub const DIRECT_CHANNEL: &str = trunkline_client::softphone::DIRECT_CHANNEL;
+
 /// How long a session waits for its key before it gives up (the key's own TTL is shorter).
 const SESSION_KEY_WAIT: Duration = Duration::from_secs(60);
 
@@ -359,7 +362,11 @@ async fn run_loop(
                 Ok(Output::Event(e)) => match e {
                     Event::MediaAdded(m) if m.kind == MediaKind::Audio => mid = Some(m.mid),
                     Event::ChannelOpen(id, label) => {
-                        if let Some(s) = session.as_mut() && s.dc.is_none() {
+                        // Only the agreed channel carries the direct protocol; others are ignored.
+                        if let Some(s) = session.as_mut()
+                            && s.dc.is_none()
+                            && label == DIRECT_CHANNEL
+                        {
                             tracing::debug!(%label, "session: DataChannel open");
                             s.dc = Some(id);
                             if let Some(mut ch) = rtc.channel(id) {

@@ -496,8 +496,8 @@ async fn session_events(
     }
 }
 
-/// Resolve the `stun:` URLs of `ice_servers` (STUN or TURN entries: a TURN server answers
-/// Binding requests too) into the addresses sessions probe.
+/// Resolve the `stun:` URLs of `ice_servers` into the addresses sessions probe (`turn:`
+/// URLs are not used: the gateway has no TURN client yet).
 async fn resolve_stun(ice_servers: Vec<trunkline_protocol::IceServer>, into: bridge::StunServers) {
     let mut addrs = vec![];
     for url in ice_servers.iter().flat_map(|s| s.urls.iter()) {

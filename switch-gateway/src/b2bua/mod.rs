@@ -507,6 +507,13 @@ impl Core {
             DirectClientMsg::Present { .. } if self.direct.contains_key(&conn) => {
                 self.out.push_back(refuse(ErrorCode::AlreadyAuthenticated, "a key was already presented on this connection"));
             }
+            // A WebRTC session was set up for one call: its key cannot open another.
+            DirectClientMsg::Present { call_id, .. }
+                if self.sessions.get(&conn).is_some_and(|s| s.call_id != call_id) =>
+            {
+                tracing::warn!(%call_id, "C14: key presented for another call than this connection's offer");
+                self.out.push_back(refuse(ErrorCode::BadKey, "this connection was set up for another call"));
+            }
             DirectClientMsg::Present { call_id, key, caller, .. } => match self.queue.take(now, &call_id, &key, &caller) {
                 Err(e) => {
                     tracing::warn!(%call_id, %caller, error = %e, "C14: key refused");
