@@ -819,6 +819,8 @@ struct CallTask {
     webrtc_accepted: bool,
     /// DataChannel text not handled yet.
     dc_inbox: Vec<String>,
+    /// C14 over WebRTC: the DataChannel must open by then, or the connection failed.
+    connect_deadline: Option<tokio::time::Instant>,
     media: Option<Arc<MediaSession>>,
     media_events: Option<tokio::sync::broadcast::Receiver<MediaEvent>>,
     /// Anything but an error was received for this call.
@@ -868,6 +870,7 @@ impl CallTask {
             webrtc_key: None,
             webrtc_accepted: false,
             dc_inbox: vec![],
+            connect_deadline: None,
             media: None,
             media_events: None,
             progressed: false,
@@ -920,10 +923,7 @@ impl CallTask {
             }
         }
         while !self.done {
-            let deadline = match (self.grace, self.awaiting_offer) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = [self.grace, self.awaiting_offer, self.connect_deadline].into_iter().flatten().min();
             tokio::select! {
                 m = self.rx.recv(), if self.cloud_open => match m {
                     Some(m) => self.on_cloud(m).await,
@@ -1078,6 +1078,9 @@ impl CallTask {
                 match peer.accept_answer(&sdp, self.source.clone()) {
                     Ok(media) => {
                         self.update(CallUpdate::Answer);
+                        if self.webrtc_key.is_some() {
+                            self.connect_deadline = Some(tokio::time::Instant::now() + self.inner.timeouts.direct);
+                        }
                         self.set_media(media);
                     }
                     Err(e) => {
@@ -1137,6 +1140,22 @@ impl CallTask {
             }
             Err(e) => self.direct_failed_local(e.to_string()).await,
         }
+    }
+
+    /// The direct connection could not be made: tell the cloud (the attempt ends
+    /// `connect_failed`) and wait for its outcome.
+    async fn connect_failed(&mut self, why: String) {
+        self.update(CallUpdate::Failed(format!("could not connect — network: {why}")));
+        self.set_status(|s| s.direct_error = Some(format!("connect_failed: {why}")));
+        let msg = ClientMsg::ConnectFailed { call_id: self.call_id.clone(), reason: why.chars().take(200).collect() };
+        if let Err(e) = self.inner.signal.send(&msg) {
+            tracing::debug!("call {}: {e}", self.call_id);
+        }
+        if let Some(m) = &self.media {
+            m.close().await;
+        }
+        self.hung_up = true;
+        self.start_grace();
     }
 
     /// DataChannel messages from the switch (the direct endpoint's messages, over WebRTC).
@@ -1363,6 +1382,7 @@ impl CallTask {
             }
             MediaEvent::Dtmf(d) => self.update(CallUpdate::Dtmf(d)),
             MediaEvent::ChannelOpen => {
+                self.connect_deadline = None;
                 // C14: present the key inside DTLS.
                 if let (Some(key), Some(m)) = (&self.webrtc_key, &self.media) {
                     let present = DirectClientMsg::Present {
@@ -1400,6 +1420,11 @@ impl CallTask {
 
     async fn on_deadline(&mut self) {
         let now = tokio::time::Instant::now();
+        if self.connect_deadline.is_some_and(|t| t <= now) {
+            self.connect_deadline = None;
+            let why = format!("no ICE + DTLS connection to the switch within {:?}", self.inner.timeouts.direct);
+            self.connect_failed(why).await;
+        }
         if self.awaiting_offer.is_some_and(|t| t <= now) {
             self.awaiting_offer = None;
             self.update(CallUpdate::Failed(

@@ -191,10 +191,13 @@ pub enum Outcome {
     KeyExpired,
     Cancelled,
     Error,
+    /// The direct connection (ICE + DTLS to the switch, or between two browsers) could not be
+    /// made: the networks in between let no path through (reported with `connect_failed`).
+    ConnectFailed,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Connected,
         Outcome::RejectedInvalid,
         Outcome::Declined,
@@ -205,6 +208,7 @@ impl Outcome {
         Outcome::KeyExpired,
         Outcome::Cancelled,
         Outcome::Error,
+        Outcome::ConnectFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -219,6 +223,7 @@ impl Outcome {
             Outcome::KeyExpired => "key_expired",
             Outcome::Cancelled => "cancelled",
             Outcome::Error => "error",
+            Outcome::ConnectFailed => "connect_failed",
         }
     }
 
@@ -239,6 +244,7 @@ impl Outcome {
             Outcome::KeyExpired => (408, "Request Timeout"),
             Outcome::Cancelled => (487, "Request Terminated"),
             Outcome::Error => (500, "Server Internal Error"),
+            Outcome::ConnectFailed => (503, "Service Unavailable"),
         }
     }
 }
@@ -375,6 +381,11 @@ pub enum ClientMsg {
     DirectSignal { call_id: CallId, payload: SignalPayload },
     /// Either party of an F4 call hangs up.
     Hangup { call_id: CallId },
+    /// The direct connection of this call (C14 over WebRTC to the switch, or F4 between the
+    /// browsers) could not be made — ICE failed or never completed; `reason` says what was
+    /// seen (≤ 200 characters, for the record and logs). The attempt ends `connect_failed`.
+    /// Any party of a call that is not connected yet may send it.
+    ConnectFailed { call_id: CallId, reason: String },
     /// Progress reported by the party that carries the call.
     CallEvent { call_id: CallId, event: CallEvent },
     /// B1/B2: a switch asks the cloud to validate the callee of its desk phone's call.
@@ -415,6 +426,7 @@ impl ClientMsg {
             ClientMsg::Signal { .. } => "signal",
             ClientMsg::DirectSignal { .. } => "direct_signal",
             ClientMsg::Hangup { .. } => "hangup",
+            ClientMsg::ConnectFailed { .. } => "connect_failed",
             ClientMsg::CallEvent { .. } => "call_event",
             ClientMsg::RouteQuery { .. } => "route_query",
             ClientMsg::QueryAnswer { .. } => "query_answer",
@@ -436,6 +448,7 @@ impl ClientMsg {
             | ClientMsg::Signal { call_id, .. }
             | ClientMsg::DirectSignal { call_id, .. }
             | ClientMsg::Hangup { call_id }
+            | ClientMsg::ConnectFailed { call_id, .. }
             | ClientMsg::CallEvent { call_id, .. }
             | ClientMsg::RouteQuery { call_id, .. }
             | ClientMsg::QueryAnswer { call_id, .. }

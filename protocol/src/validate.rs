@@ -226,6 +226,7 @@ impl ClientMsg {
             ClientMsg::Dial { to, .. } => check_number("to", to)?,
             ClientMsg::Accept { key, .. } => check_key(key)?,
             ClientMsg::DirectSignal { payload, .. } => check_payload(payload)?,
+            ClientMsg::ConnectFailed { reason, .. } => check_text("reason", reason, 200)?,
             ClientMsg::Signal { key, payload, .. } => {
                 check_key(key)?;
                 check_payload(payload)?;

@@ -319,3 +319,77 @@ fn f1_softphone_on_the_gateway_s_own_lan_connects_over_host_candidates() {
     let _ = gw_stop.send(());
     gw_thread.join().unwrap();
 }
+
+#[test]
+fn f1_between_two_symmetric_nats_without_a_relay_ends_connect_failed_and_nothing_rings() {
+    if !lab::should_run("f1_between_two_symmetric_nats_without_a_relay_ends_connect_failed_and_nothing_rings") {
+        return;
+    }
+    let mut lab = lab::Lab::up(&["site:sym:2", "home:sym:1"]);
+    lab.coturn(TURN_SECRET);
+    let tmp = tempfile::tempdir().unwrap();
+    let (cloud, db_url, cloud_stop, cloud_thread) = start_signal_server(&lab, tmp.path());
+    let (gw_ip, phone_ip) = (lab.host_ip("site", 1), lab.host_ip("site", 2));
+    let (gw_stop, gw_thread) = start_gateway(&lab.ns("site", 1), &gw_ip, &cloud, tmp.path());
+    // The desk phone registers and then only listens: any INVITE would be a failure.
+    let (registered_tx, registered_rx) = std::sync::mpsc::channel();
+    let (stop_phone_tx, stop_phone_rx) = oneshot::channel::<()>();
+    let gw: SocketAddr = format!("{gw_ip}:5060").parse().unwrap();
+    let phone_ip_addr: std::net::IpAddr = phone_ip.parse().unwrap();
+    let phone = in_netns(&lab.ns("site", 2), move || async move {
+        let sip = UdpSocket::bind((phone_ip_addr, 0)).await.unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::timeout(Duration::from_secs(2), register_udp(&sip, gw, "1001", "pw-1001", 300, false)).await != Ok(200) {
+            assert!(tokio::time::Instant::now() < deadline, "the phone could not register");
+        }
+        let _ = registered_tx.send(());
+        let mut buf = vec![0u8; 65536];
+        let mut invites = 0;
+        let mut stop = stop_phone_rx;
+        loop {
+            tokio::select! {
+                r = sip.recv_from(&mut buf) => {
+                    if let Ok((n, _)) = r && buf[..n].starts_with(b"INVITE") {
+                        invites += 1;
+                    }
+                }
+                _ = &mut stop => return invites,
+            }
+        }
+    });
+    wait_switch_online(&db_url, "hq");
+    registered_rx.recv_timeout(WAIT).expect("the desk phone registered");
+
+    let mut cfg = SoftphoneConfig::new(&cloud, "2001", "pw-2001");
+    cfg.direct_over_webrtc = true;
+    cfg.media = PeerOptions::bind(lab.host_ip("home", 1).parse().unwrap());
+    cfg.timeouts.direct = Duration::from_secs(6);
+    let browser = in_netns(&lab.ns("home", 1), move || async move {
+        let alice = Softphone::login(cfg).await.expect("sign in");
+        let started = tokio::time::Instant::now();
+        let call = alice.call("1001", AudioSource::tone(1000.0)).await.unwrap();
+        let status = call.wait_finished(Duration::from_secs(30)).await.expect("the attempt ends; no hang");
+        (status.outcome, status.direct_error, started.elapsed())
+    });
+    let (outcome, error, took) = browser.join().expect("the softphone's thread");
+    assert_eq!(outcome.map(|o| o.0), Some(trunkline_protocol::Outcome::ConnectFailed), "{error:?}");
+    assert!(error.is_some_and(|e| e.starts_with("connect_failed")));
+    assert!(took < Duration::from_secs(20), "a readable outcome within seconds, not a hang: {took:?}");
+    let _ = stop_phone_tx.send(());
+    assert_eq!(phone.join().unwrap(), 0, "nothing rang: the key never arrived");
+    // The record says why.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(eventually("a connect_failed call record", || {
+        let db_url = db_url.clone();
+        async move {
+            let dir = signal_server::directory::sqlite::SqliteDirectory::open(&db_url).await.unwrap();
+            let recs = signal_server::directory::Directory::call_records(&dir, None, 10).await.unwrap();
+            dir.close().await;
+            recs.iter().any(|r| r.outcome == trunkline_protocol::Outcome::ConnectFailed)
+        }
+    }));
+    let _ = cloud_stop.send(());
+    cloud_thread.join().unwrap();
+    let _ = gw_stop.send(());
+    gw_thread.join().unwrap();
+}

@@ -92,6 +92,7 @@ pub fn outcome_text(outcome: Outcome, direction: Direction) -> &'static str {
         (Outcome::Cancelled, Direction::Outgoing) => "Cancelled",
         (Outcome::Cancelled, Direction::Incoming) => "Missed call",
         (Outcome::Error, _) => "Call failed",
+        (Outcome::ConnectFailed, _) => "Could not connect — network",
     }
 }
 

@@ -472,6 +472,7 @@ impl Engine {
             (_, M::Decline { call_id, reason }) => self.decline(now, party, &call_id, reason),
             (Party::Device(me), M::Signal { call_id, key, payload }) => self.signal(me, &call_id, &key, payload),
             (_, M::DirectSignal { call_id, payload }) => self.direct_signal(party, &call_id, payload),
+            (_, M::ConnectFailed { call_id, reason }) => self.connect_failed(now, party, &call_id, &reason),
             (Party::Device(me), M::Hangup { call_id }) => self.hangup(now, me, &call_id),
             (_, m) => Err(ProtocolError::new(
                 ErrorCode::Forbidden,
@@ -807,6 +808,23 @@ impl Engine {
             return Err(ProtocolError::new(ErrorCode::NotYourCall, "you do not connect to this call's switch"));
         };
         self.send_party(&to, ServerMsg::DirectSignal { call_id: call_id.to_string(), payload });
+        Ok(())
+    }
+
+    /// A party could not make the call's direct connection (ICE failed): the attempt ends
+    /// `connect_failed`, so the record says why rather than a later key expiry or no answer.
+    fn connect_failed(&mut self, now: Instant, party: &Party, call_id: &str, reason: &str) -> Result<(), ProtocolError> {
+        let call = self.party_call(call_id, party)?;
+        // Through a switch, `connected` means the key came over the working connection. F4 is
+        // `connected` at `accept`, before ICE even starts, so there it may still fail.
+        if call.state == CallState::Connected && call.carrier.is_some() {
+            return Err(wrong_state(call_id, call.state, "connect_failed (the call is connected: hang up)"));
+        }
+        let who = match party {
+            Party::Device(n) => n.clone(),
+            Party::Switch(s) => format!("switch {s}"),
+        };
+        self.finish(now, call_id, Outcome::ConnectFailed, &format!("{who} could not connect: {reason}"));
         Ok(())
     }
 

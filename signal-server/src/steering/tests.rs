@@ -1146,3 +1146,28 @@ fn direct_signal_is_refused_for_browser_to_browser_and_local_calls() {
     let e = ClientMsg::decode(r#"{"type":"direct_signal","call_id":"f1","payload":{"kind":"offer","sdp":""}}"#).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidField);
 }
+
+#[test]
+fn connect_failed_ends_the_attempt_with_its_own_outcome_for_every_party() {
+    let mut h = H::new();
+    h.msg(ALICE, r#"{"type":"dial","call_id":"nf","to":"3001"}"#);
+    h.to(BRANCH);
+    h.msg(BRANCH, &accept_json("nf"));
+    h.to(ALICE);
+    // A bystander cannot end someone else's call.
+    h.msg(BOB, r#"{"type":"connect_failed","call_id":"nf","reason":"ICE failed"}"#);
+    assert_eq!(h.error_code(BOB), ErrorCode::NotYourCall);
+    h.msg(ALICE, r#"{"type":"connect_failed","call_id":"nf","reason":"ICE failed after 15 s"}"#);
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::ConnectFailed, None)));
+    assert_eq!(outcome_of(&h.to(BRANCH)), Some((Outcome::ConnectFailed, None)), "the switch frees its queue entry");
+    let r = h.one_record();
+    assert_eq!(r.outcome, Outcome::ConnectFailed);
+    // F4 is `connected` at accept, before ICE: a failure after that still ends connect_failed.
+    let key = f4_ringing(&mut h);
+    h.msg(BOB, &format!(r#"{{"type":"accept","call_id":"f4","key":"{key}"}}"#));
+    h.to(ALICE);
+    h.advance(Duration::from_secs(15));
+    h.msg(ALICE, r#"{"type":"connect_failed","call_id":"f4","reason":"ICE failed"}"#);
+    assert_eq!(outcome_of(&h.to(BOB)), Some((Outcome::ConnectFailed, None)));
+    assert_eq!(h.one_record().outcome, Outcome::ConnectFailed);
+}

@@ -2187,5 +2187,6 @@ fn outcome_text(o: Outcome) -> &'static str {
         Outcome::KeyExpired => "the callee did not connect in time",
         Outcome::Cancelled => "cancelled",
         Outcome::Error => "error",
+        Outcome::ConnectFailed => "the direct connection could not be made",
     }
 }
