@@ -224,6 +224,24 @@ impl Bridges for DriverBridges {
         Ok(BridgeSetup { id, answer: offer.to_sdp_string(), phone_sdp })
     }
 
+    fn offer_session(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
+        let (mut rtc, ice, candidate) = self.rtc_and_socket(false)?;
+        let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
+        self.next += 1;
+        let id = self.next;
+        let (phone_sdp, law, te_pt) = self.phone_side(id, phone.rtp_port(), Law::Mu, Some(phone_offer))?;
+        let phone = Some(PhoneLeg { sockets: phone, law, te_pt });
+        let mut change = rtc.sdp_api();
+        let mid = change.add_media(MediaKind::Audio, MediaDirection::SendRecv, None, None, None);
+        change.add_channel(DIRECT_CHANNEL.to_string());
+        let (offer, pending) = change.apply().ok_or_else(|| BridgeError::BadOffer("no media to offer".into()))?;
+        self.pending
+            .lock()
+            .unwrap()
+            .insert(id, PendingBridge { rtc, ice, candidate, phone, offer: Some(pending), mid: Some(mid) });
+        Ok(BridgeSetup { id, answer: offer.to_sdp_string(), phone_sdp })
+    }
+
     fn remote_answer(&mut self, id: u64, answer: &str) -> Result<(), BridgeError> {
         let answer = SdpAnswer::from_sdp_string(answer).map_err(|e| BridgeError::BadOffer(e.to_string()))?;
         let mut pending = self.pending.lock().unwrap();
@@ -271,13 +289,18 @@ pub fn start(pending: PendingBridge, phone_remote: Option<SocketAddr>) -> mpsc::
 
 /// Start a session's task (no phone side yet): it gathers its server-reflexive candidate from
 /// `stun`, and reports candidates, DataChannel text and its end on `events`.
+///
+/// `on_open` (the F2 caller side's `present`) is sent on the DataChannel as soon as it opens;
+/// `phone_remote` is the phone's RTP address when the phone side is already there (F2).
 pub fn start_session(
     pending: PendingBridge,
+    phone_remote: Option<SocketAddr>,
     stun: Vec<SocketAddr>,
+    on_open: Option<String>,
     events: mpsc::UnboundedSender<SessionEvent>,
 ) -> mpsc::UnboundedSender<BridgeCmd> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(pending, None, rx, Some((stun, events))));
+    tokio::spawn(run(pending, phone_remote, rx, Some((stun, on_open, events))));
     tx
 }
 
@@ -309,15 +332,15 @@ async fn run(
     p: PendingBridge,
     mut phone_remote: Option<SocketAddr>,
     mut cmds: mpsc::UnboundedReceiver<BridgeCmd>,
-    session: Option<(Vec<SocketAddr>, mpsc::UnboundedSender<SessionEvent>)>,
+    session: Option<(Vec<SocketAddr>, Option<String>, mpsc::UnboundedSender<SessionEvent>)>,
 ) {
     let PendingBridge { mut rtc, ice, candidate, mut phone, offer: _, mid } = p;
     let ice = ice.rtp_socket();
-    let mut session = session.map(|(stun, events)| SessionState {
+    let mut session = session.map(|(stun, on_open, events)| SessionState {
         events,
         probe: (!stun.is_empty()).then(|| SrflxProbe::new(&stun, ProbeTiming::default(), Instant::now())),
         dc: None,
-        dc_queue: vec![],
+        dc_queue: on_open.into_iter().collect(),
         key_deadline: Instant::now() + SESSION_KEY_WAIT,
     });
     let why = run_loop(&mut rtc, ice, candidate, &mut phone, &mut phone_remote, &mut cmds, &mut session, mid).await;

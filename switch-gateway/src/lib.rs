@@ -316,6 +316,9 @@ async fn core_loop(
     let mut bridges: HashMap<u64, mpsc::UnboundedSender<bridge::BridgeCmd>> = HashMap::new();
     let mut dials: HashMap<u64, mpsc::UnboundedSender<()>> = HashMap::new();
     let mut direct: HashMap<u64, mpsc::Sender<(DirectServerMsg, bool)>> = HashMap::new();
+    // F2 over WebRTC, caller side: sessions waiting for their answer, and early candidates.
+    let mut outbound: HashMap<u64, (u64, String, String)> = HashMap::new();
+    let mut early_candidates: HashMap<u64, Vec<String>> = HashMap::new();
     let mut batch = Vec::with_capacity(64);
     loop {
         let deadline = core.poll_timeout();
@@ -381,17 +384,25 @@ async fn core_loop(
                         }
                     }
                 }
-                Output::SessionStart { id, conn, call_id } => {
+                Output::SessionStart { id, conn, call_id, present: Some(present) } => {
+                    // F2 caller side: starts at its BridgeStart, once the answer is applied.
+                    outbound.insert(id, (conn, call_id, present.encode()));
+                }
+                Output::SessionStart { id, conn, call_id, present: None } => {
                     let Some(p) = pending_bridges.lock().unwrap().remove(&id) else { continue };
                     let stun = stun_servers.lock().unwrap().clone();
                     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-                    let tx = bridge::start_session(p, stun, ev_tx);
+                    let tx = bridge::start_session(p, None, stun, None, ev_tx);
                     bridges.insert(id, tx.clone());
-                    tokio::spawn(session_events(conn, call_id, ev_rx, tx, core_tx.clone(), link.clone()));
+                    tokio::spawn(session_events(conn, None, call_id, ev_rx, tx, core_tx.clone(), link.clone()));
                 }
                 Output::SessionCandidate { id, candidate } => {
-                    if let Some(b) = bridges.get(&id) {
-                        let _ = b.send(bridge::BridgeCmd::RemoteCandidate(candidate));
+                    match bridges.get(&id) {
+                        Some(b) => {
+                            let _ = b.send(bridge::BridgeCmd::RemoteCandidate(candidate));
+                        }
+                        // Trickled before our outbound session started (its answer was late).
+                        None => early_candidates.entry(id).or_default().push(candidate),
                     }
                 }
                 Output::Direct { conn, msg, close } => {
@@ -414,13 +425,28 @@ async fn core_loop(
                 }
                 Output::BridgeStart { id, phone } => {
                     let pending = pending_bridges.lock().unwrap().remove(&id);
-                    if let Some(p) = pending {
-                        bridges.insert(id, bridge::start(p, phone));
-                    } else if let Some(leg) = attachments.lock().unwrap().remove(&id)
-                        && let Some(b) = bridges.get(&id)
-                    {
-                        // C15 for a session: its key was accepted, bridge to the phone now.
-                        let _ = b.send(bridge::BridgeCmd::Attach(leg, phone));
+                    match (pending, outbound.remove(&id)) {
+                        // F2 caller side over WebRTC: the answer is applied, start the session.
+                        (Some(p), Some((conn, call_id, present))) => {
+                            let stun = stun_servers.lock().unwrap().clone();
+                            let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+                            let tx = bridge::start_session(p, phone, stun, Some(present), ev_tx);
+                            for c in early_candidates.remove(&id).unwrap_or_default() {
+                                let _ = tx.send(bridge::BridgeCmd::RemoteCandidate(c));
+                            }
+                            bridges.insert(id, tx.clone());
+                            tokio::spawn(session_events(conn, Some(id), call_id, ev_rx, tx, core_tx.clone(), link.clone()));
+                        }
+                        (Some(p), None) => {
+                            bridges.insert(id, bridge::start(p, phone));
+                        }
+                        (None, _) => {
+                            let leg = attachments.lock().unwrap().remove(&id);
+                            if let (Some(leg), Some(b)) = (leg, bridges.get(&id)) {
+                                // C15 for a session: its key was accepted, bridge to the phone now.
+                                let _ = b.send(bridge::BridgeCmd::Attach(leg, phone));
+                            }
+                        }
                     }
                 }
                 Output::BridgeRemote { id, phone } => {
@@ -436,11 +462,16 @@ async fn core_loop(
                 Output::DirectHangup { id } => {
                     if let Some(tx) = dials.remove(&id) {
                         let _ = tx.send(());
+                    } else if let Some(b) = bridges.get(&id) {
+                        // F2 over WebRTC: leave on the DataChannel.
+                        let _ = b.send(bridge::BridgeCmd::Dc(DirectClientMsg::Hangup.encode()));
                     }
                 }
                 Output::BridgeStop { id } => {
                     pending_bridges.lock().unwrap().remove(&id);
                     attachments.lock().unwrap().remove(&id);
+                    outbound.remove(&id);
+                    early_candidates.remove(&id);
                     if let Some(b) = bridges.remove(&id) {
                         let _ = b.send(bridge::BridgeCmd::Stop);
                     }
@@ -461,8 +492,12 @@ async fn core_loop(
 
 /// A session's events: its candidates go to the cloud (trickle), its DataChannel text to the
 /// core as direct-endpoint messages, its end as the direct connection going away.
+///
+/// `remote` (F2 caller side, our bridge id): what the callee switch says comes back as
+/// [`b2bua::RemoteEvent`]s instead of direct-endpoint messages.
 async fn session_events(
     conn: u64,
+    remote: Option<u64>,
     call_id: String,
     mut events: mpsc::UnboundedReceiver<bridge::SessionEvent>,
     bridge: mpsc::UnboundedSender<bridge::BridgeCmd>,
@@ -475,6 +510,23 @@ async fn session_events(
             bridge::SessionEvent::Candidate(candidate) => {
                 let payload = SignalPayload::Ice { candidate, sdp_mid: None, sdp_m_line_index: Some(0) };
                 let _ = link.try_send(ClientMsg::DirectSignal { call_id: call_id.clone(), payload });
+            }
+            bridge::SessionEvent::Dc(text) if remote.is_some() => {
+                let id = remote.expect("checked");
+                let ev = match DirectServerMsg::decode(&text) {
+                    Ok(DirectServerMsg::Accepted { .. }) => b2bua::RemoteEvent::Accepted,
+                    Ok(DirectServerMsg::Progress { event }) => b2bua::RemoteEvent::Progress(event),
+                    Ok(DirectServerMsg::Ended { outcome }) => b2bua::RemoteEvent::Ended(outcome),
+                    Ok(DirectServerMsg::Error { code, message }) => b2bua::RemoteEvent::Refused { code, message },
+                    Ok(DirectServerMsg::Answer { .. }) => continue,
+                    Err(e) => {
+                        tracing::debug!(%call_id, error = %e, "bad DataChannel message from the callee switch");
+                        continue;
+                    }
+                };
+                if core.send(CoreIn::Remote { id, ev }).await.is_err() {
+                    return;
+                }
             }
             bridge::SessionEvent::Dc(text) => match DirectClientMsg::decode(&text) {
                 Ok(msg) => {
@@ -489,7 +541,11 @@ async fn session_events(
             },
             bridge::SessionEvent::Gone(why) => {
                 tracing::info!(%call_id, %why, "session ended");
-                let _ = core.send(CoreIn::DirectGone { conn }).await;
+                let msg = match remote {
+                    Some(id) => CoreIn::Remote { id, ev: b2bua::RemoteEvent::Closed(why.to_string()) },
+                    None => CoreIn::DirectGone { conn },
+                };
+                let _ = core.send(msg).await;
                 return;
             }
         }

@@ -142,6 +142,12 @@ pub trait Bridges: Send {
         let _ = (id, phone_offer);
         Err(BridgeError::Unavailable)
     }
+    /// F2 caller side over WebRTC: like [`offer`](Self::offer), with a DataChannel to present
+    /// the key on. `Unavailable`: use the callee switch's direct endpoint instead.
+    fn offer_session(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
+        let _ = phone_offer;
+        Err(BridgeError::Unavailable)
+    }
 }
 
 /// Direct-connection ids of WebRTC sessions (their DataChannel) have this bit set, so they
@@ -182,7 +188,10 @@ pub enum Output {
     /// C14 over WebRTC: start session `id` (its leg already answered the caller's offer). Its
     /// DataChannel is direct connection `conn` (messages as on the direct endpoint); its local
     /// candidates are trickled to the cloud for `call_id`.
-    SessionStart { id: u64, conn: u64, call_id: String },
+    /// `present` (F2 caller side): send it on the DataChannel when it opens, and report what
+    /// comes back with [`Core::on_remote`]; such a session starts at its `BridgeStart`, once
+    /// the callee switch's answer is applied.
+    SessionStart { id: u64, conn: u64, call_id: String, present: Option<DirectClientMsg> },
     /// A candidate the caller trickled for session `id`.
     SessionCandidate { id: u64, candidate: String },
 }
@@ -383,6 +392,8 @@ pub struct Core {
     sessions: HashMap<u64, WebRtcSession>,
     /// Cloud call id → the session's direct connection.
     session_by_call: HashMap<String, u64>,
+    /// F2 caller side over WebRTC: cloud call id → our bridge to the callee switch.
+    remote_by_call: HashMap<String, u64>,
     phones: Phones,
     registrar: Registrar,
     queue: WaitingQueue,
@@ -422,6 +433,7 @@ impl Core {
             direct: HashMap::new(),
             sessions: HashMap::new(),
             session_by_call: HashMap::new(),
+            remote_by_call: HashMap::new(),
             phones,
             registrar,
             queue,
@@ -660,7 +672,7 @@ impl Core {
                         tracing::info!(%call_id, session = id, "C14: WebRTC leg answered; waiting for the key on its DataChannel");
                         self.sessions.insert(conn, WebRtcSession { call_id: call_id.clone(), id, offer: sdp });
                         self.session_by_call.insert(call_id.clone(), conn);
-                        self.out.push_back(Output::SessionStart { id, conn, call_id: call_id.clone() });
+                        self.out.push_back(Output::SessionStart { id, conn, call_id: call_id.clone(), present: None });
                         self.cloud(ClientMsg::DirectSignal { call_id, payload: SignalPayload::Answer { sdp: answer } });
                     }
                     Err(e) => {
@@ -674,10 +686,17 @@ impl Core {
             SignalPayload::Ice { candidate, .. } => {
                 if let Some(s) = self.session_by_call.get(&call_id).and_then(|c| self.sessions.get(c)) {
                     self.out.push_back(Output::SessionCandidate { id: s.id, candidate });
+                } else if let Some(&bridge) = self.remote_by_call.get(&call_id) {
+                    self.out.push_back(Output::SessionCandidate { id: bridge, candidate });
                 }
             }
-            // Answers are for a side that offered (F2 caller: still the direct endpoint).
-            SignalPayload::Answer { .. } | SignalPayload::EndOfCandidates => {}
+            // F2 caller side: the callee switch's answer to our offer.
+            SignalPayload::Answer { sdp } => {
+                if let Some(&bridge) = self.remote_by_call.get(&call_id) {
+                    self.on_remote(now, bridge, RemoteEvent::Answer(sdp));
+                }
+            }
+            SignalPayload::EndOfCandidates => {}
         }
     }
 
@@ -793,6 +812,36 @@ impl Core {
             return;
         }
         let (caller, phone_offer) = (call.caller.clone(), call.offer_sdp.clone());
+        // C14 over WebRTC: offer through the cloud, the key on the DataChannel.
+        match self.bridges.offer_session(&phone_offer) {
+            Ok(setup) => {
+                tracing::info!(%call_id, step = "C2", "connecting directly to the callee's switch over WebRTC");
+                if let Some(c) = self.calls.get_mut(&id) {
+                    c.b_remote = Some((setup.id, setup.phone_sdp));
+                }
+                self.by_remote.insert(setup.id, id);
+                self.remote_by_call.insert(call_id.clone(), setup.id);
+                let present = DirectClientMsg::Present {
+                    v: trunkline_protocol::PROTOCOL_VERSION,
+                    call_id: call_id.clone(),
+                    key,
+                    caller,
+                };
+                self.out.push_back(Output::SessionStart {
+                    id: setup.id,
+                    conn: SESSION_CONN | setup.id,
+                    call_id: call_id.clone(),
+                    present: Some(present),
+                });
+                self.cloud(ClientMsg::DirectSignal { call_id, payload: SignalPayload::Offer { sdp: setup.answer } });
+                return;
+            }
+            Err(BridgeError::Unavailable) => {}
+            Err(e) => {
+                tracing::warn!(%call_id, error = %e, "cannot set up the direct leg");
+                return self.fail_call(now, id, 488, "Not Acceptable Here", Some(&e.to_string()));
+            }
+        }
         let setup = match self.bridges.offer(&phone_offer) {
             Ok(s) => s,
             Err(e) => {
@@ -1791,6 +1840,7 @@ impl Core {
         }
         if let Some(c) = &call.cloud_id {
             self.by_cloud.remove(c);
+            self.remote_by_call.remove(c);
         }
         if let Some((b, _)) = &call.b_remote {
             self.by_remote.remove(b);
