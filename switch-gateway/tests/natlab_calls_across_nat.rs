@@ -1,4 +1,4 @@
-//! F1 across real NATs, C14 over WebRTC, no inbound port anywhere: the signal server and coturn
+//! Calls across real NATs (F1, F2), C14 over WebRTC, no inbound port anywhere: the signal server and coturn
 //! (STUN only here) on the lab's "Internet"; the gateway and a desk phone on a site LAN behind a
 //! port-restricted cone NAT; the headless softphone at home behind another cone NAT. The
 //! softphone's offer and the gateway's answer and trickled server-reflexive candidates go
@@ -84,18 +84,22 @@ fn start_signal_server(lab: &lab::Lab, dir: &std::path::Path) -> (String, String
 
 /// The gateway "hq" on site host `ns` (`ip`), linked to `cloud`.
 fn start_gateway(ns: &str, ip: &str, cloud: &str, dir: &std::path::Path) -> (oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+    start_gateway_id("hq", ns, ip, cloud, dir)
+}
+
+fn start_gateway_id(id: &str, ns: &str, ip: &str, cloud: &str, dir: &std::path::Path) -> (oneshot::Sender<()>, std::thread::JoinHandle<()>) {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let secret_file = dir.join("hq.secret");
-    std::fs::write(&secret_file, secret_of("hq")).unwrap();
+    let secret_file = dir.join(format!("{id}.secret"));
+    std::fs::write(&secret_file, secret_of(id)).unwrap();
     let config = switch_gateway::Config {
-        id: "hq".into(),
+        id: id.into(),
         secret_file,
         cloud_url: cloud.into(),
         sip_listen: format!("{ip}:5060").parse().unwrap(),
         direct_listen: format!("{ip}:7443").parse().unwrap(),
         advertise_url: format!("ws://{ip}:7443/direct"),
         rtp_ports: "40000-40199".into(),
-        state_dir: dir.join("hq-state"),
+        state_dir: dir.join(format!("{id}-state")),
         ring_timeout_secs: 10,
         ..Default::default()
     };
@@ -392,4 +396,159 @@ fn f1_between_two_symmetric_nats_without_a_relay_ends_connect_failed_and_nothing
     cloud_thread.join().unwrap();
     let _ = gw_stop.send(());
     gw_thread.join().unwrap();
+}
+
+#[test]
+fn f2_desk_phone_to_desk_phone_between_two_sites_behind_cone_nats_goes_gateway_to_gateway_directly() {
+    if !lab::should_run("f2_desk_phone_to_desk_phone_between_two_sites_behind_cone_nats_goes_gateway_to_gateway_directly") {
+        return;
+    }
+    let mut lab = lab::Lab::up(&["hq:cone:2", "br:cone:2"]);
+    lab.coturn(TURN_SECRET);
+    let tmp = tempfile::tempdir().unwrap();
+    let (cloud, db_url, cloud_stop, cloud_thread) = start_signal_server(&lab, tmp.path());
+    let (hq_ip, br_ip) = (lab.host_ip("hq", 1), lab.host_ip("br", 1));
+    let (hq_stop, hq_thread) = start_gateway_id("hq", &lab.ns("hq", 1), &hq_ip, &cloud, tmp.path());
+    let (br_stop, br_thread) = start_gateway_id("branch", &lab.ns("br", 1), &br_ip, &cloud, tmp.path());
+    wait_switch_online(&db_url, "hq");
+    wait_switch_online(&db_url, "branch");
+
+    // 3001 at the branch site: registers, answers, plays 440 Hz, reports what it heard.
+    let (reg_tx, reg_rx) = std::sync::mpsc::channel();
+    let br_gw: SocketAddr = format!("{br_ip}:5060").parse().unwrap();
+    let callee_ip: std::net::IpAddr = lab.host_ip("br", 2).parse().unwrap();
+    let callee = in_netns(&lab.ns("br", 2), move || async move {
+        let sip = UdpSocket::bind((callee_ip, 0)).await.unwrap();
+        let rtp = Arc::new(UdpSocket::bind((callee_ip, 0)).await.unwrap());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::timeout(Duration::from_secs(2), register_udp(&sip, br_gw, "3001", "pw-3001", 300, false)).await != Ok(200) {
+            assert!(tokio::time::Instant::now() < deadline, "3001 could not register");
+        }
+        let _ = reg_tx.send(());
+        let gw_rtp = answer_invite(&sip, rtp.local_addr().unwrap()).await;
+        let heard = play_and_record(rtp, gw_rtp, 440.0, 4.0).await;
+        dominant_frequency(&heard[heard.len().saturating_sub(4000)..], 8000)
+    });
+    reg_rx.recv_timeout(WAIT).expect("3001 registered");
+
+    // 1001 at the hq site calls 3001, plays 1 kHz.
+    let hq_gw: SocketAddr = format!("{hq_ip}:5060").parse().unwrap();
+    let caller_ip: std::net::IpAddr = lab.host_ip("hq", 2).parse().unwrap();
+    let caller = in_netns(&lab.ns("hq", 2), move || async move {
+        let sip = UdpSocket::bind((caller_ip, 0)).await.unwrap();
+        let rtp = Arc::new(UdpSocket::bind((caller_ip, 0)).await.unwrap());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::timeout(Duration::from_secs(2), register_udp(&sip, hq_gw, "1001", "pw-1001", 300, false)).await != Ok(200) {
+            assert!(tokio::time::Instant::now() < deadline, "1001 could not register");
+        }
+        let ok = tokio::time::timeout(Duration::from_secs(30), invite(&sip, hq_gw, "3001", rtp.local_addr().unwrap()))
+            .await
+            .expect("the call is answered in time");
+        let gw_rtp = trunkline_media::sdp::Sdp::parse(&String::from_utf8_lossy(&ok.body)).unwrap().audio_rtp_addr().unwrap();
+        let heard = play_and_record(rtp, gw_rtp, 1000.0, 4.0).await;
+        dominant_frequency(&heard[heard.len().saturating_sub(4000)..], 8000)
+    });
+    let at_caller = caller.join().expect("1001's thread");
+    let at_callee = callee.join().expect("3001's thread");
+    assert!((at_caller - 440.0).abs() < 20.0, "1001 heard {at_caller} Hz, expected 3001's 440 Hz");
+    assert!((at_callee - 1000.0).abs() < 20.0, "3001 heard {at_callee} Hz, expected 1001's 1 kHz");
+    let turn_log = std::fs::read_to_string(lab.get("TURN_LOG")).unwrap_or_default();
+    assert!(!turn_log.contains("ALLOCATE processed, success"), "no relay may be used");
+    let _ = cloud_stop.send(());
+    cloud_thread.join().unwrap();
+    let _ = hq_stop.send(());
+    hq_thread.join().unwrap();
+    let _ = br_stop.send(());
+    br_thread.join().unwrap();
+}
+
+/// 1001 calls `to` through `gw` with a digest-authenticated INVITE whose SDP names `rtp`;
+/// returns the 200 OK (the ACK is sent).
+async fn invite(sip: &UdpSocket, gw: SocketAddr, to: &str, rtp: SocketAddr) -> trunkline_sip::Response {
+    use trunkline_sip::digest::{self, Algorithm};
+    let local = sip.local_addr().unwrap();
+    let ip = rtp.ip();
+    let sdp = format!(
+        "v=0\r\no=a 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
+        rtp.port()
+    );
+    let msg = |cseq: u32, auth: &str| {
+        format!(
+            "INVITE sip:{to}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKnat{cseq};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:1001@{gw}>;tag=natcaller\r\nTo: <sip:{to}@{gw}>\r\nCall-ID: nat-f2@test\r\nCSeq: {cseq} INVITE\r\n\
+             Contact: <sip:1001@{local}>\r\n{auth}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+    };
+    let mut buf = vec![0u8; 65536];
+    let mut next = async || loop {
+        let (n, _) = sip.recv_from(&mut buf).await.unwrap();
+        if let Ok(trunkline_sip::Message::Response(r)) = trunkline_sip::parse(&buf[..n]) {
+            return r;
+        }
+    };
+    sip.send_to(msg(1, "").as_bytes(), gw).await.unwrap();
+    let challenge = loop {
+        let r = next().await;
+        if r.status == 401 {
+            break r;
+        }
+    };
+    let ack = format!(
+        "ACK sip:{to}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKnat1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:1001@{gw}>;tag=natcaller\r\n\
+         To: {}\r\nCall-ID: nat-f2@test\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        challenge.headers.get("To").unwrap()
+    );
+    sip.send_to(ack.as_bytes(), gw).await.unwrap();
+    let h = challenge.headers.get_all("WWW-Authenticate").find(|h| h.contains("MD5")).unwrap().to_string();
+    let nonce = h.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let uri = format!("sip:{to}@{gw}");
+    let ha1 = digest::ha1(Algorithm::Md5, "1001", REALM, "pw-1001");
+    let resp = digest_response(Algorithm::Md5, &ha1, &nonce, "INVITE", &uri, "00000001", "nat");
+    let auth = format!(
+        "Authorization: Digest username=\"1001\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"nat\"\r\n"
+    );
+    sip.send_to(msg(2, &auth).as_bytes(), gw).await.unwrap();
+    loop {
+        let r = next().await;
+        match r.status {
+            100..=199 => continue,
+            200 => {
+                let to_hdr = r.headers.get("To").unwrap().to_string();
+                let ack = format!(
+                    "ACK sip:{to}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKnat2ack;rport\r\nMax-Forwards: 70\r\nFrom: <sip:1001@{gw}>;tag=natcaller\r\n\
+                     To: {to_hdr}\r\nCall-ID: nat-f2@test\r\nCSeq: 2 ACK\r\nContent-Length: 0\r\n\r\n"
+                );
+                sip.send_to(ack.as_bytes(), gw).await.unwrap();
+                return r;
+            }
+            other => panic!("the call failed with {other} {}: {:?}", r.reason, r.headers.get("Warning")),
+        }
+    }
+}
+
+/// Send `secs` of `freq` as PCMU to `to` from `sock`, and collect what arrives meanwhile.
+async fn play_and_record(sock: Arc<UdpSocket>, to: SocketAddr, freq: f32, secs: f32) -> Vec<i16> {
+    let tx = sock.clone();
+    let send = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for (i, frame) in tone(freq, secs, 8000).chunks(160).enumerate() {
+            tick.tick().await;
+            let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+            pkt[2..4].copy_from_slice(&(i as u16).to_be_bytes());
+            pkt[4..8].copy_from_slice(&((i * 160) as u32).to_be_bytes());
+            pkt.extend(Law::Mu.encode_frame(frame));
+            let _ = tx.send_to(&pkt, to).await;
+        }
+    });
+    let mut heard: Vec<i16> = vec![];
+    let mut buf = vec![0u8; 2048];
+    while heard.len() < 8000 {
+        let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf)).await.expect("audio from the far phone").unwrap();
+        if n > 12 && buf[1] & 0x7f == 0 {
+            Law::Mu.decode_into(&buf[12..n], &mut heard);
+        }
+    }
+    let _ = send.await;
+    heard
 }
