@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Browser calls across real NATs (natlab/e2e/run.mjs): builds the signal server and switch
+# gateway (debug), expects the softphone built into dist/ (web/build.sh) and web/e2e's
+# playwright-core (web/setup.sh), installs the lab's packages (natlab/lab.sh deps), then runs
+# the tests as root. The last line says "N passed, N failed".
+#   natlab/e2e/run.sh [test-name-filter]        KEEP=1 keeps the lab and every log
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PATH="$HOME/.cargo/bin:$PATH"
+[ "$(id -u)" -eq 0 ] || { echo "error: the NAT lab needs root (network namespaces, nftables)" >&2; exit 1; }
+[ -d web/e2e/node_modules/playwright-core ] || { echo "error: playwright-core missing: run web/setup.sh" >&2; exit 1; }
+[ -f dist/index.html ] || { echo "error: dist/ is missing: run web/build.sh" >&2; exit 1; }
+natlab/lab.sh deps >&2
+echo "==> building signal-server and switch-gateway (debug)" >&2
+cargo build -q --locked -p trunkline-signal-server -p trunkline-switch-gateway
+exec node natlab/e2e/run.mjs "$@"
