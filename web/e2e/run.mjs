@@ -32,17 +32,35 @@ let gateway;
 const cleanups = [];
 const onCleanup = (f) => cleanups.push(f);
 
-async function browserFor(number) {
+async function browserFor(number, opts) {
   const b = await launch(number === '2001' ? MIC_2001 : MIC_2002);
   onCleanup(b.close);
-  const { page } = await openApp(b.browser, cloud.url);
+  const { page } = await openApp(b.browser, cloud.url, opts);
   return page;
 }
 
-async function signedIn(number) {
-  const page = await browserFor(number);
+async function signedIn(number, opts) {
+  const page = await browserFor(number, opts);
   await signIn(page, number);
   return page;
+}
+
+/** The page opened no WebSocket but its own signal server's `/ws` (never a gateway's ws://). */
+function onlySignalWebSockets(page) {
+  const own = `${cloud.url.replace(/^http/, 'ws')}/ws`;
+  assert.ok(page.webSockets.length > 0, 'the signal WebSocket was seen');
+  for (const u of page.webSockets) assert.equal(u, own, `the page opened a WebSocket to ${u}`);
+  return page.webSockets.length;
+}
+
+/** The selected ICE pair goes straight to the gateway's WebRTC leg (its RTP port range). */
+async function pairToGateway(page, gw) {
+  const pair = await selectedPair(page);
+  assert.ok(pair, 'a selected ICE candidate pair');
+  const [lo, hi] = gw.rtpPorts;
+  assert.ok(pair.remotePort >= lo && pair.remotePort <= hi, `the media goes to port ${pair.remotePort}, not the gateway's ${lo}-${hi}`);
+  assert.notEqual(pair.remotePort, cloud.port, 'not the signal server');
+  return pair;
 }
 
 /** Poll inbound audio until packets and energy arrive (the remote stream is being played). */
@@ -253,7 +271,7 @@ test('F4: the callee declines → "Declined"; the caller cancels → "Missed cal
   assert.equal((await byId(bob, 'call-outcome').textContent()).trim(), 'Missed call');
 });
 
-test('F1: browser → baresip desk phone via the gateway direct endpoint: tones both ways, DTMF, hang up', async () => {
+test('F1: browser → baresip desk phone, C14 over WebRTC (key on the DataChannel): tones both ways, DTMF, hang up', async () => {
   const gw = await ensureGateway();
   const phone = await Phone.start(dir, '1001', PASSWORD('1001'), gw.sip, PHONE_WAV, { autoAnswer: true });
   onCleanup(() => phone.quit());
@@ -269,6 +287,11 @@ test('F1: browser → baresip desk phone via the gateway direct endpoint: tones 
   metrics.f1 = { browser_hears_hz: Math.round(f.freq), phone_hears_hz: fp.freq, phone_rms: Number(fp.rms.toFixed(3)) };
   assert.ok(Math.abs(f.freq - 440) < 25, `the browser hears ${f.freq} Hz, expected baresip's 440 Hz`);
   assert.ok(Math.abs(fp.freq - 1000) < 25 && fp.rms > 0.02, `baresip hears ${fp.freq} Hz (rms ${fp.rms}), expected the browser's 1000 Hz`);
+  // C14 went over the DataChannel; media goes browser ↔ gateway; no ws:// but the signal server's.
+  const dc = await alice.evaluate(() => window.trunkline.dc && { label: window.trunkline.dc.label, state: window.trunkline.dc.readyState, negotiated: window.trunkline.dc.negotiated });
+  assert.deepEqual(dc, { label: 'trunkline-direct', state: 'open', negotiated: false });
+  metrics.f1.ice = await pairToGateway(alice, gw);
+  metrics.f1.websockets = onlySignalWebSockets(alice);
 
   // DTMF from the keypad reaches the desk phone as RFC 4733 events.
   await byId(alice, 'dtmf-5').click();
@@ -284,6 +307,93 @@ test('F1: browser → baresip desk phone via the gateway direct endpoint: tones 
   const rec = await waitFor('the call record', () => cloud.calls().find((c) => c.caller === '2001' && c.callee === '1001' && c.outcome === 'connected'));
   metrics.f1.trace = rec.trace.join(',');
   assert.equal(metrics.f1.trace, 'A,C1,B4,B5,C11,C12,C13,C14,C15');
+  await phone.quit();
+});
+
+test('F1: a forged key is refused on the DataChannel: "the key was refused", nothing rings', async () => {
+  const gw = await ensureGateway();
+  const phone = await Phone.start(dir, '1001', PASSWORD('1001'), gw.sip, PHONE_WAV, { autoAnswer: false });
+  onCleanup(() => phone.quit());
+  await phone.registered();
+  // The page's signal WebSocket goes through playwright: the `connect` message (C13) reaches the
+  // app with a forged key of the same shape.
+  const forged = [];
+  const alice = await signedIn('2001', {
+    beforeLoad: (page) => page.routeWebSocket(/\/ws$/, (ws) => {
+      const server = ws.connectToServer();
+      ws.onMessage((m) => server.send(m));
+      server.onMessage((m) => {
+        const msg = typeof m === 'string' ? JSON.parse(m) : null;
+        if (msg && msg.type === 'connect') {
+          msg.key = msg.key.split('').map((c) => (c === 'A' ? 'B' : 'A')).join('');
+          forged.push(msg.call_id);
+          return ws.send(JSON.stringify(msg));
+        }
+        ws.send(m);
+      });
+    }),
+  });
+  await dial(alice, '1001');
+  await waitCallState(alice, 'ended', 20000);
+  assert.equal(forged.length, 1, 'the connect message was forged');
+  assert.equal((await byId(alice, 'call-outcome').textContent()).trim(), 'Call failed — the key was refused');
+  const rec = await waitFor('the call record', () => cloud.calls().find((c) => c.call_id === forged[0] && c.outcome));
+  await sleep(1500);
+  assert.ok(!phone.events.some((e) => /^CALL_/.test(e.type)), `the desk phone did not ring (events: ${phone.events.map((e) => e.type)})`);
+  metrics.f1_forged_key = { outcome: rec.outcome, trace: rec.trace.join(',') };
+  assert.notEqual(rec.outcome, 'connected');
+  assert.ok(!rec.trace.includes('C14') && !rec.trace.includes('C15'), `trace ${rec.trace}`);
+  assert.match(fs.readFileSync(path.join(dir, 'hq.log'), 'utf8'), /key refused/);
+  await phone.quit();
+});
+
+test('F1: no route to the gateway (its candidates lost) → "Could not connect — network", recorded connect_failed by the cloud', async () => {
+  const gw = await ensureGateway();
+  const phone = await Phone.start(dir, '1001', PASSWORD('1001'), gw.sip, PHONE_WAV, { autoAnswer: false });
+  onCleanup(() => phone.quit());
+  await phone.registered();
+  // The signal WebSocket goes through playwright, which drops every ICE candidate both ways and
+  // points the gateway's answer at a closed port: ICE can never succeed.
+  const calls = [];
+  const alice = await signedIn('2001', {
+    beforeLoad: (page) => page.routeWebSocket(/\/ws$/, (ws) => {
+      const server = ws.connectToServer();
+      const strip = (sdp) => sdp.split('\r\n').filter((l) => !l.startsWith('a=candidate:')).join('\r\n');
+      ws.onMessage((m) => {
+        const msg = typeof m === 'string' ? JSON.parse(m) : null;
+        if (msg && msg.type === 'direct_signal') {
+          if (msg.payload.kind === 'ice') return;
+          if (msg.payload.kind === 'offer') msg.payload.sdp = strip(msg.payload.sdp);
+          return server.send(JSON.stringify(msg));
+        }
+        server.send(m);
+      });
+      server.onMessage((m) => {
+        const msg = typeof m === 'string' ? JSON.parse(m) : null;
+        if (msg && msg.type === 'direct_signal') {
+          if (msg.payload.kind === 'ice') return;
+          if (msg.payload.kind === 'answer') {
+            msg.payload.sdp = msg.payload.sdp.replace(/^(a=candidate:\S+ \d+ \S+ \d+ \S+ )(\d+)/gm, (_, head) => `${head}9`);
+          }
+          return ws.send(JSON.stringify(msg));
+        }
+        if (msg && msg.type === 'connect') calls.push(msg.call_id);
+        ws.send(m);
+      });
+    }),
+  });
+  const t0 = Date.now();
+  await dial(alice, '1001');
+  await waitCallState(alice, 'connecting', 10000);
+  await waitCallState(alice, 'ended', 40000);
+  const took = Date.now() - t0;
+  assert.equal((await byId(alice, 'call-outcome').textContent()).trim(), 'Could not connect — network');
+  assert.equal(calls.length, 1, 'one connect');
+  const rec = await waitFor('the call record', () => cloud.calls().find((c) => c.call_id === calls[0] && c.outcome));
+  metrics.f1_no_route = { ended_after_ms: took, outcome: rec.outcome, trace: rec.trace.join(',') };
+  assert.equal(rec.outcome, 'connect_failed');
+  assert.ok(!rec.trace.includes('C14'), `trace ${rec.trace}`);
+  assert.ok(!phone.events.some((e) => /^CALL_/.test(e.type)), `the desk phone did not ring (events: ${phone.events.map((e) => e.type)})`);
   await phone.quit();
 });
 
@@ -306,6 +416,8 @@ test('F3: baresip desk phone → switchless browser (incoming via direct): tones
   metrics.f3 = { browser_hears_hz: Math.round(f.freq), phone_hears_hz: fp.freq };
   assert.ok(Math.abs(f.freq - 440) < 25, `the browser hears ${f.freq} Hz, expected baresip's 440 Hz`);
   assert.ok(Math.abs(fp.freq - 1000) < 25 && fp.rms > 0.02, `baresip hears ${fp.freq} Hz, expected the browser's 1000 Hz`);
+  metrics.f3.ice = await pairToGateway(alice, gw);
+  metrics.f3.websockets = onlySignalWebSockets(alice);
   await phone.hangup();
   await waitCallState(alice, 'ended');
   assert.match((await byId(alice, 'call-outcome').textContent()).trim(), /^Call ended/);

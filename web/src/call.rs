@@ -1,15 +1,22 @@
 //! The call state machine of the browser softphone — sans-IO, like the server's engine: it takes
-//! inputs (what the user did, what the signal server / the gateway's direct endpoint / the
+//! inputs (what the user did, what the signal server / the gateway (on the DataChannel) / the
 //! browser's WebRTC stack said) with `now` passed in, and returns the [`Action`]s the browser
 //! driver (`phone.rs`) carries out. No web API is touched here, so it is unit-tested natively.
 //!
 //! Flows (patent CN110012057B step letters):
-//! - outgoing `dial` (**A → C1**), then either `connect` (**C13**: open the gateway's direct
-//!   endpoint, `present` the key (**C14**), offer WebRTC with every ICE candidate in the SDP;
-//!   the gateway bridges (**C15**) — F1) or `peer` (**F4**: offer to the callee browser through
-//!   the cloud's `signal` relay with the key, trickle ICE allowed);
-//! - incoming `via: direct` (**C3**: connect to the caller's gateway as above, as the callee —
-//!   F3) or `via: peer` (**F4**: `accept` with the key, answer through `signal`).
+//! - outgoing `dial` (**A → C1**), then either `connect` (**C13**, F1) or `peer` (**F4**: offer to
+//!   the callee browser through the cloud's `signal` relay with the key, trickle ICE);
+//! - F1 is "C14 over WebRTC": offer audio + a DataChannel labelled [`DIRECT_CHANNEL`] to the
+//!   gateway through the cloud (`direct_signal` offer, trickled `ice`, `end_of_candidates`; the
+//!   gateway's `answer` and `ice` come back the same way); ICE + DTLS go straight to the gateway;
+//!   once the channel opens, `present` the key on it (**C14**), and the gateway answers there with
+//!   `accepted` (or a typed `error`: nothing rang), `progress` and `ended` (**C15**). The `url`
+//!   of `connect` is not used: the browser never opens the gateway's `ws://` endpoint;
+//! - incoming `via: direct` (**C3**, F3): when the user answers, the same as the F1 caller, as
+//!   the callee; `via: peer` (**F4**: `accept` with the key, answer through `signal`).
+//! - "Connected" is shown only when the far end answered AND the peer connection is connected;
+//!   a connection that fails (or is not up [`CONNECT_TIMEOUT_MS`] after the answer) ends the call
+//!   with [`NETWORK_FAILURE`].
 //! - every attempt ends with one outcome, shown in words ([`outcome_text`]).
 
 use trunkline_protocol::{
@@ -29,8 +36,8 @@ pub enum Direction {
 pub enum Via {
     /// Not known yet (outgoing, before `connect` / `peer`).
     Pending,
-    /// A gateway's direct endpoint (C13 / C3), with the one-time key.
-    Direct { url: String, key: String },
+    /// A gateway, C14 over WebRTC (C13 / C3), with the one-time key for its DataChannel.
+    Direct { key: String },
     /// Another browser through the cloud relay (F4), with the call's key.
     Peer { key: String },
 }
@@ -42,7 +49,7 @@ pub enum Phase {
     Calling,
     /// Incoming: ringing here, waiting for the user.
     Incoming,
-    /// Negotiating media (direct endpoint or F4 relay).
+    /// Negotiating media (with a gateway or through the F4 relay), or answered and waiting for media.
     Connecting,
     /// The far end is ringing.
     Ringing,
@@ -75,6 +82,31 @@ impl Phase {
             (Phase::Connected, _) => "Connected",
             (Phase::Ended, _) => "Call ended",
         }
+    }
+}
+
+/// The label of the DataChannel the key is presented on (C14 over WebRTC).
+pub const DIRECT_CHANNEL: &str = "trunkline-direct";
+
+/// The peer connection could not be made (`failed`, or not up in time after the answer).
+pub const NETWORK_FAILURE: &str = "Could not connect — network";
+
+/// The peer connection was up and then failed.
+pub const NETWORK_LOST: &str = "Call dropped — network lost";
+
+/// How long after the answer the peer connection may take to come up.
+pub const CONNECT_TIMEOUT_MS: f64 = 15_000.0;
+
+/// What the user reads when a gateway refuses the key presented on the DataChannel.
+pub fn key_refusal_text(code: ErrorCode, message: &str) -> String {
+    match code {
+        ErrorCode::BadKey => "Call failed — the key was refused".into(),
+        ErrorCode::KeyExpired => "Call failed — the key expired".into(),
+        ErrorCode::KeyUsed => "Call failed — the key was already used".into(),
+        ErrorCode::WrongCaller => "Call failed — the key is for another caller".into(),
+        ErrorCode::UnknownCall => "Call failed — the call is over at the gateway".into(),
+        _ if message.is_empty() => format!("Call failed — the gateway refused the call ({code})"),
+        _ => format!("Call failed — the gateway refused the call: {message}"),
     }
 }
 
@@ -139,7 +171,7 @@ pub fn clean_number(input: &str) -> String {
         .collect()
 }
 
-/// A locally gathered ICE candidate (F4 trickle).
+/// A locally gathered ICE candidate (trickled: F1/F3 through `direct_signal`, F4 through `signal`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalCandidate {
     pub candidate: String,
@@ -166,21 +198,28 @@ pub enum Input {
     /// The signal connection dropped.
     CloudLost,
     User(UserAction),
-    /// The direct endpoint's WebSocket opened.
-    DirectOpened,
+    /// The [`DIRECT_CHANNEL`] DataChannel to the gateway opened (ICE + DTLS + SCTP are up).
+    ChannelOpen,
+    /// A message from the gateway on the DataChannel (the direct endpoint's messages).
     Direct(DirectServerMsg),
-    /// The direct endpoint's WebSocket closed (or failed to open).
-    DirectClosed,
-    /// The browser made our offer (with every candidate when `trickle` was false).
+    /// The DataChannel closed.
+    ChannelClosed,
+    /// The browser made our offer (candidates follow as [`Input::LocalIce`]).
     LocalOffer(String),
     /// The browser made our answer (F4 callee).
     LocalAnswer(String),
-    /// A local candidate (F4 trickle); `None` once gathering is complete.
+    /// A local candidate; `None` once gathering is complete.
     LocalIce(Option<LocalCandidate>),
-    /// ICE/DTLS came up.
+    /// The far end's description is applied: remote candidates may go in.
+    RemoteSet,
+    /// The peer connection is connected (ICE + DTLS): media can flow.
     MediaUp,
+    /// The peer connection's state became `failed`.
+    ConnectionFailed,
     /// Microphone, WebRTC or the answer failed on this side.
     MediaFailed(String),
+    /// The clock (about once a second while a call is shown): connect deadline.
+    Tick,
 }
 
 /// What the driver must do.
@@ -188,21 +227,17 @@ pub enum Input {
 pub enum Action {
     /// Send to the signal server.
     Cloud(ClientMsg),
-    /// Open a WebSocket to a gateway's direct endpoint.
-    OpenDirect { url: String },
-    /// Send on the direct endpoint.
+    /// Send on the gateway's DataChannel.
     Direct(DirectClientMsg),
-    /// Close the direct endpoint's WebSocket.
-    CloseDirect,
-    /// Get the microphone, create the peer connection and make an offer. With `trickle` false,
-    /// wait for ICE gathering to complete so every candidate is in the SDP (the gateway takes no
-    /// trickle); with `trickle` true report candidates as they come ([`Input::LocalIce`]).
-    MakeOffer { trickle: bool },
+    /// Get the microphone, create the peer connection (with the server's iceServers), add the
+    /// track and — with `channel` — the [`DIRECT_CHANNEL`] DataChannel, then make the offer.
+    /// Local candidates are reported as they come ([`Input::LocalIce`]).
+    MakeOffer { channel: bool },
     /// F4 callee: get the microphone, apply the caller's offer and make the answer (trickle).
     MakeAnswer { offer: String },
-    /// Apply the far end's answer.
+    /// Apply the far end's answer ([`Input::RemoteSet`] once done).
     ApplyAnswer { sdp: String },
-    /// Add a trickled remote candidate (F4).
+    /// Add a remote candidate (only after [`Input::RemoteSet`]).
     AddRemoteIce { candidate: String, sdp_mid: Option<String>, sdp_m_line_index: Option<u16> },
     /// Stop (true) or resume sending the microphone.
     SetMute(bool),
@@ -212,11 +247,20 @@ pub enum Action {
     SendDtmf(char),
     StartRingtone,
     StopRingtone,
-    /// Close the peer connection and release the microphone.
+    /// Close the peer connection (and its DataChannel, after what was sent on it went out)
+    /// and release the microphone.
     CloseMedia,
     /// The call is over: record it in the history (the outcome may still be refined by the
     /// cloud's `outcome`).
     Finished,
+}
+
+/// A remote candidate waiting for the remote description.
+#[derive(Clone, Debug, PartialEq)]
+struct RemoteCandidate {
+    candidate: String,
+    sdp_mid: Option<String>,
+    sdp_m_line_index: Option<u16>,
 }
 
 /// One call (either direction) and everything the screen shows about it.
@@ -224,7 +268,7 @@ pub enum Action {
 pub struct Call {
     pub call_id: String,
     pub direction: Direction,
-    /// Our own number (the `caller` presented at a direct endpoint).
+    /// Our own number (the `caller` presented at a gateway).
     pub me: String,
     /// The other party's number and name.
     pub remote: String,
@@ -235,7 +279,7 @@ pub struct Call {
     pub held: bool,
     /// When the call was set up (ms, the driver's clock).
     pub started_at: f64,
-    /// When it was answered.
+    /// When it was connected (answered and media up).
     pub connected_at: Option<f64>,
     /// When it ended.
     pub ended_at: Option<f64>,
@@ -247,19 +291,30 @@ pub struct Call {
     pub failure: Option<String>,
     /// The cloud sent its final `outcome` (nothing more will come for this call).
     pub cloud_final: bool,
-    /// Media (ICE + DTLS) is up.
+    /// The peer connection is connected (ICE + DTLS).
     pub media_up: bool,
-    direct_open: bool,
+    /// The far end answered (the cloud's or the gateway's `connected`; C3: the key accepted;
+    /// F4 callee: our answer sent). "Connected" needs this and [`Call::media_up`].
+    pub far_connected: bool,
+    /// When the far end's answer (SDP) arrived: the peer connection must be up
+    /// [`CONNECT_TIMEOUT_MS`] later.
+    pub answered_sdp_at: Option<f64>,
+    channel_open: bool,
     direct_accepted: bool,
     /// F4 callee: the caller's offer, kept until the user answers.
     pending_offer: Option<String>,
     /// F4 callee: the user answered before the offer arrived.
     answer_when_offer: bool,
-    /// F4: our offer / answer went out; candidates gathered before wait here.
+    /// Our offer / answer went out; candidates gathered before wait here.
     description_sent: bool,
     pending_ice: Vec<Option<LocalCandidate>>,
+    /// The far end's description is applied; its candidates before that wait here.
+    remote_set: bool,
+    remote_ice: Vec<RemoteCandidate>,
     media_started: bool,
     hung_up: bool,
+    /// The failure text stays whatever outcome the cloud reports later.
+    failure_final: bool,
 }
 
 impl Call {
@@ -283,14 +338,19 @@ impl Call {
             failure: None,
             cloud_final: false,
             media_up: false,
-            direct_open: false,
+            far_connected: false,
+            answered_sdp_at: None,
+            channel_open: false,
             direct_accepted: false,
             pending_offer: None,
             answer_when_offer: false,
             description_sent: false,
             pending_ice: Vec::new(),
+            remote_set: false,
+            remote_ice: Vec::new(),
             media_started: false,
             hung_up: false,
+            failure_final: false,
         }
     }
 
@@ -303,7 +363,8 @@ impl Call {
     /// An `incoming` call: ring.
     pub fn incoming(call_id: String, me: String, from: String, from_name: String, via: IncomingVia, now: f64) -> (Call, Vec<Action>) {
         let via = match via {
-            IncomingVia::Direct { url, key, .. } => Via::Direct { url, key },
+            // The `url` (a ws:// endpoint) is not used: C14 goes over WebRTC.
+            IncomingVia::Direct { key, .. } => Via::Direct { key },
             IncomingVia::Peer { key } => Via::Peer { key },
         };
         let call = Call::new(call_id, Direction::Incoming, me, from, from_name, via, Phase::Incoming, now);
@@ -348,13 +409,28 @@ impl Call {
         Some((end - start).max(0.0) as u64)
     }
 
-    fn connected(&mut self, now: f64) {
+    /// The far end answered; "Connected" once media is up too.
+    fn far_answered(&mut self, now: f64) {
         if self.phase == Phase::Ended {
             return;
         }
-        self.phase = Phase::Connected;
-        if self.connected_at.is_none() {
-            self.connected_at = Some(now);
+        self.far_connected = true;
+        self.update_connected(now);
+    }
+
+    /// Show "Connected" (and start the timer) only when the far end answered and the peer
+    /// connection is up; until then an answered call says "Connecting…".
+    fn update_connected(&mut self, now: f64) {
+        if self.phase == Phase::Ended || !self.far_connected {
+            return;
+        }
+        if self.media_up {
+            self.phase = Phase::Connected;
+            if self.connected_at.is_none() {
+                self.connected_at = Some(now);
+            }
+        } else if self.phase != Phase::Connected {
+            self.phase = Phase::Connecting;
         }
     }
 
@@ -372,10 +448,7 @@ impl Call {
         if self.media_started {
             actions.push(Action::CloseMedia);
         }
-        if self.direct_open {
-            self.direct_open = false;
-            actions.push(Action::CloseDirect);
-        }
+        self.channel_open = false;
         actions.push(Action::Finished);
     }
 
@@ -389,27 +462,72 @@ impl Call {
         self.end(now, actions);
     }
 
+    /// The peer connection failed or did not come up in time: end the call with its own text,
+    /// and end it towards the gateway (on the channel, if the key was accepted) and the cloud.
+    fn network_failed(&mut self, now: f64, a: &mut Vec<Action>) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        let text = if self.connected_at.is_some() { NETWORK_LOST } else { NETWORK_FAILURE };
+        self.failure = Some(text.into());
+        self.failure_final = true;
+        if !self.hung_up {
+            self.hung_up = true;
+            if self.channel_open && self.direct_accepted {
+                // Best effort: the channel may be as dead as the rest of the connection.
+                a.push(Action::Direct(DirectClientMsg::Hangup));
+            }
+            if !self.cloud_final {
+                let to_cloud = match self.cloud_end_msg() {
+                    // A call through a switch that the cloud has as connected ends at the gateway.
+                    Some(ClientMsg::Hangup { .. }) if matches!(self.via, Via::Direct { .. }) => None,
+                    // Never connected: the cloud records why (`connect_failed`), not a cancel.
+                    Some(_) if self.connected_at.is_none() => Some(ClientMsg::ConnectFailed {
+                        call_id: self.call_id.clone(),
+                        reason: "the browser's WebRTC connection failed or did not come up in time".into(),
+                    }),
+                    m => m,
+                };
+                a.extend(to_cloud.map(Action::Cloud));
+            }
+        }
+        self.end(now, a);
+    }
+
+    /// How to end this call at the cloud: cancel (caller, before the answer), decline (callee,
+    /// before the answer), or hang up (F4, answered).
+    fn cloud_end_msg(&self) -> Option<ClientMsg> {
+        let call_id = self.call_id.clone();
+        Some(match (&self.via, self.direction) {
+            (Via::Peer { .. }, _) if self.far_connected => ClientMsg::Hangup { call_id },
+            (Via::Direct { .. }, _) if self.far_connected => ClientMsg::Hangup { call_id },
+            (_, Direction::Outgoing) => ClientMsg::Cancel { call_id },
+            (_, Direction::Incoming) => ClientMsg::Decline { call_id, reason: DeclineReason::Declined },
+        })
+    }
+
     /// Feed one input; returns what to do.
     pub fn on(&mut self, input: Input, now: f64) -> Vec<Action> {
         let mut a = Vec::new();
         match input {
             Input::Cloud(msg) => self.on_cloud(msg, now, &mut a),
             Input::CloudLost => {
-                // A direct leg does not need the cloud; an F4 call (or one not set up yet) does.
-                let direct_leg = matches!(self.via, Via::Direct { .. }) && self.direct_open;
+                // Once the key is accepted on the DataChannel the call no longer needs the cloud;
+                // before that (the answer and candidates come through it), and for F4, it does.
+                let direct_leg = matches!(self.via, Via::Direct { .. }) && self.channel_open && self.direct_accepted;
                 if !direct_leg {
                     self.fail("Connection to the server lost".into(), now, &mut a);
                 }
             }
             Input::User(u) => self.on_user(u, now, &mut a),
-            Input::DirectOpened => {
+            Input::ChannelOpen => {
                 if self.phase == Phase::Ended {
                     return a;
                 }
-                self.direct_open = true;
-                if let Via::Direct { key, .. } = &self.via {
-                    // C14, claim 10: present the one-time key; `caller` is who connects (the
-                    // caller in F1, the switchless callee in C3).
+                self.channel_open = true;
+                if let Via::Direct { key } = &self.via {
+                    // C14, claim 10, inside DTLS: present the one-time key; `caller` is who
+                    // connects (the caller in F1, the switchless callee in C3).
                     a.push(Action::Direct(DirectClientMsg::Present {
                         v: PROTOCOL_VERSION,
                         call_id: self.call_id.clone(),
@@ -419,14 +537,17 @@ impl Call {
                 }
             }
             Input::Direct(msg) => self.on_direct(msg, now, &mut a),
-            Input::DirectClosed => {
-                let was_open = self.direct_open;
-                self.direct_open = false;
+            Input::ChannelClosed => {
+                let was_open = self.channel_open;
+                self.channel_open = false;
                 if self.phase != Phase::Ended {
-                    let why = if was_open { "Connection to the gateway lost" } else { "Could not reach the gateway" };
-                    // End the attempt at the cloud now rather than at the key's expiry.
-                    self.cloud_give_up(&mut a);
-                    self.fail(why.into(), now, &mut a);
+                    if !was_open {
+                        self.network_failed(now, &mut a);
+                    } else {
+                        // The gateway went away without `ended`.
+                        self.cloud_give_up(&mut a);
+                        self.fail("Connection to the gateway lost".into(), now, &mut a);
+                    }
                 }
             }
             Input::LocalOffer(sdp) => {
@@ -434,11 +555,15 @@ impl Call {
                     return a;
                 }
                 match self.via.clone() {
-                    Via::Direct { .. } => a.push(Action::Direct(DirectClientMsg::Offer { sdp })),
-                    Via::Peer { key } => {
-                        a.push(Action::Cloud(ClientMsg::Signal { call_id: self.call_id.clone(), key: key.clone(), payload: SignalPayload::Offer { sdp } }));
+                    Via::Direct { .. } => {
+                        a.push(Action::Cloud(ClientMsg::DirectSignal { call_id: self.call_id.clone(), payload: SignalPayload::Offer { sdp } }));
                         self.description_sent = true;
-                        self.flush_ice(&key, &mut a);
+                        self.flush_ice(&mut a);
+                    }
+                    Via::Peer { key } => {
+                        a.push(Action::Cloud(ClientMsg::Signal { call_id: self.call_id.clone(), key, payload: SignalPayload::Offer { sdp } }));
+                        self.description_sent = true;
+                        self.flush_ice(&mut a);
                     }
                     Via::Pending => {}
                 }
@@ -450,30 +575,39 @@ impl Call {
                 if let Via::Peer { key } = self.via.clone() {
                     // F4 callee: take the call with the key, then answer.
                     a.push(Action::Cloud(ClientMsg::Accept { call_id: self.call_id.clone(), key: key.clone() }));
-                    a.push(Action::Cloud(ClientMsg::Signal { call_id: self.call_id.clone(), key: key.clone(), payload: SignalPayload::Answer { sdp } }));
+                    a.push(Action::Cloud(ClientMsg::Signal { call_id: self.call_id.clone(), key, payload: SignalPayload::Answer { sdp } }));
                     self.description_sent = true;
-                    self.flush_ice(&key, &mut a);
-                    self.connected(now);
+                    self.flush_ice(&mut a);
+                    self.answered_sdp_at.get_or_insert(now);
+                    self.far_answered(now);
                 }
             }
             Input::LocalIce(c) => {
+                if self.phase == Phase::Ended || self.via == Via::Pending {
+                    return a;
+                }
+                self.pending_ice.push(c);
+                if self.description_sent {
+                    self.flush_ice(&mut a);
+                }
+            }
+            Input::RemoteSet => {
                 if self.phase == Phase::Ended {
                     return a;
                 }
-                if let Via::Peer { key } = self.via.clone() {
-                    self.pending_ice.push(c);
-                    if self.description_sent {
-                        self.flush_ice(&key, &mut a);
-                    }
+                self.remote_set = true;
+                for c in self.remote_ice.drain(..) {
+                    a.push(Action::AddRemoteIce { candidate: c.candidate, sdp_mid: c.sdp_mid, sdp_m_line_index: c.sdp_m_line_index });
                 }
             }
             Input::MediaUp => {
-                self.media_up = true;
-                // C3 callee: the gateway bridged once our leg is up.
-                if self.direction == Direction::Incoming && matches!(self.via, Via::Direct { .. }) && self.direct_accepted {
-                    self.connected(now);
+                if self.phase == Phase::Ended {
+                    return a;
                 }
+                self.media_up = true;
+                self.update_connected(now);
             }
+            Input::ConnectionFailed => self.network_failed(now, &mut a),
             Input::MediaFailed(why) => {
                 if self.phase == Phase::Ended {
                     return a;
@@ -481,18 +615,57 @@ impl Call {
                 self.hangup(now, &mut a);
                 self.failure = Some(why);
             }
+            Input::Tick => {
+                if self.phase != Phase::Ended
+                    && !self.media_up
+                    && self.answered_sdp_at.is_some_and(|t| now - t >= CONNECT_TIMEOUT_MS)
+                {
+                    self.network_failed(now, &mut a);
+                }
+            }
         }
         a
     }
 
-    fn flush_ice(&mut self, key: &str, a: &mut Vec<Action>) {
+    /// Local candidates (and the end of gathering) go out once our description has: through
+    /// `direct_signal` to a gateway, through `signal` with the key to a browser (F4).
+    fn flush_ice(&mut self, a: &mut Vec<Action>) {
         for c in self.pending_ice.drain(..) {
             let payload = match c {
                 Some(c) => SignalPayload::Ice { candidate: c.candidate, sdp_mid: c.sdp_mid, sdp_m_line_index: c.sdp_m_line_index },
                 None => SignalPayload::EndOfCandidates,
             };
-            a.push(Action::Cloud(ClientMsg::Signal { call_id: self.call_id.clone(), key: key.to_string(), payload }));
+            let call_id = self.call_id.clone();
+            match &self.via {
+                Via::Direct { .. } => a.push(Action::Cloud(ClientMsg::DirectSignal { call_id, payload })),
+                Via::Peer { key } => a.push(Action::Cloud(ClientMsg::Signal { call_id, key: key.clone(), payload })),
+                Via::Pending => {}
+            }
         }
+    }
+
+    /// A candidate from the far end: in now if its description is applied, else later.
+    fn remote_candidate(&mut self, candidate: String, sdp_mid: Option<String>, sdp_m_line_index: Option<u16>, a: &mut Vec<Action>) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        if self.remote_set {
+            a.push(Action::AddRemoteIce { candidate, sdp_mid, sdp_m_line_index });
+        } else {
+            self.remote_ice.push(RemoteCandidate { candidate, sdp_mid, sdp_m_line_index });
+        }
+    }
+
+    /// The far end's answer (SDP): apply it; the connect deadline starts.
+    fn remote_answer(&mut self, sdp: String, now: f64, a: &mut Vec<Action>) {
+        if self.direction != Direction::Outgoing && !matches!(self.via, Via::Direct { .. }) {
+            return;
+        }
+        if self.phase == Phase::Ended || !self.media_started || self.answered_sdp_at.is_some() {
+            return;
+        }
+        self.answered_sdp_at = Some(now);
+        a.push(Action::ApplyAnswer { sdp });
     }
 
     fn start_media(&mut self, a: &mut Vec<Action>, action: Action) {
@@ -502,14 +675,14 @@ impl Call {
 
     fn on_cloud(&mut self, msg: ServerMsg, now: f64, a: &mut Vec<Action>) {
         match msg {
-            // C13: connect directly to the callee's gateway with the key.
-            ServerMsg::Connect { url, key, .. } => {
+            // C13: the callee's gateway and its key; C14 goes over WebRTC (the `url` is not used).
+            ServerMsg::Connect { key, .. } => {
                 if self.phase == Phase::Ended || self.direction != Direction::Outgoing || self.via != Via::Pending {
                     return;
                 }
-                self.via = Via::Direct { url: url.clone(), key };
+                self.via = Via::Direct { key };
                 self.phase = Phase::Connecting;
-                a.push(Action::OpenDirect { url });
+                self.start_media(a, Action::MakeOffer { channel: true });
             }
             // F4: the callee is a browser; offer through the cloud.
             ServerMsg::Peer { key, .. } => {
@@ -517,56 +690,65 @@ impl Call {
                     return;
                 }
                 self.via = Via::Peer { key };
-                self.start_media(a, Action::MakeOffer { trickle: true });
+                self.start_media(a, Action::MakeOffer { channel: false });
             }
             ServerMsg::CallEvent { event, .. } => match event {
                 CallEvent::Ringing => {
-                    if matches!(self.phase, Phase::Calling | Phase::Connecting) && self.direction == Direction::Outgoing {
+                    if matches!(self.phase, Phase::Calling | Phase::Connecting) && self.direction == Direction::Outgoing && !self.far_connected {
                         self.phase = Phase::Ringing;
                     }
                 }
                 CallEvent::Connected => {
                     if self.direction == Direction::Outgoing {
-                        self.connected(now);
+                        self.far_answered(now);
                     }
                 }
                 CallEvent::KeyAccepted | CallEvent::Ended { .. } => {}
             },
-            ServerMsg::Signal { payload, .. } => match payload {
-                SignalPayload::Offer { sdp } => {
-                    if self.direction != Direction::Incoming || self.phase == Phase::Ended || self.media_started {
-                        return;
-                    }
-                    if self.answer_when_offer {
-                        self.start_media(a, Action::MakeAnswer { offer: sdp });
-                    } else {
-                        self.pending_offer = Some(sdp);
-                    }
+            // C14 over WebRTC: the gateway's answer and candidates.
+            ServerMsg::DirectSignal { payload, .. } => {
+                if !matches!(self.via, Via::Direct { .. }) {
+                    return;
                 }
-                SignalPayload::Answer { sdp } => {
-                    if self.direction == Direction::Outgoing && self.phase != Phase::Ended {
-                        a.push(Action::ApplyAnswer { sdp });
-                    }
+                match payload {
+                    SignalPayload::Answer { sdp } => self.remote_answer(sdp, now, a),
+                    SignalPayload::Ice { candidate, sdp_mid, sdp_m_line_index } => self.remote_candidate(candidate, sdp_mid, sdp_m_line_index, a),
+                    // We offer; a gateway never does.
+                    SignalPayload::Offer { .. } | SignalPayload::EndOfCandidates => {}
                 }
-                SignalPayload::Ice { candidate, sdp_mid, sdp_m_line_index } => {
-                    if self.phase != Phase::Ended {
-                        a.push(Action::AddRemoteIce { candidate, sdp_mid, sdp_m_line_index });
-                    }
+            }
+            ServerMsg::Signal { payload, .. } => {
+                if !matches!(self.via, Via::Peer { .. }) {
+                    return;
                 }
-                SignalPayload::EndOfCandidates => {}
-            },
+                match payload {
+                    SignalPayload::Offer { sdp } => {
+                        if self.direction != Direction::Incoming || self.phase == Phase::Ended || self.media_started {
+                            return;
+                        }
+                        if self.answer_when_offer {
+                            self.start_media(a, Action::MakeAnswer { offer: sdp });
+                        } else {
+                            self.pending_offer = Some(sdp);
+                        }
+                    }
+                    SignalPayload::Answer { sdp } => self.remote_answer(sdp, now, a),
+                    SignalPayload::Ice { candidate, sdp_mid, sdp_m_line_index } => self.remote_candidate(candidate, sdp_mid, sdp_m_line_index, a),
+                    SignalPayload::EndOfCandidates => {}
+                }
+            }
             ServerMsg::Outcome { outcome, duration_ms, .. } => {
                 self.cloud_final = true;
                 // The cloud's outcome is final; a local failure text stays (it says more).
                 self.outcome = Some(outcome);
-                if duration_ms.is_some() {
+                if duration_ms.is_some() && (self.connected_at.is_some() || self.failure.is_none()) {
                     self.duration_ms = duration_ms;
                 }
-                if outcome == Outcome::Connected && self.connected_at.is_none() {
+                if outcome == Outcome::Connected && self.connected_at.is_none() && !self.failure_final {
                     // Answered elsewhere in the flow without us seeing `connected`.
                     self.connected_at = Some(now - duration_ms.unwrap_or(0) as f64);
                 }
-                if self.failure.is_some() && outcome != Outcome::Cancelled && outcome != Outcome::Error {
+                if self.failure.is_some() && !self.failure_final && outcome != Outcome::Cancelled && outcome != Outcome::Error {
                     // The cloud knows better (e.g. the callee's switch was unavailable).
                     self.failure = None;
                 }
@@ -592,30 +774,33 @@ impl Call {
         }
     }
 
+    /// The gateway's messages on the DataChannel.
     fn on_direct(&mut self, msg: DirectServerMsg, now: f64, a: &mut Vec<Action>) {
         if self.phase == Phase::Ended {
             return;
         }
         match msg {
-            // C14 done: the key is spent; offer WebRTC with every candidate in the SDP.
+            // C14 done: the key is spent; the gateway rings the phone (F1) or answers the
+            // waiting phone (C3: the call is answered once media is up).
             DirectServerMsg::Accepted { .. } => {
                 self.direct_accepted = true;
-                if !self.media_started {
-                    self.start_media(a, Action::MakeOffer { trickle: false });
+                if self.direction == Direction::Incoming {
+                    self.far_answered(now);
                 }
             }
-            DirectServerMsg::Answer { sdp } => a.push(Action::ApplyAnswer { sdp }),
+            // Over WebRTC the answer comes through the cloud (`direct_signal`).
+            DirectServerMsg::Answer { .. } => {}
             // C15: the desk phone rings / answered and the gateway bridged.
             DirectServerMsg::Progress { event } => match event {
                 CallEvent::Ringing => {
-                    if matches!(self.phase, Phase::Calling | Phase::Connecting) && self.direction == Direction::Outgoing {
+                    if matches!(self.phase, Phase::Calling | Phase::Connecting) && self.direction == Direction::Outgoing && !self.far_connected {
                         self.phase = Phase::Ringing;
                     }
                 }
-                CallEvent::Connected => self.connected(now),
+                CallEvent::Connected => self.far_answered(now),
                 CallEvent::Ended { outcome, duration_ms } => {
                     self.outcome.get_or_insert(outcome);
-                    if self.duration_ms.is_none() {
+                    if self.duration_ms.is_none() && self.connected_at.is_some() {
                         self.duration_ms = duration_ms;
                     }
                     self.end(now, a);
@@ -627,13 +812,15 @@ impl Call {
                 self.end(now, a);
             }
             DirectServerMsg::Error { code, message } => {
-                let why = match code {
-                    ErrorCode::KeyExpired => "The call could not be connected in time".to_string(),
-                    ErrorCode::BadKey | ErrorCode::KeyUsed | ErrorCode::WrongCaller => format!("The gateway refused the call ({code})"),
-                    _ => format!("The gateway refused the call: {message}"),
-                };
+                if self.direct_accepted {
+                    // After C14 an error is about something else; the call goes on.
+                    return;
+                }
+                // The key was refused: nothing rang. End the attempt at the cloud now.
+                self.failure = Some(key_refusal_text(code, &message));
+                self.failure_final = true;
                 self.cloud_give_up(a);
-                self.fail(why, now, a);
+                self.end(now, a);
             }
         }
     }
@@ -641,14 +828,11 @@ impl Call {
     /// The direct leg could not be set up here: end the attempt at the cloud (it then has an
     /// outcome now rather than at the key's expiry).
     fn cloud_give_up(&mut self, a: &mut Vec<Action>) {
-        if self.cloud_final || self.hung_up || self.phase == Phase::Connected {
+        if self.cloud_final || self.hung_up || self.far_connected {
             return;
         }
         self.hung_up = true;
-        match self.direction {
-            Direction::Outgoing => a.push(Action::Cloud(ClientMsg::Cancel { call_id: self.call_id.clone() })),
-            Direction::Incoming => a.push(Action::Cloud(ClientMsg::Decline { call_id: self.call_id.clone(), reason: DeclineReason::Declined })),
-        }
+        a.extend(self.cloud_end_msg().map(Action::Cloud));
     }
 
     fn on_user(&mut self, u: UserAction, now: f64, a: &mut Vec<Action>) {
@@ -660,8 +844,8 @@ impl Call {
                 a.push(Action::StopRingtone);
                 self.phase = Phase::Connecting;
                 match self.via.clone() {
-                    // C3: connect to the caller's gateway with the key.
-                    Via::Direct { url, .. } => a.push(Action::OpenDirect { url }),
+                    // C3: offer WebRTC (+ the DataChannel for the key) to the caller's gateway.
+                    Via::Direct { .. } => self.start_media(a, Action::MakeOffer { channel: true }),
                     // F4: answer the caller's offer (now, or when it comes).
                     Via::Peer { .. } => match self.pending_offer.take() {
                         Some(offer) => self.start_media(a, Action::MakeAnswer { offer }),
@@ -714,22 +898,13 @@ impl Call {
         let answered = self.connected_at.is_some();
         if !self.hung_up {
             self.hung_up = true;
-            if self.direct_open {
-                // The gateway reports the end to the cloud; its outcome follows.
+            if self.channel_open && self.direct_accepted {
+                // After C14 the gateway hears it on the DataChannel and reports the end to the
+                // cloud; its outcome follows.
                 a.push(Action::Direct(DirectClientMsg::Hangup));
             } else if !self.cloud_final {
-                let msg = match (&self.via, self.direction) {
-                    (Via::Peer { .. }, _) if answered || self.direction == Direction::Incoming => {
-                        if answered {
-                            ClientMsg::Hangup { call_id: self.call_id.clone() }
-                        } else {
-                            ClientMsg::Decline { call_id: self.call_id.clone(), reason: DeclineReason::Declined }
-                        }
-                    }
-                    (_, Direction::Outgoing) => ClientMsg::Cancel { call_id: self.call_id.clone() },
-                    (_, Direction::Incoming) => ClientMsg::Decline { call_id: self.call_id.clone(), reason: DeclineReason::Declined },
-                };
-                a.push(Action::Cloud(msg));
+                // Before C14: cancel (or decline) through the cloud.
+                a.extend(self.cloud_end_msg().map(Action::Cloud));
             }
         }
         if self.outcome.is_none() {
@@ -809,132 +984,12 @@ mod tests {
     }
 
     #[test]
-    fn f1_connect_present_offer_answer_progress() {
-        let mut c = outgoing();
-        let a = c.on(Input::Cloud(ServerMsg::Connect { call_id: "c1".into(), url: "ws://gw/direct".into(), key: "K".repeat(22), expires_in_ms: 30000 }), 1.0);
-        assert_eq!(a, vec![Action::OpenDirect { url: "ws://gw/direct".into() }]);
-        assert_eq!(c.phase, Phase::Connecting);
-        let a = c.on(Input::DirectOpened, 2.0);
-        assert_eq!(a, vec![Action::Direct(DirectClientMsg::Present { v: 1, call_id: "c1".into(), key: "K".repeat(22), caller: "2001".into() })]);
-        let a = c.on(Input::Direct(DirectServerMsg::Accepted { call_id: "c1".into() }), 3.0);
-        assert_eq!(a, vec![Action::MakeOffer { trickle: false }], "the gateway takes no trickle");
-        let a = c.on(Input::LocalOffer("v=0 offer".into()), 4.0);
-        assert_eq!(a, vec![Action::Direct(DirectClientMsg::Offer { sdp: "v=0 offer".into() })]);
-        let a = c.on(Input::Direct(DirectServerMsg::Answer { sdp: "v=0 answer".into() }), 5.0);
-        assert_eq!(a, vec![Action::ApplyAnswer { sdp: "v=0 answer".into() }]);
-        c.on(Input::Direct(DirectServerMsg::Progress { event: CallEvent::Ringing }), 6.0);
-        assert_eq!(c.phase, Phase::Ringing);
-        // The cloud's copy of the same events changes nothing more.
-        c.on(Input::Cloud(ServerMsg::CallEvent { call_id: "c1".into(), event: CallEvent::Ringing }), 6.5);
-        assert_eq!(c.phase, Phase::Ringing);
-        c.on(Input::Direct(DirectServerMsg::Progress { event: CallEvent::Connected }), 1000.0);
-        assert_eq!(c.phase, Phase::Connected);
-        c.on(Input::Cloud(ServerMsg::CallEvent { call_id: "c1".into(), event: CallEvent::Connected }), 1500.0);
-        assert_eq!(c.connected_at, Some(1000.0), "the timer starts once");
-        assert_eq!(c.elapsed(62_000.0), Some(61_000));
-        // DTMF goes out only while connected.
-        assert_eq!(c.on(Input::User(UserAction::Dtmf('5')), 2000.0), vec![Action::SendDtmf('5')]);
-        // The cloud going away does not end a direct call.
-        assert!(c.on(Input::CloudLost, 2500.0).is_empty());
-        assert_eq!(c.phase, Phase::Connected);
-        // Hang up on the direct endpoint; the gateway tells the cloud.
-        let a = c.on(Input::User(UserAction::Hangup), 3000.0);
-        assert_eq!(msgs(&a), vec!["direct:hangup", "CloseMedia", "CloseDirect", "Finished"]);
-        assert_eq!(c.outcome_line().as_deref(), Some("Call ended · 00:02"));
-        // The cloud's outcome refines the duration; nothing else happens.
-        let a = c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Connected, duration_ms: Some(2100) }), 3100.0);
-        assert!(a.is_empty());
-        assert_eq!(c.duration(), Some(2100));
-    }
-
-    #[test]
-    fn f1_callee_busy_and_key_refusal() {
-        let mut c = outgoing();
-        let a = c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Busy, duration_ms: None }), 1.0);
-        assert_eq!(msgs(&a), vec!["Finished"]);
-        assert_eq!(c.outcome_line().as_deref(), Some("Busy"));
-
-        let mut c = outgoing();
-        c.on(Input::Cloud(ServerMsg::Connect { call_id: "c1".into(), url: "ws://gw/direct".into(), key: "K".repeat(22), expires_in_ms: 30000 }), 1.0);
-        c.on(Input::DirectOpened, 2.0);
-        let a = c.on(Input::Direct(DirectServerMsg::Error { code: ErrorCode::KeyExpired, message: "too late".into() }), 3.0);
-        assert_eq!(msgs(&a), vec!["cloud:cancel", "CloseDirect", "Finished"]);
-        assert_eq!(c.outcome_line().as_deref(), Some("The call could not be connected in time"));
-        // The cloud's `cancelled` does not replace the better local text.
-        c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Cancelled, duration_ms: None }), 4.0);
-        assert_eq!(c.outcome_line().as_deref(), Some("The call could not be connected in time"));
-    }
-
-    #[test]
-    fn unreachable_gateway_cancels_at_the_cloud() {
-        let mut c = outgoing();
-        c.on(Input::Cloud(ServerMsg::Connect { call_id: "c1".into(), url: "ws://gw/direct".into(), key: "K".repeat(22), expires_in_ms: 30000 }), 1.0);
-        let a = c.on(Input::DirectClosed, 2.0);
-        assert_eq!(msgs(&a), vec!["cloud:cancel", "Finished"]);
-        assert_eq!(c.outcome_line().as_deref(), Some("Could not reach the gateway"));
-    }
-
-    #[test]
-    fn f4_caller_offers_through_the_cloud_with_trickle() {
-        let mut c = outgoing();
-        let a = c.on(Input::Cloud(ServerMsg::Peer { call_id: "c1".into(), key: "P".repeat(22) }), 1.0);
-        assert_eq!(a, vec![Action::MakeOffer { trickle: true }]);
-        c.on(Input::Cloud(ServerMsg::CallEvent { call_id: "c1".into(), event: CallEvent::Ringing }), 2.0);
-        assert_eq!(c.phase, Phase::Ringing);
-        // A candidate before the offer went out waits for it.
-        let cand = LocalCandidate { candidate: "candidate:1 1 udp 1 127.0.0.1 5000 typ host".into(), sdp_mid: Some("0".into()), sdp_m_line_index: Some(0) };
-        assert!(c.on(Input::LocalIce(Some(cand.clone())), 2.5).is_empty());
-        let a = c.on(Input::LocalOffer("offer".into()), 3.0);
-        assert_eq!(msgs(&a), vec!["cloud:signal", "cloud:signal"]);
-        assert!(matches!(&a[1], Action::Cloud(ClientMsg::Signal { payload: SignalPayload::Ice { .. }, .. })));
-        let a = c.on(Input::LocalIce(None), 3.5);
-        assert!(matches!(&a[..], [Action::Cloud(ClientMsg::Signal { payload: SignalPayload::EndOfCandidates, .. })]));
-        let a = c.on(Input::Cloud(ServerMsg::Signal { call_id: "c1".into(), payload: SignalPayload::Answer { sdp: "answer".into() } }), 4.0);
-        assert_eq!(a, vec![Action::ApplyAnswer { sdp: "answer".into() }]);
-        let a = c.on(Input::Cloud(ServerMsg::Signal { call_id: "c1".into(), payload: SignalPayload::Ice { candidate: "candidate:2".into(), sdp_mid: Some("0".into()), sdp_m_line_index: None } }), 4.5);
-        assert!(matches!(&a[..], [Action::AddRemoteIce { .. }]));
-        c.on(Input::Cloud(ServerMsg::CallEvent { call_id: "c1".into(), event: CallEvent::Connected }), 5.0);
-        assert_eq!(c.phase, Phase::Connected);
-        // F4 hang up goes through the cloud.
-        let a = c.on(Input::User(UserAction::Hangup), 9.0);
-        assert_eq!(msgs(&a), vec!["cloud:hangup", "CloseMedia", "Finished"]);
-    }
-
-    #[test]
     fn f4_caller_cancels_before_the_answer() {
         let mut c = outgoing();
         c.on(Input::Cloud(ServerMsg::Peer { call_id: "c1".into(), key: "P".repeat(22) }), 1.0);
         let a = c.on(Input::User(UserAction::Hangup), 2.0);
         assert_eq!(msgs(&a), vec!["cloud:cancel", "CloseMedia", "Finished"]);
         assert_eq!(c.outcome_line().as_deref(), Some("Cancelled"));
-    }
-
-    #[test]
-    fn f4_callee_answers_before_and_after_the_offer() {
-        for offer_first in [true, false] {
-            let (mut c, a) = Call::incoming("c4".into(), "2002".into(), "2001".into(), "Alice".into(), IncomingVia::Peer { key: "P".repeat(22) }, 0.0);
-            assert_eq!(a, vec![Action::StartRingtone]);
-            assert_eq!(c.phase, Phase::Incoming);
-            let offer = Input::Cloud(ServerMsg::Signal { call_id: "c4".into(), payload: SignalPayload::Offer { sdp: "offer".into() } });
-            let a = if offer_first {
-                assert!(c.on(offer, 1.0).is_empty(), "the offer waits for the user");
-                c.on(Input::User(UserAction::Answer), 2.0)
-            } else {
-                let a = c.on(Input::User(UserAction::Answer), 1.0);
-                assert_eq!(a, vec![Action::StopRingtone]);
-                let mut b = c.on(offer, 2.0);
-                b.insert(0, Action::StopRingtone);
-                b
-            };
-            assert_eq!(a, vec![Action::StopRingtone, Action::MakeAnswer { offer: "offer".into() }]);
-            assert_eq!(c.phase, Phase::Connecting);
-            let a = c.on(Input::LocalAnswer("answer".into()), 3.0);
-            assert_eq!(msgs(&a), vec!["cloud:accept", "cloud:signal"], "accept with the key, then the answer");
-            assert_eq!(c.phase, Phase::Connected);
-            let a = c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c4".into(), outcome: Outcome::Connected, duration_ms: Some(4000) }), 4000.0);
-            assert_eq!(msgs(&a), vec!["CloseMedia", "Finished"]);
-            assert_eq!(c.outcome_line().as_deref(), Some("Call ended · 00:04"));
-        }
     }
 
     #[test]
@@ -951,21 +1006,378 @@ mod tests {
     }
 
     #[test]
-    fn f3_incoming_via_direct_presents_as_callee() {
+    fn f4_call_ends_when_the_cloud_is_lost() {
+        let mut c = outgoing();
+        c.on(Input::Cloud(ServerMsg::Peer { call_id: "c1".into(), key: "P".repeat(22) }), 1.0);
+        let a = c.on(Input::CloudLost, 2.0);
+        assert_eq!(msgs(&a), vec!["CloseMedia", "Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some("Connection to the server lost"));
+    }
+
+    fn connect_msg(key: &str) -> Input {
+        Input::Cloud(ServerMsg::Connect { call_id: "c1".into(), url: "ws://gw/direct".into(), key: key.into(), expires_in_ms: 30000 })
+    }
+
+    fn direct_signal(call_id: &str, payload: SignalPayload) -> Input {
+        Input::Cloud(ServerMsg::DirectSignal { call_id: call_id.into(), payload })
+    }
+
+    fn cand(n: u32) -> LocalCandidate {
+        LocalCandidate { candidate: format!("candidate:{n} 1 udp 2122260223 127.0.0.1 {} typ host", 50000 + n), sdp_mid: Some("0".into()), sdp_m_line_index: Some(0) }
+    }
+
+    fn gw_ice(n: u32) -> SignalPayload {
+        SignalPayload::Ice { candidate: format!("candidate:gw{n} 1 udp 2130706431 127.0.0.1 {} typ host", 30000 + n), sdp_mid: None, sdp_m_line_index: Some(0) }
+    }
+
+    /// F1 caller up to an open DataChannel with the key accepted and media up.
+    fn f1_accepted() -> Call {
+        let mut c = outgoing();
+        c.on(connect_msg("KKKKKKKKKKKKKKKKKKKKKK"), 1.0);
+        c.on(Input::LocalOffer("offer".into()), 2.0);
+        c.on(direct_signal("c1", SignalPayload::Answer { sdp: "answer".into() }), 3.0);
+        c.on(Input::RemoteSet, 3.5);
+        c.on(Input::MediaUp, 4.0);
+        c.on(Input::ChannelOpen, 4.0);
+        c.on(Input::Direct(DirectServerMsg::Accepted { call_id: "c1".into() }), 5.0);
+        c
+    }
+
+    #[test]
+    fn f1_offer_and_candidates_through_the_cloud_key_on_the_datachannel() {
+        let mut c = outgoing();
+        let key = "K".repeat(22);
+        // C13: no ws:// is opened; the offer (audio + the DataChannel) is made at once.
+        let a = c.on(connect_msg(&key), 1.0);
+        assert_eq!(a, vec![Action::MakeOffer { channel: true }]);
+        assert_eq!(c.phase, Phase::Connecting);
+        assert_eq!(c.via, Via::Direct { key: key.clone() });
+        // A candidate gathered before the offer went out waits for it.
+        assert!(c.on(Input::LocalIce(Some(cand(1))), 1.5).is_empty());
+        let a = c.on(Input::LocalOffer("v=0 offer".into()), 2.0);
+        assert_eq!(
+            a,
+            vec![
+                Action::Cloud(ClientMsg::DirectSignal { call_id: "c1".into(), payload: SignalPayload::Offer { sdp: "v=0 offer".into() } }),
+                Action::Cloud(ClientMsg::DirectSignal {
+                    call_id: "c1".into(),
+                    payload: SignalPayload::Ice { candidate: cand(1).candidate, sdp_mid: Some("0".into()), sdp_m_line_index: Some(0) }
+                }),
+            ]
+        );
+        // Later candidates go out one by one; then the end of gathering.
+        let a = c.on(Input::LocalIce(Some(cand(2))), 2.2);
+        assert!(matches!(&a[..], [Action::Cloud(ClientMsg::DirectSignal { payload: SignalPayload::Ice { .. }, .. })]));
+        let a = c.on(Input::LocalIce(None), 2.4);
+        assert_eq!(a, vec![Action::Cloud(ClientMsg::DirectSignal { call_id: "c1".into(), payload: SignalPayload::EndOfCandidates })]);
+        // The JSON on the wire.
+        let Action::Cloud(m) = &a[0] else { unreachable!() };
+        assert_eq!(serde_json::to_value(m).unwrap(), serde_json::json!({"type": "direct_signal", "call_id": "c1", "payload": {"kind": "end_of_candidates"}}));
+
+        // The gateway's candidate before its answer waits for the remote description.
+        assert!(c.on(direct_signal("c1", gw_ice(1)), 2.5).is_empty());
+        let a = c.on(direct_signal("c1", SignalPayload::Answer { sdp: "v=0 answer".into() }), 3.0);
+        assert_eq!(a, vec![Action::ApplyAnswer { sdp: "v=0 answer".into() }]);
+        assert!(c.on(direct_signal("c1", gw_ice(2)), 3.1).is_empty(), "still waiting for the remote description");
+        let a = c.on(Input::RemoteSet, 3.2);
+        assert_eq!(msgs(&a), vec!["AddRemoteIce", "AddRemoteIce"]);
+        assert_eq!(a[0], Action::AddRemoteIce { candidate: "candidate:gw1 1 udp 2130706431 127.0.0.1 30001 typ host".into(), sdp_mid: None, sdp_m_line_index: Some(0) });
+        // After it, candidates go in at once.
+        let a = c.on(direct_signal("c1", gw_ice(3)), 3.3);
+        assert_eq!(msgs(&a), vec!["AddRemoteIce"]);
+        // A second answer (or an offer) changes nothing.
+        assert!(c.on(direct_signal("c1", SignalPayload::Answer { sdp: "again".into() }), 3.4).is_empty());
+        assert!(c.on(direct_signal("c1", SignalPayload::Offer { sdp: "offer?".into() }), 3.4).is_empty());
+
+        // The DataChannel opens: present the key on it (C14), `caller` = our own number.
+        c.on(Input::MediaUp, 3.9);
+        let a = c.on(Input::ChannelOpen, 4.0);
+        assert_eq!(a, vec![Action::Direct(DirectClientMsg::Present { v: 1, call_id: "c1".into(), key: key.clone(), caller: "2001".into() })]);
+        let Action::Direct(m) = &a[0] else { unreachable!() };
+        assert_eq!(
+            serde_json::to_value(m).unwrap(),
+            serde_json::json!({"type": "present", "v": 1, "call_id": "c1", "key": key, "caller": "2001"})
+        );
+        assert!(c.on(Input::Direct(DirectServerMsg::Accepted { call_id: "c1".into() }), 5.0).is_empty());
+        assert_eq!(c.phase, Phase::Connecting);
+        c.on(Input::Direct(DirectServerMsg::Progress { event: CallEvent::Ringing }), 6.0);
+        assert_eq!(c.phase, Phase::Ringing);
+        // The cloud's copy of the same events changes nothing more.
+        c.on(Input::Cloud(ServerMsg::CallEvent { call_id: "c1".into(), event: CallEvent::Ringing }), 6.5);
+        assert_eq!(c.phase, Phase::Ringing);
+        c.on(Input::Direct(DirectServerMsg::Progress { event: CallEvent::Connected }), 1000.0);
+        assert_eq!(c.phase, Phase::Connected);
+        c.on(Input::Cloud(ServerMsg::CallEvent { call_id: "c1".into(), event: CallEvent::Connected }), 1500.0);
+        assert_eq!(c.connected_at, Some(1000.0), "the timer starts once");
+        assert_eq!(c.elapsed(62_000.0), Some(61_000));
+        // DTMF goes out only while connected.
+        assert_eq!(c.on(Input::User(UserAction::Dtmf('5')), 2000.0), vec![Action::SendDtmf('5')]);
+        // The connect deadline does not apply any more.
+        assert!(c.on(Input::Tick, 60_000.0).is_empty());
+        // After C14 the cloud going away does not end the call.
+        assert!(c.on(Input::CloudLost, 2500.0).is_empty());
+        assert_eq!(c.phase, Phase::Connected);
+    }
+
+    #[test]
+    fn f1_hangup_after_accepted_goes_on_the_datachannel() {
+        let mut c = f1_accepted();
+        c.on(Input::Direct(DirectServerMsg::Progress { event: CallEvent::Connected }), 1000.0);
+        assert_eq!(c.phase, Phase::Connected);
+        let a = c.on(Input::User(UserAction::Hangup), 3000.0);
+        assert_eq!(msgs(&a), vec!["direct:hangup", "CloseMedia", "Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some("Call ended · 00:02"));
+        // The cloud's outcome refines the duration; nothing else happens.
+        let a = c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Connected, duration_ms: Some(2100) }), 3100.0);
+        assert!(a.is_empty());
+        assert_eq!(c.duration(), Some(2100));
+        // The channel closing afterwards changes nothing.
+        assert!(c.on(Input::ChannelClosed, 3200.0).is_empty());
+
+        // Accepted and ringing, not answered: still the channel (the gateway cancels the phone).
+        let mut c = f1_accepted();
+        c.on(Input::Direct(DirectServerMsg::Progress { event: CallEvent::Ringing }), 6.0);
+        let a = c.on(Input::User(UserAction::Hangup), 7.0);
+        assert_eq!(msgs(&a), vec!["direct:hangup", "CloseMedia", "Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some("Cancelled"));
+    }
+
+    #[test]
+    fn f1_cancel_before_accepted_goes_through_the_cloud() {
+        // Before the answer.
+        let mut c = outgoing();
+        c.on(connect_msg("KKKKKKKKKKKKKKKKKKKKKK"), 1.0);
+        let a = c.on(Input::User(UserAction::Hangup), 2.0);
+        assert_eq!(msgs(&a), vec!["cloud:cancel", "CloseMedia", "Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some("Cancelled"));
+        // Channel open, key presented, no `accepted` yet: still the cloud.
+        let mut c = outgoing();
+        c.on(connect_msg("KKKKKKKKKKKKKKKKKKKKKK"), 1.0);
+        c.on(Input::LocalOffer("offer".into()), 2.0);
+        c.on(direct_signal("c1", SignalPayload::Answer { sdp: "answer".into() }), 3.0);
+        c.on(Input::ChannelOpen, 4.0);
+        let a = c.on(Input::User(UserAction::Hangup), 5.0);
+        assert_eq!(msgs(&a), vec!["cloud:cancel", "CloseMedia", "Finished"]);
+        // Before C14 the call needs the cloud.
+        let mut c = outgoing();
+        c.on(connect_msg("KKKKKKKKKKKKKKKKKKKKKK"), 1.0);
+        c.on(Input::ChannelOpen, 4.0);
+        let a = c.on(Input::CloudLost, 5.0);
+        assert_eq!(msgs(&a), vec!["CloseMedia", "Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some("Connection to the server lost"));
+    }
+
+    #[test]
+    fn f1_refused_keys_say_why_and_cancel_at_the_cloud() {
+        let cases = [
+            (ErrorCode::BadKey, "Call failed — the key was refused"),
+            (ErrorCode::KeyExpired, "Call failed — the key expired"),
+            (ErrorCode::KeyUsed, "Call failed — the key was already used"),
+            (ErrorCode::WrongCaller, "Call failed — the key is for another caller"),
+        ];
+        for (code, text) in cases {
+            let mut c = outgoing();
+            c.on(connect_msg("KKKKKKKKKKKKKKKKKKKKKK"), 1.0);
+            c.on(Input::LocalOffer("offer".into()), 2.0);
+            c.on(direct_signal("c1", SignalPayload::Answer { sdp: "answer".into() }), 3.0);
+            c.on(Input::MediaUp, 3.5);
+            c.on(Input::ChannelOpen, 4.0);
+            let a = c.on(Input::Direct(DirectServerMsg::Error { code, message: "no".into() }), 5.0);
+            assert_eq!(msgs(&a), vec!["cloud:cancel", "CloseMedia", "Finished"], "{code}");
+            assert_eq!(c.phase, Phase::Ended);
+            assert_eq!(c.outcome_line().as_deref(), Some(text));
+            // The cloud's `cancelled` (or any outcome) does not replace it; the channel closing neither.
+            assert!(c.on(Input::ChannelClosed, 5.5).is_empty());
+            c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Cancelled, duration_ms: None }), 6.0);
+            assert_eq!(c.outcome_line().as_deref(), Some(text));
+        }
+        assert_eq!(key_refusal_text(ErrorCode::Internal, "boom"), "Call failed — the gateway refused the call: boom");
+        // The callee (C3) declines instead.
         let via = IncomingVia::Direct { url: "ws://hq/direct".into(), key: "D".repeat(22), expires_in_ms: 30000 };
         let (mut c, _) = Call::incoming("c3".into(), "2001".into(), "1001".into(), "Reception".into(), via, 0.0);
+        c.on(Input::User(UserAction::Answer), 1.0);
+        c.on(Input::ChannelOpen, 2.0);
+        let a = c.on(Input::Direct(DirectServerMsg::Error { code: ErrorCode::KeyExpired, message: String::new() }), 3.0);
+        assert_eq!(msgs(&a), vec!["cloud:decline", "CloseMedia", "Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some("Call failed — the key expired"));
+    }
+
+    #[test]
+    fn f1_busy_before_the_gateway() {
+        let mut c = outgoing();
+        let a = c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Busy, duration_ms: None }), 1.0);
+        assert_eq!(msgs(&a), vec!["Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some("Busy"));
+    }
+
+    #[test]
+    fn ice_failure_ends_with_could_not_connect_network() {
+        // `failed` before the channel opened: cancel at the cloud.
+        let mut c = outgoing();
+        c.on(connect_msg("KKKKKKKKKKKKKKKKKKKKKK"), 1.0);
+        c.on(Input::LocalOffer("offer".into()), 2.0);
+        c.on(direct_signal("c1", SignalPayload::Answer { sdp: "answer".into() }), 3.0);
+        let a = c.on(Input::ConnectionFailed, 4.0);
+        assert_eq!(msgs(&a), vec!["cloud:connect_failed", "CloseMedia", "Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_FAILURE));
+        assert_ne!(c.outcome_line().as_deref(), Some("Declined"));
+        c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Cancelled, duration_ms: None }), 5.0);
+        assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_FAILURE), "the cloud's outcome does not replace it");
+
+        // The DataChannel closing without ever opening is the same failure.
+        let mut c = outgoing();
+        c.on(connect_msg("KKKKKKKKKKKKKKKKKKKKKK"), 1.0);
+        let a = c.on(Input::ChannelClosed, 2.0);
+        assert_eq!(msgs(&a), vec!["cloud:connect_failed", "CloseMedia", "Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_FAILURE));
+
+        // After `accepted` (ringing): hang up on the channel too, and cancel at the cloud.
+        let mut c = f1_accepted();
+        let a = c.on(Input::ConnectionFailed, 10.0);
+        assert_eq!(msgs(&a), vec!["direct:hangup", "cloud:connect_failed", "CloseMedia", "Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_FAILURE));
+
+        // Connected, then the connection fails: dropped.
+        let mut c = f1_accepted();
+        c.on(Input::Direct(DirectServerMsg::Progress { event: CallEvent::Connected }), 20.0);
+        let a = c.on(Input::ConnectionFailed, 30.0);
+        assert_eq!(msgs(&a), vec!["direct:hangup", "CloseMedia", "Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_LOST));
+        // F3 callee: decline at the cloud.
+        let via = IncomingVia::Direct { url: "ws://hq/direct".into(), key: "D".repeat(22), expires_in_ms: 30000 };
+        let (mut c, _) = Call::incoming("c3".into(), "2001".into(), "1001".into(), "Reception".into(), via, 0.0);
+        c.on(Input::User(UserAction::Answer), 1.0);
+        let a = c.on(Input::ConnectionFailed, 2.0);
+        assert_eq!(msgs(&a), vec!["cloud:connect_failed", "CloseMedia", "Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_FAILURE));
+    }
+
+    #[test]
+    fn not_connected_in_time_after_the_answer_ends_with_could_not_connect_network() {
+        let mut c = outgoing();
+        c.on(connect_msg("KKKKKKKKKKKKKKKKKKKKKK"), 1.0);
+        c.on(Input::LocalOffer("offer".into()), 2.0);
+        // No deadline before the answer.
+        assert!(c.on(Input::Tick, 50_000.0).is_empty());
+        c.on(direct_signal("c1", SignalPayload::Answer { sdp: "answer".into() }), 100_000.0);
+        assert!(c.on(Input::Tick, 100_000.0 + CONNECT_TIMEOUT_MS - 1.0).is_empty());
+        let a = c.on(Input::Tick, 100_000.0 + CONNECT_TIMEOUT_MS);
+        assert_eq!(msgs(&a), vec!["cloud:connect_failed", "CloseMedia", "Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_FAILURE));
+        // Up in time: no failure.
+        let mut c = f1_accepted();
+        assert!(c.on(Input::Tick, 100_000.0).is_empty());
+        assert_ne!(c.phase, Phase::Ended);
+    }
+
+    #[test]
+    fn f4_caller_is_connected_only_when_media_is_up() {
+        let mut c = outgoing();
+        let a = c.on(Input::Cloud(ServerMsg::Peer { call_id: "c1".into(), key: "P".repeat(22) }), 1.0);
+        assert_eq!(a, vec![Action::MakeOffer { channel: false }]);
+        c.on(Input::Cloud(ServerMsg::CallEvent { call_id: "c1".into(), event: CallEvent::Ringing }), 2.0);
+        assert_eq!(c.phase, Phase::Ringing);
+        // A candidate before the offer went out waits for it.
+        assert!(c.on(Input::LocalIce(Some(cand(1))), 2.5).is_empty());
+        let a = c.on(Input::LocalOffer("offer".into()), 3.0);
+        assert_eq!(msgs(&a), vec!["cloud:signal", "cloud:signal"]);
+        assert!(matches!(&a[1], Action::Cloud(ClientMsg::Signal { payload: SignalPayload::Ice { .. }, .. })));
+        let a = c.on(Input::LocalIce(None), 3.5);
+        assert!(matches!(&a[..], [Action::Cloud(ClientMsg::Signal { payload: SignalPayload::EndOfCandidates, .. })]));
+        // The callee's candidate before its answer waits; `direct_signal` is not for F4.
+        let ice = SignalPayload::Ice { candidate: "candidate:2".into(), sdp_mid: Some("0".into()), sdp_m_line_index: None };
+        assert!(c.on(Input::Cloud(ServerMsg::Signal { call_id: "c1".into(), payload: ice.clone() }), 3.8).is_empty());
+        assert!(c.on(direct_signal("c1", SignalPayload::Answer { sdp: "x".into() }), 3.9).is_empty());
+        // The cloud says connected before the answer's media is up: "Connecting…", not "Connected".
+        c.on(Input::Cloud(ServerMsg::CallEvent { call_id: "c1".into(), event: CallEvent::Connected }), 3.95);
+        assert_eq!(c.phase, Phase::Connecting);
+        let a = c.on(Input::Cloud(ServerMsg::Signal { call_id: "c1".into(), payload: SignalPayload::Answer { sdp: "answer".into() } }), 4.0);
+        assert_eq!(a, vec![Action::ApplyAnswer { sdp: "answer".into() }]);
+        let a = c.on(Input::RemoteSet, 4.2);
+        assert!(matches!(&a[..], [Action::AddRemoteIce { .. }]));
+        assert_eq!(c.phase, Phase::Connecting);
+        assert_eq!(c.connected_at, None);
+        c.on(Input::MediaUp, 5.0);
+        assert_eq!(c.phase, Phase::Connected);
+        assert_eq!(c.connected_at, Some(5.0));
+        // F4 hang up goes through the cloud.
+        let a = c.on(Input::User(UserAction::Hangup), 9.0);
+        assert_eq!(msgs(&a), vec!["cloud:hangup", "CloseMedia", "Finished"]);
+    }
+
+    #[test]
+    fn f4_caller_whose_ice_never_completes_ends_with_could_not_connect_network() {
+        let mut c = outgoing();
+        c.on(Input::Cloud(ServerMsg::Peer { call_id: "c1".into(), key: "P".repeat(22) }), 1.0);
+        c.on(Input::LocalOffer("offer".into()), 2.0);
+        c.on(Input::Cloud(ServerMsg::CallEvent { call_id: "c1".into(), event: CallEvent::Connected }), 3.0);
+        c.on(Input::Cloud(ServerMsg::Signal { call_id: "c1".into(), payload: SignalPayload::Answer { sdp: "answer".into() } }), 3.0);
+        assert_eq!(c.phase, Phase::Connecting);
+        let a = c.on(Input::Tick, 3.0 + CONNECT_TIMEOUT_MS);
+        assert_eq!(msgs(&a), vec!["cloud:connect_failed", "CloseMedia", "Finished"], "media never flowed: connect_failed");
+        assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_FAILURE));
+        // The cloud reports the call as connected; the text stays.
+        c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Connected, duration_ms: Some(15_000) }), 15_100.0);
+        assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_FAILURE));
+        assert_eq!(c.connected_at, None);
+    }
+
+    #[test]
+    fn f4_callee_answers_before_and_after_the_offer() {
+        for offer_first in [true, false] {
+            let (mut c, a) = Call::incoming("c4".into(), "2002".into(), "2001".into(), "Alice".into(), IncomingVia::Peer { key: "P".repeat(22) }, 0.0);
+            assert_eq!(a, vec![Action::StartRingtone]);
+            assert_eq!(c.phase, Phase::Incoming);
+            let offer = Input::Cloud(ServerMsg::Signal { call_id: "c4".into(), payload: SignalPayload::Offer { sdp: "offer".into() } });
+            // The caller's candidate may come before anything: it waits for the remote description.
+            let ice = Input::Cloud(ServerMsg::Signal { call_id: "c4".into(), payload: SignalPayload::Ice { candidate: "candidate:9".into(), sdp_mid: Some("0".into()), sdp_m_line_index: Some(0) } });
+            assert!(c.on(ice, 0.5).is_empty());
+            let a = if offer_first {
+                assert!(c.on(offer, 1.0).is_empty(), "the offer waits for the user");
+                c.on(Input::User(UserAction::Answer), 2.0)
+            } else {
+                let a = c.on(Input::User(UserAction::Answer), 1.0);
+                assert_eq!(a, vec![Action::StopRingtone]);
+                let mut b = c.on(offer, 2.0);
+                b.insert(0, Action::StopRingtone);
+                b
+            };
+            assert_eq!(a, vec![Action::StopRingtone, Action::MakeAnswer { offer: "offer".into() }]);
+            assert_eq!(c.phase, Phase::Connecting);
+            assert_eq!(msgs(&c.on(Input::RemoteSet, 2.5)), vec!["AddRemoteIce"]);
+            let a = c.on(Input::LocalAnswer("answer".into()), 3.0);
+            assert_eq!(msgs(&a), vec!["cloud:accept", "cloud:signal"], "accept with the key, then the answer");
+            assert_eq!(c.phase, Phase::Connecting, "answered, media not up yet");
+            c.on(Input::MediaUp, 10.0);
+            assert_eq!(c.phase, Phase::Connected);
+            let a = c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c4".into(), outcome: Outcome::Connected, duration_ms: Some(4000) }), 4000.0);
+            assert_eq!(msgs(&a), vec!["CloseMedia", "Finished"]);
+            assert_eq!(c.outcome_line().as_deref(), Some("Call ended · 00:04"));
+        }
+    }
+
+    #[test]
+    fn f3_incoming_via_direct_offers_and_presents_as_callee() {
+        let via = IncomingVia::Direct { url: "ws://hq/direct".into(), key: "D".repeat(22), expires_in_ms: 30000 };
+        let (mut c, _) = Call::incoming("c3".into(), "2001".into(), "1001".into(), "Reception".into(), via, 0.0);
+        assert_eq!(c.via, Via::Direct { key: "D".repeat(22) }, "the ws:// url is not kept");
         let a = c.on(Input::User(UserAction::Answer), 1.0);
-        assert_eq!(a, vec![Action::StopRingtone, Action::OpenDirect { url: "ws://hq/direct".into() }]);
-        let a = c.on(Input::DirectOpened, 2.0);
+        assert_eq!(a, vec![Action::StopRingtone, Action::MakeOffer { channel: true }]);
+        let a = c.on(Input::LocalOffer("offer".into()), 2.0);
+        assert_eq!(a, vec![Action::Cloud(ClientMsg::DirectSignal { call_id: "c3".into(), payload: SignalPayload::Offer { sdp: "offer".into() } })]);
+        let a = c.on(Input::LocalIce(Some(cand(1))), 2.1);
+        assert!(matches!(&a[..], [Action::Cloud(ClientMsg::DirectSignal { payload: SignalPayload::Ice { .. }, .. })]));
+        assert_eq!(c.on(direct_signal("c3", SignalPayload::Answer { sdp: "answer".into() }), 3.0), vec![Action::ApplyAnswer { sdp: "answer".into() }]);
+        let a = c.on(Input::ChannelOpen, 4.0);
         assert_eq!(a, vec![Action::Direct(DirectClientMsg::Present { v: 1, call_id: "c3".into(), key: "D".repeat(22), caller: "2001".into() })]);
-        assert_eq!(c.on(Input::Direct(DirectServerMsg::Accepted { call_id: "c3".into() }), 3.0), vec![Action::MakeOffer { trickle: false }]);
-        c.on(Input::LocalOffer("offer".into()), 4.0);
-        c.on(Input::Direct(DirectServerMsg::Answer { sdp: "answer".into() }), 5.0);
+        // Accepted: the gateway answers the waiting phone; connected once media is up.
+        assert!(c.on(Input::Direct(DirectServerMsg::Accepted { call_id: "c3".into() }), 5.0).is_empty());
+        assert_eq!(c.phase, Phase::Connecting);
         c.on(Input::MediaUp, 6.0);
         assert_eq!(c.phase, Phase::Connected);
         // The phone hangs up: the gateway says so.
         let a = c.on(Input::Direct(DirectServerMsg::Ended { outcome: Outcome::Connected }), 10.0);
-        assert_eq!(msgs(&a), vec!["CloseMedia", "CloseDirect", "Finished"]);
+        assert_eq!(msgs(&a), vec!["CloseMedia", "Finished"]);
         assert_eq!(c.outcome_line().as_deref(), Some("Call ended · 00:00"));
     }
 
@@ -980,6 +1392,8 @@ mod tests {
         assert!(c.on(Input::User(UserAction::Dtmf('1')), 1.0).is_empty(), "no DTMF before the answer");
         c.on(Input::Cloud(ServerMsg::Peer { call_id: "c1".into(), key: "P".repeat(22) }), 1.0);
         c.on(Input::Cloud(ServerMsg::CallEvent { call_id: "c1".into(), event: CallEvent::Connected }), 2.0);
+        assert!(c.on(Input::User(UserAction::Dtmf('1')), 2.0).is_empty(), "no DTMF before media is up");
+        c.on(Input::MediaUp, 2.5);
         assert_eq!(c.on(Input::User(UserAction::ToggleHold), 3.0), vec![Action::SetHold(true)]);
         assert!(c.held);
         assert!(c.on(Input::User(UserAction::Dtmf('1')), 3.5).is_empty(), "no DTMF on hold");
@@ -990,15 +1404,6 @@ mod tests {
         c.on(Input::User(UserAction::Hangup), 6.0);
         assert!(c.on(Input::User(UserAction::ToggleMute), 7.0).is_empty(), "nothing after the end");
         assert!(c.on(Input::User(UserAction::Hangup), 7.0).is_empty(), "hang up once");
-    }
-
-    #[test]
-    fn f4_call_ends_when_the_cloud_is_lost() {
-        let mut c = outgoing();
-        c.on(Input::Cloud(ServerMsg::Peer { call_id: "c1".into(), key: "P".repeat(22) }), 1.0);
-        let a = c.on(Input::CloudLost, 2.0);
-        assert_eq!(msgs(&a), vec!["CloseMedia", "Finished"]);
-        assert_eq!(c.outcome_line().as_deref(), Some("Connection to the server lost"));
     }
 
     #[test]

@@ -106,6 +106,7 @@ mod tests {
         let (mut c, _) = Call::dial("b".into(), "2001".into(), "2002".into(), 5000.0);
         c.on(Input::Cloud(ServerMsg::Peer { call_id: "b".into(), key: "k".repeat(22) }), 5100.0);
         c.on(Input::Cloud(ServerMsg::CallEvent { call_id: "b".into(), event: trunkline_protocol::CallEvent::Connected }), 6000.0);
+        c.on(Input::MediaUp, 6000.0);
         c.on(Input::User(UserAction::Hangup), 71_000.0);
         let talked = Entry::from_call(&c, 1_700_000_000_000.0);
         assert_eq!(talked.duration_ms.map(format_duration).as_deref(), Some("01:05"));

@@ -1,5 +1,6 @@
-//! The browser driver: owns the signal WebSocket, the direct-endpoint WebSocket, the
-//! RTCPeerConnection, the microphone and the ringtone, and carries out what the sans-IO
+//! The browser driver: owns the signal WebSocket (the only WebSocket the app opens), the
+//! RTCPeerConnection and its `trunkline-direct` DataChannel (C14 over WebRTC), the microphone
+//! and the ringtone, and carries out what the sans-IO
 //! [`Call`] machine asks for. Every JS callback only queues an [`Ev`]; [`dispatch`] handles the
 //! queue one event at a time, so nothing re-enters the driver.
 //!
@@ -11,18 +12,18 @@ use std::time::Duration;
 
 use leptos::prelude::*;
 use serde::Deserialize;
-use trunkline_protocol::{ClientMsg, DeclineReason, DirectServerMsg, ErrorCode, PROTOCOL_VERSION, ServerMsg};
+use trunkline_protocol::{ClientMsg, DeclineReason, DirectClientMsg, DirectServerMsg, ErrorCode, PROTOCOL_VERSION, ServerMsg};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
     CloseEvent, HtmlAudioElement, MediaStream, MediaStreamConstraints, MediaStreamTrack, MessageEvent, RtcConfiguration,
-    RtcIceCandidateInit, RtcIceGatheringState, RtcPeerConnection, RtcPeerConnectionIceEvent, RtcPeerConnectionState,
+    RtcDataChannel, RtcDataChannelState, RtcIceCandidateInit, RtcPeerConnection, RtcPeerConnectionIceEvent, RtcPeerConnectionState,
     RtcRtpSender, RtcSdpType, RtcSessionDescriptionInit, RtcTrackEvent, WebSocket,
 };
 
 use crate::audio::Ringtone;
-use crate::call::{Action, Call, Input, LocalCandidate, Phase, UserAction};
+use crate::call::{Action, Call, DIRECT_CHANNEL, Input, LocalCandidate, Phase, UserAction};
 use crate::conn::{self, ConnState, SignInRefusal};
 use crate::history::{self, Entry};
 
@@ -114,6 +115,10 @@ pub enum Ev {
     RemoteStream(String, MediaStream),
     /// The remote description is set: queued candidates can go in.
     RemoteSet(String),
+    /// The `trunkline-direct` DataChannel of this call's peer connection, with its handlers.
+    Channel(String, RtcDataChannel, Vec<Closure<dyn FnMut(JsValue)>>),
+    /// The clock (every second): the call's connect deadline.
+    Tick,
     /// Dismiss the ended call's card.
     Dismiss,
     PushSubscribe,
@@ -173,7 +178,10 @@ struct Media {
     audio: HtmlAudioElement,
     remote_set: bool,
     pending_ice: Vec<RtcIceCandidateInit>,
+    /// C14 over WebRTC: the DataChannel the key (and `hangup`) go on.
+    dc: Option<RtcDataChannel>,
     _handlers: Vec<Closure<dyn FnMut(JsValue)>>,
+    _dc_handlers: Vec<Closure<dyn FnMut(JsValue)>>,
 }
 
 impl Media {
@@ -181,7 +189,6 @@ impl Media {
         self.pc.set_onicecandidate(None);
         self.pc.set_ontrack(None);
         self.pc.set_onconnectionstatechange(None);
-        self.pc.close();
         if let Some(s) = &self.local {
             stop_stream(s);
         }
@@ -189,6 +196,33 @@ impl Media {
         self.audio.remove();
         debug_hook("pc", &JsValue::NULL);
         debug_hook("remote", &JsValue::NULL);
+        debug_hook("dc", &JsValue::NULL);
+        match self.dc.take() {
+            Some(dc) if dc.ready_state() == RtcDataChannelState::Open => {
+                dc.set_onopen(None);
+                dc.set_onmessage(None);
+                dc.set_onclose(None);
+                // What was just sent on the channel (a `hangup`) goes out before the close.
+                let pc = self.pc.clone();
+                wasm_bindgen_futures::spawn_local(async move {
+                    let mut waited = 0;
+                    while dc.buffered_amount() > 0 && waited < 1000 {
+                        sleep(20).await;
+                        waited += 20;
+                    }
+                    sleep(300).await;
+                    dc.close();
+                    pc.close();
+                });
+            }
+            Some(dc) => {
+                dc.set_onopen(None);
+                dc.set_onmessage(None);
+                dc.set_onclose(None);
+                self.pc.close();
+            }
+            None => self.pc.close(),
+        }
     }
 }
 
@@ -207,10 +241,7 @@ struct Driver {
     /// Stop reconnecting (signed out, or replaced elsewhere).
     hold_off: bool,
     call: Option<Call>,
-    direct: Option<(String, Socket)>,
     media: Option<Media>,
-    /// Remote candidates that came before the media (F4 callee before answering).
-    early_ice: Vec<RtcIceCandidateInit>,
     ringtone: Option<Ringtone>,
     /// Ringback while an outgoing call rings at the far end.
     ringback: Option<Ringtone>,
@@ -264,9 +295,7 @@ pub fn start(ui: Ui) {
         awaiting_pong: false,
         hold_off: false,
         call: None,
-        direct: None,
         media: None,
-        early_ice: Vec::new(),
         ringtone: None,
         ringback: None,
         vapid_key: None,
@@ -281,7 +310,13 @@ pub fn start(ui: Ui) {
         d.connect();
     }
     DRIVER.with(|cell| *cell.borrow_mut() = Some(d));
-    let _ = set_interval_with_handle(move || ui.now.set(now()), Duration::from_millis(1000));
+    let _ = set_interval_with_handle(
+        move || {
+            ui.now.set(now());
+            dispatch(Ev::Tick);
+        },
+        Duration::from_millis(1000),
+    );
     let _ = set_interval_with_handle(|| dispatch(Ev::Ping), PING_EVERY);
     // Network back, or the page shown again: reconnect at once instead of waiting.
     std::mem::forget(window_event_listener_untyped("online", |_| dispatch(Ev::Wake)));
@@ -409,11 +444,34 @@ impl Driver {
                     && m.call_id == id
                 {
                     m.remote_set = true;
-                    let mut pending: Vec<_> = self.early_ice.drain(..).collect();
-                    pending.append(&mut m.pending_ice);
-                    for c in pending {
+                    for c in m.pending_ice.drain(..) {
                         add_ice(&m.pc, &c);
                     }
+                    // The call's own queue of remote candidates goes in now.
+                    self.call_input(id, Input::RemoteSet);
+                }
+            }
+            Ev::Channel(id, dc, handlers) => match &mut self.media {
+                Some(m) if m.call_id == id => {
+                    m.dc = Some(dc);
+                    m._dc_handlers = handlers;
+                }
+                _ => {
+                    dc.set_onopen(None);
+                    dc.set_onmessage(None);
+                    dc.set_onclose(None);
+                    dc.close();
+                }
+            },
+            Ev::Tick => {
+                // Only a call waiting for its peer connection has a deadline.
+                if let Some(c) = &self.call
+                    && !c.is_over()
+                    && c.answered_sdp_at.is_some()
+                    && !c.media_up
+                {
+                    let id = c.call_id.clone();
+                    self.call_input(id, Input::Tick);
                 }
             }
             Ev::Dismiss => {
@@ -633,8 +691,6 @@ impl Driver {
 
     fn set_call(&mut self, call: Call) {
         self.close_media();
-        self.direct = None;
-        self.early_ice.clear();
         self.ui.call.set(Some(call.clone()));
         self.call = Some(call);
     }
@@ -679,41 +735,13 @@ impl Driver {
         for a in actions {
             match a {
                 Action::Cloud(m) => self.send(&m),
-                Action::OpenDirect { url } => {
-                    let id = call_id.clone();
-                    let (i1, i2, i3) = (id.clone(), id.clone(), id.clone());
-                    let s = Socket::open(
-                        &url,
-                        move || dispatch(Ev::Call(i1.clone(), Input::DirectOpened)),
-                        move |t| {
-                            if let Ok(m) = DirectServerMsg::decode(&t) {
-                                dispatch(Ev::Call(i2.clone(), Input::Direct(m)));
-                            }
-                        },
-                        move |_, _| dispatch(Ev::Call(i3.clone(), Input::DirectClosed)),
-                    );
-                    match s {
-                        Ok(s) => self.direct = Some((id, s)),
-                        Err(_) => dispatch(Ev::Call(id, Input::DirectClosed)),
-                    }
-                }
-                Action::Direct(m) => {
-                    if let Some((id, s)) = &self.direct
-                        && *id == call_id
-                    {
-                        s.send(&m.encode());
-                    }
-                }
-                Action::CloseDirect => {
-                    // Frames already queued (a `hangup`) go out before the close frame.
-                    self.direct = None;
-                }
-                Action::MakeOffer { trickle } => {
-                    let pc = self.new_media(&call_id, trickle);
+                Action::Direct(m) => self.channel_send(&call_id, &m),
+                Action::MakeOffer { channel } => {
+                    let pc = self.new_media(&call_id);
                     let mic = self.ui.devices.get_untracked().mic;
                     let id = call_id.clone();
                     wasm_bindgen_futures::spawn_local(async move {
-                        let r = make_offer(&id, &pc, trickle, &mic).await;
+                        let r = make_offer(&id, &pc, channel, &mic).await;
                         let input = match r {
                             Ok(sdp) => Input::LocalOffer(sdp),
                             Err(e) => Input::MediaFailed(e),
@@ -722,7 +750,7 @@ impl Driver {
                     });
                 }
                 Action::MakeAnswer { offer } => {
-                    let pc = self.new_media(&call_id, true);
+                    let pc = self.new_media(&call_id);
                     let mic = self.ui.devices.get_untracked().mic;
                     let id = call_id.clone();
                     wasm_bindgen_futures::spawn_local(async move {
@@ -755,7 +783,7 @@ impl Driver {
                     match &mut self.media {
                         Some(m) if m.remote_set => add_ice(&m.pc, &init),
                         Some(m) => m.pending_ice.push(init),
-                        None => self.early_ice.push(init),
+                        None => {}
                     }
                 }
                 Action::SetMute(_) | Action::SetHold(_) => self.apply_mute_hold(),
@@ -797,6 +825,15 @@ impl Driver {
         m.audio.set_muted(c.held);
     }
 
+    /// Send on the call's DataChannel (C14 over WebRTC), when it is open.
+    fn channel_send(&self, call_id: &str, m: &DirectClientMsg) {
+        if let Some(dc) = self.media.as_ref().filter(|x| x.call_id == call_id).and_then(|x| x.dc.as_ref())
+            && dc.ready_state() == RtcDataChannelState::Open
+        {
+            let _ = dc.send_with_str(&m.encode());
+        }
+    }
+
     fn close_media(&mut self) {
         if let Some(mut m) = self.media.take() {
             m.close();
@@ -804,7 +841,7 @@ impl Driver {
     }
 
     /// A peer connection for the current call, with its handlers; returns it for the async part.
-    fn new_media(&mut self, call_id: &str, trickle: bool) -> RtcPeerConnection {
+    fn new_media(&mut self, call_id: &str) -> RtcPeerConnection {
         self.close_media();
         let cfg = RtcConfiguration::new();
         // The server's STUN/TURN list is already shaped like RTCIceServer[]: pass it as JSON.
@@ -816,10 +853,8 @@ impl Driver {
         let pc = RtcPeerConnection::new_with_configuration(&cfg).expect("RTCPeerConnection");
         let mut handlers = Vec::new();
         let id = call_id.to_string();
+        // Trickle ICE: every candidate goes out as it comes (`None` = gathering complete).
         let on_ice = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
-            if !trickle {
-                return;
-            }
             let e: RtcPeerConnectionIceEvent = e.unchecked_into();
             let c = e.candidate().and_then(|c| {
                 let text = c.candidate();
@@ -848,7 +883,7 @@ impl Driver {
         let pc2 = pc.clone();
         let on_state = Closure::<dyn FnMut(JsValue)>::new(move |_| match pc2.connection_state() {
             RtcPeerConnectionState::Connected => dispatch(Ev::Call(id.clone(), Input::MediaUp)),
-            RtcPeerConnectionState::Failed => dispatch(Ev::Call(id.clone(), Input::MediaFailed("The audio connection failed".into()))),
+            RtcPeerConnectionState::Failed => dispatch(Ev::Call(id.clone(), Input::ConnectionFailed)),
             _ => {}
         });
         pc.set_onconnectionstatechange(Some(on_state.as_ref().unchecked_ref()));
@@ -870,7 +905,9 @@ impl Driver {
             audio,
             remote_set: false,
             pending_ice: Vec::new(),
+            dc: None,
             _handlers: handlers,
+            _dc_handlers: Vec::new(),
         });
         pc
     }
@@ -918,6 +955,7 @@ fn server_call_id(m: &ServerMsg) -> Option<String> {
         ServerMsg::Connect { call_id, .. }
         | ServerMsg::Peer { call_id, .. }
         | ServerMsg::Signal { call_id, .. }
+        | ServerMsg::DirectSignal { call_id, .. }
         | ServerMsg::CallEvent { call_id, .. }
         | ServerMsg::Outcome { call_id, .. }
         | ServerMsg::Incoming { call_id, .. } => Some(call_id.clone()),
@@ -955,22 +993,42 @@ fn sdp_of(v: &JsValue) -> Result<String, String> {
     js_sys::Reflect::get(v, &"sdp".into()).ok().and_then(|s| s.as_string()).ok_or_else(|| "no SDP".to_string())
 }
 
-/// Offer audio. Without `trickle`, wait (up to 3 s) for ICE gathering to complete so the SDP
-/// carries every candidate: a gateway's direct endpoint takes no trickle.
-async fn make_offer(call_id: &str, pc: &RtcPeerConnection, trickle: bool, mic: &str) -> Result<String, String> {
+/// Offer audio (trickle ICE: candidates follow through `onicecandidate`). With `channel`
+/// (C14 over WebRTC), the `trunkline-direct` DataChannel is created after the microphone track
+/// and before the offer, so the offer carries it.
+async fn make_offer(call_id: &str, pc: &RtcPeerConnection, channel: bool, mic: &str) -> Result<String, String> {
     open_mic(call_id, pc, mic).await?;
+    if channel {
+        open_channel(call_id, pc);
+    }
     let offer = JsFuture::from(pc.create_offer()).await.map_err(js_text)?;
     let d = RtcSessionDescriptionInit::new(RtcSdpType::Offer);
     d.set_sdp(&sdp_of(&offer)?);
     JsFuture::from(pc.set_local_description(&d)).await.map_err(js_text)?;
-    if !trickle {
-        let mut waited = 0;
-        while pc.ice_gathering_state() != RtcIceGatheringState::Complete && waited < 3000 {
-            sleep(50).await;
-            waited += 50;
-        }
-    }
     pc.local_description().map(|d| d.sdp()).ok_or_else(|| "no local description".into())
+}
+
+/// The ordinary (not negotiated) DataChannel to the gateway: opened → [`Input::ChannelOpen`],
+/// the gateway's messages → [`Input::Direct`], closed → [`Input::ChannelClosed`].
+fn open_channel(call_id: &str, pc: &RtcPeerConnection) {
+    let dc = pc.create_data_channel(DIRECT_CHANNEL);
+    let id = call_id.to_string();
+    let open = Closure::<dyn FnMut(JsValue)>::new(move |_| dispatch(Ev::Call(id.clone(), Input::ChannelOpen)));
+    let id = call_id.to_string();
+    let msg = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+        let Some(t) = e.unchecked_into::<MessageEvent>().data().as_string() else { return };
+        match DirectServerMsg::decode(&t) {
+            Ok(m) => dispatch(Ev::Call(id.clone(), Input::Direct(m))),
+            Err(e) => web_sys::console::warn_1(&format!("gateway DataChannel: {e}").into()),
+        }
+    });
+    let id = call_id.to_string();
+    let close = Closure::<dyn FnMut(JsValue)>::new(move |_| dispatch(Ev::Call(id.clone(), Input::ChannelClosed)));
+    dc.set_onopen(Some(open.as_ref().unchecked_ref()));
+    dc.set_onmessage(Some(msg.as_ref().unchecked_ref()));
+    dc.set_onclose(Some(close.as_ref().unchecked_ref()));
+    debug_hook("dc", &dc);
+    dispatch(Ev::Channel(call_id.to_string(), dc, vec![open, msg, close]));
 }
 
 /// F4 callee: apply the caller's offer and answer it.

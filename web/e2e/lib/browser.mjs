@@ -27,14 +27,21 @@ export async function launch(micWav) {
   return { browser, close };
 }
 
-/** A phone-sized page of the app. */
-export async function openApp(browser, url) {
+/**
+ * A phone-sized page of the app. `page.webSockets` lists the URL of every WebSocket the page
+ * opened (CDP `Network.webSocketCreated`, through playwright's `websocket` event). `beforeLoad`
+ * runs on the page before the app loads (e.g. `page.routeWebSocket`).
+ */
+export async function openApp(browser, url, { beforeLoad } = {}) {
   const context = await browser.newContext({ viewport: { width: 390, height: 844 }, hasTouch: true });
   await context.grantPermissions(['microphone', 'notifications'], { origin: url });
   const page = await context.newPage();
   page.logs = [];
+  page.webSockets = [];
   page.on('console', (m) => page.logs.push(`[${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => page.logs.push(`[pageerror] ${e.message}`));
+  page.on('websocket', (ws) => page.webSockets.push(ws.url()));
+  if (beforeLoad) await beforeLoad(page);
   await page.goto(url);
   return { context, page };
 }

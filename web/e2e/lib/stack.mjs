@@ -166,7 +166,7 @@ export async function startGateway(dir, cloud) {
     const f = path.join(dir, 'hq-state', 'phones.json');
     return fs.existsSync(f) && fs.readFileSync(f, 'utf8').includes('"1001"');
   });
-  return { proc, sip: `127.0.0.1:${sip}`, directUrl: `ws://127.0.0.1:${direct}/direct`, stop: () => proc.stop() };
+  return { proc, sip: `127.0.0.1:${sip}`, directUrl: `ws://127.0.0.1:${direct}/direct`, rtpPorts: [rtpBase, rtpBase + 99], stop: () => proc.stop() };
 }
 
 /** A mono 16-bit WAV of a sine (`rate` Hz sample rate). */
