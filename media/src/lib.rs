@@ -3,12 +3,14 @@
 //! * [`sdp`]: sans-IO parsing and rewriting of the audio part of SDP offers/answers.
 //! * [`ports`]: a thread-safe pool of RTP/RTCP UDP socket pairs on even ports.
 //! * [`srflx`]: sans-IO STUN Binding probes for server-reflexive addresses and the NAT's kind.
+//! * [`turn`]: sans-IO TURN allocations (UDP, TCP, TLS) for relayed ICE candidates.
 //! * [`relay`]: a symmetric (latching) RTP/RTCP relay between two call legs, one tokio task each.
 
 pub mod ports;
 pub mod relay;
 pub mod sdp;
 pub mod srflx;
+pub mod turn;
 
 pub use ports::{AllocError, LegSockets, PortAllocator};
 pub use relay::{Leg, Relay, RelayConfig, RelayHandle, RelayStats};

@@ -6,7 +6,10 @@
 //! a **session** (C14 over WebRTC): the caller's offer comes through the cloud, the leg is a
 //! full ICE agent that learns its server-reflexive address by STUN from the same socket and
 //! trickles it back through the cloud, the key arrives on a DataChannel inside DTLS, and only
-//! then is the phone side attached and rung.
+//! then is the phone side attached and rung. Where STUN is not enough (a site that drops
+//! outgoing UDP, a symmetric NAT facing another), the session also allocates on the cloud's TURN
+//! servers (UDP from the same socket, and TCP or TLS) and offers the relayed addresses as
+//! candidates: see [`SessionIce`] and `trunkline_media::turn`.
 //!
 //! G.711 passes through without transcoding when both legs use the same law (the phone is
 //! offered the law the WebRTC side prefers first); if they differ each sample is re-coded.
@@ -29,6 +32,7 @@ use tokio::sync::mpsc;
 use trunkline_client::g711::Law;
 use trunkline_media::ports::{LegSockets, PortAllocator};
 use trunkline_media::srflx::{ProbeEvent, ProbeTiming, SrflxProbe};
+use trunkline_media::turn::{RelayEvent, RelayTransmit, Relays, StreamId, TurnServer, TurnTransport};
 
 use crate::b2bua::{BridgeError, BridgeSetup, Bridges};
 
@@ -59,14 +63,73 @@ pub struct PendingBridge {
     offer: Option<SdpPendingOffer>,
     /// Known up front when we offered (str0m only announces remote-added media).
     mid: Option<Mid>,
+    /// The IPs of the candidates in the remote SDP (TURN permissions for a session).
+    remote_ips: Vec<IpAddr>,
 }
 
 pub type PendingBridges = Arc<Mutex<HashMap<u64, PendingBridge>>>;
 /// Phone sides made for running sessions, taken by the driver at `BridgeStart`.
 pub type Attachments = Arc<Mutex<HashMap<u64, PhoneLeg>>>;
-/// The STUN servers (resolved) sessions learn their server-reflexive address from; set by
-/// the driver from `switch_welcome` / `ice_servers`.
-pub type StunServers = Arc<Mutex<Vec<SocketAddr>>>;
+/// What a session gathers its candidates with beyond its host address: STUN servers
+/// (server-reflexive) and TURN servers with their credentials (relayed). Set by the driver from
+/// `switch_welcome` / `ice_servers`; each session takes a copy when it starts.
+#[derive(Clone, Default)]
+pub struct SessionIce {
+    pub stun: Vec<SocketAddr>,
+    /// Resolved, with the TURN REST username/credential of their `ice_servers` entry.
+    pub turn: Vec<TurnServer>,
+    /// TLS for `turns:` servers: the public roots plus `cloud_ca_file`'s CAs. `None`: no TLS.
+    pub turn_tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for SessionIce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // TurnServer's Debug redacts the credential.
+        f.debug_struct("SessionIce")
+            .field("stun", &self.stun)
+            .field("turn", &self.turn)
+            .field("turn_tls", &self.turn_tls.is_some())
+            .finish()
+    }
+}
+
+/// The driver's current [`SessionIce`].
+pub type StunServers = Arc<Mutex<SessionIce>>;
+
+/// A `turn:`/`turns:` URL with its entry's username and credential.
+pub type TurnPlan = (trunkline_media::turn::TurnUrl, String, String);
+
+/// The `stun:` servers and the `turn:`/`turns:` servers (with their entry's credentials) of
+/// `ice_servers`, unresolved: `(host, port)` and `(url, username, credential)`. TURN URLs of an
+/// entry without both username and credential are skipped, as are URLs neither parser takes.
+pub fn ice_plan(ice_servers: &[trunkline_protocol::IceServer]) -> (Vec<(String, u16)>, Vec<TurnPlan>) {
+    let (mut stun, mut turn) = (vec![], vec![]);
+    for server in ice_servers {
+        for url in &server.urls {
+            if let Some(hp) = trunkline_media::srflx::parse_stun_url(url) {
+                stun.push(hp);
+            } else if let (Some(u), Some(user), Some(cred)) =
+                (trunkline_media::turn::parse_turn_url(url), &server.username, &server.credential)
+            {
+                turn.push((u, user.clone(), cred.clone()));
+            }
+        }
+    }
+    (stun, turn)
+}
+
+/// The IPs of the `a=candidate:` lines of an SDP.
+fn candidate_ips(sdp: &str) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = sdp
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("a="))
+        .filter(|l| l.starts_with("candidate:"))
+        .filter_map(|l| Candidate::from_sdp_string(l).ok())
+        .map(|c| c.addr().ip())
+        .collect();
+    ips.dedup();
+    ips
+}
 
 pub struct DriverBridges {
     alloc: Arc<PortAllocator>,
@@ -176,11 +239,15 @@ impl Bridges for DriverBridges {
         let id = self.next;
         let (phone_sdp, law, te_pt) = self.phone_side(id, phone.rtp_port(), webrtc_law, phone_offer)?;
         let phone = Some(PhoneLeg { sockets: phone, law, te_pt });
-        self.pending.lock().unwrap().insert(id, PendingBridge { rtc, ice, candidate, phone, offer: None, mid: None });
+        self.pending
+            .lock()
+            .unwrap()
+            .insert(id, PendingBridge { rtc, ice, candidate, phone, offer: None, mid: None, remote_ips: vec![] });
         Ok(BridgeSetup { id, answer, phone_sdp })
     }
 
     fn open_session(&mut self, offer: &str) -> Result<(u64, String), BridgeError> {
+        let remote_ips = candidate_ips(offer);
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?;
         if !offer.media_lines.iter().any(|m| m.typ.to_string() == "audio") {
             return Err(BridgeError::BadOffer("no audio m-line".into()));
@@ -195,7 +262,10 @@ impl Bridges for DriverBridges {
         self.next += 1;
         let id = self.next;
         self.session_law.insert(id, law);
-        self.pending.lock().unwrap().insert(id, PendingBridge { rtc, ice, candidate, phone: None, offer: None, mid: None });
+        self.pending
+            .lock()
+            .unwrap()
+            .insert(id, PendingBridge { rtc, ice, candidate, phone: None, offer: None, mid: None, remote_ips });
         Ok((id, answer))
     }
 
@@ -220,7 +290,7 @@ impl Bridges for DriverBridges {
         self.pending
             .lock()
             .unwrap()
-            .insert(id, PendingBridge { rtc, ice, candidate, phone, offer: Some(pending), mid: Some(mid) });
+            .insert(id, PendingBridge { rtc, ice, candidate, phone, offer: Some(pending), mid: Some(mid), remote_ips: vec![] });
         Ok(BridgeSetup { id, answer: offer.to_sdp_string(), phone_sdp })
     }
 
@@ -238,14 +308,16 @@ impl Bridges for DriverBridges {
         self.pending
             .lock()
             .unwrap()
-            .insert(id, PendingBridge { rtc, ice, candidate, phone, offer: Some(pending), mid: Some(mid) });
+            .insert(id, PendingBridge { rtc, ice, candidate, phone, offer: Some(pending), mid: Some(mid), remote_ips: vec![] });
         Ok(BridgeSetup { id, answer: offer.to_sdp_string(), phone_sdp })
     }
 
     fn remote_answer(&mut self, id: u64, answer: &str) -> Result<(), BridgeError> {
+        let remote_ips = candidate_ips(answer);
         let answer = SdpAnswer::from_sdp_string(answer).map_err(|e| BridgeError::BadOffer(e.to_string()))?;
         let mut pending = self.pending.lock().unwrap();
         let b = pending.get_mut(&id).ok_or_else(|| BridgeError::BadOffer("no such bridge".into()))?;
+        b.remote_ips.extend(remote_ips);
         let offer = b.offer.take().ok_or_else(|| BridgeError::BadOffer("no offer pending".into()))?;
         b.rtc.sdp_api().accept_answer(offer, answer).map_err(|e| BridgeError::BadOffer(e.to_string()))
     }
@@ -288,20 +360,185 @@ pub fn start(pending: PendingBridge, phone_remote: Option<SocketAddr>) -> mpsc::
 }
 
 /// Start a session's task (no phone side yet): it gathers its server-reflexive candidate from
-/// `stun`, and reports candidates, DataChannel text and its end on `events`.
+/// `ice.stun` and relayed ones from `ice.turn`, and reports candidates, DataChannel text and its
+/// end on `events`.
 ///
 /// `on_open` (the F2 caller side's `present`) is sent on the DataChannel as soon as it opens;
 /// `phone_remote` is the phone's RTP address when the phone side is already there (F2).
 pub fn start_session(
     pending: PendingBridge,
     phone_remote: Option<SocketAddr>,
-    stun: Vec<SocketAddr>,
+    ice: SessionIce,
     on_open: Option<String>,
     events: mpsc::UnboundedSender<SessionEvent>,
 ) -> mpsc::UnboundedSender<BridgeCmd> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(pending, phone_remote, rx, Some((stun, on_open, events))));
+    tokio::spawn(run(pending, phone_remote, rx, Some((ice, on_open, events))));
     tx
+}
+
+/// A session's TURN allocations and the streams (TCP, TLS) some of them run over.
+///
+/// TLS: the stream task wraps its TCP connection with tokio-rustls (the gateway's rustls 0.23 +
+/// aws-lc-rs, as for wss:// to the cloud) and feeds `turn-client-proto`'s plain TCP client the
+/// decrypted bytes, so TCP and TLS take one code path. Not `turn-client-rustls` 0.1.2: it would
+/// fit the dependency tree, but its `recv` drains at most 2048 plaintext bytes per call and leaves
+/// the rest inside rustls until the next TCP segment arrives (a stall or a growing backlog when
+/// segments coalesce), and it panics if a write into rustls fails.
+struct Turn {
+    relays: Relays,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Bytes to each open stream's task.
+    streams: HashMap<StreamId, mpsc::UnboundedSender<Vec<u8>>>,
+    stream_events: mpsc::UnboundedSender<(StreamId, StreamEvent)>,
+}
+
+/// What a TURN stream task reports.
+enum StreamEvent {
+    Connected(SocketAddr),
+    Data(Vec<u8>),
+    Closed(String),
+}
+
+/// How long opening a TURN stream (TCP connect, TLS handshake) may take.
+const TURN_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a finished session keeps its TURN clients alive to send their deletes.
+const TURN_DELETE_GRACE: Duration = Duration::from_millis(300);
+
+impl Turn {
+    /// Send what the TURN clients have queued.
+    fn flush(&mut self, ice: &tokio::net::UdpSocket) {
+        while let Some(t) = self.relays.poll_transmit() {
+            match t {
+                RelayTransmit::Udp { to, data } => {
+                    let _ = ice.try_send_to(&data, to);
+                }
+                RelayTransmit::Stream { id, data } => {
+                    if let Some(tx) = self.streams.get(&id) {
+                        let _ = tx.send(data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Open the streams the TURN clients want.
+    fn connect(&mut self) {
+        while let Some((id, server)) = self.relays.poll_connect() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.streams.insert(id, tx);
+            tokio::spawn(turn_stream(id, server, self.tls.clone(), rx, self.stream_events.clone()));
+        }
+    }
+
+    /// Hand what came through the relays to str0m, as received at the relayed address.
+    fn deliver(&mut self, rtc: &mut Rtc) -> Result<(), ()> {
+        while let Some((relayed, peer, data)) = self.relays.poll_peer_data() {
+            let Ok(contents) = data.as_slice().try_into() else { continue };
+            let input =
+                Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source: peer, destination: relayed, contents });
+            if rtc.accepts(&input) && rtc.handle_input(input).is_err() {
+                return Err(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Release the allocations and give the deletes a moment to leave and be answered (the
+    /// client paces its requests, and retransmits over UDP until answered); then the stream
+    /// tasks write what is queued and close.
+    async fn release(mut self, ice: &tokio::net::UdpSocket) {
+        let start = Instant::now();
+        self.relays.delete(start);
+        self.flush(ice);
+        let mut buf = vec![0u8; 2000];
+        while let Some(t) = self.relays.poll_timeout()
+            && t < start + TURN_DELETE_GRACE
+        {
+            tokio::select! {
+                _ = tokio::time::sleep_until(t.into()) => self.relays.handle_timeout(Instant::now()),
+                r = ice.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = r && self.relays.is_from_server(from) {
+                        self.relays.udp_data(from, &buf[..n], Instant::now());
+                    }
+                }
+            }
+            self.flush(ice);
+        }
+    }
+}
+
+/// One TURN server's TCP (or TLS) connection: plain bytes in and out through the session task.
+async fn turn_stream(
+    id: StreamId,
+    server: TurnServer,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    mut out: mpsc::UnboundedReceiver<Vec<u8>>,
+    events: mpsc::UnboundedSender<(StreamId, StreamEvent)>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+    impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+    let open = async {
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.map_err(|e| format!("TCP connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().map_err(|e| e.to_string())?;
+        let stream: Box<dyn Stream> = match server.transport {
+            TurnTransport::Tls => {
+                let cfg = tls.ok_or_else(|| "no TLS configuration for turns:".to_string())?;
+                let name = rustls_pki_types::ServerName::try_from(server.host.clone())
+                    .map_err(|e| format!("TLS server name {}: {e}", server.host))?;
+                let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+                Box::new(tls)
+            }
+            _ => Box::new(tcp),
+        };
+        Ok::<_, String>((local, stream))
+    };
+    let (local, stream) = match tokio::time::timeout(TURN_CONNECT_TIMEOUT, open).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(why)) => {
+            let _ = events.send((id, StreamEvent::Closed(why)));
+            return;
+        }
+        Err(_) => {
+            let _ = events.send((id, StreamEvent::Closed("timed out opening the connection".into())));
+            return;
+        }
+    };
+    if events.send((id, StreamEvent::Connected(local))).is_err() {
+        return;
+    }
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = vec![0u8; 8192];
+    loop {
+        tokio::select! {
+            r = rd.read(&mut buf) => {
+                let ev = match r {
+                    Ok(0) => StreamEvent::Closed("closed by the server".into()),
+                    Ok(n) => StreamEvent::Data(buf[..n].to_vec()),
+                    Err(e) => StreamEvent::Closed(e.to_string()),
+                };
+                let end = matches!(ev, StreamEvent::Closed(_));
+                if events.send((id, ev)).is_err() || end {
+                    return;
+                }
+            }
+            m = out.recv() => match m {
+                Some(data) => {
+                    if let Err(e) = wr.write_all(&data).await {
+                        let _ = events.send((id, StreamEvent::Closed(e.to_string())));
+                        return;
+                    }
+                }
+                // The session is over (its deletes were queued before): close.
+                None => {
+                    let _ = wr.shutdown().await;
+                    return;
+                }
+            },
+        }
+    }
 }
 
 /// A session's own state inside the bridge task.
@@ -312,6 +549,8 @@ struct SessionState {
     /// DataChannel text queued before the channel opened.
     dc_queue: Vec<String>,
     key_deadline: Instant,
+    /// TURN allocations, when the cloud gave TURN servers.
+    turn: Option<Turn>,
 }
 
 async fn recv_opt(sock: Option<&tokio::net::UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
@@ -332,21 +571,52 @@ async fn run(
     p: PendingBridge,
     mut phone_remote: Option<SocketAddr>,
     mut cmds: mpsc::UnboundedReceiver<BridgeCmd>,
-    session: Option<(Vec<SocketAddr>, Option<String>, mpsc::UnboundedSender<SessionEvent>)>,
+    session: Option<(SessionIce, Option<String>, mpsc::UnboundedSender<SessionEvent>)>,
 ) {
-    let PendingBridge { mut rtc, ice, candidate, mut phone, offer: _, mid } = p;
+    let PendingBridge { mut rtc, ice, candidate, mut phone, offer: _, mid, remote_ips } = p;
     let ice = ice.rtp_socket();
-    let mut session = session.map(|(stun, on_open, events)| SessionState {
-        events,
-        probe: (!stun.is_empty()).then(|| SrflxProbe::new(&stun, ProbeTiming::default(), Instant::now())),
-        dc: None,
-        dc_queue: on_open.into_iter().collect(),
-        key_deadline: Instant::now() + SESSION_KEY_WAIT,
+    let (stream_tx, mut stream_rx) = mpsc::unbounded_channel();
+    let mut session = session.map(|(servers, on_open, events)| {
+        let now = Instant::now();
+        let turn = (!servers.turn.is_empty()).then(|| {
+            let mut relays = Relays::new(&servers.turn, candidate, now);
+            for ip in remote_ips {
+                relays.permit(ip, now);
+            }
+            Turn { relays, tls: servers.turn_tls.clone(), streams: HashMap::new(), stream_events: stream_tx }
+        });
+        SessionState {
+            events,
+            probe: (!servers.stun.is_empty()).then(|| SrflxProbe::new(&servers.stun, ProbeTiming::default(), now)),
+            dc: None,
+            dc_queue: on_open.into_iter().collect(),
+            key_deadline: now + SESSION_KEY_WAIT,
+            turn: turn.filter(|t| !t.relays.is_empty()),
+        }
     });
-    let why = run_loop(&mut rtc, ice, candidate, &mut phone, &mut phone_remote, &mut cmds, &mut session, mid).await;
-    if let Some(s) = &session {
+    let why =
+        run_loop(&mut rtc, ice, candidate, &mut phone, &mut phone_remote, &mut cmds, &mut session, mid, &mut stream_rx).await;
+    if let Some(s) = session {
         let _ = s.events.send(SessionEvent::Gone(why));
+        if let Some(turn) = s.turn {
+            turn.release(ice).await;
+        }
     }
+}
+
+/// Send one of str0m's datagrams: through TURN when it leaves from one of our relayed
+/// addresses, else straight from the session's socket.
+fn transmit(t: &str0m::net::Transmit, ice: &tokio::net::UdpSocket, session: &mut Option<SessionState>) {
+    if let Some(turn) = session.as_mut().and_then(|s| s.turn.as_mut())
+        && turn.relays.is_relayed(t.source)
+    {
+        if let Err(e) = turn.relays.send(t.source, t.destination, &t.contents, Instant::now()) {
+            tracing::trace!(relayed = %t.source, peer = %t.destination, error = %e, "session: cannot relay");
+        }
+        turn.flush(ice);
+        return;
+    }
+    let _ = ice.try_send_to(&t.contents, t.destination);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -359,6 +629,7 @@ async fn run_loop(
     cmds: &mut mpsc::UnboundedReceiver<BridgeCmd>,
     session: &mut Option<SessionState>,
     mid: Option<Mid>,
+    stream_rx: &mut mpsc::UnboundedReceiver<(StreamId, StreamEvent)>,
 ) -> &'static str {
     // str0m matches STUN to a candidate by the exact destination address; the socket may be
     // bound to 0.0.0.0 while the candidate names the advertised address.
@@ -379,9 +650,7 @@ async fn run_loop(
         let next_timeout = loop {
             match rtc.poll_output() {
                 Ok(Output::Timeout(t)) => break t,
-                Ok(Output::Transmit(t)) => {
-                    let _ = ice.try_send_to(&t.contents, t.destination);
-                }
+                Ok(Output::Transmit(t)) => transmit(&t, ice, session),
                 Ok(Output::Event(e)) => match e {
                     Event::MediaAdded(m) if m.kind == MediaKind::Audio => mid = Some(m.mid),
                     Event::ChannelOpen(id, label) => {
@@ -500,6 +769,36 @@ async fn run_loop(
                     next_timeout = next_timeout.min(t);
                 }
             }
+            if let Some(turn) = s.turn.as_mut() {
+                let now = Instant::now();
+                if turn.relays.poll_timeout().is_some_and(|t| t <= now) {
+                    turn.relays.handle_timeout(now);
+                }
+                turn.connect();
+                while let Some(ev) = turn.relays.poll_event() {
+                    match ev {
+                        RelayEvent::Allocated { server, transport, relayed, local } => {
+                            match Candidate::relayed(relayed, local, "udp") {
+                                Ok(c) => {
+                                    let line = c.to_sdp_string();
+                                    if rtc.add_local_candidate(c).is_some() {
+                                        tracing::info!(%server, transport = transport.as_str(), %relayed, "session: relayed candidate");
+                                        let _ = s.events.send(SessionEvent::Candidate(line));
+                                    }
+                                }
+                                Err(e) => tracing::debug!(error = %e, "session: unusable relayed address"),
+                            }
+                        }
+                        RelayEvent::Failed { server, transport, why } => {
+                            tracing::debug!(%server, transport = transport.as_str(), %why, "session: no TURN allocation")
+                        }
+                    }
+                }
+                turn.flush(ice);
+                if let Some(t) = turn.relays.poll_timeout() {
+                    next_timeout = next_timeout.min(t);
+                }
+            }
         }
         if std::mem::take(&mut kick) {
             if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
@@ -516,6 +815,17 @@ async fn run_loop(
                     && probe.is_ours(source, &ice_buf[..n])
                 {
                     probe.handle_input(source, &ice_buf[..n], Instant::now());
+                    continue;
+                }
+                // So are the answers of a UDP TURN server (and what it relays to us).
+                if let Some(turn) = session.as_mut().and_then(|s| s.turn.as_mut())
+                    && turn.relays.is_from_server(source)
+                {
+                    turn.relays.udp_data(source, &ice_buf[..n], Instant::now());
+                    turn.flush(ice);
+                    if turn.deliver(rtc).is_err() {
+                        return "WebRTC error";
+                    }
                     continue;
                 }
                 let Some(destination) = ice_local else { continue };
@@ -608,7 +918,14 @@ async fn run_loop(
                 Some(BridgeCmd::RemoteCandidate(line)) => {
                     let line = line.strip_prefix("a=").unwrap_or(&line);
                     match Candidate::from_sdp_string(line) {
-                        Ok(c) => rtc.add_remote_candidate(c),
+                        Ok(c) => {
+                            // The far end may send to our relayed addresses from there.
+                            if let Some(turn) = session.as_mut().and_then(|s| s.turn.as_mut()) {
+                                turn.relays.permit(c.addr().ip(), Instant::now());
+                                turn.flush(ice);
+                            }
+                            rtc.add_remote_candidate(c)
+                        }
                         Err(e) => tracing::debug!(error = %e, "session: unusable remote candidate"),
                     }
                 }
@@ -628,9 +945,7 @@ async fn run_loop(
                     let _ = rtc.close();
                     while let Ok(o) = rtc.poll_output() {
                         match o {
-                            Output::Transmit(t) => {
-                                let _ = ice.try_send_to(&t.contents, t.destination);
-                            }
+                            Output::Transmit(t) => transmit(&t, ice, session),
                             Output::Timeout(_) => break,
                             Output::Event(_) => {}
                         }
@@ -638,6 +953,22 @@ async fn run_loop(
                     return "stopped";
                 }
             },
+            Some((id, ev)) = stream_rx.recv() => {
+                let Some(turn) = session.as_mut().and_then(|s| s.turn.as_mut()) else { continue };
+                let now = Instant::now();
+                match ev {
+                    StreamEvent::Connected(local) => turn.relays.stream_connected(id, local, now),
+                    StreamEvent::Data(data) => turn.relays.stream_data(id, &data, now),
+                    StreamEvent::Closed(why) => {
+                        turn.streams.remove(&id);
+                        turn.relays.stream_closed(id, &why, now);
+                    }
+                }
+                turn.flush(ice);
+                if turn.deliver(rtc).is_err() {
+                    return "WebRTC error";
+                }
+            }
             _ = tokio::time::sleep(wait) => {
                 if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
                     return "WebRTC error";
@@ -693,6 +1024,56 @@ fn rtp_packet(pt: u8, out: &mut PhoneOut, ts: u32, payload: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ice_servers_become_stun_and_turn_plans_with_their_entry_s_credentials() {
+        use trunkline_media::turn::{TurnTransport as T, TurnUrl};
+        use trunkline_protocol::IceServer;
+        let servers = vec![
+            IceServer { urls: vec!["stun:203.0.113.10:3478".into()], username: None, credential: None },
+            IceServer {
+                urls: vec![
+                    "turn:203.0.113.10:3478?transport=udp".into(),
+                    "turn:203.0.113.10:3478?transport=tcp".into(),
+                    "turns:turn.example.com:443?transport=tcp".into(),
+                    "turns:x:443?transport=udp".into(),
+                ],
+                username: Some("1796285093:hq".into()),
+                credential: Some("c3VwZXJzZWNyZXQ=".into()),
+            },
+            // TURN without credentials is of no use; its STUN URL still is.
+            IceServer { urls: vec!["turn:198.51.100.1".into(), "stun:198.51.100.1".into()], username: None, credential: None },
+        ];
+        let (stun, turn) = ice_plan(&servers);
+        assert_eq!(stun, vec![("203.0.113.10".to_string(), 3478), ("198.51.100.1".to_string(), 3478)]);
+        let u = |transport, host: &str, port| TurnUrl { transport, host: host.into(), port };
+        let cred = |url| (url, "1796285093:hq".to_string(), "c3VwZXJzZWNyZXQ=".to_string());
+        assert_eq!(
+            turn,
+            vec![
+                cred(u(T::Udp, "203.0.113.10", 3478)),
+                cred(u(T::Tcp, "203.0.113.10", 3478)),
+                cred(u(T::Tls, "turn.example.com", 443)),
+            ]
+        );
+        // What a session gets never shows the credential.
+        let ice = SessionIce {
+            turn: vec![TurnServer::new(T::Udp, "203.0.113.10:3478".parse().unwrap(), "203.0.113.10", "1796285093:hq", "c3VwZXJzZWNyZXQ=")],
+            ..Default::default()
+        };
+        assert!(!format!("{ice:?}").contains("c3VwZXJzZWNyZXQ"));
+    }
+
+    #[test]
+    fn candidate_ips_of_an_sdp() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n\
+                   a=candidate:1 1 udp 2130706175 10.77.1.2 40000 typ host\r\n\
+                   a=candidate:2 1 udp 1694498559 203.0.113.101 40000 typ srflx raddr 10.77.1.2 rport 40000\r\n\
+                   a=candidate:3 1 udp 16777215 203.0.113.10 49170 typ relay raddr 0.0.0.0 rport 0\r\n\
+                   a=rtpmap:0 PCMU/8000\r\n";
+        let ips: Vec<String> = candidate_ips(sdp).iter().map(|i| i.to_string()).collect();
+        assert_eq!(ips, ["10.77.1.2", "203.0.113.101", "203.0.113.10"]);
+    }
 
     #[test]
     fn rtp_round_trip_and_junk() {

@@ -166,7 +166,17 @@ pub async fn run(
     let media = DriverMedia { alloc: alloc.clone(), adv_ip, pending: pending.clone(), echoes: echoes.clone(), next: 0 };
     let pending_bridges: bridge::PendingBridges = Arc::default();
     let attachments: bridge::Attachments = Arc::default();
-    let stun_servers: bridge::StunServers = Arc::default();
+    // TURN over TLS (`turns:`) trusts what the cloud link trusts: the public roots plus
+    // cloud_ca_file's CAs.
+    let turn_tls = match cloud_link::tls_config(config.cloud_ca_file.as_deref()) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no TLS for TURN servers");
+            None
+        }
+    };
+    let stun_servers: bridge::StunServers =
+        Arc::new(Mutex::new(bridge::SessionIce { turn_tls, ..Default::default() }));
     let phones = Phones::load(&config.state_dir);
     let mut secret_bytes = [0u8; 32];
     {
@@ -225,7 +235,8 @@ pub async fn run(
         let stun_servers = stun_servers.clone();
         tokio::spawn(async move {
             while let Some(ev) = link_ev_rx.recv().await {
-                // The cloud's STUN servers, for the server-reflexive candidates of sessions.
+                // The cloud's STUN and TURN servers, for the server-reflexive and relayed
+                // candidates of sessions.
                 if let LinkEvent::Msg(
                     ServerMsg::SwitchWelcome { ice_servers, .. } | ServerMsg::IceServers { ice_servers, .. },
                 ) = &ev
@@ -390,9 +401,9 @@ async fn core_loop(
                 }
                 Output::SessionStart { id, conn, call_id, present: None } => {
                     let Some(p) = pending_bridges.lock().unwrap().remove(&id) else { continue };
-                    let stun = stun_servers.lock().unwrap().clone();
+                    let ice = stun_servers.lock().unwrap().clone();
                     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-                    let tx = bridge::start_session(p, None, stun, None, ev_tx);
+                    let tx = bridge::start_session(p, None, ice, None, ev_tx);
                     bridges.insert(id, tx.clone());
                     tokio::spawn(session_events(conn, None, call_id, ev_rx, tx, core_tx.clone(), link.clone()));
                 }
@@ -428,9 +439,9 @@ async fn core_loop(
                     match (pending, outbound.remove(&id)) {
                         // F2 caller side over WebRTC: the answer is applied, start the session.
                         (Some(p), Some((conn, call_id, present))) => {
-                            let stun = stun_servers.lock().unwrap().clone();
+                            let ice = stun_servers.lock().unwrap().clone();
                             let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-                            let tx = bridge::start_session(p, phone, stun, Some(present), ev_tx);
+                            let tx = bridge::start_session(p, phone, ice, Some(present), ev_tx);
                             for c in early_candidates.remove(&id).unwrap_or_default() {
                                 let _ = tx.send(bridge::BridgeCmd::RemoteCandidate(c));
                             }
@@ -552,20 +563,38 @@ async fn session_events(
     }
 }
 
-/// Resolve the `stun:` URLs of `ice_servers` into the addresses sessions probe (`turn:`
-/// URLs are not used: the gateway has no TURN client yet).
+/// Resolve the `stun:` URLs of `ice_servers` into the addresses sessions probe, and the
+/// `turn:`/`turns:` URLs (with their entry's credentials) into the servers sessions allocate
+/// relayed addresses on. The credentials are never logged.
 async fn resolve_stun(ice_servers: Vec<trunkline_protocol::IceServer>, into: bridge::StunServers) {
+    let (stun_urls, turn_urls) = bridge::ice_plan(&ice_servers);
     let mut addrs = vec![];
-    for url in ice_servers.iter().flat_map(|s| s.urls.iter()) {
-        let Some((host, port)) = trunkline_media::srflx::parse_stun_url(url) else { continue };
+    for (host, port) in stun_urls {
         match tokio::net::lookup_host((host.as_str(), port)).await {
             Ok(found) => addrs.extend(found.filter(|a| a.is_ipv4()).take(1)),
-            Err(e) => tracing::warn!(%url, error = %e, "cannot resolve STUN server"),
+            Err(e) => tracing::warn!(%host, port, error = %e, "cannot resolve STUN server"),
         }
     }
     addrs.dedup();
+    let mut turn = vec![];
+    for (url, username, credential) in turn_urls {
+        match tokio::net::lookup_host((url.host.as_str(), url.port)).await {
+            Ok(mut found) => {
+                if let Some(addr) = found.find(|a| a.is_ipv4()) {
+                    turn.push(trunkline_media::turn::TurnServer::new(url.transport, addr, &url.host, &username, &credential));
+                }
+            }
+            Err(e) => tracing::warn!(host = %url.host, port = url.port, error = %e, "cannot resolve TURN server"),
+        }
+    }
     tracing::info!(servers = ?addrs, "STUN servers for server-reflexive candidates");
-    *into.lock().unwrap() = addrs;
+    tracing::info!(
+        servers = ?turn.iter().map(|t| format!("{}:{}", t.transport.as_str(), t.addr)).collect::<Vec<_>>(),
+        "TURN servers for relayed candidates"
+    );
+    let mut ice = into.lock().unwrap();
+    ice.stun = addrs;
+    ice.turn = turn;
 }
 
 fn parse_and_forward(data: &[u8], src: SocketAddr, transport: Transport) -> Result<trunkline_sip::Message, Option<Vec<u8>>> {

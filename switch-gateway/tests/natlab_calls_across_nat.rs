@@ -552,3 +552,307 @@ async fn play_and_record(sock: Arc<UdpSocket>, to: SocketAddr, freq: f32, secs: 
     let _ = send.await;
     heard
 }
+
+// ---- TURN relays at the gateways (sessions allocate on coturn over UDP, TCP and TLS) ----
+
+/// The signal server as [`start_signal_server`], also handing out coturn's TURN URLs (UDP, TCP,
+/// TLS; only `turns:` when `tls_only`) with TURN REST credentials minted from the secret coturn
+/// was started with.
+fn start_signal_server_with_turn(
+    lab: &lab::Lab,
+    dir: &std::path::Path,
+    tls_only: bool,
+) -> (String, String, oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let db_url = format!("sqlite://{}", dir.join("cloud.db").display());
+    let secret_file = dir.join("turn.secret");
+    std::fs::write(&secret_file, TURN_SECRET).unwrap();
+    let addr: SocketAddr = format!("{}:{SIGNAL_PORT}", lab.get("SIGNAL_IP")).parse().unwrap();
+    let turn_ip = lab.get("TURN_IP").to_string();
+    let mut turn_urls = vec![
+        lab.get("TURN_URL_UDP").to_string(),
+        lab.get("TURN_URL_TCP").to_string(),
+        lab.get("TURN_URL_TLS").to_string(),
+    ];
+    assert_eq!(
+        turn_urls,
+        [
+            format!("turn:{turn_ip}:3478?transport=udp"),
+            format!("turn:{turn_ip}:3478?transport=tcp"),
+            format!("turns:{turn_ip}:443?transport=tcp")
+        ]
+    );
+    if tls_only {
+        turn_urls.drain(..2);
+    }
+    let web_root = dir.join("no-web");
+    let db = db_url.clone();
+    let thread = in_netns(&lab.pub_ns(), move || async move {
+        provision(&db_url).await;
+        let mut cfg = signal_server::Config::default();
+        cfg.database_url = db_url;
+        cfg.web_root = web_root;
+        cfg.auth.password_hash_memory_kib = 64;
+        cfg.auth.password_hash_iterations = 1;
+        cfg.ice.stun_urls = vec![format!("stun:{turn_ip}:3478")];
+        cfg.ice.turn_urls = turn_urls;
+        cfg.ice.turn_secret_file = Some(secret_file);
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("signal server port in the pub namespace");
+        let _ = ready_tx.send(());
+        signal_server::run(cfg, listener, async move {
+            let _ = stop_rx.await;
+        })
+        .await
+        .expect("signal server runs");
+    });
+    ready_rx.recv_timeout(WAIT).expect("signal server listening");
+    (format!("ws://{addr}/ws"), db, stop_tx, thread)
+}
+
+/// Gateway `id` as [`start_gateway_id`], trusting `ca` (the lab's TURN CA) for `turns:`.
+fn start_gateway_with_ca(
+    id: &str,
+    ns: &str,
+    ip: &str,
+    cloud: &str,
+    dir: &std::path::Path,
+    ca: &str,
+) -> (oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let secret_file = dir.join(format!("{id}.secret"));
+    std::fs::write(&secret_file, secret_of(id)).unwrap();
+    let config = switch_gateway::Config {
+        id: id.into(),
+        secret_file,
+        cloud_url: cloud.into(),
+        cloud_ca_file: Some(ca.into()),
+        sip_listen: format!("{ip}:5060").parse().unwrap(),
+        direct_listen: format!("{ip}:7443").parse().unwrap(),
+        advertise_url: format!("ws://{ip}:7443/direct"),
+        rtp_ports: "40000-40199".into(),
+        state_dir: dir.join(format!("{id}-state")),
+        ring_timeout_secs: 10,
+        ..Default::default()
+    };
+    let thread = in_netns(ns, move || async move {
+        let sockets = switch_gateway::Sockets::bind(&config).await.expect("gateway sockets on the site LAN");
+        switch_gateway::run(config, sockets, async move {
+            let _ = stop_rx.await;
+        })
+        .await
+        .expect("gateway runs");
+    });
+    (stop_tx, thread)
+}
+
+/// F2 between gateway "hq" (site `hq`, host 1; caller 1001 on host 2) and gateway "branch" (site
+/// `br`, host 1; callee 3001 on host 2), both trusting the lab's TURN CA, with TURN handed out by
+/// the cloud. Returns what 1001 and 3001 heard (Hz) and coturn's log (read before the lab goes).
+fn f2_through_the_cloud_s_turn(lab: &mut lab::Lab, tls_only: bool) -> (f32, f32, String) {
+    lab.coturn(TURN_SECRET);
+    let ca = lab.get("TURN_CA").to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let (cloud, db_url, cloud_stop, cloud_thread) = start_signal_server_with_turn(lab, tmp.path(), tls_only);
+    let (hq_ip, br_ip) = (lab.host_ip("hq", 1), lab.host_ip("br", 1));
+    let (hq_stop, hq_thread) = start_gateway_with_ca("hq", &lab.ns("hq", 1), &hq_ip, &cloud, tmp.path(), &ca);
+    let (br_stop, br_thread) = start_gateway_with_ca("branch", &lab.ns("br", 1), &br_ip, &cloud, tmp.path(), &ca);
+    wait_switch_online(&db_url, "hq");
+    wait_switch_online(&db_url, "branch");
+
+    let (reg_tx, reg_rx) = std::sync::mpsc::channel();
+    let br_gw: SocketAddr = format!("{br_ip}:5060").parse().unwrap();
+    let callee_ip: std::net::IpAddr = lab.host_ip("br", 2).parse().unwrap();
+    let callee = in_netns(&lab.ns("br", 2), move || async move {
+        let sip = UdpSocket::bind((callee_ip, 0)).await.unwrap();
+        let rtp = Arc::new(UdpSocket::bind((callee_ip, 0)).await.unwrap());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::timeout(Duration::from_secs(2), register_udp(&sip, br_gw, "3001", "pw-3001", 300, false)).await != Ok(200) {
+            assert!(tokio::time::Instant::now() < deadline, "3001 could not register");
+        }
+        let _ = reg_tx.send(());
+        let gw_rtp = answer_invite(&sip, rtp.local_addr().unwrap()).await;
+        let heard = play_and_record(rtp, gw_rtp, 440.0, 4.0).await;
+        dominant_frequency(&heard[heard.len().saturating_sub(4000)..], 8000)
+    });
+    reg_rx.recv_timeout(WAIT).expect("3001 registered");
+
+    let hq_gw: SocketAddr = format!("{hq_ip}:5060").parse().unwrap();
+    let caller_ip: std::net::IpAddr = lab.host_ip("hq", 2).parse().unwrap();
+    let caller = in_netns(&lab.ns("hq", 2), move || async move {
+        let sip = UdpSocket::bind((caller_ip, 0)).await.unwrap();
+        let rtp = Arc::new(UdpSocket::bind((caller_ip, 0)).await.unwrap());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::timeout(Duration::from_secs(2), register_udp(&sip, hq_gw, "1001", "pw-1001", 300, false)).await != Ok(200) {
+            assert!(tokio::time::Instant::now() < deadline, "1001 could not register");
+        }
+        let ok = tokio::time::timeout(Duration::from_secs(30), invite(&sip, hq_gw, "3001", rtp.local_addr().unwrap()))
+            .await
+            .expect("the call is answered in time");
+        let gw_rtp = trunkline_media::sdp::Sdp::parse(&String::from_utf8_lossy(&ok.body)).unwrap().audio_rtp_addr().unwrap();
+        let heard = play_and_record(rtp, gw_rtp, 1000.0, 4.0).await;
+        // Hang up, so both sessions end (and release their allocations) before the gateways do.
+        hang_up(&sip, hq_gw, &ok).await;
+        dominant_frequency(&heard[heard.len().saturating_sub(4000)..], 8000)
+    });
+    let at_caller = caller.join().expect("1001's thread");
+    let at_callee = callee.join().expect("3001's thread");
+    // The sessions' deletes (REFRESH with lifetime 0) reach coturn, which logs their usage.
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = cloud_stop.send(());
+    cloud_thread.join().unwrap();
+    let _ = hq_stop.send(());
+    hq_thread.join().unwrap();
+    let _ = br_stop.send(());
+    br_thread.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let turn_log = std::fs::read_to_string(lab.get("TURN_LOG")).unwrap_or_default();
+    (at_caller, at_callee, turn_log)
+}
+
+/// BYE for the dialog `ok` (the 200 to [`invite`]) from 1001; waits for its 200.
+async fn hang_up(sip: &UdpSocket, gw: SocketAddr, ok: &trunkline_sip::Response) {
+    let local = sip.local_addr().unwrap();
+    let bye = format!(
+        "BYE sip:3001@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKnatbye;rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:1001@{gw}>;tag=natcaller\r\nTo: {}\r\nCall-ID: nat-f2@test\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n",
+        ok.headers.get("To").unwrap()
+    );
+    sip.send_to(bye.as_bytes(), gw).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let answered = tokio::time::timeout(WAIT, async {
+        loop {
+            let (n, _) = sip.recv_from(&mut buf).await.unwrap();
+            if let Ok(trunkline_sip::Message::Response(r)) = trunkline_sip::parse(&buf[..n])
+                && r.status == 200
+                && r.headers.get("CSeq").is_some_and(|c| c.contains("BYE"))
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "no 200 to the BYE");
+}
+
+/// One coturn session (an allocation), from its log lines.
+#[derive(Debug, Default)]
+struct TurnSession {
+    id: String,
+    username: String,
+    /// Over TCP or TLS (coturn names the TCP socket when it closes).
+    stream: bool,
+    /// Over TLS (coturn logs the cipher when the session starts).
+    tls: bool,
+    allocated: bool,
+    /// Packets relayed from / to peers ("peer usage: ... rp=, sp=", logged when it ends).
+    peer_rx: Option<u64>,
+    peer_tx: Option<u64>,
+}
+
+fn turn_sessions(turn_log: &str) -> Vec<TurnSession> {
+    let mut out: Vec<TurnSession> = vec![];
+    for line in turn_log.lines() {
+        let Some(rest) = line.split("session ").nth(1) else { continue };
+        let Some((id, what)) = rest.split_once(':') else { continue };
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let i = match out.iter().position(|s| s.id == id) {
+            Some(i) => i,
+            None => {
+                out.push(TurnSession { id: id.to_string(), ..Default::default() });
+                out.len() - 1
+            }
+        };
+        let s = &mut out[i];
+        if let Some(u) = what.split("username=<").nth(1).and_then(|u| u.split('>').next()) {
+            s.username = u.to_string();
+        }
+        s.allocated |= what.contains("ALLOCATE processed, success");
+        s.stream |= what.contains("TCP socket") || what.contains("TLS socket") || what.contains("TLS/TCP socket");
+        s.tls |= what.contains("method=TLS") || what.contains("TLS/TCP socket");
+        if what.contains("peer usage:") {
+            let field = |k: &str| what.split(&format!(" {k}=")).nth(1).and_then(|v| v.split(',').next()).and_then(|v| v.trim().parse().ok());
+            s.peer_rx = field("rp");
+            s.peer_tx = field("sp");
+        }
+    }
+    out
+}
+
+#[test]
+fn f2_from_a_site_that_drops_outgoing_udp_to_a_site_behind_a_cone_nat_is_relayed_over_turn_tcp_or_tls() {
+    if !lab::should_run("f2_from_a_site_that_drops_outgoing_udp_to_a_site_behind_a_cone_nat_is_relayed_over_turn_tcp_or_tls") {
+        return;
+    }
+    let mut lab = lab::Lab::up(&["hq:noudp:2", "br:cone:2"]);
+    let (at_caller, at_callee, turn_log) = f2_through_the_cloud_s_turn(&mut lab, false);
+    assert!((at_caller - 440.0).abs() < 20.0, "1001 (noudp site) heard {at_caller} Hz, expected 3001's 440 Hz");
+    assert!((at_callee - 1000.0).abs() < 20.0, "3001 (cone site) heard {at_callee} Hz, expected 1001's 1 kHz");
+    // The noudp site's gateway allocated over TCP or TLS, and the call's audio went through it
+    // (4 s at 50 packets/s each way).
+    let sessions = turn_sessions(&turn_log);
+    let hq: Vec<&TurnSession> = sessions.iter().filter(|s| s.username.ends_with(":hq") && s.allocated).collect();
+    assert!(hq.iter().any(|s| s.stream), "no successful ALLOCATE over TCP or TLS by hq in coturn's log: {sessions:#?}");
+    assert!(
+        hq.iter().any(|s| s.stream && s.peer_rx.unwrap_or(0) >= 150 && s.peer_tx.unwrap_or(0) >= 150),
+        "hq's stream allocation did not carry the call: {sessions:#?}"
+    );
+}
+
+#[test]
+fn f2_between_two_sites_behind_symmetric_nats_is_relayed_through_turn() {
+    if !lab::should_run("f2_between_two_sites_behind_symmetric_nats_is_relayed_through_turn") {
+        return;
+    }
+    let mut lab = lab::Lab::up(&["hq:sym:2", "br:sym:2"]);
+    let (at_caller, at_callee, turn_log) = f2_through_the_cloud_s_turn(&mut lab, false);
+    assert!((at_caller - 440.0).abs() < 20.0, "1001 heard {at_caller} Hz, expected 3001's 440 Hz");
+    assert!((at_callee - 1000.0).abs() < 20.0, "3001 heard {at_callee} Hz, expected 1001's 1 kHz");
+    let sessions = turn_sessions(&turn_log);
+    assert!(
+        sessions.iter().any(|s| s.allocated && s.peer_rx.unwrap_or(0) >= 150 && s.peer_tx.unwrap_or(0) >= 150),
+        "no allocation carried the call: {sessions:#?}"
+    );
+}
+
+/// With TURN handed out, two cone sites still talk directly: the gateways allocate relays
+/// eagerly (so a relayed candidate is ready if nothing else works), ICE prefers the
+/// server-reflexive pair, and no allocation carries the call's audio (only ICE checks: ~30
+/// packets each way in these ~6 s, against 200+ for the 4 s of audio at 50 packets/s).
+#[test]
+fn f2_between_two_cone_sites_with_turn_configured_stays_direct() {
+    if !lab::should_run("f2_between_two_cone_sites_with_turn_configured_stays_direct") {
+        return;
+    }
+    let mut lab = lab::Lab::up(&["hq:cone:2", "br:cone:2"]);
+    let (at_caller, at_callee, turn_log) = f2_through_the_cloud_s_turn(&mut lab, false);
+    assert!((at_caller - 440.0).abs() < 20.0, "1001 heard {at_caller} Hz, expected 3001's 440 Hz");
+    assert!((at_callee - 1000.0).abs() < 20.0, "3001 heard {at_callee} Hz, expected 1001's 1 kHz");
+    let sessions = turn_sessions(&turn_log);
+    assert!(sessions.iter().any(|s| s.allocated), "relays were allocated (eagerly): {sessions:#?}");
+    // Every allocation ended (deleted at hang-up, or its stream closed) and relayed little.
+    for s in sessions.iter().filter(|s| s.allocated) {
+        let (rx, tx) = (s.peer_rx.expect("coturn logs its usage when it ends"), s.peer_tx.unwrap_or(0));
+        assert!(rx < 100 && tx < 100, "session {} relayed {rx}/{tx} packets: media went through TURN: {sessions:#?}", s.id);
+    }
+}
+
+/// The same from the noudp site when the cloud hands out only `turns:` (TLS on 443): the
+/// gateway verifies coturn's certificate against the lab's CA (its `cloud_ca_file`).
+#[test]
+fn f2_from_a_site_that_drops_outgoing_udp_is_relayed_over_turn_tls_on_443() {
+    if !lab::should_run("f2_from_a_site_that_drops_outgoing_udp_is_relayed_over_turn_tls_on_443") {
+        return;
+    }
+    let mut lab = lab::Lab::up(&["hq:noudp:2", "br:cone:2"]);
+    let (at_caller, at_callee, turn_log) = f2_through_the_cloud_s_turn(&mut lab, true);
+    assert!((at_caller - 440.0).abs() < 20.0, "1001 (noudp site) heard {at_caller} Hz, expected 3001's 440 Hz");
+    assert!((at_callee - 1000.0).abs() < 20.0, "3001 (cone site) heard {at_callee} Hz, expected 1001's 1 kHz");
+    let sessions = turn_sessions(&turn_log);
+    assert!(
+        sessions.iter().any(|s| s.username.ends_with(":hq") && s.allocated && s.tls && s.peer_rx.unwrap_or(0) >= 150),
+        "hq's TLS allocation did not carry the call: {sessions:#?}"
+    );
+}
