@@ -737,6 +737,21 @@ impl Call {
                     SignalPayload::EndOfCandidates => {}
                 }
             }
+            ServerMsg::Outcome { outcome, duration_ms, .. }
+                if matches!(self.via, Via::Direct { .. })
+                    && self.direct_accepted
+                    && self.channel_open
+                    && self.connected_at.is_some()
+                    && self.phase != Phase::Ended =>
+            {
+                // The switch carries this call and ends it on the DataChannel: a cloud that
+                // closes its books (e.g. while it shuts down) does not cut the media.
+                self.cloud_final = true;
+                self.outcome = Some(outcome);
+                if duration_ms.is_some() {
+                    self.duration_ms = duration_ms;
+                }
+            }
             ServerMsg::Outcome { outcome, duration_ms, .. } => {
                 self.cloud_final = true;
                 // The cloud's outcome is final; a local failure text stays (it says more).
@@ -1041,6 +1056,21 @@ mod tests {
         c.on(Input::ChannelOpen, 4.0);
         c.on(Input::Direct(DirectServerMsg::Accepted { call_id: "c1".into() }), 5.0);
         c
+    }
+
+    #[test]
+    fn a_cloud_outcome_does_not_cut_a_call_the_switch_still_carries() {
+        let mut c = f1_accepted();
+        c.on(Input::Direct(DirectServerMsg::Progress { event: CallEvent::Connected }), 6.0);
+        assert_eq!(c.phase, Phase::Connected);
+        // The signal server shuts down and closes its books: the media goes on.
+        let a = c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Connected, duration_ms: Some(1000) }), 7.0);
+        assert!(a.is_empty(), "{a:?}");
+        assert_eq!(c.phase, Phase::Connected);
+        // The gateway ends it on the DataChannel later.
+        let a = c.on(Input::Direct(DirectServerMsg::Ended { outcome: Outcome::Connected }), 20.0);
+        assert!(msgs(&a).contains(&"Finished".to_string()), "{a:?}");
+        assert_eq!(c.phase, Phase::Ended);
     }
 
     #[test]
