@@ -6,6 +6,8 @@
 // from getStats(). Prints one line per test and, last, "N passed, N failed".
 //
 //   node natlab/e2e/run.mjs [name-filter]      (root; natlab/e2e/run.sh builds what it needs)
+//   node natlab/e2e/run.mjs --bench [N]        dial → first audio for N calls per scenario
+//                                              (key=value lines; NATLAB_BENCH_KV=file saves them)
 //
 // Env: TRUNKLINE_BIN_DIR (default target/debug), TRUNKLINE_WEB_ROOT (default dist),
 //      CHROMIUM (default /usr/bin/chromium), KEEP=1 keeps the lab and its folder with every log.
@@ -27,7 +29,7 @@ const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const LAB = path.join(ROOT, 'natlab', 'lab.sh');
 const { chromium } = createRequire(path.join(ROOT, 'web', 'e2e', 'package.json'))('playwright-core');
 
-const filter = process.argv[2] || '';
+const filter = process.argv[2] && process.argv[2] !== '--bench' ? process.argv[2] : '';
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'trunkline-natlab-e2e-'));
 const SECRET = 'natlab-e2e-turn-secret-0123456789';
 const SIGNAL_PORT = 8443;
@@ -183,7 +185,7 @@ async function startPhone(site, host, number, gw, wav) {
 
 // ------------------------------------------------------------------ browsers
 /** Chromium run inside network namespace `ns` (a wrapper script as its executable). */
-async function browserIn(site, host, micWav) {
+async function browserIn(site, host, micWav, { beforeLoad } = {}) {
   const ns = L[`SITE_${site}_HOST${host}_NS`];
   const wrapper = path.join(dir, `chromium-${ns}.sh`);
   fs.writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${ns} ${CHROMIUM} "$@"\n`, { mode: 0o755 });
@@ -211,6 +213,7 @@ async function browserIn(site, host, micWav) {
   page.webSockets = [];
   page.on('console', (m) => page.logs.push(`[${m.type()}] ${m.text()}`));
   page.on('websocket', (ws) => page.webSockets.push(ws.url()));
+  if (beforeLoad) await beforeLoad(page);
   await page.goto(cloud.url);
   return page;
 }
@@ -330,9 +333,12 @@ test('F1 softphone behind a symmetric NAT → site behind a symmetric NAT: relay
   assert.ok(pair && (pair.local === 'relay' || pair.remote === 'relay'), `relayed pair expected: ${JSON.stringify(pair)}`);
   // The cloud goes away mid-call: the media path does not go through it.
   await cloud.proc.stop();
-  const before = (await inbound(page)).packets;
-  await waitFor('audio after the signal server stopped', async () => (await inbound(page)).packets > before + 100, 15000, 250);
-  await cloud.restart();
+  try {
+    const before = (await inbound(page)).packets;
+    await waitFor('audio after the signal server stopped', async () => ((await inbound(page)) || { packets: 0 }).packets > before + 100, 15000, 250);
+  } finally {
+    await cloud.restart();
+  }
 });
 
 test('F1 from a home network that drops all outgoing UDP: TURN over TCP/TLS, audio both ways', async () => {
@@ -368,6 +374,47 @@ test('F3 desk phone at a site behind a symmetric NAT → switchless browser behi
   await hangup(page);
 });
 
+/** Forge every TURN credential the page gets (welcome / ice_servers): coturn answers 401. */
+const forgeTurn = (p) => p.routeWebSocket(/\/ws$/, (ws) => {
+  const server = ws.connectToServer();
+  ws.onMessage((m) => server.send(m));
+  server.onMessage((m) => {
+    const msg = typeof m === 'string' ? JSON.parse(m) : null;
+    if (msg && (msg.type === 'welcome' || msg.type === 'ice_servers')) {
+      for (const s of msg.ice_servers || []) if (s.credential) s.credential = `x${s.credential.slice(1)}`;
+      return ws.send(JSON.stringify(msg));
+    }
+    ws.send(m);
+  });
+});
+
+test('F1 with forged TURN credentials in the browser, symmetric NATs both sides: the gateway\'s own relay still carries the call', async () => {
+  const page = await browserIn('hs', 1, MIC_2001, { beforeLoad: forgeTurn });
+  await signIn(page, '2001');
+  await dial(page, '3001');
+  await callState(page, 'connected');
+  await audioArrives(page, '2001');
+  const pair = await selectedPair(page);
+  assert.ok(pair && pair.local !== 'relay' && pair.remote === 'relay', `the gateway's relay expected: ${JSON.stringify(pair)}`);
+  assert.match(fs.readFileSync(L.TURN_LOG, 'utf8'), /401/, 'coturn refused the forged credential');
+  await hangup(page);
+});
+
+test('F4 with forged TURN credentials, both browsers behind symmetric NATs: "Could not connect — network" within seconds, recorded connect_failed', async () => {
+  const a = await browserIn('hs', 1, MIC_2001, { beforeLoad: forgeTurn });
+  const b = await browserIn('hs2', 1, MIC_2002, { beforeLoad: forgeTurn });
+  await signIn(a, '2001');
+  await signIn(b, '2002');
+  const t0 = Date.now();
+  await dial(a, '2002');
+  await byId(b, 'incoming-answer').click({ timeout: 20000 });
+  await callState(a, 'ended', 40000);
+  const took = Date.now() - t0;
+  assert.equal((await byId(a, 'call-outcome').textContent()).trim(), 'Could not connect — network');
+  assert.ok(took < 30000, `an outcome within seconds, not a hang (${took} ms)`);
+  await waitFor('a connect_failed call record', () => cloud.calls().find((c) => c.caller === '2001' && c.callee === '2002' && c.outcome === 'connect_failed'), 15000, 250);
+});
+
 test('F4 two browsers behind symmetric NATs: relayed, audio both ways', async () => {
   const a = await browserIn('hs', 1, MIC_2001);
   const b = await browserIn('hs2', 1, MIC_2002);
@@ -398,6 +445,69 @@ test('F4 two browsers behind cone NATs: direct', async () => {
   await hangup(a);
 });
 
+// ------------------------------------------------------------------ benchmark
+/** CPU time (µs) a process has used, from /proc (utime + stime, in clock ticks of 10 ms). */
+function cpuMicros(pid) {
+  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * 10000;
+}
+
+const pct = (xs, p) => {
+  const v = [...xs].sort((a, b) => a - b);
+  return v[Math.min(v.length - 1, Math.floor((p / 100) * v.length))];
+};
+
+/** `n` F1 calls from `home` to `callee`, each timed from the dial click to the first audio
+ * packet the page receives (getStats polled every 5 ms in the page), hung up at once. */
+async function dialToFirstAudio(home, callee, n) {
+  const page = await browserIn(home, 1, MIC_2001);
+  await signIn(page, '2001');
+  const times = [];
+  for (let i = 0; i < n; i++) {
+    await page.evaluate(() => { window.__dialAt = performance.now(); });
+    await dial(page, callee);
+    const ms = await page.evaluate(() => new Promise((resolve, reject) => {
+      const end = performance.now() + 20000;
+      const tick = async () => {
+        const pc = window.trunkline && window.trunkline.pc;
+        if (pc) {
+          let got = 0;
+          (await pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'audio') got = s.packetsReceived || 0; });
+          if (got > 0) return resolve(performance.now() - window.__dialAt);
+        }
+        if (performance.now() > end) return reject(new Error('no audio within 20 s'));
+        setTimeout(tick, 5);
+      };
+      tick();
+    }));
+    times.push(ms);
+    await hangup(page);
+    await byId(page, 'call-state').waitFor({ state: 'detached', timeout: 10000 }).catch(() => {});
+  }
+  for (const c of cleanups.splice(0)) await c();
+  return { p50: pct(times, 50), p99: pct(times, 99), n };
+}
+
+async function bench(n, gateways) {
+  const kv = {};
+  const cpu0 = cpuMicros(gateways.hq.proc.child.pid);
+  const s1 = await dialToFirstAudio('hc', '1001', n);
+  const cpu1 = cpuMicros(gateways.hq.proc.child.pid);
+  const s2 = await dialToFirstAudio('hs', '3001', n);
+  const s3 = await dialToFirstAudio('hu', '1001', n);
+  Object.assign(kv, {
+    calls: n,
+    s1_p50: s1.p50.toFixed(1), s1_p99: s1.p99.toFixed(1),
+    s2_p50: s2.p50.toFixed(1), s2_p99: s2.p99.toFixed(1),
+    s3_p50: s3.p50.toFixed(1), s3_p99: s3.p99.toFixed(1),
+    gw_cpu_us_per_call: Math.round((cpu1 - cpu0) / n),
+  });
+  const text = Object.entries(kv).map(([k, v]) => `${k}=${v}`).join('\n') + '\n';
+  if (process.env.NATLAB_BENCH_KV) fs.writeFileSync(process.env.NATLAB_BENCH_KV, text);
+  console.log(text.trim());
+}
+
 // ------------------------------------------------------------------ runner
 async function main() {
   L = lab(['up', ID, ...SITES]);
@@ -412,6 +522,10 @@ async function main() {
   const br = await startGateway('branch', 'br');
   phones['1001'] = await startPhone('hq', 2, '1001', hq.sip, WAV_1001);
   phones['3001'] = await startPhone('br', 2, '3001', br.sip, WAV_3001);
+  if (process.argv[2] === '--bench') {
+    await bench(Number(process.argv[3] || 20), { hq, br });
+    return 0;
+  }
   let passed = 0, failed = 0;
   for (const t of tests.filter((t) => t.name.includes(filter))) {
     const started = Date.now();
