@@ -49,6 +49,26 @@ impl Bridges for FakeBridges {
     fn remote_answer(&mut self, _id: u64, answer: &str) -> Result<(), BridgeError> {
         if answer.starts_with("v=0") { Ok(()) } else { Err(BridgeError::BadOffer("not SDP".into())) }
     }
+
+    fn open_session(&mut self, offer: &str) -> Result<(u64, String), BridgeError> {
+        if !offer.starts_with("v=0") {
+            return Err(BridgeError::BadOffer("not SDP".into()));
+        }
+        self.0 += 1;
+        Ok((self.0, format!("v=0\r\nsession-answer-{}", self.0)))
+    }
+
+    fn attach(&mut self, id: u64, _phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
+        let port = 30000 + id * 2;
+        let phone_sdp = format!("v=0\r\no=gw 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n");
+        Ok(BridgeSetup { id, answer: String::new(), phone_sdp })
+    }
+
+    fn offer_session(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
+        let mut s = self.accept("v=0", Some(phone_offer))?;
+        s.answer = format!("v=0\r\nsession-offer-{}", s.id);
+        Ok(s)
+    }
 }
 
 const GW: &str = "10.0.0.1:5060";
@@ -588,4 +608,100 @@ fn several_contacts_all_ring_first_answer_wins_the_others_are_cancelled() {
     h.sip(addr(5072), &reply_text(&second, 200, "OK", "dev2", Some(SDP_B)));
     assert_eq!(h.responses_to(addr(5062)).pop().unwrap().status, 200, "the first answer connects the caller");
     assert_eq!(only_request(h.sent_to(addr(5070))).method, Method::Cancel, "the other contact is cancelled");
+}
+
+fn direct_signal(call: &str, payload: SignalPayload) -> LinkEvent {
+    LinkEvent::Msg(ServerMsg::DirectSignal { call_id: call.into(), payload })
+}
+
+#[test]
+fn c14_over_webrtc_the_offer_comes_through_the_cloud_the_key_on_the_datachannel_then_the_phone_rings() {
+    let mut h = H::new();
+    h.register("1002", 5070);
+    // An offer for a call that is not waiting here sets nothing up.
+    h.core.on_cloud(h.now, direct_signal("nope", SignalPayload::Offer { sdp: "v=0\r\n".into() }));
+    h.drain();
+    assert!(h.out.is_empty(), "{:?}", h.out);
+    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::CalleeQuery { call_id: "f1".into(), from: "2001".into(), from_name: "A".into(), to: "1002".into() }));
+    h.drain();
+    let key = match h.cloud_msgs().as_slice() {
+        [ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { key, .. }, .. }] => key.clone(),
+        other => panic!("{other:?}"),
+    };
+    // The caller's offer (through the cloud): a session leg answers it, through the cloud.
+    h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: "v=0\r\nbrowser".into() }));
+    h.drain();
+    let conn = SESSION_CONN | 1;
+    assert!(h.out.iter().any(|o| matches!(o, Output::SessionStart { id: 1, conn: c, call_id, present: None } if *c == conn && call_id == "f1")));
+    assert!(matches!(h.cloud_msgs().as_slice(), [ClientMsg::DirectSignal { payload: SignalPayload::Answer { sdp }, .. }] if sdp == "v=0\r\nsession-answer-1"));
+    // A second offer for the same call is ignored; late candidates reach the leg.
+    h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: "v=0\r\nagain".into() }));
+    h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Ice { candidate: "candidate:1 1 udp 1 203.0.113.9 5000 typ srflx".into(), sdp_mid: None, sdp_m_line_index: Some(0) }));
+    h.drain();
+    assert!(!h.out.iter().any(|o| matches!(o, Output::SessionStart { id: 2, .. })));
+    assert!(h.out.iter().any(|o| matches!(o, Output::SessionCandidate { id: 1, candidate } if candidate.contains("srflx"))));
+    // Nothing rings before the key.
+    assert!(h.sent_to(addr(5070)).is_empty());
+    // The leg was set up for f1: another call's key cannot be used on it (and is not spent).
+    h.out.clear();
+    h.core.on_direct(h.now, conn, DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: "other".into(), key: key.clone(), caller: "2001".into() });
+    h.drain();
+    assert!(matches!(direct_msgs(&mut h, conn).as_slice(), [DirectServerMsg::Error { code: ErrorCode::BadKey, .. }]));
+    assert!(h.sent_to(addr(5070)).is_empty());
+    // The right key: accepted, and at once the phone is rung through the session's bridge.
+    h.core.on_direct(h.now, conn, DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: "f1".into(), key, caller: "2001".into() });
+    h.drain();
+    assert_eq!(direct_msgs(&mut h, conn).first(), Some(&DirectServerMsg::Accepted { call_id: "f1".into() }));
+    let inv = only_request(h.sent_to(addr(5070)));
+    assert!(String::from_utf8_lossy(&inv.body).contains("m=audio 30002 "), "the phone is offered the session's bridge");
+    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStart { id: 1, .. })));
+}
+
+#[test]
+fn c14_over_webrtc_a_session_that_ends_before_its_key_frees_its_leg() {
+    let mut h = H::new();
+    h.register("1002", 5070);
+    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::CalleeQuery { call_id: "f1".into(), from: "2001".into(), from_name: "A".into(), to: "1002".into() }));
+    h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: "v=0\r\nbrowser".into() }));
+    h.drain();
+    h.out.clear();
+    // ICE never came up: the leg reports itself gone.
+    h.core.on_direct_gone(h.now, SESSION_CONN | 1);
+    h.drain();
+    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStop { id: 1 })));
+    // The call still waits for its key: a new attempt (e.g. after an ICE restart) may offer again.
+    h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: "v=0\r\nretry".into() }));
+    h.drain();
+    assert!(h.out.iter().any(|o| matches!(o, Output::SessionStart { id: 2, .. })));
+}
+
+#[test]
+fn f2_over_webrtc_the_caller_gateway_offers_through_the_cloud_and_presents_the_key_on_the_datachannel() {
+    let mut h = H::new();
+    h.invite("3001");
+    let call_id = match h.cloud_msgs().as_slice() {
+        [ClientMsg::RouteQuery { call_id, to, .. }] if to == "3001" => call_id.clone(),
+        other => panic!("{other:?}"),
+    };
+    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::Route { call_id: call_id.clone(), route: Route::Switch { switch_id: "branch".into(), url: "ws://branch/direct".into() } }));
+    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::Connect { call_id: call_id.clone(), url: "ws://branch/direct".into(), key: "K".repeat(22), expires_in_ms: 30_000 }));
+    h.drain();
+    // No ws:// dial: a session with the key to present, and the offer through the cloud.
+    assert!(!h.out.iter().any(|o| matches!(o, Output::DirectDial { .. })));
+    let present = h.out.iter().find_map(|o| match o {
+        Output::SessionStart { id: 1, present: Some(p), .. } => Some(p.clone()),
+        _ => None,
+    });
+    assert!(matches!(present, Some(DirectClientMsg::Present { ref key, ref caller, .. }) if *key == "K".repeat(22) && caller == "1001"), "{present:?}");
+    assert!(h.cloud_msgs().iter().any(|m| matches!(m, ClientMsg::DirectSignal { payload: SignalPayload::Offer { sdp }, .. } if sdp == "v=0\r\nsession-offer-1")));
+    // The callee switch's answer through the cloud starts the leg.
+    h.out.clear();
+    h.core.on_cloud(h.now, direct_signal(&call_id, SignalPayload::Answer { sdp: "v=0\r\nbranch-answer".into() }));
+    h.drain();
+    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStart { id: 1, .. })));
+    // The callee switch's progress on the DataChannel: connected → our phone gets its 200.
+    h.core.on_remote(h.now, 1, RemoteEvent::Accepted);
+    h.core.on_remote(h.now, 1, RemoteEvent::Progress(CallEvent::Connected));
+    h.drain();
+    assert_eq!(h.last_status(addr(5062)), 200);
 }
