@@ -16,7 +16,8 @@
 # median is reported), SAT_WARMUP_SECS (2), PAIRS (16 switch pairs), WINDOW (256 queries in
 # flight per caller switch), IDLE_CONNS (10000),
 # IDLE_SETTLE_SECS (12), TIME_LIMIT (1200 s for the whole run), SKIP_BUILD=1, KEEP_TMP=1,
-# ONLY="kamailio rate saturate idle gateway web" (a subset), OUT (default bench/results/latest.md).
+# ONLY="kamailio rate saturate idle gateway web natlab" (a subset), OUT (default bench/results/latest.md).
+# NAT lab phase (root): NATLAB_CALLS (20 calls per scenario: F1 cone→cone, sym→sym, UDP-blocked).
 # Gateway phase: GW_PARTS="register calls setup media" (a subset), REG_SECS (6), REG_WARMUP (2),
 # REG_SIPPS (2 sipp instances), REG_IN_FLIGHT ("50 200 400" per instance: one run each, the best
 # counts), REG_RATE (2000/s), REG_RATE_SECS (5), CALL_RATE (500/s), CALL_RATE_SECS (10),
@@ -44,7 +45,8 @@ PAIRS=${PAIRS:-16}
 WINDOW=${WINDOW:-256}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_SETTLE_SECS=${IDLE_SETTLE_SECS:-12}
-ONLY=${ONLY:-kamailio rate saturate idle gateway web}
+ONLY=${ONLY:-kamailio rate saturate idle gateway web natlab}
+NATLAB_CALLS=${NATLAB_CALLS:-20}
 GW_PARTS=${GW_PARTS:-register calls setup media}
 REG_SECS=${REG_SECS:-6}
 REG_WARMUP=${REG_WARMUP:-2}
@@ -606,8 +608,18 @@ if wants web && [[ -x $ROOT/web/build.sh ]]; then
     fi
 fi
 
+if wants natlab; then
+    if [[ $(id -u) -eq 0 && -f $ROOT/dist/index.html && -d $ROOT/web/e2e/node_modules/playwright-core ]]; then
+        log "calls across the NAT lab: dial → first audio, $NATLAB_CALLS calls per scenario (headless Chromium)"
+        NATLAB_BENCH_KV="$TMP/natlab.kv" "$ROOT/natlab/e2e/run.sh" --bench "$NATLAB_CALLS" >"$TMP/natlab.log" 2>&1 \
+            || log "NAT lab benchmark failed (see $TMP/natlab.log)"
+    else
+        log "NAT lab benchmark skipped: needs root, the built softphone (web phase) and web/setup.sh"
+    fi
+fi
+
 args=()
-for m in saturate rate idle kamailio gateway web; do
+for m in saturate rate idle kamailio gateway web natlab; do
     [[ -f $TMP/$m.kv ]] && args+=("--$m" "$TMP/$m.kv")
 done
 mkdir -p "$(dirname "$OUT")"

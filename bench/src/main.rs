@@ -234,6 +234,9 @@ enum Cmd {
         /// Browser softphone numbers (wasm_raw, wasm_gzip, tti_ms).
         #[arg(long)]
         web: Option<PathBuf>,
+        /// Calls across the NAT lab (natlab/e2e/run.mjs --bench).
+        #[arg(long)]
+        natlab: Option<PathBuf>,
         /// Date line (default: now, UTC, from `date`).
         #[arg(long)]
         date: Option<String>,
@@ -423,7 +426,7 @@ fn main() -> ExitCode {
                 })),
             }
         }
-        Cmd::Table { saturate, rate, idle, kamailio, gateway, web, date } => {
+        Cmd::Table { saturate, rate, idle, kamailio, gateway, web, natlab, date } => {
             let date = date.unwrap_or_else(|| {
                 std::process::Command::new("date")
                     .args(["-u", "+%Y-%m-%d %H:%M UTC"])
@@ -442,6 +445,7 @@ fn main() -> ExitCode {
                     kamailio: report::read_kv(kamailio.as_deref()),
                     gateway: report::read_kv(gateway.as_deref()),
                     web: report::read_kv(web.as_deref()),
+                    natlab: report::read_kv(natlab.as_deref()),
                     cores,
                     date,
                 })

@@ -49,6 +49,9 @@ pub struct Inputs {
     pub gateway: Kv,
     /// The browser softphone (wasm_raw, wasm_gzip, tti_ms).
     pub web: Kv,
+    /// Calls across the NAT lab (natlab/e2e/run.mjs --bench): calls, s{1,2,3}_p{50,99},
+    /// gw_cpu_us_per_call.
+    pub natlab: Kv,
     pub cores: usize,
     pub date: String,
 }
@@ -97,6 +100,22 @@ pub fn table(i: &Inputs) -> String {
     out.push_str(&format!(
         "| browser softphone: time to interactive on loopback (navigation → connected, median of 5) | {} ms | — | — | — |\n",
         or_na(num(&i.web, "tti_ms").map(|v| fmt_num(v, 0))),
+    ));
+    let calls = num(&i.natlab, "calls").map(|v| fmt_num(v, 0)).unwrap_or_else(|| "n/a".into());
+    for (key, what, goal) in [
+        ("s1", "https softphone behind a cone NAT → desk phone at a site behind a cone NAT (direct)", "p50 < 150 ms"),
+        ("s2", "softphone behind a symmetric NAT → site behind a symmetric NAT (relayed)", "p50 < 300 ms"),
+        ("s3", "softphone on a network that drops UDP → site behind a cone NAT (TURN over TCP/TLS)", "p50 < 300 ms"),
+    ] {
+        out.push_str(&format!(
+            "| F1 across NATs, {what}: dial → first audio, p50 / p99 ms ({calls} calls, headless Chromium) | {} / {} | — | — | {goal} |\n",
+            or_na(num(&i.natlab, &format!("{key}_p50")).map(|v| fmt_num(v, 1))),
+            or_na(num(&i.natlab, &format!("{key}_p99")).map(|v| fmt_num(v, 1))),
+        ));
+    }
+    out.push_str(&format!(
+        "| gateway CPU µs per F1 call with full ICE, STUN/TURN gathering and DTLS (set-up to hang-up at first audio) | {} | — | — | — |\n",
+        or_na(num(&i.natlab, "gw_cpu_us_per_call").map(|v| fmt_num(v, 0))),
     ));
     out.push_str(&format!("\nMachine: {} CPU cores; {}.\n", i.cores, i.date));
 
@@ -417,6 +436,7 @@ mod tests {
                 .collect(),
             gateway: Kv::new(),
             web: [("wasm_raw", "500000"), ("wasm_gzip", "190000")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            natlab: [("calls", "20"), ("s1_p50", "120.5")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             cores: 2,
             date: "today".into(),
         });
@@ -424,5 +444,6 @@ mod tests {
         assert!(t.contains("| 500,000 / 190,000 |"), "{t}");
         assert!(t.contains("| n/a ms |"), "time to interactive not measured: {t}");
         assert!(t.contains("at 5,000/s"), "{t}");
+        assert!(t.contains("(20 calls, headless Chromium) | 120.5 / n/a |"), "{t}");
     }
 }
