@@ -16,6 +16,14 @@ fi
 [ -d web/e2e/node_modules/playwright-core ] || { echo "error: playwright-core missing: run web/setup.sh" >&2; exit 1; }
 [ -f dist/index.html ] || { echo "error: dist/ is missing: run web/build.sh" >&2; exit 1; }
 natlab/lab.sh deps >&2
+# baresip's control port lives inside a site namespace; socat bridges it to a unix socket.
+for t in socat:socat curl:curl baresip:baresip; do
+  command -v "${t%%:*}" >/dev/null 2>&1 || missing="${missing:-} ${t##*:}"
+done
+if [ -n "${missing:-}" ]; then
+  echo "==> installing${missing}" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=900 --no-install-recommends ${missing} >/dev/null
+fi
 echo "==> building signal-server and switch-gateway (debug)" >&2
 cargo build -q --locked -p trunkline-signal-server -p trunkline-switch-gateway
 exec node natlab/e2e/run.mjs "$@"
