@@ -413,43 +413,7 @@ fn f2_desk_phone_to_desk_phone_between_two_sites_behind_cone_nats_goes_gateway_t
     wait_switch_online(&db_url, "hq");
     wait_switch_online(&db_url, "branch");
 
-    // 3001 at the branch site: registers, answers, plays 440 Hz, reports what it heard.
-    let (reg_tx, reg_rx) = std::sync::mpsc::channel();
-    let br_gw: SocketAddr = format!("{br_ip}:5060").parse().unwrap();
-    let callee_ip: std::net::IpAddr = lab.host_ip("br", 2).parse().unwrap();
-    let callee = in_netns(&lab.ns("br", 2), move || async move {
-        let sip = UdpSocket::bind((callee_ip, 0)).await.unwrap();
-        let rtp = Arc::new(UdpSocket::bind((callee_ip, 0)).await.unwrap());
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::time::timeout(Duration::from_secs(2), register_udp(&sip, br_gw, "3001", "pw-3001", 300, false)).await != Ok(200) {
-            assert!(tokio::time::Instant::now() < deadline, "3001 could not register");
-        }
-        let _ = reg_tx.send(());
-        let gw_rtp = answer_invite(&sip, rtp.local_addr().unwrap()).await;
-        let heard = play_and_record(rtp, gw_rtp, 440.0, 4.0).await;
-        dominant_frequency(&heard[heard.len().saturating_sub(4000)..], 8000)
-    });
-    reg_rx.recv_timeout(WAIT).expect("3001 registered");
-
-    // 1001 at the hq site calls 3001, plays 1 kHz.
-    let hq_gw: SocketAddr = format!("{hq_ip}:5060").parse().unwrap();
-    let caller_ip: std::net::IpAddr = lab.host_ip("hq", 2).parse().unwrap();
-    let caller = in_netns(&lab.ns("hq", 2), move || async move {
-        let sip = UdpSocket::bind((caller_ip, 0)).await.unwrap();
-        let rtp = Arc::new(UdpSocket::bind((caller_ip, 0)).await.unwrap());
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::time::timeout(Duration::from_secs(2), register_udp(&sip, hq_gw, "1001", "pw-1001", 300, false)).await != Ok(200) {
-            assert!(tokio::time::Instant::now() < deadline, "1001 could not register");
-        }
-        let ok = tokio::time::timeout(Duration::from_secs(30), invite(&sip, hq_gw, "3001", rtp.local_addr().unwrap()))
-            .await
-            .expect("the call is answered in time");
-        let gw_rtp = trunkline_media::sdp::Sdp::parse(&String::from_utf8_lossy(&ok.body)).unwrap().audio_rtp_addr().unwrap();
-        let heard = play_and_record(rtp, gw_rtp, 1000.0, 4.0).await;
-        dominant_frequency(&heard[heard.len().saturating_sub(4000)..], 8000)
-    });
-    let at_caller = caller.join().expect("1001's thread");
-    let at_callee = callee.join().expect("3001's thread");
+    let (at_caller, at_callee) = f2_phones(&lab, &hq_ip, &br_ip, false);
     assert!((at_caller - 440.0).abs() < 20.0, "1001 heard {at_caller} Hz, expected 3001's 440 Hz");
     assert!((at_callee - 1000.0).abs() < 20.0, "3001 heard {at_callee} Hz, expected 1001's 1 kHz");
     let turn_log = std::fs::read_to_string(lab.get("TURN_LOG")).unwrap_or_default();
@@ -460,6 +424,51 @@ fn f2_desk_phone_to_desk_phone_between_two_sites_behind_cone_nats_goes_gateway_t
     hq_thread.join().unwrap();
     let _ = br_stop.send(());
     br_thread.join().unwrap();
+}
+
+/// An F2 call between the desk phones of two sites: 3001 (site `br`, host 2) registers with
+/// the branch gateway at `br_ip`, answers and plays 440 Hz; 1001 (site `hq`, host 2) registers
+/// with hq at `hq_ip`, calls 3001 and plays 1 kHz, then hangs up when `hang_up_after` (so the
+/// sessions end, and release any TURN allocation, before the gateways do). Returns the
+/// dominant frequency each phone heard: (1001's, 3001's).
+fn f2_phones(lab: &lab::Lab, hq_ip: &str, br_ip: &str, hang_up_after: bool) -> (f32, f32) {
+    let register = |sip_ip: std::net::IpAddr, gw: SocketAddr, number: &'static str| async move {
+        let sip = UdpSocket::bind((sip_ip, 0)).await.unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let pw = format!("pw-{number}");
+        while tokio::time::timeout(Duration::from_secs(2), register_udp(&sip, gw, number, &pw, 300, false)).await != Ok(200) {
+            assert!(tokio::time::Instant::now() < deadline, "{number} could not register");
+        }
+        sip
+    };
+    let (reg_tx, reg_rx) = std::sync::mpsc::channel();
+    let br_gw: SocketAddr = format!("{br_ip}:5060").parse().unwrap();
+    let callee_ip: std::net::IpAddr = lab.host_ip("br", 2).parse().unwrap();
+    let callee = in_netns(&lab.ns("br", 2), move || async move {
+        let sip = register(callee_ip, br_gw, "3001").await;
+        let rtp = Arc::new(UdpSocket::bind((callee_ip, 0)).await.unwrap());
+        let _ = reg_tx.send(());
+        let gw_rtp = answer_invite(&sip, rtp.local_addr().unwrap()).await;
+        let heard = play_and_record(rtp, gw_rtp, 440.0, 4.0).await;
+        dominant_frequency(&heard[heard.len().saturating_sub(4000)..], 8000)
+    });
+    reg_rx.recv_timeout(WAIT).expect("3001 registered");
+    let hq_gw: SocketAddr = format!("{hq_ip}:5060").parse().unwrap();
+    let caller_ip: std::net::IpAddr = lab.host_ip("hq", 2).parse().unwrap();
+    let caller = in_netns(&lab.ns("hq", 2), move || async move {
+        let sip = register(caller_ip, hq_gw, "1001").await;
+        let rtp = Arc::new(UdpSocket::bind((caller_ip, 0)).await.unwrap());
+        let ok = tokio::time::timeout(Duration::from_secs(30), invite(&sip, hq_gw, "3001", rtp.local_addr().unwrap()))
+            .await
+            .expect("the call is answered in time");
+        let gw_rtp = trunkline_media::sdp::Sdp::parse(&String::from_utf8_lossy(&ok.body)).unwrap().audio_rtp_addr().unwrap();
+        let heard = play_and_record(rtp, gw_rtp, 1000.0, 4.0).await;
+        if hang_up_after {
+            hang_up(&sip, hq_gw, &ok).await;
+        }
+        dominant_frequency(&heard[heard.len().saturating_sub(4000)..], 8000)
+    });
+    (caller.join().expect("1001's thread"), callee.join().expect("3001's thread"))
 }
 
 /// 1001 calls `to` through `gw` with a digest-authenticated INVITE whose SDP names `rtp`;
@@ -660,43 +669,7 @@ fn f2_through_the_cloud_s_turn(lab: &mut lab::Lab, tls_only: bool) -> (f32, f32,
     wait_switch_online(&db_url, "hq");
     wait_switch_online(&db_url, "branch");
 
-    let (reg_tx, reg_rx) = std::sync::mpsc::channel();
-    let br_gw: SocketAddr = format!("{br_ip}:5060").parse().unwrap();
-    let callee_ip: std::net::IpAddr = lab.host_ip("br", 2).parse().unwrap();
-    let callee = in_netns(&lab.ns("br", 2), move || async move {
-        let sip = UdpSocket::bind((callee_ip, 0)).await.unwrap();
-        let rtp = Arc::new(UdpSocket::bind((callee_ip, 0)).await.unwrap());
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::time::timeout(Duration::from_secs(2), register_udp(&sip, br_gw, "3001", "pw-3001", 300, false)).await != Ok(200) {
-            assert!(tokio::time::Instant::now() < deadline, "3001 could not register");
-        }
-        let _ = reg_tx.send(());
-        let gw_rtp = answer_invite(&sip, rtp.local_addr().unwrap()).await;
-        let heard = play_and_record(rtp, gw_rtp, 440.0, 4.0).await;
-        dominant_frequency(&heard[heard.len().saturating_sub(4000)..], 8000)
-    });
-    reg_rx.recv_timeout(WAIT).expect("3001 registered");
-
-    let hq_gw: SocketAddr = format!("{hq_ip}:5060").parse().unwrap();
-    let caller_ip: std::net::IpAddr = lab.host_ip("hq", 2).parse().unwrap();
-    let caller = in_netns(&lab.ns("hq", 2), move || async move {
-        let sip = UdpSocket::bind((caller_ip, 0)).await.unwrap();
-        let rtp = Arc::new(UdpSocket::bind((caller_ip, 0)).await.unwrap());
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::time::timeout(Duration::from_secs(2), register_udp(&sip, hq_gw, "1001", "pw-1001", 300, false)).await != Ok(200) {
-            assert!(tokio::time::Instant::now() < deadline, "1001 could not register");
-        }
-        let ok = tokio::time::timeout(Duration::from_secs(30), invite(&sip, hq_gw, "3001", rtp.local_addr().unwrap()))
-            .await
-            .expect("the call is answered in time");
-        let gw_rtp = trunkline_media::sdp::Sdp::parse(&String::from_utf8_lossy(&ok.body)).unwrap().audio_rtp_addr().unwrap();
-        let heard = play_and_record(rtp, gw_rtp, 1000.0, 4.0).await;
-        // Hang up, so both sessions end (and release their allocations) before the gateways do.
-        hang_up(&sip, hq_gw, &ok).await;
-        dominant_frequency(&heard[heard.len().saturating_sub(4000)..], 8000)
-    });
-    let at_caller = caller.join().expect("1001's thread");
-    let at_callee = callee.join().expect("3001's thread");
+    let (at_caller, at_callee) = f2_phones(lab, &hq_ip, &br_ip, true);
     // The sessions' deletes (REFRESH with lifetime 0) reach coturn, which logs their usage.
     std::thread::sleep(Duration::from_secs(1));
     let _ = cloud_stop.send(());
