@@ -1147,7 +1147,12 @@ impl CallTask {
     async fn connect_failed(&mut self, why: String) {
         self.update(CallUpdate::Failed(format!("could not connect — network: {why}")));
         self.set_status(|s| s.direct_error = Some(format!("connect_failed: {why}")));
-        let msg = ClientMsg::ConnectFailed { call_id: self.call_id.clone(), reason: why.chars().take(200).collect() };
+        // ≤ 200 bytes (the protocol's limit), cut at a character boundary.
+        let mut reason = why.clone();
+        while reason.len() > 200 {
+            reason.pop();
+        }
+        let msg = ClientMsg::ConnectFailed { call_id: self.call_id.clone(), reason };
         if let Err(e) = self.inner.signal.send(&msg) {
             tracing::debug!("call {}: {e}", self.call_id);
         }

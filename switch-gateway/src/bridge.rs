@@ -349,6 +349,9 @@ pub enum SessionEvent {
 /// The DataChannel label a caller presents its key on (C14 over WebRTC).
 pub const DIRECT_CHANNEL: &str = trunkline_client::softphone::DIRECT_CHANNEL;
 
+/// How long an F2 caller's session waits for its DataChannel before the call fails.
+const SESSION_OPEN_WAIT: Duration = Duration::from_secs(20);
+
 /// How long a session waits for its key before it gives up (the key's own TTL is shorter).
 const SESSION_KEY_WAIT: Duration = Duration::from_secs(60);
 
@@ -549,6 +552,8 @@ struct SessionState {
     /// DataChannel text queued before the channel opened.
     dc_queue: Vec<String>,
     key_deadline: Instant,
+    /// F2 caller side: the DataChannel must open by then, or the connection failed.
+    open_deadline: Option<Instant>,
     /// TURN allocations, when the cloud gave TURN servers.
     turn: Option<Turn>,
 }
@@ -589,6 +594,7 @@ async fn run(
             events,
             probe: (!servers.stun.is_empty()).then(|| SrflxProbe::new(&servers.stun, ProbeTiming::default(), now)),
             dc: None,
+            open_deadline: on_open.is_some().then_some(now + SESSION_OPEN_WAIT),
             dc_queue: on_open.into_iter().collect(),
             key_deadline: now + SESSION_KEY_WAIT,
             turn: turn.filter(|t| !t.relays.is_empty()),
@@ -661,6 +667,7 @@ async fn run_loop(
                         {
                             tracing::debug!(%label, "session: DataChannel open");
                             s.dc = Some(id);
+                            s.open_deadline = None;
                             if let Some(mut ch) = rtc.channel(id) {
                                 for text in s.dc_queue.drain(..) {
                                     let _ = ch.write(false, text.as_bytes());
@@ -736,11 +743,21 @@ async fn run_loop(
         }
         let mut next_timeout = next_timeout;
         if let Some(s) = session.as_mut() {
-            if phone.is_none() && Instant::now() >= s.key_deadline {
-                let _ = rtc.close();
-                return "no key was presented in time";
+            // Only while waiting: a deadline in the past would make the loop spin.
+            if phone.is_none() {
+                if Instant::now() >= s.key_deadline {
+                    let _ = rtc.close();
+                    return "no key was presented in time";
+                }
+                next_timeout = next_timeout.min(s.key_deadline);
             }
-            next_timeout = next_timeout.min(s.key_deadline);
+            if let Some(t) = s.open_deadline {
+                if Instant::now() >= t {
+                    let _ = rtc.close();
+                    return "the direct connection could not be made";
+                }
+                next_timeout = next_timeout.min(t);
+            }
             if let Some(probe) = s.probe.as_mut() {
                 let now = Instant::now();
                 probe.handle_timeout(now);

@@ -820,6 +820,11 @@ impl Engine {
         if call.state == CallState::Connected && call.carrier.is_some() {
             return Err(wrong_state(call_id, call.state, "connect_failed (the call is connected: hang up)"));
         }
+        // F4 is `connected` at `accept`; a connection that worked for longer than a set-up can
+        // take did connect: that is a hang-up, and the record keeps its duration.
+        if call.state == CallState::Connected && call.connected_at.is_some_and(|t| now > t + self.cfg.key_ttl()) {
+            return Err(wrong_state(call_id, call.state, "connect_failed (the call has been connected for a while: hang up)"));
+        }
         let who = match party {
             Party::Device(n) => n.clone(),
             Party::Switch(s) => format!("switch {s}"),

@@ -1170,4 +1170,16 @@ fn connect_failed_ends_the_attempt_with_its_own_outcome_for_every_party() {
     h.msg(ALICE, r#"{"type":"connect_failed","call_id":"f4","reason":"ICE failed"}"#);
     assert_eq!(outcome_of(&h.to(BOB)), Some((Outcome::ConnectFailed, None)));
     assert_eq!(h.one_record().outcome, Outcome::ConnectFailed);
+    // A call that has been up for longer than a set-up can take cannot be rewritten as failed.
+    h.msg(ALICE, r#"{"type":"dial","call_id":"f4b","to":"2002"}"#);
+    let key = match h.to(BOB).as_slice() {
+        [S::Incoming { via: IncomingVia::Peer { key }, .. }] => key.clone(),
+        other => panic!("{other:?}"),
+    };
+    h.msg(BOB, &format!(r#"{{"type":"accept","call_id":"f4b","key":"{key}"}}"#));
+    h.advance(Duration::from_secs(120));
+    h.to(ALICE);
+    h.msg(ALICE, r#"{"type":"connect_failed","call_id":"f4b","reason":"late"}"#);
+    assert_eq!(h.error_code(ALICE), ErrorCode::WrongState);
+    assert!(h.records().is_empty());
 }

@@ -839,7 +839,8 @@ impl Core {
             Err(BridgeError::Unavailable) => {}
             Err(e) => {
                 tracing::warn!(%call_id, error = %e, "cannot set up the direct leg");
-                return self.fail_call(now, id, 488, "Not Acceptable Here", Some(&e.to_string()));
+                let (code, reason) = if e == BridgeError::NoPorts { (503, "Service Unavailable") } else { (488, "Not Acceptable Here") };
+                return self.fail_call(now, id, code, reason, Some(&e.to_string()));
             }
         }
         let setup = match self.bridges.offer(&phone_offer) {
@@ -901,6 +902,11 @@ impl Core {
                 if answered {
                     self.hangup(now, id, true, false);
                 } else {
+                    // The direct connection never came up: the cloud records why.
+                    if let Some(call_id) = self.calls.get(&id).and_then(|c| c.cloud_id.clone()) {
+                        let reason: String = why.chars().take(150).collect();
+                        self.cloud(ClientMsg::ConnectFailed { call_id, reason });
+                    }
                     self.fail_call(now, id, 503, "Service Unavailable", Some(&why));
                 }
             }

@@ -705,3 +705,23 @@ fn f2_over_webrtc_the_caller_gateway_offers_through_the_cloud_and_presents_the_k
     h.drain();
     assert_eq!(h.last_status(addr(5062)), 200);
 }
+
+#[test]
+fn f2_over_webrtc_a_connection_that_never_comes_up_is_connect_failed_and_the_phone_gets_503() {
+    let mut h = H::new();
+    h.invite("3001");
+    let call_id = match h.cloud_msgs().as_slice() {
+        [ClientMsg::RouteQuery { call_id, .. }] => call_id.clone(),
+        other => panic!("{other:?}"),
+    };
+    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::Route { call_id: call_id.clone(), route: Route::Switch { switch_id: "branch".into(), url: "ws://branch/direct".into() } }));
+    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::Connect { call_id: call_id.clone(), url: "ws://branch/direct".into(), key: "K".repeat(22), expires_in_ms: 30_000 }));
+    h.core.on_cloud(h.now, direct_signal(&call_id, SignalPayload::Answer { sdp: "v=0\r\nbranch-answer".into() }));
+    h.drain();
+    h.cloud_msgs();
+    // The session's DataChannel never opened (ICE failed): it reports itself gone.
+    h.core.on_remote(h.now, 1, RemoteEvent::Closed("the direct connection could not be made".into()));
+    h.drain();
+    assert!(matches!(h.cloud_msgs().as_slice(), [ClientMsg::ConnectFailed { call_id: c, .. }] if *c == call_id));
+    assert_eq!(h.last_status(addr(5062)), 503);
+}
