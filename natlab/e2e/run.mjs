@@ -116,7 +116,7 @@ async function startCloud() {
   for (const n of ['2001', '2002']) run(bin, ['account', 'add', '--number', n, '--name', `User ${n}`, '--password-file', '-', ...c], PASSWORD(n));
   run(bin, ['account', 'add', '--number', '1001', '--name', 'Reception', '--switch', 'hq', '--password-file', '-', ...c], PASSWORD('1001'));
   run(bin, ['account', 'add', '--number', '3001', '--name', 'Branch desk', '--switch', 'branch', '--password-file', '-', ...c], PASSWORD('3001'));
-  const proc = spawnIn(L.PUB_NS, 'signal-server', bin, ['run', ...c], { RUST_LOG: 'info' });
+  const proc = spawnIn(L.PUB_NS, 'signal-server', bin, ['run', ...c], { RUST_LOG: process.env.RUST_LOG || 'info,turn_client_proto=warn,stun_proto=warn' });
   const url = `https://${L.SIGNAL_IP}:${SIGNAL_PORT}`;
   await waitFor('the signal server (https)', () => {
     if (!proc.alive()) throw new Error(`signal-server exited:\n${proc.tail()}`);
@@ -141,7 +141,7 @@ async function startGateway(id, site) {
     `state_dir = "${dir}/${id}-state"`,
     '',
   ].join('\n'));
-  const proc = spawnIn(L[`SITE_${site}_HOST1_NS`], id, path.join(BIN, 'switch-gateway'), ['run', '--config', cfg], { RUST_LOG: 'info' });
+  const proc = spawnIn(L[`SITE_${site}_HOST1_NS`], id, path.join(BIN, 'switch-gateway'), ['run', '--config', cfg], { RUST_LOG: process.env.RUST_LOG || 'info,turn_client_proto=warn,stun_proto=warn' });
   await waitFor(`gateway ${id} online`, () => {
     if (!proc.alive()) throw new Error(`switch-gateway ${id} exited:\n${proc.tail()}`);
     const f = path.join(dir, `${id}-state`, 'phones.json');
@@ -507,7 +507,7 @@ async function main() {
   await startCloud();
   cloud.restart = async () => {
     const c = ['--config', cloud.cfg];
-    cloud.proc = spawnIn(L.PUB_NS, 'signal-server-2', cloud.bin, ['run', ...c], { RUST_LOG: 'info' });
+    cloud.proc = spawnIn(L.PUB_NS, 'signal-server-2', cloud.bin, ['run', ...c], { RUST_LOG: process.env.RUST_LOG || 'info,turn_client_proto=warn,stun_proto=warn' });
     await waitFor('the signal server again', () => inNs(L.PUB_NS, 'curl', ['-sk', '--max-time', '1', `${cloud.url}/healthz`]).stdout.includes('ok'), 20000, 200);
   };
   const hq = await startGateway('hq', 'hq');
