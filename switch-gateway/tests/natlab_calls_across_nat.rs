@@ -670,16 +670,28 @@ fn f2_through_the_cloud_s_turn(lab: &mut lab::Lab, tls_only: bool) -> (f32, f32,
     wait_switch_online(&db_url, "branch");
 
     let (at_caller, at_callee) = f2_phones(lab, &hq_ip, &br_ip, true);
-    // The sessions' deletes (REFRESH with lifetime 0) reach coturn, which logs their usage.
-    std::thread::sleep(Duration::from_secs(1));
+    // The hang-up ends both sessions, whose deletes (REFRESH with lifetime 0) make coturn log
+    // each allocation's usage: wait for those lines (before the gateways stop and take their
+    // sockets with them).
+    let log_path = lab.get("TURN_LOG").to_string();
+    let read = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let turn_log = lab::poll(
+        Duration::from_secs(15),
+        "coturn's usage line for every allocation",
+        || {
+            let text = read();
+            let sessions = turn_sessions(&text);
+            (sessions.iter().any(|s| s.allocated) && sessions.iter().filter(|s| s.allocated).all(|s| s.peer_rx.is_some()))
+                .then_some(text)
+        },
+        || format!("{:#?}", turn_sessions(&read())),
+    );
     let _ = cloud_stop.send(());
     cloud_thread.join().unwrap();
     let _ = hq_stop.send(());
     hq_thread.join().unwrap();
     let _ = br_stop.send(());
     br_thread.join().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let turn_log = std::fs::read_to_string(lab.get("TURN_LOG")).unwrap_or_default();
     (at_caller, at_callee, turn_log)
 }
 
