@@ -6,9 +6,10 @@
 //! frequency. A forged key on the DataChannel gets a typed `bad_key` and nothing rings.
 
 mod common;
+#[path = "common/scripted_phone.rs"]
+mod scripted_phone;
 use common::*;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -20,29 +21,6 @@ use trunkline_client::wav::{dominant_frequency, tone};
 use trunkline_client::webrtc::{AudioSource, MediaEvent, PeerOptions, WebRtcPeer};
 use trunkline_protocol::{ClientMsg, DirectClientMsg, DirectServerMsg, ErrorCode, Outcome, ServerMsg, SignalPayload, Step};
 
-/// Answer the next INVITE on `sip` with an SDP for `rtp`; returns the gateway's RTP address.
-async fn answer_invite(sip: &UdpSocket, rtp: SocketAddr) -> SocketAddr {
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let (n, from) = tokio::time::timeout(WAIT, sip.recv_from(&mut buf)).await.expect("INVITE in time").unwrap();
-        let Ok(trunkline_sip::Message::Request(req)) = trunkline_sip::parse(&buf[..n]) else { continue };
-        if req.method != trunkline_sip::Method::Invite {
-            continue;
-        }
-        let offer = String::from_utf8_lossy(&req.body).into_owned();
-        let gw_rtp = trunkline_media::sdp::Sdp::parse(&offer).unwrap().audio_rtp_addr().expect("an RTP address");
-        let mut ok = trunkline_sip::Response::to_request(&req, 200, "OK");
-        ok.set_to_tag("phone");
-        ok.headers.push("Contact", format!("<sip:1001@{}>", sip.local_addr().unwrap()));
-        let answer = format!(
-            "v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
-            rtp.port()
-        );
-        ok.set_body("application/sdp", answer.into_bytes());
-        sip.send_to(&ok.to_bytes(), from).await.unwrap();
-        return gw_rtp;
-    }
-}
 
 fn softphone_config(cloud: &Cloud) -> SoftphoneConfig {
     let mut cfg = SoftphoneConfig::new(cloud.ws_url.clone(), "2001", "pw-2001");
@@ -62,7 +40,7 @@ async fn f1_key_on_the_datachannel_then_the_phone_rings_and_audio_flows_both_way
 
     let alice = Softphone::login(softphone_config(&cloud)).await.unwrap();
     let call = alice.call("1001", AudioSource::tone(1000.0)).await.unwrap();
-    let gw_rtp = answer_invite(&sip, phone_rtp.local_addr().unwrap()).await;
+    let gw_rtp = scripted_phone::answer(&sip, phone_rtp.local_addr().unwrap()).await;
     let media = call.wait_media(WAIT).await.expect("the WebRTC leg to the gateway");
     media.wait_connected(WAIT).await.expect("ICE + DTLS straight to the gateway");
 

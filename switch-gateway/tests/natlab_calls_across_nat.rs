@@ -12,6 +12,8 @@
 //! sockets) lives in that namespace, as if it were its own machine. Needs root (see natlab/).
 
 mod common;
+#[path = "common/scripted_phone.rs"]
+mod scripted_phone;
 #[path = "../../natlab/rust/lab.rs"]
 mod lab;
 
@@ -140,7 +142,7 @@ fn start_phone(ns: &str, ip: &str, gw: SocketAddr, seconds: f32) -> Phone {
             assert!(tokio::time::Instant::now() < deadline, "the phone could not register: {r:?}");
         }
         let _ = registered_tx.send(());
-        let gw_rtp = answer_invite(&sip, rtp.local_addr().unwrap()).await;
+        let gw_rtp = scripted_phone::answer(&sip, rtp.local_addr().unwrap()).await;
         let send = {
             let rtp = rtp.clone();
             tokio::spawn(async move {
@@ -182,30 +184,6 @@ fn wait_switch_online(db_url: &str, id: &str) {
     rt.block_on(eventually(&format!("{id} online"), || switch_online(db_url, id)));
 }
 
-/// Answer the next INVITE on `sip` with an SDP for `rtp`; returns the gateway's RTP address.
-async fn answer_invite(sip: &UdpSocket, rtp: SocketAddr) -> SocketAddr {
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let (n, from) = tokio::time::timeout(WAIT, sip.recv_from(&mut buf)).await.expect("INVITE in time").unwrap();
-        let Ok(trunkline_sip::Message::Request(req)) = trunkline_sip::parse(&buf[..n]) else { continue };
-        if req.method != trunkline_sip::Method::Invite {
-            continue;
-        }
-        let offer = String::from_utf8_lossy(&req.body).into_owned();
-        let gw_rtp = trunkline_media::sdp::Sdp::parse(&offer).unwrap().audio_rtp_addr().expect("an RTP address");
-        let mut ok = trunkline_sip::Response::to_request(&req, 200, "OK");
-        ok.set_to_tag("phone");
-        ok.headers.push("Contact", format!("<sip:1001@{}>", sip.local_addr().unwrap()));
-        let ip = rtp.ip();
-        let answer = format!(
-            "v=0\r\no=phone 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
-            rtp.port()
-        );
-        ok.set_body("application/sdp", answer.into_bytes());
-        sip.send_to(&ok.to_bytes(), from).await.unwrap();
-        return gw_rtp;
-    }
-}
 
 /// What the softphone saw.
 #[derive(Debug)]
@@ -448,8 +426,8 @@ fn f2_phones(lab: &lab::Lab, hq_ip: &str, br_ip: &str, hang_up_after: bool) -> (
         let sip = register(callee_ip, br_gw, "3001").await;
         let rtp = Arc::new(UdpSocket::bind((callee_ip, 0)).await.unwrap());
         let _ = reg_tx.send(());
-        let gw_rtp = answer_invite(&sip, rtp.local_addr().unwrap()).await;
-        let heard = play_and_record(rtp, gw_rtp, 440.0, 4.0).await;
+        let gw_rtp = scripted_phone::answer(&sip, rtp.local_addr().unwrap()).await;
+        let heard = scripted_phone::play_and_record(rtp, gw_rtp, 440.0, 4.0).await;
         dominant_frequency(&heard[heard.len().saturating_sub(4000)..], 8000)
     });
     reg_rx.recv_timeout(WAIT).expect("3001 registered");
@@ -462,7 +440,7 @@ fn f2_phones(lab: &lab::Lab, hq_ip: &str, br_ip: &str, hang_up_after: bool) -> (
             .await
             .expect("the call is answered in time");
         let gw_rtp = trunkline_media::sdp::Sdp::parse(&String::from_utf8_lossy(&ok.body)).unwrap().audio_rtp_addr().unwrap();
-        let heard = play_and_record(rtp, gw_rtp, 1000.0, 4.0).await;
+        let heard = scripted_phone::play_and_record(rtp, gw_rtp, 1000.0, 4.0).await;
         if hang_up_after {
             hang_up(&sip, hq_gw, &ok).await;
         }
@@ -536,31 +514,6 @@ async fn invite(sip: &UdpSocket, gw: SocketAddr, to: &str, rtp: SocketAddr) -> t
     }
 }
 
-/// Send `secs` of `freq` as PCMU to `to` from `sock`, and collect what arrives meanwhile.
-async fn play_and_record(sock: Arc<UdpSocket>, to: SocketAddr, freq: f32, secs: f32) -> Vec<i16> {
-    let tx = sock.clone();
-    let send = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        for (i, frame) in tone(freq, secs, 8000).chunks(160).enumerate() {
-            tick.tick().await;
-            let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
-            pkt[2..4].copy_from_slice(&(i as u16).to_be_bytes());
-            pkt[4..8].copy_from_slice(&((i * 160) as u32).to_be_bytes());
-            pkt.extend(Law::Mu.encode_frame(frame));
-            let _ = tx.send_to(&pkt, to).await;
-        }
-    });
-    let mut heard: Vec<i16> = vec![];
-    let mut buf = vec![0u8; 2048];
-    while heard.len() < 8000 {
-        let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf)).await.expect("audio from the far phone").unwrap();
-        if n > 12 && buf[1] & 0x7f == 0 {
-            Law::Mu.decode_into(&buf[12..n], &mut heard);
-        }
-    }
-    let _ = send.await;
-    heard
-}
 
 // ---- TURN relays at the gateways (sessions allocate on coturn over UDP, TCP and TLS) ----
 

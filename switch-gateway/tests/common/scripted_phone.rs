@@ -74,7 +74,8 @@ pub async fn call(sip: &UdpSocket, gw: SocketAddr, to: &str, rtp: SocketAddr) ->
     }
 }
 
-/// 3001 answers the next INVITE with an SDP for `rtp`; returns the gateway's RTP address.
+/// Answer the next INVITE on `sip` (180 is not sent: 200 at once) with an SDP for `rtp` (its
+/// own address, so it works on a site LAN as on loopback); returns the gateway's RTP address.
 pub async fn answer(sip: &UdpSocket, rtp: SocketAddr) -> SocketAddr {
     loop {
         let (m, from) = next_msg(sip).await;
@@ -86,9 +87,10 @@ pub async fn answer(sip: &UdpSocket, rtp: SocketAddr) -> SocketAddr {
         let gw_rtp = trunkline_media::sdp::Sdp::parse(&offer).unwrap().audio_rtp_addr().unwrap();
         let mut ok = Response::to_request(&req, 200, "OK");
         ok.set_to_tag("callee");
-        ok.headers.push("Contact", format!("<sip:3001@{}>", sip.local_addr().unwrap()));
+        ok.headers.push("Contact", format!("<sip:phone@{}>", sip.local_addr().unwrap()));
+        let ip = rtp.ip();
         let sdp = format!(
-            "v=0\r\no=b 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
+            "v=0\r\no=b 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
             rtp.port()
         );
         ok.set_body("application/sdp", sdp.into_bytes());
