@@ -294,19 +294,21 @@ impl WebRtcPeer {
     /// Make the offer: one `sendrecv` audio m-line with PCMU, PCMA and telephone-event, all
     /// host candidates included. This side becomes the controlling ICE agent.
     pub fn create_offer(&mut self) -> Result<String, WebRtcError> {
-        let mut change = self.rtc.sdp_api();
-        let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
-        let (offer, pending) = change.apply().ok_or(WebRtcError::NoAudio)?;
-        self.pending = Some((pending, mid));
-        Ok(offer.to_sdp_string())
+        self.offer(None)
     }
 
     /// The offer for a direct connection to a switch (C14 over WebRTC): audio as in
     /// [`create_offer`](Self::create_offer), plus a DataChannel to present the key on.
     pub fn create_offer_with_channel(&mut self, label: &str) -> Result<String, WebRtcError> {
+        self.offer(Some(label))
+    }
+
+    fn offer(&mut self, channel: Option<&str>) -> Result<String, WebRtcError> {
         let mut change = self.rtc.sdp_api();
         let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
-        change.add_channel(label.to_string());
+        if let Some(label) = channel {
+            change.add_channel(label.to_string());
+        }
         let (offer, pending) = change.apply().ok_or(WebRtcError::NoAudio)?;
         self.pending = Some((pending, mid));
         Ok(offer.to_sdp_string())
@@ -930,14 +932,19 @@ impl Driver {
             let _ = socket.try_send_to(&bytes, to);
         }
         let mut found = vec![];
+        let mut done = false;
         while let Some(ev) = probe.poll_event() {
-            if let ProbeEvent::Mapped { mapped, .. } = ev
-                && mapped != base
-            {
-                found.push(mapped);
+            match ev {
+                ProbeEvent::Mapped { mapped, .. } if mapped != base => found.push(mapped),
+                ProbeEvent::Done => done = true,
+                _ => {}
             }
         }
         let next = probe.poll_timeout();
+        if done {
+            // Nothing more to send or match on every datagram.
+            self.probe = None;
+        }
         for mapped in found {
             if let Ok(c) = Candidate::server_reflexive(mapped, base, "udp") {
                 let line = c.to_sdp_string();

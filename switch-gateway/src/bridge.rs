@@ -224,6 +224,30 @@ impl DriverBridges {
     }
 }
 
+impl DriverBridges {
+    /// F2 caller side: a full-ICE leg offering audio (and, for a session, the DataChannel the
+    /// key goes on), with the phone side answering `phone_offer`.
+    fn make_offer(&mut self, phone_offer: &str, channel: bool) -> Result<BridgeSetup, BridgeError> {
+        let (mut rtc, ice, candidate) = self.rtc_and_socket(false)?;
+        let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
+        self.next += 1;
+        let id = self.next;
+        let (phone_sdp, law, te_pt) = self.phone_side(id, phone.rtp_port(), Law::Mu, Some(phone_offer))?;
+        let phone = Some(PhoneLeg { sockets: phone, law, te_pt });
+        let mut change = rtc.sdp_api();
+        let mid = change.add_media(MediaKind::Audio, MediaDirection::SendRecv, None, None, None);
+        if channel {
+            change.add_channel(DIRECT_CHANNEL.to_string());
+        }
+        let (offer, pending) = change.apply().ok_or_else(|| BridgeError::BadOffer("no media to offer".into()))?;
+        self.pending
+            .lock()
+            .unwrap()
+            .insert(id, PendingBridge { rtc, ice, candidate, phone, offer: Some(pending), mid: Some(mid), remote_ips: vec![] });
+        Ok(BridgeSetup { id, answer: offer.to_sdp_string(), phone_sdp })
+    }
+}
+
 impl Bridges for DriverBridges {
     fn accept(&mut self, offer: &str, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?;
@@ -278,38 +302,11 @@ impl Bridges for DriverBridges {
     }
 
     fn offer(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
-        let (mut rtc, ice, candidate) = self.rtc_and_socket(false)?;
-        let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
-        self.next += 1;
-        let id = self.next;
-        let (phone_sdp, law, te_pt) = self.phone_side(id, phone.rtp_port(), Law::Mu, Some(phone_offer))?;
-        let phone = Some(PhoneLeg { sockets: phone, law, te_pt });
-        let mut change = rtc.sdp_api();
-        let mid = change.add_media(MediaKind::Audio, MediaDirection::SendRecv, None, None, None);
-        let (offer, pending) = change.apply().ok_or_else(|| BridgeError::BadOffer("no media to offer".into()))?;
-        self.pending
-            .lock()
-            .unwrap()
-            .insert(id, PendingBridge { rtc, ice, candidate, phone, offer: Some(pending), mid: Some(mid), remote_ips: vec![] });
-        Ok(BridgeSetup { id, answer: offer.to_sdp_string(), phone_sdp })
+        self.make_offer(phone_offer, false)
     }
 
     fn offer_session(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
-        let (mut rtc, ice, candidate) = self.rtc_and_socket(false)?;
-        let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
-        self.next += 1;
-        let id = self.next;
-        let (phone_sdp, law, te_pt) = self.phone_side(id, phone.rtp_port(), Law::Mu, Some(phone_offer))?;
-        let phone = Some(PhoneLeg { sockets: phone, law, te_pt });
-        let mut change = rtc.sdp_api();
-        let mid = change.add_media(MediaKind::Audio, MediaDirection::SendRecv, None, None, None);
-        change.add_channel(DIRECT_CHANNEL.to_string());
-        let (offer, pending) = change.apply().ok_or_else(|| BridgeError::BadOffer("no media to offer".into()))?;
-        self.pending
-            .lock()
-            .unwrap()
-            .insert(id, PendingBridge { rtc, ice, candidate, phone, offer: Some(pending), mid: Some(mid), remote_ips: vec![] });
-        Ok(BridgeSetup { id, answer: offer.to_sdp_string(), phone_sdp })
+        self.make_offer(phone_offer, true)
     }
 
     fn remote_answer(&mut self, id: u64, answer: &str) -> Result<(), BridgeError> {
@@ -758,6 +755,7 @@ async fn run_loop(
                 }
                 next_timeout = next_timeout.min(t);
             }
+            let mut probe_done = false;
             if let Some(probe) = s.probe.as_mut() {
                 let now = Instant::now();
                 probe.handle_timeout(now);
@@ -779,12 +777,16 @@ async fn run_loop(
                             }
                         }
                         ProbeEvent::Unreachable { server, why } => tracing::debug!(%server, %why, "session: STUN server unreachable"),
-                        ProbeEvent::Done => {}
+                        // Every server answered or gave up: no more work on this per-packet path.
+                        ProbeEvent::Done => probe_done = true,
                     }
                 }
                 if let Some(t) = probe.poll_timeout() {
                     next_timeout = next_timeout.min(t);
                 }
+            }
+            if probe_done {
+                s.probe = None;
             }
             if let Some(turn) = s.turn.as_mut() {
                 let now = Instant::now();
