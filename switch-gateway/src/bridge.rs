@@ -681,10 +681,8 @@ async fn run_loop(
                             let _ = s.events.send(SessionEvent::Dc(text));
                         }
                     }
-                    Event::ChannelClose(id) => {
-                        if session.as_ref().is_some_and(|s| s.dc == Some(id)) {
-                            return "the caller closed the DataChannel";
-                        }
+                    Event::ChannelClose(id) if session.as_ref().is_some_and(|s| s.dc == Some(id)) => {
+                        return "the caller closed the DataChannel";
                     }
                     Event::Connected => {
                         if let Some(w) = mid.and_then(|m| rtc.writer(m)) {

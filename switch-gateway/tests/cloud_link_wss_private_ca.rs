@@ -35,12 +35,14 @@ async fn tls_cloud(dir: &std::path::Path, pki: &Pki) -> (String, String, tokio::
     let (cert_file, key_file) = (dir.join("cloud-cert.pem"), dir.join("cloud-key.pem"));
     std::fs::write(&cert_file, &pki.cert_pem).unwrap();
     std::fs::write(&key_file, &pki.key_pem).unwrap();
-    let mut cfg = signal_server::Config::default();
-    cfg.database_url = db_url.clone();
-    cfg.web_root = dir.join("no-web");
+    let mut cfg = signal_server::Config {
+        database_url: db_url.clone(),
+        web_root: dir.join("no-web"),
+        tls: Some(signal_server::config::TlsConfig { cert_file, key_file }),
+        ..Default::default()
+    };
     cfg.auth.password_hash_memory_kib = 64;
     cfg.auth.password_hash_iterations = 1;
-    cfg.tls = Some(signal_server::config::TlsConfig { cert_file, key_file });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

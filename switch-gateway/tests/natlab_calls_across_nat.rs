@@ -55,6 +55,16 @@ where
 /// The signal server in the lab's public namespace at 203.0.113.20, with STUN from coturn.
 /// Returns when it serves; stops when `stop` fires.
 fn start_signal_server(lab: &lab::Lab, dir: &std::path::Path) -> (String, String, oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+    start_signal_server_ice(lab, dir, vec![])
+}
+
+/// As [`start_signal_server`], also handing out `turn_urls` with credentials minted from
+/// `TURN_SECRET` (empty: STUN only).
+fn start_signal_server_ice(
+    lab: &lab::Lab,
+    dir: &std::path::Path,
+    turn_urls: Vec<String>,
+) -> (String, String, oneshot::Sender<()>, std::thread::JoinHandle<()>) {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let db_url = format!("sqlite://{}", dir.join("cloud.db").display());
@@ -66,12 +76,14 @@ fn start_signal_server(lab: &lab::Lab, dir: &std::path::Path) -> (String, String
     let db = db_url.clone();
     let thread = in_netns(&lab.pub_ns(), move || async move {
         provision(&db_url).await;
-        let mut cfg = signal_server::Config::default();
-        cfg.database_url = db_url;
-        cfg.web_root = web_root;
+        let mut cfg = signal_server::Config { database_url: db_url, web_root, ..Default::default() };
         cfg.auth.password_hash_memory_kib = 64;
         cfg.auth.password_hash_iterations = 1;
         cfg.ice.stun_urls = vec![format!("stun:{turn_ip}:3478")];
+        if !turn_urls.is_empty() {
+            cfg.ice.turn_urls = turn_urls;
+            cfg.ice.turn_secret_file = Some(secret_file);
+        }
         let listener = tokio::net::TcpListener::bind(addr).await.expect("signal server port in the pub namespace");
         let _ = ready_tx.send(());
         signal_server::run(cfg, listener, async move {
@@ -90,6 +102,18 @@ fn start_gateway(ns: &str, ip: &str, cloud: &str, dir: &std::path::Path) -> (one
 }
 
 fn start_gateway_id(id: &str, ns: &str, ip: &str, cloud: &str, dir: &std::path::Path) -> (oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+    start_gateway_with(id, ns, ip, cloud, dir, None)
+}
+
+/// Gateway `id`; `ca` (the lab's TURN CA) is trusted for `turns:` when given.
+fn start_gateway_with(
+    id: &str,
+    ns: &str,
+    ip: &str,
+    cloud: &str,
+    dir: &std::path::Path,
+    ca: Option<&str>,
+) -> (oneshot::Sender<()>, std::thread::JoinHandle<()>) {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let secret_file = dir.join(format!("{id}.secret"));
     std::fs::write(&secret_file, secret_of(id)).unwrap();
@@ -97,6 +121,7 @@ fn start_gateway_id(id: &str, ns: &str, ip: &str, cloud: &str, dir: &std::path::
         id: id.into(),
         secret_file,
         cloud_url: cloud.into(),
+        cloud_ca_file: ca.map(Into::into),
         sip_listen: format!("{ip}:5060").parse().unwrap(),
         direct_listen: format!("{ip}:7443").parse().unwrap(),
         advertise_url: format!("ws://{ip}:7443/direct"),
@@ -517,96 +542,19 @@ async fn invite(sip: &UdpSocket, gw: SocketAddr, to: &str, rtp: SocketAddr) -> t
 
 // ---- TURN relays at the gateways (sessions allocate on coturn over UDP, TCP and TLS) ----
 
-/// The signal server as [`start_signal_server`], also handing out coturn's TURN URLs (UDP, TCP,
-/// TLS; only `turns:` when `tls_only`) with TURN REST credentials minted from the secret coturn
-/// was started with.
+/// The signal server handing out the lab's TURN URLs (only `turns:` with `tls_only`).
 fn start_signal_server_with_turn(
     lab: &lab::Lab,
     dir: &std::path::Path,
     tls_only: bool,
 ) -> (String, String, oneshot::Sender<()>, std::thread::JoinHandle<()>) {
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    let db_url = format!("sqlite://{}", dir.join("cloud.db").display());
-    let secret_file = dir.join("turn.secret");
-    std::fs::write(&secret_file, TURN_SECRET).unwrap();
-    let addr: SocketAddr = format!("{}:{SIGNAL_PORT}", lab.get("SIGNAL_IP")).parse().unwrap();
-    let turn_ip = lab.get("TURN_IP").to_string();
-    let mut turn_urls = vec![
-        lab.get("TURN_URL_UDP").to_string(),
-        lab.get("TURN_URL_TCP").to_string(),
-        lab.get("TURN_URL_TLS").to_string(),
-    ];
-    assert_eq!(
-        turn_urls,
-        [
-            format!("turn:{turn_ip}:3478?transport=udp"),
-            format!("turn:{turn_ip}:3478?transport=tcp"),
-            format!("turns:{turn_ip}:443?transport=tcp")
-        ]
-    );
+    let mut turn_urls: Vec<String> = ["TURN_URL_UDP", "TURN_URL_TCP", "TURN_URL_TLS"].iter().map(|k| lab.get(k).to_string()).collect();
     if tls_only {
         turn_urls.drain(..2);
     }
-    let web_root = dir.join("no-web");
-    let db = db_url.clone();
-    let thread = in_netns(&lab.pub_ns(), move || async move {
-        provision(&db_url).await;
-        let mut cfg = signal_server::Config::default();
-        cfg.database_url = db_url;
-        cfg.web_root = web_root;
-        cfg.auth.password_hash_memory_kib = 64;
-        cfg.auth.password_hash_iterations = 1;
-        cfg.ice.stun_urls = vec![format!("stun:{turn_ip}:3478")];
-        cfg.ice.turn_urls = turn_urls;
-        cfg.ice.turn_secret_file = Some(secret_file);
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("signal server port in the pub namespace");
-        let _ = ready_tx.send(());
-        signal_server::run(cfg, listener, async move {
-            let _ = stop_rx.await;
-        })
-        .await
-        .expect("signal server runs");
-    });
-    ready_rx.recv_timeout(WAIT).expect("signal server listening");
-    (format!("ws://{addr}/ws"), db, stop_tx, thread)
+    start_signal_server_ice(lab, dir, turn_urls)
 }
 
-/// Gateway `id` as [`start_gateway_id`], trusting `ca` (the lab's TURN CA) for `turns:`.
-fn start_gateway_with_ca(
-    id: &str,
-    ns: &str,
-    ip: &str,
-    cloud: &str,
-    dir: &std::path::Path,
-    ca: &str,
-) -> (oneshot::Sender<()>, std::thread::JoinHandle<()>) {
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let secret_file = dir.join(format!("{id}.secret"));
-    std::fs::write(&secret_file, secret_of(id)).unwrap();
-    let config = switch_gateway::Config {
-        id: id.into(),
-        secret_file,
-        cloud_url: cloud.into(),
-        cloud_ca_file: Some(ca.into()),
-        sip_listen: format!("{ip}:5060").parse().unwrap(),
-        direct_listen: format!("{ip}:7443").parse().unwrap(),
-        advertise_url: format!("ws://{ip}:7443/direct"),
-        rtp_ports: "40000-40199".into(),
-        state_dir: dir.join(format!("{id}-state")),
-        ring_timeout_secs: 10,
-        ..Default::default()
-    };
-    let thread = in_netns(ns, move || async move {
-        let sockets = switch_gateway::Sockets::bind(&config).await.expect("gateway sockets on the site LAN");
-        switch_gateway::run(config, sockets, async move {
-            let _ = stop_rx.await;
-        })
-        .await
-        .expect("gateway runs");
-    });
-    (stop_tx, thread)
-}
 
 /// F2 between gateway "hq" (site `hq`, host 1; caller 1001 on host 2) and gateway "branch" (site
 /// `br`, host 1; callee 3001 on host 2), both trusting the lab's TURN CA, with TURN handed out by
@@ -617,8 +565,8 @@ fn f2_through_the_cloud_s_turn(lab: &mut lab::Lab, tls_only: bool) -> (f32, f32,
     let tmp = tempfile::tempdir().unwrap();
     let (cloud, db_url, cloud_stop, cloud_thread) = start_signal_server_with_turn(lab, tmp.path(), tls_only);
     let (hq_ip, br_ip) = (lab.host_ip("hq", 1), lab.host_ip("br", 1));
-    let (hq_stop, hq_thread) = start_gateway_with_ca("hq", &lab.ns("hq", 1), &hq_ip, &cloud, tmp.path(), &ca);
-    let (br_stop, br_thread) = start_gateway_with_ca("branch", &lab.ns("br", 1), &br_ip, &cloud, tmp.path(), &ca);
+    let (hq_stop, hq_thread) = start_gateway_with("hq", &lab.ns("hq", 1), &hq_ip, &cloud, tmp.path(), Some(&ca));
+    let (br_stop, br_thread) = start_gateway_with("branch", &lab.ns("br", 1), &br_ip, &cloud, tmp.path(), Some(&ca));
     wait_switch_online(&db_url, "hq");
     wait_switch_online(&db_url, "branch");
 

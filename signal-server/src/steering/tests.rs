@@ -1058,10 +1058,10 @@ fn ice_json(call: &str) -> String {
     )
 }
 fn is_direct_signal(msgs: &[S], call: &str, kind: &str) -> bool {
-    matches!(msgs, [S::DirectSignal { call_id, payload }] if call_id == call && match (kind, payload) {
-        ("offer", SignalPayload::Offer { .. }) | ("answer", SignalPayload::Answer { .. }) | ("ice", SignalPayload::Ice { .. }) => true,
-        _ => false,
-    })
+    matches!(msgs, [S::DirectSignal { call_id, payload }] if call_id == call && matches!(
+        (kind, payload),
+        ("offer", SignalPayload::Offer { .. }) | ("answer", SignalPayload::Answer { .. }) | ("ice", SignalPayload::Ice { .. })
+    ))
 }
 
 #[test]

@@ -613,7 +613,7 @@ impl Core {
         self.out.push_back(Output::BridgeStart { id: setup.id, phone: None });
         let id = self.next_call;
         self.next_call += 1;
-        let caller_name = Some(format!("{}", entry.presenter));
+        let caller_name = Some(entry.presenter.to_string());
         self.calls.insert(
             id,
             Call {
@@ -1612,7 +1612,7 @@ impl Core {
                         call.forks.iter().filter_map(|f| if let ForkState::Failed(c) = f.state { Some(c) } else { None }).collect();
                     let (code, reason) = if codes.iter().any(|c| *c == 486 || *c == 600) {
                         (486, "Busy Here")
-                    } else if codes.iter().any(|c| *c == 603) {
+                    } else if codes.contains(&603) {
                         (603, "Decline")
                     } else {
                         (480, "Temporarily Unavailable")
