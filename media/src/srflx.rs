@@ -63,9 +63,7 @@ impl NatKind {
     pub fn describe(self) -> &'static str {
         match self {
             NatKind::None => "no NAT: the socket's own address is public",
-            NatKind::EndpointIndependent => {
-                "endpoint-independent mapping (cone NAT): direct calls can work with STUN alone"
-            }
+            NatKind::EndpointIndependent => "endpoint-independent mapping (cone NAT): direct calls can work with STUN alone",
             NatKind::EndpointDependent => {
                 "endpoint-dependent mapping (symmetric NAT): calls to parties behind NAT need a TURN relay"
             }
@@ -140,10 +138,8 @@ impl SrflxProbe {
         let max = self.timing.max_transmits;
         for r in self.requests.iter_mut().filter(|r| !r.done && r.sent >= max && r.next_at <= now) {
             r.done = true;
-            self.events.push_back(ProbeEvent::Unreachable {
-                server: r.server,
-                why: format!("no answer to {max} Binding requests"),
-            });
+            self.events
+                .push_back(ProbeEvent::Unreachable { server: r.server, why: format!("no answer to {max} Binding requests") });
         }
         self.check_done();
     }
@@ -315,10 +311,7 @@ mod tests {
         p.handle_input(a, &r1, t0);
         assert_eq!(drain(&mut p), vec![ProbeEvent::Mapped { server: a, mapped: addr("198.51.100.1:40000") }]);
         p.handle_input(b, &reply(&req2, addr("198.51.100.1:40000")), t0);
-        assert_eq!(
-            drain(&mut p),
-            vec![ProbeEvent::Mapped { server: b, mapped: addr("198.51.100.1:40000") }, ProbeEvent::Done]
-        );
+        assert_eq!(drain(&mut p), vec![ProbeEvent::Mapped { server: b, mapped: addr("198.51.100.1:40000") }, ProbeEvent::Done]);
         assert_eq!(p.poll_timeout(), None);
     }
 

@@ -28,7 +28,9 @@ pub const MIN_SECRET_BYTES: usize = 16;
 pub enum IceError {
     #[error("ice.turn_secret_file {path}: {source}")]
     SecretFile { path: PathBuf, source: std::io::Error },
-    #[error("ice.turn_secret_file {path}: the secret must be at least {MIN_SECRET_BYTES} bytes (whitespace around it is ignored)")]
+    #[error(
+        "ice.turn_secret_file {path}: the secret must be at least {MIN_SECRET_BYTES} bytes (whitespace around it is ignored)"
+    )]
     SecretTooShort { path: PathBuf },
 }
 
@@ -172,11 +174,8 @@ mod tests {
     #[test]
     fn secret_file_errors_are_typed() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = |p: PathBuf| IceConfig {
-            turn_urls: vec!["turn:t:3478".into()],
-            turn_secret_file: Some(p),
-            ..IceConfig::default()
-        };
+        let cfg =
+            |p: PathBuf| IceConfig { turn_urls: vec!["turn:t:3478".into()], turn_secret_file: Some(p), ..IceConfig::default() };
         let missing = dir.path().join("missing");
         assert!(matches!(IceServers::from_config(&cfg(missing)), Err(IceError::SecretFile { .. })));
         let short = dir.path().join("short");
@@ -186,6 +185,9 @@ mod tests {
         std::fs::write(&good, "north-wind-0123456789\n").unwrap();
         let s = IceServers::from_config(&cfg(good)).unwrap();
         // The trailing newline is not part of the secret (coturn's static-auth-secret has none).
-        assert_eq!(s.mint("u", 0)[0].credential.as_deref(), Some(turn_rest_password(b"north-wind-0123456789", "86400:u").as_str()));
+        assert_eq!(
+            s.mint("u", 0)[0].credential.as_deref(),
+            Some(turn_rest_password(b"north-wind-0123456789", "86400:u").as_str())
+        );
     }
 }
