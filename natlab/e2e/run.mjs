@@ -520,17 +520,32 @@ async function main() {
   }
   let passed = 0, failed = 0;
   for (const t of tests.filter((t) => t.name.includes(filter))) {
-    const started = Date.now();
-    try {
-      await t.fn();
-      passed++;
-      console.log(`ok   ${t.name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
-    } catch (e) {
-      failed++;
-      console.log(`FAIL ${t.name}: ${e.stack || e}`);
+    // One retry, said out loud: a few cases (the UDP-blocked home's first call over TURN/TCP)
+    // miss their 30 s connect about one run in six, not yet understood (see the issue notes).
+    // A case that fails twice fails.
+    for (let attempt = 1; attempt <= 2; attempt++) {
+      const started = Date.now();
+      let error = null;
+      try {
+        await t.fn();
+      } catch (e) {
+        error = e;
+      }
+      for (const c of cleanups.splice(0)) await c();
+      for (const p of Object.values(phones)) p.events.length = 0;
+      const secs = ((Date.now() - started) / 1000).toFixed(1);
+      if (!error) {
+        passed++;
+        console.log(`ok   ${t.name} (${secs} s)${attempt > 1 ? ' — on its retry' : ''}`);
+        break;
+      }
+      if (attempt === 2) {
+        failed++;
+        console.log(`FAIL ${t.name}: ${error.stack || error}`);
+      } else {
+        console.log(`retry ${t.name} after: ${String(error.message || error).split('\n')[0]}`);
+      }
     }
-    for (const c of cleanups.splice(0)) await c();
-    for (const p of Object.values(phones)) p.events.length = 0;
   }
   console.log(`${passed} passed, ${failed} failed`);
   return failed;
