@@ -3,8 +3,10 @@
 //! 1 ms.
 //!
 //! - Signalling is the headless client's (`trunkline-client`): browsers signed in with
-//!   `SignalClient`, `dial` (A/C1), the cloud's `connect` (C13), the gateway's direct
-//!   endpoint with `DirectClient` (`present` the key, C14; `offer`/`answer`, C15).
+//!   `SignalClient`, `dial` (A/C1), the cloud's `connect` (C13), then C14 over WebRTC as the
+//!   browser does it: the offer (audio + the `trunkline-direct` DataChannel) and candidates
+//!   through the cloud (`direct_signal`), ICE + DTLS to the gateway, the key presented on the
+//!   DataChannel (C14), `accepted`, and the gateway bridges (C15).
 //! - The WebRTC leg of each call is a str0m peer driven here (the same str0m 0.25 and codec
 //!   set as the client's `WebRtcPeer`: PCMU, PCMA, telephone-event; full ICE, DTLS-SRTP). It
 //!   is not the client's `MediaSession` because a delay measurement needs the send time in
@@ -34,10 +36,10 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
+use str0m::channel::ChannelId;
 use trunkline_client::TlsOptions;
-use trunkline_client::direct::{DirectClient, DirectEvent};
 use trunkline_client::signal::{self, SignalClient, SignalSender};
-use trunkline_protocol::ServerMsg;
+use trunkline_protocol::{ClientMsg, DirectClientMsg, DirectServerMsg, PROTOCOL_VERSION, ServerMsg, SignalPayload};
 
 use crate::procfs;
 use crate::sipua::{Media, Ua};
@@ -167,6 +169,15 @@ struct Offerer {
     local: SocketAddr,
     pending: Option<str0m::change::SdpPendingOffer>,
     mid: Mid,
+    /// The DataChannel the key is presented on.
+    channel: ChannelId,
+}
+
+/// What the DataChannel of one call needs: its key and who presents it.
+struct Present {
+    call_id: String,
+    key: String,
+    caller: String,
 }
 
 async fn offerer() -> Result<(Offerer, String), String> {
@@ -178,15 +189,29 @@ async fn offerer() -> Result<(Offerer, String), String> {
     rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| e.to_string())?);
     let mut change = rtc.sdp_api();
     let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+    let channel = change.add_channel(trunkline_client::softphone::DIRECT_CHANNEL.to_string());
     let (offer, pending) = change.apply().ok_or("no offer")?;
-    Ok((Offerer { rtc, sock, local, pending: Some(pending), mid }, offer.to_sdp_string()))
+    Ok((Offerer { rtc, sock, local, pending: Some(pending), mid, channel }, offer.to_sdp_string()))
 }
 
-/// Drive one peer until `stop`: send a stamped frame every 20 ms once connected, note what
-/// comes back. `connected` fires at str0m's `Connected`.
-async fn drive(o: Offerer, idx: u32, shared: Arc<Shared>, mut stop: watch::Receiver<bool>, connected: tokio::sync::oneshot::Sender<()>) {
-    let Offerer { mut rtc, sock, local, mid, .. } = o;
+/// Drive one peer until `stop` (or the gateway ends the call): present the key on the
+/// DataChannel once it opens, send a stamped frame every 20 ms once connected, note what comes
+/// back. `connected` fires when the gateway accepted the key (C14) with ICE + DTLS up; remote
+/// candidates trickled through the cloud come in on `remote`.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    o: Offerer,
+    idx: u32,
+    shared: Arc<Shared>,
+    present: Present,
+    mut remote: mpsc::UnboundedReceiver<String>,
+    mut stop: watch::Receiver<bool>,
+    connected: tokio::sync::oneshot::Sender<Result<(), String>>,
+) {
+    let Offerer { mut rtc, sock, local, mid, channel, .. } = o;
     let mut connected = Some(connected);
+    let mut ice_up = false;
+    let mut accepted = false;
     let mut pt: Option<Pt> = None;
     let mut next_frame: Option<Instant> = None;
     let mut seq: u32 = 0;
@@ -209,8 +234,32 @@ async fn drive(o: Offerer, idx: u32, shared: Arc<Shared>, mut stop: watch::Recei
                             pt = w.payload_params().find(|p| p.spec().codec == Codec::PCMU).map(|p| p.pt());
                         }
                         next_frame = Some(Instant::now());
-                        if let Some(c) = connected.take() {
-                            let _ = c.send(());
+                        ice_up = true;
+                    }
+                    Event::ChannelOpen(id, _) if id == channel => {
+                        // C14 inside DTLS: the one-time key, bound to the call and the caller.
+                        let msg = DirectClientMsg::Present {
+                            v: PROTOCOL_VERSION,
+                            call_id: present.call_id.clone(),
+                            key: present.key.clone(),
+                            caller: present.caller.clone(),
+                        };
+                        if let Some(mut ch) = rtc.channel(channel) {
+                            let _ = ch.write(false, msg.encode().as_bytes());
+                        }
+                    }
+                    Event::ChannelData(d) if d.id == channel => {
+                        let text = String::from_utf8_lossy(&d.data);
+                        match DirectServerMsg::decode(&text) {
+                            Ok(DirectServerMsg::Accepted { .. }) => accepted = true,
+                            Ok(DirectServerMsg::Error { code, message }) if !accepted => {
+                                if let Some(c) = connected.take() {
+                                    let _ = c.send(Err(format!("key refused: {code}: {message}")));
+                                }
+                                return;
+                            }
+                            Ok(DirectServerMsg::Ended { .. }) => return,
+                            _ => {}
                         }
                     }
                     Event::MediaData(d) => {
@@ -230,6 +279,12 @@ async fn drive(o: Offerer, idx: u32, shared: Arc<Shared>, mut stop: watch::Recei
                 Err(_) => return,
             }
         };
+        if ice_up
+            && accepted
+            && let Some(c) = connected.take()
+        {
+            let _ = c.send(Ok(()));
+        }
         if !rtc.is_alive() {
             return;
         }
@@ -286,7 +341,21 @@ async fn drive(o: Offerer, idx: u32, shared: Arc<Shared>, mut stop: watch::Recei
                     }
                 }
             }
+            Some(c) = remote.recv() => {
+                if let Ok(c) = Candidate::from_sdp_string(&c) {
+                    rtc.add_remote_candidate(c);
+                }
+            }
             _ = stop.changed() => {
+                // Hang up on the DataChannel (the gateway ends the desk phone's leg and reports
+                // the call), let it go out, then close.
+                if let Some(mut ch) = rtc.channel(channel) {
+                    let _ = ch.write(false, DirectClientMsg::Hangup.encode().as_bytes());
+                }
+                let _ = rtc.handle_input(Input::Timeout(Instant::now()));
+                while let Ok(Output::Transmit(t)) = rtc.poll_output() {
+                    let _ = sock.try_send_to(&t.contents, t.destination);
+                }
                 rtc.disconnect();
                 return;
             }
@@ -327,7 +396,8 @@ struct Call {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// One F1 call, up to connected media: dial → connect → present → offer/answer → ICE/DTLS.
+/// One F1 call, up to connected media: dial → connect → offer/answer through the cloud →
+/// ICE/DTLS → the key on the DataChannel → accepted.
 async fn place(b: &Browser, callee: &str, idx: u32, shared: Arc<Shared>) -> Result<Call, String> {
     let within = Duration::from_secs(15);
     let call_id = signal::new_call_id();
@@ -335,10 +405,10 @@ async fn place(b: &Browser, callee: &str, idx: u32, shared: Arc<Shared>) -> Resu
     b.routes.lock().unwrap().insert(call_id.clone(), tx);
     let result = async {
         b.sender.dial_with_id(&call_id, callee).map_err(|e| e.to_string())?;
-        let (url, key) = tokio::time::timeout(within, async {
+        let key = tokio::time::timeout(within, async {
             while let Some(m) = rx.recv().await {
                 match m {
-                    ServerMsg::Connect { url, key, .. } => return Ok((url, key)),
+                    ServerMsg::Connect { key, .. } => return Ok(key),
                     ServerMsg::Outcome { outcome, .. } => return Err(format!("outcome {outcome} before connect")),
                     ServerMsg::Error { code, message, .. } => return Err(format!("{code}: {message}")),
                     _ => {}
@@ -348,46 +418,71 @@ async fn place(b: &Browser, callee: &str, idx: u32, shared: Arc<Shared>) -> Resu
         })
         .await
         .map_err(|_| "no connect in time".to_string())??;
-        let mut direct =
-            DirectClient::present(&url, &call_id, &key, &b.number, &TlsOptions::default(), within).await.map_err(|e| format!("present: {e}"))?;
         let (mut o, offer) = offerer().await?;
-        let answer = direct.offer(&offer, within).await.map_err(|e| format!("offer: {e}"))?;
+        let send = |payload| b.sender.send(&ClientMsg::DirectSignal { call_id: call_id.clone(), payload }).map_err(|e| e.to_string());
+        send(SignalPayload::Offer { sdp: offer })?;
+        // The gateway's answer; its trickled candidates may come before or after it.
+        let (cand_tx, cand_rx) = mpsc::unbounded_channel();
+        let answer = tokio::time::timeout(within, async {
+            while let Some(m) = rx.recv().await {
+                match m {
+                    ServerMsg::DirectSignal { payload: SignalPayload::Answer { sdp }, .. } => return Ok(sdp),
+                    ServerMsg::DirectSignal { payload: SignalPayload::Ice { candidate, .. }, .. } => {
+                        let _ = cand_tx.send(candidate);
+                    }
+                    ServerMsg::Outcome { outcome, .. } => return Err(format!("outcome {outcome} before the answer")),
+                    _ => {}
+                }
+            }
+            Err("signal connection closed".to_string())
+        })
+        .await
+        .map_err(|_| "no answer in time".to_string())??;
         let answer = SdpAnswer::from_sdp_string(&answer).map_err(|e| e.to_string())?;
         let pending = o.pending.take().ok_or("no pending offer")?;
         o.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| e.to_string())?;
         shared.ports.lock().unwrap().push(o.local.port());
         let (stop_tx, stop_rx) = watch::channel(false);
         let (conn_tx, conn_rx) = tokio::sync::oneshot::channel();
-        let peer = tokio::spawn(drive(o, idx, shared.clone(), stop_rx.clone(), conn_tx));
-        // The direct connection: watch for the end, hang up on stop.
-        let mut stop_d = stop_rx;
-        let dtask = tokio::spawn(async move {
+        let present = Present { call_id: call_id.clone(), key, caller: b.number.clone() };
+        let peer = tokio::spawn(drive(o, idx, shared.clone(), present, cand_rx, stop_rx.clone(), conn_tx));
+        // Later candidates go to the peer until the call stops; the rest (events, the
+        // outcome) is not needed.
+        let mut stop_f = stop_rx;
+        let routes = b.routes.clone();
+        let id = call_id.clone();
+        let forward = tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    e = direct.next_event() => match e {
-                        Ok(Some(DirectEvent::Ended(_))) | Ok(None) | Err(_) => break,
-                        Ok(Some(_)) => {}
+                    m = rx.recv() => match m {
+                        Some(ServerMsg::DirectSignal { payload: SignalPayload::Ice { candidate, .. }, .. }) => {
+                            let _ = cand_tx.send(candidate);
+                        }
+                        Some(_) => {}
+                        None => break,
                     },
-                    _ = stop_d.changed() => {
-                        let _ = direct.hangup().await;
-                        break;
-                    }
+                    _ = stop_f.changed() => break,
                 }
             }
-            direct.close().await;
+            routes.lock().unwrap().remove(&id);
         });
-        let call = Call { stop: stop_tx, tasks: vec![peer, dtask] };
+        let call = Call { stop: stop_tx, tasks: vec![peer, forward] };
         match tokio::time::timeout(within, conn_rx).await {
-            Ok(Ok(())) => Ok(call),
+            Ok(Ok(Ok(()))) => Ok(call),
+            Ok(Ok(Err(why))) => {
+                let _ = call.stop.send(true);
+                Err(why)
+            }
             _ => {
                 let _ = call.stop.send(true);
-                Err("media did not connect (ICE/DTLS)".to_string())
+                Err("media did not connect (ICE/DTLS/key)".to_string())
             }
         }
     }
     .await;
-    // Later messages of this call (call events, the outcome) are not needed.
-    b.routes.lock().unwrap().remove(&call_id);
+    if result.is_err() {
+        b.routes.lock().unwrap().remove(&call_id);
+    }
     result
 }
 

@@ -72,8 +72,6 @@ fn pct(v: &mut [f64], p: f64) -> Option<f64> {
 async fn softphone(server: &str, number: String, password: &str) -> Result<Softphone, String> {
     let mut cfg = SoftphoneConfig::new(server, number.clone(), password);
     cfg.media = PeerOptions { record: false, ..PeerOptions::default() };
-    // As the browser does: C14 over WebRTC (offer through the cloud, key on the DataChannel).
-    cfg.direct_over_webrtc = true;
     Softphone::login(cfg).await.map_err(|e| format!("sign-in {number}: {e}"))
 }
 

@@ -5,13 +5,12 @@
 //! - [`wav`]: WAV in/out, tones, dominant frequency (audio is checked by frequency).
 //! - [`webrtc`]: a WebRTC audio peer on str0m (full ICE, DTLS-SRTP, G.711, RFC 4733 DTMF).
 //! - [`signal`]: the cloud connection (`login`/`resume`, `dial`, `signal`, …).
-//! - [`direct`]: a gateway's direct endpoint (`present` the key, `offer`/`answer`, progress).
-//! - [`softphone`]: [`Softphone`] ties them together: [`Softphone::call`],
-//!   [`Softphone::answer_incoming`], [`CallHandle::hangup`], outcomes.
+//! - [`softphone`]: [`Softphone`] ties them together around the browser's own call core
+//!   (`trunkline-call`): [`Softphone::call`], [`Softphone::answer_incoming`],
+//!   [`CallHandle::hangup`], outcomes.
 //!
 //! Step letters (A, B1–B6, C1–C3, C11–C15, F4) are those of patent CN110012057B.
 
-pub mod direct;
 pub mod g711;
 pub mod signal;
 pub mod softphone;

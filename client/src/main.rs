@@ -47,10 +47,6 @@ struct Cli {
     /// Extra CA certificates (PEM) to trust for wss:// (a private CA or self-signed gateway).
     #[arg(long)]
     ca_file: Option<PathBuf>,
-    /// Reach a switch through its ws:// direct endpoint (for gateways older than C14 over
-    /// WebRTC) instead of WebRTC with the key on a DataChannel, which needs no inbound port.
-    #[arg(long)]
-    direct_endpoint: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -222,7 +218,6 @@ async fn run(cli: Cli, out: Arc<Out>) -> Result<bool, Failure> {
     let mut cfg = SoftphoneConfig::new(&cli.server, &cli.number, password);
     cfg.media = PeerOptions::bind(cli.media_ip);
     cfg.tls = tls;
-    cfg.direct_over_webrtc = !cli.direct_endpoint;
     let phone = Softphone::login(cfg).await.map_err(|e| {
         (
             EXIT_SIGNALLING,

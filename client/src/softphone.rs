@@ -1,27 +1,29 @@
-//! The high-level softphone: sign in, place and answer calls the way the browser does.
+//! The high-level softphone: sign in, place and answer calls the way the browser does — with
+//! the browser's own call core ([`trunkline_call::Call`], sans-IO), driven here on str0m.
 //!
-//! - Outgoing: `dial` (**A → C1**); then either `connect` (**C13**: open the gateway's direct
-//!   endpoint, present the key (**C14**), offer WebRTC, the gateway bridges (**C15**)) or `peer`
-//!   (**F4**: offer WebRTC to the callee browser through the cloud with `signal` + the key).
-//! - Incoming: `incoming` via `direct` (**C3**: connect to the caller's gateway with the key, as
-//!   above) or via `peer` (**F4**: wait for the caller's offer, `accept`, answer with `signal`).
+//! - Outgoing: `dial` (**A → C1**); then either `connect` (**C13**: "C14 over WebRTC": offer
+//!   audio + the `trunkline-direct` DataChannel to the switch through the cloud (`direct_signal`),
+//!   ICE + DTLS straight to the switch, present the key on the DataChannel (**C14**), the switch
+//!   bridges (**C15**)) or `peer` (**F4**: offer WebRTC to the callee browser through the cloud
+//!   with `signal` + the key).
+//! - Incoming: `incoming` via `direct` (**C3**: the same as the caller above, towards the
+//!   caller's switch) or via `peer` (**F4**: wait for the caller's offer, `accept`, answer).
 //! - Every attempt ends with the cloud's `outcome`, reported as [`CallUpdate::Outcome`] and by
 //!   [`CallHandle::wait_outcome`].
 //!
 //! One dispatcher task reads the cloud connection and routes each message by `call_id` to its
-//! call's task; each call task owns its direct-endpoint connection and media session.
+//! call's task; each call task feeds the call core and carries out its actions on its media
+//! session. The decisions (what to send, when a call is connected, how it ends and in which
+//! words) are the core's, the same as in the browser.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use trunkline_protocol::{
-    CallEvent, CallId, ClientMsg, DeclineReason, DirectClientMsg, DirectServerMsg, ErrorCode, IncomingVia, Outcome, ServerMsg,
-    SignalPayload,
-};
+use trunkline_call::{Action, Call, Input, LocalCandidate, UserAction, Via};
+use trunkline_protocol::{CallEvent, CallId, ClientMsg, DeclineReason, DirectServerMsg, ErrorCode, IncomingVia, Outcome, ServerMsg, SignalPayload};
 
-use crate::direct::{DirectClient, DirectError, DirectEvent};
 use crate::g711::Law;
 use crate::signal::{self, Session, SignalClient, SignalError, SignalInbox, SignalSender};
 use crate::webrtc::{AudioSource, MediaEvent, MediaSession, PeerOptions, WebRtcError, WebRtcPeer};
@@ -31,8 +33,6 @@ use crate::ws::TlsOptions;
 pub enum SoftphoneError {
     #[error(transparent)]
     Signal(#[from] SignalError),
-    #[error("direct endpoint: {0}")]
-    Direct(#[from] DirectError),
     #[error(transparent)]
     WebRtc(#[from] WebRtcError),
     #[error("timed out after {after:?} waiting for {what}")]
@@ -46,7 +46,8 @@ pub enum SoftphoneError {
 /// Time limits of the call flows.
 #[derive(Clone, Debug)]
 pub struct Timeouts {
-    /// For each reply of a gateway's direct endpoint (`accepted`, `answer`).
+    /// After the far end's answer (SDP): for the WebRTC connection (ICE + DTLS) to come up;
+    /// else the call ends "Could not connect — network" (`connect_failed`).
     pub direct: Duration,
     /// F4 callee: for the caller's offer after answering.
     pub offer: Duration,
@@ -75,15 +76,10 @@ pub struct SoftphoneConfig {
     pub media: PeerOptions,
     pub tls: TlsOptions,
     pub timeouts: Timeouts,
-    /// C14 over WebRTC: reach a switch with ICE + DTLS, the offer/answer and candidates going
-    /// through the cloud (`direct_signal`) and the key presented on a DataChannel, instead of
-    /// opening its `ws://` direct endpoint. The server's `stun:` servers (from `welcome`) give
-    /// a server-reflexive candidate unless `media.stun` names some.
-    pub direct_over_webrtc: bool,
 }
 
 /// The DataChannel a caller presents its key on (C14 over WebRTC).
-pub const DIRECT_CHANNEL: &str = "trunkline-direct";
+pub use trunkline_call::DIRECT_CHANNEL;
 
 impl SoftphoneConfig {
     pub fn new(
@@ -98,7 +94,6 @@ impl SoftphoneConfig {
             media: PeerOptions::default(),
             tls: TlsOptions::default(),
             timeouts: Timeouts::default(),
-            direct_over_webrtc: false,
         }
     }
 }
@@ -107,9 +102,7 @@ struct Inner {
     session: Session,
     signal: SignalSender,
     media: PeerOptions,
-    tls: TlsOptions,
     timeouts: Timeouts,
-    direct_over_webrtc: bool,
     routes: Mutex<HashMap<CallId, mpsc::UnboundedSender<ServerMsg>>>,
     closed: watch::Sender<Option<String>>,
 }
@@ -155,16 +148,16 @@ impl Softphone {
         let (session, signal, inbox) = client.into_parts();
         let (closed, _) = watch::channel(None);
         let mut media = cfg.media;
-        if cfg.direct_over_webrtc && media.stun.is_empty() {
+        // The server's `stun:` servers (from `welcome`) give a server-reflexive candidate,
+        // trickled, unless the options name their own.
+        if media.stun.is_empty() {
             media.stun = stun_addrs(&session.ice_servers);
         }
         let inner = Arc::new(Inner {
             session,
             signal,
             media,
-            tls: cfg.tls,
             timeouts: cfg.timeouts,
-            direct_over_webrtc: cfg.direct_over_webrtc,
             routes: Mutex::new(HashMap::new()),
             closed,
         });
@@ -199,20 +192,16 @@ impl Softphone {
     pub async fn call(&self, to: &str, source: AudioSource) -> Result<CallHandle, SoftphoneError> {
         let call_id = signal::new_call_id();
         let rx = self.inner.route(&call_id);
-        let (handle, task) = CallTask::new(
-            self.inner.clone(),
-            call_id.clone(),
-            true,
-            to.into(),
-            source,
-            rx,
-        );
+        // **A → C1**: the core's first action is the `dial`, sent here so a closed connection
+        // is an error of this call.
+        let (call, _dial) = Call::dial(call_id.clone(), self.inner.session.number.clone(), to.into(), 0.0);
+        let (handle, task) = CallTask::new(self.inner.clone(), call, true, to.into(), source, rx);
         task.update(CallUpdate::Dialing { to: to.into() });
         if let Err(e) = self.inner.signal.dial_with_id(&call_id, to) {
             self.inner.unroute(&call_id);
             return Err(e.into());
         }
-        tokio::spawn(task.run(Start::Dialed));
+        tokio::spawn(task.run(None));
         Ok(handle)
     }
 
@@ -328,32 +317,15 @@ impl IncomingCall {
     /// Answer, sending `source` once media flows.
     pub fn answer(mut self, source: AudioSource) -> CallHandle {
         let rx = self.rx.take().expect("an incoming call is answered once");
-        let (handle, task) = CallTask::new(
-            self.inner.clone(),
-            self.call_id.clone(),
-            false,
-            self.from.clone(),
-            source,
-            rx,
-        );
-        task.update(CallUpdate::Incoming {
-            from: self.from.clone(),
-            from_name: self.from_name.clone(),
-            via: self.via.clone(),
-        });
-        let start = match &self.via {
-            IncomingVia::Direct {
-                url,
-                key,
-                expires_in_ms,
-            } => Start::Direct {
-                url: url.clone(),
-                key: key.clone(),
-                expires_in_ms: *expires_in_ms,
-            },
-            IncomingVia::Peer { key } => Start::AwaitOffer { key: key.clone() },
-        };
-        tokio::spawn(task.run(start));
+        let me = self.inner.session.number.clone();
+        let (call, _ring) = Call::incoming(self.call_id.clone(), me, self.from.clone(), self.from_name.clone(), self.via.clone(), 0.0);
+        let (handle, task) = CallTask::new(self.inner.clone(), call, false, self.from.clone(), source, rx);
+        task.update(CallUpdate::Incoming { from: self.from.clone(), from_name: self.from_name.clone(), via: self.via.clone() });
+        if let IncomingVia::Direct { url, expires_in_ms, .. } = &self.via {
+            // C3: the same way to the caller's switch as a C13 caller's.
+            task.update(CallUpdate::Connect { url: url.clone(), expires_in_ms: *expires_in_ms });
+        }
+        tokio::spawn(task.run(Some(Input::User(UserAction::Answer))));
         handle
     }
 
@@ -385,7 +357,7 @@ pub enum CallUpdate {
         from_name: String,
         via: IncomingVia,
     },
-    /// C13 (caller) / C3 (callee): go to the gateway's direct endpoint with the key.
+    /// C13 (caller) / C3 (callee): reach this switch over WebRTC with the one-time key.
     Connect { url: String, expires_in_ms: u64 },
     /// C14: the gateway accepted the key.
     KeyAccepted,
@@ -399,7 +371,7 @@ pub enum CallUpdate {
     Accepted,
     /// Progress from the cloud (`call_event`).
     Event(CallEvent),
-    /// Progress from the gateway's direct endpoint (`progress`, C15).
+    /// Progress from the switch on the DataChannel (`progress`, C15).
     GatewayProgress(CallEvent),
     /// ICE + DTLS are up.
     MediaConnected {
@@ -414,7 +386,7 @@ pub enum CallUpdate {
     MediaClosed(String),
     /// The cloud or the gateway refused something for this call.
     Refused { code: ErrorCode, message: String },
-    /// The direct endpoint ended the call.
+    /// The switch ended the call (on the DataChannel).
     DirectEnded(Outcome),
     /// A local hangup was sent.
     HungUp,
@@ -514,8 +486,10 @@ pub struct CallStatus {
     /// The callee answered (`connected` from the cloud or the gateway, or F4 `accept`).
     pub answered: bool,
     pub media: Option<Arc<MediaSession>>,
-    /// The last refusal for this call (cloud `error` or direct-endpoint error).
+    /// The last refusal for this call (cloud `error` or the switch's, on the DataChannel).
     pub refused: Option<(ErrorCode, String)>,
+    /// Why the connection to the switch (or the F4 peer) failed: `connect_failed: …` when it
+    /// never came up, or the switch's refusal of the key.
     pub direct_error: Option<String>,
     pub direct_outcome: Option<Outcome>,
     /// The cloud's final outcome.
@@ -690,114 +664,14 @@ impl CallHandle {
     }
 }
 
-/// Where to go for a direct connection (from `connect` or `incoming` via `direct`).
-#[derive(Clone, Copy, Debug)]
-pub struct DirectTarget<'a> {
-    pub url: &'a str,
-    pub call_id: &'a str,
-    pub key: &'a str,
-    /// The connecting party's number: the caller (C13), or the switchless callee (C3).
-    pub caller: &'a str,
-}
-
-/// **C13 / C3 → C14 → C15**: open the gateway's direct endpoint, present the one-time key,
-/// offer WebRTC (all host candidates in the SDP) and apply the gateway's answer. Returns the
-/// direct connection (for `progress` / `ended` / `hangup`) and the running media session.
-/// `progress` gets [`CallUpdate::KeyAccepted`], [`CallUpdate::OfferSent`] and
-/// [`CallUpdate::Answer`] as they happen. After the key was accepted, a local failure hangs
-/// up on the direct connection before returning.
-pub async fn connect_direct(
-    target: DirectTarget<'_>,
-    media: &PeerOptions,
-    source: AudioSource,
-    tls: &TlsOptions,
-    within: Duration,
-    progress: &mut (dyn FnMut(CallUpdate) + Send),
-) -> Result<(DirectClient, MediaSession), SoftphoneError> {
-    let mut direct = DirectClient::present(
-        target.url,
-        target.call_id,
-        target.key,
-        target.caller,
-        tls,
-        within,
-    )
-    .await?;
-    progress(CallUpdate::KeyAccepted);
-    let r = async {
-        let mut peer = WebRtcPeer::bind(media.clone()).await?;
-        let offer = peer.create_offer()?;
-        progress(CallUpdate::OfferSent);
-        let answer = direct.offer(&offer, within).await?;
-        let session = peer.accept_answer(&answer, source)?;
-        progress(CallUpdate::Answer);
-        Ok::<_, SoftphoneError>(session)
-    }
-    .await;
-    match r {
-        Ok(session) => Ok((direct, session)),
-        Err(e) => {
-            if !matches!(e, SoftphoneError::Direct(_)) {
-                let _ = direct.hangup().await;
-            }
-            direct.close().await;
-            Err(e)
-        }
-    }
-}
-
-/// **F4 caller**: make the offer and send it through the cloud with the call's key (then
-/// `end_of_candidates`: every candidate is in the SDP). Apply the answer that comes back as
-/// `signal` with [`WebRtcPeer::accept_answer`].
-pub async fn offer_to_peer(
-    signal: &SignalSender,
-    call_id: &str,
-    key: &str,
-    media: &PeerOptions,
-) -> Result<WebRtcPeer, SoftphoneError> {
-    let mut peer = WebRtcPeer::bind(media.clone()).await?;
-    let offer = peer.create_offer()?;
-    signal.signal(call_id, key, SignalPayload::Offer { sdp: offer })?;
-    signal.signal(call_id, key, SignalPayload::EndOfCandidates)?;
-    Ok(peer)
-}
-
-/// **F4 callee**: answer the caller's offer, `accept` the call with the key, and send the
-/// answer (then `end_of_candidates`) through the cloud. Media starts at once.
-pub async fn answer_peer(
-    signal: &SignalSender,
-    call_id: &str,
-    key: &str,
-    offer_sdp: &str,
-    media: &PeerOptions,
-    source: AudioSource,
-) -> Result<MediaSession, SoftphoneError> {
-    let peer = WebRtcPeer::bind(media.clone()).await?;
-    let (answer, session) = peer.accept_offer(offer_sdp, source)?;
-    signal.accept(call_id, key)?;
-    signal.signal(call_id, key, SignalPayload::Answer { sdp: answer })?;
-    signal.signal(call_id, key, SignalPayload::EndOfCandidates)?;
-    Ok(session)
-}
-
-/// How a call task starts.
-enum Start {
-    /// Outgoing: `dial` is sent; wait for `connect` / `peer` / `outcome`.
-    Dialed,
-    /// C3: connect to the caller's gateway.
-    Direct {
-        url: String,
-        key: String,
-        expires_in_ms: u64,
-    },
-    /// F4 callee: wait for the offer, then `accept` and answer.
-    AwaitOffer { key: String },
-}
-
+/// One call's task: it feeds the call core ([`trunkline_call::Call`]) with what the cloud, the
+/// media session (and its DataChannel), the user (the handle) and the clock say, and carries out
+/// the core's actions on str0m. Progress lines and the status are derived from both.
 struct CallTask {
     inner: Arc<Inner>,
-    call_id: CallId,
-    outgoing: bool,
+    call: Call,
+    /// The core's clock: `now` is milliseconds since this instant.
+    epoch: tokio::time::Instant,
     source: AudioSource,
     rx: mpsc::UnboundedReceiver<ServerMsg>,
     cloud_open: bool,
@@ -805,28 +679,13 @@ struct CallTask {
     cmds_open: bool,
     status: watch::Sender<CallStatus>,
     updates: mpsc::UnboundedSender<CallUpdate>,
-    /// F4: the cloud-issued key.
-    peer_key: Option<String>,
-    /// F4 callee: still waiting for the offer (until the deadline).
-    awaiting_offer: Option<tokio::time::Instant>,
-    /// F4 caller: the offer is out, waiting for the answer.
+    /// Our offer is out; the peer waits for the far end's answer.
     pending_peer: Option<WebRtcPeer>,
-    /// Trickled candidates that came before the media session.
-    pending_candidates: Vec<String>,
-    direct: Option<DirectClient>,
-    /// C14 over WebRTC: the key to present on the DataChannel, and whether it was accepted.
-    webrtc_key: Option<String>,
-    webrtc_accepted: bool,
-    /// DataChannel text not handled yet.
-    dc_inbox: Vec<String>,
-    /// C14 over WebRTC: the DataChannel must open by then, or the connection failed.
-    connect_deadline: Option<tokio::time::Instant>,
     media: Option<Arc<MediaSession>>,
     media_events: Option<tokio::sync::broadcast::Receiver<MediaEvent>>,
-    /// Anything but an error was received for this call.
-    progressed: bool,
-    hung_up: bool,
-    /// Give up waiting for the cloud's outcome at this time.
+    /// The core's failure text already reported as [`CallUpdate::Failed`].
+    failure_reported: bool,
+    /// Over locally: wait for the cloud's outcome until then.
     grace: Option<tokio::time::Instant>,
     done: bool,
 }
@@ -834,7 +693,7 @@ struct CallTask {
 impl CallTask {
     fn new(
         inner: Arc<Inner>,
-        call_id: CallId,
+        mut call: Call,
         outgoing: bool,
         remote: String,
         source: AudioSource,
@@ -843,8 +702,10 @@ impl CallTask {
         let (status_tx, status_rx) = watch::channel(CallStatus::default());
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        call.connect_timeout_ms = inner.timeouts.direct.as_secs_f64() * 1000.0;
+        call.offer_timeout_ms = inner.timeouts.offer.as_secs_f64() * 1000.0;
         let handle = CallHandle {
-            call_id: call_id.clone(),
+            call_id: call.call_id.clone(),
             outgoing,
             remote,
             status: status_rx,
@@ -853,8 +714,8 @@ impl CallTask {
         };
         let task = CallTask {
             inner,
-            call_id,
-            outgoing,
+            call,
+            epoch: tokio::time::Instant::now(),
             source,
             rx,
             cloud_open: true,
@@ -862,19 +723,10 @@ impl CallTask {
             cmds_open: true,
             status: status_tx,
             updates: updates_tx,
-            peer_key: None,
-            awaiting_offer: None,
             pending_peer: None,
-            pending_candidates: vec![],
-            direct: None,
-            webrtc_key: None,
-            webrtc_accepted: false,
-            dc_inbox: vec![],
-            connect_deadline: None,
             media: None,
             media_events: None,
-            progressed: false,
-            hung_up: false,
+            failure_reported: false,
             grace: None,
             done: false,
         };
@@ -882,7 +734,7 @@ impl CallTask {
     }
 
     fn update(&self, u: CallUpdate) {
-        tracing::debug!(call_id = %self.call_id, "{u}");
+        tracing::debug!(call_id = %self.call.call_id, "{u}");
         let _ = self.updates.send(u);
     }
 
@@ -890,58 +742,38 @@ impl CallTask {
         self.status.send_modify(f);
     }
 
-    fn fail(&mut self, why: String) {
-        self.update(CallUpdate::Failed(why.clone()));
-        self.set_status(|s| s.failure = Some(why));
-        self.done = true;
+    fn now(&self) -> f64 {
+        self.epoch.elapsed().as_secs_f64() * 1000.0
     }
 
-    /// Wait for the cloud's outcome a little longer, then give up.
-    fn start_grace(&mut self) {
-        if self.grace.is_none() {
-            self.grace = Some(tokio::time::Instant::now() + self.inner.timeouts.outcome_grace);
-        }
-    }
-
-    async fn run(mut self, start: Start) {
-        match start {
-            Start::Dialed => {}
-            Start::Direct {
-                url,
-                key,
-                expires_in_ms,
-            } => {
-                self.update(CallUpdate::Connect {
-                    url: url.clone(),
-                    expires_in_ms,
-                });
-                self.start_direct(&url, &key).await;
-            }
-            Start::AwaitOffer { key } => {
-                self.peer_key = Some(key);
-                self.awaiting_offer = Some(tokio::time::Instant::now() + self.inner.timeouts.offer);
-            }
+    async fn run(mut self, first: Option<Input>) {
+        if let Some(input) = first {
+            self.step(input).await;
         }
         while !self.done {
-            let deadline = [self.grace, self.awaiting_offer, self.connect_deadline].into_iter().flatten().min();
+            let core_deadline = self.call.next_deadline().map(|ms| self.epoch + Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+            let deadline = [self.grace, core_deadline].into_iter().flatten().min();
             tokio::select! {
                 m = self.rx.recv(), if self.cloud_open => match m {
                     Some(m) => self.on_cloud(m).await,
-                    None => self.on_cloud_lost(),
-                },
-                e = next_direct(&mut self.direct) => self.on_direct(e).await,
-                e = next_media(&mut self.media_events) => {
-                    self.on_media(e);
-                    self.drain_dc().await;
-                }
-                c = self.cmds.recv(), if self.cmds_open => match c {
-                    Some(CallCmd::Hangup) => self.hangup().await,
                     None => {
-                        // The handle was dropped: hang up and finish quietly.
-                        self.cmds_open = false;
-                        self.hangup().await;
+                        self.cloud_open = false;
+                        let why = self.inner.closed.borrow().clone().unwrap_or_else(|| "closed".into());
+                        tracing::debug!("call {}: signal connection lost: {why}", self.call.call_id);
+                        self.step(Input::CloudLost).await;
                     }
                 },
+                e = next_media(&mut self.media_events) => self.on_media(e).await,
+                c = self.cmds.recv(), if self.cmds_open => {
+                    if c.is_none() {
+                        // The handle was dropped: hang up and finish quietly.
+                        self.cmds_open = false;
+                    }
+                    if !self.call.is_over() {
+                        self.update(CallUpdate::HungUp);
+                    }
+                    self.step(Input::User(UserAction::Hangup)).await;
+                }
                 _ = sleep_until(deadline) => self.on_deadline().await,
             }
         }
@@ -949,548 +781,295 @@ impl CallTask {
     }
 
     async fn finish(mut self) {
-        if let Some(mut d) = self.direct.take() {
-            if !d.is_closed() && !self.hung_up {
-                let _ = d.hangup().await;
-            }
-            d.close().await;
-        }
         if let Some(m) = self.media.take() {
             m.close().await;
         }
-        self.inner.unroute(&self.call_id);
+        self.inner.unroute(&self.call.call_id);
         self.set_status(|s| s.finished = true);
     }
 
-    async fn on_cloud(&mut self, m: ServerMsg) {
-        if !matches!(m, ServerMsg::Error { .. }) {
-            self.progressed = true;
+    /// Feed one input, carry out the actions (which may feed more), then publish the status.
+    async fn step(&mut self, first: Input) {
+        let mut inputs = std::collections::VecDeque::from([first]);
+        while let Some(input) = inputs.pop_front() {
+            let now = self.now();
+            for action in self.call.on(input, now) {
+                self.act(action, &mut inputs).await;
+            }
         }
-        match m {
-            ServerMsg::Connect {
-                url,
-                key,
-                expires_in_ms,
-                ..
-            } => {
-                self.update(CallUpdate::Connect {
-                    url: url.clone(),
-                    expires_in_ms,
-                });
-                if self.direct.is_none() && self.media.is_none() && self.webrtc_key.is_none() && !self.hung_up {
-                    self.start_direct(&url, &key).await;
-                }
-            }
-            ServerMsg::Peer { key, .. } => {
-                self.update(CallUpdate::Peer);
-                self.peer_key = Some(key);
-                if self.outgoing
-                    && self.pending_peer.is_none()
-                    && self.media.is_none()
-                    && !self.hung_up
-                {
-                    self.send_peer_offer().await;
-                }
-            }
-            ServerMsg::Signal { payload, .. } => self.on_signal(payload).await,
-            ServerMsg::DirectSignal { payload, .. } if self.webrtc_key.is_some() => self.on_signal(payload).await,
-            ServerMsg::CallEvent { event, .. } => {
-                match &event {
-                    CallEvent::Ringing => self.set_status(|s| s.ringing = true),
-                    CallEvent::Connected => self.set_status(|s| s.answered = true),
+        self.publish();
+    }
+
+    async fn act(&mut self, action: Action, inputs: &mut std::collections::VecDeque<Input>) {
+        match action {
+            Action::Cloud(msg) => {
+                match &msg {
+                    ClientMsg::DirectSignal { payload: SignalPayload::Offer { .. }, .. }
+                    | ClientMsg::Signal { payload: SignalPayload::Offer { .. }, .. } => self.update(CallUpdate::OfferSent),
+                    ClientMsg::Accept { .. } => self.update(CallUpdate::Accepted),
+                    ClientMsg::Signal { payload: SignalPayload::Answer { .. }, .. } => self.update(CallUpdate::Answer),
+                    ClientMsg::ConnectFailed { reason, .. } => {
+                        let e = format!("connect_failed: {reason}");
+                        self.set_status(|s| s.direct_error = Some(e));
+                    }
                     _ => {}
                 }
-                self.update(CallUpdate::Event(event));
-            }
-            ServerMsg::Outcome {
-                outcome,
-                duration_ms,
-                ..
-            } => {
-                self.update(CallUpdate::Outcome {
-                    outcome,
-                    duration_ms,
-                });
-                self.set_status(|s| s.outcome = Some((outcome, duration_ms)));
-                // Over WebRTC the switch carries the call and ends it on the DataChannel: a
-                // cloud that closes its books (e.g. while shutting down) does not cut the media.
-                let carried = self.webrtc_accepted
-                    && self.status.borrow().direct_outcome.is_none()
-                    && self.media.as_ref().is_some_and(|m| !m.is_closed());
-                if carried && !self.hung_up {
-                    tracing::info!("call {}: the cloud closed the call ({outcome}); media goes on until the switch ends it", self.call_id);
-                } else {
-                    self.done = true;
+                if let Err(e) = self.inner.signal.send(&msg) {
+                    tracing::debug!("call {}: cannot send {}: {e}", self.call.call_id, msg.kind());
                 }
             }
-            ServerMsg::Error { code, message, .. } => {
-                self.update(CallUpdate::Refused {
-                    code,
-                    message: message.clone(),
-                });
-                self.set_status(|s| s.refused = Some((code, message.clone())));
-                // A refused `dial` changes nothing at the server: no outcome will follow (except
-                // for invalid_call, B3, which is followed by `rejected_invalid`).
-                if self.outgoing && !self.progressed && code != ErrorCode::InvalidCall {
-                    self.fail(format!("dial refused: {code}: {message}"));
+            Action::Direct(msg) => match &self.media {
+                Some(m) => {
+                    if let Err(e) = m.channel_send(&msg.encode()) {
+                        tracing::debug!("call {}: DataChannel: {e}", self.call.call_id);
+                    }
+                }
+                None => tracing::debug!("call {}: no DataChannel for {}", self.call.call_id, msg.encode()),
+            },
+            Action::MakeOffer { channel } => {
+                let r = async {
+                    let mut peer = WebRtcPeer::bind(self.inner.media.clone()).await?;
+                    let offer = if channel { peer.create_offer_with_channel(DIRECT_CHANNEL)? } else { peer.create_offer()? };
+                    Ok::<_, WebRtcError>((peer, offer))
+                }
+                .await;
+                match r {
+                    Ok((peer, offer)) => {
+                        self.pending_peer = Some(peer);
+                        inputs.push_back(Input::LocalOffer(offer));
+                    }
+                    Err(e) => inputs.push_back(Input::MediaFailed(format!("Call failed — WebRTC: {e}"))),
                 }
             }
-            other => tracing::debug!("call {}: ignoring {}", self.call_id, other.encode()),
-        }
-    }
-
-    fn on_cloud_lost(&mut self) {
-        self.cloud_open = false;
-        let why = self
-            .inner
-            .closed
-            .borrow()
-            .clone()
-            .unwrap_or_else(|| "closed".into());
-        if self.direct.is_some() || self.webrtc_accepted {
-            // The call goes on over the direct connection; its `ended` finishes it.
-            self.update(CallUpdate::Failed(format!(
-                "signal connection lost ({why}); the call continues on the direct endpoint"
-            )));
-        } else {
-            self.fail(format!("signal connection lost: {why}"));
-        }
-    }
-
-    async fn on_signal(&mut self, payload: SignalPayload) {
-        match payload {
-            SignalPayload::Offer { sdp } => {
-                if self.outgoing || self.media.is_some() {
-                    tracing::debug!(
-                        "call {}: ignoring an offer (renegotiation is not supported)",
-                        self.call_id
-                    );
-                    return;
+            Action::MakeAnswer { offer } => {
+                let r = async {
+                    let peer = WebRtcPeer::bind(self.inner.media.clone()).await?;
+                    peer.accept_offer(&offer, self.source.clone())
                 }
-                self.awaiting_offer = None;
-                self.answer_peer_offer(&sdp).await;
+                .await;
+                match r {
+                    Ok((answer, media)) => {
+                        self.set_media(media);
+                        inputs.push_back(Input::RemoteSet);
+                        inputs.push_back(Input::LocalAnswer(answer));
+                    }
+                    Err(e) => inputs.push_back(Input::MediaFailed(format!("Call failed — the caller's offer: {e}"))),
+                }
             }
-            SignalPayload::Answer { sdp } => {
+            Action::ApplyAnswer { sdp } => {
                 let Some(peer) = self.pending_peer.take() else {
-                    tracing::debug!("call {}: an answer without an offer", self.call_id);
+                    tracing::debug!("call {}: an answer without an offer", self.call.call_id);
                     return;
                 };
                 match peer.accept_answer(&sdp, self.source.clone()) {
                     Ok(media) => {
+                        // F4: our `Answer` update is sent with the answer; here it arrived.
                         self.update(CallUpdate::Answer);
-                        if self.webrtc_key.is_some() {
-                            self.connect_deadline = Some(tokio::time::Instant::now() + self.inner.timeouts.direct);
-                        }
                         self.set_media(media);
+                        inputs.push_back(Input::RemoteSet);
                     }
-                    Err(e) => {
-                        self.update(CallUpdate::Failed(format!("the peer's answer: {e}")));
-                        self.hangup().await;
-                    }
+                    Err(e) => inputs.push_back(Input::MediaFailed(format!("Call failed — the far end's answer: {e}"))),
                 }
             }
-            SignalPayload::Ice { candidate, .. } => match &self.media {
-                Some(m) => {
-                    if let Err(e) = m.add_remote_candidate(&candidate) {
-                        tracing::debug!("call {}: {e}", self.call_id);
-                    }
+            Action::AddRemoteIce { candidate, .. } => {
+                if let Some(m) = &self.media
+                    && let Err(e) = m.add_remote_candidate(&candidate)
+                {
+                    tracing::debug!("call {}: remote candidate: {e}", self.call.call_id);
                 }
-                None => self.pending_candidates.push(candidate),
-            },
-            SignalPayload::EndOfCandidates => {}
+            }
+            Action::SendDtmf(d) => {
+                if let Some(m) = &self.media
+                    && let Err(e) = m.send_dtmf(d)
+                {
+                    tracing::debug!("call {}: DTMF: {e}", self.call.call_id);
+                }
+            }
+            // No loudspeaker or microphone switch here: the source is the test's.
+            Action::SetMute(_) | Action::SetHold(_) | Action::StartRingtone | Action::StopRingtone => {}
+            Action::CloseMedia => {
+                self.pending_peer = None;
+                if let Some(m) = &self.media {
+                    m.close().await;
+                }
+            }
+            Action::Finished => {}
         }
+    }
+
+    /// The status and the failure line from the core's state; whether the task is done.
+    fn publish(&mut self) {
+        let c = &self.call;
+        let answered = c.far_connected;
+        let refused = c.refusal.clone();
+        let failure = c.failure.clone();
+        if let Some(f) = &failure
+            && !self.failure_reported
+        {
+            self.failure_reported = true;
+            self.update(CallUpdate::Failed(f.clone()));
+        }
+        self.status.send_if_modified(|s| {
+            let before = (s.answered, s.refused.clone(), s.failure.clone());
+            s.answered |= answered;
+            if refused.is_some() {
+                s.refused = refused;
+            }
+            if failure.is_some() {
+                s.failure = failure;
+            }
+            before != (s.answered, s.refused.clone(), s.failure.clone())
+        });
+        if self.call.is_over() {
+            if self.call.cloud_final || !self.cloud_open {
+                self.done = true;
+            } else if self.grace.is_none() {
+                // Over here; the cloud's outcome (final, with the duration) is on its way.
+                self.grace = Some(tokio::time::Instant::now() + self.inner.timeouts.outcome_grace);
+            }
+        }
+    }
+
+    async fn on_cloud(&mut self, m: ServerMsg) {
+        match &m {
+            ServerMsg::Connect { url, expires_in_ms, .. } => {
+                self.update(CallUpdate::Connect { url: url.clone(), expires_in_ms: *expires_in_ms })
+            }
+            ServerMsg::Peer { .. } => self.update(CallUpdate::Peer),
+            ServerMsg::CallEvent { event, .. } => {
+                if *event == CallEvent::Ringing {
+                    self.set_status(|s| s.ringing = true);
+                }
+                self.update(CallUpdate::Event(event.clone()));
+            }
+            ServerMsg::Outcome { outcome, duration_ms, .. } => {
+                let (outcome, duration_ms) = (*outcome, *duration_ms);
+                self.update(CallUpdate::Outcome { outcome, duration_ms });
+                self.set_status(|s| s.outcome = Some((outcome, duration_ms)));
+                if !self.call.is_over() && matches!(self.call.via, Via::Direct { .. }) {
+                    tracing::info!(
+                        "call {}: the cloud closed the call ({outcome}); media goes on until the switch ends it",
+                        self.call.call_id
+                    );
+                }
+            }
+            ServerMsg::Error { code, message, .. } => {
+                self.update(CallUpdate::Refused { code: *code, message: message.clone() });
+            }
+            _ => {}
+        }
+        self.step(Input::Cloud(m)).await;
     }
 
     fn set_media(&mut self, media: MediaSession) {
         let media = Arc::new(media);
-        for c in self.pending_candidates.drain(..) {
-            if let Err(e) = media.add_remote_candidate(&c) {
-                tracing::debug!("call {}: {e}", self.call_id);
-            }
-        }
         let (history, rx) = media.subscribe_with_history();
         self.media_events = Some(rx);
         let m = media.clone();
         self.set_status(|s| s.media = Some(m));
         self.media = Some(media);
+        // Events before the subscription (none in practice: the session just started).
         for e in history {
-            self.on_media(Some(e));
+            tracing::debug!("call {}: early media event {e:?}", self.call.call_id);
         }
     }
 
-    /// C14 over WebRTC: offer (audio + DataChannel) through the cloud; the answer and the
-    /// switch's candidates come back as `direct_signal`; the key goes on the DataChannel once
-    /// it opens ([`MediaEvent::ChannelOpen`]).
-    async fn start_direct_webrtc(&mut self, key: &str) {
-        let r = async {
-            let mut peer = WebRtcPeer::bind(self.inner.media.clone()).await?;
-            let offer = peer.create_offer_with_channel(DIRECT_CHANNEL)?;
-            Ok::<_, SoftphoneError>((peer, offer))
-        }
-        .await;
-        match r {
-            Ok((peer, offer)) => {
-                self.webrtc_key = Some(key.to_string());
-                self.pending_peer = Some(peer);
-                let msg = ClientMsg::DirectSignal { call_id: self.call_id.clone(), payload: SignalPayload::Offer { sdp: offer } };
-                if let Err(e) = self.inner.signal.send(&msg) {
-                    return self.direct_failed_local(format!("cannot send the offer: {e}")).await;
-                }
-                self.update(CallUpdate::OfferSent);
-            }
-            Err(e) => self.direct_failed_local(e.to_string()).await,
-        }
-    }
-
-    /// The direct connection could not be made: tell the cloud (the attempt ends
-    /// `connect_failed`) and wait for its outcome.
-    async fn connect_failed(&mut self, why: String) {
-        self.update(CallUpdate::Failed(format!("could not connect — network: {why}")));
-        self.set_status(|s| s.direct_error = Some(format!("connect_failed: {why}")));
-        // ≤ 200 bytes (the protocol's limit), cut at a character boundary.
-        let mut reason = why.clone();
-        while reason.len() > 200 {
-            reason.pop();
-        }
-        let msg = ClientMsg::ConnectFailed { call_id: self.call_id.clone(), reason };
-        if let Err(e) = self.inner.signal.send(&msg) {
-            tracing::debug!("call {}: {e}", self.call_id);
-        }
-        if let Some(m) = &self.media {
-            m.close().await;
-        }
-        self.hung_up = true;
-        self.start_grace();
-    }
-
-    /// DataChannel messages from the switch (the direct endpoint's messages, over WebRTC).
-    async fn drain_dc(&mut self) {
-        for text in std::mem::take(&mut self.dc_inbox) {
-            let msg = match DirectServerMsg::decode(&text) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!("call {}: bad DataChannel message: {e}", self.call_id);
-                    continue;
-                }
-            };
-            match msg {
-                DirectServerMsg::Accepted { .. } => {
-                    self.webrtc_accepted = true;
-                    self.update(CallUpdate::KeyAccepted);
-                }
-                DirectServerMsg::Error { code, message } if !self.webrtc_accepted => {
-                    self.direct_failed(DirectError::from_code(code, message)).await;
-                    if let Some(m) = &self.media {
-                        m.close().await;
-                    }
-                }
-                DirectServerMsg::Error { code, message } => {
-                    self.on_direct(Ok(Some(DirectEvent::Error { code, message }))).await
-                }
-                DirectServerMsg::Progress { event } => self.on_direct(Ok(Some(DirectEvent::Progress(event)))).await,
-                DirectServerMsg::Ended { outcome } => self.on_direct(Ok(Some(DirectEvent::Ended(outcome)))).await,
-                DirectServerMsg::Answer { .. } => {}
-            }
-        }
-    }
-
-    /// C13 / C3: present the key at the gateway, offer, apply its answer.
-    async fn start_direct(&mut self, url: &str, key: &str) {
-        if self.inner.direct_over_webrtc {
-            return self.start_direct_webrtc(key).await;
-        }
-        let number = self.inner.session.number.clone();
-        let updates = self.updates.clone();
-        let call_id = self.call_id.clone();
-        let r = connect_direct(
-            DirectTarget {
-                url,
-                call_id: &call_id,
-                key,
-                caller: &number,
-            },
-            &self.inner.media,
-            self.source.clone(),
-            &self.inner.tls,
-            self.inner.timeouts.direct,
-            &mut |u| {
-                let _ = updates.send(u);
-            },
-        )
-        .await;
-        match r {
-            Ok((direct, media)) => {
-                self.set_media(media);
-                self.direct = Some(direct);
-            }
-            Err(SoftphoneError::Direct(e)) => self.direct_failed(e).await,
-            Err(e) => self.direct_failed_local(e.to_string()).await,
-        }
-    }
-
-    async fn direct_failed(&mut self, e: DirectError) {
-        if let Some(code) = e.code() {
-            self.update(CallUpdate::Refused {
-                code,
-                message: e.to_string(),
-            });
-            let msg = e.to_string();
-            self.set_status(|s| s.refused = Some((code, msg)));
-        }
-        let reports_itself = matches!(e, DirectError::NotImplemented(_) | DirectError::Ended(_));
-        self.set_status(|s| s.direct_error = Some(e.to_string()));
-        if reports_itself {
-            // The gateway tells the cloud the call ended; its outcome follows.
-            self.update(CallUpdate::Failed(format!("direct endpoint: {e}")));
-            self.start_grace();
-        } else {
-            self.direct_failed_local(format!("direct endpoint: {e}"))
-                .await;
-        }
-    }
-
-    /// The direct leg could not be set up on this side: end the attempt at the cloud so it has
-    /// an outcome now rather than at the key's expiry.
-    async fn direct_failed_local(&mut self, why: String) {
-        self.update(CallUpdate::Failed(why.clone()));
-        self.set_status(|s| {
-            s.direct_error.get_or_insert(why);
-        });
-        let r = if self.outgoing {
-            self.inner.signal.cancel(&self.call_id)
-        } else {
-            self.inner
-                .signal
-                .decline(&self.call_id, DeclineReason::Declined)
-        };
-        if let Err(e) = r {
-            tracing::debug!("call {}: {e}", self.call_id);
-        }
-        self.hung_up = true;
-        self.start_grace();
-    }
-
-    /// F4 caller: offer through the cloud.
-    async fn send_peer_offer(&mut self) {
-        let Some(key) = self.peer_key.clone() else {
-            return;
-        };
-        match offer_to_peer(&self.inner.signal, &self.call_id, &key, &self.inner.media).await {
-            Ok(peer) => {
-                self.update(CallUpdate::OfferSent);
-                self.pending_peer = Some(peer);
-            }
-            Err(SoftphoneError::Signal(e)) => self.fail(format!("sending the offer: {e}")),
-            Err(e) => self.peer_failed(e.to_string()).await,
-        }
-    }
-
-    /// F4 callee: `accept`, then answer through the cloud.
-    async fn answer_peer_offer(&mut self, offer: &str) {
-        let Some(key) = self.peer_key.clone() else {
-            return;
-        };
-        let r = answer_peer(
-            &self.inner.signal,
-            &self.call_id,
-            &key,
-            offer,
-            &self.inner.media,
-            self.source.clone(),
-        )
-        .await;
-        match r {
-            Ok(media) => {
-                self.update(CallUpdate::Accepted);
-                self.update(CallUpdate::Answer);
-                self.set_status(|s| s.answered = true);
-                self.set_media(media);
-            }
-            Err(SoftphoneError::Signal(e)) => self.fail(format!("answering: {e}")),
-            Err(e) => self.peer_failed(format!("the caller's offer: {e}")).await,
-        }
-    }
-
-    async fn peer_failed(&mut self, why: String) {
-        self.update(CallUpdate::Failed(why));
-        self.hangup().await;
-    }
-
-    async fn on_direct(&mut self, e: Result<Option<DirectEvent>, DirectError>) {
-        match e {
-            Ok(Some(DirectEvent::Progress(event))) => {
-                match &event {
-                    CallEvent::Ringing => self.set_status(|s| s.ringing = true),
-                    CallEvent::Connected => self.set_status(|s| s.answered = true),
-                    _ => {}
-                }
-                self.update(CallUpdate::GatewayProgress(event));
-            }
-            Ok(Some(DirectEvent::Ended(outcome))) => {
-                self.update(CallUpdate::DirectEnded(outcome));
-                self.set_status(|s| s.direct_outcome = Some(outcome));
-                if let Some(m) = &self.media {
-                    m.close().await;
-                }
-                if self.status.borrow().outcome.is_some() {
-                    self.done = true;
-                } else {
-                    self.start_grace();
-                }
-            }
-            Ok(Some(DirectEvent::Error { code, message })) => {
-                self.update(CallUpdate::Refused {
-                    code,
-                    message: message.clone(),
-                });
-                self.set_status(|s| s.refused = Some((code, message)));
-            }
-            Ok(None) => {
-                self.direct = None;
-                self.start_grace();
-                if !self.cloud_open {
-                    let o = self.status.borrow().direct_outcome;
-                    match o {
-                        Some(_) => self.done = true,
-                        None => self.fail(
-                            "the direct connection closed and the signal connection is gone".into(),
-                        ),
-                    }
-                }
-            }
-            Err(e) => {
-                self.update(CallUpdate::Failed(format!("direct endpoint: {e}")));
-                self.direct = None;
-                self.start_grace();
-            }
-        }
-    }
-
-    fn on_media(&mut self, e: Option<MediaEvent>) {
+    async fn on_media(&mut self, e: Option<MediaEvent>) {
         let Some(e) = e else {
             self.media_events = None;
             return;
         };
-        match e {
+        let input = match e {
             MediaEvent::Connected => {
                 let s = self.media.as_ref().map(|m| m.stats()).unwrap_or_default();
-                self.update(CallUpdate::MediaConnected {
-                    codec: s.send_codec,
-                    after: s.connected_after,
-                });
+                self.update(CallUpdate::MediaConnected { codec: s.send_codec, after: s.connected_after });
+                Input::MediaUp
             }
             MediaEvent::FirstAudio => {
                 let s = self.media.as_ref().map(|m| m.stats()).unwrap_or_default();
-                self.update(CallUpdate::FirstAudio {
-                    after: s.first_audio_after,
-                });
+                self.update(CallUpdate::FirstAudio { after: s.first_audio_after });
+                return;
             }
-            MediaEvent::Dtmf(d) => self.update(CallUpdate::Dtmf(d)),
-            MediaEvent::ChannelOpen => {
-                self.connect_deadline = None;
-                // C14: present the key inside DTLS.
-                if let (Some(key), Some(m)) = (&self.webrtc_key, &self.media) {
-                    let present = DirectClientMsg::Present {
-                        v: trunkline_protocol::PROTOCOL_VERSION,
-                        call_id: self.call_id.clone(),
-                        key: key.clone(),
-                        caller: self.inner.session.number.clone(),
-                    };
-                    if let Err(e) = m.channel_send(&present.encode()) {
-                        tracing::debug!("call {}: {e}", self.call_id);
-                    }
+            MediaEvent::Dtmf(d) => {
+                self.update(CallUpdate::Dtmf(d));
+                return;
+            }
+            MediaEvent::ChannelOpen => Input::ChannelOpen,
+            MediaEvent::ChannelText(text) => match DirectServerMsg::decode(&text) {
+                Ok(msg) => {
+                    self.on_switch(&msg);
+                    Input::Direct(msg)
                 }
-            }
-            MediaEvent::ChannelText(t) => self.dc_inbox.push(t),
+                Err(e) => {
+                    tracing::debug!("call {}: bad DataChannel message: {e}", self.call.call_id);
+                    return;
+                }
+            },
             MediaEvent::LocalCandidate(candidate) => {
-                if self.webrtc_key.is_some() {
-                    let payload = SignalPayload::Ice { candidate, sdp_mid: None, sdp_m_line_index: Some(0) };
-                    let msg = ClientMsg::DirectSignal { call_id: self.call_id.clone(), payload };
-                    if let Err(e) = self.inner.signal.send(&msg) {
-                        tracing::debug!("call {}: {e}", self.call_id);
-                    }
-                }
+                Input::LocalIce(Some(LocalCandidate { candidate, sdp_mid: None, sdp_m_line_index: Some(0) }))
             }
             MediaEvent::Closed(why) => {
                 self.update(CallUpdate::MediaClosed(why));
                 self.media_events = None;
-                if self.webrtc_accepted && self.status.borrow().outcome.is_some() {
-                    // The cloud had closed the call already; now the media is over too.
-                    self.done = true;
-                }
+                // To a switch the DataChannel goes with the connection; to a browser (F4) the
+                // connection itself failed (or was closed by us: the core then ignores it).
+                if matches!(self.call.via, Via::Direct { .. }) { Input::ChannelClosed } else { Input::ConnectionFailed }
             }
-            MediaEvent::IceState(_) => {}
+            MediaEvent::IceState(_) => return,
+        };
+        self.step(input).await;
+    }
+
+    /// Progress lines and status of the switch's messages on the DataChannel.
+    fn on_switch(&self, msg: &DirectServerMsg) {
+        match msg {
+            DirectServerMsg::Accepted { .. } => self.update(CallUpdate::KeyAccepted),
+            DirectServerMsg::Progress { event } => {
+                if *event == CallEvent::Ringing {
+                    self.set_status(|s| s.ringing = true);
+                }
+                if let CallEvent::Ended { outcome, .. } = event {
+                    let o = *outcome;
+                    self.set_status(|s| s.direct_outcome = Some(o));
+                }
+                self.update(CallUpdate::GatewayProgress(event.clone()));
+            }
+            DirectServerMsg::Ended { outcome } => {
+                let o = *outcome;
+                self.set_status(|s| s.direct_outcome = Some(o));
+                self.update(CallUpdate::DirectEnded(o));
+            }
+            DirectServerMsg::Error { code, message } => {
+                self.update(CallUpdate::Refused { code: *code, message: message.clone() });
+                let (code, message) = (*code, message.clone());
+                self.set_status(|s| {
+                    s.refused = Some((code, message.clone()));
+                    s.direct_error.get_or_insert(format!("{code}: {message}"));
+                });
+            }
+            DirectServerMsg::Answer { .. } => {}
         }
     }
 
     async fn on_deadline(&mut self) {
         let now = tokio::time::Instant::now();
-        if self.connect_deadline.is_some_and(|t| t <= now) {
-            self.connect_deadline = None;
-            let why = format!("no ICE + DTLS connection to the switch within {:?}", self.inner.timeouts.direct);
-            self.connect_failed(why).await;
-        }
-        if self.awaiting_offer.is_some_and(|t| t <= now) {
-            self.awaiting_offer = None;
-            self.update(CallUpdate::Failed(
-                "no offer from the caller in time".into(),
-            ));
-            self.hangup().await;
+        if self.call.next_deadline().is_some_and(|ms| self.epoch + Duration::from_secs_f64(ms.max(0.0) / 1000.0) <= now) {
+            self.step(Input::Tick).await;
         }
         if self.grace.is_some_and(|t| t <= now) {
             self.grace = None;
             if self.status.borrow().outcome.is_none() {
-                let direct = self.status.borrow().direct_outcome;
-                let why = match direct {
-                    Some(o) => format!("no outcome from the signal server (the gateway said {o})"),
+                let why = match self.status.borrow().direct_outcome {
+                    Some(o) => format!("no outcome from the signal server (the switch said {o})"),
                     None => "no outcome from the signal server".into(),
                 };
-                self.fail(why);
+                self.update(CallUpdate::Failed(why.clone()));
+                self.set_status(|s| {
+                    s.failure.get_or_insert(why);
+                });
             }
+            self.done = true;
         }
-    }
-
-    /// Hang up / cancel / decline, whichever fits the call's state.
-    async fn hangup(&mut self) {
-        if self.hung_up || self.done {
-            return;
-        }
-        self.hung_up = true;
-        self.update(CallUpdate::HungUp);
-        let answered = self.status.borrow().answered;
-        let r = if let Some(d) = &mut self.direct {
-            if let Err(e) = d.hangup().await {
-                tracing::debug!("call {}: {e}", self.call_id);
-            }
-            Ok(())
-        } else if self.webrtc_accepted
-            && let Some(m) = &self.media
-        {
-            // Over WebRTC the switch hears it on the DataChannel (it reports the end).
-            let _ = m.channel_send(&DirectClientMsg::Hangup.encode());
-            Ok(())
-        } else if self.peer_key.is_some() && (answered || !self.outgoing) {
-            // F4: hang up (or, as the callee before answering, decline) through the cloud.
-            self.inner.signal.hangup(&self.call_id)
-        } else if self.outgoing {
-            self.inner.signal.cancel(&self.call_id)
-        } else {
-            self.inner
-                .signal
-                .decline(&self.call_id, DeclineReason::Declined)
-        };
-        if let Err(e) = r {
-            tracing::debug!("call {}: {e}", self.call_id);
-        }
-        if let Some(m) = &self.media {
-            m.close().await;
-        }
-        self.pending_peer = None;
-        if !self.cloud_open {
-            self.fail("hung up without a signal connection".into());
-            return;
-        }
-        self.start_grace();
     }
 }
 
@@ -1508,13 +1087,6 @@ fn stun_addrs(ice_servers: &[trunkline_protocol::IceServer]) -> Vec<std::net::So
     }
     out.dedup();
     out
-}
-
-async fn next_direct(d: &mut Option<DirectClient>) -> Result<Option<DirectEvent>, DirectError> {
-    match d {
-        Some(d) => d.next_event().await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn next_media(

@@ -173,7 +173,7 @@ async fn a_dropped_signal_connection_ends_the_f4_call_for_both() {
         status
             .failure
             .as_deref()
-            .is_some_and(|f| f.contains("signal connection")),
+            .is_some_and(|f| f == "Connection to the server lost"),
         "{status:?}"
     );
     call.wait_finished(WAIT).await.unwrap();

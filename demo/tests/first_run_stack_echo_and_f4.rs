@@ -24,8 +24,6 @@ fn opts(dir: &std::path::Path) -> trunkline_demo::StackOptions {
 async fn login(stack: &trunkline_demo::Stack, i: usize) -> Softphone {
     let b = &stack.info.browsers[i];
     let mut cfg = SoftphoneConfig::new(format!("ws://{}/ws", stack.info.http), b.number.clone(), b.password.clone());
-    // As the browser does: C14 over WebRTC, the key on the DataChannel.
-    cfg.direct_over_webrtc = true;
     cfg.media = PeerOptions::bind("127.0.0.1".parse().unwrap());
     // The gateways sign in to the cloud right after start; the first login may race them.
     Softphone::login(cfg).await.expect("demo login works")

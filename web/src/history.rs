@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::call::{Call, Direction};
+use trunkline_call::{Call, Direction};
 #[cfg(test)]
-use crate::call::format_duration;
+use trunkline_call::format_duration;
 
 /// Entries kept per account.
 pub const MAX_ENTRIES: usize = 50;
@@ -47,8 +47,8 @@ impl Entry {
         let outgoing = r.caller == me;
         let direction = if outgoing { Direction::Outgoing } else { Direction::Incoming };
         let result = match (r.outcome, r.duration_ms) {
-            (trunkline_protocol::Outcome::Connected, Some(d)) => format!("Call ended · {}", crate::call::format_duration(d)),
-            (o, _) => crate::call::outcome_text(o, direction).to_string(),
+            (trunkline_protocol::Outcome::Connected, Some(d)) => format!("Call ended · {}", trunkline_call::format_duration(d)),
+            (o, _) => trunkline_call::outcome_text(o, direction).to_string(),
         };
         Entry {
             call_id: r.call_id.clone(),
@@ -91,7 +91,7 @@ pub fn storage_key(number: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call::{Input, UserAction};
+    use trunkline_call::{Input, UserAction};
     use trunkline_protocol::{Outcome, ServerMsg};
 
     #[test]

@@ -3,7 +3,6 @@
 //! (WebSocket, WebRTC, WebAudio) and `ui` draws the screens.
 
 mod audio;
-mod call;
 mod conn;
 mod history;
 mod phone;

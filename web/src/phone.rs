@@ -23,7 +23,7 @@ use web_sys::{
 };
 
 use crate::audio::Ringtone;
-use crate::call::{Action, Call, DIRECT_CHANNEL, Input, LocalCandidate, Phase, UserAction};
+use trunkline_call::{Action, Call, DIRECT_CHANNEL, Input, LocalCandidate, Phase, UserAction};
 use crate::conn::{self, ConnState, SignInRefusal};
 use crate::history::{self, Entry};
 
@@ -676,7 +676,7 @@ impl Driver {
     // ---- calls ------------------------------------------------------------------------------
 
     fn dial(&mut self, to: String) {
-        let to = crate::call::clean_number(&to);
+        let to = trunkline_call::clean_number(&to);
         if to.is_empty() || !self.signed_in {
             return;
         }
@@ -704,7 +704,7 @@ impl Driver {
         let snapshot = call.clone();
         self.ui.call.set(Some(snapshot.clone()));
         self.run(actions);
-        let ringing_there = snapshot.phase == Phase::Ringing && snapshot.direction == crate::call::Direction::Outgoing;
+        let ringing_there = snapshot.phase == Phase::Ringing && snapshot.direction == trunkline_call::Direction::Outgoing;
         if ringing_there && self.ringback.is_none() {
             self.ringback = Ringtone::ringback();
         } else if !ringing_there && let Some(r) = self.ringback.take() {

@@ -6,7 +6,7 @@ use leptos::ev::SubmitEvent;
 use leptos::html;
 use leptos::prelude::*;
 
-use crate::call::{DTMF_KEYS, Direction, Phase, UserAction, clean_number, dtmf_testid, format_duration, is_dtmf};
+use trunkline_call::{DTMF_KEYS, Direction, Phase, UserAction, clean_number, dtmf_testid, format_duration, is_dtmf};
 use crate::conn::ConnState;
 use crate::phone::{self, DeviceChoice, Ev, PushState, Ui, dispatch};
 
@@ -152,7 +152,7 @@ fn LastCall(ui: Ui) -> impl IntoView {
     }
 }
 
-fn remote_label(c: &crate::call::Call) -> String {
+fn remote_label(c: &trunkline_call::Call) -> String {
     let arrow = if c.direction == Direction::Outgoing { "To" } else { "From" };
     if c.remote_name.is_empty() || c.remote_name == c.remote {
         format!("{arrow} {}", c.remote)

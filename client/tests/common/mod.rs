@@ -2,8 +2,6 @@
 //! listener over a temporary SQLite directory.
 #![allow(dead_code)]
 
-pub mod gateway;
-
 use std::time::Duration;
 
 use signal_server::Config;

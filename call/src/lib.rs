@@ -1,7 +1,9 @@
-//! The call state machine of the browser softphone — sans-IO, like the server's engine: it takes
+//! The softphone's call state machine — one, sans-IO, like the server's steering engine. It takes
 //! inputs (what the user did, what the signal server / the gateway (on the DataChannel) / the
-//! browser's WebRTC stack said) with `now` passed in, and returns the [`Action`]s the browser
-//! driver (`phone.rs`) carries out. No web API is touched here, so it is unit-tested natively.
+//! WebRTC stack said) with `now` (ms, the driver's clock) passed in, and returns the [`Action`]s
+//! the driver carries out. Two drivers use it: the browser softphone (`web/src/phone.rs`, on the
+//! browser's `RTCPeerConnection`) and the headless client (`client/src/softphone.rs`, on str0m).
+//! No I/O and no clock here: every branch is tested below without sockets or sleeps.
 //!
 //! Flows (patent CN110012057B step letters):
 //! - outgoing `dial` (**A → C1**), then either `connect` (**C13**, F1) or `peer` (**F4**: offer to
@@ -94,8 +96,16 @@ pub const NETWORK_FAILURE: &str = "Could not connect — network";
 /// The peer connection was up and then failed.
 pub const NETWORK_LOST: &str = "Call dropped — network lost";
 
-/// How long after the answer the peer connection may take to come up.
+/// How long after the answer the peer connection may take to come up (default of
+/// [`Call::connect_timeout_ms`]).
 pub const CONNECT_TIMEOUT_MS: f64 = 15_000.0;
+
+/// F4 callee: how long after the user answered the caller's offer may take to arrive (default of
+/// [`Call::offer_timeout_ms`]).
+pub const OFFER_TIMEOUT_MS: f64 = 10_000.0;
+
+/// The caller's offer never came (F4 callee).
+pub const NO_OFFER: &str = "Could not connect — no offer from the caller";
 
 /// What the user reads when a gateway refuses the key presented on the DataChannel.
 pub fn key_refusal_text(code: ErrorCode, message: &str) -> String {
@@ -315,6 +325,14 @@ pub struct Call {
     hung_up: bool,
     /// The failure text stays whatever outcome the cloud reports later.
     failure_final: bool,
+    /// The last refusal for this call: the cloud's `error`, or the gateway's on the DataChannel.
+    pub refusal: Option<(ErrorCode, String)>,
+    /// How long after the far end's answer (SDP) the connection may take ([`CONNECT_TIMEOUT_MS`]).
+    pub connect_timeout_ms: f64,
+    /// F4 callee: how long after answering the caller's offer may take ([`OFFER_TIMEOUT_MS`]).
+    pub offer_timeout_ms: f64,
+    /// F4 callee: when the user answered while the offer had not come yet.
+    answered_at: Option<f64>,
 }
 
 impl Call {
@@ -351,6 +369,24 @@ impl Call {
             media_started: false,
             hung_up: false,
             failure_final: false,
+            refusal: None,
+            connect_timeout_ms: CONNECT_TIMEOUT_MS,
+            offer_timeout_ms: OFFER_TIMEOUT_MS,
+            answered_at: None,
+        }
+    }
+
+    /// When the next [`Input::Tick`] can change something (a deadline), if any: a driver with
+    /// timers sleeps until then; the browser simply ticks about once a second.
+    pub fn next_deadline(&self) -> Option<f64> {
+        if self.phase == Phase::Ended {
+            return None;
+        }
+        let connect = self.answered_sdp_at.filter(|_| !self.media_up).map(|t| t + self.connect_timeout_ms);
+        let offer = self.answered_at.filter(|_| self.answer_when_offer).map(|t| t + self.offer_timeout_ms);
+        match (connect, offer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -484,7 +520,7 @@ impl Call {
                     // Never connected: the cloud records why (`connect_failed`), not a cancel.
                     Some(_) if self.connected_at.is_none() => Some(ClientMsg::ConnectFailed {
                         call_id: self.call_id.clone(),
-                        reason: "the browser's WebRTC connection failed or did not come up in time".into(),
+                        reason: "the WebRTC connection to the far end failed or did not come up in time".into(),
                     }),
                     m => m,
                 };
@@ -618,9 +654,24 @@ impl Call {
             Input::Tick => {
                 if self.phase != Phase::Ended
                     && !self.media_up
-                    && self.answered_sdp_at.is_some_and(|t| now - t >= CONNECT_TIMEOUT_MS)
+                    && self.answered_sdp_at.is_some_and(|t| now - t >= self.connect_timeout_ms)
                 {
                     self.network_failed(now, &mut a);
+                }
+                if self.phase != Phase::Ended
+                    && self.answer_when_offer
+                    && self.answered_at.is_some_and(|t| now - t >= self.offer_timeout_ms)
+                {
+                    // F4: the caller's browser never offered; end it at the cloud (a hang-up of
+                    // a call it has as answered, else a decline).
+                    self.answer_when_offer = false;
+                    self.failure = Some(NO_OFFER.into());
+                    self.failure_final = true;
+                    if !self.hung_up && !self.cloud_final {
+                        self.hung_up = true;
+                        a.extend(self.cloud_end_msg().map(Action::Cloud));
+                    }
+                    self.end(now, &mut a);
                 }
             }
         }
@@ -727,6 +778,7 @@ impl Call {
                             return;
                         }
                         if self.answer_when_offer {
+                            self.answer_when_offer = false;
                             self.start_media(a, Action::MakeAnswer { offer: sdp });
                         } else {
                             self.pending_offer = Some(sdp);
@@ -770,6 +822,7 @@ impl Call {
                 self.end(now, a);
             }
             ServerMsg::Error { code, message, .. } => {
+                self.refusal = Some((code, message.clone()));
                 // B3: `invalid_call` is followed by the `rejected_invalid` outcome.
                 if code == ErrorCode::InvalidCall {
                     return;
@@ -833,6 +886,7 @@ impl Call {
                 }
                 // The key was refused: nothing rang. End the attempt at the cloud now.
                 self.failure = Some(key_refusal_text(code, &message));
+                self.refusal = Some((code, message));
                 self.failure_final = true;
                 self.cloud_give_up(a);
                 self.end(now, a);
@@ -864,7 +918,10 @@ impl Call {
                     // F4: answer the caller's offer (now, or when it comes).
                     Via::Peer { .. } => match self.pending_offer.take() {
                         Some(offer) => self.start_media(a, Action::MakeAnswer { offer }),
-                        None => self.answer_when_offer = true,
+                        None => {
+                            self.answer_when_offer = true;
+                            self.answered_at = Some(now);
+                        }
                     },
                     Via::Pending => {}
                 }
@@ -1280,6 +1337,50 @@ mod tests {
         let a = c.on(Input::ConnectionFailed, 2.0);
         assert_eq!(msgs(&a), vec!["cloud:connect_failed", "CloseMedia", "Finished"]);
         assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_FAILURE));
+    }
+
+    #[test]
+    fn f4_callee_whose_caller_never_offers_declines_after_the_offer_timeout() {
+        let (mut c, _) = Call::incoming("c4".into(), "2002".into(), "2001".into(), "Alice".into(), IncomingVia::Peer { key: "P".repeat(22) }, 0.0);
+        c.offer_timeout_ms = 5_000.0;
+        assert_eq!(c.next_deadline(), None, "ringing here has no deadline of ours");
+        c.on(Input::User(UserAction::Answer), 1_000.0);
+        assert_eq!(c.next_deadline(), Some(6_000.0));
+        assert!(c.on(Input::Tick, 5_999.0).is_empty());
+        let a = c.on(Input::Tick, 6_000.0);
+        assert_eq!(msgs(&a), vec!["cloud:decline", "Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some(NO_OFFER));
+        assert_eq!(c.next_deadline(), None);
+        // The offer in time: no deadline left once it is answered.
+        let (mut c, _) = Call::incoming("c4".into(), "2002".into(), "2001".into(), "Alice".into(), IncomingVia::Peer { key: "P".repeat(22) }, 0.0);
+        c.on(Input::User(UserAction::Answer), 1_000.0);
+        c.on(Input::Cloud(ServerMsg::Signal { call_id: "c4".into(), payload: SignalPayload::Offer { sdp: "o".into() } }), 2_000.0);
+        assert_eq!(c.next_deadline(), None);
+        assert!(c.on(Input::Tick, 60_000.0).is_empty());
+    }
+
+    #[test]
+    fn the_connect_deadline_follows_the_answer_and_a_set_timeout() {
+        let mut c = outgoing();
+        c.connect_timeout_ms = 3_000.0;
+        c.on(connect_msg("KKKKKKKKKKKKKKKKKKKKKK"), 1.0);
+        c.on(Input::LocalOffer("offer".into()), 2.0);
+        assert_eq!(c.next_deadline(), None);
+        c.on(direct_signal("c1", SignalPayload::Answer { sdp: "answer".into() }), 10.0);
+        assert_eq!(c.next_deadline(), Some(3_010.0));
+        c.on(Input::MediaUp, 20.0);
+        assert_eq!(c.next_deadline(), None, "media is up: nothing to wait for");
+    }
+
+    #[test]
+    fn a_refused_key_is_kept_with_its_code() {
+        let mut c = outgoing();
+        c.on(connect_msg("KKKKKKKKKKKKKKKKKKKKKK"), 1.0);
+        c.on(Input::LocalOffer("offer".into()), 2.0);
+        c.on(Input::ChannelOpen, 3.0);
+        c.on(Input::Direct(DirectServerMsg::Error { code: ErrorCode::KeyUsed, message: "used".into() }), 4.0);
+        assert_eq!(c.refusal, Some((ErrorCode::KeyUsed, "used".into())));
+        assert_eq!(c.outcome_line().as_deref(), Some("Call failed — the key was already used"));
     }
 
     #[test]
