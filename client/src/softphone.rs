@@ -683,6 +683,9 @@ struct CallTask {
     pending_peer: Option<WebRtcPeer>,
     media: Option<Arc<MediaSession>>,
     media_events: Option<tokio::sync::broadcast::Receiver<MediaEvent>>,
+    /// Events the session sent before we subscribed (its task may run at once on another
+    /// worker), handled first.
+    early_events: std::collections::VecDeque<MediaEvent>,
     /// The core's failure text already reported as [`CallUpdate::Failed`].
     failure_reported: bool,
     /// Over locally: wait for the cloud's outcome until then.
@@ -726,6 +729,7 @@ impl CallTask {
             pending_peer: None,
             media: None,
             media_events: None,
+            early_events: Default::default(),
             failure_reported: false,
             grace: None,
             done: false,
@@ -751,6 +755,10 @@ impl CallTask {
             self.step(input).await;
         }
         while !self.done {
+            if let Some(e) = self.early_events.pop_front() {
+                self.on_media(Some(e)).await;
+                continue;
+            }
             let core_deadline = self.call.next_deadline().map(|ms| self.epoch + Duration::from_secs_f64(ms.max(0.0) / 1000.0));
             let deadline = [self.grace, core_deadline].into_iter().flatten().min();
             tokio::select! {
@@ -968,10 +976,7 @@ impl CallTask {
         let m = media.clone();
         self.set_status(|s| s.media = Some(m));
         self.media = Some(media);
-        // Events before the subscription (none in practice: the session just started).
-        for e in history {
-            tracing::debug!("call {}: early media event {e:?}", self.call.call_id);
-        }
+        self.early_events.extend(history);
     }
 
     async fn on_media(&mut self, e: Option<MediaEvent>) {
