@@ -303,18 +303,15 @@ gwset() { echo "$1=$2" >>"$GWKV"; }
 
 # Start a gateway: start_gateway ID RTP_RANGE; sets GW_PID, GW_SIP.
 start_gateway() {
-    local id=$1 range=$2 sport dport
+    local id=$1 range=$2 sport
     for _ in $(seq 10); do
         sport=$("$BENCH" free-port --both)
-        dport=$("$BENCH" free-port)
         printf '%s' "$GW_SECRET" >"$GW/$id.secret"
         cat >"$GW/$id.toml" <<EOT
 id = "$id"
 secret_file = "$GW/$id.secret"
 cloud_url = "ws://127.0.0.1:$GW_SPORT/ws"
 sip_listen = "127.0.0.1:$sport"
-direct_listen = "127.0.0.1:$dport"
-advertise_url = "ws://127.0.0.1:$dport/direct"
 rtp_ports = "$range"
 state_dir = "$GW/$id-state"
 ring_timeout_secs = 30

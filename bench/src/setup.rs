@@ -3,7 +3,7 @@
 //! - **F1** browser → desk phone: the headless client (`Softphone::call`) dials a desk phone
 //!   registered at gateway `hq` by the bench UA, which answers at once (180, then 200) and
 //!   sends a 20 ms frame every 20 ms. Dial = `call()`; ringing = the first `ringing` (from the
-//!   cloud or the gateway's direct endpoint); first audio = the client's `FirstAudio`.
+//!   cloud or the gateway, on the DataChannel); first audio = the client's `FirstAudio`.
 //! - **F2** desk phone on `hq` → desk phone on `br`: the bench UA places the call at `hq`
 //!   (digest on the 401); `br`'s phone (another bench UA) answers at once and sends audio.
 //!   Dial = the first INVITE; ringing = the 180; first audio = the first RTP packet at the

@@ -152,7 +152,8 @@ async fn switch_auth(url: &str, id: &str, secret: &str) -> Result<Ws, String> {
         v: trunkline_protocol::PROTOCOL_VERSION,
         switch_id: id.to_string(),
         secret: secret.to_string(),
-        direct_urls: vec![format!("ws://127.0.0.1:7001/direct/{id}")],
+        // Gateways advertise no address: callers reach them over WebRTC through the cloud.
+        direct_urls: vec![],
     };
     ws.send(Message::text(auth.encode())).await.map_err(|e| format!("{id}: send switch_auth: {e}"))?;
     let reply = tokio::time::timeout(Duration::from_secs(20), ws.next())

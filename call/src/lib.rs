@@ -13,7 +13,7 @@
 //!   gateway's `answer` and `ice` come back the same way); ICE + DTLS go straight to the gateway;
 //!   once the channel opens, `present` the key on it (**C14**), and the gateway answers there with
 //!   `accepted` (or a typed `error`: nothing rang), `progress` and `ended` (**C15**). The `url`
-//!   of `connect` is not used: the browser never opens the gateway's `ws://` endpoint;
+//!   of `connect` (`switch:<id>`, the carrying switch's name) is not needed here;
 //! - incoming `via: direct` (**C3**, F3): when the user answers, the same as the F1 caller, as
 //!   the callee; `via: peer` (**F4**: `accept` with the key, answer through `signal`).
 //! - "Connected" is shown only when the far end answered AND the peer connection is connected;
@@ -399,7 +399,7 @@ impl Call {
     /// An `incoming` call: ring.
     pub fn incoming(call_id: String, me: String, from: String, from_name: String, via: IncomingVia, now: f64) -> (Call, Vec<Action>) {
         let via = match via {
-            // The `url` (a ws:// endpoint) is not used: C14 goes over WebRTC.
+            // The `url` names the caller's switch; C14 goes over WebRTC through the cloud.
             IncomingVia::Direct { key, .. } => Via::Direct { key },
             IncomingVia::Peer { key } => Via::Peer { key },
         };
@@ -1087,7 +1087,7 @@ mod tests {
     }
 
     fn connect_msg(key: &str) -> Input {
-        Input::Cloud(ServerMsg::Connect { call_id: "c1".into(), url: "ws://gw/direct".into(), key: key.into(), expires_in_ms: 30000 })
+        Input::Cloud(ServerMsg::Connect { call_id: "c1".into(), url: "switch:hq".into(), key: key.into(), expires_in_ms: 30000 })
     }
 
     fn direct_signal(call_id: &str, payload: SignalPayload) -> Input {
@@ -1134,7 +1134,7 @@ mod tests {
     fn f1_offer_and_candidates_through_the_cloud_key_on_the_datachannel() {
         let mut c = outgoing();
         let key = "K".repeat(22);
-        // C13: no ws:// is opened; the offer (audio + the DataChannel) is made at once.
+        // C13: the offer (audio + the DataChannel) is made at once, to go through the cloud.
         let a = c.on(connect_msg(&key), 1.0);
         assert_eq!(a, vec![Action::MakeOffer { channel: true }]);
         assert_eq!(c.phase, Phase::Connecting);
@@ -1280,7 +1280,7 @@ mod tests {
         }
         assert_eq!(key_refusal_text(ErrorCode::Internal, "boom"), "Call failed — the gateway refused the call: boom");
         // The callee (C3) declines instead.
-        let via = IncomingVia::Direct { url: "ws://hq/direct".into(), key: "D".repeat(22), expires_in_ms: 30000 };
+        let via = IncomingVia::Direct { url: "switch:hq".into(), key: "D".repeat(22), expires_in_ms: 30000 };
         let (mut c, _) = Call::incoming("c3".into(), "2001".into(), "1001".into(), "Reception".into(), via, 0.0);
         c.on(Input::User(UserAction::Answer), 1.0);
         c.on(Input::ChannelOpen, 2.0);
@@ -1331,7 +1331,7 @@ mod tests {
         assert_eq!(msgs(&a), vec!["direct:hangup", "CloseMedia", "Finished"]);
         assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_LOST));
         // F3 callee: decline at the cloud.
-        let via = IncomingVia::Direct { url: "ws://hq/direct".into(), key: "D".repeat(22), expires_in_ms: 30000 };
+        let via = IncomingVia::Direct { url: "switch:hq".into(), key: "D".repeat(22), expires_in_ms: 30000 };
         let (mut c, _) = Call::incoming("c3".into(), "2001".into(), "1001".into(), "Reception".into(), via, 0.0);
         c.on(Input::User(UserAction::Answer), 1.0);
         let a = c.on(Input::ConnectionFailed, 2.0);
@@ -1489,9 +1489,9 @@ mod tests {
 
     #[test]
     fn f3_incoming_via_direct_offers_and_presents_as_callee() {
-        let via = IncomingVia::Direct { url: "ws://hq/direct".into(), key: "D".repeat(22), expires_in_ms: 30000 };
+        let via = IncomingVia::Direct { url: "switch:hq".into(), key: "D".repeat(22), expires_in_ms: 30000 };
         let (mut c, _) = Call::incoming("c3".into(), "2001".into(), "1001".into(), "Reception".into(), via, 0.0);
-        assert_eq!(c.via, Via::Direct { key: "D".repeat(22) }, "the ws:// url is not kept");
+        assert_eq!(c.via, Via::Direct { key: "D".repeat(22) }, "only the key is kept");
         let a = c.on(Input::User(UserAction::Answer), 1.0);
         assert_eq!(a, vec![Action::StopRingtone, Action::MakeOffer { channel: true }]);
         let a = c.on(Input::LocalOffer("offer".into()), 2.0);

@@ -63,7 +63,6 @@ pub struct Login {
 pub struct GatewayInfo {
     pub id: String,
     pub sip: SocketAddr,
-    pub direct_url: String,
     pub echo_number: String,
     pub phones: Vec<Login>,
 }
@@ -206,12 +205,11 @@ pub async fn start(opts: StackOptions) -> Result<Stack, DemoError> {
     let fixed = opts.http_port != 0;
     let mut gateways = vec![];
     for (i, (id, secret)) in secrets.switches.iter().enumerate() {
+        // SIP for its desk phones is all a gateway listens on: browsers and the other gateway
+        // reach it over WebRTC, negotiated through the signal server.
         let sip_port = if fixed { 5060 + 10 * i as u16 } else { 0 };
-        let direct_port = if fixed { 7443 + i as u16 } else { 0 };
         let (udp, tcp) = bind_sip(opts.bind_ip, sip_port).await?;
         let sip = udp.local_addr().map_err(|source| DemoError::Data { path: data.clone(), source })?;
-        let direct = bind_tcp("a gateway's direct endpoint", SocketAddr::new(opts.bind_ip, direct_port)).await?;
-        let direct_addr = direct.local_addr().map_err(|source| DemoError::Data { path: data.clone(), source })?;
         let secret_file = data.join(format!("{id}.secret"));
         write_private(&secret_file, secret.as_bytes()).map_err(|source| DemoError::Data { path: secret_file.clone(), source })?;
         let echo = secrets.echo.iter().find(|(s, _)| s == id).map(|(_, n)| n.clone()).unwrap_or_default();
@@ -221,8 +219,6 @@ pub async fn start(opts: StackOptions) -> Result<Stack, DemoError> {
             secret_file,
             cloud_url: format!("ws://{http_addr}/ws"),
             sip_listen: sip,
-            direct_listen: direct_addr,
-            advertise_url: format!("ws://{direct_addr}/direct"),
             rtp_ports: rtp,
             state_dir: data.join(format!("{id}-state")),
             echo_number: Some(echo.clone()),
@@ -230,7 +226,7 @@ pub async fn start(opts: StackOptions) -> Result<Stack, DemoError> {
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         stops.push(tx);
-        let sockets = switch_gateway::Sockets { sip_udp: udp, sip_tcp: tcp, direct, sip_tls: None };
+        let sockets = switch_gateway::Sockets { sip_udp: udp, sip_tcp: tcp, sip_tls: None };
         let gw_id = id.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = switch_gateway::run(gw, sockets, async move {
@@ -244,7 +240,6 @@ pub async fn start(opts: StackOptions) -> Result<Stack, DemoError> {
         gateways.push(GatewayInfo {
             id: id.clone(),
             sip,
-            direct_url: format!("ws://{direct_addr}/direct"),
             echo_number: echo,
             phones: secrets.deskphones.iter().filter(|(s, _)| s == id).map(|(_, l)| l.clone()).collect(),
         });

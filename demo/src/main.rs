@@ -19,7 +19,7 @@ enum Command {
         /// Data folder (database, secrets, demo logins); reused by the next run.
         #[arg(long, env = "TRUNKLINE_DATA", default_value = "data")]
         data: PathBuf,
-        /// Signal server port (gateways: SIP 5060/5070, direct 7443/7444). 0: random ports.
+        /// Signal server port (gateways: SIP 5060/5070; nothing else listens). 0: random ports.
         #[arg(long, env = "TRUNKLINE_PORT", default_value_t = 8080)]
         port: u16,
         #[arg(long, default_value = "127.0.0.1")]

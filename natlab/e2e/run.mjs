@@ -134,8 +134,6 @@ async function startGateway(id, site) {
     `cloud_url = "wss://${L.SIGNAL_IP}:${SIGNAL_PORT}/ws"`,
     `cloud_ca_file = "${cloud.ca}"`,
     `sip_listen = "${ip}:5060"`,
-    `direct_listen = "${ip}:7443"`,
-    `advertise_url = "ws://${ip}:7443/direct"`,
     'rtp_ports = "40000-40199"',
     'ring_timeout_secs = 30',
     `state_dir = "${dir}/${id}-state"`,

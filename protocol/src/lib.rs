@@ -276,7 +276,7 @@ pub enum SignalPayload {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum CallEvent {
-    /// C14 done: the caller presented a valid key at the switch's direct endpoint.
+    /// C14 done: the connecting party presented a valid key on the switch's DataChannel.
     KeyAccepted,
     /// The callee's device is ringing.
     Ringing,
@@ -294,7 +294,9 @@ pub enum CallEvent {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum QueryAnswer {
-    /// C12, claim 9: the call is in the switch's waiting queue; connect here with this key.
+    /// C12, claim 9: the call is in the switch's waiting queue; connect to this switch with
+    /// this key. `url` names the answering switch, `switch:<its switch_id>` (see
+    /// [`switch_address`]): the connection itself is C14 over WebRTC through the cloud.
     Accept { url: String, key: String, expires_in_ms: u64 },
     /// C12: the callee cannot take the call.
     Decline { reason: DeclineReason },
@@ -309,7 +311,7 @@ pub enum Route {
     /// The callee's home switch is the asking switch itself: connect locally (F7).
     Local,
     /// B5: the callee's home switch. The cloud is fetching a key from it (C11–C12); a
-    /// `connect` (C2) or an `outcome` follows.
+    /// `connect` (C2) or an `outcome` follows. `url` is `switch:<switch_id>`.
     Switch { switch_id: String, url: String },
     /// B6: the callee is a switchless device. The asking switch must queue the call and send
     /// `direct_offer` (its own address + key) for the cloud to pass on (C3).
@@ -320,7 +322,8 @@ pub enum Route {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "via", rename_all = "snake_case")]
 pub enum IncomingVia {
-    /// C3: connect directly to the caller's switch at `url` and present `key`.
+    /// C3: connect directly to the caller's switch `url` (`switch:<switch_id>`) over WebRTC
+    /// (`direct_signal`) and present `key` on the DataChannel.
     Direct { url: String, key: String, expires_in_ms: u64 },
     /// F4: answer with `accept` and relay WebRTC through the cloud, presenting `key`.
     Peer { key: String },
@@ -359,9 +362,17 @@ pub enum ClientMsg {
     Login { v: u16, number: String, password: String },
     /// Browser sign-in with a session token from an earlier `welcome` (e.g. after a reconnect).
     Resume { v: u16, token: String },
-    /// Switch gateway sign-in with its provisioned secret; `direct_urls` are the direct
-    /// endpoint addresses it advertises to callers.
-    SwitchAuth { v: u16, switch_id: String, secret: String, direct_urls: Vec<String> },
+    /// Switch gateway sign-in with its provisioned secret. `direct_urls` (optional, 0–8
+    /// `ws://`/`wss://` addresses) is what an older gateway advertised for its retired
+    /// WebSocket direct endpoint: kept in the directory for the admin views, never handed to a
+    /// caller. Gateways of this version send none (they listen for no caller).
+    SwitchAuth {
+        v: u16,
+        switch_id: String,
+        secret: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        direct_urls: Vec<String>,
+    },
     /// A: a browser asks the cloud to place a call (→ C1).
     Dial { call_id: CallId, to: String },
     /// The caller gives up before the call is connected.
@@ -392,7 +403,8 @@ pub enum ClientMsg {
     RouteQuery { call_id: CallId, from: String, to: String },
     /// C12: a switch answers the cloud's `callee_query`.
     QueryAnswer { call_id: CallId, answer: QueryAnswer },
-    /// C3: after a B6 route, the caller's switch hands the cloud its address + key for the callee.
+    /// C3: after a B6 route, the caller's switch hands the cloud its address (`switch:<its
+    /// switch_id>`) + key for the callee.
     DirectOffer { call_id: CallId, url: String, key: String, expires_in_ms: u64 },
     /// Browser: keep this Web Push subscription for my account, so the server can wake me when
     /// a call comes while I have no live connection. The fields are those of the browser's
@@ -526,7 +538,9 @@ pub enum ServerMsg {
     Route { call_id: CallId, route: Route },
     /// C11: does `to` (a phone of yours) accept a call from `from`?
     CalleeQuery { call_id: CallId, from: String, from_name: String, to: String },
-    /// C13 (to a browser) / C2 (to a switch): connect directly to `url` and present `key`.
+    /// C13 (to a browser) / C2 (to a switch): connect directly to switch `url`
+    /// (`switch:<switch_id>`, a name, not a transport address) and present `key`: offer WebRTC
+    /// with a `trunkline-direct` DataChannel through `direct_signal`, then send the key on it.
     Connect { call_id: CallId, url: String, key: String, expires_in_ms: u64 },
     /// F4, to the caller: the callee is a switchless browser that is being rung; negotiate
     /// WebRTC with `signal` messages carrying this key (the callee got the same key).
@@ -687,32 +701,33 @@ impl ProtocolError {
     }
 }
 
-/// Messages a caller (browser or another gateway) sends to a gateway's **direct endpoint**
-/// (the `url` from `connect` / `incoming`), steps C14–C15.
+/// Messages the party connecting to a switch (browser or another gateway) sends on the
+/// `trunkline-direct` DataChannel of its WebRTC connection to that switch, steps C14–C15.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DirectClientMsg {
     /// C14, claim 10: present the one-time key for `call_id`. `caller` is who connects: the
     /// caller's number (F1/F2) or the callee device's number (C3).
     Present { v: u16, call_id: CallId, key: String, caller: String },
-    /// After `accepted`: the caller's WebRTC offer (audio; all its ICE candidates included,
-    /// no trickle). The gateway answers with `answer` and rings the desk phone (C15).
+    /// Not used on the DataChannel (the offer went through the cloud as `direct_signal`): a
+    /// gateway answers it with `wrong_state`. Left from the retired WebSocket direct endpoint.
     Offer { sdp: String },
     /// Leave the call.
     Hangup,
 }
 
-/// Messages a gateway's direct endpoint sends back.
+/// Messages a gateway sends back on the `trunkline-direct` DataChannel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DirectServerMsg {
-    /// The key checked out: it is now spent, and the call proceeds (C15). Send `offer` next.
+    /// The key checked out: it is now spent, and the call proceeds on this connection (C15).
     Accepted { call_id: CallId },
-    /// The gateway's WebRTC answer (ICE-lite, host candidates included, DTLS-SRTP).
+    /// Not sent on the DataChannel (the answer goes through the cloud as `direct_signal`).
+    /// Left from the retired WebSocket direct endpoint.
     Answer { sdp: String },
     /// Progress of the desk phone: `ringing`, `connected`.
     Progress { event: CallEvent },
-    /// Refused (the connection is closed after this); nothing rang.
+    /// Refused; for a key refusal the gateway closes the WebRTC leg after this. Nothing rang.
     Error { code: ErrorCode, message: String },
     /// The call ended.
     Ended { outcome: Outcome },

@@ -73,7 +73,8 @@ pub fn check_key(s: &str) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// A direct endpoint address: `ws://` or `wss://`, printable ASCII, ≤ 256 bytes.
+/// A `ws://` or `wss://` address, printable ASCII, ≤ 256 bytes: what an older gateway may still
+/// list in `switch_auth`'s `direct_urls` (kept for the directory's view; never handed to a caller).
 pub fn check_url(field: &str, s: &str) -> Result<(), ProtocolError> {
     if s.len() > MAX_URL_LEN {
         return Err(bad(field, format_args!("longer than {MAX_URL_LEN} bytes")));
@@ -86,6 +87,26 @@ pub fn check_url(field: &str, s: &str) -> Result<(), ProtocolError> {
         return Err(bad(field, "must have a host and no spaces or control characters"));
     }
     Ok(())
+}
+
+/// The address of a switch as `connect`, `incoming` (via `direct`), `route` (switch),
+/// `query_answer` (accept) and `direct_offer` carry it: the carrying switch's name,
+/// `switch:<switch_id>`. It is a name, not a transport address: the caller reaches the switch
+/// over WebRTC, with the offer/answer and candidates relayed by the cloud (`direct_signal`),
+/// so no message carries a `ws://` address and no gateway listens for callers.
+pub fn switch_address(switch_id: &str) -> String {
+    format!("{SWITCH_ADDRESS_PREFIX}{switch_id}")
+}
+
+/// The scheme-like prefix of [`switch_address`].
+pub const SWITCH_ADDRESS_PREFIX: &str = "switch:";
+
+/// A switch address: `switch:` followed by a valid switch id (see [`check_switch_id`]).
+pub fn check_switch_address(field: &str, s: &str) -> Result<(), ProtocolError> {
+    let id = s.strip_prefix(SWITCH_ADDRESS_PREFIX).ok_or_else(|| {
+        bad(field, "must be switch:<switch_id> (callers reach a switch over WebRTC through the cloud, not at a ws:// address)")
+    })?;
+    check_switch_id(id).map_err(|_| bad(field, "must be switch:<switch_id> with 1–64 of A–Z a–z 0–9 . _ -"))
 }
 
 /// Is `host` (as written in a URL's authority, port removed) this machine's loopback name?
@@ -216,8 +237,9 @@ impl ClientMsg {
                 if secret.is_empty() || secret.len() > MAX_PASSWORD_LEN {
                     return Err(bad("secret", format_args!("must be 1–{MAX_PASSWORD_LEN} bytes")));
                 }
-                if direct_urls.is_empty() || direct_urls.len() > MAX_DIRECT_URLS {
-                    return Err(bad("direct_urls", format_args!("must list 1–{MAX_DIRECT_URLS} addresses")));
+                // Optional (gateways send none now); any given are still checked.
+                if direct_urls.len() > MAX_DIRECT_URLS {
+                    return Err(bad("direct_urls", format_args!("must list at most {MAX_DIRECT_URLS} addresses")));
                 }
                 for u in direct_urls {
                     check_url("direct_urls", u)?;
@@ -245,13 +267,13 @@ impl ClientMsg {
             }
             ClientMsg::QueryAnswer { answer, .. } => {
                 if let QueryAnswer::Accept { url, key, expires_in_ms } = answer {
-                    check_url("url", url)?;
+                    check_switch_address("url", url)?;
                     check_key(key)?;
                     check_ttl(*expires_in_ms)?;
                 }
             }
             ClientMsg::DirectOffer { url, key, expires_in_ms, .. } => {
-                check_url("url", url)?;
+                check_switch_address("url", url)?;
                 check_key(key)?;
                 check_ttl(*expires_in_ms)?;
             }
@@ -324,11 +346,41 @@ mod tests {
             r#"{"type":"dial","call_id":"c1","to":""}"#,
             r#"{"type":"accept","call_id":"c1","key":"short"}"#,
             r#"{"type":"direct_offer","call_id":"c1","url":"http://x","key":"AAAAAAAAAAAAAAAAAAAAAAAA","expires_in_ms":1000}"#,
-            r#"{"type":"direct_offer","call_id":"c1","url":"ws://x","key":"AAAAAAAAAAAAAAAAAAAAAAAA","expires_in_ms":0}"#,
-            r#"{"type":"switch_auth","v":1,"switch_id":"hq","secret":"s","direct_urls":[]}"#,
+            r#"{"type":"direct_offer","call_id":"c1","url":"switch:hq","key":"AAAAAAAAAAAAAAAAAAAAAAAA","expires_in_ms":0}"#,
+            // No ws:// address in a message to a caller any more: a switch is named.
+            r#"{"type":"direct_offer","call_id":"c1","url":"ws://hq.example:7443/direct","key":"AAAAAAAAAAAAAAAAAAAAAAAA","expires_in_ms":1000}"#,
+            r#"{"type":"direct_offer","call_id":"c1","url":"switch:","key":"AAAAAAAAAAAAAAAAAAAAAAAA","expires_in_ms":1000}"#,
+            r#"{"type":"direct_offer","call_id":"c1","url":"switch:h q","key":"AAAAAAAAAAAAAAAAAAAAAAAA","expires_in_ms":1000}"#,
+            r#"{"type":"query_answer","call_id":"c1","answer":{"answer":"accept","url":"wss://hq.example/direct","key":"AAAAAAAAAAAAAAAAAAAAAAAA","expires_in_ms":1000}}"#,
+            r#"{"type":"switch_auth","v":1,"switch_id":"hq","secret":"s","direct_urls":["http://x"]}"#,
+            r#"{"type":"switch_auth","v":1,"switch_id":"hq","secret":"s","direct_urls":["ws://1","ws://2","ws://3","ws://4","ws://5","ws://6","ws://7","ws://8","ws://9"]}"#,
         ] {
             assert_eq!(ClientMsg::decode(text).unwrap_err().code, ErrorCode::InvalidField, "{text}");
         }
+    }
+
+    #[test]
+    fn switches_are_named_not_addressed_and_direct_urls_are_optional() {
+        let key = "AAAAAAAAAAAAAAAAAAAAAAAA";
+        let offer = format!(r#"{{"type":"direct_offer","call_id":"c1","url":"switch:hq","key":"{key}","expires_in_ms":1000}}"#);
+        assert!(ClientMsg::decode(&offer).is_ok());
+        let answer = format!(
+            r#"{{"type":"query_answer","call_id":"c1","answer":{{"answer":"accept","url":"{}","key":"{key}","expires_in_ms":1000}}}}"#,
+            switch_address("branch.site-2")
+        );
+        assert!(ClientMsg::decode(&answer).is_ok());
+        // A gateway signs in without direct_urls (it listens for nobody) …
+        let auth = ClientMsg::decode(r#"{"type":"switch_auth","v":1,"switch_id":"hq","secret":"s"}"#).unwrap();
+        assert!(matches!(&auth, ClientMsg::SwitchAuth { direct_urls, .. } if direct_urls.is_empty()));
+        assert!(!auth.encode().contains("direct_urls"), "an empty list is not sent: {}", auth.encode());
+        // … or with an empty list, or (an older gateway) with ws:// addresses, which are checked.
+        assert!(ClientMsg::decode(r#"{"type":"switch_auth","v":1,"switch_id":"hq","secret":"s","direct_urls":[]}"#).is_ok());
+        assert!(
+            ClientMsg::decode(
+                r#"{"type":"switch_auth","v":1,"switch_id":"hq","secret":"s","direct_urls":["wss://gw.example:7443/direct"]}"#
+            )
+            .is_ok()
+        );
     }
 
     const P256DH: &str = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";

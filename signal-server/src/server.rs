@@ -86,7 +86,7 @@ struct WakeCmd {
 
 enum Online {
     Device(String),
-    Switch { id: String, urls: Vec<String>, ice_servers: Vec<trunkline_protocol::IceServer> },
+    Switch { id: String, ice_servers: Vec<trunkline_protocol::IceServer> },
 }
 
 impl Online {
@@ -709,16 +709,16 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 return Err(PE::new(ErrorCode::AuthFailed, "wrong switch id or secret"));
             }
             s.account_failures.lock().unwrap().succeeded(&key);
-            tracing::info!(%ip, %switch_id, urls = ?direct_urls, "switch signed in");
-            let _ = s.store.send(StoreCmd::SwitchState {
-                id: switch_id.clone(),
-                online: true,
-                urls: direct_urls.clone(),
-                at: unix_ms(),
-            });
+            tracing::info!(%ip, %switch_id, "switch signed in");
+            if !direct_urls.is_empty() {
+                // An older gateway: what it advertised is kept for the admin views only; callers
+                // are handed the switch's name and reach it over WebRTC through the cloud.
+                tracing::info!(%switch_id, urls = ?direct_urls, "switch advertised direct_urls (not used)");
+            }
+            let _ = s.store.send(StoreCmd::SwitchState { id: switch_id.clone(), online: true, urls: direct_urls, at: unix_ms() });
             // The engine sends switch_welcome (it knows the phones).
             let ice_servers = s.ice.mint(&switch_id, unix_s());
-            Ok((Online::Switch { id: switch_id, urls: direct_urls, ice_servers }, None))
+            Ok((Online::Switch { id: switch_id, ice_servers }, None))
         }
         other => Err(PE::new(
             ErrorCode::NotAuthenticated,
@@ -765,9 +765,7 @@ impl Hub {
                 h.outboxes.insert(conn, outbox);
                 match who {
                     Online::Device(n) => h.engine.device_online(now, conn, &n),
-                    Online::Switch { id, urls, ice_servers } => {
-                        h.engine.switch_online(now, conn, &id, urls, &self.realm, ice_servers)
-                    }
+                    Online::Switch { id, ice_servers } => h.engine.switch_online(now, conn, &id, &self.realm, ice_servers),
                 }
             }
             EngineCmd::Msg { conn, msg } => h.engine.handle(now, conn, msg),

@@ -40,7 +40,7 @@ async fn browser_gets_its_call_records_newest_first_and_only_its_own() {
     alice.send(r#"{"type":"history","limit":0}"#).await;
     alice.expect_error(ErrorCode::InvalidField).await;
     // Switches have no history.
-    let mut hq = srv.switch(HQ, HQ_URL).await;
+    let mut hq = srv.switch(HQ).await;
     hq.send(r#"{"type":"history"}"#).await;
     hq.expect_error(ErrorCode::Forbidden).await;
 }

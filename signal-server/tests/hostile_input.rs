@@ -42,7 +42,7 @@ async fn malformed_messages_get_typed_errors_and_the_connection_stays_usable() {
     alice.send(&big).await;
     alice.expect_error(ErrorCode::MessageTooLarge).await;
     // After all that, the same connection still places a call normally.
-    let mut branch = srv.switch(BRANCH, BRANCH_URL).await;
+    let mut branch = srv.switch(BRANCH).await;
     alice.send(r#"{"type":"dial","call_id":"fine","to":"3001"}"#).await;
     assert!(matches!(branch.recv().await, ServerMsg::CalleeQuery { call_id, .. } if call_id == "fine"));
 }
@@ -62,8 +62,8 @@ async fn huge_frames_close_only_that_connection() {
 #[tokio::test]
 async fn out_of_order_and_foreign_call_messages_change_nothing() {
     let (srv, _tmp) = TestServer::start().await;
-    let mut hq = srv.switch(HQ, HQ_URL).await;
-    let mut branch = srv.switch(BRANCH, BRANCH_URL).await;
+    let mut hq = srv.switch(HQ).await;
+    let mut branch = srv.switch(BRANCH).await;
     let mut alice = srv.browser(ALICE).await;
     let mut bob = srv.browser(BOB).await;
     alice.send(r#"{"type":"dial","call_id":"c","to":"3001"}"#).await;

@@ -26,7 +26,7 @@ async fn restart_keeps_accounts_and_call_records() {
 
     let srv = TestServer::start_with(cfg.clone()).await;
     srv.browser(ALICE).await;
-    srv.switch(HQ, HQ_URL).await;
+    srv.switch(HQ).await;
     let dir = SqliteDirectory::open(&cfg.database_url).await.unwrap();
     let records = dir.call_records(None, 10).await.unwrap();
     let find = |id: &str| records.iter().find(|r| r.call_id == id).unwrap_or_else(|| panic!("record {id} kept"));

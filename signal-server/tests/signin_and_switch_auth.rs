@@ -3,6 +3,8 @@
 
 mod common;
 use common::*;
+use std::time::Duration;
+
 use trunkline_protocol::{ErrorCode, ServerMsg};
 
 #[tokio::test]
@@ -95,11 +97,8 @@ async fn repeated_failures_are_rate_limited_per_address() {
 async fn switch_auth_ok_lists_its_phones_and_wrong_secret_is_refused() {
     let (srv, _tmp) = TestServer::start().await;
     let mut c = srv.client().await;
-    c.send(&format!(
-        r#"{{"type":"switch_auth","v":1,"switch_id":"hq","secret":"{}","direct_urls":["{HQ_URL}"]}}"#,
-        HQ.1
-    ))
-    .await;
+    // As a gateway of this version signs in: no direct_urls (it listens for no caller).
+    c.send(&format!(r#"{{"type":"switch_auth","v":1,"switch_id":"hq","secret":"{}"}}"#, HQ.1)).await;
     match c.recv().await {
         ServerMsg::SwitchWelcome { switch_id, sip_realm, phones, .. } => {
             assert_eq!((switch_id.as_str(), sip_realm.as_str()), ("hq", "trunkline"));
@@ -113,15 +112,70 @@ async fn switch_auth_ok_lists_its_phones_and_wrong_secret_is_refused() {
     }
     for (id, secret) in [("hq", "wrong-secret-0123456789"), ("nosuch", "wrong-secret-0123456789")] {
         let mut bad = srv.client().await;
-        bad.send(&format!(
-            r#"{{"type":"switch_auth","v":1,"switch_id":"{id}","secret":"{secret}","direct_urls":["{HQ_URL}"]}}"#
-        ))
-        .await;
+        bad.send(&format!(r#"{{"type":"switch_auth","v":1,"switch_id":"{id}","secret":"{secret}"}}"#)).await;
         bad.expect_error(ErrorCode::AuthFailed).await;
         bad.expect_closed().await;
     }
     // The rightful switch connection was not disturbed.
     assert!(c.sync().await.is_empty());
+    // Online, and advertising nothing: the directory (admin views) lists no direct_urls.
+    let dir = signal_server::directory::sqlite::SqliteDirectory::open(&srv.db_url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let list = signal_server::directory::Directory::list_switches(&dir).await.unwrap();
+        let hq = list.iter().find(|s| s.id == "hq").unwrap();
+        if hq.online {
+            assert!(hq.direct_urls.is_empty(), "{hq:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "hq never shown online: {list:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_older_gateway_s_direct_urls_are_checked_and_kept_for_the_admin_views_only() {
+    let (srv, _tmp) = TestServer::start().await;
+    // Not a ws:// / wss:// address: refused like any malformed field.
+    let mut bad = srv.client().await;
+    bad.send(&format!(r#"{{"type":"switch_auth","v":1,"switch_id":"hq","secret":"{}","direct_urls":["http://gw"]}}"#, HQ.1))
+        .await;
+    bad.expect_error(ErrorCode::InvalidField).await;
+    // A wss:// one signs in, and the directory shows what it advertised …
+    let old = "wss://gw.example:7443/direct";
+    let mut hq = srv.client().await;
+    hq.send(&format!(r#"{{"type":"switch_auth","v":1,"switch_id":"hq","secret":"{}","direct_urls":["{old}"]}}"#, HQ.1)).await;
+    assert!(matches!(hq.recv().await, ServerMsg::SwitchWelcome { .. }));
+    let dir = signal_server::directory::sqlite::SqliteDirectory::open(&srv.db_url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let list = signal_server::directory::Directory::list_switches(&dir).await.unwrap();
+        if list.iter().any(|s| s.id == "hq" && s.online && s.direct_urls == [old]) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "hq's advertised urls not listed: {list:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // … but a caller is handed the switch's name, never that address.
+    let mut hq_phone_caller = srv.browser(ALICE).await;
+    hq_phone_caller.send(r#"{"type":"dial","call_id":"old-gw","to":"1001"}"#).await;
+    match hq.recv().await {
+        ServerMsg::CalleeQuery { call_id, .. } => assert_eq!(call_id, "old-gw"),
+        other => panic!("{other:?}"),
+    }
+    hq.send(&format!(
+        r#"{{"type":"query_answer","call_id":"old-gw","answer":{{"answer":"accept","url":"{old}","key":"{KEY}","expires_in_ms":30000}}}}"#
+    ))
+    .await;
+    hq.expect_error(ErrorCode::InvalidField).await;
+    hq.send(&format!(
+        r#"{{"type":"query_answer","call_id":"old-gw","answer":{{"answer":"accept","url":"{HQ_URL}","key":"{KEY}","expires_in_ms":30000}}}}"#
+    ))
+    .await;
+    match hq_phone_caller.recv().await {
+        ServerMsg::Connect { url, .. } => assert_eq!(url, "switch:hq"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ fn accept(call: &str, url: &str) -> String {
 #[tokio::test]
 async fn f5_b3_browser_dials_a_number_that_does_not_exist() {
     let (srv, _tmp) = TestServer::start().await;
-    let mut hq = srv.switch(HQ, HQ_URL).await;
+    let mut hq = srv.switch(HQ).await;
     let mut alice = srv.browser(ALICE).await;
     alice.send(r#"{"type":"dial","call_id":"f5","to":"4040"}"#).await;
     let msg = alice.expect_error(ErrorCode::InvalidCall).await;
@@ -24,8 +24,8 @@ async fn f5_b3_browser_dials_a_number_that_does_not_exist() {
 #[tokio::test]
 async fn b3_switch_query_for_unknown_number_is_invalid_route() {
     let (srv, _tmp) = TestServer::start().await;
-    let mut hq = srv.switch(HQ, HQ_URL).await;
-    let mut branch = srv.switch(BRANCH, BRANCH_URL).await;
+    let mut hq = srv.switch(HQ).await;
+    let mut branch = srv.switch(BRANCH).await;
     hq.send(r#"{"type":"route_query","call_id":"b3","from":"1001","to":"4040"}"#).await;
     match hq.recv().await {
         ServerMsg::Route { call_id, route: Route::Invalid { reason } } => {
@@ -41,8 +41,8 @@ async fn b3_switch_query_for_unknown_number_is_invalid_route() {
 #[tokio::test]
 async fn b5_switch_query_answered_with_callee_switch_address_then_c11_c12_c2() {
     let (srv, _tmp) = TestServer::start().await;
-    let mut hq = srv.switch(HQ, HQ_URL).await;
-    let mut branch = srv.switch(BRANCH, BRANCH_URL).await;
+    let mut hq = srv.switch(HQ).await;
+    let mut branch = srv.switch(BRANCH).await;
     hq.send(r#"{"type":"route_query","call_id":"b5","from":"1001","to":"3001"}"#).await;
     assert_eq!(
         hq.recv().await,
@@ -70,7 +70,7 @@ async fn b5_switch_query_answered_with_callee_switch_address_then_c11_c12_c2() {
 #[tokio::test]
 async fn b6_switch_query_for_switchless_browser_then_c3_tells_it_over_its_websocket() {
     let (srv, _tmp) = TestServer::start().await;
-    let mut hq = srv.switch(HQ, HQ_URL).await;
+    let mut hq = srv.switch(HQ).await;
     let mut alice = srv.browser(ALICE).await;
     hq.send(r#"{"type":"route_query","call_id":"b6","from":"1001","to":"2001"}"#).await;
     assert_eq!(hq.recv().await, ServerMsg::Route { call_id: "b6".into(), route: Route::Device { device_id: "2001".into() } });
@@ -89,7 +89,7 @@ async fn b6_switch_query_for_switchless_browser_then_c3_tells_it_over_its_websoc
 #[tokio::test]
 async fn f1_c11_c12_c13_scripted_switch_accepts_and_browser_gets_address_and_key() {
     let (srv, _tmp) = TestServer::start().await;
-    let mut branch = srv.switch(BRANCH, BRANCH_URL).await;
+    let mut branch = srv.switch(BRANCH).await;
     let mut alice = srv.browser(ALICE).await;
     alice.send(r#"{"type":"dial","call_id":"f1","to":"3001"}"#).await;
     assert!(matches!(branch.recv().await, ServerMsg::CalleeQuery { call_id, .. } if call_id == "f1"));
@@ -108,7 +108,7 @@ async fn f1_c11_c12_c13_scripted_switch_accepts_and_browser_gets_address_and_key
 #[tokio::test]
 async fn f6_c12_scripted_switch_declines() {
     let (srv, _tmp) = TestServer::start().await;
-    let mut branch = srv.switch(BRANCH, BRANCH_URL).await;
+    let mut branch = srv.switch(BRANCH).await;
     let mut alice = srv.browser(ALICE).await;
     for (i, (reason, outcome)) in
         [("busy", Outcome::Busy), ("not_registered", Outcome::CalleeOffline), ("declined", Outcome::Declined)]
@@ -129,7 +129,7 @@ async fn f6_c12_scripted_switch_declines() {
 #[tokio::test]
 async fn c11_scripted_switch_never_answers_ends_switch_unavailable() {
     let (srv, _tmp) = TestServer::start().await;
-    let mut branch = srv.switch(BRANCH, BRANCH_URL).await;
+    let mut branch = srv.switch(BRANCH).await;
     let mut alice = srv.browser(ALICE).await;
     alice.send(r#"{"type":"dial","call_id":"mute","to":"3001"}"#).await;
     assert!(matches!(branch.recv().await, ServerMsg::CalleeQuery { .. }));
@@ -145,7 +145,7 @@ async fn c11_scripted_switch_never_answers_ends_switch_unavailable() {
 #[tokio::test]
 async fn c14_key_never_presented_ends_key_expired() {
     let (srv, _tmp) = TestServer::start().await;
-    let mut branch = srv.switch(BRANCH, BRANCH_URL).await;
+    let mut branch = srv.switch(BRANCH).await;
     let mut alice = srv.browser(ALICE).await;
     alice.send(r#"{"type":"dial","call_id":"late","to":"3001"}"#).await;
     assert!(matches!(branch.recv().await, ServerMsg::CalleeQuery { .. }));
@@ -238,7 +238,7 @@ async fn f4_callee_offline_and_no_answer() {
 async fn f1_c14_offer_answer_and_candidates_travel_between_browser_and_switch_through_the_cloud() {
     use trunkline_protocol::SignalPayload;
     let (srv, _tmp) = TestServer::start().await;
-    let mut branch = srv.switch(BRANCH, BRANCH_URL).await;
+    let mut branch = srv.switch(BRANCH).await;
     let mut alice = srv.browser(ALICE).await;
     let mut bob = srv.browser(BOB).await;
     alice.send(r#"{"type":"dial","call_id":"c14","to":"3001"}"#).await;

@@ -254,7 +254,7 @@ async fn f3_desk_phone_to_offline_browser_keeps_the_switch_offer_until_the_woken
     let alice_ua = UaKeys::new();
     directory(&server).await.add_push_subscription(alice_ua.subscription(ALICE.0, &svc.endpoint("alice"))).await.unwrap();
 
-    let mut hq = server.switch(HQ, HQ_URL).await;
+    let mut hq = server.switch(HQ).await;
     hq.send(r#"{"type":"route_query","call_id":"wake-3","from":"1001","to":"2001"}"#).await;
     assert!(matches!(
         hq.recv().await,
@@ -346,7 +346,7 @@ async fn no_subscription_means_callee_offline_at_once_as_before() {
     let dir = directory(&server).await;
     assert_eq!(record_steps(&dir, "none-1").await, (Outcome::CalleeOffline, "A,C1,B4,B6,Push".into()));
     // And from a switch: the route goes out, then the outcome.
-    let mut hq = server.switch(HQ, HQ_URL).await;
+    let mut hq = server.switch(HQ).await;
     hq.send(r#"{"type":"route_query","call_id":"none-2","from":"1001","to":"2002"}"#).await;
     assert!(matches!(hq.recv().await, ServerMsg::Route { route: Route::Device { .. }, .. }));
     assert_eq!(hq.expect_outcome("none-2").await, (Outcome::CalleeOffline, None));
@@ -389,7 +389,7 @@ async fn push_subscribe_and_unsubscribe_over_the_wire() {
     assert!(bob.expect_error(ErrorCode::InvalidField).await.contains("endpoint"));
     bob.send(&subscribe(&three, &ua.p256dh(), "short")).await;
     assert!(bob.expect_error(ErrorCode::InvalidField).await.contains("auth"));
-    let mut hq = server.switch(HQ, HQ_URL).await;
+    let mut hq = server.switch(HQ).await;
     hq.send(&subscribe(&three, &ua.p256dh(), &ua.auth())).await;
     hq.expect_error(ErrorCode::Forbidden).await;
 

@@ -2,8 +2,8 @@
 //! socket facing the caller, and one RTP/RTCP socket pair facing the desk phone, driven by one
 //! small tokio task per call.
 //!
-//! Two ways in: the WebSocket direct endpoint (ICE-lite answer, key first, then the offer), and
-//! a **session** (C14 over WebRTC): the caller's offer comes through the cloud, the leg is a
+//! The only way in is a **session** (C14 over WebRTC): the caller's offer comes through the
+//! cloud (the gateway listens on no port for callers), the leg is a
 //! full ICE agent that learns its server-reflexive address by STUN from the same socket and
 //! trickles it back through the cloud, the key arrives on a DataChannel inside DTLS, and only
 //! then is the phone side attached and rung. Where STUN is not enough (a site that drops
@@ -157,11 +157,10 @@ fn first_law(answer: &str) -> Option<Law> {
     }
 }
 
-/// ICE-lite when answering callers (we have a reachable address); a full agent when we are the
-/// caller of another gateway (F2), which is ICE-lite itself.
-fn rtc_config(ice_lite: bool) -> RtcConfig {
-    let mut cfg =
-        RtcConfig::new().set_ice_lite(ice_lite).clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
+/// A full ICE agent on both sides (carrier and F2 caller): behind NAT our own checks open the
+/// pinhole the far end's checks come through.
+fn rtc_config() -> RtcConfig {
+    let mut cfg = RtcConfig::new().clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
     cfg.codec_config()
         .add_config(WEBRTC_TE_PT.into(), None, Codec::Tele, Frequency::EIGHT_KHZ, None, FormatParams::parse_line("0-16"));
     cfg
@@ -169,9 +168,9 @@ fn rtc_config(ice_lite: bool) -> RtcConfig {
 
 impl DriverBridges {
     /// A UDP socket for the WebRTC leg and an `Rtc` with its host candidate on it.
-    fn rtc_and_socket(&self, ice_lite: bool) -> Result<(Rtc, LegSockets, SocketAddr), BridgeError> {
+    fn rtc_and_socket(&self) -> Result<(Rtc, LegSockets, SocketAddr), BridgeError> {
         let ice = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
-        let mut rtc = rtc_config(ice_lite).build(Instant::now());
+        let mut rtc = rtc_config().build(Instant::now());
         let addr = SocketAddr::new(self.adv_ip, ice.rtp_port());
         let candidate = Candidate::host(addr, "udp").map_err(|e| BridgeError::BadOffer(e.to_string()))?;
         rtc.add_local_candidate(candidate);
@@ -225,10 +224,10 @@ impl DriverBridges {
 }
 
 impl DriverBridges {
-    /// F2 caller side: a full-ICE leg offering audio (and, for a session, the DataChannel the
-    /// key goes on), with the phone side answering `phone_offer`.
-    fn make_offer(&mut self, phone_offer: &str, channel: bool) -> Result<BridgeSetup, BridgeError> {
-        let (mut rtc, ice, candidate) = self.rtc_and_socket(false)?;
+    /// F2 caller side: a full-ICE leg offering audio and the DataChannel the key goes on, with
+    /// the phone side answering `phone_offer`.
+    fn make_offer(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
+        let (mut rtc, ice, candidate) = self.rtc_and_socket()?;
         let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
         self.next += 1;
         let id = self.next;
@@ -236,9 +235,7 @@ impl DriverBridges {
         let phone = Some(PhoneLeg { sockets: phone, law, te_pt });
         let mut change = rtc.sdp_api();
         let mid = change.add_media(MediaKind::Audio, MediaDirection::SendRecv, None, None, None);
-        if channel {
-            change.add_channel(DIRECT_CHANNEL.to_string());
-        }
+        change.add_channel(DIRECT_CHANNEL.to_string());
         let (offer, pending) = change.apply().ok_or_else(|| BridgeError::BadOffer("no media to offer".into()))?;
         self.pending
             .lock()
@@ -249,27 +246,6 @@ impl DriverBridges {
 }
 
 impl Bridges for DriverBridges {
-    fn accept(&mut self, offer: &str, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
-        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?;
-        if !offer.media_lines.iter().any(|m| m.typ.to_string() == "audio") {
-            return Err(BridgeError::BadOffer("no audio m-line".into()));
-        }
-        let (mut rtc, ice, candidate) = self.rtc_and_socket(true)?;
-        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?.to_sdp_string();
-        let webrtc_law =
-            first_law(&answer).ok_or_else(|| BridgeError::BadOffer("the offer has neither PCMU nor PCMA".into()))?;
-        let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
-        self.next += 1;
-        let id = self.next;
-        let (phone_sdp, law, te_pt) = self.phone_side(id, phone.rtp_port(), webrtc_law, phone_offer)?;
-        let phone = Some(PhoneLeg { sockets: phone, law, te_pt });
-        self.pending
-            .lock()
-            .unwrap()
-            .insert(id, PendingBridge { rtc, ice, candidate, phone, offer: None, mid: None, remote_ips: vec![] });
-        Ok(BridgeSetup { id, answer, phone_sdp })
-    }
-
     fn open_session(&mut self, offer: &str) -> Result<(u64, String), BridgeError> {
         let remote_ips = candidate_ips(offer);
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?;
@@ -280,7 +256,7 @@ impl Bridges for DriverBridges {
             return Err(BridgeError::BadOffer("no DataChannel (m=application) to present the key on".into()));
         }
         // Full ICE: behind NAT our own checks open the pinhole the caller's checks come through.
-        let (mut rtc, ice, candidate) = self.rtc_and_socket(false)?;
+        let (mut rtc, ice, candidate) = self.rtc_and_socket()?;
         let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?.to_sdp_string();
         let law = first_law(&answer).ok_or_else(|| BridgeError::BadOffer("the offer has neither PCMU nor PCMA".into()))?;
         self.next += 1;
@@ -301,12 +277,8 @@ impl Bridges for DriverBridges {
         Ok(BridgeSetup { id, answer: String::new(), phone_sdp })
     }
 
-    fn offer(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
-        self.make_offer(phone_offer, false)
-    }
-
     fn offer_session(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
-        self.make_offer(phone_offer, true)
+        self.make_offer(phone_offer)
     }
 
     fn remote_answer(&mut self, id: u64, answer: &str) -> Result<(), BridgeError> {
@@ -327,7 +299,7 @@ pub enum BridgeCmd {
     Attach(PhoneLeg, Option<SocketAddr>),
     /// A candidate the caller trickled (SDP `candidate:` line).
     RemoteCandidate(String),
-    /// Send this text on the session's DataChannel (a direct-endpoint message).
+    /// Send this text on the session's DataChannel (a `trunkline-direct` message).
     Dc(String),
     Stop,
 }
@@ -337,7 +309,7 @@ pub enum BridgeCmd {
 pub enum SessionEvent {
     /// A local candidate to trickle to the caller (SDP `candidate:` line).
     Candidate(String),
-    /// Text from the caller on the DataChannel (a direct-endpoint message).
+    /// Text from the caller on the DataChannel (a `trunkline-direct` message).
     Dc(String),
     /// The leg is gone (closed, failed, or never got its key in time).
     Gone(&'static str),
@@ -351,13 +323,6 @@ const SESSION_OPEN_WAIT: Duration = Duration::from_secs(20);
 
 /// How long a session waits for its key before it gives up (the key's own TTL is shorter).
 const SESSION_KEY_WAIT: Duration = Duration::from_secs(60);
-
-/// Start bridge `id`'s task. Returns its command channel.
-pub fn start(pending: PendingBridge, phone_remote: Option<SocketAddr>) -> mpsc::UnboundedSender<BridgeCmd> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(pending, phone_remote, rx, None));
-    tx
-}
 
 /// Start a session's task (no phone side yet): it gathers its server-reflexive candidate from
 /// `ice.stun` and relayed ones from `ice.turn`, and reports candidates, DataChannel text and its

@@ -61,13 +61,19 @@ pub fn main() -> ExitCode {
             let sockets = match Sockets::bind(&config).await {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("error: cannot bind {} / {}: {e}", config.sip_listen, config.direct_listen);
+                    let tls = config.sip_tls.as_ref().map(|t| format!(" / {}", t.listen)).unwrap_or_default();
+                    eprintln!("error: cannot bind {}{tls}: {e}", config.sip_listen);
                     return ExitCode::FAILURE;
                 }
             };
+            // Callers elsewhere come over WebRTC through the cloud: nothing listens for them.
             println!(
-                "switch gateway {} listening: SIP udp+tcp {} · direct {} (advertised {})",
-                config.id, config.sip_listen, config.direct_listen, config.advertise_url
+                "switch gateway {} listening for desk phones: SIP udp+tcp {}{} · cloud {} · RTP/WebRTC udp {}",
+                config.id,
+                config.sip_listen,
+                config.sip_tls.as_ref().map(|t| format!(" · SIP tls {}", t.listen)).unwrap_or_default(),
+                config.cloud_url,
+                config.rtp_ports
             );
             match crate::run(config, sockets, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -25,7 +25,6 @@ pub struct LinkConfig {
     pub url: String,
     pub switch_id: String,
     pub secret: String,
-    pub direct_urls: Vec<String>,
     /// TLS settings for `wss://` (the public roots plus `cloud_ca_file`); `None` for `ws://`.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
@@ -141,7 +140,8 @@ async fn session(
         v: PROTOCOL_VERSION,
         switch_id: cfg.switch_id.clone(),
         secret: cfg.secret.clone(),
-        direct_urls: cfg.direct_urls.clone(),
+        // Nothing to advertise: callers reach this gateway over WebRTC through the cloud.
+        direct_urls: vec![],
     };
     ws.send(Message::Text(auth.encode().into())).await.map_err(|e| io(&e))?;
     // The first answer tells whether we are in.

@@ -28,13 +28,10 @@ pub struct Config {
     pub sip_listen: SocketAddr,
     /// SIP over TLS for desk phones (off when absent).
     pub sip_tls: Option<SipTlsConfig>,
-    /// Address written into Via/Contact/Record-Route and SDP for phones to reach us; default:
-    /// the `sip_listen` IP, or 127.0.0.1 when that is unspecified (0.0.0.0).
+    /// Address written into Via/Contact/Record-Route and SDP for phones to reach us, and the
+    /// host candidate of WebRTC legs; default: the `sip_listen` IP, or 127.0.0.1 when that is
+    /// unspecified (0.0.0.0).
     pub sip_advertise: Option<IpAddr>,
-    /// The direct endpoint (WebSocket) callers connect to with a key.
-    pub direct_listen: SocketAddr,
-    /// The direct endpoint's address as callers reach it (handed out by the cloud).
-    pub advertise_url: String,
     /// UDP ports for RTP/RTCP relaying, "FIRST-LAST" (even RTP port, RTCP = RTP + 1).
     pub rtp_ports: String,
     /// How long a phone may ring before the call ends with no answer (SIP 480).
@@ -65,8 +62,6 @@ impl Default for Config {
             sip_listen: "127.0.0.1:5060".parse().unwrap(),
             sip_advertise: None,
             sip_tls: None,
-            direct_listen: "127.0.0.1:7443".parse().unwrap(),
-            advertise_url: "ws://127.0.0.1:7443/direct".into(),
             rtp_ports: "20000-20999".into(),
             ring_timeout_secs: 30,
             key_ttl_ms: 30_000,
@@ -95,7 +90,19 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("config: {0}")]
     Invalid(String),
+    /// A key of an older version that is gone (in the file or as `TRUNKLINE_GATEWAY_<KEY>`).
+    #[error(
+        "config: `{key}` was removed: callers now reach the gateway over WebRTC through the cloud \
+         (offer/answer and candidates relayed on the gateway's own link to the signal server), so \
+         the gateway has no direct endpoint and needs no inbound port. Delete `{key}` from the \
+         config (and any {env} variable)"
+    )]
+    Removed { key: &'static str, env: String },
 }
+
+/// Keys of older versions, refused with [`ConfigError::Removed`] rather than the generic
+/// "unknown field" (operators upgrading should learn why, not only that).
+pub const REMOVED_KEYS: &[&str] = &["direct_listen", "advertise_url"];
 
 impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -104,25 +111,24 @@ impl Config {
             let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
             fig = fig.merge(Toml::string(&text));
         }
-        let cfg: Config =
-            fig.merge(Env::prefixed(ENV_PREFIX).split("__")).extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        cfg.check()?;
-        Ok(cfg)
+        Self::extract(fig.merge(Env::prefixed(ENV_PREFIX).split("__")))
     }
 
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::string(text))
-            .extract()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Self::extract(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+    }
+
+    fn extract(fig: Figment) -> Result<Config, ConfigError> {
+        if let Some(key) = REMOVED_KEYS.iter().find(|k| fig.contains(k)) {
+            return Err(ConfigError::Removed { key, env: format!("{ENV_PREFIX}{}", key.to_uppercase()) });
+        }
+        let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         cfg.check()?;
         Ok(cfg)
     }
 
     fn check(&self) -> Result<(), ConfigError> {
         trunkline_protocol::check_switch_id(&self.id).map_err(|e| ConfigError::Invalid(format!("id: {}", e.message)))?;
-        trunkline_protocol::check_url("advertise_url", &self.advertise_url)
-            .map_err(|e| ConfigError::Invalid(e.message))?;
         if !(self.cloud_url.starts_with("ws://") || self.cloud_url.starts_with("wss://")) {
             return Err(ConfigError::Invalid(format!("cloud_url {:?} must start with ws:// or wss://", self.cloud_url)));
         }

@@ -4,7 +4,12 @@
 //! - [`queue`]: the call-waiting queue with one-time keys (claims 8–10).
 //! - [`registrar`], [`phones`]: bindings and the local copy of this switch's phones.
 //! - [`cloud_link`]: the persistent WebSocket to the signal server.
-//! - this module: the thin tokio driver (SIP over UDP/TCP, direct endpoint, RTP relays, timers).
+//! - [`bridge`]: the WebRTC legs of C14 over WebRTC and their bridges to desk phones (C15).
+//! - this module: the thin tokio driver (SIP over UDP/TCP/TLS, sessions, RTP relays, timers).
+//!
+//! The gateway listens only for its desk phones (SIP) and on the UDP ports of its calls.
+//! Callers elsewhere never connect to it: they reach it over WebRTC, with the offer/answer and
+//! candidates relayed by the cloud over the gateway's own outbound link (`direct_signal`).
 
 pub mod b2bua;
 pub mod bridge;
@@ -21,11 +26,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
-use axum::routing::get;
-use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
@@ -51,11 +51,11 @@ pub enum GatewayError {
     Io(#[from] std::io::Error),
 }
 
-/// The sockets the gateway serves on (bound by the caller, so tests can use port 0).
+/// The sockets the gateway serves on (bound by the caller, so tests can use port 0): SIP for
+/// its desk phones only. There is no listener for callers: they come over WebRTC.
 pub struct Sockets {
     pub sip_udp: UdpSocket,
     pub sip_tcp: TcpListener,
-    pub direct: TcpListener,
     /// SIP over TLS (with `config.sip_tls`).
     pub sip_tls: Option<TcpListener>,
 }
@@ -66,7 +66,6 @@ impl Sockets {
         Ok(Sockets {
             sip_udp: UdpSocket::bind(config.sip_listen).await?,
             sip_tcp: TcpListener::bind(config.sip_listen).await?,
-            direct: TcpListener::bind(config.direct_listen).await?,
             sip_tls: match &config.sip_tls {
                 Some(t) => Some(TcpListener::bind(t.listen).await?),
                 None => None,
@@ -78,9 +77,11 @@ impl Sockets {
 enum CoreIn {
     Sip { src: SocketAddr, transport: Transport, msg: trunkline_sip::Message },
     Cloud(LinkEvent),
-    DirectOpen { conn: u64, tx: mpsc::Sender<(DirectServerMsg, bool)> },
-    Direct { conn: u64, msg: DirectClientMsg },
-    DirectGone { conn: u64 },
+    /// Text on session `id`'s DataChannel (carrier side).
+    Channel { id: u64, msg: DirectClientMsg },
+    /// Session `id`'s leg is gone (carrier side).
+    SessionGone { id: u64 },
+    /// What the callee switch said to our session `id` (F2 caller side).
     Remote { id: u64, ev: b2bua::RemoteEvent },
 }
 
@@ -188,7 +189,6 @@ pub async fn run(
             switch_id: config.id.clone(),
             adv_ip,
             sip_port,
-            advertise_url: config.advertise_url.clone(),
             ring_timeout: config.ring_timeout(),
             key_ttl: config.key_ttl(),
             min_expires: config.min_expires_secs,
@@ -212,10 +212,7 @@ pub async fn run(
     let (link_ev_tx, mut link_ev_rx) = mpsc::channel::<LinkEvent>(4096);
     let tcp_writers: TcpWriters = Arc::default();
 
-    tracing::info!(
-        switch_id = %config.id, sip = %udp.local_addr()?, direct = %sockets.direct.local_addr()?,
-        advertise_url = %config.advertise_url, cloud = %config.cloud_url, "switch gateway starting"
-    );
+    tracing::info!(switch_id = %config.id, sip = %udp.local_addr()?, cloud = %config.cloud_url, "switch gateway starting");
 
     // Cloud link, and its events into the core.
     let link = tokio::spawn(cloud_link::run(
@@ -223,7 +220,6 @@ pub async fn run(
             url: config.cloud_url.clone(),
             switch_id: config.id.clone(),
             secret,
-            direct_urls: vec![config.advertise_url.clone()],
             tls: cloud_tls,
         },
         link_ev_tx,
@@ -261,23 +257,6 @@ pub async fn run(
         _ => None,
     };
 
-    let next_conn = Arc::new(std::sync::atomic::AtomicU64::new(1));
-    let app = axum::Router::new()
-        .route("/direct", get(direct_ws))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state((core_tx.clone(), next_conn));
-    let mut direct_stop = stop_rx.clone();
-    let direct_task = tokio::spawn(async move {
-        let direct = axum::serve::ListenerExt::tap_io(sockets.direct, |tcp: &mut TcpStream| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let _ = axum::serve(direct, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                stopped(&mut direct_stop).await;
-            })
-            .await;
-    });
-
     let core_task = tokio::spawn(core_loop(
         core,
         core_rx,
@@ -303,7 +282,6 @@ pub async fn run(
     if let Some(t) = tls_task {
         let _ = t.await;
     }
-    let _ = direct_task.await;
     let _ = core_task.await;
     Ok(())
 }
@@ -324,11 +302,10 @@ async fn core_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut relays: HashMap<u64, RelayHandle> = HashMap::new();
+    // Running sessions (their bridge tasks) by id.
     let mut bridges: HashMap<u64, mpsc::UnboundedSender<bridge::BridgeCmd>> = HashMap::new();
-    let mut dials: HashMap<u64, mpsc::UnboundedSender<()>> = HashMap::new();
-    let mut direct: HashMap<u64, mpsc::Sender<(DirectServerMsg, bool)>> = HashMap::new();
-    // F2 over WebRTC, caller side: sessions waiting for their answer, and early candidates.
-    let mut outbound: HashMap<u64, (u64, String, String)> = HashMap::new();
+    // F2 caller side: sessions waiting for their answer, and early candidates.
+    let mut outbound: HashMap<u64, (String, String)> = HashMap::new();
     let mut early_candidates: HashMap<u64, Vec<String>> = HashMap::new();
     let mut batch = Vec::with_capacity(64);
     loop {
@@ -341,18 +318,9 @@ async fn core_loop(
                     match input {
                         CoreIn::Sip { src, transport, msg } => core.on_sip(now, src, transport, msg),
                         CoreIn::Cloud(ev) => core.on_cloud(now, ev),
-                        CoreIn::DirectOpen { conn, tx } => { direct.insert(conn, tx); }
-                        CoreIn::Direct { conn, msg } => core.on_direct(now, conn, msg),
-                        CoreIn::Remote { id, ev } => {
-                            if matches!(ev, b2bua::RemoteEvent::Closed(_)) {
-                                dials.remove(&id);
-                            }
-                            core.on_remote(now, id, ev);
-                        }
-                        CoreIn::DirectGone { conn } => {
-                            direct.remove(&conn);
-                            core.on_direct_gone(now, conn);
-                        }
+                        CoreIn::Channel { id, msg } => core.on_direct(now, id, msg),
+                        CoreIn::Remote { id, ev } => core.on_remote(now, id, ev),
+                        CoreIn::SessionGone { id } => core.on_direct_gone(now, id),
                     }
                 }
             }
@@ -383,29 +351,27 @@ async fn core_loop(
                         tracing::warn!("cloud link queue full or down: message dropped");
                     }
                 }
-                Output::Direct { conn, msg, close } if conn & b2bua::SESSION_CONN != 0 => {
-                    // A session's DataChannel. Its answer already went through the cloud.
-                    if let Some(b) = bridges.get(&(conn & !b2bua::SESSION_CONN)) {
+                Output::Direct { conn, msg, close } => {
+                    // A session's DataChannel (its answer went through the cloud).
+                    if let Some(b) = bridges.get(&conn) {
                         let refused = close && matches!(msg, DirectServerMsg::Error { .. });
-                        if !matches!(msg, DirectServerMsg::Answer { .. }) {
-                            let _ = b.send(bridge::BridgeCmd::Dc(msg.encode()));
-                        }
+                        let _ = b.send(bridge::BridgeCmd::Dc(msg.encode()));
                         if refused {
                             let _ = b.send(bridge::BridgeCmd::Stop);
                         }
                     }
                 }
-                Output::SessionStart { id, conn, call_id, present: Some(present) } => {
+                Output::SessionStart { id, call_id, present: Some(present) } => {
                     // F2 caller side: starts at its BridgeStart, once the answer is applied.
-                    outbound.insert(id, (conn, call_id, present.encode()));
+                    outbound.insert(id, (call_id, present.encode()));
                 }
-                Output::SessionStart { id, conn, call_id, present: None } => {
+                Output::SessionStart { id, call_id, present: None } => {
                     let Some(p) = pending_bridges.lock().unwrap().remove(&id) else { continue };
                     let ice = stun_servers.lock().unwrap().clone();
                     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
                     let tx = bridge::start_session(p, None, ice, None, ev_tx);
                     bridges.insert(id, tx.clone());
-                    tokio::spawn(session_events(conn, None, call_id, ev_rx, tx, core_tx.clone(), link.clone()));
+                    tokio::spawn(session_events(id, false, call_id, ev_rx, tx, core_tx.clone(), link.clone()));
                 }
                 Output::SessionCandidate { id, candidate } => {
                     match bridges.get(&id) {
@@ -414,14 +380,6 @@ async fn core_loop(
                         }
                         // Trickled before our outbound session started (its answer was late).
                         None => early_candidates.entry(id).or_default().push(candidate),
-                    }
-                }
-                Output::Direct { conn, msg, close } => {
-                    if let Some(tx) = direct.get(&conn) {
-                        let _ = tx.try_send((msg, close));
-                    }
-                    if close {
-                        direct.remove(&conn);
                     }
                 }
                 Output::MediaStart { id, a_remote, b_remote } => {
@@ -437,8 +395,8 @@ async fn core_loop(
                 Output::BridgeStart { id, phone } => {
                     let pending = pending_bridges.lock().unwrap().remove(&id);
                     match (pending, outbound.remove(&id)) {
-                        // F2 caller side over WebRTC: the answer is applied, start the session.
-                        (Some(p), Some((conn, call_id, present))) => {
+                        // F2 caller side: the answer is applied, start the session.
+                        (Some(p), Some((call_id, present))) => {
                             let ice = stun_servers.lock().unwrap().clone();
                             let (ev_tx, ev_rx) = mpsc::unbounded_channel();
                             let tx = bridge::start_session(p, phone, ice, Some(present), ev_tx);
@@ -446,11 +404,9 @@ async fn core_loop(
                                 let _ = tx.send(bridge::BridgeCmd::RemoteCandidate(c));
                             }
                             bridges.insert(id, tx.clone());
-                            tokio::spawn(session_events(conn, Some(id), call_id, ev_rx, tx, core_tx.clone(), link.clone()));
+                            tokio::spawn(session_events(id, true, call_id, ev_rx, tx, core_tx.clone(), link.clone()));
                         }
-                        (Some(p), None) => {
-                            bridges.insert(id, bridge::start(p, phone));
-                        }
+                        (Some(_), None) => tracing::warn!(bridge = id, "a bridge to start that is no session"),
                         (None, _) => {
                             let leg = attachments.lock().unwrap().remove(&id);
                             if let (Some(leg), Some(b)) = (leg, bridges.get(&id)) {
@@ -465,16 +421,9 @@ async fn core_loop(
                         let _ = b.send(bridge::BridgeCmd::PhoneRemote(phone));
                     }
                 }
-                Output::DirectDial { id, url, call_id, key, caller, offer } => {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    dials.insert(id, tx);
-                    tokio::spawn(direct_dial(id, url, call_id, key, caller, offer, core_tx.clone(), rx));
-                }
-                Output::DirectHangup { id } => {
-                    if let Some(tx) = dials.remove(&id) {
-                        let _ = tx.send(());
-                    } else if let Some(b) = bridges.get(&id) {
-                        // F2 over WebRTC: leave on the DataChannel.
+                Output::SessionHangup { id } => {
+                    if let Some(b) = bridges.get(&id) {
+                        // F2 caller side: leave on the DataChannel.
                         let _ = b.send(bridge::BridgeCmd::Dc(DirectClientMsg::Hangup.encode()));
                     }
                 }
@@ -501,14 +450,14 @@ async fn core_loop(
     }
 }
 
-/// A session's events: its candidates go to the cloud (trickle), its DataChannel text to the
-/// core as direct-endpoint messages, its end as the direct connection going away.
+/// Session `id`'s events: its candidates go to the cloud (trickle), its DataChannel text to the
+/// core ([`Core::on_direct`]), its end as the session going away.
 ///
-/// `remote` (F2 caller side, our bridge id): what the callee switch says comes back as
-/// [`b2bua::RemoteEvent`]s instead of direct-endpoint messages.
+/// `remote` (F2 caller side): what the callee switch says comes back as
+/// [`b2bua::RemoteEvent`]s instead.
 async fn session_events(
-    conn: u64,
-    remote: Option<u64>,
+    id: u64,
+    remote: bool,
     call_id: String,
     mut events: mpsc::UnboundedReceiver<bridge::SessionEvent>,
     bridge: mpsc::UnboundedSender<bridge::BridgeCmd>,
@@ -522,8 +471,7 @@ async fn session_events(
                 let payload = SignalPayload::Ice { candidate, sdp_mid: None, sdp_m_line_index: Some(0) };
                 let _ = link.try_send(ClientMsg::DirectSignal { call_id: call_id.clone(), payload });
             }
-            bridge::SessionEvent::Dc(text) if remote.is_some() => {
-                let id = remote.expect("checked");
+            bridge::SessionEvent::Dc(text) if remote => {
                 let ev = match DirectServerMsg::decode(&text) {
                     Ok(DirectServerMsg::Accepted { .. }) => b2bua::RemoteEvent::Accepted,
                     Ok(DirectServerMsg::Progress { event }) => b2bua::RemoteEvent::Progress(event),
@@ -541,7 +489,7 @@ async fn session_events(
             }
             bridge::SessionEvent::Dc(text) => match DirectClientMsg::decode(&text) {
                 Ok(msg) => {
-                    if core.send(CoreIn::Direct { conn, msg }).await.is_err() {
+                    if core.send(CoreIn::Channel { id, msg }).await.is_err() {
                         return;
                     }
                 }
@@ -552,9 +500,10 @@ async fn session_events(
             },
             bridge::SessionEvent::Gone(why) => {
                 tracing::info!(%call_id, %why, "session ended");
-                let msg = match remote {
-                    Some(id) => CoreIn::Remote { id, ev: b2bua::RemoteEvent::Closed(why.to_string()) },
-                    None => CoreIn::DirectGone { conn },
+                let msg = if remote {
+                    CoreIn::Remote { id, ev: b2bua::RemoteEvent::Closed(why.to_string()) }
+                } else {
+                    CoreIn::SessionGone { id }
                 };
                 let _ = core.send(msg).await;
                 return;
@@ -778,120 +727,6 @@ where
     }
 }
 
-type DirectState = (mpsc::Sender<CoreIn>, Arc<std::sync::atomic::AtomicU64>);
-
-async fn direct_ws(State((core, next)): State<DirectState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(trunkline_protocol::MAX_MESSAGE_BYTES * 4).on_upgrade(move |socket| async move {
-        let conn = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        direct_conn(socket, conn, peer, core).await;
-    })
-}
-
-async fn direct_conn(mut socket: WebSocket, conn: u64, peer: SocketAddr, core: mpsc::Sender<CoreIn>) {
-    let (tx, mut rx) = mpsc::channel::<(DirectServerMsg, bool)>(64);
-    if core.send(CoreIn::DirectOpen { conn, tx }).await.is_err() {
-        return;
-    }
-    loop {
-        tokio::select! {
-            m = socket.recv() => match m {
-                Some(Ok(WsMessage::Text(t))) => match DirectClientMsg::decode(t.as_str()) {
-                    Ok(msg) => { if core.send(CoreIn::Direct { conn, msg }).await.is_err() { break } }
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "bad message on the direct endpoint");
-                        let reply = DirectServerMsg::Error { code: e.code, message: e.message };
-                        let _ = socket.send(WsMessage::Text(reply.encode().into())).await;
-                        break;
-                    }
-                },
-                Some(Ok(WsMessage::Binary(_))) => {
-                    let reply = DirectServerMsg::Error { code: trunkline_protocol::ErrorCode::BadMessage, message: "text frames only".into() };
-                    let _ = socket.send(WsMessage::Text(reply.encode().into())).await;
-                    break;
-                }
-                Some(Ok(_)) => {}
-                _ => break,
-            },
-            out = rx.recv() => match out {
-                Some((msg, close)) => {
-                    if socket.send(WsMessage::Text(msg.encode().into())).await.is_err() || close { break }
-                }
-                None => break,
-            }
-        }
-    }
-    let _ = socket.close().await;
-    let _ = core.send(CoreIn::DirectGone { conn }).await;
-}
-
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
-}
-
-/// F2 caller side: be a direct caller of another gateway (same protocol as a browser).
-#[allow(clippy::too_many_arguments)]
-async fn direct_dial(
-    id: u64,
-    url: String,
-    call_id: String,
-    key: String,
-    caller: String,
-    offer: String,
-    core: mpsc::Sender<CoreIn>,
-    mut hangup: mpsc::UnboundedReceiver<()>,
-) {
-    use b2bua::RemoteEvent as R;
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message as M;
-    let report = |ev: R| {
-        let core = core.clone();
-        async move {
-            let _ = core.send(CoreIn::Remote { id, ev }).await;
-        }
-    };
-    let ws = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
-    )
-    .await;
-    let mut ws = match ws {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(e)) => return report(R::Closed(format!("cannot reach the callee's switch: {e}"))).await,
-        Err(_) => return report(R::Closed("the callee's switch did not answer in time".into())).await,
-    };
-    let present = DirectClientMsg::Present { v: trunkline_protocol::PROTOCOL_VERSION, call_id, key, caller };
-    if ws.send(M::Text(present.encode().into())).await.is_err() {
-        return report(R::Closed("connection lost".into())).await;
-    }
-    let mut offered = false;
-    loop {
-        tokio::select! {
-            frame = ws.next() => match frame {
-                Some(Ok(M::Text(t))) => match DirectServerMsg::decode(t.as_str()) {
-                    Ok(DirectServerMsg::Accepted { .. }) => {
-                        report(R::Accepted).await;
-                        if !offered {
-                            offered = true;
-                            let o = DirectClientMsg::Offer { sdp: offer.clone() };
-                            if ws.send(M::Text(o.encode().into())).await.is_err() {
-                                return report(R::Closed("connection lost".into())).await;
-                            }
-                        }
-                    }
-                    Ok(DirectServerMsg::Answer { sdp }) => report(R::Answer(sdp)).await,
-                    Ok(DirectServerMsg::Progress { event }) => report(R::Progress(event)).await,
-                    Ok(DirectServerMsg::Ended { outcome }) => return report(R::Ended(outcome)).await,
-                    Ok(DirectServerMsg::Error { code, message }) => return report(R::Refused { code, message }).await,
-                    Err(e) => tracing::warn!(error = %e, "unreadable message from the callee's switch"),
-                },
-                Some(Ok(M::Close(_))) | None | Some(Err(_)) => return report(R::Closed("the callee's switch closed the connection".into())).await,
-                Some(Ok(_)) => {}
-            },
-            _ = hangup.recv() => {
-                let _ = ws.send(M::Text(DirectClientMsg::Hangup.encode().into())).await;
-                let _ = ws.close(None).await;
-                return;
-            }
-        }
-    }
 }

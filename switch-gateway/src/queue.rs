@@ -1,9 +1,9 @@
 //! The call-waiting queue with one-time keys (claims 8–10), sans-IO.
 //!
 //! C12: when the cloud asks whether a callee accepts, the gateway puts the call here and hands
-//! out a key. C14: whoever connects to the direct endpoint must present that key for that call,
-//! as the identity the key was issued to, before its TTL runs out, and only once. Everything
-//! else is refused with a typed [`KeyError`] and changes nothing.
+//! out a key. C14: whoever connects (over WebRTC, on its DataChannel) must present that key for
+//! that call, as the identity the key was issued to, before its TTL runs out, and only once.
+//! Everything else is refused with a typed [`KeyError`] and changes nothing.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

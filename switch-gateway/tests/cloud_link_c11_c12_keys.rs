@@ -1,70 +1,21 @@
 //! The gateway against a real signal server: its cloud link (sign-in, phone list, reconnect
 //! after a cloud restart), C11/C12 (accept with a key, decline busy / not registered), and the
-//! claim-10 key checks at its direct endpoint (replayed, expired, forged, other-call, other
-//! caller) — all over real sockets.
+//! claim-10 key checks on the DataChannel of a WebRTC leg that reached the gateway through the
+//! cloud (forged, other-call, other caller, expired, malformed, replayed) — all over real
+//! sockets. Nothing rings before a key is accepted.
 
 mod common;
 #[path = "common/scripted_phone.rs"]
 mod scripted_phone;
+use common::direct::{Browser, DirectLeg, forge};
 use common::*;
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
-use trunkline_protocol::{DirectServerMsg, ErrorCode, Outcome, ServerMsg};
+use trunkline_client::softphone::DIRECT_CHANNEL;
+use trunkline_client::webrtc::{AudioSource, PeerOptions, WebRtcPeer};
+use trunkline_protocol::{ClientMsg, DirectServerMsg, ErrorCode, Outcome, ServerMsg, SignalPayload, Step};
 
-struct Ws(tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>);
-
-impl Ws {
-    async fn connect(url: &str) -> Ws {
-        Ws(tokio_tungstenite::connect_async(url).await.expect("connects").0)
-    }
-    async fn send(&mut self, text: &str) {
-        self.0.send(Message::Text(text.into())).await.unwrap();
-    }
-    async fn text(&mut self) -> Option<String> {
-        loop {
-            match tokio::time::timeout(WAIT, self.0.next()).await.expect("message in time") {
-                Some(Ok(Message::Text(t))) => return Some(t.to_string()),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-                Some(Ok(_)) => {}
-            }
-        }
-    }
-    async fn server_msg(&mut self) -> ServerMsg {
-        ServerMsg::decode(&self.text().await.expect("open")).unwrap()
-    }
-    async fn direct_msg(&mut self) -> Option<DirectServerMsg> {
-        self.text().await.map(|t| DirectServerMsg::decode(&t).unwrap())
-    }
-}
-
-async fn browser(cloud: &Cloud, number: &str) -> Ws {
-    let mut ws = Ws::connect(&cloud.ws_url).await;
-    ws.send(&format!(r#"{{"type":"login","v":1,"number":"{number}","password":"pw-{number}"}}"#)).await;
-    assert!(matches!(ws.server_msg().await, ServerMsg::Welcome { .. }));
-    ws
-}
-
-/// Dial `to` and return what the cloud answered first: `connect` (C13) or the outcome.
-async fn dial(ws: &mut Ws, call_id: &str, to: &str) -> ServerMsg {
-    ws.send(&format!(r#"{{"type":"dial","call_id":"{call_id}","to":"{to}"}}"#)).await;
-    loop {
-        match ws.server_msg().await {
-            m @ (ServerMsg::Connect { .. } | ServerMsg::Outcome { .. }) => return m,
-            _ => {}
-        }
-    }
-}
-
-async fn present(url: &str, call_id: &str, key: &str, caller: &str) -> (Ws, Option<DirectServerMsg>) {
-    let mut d = Ws::connect(url).await;
-    d.send(&format!(r#"{{"type":"present","v":1,"call_id":"{call_id}","key":"{key}","caller":"{caller}"}}"#)).await;
-    let first = d.direct_msg().await;
-    (d, first)
-}
-
-fn refused_with(m: Option<DirectServerMsg>) -> ErrorCode {
+fn refused_with(m: DirectServerMsg) -> ErrorCode {
     match m {
-        Some(DirectServerMsg::Error { code, .. }) => code,
+        DirectServerMsg::Error { code, .. } => code,
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
@@ -73,6 +24,38 @@ async fn registered_phone(gw: &Gateway, number: &str) -> tokio::net::UdpSocket {
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     assert_eq!(register_udp(&sock, gw.sip, number, &format!("pw-{number}"), 300, false).await, 200);
     sock
+}
+
+fn local() -> PeerOptions {
+    PeerOptions::bind("127.0.0.1".parse().unwrap())
+}
+
+/// A WebRTC leg to the switch for `call_id`, its DataChannel open.
+async fn leg(browser: &mut Browser, call_id: &str) -> DirectLeg {
+    let mut leg = browser.connect(call_id, local(), AudioSource::tone(1000.0)).await;
+    leg.wait_open(WAIT).await.unwrap_or_else(|e| panic!("{call_id}: {e}"));
+    leg
+}
+
+/// Nothing from the gateway is waiting on this phone's socket. (An INVITE rung in the same
+/// step as a refusal would already be here: the gateway sends SIP before the DataChannel reply
+/// has even left.)
+fn silent(phone: &tokio::net::UdpSocket) -> bool {
+    let mut buf = [0u8; 2048];
+    phone.try_recv_from(&mut buf).is_err()
+}
+
+/// The next SIP request the phone gets: it must be an INVITE from `from`.
+async fn expect_invite_from(phone: &tokio::net::UdpSocket, from: &str) {
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = tokio::time::timeout(WAIT, phone.recv_from(&mut buf)).await.expect("the phone rings now").unwrap();
+    match trunkline_sip::parse(&buf[..n]).unwrap() {
+        trunkline_sip::Message::Request(r) => {
+            assert_eq!(r.method, trunkline_sip::Method::Invite);
+            assert!(r.headers.get("From").unwrap().contains(from), "the INVITE is the good call's");
+        }
+        other => panic!("the phone got something else first: {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -138,119 +121,157 @@ async fn phones_register_from_the_local_copy_while_the_cloud_is_unreachable() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn c11_c12_accept_gives_a_key_that_works_once_at_the_direct_endpoint() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c11_c12_accept_gives_a_key_that_works_once_on_the_datachannel() {
     let tmp = tempfile::tempdir().unwrap();
     let cloud = Cloud::start(tmp.path()).await;
     let gw = Gateway::start("hq", &cloud.ws_url, tmp.path()).await;
     eventually("hq online", || switch_online(&cloud.db_url, "hq")).await;
-    let _phone = registered_phone(&gw, "1001").await;
-    let mut alice = browser(&cloud, "2001").await;
+    let phone = registered_phone(&gw, "1001").await;
+    let _p2 = registered_phone(&gw, "1002").await;
+    let mut alice = Browser::login(&cloud.ws_url, "2001").await;
+    let mut bob = Browser::login(&cloud.ws_url, "2002").await;
 
-    let (url, key) = match dial(&mut alice, "c-accept", "1001").await {
+    let (url, key) = match alice.dial("c-accept", "1001").await {
         ServerMsg::Connect { url, key, expires_in_ms, .. } => {
             assert_eq!(expires_in_ms, 30_000);
             (url, key)
         }
         other => panic!("C13 expected: {other:?}"),
     };
-    assert_eq!(url, gw.direct_url, "C13 carries the gateway's advertised direct address");
+    assert_eq!(url, "switch:hq", "C13 names the callee's switch; no message carries a ws:// address");
     assert!(key.len() >= 22, "≥128-bit key");
 
-    // Forged, other caller: refused, and the key is not spent by them.
-    let (_d, m) = present(&url, "c-accept", "AAAAAAAAAAAAAAAAAAAAAAAAAA", "2001").await;
-    assert_eq!(refused_with(m), ErrorCode::BadKey);
-    let (_d, m) = present(&url, "c-accept", &key, "2002").await;
-    assert_eq!(refused_with(m), ErrorCode::WrongCaller);
-    // The rightful caller: accepted (C14).
-    let (mut d, m) = present(&url, "c-accept", &key, "2001").await;
-    assert_eq!(m, Some(DirectServerMsg::Accepted { call_id: "c-accept".into() }));
-    // C15 needs a usable WebRTC offer next; garbage is refused with a typed error.
-    d.send(r#"{"type":"offer","sdp":"v=0\r\n"}"#).await;
-    assert_eq!(refused_with(d.direct_msg().await), ErrorCode::InvalidField);
-    // Replay: refused as used.
-    let (_d, m) = present(&url, "c-accept", &key, "2001").await;
-    assert_eq!(refused_with(m), ErrorCode::KeyUsed);
-    // The cloud heard C14 and the end.
-    loop {
-        if let ServerMsg::Outcome { call_id, outcome, .. } = alice.server_msg().await {
-            assert_eq!((call_id.as_str(), outcome), ("c-accept", Outcome::Error));
-            break;
-        }
-    }
+    // Another browser cannot even reach the switch for this call: the cloud relays
+    // direct_signal only between the call's parties.
+    bob.send(&ClientMsg::DirectSignal { call_id: "c-accept".into(), payload: SignalPayload::Offer { sdp: "v=0\r\n".into() } });
+    let code = bob
+        .wait_for("bob's refusal", |m| match m {
+            ServerMsg::Error { code, call_id: Some(c), .. } if c == "c-accept" => Some(*code),
+            _ => None,
+        })
+        .await;
+    assert_eq!(code, ErrorCode::NotYourCall);
+
+    // Forged key, then the real key presented as another number: refused on the DataChannel,
+    // the gateway drops each leg, and the key is not spent by them.
+    let mut l = leg(&mut alice, "c-accept").await;
+    assert_eq!(refused_with(l.present(&forge(&key), "2001").await), ErrorCode::BadKey);
+    l.media.close().await;
+    let mut l = leg(&mut alice, "c-accept").await;
+    assert_eq!(refused_with(l.present(&key, "2002").await), ErrorCode::WrongCaller);
+    l.media.close().await;
+    assert!(silent(&phone), "nothing rang for a refused key");
+    // The rightful caller: accepted (C14), and only now the phone rings (C15).
+    let mut l = leg(&mut alice, "c-accept").await;
+    assert!(silent(&phone), "nothing rings before the key");
+    assert_eq!(l.present(&key, "2001").await, DirectServerMsg::Accepted { call_id: "c-accept".into() });
+    expect_invite_from(&phone, "2001").await;
+
+    // Replay: the key is spent, and a new leg for the call is not even answered (the gateway
+    // takes an offer only for a call still waiting with its key). Proof without waiting: the
+    // gateway handles the cloud's messages in order, so once the next call's `connect` is here,
+    // any answer to the replayed offer would have come before it.
+    let replay = WebRtcPeer::bind(local()).await.unwrap().create_offer_with_channel(DIRECT_CHANNEL).unwrap();
+    alice.send(&ClientMsg::DirectSignal { call_id: "c-accept".into(), payload: SignalPayload::Offer { sdp: replay } });
+    alice.send(&ClientMsg::Dial { call_id: "c-garbage".into(), to: "1002".into() });
+    alice
+        .wait_for("c-garbage's connect", |m| match m {
+            ServerMsg::Connect { call_id, .. } if call_id == "c-garbage" => Some(()),
+            ServerMsg::DirectSignal { call_id, payload } if call_id == "c-accept" => {
+                panic!("the gateway answered a replayed offer: {payload:?}")
+            }
+            _ => None,
+        })
+        .await;
+    // An unusable offer for a waiting call: the gateway withdraws the key and the attempt ends
+    // with a typed outcome (nothing rings).
+    alice.send(&ClientMsg::DirectSignal { call_id: "c-garbage".into(), payload: SignalPayload::Offer { sdp: "v=0\r\n".into() } });
+    assert_eq!(alice.outcome("c-garbage").await, Outcome::Error);
+
+    // Presenting again on the accepted leg is refused, and the leg closes: the caller has left
+    // a call that never connected.
+    assert_eq!(refused_with(l.present(&key, "2001").await), ErrorCode::AlreadyAuthenticated);
+    assert_eq!(alice.outcome("c-accept").await, Outcome::Cancelled);
+    // The cloud heard C14: the record of c-accept has it after C12 and C13.
+    let trace = call_trace(&cloud.db_url, "c-accept").await;
+    let pos = |s: Step| trace.iter().position(|t| *t == s).unwrap_or_else(|| panic!("step {s} in {trace:?}"));
+    assert!(pos(Step::C12) < pos(Step::C13) && pos(Step::C13) < pos(Step::C14), "{trace:?}");
     gw.stop().await;
     cloud.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c12_declines_not_registered_and_busy_and_keys_for_other_calls_or_late_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let cloud = Cloud::start(tmp.path()).await;
-    let gw = Gateway::start_with("hq", &cloud.ws_url, tmp.path(), |c| c.key_ttl_ms = 400).await;
+    // A short key life (the cloud gives up 2 s after it), yet long enough to bring up the legs
+    // below while their keys wait, even on a loaded machine.
+    let gw = Gateway::start_with("hq", &cloud.ws_url, tmp.path(), |c| c.key_ttl_ms = 5000).await;
     eventually("hq online", || switch_online(&cloud.db_url, "hq")).await;
-    let _p1 = registered_phone(&gw, "1001").await;
-    let _p3 = registered_phone(&gw, "1003").await;
-    let mut alice = browser(&cloud, "2001").await;
-    let mut bob = browser(&cloud, "2002").await;
+    let p1 = registered_phone(&gw, "1001").await;
+    let p3 = registered_phone(&gw, "1003").await;
+    let mut alice = Browser::login(&cloud.ws_url, "2001").await;
+    let mut bob = Browser::login(&cloud.ws_url, "2002").await;
 
     // Not registered.
-    match dial(&mut alice, "c-offline", "1002").await {
+    match alice.dial("c-offline", "1002").await {
         ServerMsg::Outcome { outcome, .. } => assert_eq!(outcome, Outcome::CalleeOffline),
         other => panic!("{other:?}"),
     }
-    // First call to 1001 waits in the queue; a second one finds it busy.
-    let (url, key_a) = match dial(&mut alice, "c-first", "1001").await {
-        ServerMsg::Connect { url, key, .. } => (url, key),
-        other => panic!("{other:?}"),
-    };
-    match dial(&mut bob, "c-second", "1001").await {
+    // The first call to 1001 waits in the queue (its leg comes up at once); a second one finds
+    // 1001 busy.
+    let (_, key_a) = alice.dial_connect("c-first", "1001").await;
+    let mut first = leg(&mut alice, "c-first").await;
+    match bob.dial("c-second", "1001").await {
         ServerMsg::Outcome { outcome, .. } => assert_eq!(outcome, Outcome::Busy),
         other => panic!("{other:?}"),
     }
-    // A key for another call.
-    let key_b = match dial(&mut bob, "c-other", "1003").await {
-        ServerMsg::Connect { key, .. } => key,
-        other => panic!("{other:?}"),
-    };
-    let (_d, m) = present(&url, "c-first", &key_b, "2001").await;
-    assert_eq!(refused_with(m), ErrorCode::BadKey);
-    // Late: wait until the cloud itself gave up on the key, then present it.
-    loop {
-        if let ServerMsg::Outcome { call_id, outcome, .. } = alice.server_msg().await
-            && call_id == "c-first"
-        {
-            assert_eq!(outcome, Outcome::KeyExpired);
-            break;
-        }
-    }
-    let (_d, m) = present(&url, "c-first", &key_a, "2001").await;
-    assert_eq!(refused_with(m), ErrorCode::KeyExpired);
-    // Malformed presentations get typed errors too.
-    let mut d = Ws::connect(&url).await;
-    d.send(r#"{"type":"present","v":1,"call_id":"x y","key":"k","caller":"2001"}"#).await;
-    assert_eq!(refused_with(d.direct_msg().await), ErrorCode::InvalidField);
+    // A key for another call: on bob's leg for c-other, alice's c-first key is bad_key — as
+    // that key (the leg was set up for c-other), and under c-first's own call id (a leg opens
+    // only the call whose offer made it) — and it is not spent by either attempt.
+    let (_, key_b) = bob.dial_connect("c-other", "1003").await;
+    let mut other = leg(&mut bob, "c-other").await;
+    assert_eq!(refused_with(other.present(&key_a, "2002").await), ErrorCode::BadKey);
+    other.media.close().await;
+    let mut other = leg(&mut bob, "c-other").await;
+    assert_eq!(refused_with(other.present_for("c-first", &key_a, "2001").await), ErrorCode::BadKey);
+    other.media.close().await;
+    // Malformed presentations get typed errors too, and the leg stays usable.
+    first.send_text(r#"{"type":"present","v":1,"call_id":"x y","key":"k","caller":"2001"}"#);
+    assert_eq!(refused_with(first.recv().await.expect("a reply")), ErrorCode::InvalidField);
+    first.send_text(r#"{"type":"present","v":9,"call_id":"c-first","key":"AAAAAAAAAAAAAAAAAAAAAAAA","caller":"2001"}"#);
+    assert_eq!(refused_with(first.recv().await.expect("a reply")), ErrorCode::UnsupportedVersion);
+    // Late: wait until the cloud itself gave up on the key, then present it on the leg that is
+    // still up.
+    assert_eq!(alice.outcome("c-first").await, Outcome::KeyExpired);
+    assert_eq!(refused_with(first.present(&key_a, "2001").await), ErrorCode::KeyExpired);
+    first.media.close().await;
     // None of those refused keys rang a phone: the first thing 1001's phone hears from the
-    // gateway is the INVITE of the next call that is properly presented.
-    let key_ok = match dial(&mut alice, "c-good", "1001").await {
-        ServerMsg::Connect { key, .. } => key,
-        other => panic!("{other:?}"),
-    };
-    let (mut d, m) = present(&url, "c-good", &key_ok, "2001").await;
-    assert_eq!(m, Some(DirectServerMsg::Accepted { call_id: "c-good".into() }));
-    let mut peer = trunkline_client::webrtc::WebRtcPeer::bind(trunkline_client::webrtc::PeerOptions::bind("127.0.0.1".parse().unwrap()))
-        .await
-        .unwrap();
-    d.send(&trunkline_protocol::DirectClientMsg::Offer { sdp: peer.create_offer().unwrap() }.encode()).await;
-    assert!(matches!(d.direct_msg().await, Some(DirectServerMsg::Answer { .. })));
-    let mut buf = vec![0u8; 65536];
-    let (n, _) = tokio::time::timeout(WAIT, _p1.recv_from(&mut buf)).await.expect("the phone rings now").unwrap();
-    match trunkline_sip::parse(&buf[..n]).unwrap() {
-        trunkline_sip::Message::Request(r) => {
-            assert_eq!(r.method, trunkline_sip::Method::Invite);
-            assert!(r.headers.get("From").unwrap().contains("2001"), "the INVITE is the good call's");
-        }
-        other => panic!("the phone got something else first: {other:?}"),
-    }
+    // gateway is the INVITE of the next call that is properly presented, and 1003's phone
+    // (whose key was never presented) hears nothing.
+    let (_, key_ok) = alice.dial_connect("c-good", "1001").await;
+    let mut good = leg(&mut alice, "c-good").await;
+    assert_eq!(good.present(&key_ok, "2001").await, DirectServerMsg::Accepted { call_id: "c-good".into() });
+    expect_invite_from(&p1, "2001").await;
+    assert!(silent(&p3), "1003 never rang");
+    let _ = key_b;
     gw.stop().await;
     cloud.stop().await;
+}
+
+/// The steps the cloud recorded for `call_id` (polls until the record is written).
+async fn call_trace(db_url: &str, call_id: &str) -> Vec<Step> {
+    use signal_server::directory::Directory;
+    let dir = signal_server::directory::sqlite::SqliteDirectory::open(db_url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let recs = dir.call_records(None, 20).await.unwrap();
+        if let Some(r) = recs.into_iter().find(|r| r.call_id == call_id) {
+            dir.close().await;
+            return r.trace;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no call record for {call_id}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

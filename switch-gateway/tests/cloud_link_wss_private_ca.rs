@@ -97,7 +97,6 @@ async fn a_ca_file_without_certificates_stops_the_gateway_at_start() {
         cloud_ca_file: Some(bad),
         secret_file,
         sip_listen: "127.0.0.1:0".parse().unwrap(),
-        direct_listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: tmp.path().join("state"),
         ..Default::default()
     };

@@ -19,4 +19,12 @@ fn environment_overrides_the_file() {
         std::env::set_var("TRUNKLINE_GATEWAY_RTP_PORTS", "9-3");
     }
     assert!(switch_gateway::Config::load(Some(std::path::Path::new(path))).is_err(), "bad values from the environment are refused too");
+    // A removed key set from the environment is refused with its reason, naming the variable.
+    unsafe {
+        std::env::set_var("TRUNKLINE_GATEWAY_RTP_PORTS", "20000-20999");
+        std::env::set_var("TRUNKLINE_GATEWAY_ADVERTISE_URL", "ws://203.0.113.7:7443/direct");
+    }
+    let err = switch_gateway::Config::load(Some(std::path::Path::new(path))).expect_err("a removed key from the environment");
+    let text = err.to_string();
+    assert!(text.contains("`advertise_url` was removed") && text.contains("TRUNKLINE_GATEWAY_ADVERTISE_URL"), "{text}");
 }

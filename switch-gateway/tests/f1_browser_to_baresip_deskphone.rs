@@ -1,8 +1,8 @@
 //! F1 with a real desk phone: baresip 1001 is registered at gateway hq (digest, auto-answer,
 //! plays a 440 Hz WAV, records what it hears). The headless client stands in for browser 2001:
-//! it logs in at the real signal server, dials 1001 (C1, C11–C13), presents the one-time key at
-//! hq's direct endpoint (C14) and offers WebRTC with a 1 kHz tone; hq rings baresip and
-//! bridges (C15). Checked: baresip heard ≈1 kHz, the browser heard ≈440 Hz; a digit the
+//! it logs in at the real signal server, dials 1001 (C1, C11–C13), offers WebRTC with a 1 kHz
+//! tone and the `trunkline-direct` DataChannel through the cloud, connects straight to hq and
+//! presents the one-time key on the DataChannel (C14); hq rings baresip and bridges (C15). Checked: baresip heard ≈1 kHz, the browser heard ≈440 Hz; a digit the
 //! browser sends arrives at baresip as an RFC 4733 event (baresip's `CALL_DTMF_START`), and one
 //! baresip sends (`sndcode`) arrives at the browser; and with the signal server stopped the
 //! call keeps its audio both ways for 5 more seconds.
@@ -18,13 +18,12 @@ mod sipcheck;
 use std::time::Duration;
 
 use baresip::Phone;
+use common::direct::Browser;
 use common::*;
-use futures_util::SinkExt;
 use sipcheck::wait_phone_list;
-use tokio_tungstenite::tungstenite::Message;
 use trunkline_client::wav::dominant_frequency;
-use trunkline_client::webrtc::{AudioSource, PeerOptions, WebRtcPeer};
-use trunkline_protocol::{CallEvent, DirectClientMsg, DirectServerMsg, ServerMsg};
+use trunkline_client::webrtc::{AudioSource, PeerOptions};
+use trunkline_protocol::{CallEvent, DirectClientMsg, DirectServerMsg};
 
 /// Long enough for the whole test: baresip hangs up when its WAV file ends.
 const PHONE_WAV_SECS: u32 = 60;
@@ -42,36 +41,24 @@ async fn f1_browser_calls_a_baresip_deskphone_audio_dtmf_and_survives_the_cloud(
     let mut phone = Phone::start(dir.path(), "1001", gw.sip, &tone440, true).await;
     phone.registered().await;
 
-    // A → C1 → C13: browser 2001 logs in, dials 1001, gets hq's direct address + key.
-    let (mut cloud_ws, _) = tokio_tungstenite::connect_async(cloud.ws_url.as_str()).await.unwrap();
-    cloud_ws.send(Message::Text(r#"{"type":"login","v":1,"number":"2001","password":"pw-2001"}"#.into())).await.unwrap();
-    assert!(matches!(ServerMsg::decode(&ws_text(&mut cloud_ws).await).unwrap(), ServerMsg::Welcome { .. }));
-    cloud_ws.send(Message::Text(r#"{"type":"dial","call_id":"f1-baresip","to":"1001"}"#.into())).await.unwrap();
-    let (url, key) = loop {
-        if let ServerMsg::Connect { url, key, .. } = ServerMsg::decode(&ws_text(&mut cloud_ws).await).unwrap() {
-            break (url, key);
-        }
-    };
-    assert_eq!(url, gw.direct_url, "C13 names the callee's gateway");
+    // A → C1 → C13: browser 2001 logs in, dials 1001, gets hq's name + key.
+    let mut browser = Browser::login(&cloud.ws_url, "2001").await;
+    let (url, key) = browser.dial_connect("f1-baresip", "1001").await;
+    assert_eq!(url, gw.address(), "C13 names the callee's switch");
 
-    // C14: present the key; then the WebRTC offer with a 1 kHz tone.
-    let (mut direct, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
-    let present = DirectClientMsg::Present { v: 1, call_id: "f1-baresip".into(), key, caller: "2001".into() };
-    direct.send(Message::Text(present.encode().into())).await.unwrap();
-    assert_eq!(DirectServerMsg::decode(&ws_text(&mut direct).await).unwrap(), DirectServerMsg::Accepted { call_id: "f1-baresip".into() });
-    let mut peer = WebRtcPeer::bind(PeerOptions::bind("127.0.0.1".parse().unwrap())).await.unwrap();
-    direct.send(Message::Text(DirectClientMsg::Offer { sdp: peer.create_offer().unwrap() }.encode().into())).await.unwrap();
-    let answer = match DirectServerMsg::decode(&ws_text(&mut direct).await).unwrap() {
-        DirectServerMsg::Answer { sdp } => sdp,
-        other => panic!("expected the gateway's answer: {other:?}"),
-    };
-    let media = peer.accept_answer(&answer, AudioSource::tone(1000.0)).unwrap();
+    // C14: the WebRTC leg (1 kHz tone) through the cloud; the key on its DataChannel.
+    let mut leg = browser.connect("f1-baresip", PeerOptions::bind("127.0.0.1".parse().unwrap()), AudioSource::tone(1000.0)).await;
+    leg.wait_open(WAIT).await.expect("the leg to hq is up");
+    phone.sync_events().await;
+    assert!(!phone.saw_event("CALL_INCOMING"), "baresip must not ring before the key: {:?}", phone.ctrl.event_types());
+    assert_eq!(leg.present(&key, "2001").await, DirectServerMsg::Accepted { call_id: "f1-baresip".into() });
+    let media = leg.media.clone();
 
     // C15: baresip rings and answers by itself; the browser sees ringing, then connected.
     let mut saw = vec![];
     while !saw.contains(&CallEvent::Connected) {
-        match DirectServerMsg::decode(&ws_text(&mut direct).await).unwrap() {
-            DirectServerMsg::Progress { event } => saw.push(event),
+        match leg.recv().await {
+            Some(DirectServerMsg::Progress { event }) => saw.push(event),
             other => panic!("{other:?}\n{}", phone.dump()),
         }
     }
@@ -117,8 +104,8 @@ async fn f1_browser_calls_a_baresip_deskphone_audio_dtmf_and_survives_the_cloud(
     phone.sync_events().await;
     assert!(!phone.saw_event("CALL_CLOSED"), "the call ended without the cloud: {:?}", phone.ctrl.event_types());
 
-    // The browser leaves; the gateway hangs up the phone.
-    direct.send(Message::Text(DirectClientMsg::Hangup.encode().into())).await.unwrap();
+    // The browser leaves (`hangup` on the DataChannel); the gateway hangs up the phone.
+    leg.send(&DirectClientMsg::Hangup);
     phone.expect_event("CALL_CLOSED", WAIT).await;
     media.close().await;
     phone.quit().await;

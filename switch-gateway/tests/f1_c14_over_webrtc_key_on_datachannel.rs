@@ -12,20 +12,17 @@ use common::*;
 
 use std::time::Duration;
 
+use common::direct::{Browser, forge};
 use tokio::net::UdpSocket;
 use trunkline_client::g711::Law;
-use futures_util::SinkExt;
-use tokio_tungstenite::tungstenite::Message;
-use trunkline_client::softphone::{DIRECT_CHANNEL, Softphone, SoftphoneConfig};
+use trunkline_client::softphone::{Softphone, SoftphoneConfig};
 use trunkline_client::wav::{dominant_frequency, tone};
-use trunkline_client::webrtc::{AudioSource, MediaEvent, PeerOptions, WebRtcPeer};
-use trunkline_protocol::{ClientMsg, DirectClientMsg, DirectServerMsg, ErrorCode, Outcome, ServerMsg, SignalPayload, Step};
+use trunkline_client::webrtc::{AudioSource, PeerOptions};
+use trunkline_protocol::{DirectServerMsg, ErrorCode, Outcome, Step};
 
 
 fn softphone_config(cloud: &Cloud) -> SoftphoneConfig {
-    let mut cfg = SoftphoneConfig::new(cloud.ws_url.clone(), "2001", "pw-2001");
-    cfg.direct_over_webrtc = true;
-    cfg
+    SoftphoneConfig::new(cloud.ws_url.clone(), "2001", "pw-2001")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,54 +105,24 @@ async fn a_forged_key_on_the_datachannel_is_refused_and_nothing_rings() {
     let sip = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     assert_eq!(register_udp(&sip, gw.sip, "1001", "pw-1001", 300, false).await, 200);
 
-    // The caller's side by hand: a real signed-in browser, a real offer through the cloud and
-    // a real WebRTC leg to the gateway; only the key presented on the DataChannel is forged.
-    let (mut ws, _) = tokio_tungstenite::connect_async(cloud.ws_url.as_str()).await.unwrap();
-    ws.send(Message::Text(r#"{"type":"login","v":1,"number":"2001","password":"pw-2001"}"#.into())).await.unwrap();
-    assert!(matches!(ServerMsg::decode(&ws_text(&mut ws).await).unwrap(), ServerMsg::Welcome { .. }));
-    ws.send(Message::Text(r#"{"type":"dial","call_id":"forged","to":"1001"}"#.into())).await.unwrap();
-    let real_key = loop {
-        if let ServerMsg::Connect { key, .. } = ServerMsg::decode(&ws_text(&mut ws).await).unwrap() {
-            break key;
-        }
-    };
-    let mut peer = WebRtcPeer::bind(PeerOptions::default()).await.unwrap();
-    let offer = peer.create_offer_with_channel(DIRECT_CHANNEL).unwrap();
-    let msg = ClientMsg::DirectSignal { call_id: "forged".into(), payload: SignalPayload::Offer { sdp: offer } };
-    ws.send(Message::Text(msg.encode().into())).await.unwrap();
-    let answer = loop {
-        if let ServerMsg::DirectSignal { payload: SignalPayload::Answer { sdp }, .. } = ServerMsg::decode(&ws_text(&mut ws).await).unwrap() {
-            break sdp;
-        }
-    };
-    assert!(!answer.contains("a=ice-lite"), "the gateway's session leg is a full ICE agent");
-    let media = peer.accept_answer(&answer, AudioSource::tone(1000.0)).unwrap();
-    let (history, mut events) = media.subscribe_with_history();
-    if !history.contains(&MediaEvent::ChannelOpen) {
-        loop {
-            match tokio::time::timeout(WAIT, events.recv()).await.expect("the DataChannel opens").unwrap() {
-                MediaEvent::ChannelOpen => break,
-                _ => continue,
-            }
-        }
-    }
-    let mut forged = real_key.clone().into_bytes();
-    forged[0] = if forged[0] == b'A' { b'B' } else { b'A' };
-    let present = DirectClientMsg::Present { v: 1, call_id: "forged".into(), key: String::from_utf8(forged).unwrap(), caller: "2001".into() };
-    media.channel_send(&present.encode()).unwrap();
-    let reply = loop {
-        match tokio::time::timeout(WAIT, events.recv()).await.expect("an answer on the DataChannel").unwrap() {
-            MediaEvent::ChannelText(t) => break DirectServerMsg::decode(&t).unwrap(),
-            _ => continue,
-        }
-    };
+    // The caller's side by hand (common::direct): a real signed-in browser, a real offer through
+    // the cloud and a real WebRTC leg to the gateway; only the key presented on the DataChannel
+    // is forged.
+    let mut browser = Browser::login(&cloud.ws_url, "2001").await;
+    let (_, real_key) = browser.dial_connect("forged", "1001").await;
+    let mut leg = browser.connect("forged", PeerOptions::default(), AudioSource::tone(1000.0)).await;
+    assert!(!leg.answer.contains("a=ice-lite"), "the gateway's session leg is a full ICE agent");
+    let reply = leg.present(&forge(&real_key), "2001").await;
     assert!(matches!(reply, DirectServerMsg::Error { code: ErrorCode::BadKey, .. }), "{reply:?}");
-    // Nothing rang: no INVITE reached the phone.
+    leg.media.close().await;
+    // Nothing rang: the key still waits, and the first thing the phone hears from the gateway is
+    // the INVITE that follows the real key (on a new leg).
+    let mut leg = browser.connect("forged", PeerOptions::default(), AudioSource::tone(1000.0)).await;
+    assert_eq!(leg.present(&real_key, "2001").await, DirectServerMsg::Accepted { call_id: "forged".into() });
     let mut buf = vec![0u8; 65536];
-    if let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(500), sip.recv_from(&mut buf)).await {
-        assert!(!String::from_utf8_lossy(&buf[..n]).starts_with("INVITE"), "the phone must not ring");
-    }
-    media.close().await;
+    let (n, _) = tokio::time::timeout(WAIT, sip.recv_from(&mut buf)).await.expect("the phone rings now").unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("INVITE"), "the first thing the phone got is the INVITE");
+    leg.media.close().await;
     gw.stop().await;
     cloud.stop().await;
 }

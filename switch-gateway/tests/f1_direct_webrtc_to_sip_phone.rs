@@ -1,9 +1,11 @@
 //! F1 over the wire, up to the media: a browser (the headless client's WebRTC peer) dials a
-//! desk phone through the real signal server (C1, C11–C13), presents the key at the gateway's
-//! direct endpoint (C14), offers WebRTC and gets the gateway's answer; the gateway rings the
-//! phone and bridges (C15). The phone here is a scripted SIP UA on a UDP socket (register with
-//! digest, answer the INVITE, play a 440 Hz tone as PCMU, record what arrives), so the test
-//! can check both directions byte by byte; the baresip tests cover real phones.
+//! desk phone through the real signal server (C1, C11–C13: the cloud names the switch,
+//! `switch:hq`), offers WebRTC with the `trunkline-direct` DataChannel through the cloud and
+//! gets the gateway's answer the same way, connects ICE + DTLS straight to the gateway and
+//! presents the key on the DataChannel (C14); only then does the gateway ring the phone and
+//! bridge it to that leg (C15). The phone here is a scripted SIP UA on a UDP socket (register
+//! with digest, answer the INVITE, play a 440 Hz tone as PCMU, record what arrives), so the
+//! test can check both directions byte by byte; the baresip tests cover real phones.
 
 mod common;
 use common::*;
@@ -11,13 +13,12 @@ use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::SinkExt;
+use common::direct::Browser;
 use tokio::net::UdpSocket;
-use tokio_tungstenite::tungstenite::Message;
 use trunkline_client::g711::Law;
 use trunkline_client::wav::{dominant_frequency, tone};
-use trunkline_client::webrtc::{AudioSource, PeerOptions, WebRtcPeer};
-use trunkline_protocol::{CallEvent, DirectServerMsg, ServerMsg};
+use trunkline_client::webrtc::{AudioSource, PeerOptions};
+use trunkline_protocol::{CallEvent, DirectServerMsg};
 
 /// Answer the next INVITE on `sip` with an SDP for `rtp`; returns the gateway's RTP address.
 async fn answer_invite(sip: &UdpSocket, rtp: SocketAddr) -> (SocketAddr, String, SocketAddr) {
@@ -57,45 +58,27 @@ async fn f1_browser_key_offer_answer_and_audio_both_ways_through_the_bridge() {
     assert_eq!(register_udp(&sip, gw.sip, "1001", "pw-1001", 300, false).await, 200);
     let phone_rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
 
-    // C1 → C13: the browser dials and gets the gateway's address + key.
-    let (mut cloud_ws, _) = tokio_tungstenite::connect_async(cloud.ws_url.as_str()).await.unwrap();
-    cloud_ws.send(Message::Text(r#"{"type":"login","v":1,"number":"2001","password":"pw-2001"}"#.into())).await.unwrap();
-    assert!(matches!(ServerMsg::decode(&ws_text(&mut cloud_ws).await).unwrap(), ServerMsg::Welcome { .. }));
-    cloud_ws.send(Message::Text(r#"{"type":"dial","call_id":"f1-media","to":"1001"}"#.into())).await.unwrap();
-    let (url, key) = loop {
-        if let ServerMsg::Connect { url, key, .. } = ServerMsg::decode(&ws_text(&mut cloud_ws).await).unwrap() {
-            break (url, key);
-        }
-    };
+    // C1 → C13: the browser dials and gets the gateway's name + key.
+    let mut browser = Browser::login(&cloud.ws_url, "2001").await;
+    let (url, key) = browser.dial_connect("f1-media", "1001").await;
+    assert_eq!(url, gw.address(), "C13 names the callee's switch; no ws:// address");
 
-    // C14: present the key, then offer WebRTC.
-    let (mut direct, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
-    direct
-        .send(Message::Text(format!(r#"{{"type":"present","v":1,"call_id":"f1-media","key":"{key}","caller":"2001"}}"#).into()))
-        .await
-        .unwrap();
-    assert_eq!(DirectServerMsg::decode(&ws_text(&mut direct).await).unwrap(), DirectServerMsg::Accepted { call_id: "f1-media".into() });
-    let mut peer = WebRtcPeer::bind(PeerOptions::bind("127.0.0.1".parse().unwrap())).await.unwrap();
-    let offer = peer.create_offer().unwrap();
-    direct.send(Message::Text(trunkline_protocol::DirectClientMsg::Offer { sdp: offer }.encode().into())).await.unwrap();
-    let answer = match DirectServerMsg::decode(&ws_text(&mut direct).await).unwrap() {
-        DirectServerMsg::Answer { sdp } => sdp,
-        other => panic!("expected the gateway's answer: {other:?}"),
-    };
-    assert!(answer.contains("a=ice-lite"), "the gateway is an ICE-lite answerer");
-    let media = peer.accept_answer(&answer, AudioSource::tone(1000.0)).unwrap();
+    // C14: the WebRTC leg through the cloud (a full ICE agent answers), then the key on it.
+    let mut leg = browser.connect("f1-media", PeerOptions::bind("127.0.0.1".parse().unwrap()), AudioSource::tone(1000.0)).await;
+    assert!(!leg.answer.contains("a=ice-lite"), "the gateway's leg is a full ICE agent");
+    assert!(leg.answer.contains("m=application"), "the gateway took the DataChannel");
+    leg.wait_open(WAIT).await.expect("ICE + DTLS + the DataChannel up with the gateway");
+    // Nothing rang yet: the phone has heard nothing from the gateway.
+    let mut probe = [0u8; 2048];
+    assert!(sip.try_recv_from(&mut probe).is_err(), "the phone must not ring before the key");
+    assert_eq!(leg.present(&key, "2001").await, DirectServerMsg::Accepted { call_id: "f1-media".into() });
+    let media = leg.media.clone();
 
     // C15: the phone rings (180 → `ringing`), answers; the bridge connects.
     let (gw_rtp, phone_offer, _) = answer_invite(&sip, phone_rtp.local_addr().unwrap()).await;
     assert!(phone_offer.contains("PCMU/8000"));
-    let mut saw = vec![];
-    while !saw.contains(&CallEvent::Connected) {
-        match DirectServerMsg::decode(&ws_text(&mut direct).await).unwrap() {
-            DirectServerMsg::Progress { event } => saw.push(event),
-            other => panic!("{other:?}"),
-        }
-    }
-    assert_eq!(saw, vec![CallEvent::Ringing, CallEvent::Connected]);
+    assert_eq!(leg.progress_until_connected().await, vec![CallEvent::Ringing, CallEvent::Connected]);
+    assert_eq!(browser.events_until_connected("f1-media").await, vec![CallEvent::Ringing, CallEvent::Connected]);
     media.wait_connected(WAIT).await.expect("ICE + DTLS up with the gateway");
 
     // The phone plays 440 Hz (PCMU, 20 ms packets) and records what the browser sends.

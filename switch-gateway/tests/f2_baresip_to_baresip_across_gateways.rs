@@ -1,7 +1,7 @@
 //! F2 with real desk phones: baresip 1001 on gateway hq calls baresip 3001 on gateway branch
-//! (two gateways, one signal server). hq asks the cloud (B2), gets branch's address (B5) and,
-//! via C2, a key branch issued (C11/C12); hq connects to branch's direct endpoint as a WebRTC
-//! caller (C14); branch rings 3001, which answers by itself, and bridges (C15). Checked: each
+//! (two gateways, one signal server). hq asks the cloud (B2), gets branch's name (B5) and,
+//! via C2, a key branch issued (C11/C12); hq connects to branch as a WebRTC caller (offer and
+//! candidates through the cloud, the key on the DataChannel: C14); branch rings 3001, which answers by itself, and bridges (C15). Checked: each
 //! phone recorded the other's tone (3001 ≈1 kHz, 1001 ≈440 Hz); a digit 1001 sends (baresip's
 //! `sndcode`) reaches 3001 across both gateways (3001's `CALL_DTMF_START`); with the signal
 //! server stopped both phones keep hearing each other for 5 s; the cloud's call record lists

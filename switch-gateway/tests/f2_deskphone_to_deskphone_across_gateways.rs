@@ -1,9 +1,8 @@
 //! F2 over the wire: desk phone 1001 on gateway "hq" calls desk phone 3001 on gateway "branch"
-//! (two gateways and one signal server). hq asks the cloud (B2), gets branch's address (B5)
+//! (two gateways and one signal server). hq asks the cloud (B2), gets branch's name (B5)
 //! and a key from branch (C11/C12) via C2, connects to branch as a WebRTC caller — offer,
-//! answer and candidates through the cloud, the key on the DataChannel (C14; branch's ws://
-//! direct endpoint is advertised dead here, so the test proves it is not used) — and branch
-//! rings 3001 and bridges (C15). The phones are scripted SIP UAs (digest,
+//! answer and candidates through the cloud, the key on the DataChannel (C14; neither gateway
+//! listens for callers on any port) — and branch rings 3001 and bridges (C15). The phones are scripted SIP UAs (digest,
 //! INVITE/answer, PCMU tones); audio is checked both ways by frequency, then the cloud's call
 //! record must list the patent steps in order. DTMF crosses both gateways, and the call keeps
 //! its audio for 5 s after the signal server is stopped.
@@ -27,8 +26,7 @@ async fn f2_deskphone_on_hq_calls_deskphone_on_branch_with_audio_both_ways_and_t
     let tmp = tempfile::tempdir().unwrap();
     let cloud = Cloud::start(tmp.path()).await;
     let hq = Gateway::start("hq", &cloud.ws_url, tmp.path()).await;
-    // Nothing listens there: F2 must not need the ws:// direct endpoint.
-    let branch = Gateway::start_with("branch", &cloud.ws_url, tmp.path(), |c| c.advertise_url = "ws://127.0.0.1:9/direct".into()).await;
+    let branch = Gateway::start("branch", &cloud.ws_url, tmp.path()).await;
     eventually("both gateways online", || async {
         switch_online(&cloud.db_url, "hq").await && switch_online(&cloud.db_url, "branch").await
     })

@@ -1,10 +1,11 @@
 //! F3 with a real desk phone: baresip 1001 on gateway hq calls 2001, a browser with no switch
 //! (the headless client, logged in at the signal server over its WebSocket). The cloud answers
-//! hq's B2 with the device id (B6); hq queues the call and hands the cloud its direct address +
-//! key; the browser gets `incoming` with `via: direct` (C3), connects straight to hq's direct
-//! endpoint, presents the key as `caller` 2001 (C14) and offers WebRTC with a 1 kHz tone; hq
-//! answers baresip's INVITE and bridges (C15). Checked: baresip heard ≈1 kHz, the browser
-//! heard baresip's 440 Hz.
+//! hq's B2 with the device id (B6); hq queues the call and hands the cloud its name + key; the
+//! browser gets `incoming` with `via: direct` (C3), offers WebRTC with a 1 kHz tone and the
+//! `trunkline-direct` DataChannel to hq through the cloud, connects straight to hq and presents
+//! the key on the DataChannel as `caller` 2001 (C14); hq answers baresip's INVITE and bridges
+//! (C15). Checked: baresip heard ≈1 kHz, the browser heard baresip's 440 Hz, and when baresip
+//! hangs up the browser is told on the DataChannel.
 
 mod common;
 #[path = "common/audio.rs"]
@@ -17,13 +18,12 @@ mod sipcheck;
 use std::time::Duration;
 
 use baresip::Phone;
+use common::direct::Browser;
 use common::*;
-use futures_util::SinkExt;
 use sipcheck::wait_phone_list;
-use tokio_tungstenite::tungstenite::Message;
 use trunkline_client::wav::dominant_frequency;
-use trunkline_client::webrtc::{AudioSource, PeerOptions, WebRtcPeer};
-use trunkline_protocol::{DirectClientMsg, DirectServerMsg, IncomingVia, ServerMsg};
+use trunkline_client::webrtc::{AudioSource, PeerOptions};
+use trunkline_protocol::{CallEvent, DirectServerMsg, IncomingVia, Outcome, ServerMsg};
 
 /// Long enough for the whole test: baresip hangs up when its WAV file ends.
 const WAV_SECS: u32 = 60;
@@ -42,36 +42,31 @@ async fn f3_baresip_calls_a_switchless_browser_that_connects_to_the_callers_gate
     phone.registered().await;
 
     // Browser 2001 is online at the cloud.
-    let (mut browser, _) = tokio_tungstenite::connect_async(cloud.ws_url.as_str()).await.unwrap();
-    browser.send(Message::Text(r#"{"type":"login","v":1,"number":"2001","password":"pw-2001"}"#.into())).await.unwrap();
-    assert!(matches!(ServerMsg::decode(&ws_text(&mut browser).await).unwrap(), ServerMsg::Welcome { .. }));
+    let mut browser = Browser::login(&cloud.ws_url, "2001").await;
 
     // 1001 dials 2001; the browser is told to connect to hq (C3).
     phone.dial(&format!("sip:2001@{}", hq.sip)).await;
-    let (call_id, url, key) = loop {
-        match ServerMsg::decode(&ws_text(&mut browser).await).unwrap() {
+    let (call_id, url, key) = browser
+        .wait_for("incoming", |m| match m {
             ServerMsg::Incoming { call_id, from, via: IncomingVia::Direct { url, key, .. }, .. } => {
                 assert_eq!(from, "1001");
-                break (call_id, url, key);
+                Some((call_id.clone(), url.clone(), key.clone()))
             }
             ServerMsg::Incoming { via, .. } => panic!("expected via direct, got {via:?}"),
-            _ => continue,
-        }
-    };
-    assert_eq!(url, hq.direct_url, "C3 names the caller's gateway");
+            _ => None,
+        })
+        .await;
+    assert_eq!(url, hq.address(), "C3 names the caller's switch");
 
-    // C14: the callee presents the key at hq as 2001; then its WebRTC offer (1 kHz tone).
-    let (mut direct, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
-    let present = DirectClientMsg::Present { v: 1, call_id: call_id.clone(), key, caller: "2001".into() };
-    direct.send(Message::Text(present.encode().into())).await.unwrap();
-    assert_eq!(DirectServerMsg::decode(&ws_text(&mut direct).await).unwrap(), DirectServerMsg::Accepted { call_id });
-    let mut peer = WebRtcPeer::bind(PeerOptions::bind("127.0.0.1".parse().unwrap())).await.unwrap();
-    direct.send(Message::Text(DirectClientMsg::Offer { sdp: peer.create_offer().unwrap() }.encode().into())).await.unwrap();
-    let answer = match DirectServerMsg::decode(&ws_text(&mut direct).await).unwrap() {
-        DirectServerMsg::Answer { sdp } => sdp,
-        other => panic!("expected the gateway's answer: {other:?}\n{}", phone.dump()),
-    };
-    let media = peer.accept_answer(&answer, AudioSource::tone(1000.0)).unwrap();
+    // C14: the callee's WebRTC leg (1 kHz tone) to hq through the cloud; the key on its
+    // DataChannel as 2001. Before that, baresip's call is not answered.
+    let mut leg = browser.connect(&call_id, PeerOptions::bind("127.0.0.1".parse().unwrap()), AudioSource::tone(1000.0)).await;
+    leg.wait_open(WAIT).await.expect("the leg to hq is up");
+    phone.sync_events().await;
+    assert!(!phone.saw_event("CALL_ESTABLISHED"), "baresip's call was answered before the key\n{}", phone.dump());
+    assert_eq!(leg.present(&key, "2001").await, DirectServerMsg::Accepted { call_id: call_id.clone() });
+    assert_eq!(leg.recv().await, Some(DirectServerMsg::Progress { event: CallEvent::Connected }));
+    let media = leg.media.clone();
 
     // C15: hq answers baresip's INVITE; media flows both ways.
     phone.expect_event("CALL_ESTABLISHED", Duration::from_secs(20)).await;
@@ -84,15 +79,11 @@ async fn f3_baresip_calls_a_switchless_browser_that_connects_to_the_callers_gate
     baresip::check_tone(&phone, "heard from the browser", &baresip::since(&heard, 1.0), 1000.0, 1.5);
     baresip::assert_rtp_from(&phone, &baresip::rtp_ports_of(&hq.config));
 
-    // The phone hangs up; the browser's direct connection is told the call ended.
+    // The phone hangs up; the browser is told on the DataChannel, and by the cloud.
     phone.hangup().await;
     phone.expect_event("CALL_CLOSED", WAIT).await;
-    loop {
-        match DirectServerMsg::decode(&ws_text(&mut direct).await).unwrap() {
-            DirectServerMsg::Ended { .. } => break,
-            _ => continue,
-        }
-    }
+    assert_eq!(leg.ended().await, Outcome::Connected);
+    assert_eq!(browser.outcome(&call_id).await, Outcome::Connected);
     media.close().await;
     phone.quit().await;
     hq.stop().await;

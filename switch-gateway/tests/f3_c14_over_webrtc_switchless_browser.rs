@@ -28,8 +28,7 @@ async fn f3_the_switchless_callee_reaches_the_callers_gateway_over_webrtc_with_i
     assert_eq!(register_udp(&sip, hq.sip, "1001", "pw-1001", 300, false).await, 200);
     let phone_rtp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
 
-    let mut cfg = SoftphoneConfig::new(cloud.ws_url.clone(), "2001", "pw-2001");
-    cfg.direct_over_webrtc = true;
+    let cfg = SoftphoneConfig::new(cloud.ws_url.clone(), "2001", "pw-2001");
     let bob = Softphone::login(cfg).await.unwrap();
 
     let phone_rtp_addr = phone_rtp.local_addr().unwrap();

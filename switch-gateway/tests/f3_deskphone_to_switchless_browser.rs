@@ -1,32 +1,24 @@
 //! F3 over the wire: desk phone 1001 on gateway "hq" calls 2001, a browser with no switch.
 //! The cloud answers hq's B2 with the device id (B6); hq queues the call and hands the cloud
-//! its direct address + key; the cloud tells the browser over its live WebSocket (C3); the
-//! browser connects straight to hq's direct endpoint with the key (C14) and offers WebRTC; hq
-//! answers the phone and bridges (C15). Audio is checked both ways by frequency.
+//! its name (`switch:hq`) + key; the cloud tells the browser over its live WebSocket (C3); the
+//! browser offers WebRTC (audio + the `trunkline-direct` DataChannel) to hq through the cloud,
+//! connects ICE + DTLS straight to hq and presents the key on the DataChannel as itself (C14);
+//! only then does hq answer the phone, bridged to that leg (C15). Audio is checked both ways by
+//! frequency.
 
 mod common;
 #[path = "common/scripted_phone.rs"]
 mod scripted_phone;
+use common::direct::Browser;
 use common::*;
 use scripted_phone::*;
 
 use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::net::UdpSocket;
-use tokio_tungstenite::tungstenite::Message as Ws;
 use trunkline_client::wav::dominant_frequency;
-use trunkline_client::webrtc::{AudioSource, PeerOptions, WebRtcPeer};
-use trunkline_protocol::{DirectClientMsg, DirectServerMsg, IncomingVia, ServerMsg};
-
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next(ws: &mut WsStream) -> String {
-    match tokio::time::timeout(WAIT, ws.next()).await.expect("message in time") {
-        Some(Ok(Ws::Text(t))) => t.to_string(),
-        other => panic!("{other:?}"),
-    }
-}
+use trunkline_client::webrtc::{AudioSource, PeerOptions};
+use trunkline_protocol::{CallEvent, DirectServerMsg, IncomingVia, ServerMsg};
 
 #[tokio::test]
 async fn f3_deskphone_calls_a_switchless_browser_that_connects_directly_to_the_callers_gateway() {
@@ -39,40 +31,38 @@ async fn f3_deskphone_calls_a_switchless_browser_that_connects_directly_to_the_c
     let phone_rtp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
 
     // The browser is online at the cloud.
-    let (mut browser, _) = tokio_tungstenite::connect_async(cloud.ws_url.as_str()).await.unwrap();
-    browser.send(Ws::Text(r#"{"type":"login","v":1,"number":"2001","password":"pw-2001"}"#.into())).await.unwrap();
-    assert!(matches!(ServerMsg::decode(&next(&mut browser).await).unwrap(), ServerMsg::Welcome { .. }));
+    let mut browser = Browser::login(&cloud.ws_url, "2001").await;
 
     // The phone dials 2001; the browser handles the incoming call as a browser would.
     let phone_rtp_addr = phone_rtp.local_addr().unwrap();
+    let (answered_tx, mut answered_rx) = tokio::sync::oneshot::channel();
     let caller = tokio::spawn({
         let gw = hq.sip;
         async move {
             let ok = call(&sip, gw, "2001", phone_rtp_addr).await;
+            let _ = answered_tx.send(());
             (ok, sip)
         }
     });
-    let (call_id, url, key) = loop {
-        if let ServerMsg::Incoming { call_id, from, via: IncomingVia::Direct { url, key, .. }, .. } =
-            ServerMsg::decode(&next(&mut browser).await).unwrap()
-        {
-            assert_eq!(from, "1001");
-            break (call_id, url, key);
-        }
-    };
-    assert_eq!(url, hq.direct_url, "C3 names the caller's gateway");
-    let (mut direct, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
-    let present = DirectClientMsg::Present { v: 1, call_id: call_id.clone(), key, caller: "2001".into() };
-    direct.send(Ws::Text(present.encode().into())).await.unwrap();
-    assert_eq!(DirectServerMsg::decode(&next(&mut direct).await).unwrap(), DirectServerMsg::Accepted { call_id });
-    let mut peer = WebRtcPeer::bind(PeerOptions::bind("127.0.0.1".parse().unwrap())).await.unwrap();
-    direct.send(Ws::Text(DirectClientMsg::Offer { sdp: peer.create_offer().unwrap() }.encode().into())).await.unwrap();
-    let answer = match DirectServerMsg::decode(&next(&mut direct).await).unwrap() {
-        DirectServerMsg::Answer { sdp } => sdp,
-        other => panic!("{other:?}"),
-    };
-    let media = peer.accept_answer(&answer, AudioSource::tone(1000.0)).unwrap();
+    let (call_id, url, key) = browser
+        .wait_for("incoming via direct", |m| match m {
+            ServerMsg::Incoming { call_id, from, via: IncomingVia::Direct { url, key, .. }, .. } => {
+                assert_eq!(from, "1001");
+                Some((call_id.clone(), url.clone(), key.clone()))
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(url, hq.address(), "C3 names the caller's switch; no ws:// address");
+    let mut leg = browser.connect(&call_id, PeerOptions::bind("127.0.0.1".parse().unwrap()), AudioSource::tone(1000.0)).await;
+    leg.wait_open(WAIT).await.expect("ICE + DTLS + the DataChannel up with hq");
+    // The phone's INVITE is not answered before the key.
+    assert!(answered_rx.try_recv().is_err(), "hq answered the phone before the key was presented");
+    assert_eq!(leg.present(&key, "2001").await, DirectServerMsg::Accepted { call_id: call_id.clone() });
+    assert_eq!(leg.recv().await, Some(DirectServerMsg::Progress { event: CallEvent::Connected }));
+    let media = leg.media.clone();
     let (ok, _sip) = caller.await.unwrap();
+    assert_eq!(ok.status, 200, "the phone's INVITE is answered through the bridge");
     let hq_rtp = trunkline_media::sdp::Sdp::parse(&String::from_utf8_lossy(&ok.body)).unwrap().audio_rtp_addr().unwrap();
     media.wait_connected(WAIT).await.expect("ICE + DTLS up");
 

@@ -1,4 +1,5 @@
-//! Calls across real NATs (F1, F2), C14 over WebRTC, no inbound port anywhere: the signal server and coturn
+//! Calls across real NATs (F1, F2), C14 over WebRTC, no inbound port anywhere (a gateway listens
+//! only for its desk phones; callers reach it through the cloud): the signal server and coturn
 //! (STUN only here) on the lab's "Internet"; the gateway and a desk phone on a site LAN behind a
 //! port-restricted cone NAT; the headless softphone at home behind another cone NAT. The
 //! softphone's offer and the gateway's answer and trickled server-reflexive candidates go
@@ -123,8 +124,6 @@ fn start_gateway_with(
         cloud_url: cloud.into(),
         cloud_ca_file: ca.map(Into::into),
         sip_listen: format!("{ip}:5060").parse().unwrap(),
-        direct_listen: format!("{ip}:7443").parse().unwrap(),
-        advertise_url: format!("ws://{ip}:7443/direct"),
         rtp_ports: "40000-40199".into(),
         state_dir: dir.join(format!("{id}-state")),
         ring_timeout_secs: 10,
@@ -231,7 +230,6 @@ fn start_softphone(
     cloud_down: Option<(std::sync::mpsc::Sender<()>, mpsc::UnboundedReceiver<()>)>,
 ) -> std::thread::JoinHandle<Heard> {
     let mut cfg = SoftphoneConfig::new(cloud, "2001", "pw-2001");
-    cfg.direct_over_webrtc = true;
     cfg.media = PeerOptions::bind(ip.parse().unwrap());
     in_netns(ns, move || async move {
         let alice = Softphone::login(cfg).await.expect("sign in from behind the home NAT");
@@ -368,7 +366,6 @@ fn f1_between_two_symmetric_nats_without_a_relay_ends_connect_failed_and_nothing
     registered_rx.recv_timeout(WAIT).expect("the desk phone registered");
 
     let mut cfg = SoftphoneConfig::new(&cloud, "2001", "pw-2001");
-    cfg.direct_over_webrtc = true;
     cfg.media = PeerOptions::bind(lab.host_ip("home", 1).parse().unwrap());
     cfg.timeouts.direct = Duration::from_secs(6);
     let browser = in_netns(&lab.ns("home", 1), move || async move {

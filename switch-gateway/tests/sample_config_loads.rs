@@ -15,3 +15,23 @@ fn unknown_keys_and_bad_values_are_refused() {
     assert!(switch_gateway::Config::from_toml("cloud_url = \"http://x\"").is_err());
     assert!(switch_gateway::Config::from_toml("id = \"has space\"").is_err());
 }
+
+#[test]
+fn the_removed_direct_endpoint_keys_are_refused_with_the_reason() {
+    for (toml, key) in [
+        ("direct_listen = \"0.0.0.0:7443\"", "direct_listen"),
+        ("advertise_url = \"ws://203.0.113.7:7443/direct\"", "advertise_url"),
+    ] {
+        let err = switch_gateway::Config::from_toml(toml).expect_err("an old key is refused");
+        assert!(matches!(err, switch_gateway::config::ConfigError::Removed { key: k, .. } if k == key), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&format!("`{key}` was removed")), "names the key: {text}");
+        assert!(text.contains("WebRTC through the cloud") && text.contains("no inbound port"), "says why: {text}");
+    }
+    // Also from a file, among valid keys.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.toml");
+    std::fs::write(&path, "id = \"hq\"\nsip_listen = \"0.0.0.0:5060\"\ndirect_listen = \"0.0.0.0:7443\"\n").unwrap();
+    let err = switch_gateway::Config::load(Some(&path)).expect_err("an old config file is refused");
+    assert!(err.to_string().contains("`direct_listen` was removed"), "{err}");
+}

@@ -137,7 +137,8 @@ pub struct Engine {
     accounts: HashMap<String, DirEntry>,
     conns: HashMap<ConnId, Party>,
     devices: HashMap<String, ConnId>,
-    switches: HashMap<String, (ConnId, Vec<String>)>,
+    /// Online switches by id: their live connection.
+    switches: HashMap<String, ConnId>,
     calls: HashMap<CallId, Call>,
     timers: BTreeMap<(Instant, u64), CallId>,
     timer_seq: u64,
@@ -248,7 +249,7 @@ impl Engine {
                 )
             })
             .collect();
-        let ids: Vec<(String, ConnId)> = self.switches.iter().map(|(id, (c, _))| (id.clone(), *c)).collect();
+        let ids: Vec<(String, ConnId)> = self.switches.iter().map(|(id, c)| (id.clone(), *c)).collect();
         for (id, conn) in ids {
             let now = self.phones_of(&id);
             if before.get(&id) != Some(&now) {
@@ -321,18 +322,18 @@ impl Engine {
         }
     }
 
-    /// A switch signed in on `conn`, advertising `direct_urls`. It is sent `switch_welcome`
-    /// with its phones. A previous connection of the same switch is replaced.
+    /// A switch signed in on `conn`. It is sent `switch_welcome` with its phones. A previous
+    /// connection of the same switch is replaced. (What it may have advertised in
+    /// `direct_urls` only goes to the directory: callers are handed its name, `switch:<id>`.)
     pub fn switch_online(
         &mut self,
         _now: Instant,
         conn: ConnId,
         switch_id: &str,
-        direct_urls: Vec<String>,
         realm: &str,
         ice_servers: Vec<trunkline_protocol::IceServer>,
     ) {
-        if let Some((old, _)) = self.switches.insert(switch_id.to_string(), (conn, direct_urls))
+        if let Some(old) = self.switches.insert(switch_id.to_string(), conn)
             && old != conn
         {
             self.conns.remove(&old);
@@ -540,10 +541,11 @@ impl Engine {
             }
             Some(sw) => {
                 self.trace(&call_id, Step::B5, &format!("callee {to} is on switch {sw}"));
-                let Some(url) = self.switch_url(&sw) else {
+                if !self.switches.contains_key(&sw) {
                     self.finish(now, &call_id, Outcome::SwitchUnavailable, &format!("switch {sw} is offline"));
                     return Ok(());
-                };
+                }
+                let url = trunkline_protocol::switch_address(&sw);
                 self.send_party(
                     &Party::Switch(me.to_string()),
                     ServerMsg::Route { call_id: call_id.clone(), route: Route::Switch { switch_id: sw.clone(), url } },
@@ -583,6 +585,7 @@ impl Engine {
         let caller = call.caller.clone();
         match answer {
             QueryAnswer::Accept { url, key, expires_in_ms } => {
+                check_own_address(me, &url)?;
                 self.trace(call_id, Step::C12, &format!("switch {me} queued the call and issued a key"));
                 let step = if matches!(caller, Party::Switch(_)) { Step::C2 } else { Step::C13 };
                 self.trace(call_id, step, "address + key relayed to the caller");
@@ -613,6 +616,7 @@ impl Engine {
         if call.state != CallState::AwaitDirectOffer || call.caller != Party::Switch(me.to_string()) {
             return Err(wrong_state(call_id, call.state, "direct_offer"));
         }
+        check_own_address(me, &url)?;
         let callee = call.callee_device.as_deref().expect("B6 calls have a callee device");
         if !self.devices.contains_key(callee) {
             if call.waking {
@@ -923,7 +927,7 @@ impl Engine {
     /// C11: ask the callee's switch whether the callee accepts.
     fn ask_switch(&mut self, now: Instant, call_id: &str, switch_id: &str) {
         self.calls.get_mut(call_id).expect("live call").carrier = Some(switch_id.to_string());
-        let Some((conn, _)) = self.switches.get(switch_id) else {
+        let Some(conn) = self.switches.get(switch_id) else {
             self.finish(now, call_id, Outcome::SwitchUnavailable, &format!("switch {switch_id} is offline"));
             return;
         };
@@ -1085,10 +1089,6 @@ impl Engine {
         }
     }
 
-    fn switch_url(&self, id: &str) -> Option<String> {
-        self.switches.get(id).and_then(|(_, urls)| urls.first().cloned())
-    }
-
     fn display_name(&self, number: &str) -> String {
         self.accounts.get(number).map(|a| a.display_name.clone()).unwrap_or_else(|| number.to_string())
     }
@@ -1107,7 +1107,7 @@ impl Engine {
     fn send_party(&mut self, p: &Party, msg: ServerMsg) {
         let conn = match p {
             Party::Device(n) => self.devices.get(n).copied(),
-            Party::Switch(s) => self.switches.get(s).map(|(c, _)| *c),
+            Party::Switch(s) => self.switches.get(s).copied(),
         };
         if let Some(conn) = conn {
             self.send(conn, msg);
@@ -1146,6 +1146,18 @@ fn check_peer_key(call: &Call, key: &str) -> Result<(), ProtocolError> {
         Some(k) if crate::credentials::ct_eq(k, key) => Ok(()),
         _ => Err(ProtocolError::new(ErrorCode::BadKey, "the key does not match this call")),
     }
+}
+
+/// The address a switch gives in `query_answer` / `direct_offer` must name itself
+/// (`switch:<its id>`): it is relayed to the caller as the carrying switch's name.
+fn check_own_address(me: &str, url: &str) -> Result<(), ProtocolError> {
+    if url == trunkline_protocol::switch_address(me) {
+        return Ok(());
+    }
+    Err(ProtocolError::new(
+        ErrorCode::InvalidField,
+        format!("url: must name this switch, {}", trunkline_protocol::switch_address(me)),
+    ))
 }
 
 fn wrong_state(call_id: &str, state: CallState, what: &str) -> ProtocolError {

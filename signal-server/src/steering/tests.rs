@@ -9,8 +9,9 @@ const ALICE: ConnId = 1; // browser 2001, no switch
 const BOB: ConnId = 2; // browser 2002, no switch
 const HQ: ConnId = 10; // switch hq: desk phones 1001, 1002
 const BRANCH: ConnId = 20; // switch branch: desk phone 3001
-const HQ_URL: &str = "ws://10.0.0.1:7000/direct";
-const BRANCH_URL: &str = "ws://10.0.0.2:7000/direct";
+/// What a switch's address is now: its name (callers reach it over WebRTC through the cloud).
+const HQ_URL: &str = "switch:hq";
+const BRANCH_URL: &str = "switch:branch";
 const KEY: &str = "k3y-k3y-k3y-k3y-k3y-k3y-k3y";
 
 fn account(number: &str, kind: AccountKind, switch: Option<&str>) -> Account {
@@ -37,8 +38,8 @@ impl H {
         let mut h = H::offline();
         h.e.device_online(h.now, ALICE, "2001");
         h.e.device_online(h.now, BOB, "2002");
-        h.e.switch_online(h.now, HQ, "hq", vec![HQ_URL.into()], "trunkline", vec![]);
-        h.e.switch_online(h.now, BRANCH, "branch", vec![BRANCH_URL.into()], "trunkline", vec![]);
+        h.e.switch_online(h.now, HQ, "hq", "trunkline", vec![]);
+        h.e.switch_online(h.now, BRANCH, "branch", "trunkline", vec![]);
         h.drain();
         h.out.clear();
         h
@@ -372,6 +373,30 @@ fn f3_b6_device_answer_then_c3_tells_the_online_browser() {
 }
 
 #[test]
+fn a_switch_names_itself_in_its_address_never_another_switch() {
+    let mut h = H::new();
+    // C12 from branch naming hq: refused, nothing relayed, the call still waits for a real answer.
+    h.msg(ALICE, r#"{"type":"dial","call_id":"f1","to":"3001"}"#);
+    h.out.clear();
+    h.msg(
+        BRANCH,
+        &format!(r#"{{"type":"query_answer","call_id":"f1","answer":{{"answer":"accept","url":"{HQ_URL}","key":"{KEY}","expires_in_ms":30000}}}}"#),
+    );
+    assert_eq!(h.error_code(BRANCH), ErrorCode::InvalidField);
+    assert!(h.to(ALICE).is_empty(), "no connect with another switch's name");
+    assert_eq!(h.e.call_state("f1"), Some(CallState::AwaitSwitchAnswer));
+    h.msg(BRANCH, &accept_json("f1"));
+    assert!(matches!(h.to(ALICE).as_slice(), [S::Connect { url, .. }] if url == "switch:branch"));
+    // C3 from hq naming branch: refused the same way.
+    h.msg(HQ, r#"{"type":"route_query","call_id":"f3","from":"1001","to":"2002"}"#);
+    h.out.clear();
+    h.msg(HQ, &format!(r#"{{"type":"direct_offer","call_id":"f3","url":"{BRANCH_URL}","key":"{KEY}","expires_in_ms":30000}}"#));
+    assert_eq!(h.error_code(HQ), ErrorCode::InvalidField);
+    assert!(h.to(BOB).is_empty());
+    assert_eq!(h.e.call_state("f3"), Some(CallState::AwaitDirectOffer));
+}
+
+#[test]
 fn f3_callee_declines_the_direct_call() {
     let mut h = H::new();
     h.msg(HQ, r#"{"type":"route_query","call_id":"f3","from":"1001","to":"2001"}"#);
@@ -585,7 +610,7 @@ fn switch_that_reconnects_mid_call_can_still_report_the_end() {
     h.msg(BRANCH, &accept_json("rc"));
     h.msg(BRANCH, r#"{"type":"call_event","call_id":"rc","event":{"event":"connected"}}"#);
     h.e.disconnected(h.now, BRANCH);
-    h.e.switch_online(h.now, 21, "branch", vec![BRANCH_URL.into()], "trunkline", vec![]);
+    h.e.switch_online(h.now, 21, "branch", "trunkline", vec![]);
     h.drain();
     h.msg(21, r#"{"type":"call_event","call_id":"rc","event":{"event":"ended","outcome":"connected"}}"#);
     assert_eq!(h.one_record().outcome, Outcome::Connected);
@@ -685,7 +710,7 @@ fn shutdown_ends_every_attempt_with_one_record() {
 #[test]
 fn switch_welcome_lists_its_phones_and_directory_changes_push_updates() {
     let mut h = H::offline();
-    h.e.switch_online(h.now, HQ, "hq", vec![HQ_URL.into()], "trunkline", vec![]);
+    h.e.switch_online(h.now, HQ, "hq", "trunkline", vec![]);
     h.drain();
     match h.to(HQ).as_slice() {
         [S::SwitchWelcome { phones, sip_realm, .. }] => {

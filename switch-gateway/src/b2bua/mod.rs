@@ -2,13 +2,18 @@
 //! waiting queue and the cloud exchange — one sans-IO state machine.
 //!
 //! Inputs carry `now`: parsed SIP messages with their source ([`Core::on_sip`]), cloud link
-//! events ([`Core::on_cloud`]), direct-endpoint presentations ([`Core::on_direct`]) and timers
-//! ([`Core::handle_timeout`]). Outputs ([`Output`]) are datagrams/frames to send, cloud
-//! messages, direct-endpoint replies and media relay commands. Media ports come from an injected
+//! events ([`Core::on_cloud`], including the `direct_signal` of C14 over WebRTC), what arrives
+//! on a WebRTC session's `trunkline-direct` DataChannel ([`Core::on_direct`]), what the callee
+//! switch says to us as an F2 caller ([`Core::on_remote`]) and timers ([`Core::handle_timeout`]).
+//! Outputs ([`Output`]) are datagrams/frames to send, cloud messages, DataChannel replies,
+//! session and bridge commands and media relay commands. Media ports come from an injected
 //! [`MediaPorts`] so the core can write SDP synchronously without owning sockets.
 //!
 //! Patent steps on this side: F7 (local call), A/B1/B2 (a phone dials elsewhere → ask the
-//! cloud), B3 → 404, B5/B6 → C2/C3, C11/C12 (callee query → waiting queue + key), C14 (key check).
+//! cloud), B3 → 404, B5/B6 → C2/C3, C11/C12 (callee query → waiting queue + key), C14 (the
+//! WebRTC leg through the cloud, then the key on its DataChannel), C15 (the phone side attached
+//! to that leg). No caller ever connects to a port of the gateway: the only transport to it is
+//! the WebRTC connection whose offer/answer the cloud relayed.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -45,7 +50,6 @@ pub struct CoreConfig {
     pub switch_id: String,
     pub adv_ip: IpAddr,
     pub sip_port: u16,
-    pub advertise_url: String,
     pub ring_timeout: Duration,
     pub key_ttl: Duration,
     pub min_expires: u32,
@@ -89,8 +93,9 @@ pub trait MediaPorts: Send {
     fn start_echo(&mut self, offer: &str) -> Option<EchoSetup>;
 }
 
-/// A WebRTC ⇄ RTP bridge set up for a direct caller (C15): the WebRTC answer for the caller and
-/// the SDP for the desk phone side (an offer, or the answer to `phone_offer`).
+/// A WebRTC ⇄ RTP bridge's set-up (C15): `answer` is the WebRTC SDP this side sends (the F2
+/// caller's offer; empty when a session's answer already went out), `phone_sdp` the SDP for the
+/// desk phone side (an offer, or the answer to `phone_offer`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BridgeSetup {
     pub id: u64,
@@ -100,8 +105,6 @@ pub struct BridgeSetup {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BridgeError {
-    #[error("WebRTC media bridging is not available on this gateway")]
-    Unavailable,
     #[error("unusable offer: {0}")]
     BadOffer(String),
     #[error("no media ports left")]
@@ -111,50 +114,35 @@ pub enum BridgeError {
 impl BridgeError {
     fn code(&self) -> ErrorCode {
         match self {
-            BridgeError::Unavailable => ErrorCode::NotImplemented,
             BridgeError::BadOffer(_) => ErrorCode::InvalidField,
             BridgeError::NoPorts => ErrorCode::Internal,
         }
     }
 }
 
-/// Builds bridges (the driver runs str0m + an RTP socket per call; tests fake it).
+/// Builds the WebRTC legs of C14 over WebRTC and bridges them to desk phones (the driver runs
+/// str0m + an RTP socket pair per call; tests fake it). A session's id is also its bridge's id
+/// and the id its DataChannel is known by ([`Core::on_direct`], [`Output::Direct`]).
 pub trait Bridges: Send {
-    /// Accept the caller's WebRTC `offer`. With `phone_offer`, the phone side answers it.
-    fn accept(&mut self, offer: &str, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError>;
-    /// F2 caller side: make a WebRTC offer (in `BridgeSetup::answer`) for another gateway's
-    /// direct endpoint, with the phone side answering `phone_offer`.
-    fn offer(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError>;
-    /// Apply the remote gateway's answer to bridge `id`'s offer.
-    fn remote_answer(&mut self, id: u64, answer: &str) -> Result<(), BridgeError>;
-    /// C14 over WebRTC: a WebRTC leg (full ICE, DTLS, a DataChannel) answering `offer`, which
-    /// came through the cloud before any key: returns the session's id (also its bridge's id)
-    /// and the answer. Nothing rings: the key is checked when the caller presents it on the
+    /// C14 over WebRTC, carrier side: a WebRTC leg (full ICE, DTLS, a DataChannel) answering
+    /// `offer`, which came through the cloud before any key: returns the session's id and the
+    /// answer. Nothing rings: the key is checked when the connecting party presents it on the
     /// DataChannel.
-    fn open_session(&mut self, offer: &str) -> Result<(u64, String), BridgeError> {
-        let _ = offer;
-        Err(BridgeError::Unavailable)
-    }
+    fn open_session(&mut self, offer: &str) -> Result<(u64, String), BridgeError>;
     /// C15 for a session: add the desk-phone side to session `id`'s leg (an offer of the law
-    /// the WebRTC side prefers, or the answer to `phone_offer`). `BridgeSetup::answer` is the
-    /// answer already sent.
-    fn attach(&mut self, id: u64, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
-        let _ = (id, phone_offer);
-        Err(BridgeError::Unavailable)
-    }
-    /// F2 caller side over WebRTC: like [`offer`](Self::offer), with a DataChannel to present
-    /// the key on. `Unavailable`: use the callee switch's direct endpoint instead.
-    fn offer_session(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
-        let _ = phone_offer;
-        Err(BridgeError::Unavailable)
-    }
+    /// the WebRTC side prefers, or the answer to `phone_offer`). `BridgeSetup::answer` is empty:
+    /// the session's answer already went out.
+    fn attach(&mut self, id: u64, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError>;
+    /// F2 caller side: a full-ICE leg offering audio and the `trunkline-direct` DataChannel to
+    /// present the key on (the offer in `BridgeSetup::answer`), with the phone side answering
+    /// `phone_offer`.
+    fn offer_session(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError>;
+    /// F2 caller side: apply the callee switch's answer to bridge `id`'s offer.
+    fn remote_answer(&mut self, id: u64, answer: &str) -> Result<(), BridgeError>;
 }
 
-/// Direct-connection ids of WebRTC sessions (their DataChannel) have this bit set, so they
-/// never collide with the WebSocket direct endpoint's connection numbers.
-pub const SESSION_CONN: u64 = 1 << 62;
-
-/// What the remote gateway's direct endpoint said (F2, caller side).
+/// What the callee switch said on our session's DataChannel, or its answer through the cloud
+/// (F2, caller side).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RemoteEvent {
     Accepted,
@@ -170,6 +158,8 @@ pub enum RemoteEvent {
 pub enum Output {
     Sip { to: SocketAddr, transport: Transport, data: Vec<u8> },
     Cloud(ClientMsg),
+    /// Send `msg` on session `conn`'s DataChannel; with `close` (a refusal, or the call
+    /// ended), stop its leg afterwards.
     Direct { conn: u64, msg: DirectServerMsg, close: bool },
     MediaStart { id: u64, a_remote: Option<SocketAddr>, b_remote: Option<SocketAddr> },
     MediaRemote { id: u64, leg: MediaLeg, addr: SocketAddr },
@@ -180,18 +170,15 @@ pub enum Output {
     /// The desk phone's RTP address for bridge `id` (from its SDP; the bridge latches).
     BridgeRemote { id: u64, phone: SocketAddr },
     BridgeStop { id: u64 },
-    /// F2 / C2: open the remote gateway's direct endpoint `url`, present `key` for `call_id` as
-    /// `caller`, and offer `offer`; report what happens with [`Core::on_remote`] under `id`.
-    DirectDial { id: u64, url: String, call_id: String, key: String, caller: String, offer: String },
-    /// Leave remote direct call `id` (send `hangup`, close).
-    DirectHangup { id: u64 },
-    /// C14 over WebRTC: start session `id` (its leg already answered the caller's offer). Its
-    /// DataChannel is direct connection `conn` (messages as on the direct endpoint); its local
-    /// candidates are trickled to the cloud for `call_id`.
+    /// F2 caller side: leave session `id` (send `hangup` on its DataChannel).
+    SessionHangup { id: u64 },
+    /// C14 over WebRTC: start session `id` (its leg already answered the connecting party's
+    /// offer). What arrives on its DataChannel comes back with [`Core::on_direct`] under `id`;
+    /// its local candidates are trickled to the cloud for `call_id`.
     /// `present` (F2 caller side): send it on the DataChannel when it opens, and report what
     /// comes back with [`Core::on_remote`]; such a session starts at its `BridgeStart`, once
     /// the callee switch's answer is applied.
-    SessionStart { id: u64, conn: u64, call_id: String, present: Option<DirectClientMsg> },
+    SessionStart { id: u64, call_id: String, present: Option<DirectClientMsg> },
     /// A candidate the caller trickled for session `id`.
     SessionCandidate { id: u64, candidate: String },
 }
@@ -310,8 +297,8 @@ struct ALeg {
     final_sent: bool,
 }
 
-/// Who called: a SIP phone (leg A is a SIP dialog) or a direct caller on the WebSocket
-/// endpoint with a WebRTC leg (F1/F2 inbound, C14/C15).
+/// Who called: a SIP phone (leg A is a SIP dialog) or a direct caller on a WebRTC session
+/// (F1/F2 inbound, C14/C15).
 enum CallerSide {
     Sip(ALeg),
     Direct(DirectSide),
@@ -344,11 +331,10 @@ impl CallerSide {
     }
 }
 
-/// A direct caller that presented a valid key and has not sent its offer yet.
+/// A session whose key was accepted (C14), and the call it became.
 struct DirectSession {
     call_id: String,
-    entry: crate::queue::Entry,
-    /// The call it became, once the offer arrived.
+    /// The call it became (set as soon as the phone side is attached).
     call: Option<u64>,
 }
 
@@ -376,21 +362,20 @@ struct Call {
     connected_at: Option<Instant>,
 }
 
-/// A caller's WebRTC leg that came through the cloud (C14 over WebRTC), waiting for its key.
+/// A connecting party's WebRTC leg that came through the cloud (C14 over WebRTC): waiting for
+/// its key, or (once in `Core::direct`) carrying the call.
 struct WebRtcSession {
     call_id: String,
-    id: u64,
-    /// The caller's offer, for the C15 step once the key is accepted.
-    offer: String,
 }
 
 pub struct Core {
     cfg: CoreConfig,
     bridges: Box<dyn Bridges>,
+    /// Sessions whose key was accepted, by session id.
     direct: HashMap<u64, DirectSession>,
-    /// Direct connection (`SESSION_CONN | id`) → WebRTC session.
+    /// Carrier side: session id → WebRTC session.
     sessions: HashMap<u64, WebRtcSession>,
-    /// Cloud call id → the session's direct connection.
+    /// Cloud call id → its session (one per call).
     session_by_call: HashMap<String, u64>,
     /// F2 caller side over WebRTC: cloud call id → our bridge to the callee switch.
     remote_by_call: HashMap<String, u64>,
@@ -508,58 +493,72 @@ impl Core {
         }
     }
 
-    /// A message on direct-endpoint connection `conn` (C14, then the WebRTC offer for C15).
+    /// A message on the `trunkline-direct` DataChannel of session `conn` (C14: the key; then
+    /// `hangup`). A refused key closes the leg and forgets it at once, so the connecting party
+    /// may offer again (a new `direct_signal`) while the key lives.
     pub fn on_direct(&mut self, now: Instant, conn: u64, msg: DirectClientMsg) {
-        let refuse = |code: ErrorCode, message: &str| Output::Direct {
-            conn,
-            msg: DirectServerMsg::Error { code, message: message.into() },
-            close: true,
-        };
         match msg {
             DirectClientMsg::Present { .. } if self.direct.contains_key(&conn) => {
-                self.out.push_back(refuse(ErrorCode::AlreadyAuthenticated, "a key was already presented on this connection"));
+                self.refuse(conn, ErrorCode::AlreadyAuthenticated, "a key was already presented on this connection");
             }
-            // A WebRTC session was set up for one call: its key cannot open another.
-            DirectClientMsg::Present { call_id, .. }
-                if self.sessions.get(&conn).is_some_and(|s| s.call_id != call_id) =>
-            {
-                tracing::warn!(%call_id, "C14: key presented for another call than this connection's offer");
-                self.out.push_back(refuse(ErrorCode::BadKey, "this connection was set up for another call"));
-            }
-            DirectClientMsg::Present { call_id, key, caller, .. } => match self.queue.take(now, &call_id, &key, &caller) {
-                Err(e) => {
-                    tracing::warn!(%call_id, %caller, error = %e, "C14: key refused");
-                    self.out.push_back(refuse(e.code(), key_error_text(e)));
+            DirectClientMsg::Present { call_id, key, caller, .. } => {
+                // A leg already forgotten (refused a moment ago, or gone): it is closing.
+                let Some(session) = self.sessions.get(&conn) else { return };
+                if session.call_id != call_id {
+                    // The leg was set up for one call: another call's key cannot open it.
+                    tracing::warn!(%call_id, "C14: key presented for another call than this connection's offer");
+                    return self.refuse_session(conn, ErrorCode::BadKey, "this connection was set up for another call");
                 }
-                Ok(entry) => {
-                    tracing::info!(%call_id, %caller, step = "C14", "key accepted");
-                    self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Accepted { call_id: call_id.clone() }, close: false });
-                    self.cloud(ClientMsg::CallEvent { call_id: call_id.clone(), event: CallEvent::KeyAccepted });
-                    self.direct.insert(conn, DirectSession { call_id, entry, call: None });
-                    // Over WebRTC the offer came first (through the cloud): C15 now.
-                    if let Some(offer) = self.sessions.get(&conn).map(|s| s.offer.clone()) {
-                        self.on_direct(now, conn, DirectClientMsg::Offer { sdp: offer });
+                match self.queue.take(now, &call_id, &key, &caller) {
+                    Err(e) => {
+                        tracing::warn!(%call_id, %caller, error = %e, "C14: key refused");
+                        self.refuse_session(conn, e.code(), key_error_text(e));
+                    }
+                    Ok(entry) => {
+                        tracing::info!(%call_id, %caller, step = "C14", "key accepted");
+                        self.out.push_back(Output::Direct {
+                            conn,
+                            msg: DirectServerMsg::Accepted { call_id: call_id.clone() },
+                            close: false,
+                        });
+                        self.cloud(ClientMsg::CallEvent { call_id: call_id.clone(), event: CallEvent::KeyAccepted });
+                        self.direct.insert(conn, DirectSession { call_id: call_id.clone(), call: None });
+                        // C15: the phone side joins this same leg.
+                        match entry.direction {
+                            Direction::Inbound => self.direct_inbound(now, conn, call_id, entry),
+                            Direction::Outbound => self.direct_outbound(now, conn, call_id),
+                        }
                     }
                 }
-            },
-            DirectClientMsg::Offer { sdp } => {
-                let Some(session) = self.direct.get(&conn) else {
-                    return self.out.push_back(refuse(ErrorCode::WrongState, "present a key first"));
-                };
-                if session.call.is_some() {
-                    return self.out.push_back(refuse(ErrorCode::WrongState, "the offer was already made"));
-                }
-                let (call_id, entry) = (session.call_id.clone(), session.entry.clone());
-                match entry.direction {
-                    Direction::Inbound => self.direct_inbound(now, conn, call_id, entry, &sdp),
-                    Direction::Outbound => self.direct_outbound(now, conn, call_id, &sdp),
+            }
+            DirectClientMsg::Offer { .. } => {
+                let msg = "the offer goes through the cloud (direct_signal), not on the DataChannel";
+                if self.direct.contains_key(&conn) {
+                    self.refuse(conn, ErrorCode::WrongState, msg);
+                } else {
+                    self.refuse_session(conn, ErrorCode::WrongState, msg);
                 }
             }
             DirectClientMsg::Hangup => self.direct_gone(now, conn),
         }
     }
 
-    /// The direct connection closed (or hung up).
+    /// Refuse on session `conn`'s DataChannel; its leg closes.
+    fn refuse(&mut self, conn: u64, code: ErrorCode, message: &str) {
+        self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Error { code, message: message.into() }, close: true });
+    }
+
+    /// Refuse on a session whose key was not accepted, and forget the session now (its leg
+    /// closes; the call's key stays as the queue left it).
+    fn refuse_session(&mut self, conn: u64, code: ErrorCode, message: &str) {
+        self.refuse(conn, code, message);
+        if let Some(s) = self.sessions.remove(&conn) {
+            self.session_by_call.remove(&s.call_id);
+            self.out.push_back(Output::BridgeStop { id: conn });
+        }
+    }
+
+    /// Session `conn`'s leg is gone (closed, failed, never got its key), or its party hung up.
     pub fn on_direct_gone(&mut self, now: Instant, conn: u64) {
         self.direct_gone(now, conn);
     }
@@ -568,14 +567,14 @@ impl Core {
         if let Some(s) = self.sessions.remove(&conn) {
             self.session_by_call.remove(&s.call_id);
             if !self.direct.contains_key(&conn) {
-                // The leg ended before a key was presented: free it; the key stays queued
-                // until it is used or expires (the caller may try again).
-                self.out.push_back(Output::BridgeStop { id: s.id });
+                // The leg ended before a key was accepted: free it; the key stays queued
+                // until it is used or expires (the connecting party may try again).
+                self.out.push_back(Output::BridgeStop { id: conn });
             }
         }
         let Some(session) = self.direct.remove(&conn) else { return };
         let Some(id) = session.call else {
-            // Key presented but no offer: the attempt ends here.
+            // Key accepted but the call never started: the attempt ends here.
             self.cloud(ClientMsg::CallEvent {
                 call_id: session.call_id,
                 event: CallEvent::Ended { outcome: Outcome::Cancelled, duration_ms: None },
@@ -593,23 +592,19 @@ impl Core {
         }
     }
 
-    /// F1/F2 callee side (C15): a caller with a valid key offers WebRTC; bridge it to our phone.
-    fn direct_inbound(&mut self, now: Instant, conn: u64, call_id: String, entry: crate::queue::Entry, offer: &str) {
-        let setup = match self.bridge_for(conn, offer, None) {
+    /// F1/F2 callee side (C15): the key on session `conn` checked out; attach our phone to its
+    /// leg and ring the phone.
+    fn direct_inbound(&mut self, now: Instant, conn: u64, call_id: String, entry: crate::queue::Entry) {
+        let setup = match self.bridges.attach(conn, None) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(%call_id, error = %e, "WebRTC offer refused");
-                self.out.push_back(Output::Direct {
-                    conn,
-                    msg: DirectServerMsg::Error { code: e.code(), message: e.to_string() },
-                    close: true,
-                });
+                tracing::warn!(%call_id, error = %e, "cannot attach the phone side");
+                self.refuse(conn, e.code(), &e.to_string());
                 self.cloud(ClientMsg::CallEvent { call_id, event: CallEvent::Ended { outcome: Outcome::Error, duration_ms: None } });
                 self.direct.remove(&conn);
                 return;
             }
         };
-        self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Answer { sdp: setup.answer.clone() }, close: false });
         self.out.push_back(Output::BridgeStart { id: setup.id, phone: None });
         let id = self.next_call;
         self.next_call += 1;
@@ -643,15 +638,6 @@ impl Core {
         self.ring_local(now, id, &phone);
     }
 
-    /// The bridge for direct connection `conn`: its WebRTC session's leg with the phone side
-    /// added, or (direct endpoint) a new leg answering `offer`.
-    fn bridge_for(&mut self, conn: u64, offer: &str, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
-        match self.sessions.get(&conn) {
-            Some(s) => self.bridges.attach(s.id, phone_offer),
-            None => self.bridges.accept(offer, phone_offer),
-        }
-    }
-
     /// C14 over WebRTC, carrier side: the connecting party's offer and candidates, relayed by
     /// the cloud. Only for a call waiting in our queue (a key was issued for it); one leg per
     /// call. The answer goes back the same way; the key comes later on the DataChannel.
@@ -668,11 +654,10 @@ impl Core {
                 }
                 match self.bridges.open_session(&sdp) {
                     Ok((id, answer)) => {
-                        let conn = SESSION_CONN | id;
                         tracing::info!(%call_id, session = id, "C14: WebRTC leg answered; waiting for the key on its DataChannel");
-                        self.sessions.insert(conn, WebRtcSession { call_id: call_id.clone(), id, offer: sdp });
-                        self.session_by_call.insert(call_id.clone(), conn);
-                        self.out.push_back(Output::SessionStart { id, conn, call_id: call_id.clone(), present: None });
+                        self.sessions.insert(id, WebRtcSession { call_id: call_id.clone() });
+                        self.session_by_call.insert(call_id.clone(), id);
+                        self.out.push_back(Output::SessionStart { id, call_id: call_id.clone(), present: None });
                         self.cloud(ClientMsg::DirectSignal { call_id, payload: SignalPayload::Answer { sdp: answer } });
                     }
                     Err(e) => {
@@ -684,8 +669,8 @@ impl Core {
                 }
             }
             SignalPayload::Ice { candidate, .. } => {
-                if let Some(s) = self.session_by_call.get(&call_id).and_then(|c| self.sessions.get(c)) {
-                    self.out.push_back(Output::SessionCandidate { id: s.id, candidate });
+                if let Some(&id) = self.session_by_call.get(&call_id) {
+                    self.out.push_back(Output::SessionCandidate { id, candidate });
                 } else if let Some(&bridge) = self.remote_by_call.get(&call_id) {
                     self.out.push_back(Output::SessionCandidate { id: bridge, candidate });
                 }
@@ -700,33 +685,24 @@ impl Core {
         }
     }
 
-    /// C3 carrier side: the switchless callee connected with our key and offers WebRTC; answer
-    /// the waiting phone's INVITE through a bridge.
-    fn direct_outbound(&mut self, now: Instant, conn: u64, call_id: String, offer: &str) {
+    /// C3 carrier side (C15): the switchless callee's key on session `conn` checked out; answer
+    /// the waiting phone's INVITE through that leg.
+    fn direct_outbound(&mut self, now: Instant, conn: u64, call_id: String) {
         let Some(id) = self.by_cloud.get(&call_id).copied() else {
-            self.out.push_back(Output::Direct {
-                conn,
-                msg: DirectServerMsg::Error { code: ErrorCode::UnknownCall, message: "the calling phone gave up".into() },
-                close: true,
-            });
+            self.refuse(conn, ErrorCode::UnknownCall, "the calling phone gave up");
             self.direct.remove(&conn);
             return;
         };
         let phone_offer = self.calls.get(&id).map(|c| c.offer_sdp.clone()).unwrap_or_default();
-        let setup = match self.bridge_for(conn, offer, Some(&phone_offer)) {
+        let setup = match self.bridges.attach(conn, Some(&phone_offer)) {
             Ok(s) => s,
             Err(e) => {
-                self.out.push_back(Output::Direct {
-                    conn,
-                    msg: DirectServerMsg::Error { code: e.code(), message: e.to_string() },
-                    close: true,
-                });
+                self.refuse(conn, e.code(), &e.to_string());
                 self.direct.remove(&conn);
                 return self.fail_call(now, id, 488, "Not Acceptable Here", Some("the callee's media could not be bridged"));
             }
         };
         let phone_addr = trunkline_media::sdp::Sdp::parse(&phone_offer).ok().and_then(|s| s.audio_rtp_addr());
-        self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Answer { sdp: setup.answer }, close: false });
         self.out.push_back(Output::BridgeStart { id: setup.id, phone: phone_addr });
         if let Some(s) = self.direct.get_mut(&conn) {
             s.call = Some(id);
@@ -771,7 +747,7 @@ impl Core {
             ServerMsg::DirectSignal { call_id, payload } => self.direct_signal(now, call_id, payload),
             ServerMsg::CalleeQuery { call_id, from, to, .. } => self.callee_query(now, call_id, from, to),
             ServerMsg::Route { call_id, route } => self.route_answer(now, &call_id, route),
-            ServerMsg::Connect { call_id, url, key, .. } => self.connect_remote(now, call_id, url, key),
+            ServerMsg::Connect { call_id, key, .. } => self.connect_remote(now, call_id, key),
             ServerMsg::CallEvent { call_id, event: CallEvent::Ringing } => {
                 if let Some(id) = self.by_cloud.get(&call_id).copied() {
                     self.send_ringing(id);
@@ -803,9 +779,10 @@ impl Core {
         }
     }
 
-    /// C2 (F2 caller side): the callee's switch address + key. Connect to it directly as a
-    /// client, with a WebRTC offer from a new bridge whose phone side answers our phone.
-    fn connect_remote(&mut self, now: Instant, call_id: String, url: String, key: String) {
+    /// C2 (F2 caller side): the callee's switch (named in `connect`) + key. Connect to it
+    /// directly over WebRTC: an offer (audio + DataChannel) from a new bridge whose phone side
+    /// answers our phone goes through the cloud; the key follows on the DataChannel.
+    fn connect_remote(&mut self, now: Instant, call_id: String, key: String) {
         let Some(id) = self.by_cloud.get(&call_id).copied() else { return };
         let Some(call) = self.calls.get(&id) else { return };
         if call.state != CallState::Routing || call.b_remote.is_some() {
@@ -813,52 +790,27 @@ impl Core {
         }
         let (caller, phone_offer) = (call.caller.clone(), call.offer_sdp.clone());
         // C14 over WebRTC: offer through the cloud, the key on the DataChannel.
-        match self.bridges.offer_session(&phone_offer) {
-            Ok(setup) => {
-                tracing::info!(%call_id, step = "C2", "connecting directly to the callee's switch over WebRTC");
-                if let Some(c) = self.calls.get_mut(&id) {
-                    c.b_remote = Some((setup.id, setup.phone_sdp));
-                }
-                self.by_remote.insert(setup.id, id);
-                self.remote_by_call.insert(call_id.clone(), setup.id);
-                let present = DirectClientMsg::Present {
-                    v: trunkline_protocol::PROTOCOL_VERSION,
-                    call_id: call_id.clone(),
-                    key,
-                    caller,
-                };
-                self.out.push_back(Output::SessionStart {
-                    id: setup.id,
-                    conn: SESSION_CONN | setup.id,
-                    call_id: call_id.clone(),
-                    present: Some(present),
-                });
-                self.cloud(ClientMsg::DirectSignal { call_id, payload: SignalPayload::Offer { sdp: setup.answer } });
-                return;
-            }
-            Err(BridgeError::Unavailable) => {}
+        let setup = match self.bridges.offer_session(&phone_offer) {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%call_id, error = %e, "cannot set up the direct leg");
                 let (code, reason) = if e == BridgeError::NoPorts { (503, "Service Unavailable") } else { (488, "Not Acceptable Here") };
                 return self.fail_call(now, id, code, reason, Some(&e.to_string()));
             }
-        }
-        let setup = match self.bridges.offer(&phone_offer) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%call_id, error = %e, "cannot set up the direct leg");
-                return self.fail_call(now, id, 488, "Not Acceptable Here", Some(&e.to_string()));
-            }
         };
-        tracing::info!(%call_id, %url, step = "C2", "connecting directly to the callee's switch");
+        tracing::info!(%call_id, step = "C2", "connecting directly to the callee's switch over WebRTC");
         if let Some(c) = self.calls.get_mut(&id) {
             c.b_remote = Some((setup.id, setup.phone_sdp));
         }
         self.by_remote.insert(setup.id, id);
-        self.out.push_back(Output::DirectDial { id: setup.id, url, call_id, key, caller, offer: setup.answer });
+        self.remote_by_call.insert(call_id.clone(), setup.id);
+        let present = DirectClientMsg::Present { v: trunkline_protocol::PROTOCOL_VERSION, call_id: call_id.clone(), key, caller };
+        self.out.push_back(Output::SessionStart { id: setup.id, call_id: call_id.clone(), present: Some(present) });
+        self.cloud(ClientMsg::DirectSignal { call_id, payload: SignalPayload::Offer { sdp: setup.answer } });
     }
 
-    /// F2 caller side: what the remote gateway's direct endpoint did with our call.
+    /// F2 caller side: what the callee switch did with our call (its answer through the cloud,
+    /// then what it says on the session's DataChannel, or the session's end).
     pub fn on_remote(&mut self, now: Instant, bridge: u64, ev: RemoteEvent) {
         let Some(id) = self.by_remote.get(&bridge).copied() else { return };
         let Some(call) = self.calls.get(&id) else { return };
@@ -872,7 +824,7 @@ impl Core {
                     self.out.push_back(Output::BridgeStart { id: bridge, phone });
                 }
                 Err(e) => {
-                    self.out.push_back(Output::DirectHangup { id: bridge });
+                    self.out.push_back(Output::SessionHangup { id: bridge });
                     self.fail_call(now, id, 488, "Not Acceptable Here", Some(&format!("the callee's site answered badly: {e}")));
                 }
             },
@@ -926,7 +878,7 @@ impl Core {
         let answer = if self.is_echo(&to) {
             match self.queue.insert(now, &call_id, &from, &to, Direction::Inbound) {
                 Some(key) => QueryAnswer::Accept {
-                    url: self.cfg.advertise_url.clone(),
+                    url: trunkline_protocol::switch_address(&self.cfg.switch_id),
                     key,
                     expires_in_ms: self.cfg.key_ttl.as_millis() as u64,
                 },
@@ -939,7 +891,7 @@ impl Core {
         } else {
             match self.queue.insert(now, &call_id, &from, &to, Direction::Inbound) {
                 Some(key) => QueryAnswer::Accept {
-                    url: self.cfg.advertise_url.clone(),
+                    url: trunkline_protocol::switch_address(&self.cfg.switch_id),
                     key,
                     expires_in_ms: self.cfg.key_ttl.as_millis() as u64,
                 },
@@ -975,7 +927,7 @@ impl Core {
                         tracing::info!(call_id = %cloud_id, step = "B6", %device_id, "queued for a switchless callee");
                         self.cloud(ClientMsg::DirectOffer {
                             call_id: cloud_id.to_string(),
-                            url: self.cfg.advertise_url.clone(),
+                            url: trunkline_protocol::switch_address(&self.cfg.switch_id),
                             key,
                             expires_in_ms: self.cfg.key_ttl.as_millis() as u64,
                         });
@@ -1735,7 +1687,7 @@ impl Core {
             self.out.push_back(Output::Direct { conn: b_conn, msg: DirectServerMsg::Ended { outcome }, close: true });
         }
         if let Some((remote, _)) = self.calls.get(&id).and_then(|c| c.b_remote.clone()) {
-            self.out.push_back(Output::DirectHangup { id: remote });
+            self.out.push_back(Output::SessionHangup { id: remote });
         }
         for j in forks {
             self.cancel_fork(now, id, j);
@@ -1793,7 +1745,7 @@ impl Core {
         let b_remote = self.calls.get(&id).and_then(|c| c.b_remote.as_ref().map(|(r, _)| *r));
         if let Some(r) = b_remote {
             // The direct leg to the other site ends with the call, whoever hung up.
-            self.out.push_back(Output::DirectHangup { id: r });
+            self.out.push_back(Output::SessionHangup { id: r });
         }
         if bye_b {
             if let Some((conn, _)) = b_direct {

@@ -26,30 +26,18 @@ impl MediaPorts for FakeMedia {
     }
 }
 
+/// Sessions numbered from 1; the phone side of session `id` is offered (or answers) on port
+/// 30000 + 2·id.
 struct FakeBridges(u64);
 
+fn fake_phone_sdp(id: u64) -> String {
+    let port = 30000 + id * 2;
+    format!(
+        "v=0\r\no=gw 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+    )
+}
+
 impl Bridges for FakeBridges {
-    fn accept(&mut self, offer: &str, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
-        if !offer.starts_with("v=0") {
-            return Err(BridgeError::BadOffer("not SDP".into()));
-        }
-        self.0 += 1;
-        let port = 30000 + self.0 * 2;
-        let phone_sdp = format!("v=0\r\no=gw 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n");
-        let _ = phone_offer;
-        Ok(BridgeSetup { id: self.0, answer: format!("v=0\r\nanswer-{}", self.0), phone_sdp })
-    }
-
-    fn offer(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
-        let mut s = self.accept("v=0", Some(phone_offer))?;
-        s.answer = format!("v=0\r\noffer-{}", s.id);
-        Ok(s)
-    }
-
-    fn remote_answer(&mut self, _id: u64, answer: &str) -> Result<(), BridgeError> {
-        if answer.starts_with("v=0") { Ok(()) } else { Err(BridgeError::BadOffer("not SDP".into())) }
-    }
-
     fn open_session(&mut self, offer: &str) -> Result<(u64, String), BridgeError> {
         if !offer.starts_with("v=0") {
             return Err(BridgeError::BadOffer("not SDP".into()));
@@ -59,15 +47,16 @@ impl Bridges for FakeBridges {
     }
 
     fn attach(&mut self, id: u64, _phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
-        let port = 30000 + id * 2;
-        let phone_sdp = format!("v=0\r\no=gw 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n");
-        Ok(BridgeSetup { id, answer: String::new(), phone_sdp })
+        Ok(BridgeSetup { id, answer: String::new(), phone_sdp: fake_phone_sdp(id) })
     }
 
-    fn offer_session(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
-        let mut s = self.accept("v=0", Some(phone_offer))?;
-        s.answer = format!("v=0\r\nsession-offer-{}", s.id);
-        Ok(s)
+    fn offer_session(&mut self, _phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
+        self.0 += 1;
+        Ok(BridgeSetup { id: self.0, answer: format!("v=0\r\nsession-offer-{}", self.0), phone_sdp: fake_phone_sdp(self.0) })
+    }
+
+    fn remote_answer(&mut self, _id: u64, answer: &str) -> Result<(), BridgeError> {
+        if answer.starts_with("v=0") { Ok(()) } else { Err(BridgeError::BadOffer("not SDP".into())) }
     }
 }
 
@@ -102,7 +91,6 @@ impl H {
                 switch_id: "hq".into(),
                 adv_ip: "10.0.0.1".parse().unwrap(),
                 sip_port: 5060,
-                advertise_url: "ws://10.0.0.1:7443/direct".into(),
                 ring_timeout: Duration::from_secs(30),
                 key_ttl: Duration::from_secs(30),
                 min_expires: 60,
@@ -442,20 +430,39 @@ fn b6_queues_the_call_and_offers_the_direct_address_c3() {
     h.drain();
     let key = match h.cloud_msgs().as_slice() {
         [ClientMsg::DirectOffer { call_id: c, url, key, .. }] => {
-            assert_eq!((c, url.as_str()), (&call_id, "ws://10.0.0.1:7443/direct"));
+            // The switch's name, not a ws:// address: the callee comes over WebRTC.
+            assert_eq!((c, url.as_str()), (&call_id, "switch:hq"));
             key.clone()
         }
         other => panic!("{other:?}"),
     };
     assert_eq!(h.last_status(addr(5062)), 180);
+    // The callee's WebRTC leg came up through the cloud; it has not presented the key yet.
+    h.core.on_cloud(h.now, direct_signal(&call_id, SignalPayload::Offer { sdp: "v=0\r\nbrowser".into() }));
+    h.drain();
+    assert!(h.out.iter().any(|o| matches!(o, Output::SessionStart { id: 1, present: None, .. })));
     // The callee declines (through the cloud): the phone hears 603.
     h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::Outcome { call_id: call_id.clone(), outcome: Outcome::Declined, duration_ms: None }));
     h.drain();
     assert_eq!(h.last_status(addr(5062)), 603);
-    // Its key is dead.
-    h.core.on_direct(h.now, 9, DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id, key, caller: "2001".into() });
+    // Its key is dead: presented on that leg now, it is refused as expired and the leg closes …
+    h.out.clear();
+    h.core.on_direct(
+        h.now,
+        1,
+        DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: call_id.clone(), key, caller: "2001".into() },
+    );
     h.drain();
-    assert!(h.out.iter().any(|o| matches!(o, Output::Direct { msg: DirectServerMsg::Error { code: ErrorCode::KeyExpired, .. }, .. })));
+    assert!(h.out.iter().any(|o| matches!(
+        o,
+        Output::Direct { conn: 1, msg: DirectServerMsg::Error { code: ErrorCode::KeyExpired, .. }, close: true }
+    )));
+    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStop { id: 1 })));
+    // … and no new leg is opened for that call.
+    h.out.clear();
+    h.core.on_cloud(h.now, direct_signal(&call_id, SignalPayload::Offer { sdp: "v=0\r\nagain".into() }));
+    h.drain();
+    assert!(h.out.is_empty(), "{:?}", h.out);
 }
 
 #[test]
@@ -468,7 +475,7 @@ fn c11_c12_registered_callee_is_accepted_with_a_key_others_declined() {
     h.core.on_cloud(h.now, q("c3", "3001"));
     h.drain();
     let answers = h.cloud_msgs();
-    assert!(matches!(&answers[0], ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { url, key, expires_in_ms: 30_000 }, .. } if url == "ws://10.0.0.1:7443/direct" && key.len() == 22));
+    assert!(matches!(&answers[0], ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { url, key, expires_in_ms: 30_000 }, .. } if url == "switch:hq" && key.len() == 22));
     assert!(matches!(&answers[1], ClientMsg::QueryAnswer { answer: QueryAnswer::Decline { reason: DeclineReason::NotRegistered }, .. }));
     assert!(matches!(&answers[2], ClientMsg::QueryAnswer { answer: QueryAnswer::Decline { reason: DeclineReason::NotRegistered }, .. }));
 }
@@ -502,7 +509,7 @@ fn direct_msgs(h: &mut H, conn: u64) -> Vec<DirectServerMsg> {
 }
 
 #[test]
-fn c14_c15_direct_caller_with_key_and_offer_rings_the_phone_through_a_bridge() {
+fn c14_c15_the_key_on_the_leg_s_datachannel_rings_the_phone_through_that_leg() {
     let mut h = H::new();
     h.register("1002", 5070);
     h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::CalleeQuery { call_id: "f1".into(), from: "2001".into(), from_name: "A".into(), to: "1002".into() }));
@@ -511,37 +518,118 @@ fn c14_c15_direct_caller_with_key_and_offer_rings_the_phone_through_a_bridge() {
         [ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { key, .. }, .. }] => key.clone(),
         other => panic!("{other:?}"),
     };
-    // An offer before the key is refused.
-    h.core.on_direct(h.now, 8, DirectClientMsg::Offer { sdp: "v=0\r\n".into() });
+    // The caller's WebRTC leg, through the cloud.
+    h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: "v=0\r\nwebrtc".into() }));
     h.drain();
-    assert!(matches!(direct_msgs(&mut h, 8).as_slice(), [DirectServerMsg::Error { code: ErrorCode::WrongState, .. }]));
-    h.core.on_direct(h.now, 7, DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: "f1".into(), key, caller: "2001".into() });
+    h.cloud_msgs();
+    // An offer on the DataChannel is refused (offers go through the cloud); the leg closes and
+    // is forgotten at once.
+    h.core.on_direct(h.now, 1, DirectClientMsg::Offer { sdp: "v=0\r\n".into() });
     h.drain();
-    assert_eq!(direct_msgs(&mut h, 7), vec![DirectServerMsg::Accepted { call_id: "f1".into() }]);
+    assert!(matches!(direct_msgs(&mut h, 1).as_slice(), [DirectServerMsg::Error { code: ErrorCode::WrongState, .. }]));
+    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStop { id: 1 })));
+    assert!(h.sent_to(addr(5070)).is_empty(), "nothing rings before the key");
+    // A new leg for the call (the key still waits); the key on its DataChannel.
+    h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: "v=0\r\nwebrtc-again".into() }));
+    h.drain();
+    assert!(h.out.iter().any(|o| matches!(o, Output::SessionStart { id: 2, present: None, .. })));
+    h.cloud_msgs();
+    h.core.on_direct(
+        h.now,
+        2,
+        DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: "f1".into(), key, caller: "2001".into() },
+    );
+    h.drain();
+    assert_eq!(direct_msgs(&mut h, 2), vec![DirectServerMsg::Accepted { call_id: "f1".into() }]);
     assert!(matches!(h.cloud_msgs().as_slice(), [ClientMsg::CallEvent { event: CallEvent::KeyAccepted, .. }]));
-    h.core.on_direct(h.now, 7, DirectClientMsg::Offer { sdp: "v=0\r\nwebrtc".into() });
-    h.drain();
-    assert_eq!(direct_msgs(&mut h, 7), vec![DirectServerMsg::Answer { sdp: "v=0\r\nanswer-1".into() }]);
     let inv = only_request(h.sent_to(addr(5070)));
-    assert!(String::from_utf8_lossy(&inv.body).contains("m=audio 30002 "), "the phone is offered the bridge");
+    assert!(String::from_utf8_lossy(&inv.body).contains("m=audio 30004 "), "the phone is offered the leg's bridge");
+    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStart { id: 2, phone: None })));
     h.sip(addr(5070), &reply_text(&inv, 180, "Ringing", "p", None));
-    assert_eq!(direct_msgs(&mut h, 7), vec![DirectServerMsg::Progress { event: CallEvent::Ringing }]);
+    assert_eq!(direct_msgs(&mut h, 2), vec![DirectServerMsg::Progress { event: CallEvent::Ringing }]);
     h.sip(addr(5070), &reply_text(&inv, 200, "OK", "p", Some(SDP_B)));
-    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeRemote { id: 1, phone } if phone.port() == 6000)));
-    assert_eq!(direct_msgs(&mut h, 7), vec![DirectServerMsg::Progress { event: CallEvent::Connected }]);
+    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeRemote { id: 2, phone } if phone.port() == 6000)));
+    assert_eq!(direct_msgs(&mut h, 2), vec![DirectServerMsg::Progress { event: CallEvent::Connected }]);
     let events: Vec<CallEvent> = h
         .cloud_msgs()
         .into_iter()
         .filter_map(|m| if let ClientMsg::CallEvent { event, .. } = m { Some(event) } else { None })
         .collect();
     assert_eq!(events, vec![CallEvent::Ringing, CallEvent::Connected]);
-    // The phone hangs up: the direct caller and the cloud hear it, the bridge stops.
+    // The phone hangs up: the caller (on the DataChannel) and the cloud hear it, the leg stops.
     h.advance(Duration::from_secs(3));
     let tag = "p";
     h.sip(addr(5070), &format!("BYE sip:hq@{GW} SIP/2.0\nVia: SIP/2.0/UDP {}:5070;branch=z9hG4bKpb\nFrom: <sip:1002@{GW}>;tag={tag}\nTo: {}\nCall-ID: {}\nCSeq: 5 BYE\nContent-Length: 0\n\n", "192.168.1.50", inv.headers.get("From").unwrap(), inv.call_id().unwrap()));
-    assert_eq!(direct_msgs(&mut h, 7), vec![DirectServerMsg::Ended { outcome: Outcome::Connected }]);
-    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStop { id: 1 })));
+    assert_eq!(direct_msgs(&mut h, 2), vec![DirectServerMsg::Ended { outcome: Outcome::Connected }]);
+    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStop { id: 2 })));
     assert!(matches!(h.cloud_msgs().as_slice(), [ClientMsg::CallEvent { event: CallEvent::Ended { outcome: Outcome::Connected, duration_ms: Some(3000) }, .. }]));
+}
+
+#[test]
+fn c14_a_refused_key_closes_the_leg_at_once_and_the_rightful_caller_may_offer_again() {
+    let mut h = H::new();
+    h.register("1002", 5070);
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::CalleeQuery {
+            call_id: "f1".into(),
+            from: "2001".into(),
+            from_name: "A".into(),
+            to: "1002".into(),
+        }),
+    );
+    h.drain();
+    let key = match h.cloud_msgs().as_slice() {
+        [ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { key, .. }, .. }] => key.clone(),
+        other => panic!("{other:?}"),
+    };
+    let present = |key: &str, caller: &str| DirectClientMsg::Present {
+        v: PROTOCOL_VERSION,
+        call_id: "f1".into(),
+        key: key.into(),
+        caller: caller.into(),
+    };
+    // Leg 1: a forged key. Leg 2: the real key, but presented by another number.
+    for (leg, k, caller, code) in
+        [(1, "A".repeat(22), "2001", ErrorCode::BadKey), (2, key.clone(), "2002", ErrorCode::WrongCaller)]
+    {
+        h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: format!("v=0\r\nleg-{leg}") }));
+        h.drain();
+        assert!(h.out.iter().any(|o| matches!(o, Output::SessionStart { id, .. } if *id == leg)), "leg {leg}: {:?}", h.out);
+        h.out.clear();
+        h.core.on_direct(h.now, leg, present(&k, caller));
+        // What the party sent right after, before its leg is down, changes nothing.
+        h.core.on_direct(h.now, leg, present(&key, "2001"));
+        h.drain();
+        assert!(
+            matches!(direct_msgs(&mut h, leg).as_slice(), [DirectServerMsg::Error { code: c, .. }] if *c == code),
+            "leg {leg}"
+        );
+        // The leg is stopped and forgotten now, not when its task reports it gone.
+        assert_eq!(h.out, vec![Output::BridgeStop { id: leg }]);
+        h.out.clear();
+        assert!(h.sent_to(addr(5070)).is_empty(), "nothing rings");
+        // (Its task's late report changes nothing.)
+        h.core.on_direct_gone(h.now, leg);
+        h.drain();
+        assert!(h.out.is_empty(), "{:?}", h.out);
+    }
+    // Leg 3: the rightful caller, with the key that is still waiting.
+    h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: "v=0\r\nleg-3".into() }));
+    h.drain();
+    h.out.clear();
+    h.core.on_direct(h.now, 3, present(&key, "2001"));
+    h.drain();
+    assert_eq!(direct_msgs(&mut h, 3), vec![DirectServerMsg::Accepted { call_id: "f1".into() }]);
+    assert_eq!(only_request(h.sent_to(addr(5070))).method, Method::Invite);
+    // Presenting again on the same leg: refused, the leg (and so the call) ends.
+    h.out.clear();
+    h.core.on_direct(h.now, 3, present(&key, "2001"));
+    h.drain();
+    assert!(h.out.iter().any(|o| matches!(
+        o,
+        Output::Direct { conn: 3, msg: DirectServerMsg::Error { code: ErrorCode::AlreadyAuthenticated, .. }, close: true }
+    )));
 }
 
 #[test]
@@ -559,18 +647,27 @@ fn c3_switchless_callee_connects_with_our_key_and_the_phone_is_answered() {
         other => panic!("{other:?}"),
     };
     h.responses_to(addr(5062));
-    h.core.on_direct(h.now, 5, DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: call_id.clone(), key, caller: "2001".into() });
-    h.core.on_direct(h.now, 5, DirectClientMsg::Offer { sdp: "v=0\r\nbrowser".into() });
+    // The callee's leg through the cloud: the phone is not answered before the key.
+    h.core.on_cloud(h.now, direct_signal(&call_id, SignalPayload::Offer { sdp: "v=0\r\nbrowser".into() }));
     h.drain();
-    let msgs = direct_msgs(&mut h, 5);
-    assert_eq!(msgs[0], DirectServerMsg::Accepted { call_id: call_id.clone() });
-    assert!(matches!(msgs[1], DirectServerMsg::Answer { .. }));
+    assert!(matches!(h.cloud_msgs().as_slice(), [ClientMsg::DirectSignal { payload: SignalPayload::Answer { .. }, .. }]));
+    assert!(h.responses_to(addr(5062)).is_empty());
+    h.core.on_direct(
+        h.now,
+        1,
+        DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: call_id.clone(), key, caller: "2001".into() },
+    );
+    h.drain();
+    assert_eq!(
+        direct_msgs(&mut h, 1),
+        vec![DirectServerMsg::Accepted { call_id: call_id.clone() }, DirectServerMsg::Progress { event: CallEvent::Connected }]
+    );
     let ok = h.responses_to(addr(5062)).pop().unwrap();
     assert_eq!(ok.status, 200);
     assert!(String::from_utf8_lossy(&ok.body).contains("m=audio 30002 "));
     assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStart { id: 1, phone: Some(p) } if p.port() == 4000)));
     // The browser leaves: the phone gets a BYE and the cloud the end.
-    h.core.on_direct_gone(h.now, 5);
+    h.core.on_direct_gone(h.now, 1);
     h.drain();
     assert_eq!(only_request(h.sent_to(addr(5062))).method, Method::Bye);
 }
@@ -631,8 +728,8 @@ fn c14_over_webrtc_the_offer_comes_through_the_cloud_the_key_on_the_datachannel_
     // The caller's offer (through the cloud): a session leg answers it, through the cloud.
     h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: "v=0\r\nbrowser".into() }));
     h.drain();
-    let conn = SESSION_CONN | 1;
-    assert!(h.out.iter().any(|o| matches!(o, Output::SessionStart { id: 1, conn: c, call_id, present: None } if *c == conn && call_id == "f1")));
+    let conn = 1;
+    assert!(h.out.iter().any(|o| matches!(o, Output::SessionStart { id: 1, call_id, present: None } if call_id == "f1")));
     assert!(matches!(h.cloud_msgs().as_slice(), [ClientMsg::DirectSignal { payload: SignalPayload::Answer { sdp }, .. }] if sdp == "v=0\r\nsession-answer-1"));
     // A second offer for the same call is ignored; late candidates reach the leg.
     h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: "v=0\r\nagain".into() }));
@@ -642,19 +739,27 @@ fn c14_over_webrtc_the_offer_comes_through_the_cloud_the_key_on_the_datachannel_
     assert!(h.out.iter().any(|o| matches!(o, Output::SessionCandidate { id: 1, candidate } if candidate.contains("srflx"))));
     // Nothing rings before the key.
     assert!(h.sent_to(addr(5070)).is_empty());
-    // The leg was set up for f1: another call's key cannot be used on it (and is not spent).
+    // The leg was set up for f1: another call's key cannot be used on it (and is not spent);
+    // the leg closes.
     h.out.clear();
     h.core.on_direct(h.now, conn, DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: "other".into(), key: key.clone(), caller: "2001".into() });
     h.drain();
     assert!(matches!(direct_msgs(&mut h, conn).as_slice(), [DirectServerMsg::Error { code: ErrorCode::BadKey, .. }]));
+    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStop { id: 1 })));
     assert!(h.sent_to(addr(5070)).is_empty());
-    // The right key: accepted, and at once the phone is rung through the session's bridge.
-    h.core.on_direct(h.now, conn, DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: "f1".into(), key, caller: "2001".into() });
+    // A new leg, the right key: accepted, and at once the phone is rung through that leg's bridge.
+    h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: "v=0\r\nbrowser".into() }));
     h.drain();
-    assert_eq!(direct_msgs(&mut h, conn).first(), Some(&DirectServerMsg::Accepted { call_id: "f1".into() }));
+    h.core.on_direct(
+        h.now,
+        2,
+        DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: "f1".into(), key, caller: "2001".into() },
+    );
+    h.drain();
+    assert_eq!(direct_msgs(&mut h, 2).first(), Some(&DirectServerMsg::Accepted { call_id: "f1".into() }));
     let inv = only_request(h.sent_to(addr(5070)));
-    assert!(String::from_utf8_lossy(&inv.body).contains("m=audio 30002 "), "the phone is offered the session's bridge");
-    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStart { id: 1, .. })));
+    assert!(String::from_utf8_lossy(&inv.body).contains("m=audio 30004 "), "the phone is offered the session's bridge");
+    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStart { id: 2, .. })));
 }
 
 #[test]
@@ -666,7 +771,7 @@ fn c14_over_webrtc_a_session_that_ends_before_its_key_frees_its_leg() {
     h.drain();
     h.out.clear();
     // ICE never came up: the leg reports itself gone.
-    h.core.on_direct_gone(h.now, SESSION_CONN | 1);
+    h.core.on_direct_gone(h.now, 1);
     h.drain();
     assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStop { id: 1 })));
     // The call still waits for its key: a new attempt (e.g. after an ICE restart) may offer again.
@@ -683,11 +788,24 @@ fn f2_over_webrtc_the_caller_gateway_offers_through_the_cloud_and_presents_the_k
         [ClientMsg::RouteQuery { call_id, to, .. }] if to == "3001" => call_id.clone(),
         other => panic!("{other:?}"),
     };
-    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::Route { call_id: call_id.clone(), route: Route::Switch { switch_id: "branch".into(), url: "ws://branch/direct".into() } }));
-    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::Connect { call_id: call_id.clone(), url: "ws://branch/direct".into(), key: "K".repeat(22), expires_in_ms: 30_000 }));
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::Route {
+            call_id: call_id.clone(),
+            route: Route::Switch { switch_id: "branch".into(), url: "switch:branch".into() },
+        }),
+    );
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::Connect {
+            call_id: call_id.clone(),
+            url: "switch:branch".into(),
+            key: "K".repeat(22),
+            expires_in_ms: 30_000,
+        }),
+    );
     h.drain();
-    // No ws:// dial: a session with the key to present, and the offer through the cloud.
-    assert!(!h.out.iter().any(|o| matches!(o, Output::DirectDial { .. })));
+    // A session with the key to present, and the offer through the cloud.
     let present = h.out.iter().find_map(|o| match o {
         Output::SessionStart { id: 1, present: Some(p), .. } => Some(p.clone()),
         _ => None,
@@ -714,8 +832,22 @@ fn f2_over_webrtc_a_connection_that_never_comes_up_is_connect_failed_and_the_pho
         [ClientMsg::RouteQuery { call_id, .. }] => call_id.clone(),
         other => panic!("{other:?}"),
     };
-    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::Route { call_id: call_id.clone(), route: Route::Switch { switch_id: "branch".into(), url: "ws://branch/direct".into() } }));
-    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::Connect { call_id: call_id.clone(), url: "ws://branch/direct".into(), key: "K".repeat(22), expires_in_ms: 30_000 }));
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::Route {
+            call_id: call_id.clone(),
+            route: Route::Switch { switch_id: "branch".into(), url: "switch:branch".into() },
+        }),
+    );
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::Connect {
+            call_id: call_id.clone(),
+            url: "switch:branch".into(),
+            key: "K".repeat(22),
+            expires_in_ms: 30_000,
+        }),
+    );
     h.core.on_cloud(h.now, direct_signal(&call_id, SignalPayload::Answer { sdp: "v=0\r\nbranch-answer".into() }));
     h.drain();
     h.cloud_msgs();

@@ -1,8 +1,10 @@
 //! Shared fixtures for the gateway's integration tests: a real signal server (library, on a
 //! port-0 listener, temp SQLite) and real gateways (library, port-0 sockets), provisioned
-//! through the real directory; plus small helpers to run sipp and to talk to the direct
-//! endpoint.
+//! through the real directory; plus small helpers to run sipp, and ([`direct`]) a browser that
+//! reaches a switch over WebRTC through the cloud and presents its key on the DataChannel.
 #![allow(dead_code)]
+
+pub mod direct;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -114,9 +116,8 @@ pub async fn provision(db_url: &str) {
 
 pub struct Gateway {
     pub id: String,
-    /// SIP (UDP and TCP) address.
+    /// SIP (UDP and TCP) address: the only port it listens on (callers come over WebRTC).
     pub sip: SocketAddr,
-    pub direct_url: String,
     pub config: switch_gateway::Config,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), switch_gateway::GatewayError>>>,
@@ -152,8 +153,6 @@ impl Gateway {
             }
         }
         let (udp, tcp, port) = bound.expect("a port free for both UDP and TCP");
-        let direct = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let direct_url = format!("ws://{}/direct", direct.local_addr().unwrap());
         let secret_file = dir.join(format!("{id}.secret"));
         std::fs::write(&secret_file, secret_of(id)).unwrap();
         let mut config = switch_gateway::Config {
@@ -161,8 +160,6 @@ impl Gateway {
             secret_file,
             cloud_url: cloud_ws.into(),
             sip_listen: format!("127.0.0.1:{port}").parse().unwrap(),
-            direct_listen: direct.local_addr().unwrap(),
-            advertise_url: direct_url.clone(),
             rtp_ports: rtp_range(),
             state_dir: dir.join(format!("{id}-state")),
             ring_timeout_secs: 5,
@@ -175,18 +172,22 @@ impl Gateway {
             Some(t) => Some(tokio::net::TcpListener::bind(t.listen).await.expect("TLS port")),
             None => None,
         };
-        let sockets = switch_gateway::Sockets { sip_udp: udp, sip_tcp: tcp, direct, sip_tls };
+        let sockets = switch_gateway::Sockets { sip_udp: udp, sip_tcp: tcp, sip_tls };
         let task = tokio::spawn(switch_gateway::run(config.clone(), sockets, async move {
             let _ = rx.await;
         }));
         Gateway {
             id: id.into(),
             sip: format!("127.0.0.1:{port}").parse().unwrap(),
-            direct_url,
             config,
             stop: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// The switch's address as the cloud hands it to callers (C13, C2, C3): its name.
+    pub fn address(&self) -> String {
+        trunkline_protocol::switch_address(&self.id)
     }
 
     pub async fn stop(mut self) {
@@ -337,20 +338,6 @@ pub async fn recv_response(sock: &tokio::net::UdpSocket) -> trunkline_sip::Respo
             && r.status >= 200
         {
             return r;
-        }
-    }
-}
-
-pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The next text frame on a WebSocket (other frames skipped), within [`WAIT`].
-pub async fn ws_text(ws: &mut WsStream) -> String {
-    use futures_util::StreamExt;
-    loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.expect("message in time") {
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => return t.to_string(),
-            Some(Ok(_)) => continue,
-            other => panic!("connection ended: {other:?}"),
         }
     }
 }

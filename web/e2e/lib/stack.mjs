@@ -141,8 +141,9 @@ function provision(dir, bin, cfg, port, secretFile) {
 export async function startGateway(dir, cloud) {
   const bin = path.join(BIN, 'switch-gateway');
   if (!fs.existsSync(bin)) throw new Error(`${bin} is missing: cargo build -p trunkline-switch-gateway`);
+  // SIP for desk phones is all it listens on: the softphone reaches it over WebRTC through
+  // the signal server.
   const sip = await freePort({ udp: true });
-  const direct = await freePort();
   const rtpBase = 30000 + 2 * Math.floor(Math.random() * 4000);
   const cfg = path.join(dir, 'hq.toml');
   fs.writeFileSync(cfg, [
@@ -150,8 +151,6 @@ export async function startGateway(dir, cloud) {
     `secret_file = "${cloud.secretFile}"`,
     `cloud_url = "ws://127.0.0.1:${cloud.port}/ws"`,
     `sip_listen = "127.0.0.1:${sip}"`,
-    `direct_listen = "127.0.0.1:${direct}"`,
-    `advertise_url = "ws://127.0.0.1:${direct}/direct"`,
     `rtp_ports = "${rtpBase}-${rtpBase + 99}"`,
     'ring_timeout_secs = 30',
     `state_dir = "${dir}/hq-state"`,
@@ -166,7 +165,7 @@ export async function startGateway(dir, cloud) {
     const f = path.join(dir, 'hq-state', 'phones.json');
     return fs.existsSync(f) && fs.readFileSync(f, 'utf8').includes('"1001"');
   });
-  return { proc, sip: `127.0.0.1:${sip}`, directUrl: `ws://127.0.0.1:${direct}/direct`, rtpPorts: [rtpBase, rtpBase + 99], stop: () => proc.stop() };
+  return { proc, sip: `127.0.0.1:${sip}`, rtpPorts: [rtpBase, rtpBase + 99], stop: () => proc.stop() };
 }
 
 /** A mono 16-bit WAV of a sine (`rate` Hz sample rate). */
