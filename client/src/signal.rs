@@ -153,6 +153,12 @@ impl SignalSender {
         })
     }
 
+    /// Sign out: the server revokes this connection's session token (it can no longer
+    /// `resume`) and closes the connection.
+    pub fn logout(&self) -> Result<(), SignalError> {
+        self.send(&ClientMsg::Logout)
+    }
+
     /// Close the connection (a WebSocket close frame).
     pub fn close(&self) {
         let _ = self.tx.send(Outgoing::Frame(Message::Close(None)));

@@ -259,8 +259,12 @@ impl std::fmt::Display for Outcome {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SignalPayload {
-    Offer { sdp: String },
-    Answer { sdp: String },
+    Offer {
+        sdp: String,
+    },
+    Answer {
+        sdp: String,
+    },
     Ice {
         candidate: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -334,7 +338,7 @@ pub enum IncomingVia {
 /// `turn:turn.example.com:443?transport=tcp` or `turns:…`; TURN entries carry a TURN REST
 /// credential (`username` = `<unix expiry>:<number or switch id>`, `credential` =
 /// base64(HMAC-SHA1(secret, username)), as coturn's `use-auth-secret` checks).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceServer {
     pub urls: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -344,7 +348,7 @@ pub struct IceServer {
 }
 
 /// A desk phone served by a switch, with its SIP digest verifiers (never the password).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhoneEntry {
     pub number: String,
     pub display_name: String,
@@ -355,7 +359,7 @@ pub struct PhoneEntry {
 }
 
 /// Messages a browser or a switch gateway sends to the signal server.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
     /// Browser sign-in with number + password.
@@ -420,6 +424,9 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
     },
+    /// Browser: sign out. The server revokes this connection's session token (the one from
+    /// its `welcome`; it can no longer `resume`) and closes the connection. No reply.
+    Logout,
     /// Keep-alive; answered with `pong`.
     Ping,
 }
@@ -446,6 +453,7 @@ impl ClientMsg {
             ClientMsg::PushSubscribe { .. } => "push_subscribe",
             ClientMsg::PushUnsubscribe { .. } => "push_unsubscribe",
             ClientMsg::History { .. } => "history",
+            ClientMsg::Logout => "logout",
             ClientMsg::Ping => "ping",
         }
     }
@@ -489,7 +497,7 @@ impl ClientMsg {
 }
 
 /// Messages the signal server sends to a browser or a switch gateway.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
     /// Browser signed in. Keep `session_token` to `resume` after a reconnect.
@@ -524,9 +532,14 @@ pub enum ServerMsg {
     },
     /// Fresh STUN/TURN credentials, sent before the ones from `welcome` (or the last
     /// `ice_servers`) expire. Replace the old list; calls in progress may keep their allocation.
-    IceServers { ice_servers: Vec<IceServer>, expires_in_s: u64 },
+    IceServers {
+        ice_servers: Vec<IceServer>,
+        expires_in_s: u64,
+    },
     /// The directory changed: the full current list of this switch's phones.
-    PhonesUpdate { phones: Vec<PhoneEntry> },
+    PhonesUpdate {
+        phones: Vec<PhoneEntry>,
+    },
     /// Something the peer sent was refused; nothing changed.
     Error {
         code: ErrorCode,
@@ -535,25 +548,55 @@ pub enum ServerMsg {
         call_id: Option<CallId>,
     },
     /// Answer to a switch's `route_query` (B3 / B5 / B6, or local).
-    Route { call_id: CallId, route: Route },
+    Route {
+        call_id: CallId,
+        route: Route,
+    },
     /// C11: does `to` (a phone of yours) accept a call from `from`?
-    CalleeQuery { call_id: CallId, from: String, from_name: String, to: String },
+    CalleeQuery {
+        call_id: CallId,
+        from: String,
+        from_name: String,
+        to: String,
+    },
     /// C13 (to a browser) / C2 (to a switch): connect directly to switch `url`
     /// (`switch:<switch_id>`, a name, not a transport address) and present `key`: offer WebRTC
     /// with a `trunkline-direct` DataChannel through `direct_signal`, then send the key on it.
-    Connect { call_id: CallId, url: String, key: String, expires_in_ms: u64 },
+    Connect {
+        call_id: CallId,
+        url: String,
+        key: String,
+        expires_in_ms: u64,
+    },
     /// F4, to the caller: the callee is a switchless browser that is being rung; negotiate
     /// WebRTC with `signal` messages carrying this key (the callee got the same key).
-    Peer { call_id: CallId, key: String },
+    Peer {
+        call_id: CallId,
+        key: String,
+    },
     /// An incoming call for a switchless browser (C3 or F4).
-    Incoming { call_id: CallId, from: String, from_name: String, via: IncomingVia },
+    Incoming {
+        call_id: CallId,
+        from: String,
+        from_name: String,
+        via: IncomingVia,
+    },
     /// F4: WebRTC negotiation from the peer.
-    Signal { call_id: CallId, payload: SignalPayload },
+    Signal {
+        call_id: CallId,
+        payload: SignalPayload,
+    },
     /// C14 over WebRTC: negotiation from the other end of the direct connection (the switch,
     /// or the party connecting to it); see `ClientMsg::DirectSignal`.
-    DirectSignal { call_id: CallId, payload: SignalPayload },
+    DirectSignal {
+        call_id: CallId,
+        payload: SignalPayload,
+    },
     /// Progress of your call.
-    CallEvent { call_id: CallId, event: CallEvent },
+    CallEvent {
+        call_id: CallId,
+        event: CallEvent,
+    },
     /// Final: the call attempt is over with this outcome. Sent exactly once per party.
     Outcome {
         call_id: CallId,
@@ -563,7 +606,9 @@ pub enum ServerMsg {
     },
     Pong,
     /// Answer to `history`: the browser's call records, newest first.
-    History { calls: Vec<CallSummary> },
+    History {
+        calls: Vec<CallSummary>,
+    },
 }
 
 /// One call record, as a browser sees its history.
@@ -769,5 +814,118 @@ impl DirectServerMsg {
     pub fn decode(text: &str) -> Result<DirectServerMsg, ProtocolError> {
         serde_json::from_str(text)
             .map_err(|e| ProtocolError::new(ErrorCode::BadMessage, format!("not a valid direct message: {e}")))
+    }
+}
+
+/// Fields that carry a secret or something as good as one (passwords, switch secrets, session
+/// tokens, TURN credentials, SIP digest verifiers). `Debug` of a message shows `"<redacted>"`
+/// in their place, so a `{:?}` in a log line or a panic can never print one.
+pub const SECRET_FIELDS: [&str; 7] = ["password", "secret", "token", "session_token", "credential", "ha1_md5", "ha1_sha256"];
+
+fn redacted_json<T: Serialize>(value: &T) -> serde_json::Value {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    if SECRET_FIELDS.contains(&k.as_str()) && !v.is_null() {
+                        *v = serde_json::Value::String("<redacted>".into());
+                    } else {
+                        walk(v);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+    walk(&mut v);
+    v
+}
+
+// Hand-written Debug (the wire JSON with secrets redacted): these types carry passwords,
+// secrets, tokens, TURN credentials or HA1 verifiers.
+impl std::fmt::Debug for ClientMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientMsg{}", redacted_json(self))
+    }
+}
+
+impl std::fmt::Debug for ServerMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerMsg{}", redacted_json(self))
+    }
+}
+
+impl std::fmt::Debug for IceServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IceServer{}", redacted_json(self))
+    }
+}
+
+impl std::fmt::Debug for PhoneEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PhoneEntry{}", redacted_json(self))
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_messages_never_shows_secrets() {
+        let msgs: Vec<String> = vec![
+            format!("{:?}", ClientMsg::Login { v: 1, number: "2001".into(), password: "PW-hunter2".into() }),
+            format!("{:?}", ClientMsg::Resume { v: 1, token: "TOKEN-abc".into() }),
+            format!(
+                "{:?}",
+                ClientMsg::SwitchAuth { v: 1, switch_id: "hq".into(), secret: "SECRET-xyz".into(), direct_urls: vec![] }
+            ),
+            format!(
+                "{:?}",
+                ServerMsg::Welcome {
+                    v: 1,
+                    number: "2001".into(),
+                    display_name: "A".into(),
+                    kind: AccountKind::Browser,
+                    session_token: "TOKEN-def".into(),
+                    session_expires_in_s: 5,
+                    vapid_public_key: None,
+                    ice_servers: vec![IceServer {
+                        urls: vec!["turn:x".into()],
+                        username: Some("1:2001".into()),
+                        credential: Some("CRED-ghi".into()),
+                    }],
+                }
+            ),
+            format!(
+                "{:?}",
+                ServerMsg::PhonesUpdate {
+                    phones: vec![PhoneEntry {
+                        number: "1001".into(),
+                        display_name: "D".into(),
+                        ha1_md5: "HA1-md5".into(),
+                        ha1_sha256: "HA1-sha".into(),
+                    }]
+                }
+            ),
+        ];
+        for m in &msgs {
+            for secret in ["PW-", "TOKEN-", "SECRET-", "CRED-", "HA1-"] {
+                assert!(!m.contains(secret), "{secret} in {m}");
+            }
+            assert!(m.contains("<redacted>"), "{m}");
+        }
+        assert!(msgs[0].contains("2001") && msgs[0].contains("login"), "the rest stays readable: {}", msgs[0]);
+        assert_eq!(format!("{:?}", ClientMsg::Logout), r#"ClientMsg{"type":"logout"}"#);
+    }
+
+    #[test]
+    fn logout_round_trips() {
+        let m = ClientMsg::decode(r#"{"type":"logout"}"#).unwrap();
+        assert_eq!(m, ClientMsg::Logout);
+        assert_eq!(m.kind(), "logout");
+        assert_eq!(m.encode(), r#"{"type":"logout"}"#);
     }
 }

@@ -294,6 +294,7 @@ impl ClientMsg {
             | ClientMsg::Decline { .. }
             | ClientMsg::Hangup { .. }
             | ClientMsg::Ping
+            | ClientMsg::Logout
             | ClientMsg::History { .. } => {}
         }
         Ok(())

@@ -11,7 +11,7 @@ use trunkline_protocol::{AccountKind, MAX_DISPLAY_NAME_LEN, MAX_PASSWORD_LEN, ch
 
 use crate::Config;
 use crate::credentials;
-use crate::directory::{Account, CallRecord, Directory, DirectoryError, NewAccount, SwitchRecord, UnixMs};
+use crate::directory::{Account, CallRecord, Directory, DirectoryError, NewAccount, SessionInfo, SwitchRecord, UnixMs};
 
 /// Shortest switch secret accepted: 16 bytes (128 bits if random).
 pub const MIN_SWITCH_SECRET_LEN: usize = 16;
@@ -204,6 +204,84 @@ pub async fn add_switch(
     let hash = blocking(move || switch_secret_hash(&input, &config)).await??;
     dir.add_switch(&id, &hash).await?;
     Ok(SwitchView { id, online: false, direct_urls: Vec::new(), last_seen_ms: None })
+}
+
+/// A new password for an existing account (API JSON).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordInput {
+    pub password: String,
+}
+
+impl std::fmt::Debug for PasswordInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordInput").field("password", &"<redacted>").finish()
+    }
+}
+
+/// Check a new password (no database needed).
+pub fn check_password(password: &str) -> Result<(), AdminError> {
+    if password.is_empty() {
+        return Err(AdminError::Invalid("password must not be empty".into()));
+    }
+    if password.len() > MAX_PASSWORD_LEN {
+        return Err(AdminError::Invalid(format!("password must be at most {MAX_PASSWORD_LEN} bytes")));
+    }
+    Ok(())
+}
+
+/// Change (reset) an account's password: hash it (on a blocking thread), store it with new SIP
+/// verifiers for a desk phone, and revoke every session of the account, so whoever held one
+/// must sign in with the new password. Returns how many sessions were revoked.
+pub async fn set_password(
+    dir: &dyn Directory,
+    config: Arc<Config>,
+    number: &str,
+    password: String,
+) -> Result<u64, AdminError> {
+    check_number("number", number).map_err(|e| AdminError::Invalid(e.message))?;
+    check_password(&password)?;
+    let Some(account) = dir.account(number).await? else {
+        return Err(DirectoryError::NotFound { what: "account", key: number.to_string() }.into());
+    };
+    let n = number.to_string();
+    let (phc, ha1) = blocking(move || {
+        let a = &config.auth;
+        let phc = credentials::hash_password(&password, a.password_hash_memory_kib, a.password_hash_iterations)
+            .map_err(|e| AdminError::Internal(e.to_string()))?;
+        let ha1 = (account.kind == AccountKind::Deskphone).then(|| {
+            (credentials::ha1_md5(&n, &config.sip_realm, &password), credentials::ha1_sha256(&n, &config.sip_realm, &password))
+        });
+        Ok::<_, AdminError>((phc, ha1))
+    })
+    .await??;
+    let revoked = dir
+        .set_password(number, &phc, ha1.as_ref().map(|h| h.0.as_str()), ha1.as_ref().map(|h| h.1.as_str()))
+        .await?;
+    Ok(revoked)
+}
+
+/// A browser session as listed: never its token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    /// Pass to `sessions revoke --id` / `DELETE /api/sessions/{id}`.
+    pub id: i64,
+    pub number: String,
+    pub created_ms: UnixMs,
+    pub expires_ms: UnixMs,
+    pub last_used_ms: UnixMs,
+}
+
+impl From<SessionInfo> for SessionView {
+    fn from(s: SessionInfo) -> Self {
+        SessionView {
+            id: s.id,
+            number: s.number,
+            created_ms: s.created_ms,
+            expires_ms: s.expires_ms,
+            last_used_ms: s.last_used_ms,
+        }
+    }
 }
 
 /// An account as listed (no password hash, no SIP verifiers: those are password-equivalent).

@@ -12,6 +12,10 @@
 //! | `POST /switches`           | `{id, secret}`                                  | 201 `SwitchView` |
 //! | `DELETE /switches/{id}`    |                                                 | 204 |
 //! | `GET /calls`               | `?number=N&limit=L` (both optional; limit 100)  | 200 `[CallView]`, newest first |
+//! | `PUT /accounts/{number}/password` | `{password}`                             | 200 `{"revoked_sessions": n}` (all revoked) |
+//! | `GET /sessions`            | `?number=N` (optional)                          | 200 `[SessionView]` (never a token) |
+//! | `DELETE /sessions/{id}`    |                                                 | 204 |
+//! | `DELETE /accounts/{number}/sessions` |                                       | 200 `{"revoked_sessions": n}` |
 //!
 //! Errors are `{"error": code, "message": text}`: 400 `invalid`, 401 `unauthorized`,
 //! 404 `not_found`, 409 `already_exists`, 500 `internal`, 503 `disabled`. The rules are those of
@@ -26,12 +30,14 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, put};
 use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::Config;
-use crate::admin::{self, AccountInput, AccountView, AdminError, CallView, SwitchInput, SwitchView};
+use crate::admin::{
+    self, AccountInput, AccountView, AdminError, CallView, PasswordInput, SessionView, SwitchInput, SwitchView,
+};
 use crate::credentials;
 use crate::directory::{Directory, DirectoryError};
 
@@ -53,6 +59,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/switches", get(list_switches).post(add_switch))
         .route("/switches/{id}", delete(remove_switch))
         .route("/calls", get(list_calls))
+        .route("/accounts/{number}/password", put(set_password))
+        .route("/accounts/{number}/sessions", delete(revoke_account_sessions))
+        .route("/sessions", get(list_sessions))
+        .route("/sessions/{id}", delete(revoke_session))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .fallback(not_found)
         .with_state(state)
@@ -181,6 +191,63 @@ async fn remove_switch(State(s): State<AdminState>, Path(id): Path<String>) -> R
     s.changed.notify_one();
     tracing::info!(switch = %id, "admin API: switch removed");
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_password(
+    State(s): State<AdminState>,
+    Path(number): Path<String>,
+    body: Result<Json<PasswordInput>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let input = json_body(body)?;
+    let revoked = admin::set_password(s.dir.as_ref(), s.config.clone(), &number, input.password).await?;
+    s.changed.notify_one();
+    tracing::info!(number = %number, revoked_sessions = revoked, "admin API: password changed; sessions revoked");
+    Ok(Json(serde_json::json!({ "revoked_sessions": revoked })))
+}
+
+#[derive(Deserialize)]
+struct SessionsQuery {
+    number: Option<String>,
+}
+
+async fn list_sessions(
+    State(s): State<AdminState>,
+    query: Result<Query<SessionsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<SessionView>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.body_text()))?;
+    let number = q.number.filter(|n| !n.is_empty());
+    if let Some(n) = &number {
+        trunkline_protocol::check_number("number", n)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.message))?;
+    }
+    let list = s.dir.list_sessions(number.as_deref(), crate::server::unix_ms()).await?;
+    Ok(Json(list.into_iter().map(SessionView::from).collect()))
+}
+
+async fn revoke_session(State(s): State<AdminState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let id: i64 =
+        id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("session id {id:?} is not a number")))?;
+    match s.dir.revoke_session(id).await? {
+        Some(number) => {
+            tracing::info!(session_id = id, %number, "admin API: session revoked");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        None => Err(DirectoryError::NotFound { what: "session", key: id.to_string() }.into()),
+    }
+}
+
+async fn revoke_account_sessions(
+    State(s): State<AdminState>,
+    Path(number): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    trunkline_protocol::check_number("number", &number)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.message))?;
+    if s.dir.account(&number).await?.is_none() {
+        return Err(DirectoryError::NotFound { what: "account", key: number }.into());
+    }
+    let revoked = s.dir.revoke_sessions(&number).await?;
+    tracing::info!(%number, revoked_sessions = revoked, "admin API: sessions revoked");
+    Ok(Json(serde_json::json!({ "revoked_sessions": revoked })))
 }
 
 #[derive(Deserialize)]

@@ -75,11 +75,30 @@ pub struct TlsConfig {
 pub struct AuthConfig {
     /// How long a browser session token stays valid for `resume`.
     pub session_ttl_secs: u64,
-    /// Failed sign-ins allowed per account within `failure_window_secs` before refusing.
+    /// Failed sign-ins to one account from one address before backoff starts (see
+    /// [`crate::ratelimit`]).
+    pub max_failures_per_source: u32,
+    /// Failed sign-ins to one account from all addresses together before backoff starts for
+    /// addresses that have not signed in to it successfully within `trusted_source_secs`.
     pub max_failures_per_account: u32,
-    /// Failed sign-ins allowed per remote address within `failure_window_secs`.
+    /// Failed sign-ins (and bad `resume` tokens) from one address, for any account, before
+    /// backoff starts.
     pub max_failures_per_address: u32,
+    /// A counter is forgotten after this long without a failure (≥ `backoff_max_secs`).
     pub failure_window_secs: u64,
+    /// First backoff once a budget is used up; it doubles with every further failure.
+    pub backoff_base_secs: u64,
+    /// Longest backoff.
+    pub backoff_max_secs: u64,
+    /// An address that signed in to an account successfully within this time is exempt from
+    /// that account's `max_failures_per_account` budget.
+    pub trusted_source_secs: u64,
+    /// Password/secret checks (argon2id) running at once; each takes the hash's memory cost.
+    pub max_concurrent_hashes: usize,
+    /// Sign-ins waiting for a free check; more are refused with `too_many_requests`.
+    pub max_queued_hashes: usize,
+    /// Longest wait for a free check before `too_many_requests`.
+    pub hash_queue_timeout_ms: u64,
     /// Argon2id memory cost (KiB) for new password hashes. Existing hashes keep their own.
     pub password_hash_memory_kib: u32,
     /// Argon2id iterations for new password hashes.
@@ -187,9 +206,16 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             session_ttl_secs: 30 * 24 * 3600,
-            max_failures_per_account: 5,
+            max_failures_per_source: 5,
+            max_failures_per_account: 50,
             max_failures_per_address: 20,
-            failure_window_secs: 300,
+            failure_window_secs: 3600,
+            backoff_base_secs: 1,
+            backoff_max_secs: 900,
+            trusted_source_secs: 30 * 24 * 3600,
+            max_concurrent_hashes: 4,
+            max_queued_hashes: 64,
+            hash_queue_timeout_ms: 5_000,
             // OWASP's argon2id recommendation.
             password_hash_memory_kib: 19 * 1024,
             password_hash_iterations: 2,
@@ -298,6 +324,19 @@ impl Config {
         }
         if self.auth.password_hash_memory_kib < 8 || self.auth.password_hash_iterations == 0 {
             return Err(ConfigError::Invalid("auth.password_hash_* too small (memory ≥ 8 KiB, iterations ≥ 1)".into()));
+        }
+        let a = &self.auth;
+        if a.max_failures_per_source == 0 || a.max_failures_per_account == 0 || a.max_failures_per_address == 0 {
+            return Err(ConfigError::Invalid("auth.max_failures_per_* must be > 0".into()));
+        }
+        if a.backoff_base_secs == 0 || a.backoff_max_secs < a.backoff_base_secs {
+            return Err(ConfigError::Invalid("auth.backoff_base_secs must be > 0 and ≤ auth.backoff_max_secs".into()));
+        }
+        if a.failure_window_secs < a.backoff_max_secs {
+            return Err(ConfigError::Invalid("auth.failure_window_secs must be ≥ auth.backoff_max_secs".into()));
+        }
+        if a.max_concurrent_hashes == 0 || a.hash_queue_timeout_ms == 0 {
+            return Err(ConfigError::Invalid("auth.max_concurrent_hashes and auth.hash_queue_timeout_ms must be > 0".into()));
         }
         if self.limits.messages_per_second == 0 || self.limits.max_connections == 0 {
             return Err(ConfigError::Invalid("limits.* must be > 0".into()));

@@ -1,5 +1,5 @@
 //! Secrets: argon2id password/secret hashes, SIP digest verifiers, session tokens.
-//! Nothing here logs; callers must never log the inputs either.
+//! Nothing here logs a secret; callers must never log the inputs either.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -60,6 +60,27 @@ pub fn token_sha256(token: &str) -> String {
 pub fn ct_eq(a: &str, b: &str) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// Make a file that holds secrets readable by its owner only (mode 0600). A file that was
+/// looser is tightened and the fact logged (`what` names it: "database", "VAPID key").
+pub fn restrict_to_owner(path: &std::path::Path, what: &str) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            tracing::warn!(
+                path = %path.display(),
+                old_mode = format!("{mode:04o}"),
+                "{what} file was readable by others; tightened it to 0600"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, what);
+    Ok(())
 }
 
 #[cfg(test)]

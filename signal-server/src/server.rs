@@ -34,7 +34,7 @@ use crate::credentials;
 use crate::directory::{CallRecord, Directory, DirectoryError, PushSubscription, UnixMs};
 use crate::push::{self, PushError, PushSender};
 use crate::ice::IceServers;
-use crate::ratelimit::FailureLimiter;
+use crate::ratelimit::{Policy, Refused, Throttle};
 use crate::steering::{ConnId, Engine, Output, Party};
 
 /// Frames above this are cut by the WebSocket layer itself (connection closed, code 1009);
@@ -122,8 +122,15 @@ struct Shared {
     store: mpsc::UnboundedSender<StoreCmd>,
     next_conn: AtomicU64,
     live_conns: AtomicUsize,
-    account_failures: Mutex<FailureLimiter<String>>,
-    address_failures: Mutex<FailureLimiter<IpAddr>>,
+    /// Sign-in failure limits, counted in the directory ([`crate::ratelimit`]).
+    throttle: Throttle,
+    /// Password/secret checks (argon2id) running at once: each costs the hash's memory.
+    hashes: Arc<Semaphore>,
+    /// Sign-ins waiting for a permit of `hashes`.
+    hash_waiting: AtomicUsize,
+    /// Checks running now, and the most ever seen at once (`/metrics`).
+    hash_in_flight: Arc<AtomicUsize>,
+    hash_peak: Arc<AtomicUsize>,
     /// A hash to verify against when the account does not exist (same cost as a real one).
     decoy_hash: String,
     shutdown: watch::Receiver<bool>,
@@ -195,7 +202,6 @@ pub async fn run(
     let loaded_version = dir.directory_version().await.ok();
     engine.set_directory(dir.list_accounts().await?);
     engine.set_wake_up(push.is_some());
-    let window = Duration::from_secs(config.auth.failure_window_secs);
     let a = &config.auth;
     let decoy_hash = {
         let (m, t) = (a.password_hash_memory_kib, a.password_hash_iterations);
@@ -216,8 +222,11 @@ pub async fn run(
         store: store_tx.clone(),
         next_conn: AtomicU64::new(1),
         live_conns: AtomicUsize::new(0),
-        account_failures: Mutex::new(FailureLimiter::new(a.max_failures_per_account, window)),
-        address_failures: Mutex::new(FailureLimiter::new(a.max_failures_per_address, window)),
+        throttle: Throttle::new(Policy::from_config(a)),
+        hashes: Arc::new(Semaphore::new(a.max_concurrent_hashes)),
+        hash_waiting: AtomicUsize::new(0),
+        hash_in_flight: Arc::new(AtomicUsize::new(0)),
+        hash_peak: Arc::new(AtomicUsize::new(0)),
         decoy_hash,
         shutdown: shutdown_rx.clone(),
         metrics: metrics_handle(),
@@ -227,8 +236,14 @@ pub async fn run(
 
     let store_task = tokio::spawn(store_loop(dir.clone(), store_rx));
     let engine_task = tokio::spawn(timer_loop(hub.clone(), shutdown_rx.clone()));
-    let watch_task =
-        tokio::spawn(directory_watch(dir.clone(), hub.clone(), changed.clone(), loaded_version, shutdown_rx.clone()));
+    let watch_task = tokio::spawn(directory_watch(
+        dir.clone(),
+        hub.clone(),
+        changed.clone(),
+        loaded_version,
+        Throttle::new(Policy::from_config(&config.auth)),
+        shutdown_rx.clone(),
+    ));
     let push_task = push.map(|sender| {
         tokio::spawn(push_loop(Arc::downgrade(&hub), dir.clone(), sender, wake_rx, shutdown_rx.clone()))
     });
@@ -311,6 +326,8 @@ fn static_files(root: &std::path::Path) -> axum::routing::MethodRouter {
 
 async fn metrics_endpoint(State(s): State<Arc<Shared>>) -> String {
     metrics::gauge!("trunkline_ws_connections").set(s.live_conns.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("trunkline_auth_hashes_in_flight").set(s.hash_in_flight.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("trunkline_auth_hashes_in_flight_peak").set(s.hash_peak.load(Ordering::Relaxed) as f64);
     s.metrics.render()
 }
 
@@ -370,7 +387,7 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
         }
     };
     let Some(first) = first else { return };
-    let (who, welcome) = match first {
+    let (who, welcome, session_id) = match first {
         // Boxed: the sign-in future is large and only lives once; idle connections should not
         // carry its space for hours.
         Ok(msg) => match Box::pin(authenticate(&s, msg, ip)).await {
@@ -441,6 +458,26 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
                         {
                             break;
                         }
+                    }
+                    Ok(ClientMsg::Logout) if is_device => {
+                        // Revoke first, close second: once the connection is gone, so is the token.
+                        match session_id {
+                            Some(id) => match s.dir.revoke_session(id).await {
+                                Ok(_) => tracing::info!(conn, session_id = id, "browser signed out; session revoked"),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "could not revoke a session at logout");
+                                    let e = ServerMsg::error(ErrorCode::Internal, "could not sign out; try again", None);
+                                    if out_tx.try_send(Out::Msg(Box::new(e))).is_err() { break }
+                                    continue;
+                                }
+                            },
+                            None => tracing::info!(conn, "browser signed out"),
+                        }
+                        break;
+                    }
+                    Ok(ClientMsg::Logout) => {
+                        let e = ServerMsg::error(ErrorCode::Forbidden, "logout is for browsers; a switch has no session", None);
+                        if out_tx.try_send(Out::Msg(Box::new(e))).is_err() { break }
                     }
                     Ok(ClientMsg::History { limit }) if is_device => {
                         let reply = match history(&s, conn, limit).await {
@@ -593,43 +630,94 @@ async fn push_loop(
     }
 }
 
-type AuthResult = Result<(Online, Option<ServerMsg>), trunkline_protocol::ProtocolError>;
+/// Who signed in, the `welcome` to send (browsers), and the browser's session id.
+type AuthResult = Result<(Online, Option<ServerMsg>, Option<i64>), trunkline_protocol::ProtocolError>;
+
+/// Check a password or secret against its argon2id hash under the concurrency cap
+/// (`auth.max_concurrent_hashes`), waiting in a bounded queue for a free check.
+/// `Err(())`: too busy (the caller answers `too_many_requests`).
+async fn verify_capped(s: &Shared, phc: String, secret: String) -> Result<bool, ()> {
+    let a = &s.config.auth;
+    let permit = match s.hashes.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            if s.hash_waiting.fetch_add(1, Ordering::AcqRel) >= a.max_queued_hashes {
+                s.hash_waiting.fetch_sub(1, Ordering::AcqRel);
+                return Err(());
+            }
+            let waited =
+                tokio::time::timeout(Duration::from_millis(a.hash_queue_timeout_ms), s.hashes.clone().acquire_owned())
+                    .await;
+            s.hash_waiting.fetch_sub(1, Ordering::AcqRel);
+            match waited {
+                Ok(Ok(p)) => p,
+                _ => return Err(()),
+            }
+        }
+    };
+    let (in_flight, peak) = (s.hash_in_flight.clone(), s.hash_peak.clone());
+    // The permit moves into the blocking task: if this connection goes away meanwhile, the
+    // check still holds its permit until it really ends, so the cap stays true.
+    tokio::task::spawn_blocking(move || {
+        let now = in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        peak.fetch_max(now, Ordering::AcqRel);
+        let ok = credentials::verify_password(&phc, &secret);
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+        drop(permit);
+        ok
+    })
+    .await
+    .map_err(|_| ())
+}
 
 async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
     use trunkline_protocol::ProtocolError as PE;
-    let now = Instant::now();
-    let limited = |what: &str, retry: Duration| {
-        metrics::counter!("trunkline_auth_rate_limited_total").increment(1);
-        tracing::warn!(%ip, who = what, "sign-in refused: rate limited");
-        PE::new(ErrorCode::RateLimited, format!("too many failed sign-ins; retry in {} s", retry.as_secs().max(1)))
+    let now = unix_ms();
+    let address = ip.to_string();
+    let limited = |who: &str, r: Refused| {
+        metrics::counter!("trunkline_auth_rate_limited_total", "limit" => r.limit.as_str()).increment(1);
+        tracing::warn!(%ip, who, limit = r.limit.as_str(), retry_after_ms = r.retry_after_ms, "sign-in refused: rate limited");
+        let secs = (r.retry_after_ms + 999) / 1000;
+        PE::new(ErrorCode::RateLimited, format!("too many failed sign-ins; retry in {} s", secs.max(1)))
+    };
+    let busy = || {
+        metrics::counter!("trunkline_auth_busy_total").increment(1);
+        tracing::warn!(%ip, "sign-in refused: too many password checks at once");
+        PE::new(ErrorCode::TooManyRequests, "the server is busy checking passwords; retry in 1 s")
     };
     let internal = |e: DirectoryError| {
         tracing::error!(error = %e, "directory error during sign-in");
         PE::new(ErrorCode::Internal, "sign-in failed on the server; try again")
     };
-    if let Err(retry) = s.address_failures.lock().unwrap().check(&ip, now) {
-        return Err(limited("address", retry));
-    }
     match msg {
         ClientMsg::Login { number, password, .. } => {
-            if let Err(retry) = s.account_failures.lock().unwrap().check(&number, now) {
-                return Err(limited(&number, retry));
-            }
-            let stored = s.dir.password_hash(&number).await.map_err(internal)?;
+            let attempt = match s.throttle.begin(&*s.dir, Some(&number), &address, now).await.map_err(internal)? {
+                Ok(a) => a,
+                Err(r) => return Err(limited(&number, r)),
+            };
+            let stored = match s.dir.password_hash(&number).await {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = s.throttle.not_checked(&*s.dir, attempt).await;
+                    return Err(internal(e));
+                }
+            };
             let known = stored.is_some();
             let phc = stored.unwrap_or_else(|| s.decoy_hash.clone());
-            let ok = tokio::task::spawn_blocking(move || credentials::verify_password(&phc, &password))
-                .await
-                .unwrap_or(false)
-                && known;
+            let ok = match verify_capped(s, phc, password).await {
+                Ok(ok) => ok && known,
+                Err(()) => {
+                    let _ = s.throttle.not_checked(&*s.dir, attempt).await;
+                    return Err(busy());
+                }
+            };
             if !ok {
-                s.account_failures.lock().unwrap().failed(number.clone(), now);
-                s.address_failures.lock().unwrap().failed(ip, now);
+                // Already counted by `begin`.
                 metrics::counter!("trunkline_auth_failures_total", "kind" => "login").increment(1);
                 tracing::warn!(%ip, %number, "sign-in failed: wrong number or password");
                 return Err(PE::new(ErrorCode::AuthFailed, "wrong number or password"));
             }
-            s.account_failures.lock().unwrap().succeeded(&number);
+            s.throttle.succeeded(&*s.dir, attempt, now).await.map_err(internal)?;
             let account = s.dir.account(&number).await.map_err(internal)?.ok_or_else(|| {
                 PE::new(ErrorCode::AuthFailed, "wrong number or password")
             })?;
@@ -639,11 +727,12 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
             }
             let token = credentials::new_token();
             let ttl = s.config.auth.session_ttl_secs;
-            s.dir
+            let session_id = s
+                .dir
                 .create_session(&credentials::token_sha256(&token), &number, unix_ms() + (ttl as i64) * 1000)
                 .await
                 .map_err(internal)?;
-            tracing::info!(%ip, %number, "browser signed in");
+            tracing::info!(%ip, %number, session_id, "browser signed in");
             let welcome = ServerMsg::Welcome {
                 v: PROTOCOL_VERSION,
                 number: number.clone(),
@@ -654,61 +743,79 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 vapid_public_key: s.push.as_ref().map(|p| p.public_key().to_string()),
                 ice_servers: s.ice.mint(&number, unix_s()),
             };
-            Ok((Online::Device(number), Some(welcome)))
+            Ok((Online::Device(number), Some(welcome), Some(session_id)))
         }
         ClientMsg::Resume { token, .. } => {
-            let number = s.dir.session(&credentials::token_sha256(&token), unix_ms()).await.map_err(internal)?;
-            let account = match number {
-                Some(n) => s.dir.account(&n).await.map_err(internal)?,
-                None => None,
+            let attempt = match s.throttle.begin(&*s.dir, None, &address, now).await.map_err(internal)? {
+                Ok(a) => a,
+                Err(r) => return Err(limited("resume", r)),
             };
-            let Some(account) = account else {
-                s.address_failures.lock().unwrap().failed(ip, now);
-                metrics::counter!("trunkline_auth_failures_total", "kind" => "resume").increment(1);
-                tracing::warn!(%ip, "session resume failed: unknown or expired token");
-                return Err(PE::new(ErrorCode::AuthFailed, "session expired or unknown; sign in again"));
-            };
-            // A fresh token each time, so the expiry we announce is true and a stolen old
-            // token stops being renewed. The old one stays valid until its own expiry.
-            let token = credentials::new_token();
+            // Rotate: the presented token dies here and a fresh one is handed out, so a stolen
+            // token is good for one resume at most, and then the real browser's is refused
+            // (it signs in again; its password sign-in revokes nothing, an admin can).
+            let fresh = credentials::new_token();
             let ttl = s.config.auth.session_ttl_secs;
-            s.dir
-                .create_session(&credentials::token_sha256(&token), &account.number, unix_ms() + (ttl as i64) * 1000)
+            let rotated = s
+                .dir
+                .rotate_session(
+                    &credentials::token_sha256(&token),
+                    &credentials::token_sha256(&fresh),
+                    now,
+                    now + (ttl as i64) * 1000,
+                )
                 .await
                 .map_err(internal)?;
-            tracing::info!(%ip, number = %account.number, "browser resumed its session");
+            let account = match &rotated {
+                Some((_, n)) => s.dir.account(n).await.map_err(internal)?,
+                None => None,
+            };
+            let (Some((session_id, _)), Some(account)) = (rotated, account) else {
+                metrics::counter!("trunkline_auth_failures_total", "kind" => "resume").increment(1);
+                tracing::warn!(%ip, "session resume failed: unknown, expired or revoked token");
+                return Err(PE::new(ErrorCode::AuthFailed, "session expired or unknown; sign in again"));
+            };
+            s.throttle.succeeded(&*s.dir, attempt, now).await.map_err(internal)?;
+            tracing::info!(%ip, number = %account.number, session_id, "browser resumed its session");
             let welcome = ServerMsg::Welcome {
                 v: PROTOCOL_VERSION,
                 number: account.number.clone(),
                 display_name: account.display_name,
                 kind: account.kind,
-                session_token: token,
+                session_token: fresh,
                 session_expires_in_s: ttl,
                 vapid_public_key: s.push.as_ref().map(|p| p.public_key().to_string()),
                 ice_servers: s.ice.mint(&account.number, unix_s()),
             };
-            Ok((Online::Device(account.number), Some(welcome)))
+            Ok((Online::Device(account.number), Some(welcome), Some(session_id)))
         }
         ClientMsg::SwitchAuth { switch_id, secret, direct_urls, .. } => {
             let key = format!("switch:{switch_id}");
-            if let Err(retry) = s.account_failures.lock().unwrap().check(&key, now) {
-                return Err(limited(&key, retry));
-            }
-            let stored = s.dir.switch_secret_hash(&switch_id).await.map_err(internal)?;
+            let attempt = match s.throttle.begin(&*s.dir, Some(&key), &address, now).await.map_err(internal)? {
+                Ok(a) => a,
+                Err(r) => return Err(limited(&key, r)),
+            };
+            let stored = match s.dir.switch_secret_hash(&switch_id).await {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = s.throttle.not_checked(&*s.dir, attempt).await;
+                    return Err(internal(e));
+                }
+            };
             let known = stored.is_some();
             let phc = stored.unwrap_or_else(|| s.decoy_hash.clone());
-            let ok = tokio::task::spawn_blocking(move || credentials::verify_password(&phc, &secret))
-                .await
-                .unwrap_or(false)
-                && known;
+            let ok = match verify_capped(s, phc, secret).await {
+                Ok(ok) => ok && known,
+                Err(()) => {
+                    let _ = s.throttle.not_checked(&*s.dir, attempt).await;
+                    return Err(busy());
+                }
+            };
             if !ok {
-                s.account_failures.lock().unwrap().failed(key, now);
-                s.address_failures.lock().unwrap().failed(ip, now);
                 metrics::counter!("trunkline_auth_failures_total", "kind" => "switch").increment(1);
                 tracing::warn!(%ip, %switch_id, "switch sign-in failed: wrong id or secret");
                 return Err(PE::new(ErrorCode::AuthFailed, "wrong switch id or secret"));
             }
-            s.account_failures.lock().unwrap().succeeded(&key);
+            s.throttle.succeeded(&*s.dir, attempt, now).await.map_err(internal)?;
             tracing::info!(%ip, %switch_id, "switch signed in");
             if !direct_urls.is_empty() {
                 // An older gateway: what it advertised is kept for the admin views only; callers
@@ -718,7 +825,7 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
             let _ = s.store.send(StoreCmd::SwitchState { id: switch_id.clone(), online: true, urls: direct_urls, at: unix_ms() });
             // The engine sends switch_welcome (it knows the phones).
             let ice_servers = s.ice.mint(&switch_id, unix_s());
-            Ok((Online::Switch { id: switch_id, ice_servers }, None))
+            Ok((Online::Switch { id: switch_id, ice_servers }, None, None))
         }
         other => Err(PE::new(
             ErrorCode::NotAuthenticated,
@@ -949,6 +1056,7 @@ async fn directory_watch(
     hub: Arc<Hub>,
     changed: Arc<Notify>,
     loaded_version: Option<i64>,
+    throttle: Throttle,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut version = loaded_version;
@@ -974,6 +1082,8 @@ async fn directory_watch(
         if last_sweep.elapsed() > Duration::from_secs(3600) {
             last_sweep = Instant::now();
             let _ = dir.delete_expired_sessions(unix_ms()).await;
+            let (failure_before, success_before) = throttle.stale_before(unix_ms());
+            let _ = dir.sweep_throttle(failure_before, success_before).await;
         }
     }
 }

@@ -59,30 +59,43 @@ async fn wrong_password_and_unknown_number_get_the_same_error_and_are_closed() {
     srv.browser(ALICE).await;
 }
 
+/// A server whose backoff is long enough that no test step can outlast it.
+async fn server_with_slow_backoff(per_address: Option<u32>) -> (TestServer, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(tmp.path());
+    cfg.auth.backoff_base_secs = 600;
+    cfg.auth.backoff_max_secs = 600;
+    if let Some(n) = per_address {
+        cfg.auth.max_failures_per_address = n;
+    }
+    provision(&cfg.database_url).await;
+    (TestServer::start_with(cfg).await, tmp)
+}
+
 #[tokio::test]
-async fn repeated_failures_are_rate_limited_per_account_even_with_the_right_password() {
-    let (srv, _tmp) = TestServer::start().await;
+async fn repeated_failures_back_off_that_account_from_that_address_even_with_the_right_password() {
+    let (srv, _tmp) = server_with_slow_backoff(None).await;
     for _ in 0..5 {
         let mut c = srv.client().await;
         c.send(r#"{"type":"login","v":1,"number":"2001","password":"guess"}"#).await;
         c.expect_error(ErrorCode::AuthFailed).await;
     }
     let mut c = srv.client().await;
-    c.send(&format!(r#"{{"type":"login","v":1,"number":"2001","password":"{}"}}"#, ALICE.1)).await;
+    c.send(&format!(r#"{{"type":"login","v":1,"number":"{}","password":"{}"}}"#, ALICE.0, ALICE.1)).await;
     let msg = c.expect_error(ErrorCode::RateLimited).await;
-    assert!(msg.contains("retry"), "{msg}");
+    assert!(msg.contains("retry in 600 s"), "{msg}");
     c.expect_closed().await;
-    // Another account from the same address is not locked out yet (5 < 20 per address).
+    // Another account from the same address is not held back (5 < 20 per address)…
     srv.browser(BOB).await;
+    // …nor the same account from another address.
+    let mut real = Client::connect_from(&srv.ws_url, "127.0.0.2".parse().unwrap()).await;
+    real.send(&format!(r#"{{"type":"login","v":1,"number":"{}","password":"{}"}}"#, ALICE.0, ALICE.1)).await;
+    assert!(matches!(real.recv().await, ServerMsg::Welcome { .. }));
 }
 
 #[tokio::test]
 async fn repeated_failures_are_rate_limited_per_address() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = test_config(tmp.path());
-    cfg.auth.max_failures_per_address = 3;
-    provision(&cfg.database_url).await;
-    let srv = TestServer::start_with(cfg).await;
+    let (srv, _tmp) = server_with_slow_backoff(Some(3)).await;
     for number in ["7001", "7002", "7003"] {
         let mut c = srv.client().await;
         c.send(&format!(r#"{{"type":"login","v":1,"number":"{number}","password":"x"}}"#)).await;

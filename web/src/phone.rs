@@ -357,6 +357,11 @@ impl Driver {
                     }
                     crate::push::unsubscribe();
                 }
+                // Revoke the session on the server before closing, so the stored token is dead
+                // even if a copy of it survives somewhere (sent only when the socket is open).
+                if self.signed_in {
+                    self.send(&ClientMsg::Logout);
+                }
                 self.hold_off = true;
                 self.signed_in = false;
                 self.sign_in = None;

@@ -17,7 +17,7 @@ pub async fn open(database_url: &str) -> Result<std::sync::Arc<dyn Directory>, D
 /// Unix time in milliseconds.
 pub type UnixMs = i64;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Account {
     pub number: String,
     pub display_name: String,
@@ -29,7 +29,7 @@ pub struct Account {
     pub ha1_sha256: Option<String>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NewAccount {
     pub number: String,
     pub display_name: String,
@@ -39,6 +39,34 @@ pub struct NewAccount {
     pub password_hash: String,
     pub ha1_md5: Option<String>,
     pub ha1_sha256: Option<String>,
+}
+
+// Hand-written: the HA1 verifiers are as good as the desk phone's password for SIP.
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("number", &self.number)
+            .field("display_name", &self.display_name)
+            .field("kind", &self.kind)
+            .field("home_switch", &self.home_switch)
+            .field("ha1_md5", &self.ha1_md5.as_ref().map(|_| "<redacted>"))
+            .field("ha1_sha256", &self.ha1_sha256.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for NewAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewAccount")
+            .field("number", &self.number)
+            .field("display_name", &self.display_name)
+            .field("kind", &self.kind)
+            .field("home_switch", &self.home_switch)
+            .field("password_hash", &"<redacted>")
+            .field("ha1_md5", &self.ha1_md5.as_ref().map(|_| "<redacted>"))
+            .field("ha1_sha256", &self.ha1_sha256.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +103,27 @@ pub struct CallRecord {
     pub trace: Vec<Step>,
 }
 
+/// A browser session as the admin views list it: never the token (nor its hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Handle for revocation; stays the same when `resume` rotates the token.
+    pub id: i64,
+    pub number: String,
+    /// When the browser signed in with its password.
+    pub created_ms: UnixMs,
+    pub expires_ms: UnixMs,
+    /// The last `login` or `resume` with it.
+    pub last_used_ms: UnixMs,
+}
+
+/// One sign-in failure counter (see [`crate::ratelimit`]); missing rows read as all zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThrottleCounter {
+    pub failures: u32,
+    pub last_failure_ms: UnixMs,
+    pub last_success_ms: Option<UnixMs>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
     #[error("{what} {key:?} already exists")]
@@ -103,13 +152,7 @@ pub trait Directory: Send + Sync + 'static {
     async fn remove_switch(&self, id: &str) -> Result<(), DirectoryError>;
     async fn list_switches(&self) -> Result<Vec<SwitchRecord>, DirectoryError>;
     async fn switch_secret_hash(&self, id: &str) -> Result<Option<String>, DirectoryError>;
-    async fn set_switch_online(
-        &self,
-        id: &str,
-        online: bool,
-        direct_urls: &[String],
-        now: UnixMs,
-    ) -> Result<(), DirectoryError>;
+    async fn set_switch_online(&self, id: &str, online: bool, direct_urls: &[String], now: UnixMs) -> Result<(), DirectoryError>;
     /// Mark every switch offline (at start: nothing is connected yet).
     async fn reset_switches_offline(&self) -> Result<(), DirectoryError>;
 
@@ -117,11 +160,51 @@ pub trait Directory: Send + Sync + 'static {
     /// process or another, e.g. the admin CLI), so the server knows when to reload.
     async fn directory_version(&self) -> Result<i64, DirectoryError>;
 
+    /// Set a new password (argon2id PHC string, and new SIP verifiers for a desk phone) and
+    /// revoke every session of the account, in one transaction. Returns how many sessions were
+    /// revoked.
+    async fn set_password(
+        &self,
+        number: &str,
+        password_hash: &str,
+        ha1_md5: Option<&str>,
+        ha1_sha256: Option<&str>,
+    ) -> Result<u64, DirectoryError>;
+
     // Sessions (token stored as its SHA-256 hex, never in clear).
-    async fn create_session(&self, token_sha256: &str, number: &str, expires_ms: UnixMs) -> Result<(), DirectoryError>;
+    /// A new session (created and last used now); returns its id.
+    async fn create_session(&self, token_sha256: &str, number: &str, expires_ms: UnixMs) -> Result<i64, DirectoryError>;
     /// The number owning an unexpired session.
     async fn session(&self, token_sha256: &str, now: UnixMs) -> Result<Option<String>, DirectoryError>;
+    /// `resume`: atomically replace an unexpired session's token with a new one (the old
+    /// token stops working), extend it to `expires_ms` and mark it used. Returns the session's
+    /// id and number; `None` if the old token is unknown, expired or already rotated.
+    async fn rotate_session(
+        &self,
+        old_token_sha256: &str,
+        new_token_sha256: &str,
+        now: UnixMs,
+        expires_ms: UnixMs,
+    ) -> Result<Option<(i64, String)>, DirectoryError>;
+    /// Unexpired sessions, oldest first; `number` filters.
+    async fn list_sessions(&self, number: Option<&str>, now: UnixMs) -> Result<Vec<SessionInfo>, DirectoryError>;
+    /// Revoke one session by id; the number it belonged to, `None` if there was none.
+    async fn revoke_session(&self, id: i64) -> Result<Option<String>, DirectoryError>;
+    /// Revoke every session of `number`; how many there were.
+    async fn revoke_sessions(&self, number: &str) -> Result<u64, DirectoryError>;
     async fn delete_expired_sessions(&self, now: UnixMs) -> Result<u64, DirectoryError>;
+
+    // Sign-in throttling ([`crate::ratelimit`]).
+    /// Atomically (against other callers, in this process and others): read the counters of
+    /// `keys` (missing: zero), let `update` change them, and store them if it returns true.
+    async fn update_throttle(
+        &self,
+        keys: &[String],
+        update: &mut (dyn for<'c> FnMut(&'c mut [ThrottleCounter]) -> bool + Send),
+    ) -> Result<bool, DirectoryError>;
+    /// Delete counters with no failure since `failure_before` and no success since
+    /// `success_before`.
+    async fn sweep_throttle(&self, failure_before: UnixMs, success_before: UnixMs) -> Result<u64, DirectoryError>;
 
     // Web Push subscriptions.
     async fn add_push_subscription(&self, sub: PushSubscription) -> Result<(), DirectoryError>;

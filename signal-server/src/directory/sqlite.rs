@@ -18,7 +18,10 @@ use sqlx::sqlite::{
 use sqlx::{Row, error::ErrorKind};
 use trunkline_protocol::{AccountKind, Outcome, Step};
 
-use super::{Account, CallRecord, Directory, DirectoryError, NewAccount, PushSubscription, SwitchRecord, UnixMs};
+use super::{
+    Account, CallRecord, Directory, DirectoryError, NewAccount, PushSubscription, SessionInfo, SwitchRecord,
+    ThrottleCounter, UnixMs,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -29,6 +32,9 @@ const ALL_STEPS: [Step; 17] = Step::ALL;
 #[derive(Clone, Debug)]
 pub struct SqliteDirectory {
     pool: SqlitePool,
+    /// Serialises this process's throttle updates (SQLite's write lock does it across
+    /// processes; this only spares the busy-wait under a flood).
+    throttle_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A sqlx error as a [`DirectoryError::Database`]. sqlx errors carry no bound values, so no
@@ -131,6 +137,36 @@ fn is_memory_url(url: &str) -> bool {
     db == ":memory:" || params.split('&').any(|p| p == "mode=memory")
 }
 
+/// The file of a `sqlite:` URL (`None` for in-memory databases).
+fn file_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let (db, _) = rest.split_once('?').unwrap_or((rest, ""));
+    (!db.is_empty() && db != ":memory:").then(|| std::path::PathBuf::from(db))
+}
+
+/// The database holds password hashes, desk phones' HA1s and session hashes: create it 0600
+/// (SQLite would make it 0644), and tighten an existing file that is looser (logged).
+fn prepare_private_file(path: &std::path::Path) -> Result<(), DirectoryError> {
+    if path.exists() {
+        return crate::credentials::restrict_to_owner(path, "database")
+            .map_err(|e| DirectoryError::Database(format!("{}: {e}", path.display())));
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // A missing folder: let SQLite report it as before.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DirectoryError::Database(format!("creating {}: {e}", path.display()))),
+    }
+}
+
 impl SqliteDirectory {
     /// Open (creating if missing) the database at `database_url` and apply the migrations.
     ///
@@ -143,6 +179,9 @@ impl SqliteDirectory {
             )));
         }
         let memory = is_memory_url(database_url);
+        if !memory && let Some(path) = file_path(database_url) {
+            prepare_private_file(&path)?;
+        }
         let mut options = SqliteConnectOptions::from_str(database_url)
             .map_err(|e| DirectoryError::Invalid(format!("database_url {database_url:?}: {e}")))?
             .create_if_missing(true)
@@ -162,7 +201,17 @@ impl SqliteDirectory {
             .await
             .map_err(|e| db_err(&format!("opening {database_url}"), e))?;
         MIGRATOR.run(&pool).await.map_err(migrate_err)?;
-        Ok(SqliteDirectory { pool })
+        if !memory && let Some(path) = file_path(database_url) {
+            // SQLite gives the -wal / -shm files the main file's mode; older ones may be looser.
+            for suffix in ["-wal", "-shm"] {
+                let side = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+                if side.exists() {
+                    crate::credentials::restrict_to_owner(&side, "database")
+                        .map_err(|e| DirectoryError::Database(format!("{}: {e}", side.display())))?;
+                }
+            }
+        }
+        Ok(SqliteDirectory { pool, throttle_lock: Default::default() })
     }
 
     /// Close the pool (waits for connections to be returned). Optional: dropping works too.
@@ -346,15 +395,53 @@ impl Directory for SqliteDirectory {
             .map_err(|e| db_err("reading directory version", e))
     }
 
-    async fn create_session(&self, token_sha256: &str, number: &str, expires_ms: UnixMs) -> Result<(), DirectoryError> {
-        let res = sqlx::query("INSERT INTO sessions (token_sha256, number, expires_ms) VALUES (?, ?, ?)")
-            .bind(token_sha256)
+    async fn set_password(
+        &self,
+        number: &str,
+        password_hash: &str,
+        ha1_md5: Option<&str>,
+        ha1_sha256: Option<&str>,
+    ) -> Result<u64, DirectoryError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| db_err("setting password", e))?;
+        let done = sqlx::query(
+            "UPDATE accounts SET password_hash = ?, ha1_md5 = COALESCE(?, ha1_md5), ha1_sha256 = COALESCE(?, ha1_sha256) \
+             WHERE number = ?",
+        )
+        .bind(password_hash)
+        .bind(ha1_md5)
+        .bind(ha1_sha256)
+        .bind(number)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_err("setting password", e))?;
+        if done.rows_affected() == 0 {
+            return Err(DirectoryError::NotFound { what: "account", key: number.to_string() });
+        }
+        let revoked = sqlx::query("DELETE FROM sessions WHERE number = ?")
             .bind(number)
-            .bind(expires_ms)
-            .execute(&self.pool)
-            .await;
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_err("revoking sessions", e))?
+            .rows_affected();
+        tx.commit().await.map_err(|e| db_err("setting password", e))?;
+        Ok(revoked)
+    }
+
+    async fn create_session(&self, token_sha256: &str, number: &str, expires_ms: UnixMs) -> Result<i64, DirectoryError> {
+        let now = now_ms();
+        let res = sqlx::query_scalar(
+            "INSERT INTO sessions (token_sha256, number, created_ms, expires_ms, last_used_ms) VALUES (?, ?, ?, ?, ?) \
+             RETURNING id",
+        )
+        .bind(token_sha256)
+        .bind(number)
+        .bind(now)
+        .bind(expires_ms)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await;
         match res {
-            Ok(_) => Ok(()),
+            Ok(id) => Ok(id),
             Err(e) => match kind_of(&e) {
                 Some(ErrorKind::ForeignKeyViolation) => {
                     Err(DirectoryError::NotFound { what: "account", key: number.to_string() })
@@ -378,12 +465,135 @@ impl Directory for SqliteDirectory {
             .map_err(|e| db_err("reading session", e))
     }
 
+    async fn rotate_session(
+        &self,
+        old_token_sha256: &str,
+        new_token_sha256: &str,
+        now: UnixMs,
+        expires_ms: UnixMs,
+    ) -> Result<Option<(i64, String)>, DirectoryError> {
+        // One statement: two resumes racing with the same token cannot both win.
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "UPDATE sessions SET token_sha256 = ?, expires_ms = ?, last_used_ms = ? \
+             WHERE token_sha256 = ? AND expires_ms > ? RETURNING id, number",
+        )
+        .bind(new_token_sha256)
+        .bind(expires_ms)
+        .bind(now)
+        .bind(old_token_sha256)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_err("rotating session", e))?;
+        Ok(row)
+    }
+
+    async fn list_sessions(&self, number: Option<&str>, now: UnixMs) -> Result<Vec<SessionInfo>, DirectoryError> {
+        let rows: Vec<(i64, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT id, number, created_ms, expires_ms, last_used_ms FROM sessions \
+             WHERE expires_ms > ?1 AND (?2 IS NULL OR number = ?2) ORDER BY created_ms, id",
+        )
+        .bind(now)
+        .bind(number)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_err("listing sessions", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, number, created_ms, expires_ms, last_used_ms)| SessionInfo {
+                id,
+                number,
+                created_ms,
+                expires_ms,
+                last_used_ms,
+            })
+            .collect())
+    }
+
+    async fn revoke_session(&self, id: i64) -> Result<Option<String>, DirectoryError> {
+        sqlx::query_scalar("DELETE FROM sessions WHERE id = ? RETURNING number")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_err("revoking session", e))
+    }
+
+    async fn revoke_sessions(&self, number: &str) -> Result<u64, DirectoryError> {
+        let done = sqlx::query("DELETE FROM sessions WHERE number = ?")
+            .bind(number)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_err("revoking sessions", e))?;
+        Ok(done.rows_affected())
+    }
+
     async fn delete_expired_sessions(&self, now: UnixMs) -> Result<u64, DirectoryError> {
         let done = sqlx::query("DELETE FROM sessions WHERE expires_ms <= ?")
             .bind(now)
             .execute(&self.pool)
             .await
             .map_err(|e| db_err("deleting expired sessions", e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn update_throttle(
+        &self,
+        keys: &[String],
+        update: &mut (dyn for<'c> FnMut(&'c mut [ThrottleCounter]) -> bool + Send),
+    ) -> Result<bool, DirectoryError> {
+        let err = |e| db_err("updating sign-in counters", e);
+        let _serial = self.throttle_lock.lock().await;
+        // IMMEDIATE: take the write lock before reading, so another process's update cannot
+        // slip in between the read and the write.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        let mut counters = Vec::with_capacity(keys.len());
+        for key in keys {
+            let row: Option<(i64, i64, Option<i64>)> =
+                sqlx::query_as("SELECT failures, last_failure_ms, last_success_ms FROM auth_throttle WHERE key = ?")
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(err)?;
+            counters.push(match row {
+                Some((failures, last_failure_ms, last_success_ms)) => ThrottleCounter {
+                    failures: u32::try_from(failures).unwrap_or(u32::MAX),
+                    last_failure_ms,
+                    last_success_ms,
+                },
+                None => ThrottleCounter::default(),
+            });
+        }
+        if !update(&mut counters) {
+            tx.rollback().await.map_err(err)?;
+            return Ok(false);
+        }
+        for (key, c) in keys.iter().zip(&counters) {
+            sqlx::query(
+                "INSERT INTO auth_throttle (key, failures, last_failure_ms, last_success_ms) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (key) DO UPDATE SET failures = excluded.failures, \
+                 last_failure_ms = excluded.last_failure_ms, last_success_ms = excluded.last_success_ms",
+            )
+            .bind(key)
+            .bind(i64::from(c.failures))
+            .bind(c.last_failure_ms)
+            .bind(c.last_success_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(true)
+    }
+
+    async fn sweep_throttle(&self, failure_before: UnixMs, success_before: UnixMs) -> Result<u64, DirectoryError> {
+        let done = sqlx::query(
+            "DELETE FROM auth_throttle WHERE last_failure_ms < ? AND (last_success_ms IS NULL OR last_success_ms < ?)",
+        )
+        .bind(failure_before)
+        .bind(success_before)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_err("sweeping sign-in counters", e))?;
         Ok(done.rows_affected())
     }
 
@@ -737,6 +947,46 @@ mod tests {
         // Removing the account removes its sessions.
         d.remove_account("100").await.unwrap();
         assert_eq!(d.session("bbb", 0).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn sessions_rotate_list_revoke_and_password_change() {
+        let (_tmp, d) = fresh().await;
+        d.add_account(browser("100")).await.unwrap();
+        d.add_account(browser("101")).await.unwrap();
+        let far = now_ms() + 1_000_000;
+        let a = d.create_session("a1", "100", far).await.unwrap();
+        let b = d.create_session("b1", "100", far).await.unwrap();
+        d.create_session("c1", "101", far).await.unwrap();
+        assert_ne!(a, b);
+        // Rotation keeps the id and kills the old hash.
+        assert_eq!(d.rotate_session("a1", "a2", now_ms(), far).await.unwrap(), Some((a, "100".to_string())));
+        assert_eq!(d.rotate_session("a1", "a3", now_ms(), far).await.unwrap(), None);
+        assert_eq!(d.session("a1", 0).await.unwrap(), None);
+        assert_eq!(d.session("a2", 0).await.unwrap().as_deref(), Some("100"));
+        let list = d.list_sessions(Some("100"), now_ms()).await.unwrap();
+        assert_eq!(list.iter().map(|s| s.id).collect::<Vec<_>>(), [a, b]);
+        assert!(list.iter().all(|s| s.number == "100" && s.created_ms <= s.last_used_ms && s.expires_ms == far));
+        assert_eq!(d.list_sessions(None, now_ms()).await.unwrap().len(), 3);
+        assert_eq!(d.revoke_session(a).await.unwrap().as_deref(), Some("100"));
+        assert_eq!(d.revoke_session(a).await.unwrap(), None);
+        assert_eq!(d.session("a2", 0).await.unwrap(), None);
+        // A password change revokes the account's sessions only.
+        assert_eq!(d.set_password("100", "new-hash", None, None).await.unwrap(), 1);
+        assert_eq!(d.password_hash("100").await.unwrap().as_deref(), Some("new-hash"));
+        assert_eq!(d.session("b1", 0).await.unwrap(), None);
+        assert_eq!(d.session("c1", 0).await.unwrap().as_deref(), Some("101"));
+        assert_eq!(d.revoke_sessions("101").await.unwrap(), 1);
+        let e = d.set_password("nobody", "h", None, None).await.unwrap_err();
+        assert!(matches!(e, DirectoryError::NotFound { what: "account", .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn new_database_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (tmp, _d) = fresh().await;
+        let mode = std::fs::metadata(tmp.path().join("test.db")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[tokio::test]

@@ -232,6 +232,8 @@ pub fn load_or_create_key(cfg: &PushConfig, database_url: &str) -> Result<VapidK
         return Ok(key);
     };
     if path.exists() {
+        crate::credentials::restrict_to_owner(&path, "VAPID key")
+            .map_err(|source| PushError::KeyFile { path: path.clone(), source })?;
         return read(&path);
     }
     let (key, pem) = VapidKey::generate();

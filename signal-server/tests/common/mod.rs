@@ -184,6 +184,18 @@ impl Client {
         Client { ws }
     }
 
+    /// Connect from a chosen loopback source address (any of 127.0.0.0/8), so the server sees
+    /// another client address.
+    pub async fn connect_from(url: &str, source: std::net::IpAddr) -> Client {
+        let host = url.trim_start_matches("ws://").split('/').next().unwrap();
+        let addr: SocketAddr = host.parse().expect("ws://ip:port/… URL");
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(source, 0)).unwrap();
+        let stream = sock.connect(addr).await.expect("tcp connects");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await.expect("websocket connects");
+        Client { ws }
+    }
+
     pub async fn send(&mut self, text: &str) {
         self.ws.send(Message::Text(text.into())).await.expect("send");
     }
