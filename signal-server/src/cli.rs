@@ -47,6 +47,9 @@ pub enum Command {
     /// Add, list and remove switch gateways.
     #[command(subcommand)]
     Switch(SwitchCmd),
+    /// List and revoke browser sessions (signed-in browsers that can `resume`).
+    #[command(subcommand)]
+    Sessions(SessionsCmd),
     /// Show call records, newest first.
     Calls {
         /// Print one JSON array instead of a table.
@@ -58,6 +61,14 @@ pub enum Command {
         /// At most this many records (1–10000).
         #[arg(long, value_name = "N", default_value_t = admin::DEFAULT_CALLS_LIMIT)]
         limit: u32,
+    },
+    /// Check that the server this config describes answers `GET /healthz` (on loopback when it
+    /// listens on a wildcard address; over TLS with `[tls]`, certificate not checked). Exit 0
+    /// healthy, 1 not: a container's HEALTHCHECK (the image has no shell and no curl).
+    Healthcheck {
+        /// Give up after this long (milliseconds).
+        #[arg(long, value_name = "MS", default_value_t = 3000)]
+        timeout_ms: u64,
     },
 }
 
@@ -91,6 +102,36 @@ pub enum AccountCmd {
     Remove {
         #[arg(long, value_name = "N")]
         number: String,
+    },
+    /// Change (reset) an account's password, read from a file (`-`: standard input). Every
+    /// session of the account is revoked: its browsers must sign in with the new password.
+    SetPassword {
+        #[arg(long, value_name = "N")]
+        number: String,
+        /// File holding the new password (one trailing newline is ignored); `-` reads stdin.
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsCmd {
+    /// List unexpired sessions (id, number, created, expires, last used; never a token).
+    List {
+        /// Only this account's sessions.
+        #[arg(long, value_name = "N")]
+        number: Option<String>,
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke sessions: every session of an account (--number) or one (--id from `list`).
+    /// A revoked session cannot `resume`; its browser must sign in again.
+    Revoke {
+        #[arg(long, value_name = "N", required_unless_present = "id", conflicts_with = "id")]
+        number: Option<String>,
+        #[arg(long, value_name = "ID")]
+        id: Option<i64>,
     },
 }
 
@@ -215,6 +256,14 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Account(cmd) => account(config, cmd).await,
         Command::Switch(cmd) => switch(config, cmd).await,
         Command::Calls { json, number, limit } => calls(config, json, number, limit).await,
+        Command::Sessions(cmd) => sessions(config, cmd).await,
+        Command::Healthcheck { timeout_ms } => {
+            let status = crate::healthcheck::check(&config, std::time::Duration::from_millis(timeout_ms))
+                .await
+                .map_err(CliError::Failed)?;
+            say(&format!("healthy: {status}\n"));
+            Ok(())
+        }
     }
 }
 
@@ -235,7 +284,12 @@ async fn run(config: Config) -> Result<(), CliError> {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Never below debug for these, whatever RUST_LOG says: at trace they print every
+    // WebSocket frame and message, i.e. passwords, switch secrets and session tokens.
+    for quiet in ["tungstenite=debug", "tokio_tungstenite=debug"] {
+        filter = filter.add_directive(quiet.parse().expect("a valid directive"));
+    }
     // Logs go to stderr; stdout carries the one "listening" line.
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -340,6 +394,64 @@ async fn account(config: Config, cmd: AccountCmd) -> Result<(), CliError> {
             dir.remove_account(&number).await?;
             say(&format!("removed account {number}\n"));
         }
+        AccountCmd::SetPassword { number, password_file } => {
+            trunkline_protocol::check_number("number", &number).map_err(|e| CliError::Usage(e.message))?;
+            let password = read_secret(&password_file, "password")?;
+            admin::check_password(&password)?;
+            let dir = open_directory(&config).await?;
+            let revoked = admin::set_password(dir.as_ref(), Arc::new(config), &number, password).await?;
+            say(&format!("changed the password of {number}; revoked {revoked} session(s)\n"));
+        }
+    }
+    Ok(())
+}
+
+async fn sessions(config: Config, cmd: SessionsCmd) -> Result<(), CliError> {
+    match cmd {
+        SessionsCmd::List { number, json } => {
+            if let Some(n) = &number {
+                trunkline_protocol::check_number("number", n).map_err(|e| CliError::Usage(e.message))?;
+            }
+            let dir = open_directory(&config).await?;
+            let list: Vec<admin::SessionView> =
+                dir.list_sessions(number.as_deref(), crate::server::unix_ms()).await?.into_iter().map(Into::into).collect();
+            if json {
+                say(&to_json(&list));
+            } else if list.is_empty() {
+                say("no sessions\n");
+            } else {
+                let rows = list
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.id.to_string(),
+                            s.number.clone(),
+                            admin::format_utc(s.created_ms),
+                            admin::format_utc(s.expires_ms),
+                            admin::format_utc(s.last_used_ms),
+                        ]
+                    })
+                    .collect();
+                say(&table(&["ID", "NUMBER", "CREATED", "EXPIRES", "LAST USED"], rows));
+            }
+        }
+        SessionsCmd::Revoke { number: Some(number), .. } => {
+            trunkline_protocol::check_number("number", &number).map_err(|e| CliError::Usage(e.message))?;
+            let dir = open_directory(&config).await?;
+            if dir.account(&number).await?.is_none() {
+                return Err(DirectoryError::NotFound { what: "account", key: number }.into());
+            }
+            let revoked = dir.revoke_sessions(&number).await?;
+            say(&format!("revoked {revoked} session(s) of {number}\n"));
+        }
+        SessionsCmd::Revoke { id: Some(id), .. } => {
+            let dir = open_directory(&config).await?;
+            match dir.revoke_session(id).await? {
+                Some(number) => say(&format!("revoked session {id} of {number}\n")),
+                None => return Err(DirectoryError::NotFound { what: "session", key: id.to_string() }.into()),
+            }
+        }
+        SessionsCmd::Revoke { .. } => return Err(CliError::Usage("give --number N or --id ID".into())),
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! - [`push`]: Web Push wake-ups for offline switchless browsers (RFC 8030/8291/8292).
 //! - [`server`]: the thin tokio/axum driver: `/ws`, admin API, `/healthz`, `/metrics`, static web.
 //! - [`cli`]: the `signal-server` command line (run + admin commands).
+//! - [`healthcheck`]: `signal-server healthcheck`, a container's `HEALTHCHECK` (`GET /healthz`).
 
 pub mod admin;
 pub mod admin_api;
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod directory;
+pub mod healthcheck;
 pub mod ice;
 pub mod push;
 pub mod ratelimit;

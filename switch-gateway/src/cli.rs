@@ -33,6 +33,17 @@ pub enum Command {
         #[arg(long, default_value = "0.0.0.0:0")]
         bind: std::net::SocketAddr,
     },
+    /// Check that the gateway this config describes is up: a SIP OPTIONS to `sip_listen` over
+    /// UDP (loopback for a wildcard address) must get 200 from its core. Exit 0 healthy, 1 not:
+    /// a container's HEALTHCHECK (the image has no shell and no curl).
+    Healthcheck {
+        /// The gateway's TOML config. Env TRUNKLINE_GATEWAY_* overrides keys, as for `run`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Give up after this long (milliseconds).
+        #[arg(long, value_name = "MS", default_value_t = 3000)]
+        timeout_ms: u64,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -40,7 +51,9 @@ pub fn main() -> ExitCode {
     // turn-client-proto traces every poll at info level: keep it to warnings unless asked.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,turn_client_proto=warn,turn_types=warn,stun_proto=warn".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only on a terminal: not in container logs or the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -50,6 +63,25 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::NatCheck { stun, bind } => rt.block_on(nat_check(stun, bind)),
+        Command::Healthcheck { config, timeout_ms } => {
+            let config = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match rt.block_on(crate::healthcheck::check(config.sip_listen, std::time::Duration::from_millis(timeout_ms))) {
+                Ok(status) => {
+                    println!("healthy: {status}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => rt.block_on(async move {
             let config = match Config::load(config.as_deref()) {
                 Ok(c) => c,

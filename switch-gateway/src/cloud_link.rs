@@ -1,9 +1,10 @@
 //! The gateway's one persistent, authenticated WebSocket to the signal server.
 //!
-//! Connects, signs in with `switch_auth` (announcing the direct address), forwards every
-//! server message to the gateway core, and sends what the core queues. When the link drops it
-//! reconnects by itself with exponential backoff and jitter; the core is told `Up`/`Down` so
-//! it can answer calls that need the cloud at once (503) while local calls carry on.
+//! Connects, signs in with `switch_auth`, forwards every server message to the gateway core,
+//! and sends what the core queues. When the link drops it reconnects by itself with exponential
+//! backoff and jitter; the core is told `Up`/`Down` so it can answer calls that need the cloud
+//! at once (503) while local calls carry on. At shutdown it sends what is still queued and
+//! closes the WebSocket properly.
 
 use std::time::Duration;
 
@@ -66,6 +67,8 @@ const KEEPALIVE: Duration = Duration::from_secs(20);
 
 /// Run the link until `shutdown` turns true. Outgoing messages are taken from `outgoing`; while
 /// the link is down they are dropped (the core knows the link is down and does not rely on them).
+/// At shutdown a link that is up first sends what is still queued (the ends of the calls the
+/// core just closed), then closes the WebSocket properly.
 pub async fn run(
     cfg: LinkConfig,
     events: mpsc::Sender<LinkEvent>,
@@ -77,10 +80,10 @@ pub async fn run(
         if *shutdown.borrow() {
             return;
         }
-        let session = tokio::select! {
-            r = session(&cfg, &events, &mut outgoing) => r,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
+        let session = session(&cfg, &events, &mut outgoing, &mut shutdown).await;
+        if *shutdown.borrow() {
+            return;
+        }
         let _ = events.send(LinkEvent::Down).await;
         let wait = match session {
             // Ran properly before dropping: come back quickly.
@@ -117,11 +120,93 @@ enum SessionError {
     Io(String),
 }
 
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One connection: sign in, then relay both ways until it drops or `shutdown` (then flush and
+/// close; `Ok`).
 async fn session(
     cfg: &LinkConfig,
     events: &mpsc::Sender<LinkEvent>,
     outgoing: &mut mpsc::Receiver<ClientMsg>,
+    shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
+    let io = |e: &dyn std::fmt::Display| SessionError::Io(e.to_string());
+    let mut ws = tokio::select! {
+        r = sign_in(cfg, events) => r?,
+        _ = stopping(shutdown) => return Ok(()),
+    };
+    let mut idle = tokio::time::interval(KEEPALIVE);
+    idle.reset();
+    loop {
+        tokio::select! {
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Text(t))) => match ServerMsg::decode(t.as_str()) {
+                    Ok(ServerMsg::Error { code: ErrorCode::SessionReplaced, .. }) => {
+                        return Err(SessionError::Io("another connection signed in as this switch".into()));
+                    }
+                    Ok(ServerMsg::Pong) => {}
+                    Ok(m) => {
+                        if events.send(LinkEvent::Msg(m)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring an unreadable message from the cloud"),
+                },
+                Some(Ok(Message::Close(_))) | None => return Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(io(&e)),
+            },
+            out = outgoing.recv() => match out {
+                Some(m) => {
+                    ws.send(Message::Text(m.encode().into())).await.map_err(|e| io(&e))?;
+                    idle.reset();
+                }
+                // The core is gone (the gateway is stopping): everything it sent is out.
+                None => {
+                    close(ws, outgoing).await;
+                    return Ok(());
+                }
+            },
+            _ = idle.tick() => {
+                ws.send(Message::Text(ClientMsg::Ping.encode().into())).await.map_err(|e| io(&e))?;
+            }
+            _ = stopping(shutdown) => {
+                close(ws, outgoing).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Stopping: send what is queued, then the close handshake (the cloud has read everything
+/// before it answers the close), within a few seconds.
+async fn close(mut ws: Ws, outgoing: &mut mpsc::Receiver<ClientMsg>) {
+    let flush = async {
+        while let Ok(m) = outgoing.try_recv() {
+            ws.send(Message::Text(m.encode().into())).await?;
+        }
+        ws.close(None).await?;
+        while let Some(frame) = ws.next().await {
+            if matches!(frame?, Message::Close(_)) {
+                break;
+            }
+        }
+        Ok::<(), tokio_tungstenite::tungstenite::Error>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(3), flush).await {
+        Ok(Ok(())) => tracing::info!("cloud link closed"),
+        Ok(Err(e)) => tracing::debug!(error = %e, "cloud link closing"),
+        Err(_) => tracing::warn!("cloud link: no answer to the close within 3 s"),
+    }
+}
+
+/// Connect and sign in with `switch_auth`: the link is up once the cloud's `switch_welcome` came.
+async fn sign_in(cfg: &LinkConfig, events: &mpsc::Sender<LinkEvent>) -> Result<Ws, SessionError> {
     let io = |e: &dyn std::fmt::Display| SessionError::Io(e.to_string());
     let (mut ws, _) = tokio::time::timeout(
         CONNECT_TIMEOUT,
@@ -165,37 +250,5 @@ async fn session(
         Some(Err(e)) => return Err(io(&e)),
         None => return Err(SessionError::Io("closed during sign-in".into())),
     }
-    let mut idle = tokio::time::interval(KEEPALIVE);
-    idle.reset();
-    loop {
-        tokio::select! {
-            frame = ws.next() => match frame {
-                Some(Ok(Message::Text(t))) => match ServerMsg::decode(t.as_str()) {
-                    Ok(ServerMsg::Error { code: ErrorCode::SessionReplaced, .. }) => {
-                        return Err(SessionError::Io("another connection signed in as this switch".into()));
-                    }
-                    Ok(ServerMsg::Pong) => {}
-                    Ok(m) => {
-                        if events.send(LinkEvent::Msg(m)).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "ignoring an unreadable message from the cloud"),
-                },
-                Some(Ok(Message::Close(_))) | None => return Ok(()),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(io(&e)),
-            },
-            out = outgoing.recv() => match out {
-                Some(m) => {
-                    ws.send(Message::Text(m.encode().into())).await.map_err(|e| io(&e))?;
-                    idle.reset();
-                }
-                None => return Ok(()),
-            },
-            _ = idle.tick() => {
-                ws.send(Message::Text(ClientMsg::Ping.encode().into())).await.map_err(|e| io(&e))?;
-            }
-        }
-    }
+    Ok(ws)
 }

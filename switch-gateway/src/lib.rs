@@ -17,6 +17,7 @@ pub mod cli;
 pub mod cloud_link;
 pub mod config;
 pub mod echo;
+pub mod healthcheck;
 pub mod phones;
 pub mod queue;
 pub mod registrar;
@@ -83,6 +84,9 @@ enum CoreIn {
     SessionGone { id: u64 },
     /// What the callee switch said to our session `id` (F2 caller side).
     Remote { id: u64, ev: b2bua::RemoteEvent },
+    /// The gateway is stopping: end every call ([`Core::shutdown`]); answered once its
+    /// outputs are out (BYEs sent, the cloud's `ended` queued on the link).
+    Shutdown(tokio::sync::oneshot::Sender<()>),
 }
 
 type TcpWriters = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
@@ -271,10 +275,17 @@ pub async fn run(
         core_tx.clone(),
         stop_rx.clone(),
     ));
-    drop(core_tx);
 
     shutdown.await;
     tracing::info!("switch gateway stopping");
+    // End every call first (BYE to its phones, `ended` on its direct connection and to the
+    // cloud, so the cloud writes each call's record); then stop. The cloud link sends what is
+    // queued before it closes.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    if core_tx.send(CoreIn::Shutdown(done_tx)).await.is_ok() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), done_rx).await;
+    }
+    drop(core_tx);
     let _ = stop_tx.send(true);
     let _ = link.await;
     let _ = udp_task.await;
@@ -308,6 +319,7 @@ async fn core_loop(
     let mut outbound: HashMap<u64, (String, String)> = HashMap::new();
     let mut early_candidates: HashMap<u64, Vec<String>> = HashMap::new();
     let mut batch = Vec::with_capacity(64);
+    let mut stopping: Vec<tokio::sync::oneshot::Sender<()>> = vec![];
     loop {
         let deadline = core.poll_timeout();
         tokio::select! {
@@ -321,6 +333,10 @@ async fn core_loop(
                         CoreIn::Channel { id, msg } => core.on_direct(now, id, msg),
                         CoreIn::Remote { id, ev } => core.on_remote(now, id, ev),
                         CoreIn::SessionGone { id } => core.on_direct_gone(now, id),
+                        CoreIn::Shutdown(done) => {
+                            core.shutdown(now);
+                            stopping.push(done);
+                        }
                     }
                 }
             }
@@ -446,6 +462,9 @@ async fn core_loop(
                     }
                 }
             }
+        }
+        for done in stopping.drain(..) {
+            let _ = done.send(());
         }
     }
 }

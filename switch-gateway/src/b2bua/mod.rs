@@ -468,6 +468,28 @@ impl Core {
         self.cloud_up
     }
 
+    /// The gateway is stopping (SIGTERM): end every call now, as if its other side hung up.
+    /// Answered calls get a BYE to their phones (`ended` on a direct connection), calls not yet
+    /// answered a 503 to a calling phone (CANCEL to ringing ones, `ended` to a direct caller);
+    /// the cloud gets each call's end, so every attempt it knows of gets its one record. Keys
+    /// accepted on a session whose call never started are reported cancelled.
+    pub fn shutdown(&mut self, now: Instant) {
+        let mut ids: Vec<u64> = self.calls.iter().filter(|(_, c)| c.state != CallState::Done).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        tracing::info!(calls = ids.len(), "ending every call: the gateway is stopping");
+        for id in ids {
+            match self.calls.get(&id).map(|c| c.state) {
+                Some(CallState::Answered | CallState::Connected) => self.hangup(now, id, true, true),
+                Some(CallState::Done) | None => {}
+                Some(_) => self.fail_call(now, id, 503, "Service Unavailable", Some("the gateway is shutting down")),
+            }
+        }
+        let conns: Vec<u64> = self.direct.keys().copied().collect();
+        for conn in conns {
+            self.direct_gone(now, conn);
+        }
+    }
+
     // ============================================================ inputs
 
     pub fn on_sip(&mut self, now: Instant, src: SocketAddr, transport: Transport, msg: Message) {

@@ -857,3 +857,47 @@ fn f2_over_webrtc_a_connection_that_never_comes_up_is_connect_failed_and_the_pho
     assert!(matches!(h.cloud_msgs().as_slice(), [ClientMsg::ConnectFailed { call_id: c, .. }] if *c == call_id));
     assert_eq!(h.last_status(addr(5062)), 503);
 }
+
+#[test]
+fn shutdown_ends_every_call_bye_to_answered_phones_503_and_cancel_for_ringing_ones_ended_to_the_cloud() {
+    let mut h = H::new();
+    h.register("1002", 5070);
+    h.register("1003", 5072);
+    // A connected F1 call: 2001 over WebRTC → 1002.
+    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::CalleeQuery { call_id: "f1".into(), from: "2001".into(), from_name: "A".into(), to: "1002".into() }));
+    h.drain();
+    let key = match h.cloud_msgs().as_slice() {
+        [ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { key, .. }, .. }] => key.clone(),
+        other => panic!("{other:?}"),
+    };
+    h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: "v=0\r\nwebrtc".into() }));
+    h.drain();
+    h.core.on_direct(h.now, 1, DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: "f1".into(), key, caller: "2001".into() });
+    h.drain();
+    let inv = only_request(h.sent_to(addr(5070)));
+    h.sip(addr(5070), &reply_text(&inv, 200, "OK", "p", Some(SDP_B)));
+    assert_eq!(direct_msgs(&mut h, 1).last(), Some(&DirectServerMsg::Progress { event: CallEvent::Connected }));
+    h.cloud_msgs();
+    // A ringing F7 call: 1001 → 1003.
+    h.invite("1003");
+    let inv3 = only_request(h.sent_to(addr(5072)));
+    h.sip(addr(5072), &reply_text(&inv3, 180, "Ringing", "r", None));
+    h.sent_to(addr(5062));
+    h.advance(Duration::from_secs(2));
+    h.out.clear();
+
+    h.core.shutdown(h.now);
+    h.drain();
+    // F1: BYE to the phone, `ended` on the DataChannel and to the cloud, the leg stopped.
+    assert_eq!(only_request(h.sent_to(addr(5070))).method, Method::Bye);
+    assert_eq!(direct_msgs(&mut h, 1), vec![DirectServerMsg::Ended { outcome: Outcome::Connected }]);
+    assert!(matches!(
+        h.cloud_msgs().as_slice(),
+        [ClientMsg::CallEvent { call_id, event: CallEvent::Ended { outcome: Outcome::Connected, duration_ms: Some(2000) } }] if call_id == "f1"
+    ));
+    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStop { id: 1 })));
+    // F7 not answered yet: 503 to the caller, CANCEL to the ringing phone.
+    assert_eq!(h.last_status(addr(5062)), 503);
+    assert_eq!(only_request(h.sent_to(addr(5072))).method, Method::Cancel);
+    assert_eq!(h.core.active_calls(), 0);
+}
