@@ -215,6 +215,8 @@ password_hash_iterations = 1
 
 [limits]
 max_connections = 100000
+# Every bench browser connects from 127.0.0.1, thousands at once.
+max_unauthenticated_per_address = 100000
 EOF
 }
 
@@ -507,6 +509,7 @@ password_hash_iterations = 1
 
 [limits]
 max_connections = 100000
+max_unauthenticated_per_address = 100000
 # The bench's browsers place thousands of calls over a few connections.
 messages_per_second = 1000000
 max_calls_per_device = 100000

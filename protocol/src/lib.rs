@@ -24,6 +24,40 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Largest text frame accepted, in bytes. SDP offers from browsers are ~4–6 kB.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
+/// Deepest nesting of JSON objects and arrays in a client message (the deepest real message
+/// nests 4). Deeper text is refused with `bad_message` before it is parsed, so no nesting can
+/// exhaust the decoder's stack (serde_json itself stops at 128).
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Does `text` nest objects/arrays deeper than `max`? A linear scan that skips strings; it does
+/// not validate (the parser does).
+pub fn json_deeper_than(text: &str, max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Call identifier, chosen by whoever starts the attempt (browser `dial` or gateway
 /// `route_query`): 1–64 characters of `[A-Za-z0-9._-]`; a UUID is a good choice.
 pub type CallId = String;
@@ -485,6 +519,9 @@ impl ClientMsg {
                 format!("message is {} bytes; the limit is {MAX_MESSAGE_BYTES}", text.len()),
             ));
         }
+        if json_deeper_than(text, MAX_JSON_DEPTH) {
+            return Err(ProtocolError::new(ErrorCode::BadMessage, format!("JSON nested deeper than {MAX_JSON_DEPTH} levels")));
+        }
         let msg: ClientMsg = serde_json::from_str(text)
             .map_err(|e| ProtocolError::new(ErrorCode::BadMessage, format!("not a valid message: {e}")))?;
         msg.validate()?;
@@ -927,5 +964,22 @@ mod redaction_tests {
         assert_eq!(m, ClientMsg::Logout);
         assert_eq!(m.kind(), "logout");
         assert_eq!(m.encode(), r#"{"type":"logout"}"#);
+    }
+
+    #[test]
+    fn deep_nesting_is_a_typed_refusal() {
+        // Inside a string, brackets do not count (escaped quotes included).
+        let s = format!(r#"{{"type":"dial","call_id":"c","to":"1001","x":"\"{}"}}"#, "[".repeat(1000));
+        assert!(!json_deeper_than(&s, MAX_JSON_DEPTH));
+        for depth in [MAX_JSON_DEPTH, 129, 5000] {
+            let text = format!(r#"{{"type":"ping","x":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+            let e = ClientMsg::decode(&text).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadMessage, "depth {depth}");
+            if depth >= MAX_JSON_DEPTH {
+                assert!(e.message.contains("nested deeper"), "{}", e.message);
+            }
+        }
+        // Real messages stay well inside the limit.
+        assert!(ClientMsg::decode(r#"{"type":"ping","x":[[[1]]]}"#).is_ok());
     }
 }

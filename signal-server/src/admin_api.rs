@@ -18,15 +18,24 @@
 //! | `DELETE /accounts/{number}/sessions` |                                       | 200 `{"revoked_sessions": n}` |
 //!
 //! Errors are `{"error": code, "message": text}`: 400 `invalid`, 401 `unauthorized`,
-//! 404 `not_found`, 409 `already_exists`, 500 `internal`, 503 `disabled`. The rules are those of
-//! the command line (see [`crate::admin`]).
+//! 404 `not_found`, 408 `timeout`, 409 `already_exists`, 413 (body over
+//! `limits.max_request_body_bytes`, `too_large`), 429 `rate_limited` (with `Retry-After`), 500 `internal`,
+//! 503 `disabled`. The rules are those of the command line (see [`crate::admin`]).
+//!
+//! Wrong tokens are counted per address ([`TokenThrottle`]): past
+//! `limits.admin_failures_per_address` every request from there gets 429 until a backoff that
+//! doubles with each further wrong token has passed. The token is compared in constant time.
+//! No CORS headers are sent: browsers refuse cross-origin reads of the API.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -49,6 +58,75 @@ pub struct AdminState {
     pub config: Arc<Config>,
     /// Notified after every successful change, so the server reloads the directory at once.
     pub changed: Arc<Notify>,
+    /// Wrong tokens per address.
+    pub throttle: Arc<TokenThrottle>,
+}
+
+/// Addresses remembered at most; past this, the oldest failures are forgotten first.
+const MAX_THROTTLED_ADDRESSES: usize = 65_536;
+
+/// Wrong admin tokens per address (an IPv4 address or an IPv6 /64), in memory: past `budget`
+/// failures the address must wait `base · 2^(failures − budget)` (at most `max`) after its last
+/// failure, and every request from it meanwhile gets 429. A right token clears the address.
+pub struct TokenThrottle {
+    budget: u32,
+    base: Duration,
+    max: Duration,
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl TokenThrottle {
+    pub fn new(budget: u32, base: Duration, max: Duration) -> TokenThrottle {
+        TokenThrottle { budget, base, max, failures: Mutex::new(HashMap::new()) }
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(self.budget).min(30);
+        self.base.saturating_mul(1 << doublings).min(self.max)
+    }
+
+    /// `Err(wait)`: this address must wait before trying again.
+    fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let key = crate::net::address_key(ip);
+        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&key) {
+            Some(&(n, last)) if n >= self.budget => {
+                let until = last + self.backoff(n);
+                if now < until { Err(until - now) } else { Ok(()) }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn failed(&self, ip: IpAddr, now: Instant) {
+        let key = crate::net::address_key(ip);
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_THROTTLED_ADDRESSES && !map.contains_key(&key) {
+            // Forget what has served its backoff, then (still full) the oldest failure.
+            let forget_after = self.max * 2;
+            map.retain(|_, (_, last)| now.duration_since(*last) < forget_after);
+            if map.len() >= MAX_THROTTLED_ADDRESSES
+                && let Some(oldest) = map.iter().min_by_key(|(_, (_, last))| *last).map(|(k, _)| *k)
+            {
+                map.remove(&oldest);
+            }
+        }
+        let e = map.entry(key).or_insert((0, now));
+        e.0 = e.0.saturating_add(1);
+        e.1 = now;
+    }
+
+    fn succeeded(&self, ip: IpAddr) {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&crate::net::address_key(ip));
+    }
+}
+
+/// Ends an admin request (body included) that takes longer than the configured time with 408.
+pub async fn request_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", "request not completed in time").into_response(),
+    }
 }
 
 /// The admin routes, with their state applied. Nest under `/api`.
@@ -74,11 +152,13 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// `Retry-After`, seconds (429).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), retry_after: None }
     }
 }
 
@@ -88,6 +168,9 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -123,7 +206,13 @@ impl From<DirectoryError> for ApiError {
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     // The rejection text describes the JSON problem (field, type, position), never the values.
-    body.map(|Json(v)| v).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.body_text()))
+    body.map(|Json(v)| v).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request body over limits.max_request_body_bytes")
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.body_text())
+        }
+    })
 }
 
 async fn require_token(State(s): State<AdminState>, req: Request, next: Next) -> Response {
@@ -131,6 +220,27 @@ async fn require_token(State(s): State<AdminState>, req: Request, next: Next) ->
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "disabled", "admin API disabled: set admin_token_file")
             .into_response();
     };
+    // Served by the server, the peer's address is always there; a router used on its own (unit
+    // tests) counts everyone as one unspecified address.
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let now = Instant::now();
+    if let Err(wait) = s.throttle.check(ip, now) {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        metrics::counter!("trunkline_admin_rate_limited_total").increment(1);
+        return ApiError {
+            retry_after: Some(secs.max(1)),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many wrong admin tokens from this address; retry in {} s", secs.max(1)),
+            )
+        }
+        .into_response();
+    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -138,8 +248,16 @@ async fn require_token(State(s): State<AdminState>, req: Request, next: Next) ->
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     match presented {
-        Some(t) if credentials::ct_eq(t, expected) => next.run(req).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong admin token").into_response(),
+        Some(t) if credentials::ct_eq(t, expected) => {
+            s.throttle.succeeded(ip);
+            next.run(req).await
+        }
+        Some(_) => {
+            s.throttle.failed(ip, now);
+            metrics::counter!("trunkline_admin_auth_failures_total").increment(1);
+            tracing::warn!(%ip, "admin API: wrong token");
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong admin token").into_response()
+        }
         None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send Authorization: Bearer <admin token>")
             .into_response(),
     }
@@ -294,6 +412,7 @@ mod tests {
             token: token.map(str::to_string),
             config: Arc::new(config),
             changed: Arc::new(Notify::new()),
+            throttle: Arc::new(TokenThrottle::new(1000, Duration::from_secs(1), Duration::from_secs(1))),
         }
     }
 

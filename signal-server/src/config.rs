@@ -29,7 +29,8 @@ pub struct Config {
     pub public_url: String,
     /// SIP digest realm the gateways use for their desk phones; HA1 verifiers depend on it.
     pub sip_realm: String,
-    /// File holding the admin API bearer token. No file: the admin API answers 503.
+    /// File holding the admin API bearer token (at least 32 characters, 10 of them different,
+    /// or the server refuses to start). No file: the admin API answers 503.
     pub admin_token_file: Option<PathBuf>,
     pub tls: Option<TlsConfig>,
     pub auth: AuthConfig,
@@ -130,10 +131,35 @@ pub struct LimitsConfig {
     /// Messages per second one connection may send (burst: twice this); more get
     /// `too_many_requests` and are dropped.
     pub messages_per_second: u32,
-    /// Seconds a new connection has to authenticate before it is closed.
+    /// Seconds a new WebSocket has to sign in before it is closed (close code 4408).
     pub auth_timeout_secs: u64,
     /// Call attempts one browser may have in progress at once.
     pub max_calls_per_device: usize,
+    /// TCP connections one address (IPv4, or an IPv6 /64) may hold that have not signed in
+    /// (plain HTTP, and WebSockets before `login`/`resume`/`switch_auth`); more are closed at
+    /// accept.
+    pub max_unauthenticated_per_address: usize,
+    /// Seconds a connection has for its TLS handshake and for each request head (request line
+    /// and headers), counted from accept or from the end of the previous response; an idle
+    /// keep-alive connection is closed after the same time.
+    pub request_header_timeout_secs: u64,
+    /// Seconds an admin API request (body included) may take before it gets 408.
+    pub api_request_timeout_secs: u64,
+    /// Largest admin API request body, bytes (more: 413).
+    pub max_request_body_bytes: usize,
+    /// Largest WebSocket frame or message, bytes; a bigger one closes the connection with 1009.
+    pub ws_max_frame_bytes: usize,
+    /// Seconds between the server's WebSocket pings to a signed-in connection.
+    pub ws_ping_interval_secs: u64,
+    /// A signed-in connection from which nothing (not even a pong) arrived for
+    /// `ws_ping_interval_secs + ws_pong_timeout_secs` is closed (close code 4409).
+    pub ws_pong_timeout_secs: u64,
+    /// Wrong admin tokens from one address before backoff starts (then 429 + Retry-After).
+    pub admin_failures_per_address: u32,
+    /// First admin API backoff past the budget, seconds; doubles with every further failure.
+    pub admin_backoff_base_secs: u64,
+    /// Longest admin API backoff, seconds.
+    pub admin_backoff_max_secs: u64,
 }
 
 /// Web Push (RFC 8030 + RFC 8291 aes128gcm + RFC 8292 VAPID): wakes a switchless browser that
@@ -237,7 +263,22 @@ impl Default for SteeringConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_connections: 100_000, messages_per_second: 50, auth_timeout_secs: 10, max_calls_per_device: 4 }
+        LimitsConfig {
+            max_connections: 100_000,
+            messages_per_second: 50,
+            auth_timeout_secs: 10,
+            max_calls_per_device: 4,
+            max_unauthenticated_per_address: 128,
+            request_header_timeout_secs: 10,
+            api_request_timeout_secs: 30,
+            max_request_body_bytes: 64 * 1024,
+            ws_max_frame_bytes: 64 * 1024,
+            ws_ping_interval_secs: 30,
+            ws_pong_timeout_secs: 30,
+            admin_failures_per_address: 5,
+            admin_backoff_base_secs: 1,
+            admin_backoff_max_secs: 300,
+        }
     }
 }
 
@@ -338,8 +379,29 @@ impl Config {
         if a.max_concurrent_hashes == 0 || a.hash_queue_timeout_ms == 0 {
             return Err(ConfigError::Invalid("auth.max_concurrent_hashes and auth.hash_queue_timeout_ms must be > 0".into()));
         }
-        if self.limits.messages_per_second == 0 || self.limits.max_connections == 0 {
+        let l = &self.limits;
+        if l.messages_per_second == 0
+            || l.max_connections == 0
+            || l.auth_timeout_secs == 0
+            || l.max_unauthenticated_per_address == 0
+            || l.request_header_timeout_secs == 0
+            || l.api_request_timeout_secs == 0
+            || l.max_request_body_bytes == 0
+            || l.ws_ping_interval_secs == 0
+            || l.ws_pong_timeout_secs == 0
+            || l.admin_failures_per_address == 0
+            || l.admin_backoff_base_secs == 0
+        {
             return Err(ConfigError::Invalid("limits.* must be > 0".into()));
+        }
+        if l.ws_max_frame_bytes <= trunkline_protocol::MAX_MESSAGE_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "limits.ws_max_frame_bytes must be > {} (the protocol's message limit)",
+                trunkline_protocol::MAX_MESSAGE_BYTES
+            )));
+        }
+        if l.admin_backoff_max_secs < l.admin_backoff_base_secs {
+            return Err(ConfigError::Invalid("limits.admin_backoff_max_secs must be ≥ limits.admin_backoff_base_secs".into()));
         }
         let p = &self.push;
         if p.ttl_secs > MAX_PUSH_TTL_SECS {

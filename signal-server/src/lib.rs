@@ -4,6 +4,7 @@
 //! - [`directory`]: storage trait + SQLite.
 //! - [`push`]: Web Push wake-ups for offline switchless browsers (RFC 8030/8291/8292).
 //! - [`server`]: the thin tokio/axum driver: `/ws`, admin API, `/healthz`, `/metrics`, static web.
+//! - [`net`]: accept loop, per-address connection limits, request-head deadlines, security headers.
 //! - [`cli`]: the `signal-server` command line (run + admin commands).
 //! - [`healthcheck`]: `signal-server healthcheck`, a container's `HEALTHCHECK` (`GET /healthz`).
 
@@ -15,6 +16,7 @@ pub mod credentials;
 pub mod directory;
 pub mod healthcheck;
 pub mod ice;
+pub mod net;
 pub mod push;
 pub mod ratelimit;
 pub mod server;

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
-use trunkline_protocol::{AccountKind, CallId, ClientMsg, ErrorCode, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ServerMsg};
+use trunkline_protocol::{AccountKind, CallId, ClientMsg, ErrorCode, PROTOCOL_VERSION, ServerMsg};
 
 use crate::admin_api::{self, AdminState};
 use crate::config::Config;
@@ -34,12 +34,19 @@ use crate::credentials;
 use crate::directory::{CallRecord, Directory, DirectoryError, PushSubscription, UnixMs};
 use crate::push::{self, PushError, PushSender};
 use crate::ice::IceServers;
+use crate::net::ConnSlot;
 use crate::ratelimit::{Policy, Refused, Throttle};
 use crate::steering::{ConnId, Engine, Output, Party};
 
-/// Frames above this are cut by the WebSocket layer itself (connection closed, code 1009);
-/// between [`MAX_MESSAGE_BYTES`] and this, the peer gets a typed `message_too_large` error.
-const HARD_FRAME_LIMIT: usize = 4 * MAX_MESSAGE_BYTES;
+/// WebSocket close codes of this server (docs/protocol.md, "Connection rules").
+pub const CLOSE_SIGN_IN_DEADLINE: u16 = 4408;
+pub const CLOSE_PING_TIMEOUT: u16 = 4409;
+/// RFC 6455: a frame or message too big to process (`limits.ws_max_frame_bytes`).
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Shortest admin token accepted in `admin_token_file`, and how many different characters it
+/// needs (`openssl rand -hex 32` gives 64 characters).
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+pub const MIN_ADMIN_TOKEN_DISTINCT: usize = 10;
 /// Messages queued for one slow browser before it is disconnected.
 const OUTBOX_DEPTH: usize = 256;
 /// A switch carries many calls at once (each query puts two messages in its outbox).
@@ -53,6 +60,11 @@ pub enum ServerError {
     Directory(#[from] DirectoryError),
     #[error("admin token file {path}: {source}")]
     AdminToken { path: PathBuf, source: std::io::Error },
+    #[error(
+        "admin token file {path}: the token is too weak ({why}); it needs at least {MIN_ADMIN_TOKEN_CHARS} characters, \
+         {MIN_ADMIN_TOKEN_DISTINCT} of them different, e.g. `openssl rand -hex 32 > {path}`"
+    )]
+    WeakAdminToken { path: PathBuf, why: String },
     #[error("TLS: {0}")]
     Tls(String),
     #[error("Web Push: {0}")]
@@ -165,21 +177,18 @@ pub async fn run(
     let dir = crate::directory::open(&config.database_url).await?;
     dir.reset_switches_offline().await?;
     let admin_token = match &config.admin_token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
+        Some(p) => {
+            let token = std::fs::read_to_string(p)
                 .map_err(|source| ServerError::AdminToken { path: p.clone(), source })?
                 .trim()
-                .to_string(),
-        )
-        .filter(|t| !t.is_empty()),
+                .to_string();
+            check_admin_token(&token).map_err(|why| ServerError::WeakAdminToken { path: p.clone(), why })?;
+            Some(token)
+        }
         None => None,
     };
     let tls = match &config.tls {
-        Some(t) => Some(
-            axum_server::tls_rustls::RustlsConfig::from_pem_file(&t.cert_file, &t.key_file)
-                .await
-                .map_err(|e| ServerError::Tls(format!("{} / {}: {e}", t.cert_file.display(), t.key_file.display())))?,
-        ),
+        Some(t) => Some(crate::net::tls_acceptor(&t.cert_file, &t.key_file).map_err(ServerError::Tls)?),
         None => None,
     };
 
@@ -248,41 +257,50 @@ pub async fn run(
         tokio::spawn(push_loop(Arc::downgrade(&hub), dir.clone(), sender, wake_rx, shutdown_rx.clone()))
     });
 
-    let admin = AdminState { dir: dir.clone(), token: admin_token, config: config.clone(), changed };
+    let lim = &config.limits;
+    let admin = AdminState {
+        dir: dir.clone(),
+        token: admin_token,
+        config: config.clone(),
+        changed,
+        throttle: Arc::new(admin_api::TokenThrottle::new(
+            lim.admin_failures_per_address,
+            Duration::from_secs(lim.admin_backoff_base_secs),
+            Duration::from_secs(lim.admin_backoff_max_secs),
+        )),
+    };
+    let headers = crate::net::SecurityHeaders::new(&config.web_root);
     let app = Router::new()
         .route("/ws", get(ws_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_endpoint))
         .with_state(shared.clone())
-        .nest("/api", admin_api::router(admin))
-        .fallback_service(static_files(&config.web_root));
-    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+        .nest(
+            "/api",
+            admin_api::router(admin)
+                .layer(axum::extract::DefaultBodyLimit::max(lim.max_request_body_bytes))
+                .layer(axum::middleware::from_fn_with_state(
+                    Duration::from_secs(lim.api_request_timeout_secs),
+                    admin_api::request_deadline,
+                )),
+        )
+        .fallback_service(static_files(&config.web_root))
+        .layer(axum::middleware::map_response(move |resp: Response| {
+            let headers = headers.clone();
+            async move { headers.apply(resp) }
+        }));
 
     let signal = async move {
         shutdown.await;
         let _ = shutdown_tx.send(true);
     };
-    match tls {
-        None => {
-            let mut rx = shutdown_rx.clone();
-            let serve = axum::serve(listener, make).with_graceful_shutdown(async move {
-                shut(&mut rx).await;
-            });
-            tokio::spawn(signal);
-            serve.await?;
-        }
-        Some(tls) => {
-            let handle = axum_server::Handle::new();
-            let h = handle.clone();
-            let mut rx = shutdown_rx.clone();
-            tokio::spawn(signal);
-            tokio::spawn(async move {
-                let _ = rx.wait_for(|s| *s).await;
-                h.graceful_shutdown(Some(Duration::from_secs(5)));
-            });
-            axum_server::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle).serve(make).await?;
-        }
-    }
+    tokio::spawn(signal);
+    let http_limits = crate::net::HttpLimits {
+        max_unauthenticated_per_address: lim.max_unauthenticated_per_address,
+        header_timeout: Duration::from_secs(lim.request_header_timeout_secs),
+    };
+    let limiter = crate::net::ConnLimiter::new(http_limits.max_unauthenticated_per_address);
+    crate::net::serve(listener, app, tls, http_limits, limiter, shutdown_rx.clone()).await?;
 
     // Connections see the shutdown flag and close; then the engine ends every open attempt
     // (so each still gets exactly one outcome) and the store flushes before we return.
@@ -296,6 +314,23 @@ pub async fn run(
     drop(hub);
     drop(store_tx);
     let _ = store_task.await;
+    Ok(())
+}
+
+/// A token in `admin_token_file` must be long and varied enough that guessing it (even at the
+/// throttled rate) is hopeless. `Err`: why not.
+pub fn check_admin_token(token: &str) -> Result<(), String> {
+    let chars = token.chars().count();
+    if chars < MIN_ADMIN_TOKEN_CHARS {
+        return Err(format!("{chars} characters"));
+    }
+    let distinct = token.chars().collect::<std::collections::HashSet<_>>().len();
+    if distinct < MIN_ADMIN_TOKEN_DISTINCT {
+        return Err(format!("only {distinct} different characters"));
+    }
+    if token.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("it holds whitespace or control characters".into());
+    }
     Ok(())
 }
 
@@ -334,6 +369,7 @@ async fn metrics_endpoint(State(s): State<Arc<Shared>>) -> String {
 async fn ws_handler(
     State(s): State<Arc<Shared>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    slot: Option<axum::Extension<Arc<ConnSlot>>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     if *s.shutdown.borrow() {
@@ -344,49 +380,94 @@ async fn ws_handler(
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
     }
     s.live_conns.fetch_add(1, Ordering::Relaxed);
+    // The connection's place in its address's count of unauthenticated connections moves
+    // into the WebSocket task: given back at sign-in or when the socket closes.
+    let slot = slot.map(|axum::Extension(slot)| slot);
+    let limit = s.config.limits.ws_max_frame_bytes;
     // Small buffers: most connections idle for hours (memory per idle connection matters).
     ws.read_buffer_size(1024)
         .write_buffer_size(8 * 1024)
-        .max_message_size(HARD_FRAME_LIMIT)
-        .max_frame_size(HARD_FRAME_LIMIT)
+        .max_message_size(limit)
+        .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
             let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
-            connection(s.clone(), socket, conn, addr.ip()).await;
+            connection(s.clone(), socket, conn, addr.ip(), slot).await;
             s.live_conns.fetch_sub(1, Ordering::Relaxed);
         })
+}
+
+/// Close with a code and reason (docs/protocol.md), then end the connection.
+async fn close_with(socket: &mut WebSocket, code: u16, reason: String) {
+    let frame = axum::extract::ws::CloseFrame { code, reason: Utf8Bytes::from(reason) };
+    let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(Message::Close(Some(frame)))).await;
 }
 
 fn frame(msg: &ServerMsg) -> Message {
     Message::Text(Utf8Bytes::from(msg.encode()))
 }
 
-/// Read one text message as a [`ClientMsg`]. `Ok(None)`: the peer closed.
-async fn read_msg(socket: &mut WebSocket) -> Option<Result<ClientMsg, trunkline_protocol::ProtocolError>> {
+/// What arrived on a WebSocket.
+enum Read {
+    Msg(Result<ClientMsg, trunkline_protocol::ProtocolError>),
+    /// The peer closed, or the connection failed.
+    Closed,
+    /// A frame or message over `limits.ws_max_frame_bytes`: close with 1009.
+    TooBig,
+}
+
+/// Read one text message as a [`ClientMsg`]. Every frame (pongs too) sets `heard`.
+async fn read_msg(socket: &mut WebSocket, heard: &mut Instant) -> Read {
     loop {
-        match socket.recv().await? {
-            Ok(Message::Text(t)) => return Some(ClientMsg::decode(t.as_str())),
+        let Some(next) = socket.recv().await else { return Read::Closed };
+        *heard = Instant::now();
+        match next {
+            Ok(Message::Text(t)) => return Read::Msg(ClientMsg::decode(t.as_str())),
             Ok(Message::Binary(_)) => {
-                return Some(Err(trunkline_protocol::ProtocolError::new(
+                return Read::Msg(Err(trunkline_protocol::ProtocolError::new(
                     ErrorCode::BadMessage,
                     "binary frames are not part of the protocol; send JSON text",
                 )));
             }
-            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Close(_)) => return Read::Closed,
+            Err(e) => {
+                let too_big = e
+                    .into_inner()
+                    .downcast::<tungstenite::Error>()
+                    .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)));
+                return if too_big { Read::TooBig } else { Read::Closed };
+            }
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
         }
     }
 }
 
-async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpAddr) {
-    let auth_deadline = tokio::time::sleep(Duration::from_secs(s.config.limits.auth_timeout_secs));
+async fn close_too_big(s: &Shared, socket: &mut WebSocket, ip: IpAddr) {
+    metrics::counter!("trunkline_ws_closed_total", "reason" => "too_big").increment(1);
+    tracing::info!(%ip, "WebSocket closed: frame or message over the size limit");
+    let limit = s.config.limits.ws_max_frame_bytes;
+    close_with(socket, CLOSE_TOO_BIG, format!("frame or message over {limit} bytes")).await;
+}
+
+async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpAddr, slot: Option<Arc<ConnSlot>>) {
+    let limits = &s.config.limits;
+    let auth_timeout = limits.auth_timeout_secs;
+    let mut heard = Instant::now();
     let first = tokio::select! {
-        m = read_msg(&mut socket) => m,
-        _ = auth_deadline => {
-            let _ = socket.send(frame(&ServerMsg::error(ErrorCode::NotAuthenticated, "sign in within the time limit", None))).await;
-            None
+        m = read_msg(&mut socket, &mut heard) => m,
+        _ = tokio::time::sleep(Duration::from_secs(auth_timeout)) => {
+            metrics::counter!("trunkline_ws_closed_total", "reason" => "sign_in_deadline").increment(1);
+            tracing::info!(%ip, "WebSocket closed: no sign-in within {auth_timeout} s");
+            let why = format!("sign-in deadline: no login, resume or switch_auth within {auth_timeout} s");
+            let _ = socket.send(frame(&ServerMsg::error(ErrorCode::NotAuthenticated, why.clone(), None))).await;
+            close_with(&mut socket, CLOSE_SIGN_IN_DEADLINE, why).await;
+            return;
         }
     };
-    let Some(first) = first else { return };
+    let first = match first {
+        Read::Msg(m) => m,
+        Read::Closed => return,
+        Read::TooBig => return close_too_big(&s, &mut socket, ip).await,
+    };
     let (who, welcome, session_id) = match first {
         // Boxed: the sign-in future is large and only lives once; idle connections should not
         // carry its space for hours.
@@ -404,6 +485,10 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
             return;
         }
     };
+    // Signed in: no longer counted against the address's unauthenticated connections.
+    if let Some(slot) = &slot {
+        slot.signed_in();
+    }
     let is_device = matches!(who, Online::Device(_));
     let turn_user = who.turn_user().to_string();
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(if is_device { OUTBOX_DEPTH } else { SWITCH_OUTBOX_DEPTH });
@@ -427,8 +512,23 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
     let renew_every = s.ice.renew_after();
     let ice_renew = sleep_until_opt(renew_every.map(|d| Instant::now() + d));
     tokio::pin!(ice_renew);
+    // Keep-alive: a ping every interval; a peer heard from for neither that nor the pong
+    // timeout is gone (a dead NAT binding, a suspended laptop) and is closed.
+    let ping_every = Duration::from_secs(limits.ws_ping_interval_secs);
+    let silent_limit = ping_every + Duration::from_secs(limits.ws_pong_timeout_secs);
+    let mut pings = tokio::time::interval_at((Instant::now() + ping_every).into(), ping_every);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = pings.tick() => {
+                if heard.elapsed() >= silent_limit {
+                    metrics::counter!("trunkline_ws_closed_total", "reason" => "ping_timeout").increment(1);
+                    tracing::info!(conn, %ip, "WebSocket closed: no answer to pings for {} s", silent_limit.as_secs());
+                    close_with(&mut socket, CLOSE_PING_TIMEOUT, format!("no pong within {} s", silent_limit.as_secs())).await;
+                    break;
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() { break }
+            }
             _ = &mut ice_renew => {
                 let ice_servers = s.ice.mint(&turn_user, unix_s());
                 let msg = ServerMsg::IceServers { ice_servers, expires_in_s: s.ice.ttl_secs() };
@@ -437,8 +537,15 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
                 if let Err(mpsc::error::TrySendError::Closed(_)) = out_tx.try_send(Out::Msg(Box::new(msg))) { break }
                 ice_renew.set(sleep_until_opt(renew_every.map(|d| Instant::now() + d)));
             }
-            incoming = read_msg(&mut socket) => {
-                let Some(incoming) = incoming else { break };
+            incoming = read_msg(&mut socket, &mut heard) => {
+                let incoming = match incoming {
+                    Read::Msg(m) => m,
+                    Read::Closed => break,
+                    Read::TooBig => {
+                        close_too_big(&s, &mut socket, ip).await;
+                        break;
+                    }
+                };
                 metrics::counter!("trunkline_ws_messages_total").increment(1);
                 if is_device {
                     let now = Instant::now();

@@ -448,7 +448,7 @@ fn dechunk(mut s: &str) -> String {
 
 #[tokio::test]
 async fn run_serves_admin_api_and_stops_on_sigterm() {
-    let token = "test-admin-token-0123456789";
+    let token = "test-admin-token-0123456789abcdefghijklmnop";
     let tmp_token = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(tmp_token.path(), format!("{token}\n")).unwrap();
     let env = Env::with_extra(&format!("admin_token_file = \"{}\"", tmp_token.path().display()));

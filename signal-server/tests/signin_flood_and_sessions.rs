@@ -54,6 +54,10 @@ async fn admin_server(tmp: &tempfile::TempDir) -> TestServer {
     let mut cfg = test_config(tmp.path());
     cfg.auth.backoff_base_secs = 600;
     cfg.auth.backoff_max_secs = 600;
+    // The flood opens 300 sign-ins at once from one address: room for all of them, so this
+    // file tests the sign-in limits (the connection limit per address has its own test in
+    // abuse_idle_sockets_slowloris_and_frame_limits.rs).
+    cfg.limits.max_unauthenticated_per_address = 1_000;
     let token_file = tmp.path().join("admin-token");
     std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
     cfg.admin_token_file = Some(token_file);

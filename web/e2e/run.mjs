@@ -166,6 +166,29 @@ test('sign in with number + password; stays signed in across a reload (resume); 
   await context.close();
 });
 
+test('the softphone runs under its Content-Security-Policy (frame-ancestors none): signs in, no violation', async () => {
+  const b = await launch(MIC_2001);
+  onCleanup(b.close);
+  const { page } = await openApp(b.browser, cloud.url, {
+    beforeLoad: (p) => p.addInitScript(() => {
+      window.__cspViolations = [];
+      document.addEventListener('securitypolicyviolation', (e) =>
+        window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));
+    }),
+  });
+  const resp = await page.request.get(`${cloud.url}/`);
+  const csp = resp.headers()['content-security-policy'] || '';
+  assert.ok(csp.includes("frame-ancestors 'none'") && csp.includes("'wasm-unsafe-eval'") && !csp.includes('unsafe-inline'), csp);
+  assert.equal(resp.headers()['x-content-type-options'], 'nosniff');
+  assert.equal(resp.headers()['referrer-policy'], 'no-referrer');
+  await signIn(page, '2001');
+  await page.reload();
+  await waitConnected(page);
+  assert.deepEqual(await page.evaluate(() => window.__cspViolations), [], 'no CSP violation');
+  assert.ok(!page.logs.some((l) => l.includes('Content Security Policy')), page.logs.join('\n'));
+  onlySignalWebSockets(page);
+});
+
 test('F5: an invalid number ends with "Number does not exist"', async () => {
   const page = await signedIn('2001');
   // Keyboard only: the number field, then Enter places the call.
