@@ -35,6 +35,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig, RtcError};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, watch};
+use trunkline_media::ports::send_now;
 
 use crate::g711::Law;
 use crate::wav::{self, RATE, WavError};
@@ -929,7 +930,7 @@ impl Driver {
         let base = socket.local_addr().ok()?;
         probe.handle_timeout(now);
         while let Some((to, bytes)) = probe.poll_transmit(now) {
-            let _ = socket.try_send_to(&bytes, to);
+            let _ = send_now(&socket, &bytes, to);
         }
         let mut found = vec![];
         let mut done = false;
@@ -974,7 +975,7 @@ impl Driver {
                             })
                         });
                     if let Some(socket) = socket
-                        && let Err(e) = socket.try_send_to(&t.contents, t.destination)
+                        && let Err(e) = send_now(socket, &t.contents, t.destination)
                     {
                         tracing::debug!("udp send to {} failed: {e}", t.destination);
                     }

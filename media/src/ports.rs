@@ -176,6 +176,17 @@ impl Drop for PortLease {
     }
 }
 
+/// Send one datagram from `sock` to `dest` now, straight to the kernel.
+///
+/// Not tokio's `try_send_to`: that one refuses to try (`WouldBlock`, nothing sent) until the
+/// reactor has once seen the socket writable, which for a socket registered moments ago (a call's
+/// new leg) is usually not yet, so the first datagrams of a call were silently lost: in the NAT
+/// lab the gateway's first STUN Binding and TURN Allocate never left, and its server-reflexive
+/// and relayed candidates came one retransmission (100 ms, 300 ms) late.
+pub fn send_now(sock: &UdpSocket, data: &[u8], dest: SocketAddr) -> io::Result<usize> {
+    socket2::SockRef::from(sock).send_to(data, &socket2::SockAddr::from(dest))
+}
+
 /// One call leg's local RTP and RTCP sockets. From [`PortAllocator::allocate`] (adjacent even/odd
 /// ports, returned to the pool on drop) or [`LegSockets::new`] / [`LegSockets::bind_ephemeral`].
 pub struct LegSockets {

@@ -10,7 +10,9 @@
 //                                              (key=value lines; NATLAB_BENCH_KV=file saves them)
 //
 // Env: TRUNKLINE_BIN_DIR (default target/debug), TRUNKLINE_WEB_ROOT (default dist),
-//      CHROMIUM (default /usr/bin/chromium), KEEP=1 keeps the lab and its folder with every log.
+//      CHROMIUM (default /usr/bin/chromium), KEEP=1 keeps the lab and its folder with every log,
+//      NATLAB_ID (the lab's ID; default random `tlXXXX`), NATLAB_PCAP=1 (tcpdump in every gateway
+//      and home namespace, files `<ns>.pcap` in the kept folder; with KEEP=1; needs tcpdump).
 import fs from 'node:fs';
 import os from 'node:os';
 import net from 'node:net';
@@ -40,7 +42,8 @@ function lab(args, { input } = {}) {
   if (r.status !== 0) throw new Error(`lab.sh ${args.join(' ')}: exit ${r.status}\n${r.stdout}${r.stderr}`);
   return Object.fromEntries(r.stdout.split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
 }
-const ID = `tl${Math.floor(Math.random() * 0xffff).toString(16).padStart(4, '0')}`;
+// NATLAB_ID: a lab ID of the caller's choosing (labs of parallel runs must not share one).
+const ID = process.env.NATLAB_ID || `tl${Math.floor(Math.random() * 0xffff).toString(16).padStart(4, '0')}`;
 // Sites: hq (cone) and br (symmetric) carry a gateway (host 1) and a desk phone (host 2); hq's
 // host 3 is a browser on the gateway's LAN. Homes: cone, symmetric (two), UDP blocked.
 const SITES = ['hq:cone:3', 'br:sym:2', 'hc:cone:1', 'hs:sym:1', 'hs2:sym:1', 'hu:noudp:1'];
@@ -448,23 +451,48 @@ const pct = (xs, p) => {
   return v[Math.min(v.length - 1, Math.floor((p / 100) * v.length))];
 };
 
-/** `n` F1 calls from `home` to `callee`, each timed from the dial click to the first audio
- * packet the page receives (getStats polled every 5 ms in the page), hung up at once. */
+/** Marks, in the page, when the call button is clicked (`__dialAt`: typing the number is not
+ * dialling) and when the first audio packet arrives (`__audioAt`: Chromium creates a remote track
+ * muted and unmutes it on its first RTP packet), both in `performance.now()` time. */
+const firstAudioMarks = (page) => page.addInitScript(() => {
+  document.addEventListener('click', (e) => {
+    if (e.target instanceof Element && e.target.closest('[data-testid="dial-call"]')) {
+      window.__dialAt = performance.now();
+      window.__audioAt = null;
+    }
+  }, true);
+  const Pc = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends Pc {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('track', (ev) => {
+        if (ev.track.kind !== 'audio' || !ev.track.muted) return;
+        ev.track.addEventListener('unmute', () => { window.__audioAt ??= performance.now(); }, { once: true });
+      });
+    }
+  };
+});
+
+/** `n` F1 calls from `home` to `callee`, each timed from the click on the call button to the
+ * first audio packet the page receives (the remote track's `unmute`; `getStats()` polled every
+ * 5 ms as a fallback, whichever says so first), hung up at once. */
 async function dialToFirstAudio(home, callee, n) {
-  const page = await browserIn(home, 1, MIC_2001);
+  const page = await browserIn(home, 1, MIC_2001, { beforeLoad: firstAudioMarks });
   await signIn(page, '2001');
   const times = [];
+  const vias = {};
   for (let i = 0; i < n; i++) {
-    await page.evaluate(() => { window.__dialAt = performance.now(); });
     await dial(page, callee);
-    const ms = await page.evaluate(() => new Promise((resolve, reject) => {
+    const { ms, via } = await page.evaluate(() => new Promise((resolve, reject) => {
       const end = performance.now() + 20000;
       const tick = async () => {
+        if (window.__audioAt != null) return resolve({ ms: window.__audioAt - window.__dialAt, via: 'unmute' });
         const pc = window.trunkline && window.trunkline.pc;
         if (pc) {
           let got = 0;
           (await pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'audio') got = s.packetsReceived || 0; });
-          if (got > 0) return resolve(performance.now() - window.__dialAt);
+          if (window.__audioAt != null) return resolve({ ms: window.__audioAt - window.__dialAt, via: 'unmute' });
+          if (got > 0) return resolve({ ms: performance.now() - window.__dialAt, via: 'getStats' });
         }
         if (performance.now() > end) return reject(new Error('no audio within 20 s'));
         setTimeout(tick, 5);
@@ -472,10 +500,19 @@ async function dialToFirstAudio(home, callee, n) {
       tick();
     }));
     times.push(ms);
+    vias[via] = (vias[via] || 0) + 1;
+    if (process.env.KEEP === '1') {
+      const at = await page.evaluate(() => performance.timeOrigin + window.__dialAt);
+      console.log(`# ${home} call ${i + 1} dialled at ${new Date(at).toISOString()}: first audio after ${ms.toFixed(1)} ms`);
+    }
     await hangup(page);
-    await byId(page, 'call-state').waitFor({ state: 'detached', timeout: 10000 }).catch(() => {});
+    // The ended call stays on screen until the next dial (it never detaches, so waiting for that
+    // only cost 10 s a call): a fixed gap instead, so that one call's teardown (DTLS close, TURN
+    // deletes) does not overlap the next one's set-up.
+    await sleep(1500);
   }
   for (const c of cleanups.splice(0)) await c();
+  console.log(`# ${home} → ${callee}: ${times.map((t) => t.toFixed(0)).join(' ')} ms (first audio seen by ${JSON.stringify(vias)})`);
   return { p50: pct(times, 50), p99: pct(times, 99), n };
 }
 
@@ -502,6 +539,13 @@ async function bench(n, gateways) {
 async function main() {
   L = lab(['up', ID, ...SITES]);
   Object.assign(L, lab(['coturn', ID, SECRET]));
+  if (process.env.NATLAB_PCAP === '1') {
+    for (const site of ['hq', 'br', 'hc', 'hs', 'hu']) {
+      const ns = L[`SITE_${site}_HOST1_NS`];
+      spawnIn(ns, `tcpdump-${site}`, 'tcpdump', ['-i', 'any', '-n', '-U', '-s', '256', '-w', path.join(dir, `${ns}.pcap`), 'not', 'port', String(SIGNAL_PORT)]);
+    }
+    await sleep(500);
+  }
   await startCloud();
   cloud.restart = async () => {
     const c = ['--config', cloud.cfg];

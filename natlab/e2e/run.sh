@@ -4,6 +4,7 @@
 # playwright-core (web/setup.sh), installs the lab's packages (natlab/lab.sh deps), then runs
 # the tests as root. The last line says "N passed, N failed".
 #   natlab/e2e/run.sh [test-name-filter]        KEEP=1 keeps the lab and every log
+#   natlab/e2e/run.sh --bench [N]               dial → first audio (release binaries)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -24,6 +25,13 @@ if [ -n "${missing:-}" ]; then
   echo "==> installing${missing}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=900 --no-install-recommends ${missing} >/dev/null
 fi
-echo "==> building signal-server and switch-gateway (debug)" >&2
-cargo build -q --locked -p trunkline-signal-server -p trunkline-switch-gateway
+if [ "${1:-}" = "--bench" ]; then
+  # Timings and CPU per call are those of what is deployed: release binaries.
+  echo "==> building signal-server and switch-gateway (release)" >&2
+  cargo build -q --release --locked -p trunkline-signal-server -p trunkline-switch-gateway
+  export TRUNKLINE_BIN_DIR="${TRUNKLINE_BIN_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/release}"
+else
+  echo "==> building signal-server and switch-gateway (debug)" >&2
+  cargo build -q --locked -p trunkline-signal-server -p trunkline-switch-gateway
+fi
 exec node natlab/e2e/run.mjs "$@"

@@ -30,7 +30,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 use str0m::channel::ChannelId;
 use tokio::sync::mpsc;
 use trunkline_client::g711::Law;
-use trunkline_media::ports::{LegSockets, PortAllocator};
+use trunkline_media::ports::{LegSockets, PortAllocator, send_now};
 use trunkline_media::srflx::{ProbeEvent, ProbeTiming, SrflxProbe};
 use trunkline_media::turn::{RelayEvent, RelayTransmit, Relays, StreamId, TurnServer, TurnTransport};
 
@@ -161,6 +161,7 @@ fn first_law(answer: &str) -> Option<Law> {
 /// pinhole the far end's checks come through.
 fn rtc_config() -> RtcConfig {
     let mut cfg = RtcConfig::new().clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
+    cfg.set_initial_stun_rto(ICE_INITIAL_RTO);
     cfg.codec_config()
         .add_config(WEBRTC_TE_PT.into(), None, Codec::Tele, Frequency::EIGHT_KHZ, None, FormatParams::parse_line("0-16"));
     cfg
@@ -376,7 +377,7 @@ impl Turn {
         while let Some(t) = self.relays.poll_transmit() {
             match t {
                 RelayTransmit::Udp { to, data } => {
-                    let _ = ice.try_send_to(&data, to);
+                    let _ = send_now(ice, &data, to);
                 }
                 RelayTransmit::Stream { id, data } => {
                     if let Some(tx) = self.streams.get(&id) {
@@ -397,12 +398,12 @@ impl Turn {
     }
 
     /// Hand what came through the relays to str0m, as received at the relayed address.
-    fn deliver(&mut self, rtc: &mut Rtc) -> Result<(), ()> {
+    fn deliver(&mut self, rtc: &mut Rtc, admit: &mut Admit) -> Result<(), ()> {
         while let Some((relayed, peer, data)) = self.relays.poll_peer_data() {
             let Ok(contents) = data.as_slice().try_into() else { continue };
             let input =
                 Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source: peer, destination: relayed, contents });
-            if rtc.accepts(&input) && rtc.handle_input(input).is_err() {
+            if admit.admit(rtc, &input, &data) && rtc.handle_input(input).is_err() {
                 return Err(());
             }
         }
@@ -584,7 +585,7 @@ fn transmit(t: &str0m::net::Transmit, ice: &tokio::net::UdpSocket, session: &mut
         turn.flush(ice);
         return;
     }
-    let _ = ice.try_send_to(&t.contents, t.destination);
+    let _ = send_now(ice, &t.contents, t.destination);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -613,12 +614,19 @@ async fn run_loop(
     let mut pending_event: Option<TelephoneEvent> = None;
     let started = Instant::now();
     let mut kick = false;
+    let mut admit = Admit::default();
+    let mut ice_checking = true;
+    let mut burst = 0u32;
     loop {
         // Drain str0m until it only has a timeout for us.
+        let mut sent_stun = false;
         let next_timeout = loop {
             match rtc.poll_output() {
                 Ok(Output::Timeout(t)) => break t,
-                Ok(Output::Transmit(t)) => transmit(&t, ice, session),
+                Ok(Output::Transmit(t)) => {
+                    sent_stun |= t.contents.first().is_some_and(|b| *b < 4);
+                    transmit(&t, ice, session)
+                }
                 Ok(Output::Event(e)) => match e {
                     Event::MediaAdded(m) if m.kind == MediaKind::Audio => mid = Some(m.mid),
                     Event::ChannelOpen(id, label) => {
@@ -655,8 +663,11 @@ async fn run_loop(
                         }
                         tracing::debug!(after = ?started.elapsed(), "bridge: WebRTC leg connected");
                     }
-                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                        tracing::debug!("bridge: WebRTC leg disconnected");
+                    Event::IceConnectionStateChange(state) => {
+                        ice_checking = matches!(state, IceConnectionState::New | IceConnectionState::Checking);
+                        if state == IceConnectionState::Disconnected {
+                            tracing::debug!("bridge: WebRTC leg disconnected");
+                        }
                     }
                     Event::MediaData(data) => {
                         let dest = latched.or(*phone_remote);
@@ -673,7 +684,7 @@ async fn run_loop(
                                     data.data.iter().map(|b| phone_law.encode(from_law.decode(*b))).collect()
                                 };
                                 let pkt = rtp_packet(pt, &mut out, ts, &payload);
-                                let _ = phone.sockets.rtp_socket().try_send_to(&pkt, dest);
+                                let _ = send_now(phone.sockets.rtp_socket(), &pkt, dest);
                             }
                             Codec::Tele => {
                                 if let (CodecExtra::Tele(ev), Some(te)) = (&data.codec_extra, phone_te_pt) {
@@ -683,7 +694,7 @@ async fn run_loop(
                                     let repeats = if ev.end { 3 } else { 1 };
                                     for _ in 0..repeats {
                                         let pkt = rtp_packet(te, &mut out, ts, &body);
-                                        let _ = phone.sockets.rtp_socket().try_send_to(&pkt, dest);
+                                        let _ = send_now(phone.sockets.rtp_socket(), &pkt, dest);
                                     }
                                 }
                             }
@@ -702,6 +713,14 @@ async fn run_loop(
             return "the WebRTC leg closed";
         }
         let mut next_timeout = next_timeout;
+        // While checking, drive ICE every ICE_PACE instead of its own Ta of 50 ms (a deadline
+        // within Ta is str0m saying "a check is due, but not before Ta").
+        if ice_checking {
+            let now = Instant::now();
+            if next_timeout <= now + STR0M_TA {
+                next_timeout = next_timeout.min(now + ICE_PACE);
+            }
+        }
         if let Some(s) = session.as_mut() {
             // Only while waiting: a deadline in the past would make the loop spin.
             if phone.is_none() {
@@ -723,7 +742,7 @@ async fn run_loop(
                 let now = Instant::now();
                 probe.handle_timeout(now);
                 while let Some((to, bytes)) = probe.poll_transmit(now) {
-                    let _ = ice.try_send_to(&bytes, to);
+                    let _ = send_now(ice, &bytes, to);
                 }
                 while let Some(ev) = probe.poll_event() {
                     match ev {
@@ -732,6 +751,7 @@ async fn run_loop(
                                 Ok(c) => {
                                     let line = c.to_sdp_string();
                                     if mapped != candidate && rtc.add_local_candidate(c).is_some() {
+                                        burst = ICE_BURST;
                                         tracing::debug!(%server, %mapped, "session: server-reflexive candidate");
                                         let _ = s.events.send(SessionEvent::Candidate(line));
                                     }
@@ -764,6 +784,7 @@ async fn run_loop(
                                 Ok(c) => {
                                     let line = c.to_sdp_string();
                                     if rtc.add_local_candidate(c).is_some() {
+                                        burst = ICE_BURST;
                                         tracing::info!(%server, transport = transport.as_str(), %relayed, "session: relayed candidate");
                                         let _ = s.events.send(SessionEvent::Candidate(line));
                                     }
@@ -780,6 +801,18 @@ async fn run_loop(
                 if let Some(t) = turn.relays.poll_timeout() {
                     next_timeout = next_timeout.min(t);
                 }
+            }
+        }
+        // New candidates: their first checks now, not one per pacing step behind older pairs
+        // (str0m sends at most one check per input, the pair due first). Stops at the first
+        // input that sends no STUN.
+        if burst > 0 {
+            burst = if sent_stun || burst == ICE_BURST { burst - 1 } else { 0 };
+            if burst > 0 {
+                if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
+                    return "WebRTC error";
+                }
+                continue;
             }
         }
         if std::mem::take(&mut kick) {
@@ -805,7 +838,7 @@ async fn run_loop(
                 {
                     turn.relays.udp_data(source, &ice_buf[..n], Instant::now());
                     turn.flush(ice);
-                    if turn.deliver(rtc).is_err() {
+                    if turn.deliver(rtc, &mut admit).is_err() {
                         return "WebRTC error";
                     }
                     continue;
@@ -813,7 +846,7 @@ async fn run_loop(
                 let Some(destination) = ice_local else { continue };
                 let Ok(contents) = ice_buf[..n].try_into() else { continue };
                 let input = Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source, destination, contents });
-                if rtc.accepts(&input) && rtc.handle_input(input).is_err() {
+                if admit.admit(rtc, &input, &ice_buf[..n]) && rtc.handle_input(input).is_err() {
                     return "WebRTC error";
                 }
             }
@@ -906,7 +939,8 @@ async fn run_loop(
                                 turn.relays.permit(c.addr().ip(), Instant::now());
                                 turn.flush(ice);
                             }
-                            rtc.add_remote_candidate(c)
+                            rtc.add_remote_candidate(c);
+                            burst = ICE_BURST;
                         }
                         Err(e) => tracing::debug!(error = %e, "session: unusable remote candidate"),
                     }
@@ -947,7 +981,7 @@ async fn run_loop(
                     }
                 }
                 turn.flush(ice);
-                if turn.deliver(rtc).is_err() {
+                if turn.deliver(rtc, &mut admit).is_err() {
                     return "WebRTC error";
                 }
             }
@@ -959,6 +993,58 @@ async fn run_loop(
         }
     }
 }
+
+/// Which datagrams str0m gets.
+///
+/// Not only what `Rtc::accepts` takes: that is meant to pick one of many `Rtc`s sharing a socket,
+/// and it refuses DTLS (and media) from an address until *our own* check on a pair with it has
+/// succeeded. The caller is the controlling agent and starts DTLS as soon as *its* check succeeds,
+/// which is usually first (our check to it may still be on its way, or lost to its NAT), so its
+/// first DTLS flight was dropped here and came again only after its retransmission timer: 50 ms
+/// and doubling in Chromium, a whole second in str0m (the headless client, another gateway).
+/// This socket belongs to one session, so also admit anything from an address that has sent us
+/// an ICE message str0m authenticated (it knows the ICE password of our answer). str0m holds its
+/// DTLS answer until ICE has nominated a pair, so nothing goes back to an unchecked address.
+#[derive(Default)]
+struct Admit {
+    /// Sources of authenticated STUN (a handful per call: host, server-reflexive, relayed).
+    peers: Vec<SocketAddr>,
+}
+
+impl Admit {
+    fn admit(&mut self, rtc: &Rtc, input: &Input, data: &[u8]) -> bool {
+        let Input::Receive(_, r) = input else { return true };
+        let accepted = rtc.accepts(input);
+        // RFC 7983: a first byte of 0..=3 is STUN; `accepts` checked its MESSAGE-INTEGRITY.
+        if data.first().is_some_and(|b| *b < 4) {
+            if accepted && !self.peers.contains(&r.source) {
+                if self.peers.len() >= 16 {
+                    self.peers.remove(0);
+                }
+                self.peers.push(r.source);
+            }
+            return accepted;
+        }
+        accepted || self.peers.contains(&r.source)
+    }
+}
+
+/// ICE timing of a leg (str0m's `is` agent), measured in the NAT lab (bench/README.md, "Calls
+/// across NATs"): the caller (controlling) nominates the first pair that works for *it*, and we
+/// act on that only once *our* check on the pair has succeeded. Our first check towards a NAT'd
+/// caller is usually lost (its NAT has not seen it send to us yet), and str0m re-checks a pair,
+/// nominated or not, only when its retransmission comes due (it does not check a freshly
+/// nominated pair at once: the pair keeps its cached deadline). With the default 250 ms initial
+/// RTO that cost a quarter to half a second per call; 50 ms bounds it (doubling from there, an
+/// unreachable pair still gets its 9 checks, over ~15 s instead of ~21 s).
+const ICE_INITIAL_RTO: Duration = Duration::from_millis(50);
+/// str0m paces checks at one per Ta of 50 ms; with ~20 pairs (host, server-reflexive and relayed
+/// candidates on both sides) the pair that works got its first check hundreds of ms late.
+/// RFC 8445 §14.2 allows Ta down to 5 ms.
+const STR0M_TA: Duration = Duration::from_millis(50);
+const ICE_PACE: Duration = Duration::from_millis(5);
+/// At most this many checks sent at once when candidates are added (one per new pair).
+const ICE_BURST: u32 = 32;
 
 struct RtpIn<'a> {
     pt: u8,
