@@ -22,8 +22,8 @@
 //! - every attempt ends with one outcome, shown in words ([`outcome_text`]).
 
 use trunkline_protocol::{
-    CallEvent, ClientMsg, DeclineReason, DirectClientMsg, DirectServerMsg, ErrorCode,
-    IncomingVia, Outcome, PROTOCOL_VERSION, ServerMsg, SignalPayload,
+    CallEvent, ClientMsg, DeclineReason, DirectClientMsg, DirectServerMsg, ErrorCode, IncomingVia, Outcome, PROTOCOL_VERSION,
+    ServerMsg, SignalPayload,
 };
 
 /// Who started the call.
@@ -174,11 +174,7 @@ pub fn is_dtmf(c: char) -> bool {
 /// Cleans what the user typed into the number field: keeps what a number may contain
 /// (`A–Z a–z 0–9 + . _ -`), drops spaces, brackets and everything else; at most 32 characters.
 pub fn clean_number(input: &str) -> String {
-    input
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '_' | '-'))
-        .take(32)
-        .collect()
+    input.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '_' | '-')).take(32).collect()
 }
 
 /// A locally gathered ICE candidate (trickled: F1/F3 through `direct_signal`, F4 through `signal`).
@@ -242,13 +238,23 @@ pub enum Action {
     /// Get the microphone, create the peer connection (with the server's iceServers), add the
     /// track and — with `channel` — the [`DIRECT_CHANNEL`] DataChannel, then make the offer.
     /// Local candidates are reported as they come ([`Input::LocalIce`]).
-    MakeOffer { channel: bool },
+    MakeOffer {
+        channel: bool,
+    },
     /// F4 callee: get the microphone, apply the caller's offer and make the answer (trickle).
-    MakeAnswer { offer: String },
+    MakeAnswer {
+        offer: String,
+    },
     /// Apply the far end's answer ([`Input::RemoteSet`] once done).
-    ApplyAnswer { sdp: String },
+    ApplyAnswer {
+        sdp: String,
+    },
     /// Add a remote candidate (only after [`Input::RemoteSet`]).
-    AddRemoteIce { candidate: String, sdp_mid: Option<String>, sdp_m_line_index: Option<u16> },
+    AddRemoteIce {
+        candidate: String,
+        sdp_mid: Option<String>,
+        sdp_m_line_index: Option<u16>,
+    },
     /// Stop (true) or resume sending the microphone.
     SetMute(bool),
     /// Hold: stop sending and stop playing the far end (true), or resume.
@@ -337,7 +343,16 @@ pub struct Call {
 
 impl Call {
     #[allow(clippy::too_many_arguments)]
-    fn new(call_id: String, direction: Direction, me: String, remote: String, remote_name: String, via: Via, phase: Phase, now: f64) -> Call {
+    fn new(
+        call_id: String,
+        direction: Direction,
+        me: String,
+        remote: String,
+        remote_name: String,
+        via: Via,
+        phase: Phase,
+        now: f64,
+    ) -> Call {
         Call {
             call_id,
             direction,
@@ -392,12 +407,20 @@ impl Call {
 
     /// **A → C1**: place a call to `to`.
     pub fn dial(call_id: String, me: String, to: String, now: f64) -> (Call, Vec<Action>) {
-        let call = Call::new(call_id.clone(), Direction::Outgoing, me, to.clone(), String::new(), Via::Pending, Phase::Calling, now);
+        let call =
+            Call::new(call_id.clone(), Direction::Outgoing, me, to.clone(), String::new(), Via::Pending, Phase::Calling, now);
         (call, vec![Action::Cloud(ClientMsg::Dial { call_id, to })])
     }
 
     /// An `incoming` call: ring.
-    pub fn incoming(call_id: String, me: String, from: String, from_name: String, via: IncomingVia, now: f64) -> (Call, Vec<Action>) {
+    pub fn incoming(
+        call_id: String,
+        me: String,
+        from: String,
+        from_name: String,
+        via: IncomingVia,
+        now: f64,
+    ) -> (Call, Vec<Action>) {
         let via = match via {
             // The `url` names the caller's switch; C14 goes over WebRTC through the cloud.
             IncomingVia::Direct { key, .. } => Via::Direct { key },
@@ -592,12 +615,19 @@ impl Call {
                 }
                 match self.via.clone() {
                     Via::Direct { .. } => {
-                        a.push(Action::Cloud(ClientMsg::DirectSignal { call_id: self.call_id.clone(), payload: SignalPayload::Offer { sdp } }));
+                        a.push(Action::Cloud(ClientMsg::DirectSignal {
+                            call_id: self.call_id.clone(),
+                            payload: SignalPayload::Offer { sdp },
+                        }));
                         self.description_sent = true;
                         self.flush_ice(&mut a);
                     }
                     Via::Peer { key } => {
-                        a.push(Action::Cloud(ClientMsg::Signal { call_id: self.call_id.clone(), key, payload: SignalPayload::Offer { sdp } }));
+                        a.push(Action::Cloud(ClientMsg::Signal {
+                            call_id: self.call_id.clone(),
+                            key,
+                            payload: SignalPayload::Offer { sdp },
+                        }));
                         self.description_sent = true;
                         self.flush_ice(&mut a);
                     }
@@ -611,7 +641,11 @@ impl Call {
                 if let Via::Peer { key } = self.via.clone() {
                     // F4 callee: take the call with the key, then answer.
                     a.push(Action::Cloud(ClientMsg::Accept { call_id: self.call_id.clone(), key: key.clone() }));
-                    a.push(Action::Cloud(ClientMsg::Signal { call_id: self.call_id.clone(), key, payload: SignalPayload::Answer { sdp } }));
+                    a.push(Action::Cloud(ClientMsg::Signal {
+                        call_id: self.call_id.clone(),
+                        key,
+                        payload: SignalPayload::Answer { sdp },
+                    }));
                     self.description_sent = true;
                     self.flush_ice(&mut a);
                     self.answered_sdp_at.get_or_insert(now);
@@ -633,7 +667,11 @@ impl Call {
                 }
                 self.remote_set = true;
                 for c in self.remote_ice.drain(..) {
-                    a.push(Action::AddRemoteIce { candidate: c.candidate, sdp_mid: c.sdp_mid, sdp_m_line_index: c.sdp_m_line_index });
+                    a.push(Action::AddRemoteIce {
+                        candidate: c.candidate,
+                        sdp_mid: c.sdp_mid,
+                        sdp_m_line_index: c.sdp_m_line_index,
+                    });
                 }
             }
             Input::MediaUp => {
@@ -683,7 +721,9 @@ impl Call {
     fn flush_ice(&mut self, a: &mut Vec<Action>) {
         for c in self.pending_ice.drain(..) {
             let payload = match c {
-                Some(c) => SignalPayload::Ice { candidate: c.candidate, sdp_mid: c.sdp_mid, sdp_m_line_index: c.sdp_m_line_index },
+                Some(c) => {
+                    SignalPayload::Ice { candidate: c.candidate, sdp_mid: c.sdp_mid, sdp_m_line_index: c.sdp_m_line_index }
+                }
                 None => SignalPayload::EndOfCandidates,
             };
             let call_id = self.call_id.clone();
@@ -696,7 +736,13 @@ impl Call {
     }
 
     /// A candidate from the far end: in now if its description is applied, else later.
-    fn remote_candidate(&mut self, candidate: String, sdp_mid: Option<String>, sdp_m_line_index: Option<u16>, a: &mut Vec<Action>) {
+    fn remote_candidate(
+        &mut self,
+        candidate: String,
+        sdp_mid: Option<String>,
+        sdp_m_line_index: Option<u16>,
+        a: &mut Vec<Action>,
+    ) {
         if self.phase == Phase::Ended {
             return;
         }
@@ -745,7 +791,10 @@ impl Call {
             }
             ServerMsg::CallEvent { event, .. } => match event {
                 CallEvent::Ringing => {
-                    if matches!(self.phase, Phase::Calling | Phase::Connecting) && self.direction == Direction::Outgoing && !self.far_connected {
+                    if matches!(self.phase, Phase::Calling | Phase::Connecting)
+                        && self.direction == Direction::Outgoing
+                        && !self.far_connected
+                    {
                         self.phase = Phase::Ringing;
                     }
                 }
@@ -763,7 +812,9 @@ impl Call {
                 }
                 match payload {
                     SignalPayload::Answer { sdp } => self.remote_answer(sdp, now, a),
-                    SignalPayload::Ice { candidate, sdp_mid, sdp_m_line_index } => self.remote_candidate(candidate, sdp_mid, sdp_m_line_index, a),
+                    SignalPayload::Ice { candidate, sdp_mid, sdp_m_line_index } => {
+                        self.remote_candidate(candidate, sdp_mid, sdp_m_line_index, a)
+                    }
                     // We offer; a gateway never does.
                     SignalPayload::Offer { .. } | SignalPayload::EndOfCandidates => {}
                 }
@@ -785,7 +836,9 @@ impl Call {
                         }
                     }
                     SignalPayload::Answer { sdp } => self.remote_answer(sdp, now, a),
-                    SignalPayload::Ice { candidate, sdp_mid, sdp_m_line_index } => self.remote_candidate(candidate, sdp_mid, sdp_m_line_index, a),
+                    SignalPayload::Ice { candidate, sdp_mid, sdp_m_line_index } => {
+                        self.remote_candidate(candidate, sdp_mid, sdp_m_line_index, a)
+                    }
                     SignalPayload::EndOfCandidates => {}
                 }
             }
@@ -861,7 +914,10 @@ impl Call {
             // C15: the desk phone rings / answered and the gateway bridged.
             DirectServerMsg::Progress { event } => match event {
                 CallEvent::Ringing => {
-                    if matches!(self.phase, Phase::Calling | Phase::Connecting) && self.direction == Direction::Outgoing && !self.far_connected {
+                    if matches!(self.phase, Phase::Calling | Phase::Connecting)
+                        && self.direction == Direction::Outgoing
+                        && !self.far_connected
+                    {
                         self.phase = Phase::Ringing;
                     }
                 }
@@ -1038,10 +1094,14 @@ mod tests {
         let (mut c, a) = Call::dial("c5".into(), "2001".into(), "4040".into(), 0.0);
         assert_eq!(a, vec![Action::Cloud(ClientMsg::Dial { call_id: "c5".into(), to: "4040".into() })]);
         assert_eq!(c.phase, Phase::Calling);
-        let a = c.on(Input::Cloud(ServerMsg::error(ErrorCode::InvalidCall, "number 4040 does not exist", Some("c5".into()))), 10.0);
+        let a =
+            c.on(Input::Cloud(ServerMsg::error(ErrorCode::InvalidCall, "number 4040 does not exist", Some("c5".into()))), 10.0);
         assert!(a.is_empty(), "invalid_call waits for the outcome");
         assert_eq!(c.phase, Phase::Calling);
-        let a = c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c5".into(), outcome: Outcome::RejectedInvalid, duration_ms: None }), 20.0);
+        let a = c.on(
+            Input::Cloud(ServerMsg::Outcome { call_id: "c5".into(), outcome: Outcome::RejectedInvalid, duration_ms: None }),
+            20.0,
+        );
         assert_eq!(msgs(&a), vec!["Finished"]);
         assert_eq!(c.phase, Phase::Ended);
         assert_eq!(c.outcome_line().as_deref(), Some("Number does not exist"));
@@ -1066,13 +1126,28 @@ mod tests {
 
     #[test]
     fn incoming_decline_and_missed() {
-        let (mut c, _) = Call::incoming("c4".into(), "2002".into(), "2001".into(), "Alice".into(), IncomingVia::Peer { key: "P".repeat(22) }, 0.0);
+        let (mut c, _) = Call::incoming(
+            "c4".into(),
+            "2002".into(),
+            "2001".into(),
+            "Alice".into(),
+            IncomingVia::Peer { key: "P".repeat(22) },
+            0.0,
+        );
         let a = c.on(Input::User(UserAction::Decline), 1.0);
         assert_eq!(msgs(&a), vec!["cloud:decline", "StopRingtone", "Finished"]);
         assert_eq!(c.outcome_line().as_deref(), Some("Declined"));
 
-        let (mut c, _) = Call::incoming("c4".into(), "2002".into(), "2001".into(), "Alice".into(), IncomingVia::Peer { key: "P".repeat(22) }, 0.0);
-        let a = c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c4".into(), outcome: Outcome::Cancelled, duration_ms: None }), 1.0);
+        let (mut c, _) = Call::incoming(
+            "c4".into(),
+            "2002".into(),
+            "2001".into(),
+            "Alice".into(),
+            IncomingVia::Peer { key: "P".repeat(22) },
+            0.0,
+        );
+        let a =
+            c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c4".into(), outcome: Outcome::Cancelled, duration_ms: None }), 1.0);
         assert_eq!(msgs(&a), vec!["StopRingtone", "Finished"]);
         assert_eq!(c.outcome_line().as_deref(), Some("Missed call"));
     }
@@ -1095,11 +1170,19 @@ mod tests {
     }
 
     fn cand(n: u32) -> LocalCandidate {
-        LocalCandidate { candidate: format!("candidate:{n} 1 udp 2122260223 127.0.0.1 {} typ host", 50000 + n), sdp_mid: Some("0".into()), sdp_m_line_index: Some(0) }
+        LocalCandidate {
+            candidate: format!("candidate:{n} 1 udp 2122260223 127.0.0.1 {} typ host", 50000 + n),
+            sdp_mid: Some("0".into()),
+            sdp_m_line_index: Some(0),
+        }
     }
 
     fn gw_ice(n: u32) -> SignalPayload {
-        SignalPayload::Ice { candidate: format!("candidate:gw{n} 1 udp 2130706431 127.0.0.1 {} typ host", 30000 + n), sdp_mid: None, sdp_m_line_index: Some(0) }
+        SignalPayload::Ice {
+            candidate: format!("candidate:gw{n} 1 udp 2130706431 127.0.0.1 {} typ host", 30000 + n),
+            sdp_mid: None,
+            sdp_m_line_index: Some(0),
+        }
     }
 
     /// F1 caller up to an open DataChannel with the key accepted and media up.
@@ -1121,7 +1204,10 @@ mod tests {
         c.on(Input::Direct(DirectServerMsg::Progress { event: CallEvent::Connected }), 6.0);
         assert_eq!(c.phase, Phase::Connected);
         // The signal server shuts down and closes its books: the media goes on.
-        let a = c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Connected, duration_ms: Some(1000) }), 7.0);
+        let a = c.on(
+            Input::Cloud(ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Connected, duration_ms: Some(1000) }),
+            7.0,
+        );
         assert!(a.is_empty(), "{a:?}");
         assert_eq!(c.phase, Phase::Connected);
         // The gateway ends it on the DataChannel later.
@@ -1145,10 +1231,17 @@ mod tests {
         assert_eq!(
             a,
             vec![
-                Action::Cloud(ClientMsg::DirectSignal { call_id: "c1".into(), payload: SignalPayload::Offer { sdp: "v=0 offer".into() } }),
                 Action::Cloud(ClientMsg::DirectSignal {
                     call_id: "c1".into(),
-                    payload: SignalPayload::Ice { candidate: cand(1).candidate, sdp_mid: Some("0".into()), sdp_m_line_index: Some(0) }
+                    payload: SignalPayload::Offer { sdp: "v=0 offer".into() }
+                }),
+                Action::Cloud(ClientMsg::DirectSignal {
+                    call_id: "c1".into(),
+                    payload: SignalPayload::Ice {
+                        candidate: cand(1).candidate,
+                        sdp_mid: Some("0".into()),
+                        sdp_m_line_index: Some(0)
+                    }
                 }),
             ]
         );
@@ -1156,10 +1249,16 @@ mod tests {
         let a = c.on(Input::LocalIce(Some(cand(2))), 2.2);
         assert!(matches!(&a[..], [Action::Cloud(ClientMsg::DirectSignal { payload: SignalPayload::Ice { .. }, .. })]));
         let a = c.on(Input::LocalIce(None), 2.4);
-        assert_eq!(a, vec![Action::Cloud(ClientMsg::DirectSignal { call_id: "c1".into(), payload: SignalPayload::EndOfCandidates })]);
+        assert_eq!(
+            a,
+            vec![Action::Cloud(ClientMsg::DirectSignal { call_id: "c1".into(), payload: SignalPayload::EndOfCandidates })]
+        );
         // The JSON on the wire.
         let Action::Cloud(m) = &a[0] else { unreachable!() };
-        assert_eq!(serde_json::to_value(m).unwrap(), serde_json::json!({"type": "direct_signal", "call_id": "c1", "payload": {"kind": "end_of_candidates"}}));
+        assert_eq!(
+            serde_json::to_value(m).unwrap(),
+            serde_json::json!({"type": "direct_signal", "call_id": "c1", "payload": {"kind": "end_of_candidates"}})
+        );
 
         // The gateway's candidate before its answer waits for the remote description.
         assert!(c.on(direct_signal("c1", gw_ice(1)), 2.5).is_empty());
@@ -1168,7 +1267,14 @@ mod tests {
         assert!(c.on(direct_signal("c1", gw_ice(2)), 3.1).is_empty(), "still waiting for the remote description");
         let a = c.on(Input::RemoteSet, 3.2);
         assert_eq!(msgs(&a), vec!["AddRemoteIce", "AddRemoteIce"]);
-        assert_eq!(a[0], Action::AddRemoteIce { candidate: "candidate:gw1 1 udp 2130706431 127.0.0.1 30001 typ host".into(), sdp_mid: None, sdp_m_line_index: Some(0) });
+        assert_eq!(
+            a[0],
+            Action::AddRemoteIce {
+                candidate: "candidate:gw1 1 udp 2130706431 127.0.0.1 30001 typ host".into(),
+                sdp_mid: None,
+                sdp_m_line_index: Some(0)
+            }
+        );
         // After it, candidates go in at once.
         let a = c.on(direct_signal("c1", gw_ice(3)), 3.3);
         assert_eq!(msgs(&a), vec!["AddRemoteIce"]);
@@ -1179,7 +1285,15 @@ mod tests {
         // The DataChannel opens: present the key on it (C14), `caller` = our own number.
         c.on(Input::MediaUp, 3.9);
         let a = c.on(Input::ChannelOpen, 4.0);
-        assert_eq!(a, vec![Action::Direct(DirectClientMsg::Present { v: 1, call_id: "c1".into(), key: key.clone(), caller: "2001".into() })]);
+        assert_eq!(
+            a,
+            vec![Action::Direct(DirectClientMsg::Present {
+                v: 1,
+                call_id: "c1".into(),
+                key: key.clone(),
+                caller: "2001".into()
+            })]
+        );
         let Action::Direct(m) = &a[0] else { unreachable!() };
         assert_eq!(
             serde_json::to_value(m).unwrap(),
@@ -1215,7 +1329,10 @@ mod tests {
         assert_eq!(msgs(&a), vec!["direct:hangup", "CloseMedia", "Finished"]);
         assert_eq!(c.outcome_line().as_deref(), Some("Call ended · 00:02"));
         // The cloud's outcome refines the duration; nothing else happens.
-        let a = c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Connected, duration_ms: Some(2100) }), 3100.0);
+        let a = c.on(
+            Input::Cloud(ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Connected, duration_ms: Some(2100) }),
+            3100.0,
+        );
         assert!(a.is_empty());
         assert_eq!(c.duration(), Some(2100));
         // The channel closing afterwards changes nothing.
@@ -1341,7 +1458,14 @@ mod tests {
 
     #[test]
     fn f4_callee_whose_caller_never_offers_declines_after_the_offer_timeout() {
-        let (mut c, _) = Call::incoming("c4".into(), "2002".into(), "2001".into(), "Alice".into(), IncomingVia::Peer { key: "P".repeat(22) }, 0.0);
+        let (mut c, _) = Call::incoming(
+            "c4".into(),
+            "2002".into(),
+            "2001".into(),
+            "Alice".into(),
+            IncomingVia::Peer { key: "P".repeat(22) },
+            0.0,
+        );
         c.offer_timeout_ms = 5_000.0;
         assert_eq!(c.next_deadline(), None, "ringing here has no deadline of ours");
         c.on(Input::User(UserAction::Answer), 1_000.0);
@@ -1352,9 +1476,19 @@ mod tests {
         assert_eq!(c.outcome_line().as_deref(), Some(NO_OFFER));
         assert_eq!(c.next_deadline(), None);
         // The offer in time: no deadline left once it is answered.
-        let (mut c, _) = Call::incoming("c4".into(), "2002".into(), "2001".into(), "Alice".into(), IncomingVia::Peer { key: "P".repeat(22) }, 0.0);
+        let (mut c, _) = Call::incoming(
+            "c4".into(),
+            "2002".into(),
+            "2001".into(),
+            "Alice".into(),
+            IncomingVia::Peer { key: "P".repeat(22) },
+            0.0,
+        );
         c.on(Input::User(UserAction::Answer), 1_000.0);
-        c.on(Input::Cloud(ServerMsg::Signal { call_id: "c4".into(), payload: SignalPayload::Offer { sdp: "o".into() } }), 2_000.0);
+        c.on(
+            Input::Cloud(ServerMsg::Signal { call_id: "c4".into(), payload: SignalPayload::Offer { sdp: "o".into() } }),
+            2_000.0,
+        );
         assert_eq!(c.next_deadline(), None);
         assert!(c.on(Input::Tick, 60_000.0).is_empty());
     }
@@ -1422,7 +1556,10 @@ mod tests {
         // The cloud says connected before the answer's media is up: "Connecting…", not "Connected".
         c.on(Input::Cloud(ServerMsg::CallEvent { call_id: "c1".into(), event: CallEvent::Connected }), 3.95);
         assert_eq!(c.phase, Phase::Connecting);
-        let a = c.on(Input::Cloud(ServerMsg::Signal { call_id: "c1".into(), payload: SignalPayload::Answer { sdp: "answer".into() } }), 4.0);
+        let a = c.on(
+            Input::Cloud(ServerMsg::Signal { call_id: "c1".into(), payload: SignalPayload::Answer { sdp: "answer".into() } }),
+            4.0,
+        );
         assert_eq!(a, vec![Action::ApplyAnswer { sdp: "answer".into() }]);
         let a = c.on(Input::RemoteSet, 4.2);
         assert!(matches!(&a[..], [Action::AddRemoteIce { .. }]));
@@ -1442,13 +1579,19 @@ mod tests {
         c.on(Input::Cloud(ServerMsg::Peer { call_id: "c1".into(), key: "P".repeat(22) }), 1.0);
         c.on(Input::LocalOffer("offer".into()), 2.0);
         c.on(Input::Cloud(ServerMsg::CallEvent { call_id: "c1".into(), event: CallEvent::Connected }), 3.0);
-        c.on(Input::Cloud(ServerMsg::Signal { call_id: "c1".into(), payload: SignalPayload::Answer { sdp: "answer".into() } }), 3.0);
+        c.on(
+            Input::Cloud(ServerMsg::Signal { call_id: "c1".into(), payload: SignalPayload::Answer { sdp: "answer".into() } }),
+            3.0,
+        );
         assert_eq!(c.phase, Phase::Connecting);
         let a = c.on(Input::Tick, 3.0 + CONNECT_TIMEOUT_MS);
         assert_eq!(msgs(&a), vec!["cloud:connect_failed", "CloseMedia", "Finished"], "media never flowed: connect_failed");
         assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_FAILURE));
         // The cloud reports the call as connected; the text stays.
-        c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Connected, duration_ms: Some(15_000) }), 15_100.0);
+        c.on(
+            Input::Cloud(ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Connected, duration_ms: Some(15_000) }),
+            15_100.0,
+        );
         assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_FAILURE));
         assert_eq!(c.connected_at, None);
     }
@@ -1456,12 +1599,27 @@ mod tests {
     #[test]
     fn f4_callee_answers_before_and_after_the_offer() {
         for offer_first in [true, false] {
-            let (mut c, a) = Call::incoming("c4".into(), "2002".into(), "2001".into(), "Alice".into(), IncomingVia::Peer { key: "P".repeat(22) }, 0.0);
+            let (mut c, a) = Call::incoming(
+                "c4".into(),
+                "2002".into(),
+                "2001".into(),
+                "Alice".into(),
+                IncomingVia::Peer { key: "P".repeat(22) },
+                0.0,
+            );
             assert_eq!(a, vec![Action::StartRingtone]);
             assert_eq!(c.phase, Phase::Incoming);
-            let offer = Input::Cloud(ServerMsg::Signal { call_id: "c4".into(), payload: SignalPayload::Offer { sdp: "offer".into() } });
+            let offer =
+                Input::Cloud(ServerMsg::Signal { call_id: "c4".into(), payload: SignalPayload::Offer { sdp: "offer".into() } });
             // The caller's candidate may come before anything: it waits for the remote description.
-            let ice = Input::Cloud(ServerMsg::Signal { call_id: "c4".into(), payload: SignalPayload::Ice { candidate: "candidate:9".into(), sdp_mid: Some("0".into()), sdp_m_line_index: Some(0) } });
+            let ice = Input::Cloud(ServerMsg::Signal {
+                call_id: "c4".into(),
+                payload: SignalPayload::Ice {
+                    candidate: "candidate:9".into(),
+                    sdp_mid: Some("0".into()),
+                    sdp_m_line_index: Some(0),
+                },
+            });
             assert!(c.on(ice, 0.5).is_empty());
             let a = if offer_first {
                 assert!(c.on(offer, 1.0).is_empty(), "the offer waits for the user");
@@ -1481,7 +1639,10 @@ mod tests {
             assert_eq!(c.phase, Phase::Connecting, "answered, media not up yet");
             c.on(Input::MediaUp, 10.0);
             assert_eq!(c.phase, Phase::Connected);
-            let a = c.on(Input::Cloud(ServerMsg::Outcome { call_id: "c4".into(), outcome: Outcome::Connected, duration_ms: Some(4000) }), 4000.0);
+            let a = c.on(
+                Input::Cloud(ServerMsg::Outcome { call_id: "c4".into(), outcome: Outcome::Connected, duration_ms: Some(4000) }),
+                4000.0,
+            );
             assert_eq!(msgs(&a), vec!["CloseMedia", "Finished"]);
             assert_eq!(c.outcome_line().as_deref(), Some("Call ended · 00:04"));
         }
@@ -1495,12 +1656,29 @@ mod tests {
         let a = c.on(Input::User(UserAction::Answer), 1.0);
         assert_eq!(a, vec![Action::StopRingtone, Action::MakeOffer { channel: true }]);
         let a = c.on(Input::LocalOffer("offer".into()), 2.0);
-        assert_eq!(a, vec![Action::Cloud(ClientMsg::DirectSignal { call_id: "c3".into(), payload: SignalPayload::Offer { sdp: "offer".into() } })]);
+        assert_eq!(
+            a,
+            vec![Action::Cloud(ClientMsg::DirectSignal {
+                call_id: "c3".into(),
+                payload: SignalPayload::Offer { sdp: "offer".into() }
+            })]
+        );
         let a = c.on(Input::LocalIce(Some(cand(1))), 2.1);
         assert!(matches!(&a[..], [Action::Cloud(ClientMsg::DirectSignal { payload: SignalPayload::Ice { .. }, .. })]));
-        assert_eq!(c.on(direct_signal("c3", SignalPayload::Answer { sdp: "answer".into() }), 3.0), vec![Action::ApplyAnswer { sdp: "answer".into() }]);
+        assert_eq!(
+            c.on(direct_signal("c3", SignalPayload::Answer { sdp: "answer".into() }), 3.0),
+            vec![Action::ApplyAnswer { sdp: "answer".into() }]
+        );
         let a = c.on(Input::ChannelOpen, 4.0);
-        assert_eq!(a, vec![Action::Direct(DirectClientMsg::Present { v: 1, call_id: "c3".into(), key: "D".repeat(22), caller: "2001".into() })]);
+        assert_eq!(
+            a,
+            vec![Action::Direct(DirectClientMsg::Present {
+                v: 1,
+                call_id: "c3".into(),
+                key: "D".repeat(22),
+                caller: "2001".into()
+            })]
+        );
         // Accepted: the gateway answers the waiting phone; connected once media is up.
         assert!(c.on(Input::Direct(DirectServerMsg::Accepted { call_id: "c3".into() }), 5.0).is_empty());
         assert_eq!(c.phase, Phase::Connecting);

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use trunkline_call::{Action, Call, Input, LocalCandidate, UserAction, Via};
-use trunkline_protocol::{CallEvent, CallId, ClientMsg, DeclineReason, DirectServerMsg, ErrorCode, IncomingVia, Outcome, ServerMsg, SignalPayload};
+use trunkline_protocol::{
+    CallEvent, CallId, ClientMsg, DeclineReason, DirectServerMsg, ErrorCode, IncomingVia, Outcome, ServerMsg, SignalPayload,
+};
 
 use crate::g711::Law;
 use crate::signal::{self, Session, SignalClient, SignalError, SignalInbox, SignalSender};
@@ -57,11 +59,7 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts {
-            direct: Duration::from_secs(10),
-            offer: Duration::from_secs(10),
-            outcome_grace: Duration::from_secs(5),
-        }
+        Timeouts { direct: Duration::from_secs(10), offer: Duration::from_secs(10), outcome_grace: Duration::from_secs(5) }
     }
 }
 
@@ -82,11 +80,7 @@ pub struct SoftphoneConfig {
 pub use trunkline_call::DIRECT_CHANNEL;
 
 impl SoftphoneConfig {
-    pub fn new(
-        server: impl Into<String>,
-        number: impl Into<String>,
-        password: impl Into<String>,
-    ) -> Self {
+    pub fn new(server: impl Into<String>, number: impl Into<String>, password: impl Into<String>) -> Self {
         SoftphoneConfig {
             server: server.into(),
             number: number.into(),
@@ -110,18 +104,12 @@ struct Inner {
 impl Inner {
     fn route(&self, call_id: &str) -> mpsc::UnboundedReceiver<ServerMsg> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(call_id.to_string(), tx);
+        self.routes.lock().unwrap_or_else(|p| p.into_inner()).insert(call_id.to_string(), tx);
         rx
     }
 
     fn unroute(&self, call_id: &str) {
-        self.routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(call_id);
+        self.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(call_id);
     }
 }
 
@@ -153,20 +141,11 @@ impl Softphone {
         if media.stun.is_empty() {
             media.stun = stun_addrs(&session.ice_servers);
         }
-        let inner = Arc::new(Inner {
-            session,
-            signal,
-            media,
-            timeouts: cfg.timeouts,
-            routes: Mutex::new(HashMap::new()),
-            closed,
-        });
+        let inner =
+            Arc::new(Inner { session, signal, media, timeouts: cfg.timeouts, routes: Mutex::new(HashMap::new()), closed });
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         tokio::spawn(dispatch(inner.clone(), inbox, incoming_tx));
-        Softphone {
-            inner,
-            incoming: tokio::sync::Mutex::new(incoming_rx),
-        }
+        Softphone { inner, incoming: tokio::sync::Mutex::new(incoming_rx) }
     }
 
     /// What `welcome` said (number, display name, session token for `resume`).
@@ -211,19 +190,12 @@ impl Softphone {
         match tokio::time::timeout(within, rx.recv()).await {
             Ok(Some(call)) => Ok(call),
             Ok(None) => Err(SoftphoneError::SignalClosed),
-            Err(_) => Err(SoftphoneError::Timeout {
-                what: "an incoming call".into(),
-                after: within,
-            }),
+            Err(_) => Err(SoftphoneError::Timeout { what: "an incoming call".into(), after: within }),
         }
     }
 
     /// Auto-answer: wait up to `within` for the next incoming call and answer it with `source`.
-    pub async fn answer_incoming(
-        &self,
-        source: AudioSource,
-        within: Duration,
-    ) -> Result<CallHandle, SoftphoneError> {
+    pub async fn answer_incoming(&self, source: AudioSource, within: Duration) -> Result<CallHandle, SoftphoneError> {
         let call = self.next_incoming(within).await?;
         Ok(call.answer(source))
     }
@@ -242,40 +214,18 @@ impl Drop for Softphone {
     }
 }
 
-async fn dispatch(
-    inner: Arc<Inner>,
-    mut inbox: SignalInbox,
-    incoming: mpsc::UnboundedSender<IncomingCall>,
-) {
+async fn dispatch(inner: Arc<Inner>, mut inbox: SignalInbox, incoming: mpsc::UnboundedSender<IncomingCall>) {
     while let Some(msg) = inbox.recv().await {
-        if let ServerMsg::Incoming {
-            call_id,
-            from,
-            from_name,
-            via,
-        } = msg
-        {
+        if let ServerMsg::Incoming { call_id, from, from_name, via } = msg {
             let rx = inner.route(&call_id);
-            let call = IncomingCall {
-                call_id,
-                from,
-                from_name,
-                via,
-                rx: Some(rx),
-                inner: inner.clone(),
-            };
+            let call = IncomingCall { call_id, from, from_name, via, rx: Some(rx), inner: inner.clone() };
             // Nobody listening (the Softphone is gone): dropping the call stops its routing.
             let _ = incoming.send(call);
             continue;
         }
         match signal::server_msg_call_id(&msg) {
             Some(id) => {
-                let tx = inner
-                    .routes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(id)
-                    .cloned();
+                let tx = inner.routes.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
                 match tx {
                     Some(tx) => {
                         let _ = tx.send(msg);
@@ -295,11 +245,7 @@ async fn dispatch(
     tracing::debug!("signal connection ended: {reason}");
     inner.closed.send_replace(Some(reason));
     // Every call task sees its cloud channel end.
-    inner
-        .routes
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clear();
+    inner.routes.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 
 /// A call that is ringing here.
@@ -318,7 +264,8 @@ impl IncomingCall {
     pub fn answer(mut self, source: AudioSource) -> CallHandle {
         let rx = self.rx.take().expect("an incoming call is answered once");
         let me = self.inner.session.number.clone();
-        let (call, _ring) = Call::incoming(self.call_id.clone(), me, self.from.clone(), self.from_name.clone(), self.via.clone(), 0.0);
+        let (call, _ring) =
+            Call::incoming(self.call_id.clone(), me, self.from.clone(), self.from_name.clone(), self.via.clone(), 0.0);
         let (handle, task) = CallTask::new(self.inner.clone(), call, false, self.from.clone(), source, rx);
         task.update(CallUpdate::Incoming { from: self.from.clone(), from_name: self.from_name.clone(), via: self.via.clone() });
         if let IncomingVia::Direct { url, expires_in_ms, .. } = &self.via {
@@ -352,11 +299,7 @@ pub enum CallUpdate {
     /// A → C1: `dial` sent.
     Dialing { to: String },
     /// An incoming call is being answered.
-    Incoming {
-        from: String,
-        from_name: String,
-        via: IncomingVia,
-    },
+    Incoming { from: String, from_name: String, via: IncomingVia },
     /// C13 (caller) / C3 (callee): reach this switch over WebRTC with the one-time key.
     Connect { url: String, expires_in_ms: u64 },
     /// C14: the gateway accepted the key.
@@ -374,10 +317,7 @@ pub enum CallUpdate {
     /// Progress from the switch on the DataChannel (`progress`, C15).
     GatewayProgress(CallEvent),
     /// ICE + DTLS are up.
-    MediaConnected {
-        codec: Option<Law>,
-        after: Option<Duration>,
-    },
+    MediaConnected { codec: Option<Law>, after: Option<Duration> },
     /// The first audio packet arrived.
     FirstAudio { after: Option<Duration> },
     /// A DTMF digit arrived.
@@ -393,35 +333,19 @@ pub enum CallUpdate {
     /// Something failed on this side.
     Failed(String),
     /// Final: the cloud's outcome.
-    Outcome {
-        outcome: Outcome,
-        duration_ms: Option<u64>,
-    },
+    Outcome { outcome: Outcome, duration_ms: Option<u64> },
 }
 
 impl std::fmt::Display for CallUpdate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallUpdate::Dialing { to } => write!(f, "A/C1 dialing {to}"),
-            CallUpdate::Incoming {
-                from,
-                from_name,
-                via,
-            } => match via {
-                IncomingVia::Direct { url, .. } => write!(
-                    f,
-                    "C3 incoming call from {from} ({from_name}) via gateway {url}"
-                ),
-                IncomingVia::Peer { .. } => write!(
-                    f,
-                    "F4 incoming call from {from} ({from_name}), browser to browser"
-                ),
+            CallUpdate::Incoming { from, from_name, via } => match via {
+                IncomingVia::Direct { url, .. } => write!(f, "C3 incoming call from {from} ({from_name}) via gateway {url}"),
+                IncomingVia::Peer { .. } => write!(f, "F4 incoming call from {from} ({from_name}), browser to browser"),
             },
             CallUpdate::Connect { url, expires_in_ms } => {
-                write!(
-                    f,
-                    "C13 connect to {url} with the one-time key (expires in {expires_in_ms} ms)"
-                )
+                write!(f, "C13 connect to {url} with the one-time key (expires in {expires_in_ms} ms)")
             }
             CallUpdate::KeyAccepted => write!(f, "C14 key accepted by the gateway"),
             CallUpdate::Peer => write!(f, "F4 callee is a browser: negotiating through the cloud"),
@@ -450,10 +374,7 @@ impl std::fmt::Display for CallUpdate {
             CallUpdate::DirectEnded(o) => write!(f, "gateway ended the call: {o}"),
             CallUpdate::HungUp => write!(f, "hung up"),
             CallUpdate::Failed(why) => write!(f, "failed: {why}"),
-            CallUpdate::Outcome {
-                outcome,
-                duration_ms,
-            } => {
+            CallUpdate::Outcome { outcome, duration_ms } => {
                 write!(f, "outcome: {outcome}")?;
                 if let Some(d) = duration_ms {
                     write!(f, " ({d} ms)")?;
@@ -469,10 +390,7 @@ fn event_text(e: &CallEvent) -> String {
         CallEvent::KeyAccepted => "C14 key accepted".into(),
         CallEvent::Ringing => "ringing".into(),
         CallEvent::Connected => "connected (answered)".into(),
-        CallEvent::Ended {
-            outcome,
-            duration_ms,
-        } => match duration_ms {
+        CallEvent::Ended { outcome, duration_ms } => match duration_ms {
             Some(d) => format!("ended: {outcome} after {d} ms"),
             None => format!("ended: {outcome}"),
         },
@@ -584,26 +502,17 @@ impl CallHandle {
                     return Ok(s.clone());
                 }
                 if s.finished {
-                    return Err(SoftphoneError::CallEnded {
-                        what: what.into(),
-                        status: s.to_string(),
-                    });
+                    return Err(SoftphoneError::CallEnded { what: what.into(), status: s.to_string() });
                 }
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => {
                     let s = rx.borrow().clone();
-                    return Err(SoftphoneError::CallEnded {
-                        what: what.into(),
-                        status: s.to_string(),
-                    });
+                    return Err(SoftphoneError::CallEnded { what: what.into(), status: s.to_string() });
                 }
                 Err(_) => {
-                    return Err(SoftphoneError::Timeout {
-                        what: what.into(),
-                        after: within,
-                    });
+                    return Err(SoftphoneError::Timeout { what: what.into(), after: within });
                 }
             }
         }
@@ -611,17 +520,13 @@ impl CallHandle {
 
     /// Wait until the callee answered.
     pub async fn wait_answered(&self, within: Duration) -> Result<(), SoftphoneError> {
-        self.wait_for("the answer", within, |s| s.answered)
-            .await
-            .map(|_| ())
+        self.wait_for("the answer", within, |s| s.answered).await.map(|_| ())
     }
 
     /// Wait until the media session is negotiated and connected (ICE + DTLS).
     pub async fn wait_media(&self, within: Duration) -> Result<Arc<MediaSession>, SoftphoneError> {
         let start = tokio::time::Instant::now();
-        let s = self
-            .wait_for("media", within, |s| s.media.is_some())
-            .await?;
+        let s = self.wait_for("media", within, |s| s.media.is_some()).await?;
         let media = s.media.expect("checked");
         let left = within.saturating_sub(start.elapsed());
         media.wait_connected(left).await?;
@@ -634,13 +539,8 @@ impl CallHandle {
     }
 
     /// Wait for the cloud's final outcome.
-    pub async fn wait_outcome(
-        &self,
-        within: Duration,
-    ) -> Result<(Outcome, Option<u64>), SoftphoneError> {
-        let s = self
-            .wait_for("the outcome", within, |s| s.outcome.is_some())
-            .await?;
+    pub async fn wait_outcome(&self, within: Duration) -> Result<(Outcome, Option<u64>), SoftphoneError> {
+        let s = self.wait_for("the outcome", within, |s| s.outcome.is_some()).await?;
         Ok(s.outcome.expect("checked"))
     }
 
@@ -651,10 +551,7 @@ impl CallHandle {
         match r {
             Ok(Ok(s)) => Ok(s.clone()),
             Ok(Err(_)) => Ok(self.status()),
-            Err(_) => Err(SoftphoneError::Timeout {
-                what: "the end of the call".into(),
-                after: within,
-            }),
+            Err(_) => Err(SoftphoneError::Timeout { what: "the end of the call".into(), after: within }),
         }
     }
 
@@ -1094,9 +991,7 @@ fn stun_addrs(ice_servers: &[trunkline_protocol::IceServer]) -> Vec<std::net::So
     out
 }
 
-async fn next_media(
-    rx: &mut Option<tokio::sync::broadcast::Receiver<MediaEvent>>,
-) -> Option<MediaEvent> {
+async fn next_media(rx: &mut Option<tokio::sync::broadcast::Receiver<MediaEvent>>) -> Option<MediaEvent> {
     let Some(r) = rx else {
         return std::future::pending().await;
     };

@@ -454,7 +454,7 @@ async fn admin_token_guessing_gets_429_and_the_right_token_from_another_address_
         assert_eq!(status(&r), 429, "{r}");
         assert!(r.contains("\"error\":\"rate_limited\""), "{r}");
         let retry: u64 = header(&r, "retry-after").expect("Retry-After").parse().unwrap();
-        assert!(retry >= 1 && retry <= 600, "{retry}");
+        assert!((1..=600).contains(&retry), "{retry}");
     }
     // Even the right token waits out the backoff from the guessing address...
     let r = http_from(attacker, srv.addr, &get("/api/accounts", Some(ADMIN_TOKEN))).await;
