@@ -147,6 +147,10 @@ async fn idle_sockets_from_one_address_are_refused_past_the_limit_while_healthz_
     // The `limit` that were kept are real, served connections.
     let kept: Vec<_> = socks.into_iter().zip(open).filter(|(_, o)| *o).map(|(s, _)| s).collect();
     assert_eq!(kept.len(), limit);
+    eprintln!(
+        "FIGURE unauthenticated_connections_per_address {} connections | {attack} idle TCP sockets from one address; the rest closed at accept, /healthz answered meanwhile",
+        kept.len()
+    );
     let answers = tokio::task::spawn_blocking(move || {
         kept.into_iter()
             .map(|mut s| {
@@ -449,6 +453,9 @@ async fn admin_token_guessing_gets_429_and_the_right_token_from_another_address_
         let r = http_from(attacker, srv.addr, &get("/api/accounts", Some(&format!("guess-{i}")))).await;
         assert_eq!(status(&r), 401, "{r}");
     }
+    eprintln!(
+        "FIGURE admin_token_guesses_per_address {budget} guesses | wrong admin API tokens answered 401 from one address before 429 (then one per 1 s doubling to 5 min)"
+    );
     for _ in 0..3 {
         let r = http_from(attacker, srv.addr, &get("/api/accounts", Some("guess-more"))).await;
         assert_eq!(status(&r), 429, "{r}");

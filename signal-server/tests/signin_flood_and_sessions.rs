@@ -114,12 +114,63 @@ async fn a_flood_of_wrong_passwords_from_one_address_gets_typed_refusals_while_t
     }
     // The check-and-count is atomic: exactly the per-source budget reached the password check.
     assert_eq!(checked, 5, "password checks the flood got");
+    eprintln!(
+        "FIGURE signin_password_checks_per_source {checked} checks | 300 parallel wrong passwords at one account from one address: \
+         checked before the backoff (then one per 1 s doubling to 15 min)"
+    );
     // Afterwards: the real user still signs in from their address; the attacker's address
     // is held back even with the right password.
     let (_again, _) = login_from(&ws, "127.0.0.2", ALICE).await;
     let mut attacker = Client::connect_from(&ws, ip("127.0.0.1")).await;
     attacker.send(&login_json(ALICE)).await;
     let msg = attacker.expect_error(ErrorCode::RateLimited).await;
+    assert!(msg.contains("retry in"), "{msg}");
+    assert!(srv.is_running());
+}
+
+#[tokio::test]
+async fn a_flood_from_many_addresses_at_one_account_is_held_to_the_account_budget_and_the_real_user_still_signs_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = admin_server(&tmp).await;
+    let ws = srv.ws_url.clone();
+    // The real user has signed in from their usual address before the attack.
+    let _ = login_from(&ws, "127.0.0.2", ALICE).await;
+    let budget = signal_server::Config::default().auth.max_failures_per_account as usize;
+    let addresses = budget * 3;
+    let mut flood = Vec::new();
+    for i in 0..addresses {
+        let ws = ws.clone();
+        // One guess from each of many addresses: the per-source and per-address budgets never
+        // trip, so only the account budget stands between the attacker and the password.
+        let source = ip(&format!("127.1.{}.{}", i / 200, 10 + i % 200));
+        flood.push(tokio::spawn(async move {
+            let mut c = Client::connect_from(&ws, source).await;
+            c.send(&login_json((ALICE.0, &format!("guess-{i}")))).await;
+            match c.recv().await {
+                ServerMsg::Error { code, .. } => code,
+                other => panic!("a wrong password got {other:?}"),
+            }
+        }));
+    }
+    let mut checked = 0;
+    for f in flood {
+        match f.await.unwrap() {
+            ErrorCode::AuthFailed => checked += 1,
+            ErrorCode::RateLimited | ErrorCode::TooManyRequests => {}
+            other => panic!("untyped refusal under a flood: {other}"),
+        }
+    }
+    assert_eq!(checked, budget, "password checks the account got from {addresses} addresses");
+    eprintln!(
+        "FIGURE signin_password_checks_per_account {checked} checks | one wrong password from each of {addresses} addresses \
+         at one account: checked before the account backoff (then one per 1 s doubling to 15 min, whatever the addresses)"
+    );
+    // The real user at their trusted address is not held back by the account budget...
+    let _ = login_from(&ws, "127.0.0.2", ALICE).await;
+    // ...while a new address, even with the right password, waits out the backoff.
+    let mut fresh = Client::connect_from(&ws, ip("127.0.0.3")).await;
+    fresh.send(&login_json(ALICE)).await;
+    let msg = fresh.expect_error(ErrorCode::RateLimited).await;
     assert!(msg.contains("retry in"), "{msg}");
     assert!(srv.is_running());
 }
