@@ -4,10 +4,14 @@
 //! * [`ports`]: a thread-safe pool of RTP/RTCP UDP socket pairs on even ports.
 //! * [`srflx`]: sans-IO STUN Binding probes for server-reflexive addresses and the NAT's kind.
 //! * [`turn`]: sans-IO TURN allocations (UDP, TCP, TLS) for relayed ICE candidates.
+//! * [`rtp`]: sans-IO RTP/RTCP header parsing, bounds-checked for untrusted input.
+//! * [`latch`]: sans-IO latching policy: which source a leg's RTP/RTCP is accepted from.
 //! * [`relay`]: a symmetric (latching) RTP/RTCP relay between two call legs, one tokio task each.
 
+pub mod latch;
 pub mod ports;
 pub mod relay;
+pub mod rtp;
 pub mod sdp;
 pub mod srflx;
 pub mod turn;

@@ -1,11 +1,15 @@
 //! RTP/RTCP port pairs: a thread-safe pool of even ports in a configured range.
 //!
 //! [`PortAllocator::allocate`] binds a UDP socket on an even port `p` (RTP) and one on `p + 1`
-//! (RTCP) at the allocator's IP and returns them as [`LegSockets`]. A port that another process
-//! holds (bind fails with "address in use" on either socket) is skipped and moved to the back of
-//! the pool, to be tried again later. Dropping the `LegSockets` closes both sockets and returns
-//! the pair to the *back* of the pool, so a just-freed pair is reused last (late packets of an
-//! ended call are unlikely to reach the next call).
+//! (RTCP) at the allocator's IP and returns them as [`LegSockets`]. The pair is drawn **at
+//! random** from the free ones: a third party that saw one call's ports cannot predict the next
+//! call's and stream RTP at them before the phone does (see [`crate::latch`], rule 1). A port
+//! that another process holds (bind fails with "address in use" on either socket) is skipped and
+//! stays in the pool, to be tried again later; at most [`MAX_TRIES`] pairs are tried per call.
+//! Dropping the `LegSockets` closes both sockets and puts the pair in a short cooling queue first
+//! (a quarter of the range, at most [`MAX_COOLING`] pairs) before it can be drawn again, so late
+//! packets of an ended call are unlikely to reach the next one; when nothing else is free, cooling
+//! pairs are used.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -29,18 +33,61 @@ pub enum AllocError {
     Bind { addr: SocketAddr, source: io::Error },
 }
 
+/// Pairs tried by one [`PortAllocator::allocate`] before it gives up ([`AllocError::Exhausted`]).
+pub const MAX_TRIES: usize = 64;
+/// Upper bound of the queue of just-freed pairs that are not drawn while others are free.
+pub const MAX_COOLING: usize = 256;
+
+#[derive(Default)]
+struct Free {
+    /// Drawn from at random.
+    ready: Vec<u16>,
+    /// Just freed, oldest first.
+    cooling: VecDeque<u16>,
+}
+
+impl Free {
+    fn len(&self) -> usize {
+        self.ready.len() + self.cooling.len()
+    }
+}
+
 struct Pool {
     bind_ip: IpAddr,
     start: u16,
     end: u16,
     capacity: usize,
-    free: Mutex<VecDeque<u16>>,
+    cooling_max: usize,
+    free: Mutex<Free>,
 }
 
 impl Pool {
-    fn free(&self) -> MutexGuard<'_, VecDeque<u16>> {
-        // A panic while holding this lock cannot leave the deque inconsistent: keep going.
+    fn free(&self) -> MutexGuard<'_, Free> {
+        // A panic while holding this lock cannot leave the lists inconsistent: keep going.
         self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn release(&self, port: u16) {
+        let mut free = self.free();
+        free.cooling.push_back(port);
+        while free.cooling.len() > self.cooling_max {
+            let Some(p) = free.cooling.pop_front() else { break };
+            free.ready.push(p);
+        }
+    }
+
+    /// Take a random ready pair (cooling ones once no ready one is left).
+    fn draw(&self) -> Option<u16> {
+        let mut free = self.free();
+        if free.ready.is_empty() {
+            let cooled: Vec<u16> = free.cooling.drain(..).collect();
+            free.ready.extend(cooled);
+        }
+        if free.ready.is_empty() {
+            return None;
+        }
+        let i = rand::random_range(0..free.ready.len());
+        Some(free.ready.swap_remove(i))
     }
 }
 
@@ -68,66 +115,69 @@ impl PortAllocator {
     pub fn new(range: RangeInclusive<u16>, bind_ip: IpAddr) -> Result<Self, AllocError> {
         let (start, end) = (*range.start(), *range.end());
         let first = start.max(2).checked_add(start.max(2) % 2);
-        let free: VecDeque<u16> = match first {
+        let ready: Vec<u16> = match first {
             Some(first) if first < end => (first..end).step_by(2).collect(),
-            _ => VecDeque::new(),
+            _ => Vec::new(),
         };
-        if free.is_empty() {
+        if ready.is_empty() {
             return Err(AllocError::EmptyRange { start, end });
         }
-        let capacity = free.len();
+        let capacity = ready.len();
         Ok(Self {
             pool: Arc::new(Pool {
                 bind_ip,
                 start,
                 end,
                 capacity,
-                free: Mutex::new(free),
+                cooling_max: (capacity / 4).min(MAX_COOLING),
+                free: Mutex::new(Free { ready, cooling: VecDeque::new() }),
             }),
         })
     }
 
-    /// Bind a fresh RTP/RTCP pair. Must run inside a tokio runtime (the sockets are registered
-    /// with its reactor). Skips ports in use by other processes; [`AllocError::Exhausted`] when
-    /// every pair is handed out or held elsewhere; [`AllocError::Bind`] for any other bind
-    /// failure (e.g. `bind_ip` is not an address of this machine).
+    /// Bind a fresh RTP/RTCP pair on a random free even port. Must run inside a tokio runtime
+    /// (the sockets are registered with its reactor). Skips ports in use by other processes;
+    /// [`AllocError::Exhausted`] when every pair is handed out or held elsewhere (or
+    /// [`MAX_TRIES`] pairs in a row were); [`AllocError::Bind`] for any other bind failure (e.g.
+    /// `bind_ip` is not an address of this machine).
     pub fn allocate(&self) -> Result<LegSockets, AllocError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(AllocError::NoRuntime);
         }
         let pool = &self.pool;
-        let attempts = pool.free().len();
+        // Busy pairs are kept out of the draw until this call ends, so no pair is tried twice.
+        let mut busy = Vec::new();
+        let result = self.try_allocate(&mut busy);
+        if !busy.is_empty() {
+            pool.free().ready.extend(busy);
+        }
+        result
+    }
+
+    fn try_allocate(&self, busy: &mut Vec<u16>) -> Result<LegSockets, AllocError> {
+        let pool = &self.pool;
+        let attempts = pool.free().len().min(MAX_TRIES);
         for _ in 0..attempts {
-            let Some(port) = pool.free().pop_front() else {
+            let Some(port) = pool.draw() else {
                 break;
             };
             match bind_pair(pool.bind_ip, port) {
                 Ok((rtp, rtcp)) => {
-                    let lease = PortLease {
-                        port,
-                        pool: Arc::clone(pool),
-                    };
-                    return LegSockets::with_lease(rtp, rtcp, Some(lease)).map_err(|source| {
-                        AllocError::Bind {
-                            addr: SocketAddr::new(pool.bind_ip, port),
-                            source,
-                        }
-                    });
+                    let lease = PortLease { port, pool: Arc::clone(pool) };
+                    return LegSockets::with_lease(rtp, rtcp, Some(lease))
+                        .map_err(|source| AllocError::Bind { addr: SocketAddr::new(pool.bind_ip, port), source });
                 }
                 Err((addr, e)) if skippable(&e) => {
                     tracing::debug!(%addr, error = %e, "RTP port busy, skipping");
-                    pool.free().push_back(port);
+                    busy.push(port);
                 }
                 Err((addr, source)) => {
-                    pool.free().push_back(port);
+                    busy.push(port);
                     return Err(AllocError::Bind { addr, source });
                 }
             }
         }
-        Err(AllocError::Exhausted {
-            start: pool.start,
-            end: pool.end,
-        })
+        Err(AllocError::Exhausted { start: pool.start, end: pool.end })
     }
 
     /// Pairs currently in the pool (not handed out; some may be held by other processes).
@@ -146,10 +196,7 @@ impl PortAllocator {
 }
 
 fn skippable(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied
-    )
+    matches!(e.kind(), io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied)
 }
 
 fn bind_pair(ip: IpAddr, port: u16) -> Result<(UdpSocket, UdpSocket), (SocketAddr, io::Error)> {
@@ -172,7 +219,7 @@ struct PortLease {
 
 impl Drop for PortLease {
     fn drop(&mut self) {
-        self.pool.free().push_back(self.port);
+        self.pool.release(self.port);
     }
 }
 
@@ -225,13 +272,7 @@ impl LegSockets {
     fn with_lease(rtp: UdpSocket, rtcp: UdpSocket, lease: Option<PortLease>) -> io::Result<Self> {
         let rtp_local = rtp.local_addr()?;
         let rtcp_local = rtcp.local_addr()?;
-        Ok(Self {
-            rtp,
-            rtcp,
-            rtp_local,
-            rtcp_local,
-            lease,
-        })
+        Ok(Self { rtp, rtcp, rtp_local, rtcp_local, lease })
     }
 
     /// The RTP port to advertise in SDP.

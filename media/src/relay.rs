@@ -9,30 +9,20 @@
 //!
 //! The *signalled* remote of a leg is the address from its SDP (`Relay::start`,
 //! [`RelayHandle::set_remote`]); the RTCP one is RTP port + 1 unless
-//! [`RelayHandle::set_rtcp_remote`] says otherwise (`a=rtcp`). Phones behind NAT, or that write
-//! the wrong interface address into SDP, send from somewhere else, so each of the four sockets
-//! *latches* (symmetric RTP, RFC 4961) onto the source of the packets it receives:
+//! [`RelayHandle::set_rtcp_remote`] says otherwise (`a=rtcp`). Which source each socket accepts
+//! packets from, and where the other leg's packets go, is the latching policy of
+//! [`crate::latch`] (one [`Latch`] per leg, shared with the WebRTC bridge): the first packets
+//! latch, the exact signalled address wins a leg back, and once latched no other source is ever
+//! accepted, however long the leg is silent; a new SDP address re-points the leg.
 //!
-//! 1. Only packets that look like RTP/RTCP version 2 count: on an RTP socket at least 12 bytes
-//!    (or 8 bytes with an RTCP packet type 192–223, for rtcp-mux), on an RTCP socket at least
-//!    8 bytes with an RTCP packet type. Anything else (STUN, keep-alive junk, truncated
-//!    datagrams) is dropped and counted as `dropped_invalid`; it never latches.
-//! 2. Not latched yet: the first valid packet latches, whatever its source (the signalled address
-//!    is only a guess until something arrives).
-//! 3. Latched and the packet comes from the latched source: accepted.
-//! 4. Latched, another source: accepted and re-latched if it is exactly the signalled address
-//!    (signalling is authoritative), or if the latched source has sent nothing for
-//!    [`RelayConfig::relatch_after`] (default 1 s: NAT rebinding, a phone that changed address).
-//!    Otherwise the packet is dropped (`dropped_foreign`): a third party cannot hijack an active
-//!    leg, and two sources cannot make the latch flap.
-//! 5. A source equal to one of the relay's own sockets is never latched (no loops).
-//!
-//! Destination for a leg: its latched address, else its signalled one. For RTCP that has not
-//! latched yet but whose leg's RTP has: the signalled RTCP address if it is on the latched RTP IP,
-//! else latched RTP IP with RTP port + 1. No destination yet: the packet is dropped
-//! (`dropped_no_remote`). [`RelayHandle::set_remote`] does not clear a latch (a latched leg keeps
-//! working through re-INVITEs); [`RelayHandle::unlatch`] does, for when the leg's endpoint really
-//! changed.
+//! Before that policy: only packets that look like RTP/RTCP version 2 count ([`crate::rtp`]): on
+//! an RTP socket a well-formed RTP header, or an RTCP one (rtcp-mux); on an RTCP socket a
+//! well-formed first RTCP packet (only the first: SRTCP encrypts what follows). Anything else
+//! (STUN, keep-alive junk, truncated datagrams) is dropped and counted as `dropped_invalid`; it
+//! never latches. A source equal to one of the relay's own sockets is never accepted (no loops).
+//! Packets from a foreign source are counted as `dropped_foreign` and in the process's
+//! `trunkline_rtp_dropped_total{reason="foreign_source"}`. No destination for the other leg yet:
+//! the packet is dropped (`dropped_no_remote`). [`RelayHandle::unlatch`] forgets a leg's latches.
 //!
 //! # Cost
 //!
@@ -56,7 +46,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::latch::{DropReason, Kind, Latch, Verdict, canonical, drop_counter};
 pub use crate::ports::LegSockets;
+use crate::rtp::{RtpError, is_rtcp, parse_rtp, rtcp_packets};
 
 /// Receive buffer size. A datagram that fills it entirely may have been truncated and is dropped.
 const BUF_LEN: usize = 2048;
@@ -89,20 +81,11 @@ impl Leg {
     }
 }
 
-/// Tunables of a relay.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelayConfig {
-    /// How long a latched source must be silent before another source may take the leg over.
-    pub relatch_after: Duration,
-}
-
-impl Default for RelayConfig {
-    fn default() -> Self {
-        Self {
-            relatch_after: Duration::from_secs(1),
-        }
-    }
-}
+/// Tunables of a relay. None left: a silence-based re-latch (a latched leg silent for a while
+/// could be taken over by any source) was removed, see [`crate::latch`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayConfig {}
 
 /// A snapshot of a relay's counters. Packet and byte counts include RTP and RTCP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -119,7 +102,7 @@ pub struct RelayStats {
     pub dropped_no_remote: u64,
     /// Datagrams that do not look like RTP/RTCP v2 (or were too big), and receive errors.
     pub dropped_invalid: u64,
-    /// Valid packets from a source other than the latched one, while it is active.
+    /// Valid packets from a source other than the latched one (see [`crate::latch`]).
     pub dropped_foreign: u64,
     /// `sendto` failures (socket buffer full, unreachable network, …).
     pub dropped_send_error: u64,
@@ -147,12 +130,7 @@ impl Relay {
     ///
     /// Spawns one task on the current tokio runtime; panics outside a runtime (like
     /// `tokio::spawn`).
-    pub fn start(
-        a: LegSockets,
-        b: LegSockets,
-        a_remote: Option<SocketAddr>,
-        b_remote: Option<SocketAddr>,
-    ) -> RelayHandle {
+    pub fn start(a: LegSockets, b: LegSockets, a_remote: Option<SocketAddr>, b_remote: Option<SocketAddr>) -> RelayHandle {
         Self::start_with(RelayConfig::default(), a, b, a_remote, b_remote)
     }
 
@@ -167,36 +145,16 @@ impl Relay {
         let started = Instant::now();
         let shared = Arc::new(Shared::new(started));
         let (tx, rx) = mpsc::unbounded_channel();
-        let locals = [
-            a.rtp_local_addr(),
-            a.rtcp_local_addr(),
-            b.rtp_local_addr(),
-            b.rtcp_local_addr(),
-        ];
-        let mut state = State {
-            config,
-            locals,
-            peers: Default::default(),
-            counters: Counters::default(),
-            last_rx: [None; 2],
-            latch_changed: false,
-        };
+        let locals = [a.rtp_local_addr(), a.rtcp_local_addr(), b.rtp_local_addr(), b.rtcp_local_addr()];
+        let _ = config;
+        let mut state = State::new(locals);
         for (leg, remote) in [(0, a_remote), (1, b_remote)] {
             state.set_remote(leg, remote);
         }
-        let task = RelayTask {
-            io: Some([a, b]),
-            buf: Box::new([0u8; BUF_LEN]),
-            commands: rx,
-            shared: Arc::clone(&shared),
-            state,
-        };
+        let task =
+            RelayTask { io: Some([a, b]), buf: Box::new([0u8; BUF_LEN]), commands: rx, shared: Arc::clone(&shared), state };
         let task = tokio::spawn(task);
-        RelayHandle {
-            tx,
-            shared,
-            task: Some(task),
-        }
+        RelayHandle { tx, shared, task: Some(task) }
     }
 }
 
@@ -332,15 +290,11 @@ impl Shared {
     }
 
     fn to_us(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.started).as_micros())
-            .unwrap_or(u64::MAX - 1)
-            + 1
+        u64::try_from(at.saturating_duration_since(self.started).as_micros()).unwrap_or(u64::MAX - 1) + 1
     }
 
     fn last_activity(&self) -> Instant {
-        let us = self.last_rx_us[0]
-            .load(Relaxed)
-            .max(self.last_rx_us[1].load(Relaxed));
+        let us = self.last_rx_us[0].load(Relaxed).max(self.last_rx_us[1].load(Relaxed));
         self.instant(us).unwrap_or(self.started)
     }
 
@@ -385,149 +339,100 @@ struct Counters {
     dropped_send_error: u64,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Peer {
-    signalled: Option<SocketAddr>,
-    latched: Option<SocketAddr>,
-    /// Last accepted packet from `latched`.
-    last_rx: Option<Instant>,
-}
-
 struct State {
-    config: RelayConfig,
-    /// Local addresses, indexed like `peers` flattened: leg * 2 + kind.
+    /// Local addresses: leg * 2 + (0 RTP, 1 RTCP).
     locals: [SocketAddr; 4],
-    peers: [[Peer; 2]; 2],
+    latches: [Latch; 2],
     counters: Counters,
+    /// `trunkline_rtp_dropped_total{reason="foreign_source"}`.
+    foreign: metrics::Counter,
     last_rx: [Option<Instant>; 2],
     latch_changed: bool,
 }
 
+fn kind_of(kind: usize) -> Kind {
+    debug_assert!(kind == RTP || kind == RTCP);
+    if kind == RTP { Kind::Rtp } else { Kind::Rtcp }
+}
+
 impl State {
+    fn new(locals: [SocketAddr; 4]) -> Self {
+        Self {
+            locals,
+            latches: Default::default(),
+            counters: Counters::default(),
+            foreign: drop_counter(DropReason::ForeignSource),
+            last_rx: [None; 2],
+            latch_changed: false,
+        }
+    }
+
     fn set_remote(&mut self, leg: usize, rtp: Option<SocketAddr>) {
-        let rtp = rtp
-            .map(canonical)
-            .filter(|a| usable(*a) && !self.is_own(*a));
-        self.peers[leg][RTP].signalled = rtp;
-        self.peers[leg][RTCP].signalled =
-            rtp.and_then(|a| a.port().checked_add(1).map(|p| SocketAddr::new(a.ip(), p)));
+        let rtp = rtp.map(canonical).filter(|a| !self.is_own(*a));
+        if self.latches[leg].set_signalled(rtp) {
+            tracing::debug!(leg, remote = ?rtp, "media re-pointed by signalling");
+            self.latch_changed = true;
+        }
     }
 
     fn set_rtcp_remote(&mut self, leg: usize, rtcp: Option<SocketAddr>) {
-        self.peers[leg][RTCP].signalled = rtcp
-            .map(canonical)
-            .filter(|a| usable(*a) && !self.is_own(*a));
+        let rtcp = rtcp.map(canonical).filter(|a| !self.is_own(*a));
+        self.latches[leg].set_signalled_rtcp(rtcp);
     }
 
     fn unlatch(&mut self, leg: usize) {
-        for peer in &mut self.peers[leg] {
-            peer.latched = None;
-            peer.last_rx = None;
-        }
+        self.latches[leg].unlatch();
         self.latch_changed = true;
     }
 
     fn is_own(&self, addr: SocketAddr) -> bool {
         self.locals.iter().any(|l| {
-            l.port() == addr.port()
-                && (canonical(*l).ip() == addr.ip()
-                    || (l.ip().is_unspecified() && addr.ip().is_loopback()))
+            l.port() == addr.port() && (canonical(*l).ip() == addr.ip() || (l.ip().is_unspecified() && addr.ip().is_loopback()))
         })
     }
 
-    /// Latching rules 3–5 for a valid packet from `src` on socket (`leg`, `kind`).
+    /// The latching policy for a valid packet from `src` on socket (`leg`, `kind`).
     /// Returns whether the packet is accepted.
     fn accept(&mut self, leg: usize, kind: usize, src: SocketAddr, now: Instant) -> bool {
-        let relatch_after = self.config.relatch_after;
-        let peer = self.peers[leg][kind];
-        let take = match peer.latched {
-            Some(latched) if latched == src => false,
-            None => true,
-            Some(_) => {
-                Some(src) == peer.signalled
-                    || peer
-                        .last_rx
-                        .is_none_or(|t| now.saturating_duration_since(t) >= relatch_after)
-            }
-        };
-        if take {
-            if self.is_own(src) {
-                self.counters.dropped_invalid += 1;
-                return false;
-            }
-            if peer.latched.is_none() {
-                tracing::debug!(leg, kind, %src, "media latched");
-            } else {
-                tracing::debug!(leg, kind, %src, old = ?peer.latched, "media re-latched");
-            }
-            self.peers[leg][kind].latched = Some(src);
-            self.latch_changed = true;
-        } else if peer.latched != Some(src) {
-            self.counters.dropped_foreign += 1;
+        if self.is_own(src) {
+            self.counters.dropped_invalid += 1;
             return false;
         }
-        self.peers[leg][kind].last_rx = Some(now);
+        match self.latches[leg].on_packet(kind_of(kind), src, now) {
+            Verdict::Accept => {}
+            Verdict::Latched { previous } => {
+                tracing::debug!(leg, kind, %src, ?previous, "media latched");
+                self.latch_changed = true;
+            }
+            Verdict::Drop(DropReason::ForeignSource) => {
+                self.counters.dropped_foreign += 1;
+                self.foreign.increment(1);
+                return false;
+            }
+        }
         self.last_rx[leg] = Some(now);
         true
     }
 
     fn destination(&self, leg: usize, kind: usize) -> Option<SocketAddr> {
-        let peer = &self.peers[leg][kind];
-        if let Some(latched) = peer.latched {
-            return Some(latched);
-        }
-        if kind == RTP {
-            return peer.signalled;
-        }
-        match (self.peers[leg][RTP].latched, peer.signalled) {
-            (Some(rtp), Some(sig)) if sig.ip() == rtp.ip() => Some(sig),
-            (Some(rtp), _) => rtp
-                .port()
-                .checked_add(1)
-                .map(|p| SocketAddr::new(rtp.ip(), p)),
-            (None, sig) => sig,
-        }
+        self.latches[leg].destination(kind_of(kind))
     }
 }
 
-fn usable(addr: SocketAddr) -> bool {
-    addr.port() != 0 && !addr.ip().is_unspecified()
-}
-
-/// IPv4-mapped IPv6 addresses (from dual-stack sockets) as plain IPv4.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
-    }
-}
-
-/// RTCP packet types (RFC 3550, RFC 5761 §4: 192–223 never collide with RTP in practice).
-fn is_rtcp_pt(byte: u8) -> bool {
-    (192..=223).contains(&byte)
-}
-
-/// Rule 1 of the module documentation.
+/// Whether `data` may be relayed from a socket of `kind` (see the module documentation).
 fn looks_valid(kind: usize, data: &[u8]) -> bool {
-    if data.len() < 8 || data[0] >> 6 != 2 {
-        return false;
+    if is_rtcp(data) {
+        return matches!(rtcp_packets(data).next(), Some(Ok(_)));
     }
-    if kind == RTP {
-        data.len() >= 12 || is_rtcp_pt(data[1])
-    } else {
-        is_rtcp_pt(data[1])
-    }
+    // The relay never reads the payload: SRTP's encrypted tail may end in any byte, so a padding
+    // count that does not fit is no reason to drop it.
+    kind == RTP && matches!(parse_rtp(data), Ok(_) | Err(RtpError::BadPadding { .. }))
 }
 
 /// Send `data` from `sock` (bound to an IPv6 address if `local_v6`) to `dest`.
 fn send(sock: &UdpSocket, local_v6: bool, data: &[u8], dest: SocketAddr) -> io::Result<usize> {
     let dest = match dest {
-        SocketAddr::V4(v4) if local_v6 => {
-            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-        }
+        SocketAddr::V4(v4) if local_v6 => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
         other => other,
     };
     // Straight to the kernel: tokio's `try_send_to` refuses to try before the reactor has seen
@@ -570,13 +475,9 @@ impl RelayTask {
             }
         }
         if std::mem::take(&mut self.state.latch_changed) {
-            let p = &self.state.peers;
-            *sh.latched.lock().unwrap_or_else(|e| e.into_inner()) = [
-                p[0][RTP].latched,
-                p[0][RTCP].latched,
-                p[1][RTP].latched,
-                p[1][RTCP].latched,
-            ];
+            let l = &self.state.latches;
+            *sh.latched.lock().unwrap_or_else(|e| e.into_inner()) =
+                [l[0].latched(Kind::Rtp), l[0].latched(Kind::Rtcp), l[1].latched(Kind::Rtp), l[1].latched(Kind::Rtcp)];
         }
     }
 
@@ -615,11 +516,7 @@ impl Future for RelayTask {
         let mut more = false;
         for sock_idx in 0..4 {
             let (leg, kind) = (sock_idx / 2, sock_idx % 2);
-            let sock = if kind == RTP {
-                io[leg].rtp_socket()
-            } else {
-                io[leg].rtcp_socket()
-            };
+            let sock = if kind == RTP { io[leg].rtp_socket() } else { io[leg].rtcp_socket() };
             for n in 0..=BATCH {
                 if n == BATCH {
                     more = true;
@@ -652,11 +549,7 @@ impl Future for RelayTask {
                     st.counters.dropped_no_remote += 1;
                     continue;
                 };
-                let out_sock = if kind == RTP {
-                    io[out].rtp_socket()
-                } else {
-                    io[out].rtcp_socket()
-                };
+                let out_sock = if kind == RTP { io[out].rtp_socket() } else { io[out].rtcp_socket() };
                 match send(out_sock, st.locals[out * 2 + kind].is_ipv6(), data, dest) {
                     Ok(_) => {
                         st.counters.forwarded[leg] += 1;
@@ -686,19 +579,7 @@ mod tests {
     }
 
     fn state() -> State {
-        State {
-            config: RelayConfig::default(),
-            locals: [
-                addr("127.0.0.1:4000"),
-                addr("127.0.0.1:4001"),
-                addr("127.0.0.1:4002"),
-                addr("127.0.0.1:4003"),
-            ],
-            peers: Default::default(),
-            counters: Counters::default(),
-            last_rx: [None; 2],
-            latch_changed: false,
-        }
+        State::new([addr("127.0.0.1:4000"), addr("127.0.0.1:4001"), addr("127.0.0.1:4002"), addr("127.0.0.1:4003")])
     }
 
     #[test]
@@ -712,51 +593,28 @@ mod tests {
         let rr = [0x80, 201, 0, 1, 1, 2, 3, 4];
         assert!(looks_valid(RTCP, &rr));
         assert!(looks_valid(RTP, &rr)); // rtcp-mux
+        // SRTCP: a well-formed first packet followed by encrypted bytes and the auth tag.
+        assert!(looks_valid(RTCP, &[&rr[..], &[0xaa; 14]].concat()));
+        assert!(!looks_valid(RTCP, &[0x80, 201, 0, 9, 1, 2, 3, 4])); // length past the end
         assert!(!looks_valid(RTP, &[0u8; 20])); // STUN-ish, version 0
         assert!(!looks_valid(RTP, b"\r\n\r\n"));
+        let mut cc = [0u8; 16];
+        cc[0] = 0x8f; // 15 CSRCs in a 16-byte packet
+        assert!(!looks_valid(RTP, &cc));
     }
 
     #[test]
-    fn latch_rules() {
+    fn own_sockets_never_latch_and_foreign_sources_are_counted() {
         let mut st = state();
         let t0 = Instant::now();
-        let phone = addr("127.0.0.1:5000");
-        let intruder = addr("127.0.0.1:6000");
-        st.set_remote(0, Some(addr("127.0.0.1:9")));
-        assert_eq!(st.destination(0, RTP), Some(addr("127.0.0.1:9")));
-        assert_eq!(st.destination(0, RTCP), Some(addr("127.0.0.1:10")));
-        assert!(st.accept(0, RTP, phone, t0));
-        assert_eq!(st.destination(0, RTP), Some(phone));
-        // RTCP not latched: signalled IP equals latched RTP IP → signalled RTCP address.
-        assert_eq!(st.destination(0, RTCP), Some(addr("127.0.0.1:10")));
-        // Intruder within the relatch window: refused.
-        assert!(!st.accept(0, RTP, intruder, t0 + Duration::from_millis(500)));
-        assert_eq!(st.counters.dropped_foreign, 1);
-        // Phone still active.
-        assert!(st.accept(0, RTP, phone, t0 + Duration::from_millis(600)));
-        assert!(!st.accept(0, RTP, intruder, t0 + Duration::from_millis(1500)));
-        // Phone silent for ≥ 1 s: the new source takes over.
-        assert!(st.accept(0, RTP, intruder, t0 + Duration::from_millis(1600)));
-        assert_eq!(st.destination(0, RTP), Some(intruder));
-        // The signalled address takes over at once.
-        let signalled = addr("127.0.0.1:9");
-        assert!(st.accept(0, RTP, signalled, t0 + Duration::from_millis(1601)));
-        assert_eq!(st.destination(0, RTP), Some(signalled));
-        // Own sockets never latch.
-        st.unlatch(0);
         assert!(!st.accept(0, RTP, addr("127.0.0.1:4002"), t0));
-        assert_eq!(st.destination(0, RTP), Some(signalled));
-    }
-
-    #[test]
-    fn rtcp_follows_latched_rtp_ip() {
-        let mut st = state();
-        let t0 = Instant::now();
-        st.set_remote(1, Some(addr("10.1.2.3:7078"))); // address written in SDP, wrong
-        assert!(st.accept(1, RTP, addr("127.0.0.1:7078"), t0));
-        assert_eq!(st.destination(1, RTCP), Some(addr("127.0.0.1:7079")));
-        assert!(st.accept(1, RTCP, addr("127.0.0.1:40001"), t0));
-        assert_eq!(st.destination(1, RTCP), Some(addr("127.0.0.1:40001")));
+        assert_eq!(st.counters.dropped_invalid, 1);
+        assert_eq!(st.destination(0, RTP), None);
+        let phone = addr("127.0.0.1:5000");
+        assert!(st.accept(0, RTP, phone, t0));
+        assert!(!st.accept(0, RTP, addr("127.0.0.9:5000"), t0 + Duration::from_secs(5)));
+        assert_eq!(st.counters.dropped_foreign, 1);
+        assert_eq!(st.destination(0, RTP), Some(phone));
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! offered the law the WebRTC side prefers first); if they differ each sample is re-coded.
 //! RFC 4733 events are carried both ways: str0m's frame API on the WebRTC leg, RTP
 //! `telephone-event` packets on the phone leg. The phone's real RTP source is latched
-//! (symmetric RTP), as in the relay.
+//! (symmetric RTP) by the same policy as the relay's (`trunkline_media::latch`): once latched, RTP
+//! and RTCP from any other source are dropped and counted, however long the phone is silent; a
+//! new SDP address from the phone (re-INVITE) re-points the leg.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -30,7 +32,9 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 use str0m::channel::ChannelId;
 use tokio::sync::mpsc;
 use trunkline_client::g711::Law;
+use trunkline_media::latch::{DropReason, Kind as LatchKind, Latch, Verdict, drop_counter};
 use trunkline_media::ports::{LegSockets, PortAllocator, send_now};
+use trunkline_media::rtp::rtcp_packets;
 use trunkline_media::srflx::{ProbeEvent, ProbeTiming, SrflxProbe};
 use trunkline_media::turn::{RelayEvent, RelayTransmit, Relays, StreamId, TurnServer, TurnTransport};
 
@@ -537,7 +541,7 @@ struct PhoneOut {
 
 async fn run(
     p: PendingBridge,
-    mut phone_remote: Option<SocketAddr>,
+    phone_remote: Option<SocketAddr>,
     mut cmds: mpsc::UnboundedReceiver<BridgeCmd>,
     session: Option<(SessionIce, Option<String>, mpsc::UnboundedSender<SessionEvent>)>,
 ) {
@@ -563,8 +567,9 @@ async fn run(
             turn: turn.filter(|t| !t.relays.is_empty()),
         }
     });
-    let why =
-        run_loop(&mut rtc, ice, candidate, &mut phone, &mut phone_remote, &mut cmds, &mut session, mid, &mut stream_rx).await;
+    let mut latch = Latch::new();
+    latch.set_signalled(phone_remote);
+    let why = run_loop(&mut rtc, ice, candidate, &mut phone, &mut latch, &mut cmds, &mut session, mid, &mut stream_rx).await;
     if let Some(s) = session {
         let _ = s.events.send(SessionEvent::Gone(why));
         if let Some(turn) = s.turn {
@@ -594,7 +599,7 @@ async fn run_loop(
     ice: &tokio::net::UdpSocket,
     candidate: SocketAddr,
     phone: &mut Option<PhoneLeg>,
-    phone_remote: &mut Option<SocketAddr>,
+    latch: &mut Latch,
     cmds: &mut mpsc::UnboundedReceiver<BridgeCmd>,
     session: &mut Option<SessionState>,
     mid: Option<Mid>,
@@ -603,7 +608,7 @@ async fn run_loop(
     // str0m matches STUN to a candidate by the exact destination address; the socket may be
     // bound to 0.0.0.0 while the candidate names the advertised address.
     let ice_local = Some(candidate);
-    let mut latched: Option<SocketAddr> = None;
+    let foreign = drop_counter(DropReason::ForeignSource);
     let mut mid: Option<Mid> = mid;
     let mut webrtc_pts: Vec<(Pt, Codec)> = vec![];
     let mut out = PhoneOut { ssrc: rand::random(), seq: rand::random(), first: true };
@@ -670,7 +675,7 @@ async fn run_loop(
                         }
                     }
                     Event::MediaData(data) => {
-                        let dest = latched.or(*phone_remote);
+                        let dest = latch.destination(LatchKind::Rtp);
                         let (Some(dest), Some(phone)) = (dest, phone.as_ref()) else { continue };
                         let (phone_law, phone_te_pt) = (phone.law, phone.te_pt);
                         let ts = data.time.rebase(Frequency::EIGHT_KHZ).numer() as u32;
@@ -854,9 +859,15 @@ async fn run_loop(
                 let Ok((n, source)) = r else { continue };
                 let Some((phone_law, phone_te_pt)) = phone.as_ref().map(|p| (p.law, p.te_pt)) else { continue };
                 let Some(pkt) = parse_rtp(&rtp_buf[..n]) else { continue };
-                // Symmetric RTP: answer where the phone really sends from.
-                if latched != Some(source) {
-                    latched = Some(source);
+                // Symmetric RTP: answer where the phone really sends from, and only hear it.
+                match latch.on_packet(LatchKind::Rtp, source, Instant::now()) {
+                    Verdict::Drop(reason) => {
+                        tracing::trace!(%source, ?reason, "bridge: RTP from a foreign source dropped");
+                        foreign.increment(1);
+                        continue;
+                    }
+                    Verdict::Latched { previous } => tracing::debug!(%source, ?previous, "bridge: phone RTP latched"),
+                    Verdict::Accept => {}
                 }
                 let Some(m) = mid else { continue };
                 if webrtc_pts.is_empty() {
@@ -920,14 +931,26 @@ async fn run_loop(
                 // drain (≈ 1 ms of added delay otherwise, waiting for the timer tick).
                 kick = true;
             }
-            // RTCP from the phone is not forwarded (str0m makes its own reports); just drain it.
-            _ = recv_opt(phone.as_ref().map(|p| p.sockets.rtcp_socket()), &mut rtcp_buf) => {}
+            // RTCP from the phone is not forwarded (str0m makes its own reports): drain it, and
+            // count what comes from elsewhere as the relay does.
+            r = recv_opt(phone.as_ref().map(|p| p.sockets.rtcp_socket()), &mut rtcp_buf) => {
+                if let Ok((n, source)) = r
+                    && rtcp_packets(&rtcp_buf[..n]).next().is_some_and(|p| p.is_ok())
+                    && !latch.on_packet(LatchKind::Rtcp, source, Instant::now()).accepted()
+                {
+                    foreign.increment(1);
+                }
+            }
             cmd = cmds.recv() => match cmd {
-                Some(BridgeCmd::PhoneRemote(addr)) => *phone_remote = Some(addr),
+                Some(BridgeCmd::PhoneRemote(addr)) => {
+                    if latch.set_signalled(Some(addr)) {
+                        tracing::debug!(%addr, "bridge: phone leg re-pointed by signalling");
+                    }
+                }
                 Some(BridgeCmd::Attach(leg, remote)) => {
                     *phone = Some(leg);
                     if remote.is_some() {
-                        *phone_remote = remote;
+                        latch.set_signalled(remote);
                     }
                 }
                 Some(BridgeCmd::RemoteCandidate(line)) => {
@@ -1052,28 +1075,11 @@ struct RtpIn<'a> {
     payload: &'a [u8],
 }
 
-/// Minimal RTP parse (RFC 3550 §5.1): version 2, skip CSRCs and an extension, drop padding.
+/// The RTP the bridge needs from a phone's packet (`trunkline_media::rtp`: version 2, CSRCs and
+/// an extension skipped, padding dropped, RTCP on the RTP port refused); None for anything else.
 fn parse_rtp(b: &[u8]) -> Option<RtpIn<'_>> {
-    if b.len() < 12 || b[0] >> 6 != 2 {
-        return None;
-    }
-    let pt = b[1] & 0x7f;
-    if (72..=79).contains(&pt) {
-        return None; // RTCP on the RTP port (rtcp-mux)
-    }
-    let cc = usize::from(b[0] & 0x0f);
-    let mut off = 12 + 4 * cc;
-    if b[0] & 0x10 != 0 {
-        let ext = b.get(off + 2..off + 4)?;
-        off += 4 + 4 * usize::from(u16::from_be_bytes([ext[0], ext[1]]));
-    }
-    let mut end = b.len();
-    if b[0] & 0x20 != 0 {
-        let pad = usize::from(*b.last()?);
-        end = end.checked_sub(pad)?;
-    }
-    let payload = b.get(off..end)?;
-    Some(RtpIn { pt, ts: u32::from_be_bytes([b[4], b[5], b[6], b[7]]), payload })
+    let h = trunkline_media::rtp::parse_rtp(b).ok()?;
+    Some(RtpIn { pt: h.payload_type, ts: h.timestamp, payload: h.payload(b) })
 }
 
 fn rtp_packet(pt: u8, out: &mut PhoneOut, ts: u32, payload: &[u8]) -> Vec<u8> {
