@@ -154,6 +154,7 @@ async fn switch_auth(url: &str, id: &str, secret: &str) -> Result<Ws, String> {
         secret: secret.to_string(),
         // Gateways advertise no address: callers reach them over WebRTC through the cloud.
         direct_urls: vec![],
+        calls: None,
     };
     ws.send(Message::text(auth.encode())).await.map_err(|e| format!("{id}: send switch_auth: {e}"))?;
     let reply = tokio::time::timeout(Duration::from_secs(20), ws.next())

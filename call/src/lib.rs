@@ -19,6 +19,10 @@
 //! - "Connected" is shown only when the far end answered AND the peer connection is connected;
 //!   a connection that fails (or is not up [`CONNECT_TIMEOUT_MS`] after the answer) ends the call
 //!   with [`NETWORK_FAILURE`].
+//! - a connected call whose media path dies (ICE `disconnected`, or no media packets, reported
+//!   as [`Input::MediaDown`]) gets [`MEDIA_LOSS_GRACE_MS`] to come back ([`Input::MediaUp`]);
+//!   still down then (or `failed` at once) it ends `media_lost` ("Call dropped — network lost"),
+//!   told to the cloud with `connect_failed` so the record says so (e.g. the gateway crashed);
 //! - every attempt ends with one outcome, shown in words ([`outcome_text`]).
 
 use trunkline_protocol::{
@@ -96,6 +100,17 @@ pub const NETWORK_FAILURE: &str = "Could not connect — network";
 /// The peer connection was up and then failed.
 pub const NETWORK_LOST: &str = "Call dropped — network lost";
 
+/// How long a media path that was up may stay down ([`Input::MediaDown`]) before the call ends
+/// `media_lost` (default of [`Call::media_loss_grace_ms`]). Browsers report ICE `disconnected`
+/// after ~5 s of unanswered consent checks and `failed` only after ~30 s (RFC 7675); a gateway
+/// that crashed answers nothing, so the outcome shows about 10 s after the crash, while a Wi-Fi
+/// hand-over or a short blip that recovers within 5 s keeps the call.
+pub const MEDIA_LOSS_GRACE_MS: f64 = 5_000.0;
+
+/// The `reason` of the `connect_failed` that tells the cloud the media path of a connected call
+/// was lost (the record's outcome is then `media_lost`).
+pub const MEDIA_LOST_REASON: &str = "the media path was lost (no ICE/DTLS connectivity and no media past the grace)";
+
 /// How long after the answer the peer connection may take to come up (default of
 /// [`Call::connect_timeout_ms`]).
 pub const CONNECT_TIMEOUT_MS: f64 = 15_000.0;
@@ -135,6 +150,7 @@ pub fn outcome_text(outcome: Outcome, direction: Direction) -> &'static str {
         (Outcome::Cancelled, Direction::Incoming) => "Missed call",
         (Outcome::Error, _) => "Call failed",
         (Outcome::ConnectFailed, _) => "Could not connect — network",
+        (Outcome::MediaLost, _) => NETWORK_LOST,
     }
 }
 
@@ -222,9 +238,13 @@ pub enum Input {
     MediaUp,
     /// The peer connection's state became `failed`.
     ConnectionFailed,
+    /// The media path stopped working but may come back: ICE `disconnected` (consent checks
+    /// unanswered), or no media packets for a while. [`Input::MediaUp`] means it recovered;
+    /// before the path was ever up this changes nothing (the connect deadline rules).
+    MediaDown,
     /// Microphone, WebRTC or the answer failed on this side.
     MediaFailed(String),
-    /// The clock (about once a second while a call is shown): connect deadline.
+    /// The clock (about once a second while a call is shown): connect deadline, media loss.
     Tick,
 }
 
@@ -339,6 +359,10 @@ pub struct Call {
     pub offer_timeout_ms: f64,
     /// F4 callee: when the user answered while the offer had not come yet.
     answered_at: Option<f64>,
+    /// How long a media path that was up may stay down ([`MEDIA_LOSS_GRACE_MS`]).
+    pub media_loss_grace_ms: f64,
+    /// Since when the media path (up before) is down ([`Input::MediaDown`]).
+    pub media_down_at: Option<f64>,
 }
 
 impl Call {
@@ -388,6 +412,8 @@ impl Call {
             connect_timeout_ms: CONNECT_TIMEOUT_MS,
             offer_timeout_ms: OFFER_TIMEOUT_MS,
             answered_at: None,
+            media_loss_grace_ms: MEDIA_LOSS_GRACE_MS,
+            media_down_at: None,
         }
     }
 
@@ -399,10 +425,8 @@ impl Call {
         }
         let connect = self.answered_sdp_at.filter(|_| !self.media_up).map(|t| t + self.connect_timeout_ms);
         let offer = self.answered_at.filter(|_| self.answer_when_offer).map(|t| t + self.offer_timeout_ms);
-        match (connect, offer) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let lost = self.media_down_at.map(|t| t + self.media_loss_grace_ms);
+        [connect, offer, lost].into_iter().flatten().reduce(f64::min)
     }
 
     /// **A → C1**: place a call to `to`.
@@ -445,7 +469,7 @@ impl Call {
         let o = self.outcome.unwrap_or(Outcome::Error);
         let text = outcome_text(o, self.direction);
         match (o, self.duration()) {
-            (Outcome::Connected, Some(d)) => Some(format!("{text} · {}", format_duration(d))),
+            (Outcome::Connected | Outcome::MediaLost, Some(d)) => Some(format!("{text} · {}", format_duration(d))),
             _ => Some(text.to_string()),
         }
     }
@@ -523,12 +547,18 @@ impl Call {
 
     /// The peer connection failed or did not come up in time: end the call with its own text,
     /// and end it towards the gateway (on the channel, if the key was accepted) and the cloud.
+    /// A connected call's loss is the typed outcome `media_lost`, which the cloud records.
     fn network_failed(&mut self, now: f64, a: &mut Vec<Action>) {
         if self.phase == Phase::Ended {
             return;
         }
-        let text = if self.connected_at.is_some() { NETWORK_LOST } else { NETWORK_FAILURE };
-        self.failure = Some(text.into());
+        let lost = self.connected_at.is_some();
+        if lost {
+            self.outcome = Some(Outcome::MediaLost);
+            self.failure = None;
+        } else {
+            self.failure = Some(NETWORK_FAILURE.into());
+        }
         self.failure_final = true;
         if !self.hung_up {
             self.hung_up = true;
@@ -536,7 +566,14 @@ impl Call {
                 // Best effort: the channel may be as dead as the rest of the connection.
                 a.push(Action::Direct(DirectClientMsg::Hangup));
             }
-            if !self.cloud_final {
+            if !self.cloud_final && lost {
+                // The cloud has the call as connected: `connect_failed` now means "media lost"
+                // (a `hangup` through a switch is refused: the gateway may be gone).
+                a.push(Action::Cloud(ClientMsg::ConnectFailed {
+                    call_id: self.call_id.clone(),
+                    reason: MEDIA_LOST_REASON.into(),
+                }));
+            } else if !self.cloud_final {
                 let to_cloud = match self.cloud_end_msg() {
                     // A call through a switch that the cloud has as connected ends at the gateway.
                     Some(ClientMsg::Hangup { .. }) if matches!(self.via, Via::Direct { .. }) => None,
@@ -679,9 +716,17 @@ impl Call {
                     return a;
                 }
                 self.media_up = true;
+                // The path came back within the grace: the call goes on.
+                self.media_down_at = None;
                 self.update_connected(now);
             }
             Input::ConnectionFailed => self.network_failed(now, &mut a),
+            Input::MediaDown => {
+                // Only a path that was up can be lost; before that the connect deadline rules.
+                if self.phase != Phase::Ended && self.media_up {
+                    self.media_down_at.get_or_insert(now);
+                }
+            }
             Input::MediaFailed(why) => {
                 if self.phase == Phase::Ended {
                     return a;
@@ -690,6 +735,9 @@ impl Call {
                 self.failure = Some(why);
             }
             Input::Tick => {
+                if self.phase != Phase::Ended && self.media_down_at.is_some_and(|t| now - t >= self.media_loss_grace_ms) {
+                    self.network_failed(now, &mut a);
+                }
                 if self.phase != Phase::Ended
                     && !self.media_up
                     && self.answered_sdp_at.is_some_and(|t| now - t >= self.connect_timeout_ms)
@@ -859,8 +907,11 @@ impl Call {
             }
             ServerMsg::Outcome { outcome, duration_ms, .. } => {
                 self.cloud_final = true;
-                // The cloud's outcome is final; a local failure text stays (it says more).
-                self.outcome = Some(outcome);
+                // The cloud's outcome is final; a local failure text stays (it says more), and so
+                // does a media loss seen here when the cloud heard a plain end first.
+                if !(self.outcome == Some(Outcome::MediaLost) && outcome == Outcome::Connected) {
+                    self.outcome = Some(outcome);
+                }
                 if duration_ms.is_some() && (self.connected_at.is_some() || self.failure.is_none()) {
                     self.duration_ms = duration_ms;
                 }
@@ -885,6 +936,7 @@ impl Call {
                     let why = match code {
                         ErrorCode::TooManyRequests => "Too many calls at once".to_string(),
                         ErrorCode::InvalidField => "That is not a valid number".to_string(),
+                        ErrorCode::Unavailable => "The server cannot take calls right now — try again later".to_string(),
                         _ => format!("Call refused: {message}"),
                     };
                     self.cloud_final = true;
@@ -1113,6 +1165,11 @@ mod tests {
         let a = c.on(Input::Cloud(ServerMsg::error(ErrorCode::TooManyRequests, "slow down", Some("c1".into()))), 1.0);
         assert_eq!(msgs(&a), vec!["Finished"]);
         assert_eq!(c.outcome_line().as_deref(), Some("Too many calls at once"));
+        // The server's disk is full: said in words, nothing more follows.
+        let mut c = outgoing();
+        let e = ServerMsg::error(ErrorCode::Unavailable, "the server's disk is full; try again later", Some("c1".into()));
+        assert_eq!(msgs(&c.on(Input::Cloud(e), 1.0)), vec!["Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some("The server cannot take calls right now — try again later"));
     }
 
     #[test]
@@ -1444,9 +1501,11 @@ mod tests {
         // Connected, then the connection fails: dropped.
         let mut c = f1_accepted();
         c.on(Input::Direct(DirectServerMsg::Progress { event: CallEvent::Connected }), 20.0);
+        c.on(Input::MediaUp, 21.0);
         let a = c.on(Input::ConnectionFailed, 30.0);
-        assert_eq!(msgs(&a), vec!["direct:hangup", "CloseMedia", "Finished"]);
-        assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_LOST));
+        assert_eq!(msgs(&a), vec!["direct:hangup", "cloud:connect_failed", "CloseMedia", "Finished"]);
+        assert_eq!(c.outcome, Some(Outcome::MediaLost));
+        assert!(c.outcome_line().unwrap().starts_with(NETWORK_LOST));
         // F3 callee: decline at the cloud.
         let via = IncomingVia::Direct { url: "switch:hq".into(), key: "D".repeat(22), expires_in_ms: 30000 };
         let (mut c, _) = Call::incoming("c3".into(), "2001".into(), "1001".into(), "Reception".into(), via, 0.0);
@@ -1722,5 +1781,97 @@ mod tests {
         let a = c.on(Input::MediaFailed("No microphone".into()), 2.0);
         assert_eq!(msgs(&a), vec!["cloud:cancel", "CloseMedia", "Finished"]);
         assert_eq!(c.outcome_line().as_deref(), Some("No microphone"));
+    }
+
+    /// F1 connected: the key accepted, the desk phone answered, the peer connection up at 20 s.
+    fn f1_connected() -> Call {
+        let mut c = f1_accepted();
+        c.on(Input::MediaUp, 15.0);
+        c.on(Input::Direct(DirectServerMsg::Progress { event: CallEvent::Connected }), 20.0);
+        assert_eq!(c.phase, Phase::Connected);
+        c
+    }
+
+    #[test]
+    fn media_path_lost_then_back_within_the_grace_keeps_the_call() {
+        let mut c = f1_connected();
+        assert!(c.on(Input::MediaDown, 30_000.0).is_empty());
+        assert_eq!(c.next_deadline(), Some(30_000.0 + MEDIA_LOSS_GRACE_MS));
+        assert!(c.on(Input::Tick, 34_000.0).is_empty(), "still within the grace");
+        assert!(c.on(Input::MediaUp, 34_500.0).is_empty());
+        assert_eq!(c.next_deadline(), None);
+        // A second blip gets a fresh grace, counted from its own start.
+        c.on(Input::MediaDown, 60_000.0);
+        c.on(Input::MediaDown, 63_000.0);
+        assert!(c.on(Input::Tick, 64_000.0).is_empty());
+        c.on(Input::MediaUp, 64_500.0);
+        assert!(c.on(Input::Tick, 100_000.0).is_empty());
+        assert_eq!(c.phase, Phase::Connected);
+        assert_eq!(c.outcome, None);
+    }
+
+    #[test]
+    fn media_path_lost_past_the_grace_ends_media_lost_once_and_tells_the_cloud() {
+        let mut c = f1_connected();
+        c.on(Input::MediaDown, 30_000.0);
+        assert!(c.on(Input::Tick, 34_999.0).is_empty());
+        let a = c.on(Input::Tick, 35_000.0);
+        // Best effort on the (probably dead) channel, and the cloud hears it as `connect_failed`.
+        assert_eq!(msgs(&a), vec!["direct:hangup", "cloud:connect_failed", "CloseMedia", "Finished"]);
+        assert!(a.contains(&Action::Cloud(ClientMsg::ConnectFailed { call_id: "c1".into(), reason: MEDIA_LOST_REASON.into() })));
+        assert_eq!((c.phase, c.outcome), (Phase::Ended, Some(Outcome::MediaLost)));
+        // Connected at 0.02 s, the loss concluded at 35 s.
+        assert_eq!(c.outcome_line().as_deref(), Some("Call dropped — network lost · 00:34"));
+        // One outcome only: later inputs end nothing twice and send nothing more.
+        for input in [Input::Tick, Input::ConnectionFailed, Input::ChannelClosed, Input::MediaDown, Input::CloudLost] {
+            assert!(c.on(input, 40_000.0).is_empty());
+        }
+        assert!(c.on(Input::User(UserAction::Hangup), 40_000.0).is_empty());
+        // The cloud's record says the same, with its duration.
+        let out = ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::MediaLost, duration_ms: Some(15_100) };
+        assert!(c.on(Input::Cloud(out), 41_000.0).is_empty());
+        assert_eq!(c.outcome_line().as_deref(), Some("Call dropped — network lost · 00:15"));
+        // A cloud that heard a plain end first does not hide what happened here.
+        let mut c = f1_connected();
+        c.on(Input::ConnectionFailed, 25_000.0);
+        let out = ServerMsg::Outcome { call_id: "c1".into(), outcome: Outcome::Connected, duration_ms: Some(5_000) };
+        c.on(Input::Cloud(out), 26_000.0);
+        assert_eq!(c.outcome, Some(Outcome::MediaLost));
+
+        // F4 connected: the same, through `connect_failed` to the cloud (no channel).
+        let mut c = outgoing();
+        c.on(Input::Cloud(ServerMsg::Peer { call_id: "c1".into(), key: "K".repeat(22) }), 1.0);
+        c.on(Input::Cloud(ServerMsg::CallEvent { call_id: "c1".into(), event: CallEvent::Connected }), 2.0);
+        c.on(Input::MediaUp, 3.0);
+        assert_eq!(c.phase, Phase::Connected);
+        c.on(Input::MediaDown, 10.0);
+        let a = c.on(Input::Tick, 10.0 + MEDIA_LOSS_GRACE_MS);
+        assert_eq!(msgs(&a), vec!["cloud:connect_failed", "CloseMedia", "Finished"]);
+        assert_eq!(c.outcome, Some(Outcome::MediaLost));
+    }
+
+    #[test]
+    fn media_down_before_the_path_was_up_leaves_the_connect_deadline_in_charge() {
+        let mut c = outgoing();
+        c.on(connect_msg("KKKKKKKKKKKKKKKKKKKKKK"), 1.0);
+        c.on(Input::LocalOffer("offer".into()), 2.0);
+        c.on(direct_signal("c1", SignalPayload::Answer { sdp: "answer".into() }), 3.0);
+        // ICE says `disconnected` while checking: not a loss, the connect deadline still rules.
+        assert!(c.on(Input::MediaDown, 4.0).is_empty());
+        assert_eq!(c.media_down_at, None);
+        assert_eq!(c.next_deadline(), Some(3.0 + CONNECT_TIMEOUT_MS));
+        assert!(c.on(Input::Tick, 3.0 + MEDIA_LOSS_GRACE_MS + 1.0).is_empty());
+        let a = c.on(Input::Tick, 3.0 + CONNECT_TIMEOUT_MS);
+        assert_eq!(msgs(&a), vec!["cloud:connect_failed", "CloseMedia", "Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_FAILURE));
+        assert_eq!(c.outcome, None, "never connected: not media_lost");
+
+        // Up while ringing, then lost past the grace: the attempt could not connect.
+        let mut c = f1_accepted();
+        c.on(Input::MediaUp, 5.0);
+        c.on(Input::MediaDown, 6.0);
+        let a = c.on(Input::Tick, 6.0 + MEDIA_LOSS_GRACE_MS);
+        assert_eq!(msgs(&a), vec!["direct:hangup", "cloud:connect_failed", "CloseMedia", "Finished"]);
+        assert_eq!(c.outcome_line().as_deref(), Some(NETWORK_FAILURE));
     }
 }

@@ -2,9 +2,15 @@
 //!
 //! [`SignalClient::login`] / [`SignalClient::resume`] sign in and return a client whose
 //! [`SignalSender`] sends [`ClientMsg`]s (clone it freely) and whose receiver yields every
-//! [`ServerMsg`] in order. A reader and a writer task own the two halves of the socket; a
-//! protocol `ping` every [`KEEPALIVE`] keeps idle connections (and NAT bindings) alive and the
-//! `pong`s are not passed on.
+//! [`ServerMsg`] in order. One task owns the socket; a protocol `ping` every [`KEEPALIVE`]
+//! keeps idle connections (and NAT bindings) alive and the `pong`s are not passed on.
+//!
+//! Like the browser, the client reconnects by itself when the connection drops (the server
+//! restarted, the network blipped): with backoff ([`RECONNECT_MIN`] doubling to
+//! [`RECONNECT_MAX`], ±25 % jitter) and `resume` with the latest session token; the sender and
+//! the inbox stay the same, so calls in progress keep their routes (their media never went
+//! through the server). It stops — and the inbox ends — when the client closes or signs out,
+//! when another connection replaced this one, or when `resume` is refused.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +29,11 @@ use crate::ws::{self, ConnectError, TlsOptions, WsStream};
 pub const KEEPALIVE: Duration = Duration::from_secs(25);
 /// How long sign-in may take.
 pub const SIGN_IN_TIMEOUT: Duration = Duration::from_secs(10);
+/// First wait before reconnecting after the connection dropped.
+pub const RECONNECT_MIN: Duration = Duration::from_millis(250);
+/// Longest wait between reconnect attempts: a restarted server sees its clients back within
+/// a few seconds.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
@@ -57,6 +68,8 @@ enum Outgoing {
     Frame(Message),
     /// A protocol `ping`; the writer replies with its number among all pings it wrote.
     Ping(oneshot::Sender<u64>),
+    /// The next close of the connection is meant (sign-out): do not reconnect.
+    Final,
 }
 
 /// Sends messages to the signal server; cheap to clone.
@@ -65,6 +78,8 @@ pub struct SignalSender {
     tx: mpsc::UnboundedSender<Outgoing>,
     /// Pongs received so far.
     pongs: watch::Receiver<u64>,
+    /// Successful sign-ins of this client: 1 after the first, +1 per reconnect.
+    sign_ins: watch::Receiver<u64>,
 }
 
 impl SignalSender {
@@ -156,7 +171,18 @@ impl SignalSender {
     /// Sign out: the server revokes this connection's session token (it can no longer
     /// `resume`) and closes the connection.
     pub fn logout(&self) -> Result<(), SignalError> {
+        let _ = self.tx.send(Outgoing::Final);
         self.send(&ClientMsg::Logout)
+    }
+
+    /// Successful sign-ins so far: 1 after `login`/`resume`, one more per reconnect.
+    pub fn sign_ins(&self) -> u64 {
+        *self.sign_ins.borrow()
+    }
+
+    /// Watch [`sign_ins`](Self::sign_ins) change.
+    pub fn sign_ins_watch(&self) -> watch::Receiver<u64> {
+        self.sign_ins.clone()
     }
 
     /// Close the connection (a WebSocket close frame).
@@ -250,7 +276,7 @@ impl SignalClient {
             Ok(other) => return Err(SignalError::Unexpected(other.encode())),
             Err(reason) => return Err(SignalError::Closed(reason)),
         };
-        let client = Self::start(ws, session);
+        let client = Self::start(ws, session, url.to_string(), tls.clone());
         // The signal server sends `welcome` before its engine has the device online: a call to
         // this number right after `welcome` can still find it offline. One ping round trip
         // orders the two, so a signed-in client is one that can be called.
@@ -258,70 +284,31 @@ impl SignalClient {
         Ok(client)
     }
 
-    fn start(ws: WsStream, session: Session) -> SignalClient {
-        let (mut sink, mut stream) = ws.split();
-        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
+    fn start(ws: WsStream, session: Session, url: String, tls: TlsOptions) -> SignalClient {
+        let (out_tx, out_rx) = mpsc::unbounded_channel::<Outgoing>();
         let (in_tx, inbox) = mpsc::unbounded_channel();
         let (pongs_tx, pongs) = watch::channel(0u64);
+        let (sign_ins_tx, sign_ins) = watch::channel(1u64);
         let close_reason = Arc::new(Mutex::new(None));
-        // Writer: outgoing messages, keep-alive pings; stops after a close frame or when every
-        // sender is gone.
-        tokio::spawn(async move {
-            let mut keepalive =
-                tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
-            let mut pings = 0u64;
-            loop {
-                let out = tokio::select! {
-                    m = out_rx.recv() => m.unwrap_or(Outgoing::Frame(Message::Close(None))),
-                    _ = keepalive.tick() => Outgoing::Ping(oneshot::channel().0),
-                };
-                let msg = match out {
-                    Outgoing::Frame(m) => m,
-                    Outgoing::Ping(reply) => {
-                        pings += 1;
-                        let _ = reply.send(pings);
-                        Message::Text(ClientMsg::Ping.encode().into())
-                    }
-                };
-                let is_close = matches!(msg, Message::Close(_));
-                if sink.send(msg).await.is_err() || is_close {
-                    let _ = sink.close().await;
-                    return;
-                }
-            }
-        });
-        // Reader: decode and pass on; remember why it ended.
-        let reason = close_reason.clone();
-        tokio::spawn(async move {
-            let why = loop {
-                match stream.next().await {
-                    Some(Ok(Message::Text(t))) => match ServerMsg::decode(t.as_str()) {
-                        Ok(ServerMsg::Pong) => pongs_tx.send_modify(|p| *p += 1),
-                        Ok(m) => {
-                            tracing::trace!("← cloud {t}");
-                            if in_tx.send(m).is_err() {
-                                break "client dropped".to_string();
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!("ignoring a message from the signal server: {e}: {t}")
-                        }
-                    },
-                    Some(Ok(Message::Close(frame))) => {
-                        break frame.map_or("closed".into(), |f| {
-                            format!("closed ({}: {})", f.code, f.reason)
-                        });
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => break e.to_string(),
-                    None => break "connection lost".into(),
-                }
-            };
-            *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-        });
+        let conn = Connection {
+            url,
+            tls,
+            token: session.session_token.clone(),
+            out_rx,
+            in_tx,
+            pongs_tx,
+            sign_ins_tx,
+            pings: 0,
+            meant_close: false,
+        };
+        tokio::spawn(conn.run(ws, close_reason.clone()));
         SignalClient {
             session,
-            sender: SignalSender { tx: out_tx, pongs },
+            sender: SignalSender {
+                tx: out_tx,
+                pongs,
+                sign_ins,
+            },
             inbox,
             close_reason,
         }
@@ -375,6 +362,206 @@ impl SignalInbox {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// Why one connection ended.
+enum Ended {
+    /// Closed on purpose (by us, or the client is gone), or the server said not to come back.
+    Final(String),
+    /// Dropped: reconnect.
+    Lost(String),
+}
+
+/// The task that owns the connection (and its successors).
+struct Connection {
+    url: String,
+    tls: TlsOptions,
+    /// The latest session token (`resume` rotates it).
+    token: String,
+    out_rx: mpsc::UnboundedReceiver<Outgoing>,
+    in_tx: mpsc::UnboundedSender<ServerMsg>,
+    pongs_tx: watch::Sender<u64>,
+    sign_ins_tx: watch::Sender<u64>,
+    pings: u64,
+    /// A sign-out was sent: its close is not a drop.
+    meant_close: bool,
+}
+
+impl Connection {
+    async fn run(mut self, mut ws: WsStream, close_reason: Arc<Mutex<Option<String>>>) {
+        let why = loop {
+            let lost = match self.serve(ws).await {
+                Ended::Final(why) => break why,
+                Ended::Lost(why) => why,
+            };
+            tracing::info!("signal connection lost ({lost}); reconnecting");
+            match self.reconnect().await {
+                Ok(next) => ws = next,
+                Err(why) => break why,
+            }
+        };
+        *close_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Relay both ways on one connection until it ends.
+    async fn serve(&mut self, ws: WsStream) -> Ended {
+        let (mut sink, mut stream) = ws.split();
+        let mut keepalive =
+            tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+        loop {
+            tokio::select! {
+                out = self.out_rx.recv() => {
+                    let msg = match out {
+                        // Every sender is gone: the client was dropped.
+                        None => {
+                            let _ = sink.send(Message::Close(None)).await;
+                            return Ended::Final("client dropped".into());
+                        }
+                        Some(Outgoing::Final) => {
+                            self.meant_close = true;
+                            continue;
+                        }
+                        Some(Outgoing::Frame(m)) => m,
+                        Some(Outgoing::Ping(reply)) => {
+                            self.pings += 1;
+                            let _ = reply.send(self.pings);
+                            Message::Text(ClientMsg::Ping.encode().into())
+                        }
+                    };
+                    let is_close = matches!(msg, Message::Close(_));
+                    if let Err(e) = sink.send(msg).await {
+                        return if is_close { Ended::Final("closed".into()) } else { Ended::Lost(e.to_string()) };
+                    }
+                    if is_close {
+                        let _ = sink.close().await;
+                        return Ended::Final("closed".into());
+                    }
+                }
+                _ = keepalive.tick() => {
+                    self.pings += 1;
+                    if let Err(e) = sink.send(Message::Text(ClientMsg::Ping.encode().into())).await {
+                        return Ended::Lost(e.to_string());
+                    }
+                }
+                frame = stream.next() => match frame {
+                    Some(Ok(Message::Text(t))) => match ServerMsg::decode(t.as_str()) {
+                        Ok(ServerMsg::Pong) => self.pongs_tx.send_modify(|p| *p += 1),
+                        Ok(m) => {
+                            tracing::trace!("← cloud {t}");
+                            if let ServerMsg::Error { code: ErrorCode::SessionReplaced, .. } = &m {
+                                // Signed in elsewhere: coming back would replace that one.
+                                self.meant_close = true;
+                            }
+                            if self.in_tx.send(m).is_err() {
+                                return Ended::Final("client dropped".into());
+                            }
+                        }
+                        Err(e) => tracing::warn!("ignoring a message from the signal server: {e}: {t}"),
+                    },
+                    Some(Ok(Message::Close(frame))) => {
+                        let why = frame.map_or("closed".into(), |f| format!("closed ({}: {})", f.code, f.reason));
+                        return self.lost_or_final(why);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return self.lost_or_final(e.to_string()),
+                    None => return self.lost_or_final("connection lost".into()),
+                },
+            }
+        }
+    }
+
+    fn lost_or_final(&self, why: String) -> Ended {
+        if self.meant_close || self.in_tx.is_closed() {
+            Ended::Final(why)
+        } else {
+            Ended::Lost(why)
+        }
+    }
+
+    /// Connect and `resume` again, with backoff, until it works (`Ok`), the server refuses
+    /// the token, or the client is closed meanwhile (`Err`: why).
+    async fn reconnect(&mut self) -> Result<WsStream, String> {
+        let mut wait = RECONNECT_MIN;
+        // What the client sent while the connection was down goes out after the resume.
+        let mut held: Vec<Outgoing> = vec![];
+        loop {
+            let jitter = 0.75 + 0.5 * (rand_unit() as f64);
+            let sleep = tokio::time::sleep(wait.mul_f64(jitter));
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    out = self.out_rx.recv() => match out {
+                        None => return Err("client dropped".into()),
+                        Some(Outgoing::Frame(Message::Close(_))) | Some(Outgoing::Final) => return Err("closed".into()),
+                        Some(Outgoing::Ping(reply)) => {
+                            // Never answered: the sync waiting on it times out.
+                            drop(reply);
+                        }
+                        Some(o) => held.push(o),
+                    },
+                }
+            }
+            if self.in_tx.is_closed() {
+                return Err("client dropped".into());
+            }
+            wait = (wait * 2).min(RECONNECT_MAX);
+            let resume = ClientMsg::Resume {
+                v: PROTOCOL_VERSION,
+                token: self.token.clone(),
+            };
+            let mut ws = match ws::connect(&self.url, &self.tls).await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    tracing::debug!("reconnect: {e}");
+                    continue;
+                }
+            };
+            if ws
+                .send(Message::Text(resume.encode().into()))
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            match tokio::time::timeout(SIGN_IN_TIMEOUT, next_server_msg(&mut ws)).await {
+                Ok(Ok(ServerMsg::Welcome { session_token, .. })) => {
+                    self.token = session_token;
+                    // Pongs of pings lost with the old connection never come: realign.
+                    self.pongs_tx.send_replace(self.pings);
+                    for o in held.drain(..) {
+                        if let Outgoing::Frame(m) = o
+                            && ws.send(m).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    self.sign_ins_tx.send_modify(|n| *n += 1);
+                    tracing::info!("signal connection back (resumed)");
+                    return Ok(ws);
+                }
+                Ok(Ok(ServerMsg::Error { code, message, .. })) => match code {
+                    // Busy or throttled: try again later.
+                    ErrorCode::RateLimited | ErrorCode::TooManyRequests | ErrorCode::Internal => {
+                        tracing::debug!("reconnect refused for now: {code}: {message}");
+                    }
+                    _ => return Err(format!("resume refused: {code}: {message}")),
+                },
+                Ok(Ok(other)) => tracing::debug!("reconnect: unexpected {}", other.encode()),
+                Ok(Err(why)) => tracing::debug!("reconnect: closed during resume: {why:?}"),
+                Err(_) => tracing::debug!("reconnect: no answer to resume"),
+            }
+        }
+    }
+}
+
+/// A number in [0, 1) for jitter (no need for a CSPRNG).
+fn rand_unit() -> f32 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (n % 1000) as f32 / 1000.0
 }
 
 /// The next protocol message on a raw socket (`Err(reason)` once closed).

@@ -30,6 +30,7 @@ use crate::g711::Law;
 use crate::signal::{self, Session, SignalClient, SignalError, SignalInbox, SignalSender};
 use crate::webrtc::{AudioSource, MediaEvent, MediaSession, PeerOptions, WebRtcError, WebRtcPeer};
 use crate::ws::TlsOptions;
+use str0m::IceConnectionState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SoftphoneError {
@@ -55,11 +56,24 @@ pub struct Timeouts {
     pub offer: Duration,
     /// After a local hangup, or after the media leg ended: for the cloud's `outcome`.
     pub outcome_grace: Duration,
+    /// A connected call that received audio and then none for this long counts its media path
+    /// as down (like ICE `disconnected`; back when packets come again): str0m reports
+    /// `disconnected` only once its consent checks time out. `None`: ICE alone decides.
+    pub media_silence: Option<Duration>,
+    /// How long a media path that was up may stay down before the call ends `media_lost`
+    /// (the call core's [`trunkline_call::MEDIA_LOSS_GRACE_MS`] by default).
+    pub media_loss_grace: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { direct: Duration::from_secs(10), offer: Duration::from_secs(10), outcome_grace: Duration::from_secs(5) }
+        Timeouts {
+            direct: Duration::from_secs(10),
+            offer: Duration::from_secs(10),
+            outcome_grace: Duration::from_secs(5),
+            media_silence: Some(Duration::from_secs(4)),
+            media_loss_grace: Duration::from_millis(trunkline_call::MEDIA_LOSS_GRACE_MS as u64),
+        }
     }
 }
 
@@ -414,6 +428,8 @@ pub struct CallStatus {
     pub outcome: Option<(Outcome, Option<u64>)>,
     /// A local failure that ended the call without the cloud's outcome.
     pub failure: Option<String>,
+    /// The outcome concluded here when the call ended (e.g. `media_lost`), before the cloud's.
+    pub local_outcome: Option<Outcome>,
     /// The call task has finished: nothing more will change.
     pub finished: bool,
 }
@@ -429,6 +445,7 @@ impl std::fmt::Debug for CallStatus {
             .field("direct_outcome", &self.direct_outcome)
             .field("outcome", &self.outcome)
             .field("failure", &self.failure)
+            .field("local_outcome", &self.local_outcome)
             .field("finished", &self.finished)
             .finish()
     }
@@ -588,7 +605,24 @@ struct CallTask {
     /// Over locally: wait for the cloud's outcome until then.
     grace: Option<tokio::time::Instant>,
     done: bool,
+    /// The media path as seen here: ICE `disconnected`, or no audio for `media_silence`.
+    path: PathWatch,
 }
+
+/// Whether the media path of a call is down, from str0m's ICE state and the audio received.
+#[derive(Default)]
+struct PathWatch {
+    ice_down: bool,
+    /// Audio packets received at the last check, and since when that count has not changed.
+    rx: Option<(u64, tokio::time::Instant)>,
+    silent: bool,
+    /// [`Input::MediaDown`] was fed (and no [`Input::MediaUp`] since).
+    reported_down: bool,
+    next_check: Option<tokio::time::Instant>,
+}
+
+/// How often the audio counter is looked at while a call is connected.
+const PATH_CHECK: Duration = Duration::from_millis(500);
 
 impl CallTask {
     fn new(
@@ -604,6 +638,7 @@ impl CallTask {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         call.connect_timeout_ms = inner.timeouts.direct.as_secs_f64() * 1000.0;
         call.offer_timeout_ms = inner.timeouts.offer.as_secs_f64() * 1000.0;
+        call.media_loss_grace_ms = inner.timeouts.media_loss_grace.as_secs_f64() * 1000.0;
         let handle = CallHandle {
             call_id: call.call_id.clone(),
             outgoing,
@@ -630,6 +665,7 @@ impl CallTask {
             failure_reported: false,
             grace: None,
             done: false,
+            path: PathWatch::default(),
         };
         (handle, task)
     }
@@ -657,7 +693,10 @@ impl CallTask {
                 continue;
             }
             let core_deadline = self.call.next_deadline().map(|ms| self.epoch + Duration::from_secs_f64(ms.max(0.0) / 1000.0));
-            let deadline = [self.grace, core_deadline].into_iter().flatten().min();
+            if self.path.next_check.is_none() && self.call.media_up && !self.call.is_over() {
+                self.path.next_check = Some(tokio::time::Instant::now() + PATH_CHECK);
+            }
+            let deadline = [self.grace, core_deadline, self.path.next_check].into_iter().flatten().min();
             tokio::select! {
                 m = self.rx.recv(), if self.cloud_open => match m {
                     Some(m) => self.on_cloud(m).await,
@@ -814,7 +853,16 @@ impl CallTask {
             self.failure_reported = true;
             self.update(CallUpdate::Failed(f.clone()));
         }
+        let local_outcome = if c.is_over() { c.outcome } else { None };
+        if local_outcome == Some(Outcome::MediaLost) && !self.failure_reported {
+            self.failure_reported = true;
+            self.update(CallUpdate::Failed(c.outcome_line().unwrap_or_default()));
+        }
         self.status.send_if_modified(|s| {
+            let changed = local_outcome.is_some() && s.local_outcome.is_none();
+            if changed {
+                s.local_outcome = local_outcome;
+            }
             let before = (s.answered, s.refused.clone(), s.failure.clone());
             s.answered |= answered;
             if refused.is_some() {
@@ -823,7 +871,7 @@ impl CallTask {
             if failure.is_some() {
                 s.failure = failure;
             }
-            before != (s.answered, s.refused.clone(), s.failure.clone())
+            changed || before != (s.answered, s.refused.clone(), s.failure.clone())
         });
         if self.call.is_over() {
             if self.call.cloud_final || !self.cloud_open {
@@ -917,9 +965,53 @@ impl CallTask {
                 // connection itself failed (or was closed by us: the core then ignores it).
                 if matches!(self.call.via, Via::Direct { .. }) { Input::ChannelClosed } else { Input::ConnectionFailed }
             }
-            MediaEvent::IceState(_) => return,
+            MediaEvent::IceState(state) => {
+                // str0m has no `failed`: `disconnected` may come back (consent checks answered).
+                self.path.ice_down = state == IceConnectionState::Disconnected;
+                self.update_path().await;
+                return;
+            }
         };
         self.step(input).await;
+    }
+
+    /// Audio received lately? A connected call whose audio stopped for `media_silence` counts
+    /// its path as down, as does ICE `disconnected`.
+    async fn check_path(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.path.next_check = None;
+        if self.call.is_over() || !self.call.media_up {
+            return;
+        }
+        let Some(m) = &self.media else { return };
+        let got = m.stats().packets_received;
+        // Silence counts only once audio has flowed (a phone that never sends is not a loss).
+        if got > 0 {
+            match self.path.rx {
+                Some((n, _)) if n == got => {}
+                _ => self.path.rx = Some((got, now)),
+            }
+        }
+        self.path.silent = match (self.inner.timeouts.media_silence, self.path.rx) {
+            (Some(limit), Some((_, since))) => now.duration_since(since) >= limit,
+            _ => false,
+        };
+        self.update_path().await;
+    }
+
+    /// Tell the call core when the path goes down or comes back.
+    async fn update_path(&mut self) {
+        let down = self.path.ice_down || self.path.silent;
+        // Only a path that was up (str0m's `Connected`: ICE + DTLS) can go down or come back;
+        // before that the connect deadline rules (and `MediaUp` would claim DTLS too early).
+        if down == self.path.reported_down || self.call.is_over() || !self.call.media_up {
+            return;
+        }
+        self.path.reported_down = down;
+        let (ice, silent) = (self.path.ice_down, self.path.silent);
+        let what = if down { "down" } else { "back" };
+        tracing::info!(call_id = %self.call.call_id, ice_disconnected = ice, no_audio = silent, "media path {what}");
+        self.step(if down { Input::MediaDown } else { Input::MediaUp }).await;
     }
 
     /// Progress lines and status of the switch's messages on the DataChannel.
@@ -955,6 +1047,9 @@ impl CallTask {
 
     async fn on_deadline(&mut self) {
         let now = tokio::time::Instant::now();
+        if self.path.next_check.is_some_and(|t| t <= now) {
+            self.check_path().await;
+        }
         if self.call.next_deadline().is_some_and(|ms| self.epoch + Duration::from_secs_f64(ms.max(0.0) / 1000.0) <= now) {
             self.step(Input::Tick).await;
         }

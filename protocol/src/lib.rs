@@ -228,10 +228,14 @@ pub enum Outcome {
     /// The direct connection (ICE + DTLS to the switch, or between two browsers) could not be
     /// made: the networks in between let no path through (reported with `connect_failed`).
     ConnectFailed,
+    /// The call was connected, then its media path died (ICE/DTLS to the switch or the other
+    /// browser lost and not back within the grace, e.g. the gateway crashed): a party said so
+    /// with `connect_failed` after the call connected. Carries `duration_ms`.
+    MediaLost,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Connected,
         Outcome::RejectedInvalid,
         Outcome::Declined,
@@ -243,6 +247,7 @@ impl Outcome {
         Outcome::Cancelled,
         Outcome::Error,
         Outcome::ConnectFailed,
+        Outcome::MediaLost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -258,6 +263,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Error => "error",
             Outcome::ConnectFailed => "connect_failed",
+            Outcome::MediaLost => "media_lost",
         }
     }
 
@@ -279,6 +285,8 @@ impl Outcome {
             Outcome::Cancelled => (487, "Request Terminated"),
             Outcome::Error => (500, "Server Internal Error"),
             Outcome::ConnectFailed => (503, "Service Unavailable"),
+            // Only after the answer: a desk phone gets BYE, not a final response; for completeness.
+            Outcome::MediaLost => (503, "Service Unavailable"),
         }
     }
 }
@@ -410,6 +418,12 @@ pub enum ClientMsg {
         secret: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         direct_urls: Vec<String>,
+        /// The cloud call ids of the calls this switch carries right now (at most
+        /// [`MAX_CARRIED_CALLS`]), so the cloud can reconcile after the link was lost: calls of
+        /// this switch it still has open and that are not listed ended while the link was down
+        /// (or the gateway restarted). Absent (an older gateway): nothing is reconciled.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        calls: Option<Vec<CallId>>,
     },
     /// A: a browser asks the cloud to place a call (→ C1).
     Dial { call_id: CallId, to: String },
@@ -437,6 +451,22 @@ pub enum ClientMsg {
     ConnectFailed { call_id: CallId, reason: String },
     /// Progress reported by the party that carries the call.
     CallEvent { call_id: CallId, event: CallEvent },
+    /// A switch's end-of-call report: the end of a call it carried (as `call_event` /
+    /// `ended`), with what the call record needs, so that a cloud that no longer knows the
+    /// call (it restarted while the call was up, or the report was queued while the link was
+    /// down) still writes a complete record. Idempotent: a report for a call already recorded
+    /// changes nothing. Times are Unix ms on the switch's clock; `duration_ms` is the talk time
+    /// of a connected call.
+    CallReport {
+        call_id: CallId,
+        outcome: Outcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+        from: String,
+        to: String,
+        started_ms: i64,
+        ended_ms: i64,
+    },
     /// B1/B2: a switch asks the cloud to validate the callee of its desk phone's call.
     RouteQuery { call_id: CallId, from: String, to: String },
     /// C12: a switch answers the cloud's `callee_query`.
@@ -481,6 +511,7 @@ impl ClientMsg {
             ClientMsg::Hangup { .. } => "hangup",
             ClientMsg::ConnectFailed { .. } => "connect_failed",
             ClientMsg::CallEvent { .. } => "call_event",
+            ClientMsg::CallReport { .. } => "call_report",
             ClientMsg::RouteQuery { .. } => "route_query",
             ClientMsg::QueryAnswer { .. } => "query_answer",
             ClientMsg::DirectOffer { .. } => "direct_offer",
@@ -504,6 +535,7 @@ impl ClientMsg {
             | ClientMsg::Hangup { call_id }
             | ClientMsg::ConnectFailed { call_id, .. }
             | ClientMsg::CallEvent { call_id, .. }
+            | ClientMsg::CallReport { call_id, .. }
             | ClientMsg::RouteQuery { call_id, .. }
             | ClientMsg::QueryAnswer { call_id, .. }
             | ClientMsg::DirectOffer { call_id, .. } => Some(call_id),
@@ -728,6 +760,9 @@ pub enum ErrorCode {
     TooManyRequests,
     /// Something broke on the server; the message had no effect.
     Internal,
+    /// The server cannot store anything right now (its disk is full, or its storage fails):
+    /// the message had no effect (nothing half-written); try again later. Reads still work.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -755,6 +790,7 @@ impl ErrorCode {
             ErrorCode::InvalidCall => "invalid_call",
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -917,7 +953,7 @@ mod redaction_tests {
             format!("{:?}", ClientMsg::Resume { v: 1, token: "TOKEN-abc".into() }),
             format!(
                 "{:?}",
-                ClientMsg::SwitchAuth { v: 1, switch_id: "hq".into(), secret: "SECRET-xyz".into(), direct_urls: vec![] }
+                ClientMsg::SwitchAuth { v: 1, switch_id: "hq".into(), secret: "SECRET-xyz".into(), direct_urls: vec![], calls: None }
             ),
             format!(
                 "{:?}",

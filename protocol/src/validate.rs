@@ -13,6 +13,11 @@ pub const MAX_URL_LEN: usize = 256;
 pub const MAX_PASSWORD_LEN: usize = 1024;
 pub const MAX_SWITCH_ID_LEN: usize = 64;
 pub const MAX_DIRECT_URLS: usize = 8;
+/// Most call ids `switch_auth.calls` may list (200 ids of 64 characters fit in a message); a
+/// gateway carrying more sends no list (the cloud then keeps its calls as they are).
+pub const MAX_CARRIED_CALLS: usize = 200;
+/// A call longer than a year is a bug or a lie.
+pub const MAX_CALL_DURATION_MS: u64 = 366 * 24 * 3600 * 1000;
 pub const MAX_SDP_LEN: usize = 12 * 1024;
 pub const MAX_CANDIDATE_LEN: usize = 512;
 pub const MAX_DISPLAY_NAME_LEN: usize = 64;
@@ -231,7 +236,15 @@ impl ClientMsg {
                     return Err(bad("token", "must be 1–128 printable characters"));
                 }
             }
-            ClientMsg::SwitchAuth { v, switch_id, secret, direct_urls } => {
+            ClientMsg::SwitchAuth { v, switch_id, secret, direct_urls, calls } => {
+                if let Some(calls) = calls {
+                    if calls.len() > MAX_CARRIED_CALLS {
+                        return Err(bad("calls", format_args!("must list at most {MAX_CARRIED_CALLS} call ids")));
+                    }
+                    for c in calls {
+                        check_call_id(c)?;
+                    }
+                }
                 check_version(*v)?;
                 check_switch_id(switch_id)?;
                 if secret.is_empty() || secret.len() > MAX_PASSWORD_LEN {
@@ -254,11 +267,27 @@ impl ClientMsg {
                 check_payload(payload)?;
             }
             ClientMsg::CallEvent { event, .. } => {
-                if let CallEvent::Ended { outcome: _, duration_ms: Some(d) } = event {
-                    // A call longer than a year is a bug or a lie.
-                    if *d > 366 * 24 * 3600 * 1000 {
-                        return Err(bad("duration_ms", "out of range"));
-                    }
+                if let CallEvent::Ended { outcome: _, duration_ms: Some(d) } = event
+                    && *d > MAX_CALL_DURATION_MS
+                {
+                    return Err(bad("duration_ms", "out of range"));
+                }
+            }
+            ClientMsg::CallReport { duration_ms, from, to, started_ms, ended_ms, .. } => {
+                check_number("from", from)?;
+                check_number("to", to)?;
+                // After 2001-09-09 (13 digits of Unix ms) and before the year 5138.
+                let sane = |t: i64| (1_000_000_000_000..100_000_000_000_000).contains(&t);
+                if !sane(*started_ms) {
+                    return Err(bad("started_ms", "must be a Unix time in ms"));
+                }
+                if !sane(*ended_ms) || ended_ms < started_ms {
+                    return Err(bad("ended_ms", "must be a Unix time in ms, not before started_ms"));
+                }
+                if let Some(d) = duration_ms
+                    && (*d > MAX_CALL_DURATION_MS || *d > (ended_ms - started_ms) as u64)
+                {
+                    return Err(bad("duration_ms", "out of range (longer than the call)"));
                 }
             }
             ClientMsg::RouteQuery { from, to, .. } => {
@@ -355,9 +384,37 @@ mod tests {
             r#"{"type":"query_answer","call_id":"c1","answer":{"answer":"accept","url":"wss://hq.example/direct","key":"AAAAAAAAAAAAAAAAAAAAAAAA","expires_in_ms":1000}}"#,
             r#"{"type":"switch_auth","v":1,"switch_id":"hq","secret":"s","direct_urls":["http://x"]}"#,
             r#"{"type":"switch_auth","v":1,"switch_id":"hq","secret":"s","direct_urls":["ws://1","ws://2","ws://3","ws://4","ws://5","ws://6","ws://7","ws://8","ws://9"]}"#,
+            r#"{"type":"switch_auth","v":1,"switch_id":"hq","secret":"s","calls":["a b"]}"#,
+            r#"{"type":"call_report","call_id":"c1","outcome":"connected","duration_ms":5000,"from":"2001","to":"1001","started_ms":1700000000000,"ended_ms":1700000001000}"#,
+            r#"{"type":"call_report","call_id":"c1","outcome":"connected","from":"2001","to":"1001","started_ms":1700000002000,"ended_ms":1700000001000}"#,
+            r#"{"type":"call_report","call_id":"c1","outcome":"connected","from":"2001","to":"1001","started_ms":-1,"ended_ms":1700000001000}"#,
+            r#"{"type":"call_report","call_id":"c1","outcome":"connected","from":"20 01","to":"1001","started_ms":1700000000000,"ended_ms":1700000001000}"#,
         ] {
             assert_eq!(ClientMsg::decode(text).unwrap_err().code, ErrorCode::InvalidField, "{text}");
         }
+    }
+
+    #[test]
+    fn switch_auth_lists_carried_calls_and_call_report_round_trips() {
+        let old = ClientMsg::decode(r#"{"type":"switch_auth","v":1,"switch_id":"hq","secret":"s"}"#).unwrap();
+        assert!(matches!(old, ClientMsg::SwitchAuth { calls: None, .. }), "older gateways send no list");
+        let new = ClientMsg::decode(r#"{"type":"switch_auth","v":1,"switch_id":"hq","secret":"s","calls":["c1","c2"]}"#).unwrap();
+        assert!(matches!(&new, ClientMsg::SwitchAuth { calls: Some(c), .. } if c.len() == 2));
+        let too_many: Vec<String> = (0..=MAX_CARRIED_CALLS).map(|i| format!("\"c{i}\"")).collect();
+        let text = format!(r#"{{"type":"switch_auth","v":1,"switch_id":"hq","secret":"s","calls":[{}]}}"#, too_many.join(","));
+        assert_eq!(ClientMsg::decode(&text).unwrap_err().code, ErrorCode::InvalidField);
+        let report = ClientMsg::CallReport {
+            call_id: "c1".into(),
+            outcome: crate::Outcome::Connected,
+            duration_ms: Some(800),
+            from: "2001".into(),
+            to: "1001".into(),
+            started_ms: 1_700_000_000_000,
+            ended_ms: 1_700_000_001_000,
+        };
+        assert_eq!(ClientMsg::decode(&report.encode()).unwrap(), report);
+        assert_eq!(report.call_id(), Some("c1"));
+        assert_eq!(report.kind(), "call_report");
     }
 
     #[test]

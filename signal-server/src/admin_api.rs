@@ -196,6 +196,8 @@ impl From<DirectoryError> for ApiError {
             DirectoryError::AlreadyExists { .. } => ApiError::new(StatusCode::CONFLICT, "already_exists", message),
             DirectoryError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
             DirectoryError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", m),
+            // A full disk (logged once per episode by the directory): try again later.
+            DirectoryError::Unavailable(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
             DirectoryError::Database(_) => {
                 tracing::error!(error = %message, "admin API");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)

@@ -121,6 +121,11 @@ pub struct SteeringConfig {
     /// A connected call with no `ended` report after this long is closed (outcome `connected`,
     /// duration = this limit): the carrier stopped reporting, the call did connect.
     pub max_call_duration_secs: u64,
+    /// When a switch's cloud link drops, its connected calls are kept this long (seconds)
+    /// waiting for it to come back: a blip must not end calls that are still up. Back in
+    /// time, it says which calls it still carries (the others end); not back, its calls end
+    /// with their duration up to the link loss.
+    pub switch_link_grace_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -257,6 +262,7 @@ impl Default for SteeringConfig {
             ring_timeout_ms: 45_000,
             key_ttl_ms: 30_000,
             max_call_duration_secs: 24 * 3600,
+            switch_link_grace_secs: 30,
         }
     }
 }
@@ -297,6 +303,9 @@ impl SteeringConfig {
     }
     pub fn max_call_duration(&self) -> Duration {
         Duration::from_secs(self.max_call_duration_secs)
+    }
+    pub fn switch_link_grace(&self) -> Duration {
+        Duration::from_secs(self.switch_link_grace_secs)
     }
 }
 

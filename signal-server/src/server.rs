@@ -98,7 +98,8 @@ struct WakeCmd {
 
 enum Online {
     Device(String),
-    Switch { id: String, ice_servers: Vec<trunkline_protocol::IceServer> },
+    /// `calls`: what the switch said it carries (`switch_auth.calls`), to reconcile with.
+    Switch { id: String, ice_servers: Vec<trunkline_protocol::IceServer>, calls: Option<Vec<CallId>> },
 }
 
 impl Online {
@@ -572,8 +573,7 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
                             Some(id) => match s.dir.revoke_session(id).await {
                                 Ok(_) => tracing::info!(conn, session_id = id, "browser signed out; session revoked"),
                                 Err(e) => {
-                                    tracing::error!(error = %e, "could not revoke a session at logout");
-                                    let e = ServerMsg::error(ErrorCode::Internal, "could not sign out; try again", None);
+                                    let e = storage_error(e, "could not sign out; try again").to_msg(None);
                                     if out_tx.try_send(Out::Msg(Box::new(e))).is_err() { break }
                                     continue;
                                 }
@@ -592,6 +592,12 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
                             Err(e) => e.to_msg(None),
                         };
                         if out_tx.try_send(Out::Msg(Box::new(reply))).is_err() { break }
+                    }
+                    // A full disk: the call's record could not be written, so no new call starts
+                    // (calls already up go on; their records wait in memory for the space).
+                    Ok(ClientMsg::Dial { call_id, .. }) if s.dir.storage_unavailable() => {
+                        let e = ServerMsg::error(ErrorCode::Unavailable, STORAGE_FULL_MSG, Some(call_id));
+                        if out_tx.try_send(Out::Msg(Box::new(e))).is_err() { break }
                     }
                     Ok(msg) => {
                         s.hub.apply(EngineCmd::Msg { conn, msg });
@@ -632,6 +638,20 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
     s.hub.apply(EngineCmd::Gone { conn });
 }
 
+/// What a client reads when the server's storage cannot take writes (SQLITE_FULL, I/O errors).
+const STORAGE_FULL_MSG: &str = "the server's disk is full; try again later";
+
+/// A directory failure as the wire's error: a full (or failing) disk is `unavailable`, said
+/// clearly (the directory logs it once per episode, with a metric); anything else is
+/// `internal` with `fallback`, logged here.
+fn storage_error(e: DirectoryError, fallback: &str) -> trunkline_protocol::ProtocolError {
+    if e.is_unavailable() {
+        return trunkline_protocol::ProtocolError::new(ErrorCode::Unavailable, STORAGE_FULL_MSG);
+    }
+    tracing::error!(error = %e, "directory error: {fallback}");
+    trunkline_protocol::ProtocolError::new(ErrorCode::Internal, fallback)
+}
+
 /// A browser's call history: its call records (as caller or callee), newest first.
 async fn history(s: &Shared, conn: ConnId, limit: Option<u32>) -> Result<ServerMsg, trunkline_protocol::ProtocolError> {
     use trunkline_protocol::ProtocolError as PE;
@@ -639,10 +659,11 @@ async fn history(s: &Shared, conn: ConnId, limit: Option<u32>) -> Result<ServerM
         return Err(PE::new(ErrorCode::NotAuthenticated, "sign in first"));
     };
     let limit = limit.unwrap_or(50).min(trunkline_protocol::MAX_HISTORY);
-    let records = s.dir.call_records(Some(&number), limit).await.map_err(|e| {
-        tracing::error!(error = %e, "directory error reading call history");
-        PE::new(ErrorCode::Internal, "could not read the call history; try again")
-    })?;
+    let records = s
+        .dir
+        .call_records(Some(&number), limit)
+        .await
+        .map_err(|e| storage_error(e, "could not read the call history; try again"))?;
     let calls = records
         .into_iter()
         .map(|r| trunkline_protocol::CallSummary {
@@ -668,10 +689,7 @@ async fn push_subscription(s: &Shared, conn: ConnId, msg: ClientMsg) -> Result<(
     let Some(number) = s.hub.device_of(conn) else {
         return Err(PE::new(ErrorCode::NotAuthenticated, "sign in first"));
     };
-    let internal = |e: DirectoryError| {
-        tracing::error!(error = %e, "directory error on a push subscription");
-        PE::new(ErrorCode::Internal, "could not store the push subscription; try again")
-    };
+    let internal = |e: DirectoryError| storage_error(e, "could not store the push subscription; try again");
     match msg {
         ClientMsg::PushSubscribe { endpoint, p256dh, auth } => {
             push::check_subscription(&s.config.push, &endpoint, &p256dh, &auth)?;
@@ -792,10 +810,7 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
         tracing::warn!(%ip, "sign-in refused: too many password checks at once");
         PE::new(ErrorCode::TooManyRequests, "the server is busy checking passwords; retry in 1 s")
     };
-    let internal = |e: DirectoryError| {
-        tracing::error!(error = %e, "directory error during sign-in");
-        PE::new(ErrorCode::Internal, "sign-in failed on the server; try again")
-    };
+    let internal = |e: DirectoryError| storage_error(e, "sign-in failed on the server; try again");
     match msg {
         ClientMsg::Login { number, password, .. } => {
             let attempt = match s.throttle.begin(&*s.dir, Some(&number), &address, now).await.map_err(internal)? {
@@ -895,7 +910,7 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
             };
             Ok((Online::Device(account.number), Some(welcome), Some(session_id)))
         }
-        ClientMsg::SwitchAuth { switch_id, secret, direct_urls, .. } => {
+        ClientMsg::SwitchAuth { switch_id, secret, direct_urls, calls, .. } => {
             let key = format!("switch:{switch_id}");
             let attempt = match s.throttle.begin(&*s.dir, Some(&key), &address, now).await.map_err(internal)? {
                 Ok(a) => a,
@@ -932,7 +947,7 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
             let _ = s.store.send(StoreCmd::SwitchState { id: switch_id.clone(), online: true, urls: direct_urls, at: unix_ms() });
             // The engine sends switch_welcome (it knows the phones).
             let ice_servers = s.ice.mint(&switch_id, unix_s());
-            Ok((Online::Switch { id: switch_id, ice_servers }, None, None))
+            Ok((Online::Switch { id: switch_id, ice_servers, calls }, None, None))
         }
         other => Err(PE::new(
             ErrorCode::NotAuthenticated,
@@ -979,7 +994,10 @@ impl Hub {
                 h.outboxes.insert(conn, outbox);
                 match who {
                     Online::Device(n) => h.engine.device_online(now, conn, &n),
-                    Online::Switch { id, ice_servers } => h.engine.switch_online(now, conn, &id, &self.realm, ice_servers),
+                    Online::Switch { id, ice_servers, calls } => {
+                        h.engine.switch_online(now, conn, &id, &self.realm, ice_servers);
+                        h.engine.reconcile(now, &id, calls.as_deref());
+                    }
                 }
             }
             EngineCmd::Msg { conn, msg } => h.engine.handle(now, conn, msg),
@@ -998,6 +1016,9 @@ impl Hub {
 
     fn after(&self, h: &mut HubInner) {
         drain(&mut h.engine, &mut h.outboxes, &self.store, self.wake.as_ref());
+        // Calls the engine holds open (those of a switch whose link is lost included): a
+        // phantom call would show here.
+        metrics::gauge!("trunkline_calls_in_progress").set(h.engine.active_calls() as f64);
         let next = h.engine.poll_timeout();
         let earlier = match (next, h.timer_target) {
             (Some(n), Some(t)) => n < t,
@@ -1109,10 +1130,30 @@ fn drain(
     }
 }
 
+/// Call records kept in memory while the disk is full, at most (oldest dropped beyond, counted).
+const MAX_RECORDS_WAITING: usize = 100_000;
+
 async fn store_loop(dir: Arc<dyn Directory>, mut rx: mpsc::UnboundedReceiver<StoreCmd>) {
     let mut batch = Vec::with_capacity(512);
     let mut records = Vec::with_capacity(512);
-    while rx.recv_many(&mut batch, 512).await > 0 {
+    loop {
+        // While the disk is full, records wait here and a write is retried every second (a
+        // probe when none waits), so service resumes by itself when space returns.
+        let retry = !records.is_empty() || dir.storage_unavailable();
+        let got = tokio::select! {
+            n = rx.recv_many(&mut batch, 512) => n,
+            _ = tokio::time::sleep(Duration::from_secs(1)), if retry => {
+                if records.is_empty() {
+                    let _ = dir.storage_probe().await;
+                } else {
+                    flush(&*dir, &mut records).await;
+                }
+                continue;
+            }
+        };
+        if got == 0 {
+            break;
+        }
         for cmd in batch.drain(..) {
             match cmd {
                 StoreCmd::Record(r) => records.push(r),
@@ -1122,6 +1163,8 @@ async fn store_loop(dir: Arc<dyn Directory>, mut rx: mpsc::UnboundedReceiver<Sto
                         Ok(()) => {}
                         // Removed by an admin while connected: nothing to record.
                         Err(DirectoryError::NotFound { .. }) => tracing::info!(switch_id = %id, "switch no longer provisioned"),
+                        // A full disk is logged once per episode by the directory.
+                        Err(e) if e.is_unavailable() => tracing::debug!(switch_id = %id, "switch state not stored: disk full"),
                         Err(e) => tracing::error!(switch_id = %id, error = %e, "could not store switch state"),
                     }
                 }
@@ -1129,11 +1172,34 @@ async fn store_loop(dir: Arc<dyn Directory>, mut rx: mpsc::UnboundedReceiver<Sto
         }
         flush(&*dir, &mut records).await;
     }
+    // Shutting down: a last try for what waits.
+    flush(&*dir, &mut records).await;
+    if !records.is_empty() {
+        tracing::error!(count = records.len(), "stopping with call records the full disk never took: they are lost");
+    }
 }
 
 async fn flush(dir: &dyn Directory, records: &mut Vec<CallRecord>) {
     if records.is_empty() {
         return;
+    }
+    if dir.storage_unavailable() {
+        // Known full: one try (it may be back), else keep them for the next retry.
+        match dir.insert_call_records(records).await {
+            Ok(()) => records.clear(),
+            Err(e) if e.is_unavailable() => {
+                if records.len() > MAX_RECORDS_WAITING {
+                    let dropped = records.len() - MAX_RECORDS_WAITING;
+                    records.drain(..dropped);
+                    metrics::counter!("trunkline_call_records_dropped_total").increment(dropped as u64);
+                    tracing::error!(dropped, "disk full for too long: dropping the oldest waiting call records");
+                }
+            }
+            Err(_) => {}
+        }
+        if records.is_empty() || dir.storage_unavailable() {
+            return;
+        }
     }
     // Retry a few times: losing call records is worse than a delay.
     for attempt in 0..3u64 {
@@ -1142,6 +1208,8 @@ async fn flush(dir: &dyn Directory, records: &mut Vec<CallRecord>) {
                 records.clear();
                 return;
             }
+            // The disk is full (logged once by the directory): keep them for the retry.
+            Err(e) if e.is_unavailable() => return,
             Err(e) => {
                 tracing::error!(error = %e, attempt, count = records.len(), "could not store call records; retrying");
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
@@ -1149,11 +1217,15 @@ async fn flush(dir: &dyn Directory, records: &mut Vec<CallRecord>) {
         }
     }
     // One bad record must not take the good ones with it: store them one by one.
+    let mut waiting = Vec::new();
     for r in records.drain(..) {
-        if let Err(e) = dir.insert_call_record(&r).await {
-            tracing::error!(error = %e, call_id = %r.call_id, "dropping a call record that cannot be stored");
+        match dir.insert_call_record(&r).await {
+            Ok(()) => {}
+            Err(e) if e.is_unavailable() => waiting.push(r),
+            Err(e) => tracing::error!(error = %e, call_id = %r.call_id, "dropping a call record that cannot be stored"),
         }
     }
+    *records = waiting;
 }
 
 /// Reload the directory into the engine when it changes: at once when the admin API says so,

@@ -128,6 +128,120 @@ impl NonceSource {
     }
 }
 
+/// Which nonce-counts of each nonce were already accepted, so a captured `Authorization` cannot
+/// be replayed (RFC 7616 §3.3 nc): a qop-less nonce is good once; with `qop=auth`, each `nc` once,
+/// in any order within a window of 64 below the highest seen (clients such as baresip reuse a
+/// nonce with increasing nc). Entries go when their nonce ages out; at most `cap` are kept (the
+/// oldest goes first), and only successful authentications add one.
+#[derive(Debug)]
+pub struct NonceUses {
+    map: std::collections::HashMap<String, NonceUse>,
+    /// (expiry, nonce) in insertion order: expiries only grow.
+    order: std::collections::VecDeque<(u64, String)>,
+    cap: usize,
+}
+
+#[derive(Debug, Default)]
+struct NonceUse {
+    /// Highest nc accepted; 0 for a qop-less use.
+    highest: u64,
+    /// Bit i: nc = highest - 1 - i was accepted.
+    window: u64,
+    /// Used without qop (no nc): the nonce is spent.
+    no_qop: bool,
+}
+
+/// Why a credential is refused by [`NonceUses::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// This (nonce, nc) — or this qop-less nonce — was already accepted.
+    Replayed,
+    /// nc is not 8 hex digits, or 0, or too far below the highest seen.
+    BadCount,
+}
+
+impl NonceUses {
+    pub fn new(cap: usize) -> NonceUses {
+        NonceUses { map: Default::default(), order: Default::default(), cap: cap.max(1) }
+    }
+
+    fn parse_nc(nc: Option<&str>) -> Result<Option<u64>, Reuse> {
+        match nc {
+            None => Ok(None),
+            Some(s) if s.len() == 8 => match u64::from_str_radix(s, 16) {
+                Ok(0) | Err(_) => Err(Reuse::BadCount),
+                Ok(n) => Ok(Some(n)),
+            },
+            Some(_) => Err(Reuse::BadCount),
+        }
+    }
+
+    /// May credentials with this `nonce` and `nc` (None: no qop) be accepted?
+    pub fn check(&self, nonce: &str, nc: Option<&str>) -> Result<(), Reuse> {
+        let n = Self::parse_nc(nc)?;
+        let Some(u) = self.map.get(nonce) else { return Ok(()) };
+        match n {
+            _ if u.no_qop => Err(Reuse::Replayed),
+            None => Err(Reuse::Replayed),
+            Some(n) if n > u.highest => Ok(()),
+            Some(n) if n == u.highest => Err(Reuse::Replayed),
+            Some(n) => {
+                let d = u.highest - n;
+                if d > 64 {
+                    Err(Reuse::BadCount)
+                } else if u.window & (1 << (d - 1)) != 0 {
+                    Err(Reuse::Replayed)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Remember that credentials with `nonce`/`nc` were accepted at `now_unix_secs`; the entry
+    /// is kept until `expires_unix_secs` (when the nonce is too old to be accepted anyway).
+    pub fn record(&mut self, nonce: &str, nc: Option<&str>, now_unix_secs: u64, expires_unix_secs: u64) {
+        while self.order.front().is_some_and(|(t, _)| *t <= now_unix_secs) {
+            let (_, n) = self.order.pop_front().expect("just seen");
+            self.map.remove(&n);
+        }
+        let Ok(n) = Self::parse_nc(nc) else { return };
+        if !self.map.contains_key(nonce) {
+            while self.map.len() >= self.cap {
+                let Some((_, old)) = self.order.pop_front() else { break };
+                self.map.remove(&old);
+            }
+            self.order.push_back((expires_unix_secs, nonce.to_string()));
+        }
+        let u = self.map.entry(nonce.to_string()).or_default();
+        match n {
+            None => u.no_qop = true,
+            Some(n) if n > u.highest => {
+                let shift = n - u.highest;
+                u.window = if shift > 64 { 0 } else { (u.window << (shift - 1)) << 1 };
+                if u.highest > 0 && shift <= 64 {
+                    u.window |= 1 << (shift - 1);
+                }
+                u.highest = n;
+            }
+            Some(n) => {
+                let d = u.highest - n;
+                if (1..=64).contains(&d) {
+                    u.window |= 1 << (d - 1);
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
 impl std::fmt::Debug for NonceSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("NonceSource { .. }")
@@ -458,6 +572,49 @@ mod tests {
             src.check("é".repeat(32).as_str(), 0, 300),
             NonceCheck::Invalid
         );
+    }
+
+    #[test]
+    fn nonce_counts_are_single_use() {
+        let mut u = NonceUses::new(100);
+        let nc = |n: u32| format!("{n:08x}");
+        // baresip: the same nonce with increasing nc.
+        for n in 1..=5 {
+            assert_eq!(u.check("a", Some(&nc(n))), Ok(()));
+            u.record("a", Some(&nc(n)), 1000, 1300);
+            assert_eq!(u.check("a", Some(&nc(n))), Err(Reuse::Replayed), "nc {n} replayed");
+        }
+        // Out of order within the window: once each.
+        u.record("a", Some(&nc(9)), 1000, 1300);
+        assert_eq!(u.check("a", Some(&nc(7))), Ok(()));
+        u.record("a", Some(&nc(7)), 1000, 1300);
+        assert_eq!(u.check("a", Some(&nc(7))), Err(Reuse::Replayed));
+        assert_eq!(u.check("a", Some(&nc(8))), Ok(()));
+        assert_eq!(u.check("a", Some(&nc(5))), Err(Reuse::Replayed));
+        u.record("a", Some(&nc(200)), 1000, 1300);
+        assert_eq!(u.check("a", Some(&nc(100))), Err(Reuse::BadCount), "far below the highest");
+        assert_eq!(u.check("a", Some("0000000g")), Err(Reuse::BadCount));
+        assert_eq!(u.check("a", Some("00000000")), Err(Reuse::BadCount));
+        assert_eq!(u.check("a", None), Err(Reuse::Replayed), "no qop on a counted nonce");
+        // qop-less: once.
+        assert_eq!(u.check("b", None), Ok(()));
+        u.record("b", None, 1000, 1300);
+        assert_eq!(u.check("b", None), Err(Reuse::Replayed));
+        assert_eq!(u.check("b", Some(&nc(1))), Err(Reuse::Replayed));
+        // Aged out: forgotten (the nonce itself is refused as stale by then).
+        u.record("c", None, 1300, 1600);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u.check("a", Some(&nc(1))), Ok(()));
+    }
+
+    #[test]
+    fn nonce_uses_are_bounded() {
+        let mut u = NonceUses::new(10);
+        for i in 0..1000 {
+            u.record(&format!("n{i}"), Some("00000001"), 0, 300);
+        }
+        assert_eq!(u.len(), 10);
+        assert_eq!(u.check("n999", Some("00000001")), Err(Reuse::Replayed));
     }
 
     #[test]

@@ -5,12 +5,20 @@
 //! backoff and jitter; the core is told `Up`/`Down` so it can answer calls that need the cloud
 //! at once (503) while local calls carry on. At shutdown it sends what is still queued and
 //! closes the WebSocket properly.
+//!
+//! End-of-call reports are not lost with the link: while it is down they are kept (at most
+//! [`MAX_QUEUED_REPORTS`], the oldest dropped with a warning and a counter) and sent right
+//! after the next sign-in, as are those sent in the last [`RESEND_WINDOW`] before a drop (they
+//! may not have been read; the cloud takes a repeated report as done). Each sign-in lists the
+//! calls the gateway still carries (`switch_auth.calls`), so the cloud can end the others.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use trunkline_protocol::{ClientMsg, ErrorCode, PROTOCOL_VERSION, ServerMsg};
 
@@ -28,6 +36,70 @@ pub struct LinkConfig {
     pub secret: String,
     /// TLS settings for `wss://` (the public roots plus `cloud_ca_file`); `None` for `ws://`.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Asks the core which calls it carries (for `switch_auth.calls`); `None`: list nothing.
+    pub carried: Option<CarriedCalls>,
+}
+
+/// Asks the gateway core for the cloud call ids it carries now.
+pub type CarriedCalls = Arc<dyn Fn() -> oneshot::Receiver<Vec<String>> + Send + Sync>;
+
+/// End-of-call reports kept while the link is down; past this the oldest are dropped.
+pub const MAX_QUEUED_REPORTS: usize = 10_000;
+/// Reports sent this long before the link dropped are sent again after the next sign-in: the
+/// cloud may not have read them (a killed server's socket buffer).
+pub const RESEND_WINDOW: Duration = Duration::from_secs(30);
+
+/// Is `m` an end-of-call report (kept while the link is down)?
+fn is_end_report(m: &ClientMsg) -> bool {
+    matches!(m, ClientMsg::CallReport { .. } | ClientMsg::CallEvent { event: trunkline_protocol::CallEvent::Ended { .. }, .. })
+}
+
+/// End reports waiting for the link, and those recently sent on it.
+#[derive(Default)]
+struct Reports {
+    queued: VecDeque<ClientMsg>,
+    sent: VecDeque<(Instant, ClientMsg)>,
+}
+
+impl Reports {
+    fn keep(&mut self, m: ClientMsg) {
+        if self.queued.len() >= MAX_QUEUED_REPORTS {
+            self.queued.pop_front();
+            metrics::counter!("trunkline_gateway_end_reports_dropped_total").increment(1);
+            tracing::warn!(max = MAX_QUEUED_REPORTS, "cloud link down too long: dropped the oldest queued end-of-call report");
+        }
+        self.queued.push_back(m);
+    }
+
+    fn sent(&mut self, now: Instant, m: &ClientMsg) {
+        if is_end_report(m) {
+            self.sent.push_back((now, m.clone()));
+        }
+        while self.sent.front().is_some_and(|(t, _)| now.duration_since(*t) > RESEND_WINDOW) {
+            self.sent.pop_front();
+        }
+    }
+
+    /// The link dropped: the recent ones go out again, before those queued since.
+    fn link_dropped(&mut self, now: Instant) {
+        let recent: Vec<ClientMsg> =
+            self.sent.drain(..).filter(|(t, _)| now.duration_since(*t) <= RESEND_WINDOW).map(|(_, m)| m).collect();
+        for m in recent.into_iter().rev() {
+            self.queued.push_front(m);
+        }
+        while self.queued.len() > MAX_QUEUED_REPORTS {
+            self.queued.pop_front();
+            metrics::counter!("trunkline_gateway_end_reports_dropped_total").increment(1);
+        }
+    }
+
+    /// A message from the core while the link is down: end reports are kept, the rest dropped
+    /// (the core knows the link is down and does not rely on them).
+    fn while_down(&mut self, m: ClientMsg) {
+        if is_end_report(&m) {
+            self.keep(m);
+        }
+    }
 }
 
 /// The TLS client settings for a `wss://` cloud link: Mozilla's root store (public CAs) plus
@@ -40,10 +112,8 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientCon
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = ca_file {
         let what = |e: &dyn std::fmt::Display| format!("cloud_ca_file {}: {e}", path.display());
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| what(&e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| what(&e))?;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(path).map_err(|e| what(&e))?.collect::<Result<_, _>>().map_err(|e| what(&e))?;
         if certs.is_empty() {
             return Err(what(&"no PEM certificate in the file"));
         }
@@ -60,7 +130,11 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientCon
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// After a refused sign-in (wrong secret: retrying fast helps nobody).
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// After a network error: a restarted cloud sees its gateways back within a few seconds
+/// (≤ 2 s × 1.5 jitter); one connection attempt per gateway every ~2 s costs the cloud little.
+const BACKOFF_MAX_IO: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keep-alive ping when nothing else was sent for this long (NAT bindings, dead peers).
 const KEEPALIVE: Duration = Duration::from_secs(20);
@@ -76,14 +150,16 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut reports = Reports::default();
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let session = session(&cfg, &events, &mut outgoing, &mut shutdown).await;
+        let session = session(&cfg, &events, &mut outgoing, &mut shutdown, &mut reports).await;
         if *shutdown.borrow() {
             return;
         }
+        reports.link_dropped(Instant::now());
         let _ = events.send(LinkEvent::Down).await;
         let wait = match session {
             // Ran properly before dropping: come back quickly.
@@ -99,18 +175,28 @@ pub async fn run(
             Err(SessionError::Io(msg)) => {
                 tracing::warn!(url = %cfg.url, "cloud link down: {msg}; retrying in ~{:?}", backoff);
                 let w = backoff;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                backoff = (backoff * 2).min(BACKOFF_MAX_IO);
                 w
             }
         };
         // Jitter ±50% so a site's gateways do not reconnect in lockstep after a cloud restart.
         let jitter = rand::rng().random_range(0.5..1.5);
         let wait = wait.mul_f64(jitter);
-        // Drain what the core sent meanwhile: it was told the link is down.
-        while outgoing.try_recv().is_ok() {}
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+        // What the core sends meanwhile (it was told the link is down): end reports are kept.
+        while let Ok(m) = outgoing.try_recv() {
+            reports.while_down(m);
+        }
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                m = outgoing.recv() => match m {
+                    Some(m) => reports.while_down(m),
+                    None => return,
+                },
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
         }
     }
 }
@@ -129,12 +215,25 @@ async fn session(
     events: &mpsc::Sender<LinkEvent>,
     outgoing: &mut mpsc::Receiver<ClientMsg>,
     shutdown: &mut watch::Receiver<bool>,
+    reports: &mut Reports,
 ) -> Result<(), SessionError> {
     let io = |e: &dyn std::fmt::Display| SessionError::Io(e.to_string());
     let mut ws = tokio::select! {
         r = sign_in(cfg, events) => r?,
         _ = stopping(shutdown) => return Ok(()),
     };
+    // The end reports kept while the link was down, oldest first; one that cannot be sent
+    // stays for the next connection.
+    let mut resent = 0usize;
+    while let Some(m) = reports.queued.front() {
+        ws.send(Message::Text(m.encode().into())).await.map_err(|e| io(&e))?;
+        let m = reports.queued.pop_front().expect("just seen");
+        reports.sent(Instant::now(), &m);
+        resent += 1;
+    }
+    if resent > 0 {
+        tracing::info!(reports = resent, "sent the end-of-call reports kept while the cloud link was down");
+    }
     let mut idle = tokio::time::interval(KEEPALIVE);
     idle.reset();
     loop {
@@ -158,7 +257,11 @@ async fn session(
             },
             out = outgoing.recv() => match out {
                 Some(m) => {
-                    ws.send(Message::Text(m.encode().into())).await.map_err(|e| io(&e))?;
+                    if let Err(e) = ws.send(Message::Text(m.encode().into())).await {
+                        reports.while_down(m);
+                        return Err(io(&e));
+                    }
+                    reports.sent(Instant::now(), &m);
                     idle.reset();
                 }
                 // The core is gone (the gateway is stopping): everything it sent is out.
@@ -218,15 +321,26 @@ async fn sign_in(cfg: &LinkConfig, events: &mpsc::Sender<LinkEvent>) -> Result<W
             cfg.tls.clone().map(tokio_tungstenite::Connector::Rustls),
         ),
     )
-        .await
-        .map_err(|_| SessionError::Io("connect timed out".into()))?
-        .map_err(|e| io(&e))?;
+    .await
+    .map_err(|_| SessionError::Io("connect timed out".into()))?
+    .map_err(|e| io(&e))?;
+    // The calls we carry now, so the cloud can end those it still has open for us that are
+    // gone (we restarted). Too many for one message, or no answer: no list (the cloud keeps
+    // its calls as they are).
+    let calls = match &cfg.carried {
+        Some(ask) => match tokio::time::timeout(Duration::from_secs(2), ask()).await {
+            Ok(Ok(ids)) if ids.len() <= trunkline_protocol::MAX_CARRIED_CALLS => Some(ids),
+            _ => None,
+        },
+        None => None,
+    };
     let auth = ClientMsg::SwitchAuth {
         v: PROTOCOL_VERSION,
         switch_id: cfg.switch_id.clone(),
         secret: cfg.secret.clone(),
         // Nothing to advertise: callers reach this gateway over WebRTC through the cloud.
         direct_urls: vec![],
+        calls,
     };
     ws.send(Message::Text(auth.encode().into())).await.map_err(|e| io(&e))?;
     // The first answer tells whether we are in.
@@ -240,7 +354,9 @@ async fn sign_in(cfg: &LinkConfig, events: &mpsc::Sender<LinkEvent>) -> Result<W
                 let _ = events.send(LinkEvent::Up).await;
                 let _ = events.send(LinkEvent::Msg(m)).await;
             }
-            Ok(ServerMsg::Error { code: ErrorCode::AuthFailed | ErrorCode::RateLimited | ErrorCode::Forbidden, message, .. }) => {
+            Ok(ServerMsg::Error {
+                code: ErrorCode::AuthFailed | ErrorCode::RateLimited | ErrorCode::Forbidden, message, ..
+            }) => {
                 return Err(SessionError::Auth(message));
             }
             Ok(other) => return Err(SessionError::Io(format!("unexpected first message {other:?}"))),

@@ -50,6 +50,10 @@ pub struct Config {
     /// (baresip 1.0's libre) abandon the registration when any challenge is not MD5. Sites whose
     /// phones do RFC 8760 list "SHA-256" (first).
     pub digest_algorithms: Vec<String>,
+    /// Limits on SIP password guessing and scanning (`[sip_guard]`, see [`crate::guard`]).
+    pub sip_guard: crate::guard::GuardConfig,
+    /// Serve Prometheus metrics at `http://<this>/metrics` (off when absent).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -70,6 +74,8 @@ impl Default for Config {
             state_dir: "gateway-state".into(),
             echo_number: None,
             digest_algorithms: vec!["MD5".into()],
+            sip_guard: crate::guard::GuardConfig::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -150,6 +156,7 @@ impl Config {
                 self.digest_algorithms
             )));
         }
+        self.sip_guard.check().map_err(ConfigError::Invalid)?;
         if let Some(n) = &self.echo_number {
             trunkline_protocol::check_number("echo_number", n).map_err(|e| ConfigError::Invalid(e.message))?;
         }

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod cloud_link;
 pub mod config;
 pub mod echo;
+pub mod guard;
 pub mod healthcheck;
 pub mod phones;
 pub mod queue;
@@ -87,6 +88,8 @@ enum CoreIn {
     /// The gateway is stopping: end every call ([`Core::shutdown`]); answered once its
     /// outputs are out (BYEs sent, the cloud's `ended` queued on the link).
     Shutdown(tokio::sync::oneshot::Sender<()>),
+    /// The cloud link signs in: which cloud calls do we carry ([`Core::cloud_calls`])?
+    Carried(tokio::sync::oneshot::Sender<Vec<String>>),
 }
 
 type TcpWriters = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
@@ -159,6 +162,9 @@ pub async fn run(
     // A deep receive buffer: bursts of SIP (registration storms, many calls) must not be
     // dropped by the kernel while the core is busy.
     let _ = socket2::SockRef::from(&sockets.sip_udp).set_recv_buffer_size(4 << 20);
+    // And a deep send buffer: answers queued at peers that never read them (a scanner's
+    // socket) must not fill it and starve the answers to real phones.
+    let _ = socket2::SockRef::from(&sockets.sip_udp).set_send_buffer_size(4 << 20);
     let udp = Arc::new(sockets.sip_udp);
     let sip_port = udp.local_addr()?.port();
     let adv_ip = config.advertise_ip();
@@ -198,6 +204,7 @@ pub async fn run(
             min_expires: config.min_expires_secs,
             max_expires: config.max_expires_secs,
             echo_number: config.echo_number.clone(),
+            guard: config.sip_guard.clone(),
             digest_algorithms: config
                 .digest_algorithms
                 .iter()
@@ -225,6 +232,14 @@ pub async fn run(
             switch_id: config.id.clone(),
             secret,
             tls: cloud_tls,
+            carried: Some({
+                let core_tx = core_tx.clone();
+                Arc::new(move || {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let _ = core_tx.try_send(CoreIn::Carried(tx));
+                    rx
+                })
+            }),
         },
         link_ev_tx,
         link_out_rx,
@@ -250,13 +265,31 @@ pub async fn run(
         });
     }
 
-    let udp_task = tokio::spawn(udp_loop(udp.clone(), core_tx.clone(), stop_rx.clone()));
-    let tcp_task =
-        tokio::spawn(tcp_accept_loop(sockets.sip_tcp, core_tx.clone(), tcp_writers.clone(), stop_rx.clone()));
+    if let Some(addr) = config.metrics_listen {
+        let listener = TcpListener::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "Prometheus metrics at /metrics");
+        tokio::spawn(serve_metrics(listener, metrics_handle(), stop_rx.clone()));
+    }
+    let blocklist = Blocklist::default();
+    let udp_task = tokio::spawn(udp_loop(udp.clone(), core_tx.clone(), blocklist.clone(), stop_rx.clone()));
+    let tcp_task = tokio::spawn(tcp_accept_loop(
+        sockets.sip_tcp,
+        core_tx.clone(),
+        tcp_writers.clone(),
+        blocklist.clone(),
+        stop_rx.clone(),
+    ));
     let tls_task = match (sockets.sip_tls, tls_acceptor) {
         (Some(l), Some(acceptor)) => {
             tracing::info!(addr = %l.local_addr()?, "SIP over TLS");
-            Some(tokio::spawn(tls_accept_loop(l, acceptor, core_tx.clone(), tcp_writers.clone(), stop_rx.clone())))
+            Some(tokio::spawn(tls_accept_loop(
+                l,
+                acceptor,
+                core_tx.clone(),
+                tcp_writers.clone(),
+                blocklist.clone(),
+                stop_rx.clone(),
+            )))
         }
         _ => None,
     };
@@ -273,6 +306,7 @@ pub async fn run(
         stun_servers,
         echoes,
         core_tx.clone(),
+        blocklist,
         stop_rx.clone(),
     ));
 
@@ -310,6 +344,7 @@ async fn core_loop(
     stun_servers: bridge::StunServers,
     echoes: Echoes,
     core_tx: mpsc::Sender<CoreIn>,
+    blocklist: Blocklist,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut relays: HashMap<u64, RelayHandle> = HashMap::new();
@@ -337,6 +372,9 @@ async fn core_loop(
                             core.shutdown(now);
                             stopping.push(done);
                         }
+                        CoreIn::Carried(reply) => {
+                            let _ = reply.send(core.cloud_calls());
+                        }
                     }
                 }
             }
@@ -345,8 +383,10 @@ async fn core_loop(
             }
             _ = stopped(&mut stop) => break,
         }
+        metrics::gauge!("trunkline_sip_server_transactions").set(core.server_transactions() as f64);
         while let Some(out) = core.poll_output() {
             match out {
+                Output::Block { ip, until } => blocklist.block(ip, until),
                 Output::Sip { to, transport: Transport::Udp, data } => {
                     if let Err(e) = udp.try_send_to(&data, to) {
                         tracing::debug!(%to, error = %e, "UDP send failed");
@@ -575,7 +615,7 @@ fn parse_and_forward(data: &[u8], src: SocketAddr, transport: Transport) -> Resu
     }
 }
 
-async fn udp_loop(udp: Arc<UdpSocket>, core: mpsc::Sender<CoreIn>, mut stop: watch::Receiver<bool>) {
+async fn udp_loop(udp: Arc<UdpSocket>, core: mpsc::Sender<CoreIn>, blocklist: Blocklist, mut stop: watch::Receiver<bool>) {
     let mut buf = vec![0u8; 65_536];
     loop {
         let (n, src) = tokio::select! {
@@ -586,6 +626,11 @@ async fn udp_loop(udp: Arc<UdpSocket>, core: mpsc::Sender<CoreIn>, mut stop: wat
             },
             _ = stopped(&mut stop) => return,
         };
+        // A blocked source is ignored before any parsing work.
+        if blocklist.is_blocked(src.ip()) {
+            metrics::counter!("trunkline_sip_dropped_total", "reason" => "blocked").increment(1);
+            continue;
+        }
         let data = &buf[..n];
         if data.iter().all(|b| b.is_ascii_whitespace()) {
             continue; // keep-alive
@@ -604,13 +649,23 @@ async fn udp_loop(udp: Arc<UdpSocket>, core: mpsc::Sender<CoreIn>, mut stop: wat
     }
 }
 
-async fn tcp_accept_loop(listener: TcpListener, core: mpsc::Sender<CoreIn>, writers: TcpWriters, mut stop: watch::Receiver<bool>) {
+async fn tcp_accept_loop(
+    listener: TcpListener,
+    core: mpsc::Sender<CoreIn>,
+    writers: TcpWriters,
+    blocklist: Blocklist,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = stopped(&mut stop) => return,
         };
-        tokio::spawn(tcp_conn(stream, peer, Transport::Tcp, core.clone(), writers.clone(), stop.clone()));
+        if blocklist.is_blocked(peer.ip()) {
+            metrics::counter!("trunkline_sip_dropped_total", "reason" => "blocked").increment(1);
+            continue; // closed at once
+        }
+        tokio::spawn(tcp_conn(stream, peer, Transport::Tcp, core.clone(), writers.clone(), blocklist.clone(), stop.clone()));
     }
 }
 
@@ -635,6 +690,7 @@ async fn tls_accept_loop(
     acceptor: tokio_rustls::TlsAcceptor,
     core: mpsc::Sender<CoreIn>,
     writers: TcpWriters,
+    blocklist: Blocklist,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -642,11 +698,16 @@ async fn tls_accept_loop(
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = stopped(&mut stop) => return,
         };
+        if blocklist.is_blocked(peer.ip()) {
+            metrics::counter!("trunkline_sip_dropped_total", "reason" => "blocked").increment(1);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let (acceptor, core, writers, stop) = (acceptor.clone(), core.clone(), writers.clone(), stop.clone());
+        let blocklist = blocklist.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tcp_conn(tls, peer, Transport::Tls, core, writers, stop).await,
+                Ok(Ok(tls)) => tcp_conn(tls, peer, Transport::Tls, core, writers, blocklist, stop).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "SIP TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "SIP TLS handshake timed out"),
             }
@@ -667,7 +728,7 @@ fn send_tcp(writers: &TcpWriters, core: &mpsc::Sender<CoreIn>, to: SocketAddr, d
             Ok(Ok(stream)) => {
                 let (stop_tx, stop_rx) = watch::channel(false);
                 let w = writers.clone();
-                let task = tokio::spawn(tcp_conn(stream, to, Transport::Tcp, core, w, stop_rx));
+                let task = tokio::spawn(tcp_conn(stream, to, Transport::Tcp, core, w, Blocklist::default(), stop_rx));
                 // Wait until the connection task registered its writer, then send.
                 for _ in 0..100 {
                     if let Some(tx) = writers.lock().unwrap().get(&to) {
@@ -685,8 +746,15 @@ fn send_tcp(writers: &TcpWriters, core: &mpsc::Sender<CoreIn>, to: SocketAddr, d
 }
 
 /// One SIP stream connection (TCP or TLS): framing in, writes out.
-async fn tcp_conn<S>(stream: S, peer: SocketAddr, transport: Transport, core: mpsc::Sender<CoreIn>, writers: TcpWriters, mut stop: watch::Receiver<bool>)
-where
+async fn tcp_conn<S>(
+    stream: S,
+    peer: SocketAddr,
+    transport: Transport,
+    core: mpsc::Sender<CoreIn>,
+    writers: TcpWriters,
+    blocklist: Blocklist,
+    mut stop: watch::Receiver<bool>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -712,6 +780,11 @@ where
                             if ping { let _ = tx.try_send(b"\r\n".to_vec()); }
                         }
                         Ok(Some(trunkline_sip::Frame::Message(len))) => {
+                            if blocklist.is_blocked(peer.ip()) {
+                                // Blocked while connected: the connection goes.
+                                metrics::counter!("trunkline_sip_dropped_total", "reason" => "blocked").increment(1);
+                                break 'conn;
+                            }
                             let frame: Vec<u8> = buf.drain(..len).collect();
                             match parse_and_forward(&frame, peer, transport) {
                                 Ok(msg) => {
@@ -743,6 +816,95 @@ where
     let mut w = writers.lock().unwrap();
     if w.get(&peer).is_some_and(|t| t.same_channel(&tx)) {
         w.remove(&peer);
+    }
+}
+
+/// Sources the guard blocked (the core decides, [`Output::Block`]), checked before parsing.
+#[derive(Clone, Default)]
+struct Blocklist(Arc<Mutex<HashMap<IpAddr, Instant>>>);
+
+impl Blocklist {
+    fn block(&self, ip: IpAddr, until: Instant) {
+        let mut m = self.0.lock().unwrap();
+        // Bounded like the guard's own table: expired blocks go when it grows.
+        if m.len() >= 100_000 {
+            let now = Instant::now();
+            m.retain(|_, t| *t > now);
+        }
+        m.insert(ip, until);
+    }
+
+    fn is_blocked(&self, ip: IpAddr) -> bool {
+        let mut m = self.0.lock().unwrap();
+        match m.get(&ip) {
+            Some(t) if *t > Instant::now() => true,
+            Some(_) => {
+                m.remove(&ip);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+/// The process's Prometheus recorder (installed by the first gateway to ask; a test process
+/// running a signal server too may already have one, whose handle is then not this one).
+fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// `GET /metrics` in Prometheus text; anything else 404. One request per connection, a
+/// bounded head and a deadline: this port is for a local scraper.
+async fn serve_metrics(
+    listener: TcpListener,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (mut stream, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = stopped(&mut stop) => return,
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            let read = async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                true
+            };
+            if !matches!(tokio::time::timeout(std::time::Duration::from_secs(5), read).await, Ok(true)) {
+                return;
+            }
+            let line = String::from_utf8_lossy(head.split(|b| *b == b'\r').next().unwrap_or(b"")).into_owned();
+            let mut parts = line.split(' ');
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (status, ctype, body) = if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
+                handle.run_upkeep();
+                ("200 OK", "text/plain; version=0.0.4", handle.render())
+            } else {
+                ("404 Not Found", "text/plain", "not found\n".to_string())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
     }
 }
 

@@ -11,6 +11,9 @@ pub struct Phones {
     path: PathBuf,
     realm: String,
     by_number: HashMap<String, PhoneEntry>,
+    /// A list has been read from disk or received from the cloud. Until then the gateway
+    /// cannot tell a wrong password from a phone it has not been told about yet.
+    loaded: bool,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -23,12 +26,13 @@ impl Phones {
     /// Load the local copy from `state_dir` (empty if there is none yet or it is unreadable).
     pub fn load(state_dir: &Path) -> Phones {
         let path = state_dir.join("phones.json");
-        let mut p = Phones { path, realm: "trunkline".into(), by_number: HashMap::new() };
+        let mut p = Phones { path, realm: "trunkline".into(), by_number: HashMap::new(), loaded: false };
         match std::fs::read(&p.path) {
             Ok(bytes) => match serde_json::from_slice::<OnDisk>(&bytes) {
                 Ok(d) => {
                     p.realm = d.realm;
                     p.by_number = d.phones.into_iter().map(|e| (e.number.clone(), e)).collect();
+                    p.loaded = true;
                     tracing::info!(count = p.by_number.len(), path = %p.path.display(), "loaded local phone list");
                 }
                 Err(e) => tracing::warn!(path = %p.path.display(), error = %e, "ignoring unreadable local phone list"),
@@ -37,6 +41,11 @@ impl Phones {
             Err(e) => tracing::warn!(path = %p.path.display(), error = %e, "cannot read local phone list"),
         }
         p
+    }
+
+    /// Whether any phone list is known (from disk or the cloud), even an empty one.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
     }
 
     pub fn realm(&self) -> &str {
@@ -68,6 +77,7 @@ impl Phones {
         let new: HashMap<String, PhoneEntry> = phones.into_iter().map(|e| (e.number.clone(), e)).collect();
         let gone: Vec<String> = self.by_number.keys().filter(|n| !new.contains_key(*n)).cloned().collect();
         self.by_number = new;
+        self.loaded = true;
         if let Err(e) = self.save() {
             tracing::error!(path = %self.path.display(), error = %e, "cannot save local phone list");
         }

@@ -94,6 +94,11 @@ impl WaitingQueue {
         self.slots.values().any(|s| matches!(s, Slot::Waiting { entry, .. } if entry.phone == phone))
     }
 
+    /// The call ids of the calls waiting (listed to the cloud at sign-in).
+    pub fn waiting_ids(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().filter(|(_, s)| matches!(s, Slot::Waiting { .. })).map(|(id, _)| id.as_str())
+    }
+
     pub fn is_waiting(&self, call_id: &str) -> bool {
         matches!(self.slots.get(call_id), Some(Slot::Waiting { .. }))
     }

@@ -164,6 +164,9 @@ fn start_phone(ns: &str, ip: &str, gw: SocketAddr, seconds: f32) -> Phone {
                 break;
             }
             assert!(tokio::time::Instant::now() < deadline, "the phone could not register: {r:?}");
+            // A phone's retry interval (a new gateway answers 503 until its cloud gives it the
+            // phone list; hammering it would trip its scanner limit).
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let _ = registered_tx.send(());
         let gw_rtp = scripted_phone::answer(&sip, rtp.local_addr().unwrap()).await;
@@ -346,6 +349,7 @@ fn f1_between_two_symmetric_nats_without_a_relay_ends_connect_failed_and_nothing
         let deadline = tokio::time::Instant::now() + WAIT;
         while tokio::time::timeout(Duration::from_secs(2), register_udp(&sip, gw, "1001", "pw-1001", 300, false)).await != Ok(200) {
             assert!(tokio::time::Instant::now() < deadline, "the phone could not register");
+            tokio::time::sleep(Duration::from_millis(250)).await; // a phone's retry interval
         }
         let _ = registered_tx.send(());
         let mut buf = vec![0u8; 65536];
@@ -438,6 +442,7 @@ fn f2_phones(lab: &lab::Lab, hq_ip: &str, br_ip: &str, hang_up_after: bool) -> (
         let pw = format!("pw-{number}");
         while tokio::time::timeout(Duration::from_secs(2), register_udp(&sip, gw, number, &pw, 300, false)).await != Ok(200) {
             assert!(tokio::time::Instant::now() < deadline, "{number} could not register");
+            tokio::time::sleep(Duration::from_millis(250)).await; // a phone's retry interval
         }
         sip
     };

@@ -450,6 +450,32 @@ test('F3: baresip desk phone → switchless browser (incoming via direct): tones
   await phone.quit();
 });
 
+test('F1: kill -9 of the gateway mid-call → "Call dropped — network lost", recorded media_lost by the cloud', async () => {
+  const gw = await ensureGateway();
+  const phone = await Phone.start(dir, '1001', PASSWORD('1001'), gw.sip, PHONE_WAV, { autoAnswer: true });
+  onCleanup(() => phone.quit());
+  await phone.registered();
+  const alice = await signedIn('2001');
+  await dial(alice, '1001');
+  await waitCallState(alice, 'connected', 20000);
+  await phone.event('CALL_ESTABLISHED');
+  await audioArrives(alice, '2001');
+  // The gateway dies without a word; the next tests get a fresh one.
+  gateway = undefined;
+  const t0 = Date.now();
+  gw.proc.child.kill('SIGKILL');
+  await gw.proc.exited;
+  // The browser notices the dead media path (ICE disconnected, 5 s grace): a bound, not a timing assertion.
+  await waitCallState(alice, 'ended', 40000);
+  const took = Date.now() - t0;
+  const text = (await byId(alice, 'call-outcome').textContent()).trim();
+  assert.match(text, /^Call dropped — network lost/);
+  const rec = await waitFor('the call record', () => cloud.calls().find((c) => c.caller === '2001' && c.callee === '1001' && c.outcome === 'media_lost'));
+  metrics.f1_gateway_killed = { ended_after_ms: took, outcome: rec.outcome, duration_ms: rec.duration_ms, text };
+  assert.ok(rec.duration_ms > 0, `duration ${rec.duration_ms}`);
+  await phone.quit();
+});
+
 test('PWA: manifest, service worker, and a Web Push "incoming" shows a call notification', async () => {
   const page = await browserFor('2001');
   const manifest = await (await fetch(`${cloud.url}/manifest.webmanifest`)).json();

@@ -18,7 +18,8 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
     CloseEvent, HtmlAudioElement, MediaStream, MediaStreamConstraints, MediaStreamTrack, MessageEvent, RtcConfiguration,
-    RtcDataChannel, RtcDataChannelState, RtcIceCandidateInit, RtcPeerConnection, RtcPeerConnectionIceEvent, RtcPeerConnectionState,
+    RtcDataChannel, RtcDataChannelState, RtcIceCandidateInit, RtcIceConnectionState, RtcPeerConnection, RtcPeerConnectionIceEvent,
+    RtcPeerConnectionState,
     RtcRtpSender, RtcSdpType, RtcSessionDescriptionInit, RtcTrackEvent, WebSocket,
 };
 
@@ -189,6 +190,7 @@ impl Media {
         self.pc.set_onicecandidate(None);
         self.pc.set_ontrack(None);
         self.pc.set_onconnectionstatechange(None);
+        self.pc.set_oniceconnectionstatechange(None);
         if let Some(s) = &self.local {
             stop_stream(s);
         }
@@ -469,11 +471,11 @@ impl Driver {
                 }
             },
             Ev::Tick => {
-                // Only a call waiting for its peer connection has a deadline.
+                // Only a call with a deadline (its connection coming up, its offer, or a lost
+                // media path's grace) needs the clock.
                 if let Some(c) = &self.call
                     && !c.is_over()
-                    && c.answered_sdp_at.is_some()
-                    && !c.media_up
+                    && c.next_deadline().is_some()
                 {
                     let id = c.call_id.clone();
                     self.call_input(id, Input::Tick);
@@ -886,12 +888,26 @@ impl Driver {
         handlers.push(on_track);
         let id = call_id.to_string();
         let pc2 = pc.clone();
-        let on_state = Closure::<dyn FnMut(JsValue)>::new(move |_| match pc2.connection_state() {
-            RtcPeerConnectionState::Connected => dispatch(Ev::Call(id.clone(), Input::MediaUp)),
-            RtcPeerConnectionState::Failed => dispatch(Ev::Call(id.clone(), Input::ConnectionFailed)),
-            _ => {}
+        // Both state events feed the same rule: up when the connection (ICE + DTLS) is connected
+        // and ICE is not `disconnected`; ICE `disconnected` (consent checks unanswered, e.g. the
+        // gateway died) is a media path down that may come back within the call core's grace;
+        // `failed` ends it at once.
+        let on_state = Closure::<dyn FnMut(JsValue)>::new(move |_| {
+            let ice = pc2.ice_connection_state();
+            let input = match pc2.connection_state() {
+                RtcPeerConnectionState::Failed => Some(Input::ConnectionFailed),
+                _ if ice == RtcIceConnectionState::Failed => Some(Input::ConnectionFailed),
+                RtcPeerConnectionState::Disconnected => Some(Input::MediaDown),
+                _ if ice == RtcIceConnectionState::Disconnected => Some(Input::MediaDown),
+                RtcPeerConnectionState::Connected => Some(Input::MediaUp),
+                _ => None,
+            };
+            if let Some(input) = input {
+                dispatch(Ev::Call(id.clone(), input));
+            }
         });
         pc.set_onconnectionstatechange(Some(on_state.as_ref().unchecked_ref()));
+        pc.set_oniceconnectionstatechange(Some(on_state.as_ref().unchecked_ref()));
         handlers.push(on_state);
         let audio = HtmlAudioElement::new().expect("audio element");
         audio.set_autoplay(true);

@@ -134,6 +134,18 @@ pub enum DirectoryError {
     Invalid(String),
     #[error("database: {0}")]
     Database(String),
+    /// The storage cannot take writes right now: the disk is full (`SQLITE_FULL`) or failing
+    /// (I/O errors). Nothing was half-written (the transaction rolled back); the same request
+    /// works again once space returns, without a restart. On the wire: `unavailable`.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl DirectoryError {
+    /// The disk is full or failing (not a bug, not the request's fault): try again later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DirectoryError::Unavailable(_))
+    }
 }
 
 /// Storage for everything the signal server must keep across restarts.
@@ -217,4 +229,16 @@ pub trait Directory: Send + Sync + 'static {
     async fn insert_call_records(&self, records: &[CallRecord]) -> Result<(), DirectoryError>;
     /// Newest first; `number` filters on caller or callee.
     async fn call_records(&self, number: Option<&str>, limit: u32) -> Result<Vec<CallRecord>, DirectoryError>;
+
+    // Storage health (a full disk).
+    /// The last write failed for lack of space (or an I/O error) and none has succeeded since:
+    /// new calls are refused with `unavailable` until [`Directory::storage_probe`] or another
+    /// write succeeds.
+    fn storage_unavailable(&self) -> bool {
+        false
+    }
+    /// A small real write (then undone) to learn whether writes work again.
+    async fn storage_probe(&self) -> Result<(), DirectoryError> {
+        Ok(())
+    }
 }

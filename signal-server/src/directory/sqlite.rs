@@ -37,8 +37,51 @@ pub struct SqliteDirectory {
     throttle_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
-/// A sqlx error as a [`DirectoryError::Database`]. sqlx errors carry no bound values, so no
-/// secret can leak through here; the SQL text is not included either.
+/// SQLite result codes (the low byte of an extended code) that mean "the storage cannot take
+/// writes": `SQLITE_IOERR` (10, and its extended codes), `SQLITE_FULL` (13).
+const SQLITE_IOERR: i64 = 10;
+const SQLITE_FULL: i64 = 13;
+
+/// One full-disk episode is logged once (at its start and its end), not per request; every
+/// refused write is counted (`trunkline_storage_unavailable_errors_total`) and the state is a
+/// gauge (`trunkline_storage_unavailable`). Per process: one server has one database.
+static STORAGE_DOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn storage_failed(detail: &str) {
+    metrics::counter!("trunkline_storage_unavailable_errors_total").increment(1);
+    if !STORAGE_DOWN.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        metrics::counter!("trunkline_storage_unavailable_episodes_total").increment(1);
+        metrics::gauge!("trunkline_storage_unavailable").set(1.0);
+        tracing::error!(
+            error = %detail,
+            "the database cannot take writes (disk full or I/O error): sign-ins and new calls get `unavailable` until it can"
+        );
+    }
+}
+
+/// A write went through: a full-disk episode (if any) is over.
+fn storage_ok() {
+    if STORAGE_DOWN.swap(false, std::sync::atomic::Ordering::AcqRel) {
+        metrics::gauge!("trunkline_storage_unavailable").set(0.0);
+        tracing::warn!("the database takes writes again: service resumed");
+    }
+}
+
+/// Is this sqlx error the storage failing (full disk, I/O) rather than the request or a bug?
+fn is_storage_failure(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            let code = d.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(0);
+            matches!(code & 0xff, SQLITE_IOERR | SQLITE_FULL)
+        }
+        sqlx::Error::Io(_) => true,
+        _ => false,
+    }
+}
+
+/// A sqlx error as a [`DirectoryError::Database`] (or [`DirectoryError::Unavailable`] for a
+/// full disk / I/O error). sqlx errors carry no bound values, so no secret can leak through
+/// here; the SQL text is not included either.
 fn db_err(context: &str, e: sqlx::Error) -> DirectoryError {
     let detail = match &e {
         sqlx::Error::Database(d) => d.message().to_string(),
@@ -48,6 +91,11 @@ fn db_err(context: &str, e: sqlx::Error) -> DirectoryError {
         sqlx::Error::Io(io) => format!("I/O error: {io}"),
         other => other.to_string(),
     };
+    if is_storage_failure(&e) {
+        let detail = format!("{context}: {detail}");
+        storage_failed(&detail);
+        return DirectoryError::Unavailable(detail);
+    }
     DirectoryError::Database(format!("{context}: {detail}"))
 }
 
@@ -193,7 +241,16 @@ impl SqliteDirectory {
             SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
         } else {
             options = options.journal_mode(SqliteJournalMode::Wal);
-            SqlitePoolOptions::new().max_connections(4)
+            SqlitePoolOptions::new().max_connections(4).before_acquire(|conn, _| {
+                Box::pin(async move {
+                    // A write refused for lack of space (SQLITE_FULL) or an I/O error makes
+                    // SQLite roll its transaction back by itself; sqlx's own ROLLBACK then fails
+                    // and the connection still counts a transaction, refusing every later
+                    // `BEGIN`. Such a connection is closed here and the pool opens a fresh one,
+                    // so service resumes when space returns, without a restart.
+                    Ok(!sqlx::Connection::is_in_transaction(conn))
+                })
+            })
         };
         let pool = pool_options
             .acquire_timeout(Duration::from_secs(10))
@@ -441,7 +498,10 @@ impl Directory for SqliteDirectory {
         .fetch_one(&self.pool)
         .await;
         match res {
-            Ok(id) => Ok(id),
+            Ok(id) => {
+                storage_ok();
+                Ok(id)
+            }
             Err(e) => match kind_of(&e) {
                 Some(ErrorKind::ForeignKeyViolation) => {
                     Err(DirectoryError::NotFound { what: "account", key: number.to_string() })
@@ -582,6 +642,7 @@ impl Directory for SqliteDirectory {
             .map_err(err)?;
         }
         tx.commit().await.map_err(err)?;
+        storage_ok();
         Ok(true)
     }
 
@@ -674,8 +735,11 @@ impl Directory for SqliteDirectory {
         }
         let mut tx = self.pool.begin().await.map_err(|e| db_err("writing call records", e))?;
         for chunk in rows.chunks(200) {
+            // First writer wins: a call id already recorded is skipped, so a repeated end report
+            // (a switch re-sending what it queued, to a server that restarted) writes nothing.
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO call_records (call_id, caller, callee, switch_id, started_ms, ended_ms, outcome, duration_ms, trace) ",
+                "INSERT INTO call_records (call_id, caller, callee, switch_id, started_ms, ended_ms, outcome, duration_ms, trace) \
+                 SELECT * FROM (",
             );
             q.push_values(chunk, |mut b, (r, duration, trace)| {
                 b.push_bind(&r.call_id)
@@ -688,9 +752,33 @@ impl Directory for SqliteDirectory {
                     .push_bind(*duration)
                     .push_bind(trace.as_str());
             });
+            q.push(") AS v WHERE NOT EXISTS (SELECT 1 FROM call_records c WHERE c.call_id = v.column1)");
             q.build().execute(&mut *tx).await.map_err(|e| db_err("writing call records", e))?;
         }
-        tx.commit().await.map_err(|e| db_err("writing call records", e))
+        tx.commit().await.map_err(|e| db_err("writing call records", e))?;
+        storage_ok();
+        Ok(())
+    }
+
+    fn storage_unavailable(&self) -> bool {
+        STORAGE_DOWN.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Write a counter row and delete it in one committed transaction: WAL frames are appended
+    /// (space is needed), nothing stays.
+    async fn storage_probe(&self) -> Result<(), DirectoryError> {
+        let err = |e| db_err("probing storage", e);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        sqlx::query(
+            "INSERT INTO auth_throttle (key, failures, last_failure_ms) VALUES ('probe:storage', 0, 0)              ON CONFLICT (key) DO UPDATE SET failures = 0",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        sqlx::query("DELETE FROM auth_throttle WHERE key = 'probe:storage'").execute(&mut *tx).await.map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        storage_ok();
+        Ok(())
     }
 
     async fn call_records(&self, number: Option<&str>, limit: u32) -> Result<Vec<CallRecord>, DirectoryError> {
@@ -1041,6 +1129,20 @@ mod tests {
         assert_eq!(d.call_records(Some("400"), 10).await.unwrap(), vec![r3.clone()]);
         assert_eq!(d.call_records(Some("nobody"), 10).await.unwrap(), vec![]);
         assert_eq!(d.call_records(None, 0).await.unwrap(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn call_record_first_writer_wins() {
+        let (_tmp, d) = fresh().await;
+        let first = record("c1", "100", "200", 1_000);
+        let mut again = record("c1", "100", "200", 2_000);
+        again.duration_ms = Some(99);
+        d.insert_call_record(&first).await.unwrap();
+        d.insert_call_record(&again).await.unwrap();
+        d.insert_call_records(&[again.clone(), record("c2", "100", "200", 3_000)]).await.unwrap();
+        let all = d.call_records(None, 10).await.unwrap();
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert_eq!(all[1], first, "the first record of a call id stays");
     }
 
     #[tokio::test]

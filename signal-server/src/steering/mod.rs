@@ -119,6 +119,12 @@ struct Call {
     waking: bool,
     /// B6 while waking: the caller switch's offer, for when the callee signs in.
     offer: Option<Box<PendingOffer>>,
+    /// The cloud link of a switch of this call dropped at this instant and has not come back
+    /// (or came back and has not yet listed it): see [`Engine::reconcile`].
+    link_lost: Option<Instant>,
+    /// The switch came back without listing this call (it waits [`RECONCILE_WAIT`] for its
+    /// end report).
+    unlisted: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -148,12 +154,22 @@ pub struct Engine {
     wake_up: bool,
     /// Callee number → the attempts waiting for it to sign in.
     wakes: HashMap<String, Vec<CallId>>,
+    /// The last [`RECENT_ENDS`] attempts that ended, so a repeated end report (a switch
+    /// re-sending what it queued while its link was down) is recognised as done.
+    recent: std::collections::VecDeque<CallId>,
+    recent_set: std::collections::HashSet<CallId>,
 }
 
 /// Extra time past a key's TTL before the cloud gives up waiting for C14 (clock skew, RTT).
 const KEY_GRACE: Duration = Duration::from_secs(2);
 /// A woken callee rings for what is left of the ring timeout, but at least this long.
 pub const WAKE_MIN_RING: Duration = Duration::from_secs(10);
+/// A switch that came back and did not list one of its calls gets this long to send that
+/// call's end report (it sends what it queued right after signing in) before the call is
+/// ended at the link loss.
+pub const RECONCILE_WAIT: Duration = Duration::from_secs(2);
+/// Ended attempts remembered to recognise repeated end reports.
+pub const RECENT_ENDS: usize = 4096;
 
 impl Engine {
     /// `clock_base` ties the monotonic clock to wall time for call records:
@@ -179,6 +195,8 @@ impl Engine {
             new_key,
             wake_up: false,
             wakes: HashMap::new(),
+            recent: Default::default(),
+            recent_set: Default::default(),
         }
     }
 
@@ -400,9 +418,59 @@ impl Engine {
             };
             if let Some(o) = outcome {
                 self.finish(now, &id, o, &format!("{party:?} disconnected"));
+            } else if matches!(party, Party::Switch(_)) {
+                // The switch may still carry the call (a blip), or may have crashed: keep the
+                // call for the grace period and let the switch say which on its return.
+                self.link_lost(now, &id);
             }
         }
         Some(party)
+    }
+
+    /// The link of a switch of `call_id` dropped at `now`. A connected call waits at most
+    /// `switch_link_grace` for it (its other deadlines stay: they are shorter).
+    fn link_lost(&mut self, now: Instant, call_id: &str) {
+        let grace = self.cfg.switch_link_grace();
+        let Some(c) = self.calls.get_mut(call_id) else { return };
+        c.link_lost.get_or_insert(now);
+        if c.state == CallState::Connected {
+            let until = (now + grace).min(c.deadline.0);
+            self.set_state_deadline(call_id, CallState::Connected, until);
+        }
+    }
+
+    /// Switch `switch_id` is back (just after [`Engine::switch_online`]) and carries `calls`
+    /// (`None`: an older gateway that does not say). Its calls waiting since a link loss are
+    /// kept if listed (or if it does not say); the others get [`RECONCILE_WAIT`] for their end
+    /// report, then end at the link loss: connected ones with the talk time up to it, others
+    /// `switch_unavailable`. With a list, this holds for every call of the switch: a gateway
+    /// that restarted before its old connection was seen to drop (it replaced it) no longer
+    /// carries them either; they end at this sign-in.
+    pub fn reconcile(&mut self, now: Instant, switch_id: &str, calls: Option<&[CallId]>) {
+        let me = Party::Switch(switch_id.to_string());
+        let waiting: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| (c.link_lost.is_some() || calls.is_some()) && Self::involves(c, &me))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in waiting {
+            let kept = calls.is_none_or(|l| l.iter().any(|c| c == &id));
+            let Some(c) = self.calls.get_mut(&id) else { continue };
+            if kept {
+                c.link_lost = None;
+                if c.state == CallState::Connected {
+                    let until = c.connected_at.unwrap_or(now) + self.cfg.max_call_duration();
+                    self.set_state_deadline(&id, CallState::Connected, until.max(now));
+                }
+            } else {
+                c.link_lost.get_or_insert(now);
+                c.unlisted = true;
+                let state = c.state;
+                let until = (now + RECONCILE_WAIT).min(c.deadline.0.max(now));
+                self.set_state_deadline(&id, state, until);
+            }
+        }
     }
 
     /// The server is stopping: every open attempt ends now (outcome `error`, or `connected`
@@ -424,6 +492,20 @@ impl Engine {
             }
             let id = self.timers.remove(&(t, seq)).expect("key just seen");
             let Some(call) = self.calls.get(&id) else { continue };
+            if let Some(lost) = call.link_lost {
+                // The switch did not come back in time, or came back without this call.
+                let (o, end) = match call.state {
+                    CallState::Connected => (Outcome::Connected, lost.max(call.connected_at.unwrap_or(lost))),
+                    _ => (Outcome::SwitchUnavailable, now),
+                };
+                let why = if call.unlisted {
+                    "the switch came back after its cloud link was lost and no longer carries the call"
+                } else {
+                    "the switch's cloud link was lost and the switch did not come back within the grace"
+                };
+                self.finish_at(now, end, &id, o, why);
+                continue;
+            }
             let (outcome, why) = match call.state {
                 CallState::AwaitSwitchAnswer => (Outcome::SwitchUnavailable, "C11: callee's switch did not answer in time"),
                 CallState::AwaitDirectOffer => (Outcome::SwitchUnavailable, "C3: caller's switch sent no direct_offer in time"),
@@ -468,6 +550,10 @@ impl Engine {
                 self.direct_offer(now, me, &call_id, url, key, expires_in_ms)
             }
             (Party::Switch(me), M::CallEvent { call_id, event }) => self.call_event(now, me, &call_id, event),
+            (Party::Switch(me), M::CallReport { call_id, outcome, duration_ms, from, to, started_ms, ended_ms }) => {
+                let report = EndReport { outcome, duration_ms, from, to, started_ms, ended_ms };
+                self.call_report(now, me, &call_id, report)
+            }
             (_, M::Cancel { call_id }) => self.cancel(now, party, &call_id),
             (Party::Device(me), M::Accept { call_id, key }) => self.accept(now, me, &call_id, &key),
             (_, M::Decline { call_id, reason }) => self.decline(now, party, &call_id, reason),
@@ -687,6 +773,10 @@ impl Engine {
             }
             CallEvent::Ended { outcome, duration_ms } if state != CallState::AwaitSwitchAnswer || !is_carrier => {
                 let outcome = if state == CallState::Connected { Outcome::Connected } else { outcome };
+                if let Some(c) = self.calls.get_mut(call_id) {
+                    // A switch saw the end: a link loss (this one's or another's) does not bound it.
+                    c.link_lost = None;
+                }
                 if let Some(d) = duration_ms
                     && let Some(c) = self.calls.get_mut(call_id)
                     && outcome == Outcome::Connected
@@ -819,20 +909,28 @@ impl Engine {
     /// `connect_failed`, so the record says why rather than a later key expiry or no answer.
     fn connect_failed(&mut self, now: Instant, party: &Party, call_id: &str, reason: &str) -> Result<(), ProtocolError> {
         let call = self.party_call(call_id, party)?;
-        // Through a switch, `connected` means the key came over the working connection. F4 is
-        // `connected` at `accept`, before ICE even starts, so there it may still fail.
+        // Through a switch, `connected` means the key came over the working connection: a
+        // `connect_failed` now says the media path died (e.g. the gateway crashed), so the
+        // record says `media_lost` with the duration. F4 is `connected` at `accept`, before
+        // ICE even starts, so there it may still fail.
         if call.state == CallState::Connected && call.carrier.is_some() {
-            return Err(wrong_state(call_id, call.state, "connect_failed (the call is connected: hang up)"));
-        }
-        // F4 is `connected` at `accept`; a connection that worked for longer than a set-up can
-        // take did connect: that is a hang-up, and the record keeps its duration.
-        if call.state == CallState::Connected && call.connected_at.is_some_and(|t| now > t + self.cfg.key_ttl()) {
-            return Err(wrong_state(call_id, call.state, "connect_failed (the call has been connected for a while: hang up)"));
+            let who = match party {
+                Party::Device(n) => n.clone(),
+                Party::Switch(s) => format!("switch {s}"),
+            };
+            self.finish(now, call_id, Outcome::MediaLost, &format!("{who} lost the media path: {reason}"));
+            return Ok(());
         }
         let who = match party {
             Party::Device(n) => n.clone(),
             Party::Switch(s) => format!("switch {s}"),
         };
+        // F4 is `connected` at `accept`; a connection that worked for longer than a set-up can
+        // take did connect: its loss is `media_lost`, and the record keeps its duration.
+        if call.state == CallState::Connected && call.connected_at.is_some_and(|t| now > t + self.cfg.key_ttl()) {
+            self.finish(now, call_id, Outcome::MediaLost, &format!("{who} lost the media path: {reason}"));
+            return Ok(());
+        }
         self.finish(now, call_id, Outcome::ConnectFailed, &format!("{who} could not connect: {reason}"));
         Ok(())
     }
@@ -884,6 +982,8 @@ impl Engine {
                 trace: Vec::with_capacity(8),
                 waking: false,
                 offer: None,
+                link_lost: None,
+                unlisted: false,
             },
         );
     }
@@ -1008,7 +1108,18 @@ impl Engine {
 
     /// The one end of every attempt: outcome to every party still online, a record, no timer.
     fn finish(&mut self, now: Instant, call_id: &str, outcome: Outcome, why: &str) {
+        self.finish_at(now, now, call_id, outcome, why);
+    }
+
+    /// [`Engine::finish`] for an attempt that really ended at `end` (≤ `now`): the link to its
+    /// switch was lost then. A call whose switch's link is lost ended at the latest then.
+    fn finish_at(&mut self, now: Instant, end: Instant, call_id: &str, outcome: Outcome, why: &str) {
         let Some(mut call) = self.calls.remove(call_id) else { return };
+        let end = match call.link_lost {
+            Some(lost) if matches!(outcome, Outcome::Connected | Outcome::MediaLost) => end.min(now).min(lost),
+            _ => end.min(now),
+        };
+        self.remember(call_id);
         self.timers.remove(&call.deadline);
         if call.waking
             && let Some(d) = &call.callee_device
@@ -1020,7 +1131,7 @@ impl Engine {
             }
         }
         let duration_ms = match (outcome, call.connected_at) {
-            (Outcome::Connected, Some(t)) => Some(now.saturating_duration_since(t).as_millis() as u64),
+            (Outcome::Connected | Outcome::MediaLost, Some(t)) => Some(end.saturating_duration_since(t).as_millis() as u64),
             (Outcome::Connected, None) => Some(0),
             _ => None,
         };
@@ -1051,12 +1162,92 @@ impl Engine {
             callee: std::mem::take(&mut call.callee_number),
             switch_id: call.carrier.take(),
             started_ms: to_ms(call.started),
-            ended_ms: to_ms(now),
+            ended_ms: to_ms(end),
             outcome,
             duration_ms,
             trace: std::mem::take(&mut call.trace),
         };
         self.outputs.push_back(Output::Record(record));
+    }
+
+    /// Remember an ended attempt (bounded), to recognise a repeated end report.
+    fn remember(&mut self, call_id: &str) {
+        if self.recent_set.insert(call_id.to_string()) {
+            self.recent.push_back(call_id.to_string());
+            if self.recent.len() > RECENT_ENDS
+                && let Some(old) = self.recent.pop_front()
+            {
+                self.recent_set.remove(&old);
+            }
+        }
+    }
+
+    /// A switch's end-of-call report. For a call in progress it is the switch's `ended` event
+    /// (its talk time wins). For a call the cloud does not know (it restarted meanwhile) it is
+    /// written as reported, once: a call that already ended here is done (and the store keeps
+    /// only the first record of a call id).
+    fn call_report(&mut self, now: Instant, me: &str, call_id: &str, r: EndReport) -> Result<(), ProtocolError> {
+        if let Some(call) = self.calls.get(call_id) {
+            if !Self::involves(call, &Party::Switch(me.to_string())) {
+                return Err(ProtocolError::new(ErrorCode::NotYourCall, format!("you are not a party of call {call_id}")));
+            }
+            let lost = call.link_lost;
+            let connected = call.state == CallState::Connected;
+            let outcome = if connected { Outcome::Connected } else { r.outcome };
+            // Queued while the link was down: the call ended before now, at the reported time
+            // (on the switch's clock), but not before the link loss nor after now.
+            let end = match lost {
+                Some(t) => self.instant_of(r.ended_ms).clamp(t, now),
+                None => now,
+            };
+            if let Some(c) = self.calls.get_mut(call_id) {
+                // The switch saw the end: the link loss no longer bounds it.
+                c.link_lost = None;
+                if outcome == Outcome::Connected {
+                    let d = Duration::from_millis(r.duration_ms.unwrap_or(0));
+                    c.connected_at = Some(end.checked_sub(d).unwrap_or(end));
+                }
+            }
+            self.finish_at(now, end, call_id, outcome, &format!("switch {me} reported the end"));
+            return Ok(());
+        }
+        if self.recent_set.contains(call_id) {
+            // Already ended and recorded here: a repeated report changes nothing.
+            return Ok(());
+        }
+        let mine = |n: &str| self.accounts.get(n).is_some_and(|a| a.home_switch.as_deref() == Some(me));
+        if !mine(&r.from) && !mine(&r.to) {
+            return Err(ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!("call {call_id}: neither {} nor {} is a phone of switch {me}", r.from, r.to),
+            ));
+        }
+        self.remember(call_id);
+        let duration_ms = matches!(r.outcome, Outcome::Connected | Outcome::MediaLost).then(|| r.duration_ms.unwrap_or(0));
+        self.outputs.push_back(Output::Ended {
+            call_id: call_id.to_string(),
+            outcome: r.outcome,
+            why: format!("switch {me} reported the end of a call this server did not know (it restarted meanwhile)"),
+        });
+        self.outputs.push_back(Output::Record(CallRecord {
+            call_id: call_id.to_string(),
+            caller: r.from,
+            callee: r.to,
+            switch_id: Some(me.to_string()),
+            started_ms: r.started_ms,
+            ended_ms: r.ended_ms,
+            outcome: r.outcome,
+            duration_ms,
+            trace: vec![],
+        }));
+        Ok(())
+    }
+
+    /// The monotonic instant of a Unix time in ms (via `clock_base`).
+    fn instant_of(&self, ms: UnixMs) -> Instant {
+        let (base_i, base_ms) = self.clock_base;
+        let d = Duration::from_millis(ms.abs_diff(base_ms));
+        if ms >= base_ms { base_i + d } else { base_i.checked_sub(d).unwrap_or(base_i) }
     }
 
     // ---------------------------------------------------------------- helpers
@@ -1139,6 +1330,16 @@ impl Engine {
         c.deadline = (deadline, seq);
         self.timers.insert((deadline, seq), call_id.to_string());
     }
+}
+
+/// What a switch's `call_report` says.
+struct EndReport {
+    outcome: Outcome,
+    duration_ms: Option<u64>,
+    from: String,
+    to: String,
+    started_ms: UnixMs,
+    ended_ms: UnixMs,
 }
 
 fn check_peer_key(call: &Call, key: &str) -> Result<(), ProtocolError> {

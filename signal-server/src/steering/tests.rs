@@ -1205,6 +1205,191 @@ fn connect_failed_ends_the_attempt_with_its_own_outcome_for_every_party() {
     h.advance(Duration::from_secs(120));
     h.to(ALICE);
     h.msg(ALICE, r#"{"type":"connect_failed","call_id":"f4b","reason":"late"}"#);
-    assert_eq!(h.error_code(ALICE), ErrorCode::WrongState);
+    assert_eq!(outcome_of(&h.to(BOB)), Some((Outcome::MediaLost, Some(120_000))), "its loss is media_lost, with the duration");
+    assert_eq!(h.one_record().outcome, Outcome::MediaLost);
+    // Through a switch, after C15: the browser lost the media path (e.g. the gateway died).
+    h.msg(ALICE, r#"{"type":"dial","call_id":"ml","to":"3001"}"#);
+    h.to(BRANCH);
+    h.msg(BRANCH, &accept_json("ml"));
+    h.msg(BRANCH, r#"{"type":"call_event","call_id":"ml","event":{"event":"connected"}}"#);
+    h.to(ALICE);
+    h.advance(Duration::from_secs(8));
+    h.msg(ALICE, r#"{"type":"connect_failed","call_id":"ml","reason":"media path lost"}"#);
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::MediaLost, Some(8_000))));
+    assert_eq!(outcome_of(&h.to(BRANCH)), Some((Outcome::MediaLost, Some(8_000))));
+    let r = h.one_record();
+    assert_eq!((r.outcome, r.duration_ms), (Outcome::MediaLost, Some(8_000)));
+}
+
+// ---------------------------------------------------------------- faults: the link to a switch
+
+/// F1 from 2001 to 3001 through `branch`, connected at `h.now`.
+fn f1_connected(h: &mut H, id: &str) {
+    h.msg(ALICE, &format!(r#"{{"type":"dial","call_id":"{id}","to":"3001"}}"#));
+    h.msg(BRANCH, &accept_json(id));
+    h.msg(BRANCH, &format!(r#"{{"type":"call_event","call_id":"{id}","event":{{"event":"connected"}}}}"#));
+    assert_eq!(h.e.call_state(id), Some(CallState::Connected));
+    h.out.clear();
+}
+
+fn report_json(id: &str, duration_ms: u64, started_ms: i64, ended_ms: i64) -> String {
+    format!(
+        r#"{{"type":"call_report","call_id":"{id}","outcome":"connected","duration_ms":{duration_ms},"from":"2001","to":"3001","started_ms":{started_ms},"ended_ms":{ended_ms}}}"#
+    )
+}
+
+#[test]
+fn link_blip_keeps_a_listed_call_and_it_is_recorded_once_at_its_real_end() {
+    let mut h = H::new();
+    f1_connected(&mut h, "blip");
+    h.advance(Duration::from_secs(5));
+    h.e.disconnected(h.now, BRANCH);
+    h.drain();
+    assert!(h.to(ALICE).is_empty(), "a blip tells the caller nothing");
+    assert_eq!(h.e.call_state("blip"), Some(CallState::Connected));
+    h.advance(Duration::from_secs(3));
+    h.e.switch_online(h.now, 21, "branch", "trunkline", vec![]);
+    h.e.reconcile(h.now, "branch", Some(&["blip".to_string()]));
+    h.drain();
+    // Long past the grace: still up, nothing recorded.
+    h.advance(SteeringConfig::default().switch_link_grace() * 3);
+    assert_eq!(h.e.call_state("blip"), Some(CallState::Connected));
     assert!(h.records().is_empty());
+    h.msg(21, r#"{"type":"call_event","call_id":"blip","event":{"event":"ended","outcome":"connected","duration_ms":98000}}"#);
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::Connected, Some(98_000))));
+    let r = h.one_record();
+    assert_eq!((r.outcome, r.duration_ms), (Outcome::Connected, Some(98_000)));
+}
+
+#[test]
+fn switch_that_never_returns_ends_its_calls_at_the_link_loss_after_the_grace() {
+    let mut h = H::new();
+    f1_connected(&mut h, "gone");
+    h.advance(Duration::from_secs(7));
+    h.e.disconnected(h.now, BRANCH);
+    h.drain();
+    let grace = SteeringConfig::default().switch_link_grace();
+    h.advance(grace - Duration::from_millis(1));
+    assert_eq!(h.e.call_state("gone"), Some(CallState::Connected), "kept during the grace");
+    assert!(h.records().is_empty());
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.e.call_state("gone"), None);
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::Connected, Some(7_000))), "the caller gets a typed outcome");
+    let r = h.one_record();
+    assert_eq!((r.outcome, r.duration_ms), (Outcome::Connected, Some(7_000)), "talk time up to the link loss, not the grace");
+    assert_eq!(r.ended_ms - r.started_ms, 7_000);
+    assert_eq!(h.e.active_calls(), 0, "no phantom call");
+}
+
+#[test]
+fn restarted_switch_that_no_longer_carries_a_call_ends_it_at_the_link_loss() {
+    let mut h = H::new();
+    f1_connected(&mut h, "crash");
+    h.advance(Duration::from_secs(4));
+    h.e.disconnected(h.now, BRANCH);
+    h.advance(Duration::from_secs(6));
+    h.e.switch_online(h.now, 21, "branch", "trunkline", vec![]);
+    h.e.reconcile(h.now, "branch", Some(&[]));
+    h.drain();
+    assert_eq!(h.e.call_state("crash"), Some(CallState::Connected), "it may still send the call's end report");
+    h.advance(RECONCILE_WAIT);
+    assert_eq!(h.e.call_state("crash"), None);
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::Connected, Some(4_000))));
+    let r = h.one_record();
+    assert_eq!((r.outcome, r.duration_ms), (Outcome::Connected, Some(4_000)));
+}
+
+#[test]
+fn returning_switch_end_report_queued_while_down_gives_the_real_duration() {
+    let mut h = H::new();
+    f1_connected(&mut h, "q");
+    h.advance(Duration::from_secs(4));
+    h.e.disconnected(h.now, BRANCH);
+    // The phone hung up 2 s after the link loss; the switch queued the report.
+    h.advance(Duration::from_secs(6));
+    h.e.switch_online(h.now, 21, "branch", "trunkline", vec![]);
+    h.e.reconcile(h.now, "branch", Some(&[]));
+    h.drain();
+    let t0 = 1_700_000_000_000;
+    h.msg(21, &report_json("q", 6_000, t0, t0 + 6_000));
+    assert_eq!(outcome_of(&h.to(ALICE)), Some((Outcome::Connected, Some(6_000))));
+    let r = h.one_record();
+    assert_eq!((r.outcome, r.duration_ms, r.ended_ms), (Outcome::Connected, Some(6_000), t0 + 6_000));
+    // Sent again (the switch cannot know the first one arrived): already done.
+    h.out.clear();
+    h.msg(21, &report_json("q", 6_000, t0, t0 + 6_000));
+    assert!(h.nothing_sent() && h.records().is_empty(), "{:?}", h.out);
+    h.advance(RECONCILE_WAIT * 2);
+    assert!(h.records().is_empty());
+}
+
+#[test]
+fn older_switch_that_lists_nothing_keeps_its_calls() {
+    let mut h = H::new();
+    f1_connected(&mut h, "old");
+    h.e.disconnected(h.now, BRANCH);
+    h.e.switch_online(h.now, 21, "branch", "trunkline", vec![]);
+    h.e.reconcile(h.now, "branch", None);
+    h.drain();
+    h.advance(SteeringConfig::default().switch_link_grace() * 2);
+    assert_eq!(h.e.call_state("old"), Some(CallState::Connected));
+}
+
+#[test]
+fn end_report_for_a_call_the_restarted_server_does_not_know_writes_one_complete_record() {
+    let mut h = H::new();
+    let (t0, t1) = (1_700_000_100_000, 1_700_000_160_000);
+    h.msg(BRANCH, &report_json("lost", 55_000, t0, t1));
+    assert!(h.to(BRANCH).is_empty(), "no error: the report is taken");
+    let r = h.one_record();
+    assert_eq!(
+        (r.call_id.as_str(), r.caller.as_str(), r.callee.as_str(), r.switch_id.as_deref()),
+        ("lost", "2001", "3001", Some("branch"))
+    );
+    assert_eq!((r.outcome, r.duration_ms, r.started_ms, r.ended_ms), (Outcome::Connected, Some(55_000), t0, t1));
+    // Duplicates are done; another switch cannot report calls of phones that are not its own.
+    h.msg(BRANCH, &report_json("lost", 55_000, t0, t1));
+    assert!(h.records().is_empty() && h.to(BRANCH).is_empty());
+    h.msg(HQ, &report_json("other", 1_000, t0, t1));
+    assert_eq!(h.error_code(HQ), ErrorCode::Forbidden);
+    assert!(h.records().is_empty());
+}
+
+#[test]
+fn calls_of_a_lost_switch_release_the_callers_call_count() {
+    let mut h = H::new();
+    for round in 0..6 {
+        let id = format!("r{round}");
+        f1_connected(&mut h, &id);
+        h.e.disconnected(h.now, BRANCH);
+        h.advance(Duration::from_secs(1));
+        h.e.switch_online(h.now, BRANCH, "branch", "trunkline", vec![]);
+        h.e.reconcile(h.now, "branch", Some(&[]));
+        h.drain();
+        h.advance(RECONCILE_WAIT);
+        assert_eq!(h.e.call_state(&id), None);
+        assert_eq!(h.one_record().duration_ms, Some(0));
+        h.out.clear();
+    }
+    assert_eq!(h.e.active_calls(), 0);
+    h.msg(ALICE, r#"{"type":"dial","call_id":"after","to":"3001"}"#);
+    assert_eq!(h.e.call_state("after"), Some(CallState::AwaitSwitchAnswer), "still allowed to dial");
+}
+
+#[test]
+fn restarted_switch_that_replaced_its_old_connection_ends_the_calls_it_no_longer_lists() {
+    // The gateway crashed without the server noticing (no RST: power cut), restarted and
+    // signed in again on a new connection, replacing the old one.
+    let mut h = H::new();
+    f1_connected(&mut h, "kept");
+    f1_connected(&mut h, "gone");
+    h.advance(Duration::from_secs(9));
+    h.e.switch_online(h.now, 21, "branch", "trunkline", vec![]);
+    h.e.reconcile(h.now, "branch", Some(&["kept".to_string()]));
+    h.drain();
+    h.advance(RECONCILE_WAIT);
+    assert_eq!(h.e.call_state("kept"), Some(CallState::Connected));
+    assert_eq!(h.e.call_state("gone"), None);
+    let r = h.one_record();
+    assert_eq!((r.call_id.as_str(), r.outcome, r.duration_ms), ("gone", Outcome::Connected, Some(9_000)));
 }

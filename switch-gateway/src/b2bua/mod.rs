@@ -24,10 +24,11 @@ use trunkline_protocol::{
     CallEvent, ClientMsg, DeclineReason, DirectClientMsg, DirectServerMsg, ErrorCode, Outcome, PhoneEntry, QueryAnswer,
     Route, ServerMsg, SignalPayload,
 };
-use trunkline_sip::digest::{self, Algorithm, NonceCheck, NonceSource};
+use trunkline_sip::digest::{self, Algorithm, NonceCheck, NonceSource, NonceUses};
 use trunkline_sip::{CSeq, Contact, Host, Message, Method, NameAddr, Request, Response, Scheme, Uri};
 
 use crate::cloud_link::LinkEvent;
+use crate::guard::{Admit, BlockEvent, Blocked, Guard, GuardConfig};
 use crate::phones::Phones;
 use crate::queue::{Direction, KeyError, WaitingQueue};
 use crate::registrar::{ContactUpdate, RegisterError, Registrar, Transport};
@@ -58,7 +59,13 @@ pub struct CoreConfig {
     pub digest_algorithms: Vec<Algorithm>,
     /// The echo-test number, answered by the gateway itself.
     pub echo_number: Option<String>,
+    /// Limits on password guessing and scanning ([`crate::guard`]), and the cap on server
+    /// transactions (`max_server_transactions`).
+    pub guard: GuardConfig,
 }
+
+/// Accepted (nonce, nc) pairs remembered at most (only successful authentications add one).
+const MAX_NONCE_USES: usize = 65_536;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MediaLeg {
@@ -165,6 +172,8 @@ pub enum Output {
     MediaRemote { id: u64, leg: MediaLeg, addr: SocketAddr },
     /// Stop (or, if never started, just free) relay `id`.
     MediaStop { id: u64 },
+    /// Ignore everything from `ip` until `until` (drop it before parsing): a guard block.
+    Block { ip: IpAddr, until: Instant },
     /// Start bridge `id` (media flows once the phone's address is known).
     BridgeStart { id: u64, phone: Option<SocketAddr> },
     /// The desk phone's RTP address for bridge `id` (from its SDP; the bridge latches).
@@ -360,6 +369,8 @@ struct Call {
     ringing_sent: bool,
     generation: u64,
     connected_at: Option<Instant>,
+    /// When the call began, Unix ms (for the end report: the record the cloud writes from it).
+    started_ms: i64,
 }
 
 /// A connecting party's WebRTC leg that came through the cloud (C14 over WebRTC): waiting for
@@ -383,6 +394,9 @@ pub struct Core {
     registrar: Registrar,
     queue: WaitingQueue,
     nonces: NonceSource,
+    /// (nonce, nc) pairs already accepted: no replay.
+    nonce_uses: NonceUses,
+    guard: Guard,
     media: Box<dyn MediaPorts>,
     cloud_up: bool,
     server_txs: HashMap<ServerKey, ServerTx>,
@@ -400,6 +414,8 @@ pub struct Core {
     seq: u64,
     next_call: u64,
     out: VecDeque<Output>,
+    /// Ties the monotonic clock to wall time for end reports: `(Instant, Unix ms)`.
+    clock_base: (Instant, i64),
 }
 
 impl Core {
@@ -412,6 +428,7 @@ impl Core {
     ) -> Core {
         let queue = WaitingQueue::with_os_keys(cfg.key_ttl);
         let registrar = Registrar::new(cfg.min_expires, cfg.max_expires);
+        let guard = Guard::new(cfg.guard.clone());
         Core {
             cfg,
             bridges,
@@ -423,6 +440,8 @@ impl Core {
             registrar,
             queue,
             nonces: NonceSource::new(nonce_secret),
+            nonce_uses: NonceUses::new(MAX_NONCE_USES),
+            guard,
             media,
             cloud_up: false,
             server_txs: HashMap::new(),
@@ -436,6 +455,7 @@ impl Core {
             seq: 0,
             next_call: 1,
             out: VecDeque::new(),
+            clock_base: (Instant::now(), unix_ms_now()),
         }
     }
 
@@ -466,6 +486,11 @@ impl Core {
 
     pub fn cloud_up(&self) -> bool {
         self.cloud_up
+    }
+
+    /// Server transactions kept now (a gauge: bounded under any flood).
+    pub fn server_transactions(&self) -> usize {
+        self.server_txs.len()
     }
 
     /// The gateway is stopping (SIGTERM): end every call now, as if its other side hung up.
@@ -650,6 +675,7 @@ impl Core {
                 ringing_sent: false,
                 generation: 0,
                 connected_at: None,
+                started_ms: self.unix_ms(now),
             },
         );
         self.by_cloud.insert(call_id, id);
@@ -968,6 +994,11 @@ impl Core {
     // ============================================================ SIP requests
 
     fn on_request(&mut self, now: Instant, src: SocketAddr, transport: Transport, req: Request) {
+        // A blocked source is ignored (the driver drops it before parsing; this is the backstop).
+        if self.guard.is_blocked(now, src.ip()) {
+            metrics::counter!("trunkline_sip_dropped_total", "reason" => "blocked").increment(1);
+            return;
+        }
         let Ok(via) = req.top_via() else { return };
         let sent_by = format!("{}:{}", host_str(&via.host), via.port.unwrap_or(5060));
         let branch = match via.branch() {
@@ -1002,6 +1033,80 @@ impl Core {
             }
             return;
         }
+
+        // RFC 3261 §8.2: checks every UAS makes before looking at the method. These answers,
+        // like every answer that needs no authentication and changes nothing (challenges, 403,
+        // OPTIONS, 405, 481), are sent without a server transaction: a retransmission gets the
+        // same answer again, and a flood of them costs no memory.
+        if !matches!(req.uri.scheme, Scheme::Sip | Scheme::Sips) {
+            return self.reply_unauthenticated(now, src, transport, &req, 416, "Unsupported URI Scheme", |_| {});
+        }
+        if let Ok(Some(0)) = req.max_forwards()
+            && req.method != Method::Options
+        {
+            return self.reply_unauthenticated(now, src, transport, &req, 483, "Too Many Hops", |_| {});
+        }
+        if let Some(req_ext) = req.headers.get("Require")
+            && req.method != Method::Cancel
+        {
+            let unsupported: Vec<&str> = req_ext.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+            if !unsupported.is_empty() {
+                let list = unsupported.join(", ");
+                return self.reply_unauthenticated(now, src, transport, &req, 420, "Bad Extension", |r| {
+                    r.headers.push("Unsupported", list)
+                });
+            }
+        }
+        if !req.body.is_empty()
+            && let Ok(Some(ct)) = req.content_type()
+            && !ct.trim().to_ascii_lowercase().starts_with("application/sdp")
+            && req.method == Method::Invite
+        {
+            return self.reply_unauthenticated(now, src, transport, &req, 415, "Unsupported Media Type", |r| {
+                r.headers.push("Accept", "application/sdp")
+            });
+        }
+
+        let in_dialog = req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_some();
+        match req.method {
+            Method::Register => self.on_register(now, &key, src, transport, &req),
+            Method::Invite if !in_dialog => self.on_invite(now, &key, src, transport, req),
+            Method::Cancel => {
+                let invite_key = ServerKey { method: "INVITE".into(), ..key.clone() };
+                if self.server_txs.get(&invite_key).and_then(|t| t.call).is_none() {
+                    return self.reply_unauthenticated(now, src, transport, &req, 481, "Call/Transaction Does Not Exist", |_| {});
+                }
+                if self.open_tx(now, &key, &req, src, transport) {
+                    self.on_cancel(now, &key, &req);
+                }
+            }
+            Method::Options if !in_dialog => self.reply_unauthenticated(now, src, transport, &req, 200, "OK", |r| {
+                r.headers.push("Allow", ALLOW);
+                r.headers.push("Accept", "application/sdp");
+            }),
+            _ if in_dialog => {
+                let cid = req.call_id().unwrap_or("");
+                if !self.by_a.contains_key(cid) && !self.by_b.contains_key(cid) {
+                    return self.reply_unauthenticated(now, src, transport, &req, 481, "Call/Transaction Does Not Exist", |_| {});
+                }
+                if self.open_tx(now, &key, &req, src, transport) {
+                    self.on_in_dialog(now, &key, src, transport, req);
+                }
+            }
+            Method::Bye => self.reply_unauthenticated(now, src, transport, &req, 481, "Call/Transaction Does Not Exist", |_| {}),
+            _ => self.reply_unauthenticated(now, src, transport, &req, 405, "Method Not Allowed", |r| r.headers.push("Allow", ALLOW)),
+        }
+    }
+
+    /// Open server transaction `key` for a request we will act on. At the table's cap, the
+    /// request gets a stateless 503 instead (and `false`).
+    fn open_tx(&mut self, now: Instant, key: &ServerKey, req: &Request, src: SocketAddr, transport: Transport) -> bool {
+        if self.server_txs.len() >= self.cfg.guard.max_server_transactions {
+            metrics::counter!("trunkline_sip_dropped_total", "reason" => "transactions_full").increment(1);
+            tracing::warn!(%src, limit = self.cfg.guard.max_server_transactions, "server transaction table full: 503");
+            self.reply_stateless(src, transport, req, 503, "Service Unavailable", |r| r.headers.push("Retry-After", "5"));
+            return false;
+        }
         self.server_txs.insert(
             key.clone(),
             ServerTx {
@@ -1016,52 +1121,82 @@ impl Core {
             },
         );
         // Non-INVITE transactions are forgotten after timer J (they may stay answerless only
-        // if we never answer, which every path below avoids).
+        // if we never answer, which every path avoids).
         if req.method != Method::Invite {
             let g = self.schedule(now + T64, Timer::ServerExpire(key.clone()));
-            if let Some(tx) = self.server_txs.get_mut(&key) {
+            if let Some(tx) = self.server_txs.get_mut(key) {
                 tx.generation = g;
             }
         }
+        true
+    }
 
-        // RFC 3261 §8.2: checks every UAS makes before looking at the method.
-        if !matches!(req.uri.scheme, Scheme::Sip | Scheme::Sips) {
-            return self.reply(now, &key, &req, 416, "Unsupported URI Scheme", |_| {});
+    /// Answer without a server transaction.
+    fn reply_stateless(
+        &mut self,
+        src: SocketAddr,
+        transport: Transport,
+        req: &Request,
+        status: u16,
+        reason: &str,
+        edit: impl FnOnce(&mut Response),
+    ) {
+        let mut r = Response::to_request(req, status, reason);
+        if status > 100 && req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_none() {
+            r.set_to_tag(&new_tag());
         }
-        if let Ok(Some(0)) = req.max_forwards()
-            && req.method != Method::Options
-        {
-            return self.reply(now, &key, &req, 483, "Too Many Hops", |_| {});
+        r.headers.push("Server", "Trunkline");
+        edit(&mut r);
+        self.out.push_back(Output::Sip { to: src, transport, data: r.to_bytes() });
+    }
+
+    /// Answer a request that is not authenticated (statelessly), if the source's budget of
+    /// such requests allows; else the source is blocked and gets nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn reply_unauthenticated(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        transport: Transport,
+        req: &Request,
+        status: u16,
+        reason: &str,
+        edit: impl FnOnce(&mut Response),
+    ) {
+        if self.admit_unauthenticated(now, src) {
+            self.reply_stateless(src, transport, req, status, reason, edit);
         }
-        if let Some(req_ext) = req.headers.get("Require")
-            && req.method != Method::Cancel
-        {
-            let unsupported: Vec<&str> = req_ext.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
-            if !unsupported.is_empty() {
-                let list = unsupported.join(", ");
-                return self.reply(now, &key, &req, 420, "Bad Extension", |r| r.headers.push("Unsupported", list));
+    }
+
+    /// Spend one of `src`'s unauthenticated requests; false: drop the request (no answer).
+    fn admit_unauthenticated(&mut self, now: Instant, src: SocketAddr) -> bool {
+        match self.guard.on_unauthenticated(now, src.ip()) {
+            Admit::Answer => true,
+            Admit::Drop => {
+                metrics::counter!("trunkline_sip_dropped_total", "reason" => "blocked").increment(1);
+                false
+            }
+            Admit::Block(ev) => {
+                self.blocked(&ev);
+                metrics::counter!("trunkline_sip_dropped_total", "reason" => "blocked").increment(1);
+                false
             }
         }
-        if !req.body.is_empty()
-            && let Ok(Some(ct)) = req.content_type()
-            && !ct.trim().to_ascii_lowercase().starts_with("application/sdp")
-            && req.method == Method::Invite
-        {
-            return self.reply(now, &key, &req, 415, "Unsupported Media Type", |r| r.headers.push("Accept", "application/sdp"));
-        }
+    }
 
-        let in_dialog = req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_some();
-        match req.method {
-            Method::Register => self.on_register(now, &key, src, transport, &req),
-            Method::Invite if !in_dialog => self.on_invite(now, &key, src, transport, req),
-            Method::Cancel => self.on_cancel(now, &key, &req),
-            Method::Options if !in_dialog => self.reply(now, &key, &req, 200, "OK", |r| {
-                r.headers.push("Allow", ALLOW);
-                r.headers.push("Accept", "application/sdp");
-            }),
-            _ if in_dialog => self.on_in_dialog(now, &key, src, transport, req),
-            Method::Bye => self.reply(now, &key, &req, 481, "Call/Transaction Does Not Exist", |_| {}),
-            _ => self.reply(now, &key, &req, 405, "Method Not Allowed", |r| r.headers.push("Allow", ALLOW)),
+    /// A block starts: logged and counted once; a source's block goes to the driver.
+    fn blocked(&mut self, ev: &BlockEvent) {
+        let secs = ev.duration.as_secs();
+        match &ev.what {
+            Blocked::Source(ip) => {
+                tracing::warn!(src = %ip, reason = ev.reason, block_secs = secs, "SIP source blocked: ignoring it");
+                metrics::counter!("trunkline_sip_blocked_sources_total", "reason" => ev.reason).increment(1);
+                self.out.push_back(Output::Block { ip: *ip, until: ev.until });
+            }
+            Blocked::Account(number) => {
+                tracing::warn!(%number, reason = ev.reason, block_secs = secs, "SIP number under attack: not checking its credentials from untrusted addresses");
+                metrics::counter!("trunkline_sip_blocked_accounts_total").increment(1);
+            }
         }
     }
 
@@ -1099,13 +1234,16 @@ impl Core {
 
     fn on_register(&mut self, now: Instant, key: &ServerKey, src: SocketAddr, transport: Transport, req: &Request) {
         let Ok(to) = req.to() else {
-            return self.reply(now, key, req, 400, "Bad Request", |_| {});
+            return self.reply_unauthenticated(now, src, transport, req, 400, "Bad Request", |_| {});
         };
         let aor = to.uri.user.clone().unwrap_or_default();
-        let user = match self.authenticate(now, key, req, "REGISTER") {
+        let user = match self.authenticate(now, src, transport, req, "REGISTER") {
             Some(u) => u,
             None => return,
         };
+        if !self.open_tx(now, key, req, src, transport) {
+            return;
+        }
         if user != aor {
             tracing::warn!(%src, %user, %aor, "REGISTER for another number refused");
             return self.reply(now, key, req, 403, "Forbidden", |_| {});
@@ -1146,9 +1284,11 @@ impl Core {
     }
 
     /// Digest check (RFC 8760 SHA-256 or MD5). Returns the authenticated number, or answers
-    /// the request (401 challenge, or 403 — the same for an unknown number and a wrong
-    /// password, so numbers cannot be enumerated) and returns `None`.
-    fn authenticate(&mut self, now: Instant, key: &ServerKey, req: &Request, method: &str) -> Option<String> {
+    /// the request without a transaction (401 challenge, or 403 — the same for an unknown number
+    /// and a wrong password, after the same work, so numbers cannot be enumerated), or drops it
+    /// (the source's budget ran out, or the number is under attack and this address is not one
+    /// it authenticated from) and returns `None`.
+    fn authenticate(&mut self, now: Instant, src: SocketAddr, transport: Transport, req: &Request, method: &str) -> Option<String> {
         let realm = self.phones.realm().to_string();
         let unix = unix_secs();
         let creds = req
@@ -1158,41 +1298,87 @@ impl Core {
             .filter_map(|v| digest::parse_authorization(v).ok())
             .find(|c| c.realm == realm);
         let Some(creds) = creds else {
-            self.challenge(now, key, req, false);
+            self.challenge(now, src, transport, req, false);
             return None;
         };
         match self.nonces.check(&creds.nonce, unix, NONCE_MAX_AGE) {
             NonceCheck::Valid => {}
             NonceCheck::Stale => {
-                self.challenge(now, key, req, true);
+                self.challenge(now, src, transport, req, true);
                 return None;
             }
             NonceCheck::Invalid => {
-                self.challenge(now, key, req, false);
+                self.challenge(now, src, transport, req, false);
                 return None;
             }
         }
-        let ok = self.phones.get(&creds.username).is_some_and(|p| {
-            let ha1 = match creds.algorithm {
-                Algorithm::Sha256 => &p.ha1_sha256,
-                Algorithm::Md5 => &p.ha1_md5,
-            };
-            !ha1.is_empty() && digest::verify(&creds, method, ha1)
-        });
+        let number = creds.username.chars().take(64).collect::<String>();
+        if !self.phones.is_loaded() {
+            // A new gateway that has not heard from its cloud yet knows no phone: a refusal now
+            // would be wrong (and count against the phone as a guess). 503 makes it retry.
+            tracing::info!(%src, %number, "SIP authentication deferred: no phone list yet (cloud not reached)");
+            self.reply_stateless(src, transport, req, 503, "Service Unavailable", |r| r.headers.push("Retry-After", "5"));
+            return None;
+        }
+        if self.guard.account_locked(now, &creds.username, src.ip()) {
+            // Not checked, not answered: guessing this number from here gets nothing. It still
+            // costs the source from its unauthenticated budget.
+            metrics::counter!("trunkline_sip_dropped_total", "reason" => "account_locked").increment(1);
+            tracing::debug!(%src, %number, "credentials for a number under attack from an untrusted address: dropped");
+            self.admit_unauthenticated(now, src);
+            return None;
+        }
+        if let Err(why) = self.nonce_uses.check(&creds.nonce, creds.nc.as_deref()) {
+            // A captured Authorization replayed (or a nonce-count gone backwards): a fresh
+            // challenge, as for a request without credentials.
+            metrics::counter!("trunkline_sip_auth_failures_total", "kind" => "replayed_nonce").increment(1);
+            tracing::warn!(%src, %number, kind = "replayed_nonce", reuse = ?why, "SIP authentication refused: nonce-count already used");
+            self.challenge(now, src, transport, req, false);
+            return None;
+        }
+        // An unknown number is checked against a decoy verifier: the same work, the same answer.
+        let (ha1, known) = match self.phones.get(&creds.username) {
+            Some(p) => {
+                let ha1 = match creds.algorithm {
+                    Algorithm::Sha256 => &p.ha1_sha256,
+                    Algorithm::Md5 => &p.ha1_md5,
+                };
+                (ha1.clone(), !ha1.is_empty())
+            }
+            None => (String::new(), false),
+        };
+        let decoy = match creds.algorithm {
+            Algorithm::Sha256 => DECOY_HA1_SHA256,
+            Algorithm::Md5 => DECOY_HA1_MD5,
+        };
+        let ok = digest::verify(&creds, method, if known { &ha1 } else { decoy }) && known;
         if ok {
+            let expires = unix + NONCE_MAX_AGE + 120;
+            self.nonce_uses.record(&creds.nonce, creds.nc.as_deref(), unix, expires);
+            self.guard.on_success(now, src.ip(), &creds.username);
             Some(creds.username.clone())
         } else {
-            tracing::warn!(user = %creds.username, "SIP authentication failed");
-            self.reply(now, key, req, 403, "Forbidden", |_| {});
+            let kind = if known { "wrong_password" } else { "unknown_number" };
+            metrics::counter!("trunkline_sip_auth_failures_total", "kind" => kind).increment(1);
+            tracing::warn!(%src, %number, kind, method, "SIP authentication failed");
+            for ev in self.guard.on_failure(now, src.ip(), &creds.username) {
+                self.blocked(&ev);
+            }
+            self.reply_stateless(src, transport, req, 403, "Forbidden", |_| {});
             None
         }
     }
 
-    fn challenge(&mut self, now: Instant, key: &ServerKey, req: &Request, stale: bool) {
+    /// A 401 with a fresh nonce, without a transaction (nonces are stateless); counted against
+    /// the source's unauthenticated budget.
+    fn challenge(&mut self, now: Instant, src: SocketAddr, transport: Transport, req: &Request, stale: bool) {
+        if !self.admit_unauthenticated(now, src) {
+            return;
+        }
         let realm = self.phones.realm().to_string();
         let nonce = self.nonces.issue(unix_secs());
         let algs = self.cfg.digest_algorithms.clone();
-        self.reply(now, key, req, 401, "Unauthorized", |r| {
+        self.reply_stateless(src, transport, req, 401, "Unauthorized", |r| {
             // RFC 8760 §2.4: the preferred algorithm first.
             for a in algs {
                 r.headers.push("WWW-Authenticate", digest::www_authenticate(&realm, &nonce, a, stale));
@@ -1203,10 +1389,13 @@ impl Core {
     // ------------------------------------------------------------ INVITE (new call from a phone)
 
     fn on_invite(&mut self, now: Instant, key: &ServerKey, src: SocketAddr, transport: Transport, req: Request) {
-        let caller = match self.authenticate(now, key, &req, "INVITE") {
+        let caller = match self.authenticate(now, src, transport, &req, "INVITE") {
             Some(u) => u,
             None => return,
         };
+        if !self.open_tx(now, key, &req, src, transport) {
+            return;
+        }
         let from_user = req.from().ok().and_then(|f| f.uri.user.clone());
         if from_user.as_deref() != Some(caller.as_str()) {
             return self.reply(now, key, &req, 403, "Forbidden", |r| r.headers.push("Warning", warning("From does not match the authenticated number")));
@@ -1270,6 +1459,7 @@ impl Core {
                 ringing_sent: false,
                 generation: 0,
                 connected_at: None,
+                started_ms: self.unix_ms(now),
             },
         );
         self.by_a.insert(call_id, id);
@@ -1718,7 +1908,7 @@ impl Core {
             self.send_response(now, &key, r);
         }
         if let Some(cid) = report {
-            self.cloud(ClientMsg::CallEvent { call_id: cid, event: CallEvent::Ended { outcome, duration_ms: None } });
+            self.end_report(now, id, cid, outcome, None);
         }
         self.finish(id);
     }
@@ -1777,9 +1967,59 @@ impl Core {
             }
         }
         if let Some(cid) = report {
-            self.cloud(ClientMsg::CallEvent { call_id: cid, event: CallEvent::Ended { outcome: Outcome::Connected, duration_ms } });
+            self.end_report(now, id, cid, Outcome::Connected, duration_ms);
         }
         self.finish(id);
+    }
+
+    /// The cloud's end-of-call report for call `id`: with what the record needs (caller,
+    /// callee, times), so a cloud that restarted meanwhile still writes it. Numbers the
+    /// protocol cannot carry fall back to a plain `ended` event.
+    fn end_report(&mut self, now: Instant, id: u64, call_id: String, outcome: Outcome, duration_ms: Option<u64>) {
+        let Some(call) = self.calls.get(&id) else { return };
+        let ok = |n: &str| trunkline_protocol::check_number("n", n).is_ok();
+        if !ok(&call.caller) || !ok(&call.callee) {
+            self.cloud(ClientMsg::CallEvent { call_id, event: CallEvent::Ended { outcome, duration_ms } });
+            return;
+        }
+        let ended_ms = self.unix_ms(now).max(call.started_ms);
+        let duration_ms = duration_ms.map(|d| d.min((ended_ms - call.started_ms) as u64));
+        let m = ClientMsg::CallReport {
+            call_id,
+            outcome,
+            duration_ms,
+            from: call.caller.clone(),
+            to: call.callee.clone(),
+            started_ms: call.started_ms,
+            ended_ms,
+        };
+        self.cloud(m);
+    }
+
+    /// Unix ms at `now`.
+    fn unix_ms(&self, now: Instant) -> i64 {
+        let (base_i, base_ms) = self.clock_base;
+        match now.checked_duration_since(base_i) {
+            Some(d) => base_ms + d.as_millis() as i64,
+            None => base_ms - base_i.saturating_duration_since(now).as_millis() as i64,
+        }
+    }
+
+    /// The cloud call ids of the calls this gateway carries now (reported at each sign-in, so
+    /// the cloud can end the calls it still has open for us that are gone here).
+    pub fn cloud_calls(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .calls
+            .values()
+            .filter(|c| c.state != CallState::Done)
+            .filter_map(|c| c.cloud_id.clone())
+            .chain(self.queue.waiting_ids().map(str::to_string))
+            .chain(self.direct.values().map(|d| d.call_id.clone()))
+            .chain(self.session_by_call.keys().cloned())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     fn finish(&mut self, id: u64) {
@@ -2179,6 +2419,14 @@ fn new_branch() -> String {
     format!("z9hG4bK{:016x}", rand::rng().random::<u64>())
 }
 
+/// Verifiers no password hashes to (not hex): checked for numbers nobody has.
+const DECOY_HA1_MD5: &str = "decoy-decoy-decoy-decoy-decoy-de";
+const DECOY_HA1_SHA256: &str = "decoy-decoy-decoy-decoy-decoy-decoy-decoy-decoy-decoy-decoy-deco";
+
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 fn unix_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -2218,5 +2466,6 @@ fn outcome_text(o: Outcome) -> &'static str {
         Outcome::Cancelled => "cancelled",
         Outcome::Error => "error",
         Outcome::ConnectFailed => "the direct connection could not be made",
+        Outcome::MediaLost => "the media path was lost",
     }
 }

@@ -97,6 +97,7 @@ impl H {
                 max_expires: 3600,
                 digest_algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
                 echo_number: Some("1999".into()),
+                guard: GuardConfig::default(),
             },
             phones,
             Box::new(FakeMedia(0)),
@@ -562,7 +563,12 @@ fn c14_c15_the_key_on_the_leg_s_datachannel_rings_the_phone_through_that_leg() {
     h.sip(addr(5070), &format!("BYE sip:hq@{GW} SIP/2.0\nVia: SIP/2.0/UDP {}:5070;branch=z9hG4bKpb\nFrom: <sip:1002@{GW}>;tag={tag}\nTo: {}\nCall-ID: {}\nCSeq: 5 BYE\nContent-Length: 0\n\n", "192.168.1.50", inv.headers.get("From").unwrap(), inv.call_id().unwrap()));
     assert_eq!(direct_msgs(&mut h, 2), vec![DirectServerMsg::Ended { outcome: Outcome::Connected }]);
     assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStop { id: 2 })));
-    assert!(matches!(h.cloud_msgs().as_slice(), [ClientMsg::CallEvent { event: CallEvent::Ended { outcome: Outcome::Connected, duration_ms: Some(3000) }, .. }]));
+    // The end report carries what the record needs (a restarted cloud can still write it).
+    assert!(matches!(
+        h.cloud_msgs().as_slice(),
+        [ClientMsg::CallReport { outcome: Outcome::Connected, duration_ms: Some(3000), from, to, started_ms, ended_ms, .. }]
+            if !from.is_empty() && to == "1002" && ended_ms - started_ms >= 3000
+    ));
 }
 
 #[test]
@@ -893,11 +899,128 @@ fn shutdown_ends_every_call_bye_to_answered_phones_503_and_cancel_for_ringing_on
     assert_eq!(direct_msgs(&mut h, 1), vec![DirectServerMsg::Ended { outcome: Outcome::Connected }]);
     assert!(matches!(
         h.cloud_msgs().as_slice(),
-        [ClientMsg::CallEvent { call_id, event: CallEvent::Ended { outcome: Outcome::Connected, duration_ms: Some(2000) } }] if call_id == "f1"
+        [ClientMsg::CallReport { call_id, outcome: Outcome::Connected, duration_ms: Some(2000), .. }] if call_id == "f1"
     ));
     assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStop { id: 1 })));
     // F7 not answered yet: 503 to the caller, CANCEL to the ringing phone.
     assert_eq!(h.last_status(addr(5062)), 503);
     assert_eq!(only_request(h.sent_to(addr(5072))).method, Method::Cancel);
     assert_eq!(h.core.active_calls(), 0);
+}
+
+// ---------------------------------------------------------------- scanners and guessing (issue 10)
+
+/// A REGISTER for `number` from `a` (branch `b`), with `auth` (an Authorization value) if any.
+fn register_text(a: SocketAddr, number: &str, b: &str, auth: Option<&str>) -> String {
+    let auth = auth.map(|v| format!("Authorization: {v}\n")).unwrap_or_default();
+    format!(
+        "REGISTER sip:{GW} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bK{b}\nFrom: <sip:{number}@{GW}>;tag=t{b}\nTo: <sip:{number}@{GW}>\nCall-ID: {b}@x\nCSeq: 1 REGISTER\nContact: <sip:{number}@{a}>\n{auth}Content-Length: 0\n\n"
+    )
+}
+
+#[test]
+fn challenges_and_refusals_keep_no_server_transaction() {
+    let mut h = H::new();
+    let a = addr(5070);
+    for i in 0..50 {
+        h.sip(a, &register_text(a, "1001", &format!("c{i}"), None));
+    }
+    assert_eq!(h.responses_to(a).len(), 50);
+    assert_eq!(h.core.server_transactions(), 0, "401s are stateless");
+    h.sip(a, &register_text(a, "1001", "c100", None));
+    let auth = h.auth(a, "1001", "wrong", "REGISTER", &format!("sip:{GW}"));
+    h.sip(a, &register_text(a, "1001", "c101", Some(&auth)));
+    assert_eq!(h.last_status(a), 403);
+    assert_eq!(h.core.server_transactions(), 0, "403s are stateless");
+    h.sip(a, &format!("OPTIONS sip:1001@{GW} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bKo1\nFrom: <sip:x@{GW}>;tag=o\nTo: <sip:1001@{GW}>\nCall-ID: o@x\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n"));
+    assert_eq!(h.last_status(a), 200);
+    assert_eq!(h.core.server_transactions(), 0);
+    // A successful REGISTER keeps its transaction (retransmissions are absorbed).
+    assert_eq!(h.register("1001", 5072), 200);
+    assert_eq!(h.core.server_transactions(), 1);
+}
+
+#[test]
+fn a_guessing_source_is_ignored_after_the_budget_and_the_phone_keeps_registering() {
+    let mut h = H::new();
+    assert_eq!(h.register("1001", 5062), 200);
+    let attacker = "203.0.113.9:5060".parse::<SocketAddr>().unwrap();
+    for i in 0..10 {
+        h.sip(attacker, &register_text(attacker, "1001", &format!("g{i}a"), None));
+        let auth = h.auth(attacker, "1001", &format!("guess{i}"), "REGISTER", &format!("sip:{GW}"));
+        h.sip(attacker, &register_text(attacker, "1001", &format!("g{i}b"), Some(&auth)));
+        assert_eq!(h.last_status(attacker), 403);
+    }
+    assert!(h.out.iter().any(|o| matches!(o, Output::Block { ip, .. } if *ip == attacker.ip())), "the driver is told");
+    // Ignored now: no answer at all, even to a request without credentials.
+    h.sip(attacker, &register_text(attacker, "1001", "g99", None));
+    assert!(h.responses_to(attacker).is_empty());
+    // The phone on its own address is not affected.
+    assert_eq!(h.register("1001", 5062), 200);
+    // After the block the source is answered again.
+    h.advance(Duration::from_secs(61));
+    h.sip(attacker, &register_text(attacker, "1001", "g100", None));
+    assert_eq!(h.last_status(attacker), 401);
+}
+
+#[test]
+fn a_replayed_authorization_is_challenged_again_and_the_next_nonce_count_is_accepted() {
+    let mut h = H::new();
+    let a = addr(5080);
+    h.sip(a, &register_text(a, "1002", "p1", None));
+    let auth = h.auth(a, "1002", "pw-1002", "REGISTER", &format!("sip:{GW}"));
+    h.sip(a, &register_text(a, "1002", "p2", Some(&auth)));
+    assert_eq!(h.last_status(a), 200);
+    let evil = addr(5999);
+    h.sip(evil, &register_text(evil, "1002", "p3", Some(&auth)));
+    assert_eq!(h.last_status(evil), 401, "a replay gets a fresh challenge");
+    // nc=00000002 on the same nonce (baresip): accepted.
+    let nonce = auth.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap();
+    let ha1 = digest::ha1(Algorithm::Md5, "1002", "trunkline", "pw-1002");
+    use md5::Digest;
+    let md = |s: String| hex::encode(md5::Md5::digest(s.as_bytes()));
+    let resp = md(format!("{ha1}:{nonce}:00000002:abc:auth:{}", md(format!("REGISTER:sip:{GW}"))));
+    let auth2 = format!(
+        "Digest username=\"1002\", realm=\"trunkline\", nonce=\"{nonce}\", uri=\"sip:{GW}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc=00000002, cnonce=\"abc\""
+    );
+    h.sip(a, &register_text(a, "1002", "p4", Some(&auth2)));
+    assert_eq!(h.last_status(a), 200);
+}
+
+#[test]
+fn a_number_guessed_from_many_addresses_is_not_checked_from_them_but_its_phone_is() {
+    let mut h = H::new();
+    assert_eq!(h.register("1003", 5062), 200);
+    let mut answered = 0;
+    for i in 0..40u8 {
+        let src: SocketAddr = format!("198.51.100.{}:5060", i + 1).parse().unwrap();
+        h.sip(src, &register_text(src, "1003", &format!("m{i}a"), None));
+        let auth = h.auth(src, "1003", "guess", "REGISTER", &format!("sip:{GW}"));
+        h.sip(src, &register_text(src, "1003", &format!("m{i}b"), Some(&auth)));
+        answered += h.responses_to(src).iter().filter(|r| r.status == 403).count();
+    }
+    assert_eq!(answered, 30, "max_failures_per_account guesses are checked, then none");
+    assert_eq!(h.register("1003", 5062), 200, "the phone's own address is trusted");
+}
+
+#[test]
+fn every_method_answers_an_existing_and_a_missing_extension_alike() {
+    let mut h = H::new();
+    let a = addr(5090);
+    for (i, method) in ["REGISTER", "INVITE", "OPTIONS", "SUBSCRIBE", "MESSAGE"].into_iter().enumerate() {
+        let mut shapes = vec![];
+        for user in ["1001", "7777"] {
+            h.sip(
+                a,
+                &format!(
+                    "{method} sip:{user}@{GW} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bKe{i}{user}\nFrom: <sip:{user}@{GW}>;tag=e\nTo: <sip:{user}@{GW}>\nCall-ID: e{i}{user}@x\nCSeq: 1 {method}\nContact: <sip:{user}@{a}>\nContent-Length: 0\n\n"
+                ),
+            );
+            let r = h.responses_to(a).pop().expect("an answer");
+            let mut names: Vec<String> = r.headers.iter().map(|(n, _)| n.to_ascii_lowercase()).collect();
+            names.sort();
+            shapes.push((r.status, names));
+        }
+        assert_eq!(shapes[0], shapes[1], "{method}");
+    }
 }

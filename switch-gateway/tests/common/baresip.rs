@@ -208,6 +208,12 @@ impl Phone {
     /// registering over UDP with the gateway at `gw`; `wav` is its microphone; `auto_answer`
     /// answers incoming calls at once.
     pub async fn start(dir: &Path, number: &str, gw: SocketAddr, wav: &Path, auto_answer: bool) -> Phone {
+        Self::start_on(dir, number, gw, wav, auto_answer, "127.0.0.1").await
+    }
+
+    /// [`Phone::start`] with its SIP on loopback address `ip` (another source address than
+    /// the test's own sockets, e.g. 127.0.0.5).
+    pub async fn start_on(dir: &Path, number: &str, gw: SocketAddr, wav: &Path, auto_answer: bool, ip: &str) -> Phone {
         let conf = dir.join(format!("baresip-{number}"));
         let rec = conf.join("rec");
         std::fs::create_dir_all(&rec).unwrap();
@@ -216,7 +222,7 @@ impl Phone {
         let rtp = free_rtp_range();
         let config = format!(
             "poll_method epoll\n\
-             sip_listen 127.0.0.1:{sip}\n\
+             sip_listen {ip}:{sip}\n\
              call_local_timeout 120\n\
              call_max_calls 4\n\
              audio_buffer 200\n\
