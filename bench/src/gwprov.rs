@@ -111,7 +111,12 @@ fn auth_keyword(number: &str) -> String {
 /// Write `users.csv` (REGISTER: number;password;auth), `callees.csv` (the same for the UAS's
 /// numbers), `callers.csv` (caller;auth;callee, caller i calls callee i) and `credentials.cfg`
 /// (Kamailio: `$sht(ha1=>N) = "HA1";` for the users, callers and callees) into `dir`.
-pub fn sip_files(dir: &Path, users: &[RangeInclusive<u64>], callers: RangeInclusive<u64>, callees: RangeInclusive<u64>) -> Result<Vec<(String, String)>, String> {
+pub fn sip_files(
+    dir: &Path,
+    users: &[RangeInclusive<u64>],
+    callers: RangeInclusive<u64>,
+    callees: RangeInclusive<u64>,
+) -> Result<Vec<(String, String)>, String> {
     use std::fmt::Write;
     let w = |name: &str, text: String| std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"));
     let mut reg = String::from("SEQUENTIAL\n");

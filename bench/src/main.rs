@@ -9,8 +9,8 @@ mod procfs;
 mod provision;
 mod report;
 mod setup;
-mod sipua;
 mod sippstat;
+mod sipua;
 mod steer;
 mod udp;
 
@@ -307,9 +307,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     raise_nofile();
     let result: Result<Vec<(String, String)>, String> = match cli.cmd {
-        Cmd::Cpu { pid, children } => procfs::cpu_us(pid, children)
-            .map(|us| vec![("cpu_us".into(), us.to_string())])
-            .map_err(|e| format!("pid {pid}: {e}")),
+        Cmd::Cpu { pid, children } => {
+            procfs::cpu_us(pid, children).map(|us| vec![("cpu_us".into(), us.to_string())]).map_err(|e| format!("pid {pid}: {e}"))
+        }
         Cmd::Processes { pid } => Ok(vec![("processes".into(), procfs::process_tree(pid).len().to_string())]),
         Cmd::UdpDrops { ports } => Ok(vec![("drops".into(), udp::drops(&ports).to_string())]),
         Cmd::FreePort { udp, both } => {
@@ -371,7 +371,9 @@ fn main() -> ExitCode {
             }))
         }
         Cmd::GwProvision { addr, token_file, switch_secret, hq, br, browsers, browser_password, concurrency } => {
-            let ranges = (|| Ok::<_, String>((gwprov::parse_ranges(&hq)?, gwprov::parse_ranges(&br)?, gwprov::parse_ranges(&browsers)?)))();
+            let ranges =
+                (|| Ok::<_, String>((gwprov::parse_ranges(&hq)?, gwprov::parse_ranges(&br)?, gwprov::parse_ranges(&browsers)?)))(
+                );
             match (std::fs::read_to_string(&token_file), ranges) {
                 (Err(e), _) => Err(format!("{}: {e}", token_file.display())),
                 (_, Err(e)) => Err(e),
@@ -394,38 +396,57 @@ fn main() -> ExitCode {
             gwprov::sip_files(&dir, &gwprov::parse_ranges(&users)?, one(&callers)?, one(&callees)?)
         })(),
         Cmd::SippRate { skip, secs, files } => sippstat::rates(&files, skip, secs),
-        Cmd::SetupTimes { server, hq_sip, br_sip, calls, concurrency, hq_first, br_first, browser_first, browser_password, flows } => {
-            runtime(cli.threads).block_on(setup::run(setup::Params {
+        Cmd::SetupTimes {
+            server,
+            hq_sip,
+            br_sip,
+            calls,
+            concurrency,
+            hq_first,
+            br_first,
+            browser_first,
+            browser_password,
+            flows,
+        } => runtime(cli.threads).block_on(setup::run(setup::Params {
+            server,
+            hq_sip,
+            br_sip,
+            calls,
+            concurrency,
+            hq_first,
+            br_first,
+            browser_first,
+            browser_password,
+            flows: flows.split(',').map(|f| f.trim().to_ascii_lowercase()).filter(|f| !f.is_empty()).collect(),
+        })),
+        Cmd::MediaRamp {
+            server,
+            gateway_sip,
+            gateway_pid,
+            browser_first,
+            browsers,
+            browser_password,
+            phone_first,
+            steps,
+            secs,
+            setup_concurrency,
+            max_secs,
+        } => match steps.split(',').map(|s| s.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>() {
+            Err(e) => Err(format!("--steps: {e}")),
+            Ok(steps) => runtime(cli.threads).block_on(media::run(media::Params {
                 server,
-                hq_sip,
-                br_sip,
-                calls,
-                concurrency,
-                hq_first,
-                br_first,
+                gateway_sip,
+                gateway_pid,
                 browser_first,
+                browsers,
                 browser_password,
-                flows: flows.split(',').map(|f| f.trim().to_ascii_lowercase()).filter(|f| !f.is_empty()).collect(),
-            }))
-        }
-        Cmd::MediaRamp { server, gateway_sip, gateway_pid, browser_first, browsers, browser_password, phone_first, steps, secs, setup_concurrency, max_secs } => {
-            match steps.split(',').map(|s| s.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>() {
-                Err(e) => Err(format!("--steps: {e}")),
-                Ok(steps) => runtime(cli.threads).block_on(media::run(media::Params {
-                    server,
-                    gateway_sip,
-                    gateway_pid,
-                    browser_first,
-                    browsers,
-                    browser_password,
-                    phone_first,
-                    steps,
-                    secs,
-                    setup_concurrency,
-                    max_secs,
-                })),
-            }
-        }
+                phone_first,
+                steps,
+                secs,
+                setup_concurrency,
+                max_secs,
+            })),
+        },
         Cmd::Table { saturate, rate, idle, kamailio, gateway, web, natlab, date } => {
             let date = date.unwrap_or_else(|| {
                 std::process::Command::new("date")

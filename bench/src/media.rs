@@ -30,13 +30,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpAnswer;
+use str0m::channel::ChannelId;
 use str0m::format::{Codec, FormatParams};
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
-use str0m::channel::ChannelId;
 use trunkline_client::TlsOptions;
 use trunkline_client::signal::{self, SignalClient, SignalSender};
 use trunkline_protocol::{ClientMsg, DirectClientMsg, DirectServerMsg, PROTOCOL_VERSION, ServerMsg, SignalPayload};
@@ -373,7 +373,9 @@ struct Browser {
 }
 
 async fn browser(server: &str, number: String, password: &str) -> Result<Browser, String> {
-    let client = SignalClient::login(server, &number, password, &TlsOptions::default()).await.map_err(|e| format!("login {number}: {e}"))?;
+    let client = SignalClient::login(server, &number, password, &TlsOptions::default())
+        .await
+        .map_err(|e| format!("login {number}: {e}"))?;
     let (_, sender, mut inbox) = client.into_parts();
     let routes: Routes = Arc::default();
     let r = routes.clone();
@@ -419,7 +421,8 @@ async fn place(b: &Browser, callee: &str, idx: u32, shared: Arc<Shared>) -> Resu
         .await
         .map_err(|_| "no connect in time".to_string())??;
         let (mut o, offer) = offerer().await?;
-        let send = |payload| b.sender.send(&ClientMsg::DirectSignal { call_id: call_id.clone(), payload }).map_err(|e| e.to_string());
+        let send =
+            |payload| b.sender.send(&ClientMsg::DirectSignal { call_id: call_id.clone(), payload }).map_err(|e| e.to_string());
         send(SignalPayload::Offer { sdp: offer })?;
         // The gateway's answer; its trickled candidates may come before or after it.
         let (cand_tx, cand_rx) = mpsc::unbounded_channel();

@@ -77,9 +77,12 @@ pub fn rss_bytes(pid: u32) -> io::Result<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/status"))?;
     for line in s.lines() {
         if let Some(v) = line.strip_prefix("VmRSS:") {
-            let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidData, "malformed VmRSS line")
-            })?;
+            let kb: u64 = v
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "malformed VmRSS line"))?;
             return Ok(kb * 1024);
         }
     }
@@ -99,9 +102,8 @@ pub fn context_switches(pid: u32) -> u64 {
     for e in rd.flatten() {
         let Ok(s) = fs::read_to_string(e.path().join("status")) else { continue };
         for line in s.lines() {
-            if let Some(v) = line
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            if let Some(v) =
+                line.strip_prefix("voluntary_ctxt_switches:").or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
             {
                 total += v.trim().parse::<u64>().unwrap_or(0);
             }

@@ -152,11 +152,8 @@ pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
                     return Ok::<(), String>(());
                 }
                 let n = browser_number(p.first_browser, i);
-                let body = format!(
-                    r#"{{"number":{},"password":{},"kind":"browser"}}"#,
-                    json_str(&n),
-                    json_str(&p.browser_password)
-                );
+                let body =
+                    format!(r#"{{"number":{},"password":{},"kind":"browser"}}"#, json_str(&n), json_str(&p.browser_password));
                 if create(&mut http, "/api/accounts", body, &format!("browser {n}")).await? {
                     made.fetch_add(1, Ordering::Relaxed);
                 }
@@ -167,8 +164,5 @@ pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
         t.await.map_err(|e| e.to_string())??;
     }
     created += made.load(Ordering::Relaxed);
-    Ok(vec![
-        ("created".into(), created.to_string()),
-        ("secs".into(), format!("{:.1}", started.elapsed().as_secs_f64())),
-    ])
+    Ok(vec![("created".into(), created.to_string()), ("secs".into(), format!("{:.1}", started.elapsed().as_secs_f64()))])
 }

@@ -8,10 +8,7 @@ pub type Kv = HashMap<String, String>;
 pub fn read_kv(path: Option<&Path>) -> Kv {
     let Some(path) = path else { return Kv::new() };
     let Ok(text) = std::fs::read_to_string(path) else { return Kv::new() };
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect()
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
 }
 
 fn num(kv: &Kv, key: &str) -> Option<f64> {
@@ -282,7 +279,9 @@ fn gateway_rows(out: &mut String, g: &Kv) {
             " (first step missed: {n} calls, {why}; no loss and p99 < 1 ms browser → phone only: up to {} calls; no loss, any delay: up to {} calls{})",
             or_na(s("media_max_calls_up_ok")),
             or_na(s("media_max_calls_no_loss")),
-            s("media_generator_limit_at").map(|g| format!("; the load generator fell behind its 50 packets/s per call at {g}")).unwrap_or_default()
+            s("media_generator_limit_at")
+                .map(|g| format!("; the load generator fell behind its 50 packets/s per call at {g}"))
+                .unwrap_or_default()
         ),
         _ => String::new(),
     };
@@ -359,7 +358,13 @@ fn gateway_notes(notes: &mut Vec<String>, g: &Kv) {
     if g.contains_key("setup_calls") {
         let mut parts = Vec::new();
         for f in ["f1", "f2", "f3"] {
-            let mut p = format!("{}: {} ok, {} failed in {} s", f.to_uppercase(), s(&format!("setup_{f}_ok")), s(&format!("setup_{f}_failed")), s(&format!("setup_{f}_secs")));
+            let mut p = format!(
+                "{}: {} ok, {} failed in {} s",
+                f.to_uppercase(),
+                s(&format!("setup_{f}_ok")),
+                s(&format!("setup_{f}_failed")),
+                s(&format!("setup_{f}_secs"))
+            );
             if let Some(e) = g.get(&format!("setup_{f}_first_error")) {
                 p.push_str(&format!(" (first error: {e})"));
             }
@@ -435,7 +440,10 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             gateway: Kv::new(),
-            web: [("wasm_raw", "500000"), ("wasm_gzip", "190000")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            web: [("wasm_raw", "500000"), ("wasm_gzip", "190000")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             natlab: [("calls", "20"), ("s1_p50", "120.5")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             cores: 2,
             date: "today".into(),

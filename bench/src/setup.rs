@@ -106,7 +106,9 @@ async fn f1_call(phone: &Softphone, callee: &str) -> Result<Times, String> {
                     }
                 }
                 // Answered: a ringing report that has not come by now is not coming.
-                CallUpdate::Event(CallEvent::Connected) | CallUpdate::GatewayProgress(CallEvent::Connected) if audio.is_some() => {
+                CallUpdate::Event(CallEvent::Connected) | CallUpdate::GatewayProgress(CallEvent::Connected)
+                    if audio.is_some() =>
+                {
                     return Ok(());
                 }
                 CallUpdate::Outcome { outcome, .. } => return Err(format!("ended before audio: {outcome}")),
@@ -238,7 +240,14 @@ pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
                     let r = match flow.as_str() {
                         "f1" => f1_call(phone.as_ref().expect("f1 signs in"), &(hq_first + i).to_string()).await,
                         "f2" => sip_call(&hq, &(hq_first + n + i).to_string(), &(br_first + i).to_string()).await,
-                        _ => sip_call(&hq, &(hq_first + 2 * n + i).to_string(), &(browser_first + (workers + w) as u64).to_string()).await,
+                        _ => {
+                            sip_call(
+                                &hq,
+                                &(hq_first + 2 * n + i).to_string(),
+                                &(browser_first + (workers + w) as u64).to_string(),
+                            )
+                            .await
+                        }
                     };
                     record(&samples, r);
                 }

@@ -18,7 +18,8 @@ fn rows(path: &Path) -> Result<Vec<Row>, String> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().ok_or_else(|| format!("{}: empty", path.display()))?.split(';').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).ok_or_else(|| format!("{}: no column {name}", path.display()));
-    let (ct, ok, failed, retrans) = (col("CurrentTime")?, col("SuccessfulCall(C)")?, col("FailedCall(C)")?, col("Retransmissions(C)")?);
+    let (ct, ok, failed, retrans) =
+        (col("CurrentTime")?, col("SuccessfulCall(C)")?, col("FailedCall(C)")?, col("Retransmissions(C)")?);
     let mut out = Vec::new();
     for l in lines {
         let f: Vec<&str> = l.split(';').collect();

@@ -318,7 +318,12 @@ impl Ua {
     }
 
     /// Register `numbers` (password = `password_of(number)`), `concurrency` at a time.
-    pub async fn register_all(self: &Arc<Self>, numbers: Vec<String>, password_of: fn(&str) -> String, concurrency: usize) -> Result<usize, String> {
+    pub async fn register_all(
+        self: &Arc<Self>,
+        numbers: Vec<String>,
+        password_of: fn(&str) -> String,
+        concurrency: usize,
+    ) -> Result<usize, String> {
         let queue = Arc::new(Mutex::new(numbers));
         let mut tasks = Vec::new();
         for _ in 0..concurrency.max(1) {
@@ -397,13 +402,20 @@ impl Ua {
                 srv = self.server.ip()
             );
             let _ = self.sock.send_to(ack.as_bytes(), self.server).await;
-            let (ch_name, auth_name) =
-                if resp.status == 401 { ("WWW-Authenticate", "Authorization") } else { ("Proxy-Authenticate", "Proxy-Authorization") };
+            let (ch_name, auth_name) = if resp.status == 401 {
+                ("WWW-Authenticate", "Authorization")
+            } else {
+                ("Proxy-Authenticate", "Proxy-Authorization")
+            };
             let ch = resp.headers.get(ch_name).unwrap_or("").to_string();
             let auth = authorization(&ch, from, password, "INVITE", &ruri);
             cseq = 2;
             let branch2 = format!("z9hG4bK{n}i2{:x}", rand::random::<u32>());
-            r = self.transaction(&mut rx, &build(2, &branch2, Some((auth_name, &auth))), "INVITE", within, |r| on_prov(r, &mut ringing_at)).await;
+            r = self
+                .transaction(&mut rx, &build(2, &branch2, Some((auth_name, &auth))), "INVITE", within, |r| {
+                    on_prov(r, &mut ringing_at)
+                })
+                .await;
         }
         let resp = match r {
             Ok(resp) => resp,

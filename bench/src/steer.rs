@@ -37,8 +37,15 @@ pub struct Params {
 #[derive(Clone, Copy)]
 pub enum Mode {
     /// `runs` back-to-back intervals of `measure` after one `warmup`.
-    Saturate { warmup: Duration, measure: Duration, runs: usize },
-    Rate { per_sec: f64, measure: Duration },
+    Saturate {
+        warmup: Duration,
+        measure: Duration,
+        runs: usize,
+    },
+    Rate {
+        per_sec: f64,
+        measure: Duration,
+    },
 }
 
 pub fn hq_id(i: usize) -> String {
@@ -220,13 +227,7 @@ static ERRORS_SHOWN: AtomicU64 = AtomicU64::new(0);
 
 fn report_error(who: &str, p: &Peek) {
     if ERRORS_SHOWN.fetch_add(1, Ordering::Relaxed) < 5 {
-        eprintln!(
-            "bench: {who} got {} {:?} {:?} (call {:?})",
-            p.ty,
-            p.code,
-            p.message,
-            p.call_id
-        );
+        eprintln!("bench: {who} got {} {:?} {:?} (call {:?})", p.ty, p.code, p.message, p.call_id);
     }
 }
 
@@ -299,7 +300,9 @@ async fn hq_loop(
                 "route" => {
                     if p.route.as_ref().map(|r| r.route) == Some("switch") {
                         stats.decisions.fetch_add(1, Ordering::Relaxed);
-                        if let Some(t0) = p.call_id.and_then(|c| c.rsplit('-').next()?.parse::<u64>().ok()).and_then(|s| sent_at.remove(&s)) {
+                        if let Some(t0) =
+                            p.call_id.and_then(|c| c.rsplit('-').next()?.parse::<u64>().ok()).and_then(|s| sent_at.remove(&s))
+                        {
                             latencies_us.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
                         }
                     } else {
@@ -431,7 +434,13 @@ pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
     samples.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
     let m = &samples[samples.len() / 2];
     let mut kv = vec![
-        ("mode".into(), match p.mode { Mode::Saturate { .. } => "saturate".into(), Mode::Rate { .. } => "rate".into() }),
+        (
+            "mode".into(),
+            match p.mode {
+                Mode::Saturate { .. } => "saturate".into(),
+                Mode::Rate { .. } => "rate".into(),
+            },
+        ),
         ("pairs".into(), p.pairs.to_string()),
         ("window".into(), p.window.to_string()),
         ("runs".into(), samples.len().to_string()),
@@ -443,10 +452,7 @@ pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
         ("server_cpu_us_per_decision".into(), format!("{:.2}", m.server_cpu as f64 / m.decisions.max(1) as f64)),
         ("server_cpu_cores".into(), format!("{:.2}", m.server_cpu as f64 / 1e6 / m.secs)),
         ("client_cpu_cores".into(), format!("{:.2}", m.client_cpu as f64 / 1e6 / m.secs)),
-        (
-            "server_context_switches_per_decision".into(),
-            format!("{:.1}", m.server_switches as f64 / m.decisions.max(1) as f64),
-        ),
+        ("server_context_switches_per_decision".into(), format!("{:.1}", m.server_switches as f64 / m.decisions.max(1) as f64)),
         ("queries_sent".into(), stats.sent.load(Ordering::Relaxed).to_string()),
         ("outcomes".into(), stats.outcomes.load(Ordering::Relaxed).to_string()),
         ("errors".into(), stats.errors.load(Ordering::Relaxed).to_string()),

@@ -25,7 +25,13 @@ pub fn set_buffers(sock: &UdpSocket, bytes: usize) {
     for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
         // SAFETY: setsockopt with a pointer to a local int of the right size.
         unsafe {
-            libc::setsockopt(fd, libc::SOL_SOCKET, opt, &v as *const _ as *const libc::c_void, size_of::<libc::c_int>() as libc::socklen_t);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &v as *const _ as *const libc::c_void,
+                size_of::<libc::c_int>() as libc::socklen_t,
+            );
         }
     }
 }

@@ -31,21 +31,13 @@ pub fn mulaw_decode(code: u8) -> i16 {
     let segment = (code >> 4) & 0x07;
     let mantissa = i32::from(code & 0x0F);
     let magnitude = (((mantissa << 3) + MULAW_BIAS) << segment) - MULAW_BIAS;
-    (if code & 0x80 != 0 {
-        -magnitude
-    } else {
-        magnitude
-    }) as i16
+    (if code & 0x80 != 0 { -magnitude } else { magnitude }) as i16
 }
 
 /// Encode one linear sample as A-law (PCMA).
 pub fn alaw_encode(sample: i16) -> u8 {
     let value = i32::from(sample) >> 3; // 13-bit
-    let (sign, magnitude) = if value >= 0 {
-        (0x80u8, value)
-    } else {
-        (0x00u8, -value - 1)
-    };
+    let (sign, magnitude) = if value >= 0 { (0x80u8, value) } else { (0x00u8, -value - 1) };
     let magnitude = magnitude.min(0x0FFF);
     let (segment, mantissa) = if magnitude < 32 {
         (0u32, magnitude >> 1)
@@ -62,17 +54,9 @@ pub fn alaw_decode(code: u8) -> i16 {
     let code = code ^ 0x55;
     let segment = u32::from((code >> 4) & 0x07);
     let mantissa = i32::from(code & 0x0F);
-    let magnitude13 = if segment == 0 {
-        (mantissa << 1) | 1
-    } else {
-        (((mantissa | 0x10) << 1) | 1) << (segment - 1)
-    };
+    let magnitude13 = if segment == 0 { (mantissa << 1) | 1 } else { (((mantissa | 0x10) << 1) | 1) << (segment - 1) };
     let magnitude = magnitude13 << 3;
-    (if code & 0x80 != 0 {
-        magnitude
-    } else {
-        -magnitude
-    }) as i16
+    (if code & 0x80 != 0 { magnitude } else { -magnitude }) as i16
 }
 
 /// The two G.711 laws, as negotiated in SDP (`PCMU/8000`, `PCMA/8000`).

@@ -18,9 +18,6 @@ pub mod wav;
 pub mod webrtc;
 pub mod ws;
 
-pub use softphone::{
-    CallHandle, CallStatus, CallUpdate, IncomingCall, Softphone, SoftphoneConfig, SoftphoneError,
-    Timeouts,
-};
+pub use softphone::{CallHandle, CallStatus, CallUpdate, IncomingCall, Softphone, SoftphoneConfig, SoftphoneError, Timeouts};
 pub use webrtc::{AudioSource, MediaSession, MediaStats, PeerOptions};
 pub use ws::TlsOptions;

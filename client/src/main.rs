@@ -19,17 +19,11 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use trunkline_client::wav::{self, RATE};
 use trunkline_client::webrtc::AudioSource;
-use trunkline_client::{
-    CallHandle, PeerOptions, Softphone, SoftphoneConfig, SoftphoneError, TlsOptions,
-};
+use trunkline_client::{CallHandle, PeerOptions, Softphone, SoftphoneConfig, SoftphoneError, TlsOptions};
 use trunkline_protocol::{DeclineReason, Outcome};
 
 #[derive(Parser)]
-#[command(
-    name = "trunkline-client",
-    version,
-    about = "Trunkline headless softphone (speaks what the browser softphone speaks)"
-)]
+#[command(name = "trunkline-client", version, about = "Trunkline headless softphone (speaks what the browser softphone speaks)")]
 struct Cli {
     /// Signal server WebSocket URL, ws(s)://HOST/ws.
     #[arg(long, env = "TRUNKLINE_SERVER")]
@@ -105,9 +99,7 @@ fn parse_decline(s: &str) -> Result<DeclineReason, String> {
         "busy" => Ok(DeclineReason::Busy),
         "not_registered" => Ok(DeclineReason::NotRegistered),
         "declined" => Ok(DeclineReason::Declined),
-        other => Err(format!(
-            "{other:?}: expected busy, not_registered or declined"
-        )),
+        other => Err(format!("{other:?}: expected busy, not_registered or declined")),
     }
 }
 
@@ -132,14 +124,10 @@ impl Out {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let out = Arc::new(Out {
-        start: Instant::now(),
-    });
+    let out = Arc::new(Out { start: Instant::now() });
     match run(cli, out).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(EXIT_FAILED_CALL),
@@ -159,9 +147,7 @@ fn usage(msg: impl std::fmt::Display) -> Failure {
 fn read_password(path: &Path) -> Result<String, Failure> {
     let raw = if path == Path::new("-") {
         let mut s = String::new();
-        std::io::stdin()
-            .read_line(&mut s)
-            .map_err(|e| usage(format!("reading the password from stdin: {e}")))?;
+        std::io::stdin().read_line(&mut s).map_err(|e| usage(format!("reading the password from stdin: {e}")))?;
         s
     } else {
         std::fs::read_to_string(path).map_err(|e| usage(format!("{}: {e}", path.display())))?
@@ -177,13 +163,9 @@ fn source(play: &Option<String>) -> Result<AudioSource, Failure> {
     match play.as_deref() {
         None => Ok(AudioSource::Silence),
         Some(spec) if spec.starts_with("tone:") => {
-            let hz: f32 = spec["tone:".len()..]
-                .parse()
-                .map_err(|_| usage(format!("{spec:?}: expected tone:HZ")))?;
+            let hz: f32 = spec["tone:".len()..].parse().map_err(|_| usage(format!("{spec:?}: expected tone:HZ")))?;
             if !(20.0..=3900.0).contains(&hz) {
-                return Err(usage(format!(
-                    "{spec:?}: the tone must be 20–3900 Hz at 8 kHz"
-                )));
+                return Err(usage(format!("{spec:?}: the tone must be 20–3900 Hz at 8 kHz")));
             }
             Ok(AudioSource::tone(hz))
         }
@@ -193,13 +175,9 @@ fn source(play: &Option<String>) -> Result<AudioSource, Failure> {
 
 fn check_dtmf(digits: &Option<String>) -> Result<(), Failure> {
     if let Some(d) = digits
-        && let Some(bad) = d
-            .chars()
-            .find(|&c| trunkline_client::webrtc::dtmf_code(c).is_none())
+        && let Some(bad) = d.chars().find(|&c| trunkline_client::webrtc::dtmf_code(c).is_none())
     {
-        return Err(usage(format!(
-            "--dtmf: {bad:?} is not a DTMF digit (0-9 * # A-D)"
-        )));
+        return Err(usage(format!("--dtmf: {bad:?} is not a DTMF digit (0-9 * # A-D)")));
     }
     Ok(())
 }
@@ -218,49 +196,20 @@ async fn run(cli: Cli, out: Arc<Out>) -> Result<bool, Failure> {
     let mut cfg = SoftphoneConfig::new(&cli.server, &cli.number, password);
     cfg.media = PeerOptions::bind(cli.media_ip);
     cfg.tls = tls;
-    let phone = Softphone::login(cfg).await.map_err(|e| {
-        (
-            EXIT_SIGNALLING,
-            format!("sign-in to {} failed: {e}", cli.server),
-        )
-    })?;
+    let phone = Softphone::login(cfg).await.map_err(|e| (EXIT_SIGNALLING, format!("sign-in to {} failed: {e}", cli.server)))?;
     let s = phone.session();
-    out.line(format_args!(
-        "signed in as {} ({}) at {}",
-        s.number, s.display_name, cli.server
-    ));
+    out.line(format_args!("signed in as {} ({}) at {}", s.number, s.display_name, cli.server));
 
     match cli.command {
-        Command::Call {
-            to,
-            media,
-            answer_timeout,
-        } => {
-            let call = phone
-                .call(&to, src)
-                .await
-                .map_err(|e| (EXIT_SIGNALLING, format!("dial: {e}")))?;
+        Command::Call { to, media, answer_timeout } => {
+            let call = phone.call(&to, src).await.map_err(|e| (EXIT_SIGNALLING, format!("dial: {e}")))?;
             let call = Arc::new(call);
             let hold = Duration::from_secs_f64(media.seconds.unwrap_or(10.0).max(0.0));
-            let ok = talk(
-                &out,
-                call,
-                &media,
-                Some(hold),
-                Duration::from_secs(answer_timeout),
-                None,
-            )
-            .await;
+            let ok = talk(&out, call, &media, Some(hold), Duration::from_secs(answer_timeout), None).await;
             phone.close();
             Ok(ok)
         }
-        Command::Listen {
-            auto_answer,
-            decline,
-            calls,
-            wait,
-            media,
-        } => {
+        Command::Listen { auto_answer, decline, calls, wait, media } => {
             if !auto_answer && decline.is_none() {
                 return Err(usage("listen needs --auto-answer or --decline REASON"));
             }
@@ -275,24 +224,16 @@ async fn run(cli: Cli, out: Arc<Out>) -> Result<bool, Failure> {
                     }
                     Err(e) => return Err((EXIT_SIGNALLING, e.to_string())),
                 };
-                out.line(format_args!(
-                    "incoming call {} from {} ({})",
-                    incoming.call_id, incoming.from, incoming.from_name
-                ));
+                out.line(format_args!("incoming call {} from {} ({})", incoming.call_id, incoming.from, incoming.from_name));
                 if let Some(reason) = decline {
                     let id = incoming.call_id.clone();
-                    incoming
-                        .decline(reason)
-                        .map_err(|e| (EXIT_SIGNALLING, e.to_string()))?;
+                    incoming.decline(reason).map_err(|e| (EXIT_SIGNALLING, e.to_string()))?;
                     out.line(format_args!("declined {id} ({reason:?})"));
                     continue;
                 }
                 let src = source(&media.play)?;
                 let call = Arc::new(incoming.answer(src));
-                let record = media
-                    .record
-                    .as_ref()
-                    .map(|p| if calls > 1 { numbered(p, n) } else { p.clone() });
+                let record = media.record.as_ref().map(|p| if calls > 1 { numbered(p, n) } else { p.clone() });
                 let hold = media.seconds.map(|s| Duration::from_secs_f64(s.max(0.0)));
                 let ok = talk(&out, call, &media, hold, Duration::from_secs(30), record).await;
                 all_ok &= ok;
@@ -305,10 +246,7 @@ async fn run(cli: Cli, out: Arc<Out>) -> Result<bool, Failure> {
 
 /// `out.wav` → `out-2.wav`.
 fn numbered(p: &Path, n: u32) -> PathBuf {
-    let stem = p
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let name = match p.extension() {
         Some(ext) => format!("{stem}-{n}.{}", ext.to_string_lossy()),
         None => format!("{stem}-{n}"),
@@ -327,12 +265,7 @@ async fn talk(
     record: Option<PathBuf>,
 ) -> bool {
     let record = record.or_else(|| media.record.clone());
-    out.line(format_args!(
-        "call {} {} {}",
-        call.call_id(),
-        if call.is_outgoing() { "to" } else { "from" },
-        call.remote()
-    ));
+    out.line(format_args!("call {} {} {}", call.call_id(), if call.is_outgoing() { "to" } else { "from" }, call.remote()));
     let printer = {
         let call = call.clone();
         let out = out.clone();
@@ -392,15 +325,8 @@ async fn talk(
             s.send_codec.map_or("-".into(), |c| c.to_string()),
             s.packets_received,
             s.bytes_received,
-            s.first_audio_after.map_or(String::new(), |d| format!(
-                ", first audio after {} ms",
-                d.as_millis()
-            )),
-            if s.dtmf_received.is_empty() {
-                String::new()
-            } else {
-                format!(", DTMF received {}", s.dtmf_received)
-            },
+            s.first_audio_after.map_or(String::new(), |d| format!(", first audio after {} ms", d.as_millis())),
+            if s.dtmf_received.is_empty() { String::new() } else { format!(", DTMF received {}", s.dtmf_received) },
         ));
         let rec = m.recording();
         if !rec.is_empty() {
@@ -413,21 +339,14 @@ async fn talk(
         }
         if let Some(path) = &record {
             match wav::write_wav(path, &rec, RATE) {
-                Ok(()) => out.line(format_args!(
-                    "recorded {} samples to {}",
-                    rec.len(),
-                    path.display()
-                )),
+                Ok(()) => out.line(format_args!("recorded {} samples to {}", rec.len(), path.display())),
                 Err(e) => out.line(format_args!("recording: {e}")),
             }
         }
     }
     match (&status.outcome, &status.failure) {
         (Some((o, d)), _) => {
-            out.line(format_args!(
-                "OUTCOME {o}{}",
-                d.map_or(String::new(), |d| format!(" duration_ms={d}"))
-            ));
+            out.line(format_args!("OUTCOME {o}{}", d.map_or(String::new(), |d| format!(" duration_ms={d}"))));
             *o == Outcome::Connected && audio
         }
         (None, Some(why)) => {

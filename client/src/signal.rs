@@ -18,10 +18,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
-use trunkline_protocol::{
-    AccountKind, CallId, ClientMsg, DeclineReason, ErrorCode, PROTOCOL_VERSION, ServerMsg,
-    SignalPayload,
-};
+use trunkline_protocol::{AccountKind, CallId, ClientMsg, DeclineReason, ErrorCode, PROTOCOL_VERSION, ServerMsg, SignalPayload};
 
 use crate::ws::{self, ConnectError, TlsOptions, WsStream};
 
@@ -85,30 +82,21 @@ pub struct SignalSender {
 impl SignalSender {
     pub fn send(&self, msg: &ClientMsg) -> Result<(), SignalError> {
         tracing::trace!("→ cloud {}", msg.encode());
-        self.tx
-            .send(Outgoing::Frame(Message::Text(msg.encode().into())))
-            .map_err(|_| SignalError::Closed(None))
+        self.tx.send(Outgoing::Frame(Message::Text(msg.encode().into()))).map_err(|_| SignalError::Closed(None))
     }
 
     /// Round-trip a protocol `ping`: when it returns, the server has handled everything sent
     /// before it, and everything it sent before the `pong` is in the inbox.
     pub async fn sync(&self, within: Duration) -> Result<(), SignalError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Outgoing::Ping(tx))
-            .map_err(|_| SignalError::Closed(None))?;
+        self.tx.send(Outgoing::Ping(tx)).map_err(|_| SignalError::Closed(None))?;
         let mut pongs = self.pongs.clone();
         let wait = async {
             let n = rx.await.map_err(|_| SignalError::Closed(None))?;
-            pongs
-                .wait_for(|&p| p >= n)
-                .await
-                .map_err(|_| SignalError::Closed(None))?;
+            pongs.wait_for(|&p| p >= n).await.map_err(|_| SignalError::Closed(None))?;
             Ok(())
         };
-        tokio::time::timeout(within, wait)
-            .await
-            .map_err(|_| SignalError::Timeout("pong"))?
+        tokio::time::timeout(within, wait).await.map_err(|_| SignalError::Timeout("pong"))?
     }
 
     /// **A → C1**: place a call with a fresh call id (a UUID); returns the call id.
@@ -119,53 +107,31 @@ impl SignalSender {
     }
 
     pub fn dial_with_id(&self, call_id: &str, to: &str) -> Result<(), SignalError> {
-        self.send(&ClientMsg::Dial {
-            call_id: call_id.into(),
-            to: to.into(),
-        })
+        self.send(&ClientMsg::Dial { call_id: call_id.into(), to: to.into() })
     }
 
     /// Give up before the call is connected (outcome `cancelled`).
     pub fn cancel(&self, call_id: &str) -> Result<(), SignalError> {
-        self.send(&ClientMsg::Cancel {
-            call_id: call_id.into(),
-        })
+        self.send(&ClientMsg::Cancel { call_id: call_id.into() })
     }
 
     /// F4: take a browser-to-browser call with the key from `incoming`.
     pub fn accept(&self, call_id: &str, key: &str) -> Result<(), SignalError> {
-        self.send(&ClientMsg::Accept {
-            call_id: call_id.into(),
-            key: key.into(),
-        })
+        self.send(&ClientMsg::Accept { call_id: call_id.into(), key: key.into() })
     }
 
     pub fn decline(&self, call_id: &str, reason: DeclineReason) -> Result<(), SignalError> {
-        self.send(&ClientMsg::Decline {
-            call_id: call_id.into(),
-            reason,
-        })
+        self.send(&ClientMsg::Decline { call_id: call_id.into(), reason })
     }
 
     /// F4: relay WebRTC negotiation to the peer, with the call's key.
-    pub fn signal(
-        &self,
-        call_id: &str,
-        key: &str,
-        payload: SignalPayload,
-    ) -> Result<(), SignalError> {
-        self.send(&ClientMsg::Signal {
-            call_id: call_id.into(),
-            key: key.into(),
-            payload,
-        })
+    pub fn signal(&self, call_id: &str, key: &str, payload: SignalPayload) -> Result<(), SignalError> {
+        self.send(&ClientMsg::Signal { call_id: call_id.into(), key: key.into(), payload })
     }
 
     /// End a browser-to-browser (F4) call.
     pub fn hangup(&self, call_id: &str) -> Result<(), SignalError> {
-        self.send(&ClientMsg::Hangup {
-            call_id: call_id.into(),
-        })
+        self.send(&ClientMsg::Hangup { call_id: call_id.into() })
     }
 
     /// Sign out: the server revokes this connection's session token (it can no longer
@@ -210,66 +176,25 @@ pub struct SignalClient {
 
 impl SignalClient {
     /// Connect and sign in with number + password (a browser account).
-    pub async fn login(
-        url: &str,
-        number: &str,
-        password: &str,
-        tls: &TlsOptions,
-    ) -> Result<SignalClient, SignalError> {
-        let msg = ClientMsg::Login {
-            v: PROTOCOL_VERSION,
-            number: number.into(),
-            password: password.into(),
-        };
+    pub async fn login(url: &str, number: &str, password: &str, tls: &TlsOptions) -> Result<SignalClient, SignalError> {
+        let msg = ClientMsg::Login { v: PROTOCOL_VERSION, number: number.into(), password: password.into() };
         Self::sign_in(url, msg, tls).await
     }
 
     /// Connect and sign in with a session token from an earlier `welcome`.
-    pub async fn resume(
-        url: &str,
-        token: &str,
-        tls: &TlsOptions,
-    ) -> Result<SignalClient, SignalError> {
-        Self::sign_in(
-            url,
-            ClientMsg::Resume {
-                v: PROTOCOL_VERSION,
-                token: token.into(),
-            },
-            tls,
-        )
-        .await
+    pub async fn resume(url: &str, token: &str, tls: &TlsOptions) -> Result<SignalClient, SignalError> {
+        Self::sign_in(url, ClientMsg::Resume { v: PROTOCOL_VERSION, token: token.into() }, tls).await
     }
 
-    async fn sign_in(
-        url: &str,
-        msg: ClientMsg,
-        tls: &TlsOptions,
-    ) -> Result<SignalClient, SignalError> {
+    async fn sign_in(url: &str, msg: ClientMsg, tls: &TlsOptions) -> Result<SignalClient, SignalError> {
         let mut ws = ws::connect(url, tls).await?;
-        ws.send(Message::Text(msg.encode().into()))
-            .await
-            .map_err(|e| SignalError::Closed(Some(e.to_string())))?;
-        let first = tokio::time::timeout(SIGN_IN_TIMEOUT, next_server_msg(&mut ws))
-            .await
-            .map_err(|_| SignalError::Timeout("welcome"))?;
+        ws.send(Message::Text(msg.encode().into())).await.map_err(|e| SignalError::Closed(Some(e.to_string())))?;
+        let first =
+            tokio::time::timeout(SIGN_IN_TIMEOUT, next_server_msg(&mut ws)).await.map_err(|_| SignalError::Timeout("welcome"))?;
         let session = match first {
-            Ok(ServerMsg::Welcome {
-                number,
-                display_name,
-                kind,
-                session_token,
-                session_expires_in_s,
-                ice_servers,
-                ..
-            }) => Session {
-                number,
-                display_name,
-                kind,
-                session_token,
-                session_expires_in_s,
-                ice_servers,
-            },
+            Ok(ServerMsg::Welcome { number, display_name, kind, session_token, session_expires_in_s, ice_servers, .. }) => {
+                Session { number, display_name, kind, session_token, session_expires_in_s, ice_servers }
+            }
             Ok(ServerMsg::Error { code, message, .. }) => {
                 return Err(SignalError::Refused { code, message });
             }
@@ -302,16 +227,7 @@ impl SignalClient {
             meant_close: false,
         };
         tokio::spawn(conn.run(ws, close_reason.clone()));
-        SignalClient {
-            session,
-            sender: SignalSender {
-                tx: out_tx,
-                pongs,
-                sign_ins,
-            },
-            inbox,
-            close_reason,
-        }
+        SignalClient { session, sender: SignalSender { tx: out_tx, pongs, sign_ins }, inbox, close_reason }
     }
 
     pub fn sender(&self) -> &SignalSender {
@@ -326,22 +242,12 @@ impl SignalClient {
 
     /// Why the connection ended, once it has.
     pub fn close_reason(&self) -> Option<String> {
-        self.close_reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.close_reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Split into the sender and the message stream.
     pub fn into_parts(self) -> (Session, SignalSender, SignalInbox) {
-        (
-            self.session,
-            self.sender,
-            SignalInbox {
-                inbox: self.inbox,
-                close_reason: self.close_reason,
-            },
-        )
+        (self.session, self.sender, SignalInbox { inbox: self.inbox, close_reason: self.close_reason })
     }
 }
 
@@ -357,10 +263,7 @@ impl SignalInbox {
     }
 
     pub fn close_reason(&self) -> Option<String> {
-        self.close_reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.close_reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -406,8 +309,7 @@ impl Connection {
     /// Relay both ways on one connection until it ends.
     async fn serve(&mut self, ws: WsStream) -> Ended {
         let (mut sink, mut stream) = ws.split();
-        let mut keepalive =
-            tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
         loop {
             tokio::select! {
                 out = self.out_rx.recv() => {
@@ -471,11 +373,7 @@ impl Connection {
     }
 
     fn lost_or_final(&self, why: String) -> Ended {
-        if self.meant_close || self.in_tx.is_closed() {
-            Ended::Final(why)
-        } else {
-            Ended::Lost(why)
-        }
+        if self.meant_close || self.in_tx.is_closed() { Ended::Final(why) } else { Ended::Lost(why) }
     }
 
     /// Connect and `resume` again, with backoff, until it works (`Ok`), the server refuses
@@ -506,10 +404,7 @@ impl Connection {
                 return Err("client dropped".into());
             }
             wait = (wait * 2).min(RECONNECT_MAX);
-            let resume = ClientMsg::Resume {
-                v: PROTOCOL_VERSION,
-                token: self.token.clone(),
-            };
+            let resume = ClientMsg::Resume { v: PROTOCOL_VERSION, token: self.token.clone() };
             let mut ws = match ws::connect(&self.url, &self.tls).await {
                 Ok(ws) => ws,
                 Err(e) => {
@@ -517,11 +412,7 @@ impl Connection {
                     continue;
                 }
             };
-            if ws
-                .send(Message::Text(resume.encode().into()))
-                .await
-                .is_err()
-            {
+            if ws.send(Message::Text(resume.encode().into())).await.is_err() {
                 continue;
             }
             match tokio::time::timeout(SIGN_IN_TIMEOUT, next_server_msg(&mut ws)).await {
@@ -557,10 +448,7 @@ impl Connection {
 
 /// A number in [0, 1) for jitter (no need for a CSPRNG).
 fn rand_unit() -> f32 {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     (n % 1000) as f32 / 1000.0
 }
 
@@ -616,12 +504,7 @@ mod tests {
 
     #[test]
     fn call_id_of_messages() {
-        let m = ServerMsg::Connect {
-            call_id: "c1".into(),
-            url: "ws://x/direct".into(),
-            key: "k".into(),
-            expires_in_ms: 1,
-        };
+        let m = ServerMsg::Connect { call_id: "c1".into(), url: "ws://x/direct".into(), key: "k".into(), expires_in_ms: 1 };
         assert_eq!(server_msg_call_id(&m), Some("c1"));
         assert_eq!(server_msg_call_id(&ServerMsg::Pong), None);
         let e = ServerMsg::error(ErrorCode::BadMessage, "x", None);

@@ -28,54 +28,28 @@ pub enum WavError {
 pub fn read_wav(path: impl AsRef<Path>) -> Result<Vec<i16>, WavError> {
     let path = path.as_ref();
     let name = path.display().to_string();
-    let mut reader = hound::WavReader::open(path).map_err(|source| WavError::Read {
-        path: name.clone(),
-        source,
-    })?;
+    let mut reader = hound::WavReader::open(path).map_err(|source| WavError::Read { path: name.clone(), source })?;
     let spec = reader.spec();
     if spec.channels == 0 || spec.sample_rate == 0 {
-        return Err(WavError::Unsupported {
-            path: name,
-            why: "zero channels or sample rate".into(),
-        });
+        return Err(WavError::Unsupported { path: name, why: "zero channels or sample rate".into() });
     }
-    let read_err = |source| WavError::Read {
-        path: name.clone(),
-        source,
-    };
+    let read_err = |source| WavError::Read { path: name.clone(), source };
     let interleaved: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
         (hound::SampleFormat::Int, bits @ 1..=32) => {
             let scale = 1.0 / (1u64 << (bits - 1)) as f32;
-            reader
-                .samples::<i32>()
-                .map(|s| s.map(|v| v as f32 * scale))
-                .collect::<Result<_, _>>()
-                .map_err(read_err)?
+            reader.samples::<i32>().map(|s| s.map(|v| v as f32 * scale)).collect::<Result<_, _>>().map_err(read_err)?
         }
-        (hound::SampleFormat::Float, 32) => reader
-            .samples::<f32>()
-            .collect::<Result<_, _>>()
-            .map_err(read_err)?,
+        (hound::SampleFormat::Float, 32) => reader.samples::<f32>().collect::<Result<_, _>>().map_err(read_err)?,
         (format, bits) => {
-            return Err(WavError::Unsupported {
-                path: name,
-                why: format!("{bits}-bit {format:?} samples"),
-            });
+            return Err(WavError::Unsupported { path: name, why: format!("{bits}-bit {format:?} samples") });
         }
     };
     let channels = usize::from(spec.channels);
-    let mono: Vec<f32> = interleaved
-        .chunks_exact(channels)
-        .map(|frame| frame.iter().sum::<f32>() / channels as f32)
-        .collect();
+    let mono: Vec<f32> = interleaved.chunks_exact(channels).map(|frame| frame.iter().sum::<f32>() / channels as f32).collect();
     if mono.is_empty() {
         return Err(WavError::Empty { path: name });
     }
-    let mono = if spec.sample_rate == RATE {
-        mono
-    } else {
-        resample(&mono, spec.sample_rate, RATE)
-    };
+    let mono = if spec.sample_rate == RATE { mono } else { resample(&mono, spec.sample_rate, RATE) };
     Ok(mono.into_iter().map(to_i16).collect())
 }
 
@@ -83,16 +57,8 @@ pub fn read_wav(path: impl AsRef<Path>) -> Result<Vec<i16>, WavError> {
 pub fn write_wav(path: impl AsRef<Path>, samples: &[i16], rate: u32) -> Result<(), WavError> {
     let path = path.as_ref();
     let name = path.display().to_string();
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let err = |source| WavError::Write {
-        path: name.clone(),
-        source,
-    };
+    let spec = hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let err = |source| WavError::Write { path: name.clone(), source };
     let mut w = hound::WavWriter::create(path, spec).map_err(err)?;
     for &s in samples {
         w.write_sample(s).map_err(err)?;
@@ -149,9 +115,7 @@ pub fn tone_with_amplitude(freq: f32, secs: f32, rate: u32, amplitude: f32) -> V
     let n = (secs.max(0.0) * rate as f32).round() as usize;
     let w = 2.0 * std::f64::consts::PI * f64::from(freq) / f64::from(rate);
     let amp = f64::from(amplitude.clamp(0.0, 1.0)) * 32767.0;
-    (0..n)
-        .map(|i| ((w * i as f64).sin() * amp).round() as i16)
-        .collect()
+    (0..n).map(|i| ((w * i as f64).sin() * amp).round() as i16).collect()
 }
 
 /// Root-mean-square level of the samples, 0..=32768.
@@ -279,12 +243,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // 44.1 kHz stereo 16-bit: left 1 kHz, right 1 kHz too (so the average keeps the tone).
         let p = dir.path().join("stereo44k.wav");
-        let spec = hound::WavSpec {
-            channels: 2,
-            sample_rate: 44_100,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
+        let spec =
+            hound::WavSpec { channels: 2, sample_rate: 44_100, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
         let mut w = hound::WavWriter::create(&p, spec).unwrap();
         for s in tone(1000.0, 1.0, 44_100) {
             w.write_sample(s).unwrap();
@@ -299,12 +259,8 @@ mod tests {
 
         // 16 kHz float mono.
         let p = dir.path().join("float16k.wav");
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: 16_000,
-            bits_per_sample: 32,
-            sample_format: hound::SampleFormat::Float,
-        };
+        let spec =
+            hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 32, sample_format: hound::SampleFormat::Float };
         let mut w = hound::WavWriter::create(&p, spec).unwrap();
         for s in tone(440.0, 0.5, 16_000) {
             w.write_sample(f32::from(s) / 32768.0).unwrap();
@@ -317,12 +273,7 @@ mod tests {
 
         // 8-bit unsigned at 8 kHz.
         let p = dir.path().join("u8.wav");
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: 8000,
-            bits_per_sample: 8,
-            sample_format: hound::SampleFormat::Int,
-        };
+        let spec = hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 8, sample_format: hound::SampleFormat::Int };
         let mut w = hound::WavWriter::create(&p, spec).unwrap();
         for s in tone(700.0, 0.5, 8000) {
             w.write_sample((s >> 8) as i8).unwrap();

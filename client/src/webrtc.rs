@@ -50,10 +50,7 @@ pub const TELEPHONE_EVENT_PT: u8 = 126;
 #[derive(Debug, thiserror::Error)]
 pub enum WebRtcError {
     #[error("cannot bind a UDP socket on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("no usable local address to offer as an ICE candidate (bound on {0})")]
     NoAddress(IpAddr),
     #[error("remote SDP is not valid: {0}")]
@@ -90,34 +87,22 @@ pub enum AudioSource {
 impl AudioSource {
     /// A -6 dBFS tone.
     pub fn tone(freq: f32) -> AudioSource {
-        AudioSource::Tone {
-            freq,
-            amplitude: 0.5,
-        }
+        AudioSource::Tone { freq, amplitude: 0.5 }
     }
 
     /// Play `samples` once, then silence.
     pub fn samples(samples: Vec<i16>) -> AudioSource {
-        AudioSource::Samples {
-            samples: samples.into(),
-            looped: false,
-        }
+        AudioSource::Samples { samples: samples.into(), looped: false }
     }
 
     /// Play `samples` over and over.
     pub fn looped(samples: Vec<i16>) -> AudioSource {
-        AudioSource::Samples {
-            samples: samples.into(),
-            looped: true,
-        }
+        AudioSource::Samples { samples: samples.into(), looped: true }
     }
 
     /// A WAV file (converted to mono 8 kHz, see [`wav::read_wav`]), played once.
     pub fn wav(path: impl AsRef<Path>, looped: bool) -> Result<AudioSource, WebRtcError> {
-        Ok(AudioSource::Samples {
-            samples: wav::read_wav(path)?.into(),
-            looped,
-        })
+        Ok(AudioSource::Samples { samples: wav::read_wav(path)?.into(), looped })
     }
 }
 
@@ -213,20 +198,13 @@ impl Default for PeerOptions {
 
 impl PeerOptions {
     pub fn bind(ip: IpAddr) -> Self {
-        PeerOptions {
-            bind: ip,
-            ..PeerOptions::default()
-        }
+        PeerOptions { bind: ip, ..PeerOptions::default() }
     }
 }
 
 /// The str0m configuration both roles use: G.711 only, telephone-event at 8 kHz.
 fn rtc_config(ice_lite: bool) -> RtcConfig {
-    let mut cfg = RtcConfig::new()
-        .set_ice_lite(ice_lite)
-        .clear_codecs()
-        .enable_pcmu(true, false)
-        .enable_pcma(true, false);
+    let mut cfg = RtcConfig::new().set_ice_lite(ice_lite).clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
     cfg.codec_config().add_config(
         TELEPHONE_EVENT_PT.into(),
         None,
@@ -249,11 +227,7 @@ pub struct WebRtcPeer {
 impl WebRtcPeer {
     /// Bind the socket(s) and add a host candidate for each local address.
     pub async fn bind(opts: PeerOptions) -> Result<WebRtcPeer, WebRtcError> {
-        let ips = if opts.bind.is_unspecified() {
-            interface_addresses(opts.bind)
-        } else {
-            vec![opts.bind]
-        };
+        let ips = if opts.bind.is_unspecified() { interface_addresses(opts.bind) } else { vec![opts.bind] };
         if ips.is_empty() {
             return Err(WebRtcError::NoAddress(opts.bind));
         }
@@ -261,14 +235,9 @@ impl WebRtcPeer {
         let mut sockets = Vec::with_capacity(ips.len());
         for ip in ips {
             let addr = SocketAddr::new(ip, opts.port);
-            let socket = UdpSocket::bind(addr)
-                .await
-                .map_err(|source| WebRtcError::Bind { addr, source })?;
-            let local = socket
-                .local_addr()
-                .map_err(|source| WebRtcError::Bind { addr, source })?;
-            let candidate =
-                Candidate::host(local, "udp").map_err(|e| WebRtcError::BadSdp(e.to_string()))?;
+            let socket = UdpSocket::bind(addr).await.map_err(|source| WebRtcError::Bind { addr, source })?;
+            let local = socket.local_addr().map_err(|source| WebRtcError::Bind { addr, source })?;
+            let candidate = Candidate::host(local, "udp").map_err(|e| WebRtcError::BadSdp(e.to_string()))?;
             if rtc.add_local_candidate(candidate).is_some() {
                 sockets.push(Arc::new(socket));
             }
@@ -276,20 +245,12 @@ impl WebRtcPeer {
         if sockets.is_empty() {
             return Err(WebRtcError::NoAddress(opts.bind));
         }
-        Ok(WebRtcPeer {
-            rtc,
-            sockets,
-            opts,
-            pending: None,
-        })
+        Ok(WebRtcPeer { rtc, sockets, opts, pending: None })
     }
 
     /// The addresses in this peer's host candidates.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.sockets
-            .iter()
-            .filter_map(|s| s.local_addr().ok())
-            .collect()
+        self.sockets.iter().filter_map(|s| s.local_addr().ok()).collect()
     }
 
     /// Make the offer: one `sendrecv` audio m-line with PCMU, PCMA and telephone-event, all
@@ -316,27 +277,17 @@ impl WebRtcPeer {
     }
 
     /// Apply the remote answer to [`create_offer`](Self::create_offer)'s offer and start media.
-    pub fn accept_answer(
-        mut self,
-        answer_sdp: &str,
-        source: AudioSource,
-    ) -> Result<MediaSession, WebRtcError> {
+    pub fn accept_answer(mut self, answer_sdp: &str, source: AudioSource) -> Result<MediaSession, WebRtcError> {
         let (pending, mid) = self.pending.take().ok_or(WebRtcError::NoPendingOffer)?;
-        let answer = SdpAnswer::from_sdp_string(answer_sdp)
-            .map_err(|e| WebRtcError::BadSdp(e.to_string()))?;
+        let answer = SdpAnswer::from_sdp_string(answer_sdp).map_err(|e| WebRtcError::BadSdp(e.to_string()))?;
         self.rtc.sdp_api().accept_answer(pending, answer)?;
         Ok(self.start(Some(mid), source))
     }
 
     /// Answer a remote offer (the F4 callee, or a test's far end) and start media. This side is
     /// the controlled ICE agent (unless the offerer is ICE-lite).
-    pub fn accept_offer(
-        mut self,
-        offer_sdp: &str,
-        source: AudioSource,
-    ) -> Result<(String, MediaSession), WebRtcError> {
-        let offer =
-            SdpOffer::from_sdp_string(offer_sdp).map_err(|e| WebRtcError::BadSdp(e.to_string()))?;
+    pub fn accept_offer(mut self, offer_sdp: &str, source: AudioSource) -> Result<(String, MediaSession), WebRtcError> {
+        let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| WebRtcError::BadSdp(e.to_string()))?;
         // The answer keeps the offer's mids. (str0m emits `MediaAdded` for them lazily, possibly
         // after `Connected`, so take the mid from the offer rather than wait for the event.)
         let mid = offer
@@ -360,11 +311,7 @@ impl WebRtcPeer {
         let (events, _) = broadcast::channel(256);
         let (changed, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                stats: MediaStats::default(),
-                recording: Vec::new(),
-                history: Vec::new(),
-            }),
+            state: Mutex::new(State { stats: MediaStats::default(), recording: Vec::new(), history: Vec::new() }),
             changed,
             events,
         });
@@ -404,13 +351,7 @@ impl WebRtcPeer {
             probe: None,
         };
         let task = tokio::spawn(driver.run(readers));
-        MediaSession {
-            cmd: cmd_tx,
-            shared,
-            task: Mutex::new(Some(task)),
-            local_addrs,
-            started,
-        }
+        MediaSession { cmd: cmd_tx, shared, task: Mutex::new(Some(task)), local_addrs, started }
     }
 }
 
@@ -448,12 +389,7 @@ async fn read_socket(socket: Arc<UdpSocket>, tx: mpsc::Sender<Datagram>) {
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((n, source)) => {
-                let d = Datagram {
-                    at: Instant::now(),
-                    source,
-                    destination,
-                    data: buf[..n].to_vec(),
-                };
+                let d = Datagram { at: Instant::now(), source, destination, data: buf[..n].to_vec() };
                 if tx.send(d).await.is_err() {
                     return;
                 }
@@ -618,18 +554,14 @@ impl MediaSession {
 
     /// Change what is sent (takes effect at the next frame).
     pub fn set_source(&self, source: AudioSource) -> Result<(), WebRtcError> {
-        self.cmd
-            .send(Command::SetSource(source))
-            .map_err(|_| WebRtcError::Closed)
+        self.cmd.send(Command::SetSource(source)).map_err(|_| WebRtcError::Closed)
     }
 
     /// Queue one RFC 4733 digit (0-9, *, #, A-D). Digits go out in order once media flows,
     /// each [`PeerOptions::dtmf_duration`] long.
     pub fn send_dtmf(&self, digit: char) -> Result<(), WebRtcError> {
         let code = dtmf_code(digit).ok_or(WebRtcError::BadDigit(digit))?;
-        self.cmd
-            .send(Command::Dtmf(code, digit.to_ascii_uppercase()))
-            .map_err(|_| WebRtcError::Closed)
+        self.cmd.send(Command::Dtmf(code, digit.to_ascii_uppercase())).map_err(|_| WebRtcError::Closed)
     }
 
     /// Queue several digits (all are checked before any is queued).
@@ -649,9 +581,7 @@ impl MediaSession {
     pub fn add_remote_candidate(&self, candidate: &str) -> Result<(), WebRtcError> {
         let c = Candidate::from_sdp_string(candidate.trim().trim_start_matches("a="))
             .map_err(|e| WebRtcError::BadSdp(format!("candidate {candidate:?}: {e}")))?;
-        self.cmd
-            .send(Command::RemoteCandidate(c))
-            .map_err(|_| WebRtcError::Closed)
+        self.cmd.send(Command::RemoteCandidate(c)).map_err(|_| WebRtcError::Closed)
     }
 
     /// Wait until `cond` holds for the stats, or `within` has passed (then the last stats are in
@@ -681,10 +611,7 @@ impl MediaSession {
                     if cond(&stats) {
                         return Ok(stats);
                     }
-                    return Err(WebRtcError::Timeout {
-                        what: format!("{what} (stats: {stats:?})"),
-                        after: within,
-                    });
+                    return Err(WebRtcError::Timeout { what: format!("{what} (stats: {stats:?})"), after: within });
                 }
             }
         }
@@ -697,19 +624,12 @@ impl MediaSession {
 
     /// Wait until at least `n` audio packets have arrived.
     pub async fn wait_packets(&self, n: u64, within: Duration) -> Result<MediaStats, WebRtcError> {
-        self.wait_for(&format!("{n} audio packets"), within, |s| {
-            s.packets_received >= n
-        })
-        .await
+        self.wait_for(&format!("{n} audio packets"), within, |s| s.packets_received >= n).await
     }
 
     /// Wait until the received digits are at least `digits` long and return them.
     pub async fn wait_dtmf(&self, count: usize, within: Duration) -> Result<String, WebRtcError> {
-        let s = self
-            .wait_for(&format!("{count} DTMF digits"), within, |s| {
-                s.dtmf_received.chars().count() >= count
-            })
-            .await?;
+        let s = self.wait_for(&format!("{count} DTMF digits"), within, |s| s.dtmf_received.chars().count() >= count).await?;
         Ok(s.dtmf_received)
     }
 
@@ -719,10 +639,7 @@ impl MediaSession {
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(task) = task {
             // The driver bounds its own close drain; this is only a backstop.
-            if tokio::time::timeout(Duration::from_secs(3), task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(3), task).await.is_err() {
                 tracing::warn!("media driver did not stop in time");
             }
         }
@@ -831,22 +748,14 @@ impl Driver {
                 continue;
             }
             if !self.rtc.is_alive() {
-                return if self.closing_since.is_some() {
-                    "closed".into()
-                } else {
-                    "closed by the peer".into()
-                };
+                return if self.closing_since.is_some() { "closed".into() } else { "closed by the peer".into() };
             }
             let now = Instant::now();
             if self.closing_since.is_some_and(|t| now - t > CLOSE_DRAIN) {
                 self.rtc.disconnect();
                 return "closed".into();
             }
-            let frame_due = if self.closing_since.is_none() {
-                self.next_frame
-            } else {
-                None
-            };
+            let frame_due = if self.closing_since.is_none() { self.next_frame } else { None };
             let mut wake = frame_due.map_or(timeout, |f| f.min(timeout));
             if let Some(t) = self.run_probe(now) {
                 wake = wake.min(t);
@@ -964,16 +873,9 @@ impl Driver {
             match self.rtc.poll_output()? {
                 Output::Timeout(t) => return Ok(t),
                 Output::Transmit(t) => {
-                    let socket = self
-                        .sockets
-                        .iter()
-                        .find(|s| s.local_addr().is_ok_and(|a| a == t.source))
-                        .or_else(|| {
-                            self.sockets.iter().find(|s| {
-                                s.local_addr()
-                                    .is_ok_and(|a| a.is_ipv4() == t.destination.is_ipv4())
-                            })
-                        });
+                    let socket = self.sockets.iter().find(|s| s.local_addr().is_ok_and(|a| a == t.source)).or_else(|| {
+                        self.sockets.iter().find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == t.destination.is_ipv4()))
+                    });
                     if let Some(socket) = socket
                         && let Err(e) = send_now(socket, &t.contents, t.destination)
                     {
@@ -1027,17 +929,11 @@ impl Driver {
                 let ts = data.time.rebase(Frequency::EIGHT_KHZ).numer();
                 match codec {
                     Codec::PCMU | Codec::PCMA => {
-                        let law = if codec == Codec::PCMU {
-                            Law::Mu
-                        } else {
-                            Law::A
-                        };
+                        let law = if codec == Codec::PCMU { Law::Mu } else { Law::A };
                         let started = self.started;
                         let gap = match self.next_expected_ts {
                             Some(expected) if ts < expected => None, // late or duplicate: drop
-                            Some(expected) => {
-                                Some((ts - expected).min(u64::from(RATE) * 2) as usize)
-                            }
+                            Some(expected) => Some((ts - expected).min(u64::from(RATE) * 2) as usize),
                             None => Some(0),
                         };
                         let Some(gap) = gap else { return };
@@ -1053,8 +949,7 @@ impl Driver {
                             s.stats.bytes_received += data.data.len() as u64;
                             let first = s.stats.first_audio_after.is_none();
                             if first {
-                                s.stats.first_audio_after =
-                                    Some(data.network_time.saturating_duration_since(started));
+                                s.stats.first_audio_after = Some(data.network_time.saturating_duration_since(started));
                             }
                             first
                         });
@@ -1091,26 +986,12 @@ impl Driver {
         let Some(writer) = self.rtc.writer(mid) else {
             return;
         };
-        let params: Vec<(Pt, Codec)> = writer
-            .payload_params()
-            .map(|p| (p.pt(), p.spec().codec))
-            .collect();
+        let params: Vec<(Pt, Codec)> = writer.payload_params().map(|p| (p.pt(), p.spec().codec)).collect();
         let want = |law: Law| {
-            let codec = if law == Law::Mu {
-                Codec::PCMU
-            } else {
-                Codec::PCMA
-            };
-            params
-                .iter()
-                .find(|(_, c)| *c == codec)
-                .map(|(pt, _)| (*pt, law))
+            let codec = if law == Law::Mu { Codec::PCMU } else { Codec::PCMA };
+            params.iter().find(|(_, c)| *c == codec).map(|(pt, _)| (*pt, law))
         };
-        let other = if self.opts.prefer == Law::Mu {
-            Law::A
-        } else {
-            Law::Mu
-        };
+        let other = if self.opts.prefer == Law::Mu { Law::A } else { Law::Mu };
         if let Some((pt, law)) = want(self.opts.prefer).or_else(|| want(other)) {
             self.pt = Some(pt);
             self.law = Some(law);
@@ -1152,12 +1033,8 @@ impl Driver {
             return Err(WebRtcError::Closed);
         };
         if let Some((code, _)) = dtmf {
-            writer = writer.telephone_event(TelephoneEvent {
-                event: code,
-                end: true,
-                volume: 10,
-                duration: self.opts.dtmf_duration,
-            });
+            writer =
+                writer.telephone_event(TelephoneEvent { event: code, end: true, volume: 10, duration: self.opts.dtmf_duration });
         }
         let bytes = payload.len() as u64;
         writer.write(pt, due, rtp_time, payload)?;
@@ -1180,14 +1057,7 @@ mod tests {
 
     #[test]
     fn dtmf_codes() {
-        for (c, code) in [
-            ('0', 0),
-            ('9', 9),
-            ('*', 10),
-            ('#', 11),
-            ('A', 12),
-            ('d', 15),
-        ] {
+        for (c, code) in [('0', 0), ('9', 9), ('*', 10), ('#', 11), ('A', 12), ('d', 15)] {
             assert_eq!(dtmf_code(c), Some(code));
             assert_eq!(dtmf_digit(code), Some(c.to_ascii_uppercase()));
         }
@@ -1228,17 +1098,9 @@ mod tests {
         assert!(offer.contains("a=sendrecv"), "{offer}");
         assert!(offer.contains("a=rtpmap:0 PCMU/8000"), "{offer}");
         assert!(offer.contains("a=rtpmap:8 PCMA/8000"), "{offer}");
-        assert!(
-            offer.contains(&format!(
-                "a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/8000"
-            )),
-            "{offer}"
-        );
+        assert!(offer.contains(&format!("a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/8000")), "{offer}");
         assert!(!offer.to_lowercase().contains("opus"), "{offer}");
-        assert!(
-            offer.contains(&format!("{} {} typ host", addr.ip(), addr.port())),
-            "{offer}"
-        );
+        assert!(offer.contains(&format!("{} {} typ host", addr.ip(), addr.port())), "{offer}");
         assert!(offer.contains("a=fingerprint:sha-256"), "{offer}");
         assert!(offer.contains("a=setup:actpass"), "{offer}");
         // PCMU is listed first (preferred).
@@ -1251,31 +1113,18 @@ mod tests {
     async fn bad_answers_are_errors() {
         let mut peer = WebRtcPeer::bind(PeerOptions::default()).await.unwrap();
         let _ = peer.create_offer().unwrap();
-        assert!(matches!(
-            peer.accept_answer("not sdp", AudioSource::Silence),
-            Err(WebRtcError::BadSdp(_))
-        ));
+        assert!(matches!(peer.accept_answer("not sdp", AudioSource::Silence), Err(WebRtcError::BadSdp(_))));
         let peer = WebRtcPeer::bind(PeerOptions::default()).await.unwrap();
-        assert!(matches!(
-            peer.accept_answer("v=0", AudioSource::Silence),
-            Err(WebRtcError::NoPendingOffer)
-        ));
+        assert!(matches!(peer.accept_answer("v=0", AudioSource::Silence), Err(WebRtcError::NoPendingOffer)));
         let peer = WebRtcPeer::bind(PeerOptions::default()).await.unwrap();
         assert!(peer.accept_offer("garbage", AudioSource::Silence).is_err());
     }
 
     #[tokio::test]
     async fn wildcard_bind_offers_interface_addresses() {
-        let peer = WebRtcPeer::bind(PeerOptions::bind(IpAddr::from([0, 0, 0, 0])))
-            .await
-            .unwrap();
+        let peer = WebRtcPeer::bind(PeerOptions::bind(IpAddr::from([0, 0, 0, 0]))).await.unwrap();
         let addrs = peer.local_addrs();
         assert!(!addrs.is_empty());
-        assert!(
-            addrs
-                .iter()
-                .all(|a| a.is_ipv4() && !a.ip().is_unspecified()),
-            "{addrs:?}"
-        );
+        assert!(addrs.iter().all(|a| a.is_ipv4() && !a.ip().is_unspecified()), "{addrs:?}");
     }
 }

@@ -26,25 +26,8 @@ async fn call_and_listen_with_wav_files_and_dtmf() {
 
     // Bob listens; his password comes on stdin.
     let mut listener = Command::new(BIN)
-        .args([
-            "--server",
-            &cloud.ws_url,
-            "--number",
-            BOB.0,
-            "--password-file",
-            "-",
-            "--media-ip",
-            "127.0.0.1",
-        ])
-        .args([
-            "listen",
-            "--auto-answer",
-            "--play",
-            "tone:440",
-            "--wait",
-            "30",
-            "--record",
-        ])
+        .args(["--server", &cloud.ws_url, "--number", BOB.0, "--password-file", "-", "--media-ip", "127.0.0.1"])
+        .args(["listen", "--auto-answer", "--play", "tone:440", "--wait", "30", "--record"])
         .arg(&heard_by_bob)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -52,19 +35,12 @@ async fn call_and_listen_with_wav_files_and_dtmf() {
         .spawn()
         .unwrap();
     let mut stdin = listener.stdin.take().unwrap();
-    stdin
-        .write_all(format!("{}\n", BOB.1).as_bytes())
-        .await
-        .unwrap();
+    stdin.write_all(format!("{}\n", BOB.1).as_bytes()).await.unwrap();
     drop(stdin);
     let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
     let mut bob_out = vec![];
     loop {
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("listener output")
-            .unwrap()
-            .expect("a line");
+        let line = tokio::time::timeout(WAIT, lines.next_line()).await.expect("listener output").unwrap().expect("a line");
         let signed_in = line.contains("signed in as 2002");
         bob_out.push(line);
         if signed_in {
@@ -81,47 +57,21 @@ async fn call_and_listen_with_wav_files_and_dtmf() {
 
     // Alice calls with a WAV, sends DTMF, hangs up after 2 s.
     let call = Command::new(BIN)
-        .args([
-            "--server",
-            &cloud.ws_url,
-            "--number",
-            ALICE.0,
-            "--password-file",
-        ])
+        .args(["--server", &cloud.ws_url, "--number", ALICE.0, "--password-file"])
         .arg(&pw)
-        .args([
-            "--media-ip",
-            "127.0.0.1",
-            "call",
-            BOB.0,
-            "--seconds",
-            "2",
-            "--dtmf",
-            "19",
-            "--play",
-        ])
+        .args(["--media-ip", "127.0.0.1", "call", BOB.0, "--seconds", "2", "--dtmf", "19", "--play"])
         .arg(&tone)
         .arg("--record")
         .arg(&heard_by_alice)
         .output();
-    let call = tokio::time::timeout(Duration::from_secs(40), call)
-        .await
-        .expect("call finishes")
-        .unwrap();
+    let call = tokio::time::timeout(Duration::from_secs(40), call).await.expect("call finishes").unwrap();
     let alice_out = String::from_utf8_lossy(&call.stdout).into_owned();
     eprintln!("--- caller output ---\n{alice_out}");
-    assert!(
-        call.status.success(),
-        "{alice_out}\n{}",
-        String::from_utf8_lossy(&call.stderr)
-    );
+    assert!(call.status.success(), "{alice_out}\n{}", String::from_utf8_lossy(&call.stderr));
     assert!(alice_out.contains("OUTCOME connected"), "{alice_out}");
     assert!(alice_out.contains("F4 callee is a browser"), "{alice_out}");
 
-    let status = tokio::time::timeout(WAIT, listener.wait())
-        .await
-        .expect("listener exits")
-        .unwrap();
+    let status = tokio::time::timeout(WAIT, listener.wait()).await.expect("listener exits").unwrap();
     bob_out.extend(bob_rest.await.unwrap());
     let bob_out = bob_out.join("\n");
     eprintln!("--- listener output ---\n{bob_out}");
@@ -154,15 +104,8 @@ async fn exit_codes() {
                 .args(args)
                 .stdin(Stdio::null())
                 .output();
-            let o = tokio::time::timeout(Duration::from_secs(30), o)
-                .await
-                .expect("exits")
-                .unwrap();
-            (
-                o.status.code(),
-                String::from_utf8_lossy(&o.stdout).into_owned()
-                    + &String::from_utf8_lossy(&o.stderr),
-            )
+            let o = tokio::time::timeout(Duration::from_secs(30), o).await.expect("exits").unwrap();
+            (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
         }
     };
     // B3: no such number → outcome rejected_invalid, exit 1.

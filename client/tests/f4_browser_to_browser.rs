@@ -24,11 +24,7 @@ async fn f4_call_between_two_browsers_carries_tones_both_ways() {
     let incoming = bob.next_incoming(WAIT).await.unwrap();
     assert_eq!(incoming.call_id, call.call_id());
     assert_eq!(incoming.from, ALICE.0);
-    assert!(
-        matches!(incoming.via, IncomingVia::Peer { .. }),
-        "{:?}",
-        incoming.via
-    );
+    assert!(matches!(incoming.via, IncomingVia::Peer { .. }), "{:?}", incoming.via);
     let answered = incoming.answer(AudioSource::tone(440.0));
 
     call.wait_answered(WAIT).await.unwrap();
@@ -67,23 +63,10 @@ async fn f4_call_between_two_browsers_carries_tones_both_ways() {
     let dialing = pos(&|u| matches!(u, CallUpdate::Dialing { .. })).expect("dialing");
     let peer = pos(&|u| matches!(u, CallUpdate::Peer)).expect("peer");
     let ringing = pos(&|u| matches!(u, CallUpdate::Event(CallEvent::Ringing))).expect("ringing");
-    let connected =
-        pos(&|u| matches!(u, CallUpdate::Event(CallEvent::Connected))).expect("connected");
+    let connected = pos(&|u| matches!(u, CallUpdate::Event(CallEvent::Connected))).expect("connected");
     let media = pos(&|u| matches!(u, CallUpdate::MediaConnected { .. })).expect("media");
-    let outcome = pos(&|u| {
-        matches!(
-            u,
-            CallUpdate::Outcome {
-                outcome: Outcome::Connected,
-                ..
-            }
-        )
-    })
-    .expect("outcome");
-    assert!(
-        dialing < peer && peer < ringing && ringing < connected && connected < outcome,
-        "{updates:?}"
-    );
+    let outcome = pos(&|u| matches!(u, CallUpdate::Outcome { outcome: Outcome::Connected, .. })).expect("outcome");
+    assert!(dialing < peer && peer < ringing && ringing < connected && connected < outcome, "{updates:?}");
     assert!(media < outcome, "{updates:?}");
     let lines: Vec<String> = updates.iter().map(|u| u.to_string()).collect();
     assert!(lines.iter().any(|l| l.starts_with("F4 ")), "{lines:?}");
@@ -101,15 +84,9 @@ async fn outcomes_when_the_call_does_not_connect() {
 
     // F5 / B3: no such number → invalid_call, then rejected_invalid.
     let call = alice.call("4040", AudioSource::Silence).await.unwrap();
-    assert_eq!(
-        call.wait_outcome(WAIT).await.unwrap().0,
-        Outcome::RejectedInvalid
-    );
+    assert_eq!(call.wait_outcome(WAIT).await.unwrap().0, Outcome::RejectedInvalid);
     let status = call.status();
-    assert_eq!(
-        status.refused.as_ref().map(|r| r.0),
-        Some(ErrorCode::InvalidCall)
-    );
+    assert_eq!(status.refused.as_ref().map(|r| r.0), Some(ErrorCode::InvalidCall));
 
     // F6: the callee declines.
     let call = alice.call(BOB.0, AudioSource::Silence).await.unwrap();
@@ -119,10 +96,7 @@ async fn outcomes_when_the_call_does_not_connect() {
 
     // F6: the callee has no live connection.
     let call = alice.call(CAROL.0, AudioSource::Silence).await.unwrap();
-    assert_eq!(
-        call.wait_outcome(WAIT).await.unwrap().0,
-        Outcome::CalleeOffline
-    );
+    assert_eq!(call.wait_outcome(WAIT).await.unwrap().0, Outcome::CalleeOffline);
 
     // The caller gives up while it rings.
     let call = alice.call(BOB.0, AudioSource::Silence).await.unwrap();
@@ -133,10 +107,7 @@ async fn outcomes_when_the_call_does_not_connect() {
 
     // A refused dial (calling yourself is B3 too).
     let call = alice.call(ALICE.0, AudioSource::Silence).await.unwrap();
-    assert_eq!(
-        call.wait_outcome(WAIT).await.unwrap().0,
-        Outcome::RejectedInvalid
-    );
+    assert_eq!(call.wait_outcome(WAIT).await.unwrap().0, Outcome::RejectedInvalid);
 
     cloud.stop().await;
 }
@@ -150,18 +121,9 @@ async fn a_dropped_signal_connection_ends_the_f4_call_for_both() {
     let incoming = bob.next_incoming(WAIT).await;
     let answered = match incoming {
         Ok(i) => i.answer(AudioSource::tone(440.0)),
-        Err(e) => panic!(
-            "{e}: caller's status {:?}, bob closed: {:?}",
-            call.status(),
-            bob.closed_reason()
-        ),
+        Err(e) => panic!("{e}: caller's status {:?}, bob closed: {:?}", call.status(), bob.closed_reason()),
     };
-    call.wait_media(WAIT)
-        .await
-        .unwrap()
-        .wait_packets(10, WAIT)
-        .await
-        .unwrap();
+    call.wait_media(WAIT).await.unwrap().wait_packets(10, WAIT).await.unwrap();
 
     // Bob's browser goes away: the cloud relay was the call's only signalling path.
     drop(bob);
@@ -169,13 +131,7 @@ async fn a_dropped_signal_connection_ends_the_f4_call_for_both() {
     assert_eq!(outcome, Outcome::Connected);
     let status = answered.wait_finished(WAIT).await.unwrap();
     assert!(status.outcome.is_none());
-    assert!(
-        status
-            .failure
-            .as_deref()
-            .is_some_and(|f| f == "Connection to the server lost"),
-        "{status:?}"
-    );
+    assert!(status.failure.as_deref().is_some_and(|f| f == "Connection to the server lost"), "{status:?}");
     call.wait_finished(WAIT).await.unwrap();
     assert!(call.media().unwrap().is_closed() && answered.media().unwrap().is_closed());
     cloud.stop().await;
@@ -191,50 +147,18 @@ async fn resume_with_the_session_token_and_typed_sign_in_refusals() {
     let token = alice.session().session_token.clone();
     drop(alice);
     let cfg = SoftphoneConfig::new(&cloud.ws_url, ALICE.0, "unused");
-    let again = tokio::time::timeout(WAIT, Softphone::resume(cfg, &token))
-        .await
-        .unwrap()
-        .unwrap();
+    let again = tokio::time::timeout(WAIT, Softphone::resume(cfg, &token)).await.unwrap().unwrap();
     assert_eq!(again.number(), ALICE.0);
-    assert_ne!(
-        again.session().session_token,
-        token,
-        "the token is rotated on resume"
-    );
+    assert_ne!(again.session().session_token, token, "the token is rotated on resume");
 
     let bad = SignalClient::login(&cloud.ws_url, ALICE.0, "wrong", &TlsOptions::default()).await;
-    assert!(
-        matches!(
-            bad,
-            Err(SignalError::Refused {
-                code: ErrorCode::AuthFailed,
-                ..
-            })
-        ),
-        "{:?}",
-        bad.err()
-    );
+    assert!(matches!(bad, Err(SignalError::Refused { code: ErrorCode::AuthFailed, .. })), "{:?}", bad.err());
     let cfg = SoftphoneConfig::new(&cloud.ws_url, BOB.0, "wrong");
     let bad = Softphone::login(cfg).await;
-    assert!(matches!(
-        bad,
-        Err(SoftphoneError::Signal(SignalError::Refused { .. }))
-    ));
-    let nowhere = SignalClient::login(
-        "ws://127.0.0.1:1/ws",
-        ALICE.0,
-        ALICE.1,
-        &TlsOptions::default(),
-    )
-    .await;
+    assert!(matches!(bad, Err(SoftphoneError::Signal(SignalError::Refused { .. }))));
+    let nowhere = SignalClient::login("ws://127.0.0.1:1/ws", ALICE.0, ALICE.1, &TlsOptions::default()).await;
     assert!(matches!(nowhere, Err(SignalError::Connect(_))));
-    let not_ws = SignalClient::login(
-        "http://127.0.0.1:1/ws",
-        ALICE.0,
-        ALICE.1,
-        &TlsOptions::default(),
-    )
-    .await;
+    let not_ws = SignalClient::login("http://127.0.0.1:1/ws", ALICE.0, ALICE.1, &TlsOptions::default()).await;
     assert!(matches!(not_ws, Err(SignalError::Connect(_))));
     cloud.stop().await;
 }

@@ -45,11 +45,7 @@ impl Cut {
 }
 
 fn server_addr(ws_url: &str) -> SocketAddr {
-    ws_url
-        .trim_start_matches("ws://")
-        .trim_end_matches("/ws")
-        .parse()
-        .unwrap()
+    ws_url.trim_start_matches("ws://").trim_end_matches("/ws").parse().unwrap()
 }
 
 async fn wait_sign_ins(phone: &Softphone, n: u64) {
@@ -74,29 +70,16 @@ async fn a_cut_connection_comes_back_with_resume_and_a_closed_one_does_not() {
     assert_eq!(cut.cut(), 1);
     wait_sign_ins(&alice, 2).await;
     assert!(alice.closed_reason().is_none());
-    alice
-        .signal()
-        .sync(WAIT)
-        .await
-        .expect("the new connection answers");
+    alice.signal().sync(WAIT).await.expect("the new connection answers");
     // The server has it online again: a call to it rings on the same softphone.
-    let call = bob
-        .call(ALICE.0, trunkline_client::AudioSource::tone(440.0))
-        .await
-        .unwrap();
-    let incoming = alice
-        .next_incoming(WAIT)
-        .await
-        .expect("rung after the reconnect");
+    let call = bob.call(ALICE.0, trunkline_client::AudioSource::tone(440.0)).await.unwrap();
+    let incoming = alice.next_incoming(WAIT).await.expect("rung after the reconnect");
     assert_eq!(incoming.call_id, call.call_id());
     call.hangup();
     drop(incoming);
 
     // `resume` rotated the token: the one from the first `welcome` is dead.
-    let e = SignalClient::resume(&cloud.ws_url, &first_token, &TlsOptions::default())
-        .await
-        .err()
-        .expect("refused");
+    let e = SignalClient::resume(&cloud.ws_url, &first_token, &TlsOptions::default()).await.err().expect("refused");
     assert!(e.to_string().contains("auth_failed"), "{e}");
 
     // Twice more, to be sure it keeps doing it.

@@ -16,10 +16,7 @@ async fn tones_both_ways_and_dtmf_over_loopback() {
     let b = WebRtcPeer::bind(PeerOptions::default()).await.unwrap();
     let offer = a.create_offer().unwrap();
     let (answer, b) = b.accept_offer(&offer, AudioSource::tone(440.0)).unwrap();
-    assert!(
-        answer.contains("a=setup:active") || answer.contains("a=setup:passive"),
-        "{answer}"
-    );
+    assert!(answer.contains("a=setup:active") || answer.contains("a=setup:passive"), "{answer}");
     let a = a.accept_answer(&answer, AudioSource::tone(1000.0)).unwrap();
 
     let sa = a.wait_connected(WAIT).await.unwrap();
@@ -38,10 +35,7 @@ async fn tones_both_ways_and_dtmf_over_loopback() {
     assert!(at_b.len() >= 75 * 160, "{}", at_b.len());
     let fb = dominant_frequency(&at_b, RATE);
     let fa = dominant_frequency(&at_a, RATE);
-    assert!(
-        (fb - 1000.0).abs() <= 20.0,
-        "B heard {fb} Hz, expected 1000"
-    );
+    assert!((fb - 1000.0).abs() <= 20.0, "B heard {fb} Hz, expected 1000");
     assert!((fa - 440.0).abs() <= 20.0, "A heard {fa} Hz, expected 440");
 
     // DTMF: A → B one digit, then B → A a sequence.
@@ -54,19 +48,9 @@ async fn tones_both_ways_and_dtmf_over_loopback() {
 
     // The event history has the connection, the first audio and the digits, in order.
     let seen = a.events();
-    let at = |e: &MediaEvent| {
-        seen.iter()
-            .position(|x| x == e)
-            .unwrap_or_else(|| panic!("no {e:?} in {seen:?}"))
-    };
-    assert!(
-        at(&MediaEvent::Connected) < at(&MediaEvent::FirstAudio),
-        "{seen:?}"
-    );
-    assert!(
-        at(&MediaEvent::FirstAudio) < at(&MediaEvent::Dtmf('1')),
-        "{seen:?}"
-    );
+    let at = |e: &MediaEvent| seen.iter().position(|x| x == e).unwrap_or_else(|| panic!("no {e:?} in {seen:?}"));
+    assert!(at(&MediaEvent::Connected) < at(&MediaEvent::FirstAudio), "{seen:?}");
+    assert!(at(&MediaEvent::FirstAudio) < at(&MediaEvent::Dtmf('1')), "{seen:?}");
     assert!(seen.contains(&MediaEvent::Connected), "{seen:?}");
     assert!(seen.contains(&MediaEvent::FirstAudio), "{seen:?}");
     assert!(seen.contains(&MediaEvent::Dtmf('#')), "{seen:?}");
@@ -92,12 +76,7 @@ async fn pcma_only_peer_gets_pcma() {
     // The answerer prefers A-law; the offerer still prefers μ-law: each sends its preference,
     // since both laws were negotiated, and each decodes what arrives by payload type.
     let mut a = WebRtcPeer::bind(PeerOptions::default()).await.unwrap();
-    let b = WebRtcPeer::bind(PeerOptions {
-        prefer: Law::A,
-        ..PeerOptions::default()
-    })
-    .await
-    .unwrap();
+    let b = WebRtcPeer::bind(PeerOptions { prefer: Law::A, ..PeerOptions::default() }).await.unwrap();
     let offer = a.create_offer().unwrap();
     let (answer, b) = b.accept_offer(&offer, AudioSource::tone(700.0)).unwrap();
     let a = a.accept_answer(&answer, AudioSource::tone(1200.0)).unwrap();

@@ -172,12 +172,15 @@ pub async fn start(opts: StackOptions) -> Result<Stack, DemoError> {
         }
     };
     let token_file = data.join("admin-token");
-    write_private(&token_file, secrets.admin_token.as_bytes()).map_err(|source| DemoError::Data { path: token_file.clone(), source })?;
+    write_private(&token_file, secrets.admin_token.as_bytes())
+        .map_err(|source| DemoError::Data { path: token_file.clone(), source })?;
 
-    let mut config = signal_server::Config::default();
-    config.database_url = format!("sqlite://{}", data.join("trunkline.db").display());
-    config.web_root = opts.web_root.clone();
-    config.admin_token_file = Some(token_file);
+    let mut config = signal_server::Config {
+        database_url: format!("sqlite://{}", data.join("trunkline.db").display()),
+        web_root: opts.web_root.clone(),
+        admin_token_file: Some(token_file),
+        ..Default::default()
+    };
     let http = bind_tcp("the signal server", SocketAddr::new(opts.bind_ip, opts.http_port)).await?;
     let http_addr = http.local_addr().map_err(|source| DemoError::Data { path: data.clone(), source })?;
     config.listen = http_addr;
@@ -250,7 +253,8 @@ pub async fn start(opts: StackOptions) -> Result<Stack, DemoError> {
         for g in &gateways {
             let list = data.join(format!("{}-state", g.id)).join("phones.json");
             while tokio::time::Instant::now() < deadline
-                && !std::fs::read_to_string(&list).is_ok_and(|t| g.phones.iter().all(|p| t.contains(&format!("\"{}\"", p.number))))
+                && !std::fs::read_to_string(&list)
+                    .is_ok_and(|t| g.phones.iter().all(|p| t.contains(&format!("\"{}\"", p.number))))
             {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
@@ -266,7 +270,12 @@ pub async fn start(opts: StackOptions) -> Result<Stack, DemoError> {
         db_url: config.database_url.clone(),
         phones,
         info: StackInfo {
-            phones: started, http: http_addr, admin_token: secrets.admin_token.clone(), browsers: secrets.browsers.clone(), gateways },
+            phones: started,
+            http: http_addr,
+            admin_token: secrets.admin_token.clone(),
+            browsers: secrets.browsers.clone(),
+            gateways,
+        },
         stops,
         tasks,
     })
@@ -276,7 +285,13 @@ pub async fn start(opts: StackOptions) -> Result<Stack, DemoError> {
 /// (440, 660, 880 Hz…) so a caller can tell which phone answered.
 async fn start_phones(data: &Path, gateways: &[GatewayInfo]) -> Result<(Vec<tokio::process::Child>, Vec<(String, u32)>), String> {
     const MODULES: &str = "/usr/lib/baresip/modules";
-    if std::process::Command::new("baresip").arg("-h").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_err() {
+    if std::process::Command::new("baresip")
+        .arg("-h")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_err()
+    {
         return Err("baresip is not installed (apt-get install baresip)".into());
     }
     let dir = data.join("phones");
@@ -305,7 +320,8 @@ async fn start_phones(data: &Path, gateways: &[GatewayInfo]) -> Result<(Vec<toki
                 rtp_end = rtp + 39,
             );
             std::fs::write(conf.join("config"), config).map_err(|e| e.to_string())?;
-            let account = format!("<sip:{}@{};transport=udp>;auth_pass={};regint=300;answermode=auto\n", p.number, g.sip, p.password);
+            let account =
+                format!("<sip:{}@{};transport=udp>;auth_pass={};regint=300;answermode=auto\n", p.number, g.sip, p.password);
             std::fs::write(conf.join("accounts"), account).map_err(|e| e.to_string())?;
             std::fs::write(conf.join("contacts"), "").map_err(|e| e.to_string())?;
             let log = std::fs::File::create(conf.join("baresip.log")).map_err(|e| e.to_string())?;
@@ -395,10 +411,22 @@ async fn provision(config: &signal_server::Config, s: &Secrets) -> Result<(), De
     let accounts = dir.list_accounts().await.map_err(|e| DemoError::Provision(e.to_string()))?;
     let mut wanted: Vec<AccountInput> = vec![];
     for b in &s.browsers {
-        wanted.push(AccountInput { number: b.number.clone(), password: b.password.clone(), name: Some(b.name.clone()), switch: None, kind: None });
+        wanted.push(AccountInput {
+            number: b.number.clone(),
+            password: b.password.clone(),
+            name: Some(b.name.clone()),
+            switch: None,
+            kind: None,
+        });
     }
     for (sw, p) in &s.deskphones {
-        wanted.push(AccountInput { number: p.number.clone(), password: p.password.clone(), name: Some(p.name.clone()), switch: Some(sw.clone()), kind: None });
+        wanted.push(AccountInput {
+            number: p.number.clone(),
+            password: p.password.clone(),
+            name: Some(p.name.clone()),
+            switch: Some(sw.clone()),
+            kind: None,
+        });
     }
     for (sw, n) in &s.echo {
         wanted.push(AccountInput {

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "trunkline-demo", about = "Trunkline in one process: signal server + gateways hq and branch, with demo accounts")]
+#[command(
+    name = "trunkline-demo",
+    about = "Trunkline in one process: signal server + gateways hq and branch, with demo accounts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,7 +42,13 @@ fn main() -> ExitCode {
     let Command::Run { data, port, bind, web_root, with_phones } = Cli::parse().command;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(async move {
-        let opts = trunkline_demo::StackOptions { data_dir: data.clone(), http_port: port, bind_ip: bind, web_root: web_root.clone(), with_phones };
+        let opts = trunkline_demo::StackOptions {
+            data_dir: data.clone(),
+            http_port: port,
+            bind_ip: bind,
+            web_root: web_root.clone(),
+            with_phones,
+        };
         let stack = match trunkline_demo::start(opts).await {
             Ok(s) => s,
             Err(e) => {

@@ -13,10 +13,10 @@ pub fn sip_message(data: &[u8]) -> bool {
     }
     let mut framer = Framer::new();
     for end in [1, data.len() / 3, data.len() / 2, data.len()] {
-        if end <= data.len() {
-            if let Ok(Some(Frame::Message(n) | Frame::KeepAlive { len: n, .. })) = framer.next_frame(&data[..end]) {
-                assert!(n <= end, "frame longer than the buffer");
-            }
+        if end <= data.len()
+            && let Ok(Some(Frame::Message(n) | Frame::KeepAlive { len: n, .. })) = framer.next_frame(&data[..end])
+        {
+            assert!(n <= end, "frame longer than the buffer");
         }
     }
     let msg = match parse(data) {
@@ -58,7 +58,11 @@ fn exercise_message(msg: &Message) {
             let _ = (c.expires(), c.name_addr().map(|n| n.uri.to_string()), c.to_string());
         }
     }
-    let _ = msg.routes().map(|r| r.iter().map(|n| (n.uri.lr(), n.uri.transport().map(str::to_owned))).count());
+    if let Ok(r) = msg.routes() {
+        for n in r.iter() {
+            let _ = (n.uri.lr(), n.uri.transport().map(str::to_owned));
+        }
+    }
     let _ = msg.record_routes();
     let _ = msg.expires();
     let _ = msg.max_forwards();

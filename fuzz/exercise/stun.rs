@@ -88,10 +88,10 @@ pub fn stun(data: &[u8]) -> bool {
         while relays.poll_peer_data().is_some() {}
         let _ = relays.send("203.0.113.10:49160".parse().unwrap(), "203.0.113.101:40000".parse().unwrap(), b"x", t);
         t += Duration::from_millis(100);
-        if let Some(wake) = relays.poll_timeout() {
-            if wake <= t {
-                relays.handle_timeout(t);
-            }
+        if let Some(wake) = relays.poll_timeout()
+            && wake <= t
+        {
+            relays.handle_timeout(t);
         }
     }
     relays.delete(t);

@@ -21,12 +21,7 @@ fn thread_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
     // Fields after the ")" of the command name: state is field 3; utime 14, stime 15.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|x| x.parse().ok()).collect();
     let ticks = f.iter().sum::<u64>();
     Duration::from_millis(ticks * 10) // USER_HZ = 100 on Linux
 }
@@ -41,10 +36,7 @@ fn main() {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (cpu_tx, cpu_rx) = std::sync::mpsc::channel();
     let relay_thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
             let phones = rx.recv().unwrap();
             let mut handles: Vec<RelayHandle> = Vec::with_capacity(phones.len());
@@ -75,11 +67,7 @@ fn main() {
         });
     });
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     rt.block_on(async move {
         let mut phones = Vec::with_capacity(calls);
         let mut addrs = Vec::with_capacity(calls);

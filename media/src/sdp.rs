@@ -244,19 +244,12 @@ impl AudioMedia {
 
     /// The first offered payload type carrying `telephone-event/8000` (RFC 4733).
     pub fn telephone_event_pt(&self) -> Option<u8> {
-        self.payload_types
-            .iter()
-            .copied()
-            .find(|&pt| self.codec(pt) == Codec::TelephoneEvent)
+        self.payload_types.iter().copied().find(|&pt| self.codec(pt) == Codec::TelephoneEvent)
     }
 
     /// Offered G.711 payload types (PCMU/PCMA), in preference order.
     pub fn g711_payloads(&self) -> Vec<u8> {
-        self.payload_types
-            .iter()
-            .copied()
-            .filter(|&pt| matches!(self.codec(pt), Codec::Pcmu | Codec::Pcma))
-            .collect()
+        self.payload_types.iter().copied().filter(|&pt| matches!(self.codec(pt), Codec::Pcmu | Codec::Pcma)).collect()
     }
 
     /// Whether any offered payload type is of codec family `codec`.
@@ -295,13 +288,7 @@ impl Sdp {
             Some(_) => {}
         }
 
-        let mut sdp = Sdp {
-            origin: None,
-            connection: None,
-            direction: None,
-            media: Vec::new(),
-            audio: None,
-        };
+        let mut sdp = Sdp { origin: None, connection: None, direction: None, media: Vec::new(), audio: None };
         // Audio candidates (RTP-profile m=audio sections), in order.
         let mut audios: Vec<(AudioMedia, Option<Direction>)> = Vec::new();
         // Whether the current media section is an audio candidate (index into `audios`).
@@ -315,8 +302,7 @@ impl Sdp {
                     sdp.origin = Some(parse_origin(value).ok_or(SdpError::BadOrigin { line: no })?);
                 }
                 b'c' => {
-                    let conn =
-                        parse_connection(value).ok_or(SdpError::BadConnection { line: no })?;
+                    let conn = parse_connection(value).ok_or(SdpError::BadConnection { line: no })?;
                     if !in_media {
                         sdp.connection.get_or_insert(conn);
                     } else if let Some(i) = cur_audio {
@@ -372,10 +358,7 @@ impl Sdp {
             }
         }
 
-        let chosen = audios
-            .iter()
-            .position(|(a, _)| a.port != 0)
-            .or(if audios.is_empty() { None } else { Some(0) });
+        let chosen = audios.iter().position(|(a, _)| a.port != 0).or(if audios.is_empty() { None } else { Some(0) });
         if let Some(i) = chosen {
             let (mut audio, dir) = audios.swap_remove(i);
             audio.direction = dir.or(sdp.direction).unwrap_or(Direction::SendRecv);
@@ -415,10 +398,7 @@ impl Sdp {
                 };
                 (attr.port != 0).then(|| SocketAddr::new(ip, attr.port))
             }
-            None => rtp
-                .port()
-                .checked_add(1)
-                .map(|p| SocketAddr::new(rtp.ip(), p)),
+            None => rtp.port().checked_add(1).map(|p| SocketAddr::new(rtp.ip(), p)),
         }
     }
 }
@@ -436,43 +416,25 @@ fn parse_audio_attr(
     }
     match name {
         "rtpmap" => {
-            let bad = SdpError::BadAttribute {
-                line: no,
-                name: "rtpmap",
-            };
+            let bad = SdpError::BadAttribute { line: no, name: "rtpmap" };
             let map = val.and_then(parse_rtpmap).ok_or(bad)?;
             audio.rtpmaps.push(map);
         }
         "fmtp" => {
-            let bad = SdpError::BadAttribute {
-                line: no,
-                name: "fmtp",
-            };
+            let bad = SdpError::BadAttribute { line: no, name: "fmtp" };
             let (pt, params) = val.and_then(split_pt).ok_or(bad)?;
-            audio.fmtps.push(Fmtp {
-                payload_type: pt,
-                params: params.trim().to_owned(),
-            });
+            audio.fmtps.push(Fmtp { payload_type: pt, params: params.trim().to_owned() });
         }
         "ptime" => {
-            let bad = SdpError::BadAttribute {
-                line: no,
-                name: "ptime",
-            };
+            let bad = SdpError::BadAttribute { line: no, name: "ptime" };
             audio.ptime = Some(val.and_then(parse_ms).ok_or(bad)?);
         }
         "maxptime" => {
-            let bad = SdpError::BadAttribute {
-                line: no,
-                name: "maxptime",
-            };
+            let bad = SdpError::BadAttribute { line: no, name: "maxptime" };
             audio.maxptime = Some(val.and_then(parse_ms).ok_or(bad)?);
         }
         "rtcp" => {
-            let bad = SdpError::BadAttribute {
-                line: no,
-                name: "rtcp",
-            };
+            let bad = SdpError::BadAttribute { line: no, name: "rtcp" };
             audio.rtcp = Some(val.and_then(parse_rtcp_attr).ok_or(bad)?);
         }
         "rtcp-mux" => audio.rtcp_mux = true,
@@ -483,10 +445,7 @@ fn parse_audio_attr(
 
 /// Non-blank lines with their 1-based numbers, CR stripped.
 fn sdp_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.split('\n')
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.strip_suffix('\r').unwrap_or(l)))
-        .filter(|(_, l)| !l.trim().is_empty())
+    text.split('\n').enumerate().map(|(i, l)| (i + 1, l.strip_suffix('\r').unwrap_or(l))).filter(|(_, l)| !l.trim().is_empty())
 }
 
 /// `x=value` → (b'x', "value").
@@ -545,19 +504,14 @@ fn parse_conn_address(addr_type: AddrType, addr: &str) -> Option<Connection> {
     if ip.is_none() && !is_host_name(addr) {
         return None;
     }
-    Some(Connection {
-        addr_type,
-        address: addr.to_owned(),
-        ip,
-    })
+    Some(Connection { addr_type, address: addr.to_owned(), ip })
 }
 
 /// A plausible DNS name (letters, digits, '-', '.', with at least one letter).
 fn is_host_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         && s.bytes().any(|b| b.is_ascii_alphabetic())
         && !s.starts_with(['.', '-'])
 }
@@ -578,12 +532,7 @@ fn parse_media_line(value: &str) -> Option<MediaLine> {
         }
         None => port,
     };
-    Some(MediaLine {
-        kind: kind.to_owned(),
-        port: parse_digits(port)?,
-        proto: proto.to_owned(),
-        formats,
-    })
+    Some(MediaLine { kind: kind.to_owned(), port: parse_digits(port)?, proto: proto.to_owned(), formats })
 }
 
 fn is_rtp_proto(proto: &str) -> bool {
@@ -598,9 +547,7 @@ fn parse_pt(s: &str) -> Option<u8> {
 /// "<pt> rest" → (pt, rest).
 fn split_pt(val: &str) -> Option<(u8, &str)> {
     let val = val.trim_start();
-    let (pt, rest) = val
-        .split_once(|c: char| c.is_ascii_whitespace())
-        .unwrap_or((val, ""));
+    let (pt, rest) = val.split_once(|c: char| c.is_ascii_whitespace()).unwrap_or((val, ""));
     Some((parse_pt(pt)?, rest))
 }
 
@@ -619,12 +566,7 @@ fn parse_rtpmap(val: &str) -> Option<RtpMap> {
     if parts.next().is_some() {
         return None;
     }
-    Some(RtpMap {
-        payload_type: pt,
-        encoding: encoding.to_owned(),
-        clock_rate,
-        channels,
-    })
+    Some(RtpMap { payload_type: pt, encoding: encoding.to_owned(), clock_rate, channels })
 }
 
 /// Milliseconds: an integer, or a decimal such as `20.0` (seen in the wild), rounded.
@@ -638,11 +580,7 @@ fn parse_ms(val: &str) -> Option<u32> {
     if frac.is_empty() || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(if frac.as_bytes()[0] >= b'5' {
-        int.saturating_add(1)
-    } else {
-        int
-    })
+    Some(if frac.as_bytes()[0] >= b'5' { int.saturating_add(1) } else { int })
 }
 
 fn parse_rtcp_attr(val: &str) -> Option<RtcpAttr> {
@@ -691,24 +629,14 @@ fn is_ice_attr(name: &str) -> bool {
 ///   since candidates would steer media around the relay;
 /// * everything else, including `o=` (see [`bump_version`]), is kept as is; every line ends in
 ///   CRLF; blank lines are dropped.
-pub fn rewrite(
-    sdp: &str,
-    addr: IpAddr,
-    port: u16,
-    keep_payloads: Option<&[u8]>,
-) -> Result<String, SdpError> {
+pub fn rewrite(sdp: &str, addr: IpAddr, port: u16, keep_payloads: Option<&[u8]>) -> Result<String, SdpError> {
     if port == 0 || port == u16::MAX {
         return Err(SdpError::InvalidPort(port));
     }
     let parsed = Sdp::parse(sdp)?;
     let audio = parsed.audio.as_ref().ok_or(SdpError::NoAudio)?;
     let kept: Vec<u8> = match keep_payloads {
-        Some(keep) => audio
-            .payload_types
-            .iter()
-            .copied()
-            .filter(|pt| keep.contains(pt))
-            .collect(),
+        Some(keep) => audio.payload_types.iter().copied().filter(|pt| keep.contains(pt)).collect(),
         None => audio.payload_types.clone(),
     };
     if kept.is_empty() {
@@ -825,25 +753,15 @@ pub fn bump_version(sdp: &str) -> Result<String, SdpError> {
         in_media |= kind == b'm';
         if kind == b'o' && !in_media && !done {
             let o = parse_origin(value).ok_or(SdpError::BadOrigin { line: no })?;
-            let v = o
-                .session_version
-                .checked_add(1)
-                .ok_or(SdpError::VersionOverflow)?;
-            out.push_str(&format!(
-                "o={} {} {} {} {} {}\r\n",
-                o.username, o.session_id, v, o.net_type, o.addr_type, o.address
-            ));
+            let v = o.session_version.checked_add(1).ok_or(SdpError::VersionOverflow)?;
+            out.push_str(&format!("o={} {} {} {} {} {}\r\n", o.username, o.session_id, v, o.net_type, o.addr_type, o.address));
             done = true;
         } else {
             push_line(&mut out, line);
         }
     }
     if !done {
-        return Err(if out.is_empty() {
-            SdpError::Empty
-        } else {
-            SdpError::NoOrigin
-        });
+        return Err(if out.is_empty() { SdpError::Empty } else { SdpError::NoOrigin });
     }
     Ok(out)
 }

@@ -2,9 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use trunkline_media::sdp::{
-    AddrType, Codec, Direction, RtpMap, Sdp, SdpError, bump_version, rewrite,
-};
+use trunkline_media::sdp::{AddrType, Codec, Direction, RtpMap, Sdp, SdpError, bump_version, rewrite};
 
 fn crlf(lines: &[&str]) -> String {
     let mut s = String::new();
@@ -153,9 +151,7 @@ fn baresip_offer() {
     assert_eq!(sdp.media.len(), 1);
 
     let out = rewrite(&baresip(), ip("127.0.0.1"), 30000, None).unwrap();
-    let expected = baresip()
-        .replace("c=IN IP4 172.17.0.2", "c=IN IP4 127.0.0.1")
-        .replace("m=audio 42526 ", "m=audio 30000 ");
+    let expected = baresip().replace("c=IN IP4 172.17.0.2", "c=IN IP4 127.0.0.1").replace("m=audio 42526 ", "m=audio 30000 ");
     assert_eq!(out, expected);
     // o= (and its address) untouched: only the media address moves.
     assert!(out.contains("o=- 1184961431 1749402893 IN IP4 172.17.0.2\r\n"));
@@ -165,25 +161,13 @@ fn baresip_offer() {
 fn linphone_offer_with_video_and_codec_filter() {
     let sdp = Sdp::parse(&linphone()).unwrap();
     let audio = sdp.audio.as_ref().unwrap();
-    assert_eq!(
-        audio.payload_types,
-        vec![96, 97, 98, 0, 8, 18, 101, 99, 100]
-    );
-    assert_eq!(
-        audio.telephone_event_pt(),
-        Some(100),
-        "only telephone-event/8000 counts"
-    );
+    assert_eq!(audio.payload_types, vec![96, 97, 98, 0, 8, 18, 101, 99, 100]);
+    assert_eq!(audio.telephone_event_pt(), Some(100), "only telephone-event/8000 counts");
     assert_eq!(audio.codec(101), Codec::Other);
     assert_eq!(audio.codec(96), Codec::Other);
     assert_eq!(
         audio.rtpmap(96),
-        Some(&RtpMap {
-            payload_type: 96,
-            encoding: "opus".into(),
-            clock_rate: 48000,
-            channels: Some(2)
-        })
+        Some(&RtpMap { payload_type: 96, encoding: "opus".into(), clock_rate: 48000, channels: Some(2) })
     );
     assert_eq!(audio.rtcp.as_ref().unwrap().port, 7079);
     assert_eq!(sdp.audio_rtcp_addr(), Some(sa("192.168.1.20:7079")));
@@ -236,10 +220,7 @@ fn sipp_default_offer() {
             "a=rtpmap:0 PCMU/8000",
         ])
     );
-    assert_eq!(
-        rewrite(&sipp_uac(), ip("10.20.30.40"), 16384, Some(&[8])),
-        Err(SdpError::NoCommonCodec)
-    );
+    assert_eq!(rewrite(&sipp_uac(), ip("10.20.30.40"), 16384, Some(&[8])), Err(SdpError::NoCommonCodec));
 }
 
 #[test]
@@ -258,10 +239,7 @@ fn chrome_like_offer() {
     assert_eq!(sdp.audio_rtcp_addr(), None);
 
     let out = rewrite(&text, ip("192.0.2.10"), 40000, Some(&[0, 126])).unwrap();
-    assert!(
-        !out.contains("a=candidate"),
-        "ICE candidates would bypass the relay:\n{out}"
-    );
+    assert!(!out.contains("a=candidate"), "ICE candidates would bypass the relay:\n{out}");
     assert!(!out.contains("a=ice-"), "{out}");
     assert!(out.contains("m=audio 40000 UDP/TLS/RTP/SAVPF 0 126\r\nc=IN IP4 192.0.2.10\r\na=rtcp:40001 IN IP4 192.0.2.10\r\n"));
     assert!(out.contains("m=video 0 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 203.0.113.7\r\n"));
@@ -270,10 +248,7 @@ fn chrome_like_offer() {
     assert!(!out.contains("a=fmtp:63"));
     assert!(out.contains("a=rtpmap:0 PCMU/8000\r\n"));
     assert!(out.contains("a=fingerprint:sha-256"));
-    assert!(
-        out.contains("a=fmtp:97 apt=96\r\n"),
-        "other media untouched"
-    );
+    assert!(out.contains("a=fmtp:97 apt=96\r\n"), "other media untouched");
     assert!(out.ends_with("\r\n"));
     assert!(!out.replace("\r\n", "").contains('\n'));
 }
@@ -304,73 +279,34 @@ fn ipv6_sdp() {
     // IPv4 SDP pointed at an IPv6 relay and back.
     let v4 = rewrite(&out, ip("127.0.0.1"), 31000, None).unwrap();
     assert!(v4.contains("c=IN IP4 127.0.0.1\r\n"));
-    assert_eq!(
-        Sdp::parse(&v4).unwrap().audio_rtp_addr(),
-        Some(sa("127.0.0.1:31000"))
-    );
+    assert_eq!(Sdp::parse(&v4).unwrap().audio_rtp_addr(), Some(sa("127.0.0.1:31000")));
 }
 
 #[test]
 fn media_level_connection_only_and_inserted_connection() {
     // Media-level c= only.
-    let text = crlf(&[
-        "v=0",
-        "o=- 1 1 IN IP4 h",
-        "s=-",
-        "t=0 0",
-        "m=audio 4000 RTP/AVP 0",
-        "c=IN IP4 10.0.0.9",
-    ]);
+    let text = crlf(&["v=0", "o=- 1 1 IN IP4 h", "s=-", "t=0 0", "m=audio 4000 RTP/AVP 0", "c=IN IP4 10.0.0.9"]);
     let sdp = Sdp::parse(&text).unwrap();
     assert_eq!(sdp.audio_rtp_addr(), Some(sa("10.0.0.9:4000")));
     let out = rewrite(&text, ip("10.9.9.9"), 5000, None).unwrap();
-    assert_eq!(
-        out,
-        text.replace("10.0.0.9", "10.9.9.9").replace("4000", "5000")
-    );
+    assert_eq!(out, text.replace("10.0.0.9", "10.9.9.9").replace("4000", "5000"));
 
     // No c= at all (invalid, but seen): one is inserted after m= and i=.
-    let text = crlf(&[
-        "v=0",
-        "o=- 1 1 IN IP4 h",
-        "s=-",
-        "t=0 0",
-        "m=audio 4000 RTP/AVP 0",
-        "i=voice",
-        "a=sendonly",
-    ]);
+    let text = crlf(&["v=0", "o=- 1 1 IN IP4 h", "s=-", "t=0 0", "m=audio 4000 RTP/AVP 0", "i=voice", "a=sendonly"]);
     let sdp = Sdp::parse(&text).unwrap();
     assert_eq!(sdp.audio_rtp_addr(), None);
     assert_eq!(sdp.audio.as_ref().unwrap().direction, Direction::SendOnly);
     let out = rewrite(&text, ip("10.9.9.9"), 5000, None).unwrap();
-    assert!(
-        out.ends_with("m=audio 5000 RTP/AVP 0\r\ni=voice\r\nc=IN IP4 10.9.9.9\r\na=sendonly\r\n"),
-        "{out}"
-    );
-    let text = crlf(&[
-        "v=0",
-        "o=- 1 1 IN IP4 h",
-        "s=-",
-        "t=0 0",
-        "m=audio 4000 RTP/AVP 0",
-    ]);
+    assert!(out.ends_with("m=audio 5000 RTP/AVP 0\r\ni=voice\r\nc=IN IP4 10.9.9.9\r\na=sendonly\r\n"), "{out}");
+    let text = crlf(&["v=0", "o=- 1 1 IN IP4 h", "s=-", "t=0 0", "m=audio 4000 RTP/AVP 0"]);
     let out = rewrite(&text, ip("10.9.9.9"), 5000, None).unwrap();
-    assert!(
-        out.ends_with("m=audio 5000 RTP/AVP 0\r\nc=IN IP4 10.9.9.9\r\n"),
-        "{out}"
-    );
+    assert!(out.ends_with("m=audio 5000 RTP/AVP 0\r\nc=IN IP4 10.9.9.9\r\n"), "{out}");
 }
 
 #[test]
 fn directions_and_hold() {
     let base = |extra: &[&str], media_extra: &[&str]| {
-        let mut l = vec![
-            "v=0",
-            "o=- 1 1 IN IP4 10.0.0.1",
-            "s=-",
-            "c=IN IP4 10.0.0.1",
-            "t=0 0",
-        ];
+        let mut l = vec!["v=0", "o=- 1 1 IN IP4 10.0.0.1", "s=-", "c=IN IP4 10.0.0.1", "t=0 0"];
         l.extend_from_slice(extra);
         l.push("m=audio 4000 RTP/AVP 0");
         l.extend_from_slice(media_extra);
@@ -379,10 +315,7 @@ fn directions_and_hold() {
     let dir = |t: String| Sdp::parse(&t).unwrap().audio.unwrap().direction;
     assert_eq!(dir(base(&[], &[])), Direction::SendRecv);
     assert_eq!(dir(base(&["a=sendonly"], &[])), Direction::SendOnly);
-    assert_eq!(
-        dir(base(&["a=sendonly"], &["a=inactive"])),
-        Direction::Inactive
-    );
+    assert_eq!(dir(base(&["a=sendonly"], &["a=inactive"])), Direction::Inactive);
     assert_eq!(dir(base(&[], &["a=recvonly"])), Direction::RecvOnly);
     assert_eq!(Direction::SendOnly.reversed(), Direction::RecvOnly);
     assert_eq!(Direction::Inactive.to_string(), "inactive");
@@ -390,14 +323,7 @@ fn directions_and_hold() {
     let hold = base(&[], &["a=sendonly"]).replace("c=IN IP4 10.0.0.1", "c=IN IP4 0.0.0.0");
     let sdp = Sdp::parse(&hold).unwrap();
     assert_eq!(sdp.audio_rtp_addr(), None);
-    assert!(
-        sdp.connection
-            .as_ref()
-            .unwrap()
-            .ip
-            .unwrap()
-            .is_unspecified()
-    );
+    assert!(sdp.connection.as_ref().unwrap().ip.unwrap().is_unspecified());
 }
 
 #[test]
@@ -418,51 +344,26 @@ fn rejected_and_multiple_audio_streams() {
     assert_eq!(audio.index, 1);
     assert_eq!(audio.port, 4002);
     let out = rewrite(&text, ip("10.1.1.1"), 6000, None).unwrap();
-    assert!(out.contains("m=audio 0 RTP/AVP 0\r\nm=audio 6000 RTP/AVP 8\r\nm=audio 0 RTP/AVP 0\r\nm=image 0 udptl t38\r\n"), "{out}");
+    assert!(
+        out.contains("m=audio 0 RTP/AVP 0\r\nm=audio 6000 RTP/AVP 8\r\nm=audio 0 RTP/AVP 0\r\nm=image 0 udptl t38\r\n"),
+        "{out}"
+    );
 
     // All rejected: the first one is "the audio", with no address.
-    let text = crlf(&[
-        "v=0",
-        "o=- 1 2 IN IP4 10.0.0.1",
-        "s=-",
-        "c=IN IP4 10.0.0.1",
-        "t=0 0",
-        "m=audio 0 RTP/AVP 0",
-    ]);
+    let text = crlf(&["v=0", "o=- 1 2 IN IP4 10.0.0.1", "s=-", "c=IN IP4 10.0.0.1", "t=0 0", "m=audio 0 RTP/AVP 0"]);
     let sdp = Sdp::parse(&text).unwrap();
     assert_eq!(sdp.audio.as_ref().unwrap().port, 0);
     assert_eq!(sdp.audio_rtp_addr(), None);
 
     // Port count.
-    let text = crlf(&[
-        "v=0",
-        "o=- 1 2 IN IP4 10.0.0.1",
-        "s=-",
-        "c=IN IP4 10.0.0.1",
-        "t=0 0",
-        "m=audio 49170/2 RTP/AVP 0",
-    ]);
+    let text = crlf(&["v=0", "o=- 1 2 IN IP4 10.0.0.1", "s=-", "c=IN IP4 10.0.0.1", "t=0 0", "m=audio 49170/2 RTP/AVP 0"]);
     assert_eq!(Sdp::parse(&text).unwrap().audio.unwrap().port, 49170);
-    assert!(
-        rewrite(&text, ip("10.1.1.1"), 6000, None)
-            .unwrap()
-            .contains("m=audio 6000 RTP/AVP 0\r\n")
-    );
+    assert!(rewrite(&text, ip("10.1.1.1"), 6000, None).unwrap().contains("m=audio 6000 RTP/AVP 0\r\n"));
 
     // No audio at all.
-    let text = crlf(&[
-        "v=0",
-        "o=- 1 2 IN IP4 10.0.0.1",
-        "s=-",
-        "c=IN IP4 10.0.0.1",
-        "t=0 0",
-        "m=image 4006 udptl t38",
-    ]);
+    let text = crlf(&["v=0", "o=- 1 2 IN IP4 10.0.0.1", "s=-", "c=IN IP4 10.0.0.1", "t=0 0", "m=image 4006 udptl t38"]);
     assert_eq!(Sdp::parse(&text).unwrap().audio, None);
-    assert_eq!(
-        rewrite(&text, ip("10.1.1.1"), 6000, None),
-        Err(SdpError::NoAudio)
-    );
+    assert_eq!(rewrite(&text, ip("10.1.1.1"), 6000, None), Err(SdpError::NoAudio));
 }
 
 #[test]
@@ -485,26 +386,11 @@ fn codec_classification() {
     assert_eq!(Codec::classify(8, None), Codec::Pcma);
     assert_eq!(Codec::classify(18, None), Codec::Other);
     assert_eq!(Codec::classify(120, None), Codec::Other);
-    assert_eq!(
-        Codec::classify(120, Some(&map("pcmu", 8000, None))),
-        Codec::Pcmu
-    );
-    assert_eq!(
-        Codec::classify(120, Some(&map("PCMA", 8000, Some(1)))),
-        Codec::Pcma
-    );
-    assert_eq!(
-        Codec::classify(120, Some(&map("PCMA", 8000, Some(2)))),
-        Codec::Other
-    );
-    assert_eq!(
-        Codec::classify(120, Some(&map("Telephone-Event", 8000, None))),
-        Codec::TelephoneEvent
-    );
-    assert_eq!(
-        Codec::classify(120, Some(&map("telephone-event", 16000, None))),
-        Codec::Other
-    );
+    assert_eq!(Codec::classify(120, Some(&map("pcmu", 8000, None))), Codec::Pcmu);
+    assert_eq!(Codec::classify(120, Some(&map("PCMA", 8000, Some(1)))), Codec::Pcma);
+    assert_eq!(Codec::classify(120, Some(&map("PCMA", 8000, Some(2)))), Codec::Other);
+    assert_eq!(Codec::classify(120, Some(&map("Telephone-Event", 8000, None))), Codec::TelephoneEvent);
+    assert_eq!(Codec::classify(120, Some(&map("telephone-event", 16000, None))), Codec::Other);
 }
 
 #[test]
@@ -514,35 +400,19 @@ fn host_name_connection() {
     let c = sdp.connection.as_ref().unwrap();
     assert_eq!((c.address.as_str(), c.ip), ("media.example.com", None));
     assert_eq!(sdp.audio_rtp_addr(), None);
-    assert!(
-        rewrite(&text, ip("127.0.0.1"), 7000, None)
-            .unwrap()
-            .contains("c=IN IP4 127.0.0.1\r\n")
-    );
+    assert!(rewrite(&text, ip("127.0.0.1"), 7000, None).unwrap().contains("c=IN IP4 127.0.0.1\r\n"));
 }
 
 #[test]
 fn bump_version_increments_origin_only() {
     let out = bump_version(&sipp_uac()).unwrap();
-    assert_eq!(
-        out,
-        sipp_uac().replace("53655765 2353687637", "53655765 2353687638")
-    );
+    assert_eq!(out, sipp_uac().replace("53655765 2353687637", "53655765 2353687638"));
     let twice = bump_version(&out).unwrap();
-    assert_eq!(
-        Sdp::parse(&twice).unwrap().origin.unwrap().session_version,
-        2353687639
-    );
+    assert_eq!(Sdp::parse(&twice).unwrap().origin.unwrap().session_version, 2353687639);
     let max = sipp_uac().replace("2353687637", &u64::MAX.to_string());
     assert_eq!(bump_version(&max), Err(SdpError::VersionOverflow));
     assert_eq!(bump_version(""), Err(SdpError::Empty));
-    let no_o = crlf(&[
-        "v=0",
-        "s=-",
-        "c=IN IP4 1.2.3.4",
-        "t=0 0",
-        "m=audio 1 RTP/AVP 0",
-    ]);
+    let no_o = crlf(&["v=0", "s=-", "c=IN IP4 1.2.3.4", "t=0 0", "m=audio 1 RTP/AVP 0"]);
     assert_eq!(bump_version(&no_o), Err(SdpError::NoOrigin));
     let bad_o = sipp_uac().replace("2353687637", "v2");
     assert_eq!(bump_version(&bad_o), Err(SdpError::BadOrigin { line: 2 }));
@@ -557,146 +427,48 @@ fn malformed_sdps_are_typed_errors() {
         ("hello".into(), SdpError::MissingVersion),
         ("v=1\r\n".into(), SdpError::MissingVersion),
         (ok.replace("s=-", "s-"), SdpError::MalformedLine { line: 3 }),
-        (
-            ok.replace("s=-", "S=-"),
-            SdpError::MalformedLine { line: 3 },
-        ),
+        (ok.replace("s=-", "S=-"), SdpError::MalformedLine { line: 3 }),
         (ok.replace("s=-", "="), SdpError::MalformedLine { line: 3 }),
-        (
-            ok.replace("o=user1 53655765 2353687637 IN IP4 127.0.1.1", "o=user1 1"),
-            SdpError::BadOrigin { line: 2 },
-        ),
-        (
-            ok.replace("c=IN IP4 127.0.1.1", "c=IN IP4 999.1.1.1"),
-            SdpError::BadConnection { line: 4 },
-        ),
-        (
-            ok.replace("c=IN IP4 127.0.1.1", "c=IN IP4 ::1"),
-            SdpError::BadConnection { line: 4 },
-        ),
-        (
-            ok.replace("c=IN IP4 127.0.1.1", "c=IN IP6 127.0.0.1"),
-            SdpError::BadConnection { line: 4 },
-        ),
-        (
-            ok.replace("c=IN IP4 127.0.1.1", "c=ATM NSAP 47.0005"),
-            SdpError::BadConnection { line: 4 },
-        ),
-        (
-            ok.replace("c=IN IP4 127.0.1.1", "c=IN IP4"),
-            SdpError::BadConnection { line: 4 },
-        ),
-        (
-            ok.replace("m=audio 6000 RTP/AVP 0", "m=audio 70000 RTP/AVP 0"),
-            SdpError::BadMedia { line: 6 },
-        ),
-        (
-            ok.replace("m=audio 6000 RTP/AVP 0", "m=audio -1 RTP/AVP 0"),
-            SdpError::BadMedia { line: 6 },
-        ),
-        (
-            ok.replace("m=audio 6000 RTP/AVP 0", "m=audio 6000 RTP/AVP"),
-            SdpError::BadMedia { line: 6 },
-        ),
-        (
-            ok.replace("m=audio 6000 RTP/AVP 0", "m=audio 6000 RTP/AVP 0 200"),
-            SdpError::BadMedia { line: 6 },
-        ),
-        (
-            ok.replace("m=audio 6000 RTP/AVP 0", "m=audio 6000 RTP/AVP PCMU"),
-            SdpError::BadMedia { line: 6 },
-        ),
-        (
-            ok.replace("m=audio 6000 RTP/AVP 0", "m=audio 6000/x RTP/AVP 0"),
-            SdpError::BadMedia { line: 6 },
-        ),
-        (
-            ok.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:x PCMU/8000"),
-            SdpError::BadAttribute {
-                line: 7,
-                name: "rtpmap",
-            },
-        ),
-        (
-            ok.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:0 PCMU"),
-            SdpError::BadAttribute {
-                line: 7,
-                name: "rtpmap",
-            },
-        ),
-        (
-            ok.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:0 PCMU/8000/1/2"),
-            SdpError::BadAttribute {
-                line: 7,
-                name: "rtpmap",
-            },
-        ),
-        (
-            ok.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap"),
-            SdpError::BadAttribute {
-                line: 7,
-                name: "rtpmap",
-            },
-        ),
-        (
-            ok.replace("a=rtpmap:0 PCMU/8000", "a=fmtp:abc x"),
-            SdpError::BadAttribute {
-                line: 7,
-                name: "fmtp",
-            },
-        ),
-        (
-            ok.replace("a=rtpmap:0 PCMU/8000", "a=ptime:twenty"),
-            SdpError::BadAttribute {
-                line: 7,
-                name: "ptime",
-            },
-        ),
-        (
-            ok.replace("a=rtpmap:0 PCMU/8000", "a=rtcp:99999"),
-            SdpError::BadAttribute {
-                line: 7,
-                name: "rtcp",
-            },
-        ),
-        (
-            ok.replace("a=rtpmap:0 PCMU/8000", "a=rtcp:5000 IN IP4"),
-            SdpError::BadAttribute {
-                line: 7,
-                name: "rtcp",
-            },
-        ),
+        (ok.replace("o=user1 53655765 2353687637 IN IP4 127.0.1.1", "o=user1 1"), SdpError::BadOrigin { line: 2 }),
+        (ok.replace("c=IN IP4 127.0.1.1", "c=IN IP4 999.1.1.1"), SdpError::BadConnection { line: 4 }),
+        (ok.replace("c=IN IP4 127.0.1.1", "c=IN IP4 ::1"), SdpError::BadConnection { line: 4 }),
+        (ok.replace("c=IN IP4 127.0.1.1", "c=IN IP6 127.0.0.1"), SdpError::BadConnection { line: 4 }),
+        (ok.replace("c=IN IP4 127.0.1.1", "c=ATM NSAP 47.0005"), SdpError::BadConnection { line: 4 }),
+        (ok.replace("c=IN IP4 127.0.1.1", "c=IN IP4"), SdpError::BadConnection { line: 4 }),
+        (ok.replace("m=audio 6000 RTP/AVP 0", "m=audio 70000 RTP/AVP 0"), SdpError::BadMedia { line: 6 }),
+        (ok.replace("m=audio 6000 RTP/AVP 0", "m=audio -1 RTP/AVP 0"), SdpError::BadMedia { line: 6 }),
+        (ok.replace("m=audio 6000 RTP/AVP 0", "m=audio 6000 RTP/AVP"), SdpError::BadMedia { line: 6 }),
+        (ok.replace("m=audio 6000 RTP/AVP 0", "m=audio 6000 RTP/AVP 0 200"), SdpError::BadMedia { line: 6 }),
+        (ok.replace("m=audio 6000 RTP/AVP 0", "m=audio 6000 RTP/AVP PCMU"), SdpError::BadMedia { line: 6 }),
+        (ok.replace("m=audio 6000 RTP/AVP 0", "m=audio 6000/x RTP/AVP 0"), SdpError::BadMedia { line: 6 }),
+        (ok.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:x PCMU/8000"), SdpError::BadAttribute { line: 7, name: "rtpmap" }),
+        (ok.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:0 PCMU"), SdpError::BadAttribute { line: 7, name: "rtpmap" }),
+        (ok.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:0 PCMU/8000/1/2"), SdpError::BadAttribute { line: 7, name: "rtpmap" }),
+        (ok.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap"), SdpError::BadAttribute { line: 7, name: "rtpmap" }),
+        (ok.replace("a=rtpmap:0 PCMU/8000", "a=fmtp:abc x"), SdpError::BadAttribute { line: 7, name: "fmtp" }),
+        (ok.replace("a=rtpmap:0 PCMU/8000", "a=ptime:twenty"), SdpError::BadAttribute { line: 7, name: "ptime" }),
+        (ok.replace("a=rtpmap:0 PCMU/8000", "a=rtcp:99999"), SdpError::BadAttribute { line: 7, name: "rtcp" }),
+        (ok.replace("a=rtpmap:0 PCMU/8000", "a=rtcp:5000 IN IP4"), SdpError::BadAttribute { line: 7, name: "rtcp" }),
     ];
     for (text, want) in cases {
         assert_eq!(Sdp::parse(&text), Err(want.clone()), "{text:?}");
         // rewrite reports the same error.
-        assert_eq!(
-            rewrite(&text, ip("127.0.0.1"), 7000, None),
-            Err(want),
-            "{text:?}"
-        );
+        assert_eq!(rewrite(&text, ip("127.0.0.1"), 7000, None), Err(want), "{text:?}");
     }
     // Garbage in attributes we do not interpret, and in other media, is tolerated.
-    let lenient = ok.replace("a=rtpmap:0 PCMU/8000", "a=x-weird:%%%\r\na=ptime:20.0")
-        + "m=video 1 RTP/AVP vp8\r\na=rtpmap:zz\r\n";
+    let lenient =
+        ok.replace("a=rtpmap:0 PCMU/8000", "a=x-weird:%%%\r\na=ptime:20.0") + "m=video 1 RTP/AVP vp8\r\na=rtpmap:zz\r\n";
     let sdp = Sdp::parse(&lenient).unwrap();
     assert_eq!(sdp.audio.unwrap().ptime, Some(20));
-    assert_eq!(
-        rewrite(&ok, ip("127.0.0.1"), 0, None),
-        Err(SdpError::InvalidPort(0))
-    );
-    assert_eq!(
-        rewrite(&ok, ip("127.0.0.1"), 65535, None),
-        Err(SdpError::InvalidPort(65535))
-    );
+    assert_eq!(rewrite(&ok, ip("127.0.0.1"), 0, None), Err(SdpError::InvalidPort(0)));
+    assert_eq!(rewrite(&ok, ip("127.0.0.1"), 65535, None), Err(SdpError::InvalidPort(65535)));
 }
 
 /// Deterministic mutation fuzzing: parse/rewrite/bump_version never panic.
 #[test]
 fn mutated_sdps_never_panic() {
     let seeds = [baresip(), linphone(), sipp_uac(), chrome_like()];
-    let alphabet: &[u8] =
-        b"v=0amc: /\r\nIN IP4 IP6 127.0.0.1 ::1 RTP/AVP rtpmap fmtp rtcp 65535 99999 -\xc3\xa9";
+    let alphabet: &[u8] = b"v=0amc: /\r\nIN IP4 IP6 127.0.0.1 ::1 RTP/AVP rtpmap fmtp rtcp 65535 99999 -\xc3\xa9";
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {
         rng ^= rng << 13;
@@ -727,9 +499,7 @@ fn mutated_sdps_never_panic() {
         let parsed = Sdp::parse(&text);
         let rewritten = rewrite(&text, ip("127.0.0.1"), 30000, Some(&[0, 8, 101]));
         let _ = bump_version(&text);
-        let _ = parsed
-            .as_ref()
-            .map(|s| (s.audio_rtp_addr(), s.audio_rtcp_addr()));
+        let _ = parsed.as_ref().map(|s| (s.audio_rtp_addr(), s.audio_rtcp_addr()));
         // Whatever rewrite produces must parse again and point at the relay.
         if let Ok(out) = rewritten {
             let again = Sdp::parse(&out).unwrap_or_else(|e| panic!("{e}: {out:?}"));

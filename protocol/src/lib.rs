@@ -953,7 +953,13 @@ mod redaction_tests {
             format!("{:?}", ClientMsg::Resume { v: 1, token: "TOKEN-abc".into() }),
             format!(
                 "{:?}",
-                ClientMsg::SwitchAuth { v: 1, switch_id: "hq".into(), secret: "SECRET-xyz".into(), direct_urls: vec![], calls: None }
+                ClientMsg::SwitchAuth {
+                    v: 1,
+                    switch_id: "hq".into(),
+                    secret: "SECRET-xyz".into(),
+                    direct_urls: vec![],
+                    calls: None
+                }
             ),
             format!(
                 "{:?}",

@@ -1,9 +1,7 @@
 //! Field rules. Every string that arrives from the network is checked here before any
 //! component looks at it, so the cores can assume well-formed identifiers.
 
-use crate::{
-    CallEvent, ClientMsg, ErrorCode, PROTOCOL_VERSION, ProtocolError, QueryAnswer, SignalPayload,
-};
+use crate::{CallEvent, ClientMsg, ErrorCode, PROTOCOL_VERSION, ProtocolError, QueryAnswer, SignalPayload};
 
 pub const MAX_NUMBER_LEN: usize = 32;
 pub const MAX_CALL_ID_LEN: usize = 64;
@@ -330,7 +328,6 @@ impl ClientMsg {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -567,7 +564,9 @@ mod tests {
         assert_eq!(ServerMsg::decode(&text).unwrap(), msg);
         // An old switch_welcome (no ice_servers) still parses.
         let old = r#"{"type":"switch_welcome","v":1,"switch_id":"hq","sip_realm":"r","phones":[]}"#;
-        assert!(matches!(ServerMsg::decode(old).unwrap(), ServerMsg::SwitchWelcome { ice_servers, .. } if ice_servers.is_empty()));
+        assert!(
+            matches!(ServerMsg::decode(old).unwrap(), ServerMsg::SwitchWelcome { ice_servers, .. } if ice_servers.is_empty())
+        );
     }
 
     #[test]

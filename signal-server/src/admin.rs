@@ -99,8 +99,7 @@ pub fn check_account(input: &AccountInput) -> Result<(), AdminError> {
     }
     if effective_kind(input) == AccountKind::Deskphone && input.switch.is_none() {
         return Err(AdminError::Invalid(
-            "a deskphone account needs a home switch (--switch ID / \"switch\"): desk phones register at a switch"
-                .into(),
+            "a deskphone account needs a home switch (--switch ID / \"switch\"): desk phones register at a switch".into(),
         ));
     }
     Ok(())
@@ -116,9 +115,8 @@ pub fn new_account(input: &AccountInput, config: &Config) -> Result<NewAccount, 
     check_account(input)?;
     let kind = effective_kind(input);
     let a = &config.auth;
-    let password_hash =
-        credentials::hash_password(&input.password, a.password_hash_memory_kib, a.password_hash_iterations)
-            .map_err(|e| AdminError::Internal(e.to_string()))?;
+    let password_hash = credentials::hash_password(&input.password, a.password_hash_memory_kib, a.password_hash_iterations)
+        .map_err(|e| AdminError::Internal(e.to_string()))?;
     let (ha1_md5, ha1_sha256) = match kind {
         AccountKind::Deskphone => (
             Some(credentials::ha1_md5(&input.number, &config.sip_realm, &input.password)),
@@ -164,11 +162,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 /// Validate, hash (on a blocking thread) and store a new account. Returns what was stored.
-pub async fn add_account(
-    dir: &dyn Directory,
-    config: Arc<Config>,
-    input: AccountInput,
-) -> Result<AccountView, AdminError> {
+pub async fn add_account(dir: &dyn Directory, config: Arc<Config>, input: AccountInput) -> Result<AccountView, AdminError> {
     check_account(&input)?;
     if let Some(sw) = &input.switch {
         // Fail before the (slow) hash; the insert checks again.
@@ -191,11 +185,7 @@ pub async fn add_account(
 }
 
 /// Validate, hash (on a blocking thread) and store a new switch.
-pub async fn add_switch(
-    dir: &dyn Directory,
-    config: Arc<Config>,
-    input: SwitchInput,
-) -> Result<SwitchView, AdminError> {
+pub async fn add_switch(dir: &dyn Directory, config: Arc<Config>, input: SwitchInput) -> Result<SwitchView, AdminError> {
     check_switch(&input)?;
     if dir.switch_secret_hash(&input.id).await?.is_some() {
         return Err(DirectoryError::AlreadyExists { what: "switch", key: input.id.clone() }.into());
@@ -233,12 +223,7 @@ pub fn check_password(password: &str) -> Result<(), AdminError> {
 /// Change (reset) an account's password: hash it (on a blocking thread), store it with new SIP
 /// verifiers for a desk phone, and revoke every session of the account, so whoever held one
 /// must sign in with the new password. Returns how many sessions were revoked.
-pub async fn set_password(
-    dir: &dyn Directory,
-    config: Arc<Config>,
-    number: &str,
-    password: String,
-) -> Result<u64, AdminError> {
+pub async fn set_password(dir: &dyn Directory, config: Arc<Config>, number: &str, password: String) -> Result<u64, AdminError> {
     check_number("number", number).map_err(|e| AdminError::Invalid(e.message))?;
     check_password(&password)?;
     let Some(account) = dir.account(number).await? else {
@@ -255,9 +240,7 @@ pub async fn set_password(
         Ok::<_, AdminError>((phc, ha1))
     })
     .await??;
-    let revoked = dir
-        .set_password(number, &phc, ha1.as_ref().map(|h| h.0.as_str()), ha1.as_ref().map(|h| h.1.as_str()))
-        .await?;
+    let revoked = dir.set_password(number, &phc, ha1.as_ref().map(|h| h.0.as_str()), ha1.as_ref().map(|h| h.1.as_str())).await?;
     Ok(revoked)
 }
 
@@ -486,8 +469,7 @@ mod tests {
         let e = add_account(&dir, c.clone(), i.clone()).await.unwrap_err();
         assert!(matches!(e, AdminError::Directory(DirectoryError::NotFound { what: "switch", .. })), "{e:?}");
         add_switch(&dir, c.clone(), SwitchInput { id: "sw1".into(), secret: "s".repeat(16) }).await.unwrap();
-        let e =
-            add_switch(&dir, c.clone(), SwitchInput { id: "sw1".into(), secret: "s".repeat(16) }).await.unwrap_err();
+        let e = add_switch(&dir, c.clone(), SwitchInput { id: "sw1".into(), secret: "s".repeat(16) }).await.unwrap_err();
         assert!(matches!(e, AdminError::Directory(DirectoryError::AlreadyExists { .. })), "{e:?}");
         let v = add_account(&dir, c.clone(), i.clone()).await.unwrap();
         assert_eq!(

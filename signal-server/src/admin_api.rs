@@ -44,9 +44,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::Config;
-use crate::admin::{
-    self, AccountInput, AccountView, AdminError, CallView, PasswordInput, SessionView, SwitchInput, SwitchView,
-};
+use crate::admin::{self, AccountInput, AccountView, AdminError, CallView, PasswordInput, SessionView, SwitchInput, SwitchView};
 use crate::credentials;
 use crate::directory::{Directory, DirectoryError};
 
@@ -260,8 +258,9 @@ async fn require_token(State(s): State<AdminState>, req: Request, next: Next) ->
             tracing::warn!(%ip, "admin API: wrong token");
             ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong admin token").into_response()
         }
-        None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send Authorization: Bearer <admin token>")
-            .into_response(),
+        None => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send Authorization: Bearer <admin token>").into_response()
+        }
     }
 }
 
@@ -345,8 +344,9 @@ async fn list_sessions(
 }
 
 async fn revoke_session(State(s): State<AdminState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let id: i64 =
-        id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("session id {id:?} is not a number")))?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("session id {id:?} is not a number")))?;
     match s.dir.revoke_session(id).await? {
         Some(number) => {
             tracing::info!(session_id = id, %number, "admin API: session revoked");
@@ -464,14 +464,9 @@ mod tests {
             assert_eq!(body["error"], "unauthorized");
         }
         // A write with a wrong token changes nothing.
-        let (st, _) = call(
-            &s,
-            Method::POST,
-            "/switches",
-            Some("wrong"),
-            Some(serde_json::json!({"id": "sw1", "secret": "x".repeat(20)})),
-        )
-        .await;
+        let (st, _) =
+            call(&s, Method::POST, "/switches", Some("wrong"), Some(serde_json::json!({"id": "sw1", "secret": "x".repeat(20)})))
+                .await;
         assert_eq!(st, StatusCode::UNAUTHORIZED);
         assert!(s.dir.list_switches().await.unwrap().is_empty());
         let (st, _) = call(&s, Method::GET, "/accounts", Some(TOKEN), None).await;
@@ -483,8 +478,7 @@ mod tests {
         let s = state(Some(TOKEN)).await;
         let t = Some(TOKEN);
         let secret = "switch-secret-0123456789";
-        let (st, body) =
-            call(&s, Method::POST, "/switches", t, Some(serde_json::json!({"id": "sw1", "secret": secret}))).await;
+        let (st, body) = call(&s, Method::POST, "/switches", t, Some(serde_json::json!({"id": "sw1", "secret": secret}))).await;
         assert_eq!(st, StatusCode::CREATED, "{body}");
         assert_eq!(body, serde_json::json!({"id": "sw1", "online": false, "direct_urls": [], "last_seen_ms": null}));
         assert!(was_notified(&s).await);
@@ -499,26 +493,19 @@ mod tests {
         )
         .await;
         assert_eq!(st, StatusCode::CREATED, "{body}");
-        assert_eq!(
-            body,
-            serde_json::json!({"number": "200", "display_name": "Desk", "kind": "deskphone", "home_switch": "sw1"})
-        );
+        assert_eq!(body, serde_json::json!({"number": "200", "display_name": "Desk", "kind": "deskphone", "home_switch": "sw1"}));
         assert!(was_notified(&s).await);
         let stored = s.dir.account("200").await.unwrap().unwrap();
         assert_eq!(stored.ha1_md5, Some(credentials::ha1_md5("200", &s.config.sip_realm, "pw-200")));
 
         let (st, _) =
-            call(&s, Method::POST, "/accounts", t, Some(serde_json::json!({"number": "100", "password": "pw-100"})))
-                .await;
+            call(&s, Method::POST, "/accounts", t, Some(serde_json::json!({"number": "100", "password": "pw-100"}))).await;
         assert_eq!(st, StatusCode::CREATED);
         assert!(was_notified(&s).await);
         let (st, body) = call(&s, Method::GET, "/accounts", t, None).await;
         assert_eq!(st, StatusCode::OK);
         assert_eq!(body.as_array().unwrap().len(), 2);
-        assert_eq!(
-            body[0],
-            serde_json::json!({"number": "100", "display_name": "100", "kind": "browser", "home_switch": null})
-        );
+        assert_eq!(body[0], serde_json::json!({"number": "100", "display_name": "100", "kind": "browser", "home_switch": null}));
         let text = body.to_string();
         assert!(!text.contains("pw-") && !text.contains("argon2") && !text.contains("ha1"), "{text}");
 
@@ -574,12 +561,7 @@ mod tests {
                 "not_found",
             ),
             ("/switches", serde_json::json!({"id": "sw1", "secret": "tiny-S3CR"}), StatusCode::BAD_REQUEST, "invalid"),
-            (
-                "/switches",
-                serde_json::json!({"id": "bad id", "secret": "x".repeat(32)}),
-                StatusCode::BAD_REQUEST,
-                "invalid",
-            ),
+            ("/switches", serde_json::json!({"id": "bad id", "secret": "x".repeat(32)}), StatusCode::BAD_REQUEST, "invalid"),
         ];
         for (uri, body, status, code) in cases {
             let (st, resp) = call(&s, Method::POST, uri, t, Some(body.clone())).await;

@@ -338,8 +338,7 @@ pub fn read_secret(path: &Path, what: &str) -> Result<String, CliError> {
         std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map(|_| ())
     };
     read.map_err(|e| CliError::Failed(format!("cannot read {what} from {source}: {e}")))?;
-    let mut text =
-        String::from_utf8(bytes).map_err(|_| CliError::Usage(format!("{what} in {source} is not valid UTF-8")))?;
+    let mut text = String::from_utf8(bytes).map_err(|_| CliError::Usage(format!("{what} in {source} is not valid UTF-8")))?;
     if text.ends_with("\r\n") {
         text.truncate(text.len() - 2);
     } else if text.ends_with('\n') {
@@ -501,8 +500,7 @@ async fn switch(config: Config, cmd: SwitchCmd) -> Result<(), CliError> {
 async fn calls(config: Config, json: bool, number: Option<String>, limit: u32) -> Result<(), CliError> {
     admin::check_calls_query(number.as_deref(), limit)?;
     let dir = open_directory(&config).await?;
-    let records: Vec<admin::CallView> =
-        dir.call_records(number.as_deref(), limit).await?.into_iter().map(Into::into).collect();
+    let records: Vec<admin::CallView> = dir.call_records(number.as_deref(), limit).await?.into_iter().map(Into::into).collect();
     if json {
         say(&to_json(&records));
     } else if records.is_empty() {
@@ -595,24 +593,13 @@ mod tests {
         .unwrap();
         assert_eq!(cli.config.as_deref(), Some(Path::new("x.toml")));
         assert!(matches!(cli.command, Command::Account(AccountCmd::Add { ref number, .. }) if number == "100"));
-        let cli =
-            Cli::try_parse_from(["signal-server", "--config", "y.toml", "calls", "--json", "--limit", "5"]).unwrap();
+        let cli = Cli::try_parse_from(["signal-server", "--config", "y.toml", "calls", "--json", "--limit", "5"]).unwrap();
         assert!(matches!(cli.command, Command::Calls { json: true, limit: 5, number: None }));
         // No way to pass a password on the command line.
         assert!(Cli::try_parse_from(["signal-server", "account", "add", "--number", "1", "--password", "x"]).is_err());
         assert!(
-            Cli::try_parse_from([
-                "signal-server",
-                "account",
-                "add",
-                "--number",
-                "1",
-                "--password-file",
-                "f",
-                "--kind",
-                "fax"
-            ])
-            .is_err()
+            Cli::try_parse_from(["signal-server", "account", "add", "--number", "1", "--password-file", "f", "--kind", "fax"])
+                .is_err()
         );
     }
 

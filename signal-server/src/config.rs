@@ -367,10 +367,7 @@ impl Config {
             }
         }
         if s.key_ttl_ms > trunkline_protocol::MAX_KEY_TTL_MS {
-            return Err(ConfigError::Invalid(format!(
-                "steering.key_ttl_ms must be ≤ {}",
-                trunkline_protocol::MAX_KEY_TTL_MS
-            )));
+            return Err(ConfigError::Invalid(format!("steering.key_ttl_ms must be ≤ {}", trunkline_protocol::MAX_KEY_TTL_MS)));
         }
         if self.auth.password_hash_memory_kib < 8 || self.auth.password_hash_iterations == 0 {
             return Err(ConfigError::Invalid("auth.password_hash_* too small (memory ≥ 8 KiB, iterations ≥ 1)".into()));

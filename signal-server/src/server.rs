@@ -18,12 +18,12 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use futures_util::SinkExt;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::SinkExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use trunkline_protocol::{AccountKind, CallId, ClientMsg, ErrorCode, PROTOCOL_VERSION, ServerMsg};
@@ -32,9 +32,9 @@ use crate::admin_api::{self, AdminState};
 use crate::config::Config;
 use crate::credentials;
 use crate::directory::{CallRecord, Directory, DirectoryError, PushSubscription, UnixMs};
-use crate::push::{self, PushError, PushSender};
 use crate::ice::IceServers;
 use crate::net::ConnSlot;
+use crate::push::{self, PushError, PushSender};
 use crate::ratelimit::{Policy, Refused, Throttle};
 use crate::steering::{ConnId, Engine, Output, Party};
 
@@ -81,12 +81,24 @@ pub fn unix_ms() -> UnixMs {
 
 /// What a connection task applies to the engine.
 enum EngineCmd {
-    Online { conn: ConnId, who: Online, outbox: mpsc::Sender<Out> },
-    Msg { conn: ConnId, msg: ClientMsg },
-    Gone { conn: ConnId },
+    Online {
+        conn: ConnId,
+        who: Online,
+        outbox: mpsc::Sender<Out>,
+    },
+    Msg {
+        conn: ConnId,
+        msg: ClientMsg,
+    },
+    Gone {
+        conn: ConnId,
+    },
     Directory(Vec<crate::directory::Account>),
     /// The push task could not wake the callee of this call.
-    WakeFailed { call_id: CallId, why: &'static str },
+    WakeFailed {
+        call_id: CallId,
+        why: &'static str,
+    },
 }
 
 /// A Web Push wake-up for the push task.
@@ -99,7 +111,11 @@ struct WakeCmd {
 enum Online {
     Device(String),
     /// `calls`: what the switch said it carries (`switch_auth.calls`), to reconcile with.
-    Switch { id: String, ice_servers: Vec<trunkline_protocol::IceServer>, calls: Option<Vec<CallId>> },
+    Switch {
+        id: String,
+        ice_servers: Vec<trunkline_protocol::IceServer>,
+        calls: Option<Vec<CallId>>,
+    },
 }
 
 impl Online {
@@ -254,9 +270,8 @@ pub async fn run(
         Throttle::new(Policy::from_config(&config.auth)),
         shutdown_rx.clone(),
     ));
-    let push_task = push.map(|sender| {
-        tokio::spawn(push_loop(Arc::downgrade(&hub), dir.clone(), sender, wake_rx, shutdown_rx.clone()))
-    });
+    let push_task =
+        push.map(|sender| tokio::spawn(push_loop(Arc::downgrade(&hub), dir.clone(), sender, wake_rx, shutdown_rx.clone())));
 
     let lim = &config.limits;
     let admin = AdminState {
@@ -278,12 +293,12 @@ pub async fn run(
         .with_state(shared.clone())
         .nest(
             "/api",
-            admin_api::router(admin)
-                .layer(axum::extract::DefaultBodyLimit::max(lim.max_request_body_bytes))
-                .layer(axum::middleware::from_fn_with_state(
+            admin_api::router(admin).layer(axum::extract::DefaultBodyLimit::max(lim.max_request_body_bytes)).layer(
+                axum::middleware::from_fn_with_state(
                     Duration::from_secs(lim.api_request_timeout_secs),
                     admin_api::request_deadline,
-                )),
+                ),
+            ),
         )
         .fallback_service(static_files(&config.web_root))
         .layer(axum::middleware::map_response(move |resp: Response| {
@@ -386,15 +401,13 @@ async fn ws_handler(
     let slot = slot.map(|axum::Extension(slot)| slot);
     let limit = s.config.limits.ws_max_frame_bytes;
     // Small buffers: most connections idle for hours (memory per idle connection matters).
-    ws.read_buffer_size(1024)
-        .write_buffer_size(8 * 1024)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| async move {
+    ws.read_buffer_size(1024).write_buffer_size(8 * 1024).max_message_size(limit).max_frame_size(limit).on_upgrade(
+        move |socket| async move {
             let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
             connection(s.clone(), socket, conn, addr.ip(), slot).await;
             s.live_conns.fetch_sub(1, Ordering::Relaxed);
-        })
+        },
+    )
 }
 
 /// Close with a code and reason (docs/protocol.md), then end the connection.
@@ -431,10 +444,8 @@ async fn read_msg(socket: &mut WebSocket, heard: &mut Instant) -> Read {
             }
             Ok(Message::Close(_)) => return Read::Closed,
             Err(e) => {
-                let too_big = e
-                    .into_inner()
-                    .downcast::<tungstenite::Error>()
-                    .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)));
+                let too_big =
+                    e.into_inner().downcast::<tungstenite::Error>().is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)));
                 return if too_big { Read::TooBig } else { Read::Closed };
             }
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
@@ -702,7 +713,10 @@ async fn push_subscription(s: &Shared, conn: ConnId, msg: ClientMsg) -> Result<(
                 ));
             }
             let origin = push::origin_of(&endpoint).unwrap_or_default();
-            s.dir.add_push_subscription(PushSubscription { number: number.clone(), endpoint, p256dh, auth }).await.map_err(internal)?;
+            s.dir
+                .add_push_subscription(PushSubscription { number: number.clone(), endpoint, p256dh, auth })
+                .await
+                .map_err(internal)?;
             tracing::info!(%number, %origin, "push subscription stored");
         }
         ClientMsg::PushUnsubscribe { endpoint } => {
@@ -771,8 +785,7 @@ async fn verify_capped(s: &Shared, phc: String, secret: String) -> Result<bool, 
                 return Err(());
             }
             let waited =
-                tokio::time::timeout(Duration::from_millis(a.hash_queue_timeout_ms), s.hashes.clone().acquire_owned())
-                    .await;
+                tokio::time::timeout(Duration::from_millis(a.hash_queue_timeout_ms), s.hashes.clone().acquire_owned()).await;
             s.hash_waiting.fetch_sub(1, Ordering::AcqRel);
             match waited {
                 Ok(Ok(p)) => p,
@@ -840,9 +853,12 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 return Err(PE::new(ErrorCode::AuthFailed, "wrong number or password"));
             }
             s.throttle.succeeded(&*s.dir, attempt, now).await.map_err(internal)?;
-            let account = s.dir.account(&number).await.map_err(internal)?.ok_or_else(|| {
-                PE::new(ErrorCode::AuthFailed, "wrong number or password")
-            })?;
+            let account = s
+                .dir
+                .account(&number)
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| PE::new(ErrorCode::AuthFailed, "wrong number or password"))?;
             if account.kind != AccountKind::Browser {
                 tracing::warn!(%ip, %number, "sign-in refused: desk phone accounts register over SIP");
                 return Err(PE::new(ErrorCode::Forbidden, "this number is a desk phone: register it over SIP at its switch"));

@@ -36,7 +36,7 @@ fn raise_nofile() -> u64 {
                 lim.rlim_cur = want.rlim_cur;
             }
         }
-        lim.rlim_cur as u64
+        lim.rlim_cur
     }
 }
 

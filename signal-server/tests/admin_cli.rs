@@ -67,8 +67,7 @@ impl Env {
     }
 
     fn run_stdin(&self, args: &[&str], stdin: &str) -> Out {
-        let mut child =
-            self.command(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = self.command(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
         Out::from(child.wait_with_output().unwrap())
     }
@@ -137,8 +136,7 @@ impl Out {
 async fn accounts_add_list_remove_with_file_and_stdin() {
     let env = Env::new();
     let pw = env.file("pw", &format!("{PASSWORD}\n"));
-    let out =
-        env.run(&["account", "add", "--number", "100", "--password-file", pw.to_str().unwrap(), "--name", "Alice"]);
+    let out = env.run(&["account", "add", "--number", "100", "--password-file", pw.to_str().unwrap(), "--name", "Alice"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("added browser account 100"), "{out:?}");
     out.assert_no_secret();
@@ -212,8 +210,7 @@ async fn switches_and_deskphones() {
 
     // A desk phone: kind defaults to deskphone with --switch; HA1s use the configured realm.
     let pw = env.file("pw", PASSWORD);
-    let out =
-        env.run(&["account", "add", "--number", "200", "--password-file", pw.to_str().unwrap(), "--switch", "sw-1"]);
+    let out = env.run(&["account", "add", "--number", "200", "--password-file", pw.to_str().unwrap(), "--switch", "sw-1"]);
     assert_eq!(out.code, 0, "{out:?}");
     out.assert_no_secret();
     let a = dir.account("200").await.unwrap().unwrap();
@@ -251,11 +248,7 @@ async fn wrong_inputs_give_clear_errors_and_change_nothing() {
         (vec!["account", "add", "--number", "3 00", "--password-file", pw], 2, "number"),
         (vec!["account", "add", "--number", "300", "--password-file", empty.to_str().unwrap()], 2, "empty"),
         (vec!["account", "add", "--number", "300", "--password-file", "/nonexistent/pw"], 1, "cannot read password"),
-        (
-            vec!["account", "add", "--number", "300", "--password-file", pw, "--switch", "nope"],
-            1,
-            "switch \"nope\" not found",
-        ),
+        (vec!["account", "add", "--number", "300", "--password-file", pw, "--switch", "nope"], 1, "switch \"nope\" not found"),
         (vec!["account", "add", "--number", "300", "--password-file", pw, "--switch", "bad id"], 2, "switch_id"),
         (vec!["account", "add", "--number", "300", "--password-file", pw, "--name", ""], 2, "name"),
         (vec!["account", "add", "--number", "300", "--password-file", pw, "--kind", "fax"], 2, "fax"),
@@ -330,13 +323,7 @@ async fn env_overrides_apply_without_config_file() {
 async fn calls_listing() {
     let env = Env::new();
     let dir = env.dir().await;
-    let rec = |id: &str,
-               caller: &str,
-               callee: &str,
-               started: i64,
-               outcome: Outcome,
-               duration: Option<u64>,
-               trace: Vec<Step>| {
+    let rec = |id: &str, caller: &str, callee: &str, started: i64, outcome: Outcome, duration: Option<u64>, trace: Vec<Step>| {
         CallRecord {
             call_id: id.into(),
             caller: caller.into(),
@@ -359,15 +346,7 @@ async fn calls_listing() {
             Some(65_000),
             vec![Step::A, Step::C1, Step::C11, Step::C12, Step::C13],
         ),
-        rec(
-            "c2",
-            "300",
-            "999",
-            1_700_000_100_000,
-            Outcome::RejectedInvalid,
-            None,
-            vec![Step::A, Step::B1, Step::B2, Step::B3],
-        ),
+        rec("c2", "300", "999", 1_700_000_100_000, Outcome::RejectedInvalid, None, vec![Step::A, Step::B1, Step::B2, Step::B3]),
         rec("c3", "200", "300", 1_700_000_200_000, Outcome::Busy, None, vec![Step::A, Step::C1]),
     ])
     .await
@@ -428,8 +407,7 @@ fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<
     s.read_to_string(&mut resp).unwrap();
     let status = resp.split(' ').nth(1).unwrap().parse().unwrap();
     let (head, rest) = resp.split_once("\r\n\r\n").unwrap();
-    let body =
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
     (status, body)
 }
 
@@ -452,8 +430,7 @@ async fn run_serves_admin_api_and_stops_on_sigterm() {
     let tmp_token = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(tmp_token.path(), format!("{token}\n")).unwrap();
     let env = Env::with_extra(&format!("admin_token_file = \"{}\"", tmp_token.path().display()));
-    let mut child =
-        env.command(&["run"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = env.command(&["run"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();

@@ -91,11 +91,9 @@ async fn sql(db_url: &str) -> sqlx::SqliteConnection {
 /// F4 between two signed-in browsers up to `connected`: alice dials bob, bob accepts.
 async fn f4_connected(alice: &mut Client, bob: &mut Client, call_id: &str) {
     alice.send(&format!(r#"{{"type":"dial","call_id":"{call_id}","to":"2002"}}"#)).await;
-    let key = loop {
-        match bob.recv().await {
-            ServerMsg::Incoming { call_id: c, via: IncomingVia::Peer { key }, .. } if c == call_id => break key,
-            other => panic!("bob expected the incoming call {call_id}: {other:?}"),
-        }
+    let key = match bob.recv().await {
+        ServerMsg::Incoming { call_id: c, via: IncomingVia::Peer { key }, .. } if c == call_id => key,
+        other => panic!("bob expected the incoming call {call_id}: {other:?}"),
     };
     bob.send(&format!(r#"{{"type":"accept","call_id":"{call_id}","key":"{key}"}}"#)).await;
     loop {
@@ -158,7 +156,7 @@ async fn disk_full_sign_in_and_calls_get_unavailable_nothing_corrupted_service_r
     drop(db);
     let filler = disk.dir.join("filler");
     let filled = fill(&filler);
-    eprintln!("filled the {} tmpfs with {} KiB", "6 MiB", filled / 1024);
+    eprintln!("filled the 6 MiB tmpfs with {} KiB", filled / 1024);
 
     // Sign-in: a clear, typed error (several times: logged once per episode, not per request).
     for _ in 0..3 {

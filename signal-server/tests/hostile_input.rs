@@ -81,7 +81,7 @@ async fn out_of_order_and_foreign_call_messages_change_nothing() {
     hq.expect_error(ErrorCode::Forbidden).await;
     assert!(alice.sync().await.is_empty(), "alice saw none of it");
     // The call carries on as if nothing happened.
-    branch.send(&format!(r#"{{"type":"query_answer","call_id":"c","answer":{{"answer":"decline","reason":"busy"}}}}"#)).await;
+    branch.send(r#"{"type":"query_answer","call_id":"c","answer":{"answer":"decline","reason":"busy"}}"#).await;
     assert_eq!(alice.expect_outcome("c").await.0, Outcome::Busy);
 }
 
@@ -121,7 +121,11 @@ async fn plain_http_and_tcp_garbage_do_not_hurt_the_server() {
     let r = http_get(srv.addr, "/ws").await.unwrap();
     assert!(r.starts_with("HTTP/1.1 4"), "{r}");
     let _ = http_request(srv.addr, "\x16\x03\x01\x02\x00garbage-that-is-not-http\r\n\r\n").await;
-    let _ = http_request(srv.addr, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\nSec-WebSocket-Version: 13\r\n\r\n").await;
+    let _ = http_request(
+        srv.addr,
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await;
     assert!(http_get(srv.addr, "/healthz").await.unwrap().contains("ok"));
     srv.browser(ALICE).await;
     let m = http_get(srv.addr, "/metrics").await.unwrap();

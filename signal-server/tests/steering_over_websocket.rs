@@ -6,7 +6,9 @@ use common::*;
 use trunkline_protocol::{CallEvent, ErrorCode, IncomingVia, Outcome, Route, ServerMsg};
 
 fn accept(call: &str, url: &str) -> String {
-    format!(r#"{{"type":"query_answer","call_id":"{call}","answer":{{"answer":"accept","url":"{url}","key":"{KEY}","expires_in_ms":30000}}}}"#)
+    format!(
+        r#"{{"type":"query_answer","call_id":"{call}","answer":{{"answer":"accept","url":"{url}","key":"{KEY}","expires_in_ms":30000}}}}"#
+    )
 }
 
 #[tokio::test]
@@ -46,13 +48,12 @@ async fn b5_switch_query_answered_with_callee_switch_address_then_c11_c12_c2() {
     hq.send(r#"{"type":"route_query","call_id":"b5","from":"1001","to":"3001"}"#).await;
     assert_eq!(
         hq.recv().await,
-        ServerMsg::Route {
-            call_id: "b5".into(),
-            route: Route::Switch { switch_id: "branch".into(), url: BRANCH_URL.into() }
-        }
+        ServerMsg::Route { call_id: "b5".into(), route: Route::Switch { switch_id: "branch".into(), url: BRANCH_URL.into() } }
     );
     match branch.recv().await {
-        ServerMsg::CalleeQuery { call_id, from, to, .. } => assert_eq!((call_id.as_str(), from.as_str(), to.as_str()), ("b5", "1001", "3001")),
+        ServerMsg::CalleeQuery { call_id, from, to, .. } => {
+            assert_eq!((call_id.as_str(), from.as_str(), to.as_str()), ("b5", "1001", "3001"))
+        }
         other => panic!("{other:?}"),
     }
     branch.send(&accept("b5", BRANCH_URL)).await;
@@ -63,7 +64,9 @@ async fn b5_switch_query_answered_with_callee_switch_address_then_c11_c12_c2() {
     branch.send(r#"{"type":"call_event","call_id":"b5","event":{"event":"key_accepted"}}"#).await;
     branch.send(r#"{"type":"call_event","call_id":"b5","event":{"event":"connected"}}"#).await;
     assert_eq!(hq.recv().await, ServerMsg::CallEvent { call_id: "b5".into(), event: CallEvent::Connected });
-    branch.send(r#"{"type":"call_event","call_id":"b5","event":{"event":"ended","outcome":"connected","duration_ms":1234}}"#).await;
+    branch
+        .send(r#"{"type":"call_event","call_id":"b5","event":{"event":"ended","outcome":"connected","duration_ms":1234}}"#)
+        .await;
     assert_eq!(hq.expect_outcome("b5").await, (Outcome::Connected, Some(1234)));
 }
 
@@ -74,8 +77,7 @@ async fn b6_switch_query_for_switchless_browser_then_c3_tells_it_over_its_websoc
     let mut alice = srv.browser(ALICE).await;
     hq.send(r#"{"type":"route_query","call_id":"b6","from":"1001","to":"2001"}"#).await;
     assert_eq!(hq.recv().await, ServerMsg::Route { call_id: "b6".into(), route: Route::Device { device_id: "2001".into() } });
-    hq.send(&format!(r#"{{"type":"direct_offer","call_id":"b6","url":"{HQ_URL}","key":"{KEY}","expires_in_ms":30000}}"#))
-        .await;
+    hq.send(&format!(r#"{{"type":"direct_offer","call_id":"b6","url":"{HQ_URL}","key":"{KEY}","expires_in_ms":30000}}"#)).await;
     match alice.recv().await {
         ServerMsg::Incoming { call_id, from, via: IncomingVia::Direct { url, key, .. }, .. } => {
             assert_eq!((call_id.as_str(), from.as_str(), url.as_str(), key.as_str()), ("b6", "1001", HQ_URL, KEY));

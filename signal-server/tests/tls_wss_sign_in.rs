@@ -34,13 +34,11 @@ async fn browser_signs_in_over_wss_with_configured_certificate() {
     let client = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     let connector = tokio_tungstenite::Connector::Rustls(Arc::new(client));
     let url = format!("wss://localhost:{port}/ws");
-    let (mut ws, _) = tokio::time::timeout(
-        WAIT,
-        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector)),
-    )
-    .await
-    .expect("TLS handshake in time")
-    .expect("wss connects");
+    let (mut ws, _) =
+        tokio::time::timeout(WAIT, tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector)))
+            .await
+            .expect("TLS handshake in time")
+            .expect("wss connects");
     ws.send(Message::Text(format!(r#"{{"type":"login","v":1,"number":"{}","password":"{}"}}"#, ALICE.0, ALICE.1).into()))
         .await
         .unwrap();

@@ -61,9 +61,7 @@ impl PushService {
     async fn start() -> PushService {
         let statuses = Arc::new(Mutex::new(HashMap::new()));
         let (tx, rx) = mpsc::unbounded_channel();
-        let app = axum::Router::new()
-            .route("/push/{id}", axum::routing::post(receive))
-            .with_state((statuses.clone(), tx));
+        let app = axum::Router::new().route("/push/{id}", axum::routing::post(receive)).with_state((statuses.clone(), tx));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

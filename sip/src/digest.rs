@@ -86,10 +86,7 @@ const FUTURE_SKEW_SECS: u64 = 60;
 
 impl NonceSource {
     pub fn new(secret: [u8; 32]) -> NonceSource {
-        NonceSource {
-            secret,
-            counter: AtomicU64::new(0),
-        }
+        NonceSource { secret, counter: AtomicU64::new(0) }
     }
 
     /// A fresh nonce: 64 hex chars = issue time (8 bytes), counter (8), MAC (16).
@@ -118,9 +115,7 @@ impl NonceSource {
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&data[..8]);
         let issued = u64::from_be_bytes(ts);
-        if issued > now_unix_secs.saturating_add(FUTURE_SKEW_SECS)
-            || now_unix_secs.saturating_sub(issued) > max_age_secs
-        {
+        if issued > now_unix_secs.saturating_add(FUTURE_SKEW_SECS) || now_unix_secs.saturating_sub(issued) > max_age_secs {
             NonceCheck::Stale
         } else {
             NonceCheck::Valid
@@ -255,15 +250,8 @@ fn hmac_sha256(key: &[u8; 32], msg: &[u8]) -> [u8; 32] {
         ipad[i] ^= k;
         opad[i] ^= k;
     }
-    let inner = Sha256::new()
-        .chain_update(ipad)
-        .chain_update(msg)
-        .finalize();
-    Sha256::new()
-        .chain_update(opad)
-        .chain_update(inner)
-        .finalize()
-        .into()
+    let inner = Sha256::new().chain_update(ipad).chain_update(msg).finalize();
+    Sha256::new().chain_update(opad).chain_update(inner).finalize().into()
 }
 
 /// Compares without an early exit, so timing reveals at most the length.
@@ -313,8 +301,7 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, DigestError> {
     if !cur.token().eq_ignore_ascii_case("Digest") {
         return Err(DigestError::NotDigest);
     }
-    let (mut username, mut realm, mut nonce, mut uri, mut response) =
-        (None, None, None, None, None);
+    let (mut username, mut realm, mut nonce, mut uri, mut response) = (None, None, None, None, None);
     let (mut algorithm, mut cnonce, mut nc, mut qop, mut opaque) = (None, None, None, None, None);
     loop {
         while cur.peek().is_some_and(|c| scan::is_ws(c) || c == b',') {
@@ -333,9 +320,7 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, DigestError> {
         }
         cur.skip_ws();
         let v = if cur.peek() == Some(b'"') {
-            cur.quoted()
-                .map_err(|_| DigestError::Malformed("bad quoted string"))?
-                .1
+            cur.quoted().map_err(|_| DigestError::Malformed("bad quoted string"))?.1
         } else {
             cur.take_while(|c| c != b',' && !scan::is_ws(c)).to_owned()
         };
@@ -398,10 +383,7 @@ pub fn verify(creds: &Credentials, method: &str, ha1_hex: &str) -> bool {
             let (Some(nc), Some(cnonce)) = (&creds.nc, &creds.cnonce) else {
                 return false;
             };
-            if nc.len() != 8
-                || !nc.bytes().all(|c| c.is_ascii_hexdigit())
-                || !cnonce.bytes().all(|c| c != b'"')
-            {
+            if nc.len() != 8 || !nc.bytes().all(|c| c.is_ascii_hexdigit()) || !cnonce.bytes().all(|c| c != b'"') {
                 return false;
             }
             alg.hex(format!("{ha1}:{}:{nc}:{cnonce}:{q}:{ha2}", creds.nonce).as_bytes())
@@ -409,10 +391,7 @@ pub fn verify(creds: &Credentials, method: &str, ha1_hex: &str) -> bool {
         // auth-int and unknown qop values are not offered.
         Some(_) => return false,
     };
-    ct_eq(
-        expected.as_bytes(),
-        creds.response.to_ascii_lowercase().as_bytes(),
-    )
+    ct_eq(expected.as_bytes(), creds.response.to_ascii_lowercase().as_bytes())
 }
 
 #[cfg(test)]
@@ -437,21 +416,11 @@ mod tests {
         assert_eq!(creds.username, "Mufasa");
         assert_eq!(creds.nc.as_deref(), Some("00000001"));
         assert_eq!(creds.algorithm, Algorithm::Md5);
-        let h = ha1(
-            Algorithm::Md5,
-            "Mufasa",
-            "testrealm@host.com",
-            "Circle Of Life",
-        );
+        let h = ha1(Algorithm::Md5, "Mufasa", "testrealm@host.com", "Circle Of Life");
         assert!(verify(&creds, "GET", &h));
         assert!(verify(&creds, "GET", &h.to_ascii_uppercase()));
         assert!(!verify(&creds, "POST", &h));
-        let wrong = ha1(
-            Algorithm::Md5,
-            "Mufasa",
-            "testrealm@host.com",
-            "circle of life",
-        );
+        let wrong = ha1(Algorithm::Md5, "Mufasa", "testrealm@host.com", "circle of life");
         assert!(!verify(&creds, "GET", &wrong));
     }
 
@@ -462,39 +431,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(creds.algorithm, Algorithm::Sha256);
-        let h = ha1(
-            Algorithm::Sha256,
-            "Mufasa",
-            "http-auth@example.org",
-            "Circle of Life",
-        );
+        let h = ha1(Algorithm::Sha256, "Mufasa", "http-auth@example.org", "Circle of Life");
         assert!(verify(&creds, "GET", &h));
-        assert!(!verify(
-            &creds,
-            "GET",
-            &ha1(
-                Algorithm::Sha256,
-                "Mufasa",
-                "http-auth@example.org",
-                "Circle Of Life"
-            )
-        ));
+        assert!(!verify(&creds, "GET", &ha1(Algorithm::Sha256, "Mufasa", "http-auth@example.org", "Circle Of Life")));
         // The same exchange with MD5 (RFC 7616 §3.9.1).
-        let md5 = Credentials {
-            algorithm: Algorithm::Md5,
-            response: "8ca523f5e9506fed4657c9700eebdbec".into(),
-            ..creds
-        };
-        assert!(verify(
-            &md5,
-            "GET",
-            &ha1(
-                Algorithm::Md5,
-                "Mufasa",
-                "http-auth@example.org",
-                "Circle of Life"
-            )
-        ));
+        let md5 = Credentials { algorithm: Algorithm::Md5, response: "8ca523f5e9506fed4657c9700eebdbec".into(), ..creds };
+        assert!(verify(&md5, "GET", &ha1(Algorithm::Md5, "Mufasa", "http-auth@example.org", "Circle of Life")));
     }
 
     #[test]
@@ -502,42 +444,24 @@ mod tests {
         let h = ha1(Algorithm::Md5, "bob", "example.com", "pw");
         let ha2 = Algorithm::Md5.hex(b"REGISTER:sip:example.com");
         let resp = Algorithm::Md5.hex(format!("{h}:abc:{ha2}").as_bytes());
-        let v = format!(
-            "digest USERNAME = bob ,realm=\"example.com\",nonce=abc,uri=\"sip:example.com\",response={resp}"
-        );
+        let v = format!("digest USERNAME = bob ,realm=\"example.com\",nonce=abc,uri=\"sip:example.com\",response={resp}");
         let c = parse_authorization(&v).unwrap();
         assert!(verify(&c, "REGISTER", &h));
-        let auth_int = Credentials {
-            qop: Some("auth-int".into()),
-            ..c.clone()
-        };
+        let auth_int = Credentials { qop: Some("auth-int".into()), ..c.clone() };
         assert!(!verify(&auth_int, "REGISTER", &h));
     }
 
     #[test]
     fn parse_errors() {
-        assert_eq!(
-            parse_authorization("NoOneKnowsThisScheme opaque-data=here"),
-            Err(DigestError::NotDigest)
-        );
-        assert_eq!(
-            parse_authorization("Basic abc"),
-            Err(DigestError::NotDigest)
-        );
-        assert_eq!(
-            parse_authorization("Digest realm=\"a\""),
-            Err(DigestError::Missing("username"))
-        );
+        assert_eq!(parse_authorization("NoOneKnowsThisScheme opaque-data=here"), Err(DigestError::NotDigest));
+        assert_eq!(parse_authorization("Basic abc"), Err(DigestError::NotDigest));
+        assert_eq!(parse_authorization("Digest realm=\"a\""), Err(DigestError::Missing("username")));
         assert!(matches!(
-            parse_authorization(
-                "Digest username=a, username=b, realm=r, nonce=n, uri=u, response=x"
-            ),
+            parse_authorization("Digest username=a, username=b, realm=r, nonce=n, uri=u, response=x"),
             Err(DigestError::Duplicate(_))
         ));
         assert!(matches!(
-            parse_authorization(
-                "Digest username=a, realm=r, nonce=n, uri=u, response=x, algorithm=MD5-sess"
-            ),
+            parse_authorization("Digest username=a, realm=r, nonce=n, uri=u, response=x, algorithm=MD5-sess"),
             Err(DigestError::UnsupportedAlgorithm(_))
         ));
         assert!(parse_authorization("Digest username=\"a").is_err());
@@ -558,20 +482,11 @@ mod tests {
         // Tampered: a different timestamp with the old MAC.
         let mut t = n.clone().into_bytes();
         t[15] = if t[15] == b'0' { b'1' } else { b'0' };
-        assert_eq!(
-            src.check(std::str::from_utf8(&t).unwrap(), 1_000_000, 300),
-            NonceCheck::Invalid
-        );
-        assert_eq!(
-            NonceSource::new([8; 32]).check(&n, 1_000_000, 300),
-            NonceCheck::Invalid
-        );
+        assert_eq!(src.check(std::str::from_utf8(&t).unwrap(), 1_000_000, 300), NonceCheck::Invalid);
+        assert_eq!(NonceSource::new([8; 32]).check(&n, 1_000_000, 300), NonceCheck::Invalid);
         assert_eq!(src.check("", 0, 300), NonceCheck::Invalid);
         assert_eq!(src.check(&"zz".repeat(32), 0, 300), NonceCheck::Invalid);
-        assert_eq!(
-            src.check("é".repeat(32).as_str(), 0, 300),
-            NonceCheck::Invalid
-        );
+        assert_eq!(src.check("é".repeat(32).as_str(), 0, 300), NonceCheck::Invalid);
     }
 
     #[test]

@@ -12,7 +12,6 @@ pub mod parse;
 mod scan;
 
 pub use message::{
-    CSeq, Contact, HeaderError, Headers, Host, Message, Method, NameAddr, Request, Response,
-    Scheme, SyntaxError, Uri, Via,
+    CSeq, Contact, HeaderError, Headers, Host, Message, Method, NameAddr, Request, Response, Scheme, SyntaxError, Uri, Via,
 };
 pub use parse::{Frame, Framer, ParseError, Partial, error_response, frame_len, parse};

@@ -5,8 +5,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use crate::message::{
-    CSeq, Contact, HeaderError, Headers, Message, Method, NameAddr, Request, Response, Uri, Via,
-    canonical_name,
+    CSeq, Contact, HeaderError, Headers, Message, Method, NameAddr, Request, Response, Uri, Via, canonical_name,
 };
 use crate::scan::{self, is_ws};
 
@@ -32,11 +31,7 @@ pub struct ParseError {
 
 impl ParseError {
     fn new(status: u16, reason: impl Into<String>) -> ParseError {
-        ParseError {
-            status,
-            reason: reason.into(),
-            partial: None,
-        }
+        ParseError { status, reason: reason.into(), partial: None }
     }
 }
 
@@ -77,27 +72,14 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
         Ok(Checked { start, body }) => {
             let body = body.to_vec();
             Ok(match start {
-                Start::Request(method, uri) => Message::Request(Request {
-                    method,
-                    uri,
-                    headers: sp.headers,
-                    body,
-                }),
-                Start::Response(status, reason) => Message::Response(Response {
-                    status,
-                    reason,
-                    headers: sp.headers,
-                    body,
-                }),
+                Start::Request(method, uri) => Message::Request(Request { method, uri, headers: sp.headers, body }),
+                Start::Response(status, reason) => Message::Response(Response { status, reason, headers: sp.headers, body }),
             })
         }
         Err((status, reason)) => Err(ParseError {
             status,
             reason: reason.into_owned(),
-            partial: Some(Box::new(Partial {
-                request_method: sp.request_method(),
-                headers: sp.headers,
-            })),
+            partial: Some(Box::new(Partial { request_method: sp.request_method(), headers: sp.headers })),
         }),
     }
 }
@@ -116,11 +98,7 @@ fn check<'a>(sp: &Split<'a>, too_large: bool) -> Result<Checked<'a>, Fail> {
     if too_large {
         return Err(fail(513, "message larger than 64 KiB"));
     }
-    let start = if sp.is_response() {
-        status_line(sp.start)?
-    } else {
-        request_line(sp.start)?
-    };
+    let start = if sp.is_response() { status_line(sp.start)? } else { request_line(sp.start)? };
     if let Some(e) = &sp.err {
         return Err(e.clone());
     }
@@ -136,9 +114,7 @@ fn check<'a>(sp: &Split<'a>, too_large: bool) -> Result<Checked<'a>, Fail> {
         return Err(fail(400, "header section not terminated by an empty line"));
     };
     let body = match cl {
-        Some(n) => rest
-            .get(..n)
-            .ok_or_else(|| fail(400, "body shorter than Content-Length"))?,
+        Some(n) => rest.get(..n).ok_or_else(|| fail(400, "body shorter than Content-Length"))?,
         None => rest,
     };
     Ok(Checked { start, body })
@@ -146,18 +122,12 @@ fn check<'a>(sp: &Split<'a>, too_large: bool) -> Result<Checked<'a>, Fail> {
 
 fn request_line(line: &[u8]) -> Result<Start, Fail> {
     let line = std::str::from_utf8(line).map_err(|_| fail(400, "Request-Line is not UTF-8"))?;
-    let (method, rest) = line
-        .split_once(' ')
-        .ok_or_else(|| fail(400, "bad Request-Line"))?;
-    let method: Method = method
-        .parse()
-        .map_err(|_| fail(400, "bad method in Request-Line"))?;
+    let (method, rest) = line.split_once(' ').ok_or_else(|| fail(400, "bad Request-Line"))?;
+    let method: Method = method.parse().map_err(|_| fail(400, "bad method in Request-Line"))?;
     if rest.ends_with([' ', '\t']) {
         return Err(fail(400, "whitespace at end of Request-Line"));
     }
-    let (uri, version) = rest
-        .rsplit_once(' ')
-        .ok_or_else(|| fail(400, "bad Request-Line"))?;
+    let (uri, version) = rest.rsplit_once(' ').ok_or_else(|| fail(400, "bad Request-Line"))?;
     check_version(version)?;
     if uri.is_empty() || uri.contains([' ', '\t']) {
         return Err(fail(400, "extra whitespace in Request-Line"));
@@ -167,13 +137,8 @@ fn request_line(line: &[u8]) -> Result<Start, Fail> {
         let scheme = uri.split(':').next().unwrap_or("");
         let known = scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips");
         if !known
-            && scheme
-                .bytes()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic())
-            && scheme
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+            && scheme.bytes().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && scheme.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
         {
             fail(416, "unsupported URI scheme")
         } else {
@@ -194,23 +159,13 @@ fn check_version(v: &str) -> Result<(), Fail> {
     let well_formed = v.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/"))
         && v.get(4..)
             .and_then(|n| n.split_once('.'))
-            .is_some_and(|(a, b)| {
-                !a.is_empty()
-                    && !b.is_empty()
-                    && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
-            });
-    if well_formed {
-        Err(fail(505, "SIP version not supported"))
-    } else {
-        Err(fail(400, "bad SIP version"))
-    }
+            .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit()));
+    if well_formed { Err(fail(505, "SIP version not supported")) } else { Err(fail(400, "bad SIP version")) }
 }
 
 fn status_line(line: &[u8]) -> Result<Start, Fail> {
     let line = String::from_utf8_lossy(line);
-    let (version, rest) = line
-        .split_once(' ')
-        .ok_or_else(|| fail(400, "bad Status-Line"))?;
+    let (version, rest) = line.split_once(' ').ok_or_else(|| fail(400, "bad Status-Line"))?;
     if !version.eq_ignore_ascii_case("SIP/2.0") {
         return Err(fail(505, "SIP version not supported"));
     }
@@ -284,20 +239,15 @@ fn is_sip_date(d: &str) -> bool {
     if b.len() != 29 {
         return false;
     }
-    let digits =
-        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
     let one_of = |s: &str, list: &[&str]| list.iter().any(|x| x.eq_ignore_ascii_case(s));
-    one_of(
-        d.get(0..3).unwrap_or(""),
-        &["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
-    ) && d.get(3..5) == Some(", ")
+    one_of(d.get(0..3).unwrap_or(""), &["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"])
+        && d.get(3..5) == Some(", ")
         && digits(5..7)
         && b.get(7) == Some(&b' ')
         && one_of(
             d.get(8..11).unwrap_or(""),
-            &[
-                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-            ],
+            &["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"],
         )
         && b.get(11) == Some(&b' ')
         && digits(12..16)
@@ -322,29 +272,20 @@ struct Split<'a> {
 
 impl Split<'_> {
     fn is_response(&self) -> bool {
-        self.start
-            .get(..4)
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
+        self.start.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
     }
 
     fn request_method(&self) -> Option<String> {
         if self.is_response() {
             return None;
         }
-        let end = self
-            .start
-            .iter()
-            .position(|&c| c == b' ')
-            .unwrap_or(self.start.len());
+        let end = self.start.iter().position(|&c| c == b' ').unwrap_or(self.start.len());
         Some(String::from_utf8_lossy(self.start.get(..end).unwrap_or(b"")).into_owned())
     }
 }
 
 fn find_lf(b: &[u8], from: usize) -> Option<usize> {
-    b.get(from..)?
-        .iter()
-        .position(|&c| c == b'\n')
-        .map(|i| i + from)
+    b.get(from..)?.iter().position(|&c| c == b'\n').map(|i| i + from)
 }
 
 fn strip_cr(line: &[u8]) -> &[u8] {
@@ -382,12 +323,7 @@ fn split(bytes: &[u8]) -> Option<Split<'_>> {
         Some(nl) => (strip_cr(bytes.get(pos..nl)?), Some(nl + 1)),
         None => (bytes.get(pos..)?, None),
     };
-    let mut sp = Split {
-        start,
-        headers: Headers::with_capacity(16),
-        body: None,
-        err: None,
-    };
+    let mut sp = Split { start, headers: Headers::with_capacity(16), body: None, err: None };
     let mut pending: Option<Pending> = None;
     let mut skipping = false; // after a malformed line, ignore its continuations
     while let Some(p) = next {
@@ -429,10 +365,7 @@ fn split(bytes: &[u8]) -> Option<Split<'_>> {
                         return Some(sp);
                     }
                 }
-                None => note(
-                    &mut sp.err,
-                    fail(400, "continuation line before the first header"),
-                ),
+                None => note(&mut sp.err, fail(400, "continuation line before the first header")),
             }
             continue;
         }
@@ -552,22 +485,13 @@ impl Framer {
             return Ok(None);
         };
         if first == b'\r' || first == b'\n' {
-            let n = buf
-                .iter()
-                .take_while(|&&c| c == b'\r' || c == b'\n')
-                .count();
+            let n = buf.iter().take_while(|&&c| c == b'\r' || c == b'\n').count();
             let run = buf.get(..n).unwrap_or(b"");
             if let Some(p) = run.windows(4).position(|w| w == b"\r\n\r\n") {
-                return Ok(Some(Frame::KeepAlive {
-                    len: p + 4,
-                    ping: true,
-                }));
+                return Ok(Some(Frame::KeepAlive { len: p + 4, ping: true }));
             }
             if n < buf.len() || n >= 64 {
-                return Ok(Some(Frame::KeepAlive {
-                    len: n,
-                    ping: false,
-                }));
+                return Ok(Some(Frame::KeepAlive { len: n, ping: false }));
             }
             return Ok(None);
         }
@@ -580,8 +504,7 @@ impl Framer {
             self.searched = window.len();
             return Ok(None);
         };
-        let cl = scan_content_length(window.get(..hdr_end).unwrap_or(b""))
-            .map_err(|(s, r)| ParseError::new(s, r))?;
+        let cl = scan_content_length(window.get(..hdr_end).unwrap_or(b"")).map_err(|(s, r)| ParseError::new(s, r))?;
         let total = hdr_end.saturating_add(cl);
         if total > MAX_MESSAGE {
             return Err(ParseError::new(413, "message body too large"));
@@ -628,8 +551,7 @@ fn scan_content_length(hdr: &[u8]) -> Result<usize, Fail> {
         in_cl = name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l");
         if in_cl {
             count += 1;
-            value =
-                Some(String::from_utf8_lossy(line.get(colon + 1..).unwrap_or(b"")).into_owned());
+            value = Some(String::from_utf8_lossy(line.get(colon + 1..).unwrap_or(b"")).into_owned());
         }
     }
     if count > 1 {
@@ -655,10 +577,7 @@ pub fn error_response(bytes: &[u8], err: &ParseError) -> Option<Vec<u8>> {
         Some(p) => p,
         None => {
             let sp = split(bytes.get(..MAX_MESSAGE).unwrap_or(bytes))?;
-            owned = Partial {
-                request_method: sp.request_method(),
-                headers: sp.headers,
-            };
+            owned = Partial { request_method: sp.request_method(), headers: sp.headers };
             &owned
         }
     };
@@ -678,22 +597,14 @@ pub fn error_response(bytes: &[u8], err: &ParseError) -> Option<Vec<u8>> {
         }
     }
     let present = |name| h.get(name).filter(|v| !v.is_empty());
-    let (Some(from), Some(to), Some(call_id), Some(cseq)) = (
-        present("From"),
-        present("To"),
-        present("Call-ID"),
-        present("CSeq"),
-    ) else {
+    let (Some(from), Some(to), Some(call_id), Some(cseq)) = (present("From"), present("To"), present("Call-ID"), present("CSeq"))
+    else {
         return None;
     };
     if vias.is_empty() || !looks_like_cseq(cseq) {
         return None;
     }
-    let status = if (300..=699).contains(&err.status) {
-        err.status
-    } else {
-        400
-    };
+    let status = if (300..=699).contains(&err.status) { err.status } else { 400 };
     let mut out = String::with_capacity(512);
     let _ = write!(out, "SIP/2.0 {status} {}\r\n", reason_phrase(status));
     for v in &vias {
@@ -705,10 +616,7 @@ pub fn error_response(bytes: &[u8], err: &ParseError) -> Option<Vec<u8>> {
         let top_branch = vias.first().map(|v| v.as_ref()).unwrap_or("");
         let _ = write!(out, ";tag={:016x}", fnv1a(&[call_id, from, top_branch]));
     }
-    let _ = write!(
-        out,
-        "\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\nWarning: 399 trunkline "
-    );
+    let _ = write!(out, "\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\nWarning: 399 trunkline ");
     let _ = scan::write_quoted(&mut out, &err.reason);
     out.push_str("\r\nContent-Length: 0\r\n\r\n");
     Some(out.into_bytes())
@@ -718,13 +626,10 @@ pub fn error_response(bytes: &[u8], err: &ParseError) -> Option<Vec<u8>> {
 /// fault is an oversized CSeq (RFC 4475 scalar02) still gets its 400.
 fn looks_like_cseq(v: &str) -> bool {
     let mut cur = scan::Cur::new(v);
-    !cur.take_while(|c| c.is_ascii_digit()).is_empty()
-        && cur.skip_ws()
-        && !cur.token().is_empty()
-        && {
-            cur.skip_ws();
-            cur.at_end()
-        }
+    !cur.take_while(|c| c.is_ascii_digit()).is_empty() && cur.skip_ws() && !cur.token().is_empty() && {
+        cur.skip_ws();
+        cur.at_end()
+    }
 }
 
 fn reason_phrase(status: u16) -> &'static str {

@@ -30,16 +30,10 @@ const fn build_classes() -> [u8; 256] {
         if c.is_ascii_alphanumeric() {
             f |= TOKEN | UNRESERVED;
         }
-        if matches!(
-            c,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        ) {
+        if matches!(c, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~') {
             f |= TOKEN;
         }
-        if matches!(
-            c,
-            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
-        ) {
+        if matches!(c, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')') {
             f |= UNRESERVED;
         }
         if matches!(c, b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/') {
@@ -54,10 +48,7 @@ const fn build_classes() -> [u8; 256] {
         if matches!(c, b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$') {
             f |= HNV;
         }
-        if matches!(
-            c,
-            b';' | b'/' | b'?' | b':' | b'@' | b'&' | b'=' | b'+' | b'$' | b','
-        ) {
+        if matches!(c, b';' | b'/' | b'?' | b':' | b'@' | b'&' | b'=' | b'+' | b'$' | b',') {
             f |= RESERVED;
         }
         t[i] = f;
@@ -108,11 +99,7 @@ pub struct SyntaxError(pub &'static str);
 pub(crate) fn unescape(s: &str, allowed: u8, what: &'static str) -> Result<String, SyntaxError> {
     let b = s.as_bytes();
     if !b.contains(&b'%') {
-        return if b.iter().all(|&c| is(c, allowed)) {
-            Ok(s.to_owned())
-        } else {
-            Err(SyntaxError(what))
-        };
+        return if b.iter().all(|&c| is(c, allowed)) { Ok(s.to_owned()) } else { Err(SyntaxError(what)) };
     }
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -143,9 +130,7 @@ pub(crate) fn check_escaped(s: &str, allowed: u8) -> bool {
     while i < b.len() {
         let c = b[i];
         if c == b'%' {
-            if b.get(i + 1).copied().and_then(hex_val).is_none()
-                || b.get(i + 2).copied().and_then(hex_val).is_none()
-            {
+            if b.get(i + 1).copied().and_then(hex_val).is_none() || b.get(i + 2).copied().and_then(hex_val).is_none() {
                 return false;
             }
             i += 3;
@@ -337,10 +322,7 @@ pub(crate) fn split_commas(v: &str, mut each: impl FnMut(&str)) {
 /// Values keep their wire form (quoted strings keep their quotes).
 /// `lenient` skips malformed parameters instead of failing (used only to salvage a Via
 /// for an error response).
-pub(crate) fn parse_params(
-    cur: &mut Cur<'_>,
-    lenient: bool,
-) -> Result<Vec<(String, Option<String>)>, SyntaxError> {
+pub(crate) fn parse_params(cur: &mut Cur<'_>, lenient: bool) -> Result<Vec<(String, Option<String>)>, SyntaxError> {
     let mut params = Vec::new();
     loop {
         cur.skip_ws();
@@ -388,36 +370,20 @@ fn parse_one_param(cur: &mut Cur<'_>) -> Result<(String, Option<String>), Syntax
 }
 
 /// Case-insensitive lookup in a parameter list: `None` if absent, `Some(None)` for a flag.
-pub(crate) fn find_param<'p>(
-    params: &'p [(String, Option<String>)],
-    name: &str,
-) -> Option<Option<&'p str>> {
-    params
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_deref())
+pub(crate) fn find_param<'p>(params: &'p [(String, Option<String>)], name: &str) -> Option<Option<&'p str>> {
+    params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_deref())
 }
 
 /// Replaces (or appends) a parameter.
-pub(crate) fn set_param(
-    params: &mut Vec<(String, Option<String>)>,
-    name: &str,
-    value: Option<&str>,
-) {
+pub(crate) fn set_param(params: &mut Vec<(String, Option<String>)>, name: &str, value: Option<&str>) {
     let value = value.map(str::to_owned);
-    match params
-        .iter_mut()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-    {
+    match params.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
         Some(p) => p.1 = value,
         None => params.push((name.to_owned(), value)),
     }
 }
 
-pub(crate) fn write_params(
-    f: &mut fmt::Formatter<'_>,
-    params: &[(String, Option<String>)],
-) -> fmt::Result {
+pub(crate) fn write_params(f: &mut fmt::Formatter<'_>, params: &[(String, Option<String>)]) -> fmt::Result {
     for (n, v) in params {
         match v {
             Some(v) => write!(f, ";{n}={v}")?,

@@ -36,11 +36,7 @@ impl Rng {
     }
 
     fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
+        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
     }
 }
 
@@ -141,13 +137,7 @@ fn exercise(input: &[u8]) -> (bool, bool) {
             m.to().unwrap();
             m.vias().unwrap();
             m.contacts().unwrap();
-            let _ = (
-                m.routes(),
-                m.record_routes(),
-                m.expires(),
-                m.max_forwards(),
-                m.content_type(),
-            );
+            let _ = (m.routes(), m.record_routes(), m.expires(), m.max_forwards(), m.content_type());
             if let Message::Request(r) = &m {
                 let _ = r.uri.to_string();
                 if let Some(a) = r.headers.get("Authorization") {
@@ -163,10 +153,7 @@ fn exercise(input: &[u8]) -> (bool, bool) {
                 )
             });
             assert_eq!(again.to_bytes(), bytes);
-            assert_eq!(
-                frame_len(&bytes).unwrap(),
-                Some(Frame::Message(bytes.len()))
-            );
+            assert_eq!(frame_len(&bytes).unwrap(), Some(Frame::Message(bytes.len())));
             outcome.0 = true;
         }
         Err(e) => {
@@ -191,10 +178,7 @@ fn exercise(input: &[u8]) -> (bool, bool) {
 
 fn seeds() -> Vec<Vec<u8>> {
     let dir = format!("{}/tests/rfc4475", env!("CARGO_MANIFEST_DIR"));
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     let mut seeds: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
     seeds.extend([INVITE.to_vec(), REGISTER.to_vec(), RESPONSE.to_vec()]);
@@ -223,10 +207,7 @@ fn mutated_messages_never_panic() {
     }
     // The mutations reach both the accepting and the rejecting paths.
     println!("parsed {parsed}, answered {answered} of {total}");
-    assert!(
-        parsed > total / 25 && answered > total / 10,
-        "parsed {parsed}, answered {answered}"
-    );
+    assert!(parsed > total / 25 && answered > total / 10, "parsed {parsed}, answered {answered}");
 }
 
 #[test]
@@ -247,9 +228,7 @@ fn random_bytes_never_panic() {
         let noise: Vec<u8> = if rng.below(2) == 0 {
             (0..len).map(|_| rng.next() as u8).collect()
         } else {
-            (0..len)
-                .map(|_| alphabet[rng.below(alphabet.len())])
-                .collect()
+            (0..len).map(|_| alphabet[rng.below(alphabet.len())]).collect()
         };
         exercise(&noise);
     }

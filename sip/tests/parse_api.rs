@@ -2,8 +2,7 @@
 
 use trunkline_sip::parse::{MAX_HEADERS, MAX_MESSAGE};
 use trunkline_sip::{
-    CSeq, Contact, Frame, Framer, Host, Message, Method, NameAddr, Request, Response, Uri, Via,
-    error_response, frame_len, parse,
+    CSeq, Contact, Frame, Framer, Host, Message, Method, NameAddr, Request, Response, Uri, Via, error_response, frame_len, parse,
 };
 
 const REGISTER: &str = "REGISTER sip:example.com SIP/2.0\r\n\
@@ -40,19 +39,10 @@ fn register() {
 
 #[test]
 fn leading_crlf_bare_lf_and_case() {
-    let bare_lf = format!(
-        "\r\n\r\n{}",
-        REGISTER.replace("\r\n", "\n").replace("Via:", "vIA :")
-    );
+    let bare_lf = format!("\r\n\r\n{}", REGISTER.replace("\r\n", "\n").replace("Via:", "vIA :"));
     let r = request(bare_lf.as_bytes());
     assert_eq!(r.call_id(), Ok("1j9FpLxk3uxtm8tn@192.0.2.10"));
-    assert_eq!(
-        r.headers.iter().next(),
-        Some((
-            "Via",
-            "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKnashds7;rport"
-        ))
-    );
+    assert_eq!(r.headers.iter().next(), Some(("Via", "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKnashds7;rport")));
 }
 
 #[test]
@@ -62,27 +52,16 @@ fn content_length_rules() {
         parse(format!("{msg}{body}").as_bytes())
     };
     // Longer than Content-Length: truncated (UDP).
-    let Message::Request(r) = with_body("3", "abcdef").unwrap() else {
-        panic!()
-    };
+    let Message::Request(r) = with_body("3", "abcdef").unwrap() else { panic!() };
     assert_eq!(r.body, b"abc");
-    for (cl, body) in [
-        ("7", "abc"),
-        ("-1", ""),
-        ("99999999999999999999", ""),
-        ("1 2", "ab"),
-        ("", ""),
-        ("0x1", ""),
-    ] {
+    for (cl, body) in [("7", "abc"), ("-1", ""), ("99999999999999999999", ""), ("1 2", "ab"), ("", ""), ("0x1", "")] {
         let e = with_body(cl, body).unwrap_err();
         assert_eq!(e.status, 400, "{cl}: {e}");
         assert!(error_response(REGISTER.as_bytes(), &e).is_some());
     }
     // No Content-Length: the datagram's remainder.
     let msg = REGISTER.replace("Content-Length: 0\r\n", "") + "xyz";
-    let Message::Request(r) = parse(msg.as_bytes()).unwrap() else {
-        panic!()
-    };
+    let Message::Request(r) = parse(msg.as_bytes()).unwrap() else { panic!() };
     assert_eq!(r.body, b"xyz");
 }
 
@@ -108,73 +87,25 @@ fn limits() {
 
 #[test]
 fn request_line_checks() {
-    let with_line = |line: &str| {
-        parse(
-            REGISTER
-                .replacen("REGISTER sip:example.com SIP/2.0", line, 1)
-                .as_bytes(),
-        )
-    };
+    let with_line = |line: &str| parse(REGISTER.replacen("REGISTER sip:example.com SIP/2.0", line, 1).as_bytes());
     assert!(with_line("REGISTER sips:example.com sip/2.0").is_ok());
-    assert_eq!(
-        with_line("REGISTER sip:example.com SIP/3.0")
-            .unwrap_err()
-            .status,
-        505
-    );
-    assert_eq!(
-        with_line("REGISTER sip:example.com HTTP/1.1")
-            .unwrap_err()
-            .status,
-        400
-    );
-    assert_eq!(
-        with_line("REGISTER sip:example.com").unwrap_err().status,
-        400
-    );
-    assert_eq!(
-        with_line("REGISTER\tsip:example.com SIP/2.0")
-            .unwrap_err()
-            .status,
-        400
-    );
-    assert_eq!(
-        with_line("register sip:example.com SIP/2.0")
-            .unwrap_err()
-            .status,
-        400
-    ); // CSeq says REGISTER
-    assert_eq!(
-        with_line("REGISTER tel:+1 555 SIP/2.0").unwrap_err().status,
-        400
-    );
-    assert_eq!(
-        with_line("REGISTER tel:+1<555> SIP/2.0")
-            .unwrap_err()
-            .status,
-        416
-    );
-    let Message::Request(r) = with_line("REGISTER tel:+15551234;phone-context=x SIP/2.0").unwrap()
-    else {
-        panic!()
-    };
+    assert_eq!(with_line("REGISTER sip:example.com SIP/3.0").unwrap_err().status, 505);
+    assert_eq!(with_line("REGISTER sip:example.com HTTP/1.1").unwrap_err().status, 400);
+    assert_eq!(with_line("REGISTER sip:example.com").unwrap_err().status, 400);
+    assert_eq!(with_line("REGISTER\tsip:example.com SIP/2.0").unwrap_err().status, 400);
+    assert_eq!(with_line("register sip:example.com SIP/2.0").unwrap_err().status, 400); // CSeq says REGISTER
+    assert_eq!(with_line("REGISTER tel:+1 555 SIP/2.0").unwrap_err().status, 400);
+    assert_eq!(with_line("REGISTER tel:+1<555> SIP/2.0").unwrap_err().status, 416);
+    let Message::Request(r) = with_line("REGISTER tel:+15551234;phone-context=x SIP/2.0").unwrap() else { panic!() };
     assert_eq!(r.uri.scheme.as_str(), "tel");
 }
 
 #[test]
 fn responses() {
     let ok = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a.example.com;branch=z9hG4bK1\r\nFrom: <sip:a@b.com>;tag=1\r\nTo: <sip:a@b.com>;tag=2\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
-    let Message::Response(r) = parse(ok.as_bytes()).unwrap() else {
-        panic!()
-    };
+    let Message::Response(r) = parse(ok.as_bytes()).unwrap() else { panic!() };
     assert_eq!((r.status, r.reason.as_str()), (200, "OK"));
-    for bad in [
-        "SIP/2.0 099 x",
-        "SIP/2.0 700 x",
-        "SIP/2.0 2000 x",
-        "SIP/2.0 20 x",
-        "SIP/3.0 200 OK",
-    ] {
+    for bad in ["SIP/2.0 099 x", "SIP/2.0 700 x", "SIP/2.0 2000 x", "SIP/2.0 20 x", "SIP/3.0 200 OK"] {
         let msg = ok.replacen("SIP/2.0 200 OK", bad, 1);
         let e = parse(msg.as_bytes()).unwrap_err();
         assert_eq!(error_response(msg.as_bytes(), &e), None, "{bad}");
@@ -200,10 +131,7 @@ fn stream_framing() {
         Frame::KeepAlive { len: 4, ping: true },
         Frame::Message(REGISTER.len()),
         Frame::Message(invite.len()),
-        Frame::KeepAlive {
-            len: 2,
-            ping: false,
-        },
+        Frame::KeepAlive { len: 2, ping: false },
         Frame::Message(REGISTER.len()),
     ];
     // Fed in chunks of every size, framing finds the same boundaries, with or without
@@ -253,18 +181,8 @@ fn stream_framing_errors() {
 #[test]
 fn build_request_and_answer_it() {
     let mut req = Request::new(Method::Invite, Uri::parse("sip:bob@example.com").unwrap());
-    req.push_via(&Via::new(
-        "udp",
-        Host::V4([192, 0, 2, 1].into()),
-        Some(5060),
-        "z9hG4bKabc",
-    ));
-    req.push_via(&Via::new(
-        "tcp",
-        Host::Domain("edge.example.com".into()),
-        None,
-        "z9hG4bKtop",
-    ));
+    req.push_via(&Via::new("udp", Host::V4([192, 0, 2, 1].into()), Some(5060), "z9hG4bKabc"));
+    req.push_via(&Via::new("tcp", Host::Domain("edge.example.com".into()), None, "z9hG4bKtop"));
     req.set_max_forwards(70);
     let mut from = NameAddr::new(Uri::parse("sip:alice@example.com").unwrap());
     from.display = Some("Alice \"Al\"".into());
@@ -273,9 +191,7 @@ fn build_request_and_answer_it() {
     req.set_to(&NameAddr::parse("<sip:bob@example.com>").unwrap());
     req.set_call_id("abc@192.0.2.1");
     req.set_cseq(&CSeq::new(1, Method::Invite));
-    req.set_contact(&Contact::NameAddr(
-        NameAddr::parse("<sip:alice@192.0.2.1:5060>").unwrap(),
-    ));
+    req.set_contact(&Contact::NameAddr(NameAddr::parse("<sip:alice@192.0.2.1:5060>").unwrap()));
     req.set_body("application/sdp", b"v=0\r\n".to_vec());
     req.headers.push("Content-Length", "999"); // ignored: the real length is written
     let bytes = req.to_bytes();

@@ -25,11 +25,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::ChannelId;
 use str0m::format::{Codec, CodecExtra, FormatParams};
 use str0m::media::{Direction as MediaDirection, Frequency, MediaKind, MediaTime, Mid, Pt, TelephoneEvent};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
-use str0m::channel::ChannelId;
 use tokio::sync::mpsc;
 use trunkline_client::g711::Law;
 use trunkline_media::latch::{DropReason, Kind as LatchKind, Latch, Verdict, drop_counter};
@@ -166,8 +166,14 @@ fn first_law(answer: &str) -> Option<Law> {
 fn rtc_config() -> RtcConfig {
     let mut cfg = RtcConfig::new().clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
     cfg.set_initial_stun_rto(ICE_INITIAL_RTO);
-    cfg.codec_config()
-        .add_config(WEBRTC_TE_PT.into(), None, Codec::Tele, Frequency::EIGHT_KHZ, None, FormatParams::parse_line("0-16"));
+    cfg.codec_config().add_config(
+        WEBRTC_TE_PT.into(),
+        None,
+        Codec::Tele,
+        Frequency::EIGHT_KHZ,
+        None,
+        FormatParams::parse_line("0-16"),
+    );
     cfg
 }
 
@@ -183,7 +189,13 @@ impl DriverBridges {
     }
 
     /// The phone side: an offer of `law` first (F1), or the answer to the phone's offer (C3, F2).
-    fn phone_side(&mut self, id: u64, port: u16, law: Law, phone_offer: Option<&str>) -> Result<(String, Law, Option<u8>), BridgeError> {
+    fn phone_side(
+        &mut self,
+        id: u64,
+        port: u16,
+        law: Law,
+        phone_offer: Option<&str>,
+    ) -> Result<(String, Law, Option<u8>), BridgeError> {
         let ip = self.adv_ip;
         let ipv = if ip.is_ipv4() { "IP4" } else { "IP6" };
         Ok(match phone_offer {
@@ -197,7 +209,8 @@ impl DriverBridges {
                 (sdp, law, Some(PHONE_TE_PT))
             }
             Some(po) => {
-                let parsed = trunkline_media::sdp::Sdp::parse(po).map_err(|e| BridgeError::BadOffer(format!("phone SDP: {e}")))?;
+                let parsed =
+                    trunkline_media::sdp::Sdp::parse(po).map_err(|e| BridgeError::BadOffer(format!("phone SDP: {e}")))?;
                 let audio = parsed.audio.as_ref().ok_or_else(|| BridgeError::BadOffer("phone offered no audio".into()))?;
                 let law = audio
                     .payload_types
@@ -694,7 +707,12 @@ async fn run_loop(
                             Codec::Tele => {
                                 if let (CodecExtra::Tele(ev), Some(te)) = (&data.codec_extra, phone_te_pt) {
                                     let dur = (ev.duration.as_millis() as u64 * 8).min(u16::MAX as u64) as u16;
-                                    let body = [ev.event, if ev.end { 0x80 } else { 0 } | (ev.volume & 0x3f), (dur >> 8) as u8, dur as u8];
+                                    let body = [
+                                        ev.event,
+                                        if ev.end { 0x80 } else { 0 } | (ev.volume & 0x3f),
+                                        (dur >> 8) as u8,
+                                        dur as u8,
+                                    ];
                                     // RFC 4733 §2.5.1.4: the end packet is sent three times.
                                     let repeats = if ev.end { 3 } else { 1 };
                                     for _ in 0..repeats {
@@ -751,20 +769,20 @@ async fn run_loop(
                 }
                 while let Some(ev) = probe.poll_event() {
                     match ev {
-                        ProbeEvent::Mapped { server, mapped } => {
-                            match Candidate::server_reflexive(mapped, candidate, "udp") {
-                                Ok(c) => {
-                                    let line = c.to_sdp_string();
-                                    if mapped != candidate && rtc.add_local_candidate(c).is_some() {
-                                        burst = ICE_BURST;
-                                        tracing::debug!(%server, %mapped, "session: server-reflexive candidate");
-                                        let _ = s.events.send(SessionEvent::Candidate(line));
-                                    }
+                        ProbeEvent::Mapped { server, mapped } => match Candidate::server_reflexive(mapped, candidate, "udp") {
+                            Ok(c) => {
+                                let line = c.to_sdp_string();
+                                if mapped != candidate && rtc.add_local_candidate(c).is_some() {
+                                    burst = ICE_BURST;
+                                    tracing::debug!(%server, %mapped, "session: server-reflexive candidate");
+                                    let _ = s.events.send(SessionEvent::Candidate(line));
                                 }
-                                Err(e) => tracing::debug!(error = %e, "session: unusable mapped address"),
                             }
+                            Err(e) => tracing::debug!(error = %e, "session: unusable mapped address"),
+                        },
+                        ProbeEvent::Unreachable { server, why } => {
+                            tracing::debug!(%server, %why, "session: STUN server unreachable")
                         }
-                        ProbeEvent::Unreachable { server, why } => tracing::debug!(%server, %why, "session: STUN server unreachable"),
                         // Every server answered or gave up: no more work on this per-packet path.
                         ProbeEvent::Done => probe_done = true,
                     }
@@ -1132,7 +1150,13 @@ mod tests {
         );
         // What a session gets never shows the credential.
         let ice = SessionIce {
-            turn: vec![TurnServer::new(T::Udp, "203.0.113.10:3478".parse().unwrap(), "203.0.113.10", "1796285093:hq", "c3VwZXJzZWNyZXQ=")],
+            turn: vec![TurnServer::new(
+                T::Udp,
+                "203.0.113.10:3478".parse().unwrap(),
+                "203.0.113.10",
+                "1796285093:hq",
+                "c3VwZXJzZWNyZXQ=",
+            )],
             ..Default::default()
         };
         assert!(!format!("{ice:?}").contains("c3VwZXJzZWNyZXQ"));

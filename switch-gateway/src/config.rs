@@ -148,9 +148,7 @@ impl Config {
         if self.min_expires_secs == 0 || self.min_expires_secs > self.max_expires_secs {
             return Err(ConfigError::Invalid("need 0 < min_expires_secs ≤ max_expires_secs".into()));
         }
-        if self.digest_algorithms.is_empty()
-            || self.digest_algorithms.iter().any(|a| a != "MD5" && a != "SHA-256")
-        {
+        if self.digest_algorithms.is_empty() || self.digest_algorithms.iter().any(|a| a != "MD5" && a != "SHA-256") {
             return Err(ConfigError::Invalid(format!(
                 "digest_algorithms {:?}: list \"MD5\" and/or \"SHA-256\"",
                 self.digest_algorithms

@@ -77,14 +77,26 @@ impl Sockets {
 }
 
 enum CoreIn {
-    Sip { src: SocketAddr, transport: Transport, msg: trunkline_sip::Message },
+    Sip {
+        src: SocketAddr,
+        transport: Transport,
+        msg: trunkline_sip::Message,
+    },
     Cloud(LinkEvent),
     /// Text on session `id`'s DataChannel (carrier side).
-    Channel { id: u64, msg: DirectClientMsg },
+    Channel {
+        id: u64,
+        msg: DirectClientMsg,
+    },
     /// Session `id`'s leg is gone (carrier side).
-    SessionGone { id: u64 },
+    SessionGone {
+        id: u64,
+    },
     /// What the callee switch said to our session `id` (F2 caller side).
-    Remote { id: u64, ev: b2bua::RemoteEvent },
+    Remote {
+        id: u64,
+        ev: b2bua::RemoteEvent,
+    },
     /// The gateway is stopping: end every call ([`Core::shutdown`]); answered once its
     /// outputs are out (BYEs sent, the cloud's `ended` queued on the link).
     Shutdown(tokio::sync::oneshot::Sender<()>),
@@ -169,9 +181,7 @@ pub async fn run(
     let sip_port = udp.local_addr()?.port();
     let adv_ip = config.advertise_ip();
     let bind_ip = config.sip_listen.ip();
-    let alloc = Arc::new(
-        PortAllocator::new(config.rtp_range()?, bind_ip).map_err(|e| GatewayError::Media(e.to_string()))?,
-    );
+    let alloc = Arc::new(PortAllocator::new(config.rtp_range()?, bind_ip).map_err(|e| GatewayError::Media(e.to_string()))?);
     let pending = Arc::new(Mutex::new(HashMap::new()));
     let echoes: Echoes = Arc::default();
     let media = DriverMedia { alloc: alloc.clone(), adv_ip, pending: pending.clone(), echoes: echoes.clone(), next: 0 };
@@ -186,8 +196,7 @@ pub async fn run(
             None
         }
     };
-    let stun_servers: bridge::StunServers =
-        Arc::new(Mutex::new(bridge::SessionIce { turn_tls, ..Default::default() }));
+    let stun_servers: bridge::StunServers = Arc::new(Mutex::new(bridge::SessionIce { turn_tls, ..Default::default() }));
     let phones = Phones::load(&config.state_dir);
     let mut secret_bytes = [0u8; 32];
     {
@@ -208,7 +217,9 @@ pub async fn run(
             digest_algorithms: config
                 .digest_algorithms
                 .iter()
-                .map(|a| if a == "SHA-256" { trunkline_sip::digest::Algorithm::Sha256 } else { trunkline_sip::digest::Algorithm::Md5 })
+                .map(|a| {
+                    if a == "SHA-256" { trunkline_sip::digest::Algorithm::Sha256 } else { trunkline_sip::digest::Algorithm::Md5 }
+                })
                 .collect(),
         },
         phones,
@@ -252,9 +263,8 @@ pub async fn run(
             while let Some(ev) = link_ev_rx.recv().await {
                 // The cloud's STUN and TURN servers, for the server-reflexive and relayed
                 // candidates of sessions.
-                if let LinkEvent::Msg(
-                    ServerMsg::SwitchWelcome { ice_servers, .. } | ServerMsg::IceServers { ice_servers, .. },
-                ) = &ev
+                if let LinkEvent::Msg(ServerMsg::SwitchWelcome { ice_servers, .. } | ServerMsg::IceServers { ice_servers, .. }) =
+                    &ev
                 {
                     tokio::spawn(resolve_stun(ice_servers.clone(), stun_servers.clone()));
                 }
@@ -272,13 +282,8 @@ pub async fn run(
     }
     let blocklist = Blocklist::default();
     let udp_task = tokio::spawn(udp_loop(udp.clone(), core_tx.clone(), blocklist.clone(), stop_rx.clone()));
-    let tcp_task = tokio::spawn(tcp_accept_loop(
-        sockets.sip_tcp,
-        core_tx.clone(),
-        tcp_writers.clone(),
-        blocklist.clone(),
-        stop_rx.clone(),
-    ));
+    let tcp_task =
+        tokio::spawn(tcp_accept_loop(sockets.sip_tcp, core_tx.clone(), tcp_writers.clone(), blocklist.clone(), stop_rx.clone()));
     let tls_task = match (sockets.sip_tls, tls_acceptor) {
         (Some(l), Some(acceptor)) => {
             tracing::info!(addr = %l.local_addr()?, "SIP over TLS");
@@ -678,10 +683,8 @@ fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_r
         .collect::<Result<_, _>>()
         .map_err(|e| bad(&cert.display().to_string(), &e))?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(&key.display().to_string(), &e))?;
-    let cfg = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| bad("certificate", &e))?;
+    let cfg =
+        rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).map_err(|e| bad("certificate", &e))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 

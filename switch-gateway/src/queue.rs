@@ -55,9 +55,16 @@ impl KeyError {
 
 #[derive(Debug)]
 enum Slot {
-    Waiting { key: String, entry: Entry },
+    Waiting {
+        key: String,
+        entry: Entry,
+    },
     /// Spent or expired keys are remembered for a while so a replay gets a precise answer.
-    Spent { key: String, until: Instant, expired: bool },
+    Spent {
+        key: String,
+        until: Instant,
+        expired: bool,
+    },
 }
 
 /// The waiting queue, keyed by call id.

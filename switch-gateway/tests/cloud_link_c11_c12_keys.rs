@@ -63,10 +63,8 @@ async fn gateway_signs_in_learns_its_phones_and_reconnects_after_a_cloud_restart
     let tmp = tempfile::tempdir().unwrap();
     let cloud = Cloud::start(tmp.path()).await;
     // Both digest algorithms offered (RFC 8760): SHA-256 and MD5 phones both register.
-    let gw = Gateway::start_with("hq", &cloud.ws_url, tmp.path(), |c| {
-        c.digest_algorithms = vec!["SHA-256".into(), "MD5".into()]
-    })
-    .await;
+    let gw = Gateway::start_with("hq", &cloud.ws_url, tmp.path(), |c| c.digest_algorithms = vec!["SHA-256".into(), "MD5".into()])
+        .await;
     eventually("hq online at the cloud", || switch_online(&cloud.db_url, "hq")).await;
     // It learned its phones from the cloud: 1001 can register (SHA-256 and MD5 both verify).
     let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -109,10 +107,8 @@ async fn phones_register_from_the_local_copy_while_the_cloud_is_unreachable() {
     // And a local call (F7) connects without the cloud.
     let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     assert_eq!(register_udp(&callee, gw.sip, "1002", "pw-1002", 300, false).await, 200);
-    let (caller_rtp, callee_rtp) = (
-        tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
-        tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
-    );
+    let (caller_rtp, callee_rtp) =
+        (tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(), tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let callee_rtp_addr = callee_rtp.local_addr().unwrap();
     let answering = tokio::spawn(async move { scripted_phone::answer(&callee, callee_rtp_addr).await });
     let ok = scripted_phone::call(&s, gw.sip, "1002", caller_rtp.local_addr().unwrap()).await;

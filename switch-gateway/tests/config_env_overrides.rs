@@ -18,7 +18,10 @@ fn environment_overrides_the_file() {
     unsafe {
         std::env::set_var("TRUNKLINE_GATEWAY_RTP_PORTS", "9-3");
     }
-    assert!(switch_gateway::Config::load(Some(std::path::Path::new(path))).is_err(), "bad values from the environment are refused too");
+    assert!(
+        switch_gateway::Config::load(Some(std::path::Path::new(path))).is_err(),
+        "bad values from the environment are refused too"
+    );
     // A removed key set from the environment is refused with its reason, naming the variable.
     unsafe {
         std::env::set_var("TRUNKLINE_GATEWAY_RTP_PORTS", "20000-20999");

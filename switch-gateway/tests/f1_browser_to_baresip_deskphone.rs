@@ -7,11 +7,11 @@
 //! baresip sends (`sndcode`) arrives at the browser; and with the signal server stopped the
 //! call keeps its audio both ways for 5 more seconds.
 
-mod common;
 #[path = "common/audio.rs"]
 mod audio;
 #[path = "common/baresip.rs"]
 mod baresip;
+mod common;
 #[path = "common/sipcheck.rs"]
 mod sipcheck;
 
@@ -98,7 +98,11 @@ async fn f1_browser_calls_a_baresip_deskphone_audio_dtmf_and_survives_the_cloud(
     let heard = phone.wait_received(phone_before + 4.8, Duration::from_secs(10)).await;
     baresip::check_tone(&phone, "heard without the cloud", &baresip::since(&heard, phone_before), 1000.0, 4.5);
     let rec = media.recording();
-    assert!(rec.len() - rec_before >= 5 * 8000 - 800, "the browser recorded {} samples without the cloud", rec.len() - rec_before);
+    assert!(
+        rec.len() - rec_before >= 5 * 8000 - 800,
+        "the browser recorded {} samples without the cloud",
+        rec.len() - rec_before
+    );
     let f = dominant_frequency(&rec[rec_before..], 8000);
     assert!((f - 440.0).abs() < 20.0, "the browser heard {f} Hz without the cloud");
     phone.sync_events().await;

@@ -20,7 +20,6 @@ use trunkline_client::wav::{dominant_frequency, tone};
 use trunkline_client::webrtc::{AudioSource, PeerOptions};
 use trunkline_protocol::{DirectServerMsg, ErrorCode, Outcome, Step};
 
-
 fn softphone_config(cloud: &Cloud) -> SoftphoneConfig {
     SoftphoneConfig::new(cloud.ws_url.clone(), "2001", "pw-2001")
 }

@@ -103,7 +103,7 @@ impl GatewayProcess {
 /// 40 consecutive UDP ports (even start) that are free right now.
 fn free_rtp_range() -> String {
     for _ in 0..200 {
-        let base = 30000 + (rand_u16() % 15000) & !1;
+        let base = (30000 + (rand_u16() % 15000)) & !1;
         let free = (base..base + 40).all(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok());
         if free {
             return format!("{}-{}", base, base + 39);

@@ -7,11 +7,11 @@
 //! server stopped both phones keep hearing each other for 5 s; the cloud's call record lists
 //! the patent steps in order.
 
-mod common;
 #[path = "common/audio.rs"]
 mod audio;
 #[path = "common/baresip.rs"]
 mod baresip;
+mod common;
 #[path = "common/sipcheck.rs"]
 mod sipcheck;
 

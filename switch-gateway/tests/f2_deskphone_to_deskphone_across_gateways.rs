@@ -18,8 +18,8 @@ use std::sync::Arc;
 use signal_server::directory::Directory;
 use tokio::net::UdpSocket;
 use trunkline_client::wav::dominant_frequency;
-use trunkline_sip::Message;
 use trunkline_protocol::Step;
+use trunkline_sip::Message;
 
 #[tokio::test]
 async fn f2_deskphone_on_hq_calls_deskphone_on_branch_with_audio_both_ways_and_traced_steps() {

@@ -7,11 +7,11 @@
 //! (C15). Checked: baresip heard ≈1 kHz, the browser heard baresip's 440 Hz, and when baresip
 //! hangs up the browser is told on the DataChannel.
 
-mod common;
 #[path = "common/audio.rs"]
 mod audio;
 #[path = "common/baresip.rs"]
 mod baresip;
+mod common;
 #[path = "common/sipcheck.rs"]
 mod sipcheck;
 

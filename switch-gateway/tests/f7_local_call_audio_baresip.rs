@@ -6,11 +6,11 @@
 //! baresip runs in the root network namespace, so its SDP names the machine's eth0 address
 //! rather than 127.0.0.1; the relay latches onto where RTP really comes from.
 
-mod common;
 #[path = "common/audio.rs"]
 mod audio;
 #[path = "common/baresip.rs"]
 mod baresip;
+mod common;
 #[path = "common/sipcheck.rs"]
 mod sipcheck;
 

@@ -48,7 +48,23 @@ impl Site {
         let sf = scenarios().join("register.xml");
         let port = port.to_string();
         let pw = format!("pw-{number}");
-        let args = ["-sf", sf.to_str().unwrap(), "-s", number, "-au", number, "-ap", &pw, "-set", "expires", "300", "-m", "1", "-p", &port];
+        let args = [
+            "-sf",
+            sf.to_str().unwrap(),
+            "-s",
+            number,
+            "-au",
+            number,
+            "-ap",
+            &pw,
+            "-set",
+            "expires",
+            "300",
+            "-m",
+            "1",
+            "-p",
+            &port,
+        ];
         let run = sipp(self.path(), self.gw.sip, &args).await;
         assert!(run.success, "registering {number} failed\n{}", dump(&run));
         assert_eq!(statuses_for(&run.messages, "REGISTER"), [401, 200]);
@@ -118,7 +134,11 @@ fn sdp_audio(msg: &TraceMsg) -> (String, u16) {
 }
 
 fn sent(run: &SippRun, pred: impl Fn(&TraceMsg) -> bool) -> TraceMsg {
-    sipcheck::trace(&run.messages).into_iter().filter(|m| m.sent).rfind(pred).unwrap_or_else(|| panic!("message not sent\n{}", dump(run)))
+    sipcheck::trace(&run.messages)
+        .into_iter()
+        .filter(|m| m.sent)
+        .rfind(pred)
+        .unwrap_or_else(|| panic!("message not sent\n{}", dump(run)))
 }
 
 /// The final response the caller got to its authenticated INVITE.
@@ -181,7 +201,8 @@ fn check_answered_call(site: &Site, callee: &SippRun, caller: &SippRun, caller_t
     assert_ne!(p_ok, p_in, "two relay legs, two ports");
 
     // The call ended end to end: the callee got the BYE (and ACK), the caller a 200 for its BYE.
-    let reqs: Vec<String> = received_requests(&callee.messages).iter().map(|m| m.start_line().split(' ').next().unwrap().to_string()).collect();
+    let reqs: Vec<String> =
+        received_requests(&callee.messages).iter().map(|m| m.start_line().split(' ').next().unwrap().to_string()).collect();
     assert!(reqs.contains(&"ACK".to_string()) && reqs.contains(&"BYE".to_string()), "callee saw {reqs:?}");
     assert_eq!(statuses_for(&caller.messages, "BYE"), [200]);
 }
@@ -191,7 +212,8 @@ async fn f7_call_rings_answers_and_hangs_up() {
     let site = Site::start().await;
     let port = free_udp_port();
     site.register("1002", port).await;
-    let (callee, caller) = call(site.callee("callee_answer.xml", "1002", port), port, site.caller("caller.xml", "1001", "1002", false)).await;
+    let (callee, caller) =
+        call(site.callee("callee_answer.xml", "1002", port), port, site.caller("caller.xml", "1001", "1002", false)).await;
     check_answered_call(&site, &callee, &caller, "UDP");
     site.stop().await;
 }
@@ -201,7 +223,8 @@ async fn f7_call_from_a_tcp_phone() {
     let site = Site::start().await;
     let port = free_udp_port();
     site.register("1002", port).await;
-    let (callee, caller) = call(site.callee("callee_answer.xml", "1002", port), port, site.caller("caller.xml", "1001", "1002", true)).await;
+    let (callee, caller) =
+        call(site.callee("callee_answer.xml", "1002", port), port, site.caller("caller.xml", "1001", "1002", true)).await;
     check_answered_call(&site, &callee, &caller, "TCP");
     site.stop().await;
 }
@@ -215,12 +238,30 @@ async fn f7_call_to_a_tcp_phone() {
     let reg = scenarios().join("register_stay.xml");
     let ooc = scenarios().join("callee_answer.xml");
     let args = [
-        "-sf", reg.to_str().unwrap(), "-oocsf", ooc.to_str().unwrap(),
-        "-s", "1002", "-au", "1002", "-ap", "pw-1002", "-set", "expires", "300", "-m", "1", "-t", "t1",
+        "-sf",
+        reg.to_str().unwrap(),
+        "-oocsf",
+        ooc.to_str().unwrap(),
+        "-s",
+        "1002",
+        "-au",
+        "1002",
+        "-ap",
+        "pw-1002",
+        "-set",
+        "expires",
+        "300",
+        "-m",
+        "1",
+        "-t",
+        "t1",
     ];
     let callee = sipp(site.path(), site.gw.sip, &args);
     let caller = async {
-        common::eventually("the TCP callee registered", || async { !sipcheck::find_files(site.path(), "registered.flag").is_empty() }).await;
+        common::eventually("the TCP callee registered", || async {
+            !sipcheck::find_files(site.path(), "registered.flag").is_empty()
+        })
+        .await;
         site.caller("caller.xml", "1001", "1002", false).await
     };
     let (callee, caller) = tokio::join!(callee, caller);
@@ -237,15 +278,20 @@ async fn f7_caller_cancels_while_ringing() {
     let site = Site::start().await;
     let port = free_udp_port();
     site.register("1002", port).await;
-    let (callee, caller) =
-        call(site.callee("callee_ringing_cancelled.xml", "1002", port), port, site.caller("caller_cancel.xml", "1001", "1002", false)).await;
+    let (callee, caller) = call(
+        site.callee("callee_ringing_cancelled.xml", "1002", port),
+        port,
+        site.caller("caller_cancel.xml", "1001", "1002", false),
+    )
+    .await;
     assert!(caller.success, "caller: 180, CANCEL → 200 + 487\n{}", dump(&caller));
     assert!(callee.success, "callee: CANCEL from the gateway, 487 ACKed\n{}", dump(&callee));
     check_challenged_first(&caller);
     assert_eq!(invite_statuses(&caller), [180, 487], "{}", dump(&caller));
     assert_eq!(invite_final(&caller).start_line(), "SIP/2.0 487 Request Terminated");
     assert_eq!(statuses_for(&caller.messages, "CANCEL"), [200]);
-    let got: Vec<String> = received_requests(&callee.messages).iter().map(|m| m.start_line().split(' ').next().unwrap().to_string()).collect();
+    let got: Vec<String> =
+        received_requests(&callee.messages).iter().map(|m| m.start_line().split(' ').next().unwrap().to_string()).collect();
     assert_eq!(got, ["INVITE", "CANCEL", "ACK"], "{}", dump(&callee));
     site.stop().await;
 }
@@ -255,7 +301,8 @@ async fn f7_callee_answers_busy_gives_486() {
     let site = Site::start().await;
     let port = free_udp_port();
     site.register("1002", port).await;
-    let (callee, caller) = call(site.callee("callee_busy.xml", "1002", port), port, site.caller("caller_rejected.xml", "1001", "1002", false)).await;
+    let (callee, caller) =
+        call(site.callee("callee_busy.xml", "1002", port), port, site.caller("caller_rejected.xml", "1001", "1002", false)).await;
     assert!(callee.success, "callee: 486 ACKed by the gateway\n{}", dump(&callee));
     assert!(caller.success, "{}", dump(&caller));
     check_challenged_first(&caller);
@@ -269,7 +316,8 @@ async fn f7_callee_already_in_a_call_gives_486() {
     let port = free_udp_port();
     site.register("1002", port).await;
     // 1003 → 1002, answered and left up.
-    let (callee, first) = call(site.callee("callee_stay.xml", "1002", port), port, site.caller("caller_stay.xml", "1003", "1002", false)).await;
+    let (callee, first) =
+        call(site.callee("callee_stay.xml", "1002", port), port, site.caller("caller_stay.xml", "1003", "1002", false)).await;
     assert!(callee.success && first.success, "first call\n{}\n{}", dump(&callee), dump(&first));
     assert_eq!(invite_statuses(&first), [180, 200]);
     // Now 1001 → 1002: busy at once, and 1002's phone is not disturbed (nothing listens there
@@ -309,8 +357,12 @@ async fn f7_ring_timeout_gives_480_and_cancels_the_phone() {
     let port = free_udp_port();
     site.register("1002", port).await;
     let started = Instant::now();
-    let (callee, caller) =
-        call(site.callee("callee_ringing_cancelled.xml", "1002", port), port, site.caller("caller_rejected.xml", "1001", "1002", false)).await;
+    let (callee, caller) = call(
+        site.callee("callee_ringing_cancelled.xml", "1002", port),
+        port,
+        site.caller("caller_rejected.xml", "1001", "1002", false),
+    )
+    .await;
     assert!(caller.success, "{}", dump(&caller));
     assert!(callee.success, "the ringing phone must be CANCELled at the ring timeout\n{}", dump(&callee));
     assert_eq!(invite_statuses(&caller), [180, 480], "{}", dump(&caller));

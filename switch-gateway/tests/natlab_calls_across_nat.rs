@@ -13,10 +13,10 @@
 //! sockets) lives in that namespace, as if it were its own machine. Needs root (see natlab/).
 
 mod common;
-#[path = "common/scripted_phone.rs"]
-mod scripted_phone;
 #[path = "../../natlab/rust/lab.rs"]
 mod lab;
+#[path = "common/scripted_phone.rs"]
+mod scripted_phone;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -55,7 +55,10 @@ where
 
 /// The signal server in the lab's public namespace at 203.0.113.20, with STUN from coturn.
 /// Returns when it serves; stops when `stop` fires.
-fn start_signal_server(lab: &lab::Lab, dir: &std::path::Path) -> (String, String, oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+fn start_signal_server(
+    lab: &lab::Lab,
+    dir: &std::path::Path,
+) -> (String, String, oneshot::Sender<()>, std::thread::JoinHandle<()>) {
     start_signal_server_ice(lab, dir, vec![])
 }
 
@@ -102,7 +105,13 @@ fn start_gateway(ns: &str, ip: &str, cloud: &str, dir: &std::path::Path) -> (one
     start_gateway_id("hq", ns, ip, cloud, dir)
 }
 
-fn start_gateway_id(id: &str, ns: &str, ip: &str, cloud: &str, dir: &std::path::Path) -> (oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+fn start_gateway_id(
+    id: &str,
+    ns: &str,
+    ip: &str,
+    cloud: &str,
+    dir: &std::path::Path,
+) -> (oneshot::Sender<()>, std::thread::JoinHandle<()>) {
     start_gateway_with(id, ns, ip, cloud, dir, None)
 }
 
@@ -210,7 +219,6 @@ fn wait_switch_online(db_url: &str, id: &str) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(eventually(&format!("{id} online"), || switch_online(db_url, id)));
 }
-
 
 /// What the softphone saw.
 #[derive(Debug)]
@@ -347,7 +355,8 @@ fn f1_between_two_symmetric_nats_without_a_relay_ends_connect_failed_and_nothing
     let phone = in_netns(&lab.ns("site", 2), move || async move {
         let sip = UdpSocket::bind((phone_ip_addr, 0)).await.unwrap();
         let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::time::timeout(Duration::from_secs(2), register_udp(&sip, gw, "1001", "pw-1001", 300, false)).await != Ok(200) {
+        while tokio::time::timeout(Duration::from_secs(2), register_udp(&sip, gw, "1001", "pw-1001", 300, false)).await != Ok(200)
+        {
             assert!(tokio::time::Instant::now() < deadline, "the phone could not register");
             tokio::time::sleep(Duration::from_millis(250)).await; // a phone's retry interval
         }
@@ -541,7 +550,6 @@ async fn invite(sip: &UdpSocket, gw: SocketAddr, to: &str, rtp: SocketAddr) -> t
     }
 }
 
-
 // ---- TURN relays at the gateways (sessions allocate on coturn over UDP, TCP and TLS) ----
 
 /// The signal server handing out the lab's TURN URLs (only `turns:` with `tls_only`).
@@ -550,13 +558,13 @@ fn start_signal_server_with_turn(
     dir: &std::path::Path,
     tls_only: bool,
 ) -> (String, String, oneshot::Sender<()>, std::thread::JoinHandle<()>) {
-    let mut turn_urls: Vec<String> = ["TURN_URL_UDP", "TURN_URL_TCP", "TURN_URL_TLS"].iter().map(|k| lab.get(k).to_string()).collect();
+    let mut turn_urls: Vec<String> =
+        ["TURN_URL_UDP", "TURN_URL_TCP", "TURN_URL_TLS"].iter().map(|k| lab.get(k).to_string()).collect();
     if tls_only {
         turn_urls.drain(..2);
     }
     start_signal_server_ice(lab, dir, turn_urls)
 }
-
 
 /// F2 between gateway "hq" (site `hq`, host 1; caller 1001 on host 2) and gateway "branch" (site
 /// `br`, host 1; callee 3001 on host 2), both trusting the lab's TURN CA, with TURN handed out by
@@ -661,7 +669,9 @@ fn turn_sessions(turn_log: &str) -> Vec<TurnSession> {
         s.stream |= what.contains("TCP socket") || what.contains("TLS socket") || what.contains("TLS/TCP socket");
         s.tls |= what.contains("method=TLS") || what.contains("TLS/TCP socket");
         if what.contains("peer usage:") {
-            let field = |k: &str| what.split(&format!(" {k}=")).nth(1).and_then(|v| v.split(',').next()).and_then(|v| v.trim().parse().ok());
+            let field = |k: &str| {
+                what.split(&format!(" {k}=")).nth(1).and_then(|v| v.split(',').next()).and_then(|v| v.trim().parse().ok())
+            };
             s.peer_rx = field("rp");
             s.peer_tx = field("sp");
         }

@@ -23,10 +23,9 @@ impl Site {
         let cloud = Cloud::start(dir.path()).await;
         // Both algorithms offered (RFC 8760), MD5 first so sipp (MD5 only) can answer; the
         // default offers MD5 alone (see the gateway's digest_algorithms).
-        let gw = Gateway::start_with("hq", &cloud.ws_url, dir.path(), |c| {
-            c.digest_algorithms = vec!["MD5".into(), "SHA-256".into()]
-        })
-        .await;
+        let gw =
+            Gateway::start_with("hq", &cloud.ws_url, dir.path(), |c| c.digest_algorithms = vec!["MD5".into(), "SHA-256".into()])
+                .await;
         wait_phone_list(&gw.config.state_dir, &["1001", "1002", "1003"]).await;
         Site { _dir: dir, cloud, gw }
     }

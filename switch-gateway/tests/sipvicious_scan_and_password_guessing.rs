@@ -457,7 +457,9 @@ async fn pipelined_guessing_is_cut_off_and_the_gateway_memory_stays_flat() {
     let log_bytes = gw.log_text().len() - log_before;
     let attacker_lines = gw.log_text()[log_before..].lines().filter(|l| l.contains("src=127.0.0.3")).count();
     assert!(attacker_lines <= 11, "one line per checked guess and one for the block: {attacker_lines}");
-    eprintln!("FIGURE sip_log_bytes_per_guessing_source {log_bytes} bytes | gateway log written for 20,000 pipelined wrong digests from one address");
+    eprintln!(
+        "FIGURE sip_log_bytes_per_guessing_source {log_bytes} bytes | gateway log written for 20,000 pipelined wrong digests from one address"
+    );
     let secs = started.elapsed().as_secs_f64();
     eprintln!("one address: {answered} of 20000 guesses answered in {secs:.1} s");
     assert!(answered <= 10, "only the budget is answered: {answered}");

@@ -65,7 +65,9 @@ pub fn refusal(code: ErrorCode, resuming: bool) -> Option<SignInRefusal> {
     Some(match code {
         ErrorCode::AuthFailed if resuming => SignInRefusal::Credentials("Your session has ended. Please sign in again.".into()),
         ErrorCode::AuthFailed => SignInRefusal::Credentials("Wrong number or password.".into()),
-        ErrorCode::Forbidden if !resuming => SignInRefusal::Credentials("This account cannot sign in here (it is a desk phone).".into()),
+        ErrorCode::Forbidden if !resuming => {
+            SignInRefusal::Credentials("This account cannot sign in here (it is a desk phone).".into())
+        }
         ErrorCode::RateLimited => SignInRefusal::Later("Too many failed sign-ins. Try again in a few minutes.".into()),
         ErrorCode::SessionReplaced => SignInRefusal::Replaced,
         ErrorCode::UnsupportedVersion => SignInRefusal::Later("This app is out of date. Reload the page.".into()),

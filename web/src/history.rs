@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use trunkline_call::{Call, Direction};
 #[cfg(test)]
 use trunkline_call::format_duration;
+use trunkline_call::{Call, Direction};
 
 /// Entries kept per account.
 pub const MAX_ENTRIES: usize = 50;

@@ -18,15 +18,15 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
     CloseEvent, HtmlAudioElement, MediaStream, MediaStreamConstraints, MediaStreamTrack, MessageEvent, RtcConfiguration,
-    RtcDataChannel, RtcDataChannelState, RtcIceCandidateInit, RtcIceConnectionState, RtcPeerConnection, RtcPeerConnectionIceEvent,
-    RtcPeerConnectionState,
-    RtcRtpSender, RtcSdpType, RtcSessionDescriptionInit, RtcTrackEvent, WebSocket,
+    RtcDataChannel, RtcDataChannelState, RtcIceCandidateInit, RtcIceConnectionState, RtcPeerConnection,
+    RtcPeerConnectionIceEvent, RtcPeerConnectionState, RtcRtpSender, RtcSdpType, RtcSessionDescriptionInit, RtcTrackEvent,
+    WebSocket,
 };
 
 use crate::audio::Ringtone;
-use trunkline_call::{Action, Call, DIRECT_CHANNEL, Input, LocalCandidate, Phase, UserAction};
 use crate::conn::{self, ConnState, SignInRefusal};
 use crate::history::{self, Entry};
+use trunkline_call::{Action, Call, DIRECT_CHANNEL, Input, LocalCandidate, Phase, UserAction};
 
 const SESSION_KEY: &str = "trunkline.session";
 const DEVICES_KEY: &str = "trunkline.devices";
@@ -96,7 +96,10 @@ impl Ui {
 
 /// Everything that happens, queued.
 pub enum Ev {
-    Login { number: String, password: String },
+    Login {
+        number: String,
+        password: String,
+    },
     SignOut,
     /// Reconnect now (the backoff timer fired, or the user asked).
     Reconnect,
@@ -136,7 +139,12 @@ struct Socket {
 }
 
 impl Socket {
-    fn open(url: &str, on_open: impl Fn() + 'static, on_text: impl Fn(String) + 'static, on_close: impl Fn(u16, String) + 'static) -> Result<Socket, String> {
+    fn open(
+        url: &str,
+        on_open: impl Fn() + 'static,
+        on_text: impl Fn(String) + 'static,
+        on_close: impl Fn(u16, String) + 'static,
+    ) -> Result<Socket, String> {
         let ws = WebSocket::new(url).map_err(js_text)?;
         let open = Closure::<dyn FnMut(JsValue)>::new(move |_| on_open());
         let msg = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
@@ -284,7 +292,10 @@ pub fn dispatch(ev: Ev) {
 /// Start the driver: resume a stored session, start the clock, watch the network.
 pub fn start(ui: Ui) {
     let stored = load_session();
-    let devices: DeviceChoice = storage().and_then(|s| s.get_item(DEVICES_KEY).ok().flatten()).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let devices: DeviceChoice = storage()
+        .and_then(|s| s.get_item(DEVICES_KEY).ok().flatten())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
     ui.devices.set(devices);
     let mut d = Driver {
         ui,
@@ -389,7 +400,10 @@ impl Driver {
                 }
             }
             Ev::Wake => {
-                if !self.hold_off && self.sign_in.is_some() && matches!(self.ui.conn.get_untracked(), ConnState::Reconnecting { .. }) {
+                if !self.hold_off
+                    && self.sign_in.is_some()
+                    && matches!(self.ui.conn.get_untracked(), ConnState::Reconnecting { .. })
+                {
                     self.connect();
                 }
             }
@@ -527,7 +541,12 @@ impl Driver {
         self.awaiting_pong = false;
         self.ui.conn.set(ConnState::Connecting);
         let url = signal_url();
-        match Socket::open(&url, move || dispatch(Ev::WsOpen(g)), move |t| dispatch(Ev::WsText(g, t)), move |c, r| dispatch(Ev::WsClosed(g, c, r))) {
+        match Socket::open(
+            &url,
+            move || dispatch(Ev::WsOpen(g)),
+            move |t| dispatch(Ev::WsText(g, t)),
+            move |c, r| dispatch(Ev::WsClosed(g, c, r)),
+        ) {
             Ok(s) => self.ws = Some(s),
             Err(e) => {
                 self.ws = None;
@@ -778,7 +797,9 @@ impl Driver {
                             d.set_sdp(&sdp);
                             match JsFuture::from(pc.set_remote_description(&d)).await {
                                 Ok(_) => dispatch(Ev::RemoteSet(id)),
-                                Err(e) => dispatch(Ev::Call(id, Input::MediaFailed(format!("The answer was refused: {}", js_text(e))))),
+                                Err(e) => {
+                                    dispatch(Ev::Call(id, Input::MediaFailed(format!("The answer was refused: {}", js_text(e)))))
+                                }
                             }
                         });
                     }
@@ -865,7 +886,11 @@ impl Driver {
             let e: RtcPeerConnectionIceEvent = e.unchecked_into();
             let c = e.candidate().and_then(|c| {
                 let text = c.candidate();
-                (!text.is_empty()).then(|| LocalCandidate { candidate: text, sdp_mid: c.sdp_mid(), sdp_m_line_index: c.sdp_m_line_index() })
+                (!text.is_empty()).then(|| LocalCandidate {
+                    candidate: text,
+                    sdp_mid: c.sdp_mid(),
+                    sdp_m_line_index: c.sdp_m_line_index(),
+                })
             });
             dispatch(Ev::Call(id.clone(), Input::LocalIce(c)));
         });
@@ -988,7 +1013,11 @@ fn server_call_id(m: &ServerMsg) -> Option<String> {
 // ---- WebRTC -----------------------------------------------------------------------------------
 
 async fn open_mic(call_id: &str, pc: &RtcPeerConnection, mic: &str) -> Result<(), String> {
-    let md = web_sys::window().ok_or("no window")?.navigator().media_devices().map_err(|_| "This browser has no microphone access".to_string())?;
+    let md = web_sys::window()
+        .ok_or("no window")?
+        .navigator()
+        .media_devices()
+        .map_err(|_| "This browser has no microphone access".to_string())?;
     let c = MediaStreamConstraints::new();
     if mic.is_empty() {
         c.set_audio_bool(true);
@@ -1193,7 +1222,10 @@ fn store_session(s: &StoredSession) {
 }
 
 fn load_history(number: &str) -> Vec<Entry> {
-    storage().and_then(|s| s.get_item(&history::storage_key(number)).ok().flatten()).map(|t| history::decode(&t)).unwrap_or_default()
+    storage()
+        .and_then(|s| s.get_item(&history::storage_key(number)).ok().flatten())
+        .map(|t| history::decode(&t))
+        .unwrap_or_default()
 }
 
 /// `/?answer=<call_id>` (a click on a call notification): the call id, and the URL made plain.

@@ -153,7 +153,11 @@ pub fn show_incoming(from: &str, from_name: &str) {
     }
     let Some(c) = container() else { return };
     let Ok(ready) = c.ready() else { return };
-    let title = if from_name.is_empty() || from_name == from { format!("Call from {from}") } else { format!("Call from {from_name} ({from})") };
+    let title = if from_name.is_empty() || from_name == from {
+        format!("Call from {from}")
+    } else {
+        format!("Call from {from_name} ({from})")
+    };
     wasm_bindgen_futures::spawn_local(async move {
         let Ok(reg) = JsFuture::from(ready).await else { return };
         let opts = js_sys::Object::new();

@@ -6,9 +6,9 @@ use leptos::ev::SubmitEvent;
 use leptos::html;
 use leptos::prelude::*;
 
-use trunkline_call::{DTMF_KEYS, Direction, Phase, UserAction, clean_number, dtmf_testid, format_duration, is_dtmf};
 use crate::conn::ConnState;
 use crate::phone::{self, DeviceChoice, Ev, PushState, Ui, dispatch};
+use trunkline_call::{DTMF_KEYS, Direction, Phase, UserAction, clean_number, dtmf_testid, format_duration, is_dtmf};
 
 /// Which screen shows (changes rarely: the screens below update field by field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,9 +180,11 @@ fn Dialer(ui: Ui) -> impl IntoView {
             let _ = i.focus();
         }
     };
-    let backspace = move |_| number.update(|n| {
-        n.pop();
-    });
+    let backspace = move |_| {
+        number.update(|n| {
+            n.pop();
+        })
+    };
     view! {
         <form class="card dialer" on:submit=call>
             <label for="dial-input" class="sr-only">"Number to call"</label>

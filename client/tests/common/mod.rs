@@ -42,30 +42,16 @@ impl Cloud {
         cfg.steering.ring_timeout_ms = 20_000;
         cfg.steering.switch_answer_timeout_ms = 2_000;
 
-        let directory = SqliteDirectory::open(&cfg.database_url)
-            .await
-            .expect("open directory");
-        directory
-            .add_switch(HQ.0, &hash_password(HQ.1, 64, 1).unwrap())
-            .await
-            .expect("add switch");
-        for (number, password, switch) in [
-            (ALICE, None),
-            (BOB, None),
-            (CAROL, None),
-            (DESK, Some(HQ.0)),
-        ]
-        .map(|((n, p), s)| (n, p, s))
+        let directory = SqliteDirectory::open(&cfg.database_url).await.expect("open directory");
+        directory.add_switch(HQ.0, &hash_password(HQ.1, 64, 1).unwrap()).await.expect("add switch");
+        for (number, password, switch) in
+            [(ALICE, None), (BOB, None), (CAROL, None), (DESK, Some(HQ.0))].map(|((n, p), s)| (n, p, s))
         {
             directory
                 .add_account(NewAccount {
                     number: number.into(),
                     display_name: format!("User {number}"),
-                    kind: if switch.is_some() {
-                        AccountKind::Deskphone
-                    } else {
-                        AccountKind::Browser
-                    },
+                    kind: if switch.is_some() { AccountKind::Deskphone } else { AccountKind::Browser },
                     home_switch: switch.map(Into::into),
                     password_hash: hash_password(password, 64, 1).unwrap(),
                     ha1_md5: switch.map(|_| ha1_md5(number, "trunkline", password)),
@@ -82,29 +68,19 @@ impl Cloud {
         let task = tokio::spawn(signal_server::run(cfg, listener, async move {
             let _ = rx.await;
         }));
-        Cloud {
-            ws_url: format!("ws://{addr}/ws"),
-            shutdown: Some(tx),
-            task: Some(task),
-            _dir: dir,
-        }
+        Cloud { ws_url: format!("ws://{addr}/ws"), shutdown: Some(tx), task: Some(task), _dir: dir }
     }
 
     /// Sign a browser in (the listener is bound before the server runs, so this just queues
     /// until it serves; the deadline catches a server that failed to start).
     pub async fn phone(&self, (number, password): (&str, &str)) -> Softphone {
         let cfg = SoftphoneConfig::new(&self.ws_url, number, password);
-        tokio::time::timeout(WAIT, Softphone::login(cfg))
-            .await
-            .expect("login in time")
-            .expect("login")
+        tokio::time::timeout(WAIT, Softphone::login(cfg)).await.expect("login in time").expect("login")
     }
 
     pub async fn stop(mut self) {
         let _ = self.shutdown.take().unwrap().send(());
-        let r = tokio::time::timeout(WAIT, self.task.take().unwrap())
-            .await
-            .expect("server stops in time");
+        let r = tokio::time::timeout(WAIT, self.task.take().unwrap()).await.expect("server stops in time");
         r.expect("server task").expect("server result");
     }
 }

@@ -25,9 +25,7 @@ pub fn free_range(pairs: u16) -> RangeInclusive<u16> {
         assert!(n < slots, "no free port range found");
         let start = 61000 + ((seed.wrapping_add(n)) % slots) * 16;
         let range = start..=start + len - 1;
-        let all_free = range
-            .clone()
-            .all(|p| StdUdpSocket::bind((LOCALHOST, p)).is_ok());
+        let all_free = range.clone().all(|p| StdUdpSocket::bind((LOCALHOST, p)).is_ok());
         if all_free {
             return range;
         }
@@ -46,10 +44,7 @@ impl Phone {
     }
 
     pub async fn on(ip: IpAddr) -> Self {
-        Self {
-            rtp: UdpSocket::bind((ip, 0)).await.unwrap(),
-            rtcp: UdpSocket::bind((ip, 0)).await.unwrap(),
-        }
+        Self { rtp: UdpSocket::bind((ip, 0)).await.unwrap(), rtcp: UdpSocket::bind((ip, 0)).await.unwrap() }
     }
 
     pub fn rtp_addr(&self) -> SocketAddr {
@@ -64,10 +59,8 @@ impl Phone {
 /// Receive one datagram or fail the test after [`DEADLINE`].
 pub async fn recv(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     let mut buf = vec![0u8; 4096];
-    let (n, from) = tokio::time::timeout(DEADLINE, sock.recv_from(&mut buf))
-        .await
-        .expect("no datagram before the deadline")
-        .unwrap();
+    let (n, from) =
+        tokio::time::timeout(DEADLINE, sock.recv_from(&mut buf)).await.expect("no datagram before the deadline").unwrap();
     buf.truncate(n);
     (buf, from)
 }
@@ -85,10 +78,7 @@ pub fn assert_nothing_queued(sock: &UdpSocket) {
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -107,9 +97,7 @@ pub fn rtp(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -
 
 /// A G.711 µ-law packet with 20 ms (160 samples) of recognisable payload.
 pub fn pcmu(seq: u16, ssrc: u32) -> Vec<u8> {
-    let payload: Vec<u8> = (0..160u32)
-        .map(|i| (i as u8) ^ (seq as u8).wrapping_mul(31))
-        .collect();
+    let payload: Vec<u8> = (0..160u32).map(|i| (i as u8) ^ (seq as u8).wrapping_mul(31)).collect();
     rtp(0, seq == 0, seq, u32::from(seq) * 160, ssrc, &payload)
 }
 

@@ -12,15 +12,13 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, error::ErrorKind};
 use trunkline_protocol::{AccountKind, Outcome, Step};
 
 use super::{
-    Account, CallRecord, Directory, DirectoryError, NewAccount, PushSubscription, SessionInfo, SwitchRecord,
-    ThrottleCounter, UnixMs,
+    Account, CallRecord, Directory, DirectoryError, NewAccount, PushSubscription, SessionInfo, SwitchRecord, ThrottleCounter,
+    UnixMs,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -222,9 +220,7 @@ impl SqliteDirectory {
     /// `sqlite::memory:` (one private in-memory database, lost when this value is dropped).
     pub async fn open(database_url: &str) -> Result<Self, DirectoryError> {
         if !database_url.starts_with("sqlite:") {
-            return Err(DirectoryError::Invalid(format!(
-                "database_url {database_url:?}: only sqlite: URLs are supported"
-            )));
+            return Err(DirectoryError::Invalid(format!("database_url {database_url:?}: only sqlite: URLs are supported")));
         }
         let memory = is_memory_url(database_url);
         if !memory && let Some(path) = file_path(database_url) {
@@ -283,9 +279,7 @@ impl SqliteDirectory {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_err("listing accounts of switch", e))?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>("number").map_err(|e| db_err("listing accounts of switch", e)))
-            .collect()
+        rows.iter().map(|r| r.try_get::<String, _>("number").map_err(|e| db_err("listing accounts of switch", e))).collect()
     }
 }
 
@@ -314,9 +308,7 @@ impl Directory for SqliteDirectory {
         match res {
             Ok(_) => Ok(()),
             Err(e) => match kind_of(&e) {
-                Some(ErrorKind::UniqueViolation) => {
-                    Err(DirectoryError::AlreadyExists { what: "account", key: a.number })
-                }
+                Some(ErrorKind::UniqueViolation) => Err(DirectoryError::AlreadyExists { what: "account", key: a.number }),
                 // The only foreign key of `accounts` is `home_switch`.
                 Some(ErrorKind::ForeignKeyViolation) => {
                     Err(DirectoryError::NotFound { what: "switch", key: a.home_switch.unwrap_or_default() })
@@ -384,16 +376,12 @@ impl Directory for SqliteDirectory {
     async fn remove_switch(&self, id: &str) -> Result<(), DirectoryError> {
         let res = sqlx::query("DELETE FROM switches WHERE id = ?").bind(id).execute(&self.pool).await;
         match res {
-            Ok(done) if done.rows_affected() == 0 => {
-                Err(DirectoryError::NotFound { what: "switch", key: id.to_string() })
-            }
+            Ok(done) if done.rows_affected() == 0 => Err(DirectoryError::NotFound { what: "switch", key: id.to_string() }),
             Ok(_) => Ok(()),
             Err(e) if kind_of(&e) == Some(ErrorKind::ForeignKeyViolation) => {
                 let numbers = self.accounts_of_switch(id).await?;
                 let list = if numbers.is_empty() { "some accounts".to_string() } else { numbers.join(", ") };
-                Err(DirectoryError::Invalid(format!(
-                    "switch {id:?} is the home switch of {list}; remove those accounts first"
-                )))
+                Err(DirectoryError::Invalid(format!("switch {id:?} is the home switch of {list}; remove those accounts first")))
             }
             Err(e) => Err(db_err("removing switch", e)),
         }
@@ -415,13 +403,7 @@ impl Directory for SqliteDirectory {
             .map_err(|e| db_err("reading switch secret hash", e))
     }
 
-    async fn set_switch_online(
-        &self,
-        id: &str,
-        online: bool,
-        direct_urls: &[String],
-        now: UnixMs,
-    ) -> Result<(), DirectoryError> {
+    async fn set_switch_online(&self, id: &str, online: bool, direct_urls: &[String], now: UnixMs) -> Result<(), DirectoryError> {
         let urls = serde_json::to_string(direct_urls).expect("a list of strings serializes");
         let done = sqlx::query("UPDATE switches SET online = ?, direct_urls = ?, last_seen_ms = ? WHERE id = ?")
             .bind(online as i64)
@@ -615,11 +597,9 @@ impl Directory for SqliteDirectory {
                     .await
                     .map_err(err)?;
             counters.push(match row {
-                Some((failures, last_failure_ms, last_success_ms)) => ThrottleCounter {
-                    failures: u32::try_from(failures).unwrap_or(u32::MAX),
-                    last_failure_ms,
-                    last_success_ms,
-                },
+                Some((failures, last_failure_ms, last_success_ms)) => {
+                    ThrottleCounter { failures: u32::try_from(failures).unwrap_or(u32::MAX), last_failure_ms, last_success_ms }
+                }
                 None => ThrottleCounter::default(),
             });
         }
@@ -681,13 +661,12 @@ impl Directory for SqliteDirectory {
     }
 
     async fn push_subscriptions(&self, number: &str) -> Result<Vec<PushSubscription>, DirectoryError> {
-        let rows = sqlx::query(
-            "SELECT endpoint, number, p256dh, auth FROM push_subscriptions WHERE number = ? ORDER BY endpoint",
-        )
-        .bind(number)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db_err("listing push subscriptions", e))?;
+        let rows =
+            sqlx::query("SELECT endpoint, number, p256dh, auth FROM push_subscriptions WHERE number = ? ORDER BY endpoint")
+                .bind(number)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_err("listing push subscriptions", e))?;
         rows.iter()
             .map(|r| {
                 let get = |e| db_err("reading push subscription", e);
@@ -727,8 +706,7 @@ impl Directory for SqliteDirectory {
             let duration = r
                 .duration_ms
                 .map(|d| {
-                    i64::try_from(d)
-                        .map_err(|_| DirectoryError::Invalid(format!("call {}: duration_ms too large", r.call_id)))
+                    i64::try_from(d).map_err(|_| DirectoryError::Invalid(format!("call {}: duration_ms too large", r.call_id)))
                 })
                 .transpose()?;
             rows.push((r, duration, format_trace(&r.trace)));
@@ -934,10 +912,7 @@ mod tests {
         let urls = vec!["wss://a.example:7443/direct".to_string(), "ws://10.0.0.2:7080".to_string()];
         d.set_switch_online("sw1", true, &urls, 1234).await.unwrap();
         let sw1 = d.list_switches().await.unwrap().remove(0);
-        assert_eq!(
-            sw1,
-            SwitchRecord { id: "sw1".into(), direct_urls: urls.clone(), online: true, last_seen_ms: Some(1234) }
-        );
+        assert_eq!(sw1, SwitchRecord { id: "sw1".into(), direct_urls: urls.clone(), online: true, last_seen_ms: Some(1234) });
         let e = d.set_switch_online("zz", true, &urls, 1).await.unwrap_err();
         assert!(matches!(e, DirectoryError::NotFound { what: "switch", .. }), "{e:?}");
 
@@ -1090,10 +1065,7 @@ mod tests {
         };
         d.add_push_subscription(sub("100", "https://push/a")).await.unwrap();
         d.add_push_subscription(sub("100", "https://push/b")).await.unwrap();
-        assert_eq!(
-            d.push_subscriptions("100").await.unwrap(),
-            vec![sub("100", "https://push/a"), sub("100", "https://push/b")]
-        );
+        assert_eq!(d.push_subscriptions("100").await.unwrap(), vec![sub("100", "https://push/a"), sub("100", "https://push/b")]);
         // Same endpoint again: replaced (moves to 101).
         d.add_push_subscription(sub("101", "https://push/b")).await.unwrap();
         assert_eq!(d.push_subscriptions("100").await.unwrap(), vec![sub("100", "https://push/a")]);

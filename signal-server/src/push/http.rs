@@ -75,9 +75,8 @@ impl HttpClient {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
 
-        let mut req = Request::post(path)
-            .header(hyper::header::HOST, authority)
-            .header(hyper::header::CONTENT_LENGTH, body.len());
+        let mut req =
+            Request::post(path).header(hyper::header::HOST, authority).header(hyper::header::CONTENT_LENGTH, body.len());
         for (k, v) in headers {
             req = req.header(k, v);
         }

@@ -95,7 +95,10 @@ fn subscription_keys_are_checked() {
     assert!(check_subscription(&cfg, "https://localhost/x", ok, auth).is_err());
     let loopback_ok = PushConfig { allow_loopback_endpoints: true, ..PushConfig::default() };
     assert!(check_subscription(&loopback_ok, "http://127.0.0.1:9/x", ok, auth).is_ok());
-    assert_eq!(check_subscription(&cfg, "https://push.example.com/x", &B64.encode(&point), auth).unwrap_err().code, ErrorCode::InvalidField);
+    assert_eq!(
+        check_subscription(&cfg, "https://push.example.com/x", &B64.encode(&point), auth).unwrap_err().code,
+        ErrorCode::InvalidField
+    );
 }
 
 #[test]
@@ -114,10 +117,8 @@ fn vapid_authorization_is_an_es256_jwt_for_the_endpoint_origin() {
     let fresh_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let fresh = key.authorization("https://push.example.com", "mailto:ops@example.com", fresh_now, VAPID_VALIDITY).unwrap();
     let fresh_token = fresh.strip_prefix("vapid t=").unwrap().split_once(", k=").unwrap().0;
-    let opts = VerificationOptions {
-        allowed_audiences: Some(["https://push.example.com".to_string()].into()),
-        ..Default::default()
-    };
+    let opts =
+        VerificationOptions { allowed_audiences: Some(["https://push.example.com".to_string()].into()), ..Default::default() };
     let claims = public.verify_token::<NoCustomClaims>(fresh_token, Some(opts.clone())).expect("signature verifies");
     assert_eq!(claims.subject.as_deref(), Some("mailto:ops@example.com"));
     let other = VapidKey::generate().0;
@@ -244,7 +245,8 @@ async fn http_client_posts_over_tls_to_a_trusted_endpoint_and_refuses_an_untrust
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let handle = axum_server::Handle::new();
-    let server = tokio::spawn(axum_server::from_tcp_rustls(listener, tls).unwrap().handle(handle.clone()).serve(app.into_make_service()));
+    let server =
+        tokio::spawn(axum_server::from_tcp_rustls(listener, tls).unwrap().handle(handle.clone()).serve(app.into_make_service()));
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();

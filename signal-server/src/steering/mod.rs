@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use trunkline_protocol::{
-    CallEvent, CallId, ClientMsg, DeclineReason, ErrorCode, IncomingVia, Outcome, PhoneEntry,
-    ProtocolError, QueryAnswer, Route, ServerMsg, SignalPayload, Step,
+    CallEvent, CallId, ClientMsg, DeclineReason, ErrorCode, IncomingVia, Outcome, PhoneEntry, ProtocolError, QueryAnswer, Route,
+    ServerMsg, SignalPayload, Step,
 };
 
 use crate::config::SteeringConfig;
@@ -251,8 +251,7 @@ impl Engine {
     /// Replace the directory snapshot. Online switches whose phone list changed get
     /// `phones_update`.
     pub fn set_directory(&mut self, accounts: Vec<Account>) {
-        let before: HashMap<String, Vec<PhoneEntry>> =
-            self.switches.keys().map(|id| (id.clone(), self.phones_of(id))).collect();
+        let before: HashMap<String, Vec<PhoneEntry>> = self.switches.keys().map(|id| (id.clone(), self.phones_of(id))).collect();
         self.accounts = accounts
             .into_iter()
             .map(|a| {
@@ -385,12 +384,8 @@ impl Engine {
         }
         // Calls that depended on this live connection end now; calls whose media runs
         // directly between the other parties and a switch carry on without the cloud.
-        let affected: Vec<CallId> = self
-            .calls
-            .iter()
-            .filter(|(_, c)| Self::involves(c, &party))
-            .map(|(id, _)| id.clone())
-            .collect();
+        let affected: Vec<CallId> =
+            self.calls.iter().filter(|(_, c)| Self::involves(c, &party)).map(|(id, _)| id.clone()).collect();
         for id in affected {
             let Some(call) = self.calls.get(&id) else { continue };
             let outcome = match (&party, call.state) {
@@ -563,11 +558,7 @@ impl Engine {
             (Party::Device(me), M::Hangup { call_id }) => self.hangup(now, me, &call_id),
             (_, m) => Err(ProtocolError::new(
                 ErrorCode::Forbidden,
-                format!(
-                    "a {} may not send {}",
-                    if matches!(party, Party::Device(_)) { "browser" } else { "switch" },
-                    m.kind()
-                ),
+                format!("a {} may not send {}", if matches!(party, Party::Device(_)) { "browser" } else { "switch" }, m.kind()),
             )),
         }
     }
@@ -605,10 +596,7 @@ impl Engine {
         match self.accounts.get(&from) {
             Some(a) if a.home_switch.as_deref() == Some(me) => {}
             _ => {
-                return Err(ProtocolError::new(
-                    ErrorCode::Forbidden,
-                    format!("{from} is not a phone of switch {me}"),
-                ));
+                return Err(ProtocolError::new(ErrorCode::Forbidden, format!("{from} is not a phone of switch {me}")));
             }
         }
         self.check_new_call(&call_id)?;
@@ -620,7 +608,10 @@ impl Engine {
         match callee.home_switch {
             Some(sw) if sw == me => {
                 // The switch's phone list was stale: it can connect the call itself (F7).
-                self.send_party(&Party::Switch(me.to_string()), ServerMsg::Route { call_id: call_id.clone(), route: Route::Local });
+                self.send_party(
+                    &Party::Switch(me.to_string()),
+                    ServerMsg::Route { call_id: call_id.clone(), route: Route::Local },
+                );
                 let c = self.calls.get_mut(&call_id).expect("just started");
                 c.carrier = Some(me.to_string());
                 self.set_state(now, &call_id, CallState::Ringing);
@@ -884,9 +875,13 @@ impl Engine {
         let carrier_p = Party::Switch(carrier.clone());
         // The caller's switch carries the call in F3 (its callee browser connects to it); for
         // F7 (a local call) nobody connects.
-        let connecting = if call.caller == carrier_p { call.callee_device.clone().map(Party::Device) } else { Some(call.caller.clone()) };
+        let connecting =
+            if call.caller == carrier_p { call.callee_device.clone().map(Party::Device) } else { Some(call.caller.clone()) };
         let Some(connecting) = connecting else {
-            return Err(ProtocolError::new(ErrorCode::WrongState, "this call is local to its switch: there is no direct connection"));
+            return Err(ProtocolError::new(
+                ErrorCode::WrongState,
+                "this call is local to its switch: there is no direct connection",
+            ));
         };
         if !matches!(
             call.state,
@@ -1016,10 +1011,9 @@ impl Engine {
                 &caller,
                 ServerMsg::Route { call_id: call_id.to_string(), route: Route::Invalid { reason: reason.to_string() } },
             ),
-            Party::Device(_) => self.send_party(
-                &caller,
-                ServerMsg::error(ErrorCode::InvalidCall, reason, Some(call_id.to_string())),
-            ),
+            Party::Device(_) => {
+                self.send_party(&caller, ServerMsg::error(ErrorCode::InvalidCall, reason, Some(call_id.to_string())))
+            }
         }
         self.finish(now, call_id, Outcome::RejectedInvalid, reason);
     }

@@ -141,7 +141,9 @@ fn steps(r: &CallRecord) -> String {
 }
 
 fn accept_json(call: &str) -> String {
-    format!(r#"{{"type":"query_answer","call_id":"{call}","answer":{{"answer":"accept","url":"{BRANCH_URL}","key":"{KEY}","expires_in_ms":30000}}}}"#)
+    format!(
+        r#"{{"type":"query_answer","call_id":"{call}","answer":{{"answer":"accept","url":"{BRANCH_URL}","key":"{KEY}","expires_in_ms":30000}}}}"#
+    )
 }
 
 // ------------------------------------------------------------------ A → C1, B3
@@ -208,18 +210,13 @@ fn f1_c11_c12_c13_accept_relays_address_and_key_then_c14_c15_connect() {
 
 #[test]
 fn f6_c12_declines_map_to_busy_offline_declined() {
-    for (reason, outcome) in [
-        ("busy", Outcome::Busy),
-        ("not_registered", Outcome::CalleeOffline),
-        ("declined", Outcome::Declined),
-    ] {
+    for (reason, outcome) in
+        [("busy", Outcome::Busy), ("not_registered", Outcome::CalleeOffline), ("declined", Outcome::Declined)]
+    {
         let mut h = H::new();
         h.msg(ALICE, r#"{"type":"dial","call_id":"d","to":"3001"}"#);
         h.to(BRANCH);
-        h.msg(
-            BRANCH,
-            &format!(r#"{{"type":"query_answer","call_id":"d","answer":{{"answer":"decline","reason":"{reason}"}}}}"#),
-        );
+        h.msg(BRANCH, &format!(r#"{{"type":"query_answer","call_id":"d","answer":{{"answer":"decline","reason":"{reason}"}}}}"#));
         assert_eq!(outcome_of(&h.to(ALICE)), Some((outcome, None)), "{reason}");
         let r = h.one_record();
         assert_eq!((r.outcome, steps(&r).as_str()), (outcome, "A,C1,B4,B5,C11,C12,C13"));
@@ -320,10 +317,7 @@ fn f2_b5_answer_then_c11_c12_and_c2_hands_the_caller_switch_address_and_key() {
     h.msg(HQ, r#"{"type":"route_query","call_id":"f2","from":"1001","to":"3001"}"#);
     assert_eq!(
         h.to(HQ),
-        vec![S::Route {
-            call_id: "f2".into(),
-            route: Route::Switch { switch_id: "branch".into(), url: BRANCH_URL.into() }
-        }]
+        vec![S::Route { call_id: "f2".into(), route: Route::Switch { switch_id: "branch".into(), url: BRANCH_URL.into() } }]
     );
     assert!(matches!(h.to(BRANCH).as_slice(), [S::CalleeQuery { from, .. }] if from == "1001"));
     h.msg(BRANCH, &accept_json("f2"));
@@ -346,15 +340,9 @@ fn f2_b5_answer_then_c11_c12_and_c2_hands_the_caller_switch_address_and_key() {
 fn f3_b6_device_answer_then_c3_tells_the_online_browser() {
     let mut h = H::new();
     h.msg(HQ, r#"{"type":"route_query","call_id":"f3","from":"1001","to":"2001"}"#);
-    assert_eq!(
-        h.to(HQ),
-        vec![S::Route { call_id: "f3".into(), route: Route::Device { device_id: "2001".into() } }]
-    );
+    assert_eq!(h.to(HQ), vec![S::Route { call_id: "f3".into(), route: Route::Device { device_id: "2001".into() } }]);
     assert_eq!(h.e.call_state("f3"), Some(CallState::AwaitDirectOffer));
-    h.msg(
-        HQ,
-        &format!(r#"{{"type":"direct_offer","call_id":"f3","url":"{HQ_URL}","key":"{KEY}","expires_in_ms":30000}}"#),
-    );
+    h.msg(HQ, &format!(r#"{{"type":"direct_offer","call_id":"f3","url":"{HQ_URL}","key":"{KEY}","expires_in_ms":30000}}"#));
     assert_eq!(
         h.to(ALICE),
         vec![S::Incoming {
@@ -400,10 +388,7 @@ fn a_switch_names_itself_in_its_address_never_another_switch() {
 fn f3_callee_declines_the_direct_call() {
     let mut h = H::new();
     h.msg(HQ, r#"{"type":"route_query","call_id":"f3","from":"1001","to":"2001"}"#);
-    h.msg(
-        HQ,
-        &format!(r#"{{"type":"direct_offer","call_id":"f3","url":"{HQ_URL}","key":"{KEY}","expires_in_ms":30000}}"#),
-    );
+    h.msg(HQ, &format!(r#"{{"type":"direct_offer","call_id":"f3","url":"{HQ_URL}","key":"{KEY}","expires_in_ms":30000}}"#));
     h.out.clear();
     h.msg(ALICE, r#"{"type":"decline","call_id":"f3","reason":"declined"}"#);
     assert_eq!(outcome_of(&h.to(HQ)), Some((Outcome::Declined, None)));
@@ -431,10 +416,7 @@ fn c3_timeout_switch_never_sends_direct_offer() {
 fn c3_callee_never_connects_is_no_answer() {
     let mut h = H::new();
     h.msg(HQ, r#"{"type":"route_query","call_id":"c3","from":"1001","to":"2001"}"#);
-    h.msg(
-        HQ,
-        &format!(r#"{{"type":"direct_offer","call_id":"c3","url":"{HQ_URL}","key":"{KEY}","expires_in_ms":30000}}"#),
-    );
+    h.msg(HQ, &format!(r#"{{"type":"direct_offer","call_id":"c3","url":"{HQ_URL}","key":"{KEY}","expires_in_ms":30000}}"#));
     h.out.clear();
     h.advance(SteeringConfig::default().ring_timeout());
     assert_eq!(outcome_of(&h.to(HQ)), Some((Outcome::NoAnswer, None)));
@@ -485,14 +467,14 @@ fn f4_relay_between_two_browsers_with_cloud_key() {
     let mut h = H::new();
     let key = f4_ringing(&mut h);
     // Offer from the caller reaches the callee; a wrong key is refused and relays nothing.
-    h.msg(ALICE, r#"{"type":"signal","call_id":"f4","key":"wrong-wrong-wrong-wrong-wrong","payload":{"kind":"offer","sdp":"v=0"}}"#);
+    h.msg(
+        ALICE,
+        r#"{"type":"signal","call_id":"f4","key":"wrong-wrong-wrong-wrong-wrong","payload":{"kind":"offer","sdp":"v=0"}}"#,
+    );
     assert_eq!(h.error_code(ALICE), ErrorCode::BadKey);
     assert!(h.to(BOB).is_empty());
     h.msg(ALICE, &format!(r#"{{"type":"signal","call_id":"f4","key":"{key}","payload":{{"kind":"offer","sdp":"v=0"}}}}"#));
-    assert_eq!(
-        h.to(BOB),
-        vec![S::Signal { call_id: "f4".into(), payload: SignalPayload::Offer { sdp: "v=0".into() } }]
-    );
+    assert_eq!(h.to(BOB), vec![S::Signal { call_id: "f4".into(), payload: SignalPayload::Offer { sdp: "v=0".into() } }]);
     h.msg(BOB, &format!(r#"{{"type":"accept","call_id":"f4","key":"{key}"}}"#));
     assert_eq!(h.to(ALICE), vec![S::CallEvent { call_id: "f4".into(), event: CallEvent::Connected }]);
     h.msg(BOB, &format!(r#"{{"type":"signal","call_id":"f4","key":"{key}","payload":{{"kind":"answer","sdp":"v=0 a"}}}}"#));
@@ -784,7 +766,10 @@ fn push_f4_offline_callee_is_woken_then_rung_when_it_signs_in() {
     assert_eq!(h.e.call_state("w"), Some(CallState::AwaitWake));
     assert_eq!(h.e.poll_timeout(), Some(h.t0 + SteeringConfig::default().ring_timeout()));
     // Signals before the callee is there are out of order.
-    h.msg(ALICE, r#"{"type":"signal","call_id":"w","key":"wrong-wrong-wrong-wrong-wrong","payload":{"kind":"offer","sdp":"v=0"}}"#);
+    h.msg(
+        ALICE,
+        r#"{"type":"signal","call_id":"w","key":"wrong-wrong-wrong-wrong-wrong","payload":{"kind":"offer","sdp":"v=0"}}"#,
+    );
     assert_eq!(h.error_code(ALICE), ErrorCode::WrongState);
 
     h.advance(Duration::from_secs(8));
@@ -996,10 +981,7 @@ fn push_b6_callee_signs_in_before_the_offer_comes() {
     h.out.clear();
     assert_eq!(h.e.call_state("b6"), Some(CallState::AwaitDirectOffer));
     h.msg(HQ, &direct_offer_json("b6", 30_000));
-    assert!(matches!(
-        h.to(ALICE2).as_slice(),
-        [S::Incoming { via: IncomingVia::Direct { expires_in_ms: 30_000, .. }, .. }]
-    ));
+    assert!(matches!(h.to(ALICE2).as_slice(), [S::Incoming { via: IncomingVia::Direct { expires_in_ms: 30_000, .. }, .. }]));
     // Signed in: a late "could not wake" is ignored.
     h.e.wake_failed(h.now, "b6", "no subscription");
     h.drain();

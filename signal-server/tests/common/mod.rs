@@ -38,9 +38,11 @@ pub struct TestServer {
 
 /// Fast test timeouts; everything else as shipped.
 pub fn test_config(dir: &Path) -> Config {
-    let mut c = Config::default();
-    c.database_url = format!("sqlite://{}", dir.join("trunkline.db").display());
-    c.web_root = dir.join("no-web-root");
+    let mut c = Config {
+        database_url: format!("sqlite://{}", dir.join("trunkline.db").display()),
+        web_root: dir.join("no-web-root"),
+        ..Default::default()
+    };
     c.steering.switch_answer_timeout_ms = 400;
     c.steering.direct_offer_timeout_ms = 400;
     c.steering.ring_timeout_ms = 1_500;

@@ -20,11 +20,7 @@ pub struct NameAddr {
 
 impl NameAddr {
     pub fn new(uri: Uri) -> NameAddr {
-        NameAddr {
-            display: None,
-            uri,
-            params: Vec::new(),
-        }
+        NameAddr { display: None, uri, params: Vec::new() }
     }
 
     /// Parses `[display-name] <URI> *(;param)` or `URI *(;param)`.
@@ -66,20 +62,14 @@ impl NameAddr {
                     Ok(u) => u,
                     // `Bell, Alexander <sip:...>`: the display name is the problem.
                     Err(_) if s.contains('<') => {
-                        return Err(SyntaxError(
-                            "display name must be tokens or a quoted string",
-                        ));
+                        return Err(SyntaxError("display name must be tokens or a quoted string"));
                     }
                     Err(e) => return Err(e),
                 };
             }
         }
         let params = scan::parse_params(&mut cur, false)?;
-        Ok(NameAddr {
-            display,
-            uri,
-            params,
-        })
+        Ok(NameAddr { display, uri, params })
     }
 
     /// Header parameter: `None` if absent, `Some(None)` for a flag.
@@ -198,10 +188,7 @@ mod tests {
         assert_eq!(a.display.as_deref(), Some("A \"B\\"));
         assert!(a.uri.lr());
         assert_eq!(a.tag(), Some("x"));
-        assert_eq!(
-            a.to_string(),
-            "\"A \\\"B\\\\\" <sip:a@b.com;lr>;tag=x;q=0.5"
-        );
+        assert_eq!(a.to_string(), "\"A \\\"B\\\\\" <sip:a@b.com;lr>;tag=x;q=0.5");
         assert_eq!(NameAddr::parse(&a.to_string()).unwrap(), a);
 
         let b = NameAddr::parse("sip:a@b.com;tag=1").unwrap();
@@ -225,15 +212,7 @@ mod tests {
             assert!(NameAddr::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Contact::parse(" * ").unwrap(), Contact::Star);
-        assert_eq!(
-            Contact::parse("<sip:a@b>;expires=60").unwrap().expires(),
-            Some(60)
-        );
-        assert_eq!(
-            Contact::parse("<sip:a@b>;expires=99999999999")
-                .unwrap()
-                .expires(),
-            None
-        );
+        assert_eq!(Contact::parse("<sip:a@b>;expires=60").unwrap().expires(), Some(60));
+        assert_eq!(Contact::parse("<sip:a@b>;expires=99999999999").unwrap().expires(), None);
     }
 }

@@ -15,10 +15,7 @@ pub enum HeaderError {
     #[error("more than one {0} header")]
     Multiple(&'static str),
     #[error("bad {header} header: {reason}")]
-    Invalid {
-        header: &'static str,
-        reason: &'static str,
-    },
+    Invalid { header: &'static str, reason: &'static str },
 }
 
 /// Canonical spelling of a known header name (compact forms expanded), matched
@@ -133,22 +130,13 @@ fn name_cow(name: &str) -> Cow<'static, str> {
         Some(c) => Cow::Borrowed(c),
         None if scan::is_token(name) => Cow::Owned(name.to_owned()),
         // A header name must be a token; dropping other characters prevents header injection.
-        None => Cow::Owned(
-            name.bytes()
-                .filter(|&c| scan::is_token_char(c))
-                .map(char::from)
-                .collect(),
-        ),
+        None => Cow::Owned(name.bytes().filter(|&c| scan::is_token_char(c)).map(char::from).collect()),
     }
 }
 
 /// CR/LF in a value would inject headers on output: replace them with spaces.
 fn clean_value(value: String) -> String {
-    if value.bytes().any(|c| c == b'\r' || c == b'\n') {
-        value.replace(['\r', '\n'], " ")
-    } else {
-        value
-    }
+    if value.bytes().any(|c| c == b'\r' || c == b'\n') { value.replace(['\r', '\n'], " ") } else { value }
 }
 
 /// Ordered list of `(name, value)` entries. Known names are stored in canonical
@@ -161,15 +149,11 @@ pub struct Headers {
 
 impl Headers {
     pub fn new() -> Headers {
-        Headers {
-            entries: Vec::new(),
-        }
+        Headers { entries: Vec::new() }
     }
 
     pub fn with_capacity(n: usize) -> Headers {
-        Headers {
-            entries: Vec::with_capacity(n),
-        }
+        Headers { entries: Vec::with_capacity(n) }
     }
 
     /// Appends an entry already in canonical form (parser fast path).
@@ -193,19 +177,13 @@ impl Headers {
     /// First value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         let q = query(name);
-        self.entries
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(q))
-            .map(|(_, v)| v.as_str())
+        self.entries.iter().find(|(n, _)| n.eq_ignore_ascii_case(q)).map(|(_, v)| v.as_str())
     }
 
     /// All values of `name`, in order.
     pub fn get_all<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
         let q = query(name);
-        self.entries
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(q))
-            .map(|(_, v)| v.as_str())
+        self.entries.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(q)).map(|(_, v)| v.as_str())
     }
 
     pub fn count(&self, name: &str) -> usize {
@@ -218,19 +196,14 @@ impl Headers {
 
     /// Appends one value (not split on commas).
     pub fn push(&mut self, name: &str, value: impl Into<String>) {
-        self.entries
-            .push((name_cow(name), clean_value(value.into())));
+        self.entries.push((name_cow(name), clean_value(value.into())));
     }
 
     /// Inserts a value before the first existing entry of that name (or appends):
     /// how a new top Via or Record-Route is added.
     pub fn push_front(&mut self, name: &str, value: impl Into<String>) {
         let n = name_cow(name);
-        let at = self
-            .entries
-            .iter()
-            .position(|(e, _)| e.eq_ignore_ascii_case(&n))
-            .unwrap_or(self.entries.len());
+        let at = self.entries.iter().position(|(e, _)| e.eq_ignore_ascii_case(&n)).unwrap_or(self.entries.len());
         self.entries.insert(at, (n, clean_value(value.into())));
     }
 
@@ -238,11 +211,7 @@ impl Headers {
     pub fn set(&mut self, name: &str, value: impl Into<String>) {
         let n = name_cow(name);
         let value = clean_value(value.into());
-        match self
-            .entries
-            .iter()
-            .position(|(e, _)| e.eq_ignore_ascii_case(&n))
-        {
+        match self.entries.iter().position(|(e, _)| e.eq_ignore_ascii_case(&n)) {
             Some(i) => {
                 self.entries[i].1 = value;
                 let mut k = 0;
@@ -283,10 +252,7 @@ impl Headers {
     pub fn call_id(&self) -> Result<&str, HeaderError> {
         let v = self.required("Call-ID")?;
         if v.is_empty() || !v.bytes().all(|c| c > 0x20 && c != 0x7f) {
-            return Err(HeaderError::Invalid {
-                header: "Call-ID",
-                reason: "bad Call-ID",
-            });
+            return Err(HeaderError::Invalid { header: "Call-ID", reason: "bad Call-ID" });
         }
         Ok(v)
     }
@@ -305,11 +271,7 @@ impl Headers {
 
     /// All Via values, top first; at least one is required.
     pub fn vias(&self) -> Result<Vec<Via>, HeaderError> {
-        let vias = self
-            .get_all("Via")
-            .map(Via::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(invalid("Via"))?;
+        let vias = self.get_all("Via").map(Via::parse).collect::<Result<Vec<_>, _>>().map_err(invalid("Via"))?;
         if vias.is_empty() {
             return Err(HeaderError::Missing("Via"));
         }
@@ -322,38 +284,24 @@ impl Headers {
 
     /// All Contact values (empty if there is none).
     pub fn contacts(&self) -> Result<Vec<Contact>, HeaderError> {
-        self.get_all("Contact")
-            .map(Contact::parse)
-            .collect::<Result<_, _>>()
-            .map_err(invalid("Contact"))
+        self.get_all("Contact").map(Contact::parse).collect::<Result<_, _>>().map_err(invalid("Contact"))
     }
 
     /// Route values, in order.
     pub fn routes(&self) -> Result<Vec<NameAddr>, HeaderError> {
-        self.get_all("Route")
-            .map(NameAddr::parse)
-            .collect::<Result<_, _>>()
-            .map_err(invalid("Route"))
+        self.get_all("Route").map(NameAddr::parse).collect::<Result<_, _>>().map_err(invalid("Route"))
     }
 
     /// Record-Route values, in order.
     pub fn record_routes(&self) -> Result<Vec<NameAddr>, HeaderError> {
-        self.get_all("Record-Route")
-            .map(NameAddr::parse)
-            .collect::<Result<_, _>>()
-            .map_err(invalid("Record-Route"))
+        self.get_all("Record-Route").map(NameAddr::parse).collect::<Result<_, _>>().map_err(invalid("Record-Route"))
     }
 
     /// Expires header (delta-seconds). Values above 2^32-1 are an error; RFC 4475
     /// suggests treating them as absent, which the caller may do on `Err`.
     pub fn expires(&self) -> Result<Option<u32>, HeaderError> {
         self.single("Expires")?
-            .map(|v| {
-                scan::parse_u32(v).ok_or(HeaderError::Invalid {
-                    header: "Expires",
-                    reason: "not a 32-bit number",
-                })
-            })
+            .map(|v| scan::parse_u32(v).ok_or(HeaderError::Invalid { header: "Expires", reason: "not a 32-bit number" }))
             .transpose()
     }
 
@@ -363,10 +311,7 @@ impl Headers {
             .map(|v| {
                 scan::parse_u32(v)
                     .and_then(|n| u8::try_from(n).ok())
-                    .ok_or(HeaderError::Invalid {
-                        header: "Max-Forwards",
-                        reason: "not in 0-255",
-                    })
+                    .ok_or(HeaderError::Invalid { header: "Max-Forwards", reason: "not in 0-255" })
             })
             .transpose()
     }
@@ -377,17 +322,8 @@ impl Headers {
             return Ok(None);
         };
         let mt = scan::trim_ws(v.split(';').next().unwrap_or(""));
-        let ok = mt.split_once('/').is_some_and(|(t, s)| {
-            scan::is_token(scan::trim_ws(t)) && scan::is_token(scan::trim_ws(s))
-        });
-        if ok {
-            Ok(Some(mt))
-        } else {
-            Err(HeaderError::Invalid {
-                header: "Content-Type",
-                reason: "bad media type",
-            })
-        }
+        let ok = mt.split_once('/').is_some_and(|(t, s)| scan::is_token(scan::trim_ws(t)) && scan::is_token(scan::trim_ws(s)));
+        if ok { Ok(Some(mt)) } else { Err(HeaderError::Invalid { header: "Content-Type", reason: "bad media type" }) }
     }
 
     // ---- typed setters ----
@@ -443,10 +379,7 @@ fn query(name: &str) -> &str {
 }
 
 fn invalid(header: &'static str) -> impl Fn(SyntaxError) -> HeaderError {
-    move |e| HeaderError::Invalid {
-        header,
-        reason: e.0,
-    }
+    move |e| HeaderError::Invalid { header, reason: e.0 }
 }
 
 #[cfg(test)]
@@ -465,14 +398,8 @@ mod tests {
         assert_eq!(h.get_all("X-CUSTOM").collect::<Vec<_>>(), ["1", "2"]);
         h.set("x-Custom", "3");
         assert_eq!(
-            h.iter()
-                .map(|(n, v)| format!("{n}={v}"))
-                .collect::<Vec<_>>(),
-            [
-                "Via=SIP/2.0/UDP a;branch=z9hG4bK1",
-                "X-Custom=3",
-                "Via=SIP/2.0/UDP b;branch=z9hG4bK2"
-            ]
+            h.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>(),
+            ["Via=SIP/2.0/UDP a;branch=z9hG4bK1", "X-Custom=3", "Via=SIP/2.0/UDP b;branch=z9hG4bK2"]
         );
         h.push_front("Via", "SIP/2.0/TCP c;branch=z9hG4bK0");
         assert_eq!(h.top_via().unwrap().transport, "TCP");

@@ -128,29 +128,16 @@ mod tests {
     #[test]
     fn methods_are_case_sensitive() {
         assert_eq!("INVITE".parse::<Method>().unwrap(), Method::Invite);
-        assert_eq!(
-            "invite".parse::<Method>().unwrap(),
-            Method::Other("invite".into())
-        );
+        assert_eq!("invite".parse::<Method>().unwrap(), Method::Other("invite".into()));
         assert!("IN VITE".parse::<Method>().is_err());
         assert!("".parse::<Method>().is_err());
     }
 
     #[test]
     fn cseq() {
-        assert_eq!(
-            CSeq::parse("0009  INVITE").unwrap(),
-            CSeq::new(9, Method::Invite)
-        );
+        assert_eq!(CSeq::parse("0009  INVITE").unwrap(), CSeq::new(9, Method::Invite));
         assert_eq!(CSeq::parse("4294967295 BYE").unwrap().seq, u32::MAX);
-        for bad in [
-            "4294967296 BYE",
-            "1",
-            "x INVITE",
-            "1INVITE",
-            "1 INVITE x",
-            "-1 INVITE",
-        ] {
+        for bad in ["4294967296 BYE", "1", "x INVITE", "1INVITE", "1 INVITE x", "-1 INVITE"] {
             assert!(CSeq::parse(bad).is_err(), "{bad}");
         }
     }

@@ -108,12 +108,7 @@ header_methods!(Message);
 impl Request {
     /// A request with no headers and no body.
     pub fn new(method: Method, uri: Uri) -> Request {
-        Request {
-            method,
-            uri,
-            headers: Headers::new(),
-            body: Vec::new(),
-        }
+        Request { method, uri, headers: Headers::new(), body: Vec::new() }
     }
 
     fn hdrs(&self) -> &Headers {
@@ -150,12 +145,7 @@ impl Request {
 
 impl Response {
     pub fn new(status: u16, reason: &str) -> Response {
-        Response {
-            status,
-            reason: reason.to_owned(),
-            headers: Headers::new(),
-            body: Vec::new(),
-        }
+        Response { status, reason: reason.to_owned(), headers: Headers::new(), body: Vec::new() }
     }
 
     /// RFC 3261 §8.2.6: a response to `req` copying Via (all, in order), From, To,
@@ -167,12 +157,7 @@ impl Response {
                 headers.push(name, v);
             }
         }
-        Response {
-            status,
-            reason: reason.to_owned(),
-            headers,
-            body: Vec::new(),
-        }
+        Response { status, reason: reason.to_owned(), headers, body: Vec::new() }
     }
 
     fn hdrs(&self) -> &Headers {

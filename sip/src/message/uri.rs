@@ -4,10 +4,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use crate::scan::{
-    self, HNV, PARAM, PASSWORD, RESERVED, SyntaxError, UNRESERVED, USER, check_escaped, unescape,
-    write_escaped,
-};
+use crate::scan::{self, HNV, PARAM, PASSWORD, RESERVED, SyntaxError, UNRESERVED, USER, check_escaped, unescape, write_escaped};
 
 /// URI scheme. Schemes are case-insensitive, so they are stored lowercased.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -48,25 +45,15 @@ impl Host {
     pub fn parse(s: &str) -> Result<Host, SyntaxError> {
         let b = s.as_bytes();
         if b.first() == Some(&b'[') {
-            let inner = s
-                .strip_prefix('[')
-                .and_then(|r| r.strip_suffix(']'))
-                .ok_or(SyntaxError("bad IPv6 reference"))?;
-            return inner
-                .parse()
-                .map(Host::V6)
-                .map_err(|_| SyntaxError("bad IPv6 address"));
+            let inner = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).ok_or(SyntaxError("bad IPv6 reference"))?;
+            return inner.parse().map(Host::V6).map_err(|_| SyntaxError("bad IPv6 address"));
         }
         if b.first().is_some_and(u8::is_ascii_digit)
             && let Ok(ip) = s.parse::<Ipv4Addr>()
         {
             return Ok(Host::V4(ip));
         }
-        if is_hostname(s) {
-            Ok(Host::Domain(s.to_owned()))
-        } else {
-            Err(SyntaxError("bad host"))
-        }
+        if is_hostname(s) { Ok(Host::Domain(s.to_owned())) } else { Err(SyntaxError("bad host")) }
     }
 
     /// Same host? Domain names compare case-insensitively.
@@ -108,15 +95,8 @@ fn is_hostname(s: &str) -> bool {
             return false;
         };
         let top = labels.peek().is_none();
-        let first_ok = if top {
-            first.is_ascii_alphabetic()
-        } else {
-            first.is_ascii_alphanumeric()
-        };
-        if !first_ok
-            || !last.is_ascii_alphanumeric()
-            || !b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-')
-        {
+        let first_ok = if top { first.is_ascii_alphabetic() } else { first.is_ascii_alphanumeric() };
+        if !first_ok || !last.is_ascii_alphanumeric() || !b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-') {
             return false;
         }
     }
@@ -159,15 +139,10 @@ impl Uri {
     /// Parses a URI per RFC 3261's grammar (SIP-URI / SIPS-URI / absoluteURI).
     pub fn parse(s: &str) -> Result<Uri, SyntaxError> {
         let colon = s.find(':').ok_or(SyntaxError("URI has no scheme"))?;
-        let (scheme, rest) = (
-            s.get(..colon).unwrap_or(""),
-            s.get(colon + 1..).unwrap_or(""),
-        );
+        let (scheme, rest) = (s.get(..colon).unwrap_or(""), s.get(colon + 1..).unwrap_or(""));
         let sb = scheme.as_bytes();
         if !sb.first().is_some_and(u8::is_ascii_alphabetic)
-            || !sb
-                .iter()
-                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+            || !sb.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
         {
             return Err(SyntaxError("bad URI scheme"));
         }
@@ -235,25 +210,16 @@ fn parse_sip(scheme: Scheme, rest: &str) -> Result<Uri, SyntaxError> {
         }
         user = Some(unescape(u, UNRESERVED | USER, "bad character in URI user")?);
         if let Some(p) = p {
-            password = Some(unescape(
-                p,
-                UNRESERVED | PASSWORD,
-                "bad character in URI password",
-            )?);
+            password = Some(unescape(p, UNRESERVED | PASSWORD, "bad character in URI password")?);
         }
     }
 
     // Host ends at ':' (port), ';' (params), '?' (headers); an IPv6 reference at ']'.
     let hb = hostpart.as_bytes();
     let host_end = if hb.first() == Some(&b'[') {
-        hostpart
-            .find(']')
-            .map(|i| i + 1)
-            .ok_or(SyntaxError("bad IPv6 reference"))?
+        hostpart.find(']').map(|i| i + 1).ok_or(SyntaxError("bad IPv6 reference"))?
     } else {
-        hb.iter()
-            .position(|&c| matches!(c, b':' | b';' | b'?'))
-            .unwrap_or(hb.len())
+        hb.iter().position(|&c| matches!(c, b':' | b';' | b'?')).unwrap_or(hb.len())
     };
     let host = Host::parse(hostpart.get(..host_end).unwrap_or(""))?;
     let mut rest = hostpart.get(host_end..).unwrap_or("");
@@ -272,9 +238,7 @@ fn parse_sip(scheme: Scheme, rest: &str) -> Result<Uri, SyntaxError> {
     };
     let mut params = Vec::new();
     if !param_part.is_empty() {
-        let p = param_part
-            .strip_prefix(';')
-            .ok_or(SyntaxError("junk after URI host"))?;
+        let p = param_part.strip_prefix(';').ok_or(SyntaxError("junk after URI host"))?;
         for item in p.split(';') {
             let (n, v) = match item.find('=') {
                 Some(i) => (item.get(..i).unwrap_or(""), item.get(i + 1..)),
@@ -284,18 +248,14 @@ fn parse_sip(scheme: Scheme, rest: &str) -> Result<Uri, SyntaxError> {
                 return Err(SyntaxError("empty URI parameter"));
             }
             let n = unescape(n, UNRESERVED | PARAM, "bad character in URI parameter")?;
-            let v = v
-                .map(|v| unescape(v, UNRESERVED | PARAM, "bad character in URI parameter"))
-                .transpose()?;
+            let v = v.map(|v| unescape(v, UNRESERVED | PARAM, "bad character in URI parameter")).transpose()?;
             params.push((n, v));
         }
     }
     let mut headers = Vec::new();
     if let Some(h) = header_part {
         for item in h.split('&') {
-            let i = item
-                .find('=')
-                .ok_or(SyntaxError("URI header without '='"))?;
+            let i = item.find('=').ok_or(SyntaxError("URI header without '='"))?;
             let (n, v) = (item.get(..i).unwrap_or(""), item.get(i + 1..).unwrap_or(""));
             if n.is_empty() {
                 return Err(SyntaxError("empty URI header name"));
@@ -306,22 +266,11 @@ fn parse_sip(scheme: Scheme, rest: &str) -> Result<Uri, SyntaxError> {
             ));
         }
     }
-    Ok(Uri {
-        scheme,
-        user,
-        password,
-        host,
-        port,
-        params,
-        headers,
-        opaque: None,
-    })
+    Ok(Uri { scheme, user, password, host, port, params, headers, opaque: None })
 }
 
 pub(crate) fn parse_port(p: &str) -> Result<u16, SyntaxError> {
-    scan::parse_u32(p)
-        .and_then(|v| u16::try_from(v).ok())
-        .ok_or(SyntaxError("bad port"))
+    scan::parse_u32(p).and_then(|v| u16::try_from(v).ok()).ok_or(SyntaxError("bad port"))
 }
 
 impl FromStr for Uri {
@@ -373,8 +322,7 @@ mod tests {
 
     #[test]
     fn basic() {
-        let u = Uri::parse("sip:alice:secret@example.com:5070;transport=tcp;lr?subject=hi%20there")
-            .unwrap();
+        let u = Uri::parse("sip:alice:secret@example.com:5070;transport=tcp;lr?subject=hi%20there").unwrap();
         assert_eq!(u.scheme, Scheme::Sip);
         assert_eq!(u.user.as_deref(), Some("alice"));
         assert_eq!(u.password.as_deref(), Some("secret"));
@@ -383,26 +331,14 @@ mod tests {
         assert_eq!(u.transport(), Some("tcp"));
         assert!(u.lr());
         assert_eq!(u.headers, vec![("subject".into(), "hi there".into())]);
-        assert_eq!(
-            u.to_string(),
-            "sip:alice:secret@example.com:5070;transport=tcp;lr?subject=hi%20there"
-        );
+        assert_eq!(u.to_string(), "sip:alice:secret@example.com:5070;transport=tcp;lr?subject=hi%20there");
     }
 
     #[test]
     fn hosts() {
-        assert_eq!(
-            Uri::parse("sip:[2001:db8::1]:5060").unwrap().host,
-            Host::V6("2001:db8::1".parse().unwrap())
-        );
-        assert_eq!(
-            Uri::parse("sips:192.0.2.1").unwrap().host,
-            Host::V4(Ipv4Addr::new(192, 0, 2, 1))
-        );
-        assert_eq!(
-            Uri::parse("sip:[2001:db8::1]:5060").unwrap().to_string(),
-            "sip:[2001:db8::1]:5060"
-        );
+        assert_eq!(Uri::parse("sip:[2001:db8::1]:5060").unwrap().host, Host::V6("2001:db8::1".parse().unwrap()));
+        assert_eq!(Uri::parse("sips:192.0.2.1").unwrap().host, Host::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(Uri::parse("sip:[2001:db8::1]:5060").unwrap().to_string(), "sip:[2001:db8::1]:5060");
         for bad in [
             "sip:",
             "sip:user@",
@@ -434,10 +370,7 @@ mod tests {
         let u = Uri::parse("sip:I%20have%20spaces@example.net;n%61me=v%61lue%25%34%31").unwrap();
         assert_eq!(u.user.as_deref(), Some("I have spaces"));
         assert_eq!(u.param("name"), Some(Some("value%41")));
-        assert_eq!(
-            u.to_string(),
-            "sip:I%20have%20spaces@example.net;name=value%2541"
-        );
+        assert_eq!(u.to_string(), "sip:I%20have%20spaces@example.net;name=value%2541");
         assert_eq!(Uri::parse(&u.to_string()).unwrap(), u);
     }
 
@@ -446,10 +379,7 @@ mod tests {
         let u = Uri::parse("tel:+1-201-555-0123;phone-context=example.com").unwrap();
         assert_eq!(u.scheme, Scheme::Other("tel".into()));
         assert!(!u.is_sip());
-        assert_eq!(
-            u.to_string(),
-            "tel:+1-201-555-0123;phone-context=example.com"
-        );
+        assert_eq!(u.to_string(), "tel:+1-201-555-0123;phone-context=example.com");
         assert!(Uri::parse("soap.beep://192.0.2.103:3002").is_ok());
         assert!(Uri::parse("http://a b").is_err());
     }

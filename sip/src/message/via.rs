@@ -65,8 +65,7 @@ impl Via {
     /// `None` if absent, `Some(None)` for a bare `;rport` (request asks for it) or an
     /// unparsable value, `Some(Some(port))` when filled in.
     pub fn rport(&self) -> Option<Option<u16>> {
-        self.param("rport")
-            .map(|v| v.and_then(|p| parse_port(p).ok()))
+        self.param("rport").map(|v| v.and_then(|p| parse_port(p).ok()))
     }
 
     /// RFC 3261 §18.2.1 / RFC 3581: record the packet's source address.
@@ -121,13 +120,7 @@ fn parse_via(s: &str, lenient: bool) -> Result<Via, SyntaxError> {
     protocol.push_str(&name.to_ascii_uppercase());
     protocol.push('/');
     protocol.push_str(version);
-    Ok(Via {
-        protocol,
-        transport: transport.to_ascii_uppercase(),
-        host,
-        port,
-        params,
-    })
+    Ok(Via { protocol, transport: transport.to_ascii_uppercase(), host, port, params })
 }
 
 impl FromStr for Via {
@@ -153,44 +146,23 @@ mod tests {
 
     #[test]
     fn parse_and_display() {
-        let v = Via::parse(
-            "SIP  / 2.0  / tcp     spindle.example.com   ;  branch  =   z9hG4bK9ikj8 ;rport",
-        )
-        .unwrap();
+        let v = Via::parse("SIP  / 2.0  / tcp     spindle.example.com   ;  branch  =   z9hG4bK9ikj8 ;rport").unwrap();
         assert_eq!(v.transport, "TCP");
         assert_eq!(v.host, Host::Domain("spindle.example.com".into()));
         assert_eq!(v.branch(), Some("z9hG4bK9ikj8"));
         assert_eq!(v.rport(), Some(None));
-        assert_eq!(
-            v.to_string(),
-            "SIP/2.0/TCP spindle.example.com;branch=z9hG4bK9ikj8;rport"
-        );
+        assert_eq!(v.to_string(), "SIP/2.0/TCP spindle.example.com;branch=z9hG4bK9ikj8;rport");
 
-        let mut v =
-            Via::parse("SIP/2.0/UDP [2001:db8::1]:5062;branch=z9hG4bKx;received=2001:db8::9")
-                .unwrap();
+        let mut v = Via::parse("SIP/2.0/UDP [2001:db8::1]:5062;branch=z9hG4bKx;received=2001:db8::9").unwrap();
         assert_eq!(v.port, Some(5062));
         assert_eq!(v.received(), Some("2001:db8::9"));
         v.set_rport(5999);
         assert_eq!(v.rport(), Some(Some(5999)));
-        assert_eq!(
-            v.to_string(),
-            "SIP/2.0/UDP [2001:db8::1]:5062;branch=z9hG4bKx;received=2001:db8::9;rport=5999"
-        );
-        for bad in [
-            "SIP/2.0/UDP",
-            "SIP/2.0 host",
-            "SIP/2.0/UDPhost",
-            "SIP/2.0/UDP 192.0.2.15;;",
-            "SIP/2.0/UDP h:x",
-            "",
-        ] {
+        assert_eq!(v.to_string(), "SIP/2.0/UDP [2001:db8::1]:5062;branch=z9hG4bKx;received=2001:db8::9;rport=5999");
+        for bad in ["SIP/2.0/UDP", "SIP/2.0 host", "SIP/2.0/UDPhost", "SIP/2.0/UDP 192.0.2.15;;", "SIP/2.0/UDP h:x", ""] {
             assert!(Via::parse(bad).is_err(), "{bad}");
         }
         let salvaged = Via::parse_lenient("SIP/2.0/UDP 192.0.2.15;;branch=z9hG4bK1;=;").unwrap();
-        assert_eq!(
-            salvaged.to_string(),
-            "SIP/2.0/UDP 192.0.2.15;branch=z9hG4bK1"
-        );
+        assert_eq!(salvaged.to_string(), "SIP/2.0/UDP 192.0.2.15;branch=z9hG4bK1");
     }
 }

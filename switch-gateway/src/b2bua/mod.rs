@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use trunkline_protocol::{
-    CallEvent, ClientMsg, DeclineReason, DirectClientMsg, DirectServerMsg, ErrorCode, Outcome, PhoneEntry, QueryAnswer,
-    Route, ServerMsg, SignalPayload,
+    CallEvent, ClientMsg, DeclineReason, DirectClientMsg, DirectServerMsg, ErrorCode, Outcome, PhoneEntry, QueryAnswer, Route,
+    ServerMsg, SignalPayload,
 };
 use trunkline_sip::digest::{self, Algorithm, NonceCheck, NonceSource, NonceUses};
 use trunkline_sip::{CSeq, Contact, Host, Message, Method, NameAddr, Request, Response, Scheme, Uri};
@@ -156,40 +156,81 @@ pub enum RemoteEvent {
     Answer(String),
     Progress(CallEvent),
     Ended(Outcome),
-    Refused { code: ErrorCode, message: String },
+    Refused {
+        code: ErrorCode,
+        message: String,
+    },
     /// The connection closed (or could not be opened).
     Closed(String),
 }
 
 #[derive(Debug, PartialEq)]
 pub enum Output {
-    Sip { to: SocketAddr, transport: Transport, data: Vec<u8> },
+    Sip {
+        to: SocketAddr,
+        transport: Transport,
+        data: Vec<u8>,
+    },
     Cloud(ClientMsg),
     /// Send `msg` on session `conn`'s DataChannel; with `close` (a refusal, or the call
     /// ended), stop its leg afterwards.
-    Direct { conn: u64, msg: DirectServerMsg, close: bool },
-    MediaStart { id: u64, a_remote: Option<SocketAddr>, b_remote: Option<SocketAddr> },
-    MediaRemote { id: u64, leg: MediaLeg, addr: SocketAddr },
+    Direct {
+        conn: u64,
+        msg: DirectServerMsg,
+        close: bool,
+    },
+    MediaStart {
+        id: u64,
+        a_remote: Option<SocketAddr>,
+        b_remote: Option<SocketAddr>,
+    },
+    MediaRemote {
+        id: u64,
+        leg: MediaLeg,
+        addr: SocketAddr,
+    },
     /// Stop (or, if never started, just free) relay `id`.
-    MediaStop { id: u64 },
+    MediaStop {
+        id: u64,
+    },
     /// Ignore everything from `ip` until `until` (drop it before parsing): a guard block.
-    Block { ip: IpAddr, until: Instant },
+    Block {
+        ip: IpAddr,
+        until: Instant,
+    },
     /// Start bridge `id` (media flows once the phone's address is known).
-    BridgeStart { id: u64, phone: Option<SocketAddr> },
+    BridgeStart {
+        id: u64,
+        phone: Option<SocketAddr>,
+    },
     /// The desk phone's RTP address for bridge `id` (from its SDP; the bridge latches).
-    BridgeRemote { id: u64, phone: SocketAddr },
-    BridgeStop { id: u64 },
+    BridgeRemote {
+        id: u64,
+        phone: SocketAddr,
+    },
+    BridgeStop {
+        id: u64,
+    },
     /// F2 caller side: leave session `id` (send `hangup` on its DataChannel).
-    SessionHangup { id: u64 },
+    SessionHangup {
+        id: u64,
+    },
     /// C14 over WebRTC: start session `id` (its leg already answered the connecting party's
     /// offer). What arrives on its DataChannel comes back with [`Core::on_direct`] under `id`;
     /// its local candidates are trickled to the cloud for `call_id`.
     /// `present` (F2 caller side): send it on the DataChannel when it opens, and report what
     /// comes back with [`Core::on_remote`]; such a session starts at its `BridgeStart`, once
     /// the callee switch's answer is applied.
-    SessionStart { id: u64, call_id: String, present: Option<DirectClientMsg> },
+    SessionStart {
+        id: u64,
+        call_id: String,
+        present: Option<DirectClientMsg>,
+    },
     /// A candidate the caller trickled for session `id`.
-    SessionCandidate { id: u64, candidate: String },
+    SessionCandidate {
+        id: u64,
+        candidate: String,
+    },
 }
 
 // ---------------------------------------------------------------- transactions
@@ -216,7 +257,10 @@ struct ServerTx {
 }
 
 enum ClientOwner {
-    Fork { call: u64, fork: usize },
+    Fork {
+        call: u64,
+        fork: usize,
+    },
     /// BYE/CANCEL and the like: nobody waits for the answer.
     Fire,
 }
@@ -308,6 +352,8 @@ struct ALeg {
 
 /// Who called: a SIP phone (leg A is a SIP dialog) or a direct caller on a WebRTC session
 /// (F1/F2 inbound, C14/C15).
+// One per call, mostly `Sip`: boxing the A leg would add an allocation per call for nothing.
+#[allow(clippy::large_enum_variant)]
 enum CallerSide {
     Sip(ALeg),
     Direct(DirectSide),
@@ -647,7 +693,10 @@ impl Core {
             Err(e) => {
                 tracing::warn!(%call_id, error = %e, "cannot attach the phone side");
                 self.refuse(conn, e.code(), &e.to_string());
-                self.cloud(ClientMsg::CallEvent { call_id, event: CallEvent::Ended { outcome: Outcome::Error, duration_ms: None } });
+                self.cloud(ClientMsg::CallEvent {
+                    call_id,
+                    event: CallEvent::Ended { outcome: Outcome::Error, duration_ms: None },
+                });
                 self.direct.remove(&conn);
                 return;
             }
@@ -842,7 +891,8 @@ impl Core {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%call_id, error = %e, "cannot set up the direct leg");
-                let (code, reason) = if e == BridgeError::NoPorts { (503, "Service Unavailable") } else { (488, "Not Acceptable Here") };
+                let (code, reason) =
+                    if e == BridgeError::NoPorts { (503, "Service Unavailable") } else { (488, "Not Acceptable Here") };
                 return self.fail_call(now, id, code, reason, Some(&e.to_string()));
             }
         };
@@ -1094,7 +1144,8 @@ impl Core {
                 }
             }
             Method::Bye => self.reply_unauthenticated(now, src, transport, &req, 481, "Call/Transaction Does Not Exist", |_| {}),
-            _ => self.reply_unauthenticated(now, src, transport, &req, 405, "Method Not Allowed", |r| r.headers.push("Allow", ALLOW)),
+            _ => self
+                .reply_unauthenticated(now, src, transport, &req, 405, "Method Not Allowed", |r| r.headers.push("Allow", ALLOW)),
         }
     }
 
@@ -1201,7 +1252,15 @@ impl Core {
     }
 
     /// Send a response within server transaction `key`.
-    fn reply(&mut self, now: Instant, key: &ServerKey, req: &Request, status: u16, reason: &str, edit: impl FnOnce(&mut Response)) {
+    fn reply(
+        &mut self,
+        now: Instant,
+        key: &ServerKey,
+        req: &Request,
+        status: u16,
+        reason: &str,
+        edit: impl FnOnce(&mut Response),
+    ) {
         let mut r = Response::to_request(req, status, reason);
         if status > 100 && req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_none() {
             r.set_to_tag(&new_tag());
@@ -1288,7 +1347,14 @@ impl Core {
     /// and a wrong password, after the same work, so numbers cannot be enumerated), or drops it
     /// (the source's budget ran out, or the number is under attack and this address is not one
     /// it authenticated from) and returns `None`.
-    fn authenticate(&mut self, now: Instant, src: SocketAddr, transport: Transport, req: &Request, method: &str) -> Option<String> {
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        transport: Transport,
+        req: &Request,
+        method: &str,
+    ) -> Option<String> {
         let realm = self.phones.realm().to_string();
         let unix = unix_secs();
         let creds = req
@@ -1398,20 +1464,28 @@ impl Core {
         }
         let from_user = req.from().ok().and_then(|f| f.uri.user.clone());
         if from_user.as_deref() != Some(caller.as_str()) {
-            return self.reply(now, key, &req, 403, "Forbidden", |r| r.headers.push("Warning", warning("From does not match the authenticated number")));
+            return self.reply(now, key, &req, 403, "Forbidden", |r| {
+                r.headers.push("Warning", warning("From does not match the authenticated number"))
+            });
         }
         let Some(callee) = req.uri.user.clone().filter(|u| trunkline_protocol::check_number("to", u).is_ok()) else {
-            return self.reply(now, key, &req, 404, "Not Found", |r| r.headers.push("Warning", warning("no dialable number in the Request-URI")));
+            return self.reply(now, key, &req, 404, "Not Found", |r| {
+                r.headers.push("Warning", warning("no dialable number in the Request-URI"))
+            });
         };
         let Ok(call_id) = req.call_id().map(str::to_string) else { return };
         if self.by_a.contains_key(&call_id) {
             return self.reply(now, key, &req, 482, "Loop Detected", |_| {});
         }
         if callee == caller {
-            return self.reply(now, key, &req, 404, "Not Found", |r| r.headers.push("Warning", warning("you cannot call your own number")));
+            return self.reply(now, key, &req, 404, "Not Found", |r| {
+                r.headers.push("Warning", warning("you cannot call your own number"))
+            });
         }
         if req.body.is_empty() {
-            return self.reply(now, key, &req, 488, "Not Acceptable Here", |r| r.headers.push("Warning", warning("an SDP offer is required")));
+            return self.reply(now, key, &req, 488, "Not Acceptable Here", |r| {
+                r.headers.push("Warning", warning("an SDP offer is required"))
+            });
         }
         let remote_target = req
             .contacts()
@@ -1468,7 +1542,13 @@ impl Core {
             tracing::info!(%caller, %callee, "F7: local call");
             self.ring_local(now, id, &callee);
         } else if !self.cloud_up {
-            self.fail_call(now, id, 503, "Service Unavailable", Some("the cloud is unreachable; only local numbers can be called"));
+            self.fail_call(
+                now,
+                id,
+                503,
+                "Service Unavailable",
+                Some("the cloud is unreachable; only local numbers can be called"),
+            );
         } else {
             // A: via this switch → B1/B2: ask the cloud.
             let cloud_id = format!("{}-{}", self.cfg.switch_id, new_tag());
@@ -1712,10 +1792,8 @@ impl Core {
                 self.send_ringing(id);
             }
             200..=299 => {
-                fork.remote_target = resp
-                    .contacts()
-                    .ok()
-                    .and_then(|c| c.into_iter().find_map(|c| c.name_addr().map(|n| n.uri.clone())));
+                fork.remote_target =
+                    resp.contacts().ok().and_then(|c| c.into_iter().find_map(|c| c.name_addr().map(|n| n.uri.clone())));
                 let already = call.winner.is_some() && call.winner != Some(fi);
                 // Every 2xx gets an ACK (retransmissions included).
                 let ack = self.ack_2xx(id, fi);
@@ -1772,8 +1850,11 @@ impl Core {
                 fork.state = ForkState::Failed(status);
                 let all_done = call.forks.iter().all(|f| matches!(f.state, ForkState::Failed(_) | ForkState::Cancelled));
                 if all_done && call.winner.is_none() && !call.a.final_sent() {
-                    let codes: Vec<u16> =
-                        call.forks.iter().filter_map(|f| if let ForkState::Failed(c) = f.state { Some(c) } else { None }).collect();
+                    let codes: Vec<u16> = call
+                        .forks
+                        .iter()
+                        .filter_map(|f| if let ForkState::Failed(c) = f.state { Some(c) } else { None })
+                        .collect();
                     let (code, reason) = if codes.iter().any(|c| *c == 486 || *c == 600) {
                         (486, "Busy Here")
                     } else if codes.contains(&603) {
@@ -1868,9 +1949,8 @@ impl Core {
         }
         let was_final = call.a.final_sent();
         call.state = CallState::Done;
-        let forks: Vec<usize> = (0..call.forks.len())
-            .filter(|&j| matches!(call.forks[j].state, ForkState::Trying | ForkState::Ringing))
-            .collect();
+        let forks: Vec<usize> =
+            (0..call.forks.len()).filter(|&j| matches!(call.forks[j].state, ForkState::Trying | ForkState::Ringing)).collect();
         tracing::info!(call = id, caller = %call.caller, callee = %call.callee, code, reason = ?why, "call not connected");
         let outcome = outcome_for(code, why);
         let report = call.cloud_id.clone().filter(|_| matches!(call.a, CallerSide::Direct(_)) || call.b_direct.is_some());
@@ -1961,7 +2041,11 @@ impl Core {
         }
         if bye_b {
             if let Some((conn, _)) = b_direct {
-                self.out.push_back(Output::Direct { conn, msg: DirectServerMsg::Ended { outcome: Outcome::Connected }, close: true });
+                self.out.push_back(Output::Direct {
+                    conn,
+                    msg: DirectServerMsg::Ended { outcome: Outcome::Connected },
+                    close: true,
+                });
             } else if let Some(w) = winner {
                 self.bye_fork(now, id, w);
             }
@@ -2326,9 +2410,7 @@ impl Core {
     }
 
     fn is_busy_except(&self, number: &str, id: u64) -> bool {
-        self.calls
-            .iter()
-            .any(|(cid, c)| *cid != id && c.state != CallState::Done && (c.caller == number || c.callee == number))
+        self.calls.iter().any(|(cid, c)| *cid != id && c.state != CallState::Done && (c.caller == number || c.callee == number))
     }
 
     fn via(&self, transport: Transport, branch: &str) -> String {

@@ -12,7 +12,10 @@ impl MediaPorts for FakeMedia {
         Some(EchoSetup {
             id: self.0,
             local: format!("10.0.0.1:{}", 24000 + self.0 * 2).parse().unwrap(),
-            answer: format!("v=0\r\no=echo 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n", 24000 + self.0 * 2),
+            answer: format!(
+                "v=0\r\no=echo 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n",
+                24000 + self.0 * 2
+            ),
         })
     }
 
@@ -116,7 +119,8 @@ impl H {
     }
 
     fn sip(&mut self, from: SocketAddr, text: &str) {
-        let msg = trunkline_sip::parse(text.replace("\r\n", "\n").replace('\n', "\r\n").as_bytes()).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let msg = trunkline_sip::parse(text.replace("\r\n", "\n").replace('\n', "\r\n").as_bytes())
+            .unwrap_or_else(|e| panic!("{e}: {text}"));
         self.core.on_sip(self.now, from, Transport::Udp, msg);
         self.drain();
     }
@@ -192,10 +196,7 @@ impl H {
         );
         self.sip(a, &base.replace("{B}", "a").replace("{C}", "1").replace("{AUTH}", ""));
         let auth = self.auth(a, number, password, "REGISTER", &format!("sip:{GW}"));
-        self.sip(
-            a,
-            &base.replace("{B}", "b").replace("{C}", "2").replace("{AUTH}", &format!("Authorization: {auth}\n")),
-        );
+        self.sip(a, &base.replace("{B}", "b").replace("{C}", "2").replace("{AUTH}", &format!("Authorization: {auth}\n")));
         self.last_status(a)
     }
 
@@ -326,12 +327,28 @@ fn unregistered_callee_is_480_and_busy_callee_is_486() {
 
     let mut h = H::new();
     h.register("1003", 5080);
-    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::CalleeQuery { call_id: "q".into(), from: "2001".into(), from_name: "A".into(), to: "1003".into() }));
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::CalleeQuery {
+            call_id: "q".into(),
+            from: "2001".into(),
+            from_name: "A".into(),
+            to: "1003".into(),
+        }),
+    );
     h.drain();
     h.register("1002", 5070);
     // 1001 calls 1002 and it rings; then the cloud asks about 1002: busy.
     h.invite("1002");
-    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::CalleeQuery { call_id: "q2".into(), from: "2001".into(), from_name: "A".into(), to: "1002".into() }));
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::CalleeQuery {
+            call_id: "q2".into(),
+            from: "2001".into(),
+            from_name: "A".into(),
+            to: "1002".into(),
+        }),
+    );
     h.drain();
     let msgs = h.cloud_msgs();
     assert!(msgs.iter().any(|m| matches!(m, ClientMsg::QueryAnswer { call_id, answer: QueryAnswer::Decline { reason: DeclineReason::Busy } } if call_id == "q2")));
@@ -389,7 +406,10 @@ fn b2_b3_unknown_number_asks_the_cloud_and_gets_404_with_the_reason() {
         }
         other => panic!("{other:?}"),
     };
-    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::Route { call_id, route: Route::Invalid { reason: "number 4040 does not exist".into() } }));
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::Route { call_id, route: Route::Invalid { reason: "number 4040 does not exist".into() } }),
+    );
     h.drain();
     let r = h.responses_to(addr(5062)).pop().unwrap();
     assert_eq!(r.status, 404);
@@ -427,7 +447,10 @@ fn b6_queues_the_call_and_offers_the_direct_address_c3() {
         [ClientMsg::RouteQuery { call_id, .. }] => call_id.clone(),
         other => panic!("{other:?}"),
     };
-    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::Route { call_id: call_id.clone(), route: Route::Device { device_id: "2001".into() } }));
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::Route { call_id: call_id.clone(), route: Route::Device { device_id: "2001".into() } }),
+    );
     h.drain();
     let key = match h.cloud_msgs().as_slice() {
         [ClientMsg::DirectOffer { call_id: c, url, key, .. }] => {
@@ -443,7 +466,10 @@ fn b6_queues_the_call_and_offers_the_direct_address_c3() {
     h.drain();
     assert!(h.out.iter().any(|o| matches!(o, Output::SessionStart { id: 1, present: None, .. })));
     // The callee declines (through the cloud): the phone hears 603.
-    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::Outcome { call_id: call_id.clone(), outcome: Outcome::Declined, duration_ms: None }));
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::Outcome { call_id: call_id.clone(), outcome: Outcome::Declined, duration_ms: None }),
+    );
     h.drain();
     assert_eq!(h.last_status(addr(5062)), 603);
     // Its key is dead: presented on that leg now, it is refused as expired and the leg closes …
@@ -470,15 +496,25 @@ fn b6_queues_the_call_and_offers_the_direct_address_c3() {
 fn c11_c12_registered_callee_is_accepted_with_a_key_others_declined() {
     let mut h = H::new();
     h.register("1001", 5062);
-    let q = |call: &str, to: &str| LinkEvent::Msg(ServerMsg::CalleeQuery { call_id: call.into(), from: "2001".into(), from_name: "A".into(), to: to.into() });
+    let q = |call: &str, to: &str| {
+        LinkEvent::Msg(ServerMsg::CalleeQuery { call_id: call.into(), from: "2001".into(), from_name: "A".into(), to: to.into() })
+    };
     h.core.on_cloud(h.now, q("c1", "1001"));
     h.core.on_cloud(h.now, q("c2", "1002"));
     h.core.on_cloud(h.now, q("c3", "3001"));
     h.drain();
     let answers = h.cloud_msgs();
-    assert!(matches!(&answers[0], ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { url, key, expires_in_ms: 30_000 }, .. } if url == "switch:hq" && key.len() == 22));
-    assert!(matches!(&answers[1], ClientMsg::QueryAnswer { answer: QueryAnswer::Decline { reason: DeclineReason::NotRegistered }, .. }));
-    assert!(matches!(&answers[2], ClientMsg::QueryAnswer { answer: QueryAnswer::Decline { reason: DeclineReason::NotRegistered }, .. }));
+    assert!(
+        matches!(&answers[0], ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { url, key, expires_in_ms: 30_000 }, .. } if url == "switch:hq" && key.len() == 22)
+    );
+    assert!(matches!(
+        &answers[1],
+        ClientMsg::QueryAnswer { answer: QueryAnswer::Decline { reason: DeclineReason::NotRegistered }, .. }
+    ));
+    assert!(matches!(
+        &answers[2],
+        ClientMsg::QueryAnswer { answer: QueryAnswer::Decline { reason: DeclineReason::NotRegistered }, .. }
+    ));
 }
 
 #[test]
@@ -486,7 +522,10 @@ fn rfc_checks_before_the_method_unsupported_scheme_max_forwards_require() {
     let mut h = H::new();
     let a = addr(5090);
     let req = |ruri: &str, extra: &str| {
-        format!("OPTIONS {ruri} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bK{}\nFrom: <sip:x@y>;tag=1\nTo: <sip:hq@{GW}>\nCall-ID: o@x\nCSeq: 1 OPTIONS\n{extra}Content-Length: 0\n\n", ruri.len() + extra.len())
+        format!(
+            "OPTIONS {ruri} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bK{}\nFrom: <sip:x@y>;tag=1\nTo: <sip:hq@{GW}>\nCall-ID: o@x\nCSeq: 1 OPTIONS\n{extra}Content-Length: 0\n\n",
+            ruri.len() + extra.len()
+        )
     };
     h.sip(a, &req("tel:+1234", ""));
     assert_eq!(h.last_status(a), 416);
@@ -513,7 +552,15 @@ fn direct_msgs(h: &mut H, conn: u64) -> Vec<DirectServerMsg> {
 fn c14_c15_the_key_on_the_leg_s_datachannel_rings_the_phone_through_that_leg() {
     let mut h = H::new();
     h.register("1002", 5070);
-    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::CalleeQuery { call_id: "f1".into(), from: "2001".into(), from_name: "A".into(), to: "1002".into() }));
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::CalleeQuery {
+            call_id: "f1".into(),
+            from: "2001".into(),
+            from_name: "A".into(),
+            to: "1002".into(),
+        }),
+    );
     h.drain();
     let key = match h.cloud_msgs().as_slice() {
         [ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { key, .. }, .. }] => key.clone(),
@@ -646,7 +693,10 @@ fn c3_switchless_callee_connects_with_our_key_and_the_phone_is_answered() {
         [ClientMsg::RouteQuery { call_id, .. }] => call_id.clone(),
         other => panic!("{other:?}"),
     };
-    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::Route { call_id: call_id.clone(), route: Route::Device { device_id: "2001".into() } }));
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::Route { call_id: call_id.clone(), route: Route::Device { device_id: "2001".into() } }),
+    );
     h.drain();
     let key = match h.cloud_msgs().as_slice() {
         [ClientMsg::DirectOffer { key, .. }] => key.clone(),
@@ -686,7 +736,15 @@ fn the_echo_number_answers_at_once_without_any_phone() {
     assert_eq!(ok.status, 200);
     assert!(String::from_utf8_lossy(&ok.body).contains("m=audio 24002 "));
     // Over the cloud too (C11): always accepted, registered or not.
-    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::CalleeQuery { call_id: "e".into(), from: "2001".into(), from_name: "A".into(), to: "1999".into() }));
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::CalleeQuery {
+            call_id: "e".into(),
+            from: "2001".into(),
+            from_name: "A".into(),
+            to: "1999".into(),
+        }),
+    );
     h.drain();
     assert!(h.cloud_msgs().iter().any(|m| matches!(m, ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { .. }, .. })));
 }
@@ -725,7 +783,15 @@ fn c14_over_webrtc_the_offer_comes_through_the_cloud_the_key_on_the_datachannel_
     h.core.on_cloud(h.now, direct_signal("nope", SignalPayload::Offer { sdp: "v=0\r\n".into() }));
     h.drain();
     assert!(h.out.is_empty(), "{:?}", h.out);
-    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::CalleeQuery { call_id: "f1".into(), from: "2001".into(), from_name: "A".into(), to: "1002".into() }));
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::CalleeQuery {
+            call_id: "f1".into(),
+            from: "2001".into(),
+            from_name: "A".into(),
+            to: "1002".into(),
+        }),
+    );
     h.drain();
     let key = match h.cloud_msgs().as_slice() {
         [ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { key, .. }, .. }] => key.clone(),
@@ -736,10 +802,22 @@ fn c14_over_webrtc_the_offer_comes_through_the_cloud_the_key_on_the_datachannel_
     h.drain();
     let conn = 1;
     assert!(h.out.iter().any(|o| matches!(o, Output::SessionStart { id: 1, call_id, present: None } if call_id == "f1")));
-    assert!(matches!(h.cloud_msgs().as_slice(), [ClientMsg::DirectSignal { payload: SignalPayload::Answer { sdp }, .. }] if sdp == "v=0\r\nsession-answer-1"));
+    assert!(
+        matches!(h.cloud_msgs().as_slice(), [ClientMsg::DirectSignal { payload: SignalPayload::Answer { sdp }, .. }] if sdp == "v=0\r\nsession-answer-1")
+    );
     // A second offer for the same call is ignored; late candidates reach the leg.
     h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: "v=0\r\nagain".into() }));
-    h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Ice { candidate: "candidate:1 1 udp 1 203.0.113.9 5000 typ srflx".into(), sdp_mid: None, sdp_m_line_index: Some(0) }));
+    h.core.on_cloud(
+        h.now,
+        direct_signal(
+            "f1",
+            SignalPayload::Ice {
+                candidate: "candidate:1 1 udp 1 203.0.113.9 5000 typ srflx".into(),
+                sdp_mid: None,
+                sdp_m_line_index: Some(0),
+            },
+        ),
+    );
     h.drain();
     assert!(!h.out.iter().any(|o| matches!(o, Output::SessionStart { id: 2, .. })));
     assert!(h.out.iter().any(|o| matches!(o, Output::SessionCandidate { id: 1, candidate } if candidate.contains("srflx"))));
@@ -748,7 +826,11 @@ fn c14_over_webrtc_the_offer_comes_through_the_cloud_the_key_on_the_datachannel_
     // The leg was set up for f1: another call's key cannot be used on it (and is not spent);
     // the leg closes.
     h.out.clear();
-    h.core.on_direct(h.now, conn, DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: "other".into(), key: key.clone(), caller: "2001".into() });
+    h.core.on_direct(
+        h.now,
+        conn,
+        DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: "other".into(), key: key.clone(), caller: "2001".into() },
+    );
     h.drain();
     assert!(matches!(direct_msgs(&mut h, conn).as_slice(), [DirectServerMsg::Error { code: ErrorCode::BadKey, .. }]));
     assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStop { id: 1 })));
@@ -772,7 +854,15 @@ fn c14_over_webrtc_the_offer_comes_through_the_cloud_the_key_on_the_datachannel_
 fn c14_over_webrtc_a_session_that_ends_before_its_key_frees_its_leg() {
     let mut h = H::new();
     h.register("1002", 5070);
-    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::CalleeQuery { call_id: "f1".into(), from: "2001".into(), from_name: "A".into(), to: "1002".into() }));
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::CalleeQuery {
+            call_id: "f1".into(),
+            from: "2001".into(),
+            from_name: "A".into(),
+            to: "1002".into(),
+        }),
+    );
     h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: "v=0\r\nbrowser".into() }));
     h.drain();
     h.out.clear();
@@ -816,8 +906,13 @@ fn f2_over_webrtc_the_caller_gateway_offers_through_the_cloud_and_presents_the_k
         Output::SessionStart { id: 1, present: Some(p), .. } => Some(p.clone()),
         _ => None,
     });
-    assert!(matches!(present, Some(DirectClientMsg::Present { ref key, ref caller, .. }) if *key == "K".repeat(22) && caller == "1001"), "{present:?}");
-    assert!(h.cloud_msgs().iter().any(|m| matches!(m, ClientMsg::DirectSignal { payload: SignalPayload::Offer { sdp }, .. } if sdp == "v=0\r\nsession-offer-1")));
+    assert!(
+        matches!(present, Some(DirectClientMsg::Present { ref key, ref caller, .. }) if *key == "K".repeat(22) && caller == "1001"),
+        "{present:?}"
+    );
+    assert!(h.cloud_msgs().iter().any(
+        |m| matches!(m, ClientMsg::DirectSignal { payload: SignalPayload::Offer { sdp }, .. } if sdp == "v=0\r\nsession-offer-1")
+    ));
     // The callee switch's answer through the cloud starts the leg.
     h.out.clear();
     h.core.on_cloud(h.now, direct_signal(&call_id, SignalPayload::Answer { sdp: "v=0\r\nbranch-answer".into() }));
@@ -870,7 +965,15 @@ fn shutdown_ends_every_call_bye_to_answered_phones_503_and_cancel_for_ringing_on
     h.register("1002", 5070);
     h.register("1003", 5072);
     // A connected F1 call: 2001 over WebRTC → 1002.
-    h.core.on_cloud(h.now, LinkEvent::Msg(ServerMsg::CalleeQuery { call_id: "f1".into(), from: "2001".into(), from_name: "A".into(), to: "1002".into() }));
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::CalleeQuery {
+            call_id: "f1".into(),
+            from: "2001".into(),
+            from_name: "A".into(),
+            to: "1002".into(),
+        }),
+    );
     h.drain();
     let key = match h.cloud_msgs().as_slice() {
         [ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { key, .. }, .. }] => key.clone(),
@@ -878,7 +981,11 @@ fn shutdown_ends_every_call_bye_to_answered_phones_503_and_cancel_for_ringing_on
     };
     h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: "v=0\r\nwebrtc".into() }));
     h.drain();
-    h.core.on_direct(h.now, 1, DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: "f1".into(), key, caller: "2001".into() });
+    h.core.on_direct(
+        h.now,
+        1,
+        DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: "f1".into(), key, caller: "2001".into() },
+    );
     h.drain();
     let inv = only_request(h.sent_to(addr(5070)));
     h.sip(addr(5070), &reply_text(&inv, 200, "OK", "p", Some(SDP_B)));

@@ -70,8 +70,7 @@ pub fn read_wav(path: &Path) -> Result<Pcm, String> {
             let samples = bytes[body..end]
                 .chunks_exact(frame)
                 .map(|f| {
-                    let sum: f32 =
-                        f.chunks_exact(2).map(|s| i16::from_le_bytes([s[0], s[1]]) as f32 / 32768.0).sum();
+                    let sum: f32 = f.chunks_exact(2).map(|s| i16::from_le_bytes([s[0], s[1]]) as f32 / 32768.0).sum();
                     sum / channels as f32
                 })
                 .collect();
@@ -128,8 +127,7 @@ mod self_check {
 
     fn tone(freq: f64, rate: u32, secs: f64, amp: f32) -> Pcm {
         let n = (rate as f64 * secs) as usize;
-        let samples =
-            (0..n).map(|i| amp * (2.0 * std::f64::consts::PI * freq * i as f64 / rate as f64).sin() as f32).collect();
+        let samples = (0..n).map(|i| amp * (2.0 * std::f64::consts::PI * freq * i as f64 / rate as f64).sin() as f32).collect();
         Pcm { rate, samples }
     }
 

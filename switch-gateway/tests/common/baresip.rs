@@ -159,7 +159,8 @@ impl Ctrl {
         self.stream.write_all(frame.as_bytes()).await.map_err(|e| e.to_string())?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while let Some(m) = self.next(deadline).await {
-            if m.get("response").and_then(Value::as_bool) == Some(true) && m.get("token").and_then(Value::as_str) == Some(&token) {
+            if m.get("response").and_then(Value::as_bool) == Some(true) && m.get("token").and_then(Value::as_str) == Some(&token)
+            {
                 let data = m.get("data").and_then(Value::as_str).unwrap_or("").to_string();
                 return if m.get("ok").and_then(Value::as_bool) == Some(true) { Ok(data) } else { Err(data) };
             }
@@ -323,12 +324,7 @@ impl Phone {
 
     /// The digits received so far (each RFC 4733 event's `CALL_DTMF_START`, in order).
     pub fn dtmf_received(&self) -> String {
-        self.ctrl
-            .events
-            .iter()
-            .filter(|e| e["type"] == "CALL_DTMF_START")
-            .filter_map(|e| e["param"].as_str())
-            .collect()
+        self.ctrl.events.iter().filter(|e| e["type"] == "CALL_DTMF_START").filter_map(|e| e["param"].as_str()).collect()
     }
 
     /// Wait until `count` digits were received (`CALL_DTMF_START` events); returns them.
@@ -371,7 +367,13 @@ impl Phone {
     /// The one recording of what this phone received.
     pub fn received_audio(&self) -> PathBuf {
         let files = self.received_audio_files();
-        assert_eq!(files.len(), 1, "{}: one recording of received audio expected in {}: {files:?}", self.number, self.rec.display());
+        assert_eq!(
+            files.len(),
+            1,
+            "{}: one recording of received audio expected in {}: {files:?}",
+            self.number,
+            self.rec.display()
+        );
         files.into_iter().next().unwrap()
     }
 
@@ -441,7 +443,12 @@ pub fn check_tone(phone: &Phone, what: &str, pcm: &Pcm, expect_hz: f64, min_loud
         share * 100.0
     );
     assert!(loud >= min_loud_secs, "{} {what}: only {loud:.2} s of audio arrived\n{}", phone.number, phone.dump());
-    assert!((freq - expect_hz).abs() <= 15.0, "{} {what}: heard {freq:.1} Hz, expected {expect_hz} Hz\n{}", phone.number, phone.dump());
+    assert!(
+        (freq - expect_hz).abs() <= 15.0,
+        "{} {what}: heard {freq:.1} Hz, expected {expect_hz} Hz\n{}",
+        phone.number,
+        phone.dump()
+    );
     assert!(share > 0.5, "{} {what}: the {freq:.1} Hz tone is only {:.0}% of what arrived (noise?)", phone.number, share * 100.0);
     freq
 }
@@ -449,5 +456,9 @@ pub fn check_tone(phone: &Phone, what: &str, pcm: &Pcm, expect_hz: f64, min_loud
 /// The audio reached `phone` from the gateway (a port in `gateway_rtp`), not from elsewhere.
 pub fn assert_rtp_from(phone: &Phone, gateway_rtp: &RangeInclusive<u16>) {
     let addr = phone.rtp_source().unwrap_or_else(|| panic!("{}: no 'receiving from' line\n{}", phone.number, phone.dump()));
-    assert!(gateway_rtp.contains(&addr.port()), "{}: RTP came from {addr}, not from a gateway port {gateway_rtp:?}", phone.number);
+    assert!(
+        gateway_rtp.contains(&addr.port()),
+        "{}: RTP came from {addr}, not from a gateway port {gateway_rtp:?}",
+        phone.number
+    );
 }

@@ -58,9 +58,11 @@ impl Cloud {
 
     /// (Re)start on `addr` over the database in `dir` (already provisioned).
     pub async fn start_at(dir: &Path, addr: SocketAddr) -> Cloud {
-        let mut cfg = signal_server::Config::default();
-        cfg.database_url = format!("sqlite://{}", dir.join("cloud.db").display());
-        cfg.web_root = dir.join("no-web");
+        let mut cfg = signal_server::Config {
+            database_url: format!("sqlite://{}", dir.join("cloud.db").display()),
+            web_root: dir.join("no-web"),
+            ..Default::default()
+        };
         cfg.auth.password_hash_memory_kib = 64;
         cfg.auth.password_hash_iterations = 1;
         let listener = bind_retry(addr).await;
@@ -176,13 +178,7 @@ impl Gateway {
         let task = tokio::spawn(switch_gateway::run(config.clone(), sockets, async move {
             let _ = rx.await;
         }));
-        Gateway {
-            id: id.into(),
-            sip: format!("127.0.0.1:{port}").parse().unwrap(),
-            config,
-            stop: Some(tx),
-            task: Some(task),
-        }
+        Gateway { id: id.into(), sip: format!("127.0.0.1:{port}").parse().unwrap(), config, stop: Some(tx), task: Some(task) }
     }
 
     /// The switch's address as the cloud hands it to callers (C13, C2, C3): its name.
@@ -241,7 +237,18 @@ pub async fn sipp(dir: &Path, target: SocketAddr, args: &[&str]) -> SippRun {
     let mut cmd = tokio::process::Command::new("sipp");
     cmd.current_dir(work.path())
         .arg(target.to_string())
-        .args(["-i", "127.0.0.1", "-p", &free_udp_port().to_string(), "-nostdin", "-trace_msg", "-trace_err", "-timeout", "20s", "-timeout_error"])
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_udp_port().to_string(),
+            "-nostdin",
+            "-trace_msg",
+            "-trace_err",
+            "-timeout",
+            "20s",
+            "-timeout_error",
+        ])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -276,7 +283,14 @@ pub fn free_udp_port() -> u16 {
 /// Register `number` at `gw` over UDP from `local` with digest (MD5, or SHA-256 when
 /// `sha256`), the way a desk phone does: REGISTER, 401, REGISTER with credentials. Returns the
 /// final status (200 when registered). The socket stays usable as the phone's SIP socket.
-pub async fn register_udp(sock: &tokio::net::UdpSocket, gw: SocketAddr, number: &str, password: &str, expires: u32, sha256: bool) -> u16 {
+pub async fn register_udp(
+    sock: &tokio::net::UdpSocket,
+    gw: SocketAddr,
+    number: &str,
+    password: &str,
+    expires: u32,
+    sha256: bool,
+) -> u16 {
     use trunkline_sip::digest::{self, Algorithm};
     let local = sock.local_addr().unwrap();
     let call_id = format!("reg-{number}-{}", local.port());
@@ -319,7 +333,15 @@ pub async fn register_udp(sock: &tokio::net::UdpSocket, gw: SocketAddr, number: 
 }
 
 /// RFC 7616 response with qop=auth, computed independently of the gateway's code.
-pub fn digest_response(alg: trunkline_sip::digest::Algorithm, ha1: &str, nonce: &str, method: &str, uri: &str, nc: &str, cnonce: &str) -> String {
+pub fn digest_response(
+    alg: trunkline_sip::digest::Algorithm,
+    ha1: &str,
+    nonce: &str,
+    method: &str,
+    uri: &str,
+    nc: &str,
+    cnonce: &str,
+) -> String {
     use sha2::Digest;
     let h = |s: String| match alg {
         trunkline_sip::digest::Algorithm::Md5 => hex::encode(md5::Md5::digest(s.as_bytes())),

@@ -126,4 +126,3 @@ pub async fn play_and_record(sock: Arc<UdpSocket>, to: SocketAddr, freq: f32, se
     send.await.unwrap();
     heard
 }
-

@@ -174,9 +174,8 @@ pub fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
 
 /// Fail with a clear message if a tool the test needs is missing.
 pub fn require_tool(tool: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
-        .unwrap_or(false);
+    let found =
+        std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file())).unwrap_or(false);
     assert!(found, "`{tool}` is not installed: this test needs it (Debian package `{package}`)");
 }
 
