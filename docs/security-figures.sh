@@ -34,10 +34,17 @@ for t in "${TESTS[@]}"; do
     continue
   fi
   echo "==> $crate --test $name" >&2
-  cargo test -q --locked -p "$crate" --test "$name" -- --nocapture 2>&1 | grep -a '^FIGURE ' | sed "s|^FIGURE |$name |" >>"$OUT" || {
+  log=$(mktemp)
+  if ! cargo test -q --locked -p "$crate" --test "$name" -- --nocapture >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
     echo "error: $crate/$name failed; its figures are not trusted" >&2
+    rm -f "$log"
     exit 1
-  }
+  fi
+  # Child processes (servers, baresip) share the test's stderr, so a FIGURE line may follow
+  # their unfinished output on the same line: match it anywhere.
+  { grep -ao 'FIGURE [a-z0-9_]* .*' "$log" || true; } | sed "s|^FIGURE |$name |" >>"$OUT"
+  rm -f "$log"
 done
 
 python3 - "$DOC" "$OUT" "$ROOT/fuzz/results.tsv" <<'PY'

@@ -159,6 +159,10 @@ async fn f1_gateway_killed_mid_call_the_caller_gets_media_lost_and_the_record_sa
     let status = call.wait_finished(OUTCOME_WITHIN).await.unwrap_or_else(|e| panic!("no outcome after the kill: {e}"));
     let after = killed_at.elapsed();
     eprintln!("caller's outcome {:.1} s after kill -9 of the gateway", after.as_secs_f64());
+    eprintln!(
+        "FIGURE media_lost_outcome_after_gateway_kill {:.1} s | kill -9 of the gateway mid-call (F1): the headless softphone's typed outcome media_lost",
+        after.as_secs_f64()
+    );
     assert_eq!(status.local_outcome, Some(Outcome::MediaLost), "{status:?}");
     let (outcome, duration_ms) = status.outcome.unwrap_or_else(|| panic!("the cloud's outcome: {status:?}"));
     assert_eq!(outcome, Outcome::MediaLost, "{status:?}");
