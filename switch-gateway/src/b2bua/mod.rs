@@ -860,6 +860,20 @@ impl Core {
                         let (code, reason) = outcome.sip_status();
                         let code = if outcome == Outcome::Connected { 480 } else { code };
                         self.fail_call(now, id, code, reason, Some(outcome_text(outcome)));
+                    } else if outcome == Outcome::MediaLost && matches!(state, Some(CallState::Answered | CallState::Connected)) {
+                        // The cloud ended a call we bridge because its party reported the media
+                        // path dead: that party is gone even if our leg never says so (str0m
+                        // may not report a dead peer for a long time), so end our side as if it
+                        // had hung up. Other outcomes for a live call (e.g. after a link blip,
+                        // for a call our sign-in list did not carry) leave it to the parties.
+                        let conn = self.calls.get(&id).and_then(|c| match &c.a {
+                            CallerSide::Direct(d) => Some(d.conn),
+                            CallerSide::Sip(_) => c.b_direct.map(|(conn, _)| conn),
+                        });
+                        if let Some(conn) = conn {
+                            tracing::info!(%call_id, %outcome, "cloud ended a bridged call: hanging up our side");
+                            self.direct_gone(now, conn);
+                        }
                     }
                 }
             }

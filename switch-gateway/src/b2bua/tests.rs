@@ -619,6 +619,60 @@ fn c14_c15_the_key_on_the_leg_s_datachannel_rings_the_phone_through_that_leg() {
 }
 
 #[test]
+fn cloud_outcome_for_a_bridged_connected_call_hangs_up_the_phone_and_stops_the_leg() {
+    let mut h = H::new();
+    h.register("1002", 5070);
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::CalleeQuery {
+            call_id: "f1".into(),
+            from: "2001".into(),
+            from_name: "A".into(),
+            to: "1002".into(),
+        }),
+    );
+    h.drain();
+    let key = match h.cloud_msgs().as_slice() {
+        [ClientMsg::QueryAnswer { answer: QueryAnswer::Accept { key, .. }, .. }] => key.clone(),
+        other => panic!("{other:?}"),
+    };
+    h.core.on_cloud(h.now, direct_signal("f1", SignalPayload::Offer { sdp: "v=0\r\nwebrtc".into() }));
+    h.drain();
+    h.core.on_direct(
+        h.now,
+        1,
+        DirectClientMsg::Present { v: PROTOCOL_VERSION, call_id: "f1".into(), key, caller: "2001".into() },
+    );
+    h.drain();
+    let inv = only_request(h.sent_to(addr(5070)));
+    h.sip(addr(5070), &reply_text(&inv, 200, "OK", "p", Some(SDP_B)));
+    assert_eq!(direct_msgs(&mut h, 1).last(), Some(&DirectServerMsg::Progress { event: CallEvent::Connected }));
+    h.cloud_msgs();
+    // The caller's media path died (its network, not ours): it told the cloud, which ended the
+    // call and tells us. Our leg never noticed; the phone is hung up and the leg stops.
+    h.advance(Duration::from_secs(4));
+    h.out.clear();
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::Outcome { call_id: "f1".into(), outcome: Outcome::MediaLost, duration_ms: Some(4000) }),
+    );
+    h.drain();
+    let bye = only_request(h.sent_to(addr(5070)));
+    assert_eq!(bye.method, Method::Bye, "{bye:?}");
+    assert!(h.out.iter().any(|o| matches!(o, Output::BridgeStop { id: 1 })), "{:?}", h.out);
+    assert!(matches!(h.cloud_msgs().as_slice(), [ClientMsg::CallReport { duration_ms: Some(4000), .. }]));
+    assert_eq!(h.core.active_calls(), 0);
+    // A late duplicate outcome changes nothing.
+    h.core.on_cloud(
+        h.now,
+        LinkEvent::Msg(ServerMsg::Outcome { call_id: "f1".into(), outcome: Outcome::MediaLost, duration_ms: Some(4000) }),
+    );
+    h.drain();
+    assert!(h.sent_to(addr(5070)).is_empty());
+    assert!(h.cloud_msgs().is_empty());
+}
+
+#[test]
 fn c14_a_refused_key_closes_the_leg_at_once_and_the_rightful_caller_may_offer_again() {
     let mut h = H::new();
     h.register("1002", 5070);
