@@ -13,16 +13,16 @@ mod audio;
 #[path = "common/baresip.rs"]
 mod baresip;
 mod common;
+#[path = "common/fault.rs"]
+mod fault;
 #[path = "common/sipcheck.rs"]
 mod sipcheck;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use baresip::Phone;
 use common::*;
+use fault::GatewayChild;
 use sipcheck::wait_phone_list;
 use trunkline_client::softphone::{Softphone, SoftphoneConfig};
 use trunkline_client::wav::dominant_frequency;
@@ -36,95 +36,12 @@ const PHONE_WAV_SECS: u32 = 60;
 /// a timing assertion (silence 4 s + grace 5 s, or str0m's consent timeout, come well before).
 const OUTCOME_WITHIN: Duration = Duration::from_secs(20);
 
-/// The `switch-gateway` binary as a child process (killed on drop).
-struct GatewayProcess {
-    child: tokio::process::Child,
-    sip: SocketAddr,
-    state_dir: PathBuf,
-    rtp_ports: String,
-    log: PathBuf,
-}
-
-impl GatewayProcess {
-    async fn start(id: &str, cloud_ws: &str, dir: &Path) -> GatewayProcess {
-        // UDP and TCP on the same port (as phones expect): find one free for both, then free it
-        // for the child (a race with another test is possible but unlikely; the child fails
-        // loudly if it loses it).
-        let mut port = None;
-        for _ in 0..50 {
-            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            let p = udp.local_addr().unwrap().port();
-            if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-                port = Some(p);
-                break;
-            }
-        }
-        let port = port.expect("a port free for both UDP and TCP");
-        let rtp_ports = free_rtp_range();
-        let secret_file = dir.join(format!("{id}.secret"));
-        std::fs::write(&secret_file, secret_of(id)).unwrap();
-        let state_dir = dir.join(format!("{id}-state"));
-        let config = dir.join(format!("{id}.toml"));
-        let toml = format!(
-            "id = \"{id}\"\nsecret_file = \"{}\"\ncloud_url = \"{cloud_ws}\"\nsip_listen = \"127.0.0.1:{port}\"\n\
-             rtp_ports = \"{rtp_ports}\"\nstate_dir = \"{}\"\nring_timeout_secs = 10\n",
-            secret_file.display(),
-            state_dir.display()
-        );
-        std::fs::write(&config, toml).unwrap();
-        let log = dir.join(format!("{id}.log"));
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switch-gateway"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join(format!("{id}.out"))).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start switch-gateway");
-        GatewayProcess { child, sip: format!("127.0.0.1:{port}").parse().unwrap(), state_dir, rtp_ports, log }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `kill -9`: the process gets no chance to say goodbye to anyone.
-    async fn sigkill(&mut self) {
-        self.child.start_kill().expect("SIGKILL the gateway");
-        let status = tokio::time::timeout(WAIT, self.child.wait()).await.expect("the gateway is gone").unwrap();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status:?}");
-    }
-}
-
-/// 40 consecutive UDP ports (even start) that are free right now.
-fn free_rtp_range() -> String {
-    for _ in 0..200 {
-        let base = (30000 + (rand_u16() % 15000)) & !1;
-        let free = (base..base + 40).all(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok());
-        if free {
-            return format!("{}-{}", base, base + 39);
-        }
-    }
-    panic!("no free RTP range");
-}
-
-fn rand_u16() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.finish() as u16
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f1_gateway_killed_mid_call_the_caller_gets_media_lost_and_the_record_says_so() {
     baresip::require();
     let dir = tempfile::tempdir().unwrap();
     let cloud = Cloud::start(dir.path()).await;
-    let mut gw = GatewayProcess::start("hq", &cloud.ws_url, dir.path()).await;
+    let mut gw = GatewayChild::start("hq", &cloud.ws_url, dir.path(), "").await;
     eventually("hq online", || switch_online(&cloud.db_url, "hq")).await;
     wait_phone_list(&gw.state_dir, &["1001"]).await;
 
@@ -151,7 +68,6 @@ async fn f1_gateway_killed_mid_call_the_caller_gets_media_lost_and_the_record_sa
     assert!(call.status().outcome.is_none(), "the call is up: {:?}", call.status());
 
     // kill -9 of the gateway.
-    let _ = &gw.rtp_ports;
     let killed_at = tokio::time::Instant::now();
     gw.sigkill().await;
 
