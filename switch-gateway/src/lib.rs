@@ -198,11 +198,15 @@ pub async fn run(
     };
     let stun_servers: bridge::StunServers = Arc::new(Mutex::new(bridge::SessionIce { turn_tls, ..Default::default() }));
     let phones = Phones::load(&config.state_dir);
-    let mut secret_bytes = [0u8; 32];
-    {
+    // The core reads no clock and draws no OS randomness: it gets them here, once.
+    let inputs = {
         use rand::RngCore;
-        rand::rng().fill_bytes(&mut secret_bytes);
-    }
+        let mut inputs =
+            b2bua::CoreInputs { clock_base: (Instant::now(), unix_ms_now()), rng_seed: [0; 32], nonce_secret: [0; 32] };
+        rand::rng().fill_bytes(&mut inputs.rng_seed);
+        rand::rng().fill_bytes(&mut inputs.nonce_secret);
+        inputs
+    };
     let core = Core::new(
         CoreConfig {
             switch_id: config.id.clone(),
@@ -225,8 +229,9 @@ pub async fn run(
         phones,
         Box::new(media),
         Box::new(bridge::DriverBridges::new(alloc.clone(), adv_ip, pending_bridges.clone(), attachments.clone())),
-        secret_bytes,
+        inputs,
     );
+    let phone_store = spawn_phone_store(config.state_dir.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (core_tx, core_rx) = mpsc::channel::<CoreIn>(16 * 1024);
@@ -310,6 +315,7 @@ pub async fn run(
         attachments,
         stun_servers,
         echoes,
+        phone_store,
         core_tx.clone(),
         blocklist,
         stop_rx.clone(),
@@ -348,6 +354,7 @@ async fn core_loop(
     attachments: bridge::Attachments,
     stun_servers: bridge::StunServers,
     echoes: Echoes,
+    phone_store: mpsc::UnboundedSender<phones::PhoneList>,
     core_tx: mpsc::Sender<CoreIn>,
     blocklist: Blocklist,
     mut stop: watch::Receiver<bool>,
@@ -392,6 +399,9 @@ async fn core_loop(
         while let Some(out) = core.poll_output() {
             match out {
                 Output::Block { ip, until } => blocklist.block(ip, until),
+                Output::SavePhones(list) => {
+                    let _ = phone_store.send(list);
+                }
                 Output::Sip { to, transport: Transport::Udp, data } => {
                     if let Err(e) = udp.try_send_to(&data, to) {
                         tracing::debug!(%to, error = %e, "UDP send failed");
@@ -512,6 +522,30 @@ async fn core_loop(
             let _ = done.send(());
         }
     }
+}
+
+/// Saves the phone lists the core hands over, in order, on the blocking pool (a file write and
+/// an fsync must not stall the core's task); of a burst only the latest is written.
+fn spawn_phone_store(state_dir: std::path::PathBuf) -> mpsc::UnboundedSender<phones::PhoneList> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<phones::PhoneList>();
+    tokio::spawn(async move {
+        while let Some(mut list) = rx.recv().await {
+            while let Ok(newer) = rx.try_recv() {
+                list = newer;
+            }
+            let dir = state_dir.clone();
+            match tokio::task::spawn_blocking(move || phones::save(&dir, &list)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(dir = %state_dir.display(), error = %e, "cannot save local phone list"),
+                Err(e) => tracing::error!(error = %e, "phone list save task failed"),
+            }
+        }
+    });
+    tx
+}
+
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Session `id`'s events: its candidates go to the cloud (trickle), its DataChannel text to the

@@ -3,12 +3,14 @@
 //! gateway restart).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use trunkline_protocol::PhoneEntry;
 
+/// The phone list the core works with: in memory only. Its disk copy is read by the driver at
+/// start ([`Phones::load`]) and written by the driver when the core asks
+/// ([`crate::b2bua::Output::SavePhones`], [`save`]), so the core never blocks on a file.
 pub struct Phones {
-    path: PathBuf,
     realm: String,
     by_number: HashMap<String, PhoneEntry>,
     /// A list has been read from disk or received from the cloud. Until then the gateway
@@ -16,31 +18,49 @@ pub struct Phones {
     loaded: bool,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct OnDisk {
-    realm: String,
-    phones: Vec<PhoneEntry>,
+/// The list as saved in `state_dir/phones.json`.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PhoneList {
+    pub realm: String,
+    pub phones: Vec<PhoneEntry>,
 }
 
+// The verifiers are password-equivalent: never in a log line or a test failure.
+impl std::fmt::Debug for PhoneList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhoneList").field("realm", &self.realm).field("phones", &self.phones.len()).finish()
+    }
+}
+
+const FILE: &str = "phones.json";
+
 impl Phones {
+    /// No list yet (a new gateway that has not heard from its cloud).
+    pub fn empty() -> Phones {
+        Phones { realm: "trunkline".into(), by_number: HashMap::new(), loaded: false }
+    }
+
+    /// A known list (the disk copy, or a test's).
+    pub fn from_list(list: PhoneList) -> Phones {
+        Phones { realm: list.realm, by_number: list.phones.into_iter().map(|e| (e.number.clone(), e)).collect(), loaded: true }
+    }
+
     /// Load the local copy from `state_dir` (empty if there is none yet or it is unreadable).
+    /// Driver side: reads a file.
     pub fn load(state_dir: &Path) -> Phones {
-        let path = state_dir.join("phones.json");
-        let mut p = Phones { path, realm: "trunkline".into(), by_number: HashMap::new(), loaded: false };
-        match std::fs::read(&p.path) {
-            Ok(bytes) => match serde_json::from_slice::<OnDisk>(&bytes) {
-                Ok(d) => {
-                    p.realm = d.realm;
-                    p.by_number = d.phones.into_iter().map(|e| (e.number.clone(), e)).collect();
-                    p.loaded = true;
-                    tracing::info!(count = p.by_number.len(), path = %p.path.display(), "loaded local phone list");
+        let path = state_dir.join(FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<PhoneList>(&bytes) {
+                Ok(list) => {
+                    tracing::info!(count = list.phones.len(), path = %path.display(), "loaded local phone list");
+                    return Phones::from_list(list);
                 }
-                Err(e) => tracing::warn!(path = %p.path.display(), error = %e, "ignoring unreadable local phone list"),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable local phone list"),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %p.path.display(), error = %e, "cannot read local phone list"),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot read local phone list"),
         }
-        p
+        Phones::empty()
     }
 
     /// Whether any phone list is known (from disk or the cloud), even an empty one.
@@ -69,7 +89,7 @@ impl Phones {
     }
 
     /// Replace the list (from `switch_welcome` / `phones_update`); returns the numbers that
-    /// left it, and saves the new list atomically.
+    /// left it. The caller saves [`Phones::snapshot`].
     pub fn replace(&mut self, realm: Option<&str>, phones: Vec<PhoneEntry>) -> Vec<String> {
         if let Some(r) = realm {
             self.realm = r.to_string();
@@ -78,35 +98,38 @@ impl Phones {
         let gone: Vec<String> = self.by_number.keys().filter(|n| !new.contains_key(*n)).cloned().collect();
         self.by_number = new;
         self.loaded = true;
-        if let Err(e) = self.save() {
-            tracing::error!(path = %self.path.display(), error = %e, "cannot save local phone list");
-        }
         gone
     }
 
-    fn save(&self) -> std::io::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
+    /// The list to save, sorted by number (a stable file).
+    pub fn snapshot(&self) -> PhoneList {
         let mut phones: Vec<PhoneEntry> = self.by_number.values().cloned().collect();
         phones.sort_by(|a, b| a.number.cmp(&b.number));
-        let data = serde_json::to_vec_pretty(&OnDisk { realm: self.realm.clone(), phones })?;
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            #[cfg(unix)]
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            // Digest verifiers are password-equivalent for SIP: owner-only.
-            #[cfg(unix)]
-            opts.mode(0o600);
-            let mut f = opts.open(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)
+        PhoneList { realm: self.realm.clone(), phones }
     }
+}
+
+/// Save `list` as `state_dir/phones.json`, atomically (a temporary file, fsync, rename) and
+/// owner-only. Driver side: blocking file I/O, run off the core's task.
+pub fn save(state_dir: &Path, list: &PhoneList) -> std::io::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let path = state_dir.join(FILE);
+    let data = serde_json::to_vec_pretty(list)?;
+    let tmp = path.with_extension("json.tmp");
+    {
+        use std::io::Write;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        // Digest verifiers are password-equivalent for SIP: owner-only.
+        #[cfg(unix)]
+        opts.mode(0o600);
+        let mut f = opts.open(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)
 }
 
 #[cfg(test)]
@@ -121,12 +144,15 @@ mod tests {
     fn list_survives_a_restart_and_reports_removed_numbers() {
         let dir = tempfile::tempdir().unwrap();
         let mut p = Phones::load(dir.path());
-        assert!(p.is_empty());
+        assert!(p.is_empty() && !p.is_loaded());
         assert!(p.replace(Some("corp"), vec![entry("1001"), entry("1002")]).is_empty());
+        save(dir.path(), &p.snapshot()).unwrap();
         let mut again = Phones::load(dir.path());
-        assert_eq!((again.len(), again.realm()), (2, "corp"));
+        assert_eq!((again.len(), again.realm(), again.is_loaded()), (2, "corp", true));
         assert_eq!(again.replace(None, vec![entry("1001")]), vec!["1002".to_string()]);
+        save(dir.path(), &again.snapshot()).unwrap();
         assert!(Phones::load(dir.path()).contains("1001"));
+        assert!(!Phones::load(dir.path()).contains("1002"));
     }
 
     #[test]
@@ -134,5 +160,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("phones.json"), b"{not json").unwrap();
         assert!(Phones::load(dir.path()).is_empty());
+        assert!(!Phones::load(dir.path()).is_loaded());
     }
 }

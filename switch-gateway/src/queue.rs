@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use rand::RngCore;
+use rand::rngs::StdRng;
 use trunkline_protocol::ErrorCode;
 
 /// One waiting call.
@@ -82,9 +84,10 @@ impl WaitingQueue {
         WaitingQueue { ttl, slots: HashMap::new(), new_key }
     }
 
-    /// A queue with keys of 128 bits from the OS CSPRNG.
-    pub fn with_os_keys(ttl: Duration) -> Self {
-        Self::new(ttl, Box::new(new_key))
+    /// A queue with keys of 128 bits drawn from `rng` (a CSPRNG the driver seeded from the OS;
+    /// a fixed seed in tests).
+    pub fn with_rng(ttl: Duration, mut rng: StdRng) -> Self {
+        Self::new(ttl, Box::new(move || new_key(&mut rng)))
     }
 
     pub fn ttl(&self) -> Duration {
@@ -214,12 +217,11 @@ impl WaitingQueue {
     }
 }
 
-/// 128 bits from the OS CSPRNG, unpadded base64url (22 characters).
-pub fn new_key() -> String {
+/// 128 bits from `rng`, unpadded base64url (22 characters).
+pub fn new_key(rng: &mut impl RngCore) -> String {
     use base64::Engine as _;
-    use rand::RngCore;
     let mut b = [0u8; 16];
-    rand::rng().fill_bytes(&mut b);
+    rng.fill_bytes(&mut b);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
@@ -306,10 +308,12 @@ mod tests {
     }
 
     #[test]
-    fn os_keys_are_128_bit_and_distinct() {
-        let a = new_key();
+    fn keys_are_128_bit_and_distinct() {
+        use rand::SeedableRng;
+        let mut rng = StdRng::from_seed([3; 32]);
+        let a = new_key(&mut rng);
         assert_eq!(a.len(), 22);
-        assert_ne!(a, new_key());
+        assert_ne!(a, new_key(&mut rng));
         assert!(trunkline_protocol::check_key(&a).is_ok());
     }
 }

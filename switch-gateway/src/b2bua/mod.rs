@@ -7,7 +7,9 @@
 //! switch says to us as an F2 caller ([`Core::on_remote`]) and timers ([`Core::handle_timeout`]).
 //! Outputs ([`Output`]) are datagrams/frames to send, cloud messages, DataChannel replies,
 //! session and bridge commands and media relay commands. Media ports come from an injected
-//! [`MediaPorts`] so the core can write SDP synchronously without owning sockets.
+//! [`MediaPorts`] so the core can write SDP synchronously without owning sockets. It reads no
+//! clock and draws no OS randomness ([`CoreInputs`]: wall time and an RNG seed from the driver),
+//! and writes no file ([`Output::SavePhones`]); `tests/core_has_no_clock_or_io.rs` checks that.
 //!
 //! Patent steps on this side: F7 (local call), A/B1/B2 (a phone dials elsewhere → ask the
 //! cloud), B3 → 404, B5/B6 → C2/C3, C11/C12 (callee query → waiting queue + key), C14 (the
@@ -19,7 +21,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use trunkline_protocol::{
     CallEvent, ClientMsg, DeclineReason, DirectClientMsg, DirectServerMsg, ErrorCode, Outcome, PhoneEntry, QueryAnswer, Route,
     ServerMsg, SignalPayload,
@@ -29,12 +32,14 @@ use trunkline_sip::{CSeq, Contact, Host, Message, Method, NameAddr, Request, Res
 
 use crate::cloud_link::LinkEvent;
 use crate::guard::{Admit, BlockEvent, Blocked, Guard, GuardConfig};
-use crate::phones::Phones;
+use crate::phones::{PhoneList, Phones};
 use crate::queue::{Direction, KeyError, WaitingQueue};
 use crate::registrar::{ContactUpdate, RegisterError, Registrar, Transport};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_dialog;
 
 /// RFC 3261 timer T1 (RTT estimate) and T2 (max retransmit interval).
 const T1: Duration = Duration::from_millis(500);
@@ -62,6 +67,20 @@ pub struct CoreConfig {
     /// Limits on password guessing and scanning ([`crate::guard`]), and the cap on server
     /// transactions (`max_server_transactions`).
     pub guard: GuardConfig,
+}
+
+/// What a sans-IO core cannot get by itself: the driver reads the clocks and the OS's entropy
+/// once and hands them over; tests pass fixed values, so every run is the same.
+pub struct CoreInputs {
+    /// An `Instant` and the Unix time (ms) at that instant: wall time is derived from the
+    /// monotonic `now` of each input (digest nonce ages, end-of-call reports), as in the
+    /// signal server's engine, so a stepped system clock cannot move it backwards mid-run.
+    pub clock_base: (Instant, i64),
+    /// Seeds the core's RNG (SIP tags, branches, Call-IDs, one-time keys). `StdRng` is a
+    /// CSPRNG: seeded from the OS by the driver, keys stay unguessable.
+    pub rng_seed: [u8; 32],
+    /// The secret digest nonces are MACed with.
+    pub nonce_secret: [u8; 32],
 }
 
 /// Accepted (nonce, nc) pairs remembered at most (only successful authentications add one).
@@ -231,6 +250,9 @@ pub enum Output {
         id: u64,
         candidate: String,
     },
+    /// The phone list changed: save it as the local copy (`phones.json`). The driver writes
+    /// it off this task, in order; the core keeps working from memory.
+    SavePhones(PhoneList),
 }
 
 // ---------------------------------------------------------------- transactions
@@ -415,6 +437,11 @@ struct Call {
     ringing_sent: bool,
     generation: u64,
     connected_at: Option<Instant>,
+    /// The SDP we last gave the caller (our 2xx, or a later answer to its mid-call offer).
+    sdp_to_a: Option<String>,
+    /// The SDP we last gave the callee after our INVITE's offer (a later answer to its
+    /// mid-call offer); until then the winning fork's INVITE body.
+    sdp_to_b: Option<String>,
     /// When the call began, Unix ms (for the end report: the record the cloud writes from it).
     started_ms: i64,
 }
@@ -460,8 +487,10 @@ pub struct Core {
     seq: u64,
     next_call: u64,
     out: VecDeque<Output>,
-    /// Ties the monotonic clock to wall time for end reports: `(Instant, Unix ms)`.
+    /// Ties the monotonic clock to wall time (nonces, end reports): `(Instant, Unix ms)`.
     clock_base: (Instant, i64),
+    /// Every random draw of the core (seeded by the driver).
+    rng: StdRng,
 }
 
 impl Core {
@@ -470,9 +499,12 @@ impl Core {
         phones: Phones,
         media: Box<dyn MediaPorts>,
         bridges: Box<dyn Bridges>,
-        nonce_secret: [u8; 32],
+        inputs: CoreInputs,
     ) -> Core {
-        let queue = WaitingQueue::with_os_keys(cfg.key_ttl);
+        let CoreInputs { clock_base, rng_seed, nonce_secret } = inputs;
+        let mut rng = StdRng::from_seed(rng_seed);
+        // The queue's keys come from their own stream, forked from ours.
+        let queue = WaitingQueue::with_rng(cfg.key_ttl, StdRng::from_rng(&mut rng));
         let registrar = Registrar::new(cfg.min_expires, cfg.max_expires);
         let guard = Guard::new(cfg.guard.clone());
         Core {
@@ -501,7 +533,8 @@ impl Core {
             seq: 0,
             next_call: 1,
             out: VecDeque::new(),
-            clock_base: (Instant::now(), unix_ms_now()),
+            clock_base,
+            rng,
         }
     }
 
@@ -724,6 +757,8 @@ impl Core {
                 ringing_sent: false,
                 generation: 0,
                 connected_at: None,
+                sdp_to_a: None,
+                sdp_to_b: None,
                 started_ms: self.unix_ms(now),
             },
         );
@@ -981,6 +1016,7 @@ impl Core {
         for gone in self.phones.replace(realm, phones) {
             self.registrar.remove_aor(&gone);
         }
+        self.out.push_back(Output::SavePhones(self.phones.snapshot()));
         tracing::info!(count = self.phones.len(), "phone list updated");
     }
 
@@ -1208,7 +1244,7 @@ impl Core {
     ) {
         let mut r = Response::to_request(req, status, reason);
         if status > 100 && req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_none() {
-            r.set_to_tag(&new_tag());
+            r.set_to_tag(&new_tag(&mut self.rng));
         }
         r.headers.push("Server", "Trunkline");
         edit(&mut r);
@@ -1277,7 +1313,7 @@ impl Core {
     ) {
         let mut r = Response::to_request(req, status, reason);
         if status > 100 && req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_none() {
-            r.set_to_tag(&new_tag());
+            r.set_to_tag(&new_tag(&mut self.rng));
         }
         r.headers.push("Server", "Trunkline");
         edit(&mut r);
@@ -1370,7 +1406,7 @@ impl Core {
         method: &str,
     ) -> Option<String> {
         let realm = self.phones.realm().to_string();
-        let unix = unix_secs();
+        let unix = self.unix_secs(now);
         let creds = req
             .headers
             .get_all("Authorization")
@@ -1456,7 +1492,7 @@ impl Core {
             return;
         }
         let realm = self.phones.realm().to_string();
-        let nonce = self.nonces.issue(unix_secs());
+        let nonce = self.nonces.issue(self.unix_secs(now));
         let algs = self.cfg.digest_algorithms.clone();
         self.reply_stateless(src, transport, req, 401, "Unauthorized", |r| {
             // RFC 8760 §2.4: the preferred algorithm first.
@@ -1531,7 +1567,7 @@ impl Core {
                     invite: req,
                     tx: key.clone(),
                     call_id: call_id.clone(),
-                    our_tag: new_tag(),
+                    our_tag: new_tag(&mut self.rng),
                     remote_target,
                     our_cseq: 1,
                     ok: None,
@@ -1547,6 +1583,8 @@ impl Core {
                 ringing_sent: false,
                 generation: 0,
                 connected_at: None,
+                sdp_to_a: None,
+                sdp_to_b: None,
                 started_ms: self.unix_ms(now),
             },
         );
@@ -1565,7 +1603,7 @@ impl Core {
             );
         } else {
             // A: via this switch → B1/B2: ask the cloud.
-            let cloud_id = format!("{}-{}", self.cfg.switch_id, new_tag());
+            let cloud_id = format!("{}-{}", self.cfg.switch_id, new_tag(&mut self.rng));
             tracing::info!(call_id = %cloud_id, %caller, %callee, step = "B2", "asking the cloud to validate");
             self.by_cloud.insert(cloud_id.clone(), id);
             if let Some(c) = self.calls.get_mut(&id) {
@@ -1615,9 +1653,9 @@ impl Core {
         let caller_name = call.caller_name.clone();
         for (i, b) in bindings.iter().enumerate() {
             let Ok(target) = Uri::parse(b.contact.trim_start_matches('<').trim_end_matches('>')) else { continue };
-            let fork_call_id = format!("{}@{}", new_tag(), self.cfg.adv_ip);
-            let from_tag = new_tag();
-            let branch = new_branch();
+            let fork_call_id = format!("{}@{}", new_tag(&mut self.rng), self.cfg.adv_ip);
+            let from_tag = new_tag(&mut self.rng);
+            let branch = new_branch(&mut self.rng);
             let mut r = Request::new(Method::Invite, target);
             r.headers.push("Via", self.via(b.transport, &branch));
             r.headers.push("Max-Forwards", "70");
@@ -1704,37 +1742,110 @@ impl Core {
         }
     }
 
-    /// Requests inside an established dialog, from either side.
+    /// Requests inside a dialog of a call, from either side.
     fn on_in_dialog(&mut self, now: Instant, key: &ServerKey, _src: SocketAddr, _transport: Transport, req: Request) {
         let cid = req.call_id().unwrap_or("").to_string();
-        let (id, from_a) = if let Some(id) = self.by_a.get(&cid) {
-            (*id, true)
-        } else if let Some((id, _)) = self.by_b.get(&cid) {
-            (*id, false)
+        let (id, side) = if let Some(id) = self.by_a.get(&cid) {
+            (*id, Side::A)
+        } else if let Some((id, fi)) = self.by_b.get(&cid) {
+            (*id, Side::B(*fi))
         } else {
             return self.reply(now, key, &req, 481, "Call/Transaction Does Not Exist", |_| {});
         };
+        if let Side::B(fi) = side
+            && !self.calls.get(&id).is_some_and(|c| c.fork_dialog_live(fi))
+        {
+            // A contact that lost the race (cancelled, failed, or answered after another and
+            // hung up by us): its dialog is over and the call is not its to end. Its BYE may
+            // cross ours; nothing else is for us.
+            return match req.method {
+                Method::Bye => self.reply(now, key, &req, 200, "OK", |_| {}),
+                _ => self.reply(now, key, &req, 481, "Call/Transaction Does Not Exist", |_| {}),
+            };
+        }
         match req.method {
             Method::Bye => {
                 self.reply(now, key, &req, 200, "OK", |_| {});
+                let from_a = side == Side::A;
                 tracing::info!(call = id, from_caller = from_a, "hang-up");
                 self.hangup(now, id, !from_a, from_a);
             }
-            Method::Invite | Method::Update => {
-                // Re-INVITE (hold, codec change): media keeps flowing through the relay, so we
-                // answer with the same SDP we gave this side (a new version).
-                let sdp = self.calls.get(&id).and_then(|c| c.last_sdp_for(from_a, &self.cfg));
-                let contact = self.contact_str();
-                match sdp {
-                    Some(sdp) => self.reply(now, key, &req, 200, "OK", |r| {
-                        r.headers.push("Contact", contact);
-                        r.set_body("application/sdp", sdp.into_bytes());
-                    }),
-                    None => self.reply(now, key, &req, 488, "Not Acceptable Here", |_| {}),
+            Method::Invite | Method::Update => self.on_session_update(now, key, id, side, req),
+            Method::Info | Method::Options => self.reply(now, key, &req, 200, "OK", |_| {}),
+            // RFC 3261 §8.2.1: a method we do not implement (REFER, NOTIFY, …), even in a dialog.
+            _ => self.reply(now, key, &req, 405, "Method Not Allowed", |r| r.headers.push("Allow", ALLOW)),
+        }
+    }
+
+    /// A re-INVITE (RFC 3261 §14) or an UPDATE (RFC 3311) from one side of an established call:
+    /// a hold, a codec change, a session refresh. Media goes through our relay or bridge, which
+    /// does not change, so the answer is the SDP we last gave that side, re-versioned (RFC 3264
+    /// §8), its codecs narrowed to the offer's and its direction mirroring the offer's; an offer
+    /// we cannot answer gets 488 and leaves the session as it was. The other side is not told.
+    fn on_session_update(&mut self, now: Instant, key: &ServerKey, id: u64, side: Side, req: Request) {
+        let is_invite = req.method == Method::Invite;
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        // Target refresh (RFC 3261 §12.2.2): a new Contact is where our next requests go.
+        if let Some(target) = req.contacts().ok().and_then(|c| c.into_iter().find_map(|c| c.name_addr().map(|n| n.uri.clone()))) {
+            match side {
+                Side::A => {
+                    if let Some(a) = call.a.sip_mut() {
+                        a.remote_target = target;
+                    }
+                }
+                Side::B(fi) => {
+                    if let Some(f) = call.forks.get_mut(fi) {
+                        f.remote_target = Some(target);
+                    }
                 }
             }
-            _ => self.reply(now, key, &req, 200, "OK", |_| {}),
         }
+        let answered = matches!(call.state, CallState::Answered | CallState::Connected);
+        let offer = (!req.body.is_empty()).then(|| String::from_utf8_lossy(&req.body).into_owned());
+        if !is_invite && offer.is_none() {
+            // An UPDATE without an offer (a session-timer refresh) needs no SDP in its answer.
+            return self.reply(now, key, &req, 200, "OK", |_| {});
+        }
+        if !answered {
+            // Early dialog: the first offer/answer is not done yet (RFC 3311 §5.2 / RFC 3261
+            // §14.2): refuse, and say when to try again.
+            let after = self.rng.random_range(1..=10u32);
+            return self.reply(now, key, &req, 500, "Server Internal Error", |r| {
+                r.headers.push("Retry-After", after.to_string());
+                r.headers.push("Warning", warning("the call is not answered yet"));
+            });
+        }
+        let Some(last) = call.sdp_sent(side) else {
+            return self.reply(now, key, &req, 488, "Not Acceptable Here", |r| {
+                r.headers.push("Warning", warning("no session to modify"))
+            });
+        };
+        let answer = match &offer {
+            // A re-INVITE without an offer: ours goes in the 2xx, the answer comes in the ACK.
+            None => trunkline_media::sdp::bump_version(&last).map_err(|e| e.to_string()),
+            Some(offer) => answer_reoffer(&last, offer),
+        };
+        let answer = match answer {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::info!(call = id, method = req.method.as_str(), %why, "mid-call offer refused; the session stays as it was");
+                return self.reply(now, key, &req, 488, "Not Acceptable Here", |r| r.headers.push("Warning", warning(&why)));
+            }
+        };
+        // A phone that moved its media (new address or port): the relay sends there now.
+        let moved = offer.as_deref().and_then(|o| trunkline_media::sdp::Sdp::parse(o).ok()).and_then(|s| s.audio_rtp_addr());
+        if let (Some(addr), Some(pair)) = (moved.filter(|a| !a.ip().is_unspecified() && a.port() != 0), call.media) {
+            let leg = if side == Side::A { MediaLeg::A } else { MediaLeg::B };
+            self.out.push_back(Output::MediaRemote { id: pair.id, leg, addr });
+        }
+        call.set_sdp_sent(side, answer.clone());
+        tracing::info!(call = id, method = req.method.as_str(), "mid-call offer answered");
+        let contact = self.contact_str();
+        self.reply(now, key, &req, 200, "OK", |r| {
+            r.headers.push("Contact", contact);
+            r.headers.push("Allow", ALLOW);
+            r.set_body("application/sdp", answer.into_bytes());
+        });
     }
 
     // ============================================================ SIP responses (our forks)
@@ -1748,6 +1859,7 @@ impl Core {
         };
         let Some(tx) = self.client_txs.get_mut(&branch) else { return };
         let status = resp.status;
+        let mut first_final = false;
         if status < 200 {
             tx.got_provisional = true;
             if tx.invite {
@@ -1755,7 +1867,7 @@ impl Core {
                 tx.interval = Duration::MAX;
             }
         } else {
-            let first_final = !tx.got_final;
+            first_final = !tx.got_final;
             tx.got_final = true;
             tx.interval = Duration::MAX;
             if tx.invite && status >= 300 {
@@ -1778,16 +1890,17 @@ impl Core {
             ClientOwner::Fire => None,
         };
         if let Some((call, fork)) = owner {
-            self.fork_response(now, call, fork, &branch, resp);
+            self.fork_response(now, call, fork, &branch, resp, first_final);
         }
     }
 
-    fn fork_response(&mut self, now: Instant, id: u64, fi: usize, branch: &str, resp: Response) {
+    fn fork_response(&mut self, now: Instant, id: u64, fi: usize, branch: &str, resp: Response, first_final: bool) {
         let status = resp.status;
         let Some(call) = self.calls.get_mut(&id) else {
-            // The call is gone: a late 2xx must still be ACKed and hung up.
+            // The call is gone (RFC 3261 §13.2.2.4, §15): a late 2xx is ACKed each time it
+            // comes, and hung up once.
             if (200..300).contains(&status) {
-                self.ack_and_bye_orphan(now, branch, &resp);
+                self.ack_and_bye_orphan(now, branch, &resp, first_final);
             }
             return;
         };
@@ -1903,8 +2016,9 @@ impl Core {
         r.headers.push("Contact", contact);
         r.headers.push("Allow", ALLOW);
         r.headers.push("Server", "Trunkline");
-        r.set_body("application/sdp", sdp.into_bytes());
+        r.set_body("application/sdp", sdp.clone().into_bytes());
         let data = r.to_bytes();
+        call.sdp_to_a = Some(sdp);
         a.final_sent = true;
         a.ok = Some(data.clone());
         a.ok_since = Some(now);
@@ -2020,7 +2134,7 @@ impl Core {
                 CallerSide::Sip(a) => {
                     a.our_cseq += 1;
                     let mut r = Request::new(Method::Bye, a.remote_target.clone());
-                    let branch = new_branch();
+                    let branch = new_branch(&mut self.rng);
                     r.headers.push("Via", via_str(a.transport, adv_ip, port, &branch));
                     r.headers.push("Max-Forwards", "70");
                     // From/To swap: we are the callee of the A dialog.
@@ -2092,6 +2206,11 @@ impl Core {
             ended_ms,
         };
         self.cloud(m);
+    }
+
+    /// Unix seconds at `now` (digest nonces).
+    fn unix_secs(&self, now: Instant) -> u64 {
+        u64::try_from(self.unix_ms(now) / 1000).unwrap_or(0)
     }
 
     /// Unix ms at `now`.
@@ -2196,7 +2315,7 @@ impl Core {
         fork.cseq += 1;
         let target = fork.remote_target.clone().unwrap_or_else(|| fork.request.uri.clone());
         let mut r = Request::new(Method::Bye, target);
-        let branch = new_branch();
+        let branch = new_branch(&mut self.rng);
         r.headers.push("Via", via_str(fork.transport, adv_ip, port, &branch));
         r.headers.push("Max-Forwards", "70");
         if let Some(v) = fork.request.headers.get("From") {
@@ -2213,12 +2332,12 @@ impl Core {
         self.send_client(now, branch, r, dest, tr, ClientOwner::Fire);
     }
 
-    fn ack_2xx(&self, id: u64, fi: usize) -> Option<Output> {
+    fn ack_2xx(&mut self, id: u64, fi: usize) -> Option<Output> {
         let call = self.calls.get(&id)?;
         let fork = call.forks.get(fi)?;
         let target = fork.remote_target.clone().unwrap_or_else(|| fork.request.uri.clone());
         let mut r = Request::new(Method::Ack, target);
-        r.headers.push("Via", via_str(fork.transport, self.cfg.adv_ip, self.cfg.sip_port, &new_branch()));
+        r.headers.push("Via", via_str(fork.transport, self.cfg.adv_ip, self.cfg.sip_port, &new_branch(&mut self.rng)));
         r.headers.push("Max-Forwards", "70");
         if let Some(v) = fork.request.headers.get("From") {
             r.headers.push("From", v);
@@ -2234,7 +2353,7 @@ impl Core {
     }
 
     /// A 2xx for a call we no longer have: ACK it and BYE it so the phone stops ringing.
-    fn ack_and_bye_orphan(&mut self, now: Instant, branch: &str, resp: &Response) {
+    fn ack_and_bye_orphan(&mut self, now: Instant, branch: &str, resp: &Response, bye: bool) {
         let Some(tx) = self.client_txs.get(branch) else { return };
         let Some(req) = tx.request.clone() else { return };
         let (to_addr, tr) = (tx.to, tx.transport);
@@ -2243,9 +2362,10 @@ impl Core {
             .ok()
             .and_then(|c| c.into_iter().find_map(|c| c.name_addr().map(|n| n.uri.clone())))
             .unwrap_or_else(|| req.uri.clone());
-        for (method, seq) in [(Method::Ack, 1), (Method::Bye, 2)] {
+        let methods: &[(Method, u32)] = if bye { &[(Method::Ack, 1), (Method::Bye, 2)] } else { &[(Method::Ack, 1)] };
+        for (method, seq) in methods.iter().cloned() {
             let mut r = Request::new(method.clone(), target.clone());
-            let b = new_branch();
+            let b = new_branch(&mut self.rng);
             r.headers.push("Via", via_str(tr, self.cfg.adv_ip, self.cfg.sip_port, &b));
             r.headers.push("Max-Forwards", "70");
             if let Some(v) = req.headers.get("From") {
@@ -2396,9 +2516,10 @@ impl Core {
                             return;
                         }
                         let Some(a) = call.a.sip_mut() else { return };
-                        let since = a.ok_since.unwrap_or(now);
-                        if now.duration_since(since) >= T64 {
-                            // Timer H for 2xx: the caller never ACKed; end both legs.
+                        let give_up = a.ok_since.unwrap_or(now) + T64;
+                        if now >= give_up {
+                            // RFC 3261 §13.3.1.4: no ACK 64·T1 after our 2xx; the dialog is
+                            // confirmed and at once ended (BYE), on both legs.
                             tracing::warn!(call = id, "no ACK for our 200 OK: hanging up");
                             return self.hangup(now, id, true, true);
                         }
@@ -2408,8 +2529,9 @@ impl Core {
                             self.out.push_back(Output::Sip { to: a.src, transport: a.transport, data: ok.clone() });
                         }
                         a.ok_interval = (a.ok_interval * 2).min(T2);
-                        let next = a.ok_interval;
-                        self.set_call_timer(now, id, next, CallTimer::OkRetransmit);
+                        // Timer G's next tick, but never past the give-up time.
+                        let next = (now + a.ok_interval).min(give_up);
+                        self.set_call_timer(now, id, next - now, CallTimer::OkRetransmit);
                     }
                 }
             }
@@ -2441,19 +2563,81 @@ impl Core {
 }
 
 impl Call {
-    /// The SDP we last gave side A (`for_a`) or B, re-versioned for a re-INVITE answer.
-    fn last_sdp_for(&self, for_a: bool, _cfg: &CoreConfig) -> Option<String> {
-        let pair = self.media?;
-        let (body, addr) = if for_a {
-            // What A got: the callee's answer rewritten to our A side. Rebuild from A's offer.
-            (self.offer_sdp.clone(), pair.a_local)
-        } else {
-            let w = self.winner?;
-            (String::from_utf8_lossy(&self.forks[w].request.body).into_owned(), pair.b_local)
-        };
-        let s = trunkline_media::sdp::rewrite(&body, addr.ip(), addr.port(), None).ok()?;
-        trunkline_media::sdp::bump_version(&s).ok()
+    /// Whether fork `fi`'s dialog belongs to the call: the winner's, or any still ringing.
+    fn fork_dialog_live(&self, fi: usize) -> bool {
+        match self.winner {
+            Some(w) => w == fi,
+            None => self.forks.get(fi).is_some_and(|f| matches!(f.state, ForkState::Trying | ForkState::Ringing)),
+        }
     }
+
+    /// The SDP we last gave `side` (our 2xx to the caller, our INVITE to the callee, or a later
+    /// answer to a mid-call offer).
+    fn sdp_sent(&self, side: Side) -> Option<String> {
+        match side {
+            Side::A => self.sdp_to_a.clone(),
+            Side::B(fi) => self.sdp_to_b.clone().or_else(|| {
+                let f = self.forks.get(fi)?;
+                (!f.request.body.is_empty()).then(|| String::from_utf8_lossy(&f.request.body).into_owned())
+            }),
+        }
+    }
+
+    fn set_sdp_sent(&mut self, side: Side, sdp: String) {
+        match side {
+            Side::A => self.sdp_to_a = Some(sdp),
+            Side::B(_) => self.sdp_to_b = Some(sdp),
+        }
+    }
+}
+
+/// Which side of a call a request came from: the caller's dialog, or fork `n`'s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    A,
+    B(usize),
+}
+
+/// Our answer to a mid-call `offer`, from `last`, the SDP we gave that side before: the same
+/// session (same `o=` origin, version + 1, same address and port), only the payload types the
+/// offer has too, and the direction the offer's asks for (RFC 3264 §6.1, §8).
+fn answer_reoffer(last: &str, offer: &str) -> Result<String, String> {
+    use trunkline_media::sdp::Sdp;
+    let offered = Sdp::parse(offer).map_err(|e| format!("unusable SDP offer: {e}"))?;
+    let offered = offered.audio.ok_or("the offer has no audio")?;
+    let ours = Sdp::parse(last).map_err(|e| e.to_string())?;
+    let our_addr = ours.audio_rtp_addr().ok_or("no audio address in our session")?;
+    let kept = trunkline_media::sdp::rewrite(last, our_addr.ip(), our_addr.port(), Some(&offered.payload_types))
+        .map_err(|_| "none of the offered codecs is the call's".to_string())?;
+    let directed = with_direction(&kept, offered.direction.reversed().as_str());
+    trunkline_media::sdp::bump_version(&directed).map_err(|e| e.to_string())
+}
+
+/// `sdp` with its audio section's direction attribute set to `dir` (any other direction
+/// attribute, at session or audio level, removed).
+fn with_direction(sdp: &str, dir: &str) -> String {
+    const DIRECTIONS: [&str; 4] = ["a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"];
+    let mut out = String::with_capacity(sdp.len() + 16);
+    let (mut seen_media, mut in_audio, mut pending) = (false, false, false);
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            if pending {
+                out.push_str(&format!("a={dir}\r\n"));
+            }
+            seen_media = true;
+            in_audio = line.starts_with("m=audio ");
+            pending = in_audio;
+        }
+        if DIRECTIONS.contains(&line.trim_end()) && (!seen_media || in_audio) {
+            continue;
+        }
+        out.push_str(line.trim_end_matches('\r'));
+        out.push_str("\r\n");
+    }
+    if pending {
+        out.push_str(&format!("a={dir}\r\n"));
+    }
+    out
 }
 
 fn ack_for(invite: &Request, resp: &Response, branch: &str) -> Request {
@@ -2507,25 +2691,17 @@ fn warning(text: &str) -> String {
     format!("399 trunkline \"{}\"", text.replace(['"', '\\', '\r', '\n'], "'"))
 }
 
-fn new_tag() -> String {
-    format!("{:016x}", rand::rng().random::<u64>())
+fn new_tag(rng: &mut StdRng) -> String {
+    format!("{:016x}", rng.random::<u64>())
 }
 
-fn new_branch() -> String {
-    format!("z9hG4bK{:016x}", rand::rng().random::<u64>())
+fn new_branch(rng: &mut StdRng) -> String {
+    format!("z9hG4bK{:016x}", rng.random::<u64>())
 }
 
 /// Verifiers no password hashes to (not hex): checked for numbers nobody has.
 const DECOY_HA1_MD5: &str = "decoy-decoy-decoy-decoy-decoy-de";
 const DECOY_HA1_SHA256: &str = "decoy-decoy-decoy-decoy-decoy-decoy-decoy-decoy-decoy-decoy-deco";
-
-fn unix_ms_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-fn unix_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
 
 fn key_error_text(e: KeyError) -> &'static str {
     match e {

@@ -63,15 +63,17 @@ impl Bridges for FakeBridges {
     }
 }
 
-const GW: &str = "10.0.0.1:5060";
+pub(super) const GW: &str = "10.0.0.1:5060";
+/// The wall clock at the start of every test (Unix ms): the core reads no clock of its own.
+pub(super) const WALL_MS: i64 = 1_800_000_000_000;
 
-struct H {
-    core: Core,
-    now: Instant,
-    out: Vec<Output>,
+pub(super) struct H {
+    pub(super) core: Core,
+    pub(super) now: Instant,
+    pub(super) out: Vec<Output>,
 }
 
-fn phone(n: &str) -> PhoneEntry {
+pub(super) fn phone(n: &str) -> PhoneEntry {
     PhoneEntry {
         number: n.into(),
         display_name: format!("Phone {n}"),
@@ -80,15 +82,15 @@ fn phone(n: &str) -> PhoneEntry {
     }
 }
 
-fn addr(port: u16) -> SocketAddr {
+pub(super) fn addr(port: u16) -> SocketAddr {
     format!("192.168.1.50:{port}").parse().unwrap()
 }
 
 impl H {
-    fn new() -> H {
-        let dir = tempfile::tempdir().unwrap();
-        let mut phones = Phones::load(dir.path());
-        phones.replace(Some("trunkline"), vec![phone("1001"), phone("1002"), phone("1003")]);
+    pub(super) fn new() -> H {
+        let phones =
+            Phones::from_list(PhoneList { realm: "trunkline".into(), phones: vec![phone("1001"), phone("1002"), phone("1003")] });
+        let now = Instant::now();
         let core = Core::new(
             CoreConfig {
                 switch_id: "hq".into(),
@@ -105,34 +107,34 @@ impl H {
             phones,
             Box::new(FakeMedia(0)),
             Box::new(FakeBridges(0)),
-            [7u8; 32],
+            CoreInputs { clock_base: (now, WALL_MS), rng_seed: [5u8; 32], nonce_secret: [7u8; 32] },
         );
-        let mut h = H { core, now: Instant::now(), out: vec![] };
+        let mut h = H { core, now, out: vec![] };
         h.core.on_cloud(h.now, LinkEvent::Up);
         h
     }
 
-    fn drain(&mut self) {
+    pub(super) fn drain(&mut self) {
         while let Some(o) = self.core.poll_output() {
             self.out.push(o);
         }
     }
 
-    fn sip(&mut self, from: SocketAddr, text: &str) {
+    pub(super) fn sip(&mut self, from: SocketAddr, text: &str) {
         let msg = trunkline_sip::parse(text.replace("\r\n", "\n").replace('\n', "\r\n").as_bytes())
             .unwrap_or_else(|e| panic!("{e}: {text}"));
         self.core.on_sip(self.now, from, Transport::Udp, msg);
         self.drain();
     }
 
-    fn advance(&mut self, d: Duration) {
+    pub(super) fn advance(&mut self, d: Duration) {
         self.now += d;
         self.core.handle_timeout(self.now);
         self.drain();
     }
 
     /// SIP messages sent to `to`, consumed.
-    fn sent_to(&mut self, to: SocketAddr) -> Vec<Message> {
+    pub(super) fn sent_to(&mut self, to: SocketAddr) -> Vec<Message> {
         let mut got = vec![];
         self.out.retain(|o| match o {
             Output::Sip { to: t, data, .. } if *t == to => {
@@ -144,7 +146,7 @@ impl H {
         got
     }
 
-    fn responses_to(&mut self, to: SocketAddr) -> Vec<Response> {
+    pub(super) fn responses_to(&mut self, to: SocketAddr) -> Vec<Response> {
         self.sent_to(to)
             .into_iter()
             .filter_map(|m| match m {
@@ -154,11 +156,11 @@ impl H {
             .collect()
     }
 
-    fn last_status(&mut self, to: SocketAddr) -> u16 {
+    pub(super) fn last_status(&mut self, to: SocketAddr) -> u16 {
         self.responses_to(to).last().map(|r| r.status).expect("a response")
     }
 
-    fn cloud_msgs(&mut self) -> Vec<ClientMsg> {
+    pub(super) fn cloud_msgs(&mut self) -> Vec<ClientMsg> {
         let mut got = vec![];
         self.out.retain(|o| match o {
             Output::Cloud(m) => {
@@ -171,7 +173,7 @@ impl H {
     }
 
     /// Authorization value for `number` answering the last challenge sent to `to`.
-    fn auth(&mut self, to: SocketAddr, number: &str, password: &str, method: &str, uri: &str) -> String {
+    pub(super) fn auth(&mut self, to: SocketAddr, number: &str, password: &str, method: &str, uri: &str) -> String {
         let r = self.responses_to(to).into_iter().rev().find(|r| r.status == 401).expect("a 401");
         let h = r.headers.get_all("WWW-Authenticate").next().unwrap().to_string();
         assert!(h.contains("algorithm=MD5"), "MD5 offered first here: {h}");
@@ -185,11 +187,11 @@ impl H {
         )
     }
 
-    fn register(&mut self, number: &str, port: u16) -> u16 {
+    pub(super) fn register(&mut self, number: &str, port: u16) -> u16 {
         self.register_with(number, &format!("pw-{number}"), port, 600)
     }
 
-    fn register_with(&mut self, number: &str, password: &str, port: u16, expires: u32) -> u16 {
+    pub(super) fn register_with(&mut self, number: &str, password: &str, port: u16, expires: u32) -> u16 {
         let a = addr(port);
         let base = format!(
             "REGISTER sip:{GW} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bKr{port}{{B}}\nFrom: <sip:{number}@{GW}>;tag=r{port}\nTo: <sip:{number}@{GW}>\nCall-ID: reg{port}@x\nCSeq: {{C}} REGISTER\nContact: <sip:{number}@{a}>\nExpires: {expires}\n{{AUTH}}Content-Length: 0\n\n"
@@ -201,7 +203,7 @@ impl H {
     }
 
     /// 1001 (port 5062) INVITEs `to`, answering the challenge. Returns the INVITE text used.
-    fn invite(&mut self, to: &str) -> String {
+    pub(super) fn invite(&mut self, to: &str) -> String {
         let a = addr(5062);
         let base = format!(
             "INVITE sip:{to}@{GW} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bKinv{{B}}\nFrom: \"Front Desk\" <sip:1001@{GW}>;tag=caller\nTo: <sip:{to}@{GW}>\nCall-ID: call-1@x\nCSeq: {{C}} INVITE\nContact: <sip:1001@{a}>\nMax-Forwards: 70\n{{AUTH}}Content-Type: application/sdp\nContent-Length: {{LEN}}\n\n{{SDP}}"
@@ -219,10 +221,10 @@ impl H {
     }
 }
 
-const SDP_A: &str = "v=0\r\no=a 1 1 IN IP4 192.168.1.50\r\ns=-\r\nc=IN IP4 192.168.1.50\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
-const SDP_B: &str = "v=0\r\no=b 1 1 IN IP4 192.168.1.60\r\ns=-\r\nc=IN IP4 192.168.1.60\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+pub(super) const SDP_A: &str = "v=0\r\no=a 1 1 IN IP4 192.168.1.50\r\ns=-\r\nc=IN IP4 192.168.1.50\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+pub(super) const SDP_B: &str = "v=0\r\no=b 1 1 IN IP4 192.168.1.60\r\ns=-\r\nc=IN IP4 192.168.1.60\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
 
-fn reply_text(req: &Request, status: u16, reason: &str, tag: &str, sdp: Option<&str>) -> String {
+pub(super) fn reply_text(req: &Request, status: u16, reason: &str, tag: &str, sdp: Option<&str>) -> String {
     let mut r = Response::to_request(req, status, reason);
     r.set_to_tag(tag);
     r.headers.push("Contact", "<sip:1002@192.168.1.60:5070>");
@@ -232,7 +234,7 @@ fn reply_text(req: &Request, status: u16, reason: &str, tag: &str, sdp: Option<&
     String::from_utf8(r.to_bytes()).unwrap().replace("\r\n", "\n")
 }
 
-fn only_request(msgs: Vec<Message>) -> Request {
+pub(super) fn only_request(msgs: Vec<Message>) -> Request {
     let reqs: Vec<Request> = msgs
         .into_iter()
         .filter_map(|m| match m {
@@ -536,7 +538,7 @@ fn rfc_checks_before_the_method_unsupported_scheme_max_forwards_require() {
     assert_eq!(h.last_status(a), 200);
 }
 
-fn direct_msgs(h: &mut H, conn: u64) -> Vec<DirectServerMsg> {
+pub(super) fn direct_msgs(h: &mut H, conn: u64) -> Vec<DirectServerMsg> {
     let mut got = vec![];
     h.out.retain(|o| match o {
         Output::Direct { conn: c, msg, .. } if *c == conn => {
@@ -825,7 +827,7 @@ fn several_contacts_all_ring_first_answer_wins_the_others_are_cancelled() {
     assert_eq!(only_request(h.sent_to(addr(5070))).method, Method::Cancel, "the other contact is cancelled");
 }
 
-fn direct_signal(call: &str, payload: SignalPayload) -> LinkEvent {
+pub(super) fn direct_signal(call: &str, payload: SignalPayload) -> LinkEvent {
     LinkEvent::Msg(ServerMsg::DirectSignal { call_id: call.into(), payload })
 }
 
