@@ -31,14 +31,16 @@ use std::time::{Duration, Instant};
 
 use str0m::change::SdpAnswer;
 use str0m::channel::ChannelId;
-use str0m::format::{Codec, FormatParams};
+use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use trunkline_client::TlsOptions;
 use trunkline_client::signal::{self, SignalClient, SignalSender};
+use trunkline_media::rtp::{RTP_HEADER_LEN, RtpFields, parse_rtp, rtp_header};
+use trunkline_media::webrtc::{RtcOptions, rtc_config};
 use trunkline_protocol::{ClientMsg, DirectClientMsg, DirectServerMsg, PROTOCOL_VERSION, ServerMsg, SignalPayload};
 
 use crate::procfs;
@@ -119,15 +121,11 @@ fn decode(p: &[u8]) -> Option<(u32, u32, u64)> {
 /// The far end: echo every stamped payload back to where it came from, with a fresh stamp.
 async fn echo(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
     let mut buf = vec![0u8; 2048];
-    let mut out = vec![0u8; 12 + 160];
+    let mut out = vec![0u8; RTP_HEADER_LEN + 160];
     loop {
         let Ok((n, src, rx_ns)) = udp::recv_stamped(&sock, &mut buf).await else { continue };
-        if n < 12 || buf[0] >> 6 != 2 {
-            continue;
-        }
-        let cc = usize::from(buf[0] & 0x0f);
-        let off = 12 + 4 * cc;
-        let Some((idx, seq, stamp)) = buf.get(off..n).and_then(decode) else { continue };
+        let Ok(header) = parse_rtp(&buf[..n]) else { continue };
+        let Some((idx, seq, stamp)) = decode(header.payload(&buf[..n])) else { continue };
         *shared.up_seen.lock().unwrap().entry(idx).or_default() += 1;
         if shared.in_window(stamp) {
             shared.up.recv.fetch_add(1, Ordering::Relaxed);
@@ -135,14 +133,18 @@ async fn echo(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
             shared.up.delays.lock().unwrap().push(d);
         }
         // Same sequence number and timestamp back, our own SSRC per call.
-        out[0] = 0x80;
-        out[1] = 0;
-        out[2..8].copy_from_slice(&buf[2..8]);
-        out[8..12].copy_from_slice(&(0x5eed_0000u32 ^ idx).to_be_bytes());
+        let fields = RtpFields {
+            marker: false,
+            payload_type: 0,
+            sequence: header.sequence,
+            timestamp: header.timestamp,
+            ssrc: 0x5eed_0000 ^ idx,
+        };
+        out[..RTP_HEADER_LEN].copy_from_slice(&rtp_header(&fields));
         let mut payload = [0u8; 160];
         let now = now_ns();
         encode(&mut payload, idx, seq, now);
-        out[12..].copy_from_slice(&payload);
+        out[RTP_HEADER_LEN..].copy_from_slice(&payload);
         match sock.try_send_to(&out, src) {
             Ok(_) => {
                 if shared.in_window(now) {
@@ -154,12 +156,6 @@ async fn echo(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
             }
         }
     }
-}
-
-fn rtc_config() -> RtcConfig {
-    let mut cfg = RtcConfig::new().clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
-    cfg.codec_config().add_config(126.into(), None, Codec::Tele, Frequency::EIGHT_KHZ, None, FormatParams::parse_line("0-16"));
-    cfg
 }
 
 /// A WebRTC peer before the answer: its offer, socket and pending state.
@@ -185,7 +181,8 @@ async fn offerer() -> Result<(Offerer, String), String> {
     udp::set_buffers(&sock, 256 << 10);
     udp::enable_timestamps(&sock).map_err(|e| e.to_string())?;
     let local = sock.local_addr().map_err(|e| e.to_string())?;
-    let mut rtc = rtc_config().build(Instant::now());
+    // The browser's configuration: full ICE, G.711 + telephone-event (as every leg's).
+    let mut rtc = rtc_config(RtcOptions::default()).build(Instant::now());
     rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| e.to_string())?);
     let mut change = rtc.sdp_api();
     let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);

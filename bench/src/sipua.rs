@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 use md5::{Digest, Md5};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
+use trunkline_media::g711::Law;
+use trunkline_media::rtp::{RTP_HEADER_LEN, RtpFields, rtp_header};
+use trunkline_media::sdp::{AudioSdp, Sdp};
 use trunkline_sip::{Message, Request, Response};
 
 /// RFC 3261 T1.
@@ -141,21 +144,16 @@ pub fn authorization(h: &str, user: &str, password: &str, method: &str, uri: &st
     out
 }
 
-/// `c=` address and `m=audio` port of an SDP body.
+/// Where an SDP body wants its audio RTP (`c=` address and `m=audio` port).
 pub fn sdp_audio_addr(body: &[u8]) -> Option<SocketAddr> {
-    let s = std::str::from_utf8(body).ok()?;
-    let ip = s.lines().find_map(|l| l.trim().strip_prefix("c=IN IP4 "))?.trim();
-    let port: u16 = s.lines().find_map(|l| l.trim().strip_prefix("m=audio "))?.split_whitespace().next()?.parse().ok()?;
-    Some(SocketAddr::new(ip.parse().ok()?, port))
+    Sdp::parse(std::str::from_utf8(body).ok()?).ok()?.audio_rtp_addr()
 }
 
+/// A desk phone's SDP: PCMU and telephone-event on 101.
 fn sdp(id: u64, rtp: SocketAddr) -> String {
-    format!(
-        "v=0\r\no=bench {id} 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\n\
-         a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n",
-        ip = rtp.ip(),
-        port = rtp.port()
-    )
+    let sdp = AudioSdp::new(rtp.ip(), rtp.port()).origin("bench", id).session_name("-").law(Law::Mu).telephone_event(101);
+    // PCMU with a dynamic event payload type always builds.
+    sdp.build().unwrap_or_default()
 }
 
 /// Bind a per-call RTP socket and run its sender/probe until stopped.
@@ -172,17 +170,14 @@ async fn per_call_rtp(remote: watch::Receiver<Option<SocketAddr>>) -> std::io::R
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut buf = [0u8; 2048];
-        let mut pkt = [0xffu8; 172];
-        pkt[0] = 0x80;
+        let mut pkt = [0xffu8; RTP_HEADER_LEN + 160];
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     let dest = *remote.borrow_and_update();
                     if let Some(dest) = dest {
-                        pkt[1] = 0;
-                        pkt[2..4].copy_from_slice(&seq.to_be_bytes());
-                        pkt[4..8].copy_from_slice(&ts.to_be_bytes());
-                        pkt[8..12].copy_from_slice(&ssrc.to_be_bytes());
+                        let fields = RtpFields { marker: false, payload_type: 0, sequence: seq, timestamp: ts, ssrc };
+                        pkt[..RTP_HEADER_LEN].copy_from_slice(&rtp_header(&fields));
                         let _ = sock.try_send_to(&pkt, dest);
                         seq = seq.wrapping_add(1);
                         ts = ts.wrapping_add(160);

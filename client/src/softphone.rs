@@ -22,11 +22,11 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use trunkline_call::{Action, Call, Input, LocalCandidate, UserAction, Via};
+use trunkline_media::g711::Law;
 use trunkline_protocol::{
     CallEvent, CallId, ClientMsg, DeclineReason, DirectServerMsg, ErrorCode, IncomingVia, Outcome, ServerMsg, SignalPayload,
 };
 
-use crate::g711::Law;
 use crate::signal::{self, Session, SignalClient, SignalError, SignalInbox, SignalSender};
 use crate::webrtc::{AudioSource, MediaEvent, MediaSession, PeerOptions, WebRtcError, WebRtcPeer};
 use crate::ws::TlsOptions;
@@ -959,11 +959,22 @@ impl CallTask {
                 Input::LocalIce(Some(LocalCandidate { candidate, sdp_mid: None, sdp_m_line_index: Some(0) }))
             }
             MediaEvent::Closed(why) => {
+                let why_peer_closed = why == crate::webrtc::CLOSED_BY_PEER;
                 self.update(CallUpdate::MediaClosed(why));
                 self.media_events = None;
-                // To a switch the DataChannel goes with the connection; to a browser (F4) the
-                // connection itself failed (or was closed by us: the core then ignores it).
-                if matches!(self.call.via, Via::Direct { .. }) { Input::ChannelClosed } else { Input::ConnectionFailed }
+                // To a switch the DataChannel goes with the connection. To a browser (F4): a
+                // deliberate close by the far end is its hang-up, whose `hangup` is on its way
+                // to the cloud (which then sends the outcome): only the media is down, with the
+                // usual grace, not a failure to report (that raced the hang-up and recorded
+                // `connect_failed`). Anything else: the connection failed (or we closed it: the
+                // core then ignores it).
+                if matches!(self.call.via, Via::Direct { .. }) {
+                    Input::ChannelClosed
+                } else if why_peer_closed {
+                    Input::MediaDown
+                } else {
+                    Input::ConnectionFailed
+                }
             }
             MediaEvent::IceState(state) => {
                 // str0m has no `failed`: `disconnected` may come back (consent checks answered).

@@ -223,7 +223,7 @@ mod tests {
                 let noise = ((seed >> 16) as i32 % 2000) - 1000;
                 (i32::from(a) + i32::from(b) + noise).clamp(-32768, 32767) as i16
             })
-            .map(|s| crate::g711::mulaw_decode(crate::g711::mulaw_encode(s)))
+            .map(|s| trunkline_media::g711::mulaw_decode(trunkline_media::g711::mulaw_encode(s)))
             .collect();
         let d = dominant_frequency(&mixed, RATE);
         assert!((d - 1000.0).abs() < 2.0, "{d}");

@@ -29,23 +29,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::format::{Codec, CodecExtra, FormatParams};
+use str0m::format::{Codec, CodecExtra};
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt, TelephoneEvent};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig, RtcError};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, watch};
+use trunkline_media::g711::Law;
 use trunkline_media::ports::send_now;
+use trunkline_media::webrtc::{RtcOptions, choose_payload, law_of, rtc_config};
 
-use crate::g711::Law;
 use crate::wav::{self, RATE, WavError};
 
 /// Samples per 20 ms frame at 8 kHz.
 pub const FRAME_SAMPLES: usize = 160;
 /// The packetisation time.
 pub const FRAME: Duration = Duration::from_millis(20);
-/// Payload type offered for `telephone-event/8000` (what Chrome uses for 8 kHz events).
-pub const TELEPHONE_EVENT_PT: u8 = 126;
+pub use trunkline_media::webrtc::TELEPHONE_EVENT_PT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebRtcError {
@@ -202,20 +202,6 @@ impl PeerOptions {
     }
 }
 
-/// The str0m configuration both roles use: G.711 only, telephone-event at 8 kHz.
-fn rtc_config(ice_lite: bool) -> RtcConfig {
-    let mut cfg = RtcConfig::new().set_ice_lite(ice_lite).clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
-    cfg.codec_config().add_config(
-        TELEPHONE_EVENT_PT.into(),
-        None,
-        Codec::Tele,
-        Frequency::EIGHT_KHZ,
-        None,
-        FormatParams::parse_line("0-16"),
-    );
-    cfg
-}
-
 /// A peer before negotiation: an `Rtc` with its host candidates and bound socket(s).
 pub struct WebRtcPeer {
     rtc: Rtc,
@@ -231,7 +217,8 @@ impl WebRtcPeer {
         if ips.is_empty() {
             return Err(WebRtcError::NoAddress(opts.bind));
         }
-        let mut rtc = rtc_config(opts.ice_lite).build(Instant::now());
+        // Both roles: G.711 only, telephone-event at 8 kHz (the gateway's and the bench's too).
+        let mut rtc = rtc_config(RtcOptions { ice_lite: opts.ice_lite, initial_stun_rto: None }).build(Instant::now());
         let mut sockets = Vec::with_capacity(ips.len());
         for ip in ips {
             let addr = SocketAddr::new(ip, opts.port);
@@ -711,6 +698,10 @@ struct Driver {
     probe: Option<trunkline_media::srflx::SrflxProbe>,
 }
 
+/// The reason of [`MediaEvent::Closed`] when the far end closed the session on purpose (DTLS
+/// close_notify): it hung up, and its word to the cloud is on the way.
+pub const CLOSED_BY_PEER: &str = "closed by the peer";
+
 /// How long a local close may take to drain (BYE, close_notify) before the driver just stops.
 const CLOSE_DRAIN: Duration = Duration::from_millis(500);
 
@@ -748,7 +739,7 @@ impl Driver {
                 continue;
             }
             if !self.rtc.is_alive() {
-                return if self.closing_since.is_some() { "closed".into() } else { "closed by the peer".into() };
+                return if self.closing_since.is_some() { "closed".into() } else { CLOSED_BY_PEER.into() };
             }
             let now = Instant::now();
             if self.closing_since.is_some_and(|t| now - t > CLOSE_DRAIN) {
@@ -929,7 +920,7 @@ impl Driver {
                 let ts = data.time.rebase(Frequency::EIGHT_KHZ).numer();
                 match codec {
                     Codec::PCMU | Codec::PCMA => {
-                        let law = if codec == Codec::PCMU { Law::Mu } else { Law::A };
+                        let Some(law) = law_of(codec) else { return };
                         let started = self.started;
                         let gap = match self.next_expected_ts {
                             Some(expected) if ts < expected => None, // late or duplicate: drop
@@ -987,12 +978,7 @@ impl Driver {
             return;
         };
         let params: Vec<(Pt, Codec)> = writer.payload_params().map(|p| (p.pt(), p.spec().codec)).collect();
-        let want = |law: Law| {
-            let codec = if law == Law::Mu { Codec::PCMU } else { Codec::PCMA };
-            params.iter().find(|(_, c)| *c == codec).map(|(pt, _)| (*pt, law))
-        };
-        let other = if self.opts.prefer == Law::Mu { Law::A } else { Law::Mu };
-        if let Some((pt, law)) = want(self.opts.prefer).or_else(|| want(other)) {
+        if let Some((pt, law)) = choose_payload(&params, self.opts.prefer) {
             self.pt = Some(pt);
             self.law = Some(law);
         }

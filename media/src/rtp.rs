@@ -1,11 +1,16 @@
-//! Sans-IO RTP and RTCP header parsing (RFC 3550 §5.1, §6.4, appendix A.2; RFC 5761 §4 demux).
+//! Sans-IO RTP and RTCP parsing and building (RFC 3550 §5.1, §6.4, appendix A.2; RFC 5761 §4
+//! demux; RFC 4733 §2.3 telephone events). The one RTP implementation of the workspace: the
+//! relay, the WebRTC bridge, the echo number and the bench use it.
 //!
-//! Every function here takes untrusted bytes straight off a socket: all reads are bounds-checked,
+//! Every parser here takes untrusted bytes straight off a socket: all reads are bounds-checked,
 //! nothing panics or allocates, and every rejection is a typed error saying what was wrong.
 //!
 //! * [`parse_rtp`]: the fixed header, CSRC list, header extension and padding; the payload's place.
 //! * [`parse_rtcp`]: walks a compound RTCP packet and checks each packet's header and length.
 //! * [`is_rtcp`]: RTP/RTCP demultiplexing on one port (rtcp-mux) by the second byte.
+//! * [`RtpFields`], [`rtp_header`], [`build_rtp`]: a packet with the 12-byte fixed header.
+//! * [`RtpStream`]: one outgoing stream (SSRC, next sequence number, marker on its first packet).
+//! * [`DtmfEvent`]: the 4-byte RFC 4733 event payload, both ways.
 
 /// A parsed RTP fixed header. The payload is `buf[payload_offset..payload_offset + payload_len]`
 /// (see [`RtpHeader::payload`]): after the CSRC list and the extension, before any padding.
@@ -254,9 +259,137 @@ pub fn parse_rtcp(buf: &[u8]) -> Result<RtcpCompound, RtcpError> {
     }
 }
 
+/// Length of the fixed RTP header (no CSRCs, no extension): all this crate ever sends.
+pub const RTP_HEADER_LEN: usize = 12;
+
+/// The fields of an outgoing packet's fixed header (version 2, no padding, extension or CSRCs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpFields {
+    pub marker: bool,
+    pub payload_type: u8,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+}
+
+/// The fixed header for `f` (a payload type above 127 is masked to 7 bits).
+pub fn rtp_header(f: &RtpFields) -> [u8; RTP_HEADER_LEN] {
+    let mut h = [0u8; RTP_HEADER_LEN];
+    h[0] = 0x80;
+    h[1] = (u8::from(f.marker) << 7) | (f.payload_type & 0x7f);
+    h[2..4].copy_from_slice(&f.sequence.to_be_bytes());
+    h[4..8].copy_from_slice(&f.timestamp.to_be_bytes());
+    h[8..12].copy_from_slice(&f.ssrc.to_be_bytes());
+    h
+}
+
+/// A whole RTP packet: the fixed header for `f`, then `payload`.
+pub fn build_rtp(f: &RtpFields, payload: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(RTP_HEADER_LEN + payload.len());
+    p.extend_from_slice(&rtp_header(f));
+    p.extend_from_slice(payload);
+    p
+}
+
+/// One outgoing RTP stream: its SSRC and next sequence number (wrapping). Its first packet has
+/// the marker bit set (RFC 3551 §4.1: the start of a talkspurt); timestamps are the caller's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpStream {
+    pub ssrc: u32,
+    pub next_sequence: u16,
+    first: bool,
+}
+
+impl RtpStream {
+    /// A stream with this SSRC whose first packet carries `first_sequence` (both random, RFC
+    /// 3550 §5.1, so that they are not guessable).
+    pub fn new(ssrc: u32, first_sequence: u16) -> Self {
+        RtpStream { ssrc, next_sequence: first_sequence, first: true }
+    }
+
+    /// The next packet of the stream.
+    pub fn packet(&mut self, payload_type: u8, timestamp: u32, payload: &[u8]) -> Vec<u8> {
+        let f = RtpFields {
+            marker: std::mem::take(&mut self.first),
+            payload_type,
+            sequence: self.next_sequence,
+            timestamp,
+            ssrc: self.ssrc,
+        };
+        self.next_sequence = self.next_sequence.wrapping_add(1);
+        build_rtp(&f, payload)
+    }
+}
+
+/// An RFC 4733 §2.3 named telephone event (the payload of a `telephone-event` packet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DtmfEvent {
+    /// 0–9, `*` = 10, `#` = 11, A–D = 12–15, flash = 16.
+    pub event: u8,
+    /// The E bit: this packet ends the event (RFC 4733 sends the end three times).
+    pub end: bool,
+    /// Power level, 0 to 63 (−dBm0).
+    pub volume: u8,
+    /// Duration so far, in timestamp units (1/8000 s for `telephone-event/8000`).
+    pub duration: u16,
+}
+
+impl DtmfEvent {
+    /// The event in an RTP payload: its first 4 bytes (several events in one payload, RFC 4733
+    /// §2.5.1.5, give the first). `None` when the payload is shorter than one event.
+    pub fn parse(payload: &[u8]) -> Option<DtmfEvent> {
+        let [event, flags, d0, d1, ..] = *payload else { return None };
+        Some(DtmfEvent { event, end: flags & 0x80 != 0, volume: flags & 0x3f, duration: u16::from_be_bytes([d0, d1]) })
+    }
+
+    /// The 4-byte payload (the reserved R bit is 0; the volume is masked to 6 bits).
+    pub fn to_bytes(&self) -> [u8; 4] {
+        let d = self.duration.to_be_bytes();
+        [self.event, (u8::from(self.end) << 7) | (self.volume & 0x3f), d[0], d[1]]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_built_packet_parses_back_to_its_fields() {
+        let f = RtpFields { marker: true, payload_type: 101, sequence: 0xfffe, timestamp: 0x0102_0304, ssrc: 0xdead_beef };
+        let p = build_rtp(&f, &[9, 8, 7]);
+        assert_eq!(&p[..RTP_HEADER_LEN], &[0x80, 0x80 | 101, 0xff, 0xfe, 1, 2, 3, 4, 0xde, 0xad, 0xbe, 0xef]);
+        let h = parse_rtp(&p).unwrap();
+        assert_eq!((h.marker, h.payload_type, h.sequence, h.timestamp, h.ssrc), (true, 101, 0xfffe, 0x0102_0304, 0xdead_beef));
+        assert_eq!(h.payload(&p), &[9, 8, 7]);
+        // A payload type past 7 bits cannot leak into the marker bit.
+        let p = build_rtp(&RtpFields { marker: false, payload_type: 0x80 | 8, ..f }, &[]);
+        assert_eq!(p[1], 8);
+    }
+
+    #[test]
+    fn a_stream_marks_its_first_packet_and_wraps_its_sequence() {
+        let mut s = RtpStream::new(7, 65535);
+        let a = parse_rtp(&s.packet(0, 160, &[1])).unwrap();
+        let b = parse_rtp(&s.packet(0, 320, &[2])).unwrap();
+        assert_eq!((a.marker, a.sequence, a.ssrc), (true, 65535, 7));
+        assert_eq!((b.marker, b.sequence, b.timestamp), (false, 0, 320));
+        assert_eq!(s.next_sequence, 1);
+    }
+
+    #[test]
+    fn dtmf_events_round_trip_and_short_payloads_are_refused() {
+        // RFC 4733 §2.3 figure: digit 5, end, volume 10, duration 800 (100 ms).
+        let e = DtmfEvent { event: 5, end: true, volume: 10, duration: 800 };
+        assert_eq!(e.to_bytes(), [5, 0x80 | 10, 0x03, 0x20]);
+        assert_eq!(DtmfEvent::parse(&e.to_bytes()), Some(e));
+        // The reserved bit is ignored on input; trailing events are left alone.
+        assert_eq!(
+            DtmfEvent::parse(&[11, 0x40 | 7, 0, 160, 1, 2, 3, 4]),
+            Some(DtmfEvent { event: 11, end: false, volume: 7, duration: 160 })
+        );
+        assert_eq!(DtmfEvent::parse(&[5, 0x80, 3]), None);
+        assert_eq!(DtmfEvent::parse(&[]), None);
+    }
 
     fn rtp(first: u8, pt: u8, tail: &[u8]) -> Vec<u8> {
         let mut p = vec![first, pt, 0x12, 0x34, 0, 0, 0x03, 0xe8, 0xde, 0xad, 0xbe, 0xef];

@@ -507,3 +507,79 @@ fn mutated_sdps_never_panic() {
         }
     }
 }
+
+/// The phone-side offer the WebRTC bridge sends (F1): byte for byte what it wrote by hand before
+/// the builder, so desk phones see no change.
+#[test]
+fn audio_sdp_builds_the_bridge_offer_a_phone_parses() {
+    use trunkline_media::g711::Law;
+    use trunkline_media::sdp::AudioSdp;
+    let sdp = AudioSdp::new(ip("192.0.2.7"), 20002).origin("trunkline", 42).law(Law::Mu).law(Law::A).telephone_event(101);
+    let text = sdp.build().unwrap();
+    assert_eq!(
+        text,
+        "v=0\r\no=trunkline 42 1 IN IP4 192.0.2.7\r\ns=Trunkline\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\n\
+         m=audio 20002 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
+    );
+    let parsed = Sdp::parse(&text).unwrap();
+    assert_eq!(parsed.audio_rtp_addr(), Some(sa("192.0.2.7:20002")));
+    let audio = parsed.audio.unwrap();
+    assert_eq!((audio.first_law(), audio.telephone_event_pt(), audio.ptime), (Some(Law::Mu), Some(101), Some(20)));
+    assert_eq!(audio.fmtp(101).unwrap().params, "0-16");
+}
+
+#[test]
+fn audio_sdp_answer_with_one_law_ipv6_no_events_and_a_direction() {
+    use trunkline_media::g711::Law;
+    use trunkline_media::sdp::AudioSdp;
+    let text = AudioSdp::new(ip("2001:db8::5"), 30000)
+        .origin("trunkline-echo", 3)
+        .session_name("Echo test")
+        .version(2)
+        .law(Law::A)
+        .law(Law::A)
+        .ptime(None)
+        .direction(Direction::RecvOnly)
+        .build()
+        .unwrap();
+    assert!(
+        text.starts_with("v=0\r\no=trunkline-echo 3 2 IN IP6 2001:db8::5\r\ns=Echo test\r\nc=IN IP6 2001:db8::5\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("ptime") && !text.contains("telephone-event"), "{text}");
+    let parsed = Sdp::parse(&text).unwrap();
+    let audio = parsed.audio.as_ref().unwrap();
+    assert_eq!((audio.payload_types.clone(), audio.direction, audio.first_law()), (vec![8], Direction::RecvOnly, Some(Law::A)));
+    assert_eq!(parsed.audio_connection().unwrap().addr_type, AddrType::Ip6);
+}
+
+#[test]
+fn audio_sdp_refuses_no_law_and_a_static_event_payload_type() {
+    use trunkline_media::g711::Law;
+    use trunkline_media::sdp::AudioSdp;
+    assert_eq!(AudioSdp::new(ip("192.0.2.7"), 20002).build(), Err(SdpError::NoCommonCodec));
+    let with = |pt| AudioSdp::new(ip("192.0.2.7"), 20002).law(Law::Mu).telephone_event(pt).build();
+    assert_eq!(with(8), Err(SdpError::EventPayloadType(8)));
+    assert_eq!(with(128), Err(SdpError::EventPayloadType(128)));
+    assert!(with(96).is_ok() && with(127).is_ok());
+}
+
+#[test]
+fn first_law_follows_preference_and_dynamic_rtpmaps() {
+    use trunkline_media::g711::Law;
+    let sdp = crlf(&[
+        "v=0",
+        "c=IN IP4 192.0.2.1",
+        "m=audio 4000 RTP/AVP 96 101 0 8",
+        "a=rtpmap:96 PCMA/8000",
+        "a=rtpmap:101 telephone-event/8000",
+    ]);
+    let audio = Sdp::parse(&sdp).unwrap().audio.unwrap();
+    assert_eq!(
+        (audio.first_law(), audio.law(96), audio.law(101), audio.law(0)),
+        (Some(Law::A), Some(Law::A), None, Some(Law::Mu))
+    );
+    let none = crlf(&["v=0", "c=IN IP4 192.0.2.1", "m=audio 4000 RTP/AVP 18 101", "a=rtpmap:101 telephone-event/8000"]);
+    assert_eq!(Sdp::parse(&none).unwrap().audio.unwrap().first_law(), None);
+}

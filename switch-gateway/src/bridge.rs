@@ -14,7 +14,9 @@
 //! G.711 passes through without transcoding when both legs use the same law (the phone is
 //! offered the law the WebRTC side prefers first); if they differ each sample is re-coded.
 //! RFC 4733 events are carried both ways: str0m's frame API on the WebRTC leg, RTP
-//! `telephone-event` packets on the phone leg. The phone's real RTP source is latched
+//! `telephone-event` packets on the phone leg. That per-packet logic is sans-IO in
+//! `trunkline_media::bridge` (tested there); the str0m configuration is
+//! `trunkline_media::webrtc::rtc_config` and the phone's SDP `trunkline_media::sdp::AudioSdp`. The phone's real RTP source is latched
 //! (symmetric RTP) by the same policy as the relay's (`trunkline_media::latch`): once latched, RTP
 //! and RTCP from any other source are dropped and counted, however long the phone is silent; a
 //! new SDP address from the phone (re-INVITE) re-points the leg.
@@ -26,31 +28,31 @@ use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
-use str0m::format::{Codec, CodecExtra, FormatParams};
+use str0m::format::{Codec, CodecExtra};
 use str0m::media::{Direction as MediaDirection, Frequency, MediaKind, MediaTime, Mid, Pt, TelephoneEvent};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc;
-use trunkline_client::g711::Law;
+use trunkline_media::bridge::PhoneMedia;
+use trunkline_media::g711::Law;
 use trunkline_media::latch::{DropReason, Kind as LatchKind, Latch, Verdict, drop_counter};
 use trunkline_media::ports::{LegSockets, PortAllocator, send_now};
-use trunkline_media::rtp::rtcp_packets;
+use trunkline_media::rtp::{DtmfEvent, RtpStream, parse_rtp, rtcp_packets};
+use trunkline_media::sdp::{AudioSdp, Sdp};
 use trunkline_media::srflx::{ProbeEvent, ProbeTiming, SrflxProbe};
 use trunkline_media::turn::{RelayEvent, RelayTransmit, Relays, StreamId, TurnServer, TurnTransport};
+use trunkline_media::webrtc::{RtcOptions, choose_payload, law_of, rtc_config};
 
 use crate::b2bua::{BridgeError, BridgeSetup, Bridges};
 
-/// `telephone-event/8000` payload type we use towards phones (and accept from browsers: str0m
-/// maps whatever the offer uses).
+/// `telephone-event/8000` payload type we offer phones.
 const PHONE_TE_PT: u8 = 101;
-const WEBRTC_TE_PT: u8 = 126;
 
 /// The desk-phone side of a bridge.
 pub struct PhoneLeg {
     sockets: LegSockets,
-    /// The law the phone is offered (or answered) with.
-    law: Law,
-    te_pt: Option<u8>,
+    /// The law the phone is offered (or answered) with, its telephone-event, our RTP stream.
+    media: PhoneMedia,
 }
 
 /// A bridge whose sockets exist but whose task has not started yet.
@@ -153,35 +155,18 @@ impl DriverBridges {
 
 /// Which law the WebRTC side listed first in `answer` (offer the phone that one first).
 fn first_law(answer: &str) -> Option<Law> {
-    match (answer.find("PCMU/8000"), answer.find("PCMA/8000")) {
-        (Some(m), Some(a)) if a < m => Some(Law::A),
-        (Some(_), _) => Some(Law::Mu),
-        (None, Some(_)) => Some(Law::A),
-        (None, None) => None,
-    }
+    Sdp::parse(answer).ok()?.audio?.first_law()
 }
 
 /// A full ICE agent on both sides (carrier and F2 caller): behind NAT our own checks open the
 /// pinhole the far end's checks come through.
-fn rtc_config() -> RtcConfig {
-    let mut cfg = RtcConfig::new().clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
-    cfg.set_initial_stun_rto(ICE_INITIAL_RTO);
-    cfg.codec_config().add_config(
-        WEBRTC_TE_PT.into(),
-        None,
-        Codec::Tele,
-        Frequency::EIGHT_KHZ,
-        None,
-        FormatParams::parse_line("0-16"),
-    );
-    cfg
-}
+const RTC_OPTIONS: RtcOptions = RtcOptions { ice_lite: false, initial_stun_rto: Some(ICE_INITIAL_RTO) };
 
 impl DriverBridges {
     /// A UDP socket for the WebRTC leg and an `Rtc` with its host candidate on it.
     fn rtc_and_socket(&self) -> Result<(Rtc, LegSockets, SocketAddr), BridgeError> {
         let ice = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
-        let mut rtc = rtc_config().build(Instant::now());
+        let mut rtc = rtc_config(RTC_OPTIONS).build(Instant::now());
         let addr = SocketAddr::new(self.adv_ip, ice.rtp_port());
         let candidate = Candidate::host(addr, "udp").map_err(|e| BridgeError::BadOffer(e.to_string()))?;
         rtc.add_local_candidate(candidate);
@@ -192,52 +177,30 @@ impl DriverBridges {
     fn phone_side(
         &mut self,
         id: u64,
-        port: u16,
+        sockets: LegSockets,
         law: Law,
         phone_offer: Option<&str>,
-    ) -> Result<(String, Law, Option<u8>), BridgeError> {
-        let ip = self.adv_ip;
-        let ipv = if ip.is_ipv4() { "IP4" } else { "IP6" };
-        Ok(match phone_offer {
-            None => {
-                let (first, second) = if law == Law::Mu { (0, 8) } else { (8, 0) };
-                let sdp = format!(
-                    "v=0\r\no=trunkline {id} 1 IN {ipv} {ip}\r\ns=Trunkline\r\nc=IN {ipv} {ip}\r\nt=0 0\r\n\
-                     m=audio {port} RTP/AVP {first} {second} {PHONE_TE_PT}\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
-                     a=rtpmap:{PHONE_TE_PT} telephone-event/8000\r\na=fmtp:{PHONE_TE_PT} 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
-                );
-                (sdp, law, Some(PHONE_TE_PT))
-            }
+    ) -> Result<(String, PhoneLeg), BridgeError> {
+        let sdp = AudioSdp::new(self.adv_ip, sockets.rtp_port()).origin("trunkline", id);
+        let (sdp, law, te) = match phone_offer {
+            None => (sdp.law(law).law(law.other()).telephone_event(PHONE_TE_PT), law, Some(PHONE_TE_PT)),
             Some(po) => {
-                let parsed =
-                    trunkline_media::sdp::Sdp::parse(po).map_err(|e| BridgeError::BadOffer(format!("phone SDP: {e}")))?;
+                let parsed = Sdp::parse(po).map_err(|e| BridgeError::BadOffer(format!("phone SDP: {e}")))?;
                 let audio = parsed.audio.as_ref().ok_or_else(|| BridgeError::BadOffer("phone offered no audio".into()))?;
+                // Static payload types only: our RTP to the phone is sent with 0 or 8.
                 let law = audio
                     .payload_types
                     .iter()
-                    .find_map(|pt| match pt {
-                        0 => Some(Law::Mu),
-                        8 => Some(Law::A),
-                        _ => None,
-                    })
+                    .find_map(|&pt| Law::from_payload_type(pt))
                     .ok_or_else(|| BridgeError::BadOffer("the phone offers neither PCMU nor PCMA".into()))?;
                 let te = audio.telephone_event_pt();
-                let pt = if law == Law::Mu { 0 } else { 8 };
-                let name = if law == Law::Mu { "PCMU" } else { "PCMA" };
-                let mut sdp = format!(
-                    "v=0\r\no=trunkline {id} 1 IN {ipv} {ip}\r\ns=Trunkline\r\nc=IN {ipv} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pt}"
-                );
-                if let Some(te) = te {
-                    sdp.push_str(&format!(" {te}"));
-                }
-                sdp.push_str(&format!("\r\na=rtpmap:{pt} {name}/8000\r\n"));
-                if let Some(te) = te {
-                    sdp.push_str(&format!("a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n"));
-                }
-                sdp.push_str("a=ptime:20\r\na=sendrecv\r\n");
-                (sdp, law, te)
+                (sdp.law(law).telephone_event(te), law, te)
             }
-        })
+        };
+        // The answer's telephone-event PT is the phone's own, which may be static in a broken offer.
+        let sdp = sdp.build().map_err(|e| BridgeError::BadOffer(format!("phone SDP: {e}")))?;
+        let media = PhoneMedia::new(law, te, RtpStream::new(rand::random(), rand::random()));
+        Ok((sdp, PhoneLeg { sockets, media }))
     }
 }
 
@@ -249,8 +212,8 @@ impl DriverBridges {
         let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
         self.next += 1;
         let id = self.next;
-        let (phone_sdp, law, te_pt) = self.phone_side(id, phone.rtp_port(), Law::Mu, Some(phone_offer))?;
-        let phone = Some(PhoneLeg { sockets: phone, law, te_pt });
+        let (phone_sdp, phone) = self.phone_side(id, phone, Law::Mu, Some(phone_offer))?;
+        let phone = Some(phone);
         let mut change = rtc.sdp_api();
         let mid = change.add_media(MediaKind::Audio, MediaDirection::SendRecv, None, None, None);
         change.add_channel(DIRECT_CHANNEL.to_string());
@@ -290,8 +253,8 @@ impl Bridges for DriverBridges {
     fn attach(&mut self, id: u64, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
         let webrtc_law = self.session_law.remove(&id).ok_or_else(|| BridgeError::BadOffer("no such session".into()))?;
         let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
-        let (phone_sdp, law, te_pt) = self.phone_side(id, phone.rtp_port(), webrtc_law, phone_offer)?;
-        self.attach.lock().unwrap().insert(id, PhoneLeg { sockets: phone, law, te_pt });
+        let (phone_sdp, phone) = self.phone_side(id, phone, webrtc_law, phone_offer)?;
+        self.attach.lock().unwrap().insert(id, phone);
         Ok(BridgeSetup { id, answer: String::new(), phone_sdp })
     }
 
@@ -334,7 +297,7 @@ pub enum SessionEvent {
 }
 
 /// The DataChannel label a caller presents its key on (C14 over WebRTC).
-pub const DIRECT_CHANNEL: &str = trunkline_client::softphone::DIRECT_CHANNEL;
+pub const DIRECT_CHANNEL: &str = trunkline_call::DIRECT_CHANNEL;
 
 /// How long an F2 caller's session waits for its DataChannel before the call fails.
 const SESSION_OPEN_WAIT: Duration = Duration::from_secs(20);
@@ -545,13 +508,6 @@ async fn recv_opt(sock: Option<&tokio::net::UdpSocket>, buf: &mut [u8]) -> std::
     }
 }
 
-struct PhoneOut {
-    ssrc: u32,
-    seq: u16,
-    /// RTP timestamp offset applied to the WebRTC leg's media time.
-    first: bool,
-}
-
 async fn run(
     p: PendingBridge,
     phone_remote: Option<SocketAddr>,
@@ -624,12 +580,9 @@ async fn run_loop(
     let foreign = drop_counter(DropReason::ForeignSource);
     let mut mid: Option<Mid> = mid;
     let mut webrtc_pts: Vec<(Pt, Codec)> = vec![];
-    let mut out = PhoneOut { ssrc: rand::random(), seq: rand::random(), first: true };
     let mut ice_buf = vec![0u8; 2000];
     let mut rtp_buf = vec![0u8; 2000];
     let mut rtcp_buf = vec![0u8; 2000];
-    let mut last_phone_event_ts: Option<u32> = None;
-    let mut pending_event: Option<TelephoneEvent> = None;
     let started = Instant::now();
     let mut kick = false;
     let mut admit = Admit::default();
@@ -689,39 +642,20 @@ async fn run_loop(
                     }
                     Event::MediaData(data) => {
                         let dest = latch.destination(LatchKind::Rtp);
-                        let (Some(dest), Some(phone)) = (dest, phone.as_ref()) else { continue };
-                        let (phone_law, phone_te_pt) = (phone.law, phone.te_pt);
+                        let (Some(dest), Some(phone)) = (dest, phone.as_mut()) else { continue };
                         let ts = data.time.rebase(Frequency::EIGHT_KHZ).numer() as u32;
-                        match data.params.spec().codec {
-                            c @ (Codec::PCMU | Codec::PCMA) => {
-                                let from_law = if c == Codec::PCMU { Law::Mu } else { Law::A };
-                                let pt = if phone_law == Law::Mu { 0 } else { 8 };
-                                let payload: Vec<u8> = if from_law == phone_law {
-                                    data.data.to_vec()
-                                } else {
-                                    data.data.iter().map(|b| phone_law.encode(from_law.decode(*b))).collect()
-                                };
-                                let pkt = rtp_packet(pt, &mut out, ts, &payload);
-                                let _ = send_now(phone.sockets.rtp_socket(), &pkt, dest);
+                        let codec = data.params.spec().codec;
+                        let packets = match (law_of(codec), &data.codec_extra) {
+                            (Some(law), _) => vec![phone.media.audio_to_phone(law, ts, &data.data)],
+                            (None, CodecExtra::Tele(ev)) if codec == Codec::Tele => {
+                                let duration = (ev.duration.as_millis() * 8).min(u128::from(u16::MAX)) as u16;
+                                let ev = DtmfEvent { event: ev.event, end: ev.end, volume: ev.volume, duration };
+                                phone.media.event_to_phone(ev, ts)
                             }
-                            Codec::Tele => {
-                                if let (CodecExtra::Tele(ev), Some(te)) = (&data.codec_extra, phone_te_pt) {
-                                    let dur = (ev.duration.as_millis() as u64 * 8).min(u16::MAX as u64) as u16;
-                                    let body = [
-                                        ev.event,
-                                        if ev.end { 0x80 } else { 0 } | (ev.volume & 0x3f),
-                                        (dur >> 8) as u8,
-                                        dur as u8,
-                                    ];
-                                    // RFC 4733 §2.5.1.4: the end packet is sent three times.
-                                    let repeats = if ev.end { 3 } else { 1 };
-                                    for _ in 0..repeats {
-                                        let pkt = rtp_packet(te, &mut out, ts, &body);
-                                        let _ = send_now(phone.sockets.rtp_socket(), &pkt, dest);
-                                    }
-                                }
-                            }
-                            _ => {}
+                            _ => vec![],
+                        };
+                        for pkt in packets {
+                            let _ = send_now(phone.sockets.rtp_socket(), &pkt, dest);
                         }
                     }
                     _ => {}
@@ -875,8 +809,11 @@ async fn run_loop(
             }
             r = recv_opt(phone.as_ref().map(|p| p.sockets.rtp_socket()), &mut rtp_buf) => {
                 let Ok((n, source)) = r else { continue };
-                let Some((phone_law, phone_te_pt)) = phone.as_ref().map(|p| (p.law, p.te_pt)) else { continue };
-                let Some(pkt) = parse_rtp(&rtp_buf[..n]) else { continue };
+                let Some(phone) = phone.as_mut() else { continue };
+                // RTP only (version 2, CSRCs and an extension skipped, padding dropped, RTCP on
+                // the RTP port refused) before the source can latch.
+                let packet = &rtp_buf[..n];
+                let Ok(header) = parse_rtp(packet) else { continue };
                 // Symmetric RTP: answer where the phone really sends from, and only hear it.
                 match latch.on_packet(LatchKind::Rtp, source, Instant::now()) {
                     Verdict::Drop(reason) => {
@@ -898,49 +835,17 @@ async fn run_loop(
                     }
                 }
                 let now = Instant::now();
-                let is_event = Some(pkt.pt) == phone_te_pt;
-                if is_event {
-                    // Forward each DTMF event once, when it ends: str0m sends the RFC 4733
-                    // packets for it on the WebRTC leg, attached to a frame of silence (the
-                    // phone may send no audio while or after a key is pressed).
-                    if pkt.payload.len() < 4 || pkt.payload[1] & 0x80 == 0 || last_phone_event_ts == Some(pkt.ts) {
-                        continue;
-                    }
-                    last_phone_event_ts = Some(pkt.ts);
-                    let dur = u16::from_be_bytes([pkt.payload[2], pkt.payload[3]]);
-                    pending_event = Some(TelephoneEvent {
-                        event: pkt.payload[0],
-                        end: true,
-                        volume: pkt.payload[1] & 0x3f,
-                        duration: Duration::from_millis(u64::from(dur) / 8),
-                    });
-                }
-                let silence = [phone_law.encode(0); 160];
-                let (law, body): (Law, &[u8]) = if is_event {
-                    (phone_law, &silence[..])
-                } else {
-                    match pkt.pt {
-                        0 => (Law::Mu, pkt.payload),
-                        8 => (Law::A, pkt.payload),
-                        _ => continue,
-                    }
-                };
-                let want = if law == Law::Mu { Codec::PCMU } else { Codec::PCMA };
-                let (pt, payload): (Pt, Vec<u8>) = match webrtc_pts.iter().find(|(_, c)| *c == want) {
-                    Some((pt, _)) => (*pt, body.to_vec()),
-                    None => {
-                        // The WebRTC side took only the other law: re-code.
-                        let other = if law == Law::Mu { Law::A } else { Law::Mu };
-                        let oc = if other == Law::Mu { Codec::PCMU } else { Codec::PCMA };
-                        let Some((pt, _)) = webrtc_pts.iter().find(|(_, c)| *c == oc) else { continue };
-                        (*pt, body.iter().map(|b| other.encode(law.decode(*b))).collect())
-                    }
-                };
+                let Some(to) = phone.media.from_phone(&header, packet) else { continue };
+                // The WebRTC side may have taken only the other law: then re-code.
+                let Some((pt, law)) = choose_payload(&webrtc_pts, to.law) else { continue };
+                let payload = to.law.transcode(&to.payload, law);
                 let Some(mut w) = rtc.writer(m) else { continue };
-                if let Some(ev) = pending_event.take() {
-                    w = w.telephone_event(ev);
+                if let Some(ev) = to.event {
+                    // str0m sends the RFC 4733 packets for it, attached to this frame.
+                    let duration = Duration::from_millis(u64::from(ev.duration) / 8);
+                    w = w.telephone_event(TelephoneEvent { event: ev.event, end: true, volume: ev.volume, duration });
                 }
-                let time = MediaTime::new(u64::from(pkt.ts), Frequency::EIGHT_KHZ);
+                let time = MediaTime::new(u64::from(to.timestamp), Frequency::EIGHT_KHZ);
                 if let Err(e) = w.write(pt, now, time, payload) {
                     tracing::debug!(error = %e, "bridge: cannot write to the WebRTC leg");
                     continue;
@@ -1087,32 +992,6 @@ const ICE_PACE: Duration = Duration::from_millis(5);
 /// At most this many checks sent at once when candidates are added (one per new pair).
 const ICE_BURST: u32 = 32;
 
-struct RtpIn<'a> {
-    pt: u8,
-    ts: u32,
-    payload: &'a [u8],
-}
-
-/// The RTP the bridge needs from a phone's packet (`trunkline_media::rtp`: version 2, CSRCs and
-/// an extension skipped, padding dropped, RTCP on the RTP port refused); None for anything else.
-fn parse_rtp(b: &[u8]) -> Option<RtpIn<'_>> {
-    let h = trunkline_media::rtp::parse_rtp(b).ok()?;
-    Some(RtpIn { pt: h.payload_type, ts: h.timestamp, payload: h.payload(b) })
-}
-
-fn rtp_packet(pt: u8, out: &mut PhoneOut, ts: u32, payload: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(12 + payload.len());
-    p.push(0x80);
-    p.push(if out.first { 0x80 | pt } else { pt });
-    out.first = false;
-    p.extend_from_slice(&out.seq.to_be_bytes());
-    out.seq = out.seq.wrapping_add(1);
-    p.extend_from_slice(&ts.to_be_bytes());
-    p.extend_from_slice(&out.ssrc.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1173,19 +1052,38 @@ mod tests {
         assert_eq!(ips, ["10.77.1.2", "203.0.113.101", "203.0.113.10"]);
     }
 
+    #[tokio::test]
+    async fn the_phone_is_offered_the_webrtc_law_first_and_answered_in_its_own() {
+        let alloc = Arc::new(PortAllocator::new(40000..=60999, "127.0.0.1".parse().unwrap()).unwrap());
+        let mut b = DriverBridges::new(alloc.clone(), "192.0.2.7".parse().unwrap(), Default::default(), Default::default());
+        let sockets = || alloc.allocate().unwrap();
+        // F1: an offer, A-law first because the browser's answer put it first.
+        let (offer, leg) = b.phone_side(3, sockets(), Law::A, None).unwrap();
+        let audio = Sdp::parse(&offer).unwrap().audio.unwrap();
+        assert_eq!((audio.payload_types.clone(), audio.telephone_event_pt()), (vec![8, 0, PHONE_TE_PT], Some(PHONE_TE_PT)));
+        assert_eq!((leg.media.law(), leg.media.telephone_event_pt()), (Law::A, Some(PHONE_TE_PT)));
+        // C3/F2: the phone's offer decides; its own telephone-event PT is kept.
+        let phone = "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+                     m=audio 4000 RTP/AVP 18 0 8 96\r\na=rtpmap:96 telephone-event/8000\r\n";
+        let (answer, leg) = b.phone_side(4, sockets(), Law::A, Some(phone)).unwrap();
+        let parsed = Sdp::parse(&answer).unwrap();
+        assert_eq!(parsed.audio.as_ref().unwrap().payload_types, vec![0, 96]);
+        assert_eq!(parsed.audio_rtp_addr().unwrap().ip().to_string(), "192.0.2.7");
+        assert_eq!((leg.media.law(), leg.media.telephone_event_pt()), (Law::Mu, Some(96)));
+        // No G.711: refused, as is a phone SDP that does not parse.
+        let g729 = phone.replace("18 0 8 96", "18 96");
+        assert!(matches!(b.phone_side(5, sockets(), Law::A, Some(&g729)), Err(BridgeError::BadOffer(_))));
+        assert!(matches!(b.phone_side(6, sockets(), Law::A, Some("m=audio")), Err(BridgeError::BadOffer(_))));
+    }
+
     #[test]
-    fn rtp_round_trip_and_junk() {
-        let mut out = PhoneOut { ssrc: 7, seq: 65535, first: true };
-        let p = rtp_packet(0, &mut out, 1234, &[1, 2, 3]);
-        let r = parse_rtp(&p).unwrap();
-        assert_eq!((r.pt, r.ts, r.payload), (0, 1234, &[1u8, 2, 3][..]));
-        assert_eq!(out.seq, 0, "sequence wraps");
-        assert!(parse_rtp(&[0u8; 5]).is_none());
-        assert!(parse_rtp(&[0x40; 20]).is_none(), "version 1");
-        // Padding longer than the packet.
-        let mut bad = rtp_packet(0, &mut out, 1, &[9]);
-        bad[0] |= 0x20;
-        *bad.last_mut().unwrap() = 200;
-        assert!(parse_rtp(&bad).is_none());
+    fn first_law_of_a_webrtc_answer() {
+        let answer = |pts: &str| {
+            format!("v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 9 UDP/TLS/RTP/SAVPF {pts}\r\na=rtpmap:126 telephone-event/8000\r\n")
+        };
+        assert_eq!(first_law(&answer("126 8 0")), Some(Law::A));
+        assert_eq!(first_law(&answer("0 8 126")), Some(Law::Mu));
+        assert_eq!(first_law(&answer("126")), None);
+        assert_eq!(first_law("not SDP"), None);
     }
 }

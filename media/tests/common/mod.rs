@@ -85,14 +85,8 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// An RTP v2 packet.
 pub fn rtp(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(12 + payload.len());
-    p.push(0x80);
-    p.push(pt | if marker { 0x80 } else { 0 });
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&ts.to_be_bytes());
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
+    let fields = trunkline_media::rtp::RtpFields { marker, payload_type: pt, sequence: seq, timestamp: ts, ssrc };
+    trunkline_media::rtp::build_rtp(&fields, payload)
 }
 
 /// A G.711 µ-law packet with 20 ms (160 samples) of recognisable payload.

@@ -105,6 +105,36 @@ impl Law {
             Law::A => "PCMA",
         }
     }
+
+    /// The static RTP payload type (RFC 3551 table 4): 0 for PCMU, 8 for PCMA.
+    pub fn payload_type(self) -> u8 {
+        match self {
+            Law::Mu => 0,
+            Law::A => 8,
+        }
+    }
+
+    /// The law of a static RTP payload type; `None` for anything but 0 and 8.
+    pub fn from_payload_type(pt: u8) -> Option<Law> {
+        match pt {
+            0 => Some(Law::Mu),
+            8 => Some(Law::A),
+            _ => None,
+        }
+    }
+
+    /// The other law.
+    pub fn other(self) -> Law {
+        match self {
+            Law::Mu => Law::A,
+            Law::A => Law::Mu,
+        }
+    }
+
+    /// Re-code a payload of this law into `to`, sample by sample (a copy when the laws agree).
+    pub fn transcode(self, payload: &[u8], to: Law) -> Vec<u8> {
+        if self == to { payload.to_vec() } else { payload.iter().map(|&c| to.encode(self.decode(c))).collect() }
+    }
 }
 
 impl std::fmt::Display for Law {
@@ -216,5 +246,34 @@ mod tests {
         Law::Mu.decode_into(&enc, &mut dec);
         assert_eq!(dec, vec![0, 988, -988, 32124]);
         assert_eq!(Law::A.to_string(), "PCMA");
+    }
+
+    #[test]
+    fn static_payload_types_name_the_law() {
+        for law in [Law::Mu, Law::A] {
+            assert_eq!(Law::from_payload_type(law.payload_type()), Some(law));
+            assert_eq!(law.other().other(), law);
+        }
+        assert_eq!((Law::Mu.payload_type(), Law::A.payload_type()), (0, 8));
+        assert_eq!(Law::from_payload_type(101), None);
+        assert_eq!(Law::from_payload_type(18), None, "G.729 is not G.711");
+    }
+
+    #[test]
+    fn transcoding_keeps_the_sample_within_a_step() {
+        // 1000 in μ-law is 0xCE (988); A-law codes 988 as 0xFB (976, the step below 1008);
+        // μ-law silence becomes A-law silence.
+        assert_eq!(Law::Mu.transcode(&[0xCE, 0xFF], Law::A), vec![0xFB, 0xD5]);
+        assert_eq!(alaw_decode(0xFB), 976);
+        // A-law 0xFA (1008) is μ-law 0xCE's neighbour above: 1008 codes as 0xCE (988) too.
+        assert_eq!(Law::A.transcode(&[0xFA], Law::Mu), vec![0xCE]);
+        // Every code survives a trip through the other law within one step of either law.
+        for code in 0..=255u8 {
+            let (x, back) = (i32::from(mulaw_decode(code)), Law::Mu.transcode(&[code], Law::A)[0]);
+            let y = i32::from(alaw_decode(back));
+            assert!((x - y).abs() <= (x.abs() / 16).max(16), "μ {code:#04x}: {x} → A {back:#04x}: {y}");
+        }
+        // Same law: untouched, including μ-law's negative zero.
+        assert_eq!(Law::Mu.transcode(&[0x7F, 0x00], Law::Mu), vec![0x7F, 0x00]);
     }
 }

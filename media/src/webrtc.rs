@@ -1,0 +1,119 @@
+//! The one str0m (WebRTC) configuration of Trunkline's audio legs: the gateway's bridge, the
+//! headless softphone and the bench's peers all build their `Rtc` from [`rtc_config`].
+//!
+//! What every leg speaks is what a browser speaks to a gateway: G.711 only (PCMU preferred, then
+//! PCMA; no Opus, so the gateway bridges to desk phones without transcoding) and RFC 4733
+//! `telephone-event/8000` on [`TELEPHONE_EVENT_PT`], events 0–16.
+
+use std::time::Duration;
+
+use str0m::RtcConfig;
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Frequency, Pt};
+
+use crate::g711::Law;
+
+/// Payload type of `telephone-event/8000` in our offers (what Chrome uses for 8 kHz events).
+/// An answer takes whatever the offer used: str0m maps it.
+pub const TELEPHONE_EVENT_PT: u8 = 126;
+
+/// How a leg's ICE agent differs from str0m's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RtcOptions {
+    /// ICE lite (RFC 8445 §2.5): answer checks, never send any. Full ICE otherwise, which a
+    /// leg behind NAT needs (its own checks open the pinhole the far end's checks come through).
+    pub ice_lite: bool,
+    /// The first retransmission timeout of a connectivity check; `None`: str0m's (250 ms).
+    pub initial_stun_rto: Option<Duration>,
+}
+
+/// The `RtcConfig` of an audio leg: PCMU, PCMA and telephone-event, ICE as `opts` says.
+pub fn rtc_config(opts: RtcOptions) -> RtcConfig {
+    let mut cfg = RtcConfig::new().set_ice_lite(opts.ice_lite).clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
+    if let Some(rto) = opts.initial_stun_rto {
+        cfg.set_initial_stun_rto(rto);
+    }
+    cfg.codec_config().add_config(
+        TELEPHONE_EVENT_PT.into(),
+        None,
+        Codec::Tele,
+        Frequency::EIGHT_KHZ,
+        None,
+        FormatParams::parse_line("0-16"),
+    );
+    cfg
+}
+
+/// The G.711 law of a str0m codec; `None` for anything else.
+pub fn law_of(codec: Codec) -> Option<Law> {
+    match codec {
+        Codec::PCMU => Some(Law::Mu),
+        Codec::PCMA => Some(Law::A),
+        _ => None,
+    }
+}
+
+/// The str0m codec of a law.
+pub fn codec_of(law: Law) -> Codec {
+    match law {
+        Law::Mu => Codec::PCMU,
+        Law::A => Codec::PCMA,
+    }
+}
+
+/// What to send with, among the payload types a negotiated leg accepts (`Writer::payload_params`
+/// as `(pt, codec)`): `prefer` if the far end took it, else the other law (the sender then
+/// re-codes), else `None`.
+pub fn choose_payload(accepted: &[(Pt, Codec)], prefer: Law) -> Option<(Pt, Law)> {
+    let find = |law: Law| accepted.iter().find(|(_, c)| *c == codec_of(law)).map(|(pt, _)| (*pt, law));
+    find(prefer).or_else(|| find(prefer.other()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use str0m::media::{Direction, MediaKind};
+
+    use super::*;
+    use crate::sdp::Sdp;
+
+    fn offer(opts: RtcOptions) -> String {
+        let mut rtc = rtc_config(opts).build(Instant::now());
+        let mut change = rtc.sdp_api();
+        change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        change.apply().expect("an offer with one audio line").0.to_sdp_string()
+    }
+
+    #[test]
+    fn an_offer_carries_g711_mu_first_and_telephone_event_only() {
+        let text = offer(RtcOptions::default());
+        let sdp = Sdp::parse(&text).unwrap();
+        let audio = sdp.audio.unwrap();
+        assert_eq!(audio.first_law(), Some(Law::Mu), "{text}");
+        assert_eq!(audio.telephone_event_pt(), Some(TELEPHONE_EVENT_PT), "{text}");
+        assert_eq!(audio.fmtp(TELEPHONE_EVENT_PT).map(|f| f.params.as_str()), Some("0-16"));
+        assert!(audio.payload_types.iter().all(|&pt| audio.law(pt).is_some() || pt == TELEPHONE_EVENT_PT), "{text}");
+        assert!(audio.payload_types.iter().any(|&pt| audio.law(pt) == Some(Law::A)), "{text}");
+        assert!(!text.contains("opus") && !text.contains("a=ice-lite"), "{text}");
+    }
+
+    #[test]
+    fn ice_lite_is_a_parameter() {
+        let text = offer(RtcOptions { ice_lite: true, initial_stun_rto: Some(Duration::from_millis(50)) });
+        assert!(text.contains("a=ice-lite"), "{text}");
+    }
+
+    #[test]
+    fn the_preferred_law_else_the_other_else_none() {
+        let (mu, a, te) = ((Pt::from(0), Codec::PCMU), (Pt::from(8), Codec::PCMA), (Pt::from(126), Codec::Tele));
+        assert_eq!(choose_payload(&[mu, a, te], Law::A), Some((Pt::from(8), Law::A)));
+        assert_eq!(choose_payload(&[a, mu], Law::Mu), Some((Pt::from(0), Law::Mu)));
+        assert_eq!(choose_payload(&[te, a], Law::Mu), Some((Pt::from(8), Law::A)));
+        assert_eq!(choose_payload(&[te], Law::Mu), None);
+        for law in [Law::Mu, Law::A] {
+            assert_eq!(law_of(codec_of(law)), Some(law));
+        }
+        assert_eq!(law_of(Codec::Tele), None);
+    }
+}
