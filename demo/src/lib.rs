@@ -126,7 +126,9 @@ impl Stack {
     /// Wait (up to `within`) until every gateway is signed in to the signal server.
     pub async fn wait_ready(&self, within: std::time::Duration) -> Result<(), DemoError> {
         let deadline = tokio::time::Instant::now() + within;
-        let dir = signal_server::directory::open(&self.db_url).await.map_err(|e| DemoError::Provision(e.to_string()))?;
+        let dir = signal_server::directory::open(&self.db_url, &Default::default())
+            .await
+            .map_err(|e| DemoError::Provision(e.to_string()))?;
         loop {
             let online = dir.list_switches().await.map_err(|e| DemoError::Provision(e.to_string()))?;
             if self.info.gateways.iter().all(|g| online.iter().any(|s| s.id == g.id && s.online)) {
@@ -398,7 +400,9 @@ fn free_rtp_range(ip: IpAddr) -> String {
 
 /// First start: switches, demo browsers, desk phones and echo numbers (idempotent).
 async fn provision(config: &signal_server::Config, s: &Secrets) -> Result<(), DemoError> {
-    let dir = signal_server::directory::open(&config.database_url).await.map_err(|e| DemoError::Provision(e.to_string()))?;
+    let dir = signal_server::directory::open(&config.database_url, &config.database)
+        .await
+        .map_err(|e| DemoError::Provision(e.to_string()))?;
     let cfg = Arc::new(config.clone());
     let existing = dir.list_switches().await.map_err(|e| DemoError::Provision(e.to_string()))?;
     for (id, secret) in &s.switches {

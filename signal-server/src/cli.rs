@@ -38,6 +38,12 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Replicas (live or not, lease left), and attempts in flight by owner and state.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the signal server (HTTP, WebSocket /ws, admin API /api) until Ctrl-C or SIGTERM.
     Run,
@@ -62,6 +68,10 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = admin::DEFAULT_CALLS_LIMIT)]
         limit: u32,
     },
+    /// Cluster mode: the replicas and their leases, and the call attempts in flight (read from
+    /// the shared PostgreSQL database).
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Check that the server this config describes answers `GET /healthz` (on loopback when it
     /// listens on a wildcard address; over TLS with `[tls]`, certificate not checked). Exit 0
     /// healthy, 1 not: a container's HEALTHCHECK (the image has no shell and no curl).
@@ -257,6 +267,7 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Switch(cmd) => switch(config, cmd).await,
         Command::Calls { json, number, limit } => calls(config, json, number, limit).await,
         Command::Sessions(cmd) => sessions(config, cmd).await,
+        Command::Cluster(ClusterCmd::Status) => cluster_status(config).await,
         Command::Healthcheck { timeout_ms } => {
             let status = crate::healthcheck::check(&config, std::time::Duration::from_millis(timeout_ms))
                 .await
@@ -324,7 +335,9 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
 }
 
 async fn open_directory(config: &Config) -> Result<Arc<dyn Directory>, CliError> {
-    directory::open(&config.database_url).await.map_err(|e| CliError::Failed(format!("{}: {e}", config.database_url)))
+    directory::open(&config.database_url, &config.database)
+        .await
+        .map_err(|e| CliError::Failed(format!("{}: {e}", directory::postgres::redact_url(&config.database_url))))
 }
 
 /// Read a secret from `path` (`-`: standard input), dropping one trailing newline.
@@ -522,6 +535,44 @@ async fn calls(config: Config, json: bool, number: Option<String>, limit: u32) -
             })
             .collect();
         say(&table(&["TIME", "CALLER", "CALLEE", "OUTCOME", "DURATION", "SWITCH", "CALL ID", "TRACE"], rows));
+    }
+    Ok(())
+}
+
+async fn cluster_status(config: Config) -> Result<(), CliError> {
+    if !crate::directory::is_postgres_url(&config.database_url) {
+        return Err(CliError::Usage("cluster status needs the cluster's postgres:// database_url (this config has none)".into()));
+    }
+    let failed = |e: crate::cluster::store::StoreError| CliError::Failed(e.to_string());
+    // Opening the directory applies the migrations (the cluster tables come with them).
+    open_directory(&config).await?;
+    let store = crate::cluster::store::ClusterStore::connect(&config.database_url, config.database.statement_timeout_ms)
+        .await
+        .map_err(failed)?;
+    let nodes = store.nodes().await.map_err(failed)?;
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node_id.clone(),
+                if n.live { "live".into() } else { "gone".into() },
+                format!("{:.1} s", n.lease_left_ms as f64 / 1000.0),
+                n.incarnation.clone(),
+                n.http_addr.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        say("no replicas have joined\n");
+    } else {
+        say(&table(&["NODE", "STATE", "LEASE LEFT", "INCARNATION", "HTTP"], rows));
+    }
+    let attempts = store.attempts_by_owner().await.map_err(failed)?;
+    let total: i64 = attempts.iter().map(|a| a.2).sum();
+    say(&format!("\n{total} call attempts in flight\n"));
+    if !attempts.is_empty() {
+        let rows = attempts.into_iter().map(|(o, st, n)| vec![o, st, n.to_string()]).collect();
+        say(&table(&["OWNER", "STATE", "ATTEMPTS"], rows));
     }
     Ok(())
 }

@@ -21,8 +21,12 @@ pub const MAX_PUSH_TTL_SECS: u64 = 24 * 3600;
 pub struct Config {
     /// Address the HTTP/WebSocket server binds.
     pub listen: SocketAddr,
-    /// `sqlite://path/to/file.db` (created if missing) or `sqlite::memory:`.
+    /// `sqlite://path/to/file.db` (created if missing), `sqlite::memory:`, or
+    /// `postgres://user@host:5432/db` (`postgresql://` too) for a directory shared by several
+    /// replicas.
     pub database_url: String,
+    /// Connection pool settings (PostgreSQL; SQLite ignores them).
+    pub database: crate::directory::DatabaseOptions,
     /// Folder of the built softphone served at `/` (Trunk's `dist`). Missing folder: `/` says so.
     pub web_root: PathBuf,
     /// The URL users reach this server at (printed, used in links and Web Push).
@@ -38,6 +42,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub push: PushConfig,
     pub ice: IceConfig,
+    /// Cluster mode: several replicas on one PostgreSQL and one NATS ([`crate::cluster`]).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// STUN/TURN servers handed to browsers (in `welcome`) and gateways (in `switch_welcome`) for
@@ -219,6 +225,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:8080".parse().unwrap(),
             database_url: "sqlite://trunkline.db".into(),
+            database: crate::directory::DatabaseOptions::default(),
             web_root: "dist".into(),
             public_url: "http://127.0.0.1:8080".into(),
             sip_realm: "trunkline".into(),
@@ -229,6 +236,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             push: PushConfig::default(),
             ice: IceConfig::default(),
+            cluster: Default::default(),
         }
     }
 }
@@ -346,15 +354,36 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
-        if !(self.database_url.starts_with("sqlite:")) {
+        let postgres = crate::directory::is_postgres_url(&self.database_url);
+        if !(self.database_url.starts_with("sqlite:") || postgres) {
             return Err(ConfigError::Invalid(format!(
-                "database_url {:?}: only sqlite:// URLs are supported in this version",
-                self.database_url
+                "database_url {:?}: must be a sqlite:// URL (or sqlite::memory:) or a postgres:// (postgresql://) URL",
+                crate::directory::postgres::redact_url(&self.database_url)
             )));
+        }
+        let d = &self.database;
+        for (name, v) in [
+            ("database.max_connections", u64::from(d.max_connections)),
+            ("database.acquire_timeout_ms", d.acquire_timeout_ms),
+            ("database.statement_timeout_ms", d.statement_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be > 0")));
+            }
+        }
+        // The default key file sits next to the SQLite file; a PostgreSQL directory has no such
+        // place, and replicas must all sign with the one key the browsers subscribed with.
+        if postgres && self.push.enabled && self.push.vapid_private_key_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "push.vapid_private_key_file must be set with a postgres:// database_url (every replica signs Web Push \
+                 with the same key), or push.enabled = false"
+                    .into(),
+            ));
         }
         if self.sip_realm.is_empty() {
             return Err(ConfigError::Invalid("sip_realm must not be empty".into()));
         }
+        self.cluster.check(postgres).map_err(ConfigError::Invalid)?;
         let s = &self.steering;
         for (name, v) in [
             ("steering.switch_answer_timeout_ms", s.switch_answer_timeout_ms),
@@ -458,4 +487,49 @@ fn check_ice_url(key: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigErr
         return bad("STUN URLs take no ?transport");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_accepts_postgres_urls_with_a_shared_vapid_key() {
+        for url in ["postgres://trunkline@db.example:5432/trunkline", "postgresql://u@127.0.0.1/t?sslmode=require"] {
+            let cfg =
+                Config::from_toml(&format!("database_url = {url:?}\n[push]\nvapid_private_key_file = \"/etc/t/vapid.pem\"\n"))
+                    .unwrap();
+            assert_eq!(cfg.database_url, url);
+            let cfg = Config::from_toml(&format!("database_url = {url:?}\n[push]\nenabled = false\n")).unwrap();
+            assert_eq!(cfg.database, crate::directory::DatabaseOptions::default());
+        }
+        // Without a key file each replica would make its own key: refused, saying why.
+        let e = Config::from_toml("database_url = \"postgres://u@h/d\"").unwrap_err().to_string();
+        assert!(e.contains("push.vapid_private_key_file"), "{e}");
+    }
+
+    #[test]
+    fn config_rejects_other_database_schemes_naming_both_and_hiding_the_password() {
+        let e = Config::from_toml("database_url = \"mysql://root:S3CRET-PW@h/d\"").unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, ConfigError::Invalid(_)));
+        assert!(text.contains("sqlite://") && text.contains("postgres://"), "{text}");
+        assert!(!text.contains("S3CRET-PW"), "{text}");
+    }
+
+    #[test]
+    fn config_database_table_is_checked() {
+        let cfg =
+            Config::from_toml("[database]\nmax_connections = 3\nacquire_timeout_ms = 10\nstatement_timeout_ms = 20\n").unwrap();
+        assert_eq!(
+            cfg.database,
+            crate::directory::DatabaseOptions { max_connections: 3, acquire_timeout_ms: 10, statement_timeout_ms: 20 }
+        );
+        for key in ["max_connections", "acquire_timeout_ms", "statement_timeout_ms"] {
+            let e = Config::from_toml(&format!("[database]\n{key} = 0\n")).unwrap_err().to_string();
+            assert!(e.contains(&format!("database.{key} must be > 0")), "{e}");
+        }
+        let e = Config::from_toml("[database]\nmax_conections = 3\n").unwrap_err().to_string();
+        assert!(e.contains("max_conections"), "unknown keys are an error: {e}");
+    }
 }

@@ -29,6 +29,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use trunkline_protocol::{AccountKind, CallId, ClientMsg, ErrorCode, PROTOCOL_VERSION, ServerMsg};
 
 use crate::admin_api::{self, AdminState};
+use crate::cluster::runtime::{BusCmd, ClusterState, HubOps};
 use crate::config::Config;
 use crate::credentials;
 use crate::directory::{CallRecord, Directory, DirectoryError, PushSubscription, UnixMs};
@@ -36,7 +37,7 @@ use crate::ice::IceServers;
 use crate::net::ConnSlot;
 use crate::push::{self, PushError, PushSender};
 use crate::ratelimit::{Policy, Refused, Throttle};
-use crate::steering::{ConnId, Engine, Output, Party};
+use crate::steering::{AttemptRow, ConnId, Engine, Output, Party};
 
 /// WebSocket close codes of this server (docs/protocol.md, "Connection rules").
 pub const CLOSE_SIGN_IN_DEADLINE: u16 = 4408;
@@ -73,6 +74,8 @@ pub enum ServerError {
     Ice(#[from] crate::ice::IceError),
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 pub fn unix_ms() -> UnixMs {
@@ -137,11 +140,27 @@ enum Out {
     /// Boxed: an idle connection's outbox then costs pointers, not full messages, per slot.
     Msg(Box<ServerMsg>),
     Close,
+    /// Cluster mode: this replica lost its membership; close with 1012 (service restart) so
+    /// the client reconnects through the load balancer to another replica.
+    Fenced,
 }
+
+/// WebSocket close code when a replica fences itself (RFC 6455 1012: service restart).
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 
 enum StoreCmd {
     Record(CallRecord),
-    SwitchState { id: String, online: bool, urls: Vec<String>, at: UnixMs },
+    /// Cluster mode: a write-ahead attempt row (`released`: handed over at shutdown).
+    Attempt {
+        row: AttemptRow,
+        released: bool,
+    },
+    SwitchState {
+        id: String,
+        online: bool,
+        urls: Vec<String>,
+        at: UnixMs,
+    },
 }
 
 struct Shared {
@@ -168,6 +187,8 @@ struct Shared {
     push: Option<Arc<PushSender>>,
     /// STUN/TURN servers and the TURN secret to mint credentials with.
     ice: IceServers,
+    /// Cluster mode's membership and readiness; `None` for a single server.
+    cluster: Option<Arc<ClusterState>>,
 }
 
 fn metrics_handle() -> PrometheusHandle {
@@ -191,8 +212,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let config = Arc::new(config);
-    let dir = crate::directory::open(&config.database_url).await?;
-    dir.reset_switches_offline().await?;
+    let dir = crate::directory::open(&config.database_url, &config.database).await?;
+    let clustered = config.cluster.enabled;
+    if !clustered {
+        // In a cluster the other replicas' switches are online: each replica only clears its own.
+        dir.reset_switches_offline().await?;
+    }
     let admin_token = match &config.admin_token_file {
         Some(p) => {
             let token = std::fs::read_to_string(p)
@@ -217,6 +242,20 @@ pub async fn run(
     let (wake_tx, wake_rx) = mpsc::unbounded_channel();
     let changed = Arc::new(Notify::new());
 
+    let cluster_state = clustered.then(|| Arc::new(ClusterState::new(config.cluster.clone())));
+    let (bus_tx, bus_rx) = mpsc::unbounded_channel::<BusCmd>();
+    let cluster_store = match clustered {
+        true => Some(
+            crate::cluster::store::ClusterStore::connect(&config.database_url, config.database.statement_timeout_ms)
+                .await
+                .map_err(|e| ServerError::Cluster(e.to_string()))?,
+        ),
+        false => None,
+    };
+    let nats = match &cluster_state {
+        Some(c) => Some(crate::cluster::runtime::connect_nats(&c.cfg).await.map_err(|e| ServerError::Cluster(e.to_string()))?),
+        None => None,
+    };
     let mut engine = Engine::new(
         config.steering.clone(),
         config.limits.max_calls_per_device,
@@ -228,6 +267,7 @@ pub async fn run(
     let loaded_version = dir.directory_version().await.ok();
     engine.set_directory(dir.list_accounts().await?);
     engine.set_wake_up(push.is_some());
+    engine.set_cluster(clustered);
     let a = &config.auth;
     let decoy_hash = {
         let (m, t) = (a.password_hash_memory_kib, a.password_hash_iterations);
@@ -240,6 +280,7 @@ pub async fn run(
         wake: push.is_some().then_some(wake_tx),
         realm: config.sip_realm.clone(),
         shutdown: shutdown_rx.clone(),
+        bus: clustered.then(|| bus_tx.clone()),
     });
     let shared = Arc::new(Shared {
         config: config.clone(),
@@ -258,9 +299,14 @@ pub async fn run(
         metrics: metrics_handle(),
         push: push.clone(),
         ice,
+        cluster: cluster_state.clone(),
     });
 
-    let store_task = tokio::spawn(store_loop(dir.clone(), store_rx));
+    let store_cluster = match (&cluster_store, &cluster_state) {
+        (Some(st), Some(cs)) => Some((st.clone(), cs.clone())),
+        _ => None,
+    };
+    let store_task = tokio::spawn(store_loop(dir.clone(), store_rx, store_cluster));
     let engine_task = tokio::spawn(timer_loop(hub.clone(), shutdown_rx.clone()));
     let watch_task = tokio::spawn(directory_watch(
         dir.clone(),
@@ -289,6 +335,7 @@ pub async fn run(
     let app = Router::new()
         .route("/ws", get(ws_handler))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
         .with_state(shared.clone())
         .nest(
@@ -306,8 +353,35 @@ pub async fn run(
             async move { headers.apply(resp) }
         }));
 
+    // Cluster mode: the membership, presence and forwarding run beside the server.
+    let cluster_task = match (cluster_state.clone(), nats, cluster_store) {
+        (Some(state), Some(client), Some(store)) => {
+            let rt = crate::cluster::runtime::Runtime {
+                state,
+                client,
+                store,
+                hub: hub.clone(),
+                bus: bus_tx.clone(),
+                http_addr: listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            };
+            Some(tokio::spawn(rt.run(bus_rx, shutdown_rx.clone())))
+        }
+        _ => None,
+    };
+    let drain_state = cluster_state.clone();
+    let drain_hub = hub.clone();
     let signal = async move {
         shutdown.await;
+        if let Some(c) = drain_state {
+            // Drain: unready at once (the load balancer stops sending), no new attempts; the
+            // attempts still ringing run out; then the connected ones are handed over.
+            c.start_draining();
+            tracing::info!(node = c.node(), "draining: no new calls; waiting for ringing attempts to end");
+            let until = Instant::now() + Duration::from_secs(c.cfg.drain_timeout_secs);
+            while Instant::now() < until && drain_hub.calls_not_connected() > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let _ = shutdown_tx.send(true);
     };
     tokio::spawn(signal);
@@ -330,6 +404,9 @@ pub async fn run(
     drop(hub);
     drop(store_tx);
     let _ = store_task.await;
+    if let Some(t) = cluster_task {
+        let _ = t.await;
+    }
     Ok(())
 }
 
@@ -375,6 +452,20 @@ fn static_files(root: &std::path::Path) -> axum::routing::MethodRouter {
     }
 }
 
+/// Readiness for a load balancer: 200 when this replica should get new connections (cluster
+/// mode: a live member whose presence view is current, not draining); `/healthz` is liveness.
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    let ready = match &s.cluster {
+        Some(c) => c.ready(),
+        None => !*s.shutdown.borrow(),
+    };
+    if ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
 async fn metrics_endpoint(State(s): State<Arc<Shared>>) -> String {
     metrics::gauge!("trunkline_ws_connections").set(s.live_conns.load(Ordering::Relaxed) as f64);
     metrics::gauge!("trunkline_auth_hashes_in_flight").set(s.hash_in_flight.load(Ordering::Relaxed) as f64);
@@ -390,6 +481,12 @@ async fn ws_handler(
 ) -> Response {
     if *s.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    if let Some(c) = &s.cluster
+        && !c.ready()
+    {
+        let why = if c.draining() { "draining: connect to another replica\n" } else { "not a cluster member yet\n" };
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     }
     if s.live_conns.load(Ordering::Relaxed) >= s.config.limits.max_connections {
         metrics::counter!("trunkline_ws_refused_total").increment(1);
@@ -610,6 +707,13 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
                         let e = ServerMsg::error(ErrorCode::Unavailable, STORAGE_FULL_MSG, Some(call_id));
                         if out_tx.try_send(Out::Msg(Box::new(e))).is_err() { break }
                     }
+                    // A draining replica starts no new attempt: the client retries elsewhere.
+                    Ok(ClientMsg::Dial { call_id, .. } | ClientMsg::RouteQuery { call_id, .. })
+                        if s.cluster.as_ref().is_some_and(|c| c.draining() || !c.member()) =>
+                    {
+                        let e = ServerMsg::error(ErrorCode::Unavailable, DRAINING_MSG, Some(call_id));
+                        if out_tx.try_send(Out::Msg(Box::new(e))).is_err() { break }
+                    }
                     Ok(msg) => {
                         s.hub.apply(EngineCmd::Msg { conn, msg });
                     }
@@ -628,6 +732,12 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
                             if socket.feed(frame(&m)).await.is_err() { close = true; break }
                         }
                         Some(Out::Close) | None => { close = true; break }
+                        Some(Out::Fenced) => {
+                            let _ = socket.flush().await;
+                            close_with(&mut socket, CLOSE_SERVICE_RESTART, "this replica left the cluster; reconnect".into()).await;
+                            close = true;
+                            break;
+                        }
                     }
                     match out_rx.try_recv() {
                         Ok(o) => next = Some(o),
@@ -649,8 +759,12 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
     s.hub.apply(EngineCmd::Gone { conn });
 }
 
+/// What a client reads when its replica is draining (or not a cluster member).
+const DRAINING_MSG: &str = "this server is restarting; reconnect and try again";
+
 /// What a client reads when the server's storage cannot take writes (SQLITE_FULL, I/O errors).
-const STORAGE_FULL_MSG: &str = "the server's disk is full; try again later";
+const STORAGE_FULL_MSG: &str =
+    "the server cannot store data right now (its disk is full or its database is unreachable); try again later";
 
 /// A directory failure as the wire's error: a full (or failing) disk is `unavailable`, said
 /// clearly (the directory logs it once per episode, with a metric); anything else is
@@ -984,6 +1098,8 @@ struct Hub {
     wake: Option<mpsc::UnboundedSender<WakeCmd>>,
     realm: String,
     shutdown: watch::Receiver<bool>,
+    /// Cluster mode: the engine's cluster outputs and presence news, for the bus task.
+    bus: Option<mpsc::UnboundedSender<BusCmd>>,
 }
 
 struct HubInner {
@@ -1008,18 +1124,29 @@ impl Hub {
         match cmd {
             EngineCmd::Online { conn, who, outbox } => {
                 h.outboxes.insert(conn, outbox);
-                match who {
-                    Online::Device(n) => h.engine.device_online(now, conn, &n),
+                let (party, calls) = match who {
+                    Online::Device(n) => {
+                        h.engine.device_online(now, conn, &n);
+                        (Party::Device(n), None)
+                    }
                     Online::Switch { id, ice_servers, calls } => {
                         h.engine.switch_online(now, conn, &id, &self.realm, ice_servers);
                         h.engine.reconcile(now, &id, calls.as_deref());
+                        (Party::Switch(id), calls)
                     }
+                };
+                if let Some(bus) = &self.bus {
+                    let _ = bus.send(BusCmd::PresencePut { party, calls });
                 }
             }
             EngineCmd::Msg { conn, msg } => h.engine.handle(now, conn, msg),
             EngineCmd::Gone { conn } => {
                 h.outboxes.remove(&conn);
-                if let Some(Party::Switch(id)) = h.engine.disconnected(now, conn) {
+                let gone = h.engine.disconnected(now, conn);
+                if let (Some(bus), Some(p)) = (&self.bus, &gone) {
+                    let _ = bus.send(BusCmd::PresenceDelete(p.clone()));
+                }
+                if let Some(Party::Switch(id)) = gone {
                     tracing::info!(switch_id = %id, "switch went offline");
                     let _ = self.store.send(StoreCmd::SwitchState { id, online: false, urls: vec![], at: unix_ms() });
                 }
@@ -1031,7 +1158,7 @@ impl Hub {
     }
 
     fn after(&self, h: &mut HubInner) {
-        drain(&mut h.engine, &mut h.outboxes, &self.store, self.wake.as_ref());
+        drain(&mut h.engine, &mut h.outboxes, &self.store, self.wake.as_ref(), self.bus.as_ref());
         // Calls the engine holds open (those of a switch whose link is lost included): a
         // phantom call would show here.
         metrics::gauge!("trunkline_calls_in_progress").set(h.engine.active_calls() as f64);
@@ -1063,13 +1190,69 @@ impl Hub {
             h.stopping = true;
             h.engine.shutdown(Instant::now());
         }
-        drain(&mut h.engine, &mut h.outboxes, &self.store, self.wake.as_ref());
+        drain(&mut h.engine, &mut h.outboxes, &self.store, self.wake.as_ref(), self.bus.as_ref());
     }
 
     /// The browser signed in on `conn`, if it still is.
     fn device_of(&self, conn: ConnId) -> Option<String> {
         let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         guard.engine.device_of(conn).map(str::to_string)
+    }
+
+    /// Attempts this replica owns that have not connected (a drain waits for them).
+    fn calls_not_connected(&self) -> usize {
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        guard.engine.calls_not_connected()
+    }
+
+    /// Run `f` on the engine, then send what it produced.
+    fn with_engine<R>(&self, f: impl FnOnce(&mut Engine, Instant) -> R) -> R {
+        let now = Instant::now();
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let h = &mut *guard;
+        let r = f(&mut h.engine, now);
+        self.after(h);
+        r
+    }
+}
+
+impl HubOps for Hub {
+    fn remote(&self, from: &Party, msg: ClientMsg) -> Result<(), trunkline_protocol::ProtocolError> {
+        self.with_engine(|e, now| e.handle_remote(now, from, msg))
+    }
+    fn deliver(&self, to: &Party, msg: ServerMsg) -> bool {
+        self.with_engine(|e, _| e.deliver(to, msg))
+    }
+    fn unowned(&self, conn: ConnId, msg: ClientMsg) {
+        self.with_engine(|e, now| e.handle_unowned(now, conn, msg))
+    }
+    fn reply(&self, conn: ConnId, msg: ServerMsg) {
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = guard.outboxes.get(&conn) {
+            let _ = tx.try_send(Out::Msg(Box::new(msg)));
+        }
+    }
+    fn presence(&self, changes: Vec<crate::cluster::presence::Change>) {
+        use crate::cluster::presence::Change;
+        self.with_engine(|e, now| {
+            for c in changes {
+                match c {
+                    Change::Online { party, node, calls } => e.remote_online(now, &party, &node, calls.as_deref()),
+                    Change::Offline { party, node } => e.remote_offline(now, &party, &node),
+                }
+            }
+        })
+    }
+    fn adopt(&self, row: AttemptRow) {
+        self.with_engine(|e, now| e.adopt(now, row))
+    }
+    fn fence(&self) {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let h = &mut *guard;
+        h.engine.fence();
+        for (_, tx) in h.outboxes.drain() {
+            let _ = tx.try_send(Out::Fenced);
+        }
     }
 }
 
@@ -1107,6 +1290,7 @@ fn drain(
     outboxes: &mut HashMap<ConnId, mpsc::Sender<Out>>,
     store: &mpsc::UnboundedSender<StoreCmd>,
     wake: Option<&mpsc::UnboundedSender<WakeCmd>>,
+    bus: Option<&mpsc::UnboundedSender<BusCmd>>,
 ) {
     while let Some(out) = engine.poll_output() {
         match out {
@@ -1133,7 +1317,33 @@ fn drain(
                 tracing::info!(target: "trunkline::trace", %call_id, outcome = outcome.as_str(), "call ended: {why}");
             }
             Output::Record(r) => {
+                if let Some(bus) = bus {
+                    let _ = bus.send(BusCmd::Unsubscribe(r.call_id.clone()));
+                }
                 let _ = store.send(StoreCmd::Record(r));
+            }
+            Output::SendRemote { node, to, msg } => {
+                if let Some(bus) = bus {
+                    let _ = bus.send(BusCmd::Publish { node, to, msg });
+                }
+            }
+            Output::Forward { conn, from, msg } => match bus {
+                Some(bus) => {
+                    let _ = bus.send(BusCmd::Forward { conn, from, msg });
+                }
+                None => engine.handle_unowned(Instant::now(), conn, msg),
+            },
+            Output::Attempt(row) => {
+                if let Some(bus) = bus {
+                    let _ = bus.send(BusCmd::Subscribe(row.call_id.clone()));
+                }
+                let _ = store.send(StoreCmd::Attempt { row, released: false });
+            }
+            Output::Released(row) => {
+                if let Some(bus) = bus {
+                    let _ = bus.send(BusCmd::Unsubscribe(row.call_id.clone()));
+                }
+                let _ = store.send(StoreCmd::Attempt { row, released: true });
             }
             Output::WakeUp { call_id, number, from, from_name } => {
                 let payload = push::incoming_payload(&call_id, &from, &from_name);
@@ -1149,9 +1359,15 @@ fn drain(
 /// Call records kept in memory while the disk is full, at most (oldest dropped beyond, counted).
 const MAX_RECORDS_WAITING: usize = 100_000;
 
-async fn store_loop(dir: Arc<dyn Directory>, mut rx: mpsc::UnboundedReceiver<StoreCmd>) {
+async fn store_loop(
+    dir: Arc<dyn Directory>,
+    mut rx: mpsc::UnboundedReceiver<StoreCmd>,
+    cluster: Option<(crate::cluster::store::ClusterStore, Arc<ClusterState>)>,
+) {
     let mut batch = Vec::with_capacity(512);
     let mut records = Vec::with_capacity(512);
+    // Cluster mode: attempt rows of this batch (the last state of each wins).
+    let mut attempts: Vec<(AttemptRow, bool)> = Vec::new();
     loop {
         // While the disk is full, records wait here and a write is retried every second (a
         // probe when none waits), so service resumes by itself when space returns.
@@ -1173,6 +1389,7 @@ async fn store_loop(dir: Arc<dyn Directory>, mut rx: mpsc::UnboundedReceiver<Sto
         for cmd in batch.drain(..) {
             match cmd {
                 StoreCmd::Record(r) => records.push(r),
+                StoreCmd::Attempt { row, released } => attempts.push((row, released)),
                 StoreCmd::SwitchState { id, online, urls, at } => {
                     flush(&*dir, &mut records).await;
                     match dir.set_switch_online(&id, online, &urls, at).await {
@@ -1186,12 +1403,61 @@ async fn store_loop(dir: Arc<dyn Directory>, mut rx: mpsc::UnboundedReceiver<Sto
                 }
             }
         }
+        if let Some((cs, state)) = &cluster {
+            write_attempts(cs, state, &mut attempts, &records).await;
+        }
+        let ended: Vec<String> = if cluster.is_some() { records.iter().map(|r| r.call_id.clone()).collect() } else { vec![] };
         flush(&*dir, &mut records).await;
+        if let Some((cs, _)) = &cluster
+            && !ended.is_empty()
+        {
+            // Records stored (or waiting in memory): the attempts are over. A crash in between
+            // leaves a row another replica adopts and ends again; first writer wins the record.
+            let stored: Vec<String> = ended.into_iter().filter(|id| !records.iter().any(|r| &r.call_id == id)).collect();
+            if let Err(e) = cs.delete_attempts(&stored).await {
+                tracing::warn!(error = %e, "could not delete finished attempt rows (another replica will end them again)");
+            }
+        }
     }
     // Shutting down: a last try for what waits.
     flush(&*dir, &mut records).await;
     if !records.is_empty() {
         tracing::error!(count = records.len(), "stopping with call records the full disk never took: they are lost");
+    }
+}
+
+/// Write this batch's attempt rows, except those whose record is in the same batch (an instant
+/// B3 reject costs one insert, not three).
+async fn write_attempts(
+    cs: &crate::cluster::store::ClusterStore,
+    state: &ClusterState,
+    attempts: &mut Vec<(AttemptRow, bool)>,
+    records: &[CallRecord],
+) {
+    if attempts.is_empty() {
+        return;
+    }
+    let mut last: HashMap<String, (AttemptRow, bool)> = HashMap::new();
+    for (row, released) in attempts.drain(..) {
+        last.insert(row.call_id.clone(), (row, released));
+    }
+    last.retain(|id, _| !records.iter().any(|r| &r.call_id == id));
+    let (node, inc) = (state.node().to_string(), state.incarnation());
+    for released in [false, true] {
+        let rows: Vec<AttemptRow> = last.values().filter(|(_, r)| *r == released).map(|(row, _)| row.clone()).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        for attempt in 0..3u64 {
+            match cs.upsert_attempts(&node, &inc, &rows, released).await {
+                Ok(()) => break,
+                Err(e) => {
+                    metrics::counter!("trunkline_records_retry_total").increment(1);
+                    tracing::warn!(error = %e, attempt, "could not write attempt rows; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+            }
+        }
     }
 }
 
@@ -1227,6 +1493,7 @@ async fn flush(dir: &dyn Directory, records: &mut Vec<CallRecord>) {
             // The disk is full (logged once by the directory): keep them for the retry.
             Err(e) if e.is_unavailable() => return,
             Err(e) => {
+                metrics::counter!("trunkline_records_retry_total").increment(1);
                 tracing::error!(error = %e, attempt, count = records.len(), "could not store call records; retrying");
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }

@@ -1,16 +1,54 @@
 //! The directory: accounts, switches, sessions, Web Push subscriptions and call records.
 //!
-//! Storage sits behind the [`Directory`] trait so the engine and the driver never see SQL;
-//! SQLite ([`sqlite::SqliteDirectory`]) is the embedded default, PostgreSQL can follow as a
-//! second implementation without touching the steering engine.
+//! Storage sits behind the [`Directory`] trait so the engine and the driver never see SQL.
+//! Two implementations, picked by [`open`] from the `database_url` scheme:
+//! - SQLite ([`sqlite::SqliteDirectory`], `sqlite://…`): the embedded default, one process,
+//!   nothing to install;
+//! - PostgreSQL ([`postgres::PgDirectory`], `postgres://…` or `postgresql://…`): shared by
+//!   several signal-server replicas (cluster mode) and the admin CLI.
+//!
+//! Both keep the same contract; `conformance.rs` runs one test suite against each.
 
 use trunkline_protocol::{AccountKind, Outcome, Step};
 
+#[cfg(test)]
+pub(crate) mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
-/// Open the directory named by `database_url` (`sqlite://…` or `sqlite::memory:`), applying
-/// migrations. The one place that picks the storage implementation.
-pub async fn open(database_url: &str) -> Result<std::sync::Arc<dyn Directory>, DirectoryError> {
+/// Connection pool settings (`[database]` in the config). PostgreSQL uses them; the SQLite
+/// directory keeps its own fixed settings (one file, one writer) and ignores them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseOptions {
+    /// Connections this process keeps to the database at most (PostgreSQL's own limit,
+    /// `max_connections`, is 100 by default: leave room for every replica and the admin CLI).
+    pub max_connections: u32,
+    /// Longest wait for a free connection (or a new one) before a request fails `unavailable`.
+    pub acquire_timeout_ms: u64,
+    /// Longest a statement may run on the server (PostgreSQL `statement_timeout`) before it is
+    /// cancelled and the request fails `unavailable`.
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for DatabaseOptions {
+    fn default() -> Self {
+        DatabaseOptions { max_connections: 16, acquire_timeout_ms: 5_000, statement_timeout_ms: 5_000 }
+    }
+}
+
+/// Is `url` a PostgreSQL URL (`postgres://` or `postgresql://`)?
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Open the directory named by `database_url` (`sqlite://…`, `sqlite::memory:`,
+/// `postgres://…` or `postgresql://…`), applying migrations. The one place that picks the
+/// storage implementation.
+pub async fn open(database_url: &str, options: &DatabaseOptions) -> Result<std::sync::Arc<dyn Directory>, DirectoryError> {
+    if is_postgres_url(database_url) {
+        return Ok(std::sync::Arc::new(postgres::PgDirectory::open(database_url, options).await?));
+    }
     Ok(std::sync::Arc::new(sqlite::SqliteDirectory::open(database_url).await?))
 }
 
@@ -135,8 +173,9 @@ pub enum DirectoryError {
     #[error("database: {0}")]
     Database(String),
     /// The storage cannot take writes right now: the disk is full (`SQLITE_FULL`) or failing
-    /// (I/O errors). Nothing was half-written (the transaction rolled back); the same request
-    /// works again once space returns, without a restart. On the wire: `unavailable`.
+    /// (I/O errors), or the PostgreSQL server cannot be reached, is shutting down, read-only or
+    /// overloaded (timeouts). Nothing was half-written (the transaction rolled back); the same
+    /// request works again once the storage is back, without a restart. On the wire: `unavailable`.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }

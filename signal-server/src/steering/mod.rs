@@ -38,9 +38,22 @@ use crate::directory::{Account, CallRecord, UnixMs};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cluster;
 
 /// A connection, as numbered by the driver.
 pub type ConnId = u64;
+
+/// A replica of the signal server in cluster mode (its configured `node_id`).
+pub type NodeId = String;
+
+/// Where a party's live connection is: on this replica, or on another one (cluster mode: the
+/// driver learns it from the presence bucket and delivers [`Output::SendRemote`] over the bus).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Loc {
+    Local(ConnId),
+    Remote(NodeId),
+}
 
 /// Who is at the other end of a connection (or a call).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -49,11 +62,34 @@ pub enum Party {
     Switch(String),
 }
 
+impl Party {
+    /// The device number or switch id.
+    pub fn name(&self) -> &str {
+        match self {
+            Party::Device(n) | Party::Switch(n) => n,
+        }
+    }
+}
+
 /// What the driver must do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
     /// Send `msg` on connection `conn`.
     Send { conn: ConnId, msg: ServerMsg },
+    /// Cluster mode: `to` is connected to replica `node`; deliver `msg` to it there
+    /// ([`Engine::deliver`] on that replica).
+    SendRemote { node: NodeId, to: Party, msg: ServerMsg },
+    /// Cluster mode: `msg` from `from` (on local `conn`) names a call this replica does not own.
+    /// The driver hands it to the call's owner ([`Engine::handle_remote`] there) and relays a
+    /// refusal to `conn`; if no replica owns the call, it calls [`Engine::handle_unowned`].
+    Forward { conn: ConnId, from: Party, msg: ClientMsg },
+    /// Cluster mode: the attempt's state after a change, for the write-ahead attempt row that
+    /// lets another replica finish the attempt if this one dies. The `Record` that ends the
+    /// attempt replaces the row.
+    Attempt(AttemptRow),
+    /// Cluster mode, at shutdown: a connected call carried by a switch is handed over, not
+    /// ended: the media runs on, and the switch's end report (to any replica) makes its record.
+    Released(AttemptRow),
     /// Close connection `conn` (after sending what was queued for it).
     Close { conn: ConnId },
     /// Persist a finished call attempt.
@@ -88,6 +124,52 @@ pub enum CallState {
     /// handed over then, C3). Times out `callee_offline` at the ring timeout (for B6 also when
     /// the switch's key expires first).
     AwaitWake,
+}
+
+/// An open attempt as the cluster's attempt table keeps it (cluster mode only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRow {
+    pub call_id: CallId,
+    pub state: CallState,
+    pub caller: Party,
+    pub caller_number: String,
+    pub callee_number: String,
+    pub carrier: Option<String>,
+    pub callee_device: Option<String>,
+    pub started_ms: UnixMs,
+    pub connected_ms: Option<UnixMs>,
+    /// When the current state times out (wall clock, via the engine's clock base).
+    pub deadline_ms: UnixMs,
+    pub trace: Vec<Step>,
+}
+
+impl CallState {
+    /// The name in attempt rows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallState::AwaitSwitchAnswer => "await_switch_answer",
+            CallState::AwaitDirectOffer => "await_direct_offer",
+            CallState::AwaitDirectConnect => "await_direct_connect",
+            CallState::KeyAccepted => "key_accepted",
+            CallState::Ringing => "ringing",
+            CallState::Connected => "connected",
+            CallState::AwaitWake => "await_wake",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CallState> {
+        [
+            CallState::AwaitSwitchAnswer,
+            CallState::AwaitDirectOffer,
+            CallState::AwaitDirectConnect,
+            CallState::KeyAccepted,
+            CallState::Ringing,
+            CallState::Connected,
+            CallState::AwaitWake,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
 }
 
 /// A caller switch's C3 offer, kept while its switchless callee is being woken.
@@ -141,10 +223,14 @@ pub struct Engine {
     max_calls_per_device: usize,
     clock_base: (Instant, UnixMs),
     accounts: HashMap<String, DirEntry>,
+    /// Parties signed in on this replica, by connection.
     conns: HashMap<ConnId, Party>,
-    devices: HashMap<String, ConnId>,
-    /// Online switches by id: their live connection.
-    switches: HashMap<String, ConnId>,
+    /// Online devices by number: where their live connection is.
+    devices: HashMap<String, Loc>,
+    /// Online switches by id: where their live connection is.
+    switches: HashMap<String, Loc>,
+    /// Cluster mode: parties may be on other replicas; unknown calls are forwarded.
+    cluster: bool,
     calls: HashMap<CallId, Call>,
     timers: BTreeMap<(Instant, u64), CallId>,
     timer_seq: u64,
@@ -188,6 +274,7 @@ impl Engine {
             conns: HashMap::new(),
             devices: HashMap::new(),
             switches: HashMap::new(),
+            cluster: false,
             calls: HashMap::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
@@ -204,6 +291,13 @@ impl Engine {
     /// switchless callee ends `callee_offline` at once).
     pub fn set_wake_up(&mut self, on: bool) {
         self.wake_up = on;
+    }
+
+    /// Cluster mode: parties may sit on other replicas ([`Engine::remote_online`]), messages
+    /// about calls owned elsewhere are forwarded ([`Output::Forward`]), attempts are written
+    /// ahead ([`Output::Attempt`]) and shutdown hands connected switch calls over.
+    pub fn set_cluster(&mut self, on: bool) {
+        self.cluster = on;
     }
 
     /// The driver could not wake the callee of `call_id`: it has no push subscription, or no
@@ -230,6 +324,11 @@ impl Engine {
     /// Calls in progress (for metrics and tests).
     pub fn active_calls(&self) -> usize {
         self.calls.len()
+    }
+
+    /// Attempts in progress that have not connected (a draining replica waits for them).
+    pub fn calls_not_connected(&self) -> usize {
+        self.calls.values().filter(|c| c.state != CallState::Connected).count()
     }
 
     pub fn call_state(&self, call_id: &str) -> Option<CallState> {
@@ -266,7 +365,15 @@ impl Engine {
                 )
             })
             .collect();
-        let ids: Vec<(String, ConnId)> = self.switches.iter().map(|(id, c)| (id.clone(), *c)).collect();
+        // Each replica updates the switches connected to it.
+        let ids: Vec<(String, ConnId)> = self
+            .switches
+            .iter()
+            .filter_map(|(id, l)| match l {
+                Loc::Local(c) => Some((id.clone(), *c)),
+                Loc::Remote(_) => None,
+            })
+            .collect();
         for (id, conn) in ids {
             let now = self.phones_of(&id);
             if before.get(&id) != Some(&now) {
@@ -295,14 +402,17 @@ impl Engine {
     /// A browser signed in on `conn`. A previous connection of the same device is replaced:
     /// it gets `session_replaced` and is closed.
     pub fn device_online(&mut self, now: Instant, conn: ConnId, number: &str) {
-        if let Some(old) = self.devices.insert(number.to_string(), conn)
+        if let Some(Loc::Local(old)) = self.devices.insert(number.to_string(), Loc::Local(conn))
             && old != conn
         {
-            self.conns.remove(&old);
-            self.send(old, ServerMsg::error(ErrorCode::SessionReplaced, "signed in on another connection", None));
-            self.outputs.push_back(Output::Close { conn: old });
+            self.replace_conn(old, "signed in on another connection");
         }
         self.conns.insert(conn, Party::Device(number.to_string()));
+        self.wake_calls_of(now, number);
+    }
+
+    /// Attempts waiting for `number` to sign in (Web Push) go on now.
+    fn wake_calls_of(&mut self, now: Instant, number: &str) {
         if !self.wakes.is_empty()
             && let Some(ids) = self.wakes.remove(number)
         {
@@ -310,6 +420,13 @@ impl Engine {
                 self.woken(now, &id);
             }
         }
+    }
+
+    /// A newer connection of the same party replaced `old`: tell it and close it.
+    fn replace_conn(&mut self, old: ConnId, why: &str) {
+        self.conns.remove(&old);
+        self.send(old, ServerMsg::error(ErrorCode::SessionReplaced, why, None));
+        self.outputs.push_back(Output::Close { conn: old });
     }
 
     /// The callee of `call_id`, woken by Web Push, has signed in: ring it (F4) or hand it the
@@ -350,12 +467,10 @@ impl Engine {
         realm: &str,
         ice_servers: Vec<trunkline_protocol::IceServer>,
     ) {
-        if let Some(old) = self.switches.insert(switch_id.to_string(), conn)
+        if let Some(Loc::Local(old)) = self.switches.insert(switch_id.to_string(), Loc::Local(conn))
             && old != conn
         {
-            self.conns.remove(&old);
-            self.send(old, ServerMsg::error(ErrorCode::SessionReplaced, "switch signed in on another connection", None));
-            self.outputs.push_back(Output::Close { conn: old });
+            self.replace_conn(old, "switch signed in on another connection");
         }
         self.conns.insert(conn, Party::Switch(switch_id.to_string()));
         let phones = self.phones_of(switch_id);
@@ -374,14 +489,20 @@ impl Engine {
     /// A connection closed. Returns the party it was (if it had signed in and was not replaced).
     pub fn disconnected(&mut self, now: Instant, conn: ConnId) -> Option<Party> {
         let party = self.conns.remove(&conn)?;
-        match &party {
-            Party::Device(n) => {
-                self.devices.remove(n);
-            }
-            Party::Switch(id) => {
-                self.switches.remove(id);
-            }
+        let map = match &party {
+            Party::Device(_) => &mut self.devices,
+            Party::Switch(_) => &mut self.switches,
+        };
+        if map.get(party.name()) == Some(&Loc::Local(conn)) {
+            map.remove(party.name());
         }
+        self.party_gone(now, &party);
+        Some(party)
+    }
+
+    /// `party` has no live connection any more (here or, in cluster mode, on its replica).
+    fn party_gone(&mut self, now: Instant, party: &Party) {
+        let party = party.clone();
         // Calls that depended on this live connection end now; calls whose media runs
         // directly between the other parties and a switch carry on without the cloud.
         let affected: Vec<CallId> =
@@ -419,7 +540,190 @@ impl Engine {
                 self.link_lost(now, &id);
             }
         }
-        Some(party)
+    }
+
+    // ---------------------------------------------------------------- cluster inputs
+
+    /// Cluster mode: `party` signed in on replica `node` (the presence table says so). If it
+    /// was connected here, that connection is replaced (`session_replaced`, closed); if it was
+    /// on another replica, its calls see it leave first, as for a reconnect. A device's
+    /// calls waiting for it to sign in (Web Push) go on; a switch's calls are reconciled with
+    /// the list it gave at sign-in (`calls`, see [`Engine::reconcile`]).
+    pub fn remote_online(&mut self, now: Instant, party: &Party, node: &str, calls: Option<&[CallId]>) {
+        let map = match party {
+            Party::Device(_) => &mut self.devices,
+            Party::Switch(_) => &mut self.switches,
+        };
+        let why = match party {
+            Party::Device(_) => "signed in on another connection",
+            Party::Switch(_) => "switch signed in on another connection",
+        };
+        match map.insert(party.name().to_string(), Loc::Remote(node.to_string())) {
+            // Still connected here: the newer connection elsewhere replaces it (as on one
+            // server, its calls carry on).
+            Some(Loc::Local(old)) => self.replace_conn(old, why),
+            // It left another replica and came back on this one: as on one server, where a
+            // reconnect follows the old connection's drop, its calls see it leave first (a
+            // ringing browser's new session knows nothing of the call; a switch's connected
+            // calls wait for its call list, below).
+            Some(Loc::Remote(old)) if old != node => self.party_gone(now, party),
+            _ => {}
+        }
+        match party {
+            Party::Device(n) => self.wake_calls_of(now, n),
+            Party::Switch(id) => self.reconcile(now, id, calls),
+        }
+    }
+
+    /// Cluster mode: `party`'s connection on replica `node` closed. Ignored if the party has
+    /// moved since (it is online elsewhere); otherwise its calls here see it leave, as with
+    /// [`Engine::disconnected`].
+    pub fn remote_offline(&mut self, now: Instant, party: &Party, node: &str) {
+        let map = match party {
+            Party::Device(_) => &mut self.devices,
+            Party::Switch(_) => &mut self.switches,
+        };
+        match map.get(party.name()) {
+            Some(Loc::Remote(n)) if n == node => {
+                map.remove(party.name());
+            }
+            _ => return,
+        }
+        self.party_gone(now, party);
+    }
+
+    /// Cluster mode: replica `node` is gone (its lease expired): every party that was on it is
+    /// offline.
+    pub fn node_down(&mut self, now: Instant, node: &str) {
+        let on = |m: &HashMap<String, Loc>| -> Vec<String> {
+            m.iter().filter(|(_, l)| matches!(l, Loc::Remote(n) if n == node)).map(|(k, _)| k.clone()).collect()
+        };
+        let parties: Vec<Party> =
+            on(&self.devices).into_iter().map(Party::Device).chain(on(&self.switches).into_iter().map(Party::Switch)).collect();
+        for p in parties {
+            self.remote_offline(now, &p, node);
+        }
+    }
+
+    /// Cluster mode: deliver a message another replica sent to `to`, if `to` is connected here.
+    /// Returns whether it was (the party may have left or moved meanwhile: then it is dropped).
+    pub fn deliver(&mut self, to: &Party, msg: ServerMsg) -> bool {
+        let map = match to {
+            Party::Device(_) => &self.devices,
+            Party::Switch(_) => &self.switches,
+        };
+        let conn = match map.get(to.name()) {
+            Some(Loc::Local(conn)) => *conn,
+            _ => return false,
+        };
+        if let ServerMsg::Outcome { call_id, .. } = &msg {
+            // The attempt ended on its owner: a repeated end report that reaches this replica
+            // later (no owner any more) is then recognised as done here too.
+            self.remember(call_id);
+        }
+        self.send(conn, msg);
+        true
+    }
+
+    /// Cluster mode: a message from `from`, a party connected to another replica, about a call
+    /// this replica owns (forwarded by that replica). A refusal is returned for the forwarding
+    /// replica to relay; nothing changes then.
+    pub fn handle_remote(&mut self, now: Instant, from: &Party, msg: ClientMsg) -> Result<(), ProtocolError> {
+        match &msg {
+            ClientMsg::Dial { .. } | ClientMsg::RouteQuery { .. } => {
+                return Err(ProtocolError::new(ErrorCode::Forbidden, "a new call starts on the caller's replica"));
+            }
+            _ if msg.call_id().is_none_or(|id| !self.calls.contains_key(id)) => {
+                return Err(ProtocolError::new(
+                    ErrorCode::UnknownCall,
+                    format!("no call {} in progress", msg.call_id().unwrap_or("")),
+                ));
+            }
+            _ => {}
+        }
+        self.dispatch(now, None, from, msg)
+    }
+
+    /// Cluster mode: no replica owns the call a forwarded message names (it ended, or its owner
+    /// died). Handled here as a single server would: an end report is recorded as reported,
+    /// anything else is refused with `unknown_call`.
+    pub fn handle_unowned(&mut self, now: Instant, conn: ConnId, msg: ClientMsg) {
+        self.handle_here(now, conn, msg);
+    }
+
+    /// Cluster mode: tell `to` (here or on another replica) `msg`.
+    pub fn send_to(&mut self, to: &Party, msg: ServerMsg) {
+        self.send_party(to, msg);
+    }
+
+    /// Cluster mode: take over an attempt whose owner replica died (or drained), from its
+    /// write-ahead row. What can go on without the dead owner goes on here:
+    /// - a call carried by a switch keeps its state and deadlines (the switch and the caller
+    ///   may still complete it: their messages now reach this replica);
+    /// - a browser-to-browser (F4) attempt cannot: its relay died with the owner. Connected, it
+    ///   ends `connected` (talk time to now); otherwise `error`, and every party still online
+    ///   is told.
+    ///
+    /// Ignored if the call is already known here, or already ended here.
+    pub fn adopt(&mut self, now: Instant, row: AttemptRow) {
+        if self.calls.contains_key(&row.call_id) || self.recent_set.contains(&row.call_id) {
+            return;
+        }
+        let call_id = row.call_id.clone();
+        let seq = self.next_seq();
+        let connected_at = row.connected_ms.map(|ms| self.instant_of(ms).min(now));
+        let deadline = self.instant_of(row.deadline_ms).max(now);
+        let started = self.instant_of(row.started_ms).min(now);
+        self.calls.insert(
+            call_id.clone(),
+            Call {
+                caller: row.caller,
+                caller_number: row.caller_number,
+                callee_number: row.callee_number,
+                carrier: row.carrier,
+                callee_device: row.callee_device,
+                peer_key: None,
+                state: row.state,
+                started,
+                connected_at,
+                deadline: (deadline, seq),
+                trace: row.trace,
+                waking: false,
+                offer: None,
+                link_lost: None,
+                unlisted: false,
+            },
+        );
+        self.timers.insert((deadline, seq), call_id.clone());
+        let c = &self.calls[&call_id];
+        if c.carrier.is_none() {
+            let (o, why) = if c.state == CallState::Connected {
+                (Outcome::Connected, "the replica that relayed this call was lost")
+            } else {
+                (Outcome::Error, "the replica that owned this call was lost")
+            };
+            self.finish(now, &call_id, o, why);
+            return;
+        }
+        if c.state == CallState::Connected {
+            let until = c.connected_at.unwrap_or(now) + self.cfg.max_call_duration();
+            self.set_state_deadline(&call_id, CallState::Connected, until.max(now));
+        } else if let Some(row) = self.attempt_row(&call_id) {
+            self.outputs.push_back(Output::Attempt(row));
+        }
+    }
+
+    /// Cluster mode: this replica lost its membership (it could not renew its lease): it
+    /// forgets every attempt and connection without a word (another replica adopts the
+    /// attempts from their rows; the driver closes the sockets).
+    pub fn fence(&mut self) {
+        self.calls.clear();
+        self.timers.clear();
+        self.conns.clear();
+        self.devices.clear();
+        self.switches.clear();
+        self.wakes.clear();
+        self.outputs.clear();
     }
 
     /// The link of a switch of `call_id` dropped at `now`. A connected call waits at most
@@ -470,10 +774,21 @@ impl Engine {
 
     /// The server is stopping: every open attempt ends now (outcome `error`, or `connected`
     /// with its duration so far), so no attempt is left without a record.
+    ///
+    /// In cluster mode a connected call carried by a switch is handed over instead
+    /// ([`Output::Released`]): its media carries on, and the switch's end report makes its
+    /// record on whichever replica the switch reaches.
     pub fn shutdown(&mut self, now: Instant) {
         let ids: Vec<CallId> = self.calls.keys().cloned().collect();
         for id in ids {
             let connected = self.calls[&id].state == CallState::Connected;
+            if self.cluster && connected && self.calls[&id].carrier.is_some() {
+                let row = self.attempt_row(&id).expect("listed");
+                let c = self.calls.remove(&id).expect("listed");
+                self.timers.remove(&c.deadline);
+                self.outputs.push_back(Output::Released(row));
+                continue;
+            }
             let o = if connected { Outcome::Connected } else { Outcome::Error };
             self.finish(now, &id, o, "signal server stopped");
         }
@@ -516,23 +831,42 @@ impl Engine {
     /// A message from an authenticated connection. Refusals go back as typed errors and
     /// change nothing.
     pub fn handle(&mut self, now: Instant, conn: ConnId, msg: ClientMsg) {
+        if self.cluster
+            && !matches!(msg, ClientMsg::Dial { .. } | ClientMsg::RouteQuery { .. })
+            && let Some(id) = msg.call_id()
+            && !self.calls.contains_key(id)
+            && let Some(party) = self.conns.get(&conn)
+        {
+            // Owned by another replica, or by none (the driver then calls handle_unowned).
+            let from = party.clone();
+            self.outputs.push_back(Output::Forward { conn, from, msg });
+            return;
+        }
+        self.handle_here(now, conn, msg);
+    }
+
+    fn handle_here(&mut self, now: Instant, conn: ConnId, msg: ClientMsg) {
         let Some(party) = self.conns.get(&conn).cloned() else {
             self.send(conn, ServerMsg::error(ErrorCode::NotAuthenticated, "sign in first", None));
             return;
         };
         let call_id = msg.call_id().map(str::to_string);
-        if let Err(e) = self.dispatch(now, conn, &party, msg) {
+        if let Err(e) = self.dispatch(now, Some(conn), &party, msg) {
             self.send(conn, e.to_msg(call_id));
         }
     }
 
     // ---------------------------------------------------------------- dispatch
 
-    fn dispatch(&mut self, now: Instant, conn: ConnId, party: &Party, msg: ClientMsg) -> Result<(), ProtocolError> {
+    /// `conn` is the party's local connection, `None` for a message forwarded by another
+    /// replica (cluster mode).
+    fn dispatch(&mut self, now: Instant, conn: Option<ConnId>, party: &Party, msg: ClientMsg) -> Result<(), ProtocolError> {
         use ClientMsg as M;
         match (party, msg) {
             (_, M::Ping) => {
-                self.send(conn, ServerMsg::Pong);
+                if let Some(conn) = conn {
+                    self.send(conn, ServerMsg::Pong);
+                }
                 Ok(())
             }
             (_, M::Login { .. } | M::Resume { .. } | M::SwitchAuth { .. }) => {
@@ -981,6 +1315,12 @@ impl Engine {
                 unlisted: false,
             },
         );
+        // The owner's subscription for the call must exist before any party hears of it.
+        if self.cluster
+            && let Some(row) = self.attempt_row(call_id)
+        {
+            self.outputs.push_back(Output::Attempt(row));
+        }
     }
 
     /// B3/B4: is the callee a valid account? Invalid → the attempt ends `rejected_invalid`.
@@ -1021,11 +1361,10 @@ impl Engine {
     /// C11: ask the callee's switch whether the callee accepts.
     fn ask_switch(&mut self, now: Instant, call_id: &str, switch_id: &str) {
         self.calls.get_mut(call_id).expect("live call").carrier = Some(switch_id.to_string());
-        let Some(conn) = self.switches.get(switch_id) else {
+        if !self.switches.contains_key(switch_id) {
             self.finish(now, call_id, Outcome::SwitchUnavailable, &format!("switch {switch_id} is offline"));
             return;
-        };
-        let conn = *conn;
+        }
         let c = &self.calls[call_id];
         let msg = ServerMsg::CalleeQuery {
             call_id: call_id.to_string(),
@@ -1034,7 +1373,7 @@ impl Engine {
             to: c.callee_number.clone(),
         };
         self.trace(call_id, Step::C11, &format!("asking switch {switch_id}"));
-        self.send(conn, msg);
+        self.send_party(&Party::Switch(switch_id.to_string()), msg);
         let until = now + self.cfg.switch_answer_timeout();
         self.set_state_deadline(call_id, CallState::AwaitSwitchAnswer, until);
     }
@@ -1142,14 +1481,7 @@ impl Engine {
         for p in &told {
             self.send_party(p, msg.clone());
         }
-        let to_ms = |t: Instant| -> UnixMs {
-            let (base_i, base_ms) = self.clock_base;
-            if t >= base_i {
-                base_ms + t.duration_since(base_i).as_millis() as i64
-            } else {
-                base_ms - base_i.duration_since(t).as_millis() as i64
-            }
-        };
+        let to_ms = |t: Instant| self.unix_ms_of(t);
         let record = CallRecord {
             call_id: call_id.to_string(),
             caller: std::mem::take(&mut call.caller_number),
@@ -1290,13 +1622,49 @@ impl Engine {
     }
 
     fn send_party(&mut self, p: &Party, msg: ServerMsg) {
-        let conn = match p {
-            Party::Device(n) => self.devices.get(n).copied(),
-            Party::Switch(s) => self.switches.get(s).copied(),
+        let loc = match p {
+            Party::Device(n) => self.devices.get(n),
+            Party::Switch(s) => self.switches.get(s),
         };
-        if let Some(conn) = conn {
-            self.send(conn, msg);
+        match loc {
+            Some(Loc::Local(conn)) => {
+                let conn = *conn;
+                self.send(conn, msg);
+            }
+            Some(Loc::Remote(node)) => {
+                let node = node.clone();
+                self.outputs.push_back(Output::SendRemote { node, to: p.clone(), msg });
+            }
+            None => {}
         }
+    }
+
+    /// Wall-clock milliseconds of a monotonic instant (via `clock_base`).
+    fn unix_ms_of(&self, t: Instant) -> UnixMs {
+        let (base_i, base_ms) = self.clock_base;
+        if t >= base_i {
+            base_ms + t.duration_since(base_i).as_millis() as i64
+        } else {
+            base_ms - base_i.duration_since(t).as_millis() as i64
+        }
+    }
+
+    /// The attempt as the cluster's attempt table keeps it.
+    fn attempt_row(&self, call_id: &str) -> Option<AttemptRow> {
+        let c = self.calls.get(call_id)?;
+        Some(AttemptRow {
+            call_id: call_id.to_string(),
+            state: c.state,
+            caller: c.caller.clone(),
+            caller_number: c.caller_number.clone(),
+            callee_number: c.callee_number.clone(),
+            carrier: c.carrier.clone(),
+            callee_device: c.callee_device.clone(),
+            started_ms: self.unix_ms_of(c.started),
+            connected_ms: c.connected_at.map(|t| self.unix_ms_of(t)),
+            deadline_ms: self.unix_ms_of(c.deadline.0),
+            trace: c.trace.clone(),
+        })
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -1323,6 +1691,11 @@ impl Engine {
         c.state = state;
         c.deadline = (deadline, seq);
         self.timers.insert((deadline, seq), call_id.to_string());
+        if self.cluster
+            && let Some(row) = self.attempt_row(call_id)
+        {
+            self.outputs.push_back(Output::Attempt(row));
+        }
     }
 }
 
