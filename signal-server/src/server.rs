@@ -274,7 +274,13 @@ pub async fn run(
         tokio::task::spawn_blocking(move || credentials::decoy_hash(m, t)).await.expect("hashing does not panic")
     };
     let hub = Arc::new(Hub {
-        inner: Mutex::new(HubInner { engine, outboxes: HashMap::new(), stopping: false, timer_target: None }),
+        inner: Mutex::new(HubInner {
+            engine,
+            presence: crate::cluster::presence::PresenceView::new(&config.cluster.node_id),
+            outboxes: HashMap::new(),
+            stopping: false,
+            timer_target: None,
+        }),
         timer: Notify::new(),
         store: store_tx.clone(),
         wake: push.is_some().then_some(wake_tx),
@@ -1104,6 +1110,8 @@ struct Hub {
 
 struct HubInner {
     engine: Engine,
+    /// Cluster mode: who is on which replica (filtered under this lock, with the engine).
+    presence: crate::cluster::presence::PresenceView,
     outboxes: HashMap<ConnId, mpsc::Sender<Out>>,
     stopping: bool,
     /// The deadline the timer task is sleeping towards.
@@ -1136,6 +1144,7 @@ impl Hub {
                     }
                 };
                 if let Some(bus) = &self.bus {
+                    h.presence.local_pending(&party);
                     let _ = bus.send(BusCmd::PresencePut { party, calls });
                 }
             }
@@ -1144,6 +1153,7 @@ impl Hub {
                 h.outboxes.remove(&conn);
                 let gone = h.engine.disconnected(now, conn);
                 if let (Some(bus), Some(p)) = (&self.bus, &gone) {
+                    h.presence.local_gone(p);
                     let _ = bus.send(BusCmd::PresenceDelete(p.clone()));
                 }
                 if let Some(Party::Switch(id)) = gone {
@@ -1205,6 +1215,26 @@ impl Hub {
         guard.engine.calls_not_connected()
     }
 
+    /// Update the presence view, tell the engine what changed, send what that produced; all
+    /// under the one lock.
+    fn with_presence(
+        &self,
+        f: impl FnOnce(&mut crate::cluster::presence::PresenceView) -> Vec<crate::cluster::presence::Change>,
+    ) {
+        use crate::cluster::presence::Change;
+        let now = Instant::now();
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let h = &mut *guard;
+        for c in f(&mut h.presence) {
+            match c {
+                Change::Online { party, node, calls } => h.engine.remote_online(now, &party, &node, calls.as_deref()),
+                Change::Offline { party, node } => h.engine.remote_offline(now, &party, &node),
+            }
+        }
+        metrics::gauge!("trunkline_cluster_presence_entries", "loc" => "remote").set(h.presence.remote_count() as f64);
+        self.after(h);
+    }
+
     /// Run `f` on the engine, then send what it produced.
     fn with_engine<R>(&self, f: impl FnOnce(&mut Engine, Instant) -> R) -> R {
         let now = Instant::now();
@@ -1232,16 +1262,23 @@ impl HubOps for Hub {
             let _ = tx.try_send(Out::Msg(Box::new(msg)));
         }
     }
-    fn presence(&self, changes: Vec<crate::cluster::presence::Change>) {
-        use crate::cluster::presence::Change;
-        self.with_engine(|e, now| {
-            for c in changes {
-                match c {
-                    Change::Online { party, node, calls } => e.remote_online(now, &party, &node, calls.as_deref()),
-                    Change::Offline { party, node } => e.remote_offline(now, &party, &node),
-                }
+    fn presence_rows(&self, rows: Vec<crate::cluster::store::PresenceRow>) {
+        use crate::cluster::presence::Entry;
+        self.with_presence(|v| {
+            let mut changes = Vec::new();
+            for r in rows {
+                let Some(party) = crate::cluster::parse_party(&r.party) else { continue };
+                let entry = r.online.then_some(Entry { node: r.node, incarnation: r.incarnation, calls: r.calls });
+                changes.extend(v.row(party, r.rev, entry));
             }
+            changes
         })
+    }
+    fn presence_live(&self, live: HashMap<String, String>) {
+        self.with_presence(|v| v.set_live(live))
+    }
+    fn presence_local_rev(&self, party: &Party, rev: i64) {
+        self.with_presence(|v| v.local_rev(party, rev))
     }
     fn adopt(&self, row: AttemptRow) {
         self.with_engine(|e, now| e.adopt(now, row))
@@ -1250,6 +1287,7 @@ impl HubOps for Hub {
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let h = &mut *guard;
         h.engine.fence();
+        h.presence.reset();
         for (_, tx) in h.outboxes.drain() {
             let _ = tx.try_send(Out::Fenced);
         }

@@ -32,17 +32,88 @@ pub enum Change {
     Offline { party: Party, node: NodeId },
 }
 
+#[derive(Default)]
 pub struct PresenceView {
     me: NodeId,
     entries: HashMap<Party, Entry>,
     live: HashMap<NodeId, String>,
     /// Where the engine was last told each party is.
     told: HashMap<Party, NodeId>,
+    /// The newest revision seen per party: rows at or below it are old news.
+    seen: HashMap<Party, i64>,
+    /// Parties signed in on this replica, with their row's revision (`None` while it is being
+    /// written). An older row from elsewhere must not take a newer local sign-in away.
+    local: HashMap<Party, Option<i64>>,
+    /// Rows of a party that arrived while its local row was being written.
+    held: HashMap<Party, Vec<(i64, Option<Entry>)>>,
 }
 
 impl PresenceView {
     pub fn new(me: &str) -> PresenceView {
-        PresenceView { me: me.to_string(), entries: HashMap::new(), live: HashMap::new(), told: HashMap::new() }
+        PresenceView { me: me.to_string(), ..Default::default() }
+    }
+
+    /// A presence row (`entry`: where `party` signed in; `None`: it left) at revision `rev`.
+    /// Old revisions, and rows older than the party's sign-in here, change nothing; rows that
+    /// arrive while that sign-in's own row is being written wait for its revision.
+    pub fn row(&mut self, party: Party, rev: i64, entry: Option<Entry>) -> Vec<Change> {
+        if self.seen.get(&party).is_some_and(|&s| s >= rev) {
+            return vec![];
+        }
+        self.seen.insert(party.clone(), rev);
+        match self.local.get(&party) {
+            Some(None) => {
+                self.held.entry(party).or_default().push((rev, entry));
+                return vec![];
+            }
+            Some(Some(lr)) if rev <= *lr => return vec![],
+            Some(Some(_)) if entry.as_ref().is_some_and(|e| e.node != self.me) => {
+                // Signed in elsewhere after its sign-in here: the engine replaces it.
+                self.local.remove(&party);
+            }
+            _ => {}
+        }
+        self.apply(party, entry)
+    }
+
+    fn apply(&mut self, party: Party, entry: Option<Entry>) -> Vec<Change> {
+        match entry {
+            Some(e) => self.put(party, e),
+            None => self.delete(&party),
+        }
+    }
+
+    /// `party` just signed in on this replica; its row is being written.
+    pub fn local_pending(&mut self, party: &Party) {
+        self.local.insert(party.clone(), None);
+        self.held.remove(party);
+    }
+
+    /// The row of `party`'s sign-in here was written at `rev`: rows held meanwhile that are
+    /// newer go through now.
+    pub fn local_rev(&mut self, party: &Party, rev: i64) -> Vec<Change> {
+        match self.local.get_mut(party) {
+            Some(slot @ None) => *slot = Some(rev),
+            // It left (or was replaced) meanwhile.
+            _ => return vec![],
+        }
+        let held = self.held.remove(party).unwrap_or_default();
+        let mut out = vec![];
+        for (r, e) in held {
+            if r > rev {
+                if e.as_ref().is_some_and(|e| e.node != self.me) {
+                    self.local.remove(party);
+                }
+                out.extend(self.apply(party.clone(), e));
+            }
+        }
+        out
+    }
+
+    /// `party`'s connection here closed.
+    pub fn local_gone(&mut self, party: &Party) {
+        self.local.remove(party);
+        self.held.remove(party);
     }
 
     /// An entry was written (a party signed in on `entry.node`).
@@ -67,9 +138,7 @@ impl PresenceView {
 
     /// Forget everything (the replica fenced; it starts over with a fresh snapshot).
     pub fn reset(&mut self) {
-        self.entries.clear();
-        self.told.clear();
-        self.live.clear();
+        *self = PresenceView::new(&self.me);
     }
 
     /// Parties on other replicas, as told to the engine.
@@ -136,6 +205,30 @@ mod tests {
         // r2's lease lapses: bob is offline.
         assert_eq!(v.set_live(live(&[("r1", "a"), ("r3", "old")])), vec![Change::Offline { party: bob(), node: "r2".into() }]);
         assert_eq!(v.remote_count(), 0);
+    }
+
+    #[test]
+    fn an_older_row_from_elsewhere_does_not_take_a_newer_local_sign_in_away() {
+        let mut v = PresenceView::new("r3");
+        v.set_live(live(&[("r1", "a"), ("r3", "c")]));
+        // Bob signs in here; r1's older row (its earlier sign-in there) arrives before ours is written.
+        v.local_pending(&bob());
+        assert!(v.row(bob(), 1, Some(entry("r1", "a"))).is_empty());
+        assert!(v.local_rev(&bob(), 2).is_empty(), "rev 1 is older than the sign-in here");
+        assert!(v.row(bob(), 1, Some(entry("r1", "a"))).is_empty());
+        // r1's "left" (rev 3, its old connection closing) says nothing about bob here.
+        assert_eq!(v.row(bob(), 3, None), vec![]);
+        // A newer sign-in elsewhere does move it (the engine replaces the local connection).
+        assert_eq!(
+            v.row(bob(), 4, Some(entry("r1", "a"))),
+            vec![Change::Online { party: bob(), node: "r1".into(), calls: None }]
+        );
+        // Held rows newer than the local one go through when its revision is known.
+        let mut w = PresenceView::new("r3");
+        w.set_live(live(&[("r1", "a"), ("r3", "c")]));
+        w.local_pending(&bob());
+        assert!(w.row(bob(), 9, Some(entry("r1", "a"))).is_empty());
+        assert_eq!(w.local_rev(&bob(), 5), vec![Change::Online { party: bob(), node: "r1".into(), calls: None }]);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -15,7 +15,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use trunkline_protocol::{CallId, ClientMsg, ErrorCode, ProtocolError, ServerMsg};
 
-use super::presence::{Change, Entry, PresenceView};
 use super::store::{ClusterStore, PresenceRow, StoreError};
 use super::{ClusterConfig, Names, parse_party, party_str};
 use crate::steering::{AttemptRow, ConnId, NodeId, Party};
@@ -30,7 +29,13 @@ pub trait HubOps: Send + Sync + 'static {
     fn unowned(&self, conn: ConnId, msg: ClientMsg);
     /// Send `msg` to local connection `conn`.
     fn reply(&self, conn: ConnId, msg: ServerMsg);
-    fn presence(&self, changes: Vec<Change>);
+    /// Presence rows read or announced (the hub's `PresenceView` filters them, under the same
+    /// lock as the engine, so a local sign-in and an older row elsewhere cannot interleave).
+    fn presence_rows(&self, rows: Vec<PresenceRow>);
+    /// The live leases now.
+    fn presence_live(&self, live: HashMap<NodeId, String>);
+    /// The row of a local sign-in was written at `rev`.
+    fn presence_local_rev(&self, party: &Party, rev: i64);
     fn adopt(&self, row: AttemptRow);
     /// Membership lost: forget every call and close every connection.
     fn fence(&self);
@@ -166,7 +171,6 @@ pub struct Runtime {
 impl Runtime {
     /// Run the bus task and the membership loop until `shutdown`; then leave the cluster.
     pub async fn run(self, bus_rx: mpsc::UnboundedReceiver<BusCmd>, mut shutdown: watch::Receiver<bool>) {
-        let view = Arc::new(Mutex::new(PresenceView::new(self.state.node())));
         let bus_task =
             tokio::spawn(bus_loop(self.client.clone(), self.state.clone(), self.store.clone(), self.hub.clone(), bus_rx));
         let mut previous: Option<String> = None;
@@ -193,18 +197,13 @@ impl Runtime {
             *self.state.incarnation.write().unwrap_or_else(|e| e.into_inner()) = inc.clone();
             previous = Some(inc.clone());
             let deliver = tokio::spawn(deliver_loop(self.client.clone(), self.state.clone(), self.hub.clone()));
-            let watcher = tokio::spawn(presence_loop(
-                self.client.clone(),
-                self.store.clone(),
-                self.state.clone(),
-                self.hub.clone(),
-                view.clone(),
-            ));
+            let watcher =
+                tokio::spawn(presence_loop(self.client.clone(), self.store.clone(), self.state.clone(), self.hub.clone()));
             self.state.member.store(true, Ordering::SeqCst);
             metrics::gauge!("trunkline_cluster_member").set(1.0);
             tracing::info!(node = self.state.node(), incarnation = %inc, "joined the cluster");
 
-            let fenced = self.member_loop(&inc, &view, &mut shutdown).await;
+            let fenced = self.member_loop(&inc, &mut shutdown).await;
             self.state.member.store(false, Ordering::SeqCst);
             self.state.caught_up.store(false, Ordering::SeqCst);
             metrics::gauge!("trunkline_cluster_member").set(0.0);
@@ -221,7 +220,6 @@ impl Runtime {
                 "fenced: could not renew the cluster lease in time; closing every connection"
             );
             self.hub.fence();
-            view.lock().unwrap_or_else(|e| e.into_inner()).reset();
             let (tx, rx) = oneshot::channel();
             let _ = self.bus.send(BusCmd::Reset(tx));
             let _ = rx.await;
@@ -245,15 +243,19 @@ impl Runtime {
 
     /// Renew the lease, follow the live set, adopt orphans. Returns true when fenced, false
     /// at shutdown.
-    async fn member_loop(&self, inc: &str, view: &Mutex<PresenceView>, shutdown: &mut watch::Receiver<bool>) -> bool {
+    async fn member_loop(&self, inc: &str, shutdown: &mut watch::Receiver<bool>) -> bool {
         let cfg = &self.state.cfg;
         let mut last_ok = Instant::now();
         let mut tick = tokio::time::interval(cfg.lease_renew());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = Instant::now();
         loop {
+            // Fence on time, whatever is in flight: the lease (from the last renewal that
+            // worked) must not outlive this replica's belief that it is a member.
+            let fence_at = tokio::time::Instant::from(last_ok + cfg.fence_after());
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(fence_at) => return true,
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() { return false; }
                 }
@@ -261,16 +263,17 @@ impl Runtime {
             let sent = Instant::now();
             // A member must reach both: renew only after a NATS round trip worked.
             let budget = cfg.lease_renew().min(Duration::from_secs(1));
-            let nats_ok = nats_round_trip(&self.client, &self.state, budget).await;
-            let renewed = if nats_ok {
+            let work = async {
+                if !nats_round_trip(&self.client, &self.state, budget).await {
+                    return "nats_unhealthy";
+                }
                 match tokio::time::timeout(budget, self.store.renew(self.state.node(), inc, cfg.lease_ttl())).await {
                     Ok(Ok(true)) => "ok",
                     Ok(Ok(false)) => "lost",
                     _ => "pg_error",
                 }
-            } else {
-                "nats_unhealthy"
             };
+            let Ok(renewed) = tokio::time::timeout_at(fence_at, work).await else { return true };
             metrics::counter!("trunkline_cluster_lease_renew_total", "result" => renewed).increment(1);
             if renewed == "ok" {
                 last_ok = sent;
@@ -282,10 +285,7 @@ impl Runtime {
             match self.store.live_nodes().await {
                 Ok(live) => {
                     metrics::gauge!("trunkline_cluster_nodes_live").set(live.len() as f64);
-                    let changes = view.lock().unwrap_or_else(|e| e.into_inner()).set_live(live);
-                    if !changes.is_empty() {
-                        self.hub.presence(changes);
-                    }
+                    self.hub.presence_live(live);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the live replicas"),
             }
@@ -326,7 +326,9 @@ async fn bus_loop(
     hub: Arc<dyn HubOps>,
     mut rx: mpsc::UnboundedReceiver<BusCmd>,
 ) {
-    let mut subs: HashMap<CallId, JoinHandle<()>> = HashMap::new();
+    // Aborted when removed, and all at once if this task is aborted (a detached subscription
+    // task would keep the hub, and so the server's stores, alive after shutdown).
+    let mut subs: HashMap<CallId, AbortOnDrop> = HashMap::new();
     let mut forwarders: HashMap<(ConnId, CallId), mpsc::UnboundedSender<(Party, ClientMsg)>> = HashMap::new();
     while let Some(cmd) = rx.recv().await {
         match cmd {
@@ -342,10 +344,8 @@ async fn bus_loop(
                 hub.adopt(row);
             }
             BusCmd::Unsubscribe(call_id) => {
-                if let Some(t) = subs.remove(&call_id) {
-                    // Dropping the subscriber (with its task) unsubscribes.
-                    t.abort();
-                }
+                // Dropping the subscriber (with its task) unsubscribes.
+                subs.remove(&call_id);
                 metrics::gauge!("trunkline_cluster_calls_owned").set(subs.len() as f64);
             }
             BusCmd::Forward { conn, from, msg } => {
@@ -373,7 +373,10 @@ async fn bus_loop(
             BusCmd::PresencePut { party, calls } => {
                 let (node, inc) = (state.node().to_string(), state.incarnation());
                 match store.presence_put(&party_str(&party), &node, &inc, calls.as_deref()).await {
-                    Ok(row) => announce(&client, &state, &row).await,
+                    Ok(row) => {
+                        hub.presence_local_rev(&party, row.rev);
+                        announce(&client, &state, &row).await;
+                    }
                     Err(e) => tracing::warn!(error = %e, party = %party_str(&party), "presence not stored"),
                 }
             }
@@ -387,9 +390,7 @@ async fn bus_loop(
                 }
             }
             BusCmd::Reset(done) => {
-                for (_, t) in subs.drain() {
-                    t.abort();
-                }
+                subs.clear();
                 let _ = done.send(());
             }
         }
@@ -400,7 +401,7 @@ async fn subscribe_call(
     client: &async_nats::Client,
     state: &Arc<ClusterState>,
     hub: &Arc<dyn HubOps>,
-    subs: &mut HashMap<CallId, JoinHandle<()>>,
+    subs: &mut HashMap<CallId, AbortOnDrop>,
     call_id: CallId,
 ) {
     if subs.contains_key(&call_id) {
@@ -432,8 +433,17 @@ async fn subscribe_call(
             }
         }
     });
-    subs.insert(call_id, task);
+    subs.insert(call_id, AbortOnDrop(task));
     metrics::gauge!("trunkline_cluster_calls_owned").set(subs.len() as f64);
+}
+
+/// A task that ends when its handle is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn parse_forward(payload: &[u8]) -> Option<(Party, ClientMsg)> {
@@ -555,13 +565,7 @@ const PRESENCE_LOOKBACK: i64 = 1000;
 
 /// The presence table: a snapshot of every row, then every change, from the broadcast and
 /// from polling the table (which also catches a lost broadcast).
-async fn presence_loop(
-    client: async_nats::Client,
-    store: ClusterStore,
-    state: Arc<ClusterState>,
-    hub: Arc<dyn HubOps>,
-    view: Arc<Mutex<PresenceView>>,
-) {
+async fn presence_loop(client: async_nats::Client, store: ClusterStore, state: Arc<ClusterState>, hub: Arc<dyn HubOps>) {
     // Subscribe first, snapshot second: nothing falls between them.
     let mut sub = match client.subscribe(state.names.presence()).await {
         Ok(s) => s,
@@ -570,27 +574,7 @@ async fn presence_loop(
             return;
         }
     };
-    let mut seen: HashMap<Party, i64> = HashMap::new();
     let mut max_rev = 0i64;
-    let apply = |rows: Vec<PresenceRow>, seen: &mut HashMap<Party, i64>, max_rev: &mut i64| {
-        let mut changes = Vec::new();
-        let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
-        for r in rows {
-            *max_rev = (*max_rev).max(r.rev);
-            let Some(party) = parse_party(&r.party) else { continue };
-            if seen.get(&party).is_some_and(|&s| s >= r.rev) {
-                continue;
-            }
-            seen.insert(party.clone(), r.rev);
-            if r.online {
-                changes.extend(v.put(party, Entry { node: r.node, incarnation: r.incarnation, calls: r.calls }));
-            } else {
-                changes.extend(v.delete(&party));
-            }
-        }
-        metrics::gauge!("trunkline_cluster_presence_entries", "loc" => "remote").set(v.remote_count() as f64);
-        changes
-    };
     let mut poll = tokio::time::interval(state.cfg.lease_renew());
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -598,10 +582,8 @@ async fn presence_loop(
             m = sub.next() => {
                 let Some(m) = m else { return };
                 let Ok(row) = serde_json::from_slice::<PresenceRow>(&m.payload) else { continue };
-                let changes = apply(vec![row], &mut seen, &mut max_rev);
-                if !changes.is_empty() {
-                    hub.presence(changes);
-                }
+                max_rev = max_rev.max(row.rev);
+                hub.presence_rows(vec![row]);
             }
             _ = poll.tick() => {
                 let mut after = (max_rev - PRESENCE_LOOKBACK).max(0);
@@ -609,9 +591,11 @@ async fn presence_loop(
                     match store.presence_since(after, 5000).await {
                         Ok(rows) => {
                             let (n, last) = (rows.len(), rows.last().map(|r| r.rev));
-                            let changes = apply(rows, &mut seen, &mut max_rev);
-                            if !changes.is_empty() {
-                                hub.presence(changes);
+                            if let Some(l) = last {
+                                max_rev = max_rev.max(l);
+                            }
+                            if !rows.is_empty() {
+                                hub.presence_rows(rows);
                             }
                             match last {
                                 Some(l) if n == 5000 => after = l,

@@ -207,6 +207,9 @@ struct Call {
     /// The switch came back without listing this call (it waits [`RECONCILE_WAIT`] for its
     /// end report).
     unlisted: bool,
+    /// Cluster mode: taken over from a dead owner's row, which may lag the call by the last
+    /// few milliseconds (a switch's progress and end reports are then taken in any state).
+    adopted: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -692,6 +695,7 @@ impl Engine {
                 offer: None,
                 link_lost: None,
                 unlisted: false,
+                adopted: true,
             },
         );
         self.timers.insert((deadline, seq), call_id.clone());
@@ -1073,9 +1077,13 @@ impl Engine {
         let state = call.state;
         let is_carrier = call.carrier.as_deref() == Some(me);
         let caller = call.caller.clone();
-        let pre_connect = matches!(state, CallState::AwaitDirectConnect | CallState::KeyAccepted | CallState::Ringing);
+        // An adopted call's row may predate the switch's last steps: its word is taken.
+        let adopted = call.adopted && state != CallState::Connected;
+        let pre_connect = adopted || matches!(state, CallState::AwaitDirectConnect | CallState::KeyAccepted | CallState::Ringing);
         match event {
-            CallEvent::KeyAccepted if is_carrier && matches!(state, CallState::AwaitDirectConnect | CallState::Ringing) => {
+            CallEvent::KeyAccepted
+                if is_carrier && (adopted || matches!(state, CallState::AwaitDirectConnect | CallState::Ringing)) =>
+            {
                 self.trace(call_id, Step::C14, &format!("switch {me} accepted the key"));
                 self.set_state(now, call_id, CallState::KeyAccepted);
                 Ok(())
@@ -1096,7 +1104,7 @@ impl Engine {
                 self.set_state_deadline(call_id, CallState::Connected, until);
                 Ok(())
             }
-            CallEvent::Ended { outcome, duration_ms } if state != CallState::AwaitSwitchAnswer || !is_carrier => {
+            CallEvent::Ended { outcome, duration_ms } if adopted || state != CallState::AwaitSwitchAnswer || !is_carrier => {
                 let outcome = if state == CallState::Connected { Outcome::Connected } else { outcome };
                 if let Some(c) = self.calls.get_mut(call_id) {
                     // A switch saw the end: a link loss (this one's or another's) does not bound it.
@@ -1313,6 +1321,7 @@ impl Engine {
                 offer: None,
                 link_lost: None,
                 unlisted: false,
+                adopted: false,
             },
         );
         // The owner's subscription for the call must exist before any party hears of it.

@@ -2,6 +2,8 @@
 //! listener over a temp SQLite directory, and a minimal WebSocket JSON client.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
