@@ -16,7 +16,13 @@
 # median is reported), SAT_WARMUP_SECS (2), PAIRS (16 switch pairs), WINDOW (256 queries in
 # flight per caller switch), IDLE_CONNS (10000),
 # IDLE_SETTLE_SECS (12), TIME_LIMIT (1200 s for the whole run), SKIP_BUILD=1, KEEP_TMP=1,
-# ONLY="kamailio rate saturate idle gateway web natlab" (a subset), OUT (default bench/results/latest.md).
+# ONLY="kamailio rate saturate idle cluster gateway web natlab" (a subset), OUT (default bench/results/latest.md).
+# Cluster phase (needs PostgreSQL and NATS; skipped with the reason otherwise): CLUSTER_PG_URL
+# (postgres://postgres@127.0.0.1:5432/postgres: a URL that may CREATE DATABASE; the bench makes
+# and drops a database of its own), CLUSTER_NATS_URL (nats://127.0.0.1:4222), CLUSTER_PAIRS (16),
+# CLUSTER_WINDOW (64), CLUSTER_SAT_WARMUP (1), CLUSTER_SAT_SECS (3), CLUSTER_SAT_RUNS (2),
+# CLUSTER_RATE (2000/s at most; half the cluster's saturation if lower), CLUSTER_RATE_SECS (5),
+# F4_CALLS (300), F4_CONCURRENCY (4).
 # NAT lab phase (root): NATLAB_CALLS (20 calls per scenario: F1 cone→cone, sym→sym, UDP-blocked).
 # Gateway phase: GW_PARTS="register calls setup media" (a subset), REG_SECS (6), REG_WARMUP (2),
 # REG_SIPPS (2 sipp instances), REG_IN_FLIGHT ("50 200 400" per instance: one run each, the best
@@ -45,7 +51,18 @@ PAIRS=${PAIRS:-16}
 WINDOW=${WINDOW:-256}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_SETTLE_SECS=${IDLE_SETTLE_SECS:-12}
-ONLY=${ONLY:-kamailio rate saturate idle gateway web natlab}
+ONLY=${ONLY:-kamailio rate saturate idle cluster gateway web natlab}
+CLUSTER_PG_URL=${CLUSTER_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+CLUSTER_NATS_URL=${CLUSTER_NATS_URL:-nats://127.0.0.1:4222}
+CLUSTER_PAIRS=${CLUSTER_PAIRS:-16}
+CLUSTER_WINDOW=${CLUSTER_WINDOW:-64}
+CLUSTER_SAT_WARMUP=${CLUSTER_SAT_WARMUP:-1}
+CLUSTER_SAT_SECS=${CLUSTER_SAT_SECS:-3}
+CLUSTER_SAT_RUNS=${CLUSTER_SAT_RUNS:-2}
+CLUSTER_RATE=${CLUSTER_RATE:-2000}
+CLUSTER_RATE_SECS=${CLUSTER_RATE_SECS:-5}
+F4_CALLS=${F4_CALLS:-300}
+F4_CONCURRENCY=${F4_CONCURRENCY:-4}
 NATLAB_CALLS=${NATLAB_CALLS:-20}
 GW_PARTS=${GW_PARTS:-register calls setup media}
 REG_SECS=${REG_SECS:-6}
@@ -75,6 +92,8 @@ gw_wants() { [[ " $GW_PARTS " == *" $1 "* ]]; }
 # ------------------------------------------------------------------ cleanup, time bound
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/trunkline-bench.XXXXXX")
 PIDS=()
+# The cluster phase's PostgreSQL database (dropped on exit unless KEEP_TMP=1).
+CLUSTER_DB=
 stop_pid() {
     local pid=$1
     kill -0 "$pid" 2>/dev/null || return 0
@@ -87,6 +106,14 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    if [[ -n $CLUSTER_DB ]]; then
+        if [[ ${KEEP_TMP:-0} == 1 ]]; then
+            log "PostgreSQL database $CLUSTER_DB kept"
+        else
+            psql "$CLUSTER_PG_URL" -qAtc "DROP DATABASE IF EXISTS $CLUSTER_DB WITH (FORCE)" >/dev/null 2>&1 ||
+                log "could not drop the PostgreSQL database $CLUSTER_DB"
+        fi
+    fi
     if [[ ${KEEP_TMP:-0} == 1 || $rc != 0 ]]; then
         log "logs kept in $TMP"
     else
@@ -105,8 +132,11 @@ if [[ $hard == unlimited ]]; then ulimit -n 65536; else ulimit -n "$hard"; fi
 
 # ------------------------------------------------------------------ tools
 need=()
-command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
-command -v kamailio >/dev/null 2>&1 || [[ -x /usr/sbin/kamailio ]] || need+=(kamailio)
+# sipp and Kamailio only for the phases that use them.
+if wants kamailio || wants gateway; then
+    command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+    command -v kamailio >/dev/null 2>&1 || [[ -x /usr/sbin/kamailio ]] || need+=(kamailio)
+fi
 if (( ${#need[@]} )); then
     SUDO=; [[ $(id -u) == 0 ]] || SUDO=sudo
     log "installing ${need[*]}"
@@ -115,7 +145,7 @@ if (( ${#need[@]} )); then
         -o DPkg::Lock::Timeout=900 "${need[@]}" >&2
 fi
 KAMAILIO=$(command -v kamailio || echo /usr/sbin/kamailio)
-SIPP=$(command -v sipp)
+SIPP=$(command -v sipp || echo sipp)
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
@@ -126,7 +156,8 @@ fi
 SERVER=$TARGET_DIR/release/signal-server
 GATEWAY=$TARGET_DIR/release/switch-gateway
 BENCH=$TARGET_DIR/release/trunkline-bench
-[[ -x $SERVER && -x $BENCH && -x $GATEWAY ]] || die "missing $SERVER, $GATEWAY or $BENCH"
+[[ -x $SERVER && -x $BENCH ]] || die "missing $SERVER or $BENCH"
+[[ -x $GATEWAY ]] || ! wants gateway || die "missing $GATEWAY"
 
 kv() { sed -n "s/^$1=//p" "$2" | tail -n1; }
 
@@ -283,6 +314,196 @@ run_server() {
         fi
         stop_pid "$SPID"
     fi
+}
+
+# ------------------------------------------------------------------ cluster mode
+# 3 replicas (cluster on) on one PostgreSQL database and NATS, beside one process (cluster off)
+# on the same database: steering at saturation and at a fixed rate with every hq<i> on R1 and
+# the br<i> on R2/R3 in turn (so every decision crosses replicas), and F4 dial → ringing with
+# the callers on R1 and the callees on R2. Numbers go to cluster.kv as c_* (cluster) and s_*
+# (single process); a step that fails leaves c_error / s_error and the phase goes on.
+CL=$TMP/cluster
+CLKV=$TMP/cluster.kv
+clset() { echo "$1=$2" >>"$CLKV"; }
+clkv() { sed "s/^/$1_/" "$2" >>"$CLKV"; }
+
+# Why the cluster phase cannot run (empty: it can).
+cluster_unavailable() {
+    local hp host port
+    command -v psql >/dev/null 2>&1 || { echo "psql is not installed (it creates the bench's database)"; return; }
+    psql "$CLUSTER_PG_URL" -qAtc 'select 1' >/dev/null 2>&1 || { echo "PostgreSQL is not reachable at $CLUSTER_PG_URL"; return; }
+    hp=${CLUSTER_NATS_URL#*://}
+    hp=${hp%%,*}
+    host=${hp%:*}
+    port=${hp##*:}
+    (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null || { echo "NATS is not reachable at $CLUSTER_NATS_URL"; return; }
+}
+
+# cluster_config NAME PORT NODE_ID (empty: cluster off)
+cluster_config() {
+    local name=$1 port=$2 node=$3
+    cat >"$CL/$name.toml" <<EOT
+listen = "127.0.0.1:$port"
+database_url = "${CLUSTER_PG_URL%/*}/$CLUSTER_DB"
+web_root = "$CL/no-web-app"
+public_url = "http://127.0.0.1:$port"
+admin_token_file = "$CL/admin.token"
+
+[auth]
+password_hash_memory_kib = 64
+password_hash_iterations = 1
+
+[limits]
+max_connections = 100000
+max_unauthenticated_per_address = 100000
+# The F4 callers dial one call after another, hundreds a second.
+messages_per_second = 1000000
+max_calls_per_device = 100000
+
+[push]
+enabled = false
+EOT
+    if [[ -n $node ]]; then
+        cat >>"$CL/$name.toml" <<EOT
+
+[cluster]
+enabled = true
+node_id = "$node"
+nats_url = "$CLUSTER_NATS_URL"
+name_prefix = "$CLUSTER_PREFIX"
+drain_timeout_secs = 2
+EOT
+    fi
+}
+
+# Start a server with $CL/NAME.toml and wait until GET PATH answers 200; sets CL_PID. On
+# failure: sets CL_WHY, returns 1 (the phase is skipped, the other phases go on).
+cluster_start() {
+    local name=$1 port=$2 path=$3
+    RUST_LOG=warn "$SERVER" run --config "$CL/$name.toml" >"$CL/$name.log" 2>&1 &
+    CL_PID=$!
+    PIDS+=("$CL_PID")
+    for _ in $(seq 300); do
+        if ! kill -0 "$CL_PID" 2>/dev/null; then
+            CL_WHY="signal-server $name exited at start: $(tail -n1 "$CL/$name.log")"
+            return 1
+        fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port" &&
+            printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$path" >&3 &&
+            timeout 2 cat <&3) 2>/dev/null | head -n1 | grep -q ' 200 '; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    CL_WHY="signal-server $name did not answer $path with 200 within 30 s: $(tail -n1 "$CL/$name.log")"
+    return 1
+}
+
+# cluster_up NAME PORT PATH: cluster_start, or record why the phase stops and return 1.
+cluster_up() {
+    cluster_start "$@" && return 0
+    log "cluster phase stopped: $CL_WHY (logs in $CL)"
+    clset skipped "$CL_WHY"
+    return 1
+}
+
+# cluster_measure PREFIX HQ_URL BR_URLS PIDS F4_CALLEE_URL: saturation, then the fixed rate
+# (CL_RATE, or half the saturation up to CLUSTER_RATE when unset), then F4.
+cluster_measure() {
+    local pre=$1 hq=$2 br=$3 pids=$4 f4callee=$5 sat
+    log "cluster ($pre): saturation, $CLUSTER_PAIRS pairs × $CLUSTER_WINDOW in flight, ${CLUSTER_SAT_WARMUP}s + $CLUSTER_SAT_RUNS × ${CLUSTER_SAT_SECS}s"
+    if timeout $((CLUSTER_SAT_WARMUP + CLUSTER_SAT_SECS * CLUSTER_SAT_RUNS + 120)) "$BENCH" saturate --url "$hq" --br-url "$br" \
+        --server-pid "$pids" --pairs "$CLUSTER_PAIRS" --switch-secret "$SECRET" --window "$CLUSTER_WINDOW" \
+        --warmup-secs "$CLUSTER_SAT_WARMUP" --secs "$CLUSTER_SAT_SECS" --runs "$CLUSTER_SAT_RUNS" >"$CL/$pre-sat.kv" 2>"$CL/$pre-sat.err"; then
+        clkv "${pre}_sat" "$CL/$pre-sat.kv"
+        log "cluster ($pre) saturation: $(tr '\n' ' ' <"$CL/$pre-sat.kv")"
+    else
+        clset "${pre}_error" "saturation failed: $(tail -n1 "$CL/$pre-sat.err")"
+        log "cluster ($pre): saturation failed; see $CL/$pre-sat.err"
+    fi
+    if [[ -z ${CL_RATE:-} ]]; then
+        sat=$(kv decisions_per_sec "$CL/$pre-sat.kv" 2>/dev/null || true)
+        CL_RATE=$CLUSTER_RATE
+        [[ -n $sat ]] && (( sat / 2 < CL_RATE )) && CL_RATE=$((sat / 2))
+        (( CL_RATE >= 100 )) || CL_RATE=100
+        clset rate "$CL_RATE"
+    fi
+    log "cluster ($pre): fixed rate $CL_RATE decisions/s for ${CLUSTER_RATE_SECS}s"
+    if timeout $((CLUSTER_RATE_SECS + 120)) "$BENCH" rate --url "$hq" --br-url "$br" --server-pid "$pids" \
+        --pairs "$CLUSTER_PAIRS" --switch-secret "$SECRET" --window "$CLUSTER_WINDOW" --rate "$CL_RATE" \
+        --secs "$CLUSTER_RATE_SECS" >"$CL/$pre-rate.kv" 2>"$CL/$pre-rate.err"; then
+        clkv "${pre}_rate" "$CL/$pre-rate.kv"
+        log "cluster ($pre) rate: $(tr '\n' ' ' <"$CL/$pre-rate.kv")"
+    else
+        clset "${pre}_error" "fixed rate failed: $(tail -n1 "$CL/$pre-rate.err")"
+        log "cluster ($pre): fixed rate failed; see $CL/$pre-rate.err"
+    fi
+    log "cluster ($pre): F4 dial → ringing, $F4_CALLS calls, $F4_CONCURRENCY at a time"
+    if timeout 300 "$BENCH" f4-latency --caller-url "$hq" --callee-url "$f4callee" --first-browser 600000 \
+        --password "$PASSWORD" --calls "$F4_CALLS" --concurrency "$F4_CONCURRENCY" >"$CL/$pre-f4.kv" 2>"$CL/$pre-f4.err"; then
+        clkv "${pre}_f4" "$CL/$pre-f4.kv"
+        log "cluster ($pre) F4: $(tr '\n' ' ' <"$CL/$pre-f4.kv")"
+    else
+        clset "${pre}_error" "F4 failed: $(tail -n1 "$CL/$pre-f4.err")"
+        log "cluster ($pre): F4 failed; see $CL/$pre-f4.err"
+    fi
+}
+
+run_cluster() {
+    local why
+    : >"$CLKV"
+    why=$(cluster_unavailable)
+    if [[ -n $why ]]; then
+        log "cluster phase skipped: $why"
+        clset skipped "$why"
+        return 0
+    fi
+    mkdir -p "$CL"
+    CLUSTER_DB=trunkline_bench_$$_$RANDOM
+    CLUSTER_PREFIX=bench$$r$RANDOM
+    if ! psql "$CLUSTER_PG_URL" -qAtc "CREATE DATABASE $CLUSTER_DB" >/dev/null; then
+        clset skipped "cannot create a database with $CLUSTER_PG_URL"
+        CLUSTER_DB=
+        return 0
+    fi
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$CL/admin.token"
+    clset pairs "$CLUSTER_PAIRS"
+    clset window "$CLUSTER_WINDOW"
+    clset sat_warmup_secs "$CLUSTER_SAT_WARMUP"
+    clset f4_concurrency "$F4_CONCURRENCY"
+    local p1 p2 p3 r1 r2 r3 sp spid
+    # Provisioned once, by one process with the cluster off (as for SQLite).
+    sp=$("$BENCH" free-port)
+    cluster_config provision "$sp" ""
+    cluster_up provision "$sp" /healthz || return 0
+    log "cluster: provisioning $CLUSTER_PAIRS switch pairs and $((2 * F4_CONCURRENCY)) browsers in PostgreSQL database $CLUSTER_DB"
+    timeout 300 "$BENCH" provision --addr "127.0.0.1:$sp" --token-file "$CL/admin.token" --pairs "$CLUSTER_PAIRS" \
+        --switch-secret "$SECRET" --browsers $((2 * F4_CONCURRENCY)) --first-browser 600000 --password "$PASSWORD" \
+        >"$CL/provision.kv" || { clset skipped "provisioning the PostgreSQL database failed"; return 0; }
+    stop_pid "$CL_PID"
+
+    # Three replicas.
+    p1=$("$BENCH" free-port); p2=$("$BENCH" free-port); p3=$("$BENCH" free-port)
+    cluster_config r1 "$p1" r1; cluster_config r2 "$p2" r2; cluster_config r3 "$p3" r3
+    cluster_up r1 "$p1" /readyz || return 0
+    r1=$CL_PID
+    cluster_up r2 "$p2" /readyz || return 0
+    r2=$CL_PID
+    cluster_up r3 "$p3" /readyz || return 0
+    r3=$CL_PID
+    log "cluster: replicas r1 (pid $r1, :$p1), r2 (pid $r2, :$p2), r3 (pid $r3, :$p3), NATS prefix $CLUSTER_PREFIX"
+    CL_RATE=
+    cluster_measure c "ws://127.0.0.1:$p1/ws" "ws://127.0.0.1:$p2/ws,ws://127.0.0.1:$p3/ws" "$r1,$r2,$r3" "ws://127.0.0.1:$p2/ws"
+    # Warnings and errors the replicas logged under load.
+    for n in 1 2 3; do clset "c_r${n}_log_lines" "$(grep -cE ' (WARN|ERROR) ' "$CL/r$n.log" || true)"; done
+    stop_pid "$r1"; stop_pid "$r2"; stop_pid "$r3"
+
+    # One process, cluster off, the same database, the same rate.
+    cluster_config single "$sp" ""
+    cluster_up single "$sp" /healthz || return 0
+    spid=$CL_PID
+    cluster_measure s "ws://127.0.0.1:$sp/ws" "ws://127.0.0.1:$sp/ws" "$spid" "ws://127.0.0.1:$sp/ws"
+    stop_pid "$spid"
 }
 
 # ------------------------------------------------------------------ switch gateway vs Kamailio
@@ -594,6 +815,7 @@ EOT
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 wants kamailio && run_kamailio
 if wants rate || wants saturate || wants idle; then run_server; fi
+wants cluster && run_cluster
 wants gateway && run_gateway
 # The browser softphone: release wasm size and time to interactive (headless Chromium).
 if wants web && [[ -x $ROOT/web/build.sh ]]; then
@@ -622,7 +844,7 @@ if wants natlab; then
 fi
 
 args=()
-for m in saturate rate idle kamailio gateway web natlab; do
+for m in saturate rate idle kamailio gateway web natlab cluster; do
     [[ -f $TMP/$m.kv ]] && args+=("--$m" "$TMP/$m.kv")
 done
 mkdir -p "$(dirname "$OUT")"

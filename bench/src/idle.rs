@@ -113,7 +113,7 @@ pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
     ])
 }
 
-async fn login(url: &str, number: &str, password: &str) -> Result<crate::steer::Ws, String> {
+pub(crate) async fn login(url: &str, number: &str, password: &str) -> Result<crate::steer::Ws, String> {
     let mut ws = connect(url).await?;
     let msg = ClientMsg::Login { v: trunkline_protocol::PROTOCOL_VERSION, number: number.into(), password: password.into() };
     ws.send(Message::text(msg.encode())).await.map_err(|e| format!("{number}: send login: {e}"))?;

@@ -2,6 +2,7 @@
 //! prints the table). Every measurement prints `key=value` lines on stdout; `table` turns
 //! those files into the one markdown table. Benchmarks print numbers; they assert nothing.
 
+mod f4lat;
 mod gwprov;
 mod idle;
 mod media;
@@ -102,6 +103,24 @@ enum Cmd {
         rate: f64,
         #[arg(long, default_value_t = 10.0)]
         secs: f64,
+    },
+    /// F4 dial → ringing latency: browser callers on `caller_url` dial browser callees on
+    /// `callee_url` (another replica, or the same server), which decline every call at once.
+    F4Latency {
+        #[arg(long)]
+        caller_url: String,
+        #[arg(long)]
+        callee_url: String,
+        /// Browser numbers: callers FIRST..FIRST+concurrency, callees the next `concurrency`.
+        #[arg(long)]
+        first_browser: u64,
+        #[arg(long)]
+        password: String,
+        #[arg(long, default_value_t = 300)]
+        calls: usize,
+        /// Caller/callee pairs placing calls at once (one call per pair at a time).
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
     },
     /// Server RSS growth per idle authenticated browser WebSocket.
     Idle {
@@ -237,6 +256,9 @@ enum Cmd {
         /// Calls across the NAT lab (natlab/e2e/run.mjs --bench).
         #[arg(long)]
         natlab: Option<PathBuf>,
+        /// Cluster mode (run.sh's cluster phase): one key=value file.
+        #[arg(long)]
+        cluster: Option<PathBuf>,
         /// Date line (default: now, UTC, from `date`).
         #[arg(long)]
         date: Option<String>,
@@ -245,11 +267,17 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct SteerArgs {
-    /// WebSocket URL of the signal server, e.g. ws://127.0.0.1:8080/ws.
+    /// WebSocket URL of the signal server, e.g. ws://127.0.0.1:8080/ws (the caller switches'
+    /// replica in a cluster).
     #[arg(long)]
     url: String,
-    #[arg(long)]
-    server_pid: u32,
+    /// Cluster: the callee switches' replicas, comma-separated (`br<i>` takes them in turn).
+    /// Default: `--url`.
+    #[arg(long, value_delimiter = ',')]
+    br_url: Vec<String>,
+    /// The server process, or every replica's, comma-separated: their CPU is summed.
+    #[arg(long, value_delimiter = ',', required = true)]
+    server_pid: Vec<u32>,
     #[arg(long, default_value_t = 16)]
     pairs: usize,
     #[arg(long)]
@@ -264,11 +292,12 @@ struct SteerArgs {
 impl SteerArgs {
     fn params(self, mode: steer::Mode) -> steer::Params {
         steer::Params {
-            url: self.url,
+            hq_url: self.url,
+            br_urls: self.br_url,
             pairs: self.pairs,
             secret: self.switch_secret,
             window: self.window,
-            server_pid: self.server_pid,
+            server_pids: self.server_pid,
             mode,
         }
     }
@@ -359,6 +388,8 @@ fn main() -> ExitCode {
         }
         Cmd::Rate { s, rate, secs } => runtime(cli.threads)
             .block_on(steer::run(s.params(steer::Mode::Rate { per_sec: rate, measure: Duration::from_secs_f64(secs) }))),
+        Cmd::F4Latency { caller_url, callee_url, first_browser, password, calls, concurrency } => runtime(cli.threads)
+            .block_on(f4lat::run(f4lat::Params { caller_url, callee_url, first_browser, password, calls, concurrency })),
         Cmd::Idle { url, server_pid, count, first_browser, password, concurrency, settle_secs } => {
             runtime(cli.threads).block_on(idle::run(idle::Params {
                 url,
@@ -447,7 +478,7 @@ fn main() -> ExitCode {
                 max_secs,
             })),
         },
-        Cmd::Table { saturate, rate, idle, kamailio, gateway, web, natlab, date } => {
+        Cmd::Table { saturate, rate, idle, kamailio, gateway, web, natlab, cluster, date } => {
             let date = date.unwrap_or_else(|| {
                 std::process::Command::new("date")
                     .args(["-u", "+%Y-%m-%d %H:%M UTC"])
@@ -467,6 +498,7 @@ fn main() -> ExitCode {
                     gateway: report::read_kv(gateway.as_deref()),
                     web: report::read_kv(web.as_deref()),
                     natlab: report::read_kv(natlab.as_deref()),
+                    cluster: report::read_kv(cluster.as_deref()),
                     cores,
                     date,
                 })

@@ -49,6 +49,10 @@ pub struct Inputs {
     /// Calls across the NAT lab (natlab/e2e/run.mjs --bench): calls, s{1,2,3}_p{50,99},
     /// gw_cpu_us_per_call.
     pub natlab: Kv,
+    /// Cluster mode (run.sh's `cluster` phase): `skipped` (the reason), or `c_*` (3 replicas)
+    /// and `s_*` (one process on the same PostgreSQL) keys: `*_sat_*`, `*_rate_*` (steer.rs's
+    /// keys) and `*_f4_*` (f4lat.rs's keys).
+    pub cluster: Kv,
     pub cores: usize,
     pub date: String,
 }
@@ -89,6 +93,7 @@ pub fn table(i: &Inputs) -> String {
         or_na(per_conn.map(|v| fmt_num(v, 0)))
     ));
     gateway_rows(&mut out, &i.gateway);
+    cluster_rows(&mut out, &i.cluster);
     out.push_str(&format!(
         "| browser softphone: release wasm, bytes raw / gzip | {} / {} | — | — | < 250 kB gzip |\n",
         or_na(num(&i.web, "wasm_raw").map(|v| fmt_num(v, 0))),
@@ -184,6 +189,7 @@ pub fn table(i: &Inputs) -> String {
         ));
     }
     gateway_notes(&mut notes, &i.gateway);
+    cluster_notes(&mut notes, &i.cluster);
     if !notes.is_empty() {
         out.push('\n');
         for n in notes {
@@ -415,6 +421,130 @@ fn gateway_notes(notes: &mut Vec<String>, g: &Kv) {
     }
 }
 
+/// "cluster / single" of a key present for both (`c_KEY`, `s_KEY`).
+fn both(c: &Kv, key: &str, decimals: usize, unit: &str) -> String {
+    let one = |p: &str| or_na(num(c, &format!("{p}_{key}")).map(|v| format!("{}{unit}", fmt_num(v, decimals))));
+    format!("{} / {}", one("c"), one("s"))
+}
+
+fn cluster_rows(out: &mut String, c: &Kv) {
+    if c.is_empty() {
+        return;
+    }
+    let skipped = c.get("skipped").map(|why| format!(" — **skipped: {why}**")).unwrap_or_default();
+    let ratio = |key: &str| ratio_of(num(c, &format!("c_{key}")), num(c, &format!("s_{key}")));
+    out.push_str(&format!(
+        "| cluster: steering decisions/s at saturation, 3 replicas (callers' switches on R1, callees' on R2/R3) / one process, both on one PostgreSQL{skipped} | {} | — | {} | — |\n",
+        both(c, "sat_decisions_per_sec", 0, ""),
+        ratio("sat_decisions_per_sec"),
+    ));
+    let rate = num(c, "rate").map(|r| format!("{}/s", fmt_num(r, 0))).unwrap_or_else(|| "a fixed rate".into());
+    out.push_str(&format!(
+        "| cluster: CPU µs per decision at {rate}, all 3 replicas summed / one process | {} | — | {} | < 2× single-process CPU (ratio < 2) |\n",
+        both(c, "rate_server_cpu_us_per_decision", 1, ""),
+        ratio("rate_server_cpu_us_per_decision"),
+    ));
+    out.push_str(&format!(
+        "| cluster: CPU µs per decision at saturation (the first row's median interval), all 3 replicas summed / one process | {} | — | {} | — |\n",
+        both(c, "sat_server_cpu_us_per_decision", 1, ""),
+        ratio("sat_server_cpu_us_per_decision"),
+    ));
+    let pair = |p: &str| match (num(c, &format!("{p}_f4_ringing_p50_ms")), num(c, &format!("{p}_f4_ringing_p99_ms"))) {
+        (Some(a), Some(b)) => format!("{a:.2} / {b:.2}"),
+        _ => "n/a".into(),
+    };
+    out.push_str(&format!(
+        "| cluster: F4 dial → ringing, p50 / p99 ms: browser on R1 → browser on R2 ({} calls) ‖ one process ({} calls) | {} ‖ {} | — | — | — |\n",
+        or_na(c.get("c_f4_ok").cloned()),
+        or_na(c.get("s_f4_ok").cloned()),
+        pair("c"),
+        pair("s"),
+    ));
+    let pair = |p: &str| match (num(c, &format!("{p}_f4_declined_p50_ms")), num(c, &format!("{p}_f4_declined_p99_ms"))) {
+        (Some(a), Some(b)) => format!("{a:.2} / {b:.2}"),
+        _ => "n/a".into(),
+    };
+    out.push_str(&format!(
+        "| cluster: F4 dial → the callee's decline back at the caller (`outcome`; R1 → R2 → R1), p50 / p99 ms: cluster ‖ one process | {} ‖ {} | — | — | — |\n",
+        pair("c"),
+        pair("s"),
+    ));
+    let added = |q: &str| match (num(c, &format!("c_f4_ringing_{q}_ms")), num(c, &format!("s_f4_ringing_{q}_ms"))) {
+        (Some(a), Some(b)) => format!("{:.2}", a - b),
+        _ => "n/a".into(),
+    };
+    out.push_str(&format!(
+        "| cluster: added dial → ringing latency of a cross-replica F4 over one process, p50 / p99 ms (ringing leaves R1 with the `incoming` to R2) | {} / {} | — | — | p99 < 5 ms on loopback |\n",
+        added("p50"),
+        added("p99"),
+    ));
+}
+
+fn cluster_notes(notes: &mut Vec<String>, c: &Kv) {
+    if c.is_empty() {
+        return;
+    }
+    if let Some(why) = c.get("skipped") {
+        notes.push(format!("cluster phase skipped: {why}"));
+        return;
+    }
+    let s = |k: &str| or_na(c.get(k).cloned());
+    let mut parts = Vec::new();
+    for (p, who) in [("c", "3 replicas"), ("s", "one process")] {
+        let k = |x: &str| s(&format!("{p}_{x}"));
+        let kinds = |run: &str| match c.get(&format!("{p}_{run}_outcomes_not_busy_kinds")) {
+            Some(v) if !v.is_empty() => v.clone(),
+            _ => "none".into(),
+        };
+        parts.push(format!(
+            "{who}: saturation runs {} decisions/s ({} s each after {} s warm-up), server CPU {} µs per decision ({} cores) at saturation, \
+             load generator {} cores; fixed rate: {} decisions in {} s, CPU per replica over the whole rate run {} µs, route latency p50 {} µs \
+             p99 {} µs; outcomes other than busy {} ({}) / {} ({}), queries without an outcome {} / {}, errors {} / {}, disconnects {} / {} \
+             (saturation / rate); F4: {} ok, {} failed ({}) in {} s, outcomes {}, ringing p90 {} ms, max {} ms{}",
+            k("sat_decisions_per_sec_runs"),
+            k("sat_secs"),
+            s("sat_warmup_secs"),
+            k("sat_server_cpu_us_per_decision"),
+            k("sat_server_cpu_cores"),
+            k("sat_client_cpu_cores"),
+            k("rate_decisions"),
+            k("rate_secs"),
+            k("rate_server_cpu_us_each_whole_run"),
+            k("rate_route_latency_p50_us"),
+            k("rate_route_latency_p99_us"),
+            k("sat_outcomes_not_busy"),
+            kinds("sat"),
+            k("rate_outcomes_not_busy"),
+            kinds("rate"),
+            k("sat_queries_without_outcome"),
+            k("rate_queries_without_outcome"),
+            k("sat_errors"),
+            k("rate_errors"),
+            k("sat_disconnects"),
+            k("rate_disconnects"),
+            k("f4_ok"),
+            k("f4_failed"),
+            c.get(&format!("{p}_f4_first_error")).map(|e| format!("first error: {e}")).unwrap_or_else(|| "no error".into()),
+            k("f4_secs"),
+            k("f4_outcomes"),
+            k("f4_ringing_p90_ms"),
+            k("f4_ringing_max_ms"),
+            c.get(&format!("{p}_error")).map(|e| format!("; **failed: {e}**")).unwrap_or_default(),
+        ));
+    }
+    notes.push(format!(
+        "cluster ({} switch pairs, {} queries in flight per caller switch; F4 {} callers at a time, each callee declines at once): {}; \
+         lines the replicas logged at warn level or above, r1 / r2 / r3: {} / {} / {}",
+        s("pairs"),
+        s("window"),
+        s("f4_concurrency"),
+        parts.join(". "),
+        s("c_r1_log_lines"),
+        s("c_r2_log_lines"),
+        s("c_r3_log_lines"),
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,6 +575,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             natlab: [("calls", "20"), ("s1_p50", "120.5")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            cluster: [("skipped", "NATS is not reachable")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             cores: 2,
             date: "today".into(),
         });
@@ -453,5 +584,34 @@ mod tests {
         assert!(t.contains("| n/a ms |"), "time to interactive not measured: {t}");
         assert!(t.contains("at 5,000/s"), "{t}");
         assert!(t.contains("(20 calls, headless Chromium) | 120.5 / n/a |"), "{t}");
+        assert!(t.contains("**skipped: NATS is not reachable**"), "{t}");
+        assert!(t.contains("cluster phase skipped: NATS is not reachable"), "{t}");
+    }
+
+    #[test]
+    fn cluster_rows_compare_three_replicas_with_one_process() {
+        let kv = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Kv>();
+        let mut out = String::new();
+        cluster_rows(
+            &mut out,
+            &kv(&[
+                ("rate", "1000"),
+                ("c_sat_decisions_per_sec", "3000"),
+                ("s_sat_decisions_per_sec", "12000"),
+                ("c_rate_server_cpu_us_per_decision", "300"),
+                ("s_rate_server_cpu_us_per_decision", "200"),
+                ("c_f4_ringing_p50_ms", "1.5"),
+                ("c_f4_ringing_p99_ms", "4.25"),
+                ("s_f4_ringing_p50_ms", "0.5"),
+                ("s_f4_ringing_p99_ms", "1.0"),
+            ]),
+        );
+        assert!(out.contains("| 3,000 / 12,000 | — | 0.25 |"), "{out}");
+        assert!(out.contains("at 1,000/s, all 3 replicas summed / one process | 300.0 / 200.0 | — | 1.50 |"), "{out}");
+        assert!(out.contains("| 1.50 / 4.25 ‖ 0.50 / 1.00 |"), "{out}");
+        assert!(
+            out.contains("over one process, p50 / p99 ms (ringing leaves R1 with the `incoming` to R2) | 1.00 / 3.25 |"),
+            "{out}"
+        );
     }
 }

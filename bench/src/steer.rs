@@ -7,6 +7,12 @@
 //! Two modes: `saturate` keeps `window` queries in flight per hq connection and counts
 //! decisions over a measured interval after a warm-up; `rate` paces queries at a fixed total
 //! rate. Both read the server's CPU time from /proc at the start and end of the interval.
+//!
+//! Cluster mode (run.sh's `cluster` phase): the `hq<i>` switches connect to one replica
+//! (`hq_url`) and the `br<i>` switches are spread over others (`br_urls`, in turn), so every
+//! decision crosses replicas; the CPU is the sum over all `server_pids`. Before the load, each
+//! pair places one probe query until it ends `busy` (br's decline), i.e. until the caller's
+//! replica sees the callee's switch online: presence crosses replicas asynchronously.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,11 +32,16 @@ use crate::procfs;
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub struct Params {
-    pub url: String,
+    /// Where the caller switches `hq<i>` connect.
+    pub hq_url: String,
+    /// Where the callee switches `br<i>` connect: `br<i>` uses `br_urls[(i - 1) % len]`
+    /// (empty: `hq_url`).
+    pub br_urls: Vec<String>,
     pub pairs: usize,
     pub secret: String,
     pub window: usize,
-    pub server_pid: u32,
+    /// Every server process whose CPU counts (one, or each replica).
+    pub server_pids: Vec<u32>,
     pub mode: Mode,
 }
 
@@ -73,6 +84,11 @@ struct Stats {
     errors: AtomicU64,
     /// Switch connections the server closed during the run.
     disconnects: AtomicU64,
+    /// `outcome`s other than `busy` (br's decline): e.g. `switch_unavailable` when the
+    /// caller's replica does not see the callee's switch, or a timeout.
+    outcomes_other: AtomicU64,
+    /// Those outcomes by kind (rare: a lock is fine).
+    outcomes_other_kinds: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 struct Snap {
@@ -121,6 +137,8 @@ struct Peek<'a> {
     code: Option<&'a str>,
     #[serde(default, borrow)]
     message: Option<&'a str>,
+    #[serde(default, borrow)]
+    outcome: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -129,12 +147,26 @@ struct PeekRoute<'a> {
     route: &'a str,
 }
 
-fn route_query(pair: usize, seq: u64) -> String {
+/// Call ids are `q<run>.<pair>-<seq>`: unique per run, since call records are unique by call
+/// id (a repeated id would be a duplicate record, not a new one, on a reused database).
+fn route_query(run: &str, pair: usize, seq: u64) -> String {
     format!(
-        r#"{{"type":"route_query","call_id":"q{pair}-{seq}","from":"{}","to":"{}"}}"#,
+        r#"{{"type":"route_query","call_id":"q{run}.{pair}-{seq}","from":"{}","to":"{}"}}"#,
         caller_number(pair),
         callee_number(pair)
     )
+}
+
+/// A short id for this run (base 36 of the clock's microseconds).
+fn run_tag() -> String {
+    let mut n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+    let mut s = Vec::new();
+    while n > 0 {
+        s.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+        n /= 36;
+    }
+    s.reverse();
+    String::from_utf8(s).unwrap_or_default()
 }
 
 fn decline(call_id: &str) -> String {
@@ -227,18 +259,22 @@ static ERRORS_SHOWN: AtomicU64 = AtomicU64::new(0);
 
 fn report_error(who: &str, p: &Peek) {
     if ERRORS_SHOWN.fetch_add(1, Ordering::Relaxed) < 5 {
-        eprintln!("bench: {who} got {} {:?} {:?} (call {:?})", p.ty, p.code, p.message, p.call_id);
+        eprintln!("bench: {who} got {} {:?} {:?} {:?} (call {:?})", p.ty, p.outcome, p.code, p.message, p.call_id);
     }
 }
 
 struct HqResult {
     /// Route latency samples (µs), from `route_query` sent to `route` received.
     latencies_us: Vec<u32>,
+    /// Queries still without an outcome when the loop ended.
+    unfinished: usize,
 }
 
 /// The caller-side switch: send `route_query` per the mode, count decisions and outcomes.
+#[allow(clippy::too_many_arguments)]
 async fn hq_loop(
     mut ws: Ws,
+    run: Arc<str>,
     pair: usize,
     window: usize,
     pace: Option<(f64, u64)>,
@@ -270,21 +306,21 @@ async fn hq_loop(
                     if pace.is_some() {
                         sent_at.insert(seq, now);
                     }
-                    if ws.feed(Message::text(route_query(pair, seq))).await.is_err() {
-                        return HqResult { latencies_us };
+                    if ws.feed(Message::text(route_query(&run, pair, seq))).await.is_err() {
+                        return HqResult { latencies_us, unfinished: in_flight };
                     }
                 }
                 in_flight += n;
                 stats.sent.fetch_add(n as u64, Ordering::Relaxed);
                 if ws.flush().await.is_err() {
-                    return HqResult { latencies_us };
+                    return HqResult { latencies_us, unfinished: in_flight };
                 }
             }
         } else {
             let since = *stopping_since.get_or_insert_with(Instant::now);
             if in_flight == 0 || since.elapsed() > Duration::from_secs(10) {
                 let _ = ws.close(None).await;
-                return HqResult { latencies_us };
+                return HqResult { latencies_us, unfinished: in_flight };
             }
         }
         // Read what came back.
@@ -312,6 +348,12 @@ async fn hq_loop(
                 }
                 "outcome" => {
                     stats.outcomes.fetch_add(1, Ordering::Relaxed);
+                    if p.outcome != Some("busy") {
+                        stats.outcomes_other.fetch_add(1, Ordering::Relaxed);
+                        let kind = p.outcome.unwrap_or("?").to_string();
+                        *stats.outcomes_other_kinds.lock().expect("not poisoned").entry(kind).or_default() += 1;
+                        report_error("hq", &p);
+                    }
                     in_flight = in_flight.saturating_sub(1);
                 }
                 "error" => {
@@ -335,7 +377,7 @@ async fn hq_loop(
             Some(_) => {
                 stats.disconnects.fetch_add(1, Ordering::Relaxed);
                 eprintln!("bench: hq{pair}: connection closed by the server");
-                return HqResult { latencies_us };
+                return HqResult { latencies_us, unfinished: in_flight };
             }
             None => {}
         }
@@ -353,19 +395,30 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 /// Run the load; returns `key=value` lines.
 pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
     // The messages this generator writes by hand must be valid protocol.
-    ClientMsg::decode(&route_query(1, 1)).map_err(|e| format!("route_query template: {e}"))?;
+    let run: Arc<str> = run_tag().into();
+    ClientMsg::decode(&route_query(&run, 1, 1)).map_err(|e| format!("route_query template: {e}"))?;
     ClientMsg::decode(&decline("q1-1")).map_err(|e| format!("query_answer template: {e}"))?;
+    if p.server_pids.is_empty() {
+        return Err("no server pid".into());
+    }
 
     let stats = Arc::new(Stats::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut hqs = Vec::new();
     for i in 1..=p.pairs {
-        let br = switch_auth(&p.url, &branch_id(i), &p.secret).await?;
+        let br_url = if p.br_urls.is_empty() { &p.hq_url } else { &p.br_urls[(i - 1) % p.br_urls.len()] };
+        let br = switch_auth(br_url, &branch_id(i), &p.secret).await?;
         tokio::spawn(branch_loop(br, stop.clone(), stats.clone()));
-        hqs.push(switch_auth(&p.url, &hq_id(i), &p.secret).await?);
+        hqs.push(switch_auth(&p.hq_url, &hq_id(i), &p.secret).await?);
     }
     // Let switch sign-in work (argon2 on blocking threads, switch state writes) settle.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let probe_started = Instant::now();
+    let mut probe_tries = 0;
+    for (i, ws) in hqs.iter_mut().enumerate() {
+        probe_tries += probe(ws, &run, i + 1).await?;
+    }
+    let probe_secs = probe_started.elapsed().as_secs_f64();
 
     let planned = match p.mode {
         Mode::Saturate { .. } => 0,
@@ -382,19 +435,23 @@ pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
                 Some((per_sec / n as f64, planned / n + u64::from((i as u64) < planned % n)))
             }
         };
-        tasks.push(tokio::spawn(hq_loop(ws, i + 1, p.window, pace, start, stop.clone(), stats.clone())));
+        tasks.push(tokio::spawn(hq_loop(ws, run.clone(), i + 1, p.window, pace, start, stop.clone(), stats.clone())));
     }
 
-    let pid = p.server_pid;
+    let pids = p.server_pids.clone();
+    let cpu_each = || -> Result<Vec<u64>, String> {
+        pids.iter().map(|&pid| procfs::cpu_us(pid, false).map_err(|e| format!("server pid {pid}: {e}"))).collect()
+    };
     let snap = || -> Result<Snap, String> {
         Ok(Snap {
             at: Instant::now(),
             decisions: stats.decisions.load(Ordering::Relaxed),
-            server_cpu: procfs::cpu_us(pid, false).map_err(|e| format!("server pid {pid}: {e}"))?,
+            server_cpu: cpu_each()?.iter().sum(),
             client_cpu: procfs::self_cpu_us(),
-            server_switches: procfs::context_switches(pid),
+            server_switches: pids.iter().map(|&pid| procfs::context_switches(pid)).sum(),
         })
     };
+    let cpu_each0 = cpu_each()?;
     let mut samples: Vec<Sample> = Vec::new();
     match p.mode {
         Mode::Saturate { warmup, measure, runs } => {
@@ -422,10 +479,13 @@ pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
             stop.store(true, Ordering::Relaxed);
         }
     }
+    let cpu_each1 = cpu_each()?;
     let mut lat = Vec::new();
+    let mut unfinished = 0;
     for t in tasks {
         if let Ok(r) = t.await {
             lat.extend(r.latencies_us);
+            unfinished += r.unfinished;
         }
     }
     lat.sort_unstable();
@@ -457,6 +517,26 @@ pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
         ("outcomes".into(), stats.outcomes.load(Ordering::Relaxed).to_string()),
         ("errors".into(), stats.errors.load(Ordering::Relaxed).to_string()),
         ("disconnects".into(), stats.disconnects.load(Ordering::Relaxed).to_string()),
+        ("outcomes_not_busy".into(), stats.outcomes_other.load(Ordering::Relaxed).to_string()),
+        (
+            "outcomes_not_busy_kinds".into(),
+            stats
+                .outcomes_other_kinds
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .map(|(k, n)| format!("{k}:{n}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        ("queries_without_outcome".into(), unfinished.to_string()),
+        ("servers".into(), p.server_pids.len().to_string()),
+        (
+            "server_cpu_us_each_whole_run".into(),
+            cpu_each0.iter().zip(&cpu_each1).map(|(a, b)| b.saturating_sub(*a).to_string()).collect::<Vec<_>>().join(" "),
+        ),
+        ("probe_queries".into(), probe_tries.to_string()),
+        ("probe_secs".into(), format!("{probe_secs:.2}")),
     ];
     if let Mode::Rate { per_sec, .. } = p.mode {
         kv.push(("rate_target".into(), format!("{per_sec:.0}")));
@@ -465,4 +545,39 @@ pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
         kv.push(("route_latency_max_us".into(), format!("{:.0}", percentile(&lat, 1.0))));
     }
     Ok(kv)
+}
+
+/// One query from `hq<pair>` until it ends `busy` (br declined: the caller's server reaches the
+/// callee's switch), retried every 100 ms for up to 20 s; returns the queries it took.
+async fn probe(ws: &mut Ws, run: &str, pair: usize) -> Result<u32, String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let q = route_query(&format!("{run}p"), pair, u64::from(n));
+        ws.send(Message::text(q)).await.map_err(|e| format!("hq{pair}: probe: {e}"))?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let m = match tokio::time::timeout(left, ws.next()).await {
+                Err(_) => return Err(format!("hq{pair}: no probe query ended busy within 20 s (last: {last})")),
+                Ok(Some(Ok(m))) => m,
+                Ok(_) => return Err(format!("hq{pair}: connection closed during the probe")),
+            };
+            let Message::Text(t) = m else { continue };
+            let Ok(p) = serde_json::from_str::<Peek>(t.as_str()) else { continue };
+            match (p.ty, p.outcome) {
+                ("outcome", Some("busy")) => return Ok(n),
+                ("outcome", o) | ("error", o) => {
+                    last = format!("{} {:?} {:?}", p.ty, o, p.message);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("hq{pair}: no probe query ended busy within 20 s (last: {last})"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -244,13 +244,14 @@ pub async fn run(
 
     let cluster_state = clustered.then(|| Arc::new(ClusterState::new(config.cluster.clone())));
     let (bus_tx, bus_rx) = mpsc::unbounded_channel::<BusCmd>();
-    let cluster_store = match clustered {
-        true => Some(
-            crate::cluster::store::ClusterStore::connect(&config.database_url, config.database.statement_timeout_ms)
-                .await
-                .map_err(|e| ServerError::Cluster(e.to_string()))?,
-        ),
-        false => None,
+    let connect_store = || async {
+        crate::cluster::store::ClusterStore::connect(&config.database_url, config.database.statement_timeout_ms)
+            .await
+            .map_err(|e| ServerError::Cluster(e.to_string()))
+    };
+    let (cluster_store, lease_store) = match clustered {
+        true => (Some(connect_store().await?), Some(connect_store().await?)),
+        false => (None, None),
     };
     let nats = match &cluster_state {
         Some(c) => Some(crate::cluster::runtime::connect_nats(&c.cfg).await.map_err(|e| ServerError::Cluster(e.to_string()))?),
@@ -360,12 +361,13 @@ pub async fn run(
         }));
 
     // Cluster mode: the membership, presence and forwarding run beside the server.
-    let cluster_task = match (cluster_state.clone(), nats, cluster_store) {
-        (Some(state), Some(client), Some(store)) => {
+    let cluster_task = match (cluster_state.clone(), nats, cluster_store, lease_store) {
+        (Some(state), Some(client), Some(store), Some(lease)) => {
             let rt = crate::cluster::runtime::Runtime {
                 state,
                 client,
                 store,
+                lease,
                 hub: hub.clone(),
                 bus: bus_tx.clone(),
                 http_addr: listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -1330,65 +1332,94 @@ fn drain(
     wake: Option<&mpsc::UnboundedSender<WakeCmd>>,
     bus: Option<&mpsc::UnboundedSender<BusCmd>>,
 ) {
-    while let Some(out) = engine.poll_output() {
-        match out {
-            Output::Send { conn, msg } => {
-                if let Some(tx) = outboxes.get(&conn)
-                    && tx.try_send(Out::Msg(Box::new(msg))).is_err()
-                {
-                    // A peer that does not read its messages is dropped rather than buffered forever.
-                    tracing::warn!(conn, "outbox full or closed: disconnecting slow peer");
-                    outboxes.remove(&conn);
-                }
+    // Taken in batches: an attempt that ends in the same batch (an instant reject) needs no row.
+    let mut outs = Vec::new();
+    loop {
+        outs.extend(std::iter::from_fn(|| engine.poll_output()));
+        if outs.is_empty() {
+            return;
+        }
+        let ended: std::collections::HashSet<CallId> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Record(r) => Some(r.call_id.clone()),
+                _ => None,
+            })
+            .collect();
+        for out in outs.drain(..) {
+            drain_one(engine, outboxes, store, wake, bus, &ended, out);
+        }
+    }
+}
+
+fn drain_one(
+    engine: &mut Engine,
+    outboxes: &mut HashMap<ConnId, mpsc::Sender<Out>>,
+    store: &mpsc::UnboundedSender<StoreCmd>,
+    wake: Option<&mpsc::UnboundedSender<WakeCmd>>,
+    bus: Option<&mpsc::UnboundedSender<BusCmd>>,
+    ended: &std::collections::HashSet<CallId>,
+    out: Output,
+) {
+    match out {
+        Output::Send { conn, msg } => {
+            if let Some(tx) = outboxes.get(&conn)
+                && tx.try_send(Out::Msg(Box::new(msg))).is_err()
+            {
+                // A peer that does not read its messages is dropped rather than buffered forever.
+                tracing::warn!(conn, "outbox full or closed: disconnecting slow peer");
+                outboxes.remove(&conn);
             }
-            Output::Close { conn } => {
-                if let Some(tx) = outboxes.remove(&conn) {
-                    let _ = tx.try_send(Out::Close);
-                }
+        }
+        Output::Close { conn } => {
+            if let Some(tx) = outboxes.remove(&conn) {
+                let _ = tx.try_send(Out::Close);
             }
-            Output::Trace { call_id, step, detail } => {
-                metrics::counter!("trunkline_steps_total", "step" => step.as_str()).increment(1);
-                tracing::info!(target: "trunkline::trace", %call_id, step = step.as_str(), "{detail}");
+        }
+        Output::Trace { call_id, step, detail } => {
+            metrics::counter!("trunkline_steps_total", "step" => step.as_str()).increment(1);
+            tracing::info!(target: "trunkline::trace", %call_id, step = step.as_str(), "{detail}");
+        }
+        Output::Ended { call_id, outcome, why } => {
+            metrics::counter!("trunkline_calls_total", "outcome" => outcome.as_str()).increment(1);
+            tracing::info!(target: "trunkline::trace", %call_id, outcome = outcome.as_str(), "call ended: {why}");
+        }
+        Output::Record(r) => {
+            if let Some(bus) = bus {
+                let _ = bus.send(BusCmd::Unsubscribe(r.call_id.clone()));
             }
-            Output::Ended { call_id, outcome, why } => {
-                metrics::counter!("trunkline_calls_total", "outcome" => outcome.as_str()).increment(1);
-                tracing::info!(target: "trunkline::trace", %call_id, outcome = outcome.as_str(), "call ended: {why}");
+            let _ = store.send(StoreCmd::Record(r));
+        }
+        Output::SendRemote { node, to, msg } => {
+            if let Some(bus) = bus {
+                let _ = bus.send(BusCmd::Publish { node, to, msg });
             }
-            Output::Record(r) => {
-                if let Some(bus) = bus {
-                    let _ = bus.send(BusCmd::Unsubscribe(r.call_id.clone()));
-                }
-                let _ = store.send(StoreCmd::Record(r));
+        }
+        Output::Forward { conn, from, msg } => match bus {
+            Some(bus) => {
+                let _ = bus.send(BusCmd::Forward { conn, from, msg });
             }
-            Output::SendRemote { node, to, msg } => {
-                if let Some(bus) = bus {
-                    let _ = bus.send(BusCmd::Publish { node, to, msg });
-                }
+            None => engine.handle_unowned(Instant::now(), conn, msg),
+        },
+        Output::Attempt(row) => {
+            if let Some(bus) = bus
+                && !ended.contains(&row.call_id)
+            {
+                let _ = bus.send(BusCmd::Open(row.clone()));
             }
-            Output::Forward { conn, from, msg } => match bus {
-                Some(bus) => {
-                    let _ = bus.send(BusCmd::Forward { conn, from, msg });
-                }
-                None => engine.handle_unowned(Instant::now(), conn, msg),
-            },
-            Output::Attempt(row) => {
-                if let Some(bus) = bus {
-                    let _ = bus.send(BusCmd::Subscribe(row.call_id.clone()));
-                }
-                let _ = store.send(StoreCmd::Attempt { row, released: false });
+            let _ = store.send(StoreCmd::Attempt { row, released: false });
+        }
+        Output::Released(row) => {
+            if let Some(bus) = bus {
+                let _ = bus.send(BusCmd::Unsubscribe(row.call_id.clone()));
             }
-            Output::Released(row) => {
-                if let Some(bus) = bus {
-                    let _ = bus.send(BusCmd::Unsubscribe(row.call_id.clone()));
-                }
-                let _ = store.send(StoreCmd::Attempt { row, released: true });
-            }
-            Output::WakeUp { call_id, number, from, from_name } => {
-                let payload = push::incoming_payload(&call_id, &from, &from_name);
-                let sent = wake.is_some_and(|tx| tx.send(WakeCmd { call_id: call_id.clone(), number, payload }).is_ok());
-                if !sent {
-                    engine.wake_failed(Instant::now(), &call_id, "Web Push is not available");
-                }
+            let _ = store.send(StoreCmd::Attempt { row, released: true });
+        }
+        Output::WakeUp { call_id, number, from, from_name } => {
+            let payload = push::incoming_payload(&call_id, &from, &from_name);
+            let sent = wake.is_some_and(|tx| tx.send(WakeCmd { call_id: call_id.clone(), number, payload }).is_ok());
+            if !sent {
+                engine.wake_failed(Instant::now(), &call_id, "Web Push is not available");
             }
         }
     }
@@ -1404,8 +1435,10 @@ async fn store_loop(
 ) {
     let mut batch = Vec::with_capacity(512);
     let mut records = Vec::with_capacity(512);
-    // Cluster mode: attempt rows of this batch (the last state of each wins).
+    // Cluster mode: attempt rows of this batch (the last state of each wins), and finished
+    // attempts whose rows could not be deleted yet.
     let mut attempts: Vec<(AttemptRow, bool)> = Vec::new();
+    let mut undeleted: Vec<String> = Vec::new();
     loop {
         // While the disk is full, records wait here and a write is retried every second (a
         // probe when none waits), so service resumes by itself when space returns.
@@ -1447,13 +1480,20 @@ async fn store_loop(
         let ended: Vec<String> = if cluster.is_some() { records.iter().map(|r| r.call_id.clone()).collect() } else { vec![] };
         flush(&*dir, &mut records).await;
         if let Some((cs, _)) = &cluster
-            && !ended.is_empty()
+            && (!ended.is_empty() || !undeleted.is_empty())
         {
             // Records stored (or waiting in memory): the attempts are over. A crash in between
             // leaves a row another replica adopts and ends again; first writer wins the record.
-            let stored: Vec<String> = ended.into_iter().filter(|id| !records.iter().any(|r| &r.call_id == id)).collect();
+            let waiting: std::collections::HashSet<&str> = records.iter().map(|r| r.call_id.as_str()).collect();
+            let mut stored: Vec<String> = ended.into_iter().filter(|id| !waiting.contains(id.as_str())).collect();
+            stored.append(&mut undeleted);
             if let Err(e) = cs.delete_attempts(&stored).await {
-                tracing::warn!(error = %e, "could not delete finished attempt rows (another replica will end them again)");
+                // Tried again with the next batch (a row left behind would hold a finished call
+                // open until this replica stops).
+                metrics::counter!("trunkline_records_retry_total").increment(1);
+                tracing::warn!(error = %e, count = stored.len(), "could not delete finished attempt rows; will retry");
+                stored.truncate(MAX_RECORDS_WAITING);
+                undeleted = stored;
             }
         }
     }

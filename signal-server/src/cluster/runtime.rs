@@ -49,7 +49,10 @@ pub enum BusCmd {
         to: Party,
         msg: ServerMsg,
     },
-    Subscribe(CallId),
+    /// An attempt this replica owns, in its current state. The first time: subscribe to its
+    /// subject and write its row **before** anything that follows on the bus (so no party on
+    /// another replica hears of an attempt that a crash could leave without a row).
+    Open(AttemptRow),
     Unsubscribe(CallId),
     Forward {
         conn: ConnId,
@@ -162,7 +165,11 @@ pub async fn connect_nats(cfg: &ClusterConfig) -> Result<async_nats::Client, Clu
 pub struct Runtime {
     pub state: Arc<ClusterState>,
     pub client: async_nats::Client,
+    /// Attempts and presence.
     pub store: ClusterStore,
+    /// Leases, the live set and adoption, on their own connections: a busy store must not
+    /// delay a renewal into a fence.
+    pub lease: ClusterStore,
     pub hub: Arc<dyn HubOps>,
     pub bus: mpsc::UnboundedSender<BusCmd>,
     pub http_addr: String,
@@ -227,7 +234,7 @@ impl Runtime {
         // Stopping: hand the lease back so the others adopt what was released at once.
         let inc = self.state.incarnation();
         if !inc.is_empty() {
-            let _ = self.store.leave(self.state.node(), &inc).await;
+            let _ = self.lease.leave(self.state.node(), &inc).await;
         }
         bus_task.abort();
     }
@@ -237,7 +244,7 @@ impl Runtime {
         if !nats_round_trip(&self.client, &self.state, Duration::from_secs(1)).await {
             return Err(nats_err("no answer within 1 s".into()));
         }
-        self.store.join(self.state.node(), inc, previous, self.state.cfg.lease_ttl(), &self.http_addr).await?;
+        self.lease.join(self.state.node(), inc, previous, self.state.cfg.lease_ttl(), &self.http_addr).await?;
         Ok(())
     }
 
@@ -267,7 +274,7 @@ impl Runtime {
                 if !nats_round_trip(&self.client, &self.state, budget).await {
                     return "nats_unhealthy";
                 }
-                match tokio::time::timeout(budget, self.store.renew(self.state.node(), inc, cfg.lease_ttl())).await {
+                match tokio::time::timeout(budget, self.lease.renew(self.state.node(), inc, cfg.lease_ttl())).await {
                     Ok(Ok(true)) => "ok",
                     Ok(Ok(false)) => "lost",
                     _ => "pg_error",
@@ -282,7 +289,7 @@ impl Runtime {
             } else {
                 continue;
             }
-            match self.store.live_nodes().await {
+            match self.lease.live_nodes().await {
                 Ok(live) => {
                     metrics::gauge!("trunkline_cluster_nodes_live").set(live.len() as f64);
                     self.hub.presence_live(live);
@@ -291,7 +298,7 @@ impl Runtime {
             }
             if last_sweep.elapsed() >= cfg.sweep_interval() {
                 last_sweep = Instant::now();
-                match self.store.adopt_orphans(self.state.node(), inc, 200).await {
+                match self.lease.adopt_orphans(self.state.node(), inc, 200).await {
                     Ok(rows) => {
                         for row in rows {
                             metrics::counter!("trunkline_cluster_orphans_total", "action" => "adopted").increment(1);
@@ -330,68 +337,94 @@ async fn bus_loop(
     // task would keep the hub, and so the server's stores, alive after shutdown).
     let mut subs: HashMap<CallId, AbortOnDrop> = HashMap::new();
     let mut forwarders: HashMap<(ConnId, CallId), mpsc::UnboundedSender<(Party, ClientMsg)>> = HashMap::new();
-    while let Some(cmd) = rx.recv().await {
-        match cmd {
-            BusCmd::Publish { node, to, msg } => {
-                let body = format!("{}\n{}", party_str(&to), msg.encode());
-                if client.publish(state.names.deliver(&node), body.into()).await.is_err() {
-                    metrics::counter!("trunkline_cluster_deliver_total", "result" => "undeliverable").increment(1);
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        // New attempts first, one write for the batch: doing that earlier than commands queued
+        // before them never breaks an order (nothing about these calls has left yet).
+        let mut new: Vec<AttemptRow> = Vec::new();
+        for c in &batch {
+            if let BusCmd::Open(row) = c
+                && !subs.contains_key(&row.call_id)
+            {
+                // The latest state of each call, once.
+                match new.iter_mut().find(|r| r.call_id == row.call_id) {
+                    Some(r) => *r = row.clone(),
+                    None => new.push(row.clone()),
                 }
             }
-            BusCmd::Subscribe(call_id) => subscribe_call(&client, &state, &hub, &mut subs, call_id).await,
-            BusCmd::Adopt(row) => {
+        }
+        if !new.is_empty() {
+            for row in &new {
                 subscribe_call(&client, &state, &hub, &mut subs, row.call_id.clone()).await;
-                hub.adopt(row);
             }
-            BusCmd::Unsubscribe(call_id) => {
-                // Dropping the subscriber (with its task) unsubscribes.
-                subs.remove(&call_id);
-                metrics::gauge!("trunkline_cluster_calls_owned").set(subs.len() as f64);
+            let (node, inc) = (state.node().to_string(), state.incarnation());
+            if let Err(e) = store.open_attempts(&node, &inc, &new).await {
+                tracing::warn!(error = %e, count = new.len(), "could not write new attempt rows ahead");
             }
-            BusCmd::Forward { conn, from, msg } => {
-                // One queue per connection and call: a party's messages about one call reach
-                // the owner in the order it sent them (a switch's `connected` before its
-                // `ended`), while other calls do not wait behind them.
-                let key = (conn, msg.call_id().unwrap_or_default().to_string());
-                let mut item = Some((from, msg));
-                if let Some(tx) = forwarders.get(&key)
-                    && let Err(mpsc::error::SendError(back)) = tx.send(item.take().expect("set above"))
-                {
-                    item = Some(back);
-                }
-                if let Some(item) = item {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    let _ = tx.send(item);
-                    forwarders.insert(key, tx);
-                    let ctx = (client.clone(), state.clone(), store.clone(), hub.clone());
-                    tokio::spawn(forward_queue(ctx, conn, rx));
-                }
-                if forwarders.len() > 1024 {
-                    forwarders.retain(|_, tx| !tx.is_closed());
-                }
-            }
-            BusCmd::PresencePut { party, calls } => {
-                let (node, inc) = (state.node().to_string(), state.incarnation());
-                match store.presence_put(&party_str(&party), &node, &inc, calls.as_deref()).await {
-                    Ok(row) => {
-                        hub.presence_local_rev(&party, row.rev);
-                        announce(&client, &state, &row).await;
+        }
+        for cmd in batch.drain(..) {
+            match cmd {
+                BusCmd::Publish { node, to, msg } => {
+                    let body = format!("{}\n{}", party_str(&to), msg.encode());
+                    if client.publish(state.names.deliver(&node), body.into()).await.is_err() {
+                        metrics::counter!("trunkline_cluster_deliver_total", "result" => "undeliverable").increment(1);
                     }
-                    Err(e) => tracing::warn!(error = %e, party = %party_str(&party), "presence not stored"),
                 }
-            }
-            BusCmd::PresenceDelete(party) => {
-                let (node, inc) = (state.node().to_string(), state.incarnation());
-                // Only our own row: a newer sign-in elsewhere names another replica.
-                match store.presence_delete(&party_str(&party), &node, &inc).await {
-                    Ok(Some(row)) => announce(&client, &state, &row).await,
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, party = %party_str(&party), "presence not cleared"),
+                BusCmd::Open(_) => {}
+                BusCmd::Adopt(row) => {
+                    subscribe_call(&client, &state, &hub, &mut subs, row.call_id.clone()).await;
+                    hub.adopt(row);
                 }
-            }
-            BusCmd::Reset(done) => {
-                subs.clear();
-                let _ = done.send(());
+                BusCmd::Unsubscribe(call_id) => {
+                    // Dropping the subscriber (with its task) unsubscribes.
+                    subs.remove(&call_id);
+                    metrics::gauge!("trunkline_cluster_calls_owned").set(subs.len() as f64);
+                }
+                BusCmd::Forward { conn, from, msg } => {
+                    // One queue per connection and call: a party's messages about one call reach
+                    // the owner in the order it sent them (a switch's `connected` before its
+                    // `ended`), while other calls do not wait behind them.
+                    let key = (conn, msg.call_id().unwrap_or_default().to_string());
+                    let mut item = Some((from, msg));
+                    if let Some(tx) = forwarders.get(&key)
+                        && let Err(mpsc::error::SendError(back)) = tx.send(item.take().expect("set above"))
+                    {
+                        item = Some(back);
+                    }
+                    if let Some(item) = item {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        let _ = tx.send(item);
+                        forwarders.insert(key, tx);
+                        let ctx = (client.clone(), state.clone(), store.clone(), hub.clone());
+                        tokio::spawn(forward_queue(ctx, conn, rx));
+                    }
+                    if forwarders.len() > 1024 {
+                        forwarders.retain(|_, tx| !tx.is_closed());
+                    }
+                }
+                BusCmd::PresencePut { party, calls } => {
+                    let (node, inc) = (state.node().to_string(), state.incarnation());
+                    match store.presence_put(&party_str(&party), &node, &inc, calls.as_deref()).await {
+                        Ok(row) => {
+                            hub.presence_local_rev(&party, row.rev);
+                            announce(&client, &state, &row).await;
+                        }
+                        Err(e) => tracing::warn!(error = %e, party = %party_str(&party), "presence not stored"),
+                    }
+                }
+                BusCmd::PresenceDelete(party) => {
+                    let (node, inc) = (state.node().to_string(), state.incarnation());
+                    // Only our own row: a newer sign-in elsewhere names another replica.
+                    match store.presence_delete(&party_str(&party), &node, &inc).await {
+                        Ok(Some(row)) => announce(&client, &state, &row).await,
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, party = %party_str(&party), "presence not cleared"),
+                    }
+                }
+                BusCmd::Reset(done) => {
+                    subs.clear();
+                    let _ = done.send(());
+                }
             }
         }
     }
