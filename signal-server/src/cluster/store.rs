@@ -176,17 +176,7 @@ impl ClusterStore {
         .bind(node)
         .bind(incarnation)
         .bind(if released { "released" } else { "open" })
-        .bind(a.call_id)
-        .bind(a.call_state)
-        .bind(a.caller)
-        .bind(a.callee)
-        .bind(a.caller_party)
-        .bind(a.carrier)
-        .bind(a.callee_device)
-        .bind(a.started_ms)
-        .bind(a.connected_ms)
-        .bind(a.deadline_ms)
-        .bind(a.trace)
+        .bind_columns(a)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -212,17 +202,7 @@ impl ClusterStore {
         )
         .bind(node)
         .bind(incarnation)
-        .bind(a.call_id)
-        .bind(a.call_state)
-        .bind(a.caller)
-        .bind(a.callee)
-        .bind(a.caller_party)
-        .bind(a.carrier)
-        .bind(a.callee_device)
-        .bind(a.started_ms)
-        .bind(a.connected_ms)
-        .bind(a.deadline_ms)
-        .bind(a.trace)
+        .bind_columns(a)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -402,6 +382,27 @@ struct Columns {
     connected_ms: Vec<Option<i64>>,
     deadline_ms: Vec<i64>,
     trace: Vec<String>,
+}
+
+/// Binds the columns in their `UNNEST` order.
+trait BindColumns {
+    fn bind_columns(self, a: Columns) -> Self;
+}
+
+impl<'q> BindColumns for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind_columns(self, a: Columns) -> Self {
+        self.bind(a.call_id)
+            .bind(a.call_state)
+            .bind(a.caller)
+            .bind(a.callee)
+            .bind(a.caller_party)
+            .bind(a.carrier)
+            .bind(a.callee_device)
+            .bind(a.started_ms)
+            .bind(a.connected_ms)
+            .bind(a.deadline_ms)
+            .bind(a.trace)
+    }
 }
 
 impl Columns {
