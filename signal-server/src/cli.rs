@@ -295,16 +295,20 @@ async fn run(config: Config) -> Result<(), CliError> {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Never below debug for these, whatever RUST_LOG says: at trace they print every
-    // WebSocket frame and message, i.e. passwords, switch secrets and session tokens.
-    for quiet in ["tungstenite=debug", "tokio_tungstenite=debug"] {
-        filter = filter.add_directive(quiet.parse().expect("a valid directive"));
-    }
+    use tracing_subscriber::prelude::*;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Never trace for these, whatever RUST_LOG says: at trace they print every WebSocket frame
+    // and message, i.e. passwords, switch secrets and session tokens. (A filter of its own, so
+    // it only ever removes: a `tungstenite=debug` directive would raise them under RUST_LOG=warn.)
+    let no_frames = tracing_subscriber::filter::filter_fn(|m| {
+        *m.level() != tracing::Level::TRACE
+            || !(m.target().starts_with("tungstenite") || m.target().starts_with("tokio_tungstenite"))
+    });
     // Logs go to stderr; stdout carries the one "listening" line.
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let _ = tracing_subscriber::registry().with(fmt.with_filter(filter).with_filter(no_frames)).try_init();
 }
 
 /// A future resolving on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed now, so a
