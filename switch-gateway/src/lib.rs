@@ -140,13 +140,13 @@ impl MediaPorts for DriverMedia {
         self.next += 1;
         let port = sock.rtp_port();
         let ip = self.adv_ip;
-        let ipv = if ip.is_ipv4() { "IP4" } else { "IP6" };
-        let name = if pt == 0 { "PCMU" } else { "PCMA" };
-        let answer = format!(
-            "v=0\r\no=trunkline-echo {id} 1 IN {ipv} {ip}\r\ns=Echo test\r\nc=IN {ipv} {ip}\r\nt=0 0\r\n\
-             m=audio {port} RTP/AVP {pt}\r\na=rtpmap:{pt} {name}/8000\r\na=ptime:20\r\na=sendrecv\r\n",
-            id = self.next
-        );
+        let law = trunkline_media::g711::Law::from_payload_type(pt)?;
+        let answer = trunkline_media::sdp::AudioSdp::new(ip, port)
+            .origin("trunkline-echo", self.next)
+            .session_name("Echo test")
+            .law(law)
+            .build()
+            .ok()?;
         let task = tokio::spawn(echo::run(sock, remote, pt));
         self.echoes.lock().unwrap().insert(self.next, task.abort_handle());
         Some(EchoSetup { id: self.next, local: SocketAddr::new(ip, port), answer })
