@@ -1332,7 +1332,16 @@ fn drain(
     wake: Option<&mpsc::UnboundedSender<WakeCmd>>,
     bus: Option<&mpsc::UnboundedSender<BusCmd>>,
 ) {
-    // Taken in batches: an attempt that ends in the same batch (an instant reject) needs no row.
+    if bus.is_none() {
+        // One server: straight through, nothing collected (this runs for every message).
+        let none = std::collections::HashSet::new();
+        while let Some(out) = engine.poll_output() {
+            drain_one(engine, outboxes, store, wake, None, &none, out);
+        }
+        return;
+    }
+    // Cluster mode, in batches: an attempt that ends in the same batch (an instant reject)
+    // needs no row.
     let mut outs = Vec::new();
     loop {
         outs.extend(std::iter::from_fn(|| engine.poll_output()));
