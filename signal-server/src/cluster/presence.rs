@@ -87,6 +87,12 @@ impl PresenceView {
     pub fn local_pending(&mut self, party: &Party) {
         self.local.insert(party.clone(), None);
         self.held.remove(party);
+        // The sign-in here supersedes any row of an earlier sign-in elsewhere (the engine has
+        // the party as local now). A stale entry left here would come back to life as
+        // "online elsewhere" when its replica's lease shows up in the live set, and replace the
+        // local connection.
+        self.entries.remove(party);
+        self.told.remove(party);
     }
 
     /// The row of `party`'s sign-in here was written at `rev`: rows held meanwhile that are
@@ -229,6 +235,30 @@ mod tests {
         w.local_pending(&bob());
         assert!(w.row(bob(), 9, Some(entry("r1", "a"))).is_empty());
         assert_eq!(w.local_rev(&bob(), 5), vec![Change::Online { party: bob(), node: "r1".into(), calls: None }]);
+    }
+
+    #[test]
+    fn a_stale_entry_of_a_replica_not_yet_live_does_not_replace_a_local_sign_in_when_that_replica_shows_up() {
+        // Seen on r2: r1's lease was not in r2's first live set, so hq's row from r1 was kept
+        // without telling the engine; hq then moved to r2; r1's lease appeared a moment later.
+        let hq = Party::Switch("hq".into());
+        let mut v = PresenceView::new("r2");
+        v.set_live(live(&[("r2", "b"), ("r3", "c")]));
+        assert!(v.row(hq.clone(), 1, Some(entry("r1", "a"))).is_empty(), "r1 is not live yet");
+        v.local_pending(&hq);
+        assert!(v.local_rev(&hq, 3).is_empty());
+        assert!(v.row(hq.clone(), 3, Some(entry("r2", "b"))).is_empty());
+        assert!(v.set_live(live(&[("r1", "a"), ("r2", "b"), ("r3", "c")])).is_empty(), "hq is here, not on r1");
+        assert!(v.set_live(live(&[("r2", "b"), ("r3", "c")])).is_empty());
+        // Told online elsewhere before the local sign-in: no Offline later either (the engine
+        // already has it here).
+        let mut w = PresenceView::new("r2");
+        w.set_live(live(&[("r1", "a"), ("r2", "b")]));
+        assert_eq!(w.row(hq.clone(), 1, Some(entry("r1", "a"))).len(), 1);
+        w.local_pending(&hq);
+        assert!(w.local_rev(&hq, 2).is_empty());
+        assert!(w.set_live(live(&[("r2", "b")])).is_empty());
+        assert_eq!(w.remote_count(), 0);
     }
 
     #[test]

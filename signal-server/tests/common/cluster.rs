@@ -659,9 +659,10 @@ impl Peer {
         self.send(r#"{"type":"ping"}"#).await;
         let mut before = vec![];
         loop {
-            match self.recv(PROMPT).await {
-                ServerMsg::Pong => return before,
-                m => before.push(m),
+            match self.next(PROMPT).await {
+                Next::Msg(ServerMsg::Pong) => return before,
+                Next::Msg(m) => before.push(m),
+                other => panic!("{}: waiting for the pong: {other:?}; before it: {before:?}", self.name),
             }
         }
     }
