@@ -5,7 +5,8 @@
 //! - [`registrar`], [`phones`]: bindings and the local copy of this switch's phones.
 //! - [`cloud_link`]: the persistent WebSocket to the signal server.
 //! - [`bridge`]: the WebRTC legs of C14 over WebRTC and their bridges to desk phones (C15).
-//! - this module: the thin tokio driver (SIP over UDP/TCP/TLS, sessions, RTP relays, timers).
+//! - this module: the thin tokio driver (the core's task, RTP relays, timers); `driver/`: SIP over
+//!   UDP/TCP/TLS, the metrics endpoint, the session ⇄ cloud glue.
 //!
 //! The gateway listens only for its desk phones (SIP) and on the UDP ports of its calls.
 //! Callers elsewhere never connect to it: they reach it over WebRTC, with the offer/answer and
@@ -16,20 +17,21 @@ pub mod bridge;
 pub mod cli;
 pub mod cloud_link;
 pub mod config;
+mod driver;
 pub mod echo;
 pub mod guard;
 pub mod healthcheck;
 pub mod phones;
 pub mod queue;
 pub mod registrar;
+pub mod steps;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use trunkline_media::ports::{LegSockets, PortAllocator};
 use trunkline_media::relay::{Leg, Relay, RelayHandle};
@@ -38,6 +40,10 @@ use trunkline_protocol::{ClientMsg, DirectClientMsg, DirectServerMsg, ServerMsg}
 use crate::b2bua::{Core, CoreConfig, EchoSetup, MediaLeg, MediaPair, MediaPorts, Output};
 use crate::cloud_link::{LinkConfig, LinkEvent};
 pub use crate::config::Config;
+use crate::driver::metrics_http::{metrics_handle, serve_metrics};
+use crate::driver::sessions::{resolve_stun, session_events};
+use crate::driver::sip_net::{Blocklist, TcpWriters, send_tcp, tcp_accept_loop, tls_accept_loop, tls_acceptor, udp_loop};
+use crate::driver::stopped;
 use crate::phones::Phones;
 use crate::registrar::Transport;
 
@@ -104,8 +110,6 @@ enum CoreIn {
     Carried(tokio::sync::oneshot::Sender<Vec<String>>),
 }
 
-type TcpWriters = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
-
 /// Relay ports: pairs are bound at allocation (so the SDP can name them) and started later.
 struct DriverMedia {
     alloc: Arc<PortAllocator>,
@@ -158,6 +162,17 @@ pub async fn run(
     config: Config,
     sockets: Sockets,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    run_with_steps(config, sockets, shutdown, steps::Steps::default()).await
+}
+
+/// [`run`], keeping the patent steps of each call in `steps` (read them with
+/// [`steps::Steps::of`]).
+pub async fn run_with_steps(
+    config: Config,
+    sockets: Sockets,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    steps: steps::Steps,
 ) -> Result<(), GatewayError> {
     // One process-wide crypto provider for rustls (wss:// to the cloud, SIP over TLS).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -318,6 +333,7 @@ pub async fn run(
         phone_store,
         core_tx.clone(),
         blocklist,
+        steps,
         stop_rx.clone(),
     ));
 
@@ -357,6 +373,7 @@ async fn core_loop(
     phone_store: mpsc::UnboundedSender<phones::PhoneList>,
     core_tx: mpsc::Sender<CoreIn>,
     blocklist: Blocklist,
+    steps: steps::Steps,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut relays: HashMap<u64, RelayHandle> = HashMap::new();
@@ -399,6 +416,7 @@ async fn core_loop(
         while let Some(out) = core.poll_output() {
             match out {
                 Output::Block { ip, until } => blocklist.block(ip, until),
+                Output::Step { call_id, step, detail } => steps.record(&call_id, step, &detail),
                 Output::SavePhones(list) => {
                     let _ = phone_store.send(list);
                 }
@@ -546,405 +564,4 @@ fn spawn_phone_store(state_dir: std::path::PathBuf) -> mpsc::UnboundedSender<pho
 
 fn unix_ms_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-/// Session `id`'s events: its candidates go to the cloud (trickle), its DataChannel text to the
-/// core ([`Core::on_direct`]), its end as the session going away.
-///
-/// `remote` (F2 caller side): what the callee switch says comes back as
-/// [`b2bua::RemoteEvent`]s instead.
-async fn session_events(
-    id: u64,
-    remote: bool,
-    call_id: String,
-    mut events: mpsc::UnboundedReceiver<bridge::SessionEvent>,
-    bridge: mpsc::UnboundedSender<bridge::BridgeCmd>,
-    core: mpsc::Sender<CoreIn>,
-    link: mpsc::Sender<ClientMsg>,
-) {
-    use trunkline_protocol::SignalPayload;
-    while let Some(ev) = events.recv().await {
-        match ev {
-            bridge::SessionEvent::Candidate(candidate) => {
-                let payload = SignalPayload::Ice { candidate, sdp_mid: None, sdp_m_line_index: Some(0) };
-                let _ = link.try_send(ClientMsg::DirectSignal { call_id: call_id.clone(), payload });
-            }
-            bridge::SessionEvent::Dc(text) if remote => {
-                let ev = match DirectServerMsg::decode(&text) {
-                    Ok(DirectServerMsg::Accepted { .. }) => b2bua::RemoteEvent::Accepted,
-                    Ok(DirectServerMsg::Progress { event }) => b2bua::RemoteEvent::Progress(event),
-                    Ok(DirectServerMsg::Ended { outcome }) => b2bua::RemoteEvent::Ended(outcome),
-                    Ok(DirectServerMsg::Error { code, message }) => b2bua::RemoteEvent::Refused { code, message },
-                    Ok(DirectServerMsg::Answer { .. }) => continue,
-                    Err(e) => {
-                        tracing::debug!(%call_id, error = %e, "bad DataChannel message from the callee switch");
-                        continue;
-                    }
-                };
-                if core.send(CoreIn::Remote { id, ev }).await.is_err() {
-                    return;
-                }
-            }
-            bridge::SessionEvent::Dc(text) => match DirectClientMsg::decode(&text) {
-                Ok(msg) => {
-                    if core.send(CoreIn::Channel { id, msg }).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let reply = DirectServerMsg::Error { code: e.code, message: e.message };
-                    let _ = bridge.send(bridge::BridgeCmd::Dc(reply.encode()));
-                }
-            },
-            bridge::SessionEvent::Gone(why) => {
-                tracing::info!(%call_id, %why, "session ended");
-                let msg = if remote {
-                    CoreIn::Remote { id, ev: b2bua::RemoteEvent::Closed(why.to_string()) }
-                } else {
-                    CoreIn::SessionGone { id }
-                };
-                let _ = core.send(msg).await;
-                return;
-            }
-        }
-    }
-}
-
-/// Resolve the `stun:` URLs of `ice_servers` into the addresses sessions probe, and the
-/// `turn:`/`turns:` URLs (with their entry's credentials) into the servers sessions allocate
-/// relayed addresses on. The credentials are never logged.
-async fn resolve_stun(ice_servers: Vec<trunkline_protocol::IceServer>, into: bridge::StunServers) {
-    let (stun_urls, turn_urls) = bridge::ice_plan(&ice_servers);
-    let mut addrs = vec![];
-    for (host, port) in stun_urls {
-        match tokio::net::lookup_host((host.as_str(), port)).await {
-            Ok(found) => addrs.extend(found.filter(|a| a.is_ipv4()).take(1)),
-            Err(e) => tracing::warn!(%host, port, error = %e, "cannot resolve STUN server"),
-        }
-    }
-    addrs.dedup();
-    let mut turn = vec![];
-    for (url, username, credential) in turn_urls {
-        match tokio::net::lookup_host((url.host.as_str(), url.port)).await {
-            Ok(mut found) => {
-                if let Some(addr) = found.find(|a| a.is_ipv4()) {
-                    turn.push(trunkline_media::turn::TurnServer::new(url.transport, addr, &url.host, &username, &credential));
-                }
-            }
-            Err(e) => tracing::warn!(host = %url.host, port = url.port, error = %e, "cannot resolve TURN server"),
-        }
-    }
-    tracing::info!(servers = ?addrs, "STUN servers for server-reflexive candidates");
-    tracing::info!(
-        servers = ?turn.iter().map(|t| format!("{}:{}", t.transport.as_str(), t.addr)).collect::<Vec<_>>(),
-        "TURN servers for relayed candidates"
-    );
-    let mut ice = into.lock().unwrap();
-    ice.stun = addrs;
-    ice.turn = turn;
-}
-
-fn parse_and_forward(data: &[u8], src: SocketAddr, transport: Transport) -> Result<trunkline_sip::Message, Option<Vec<u8>>> {
-    match trunkline_sip::parse(data) {
-        Ok(m) => Ok(m),
-        Err(e) => {
-            tracing::debug!(%src, status = e.status, reason = %e.reason, ?transport, "malformed SIP");
-            Err(trunkline_sip::error_response(data, &e))
-        }
-    }
-}
-
-async fn udp_loop(udp: Arc<UdpSocket>, core: mpsc::Sender<CoreIn>, blocklist: Blocklist, mut stop: watch::Receiver<bool>) {
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        let (n, src) = tokio::select! {
-            r = udp.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                // ICMP port unreachable and the like surface here on some systems; keep going.
-                Err(_) => continue,
-            },
-            _ = stopped(&mut stop) => return,
-        };
-        // A blocked source is ignored before any parsing work.
-        if blocklist.is_blocked(src.ip()) {
-            metrics::counter!("trunkline_sip_dropped_total", "reason" => "blocked").increment(1);
-            continue;
-        }
-        let data = &buf[..n];
-        if data.iter().all(|b| b.is_ascii_whitespace()) {
-            continue; // keep-alive
-        }
-        match parse_and_forward(data, src, Transport::Udp) {
-            Ok(msg) => {
-                if core.send(CoreIn::Sip { src, transport: Transport::Udp, msg }).await.is_err() {
-                    return;
-                }
-            }
-            Err(Some(reply)) => {
-                let _ = udp.send_to(&reply, src).await;
-            }
-            Err(None) => {}
-        }
-    }
-}
-
-async fn tcp_accept_loop(
-    listener: TcpListener,
-    core: mpsc::Sender<CoreIn>,
-    writers: TcpWriters,
-    blocklist: Blocklist,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-            _ = stopped(&mut stop) => return,
-        };
-        if blocklist.is_blocked(peer.ip()) {
-            metrics::counter!("trunkline_sip_dropped_total", "reason" => "blocked").increment(1);
-            continue; // closed at once
-        }
-        tokio::spawn(tcp_conn(stream, peer, Transport::Tcp, core.clone(), writers.clone(), blocklist.clone(), stop.clone()));
-    }
-}
-
-fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, GatewayError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |what: &str, e: &dyn std::fmt::Display| GatewayError::Media(format!("SIP TLS {what}: {e}"));
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| bad(&cert.display().to_string(), &e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad(&cert.display().to_string(), &e))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(&key.display().to_string(), &e))?;
-    let cfg =
-        rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).map_err(|e| bad("certificate", &e))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
-}
-
-async fn tls_accept_loop(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    core: mpsc::Sender<CoreIn>,
-    writers: TcpWriters,
-    blocklist: Blocklist,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-            _ = stopped(&mut stop) => return,
-        };
-        if blocklist.is_blocked(peer.ip()) {
-            metrics::counter!("trunkline_sip_dropped_total", "reason" => "blocked").increment(1);
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        let (acceptor, core, writers, stop) = (acceptor.clone(), core.clone(), writers.clone(), stop.clone());
-        let blocklist = blocklist.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tcp_conn(tls, peer, Transport::Tls, core, writers, blocklist, stop).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "SIP TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "SIP TLS handshake timed out"),
-            }
-        });
-    }
-}
-
-/// Send on the TCP connection to `to`, opening one if there is none (e.g. a BYE to a phone
-/// whose connection dropped).
-fn send_tcp(writers: &TcpWriters, core: &mpsc::Sender<CoreIn>, to: SocketAddr, data: Vec<u8>) {
-    if let Some(tx) = writers.lock().unwrap().get(&to) {
-        let _ = tx.try_send(data);
-        return;
-    }
-    let (writers, core) = (writers.clone(), core.clone());
-    tokio::spawn(async move {
-        match tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(to)).await {
-            Ok(Ok(stream)) => {
-                let (stop_tx, stop_rx) = watch::channel(false);
-                let w = writers.clone();
-                let task = tokio::spawn(tcp_conn(stream, to, Transport::Tcp, core, w, Blocklist::default(), stop_rx));
-                // Wait until the connection task registered its writer, then send.
-                for _ in 0..100 {
-                    if let Some(tx) = writers.lock().unwrap().get(&to) {
-                        let _ = tx.try_send(data);
-                        break;
-                    }
-                    tokio::task::yield_now().await;
-                }
-                let _ = task.await;
-                drop(stop_tx);
-            }
-            _ => tracing::debug!(%to, "cannot open TCP connection for SIP"),
-        }
-    });
-}
-
-/// One SIP stream connection (TCP or TLS): framing in, writes out.
-async fn tcp_conn<S>(
-    stream: S,
-    peer: SocketAddr,
-    transport: Transport,
-    core: mpsc::Sender<CoreIn>,
-    writers: TcpWriters,
-    blocklist: Blocklist,
-    mut stop: watch::Receiver<bool>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
-{
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
-    writers.lock().unwrap().insert(peer, tx.clone());
-    let mut buf: Vec<u8> = Vec::with_capacity(8192);
-    let mut chunk = vec![0u8; 16 * 1024];
-    // Resumable framing: a peer trickling bytes costs linear, not quadratic, CPU.
-    let mut framer = trunkline_sip::Framer::new();
-    'conn: loop {
-        tokio::select! {
-            r = rd.read(&mut chunk) => {
-                let n = match r { Ok(0) | Err(_) => break, Ok(n) => n };
-                buf.extend_from_slice(&chunk[..n]);
-                loop {
-                    match framer.next_frame(&buf) {
-                        Ok(None) => {
-                            if buf.len() > trunkline_sip::parse::MAX_MESSAGE * 2 { break 'conn }
-                            break;
-                        }
-                        Ok(Some(trunkline_sip::Frame::KeepAlive { len, ping })) => {
-                            buf.drain(..len);
-                            if ping { let _ = tx.try_send(b"\r\n".to_vec()); }
-                        }
-                        Ok(Some(trunkline_sip::Frame::Message(len))) => {
-                            if blocklist.is_blocked(peer.ip()) {
-                                // Blocked while connected: the connection goes.
-                                metrics::counter!("trunkline_sip_dropped_total", "reason" => "blocked").increment(1);
-                                break 'conn;
-                            }
-                            let frame: Vec<u8> = buf.drain(..len).collect();
-                            match parse_and_forward(&frame, peer, transport) {
-                                Ok(msg) => {
-                                    if core.send(CoreIn::Sip { src: peer, transport, msg }).await.is_err() {
-                                        break 'conn;
-                                    }
-                                }
-                                Err(Some(reply)) => { let _ = tx.try_send(reply); }
-                                Err(None) => {}
-                            }
-                        }
-                        Err(e) => {
-                            // Framing is lost on a stream: answer if we can, then close.
-                            if let Some(reply) = trunkline_sip::error_response(&buf, &e) {
-                                let _ = wr.write_all(&reply).await;
-                            }
-                            break 'conn;
-                        }
-                    }
-                }
-            }
-            out = rx.recv() => match out {
-                Some(data) => { if wr.write_all(&data).await.is_err() { break } }
-                None => break,
-            },
-            _ = stopped(&mut stop) => break,
-        }
-    }
-    let mut w = writers.lock().unwrap();
-    if w.get(&peer).is_some_and(|t| t.same_channel(&tx)) {
-        w.remove(&peer);
-    }
-}
-
-/// Sources the guard blocked (the core decides, [`Output::Block`]), checked before parsing.
-#[derive(Clone, Default)]
-struct Blocklist(Arc<Mutex<HashMap<IpAddr, Instant>>>);
-
-impl Blocklist {
-    fn block(&self, ip: IpAddr, until: Instant) {
-        let mut m = self.0.lock().unwrap();
-        // Bounded like the guard's own table: expired blocks go when it grows.
-        if m.len() >= 100_000 {
-            let now = Instant::now();
-            m.retain(|_, t| *t > now);
-        }
-        m.insert(ip, until);
-    }
-
-    fn is_blocked(&self, ip: IpAddr) -> bool {
-        let mut m = self.0.lock().unwrap();
-        match m.get(&ip) {
-            Some(t) if *t > Instant::now() => true,
-            Some(_) => {
-                m.remove(&ip);
-                false
-            }
-            None => false,
-        }
-    }
-}
-
-/// The process's Prometheus recorder (installed by the first gateway to ask; a test process
-/// running a signal server too may already have one, whose handle is then not this one).
-fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
-}
-
-/// `GET /metrics` in Prometheus text; anything else 404. One request per connection, a
-/// bounded head and a deadline: this port is for a local scraper.
-async fn serve_metrics(
-    listener: TcpListener,
-    handle: metrics_exporter_prometheus::PrometheusHandle,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let (mut stream, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-            _ = stopped(&mut stop) => return,
-        };
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let mut head = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let read = async {
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                true
-            };
-            if !matches!(tokio::time::timeout(std::time::Duration::from_secs(5), read).await, Ok(true)) {
-                return;
-            }
-            let line = String::from_utf8_lossy(head.split(|b| *b == b'\r').next().unwrap_or(b"")).into_owned();
-            let mut parts = line.split(' ');
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (status, ctype, body) = if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
-                handle.run_upkeep();
-                ("200 OK", "text/plain; version=0.0.4", handle.render())
-            } else {
-                ("404 Not Found", "text/plain", "not found\n".to_string())
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(resp.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
-    }
-}
-
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }

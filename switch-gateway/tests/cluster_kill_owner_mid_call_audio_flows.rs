@@ -11,8 +11,6 @@
 //! the call has exactly one record — connected, with the switch's talk time — and no attempt
 //! is left open.
 
-#[path = "common/audio.rs"]
-mod audio;
 #[path = "common/baresip.rs"]
 mod baresip;
 #[path = "common/cluster.rs"]
@@ -24,7 +22,7 @@ mod sipcheck;
 use std::time::Duration;
 
 use baresip::Phone;
-use cluster::{Adoption, Balancer, Cluster, LEASE_TTL};
+use cluster::{Adoption, Cluster, LEASE_TTL, LoadBalancer};
 use common::*;
 use sipcheck::wait_phone_list;
 use tokio::time::Instant;
@@ -52,7 +50,8 @@ async fn kill_9_of_the_owning_replica_mid_call_audio_flows_the_softphone_moves_a
     baresip::require();
 
     // The browser's way in: the balancer, for now to r1 only (so r1 owns its call).
-    let lb = Balancer::start(&[cl.addr(0)]).await;
+    let lb = LoadBalancer::start("/readyz").await;
+    lb.set_backends(&[cl.addr(0)]);
 
     // hq on r3, its desk phone 1001 registered.
     let gw = Gateway::start("hq", &cl.ws(2), dir.path()).await;
@@ -98,7 +97,7 @@ async fn kill_9_of_the_owning_replica_mid_call_audio_flows_the_softphone_moves_a
 
     // kill -9 of r1; the balancer now knows r2 and r3 only.
     let mut sign_ins = alice.signal().sign_ins_watch();
-    cl.replicas[0].kill9().await;
+    cl.replicas[0].kill9();
     let killed_at = Instant::now();
     lb.set_backends(&[cl.addr(1), cl.addr(2)]);
     // When the softphone is back and when the attempt is adopted, watched from now on.

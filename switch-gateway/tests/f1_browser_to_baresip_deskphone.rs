@@ -7,8 +7,6 @@
 //! baresip sends (`sndcode`) arrives at the browser; and with the signal server stopped the
 //! call keeps its audio both ways for 5 more seconds.
 
-#[path = "common/audio.rs"]
-mod audio;
 #[path = "common/baresip.rs"]
 mod baresip;
 mod common;
@@ -64,6 +62,11 @@ async fn f1_browser_calls_a_baresip_deskphone_audio_dtmf_and_survives_the_cloud(
     }
     assert_eq!(saw, vec![CallEvent::Ringing, CallEvent::Connected]);
     phone.expect_event("CALL_ESTABLISHED", WAIT).await;
+    // The gateway's own patent steps (its core's trace): key issued (C12), checked (C14), bridged (C15).
+    assert_eq!(
+        gw.steps_of_the_call(),
+        [trunkline_protocol::Step::C12, trunkline_protocol::Step::C14, trunkline_protocol::Step::C15]
+    );
     media.wait_connected(WAIT).await.expect("ICE + DTLS up with the gateway");
 
     // Audio both ways: baresip hears the browser's 1 kHz, the browser hears baresip's 440 Hz.

@@ -8,8 +8,6 @@
 //! `media_lost` here, the softphone tells the cloud with `connect_failed`, and the cloud's
 //! `outcome` and its call record say `media_lost` too, with a duration.
 
-#[path = "common/audio.rs"]
-mod audio;
 #[path = "common/baresip.rs"]
 mod baresip;
 mod common;

@@ -7,8 +7,6 @@
 //! server stopped both phones keep hearing each other for 5 s; the cloud's call record lists
 //! the patent steps in order.
 
-#[path = "common/audio.rs"]
-mod audio;
 #[path = "common/baresip.rs"]
 mod baresip;
 mod common;
@@ -52,6 +50,12 @@ async fn f2_baresip_on_hq_calls_baresip_on_branch_audio_dtmf_cloud_down_and_step
     caller.dial(&format!("sip:3001@{}", hq.sip)).await;
     callee.expect_event("CALL_ESTABLISHED", Duration::from_secs(20)).await;
     caller.expect_event("CALL_ESTABLISHED", Duration::from_secs(20)).await;
+    // Each gateway's own patent steps, from its core's trace: the caller's switch asked the
+    // cloud (B1, B2), got the address + key (C2) and heard the callee's site bridge (C15); the
+    // callee's switch queued the call with a key (C12), checked it (C14) and bridged (C15).
+    assert_eq!(hq.steps_of_the_call(), [Step::B1, Step::B2, Step::C2, Step::C15], "hq's steps");
+    assert_eq!(branch.steps_of_the_call(), [Step::C12, Step::C14, Step::C15], "branch's steps");
+    assert_eq!(hq.steps.all()[0].0, branch.steps.all()[0].0, "one cloud call id on both switches");
 
     // Tones both ways, each phone's RTP coming from its own gateway.
     let heard_by_callee = callee.wait_received(3.0, WAIT).await;

@@ -7,8 +7,6 @@
 //! (C15). Checked: baresip heard ≈1 kHz, the browser heard baresip's 440 Hz, and when baresip
 //! hangs up the browser is told on the DataChannel.
 
-#[path = "common/audio.rs"]
-mod audio;
 #[path = "common/baresip.rs"]
 mod baresip;
 mod common;
@@ -70,6 +68,10 @@ async fn f3_baresip_calls_a_switchless_browser_that_connects_to_the_callers_gate
 
     // C15: hq answers baresip's INVITE; media flows both ways.
     phone.expect_event("CALL_ESTABLISHED", Duration::from_secs(20)).await;
+    // hq's own patent steps (its core's trace): the phone's request went to the cloud (B1, B2),
+    // the switchless callee presented hq's key (C14) and hq bridged it to the phone (C15).
+    use trunkline_protocol::Step;
+    assert_eq!(hq.steps_of_the_call(), [Step::B1, Step::B2, Step::C14, Step::C15]);
     media.wait_connected(WAIT).await.expect("ICE + DTLS up with hq");
     media.wait_packets(150, WAIT).await.unwrap_or_else(|e| panic!("audio from the phone: {e}\n{}", phone.dump()));
     let rec = media.recording();

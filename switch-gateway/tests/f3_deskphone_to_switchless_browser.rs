@@ -65,6 +65,8 @@ async fn f3_deskphone_calls_a_switchless_browser_that_connects_directly_to_the_c
     assert_eq!(ok.status, 200, "the phone's INVITE is answered through the bridge");
     let hq_rtp = trunkline_media::sdp::Sdp::parse(&String::from_utf8_lossy(&ok.body)).unwrap().audio_rtp_addr().unwrap();
     media.wait_connected(WAIT).await.expect("ICE + DTLS up");
+    use trunkline_protocol::Step;
+    assert_eq!(hq.steps_of_the_call(), [Step::B1, Step::B2, Step::C14, Step::C15], "hq's patent steps (its core's trace)");
 
     let heard_by_phone = play_and_record(phone_rtp.clone(), hq_rtp, 440.0, 2.0).await;
     let f_phone = dominant_frequency(&heard_by_phone[heard_by_phone.len() - 4000..], 8000);

@@ -6,8 +6,6 @@
 //! baresip runs in the root network namespace, so its SDP names the machine's eth0 address
 //! rather than 127.0.0.1; the relay latches onto where RTP really comes from.
 
-#[path = "common/audio.rs"]
-mod audio;
 #[path = "common/baresip.rs"]
 mod baresip;
 mod common;
@@ -21,6 +19,7 @@ use std::time::Duration;
 use baresip::Phone;
 use common::{Cloud, Gateway};
 use sipcheck::wait_phone_list;
+use trunkline_test_support::audio;
 
 const TONE_SECS: u32 = 6;
 

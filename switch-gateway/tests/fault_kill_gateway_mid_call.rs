@@ -15,8 +15,6 @@
 //! 3. The gateway is killed and never comes back: past the grace the call ends with its
 //!    duration up to the link loss, and the server holds no call open (no phantom).
 
-#[path = "common/audio.rs"]
-mod audio;
 #[path = "common/baresip.rs"]
 mod baresip;
 mod common;

@@ -8,8 +8,6 @@
 //! carries caller, callee and times) gives exactly one complete record although the restarted
 //! server never knew the call.
 
-#[path = "common/audio.rs"]
-mod audio;
 #[path = "common/baresip.rs"]
 mod baresip;
 mod common;

@@ -12,8 +12,6 @@
 //! right far end; the attacker receives nothing; the gateway counts the dropped packets in
 //! `trunkline_rtp_dropped_total{reason="foreign_source"}`.
 
-#[path = "common/audio.rs"]
-mod audio;
 #[path = "common/baresip.rs"]
 mod baresip;
 mod common;
@@ -38,6 +36,7 @@ use trunkline_client::g711::Law;
 use trunkline_client::wav::{dominant_frequency, tone};
 use trunkline_client::webrtc::{AudioSource, PeerOptions};
 use trunkline_protocol::{CallEvent, DirectClientMsg, DirectServerMsg};
+use trunkline_test_support::audio;
 
 const ATTACKER_IP: &str = "127.0.0.9";
 const ATTACK_HZ: f64 = 3000.0;

@@ -9,8 +9,6 @@
 //! `/metrics` are its own. Different attackers are different loopback addresses (Linux routes
 //! all of 127/8 to `lo`).
 
-#[path = "common/audio.rs"]
-mod audio;
 #[path = "common/baresip.rs"]
 mod baresip;
 mod common;

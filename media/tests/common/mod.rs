@@ -1,4 +1,5 @@
-//! Helpers shared by the socket tests. Every socket is on loopback.
+//! Helpers shared by the socket tests (media-specific: port ranges, fake RTP phones, packets;
+//! waiting comes from the workspace's `trunkline-test-support`). Every socket is on loopback.
 #![allow(dead_code)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
@@ -74,13 +75,10 @@ pub fn assert_nothing_queued(sock: &UdpSocket) {
     }
 }
 
-/// Poll `cond` until it holds, failing the test after [`DEADLINE`].
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+/// Poll `cond` until it holds, failing the test after [`DEADLINE`] (the workspace's
+/// `trunkline_test_support::wait_until`).
+pub async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    trunkline_test_support::wait_until(what, DEADLINE, cond).await
 }
 
 /// An RTP v2 packet.

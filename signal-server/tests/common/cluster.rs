@@ -16,34 +16,34 @@
 //! `TRUNKLINE_SKIP_CLUSTER=1` skips the cluster tests (printing SKIPPED); otherwise a missing
 //! PostgreSQL or NATS fails them with how to start it. `TRUNKLINE_CLUSTER_LOG` sets the
 //! replicas' `RUST_LOG` (default `info`); a failing wait prints the tail of the replica's log.
+//!
+//! The pieces every crate's cluster tests share (services check, [`TestDb`], [`Replica`],
+//! [`LoadBalancer`], HTTP probes) are `trunkline_test_support::cluster`'s, re-exported here;
+//! this file keeps what only these tests use.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use signal_server::credentials::{ha1_md5, ha1_sha256, hash_password};
-use signal_server::directory::{DatabaseOptions, NewAccount};
-use sqlx::{Connection, Row};
+use sqlx::Row;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use trunkline_protocol::{AccountKind, ErrorCode, Outcome, ServerMsg};
+use trunkline_protocol::{ErrorCode, Outcome, ServerMsg};
 
-use super::{ALICE, BOB, BRANCH, Client, HQ, KEY, http_get};
+use trunkline_test_support::Directory;
+pub use trunkline_test_support::cluster::{
+    LEASE_TTL, Launch, LoadBalancer, NATS_ADDR, PG_ADMIN_URL, Replica, TestDb, http_probe, http_status, metric, random_id,
+    services_available,
+};
 
-pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-pub const NATS_ADDR: &str = "127.0.0.1:4222";
-
-/// The cluster timings of the contract (brief: lease 1.5 s, renew and sweep 0.3 s).
-pub const LEASE_TTL: Duration = Duration::from_millis(1_500);
+use super::{Client, KEY};
 /// What a party may wait, beyond the lease, for a typed outcome after its owner died.
 pub const AFTER_LEASE: Duration = Duration::from_secs(2);
 /// Longest wait for anything a healthy cluster does promptly (messages, start-up).
@@ -77,118 +77,6 @@ impl Default for Opts {
     }
 }
 
-/// `TRUNKLINE_SKIP_CLUSTER=1`: print SKIPPED and return false. Otherwise PostgreSQL and NATS
-/// must answer, or the test fails saying how to start them.
-pub async fn services_available(test: &str) -> bool {
-    if std::env::var("TRUNKLINE_SKIP_CLUSTER").is_ok_and(|v| v == "1") {
-        eprintln!("SKIPPED {test}: TRUNKLINE_SKIP_CLUSTER=1");
-        return false;
-    }
-    let up = |addr: &'static str| async move {
-        matches!(tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await, Ok(Ok(_)))
-    };
-    let mut missing = vec![];
-    if !up("127.0.0.1:5432").await {
-        missing.push(
-            "PostgreSQL on 127.0.0.1:5432 with trust auth for user postgres (Debian: `pg_ctlcluster 15 main start`; \
-             or `.ci/run`, which starts it)",
-        );
-    }
-    if !up(NATS_ADDR).await {
-        missing.push("NATS with JetStream on 127.0.0.1:4222 (`nats-server -a 127.0.0.1 -p 4222 -js &`)");
-    }
-    assert!(
-        missing.is_empty(),
-        "{test}: the cluster tests need {}. Start it, or set TRUNKLINE_SKIP_CLUSTER=1 to skip them.",
-        missing.join(" and ")
-    );
-    true
-}
-
-/// A short random lowercase hex id (database and NATS names).
-pub fn random_id() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 6];
-    rand::rng().fill_bytes(&mut b);
-    hex::encode(b)
-}
-
-// ---------------------------------------------------------------------------------------------
-// PostgreSQL: one database per test.
-
-/// A fresh database, dropped (WITH (FORCE): replicas may still hold connections) on drop.
-pub struct TestDb {
-    pub name: String,
-    pub url: String,
-    pub pool: sqlx::PgPool,
-}
-
-impl TestDb {
-    pub async fn create(name: &str) -> TestDb {
-        let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL).await.unwrap_or_else(|e| {
-            panic!("cannot reach PostgreSQL at {PG_ADMIN_URL}: {e}. Start it (trust auth for user postgres), or set TRUNKLINE_SKIP_CLUSTER=1")
-        });
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&mut admin)
-            .await
-            .expect("CREATE DATABASE");
-        let url = format!("{PG_SERVER}/{name}");
-        let pool =
-            sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&url).await.expect("connect to the test database");
-        TestDb { name: name.into(), url, pool }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if std::env::var("TRUNKLINE_KEEP_CLUSTER_DB").is_ok_and(|v| v == "1") {
-            eprintln!("kept database {}", self.url);
-            return;
-        }
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime: a runtime of its own on another thread.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async {
-                if let Ok(mut c) = sqlx::PgConnection::connect(PG_ADMIN_URL).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
-                        .execute(&mut c)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// The accounts of `common::provision` (browsers 2001/2002, desk phones 1001/1002 on hq,
-/// 3001 on branch) in the PostgreSQL directory, through the library's directory (migrations
-/// run here, before any replica starts).
-pub async fn provision_pg(url: &str) {
-    let dir = signal_server::directory::open(url, &DatabaseOptions::default()).await.expect("open the PostgreSQL directory");
-    for (id, secret) in [HQ, BRANCH] {
-        dir.add_switch(id, &hash_password(secret, 64, 1).unwrap()).await.expect("add switch");
-    }
-    let acct = |number: &str, pw: &str, switch: Option<&str>| NewAccount {
-        number: number.into(),
-        display_name: format!("User {number}"),
-        kind: if switch.is_some() { AccountKind::Deskphone } else { AccountKind::Browser },
-        home_switch: switch.map(Into::into),
-        password_hash: hash_password(pw, 64, 1).unwrap(),
-        ha1_md5: switch.map(|_| ha1_md5(number, "trunkline", pw)),
-        ha1_sha256: switch.map(|_| ha1_sha256(number, "trunkline", pw)),
-    };
-    for a in [
-        acct(ALICE.0, ALICE.1, None),
-        acct(BOB.0, BOB.1, None),
-        acct("1001", "phone-1001", Some("hq")),
-        acct("1002", "phone-1002", Some("hq")),
-        acct("3001", "phone-3001", Some("branch")),
-    ] {
-        dir.add_account(a).await.expect("add account");
-    }
-}
-
 /// One row of `call_records`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -208,6 +96,11 @@ pub struct Attempt {
     pub owner_node: String,
     pub state: String,
     pub call_state: Option<String>,
+}
+
+/// How the replicas start: the `signal-server` binary built for these tests.
+fn launch() -> Launch {
+    Launch::Binary(env!("CARGO_BIN_EXE_signal-server").into())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -304,248 +197,6 @@ async fn chaos_pipe(mut down: TcpStream, upstream: SocketAddr, mut mode: watch::
         let ok = if to_up { up.write_all(&a[..n]).await.is_ok() } else { down.write_all(&b[..n]).await.is_ok() };
         if !ok {
             return;
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Load balancer.
-
-struct Backend {
-    node: String,
-    addr: SocketAddr,
-    ready: bool,
-}
-
-/// Round-robin TCP balancer over the replicas. A health task polls each backend's
-/// `health_path` (`/readyz` in cluster mode) every 100 ms, as a real balancer's check would;
-/// connections go to ready backends, trying the next one on a connect error. With no ready
-/// backend it tries them all (fail open).
-pub struct LoadBalancer {
-    pub addr: SocketAddr,
-    backends: Arc<Mutex<Vec<Backend>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl LoadBalancer {
-    pub async fn start(health_path: &'static str) -> LoadBalancer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let backends: Arc<Mutex<Vec<Backend>>> = Arc::default();
-        let health = {
-            let backends = backends.clone();
-            tokio::spawn(async move {
-                loop {
-                    let addrs: Vec<SocketAddr> = backends.lock().unwrap().iter().map(|b| b.addr).collect();
-                    for a in addrs {
-                        let ready = http_status(a, health_path, Duration::from_millis(300)).await == Some(200);
-                        for b in backends.lock().unwrap().iter_mut().filter(|b| b.addr == a) {
-                            b.ready = ready;
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-        };
-        let accept = {
-            let backends = backends.clone();
-            tokio::spawn(async move {
-                let mut next = 0usize;
-                let mut conns = tokio::task::JoinSet::new();
-                loop {
-                    tokio::select! {
-                        acc = listener.accept() => {
-                            let Ok((mut down, _)) = acc else { continue };
-                            let candidates: Vec<SocketAddr> = {
-                                let bs = backends.lock().unwrap();
-                                let ready: Vec<SocketAddr> = bs.iter().filter(|b| b.ready).map(|b| b.addr).collect();
-                                if ready.is_empty() { bs.iter().map(|b| b.addr).collect() } else { ready }
-                            };
-                            next = next.wrapping_add(1);
-                            let start = next;
-                            conns.spawn(async move {
-                                for i in 0..candidates.len() {
-                                    let a = candidates[(start + i) % candidates.len()];
-                                    if let Ok(Ok(mut up)) = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(a)).await {
-                                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                                        return;
-                                    }
-                                }
-                                reset(&down);
-                            });
-                        }
-                        Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                    }
-                }
-            })
-        };
-        LoadBalancer { addr, backends, tasks: vec![health, accept] }
-    }
-
-    /// Add or move (after a restart on a new port) the backend of `node`.
-    pub fn set_backend(&self, node: &str, addr: SocketAddr) {
-        let mut bs = self.backends.lock().unwrap();
-        match bs.iter_mut().find(|b| b.node == node) {
-            Some(b) => {
-                b.addr = addr;
-                b.ready = false;
-            }
-            None => bs.push(Backend { node: node.into(), addr, ready: false }),
-        }
-    }
-
-    pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-}
-
-impl Drop for LoadBalancer {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-/// The HTTP status of `GET path`, or `None` if nothing answered within `within`.
-pub async fn http_status(addr: SocketAddr, path: &str, within: Duration) -> Option<u16> {
-    let resp = tokio::time::timeout(within, http_get(addr, path)).await.ok()?.ok()?;
-    resp.split_whitespace().nth(1)?.parse().ok()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Replica processes.
-
-/// One `signal-server --config FILE run` process; SIGKILLed on drop.
-pub struct Replica {
-    pub node_id: String,
-    pub addr: SocketAddr,
-    pub config: PathBuf,
-    pub log: PathBuf,
-    child: Child,
-    exit: Option<ExitStatus>,
-}
-
-impl Replica {
-    /// Start the process and wait for its "listening" line.
-    pub async fn spawn(node_id: &str, config: &Path, log: &Path) -> Replica {
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_signal-server"));
-        cmd.arg("--config").arg(config).arg("run").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("TRUNKLINE_SIGNAL_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("RUST_LOG", std::env::var("TRUNKLINE_CLUSTER_LOG").unwrap_or_else(|_| "info".into()));
-        let mut child = cmd.spawn().expect("start signal-server");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = r.read_line(&mut line);
-            let _ = tx.send(line);
-            // Keep the pipe drained: a full pipe would block the server.
-            let _ = std::io::copy(&mut r, &mut std::io::sink());
-        });
-        let line = match tokio::time::timeout(Duration::from_secs(20), rx).await {
-            Ok(Ok(l)) => l,
-            _ => String::new(),
-        };
-        let addr = line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|a| a.parse().ok());
-        let mut r = Replica {
-            node_id: node_id.into(),
-            addr: "127.0.0.1:1".parse().unwrap(),
-            config: config.into(),
-            log: log.into(),
-            child,
-            exit: None,
-        };
-        match addr {
-            Some(a) => r.addr = a,
-            None => panic!("replica {node_id} printed no listening line ({line:?}); its log:\n{}", r.log_tail()),
-        }
-        r
-    }
-
-    pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The last lines of the replica's stderr log (for failure messages).
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// Is the process still running?
-    pub fn running(&mut self) -> bool {
-        if self.exit.is_none() {
-            self.exit = self.child.try_wait().ok().flatten();
-        }
-        self.exit.is_none()
-    }
-
-    /// `kill -9`.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        self.exit = self.child.wait().ok();
-    }
-
-    pub fn sigterm(&self) {
-        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "SIGTERM to replica {}", self.node_id);
-    }
-
-    /// Wait for the process to exit by itself, within `within`.
-    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        while self.running() {
-            assert!(Instant::now() < deadline, "replica {} still runs after {within:?}; log:\n{}", self.node_id, self.log_tail());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.exit.unwrap()
-    }
-
-    pub async fn readyz(&self) -> Option<u16> {
-        http_status(self.addr, "/readyz", Duration::from_millis(500)).await
-    }
-
-    pub async fn healthz(&self) -> Option<u16> {
-        http_status(self.addr, "/healthz", Duration::from_millis(500)).await
-    }
-
-    /// Poll `path` until it answers `status`.
-    pub async fn wait_status(&self, path: &str, status: u16, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let got = http_status(self.addr, path, Duration::from_millis(500)).await;
-            if got == Some(status) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica {}: {path} is {got:?}, not {status}, after {within:?}; log:\n{}",
-                self.node_id,
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if self.exit.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }
@@ -780,7 +431,7 @@ impl Cluster {
         }
         let id = random_id();
         let db = TestDb::create(&format!("tl_t_{id}")).await;
-        provision_pg(&db.url).await;
+        db.provision(&Directory::standard()).await;
         let dir = tempfile::tempdir().unwrap();
         // Every replica signs Web Push with the one key browsers subscribed with.
         let (_, pem) = signal_server::push::VapidKey::generate();
@@ -796,7 +447,7 @@ impl Cluster {
         for i in 0..cl.opts.replicas {
             let node = Self::node(i);
             let config = cl.write_config(i);
-            let r = Replica::spawn(&node, &config, &cl.dir.path().join(format!("{node}.log"))).await;
+            let r = Replica::spawn(&launch(), &node, &config, &cl.dir.path().join(format!("{node}.log"))).await;
             cl.lb.set_backend(&node, r.addr);
             cl.replicas.push(r);
         }
@@ -902,8 +553,7 @@ drain_timeout_secs = {drain}
     /// The value of one sample on replica `i`'s `/metrics`, e.g.
     /// `trunkline_cluster_presence_entries{loc="remote"}`; `None` if absent or unreachable.
     pub async fn metric(&self, i: usize, sample: &str) -> Option<f64> {
-        let body = tokio::time::timeout(Duration::from_secs(1), http_get(self.addr(i), "/metrics")).await.ok()?.ok()?;
-        body.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+        metric(self.addr(i), sample, Duration::from_secs(1)).await
     }
 
     /// Wait until replica `i` sees exactly `n` parties signed in on other replicas (its
@@ -931,7 +581,7 @@ drain_timeout_secs = {drain}
     pub async fn restart(&mut self, i: usize) {
         let node = Self::node(i);
         let config = self.write_config(i);
-        let r = Replica::spawn(&node, &config, &self.dir.path().join(format!("{node}.log"))).await;
+        let r = Replica::spawn(&launch(), &node, &config, &self.dir.path().join(format!("{node}.log"))).await;
         self.lb.set_backend(&node, r.addr);
         self.replicas[i] = r;
         self.wait_ready(i, Duration::from_secs(15)).await;
@@ -951,7 +601,7 @@ drain_timeout_secs = {drain}
     pub async fn browser(&self, i: usize, who: (&str, &str)) -> Peer {
         let mut p = self.connect(who.0, &self.ws(i)).await;
         if let Err(e) = p.login(who).await {
-            panic!("login of {} on {} failed: {e:?}; log:\n{}", who.0, Self::node(i), self.replicas[i].log_tail());
+            panic!("login of {} on {} failed: {e:?}; log:\n{}", who.0, Self::node(i), self.replicas[i].log_tail(40));
         }
         p
     }
@@ -960,7 +610,7 @@ drain_timeout_secs = {drain}
     pub async fn switch(&self, i: usize, who: (&str, &str)) -> Peer {
         let mut p = self.connect(who.0, &self.ws(i)).await;
         if let Err(e) = p.switch_auth(who).await {
-            panic!("switch_auth of {} on {} failed: {e:?}; log:\n{}", who.0, Self::node(i), self.replicas[i].log_tail());
+            panic!("switch_auth of {} on {} failed: {e:?}; log:\n{}", who.0, Self::node(i), self.replicas[i].log_tail(40));
         }
         p
     }
@@ -1175,7 +825,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             for r in &self.replicas {
-                eprintln!("----- replica {} (pid {}) log tail -----\n{}", r.node_id, r.pid(), r.log_tail());
+                eprintln!("----- replica {} (pid {}) log tail -----\n{}", r.node_id, r.pid(), r.log_tail(40));
             }
         }
     }

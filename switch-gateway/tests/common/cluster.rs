@@ -8,36 +8,27 @@
 //! binary in the target folder may be stale: only this crate's binaries are rebuilt for it).
 //! `kill -9` of the child is `kill -9` of a replica. Children are SIGKILLed on drop.
 //!
-//! Each [`Cluster`] has its own database (created with `psql`, dropped on drop) and NATS
-//! `name_prefix`. `TRUNKLINE_SKIP_CLUSTER=1` skips the tests (printing SKIPPED); otherwise a
-//! missing PostgreSQL or NATS fails them saying how to start it. A failing test prints the tail
-//! of every replica's log (`RUST_LOG=info`, or `TRUNKLINE_CLUSTER_LOG`).
-#![allow(dead_code)]
+//! Each [`Cluster`] has its own database (dropped on drop) and NATS `name_prefix`.
+//! `TRUNKLINE_SKIP_CLUSTER=1` skips the tests (printing SKIPPED); otherwise a missing
+//! PostgreSQL or NATS fails them saying how to start it. A failing test prints the tail of
+//! every replica's log (`RUST_LOG=info`, or `TRUNKLINE_CLUSTER_LOG`).
+//!
+//! The shared pieces (services check, [`TestDb`], [`Replica`], [`LoadBalancer`], probes,
+//! [`within`]) are `trunkline_test_support::cluster`'s, re-exported here.
+#![allow(dead_code, unused_imports)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use signal_server::credentials::{ha1_md5, ha1_sha256, hash_password};
-use signal_server::directory::{CallRecord, DatabaseOptions, NewAccount};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use signal_server::directory::{CallRecord, DatabaseOptions};
 use tokio::time::Instant;
-use trunkline_protocol::AccountKind;
+use trunkline_test_support::Directory;
+pub use trunkline_test_support::cluster::{
+    LEASE_TTL, Launch, LoadBalancer, NATS_ADDR, REPLICA_CHILD_ENV, Replica, TestDb, http_probe, http_status, metric, random_id,
+    services_available, within,
+};
 
-use crate::common::{PHONES, REALM, WAIT, secret_of};
-
-pub const PG_HOST: &str = "127.0.0.1";
-pub const PG_PORT: u16 = 5432;
-pub const PG_USER: &str = "postgres";
-pub const NATS_ADDR: &str = "127.0.0.1:4222";
-
-/// The cluster timings of the contract (lease 1.5 s, renew and sweep 0.3 s).
-pub const LEASE_TTL: Duration = Duration::from_millis(1_500);
-
-/// Env var that makes the child test run a replica: the path of its TOML config.
-pub const REPLICA_CHILD_ENV: &str = "TRUNKLINE_CLUSTER_REPLICA_CHILD";
 /// The name of the ignored test every cluster test file defines to call [`replica_child_main`].
 pub const REPLICA_CHILD_TEST: &str = "signal_server_replica_child_process";
 
@@ -62,226 +53,6 @@ pub fn replica_child_main() {
         }
         signal_server::run(cfg, listener, std::future::pending()).await.expect("the replica runs");
     });
-}
-
-/// `TRUNKLINE_SKIP_CLUSTER=1`: print SKIPPED and return false. Otherwise PostgreSQL, `psql`
-/// and NATS must be there, or the test fails saying how to get them.
-pub async fn services_available(test: &str) -> bool {
-    if std::env::var("TRUNKLINE_SKIP_CLUSTER").is_ok_and(|v| v == "1") {
-        eprintln!("SKIPPED {test}: TRUNKLINE_SKIP_CLUSTER=1");
-        return false;
-    }
-    let up = |addr: String| async move {
-        matches!(tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_)))
-    };
-    let mut missing = vec![];
-    if !up(format!("{PG_HOST}:{PG_PORT}")).await {
-        missing.push(format!(
-            "PostgreSQL on {PG_HOST}:{PG_PORT} with trust auth for user {PG_USER} (Debian: `pg_ctlcluster 15 main start`, \
-             or `.ci/run`, which starts it)"
-        ));
-    } else if psql("postgres", "SELECT 1").await.is_err() {
-        missing.push("`psql` (Debian: postgresql-client) able to reach it as user postgres".into());
-    }
-    if !up(NATS_ADDR.into()).await {
-        missing.push(format!("NATS on {NATS_ADDR} (`nats-server -a 127.0.0.1 -p 4222 -js &`)"));
-    }
-    assert!(
-        missing.is_empty(),
-        "{test}: the cluster tests need {}. Start it, or set TRUNKLINE_SKIP_CLUSTER=1 to skip them.",
-        missing.join(" and ")
-    );
-    true
-}
-
-/// Run one SQL statement with `psql` on database `db`; its unaligned output.
-async fn psql(db: &str, sql: &str) -> Result<String, String> {
-    let out = tokio::process::Command::new("psql")
-        .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h", PG_HOST, "-p", &PG_PORT.to_string(), "-U", PG_USER])
-        .args(["-d", db, "-c", sql])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("psql: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// A short random lowercase hex id (database and NATS names).
-pub fn random_id() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 6];
-    rand::rng().fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// A fresh database, dropped (WITH (FORCE): replicas may still hold connections) on drop.
-pub struct TestDb {
-    pub name: String,
-    pub url: String,
-}
-
-impl TestDb {
-    pub async fn create(name: &str) -> TestDb {
-        psql("postgres", &format!("CREATE DATABASE \"{name}\""))
-            .await
-            .unwrap_or_else(|e| panic!("create the test database: {e}"));
-        TestDb { name: name.into(), url: format!("postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}") }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if std::env::var("TRUNKLINE_KEEP_CLUSTER_DB").is_ok_and(|v| v == "1") {
-            eprintln!("kept database {}", self.url);
-            return;
-        }
-        let _ = std::process::Command::new("psql")
-            .args(["-X", "-q", "-h", PG_HOST, "-p", &PG_PORT.to_string(), "-U", PG_USER, "-d", "postgres", "-c"])
-            .arg(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// The accounts of `common::provision` (switches hq and branch, desk phones and browsers) in
-/// the PostgreSQL directory, through the library (migrations run here, before any replica).
-pub async fn provision_pg(url: &str) {
-    let dir = signal_server::directory::open(url, &DatabaseOptions::default()).await.expect("open the PostgreSQL directory");
-    for id in ["hq", "branch"] {
-        dir.add_switch(id, &hash_password(&secret_of(id), 64, 1).unwrap()).await.expect("add switch");
-    }
-    for p in PHONES {
-        dir.add_account(NewAccount {
-            number: p.number.into(),
-            display_name: format!("Phone {}", p.number),
-            kind: if p.switch.is_some() { AccountKind::Deskphone } else { AccountKind::Browser },
-            home_switch: p.switch.map(Into::into),
-            password_hash: hash_password(p.password, 64, 1).unwrap(),
-            ha1_md5: p.switch.map(|_| ha1_md5(p.number, REALM, p.password)),
-            ha1_sha256: p.switch.map(|_| ha1_sha256(p.number, REALM, p.password)),
-        })
-        .await
-        .expect("add account");
-    }
-}
-
-/// `GET path` on `addr`: status and body, or `None` if nothing answered within `within`.
-pub async fn http_get(addr: SocketAddr, path: &str, within: Duration) -> Option<(u16, String)> {
-    tokio::time::timeout(within, async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).await.ok()?;
-        let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Some((status, body))
-    })
-    .await
-    .ok()
-    .flatten()
-}
-
-/// One replica process; SIGKILLed on drop.
-pub struct Replica {
-    pub node_id: String,
-    pub addr: SocketAddr,
-    pub log: PathBuf,
-    child: Option<tokio::process::Child>,
-}
-
-impl Replica {
-    /// Start the child with `config` and wait for its "listening" line.
-    pub async fn spawn(node_id: &str, config: &Path, log: &Path) -> Replica {
-        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-            .args([REPLICA_CHILD_TEST, "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
-            .env(REPLICA_CHILD_ENV, config)
-            .env("RUST_LOG", std::env::var("TRUNKLINE_CLUSTER_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the replica child");
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        // The test harness prints its own lines first ("running 1 test").
-        let addr = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Ok(Some(l)) = lines.next_line().await {
-                if let Some(a) = l.split("listening on http://").nth(1).and_then(|r| r.split_whitespace().next()) {
-                    return a.parse::<SocketAddr>().ok();
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten();
-        // Keep the pipe drained: a full pipe would block the replica.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let mut r =
-            Replica { node_id: node_id.into(), addr: "127.0.0.1:1".parse().unwrap(), log: log.into(), child: Some(child) };
-        match addr {
-            Some(a) => r.addr = a,
-            None => panic!("replica {node_id} printed no listening line; its log:\n{}", r.log_tail(60)),
-        }
-        r
-    }
-
-    pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    /// The last `n` lines of the replica's log.
-    pub fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// Is the process still running?
-    pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// `kill -9`: no goodbye to anyone, no lease released, nothing written.
-    pub async fn kill9(&mut self) {
-        let mut child = self.child.take().expect("the replica runs");
-        child.start_kill().expect("SIGKILL the replica");
-        let status = tokio::time::timeout(WAIT, child.wait()).await.expect("the replica is gone").unwrap();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(9), "replica {} killed by SIGKILL: {status:?}", self.node_id);
-    }
-
-    /// Poll `path` until it answers `status`.
-    pub async fn wait_status(&self, path: &str, status: u16, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let got = http_get(self.addr, path, Duration::from_millis(500)).await.map(|(s, _)| s);
-            if got == Some(status) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica {}: {path} is {got:?}, not {status}, after {within:?}; log:\n{}",
-                self.node_id,
-                self.log_tail(40)
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// A gauge or counter from the replica's `/metrics` (the line starting with `series `).
-    pub async fn metric(&self, series: &str) -> Option<f64> {
-        let (status, body) = http_get(self.addr, "/metrics", Duration::from_secs(2)).await?;
-        if status != 200 {
-            return None;
-        }
-        body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-    }
 }
 
 /// One open attempt as `call_attempts` holds it: (owner node, state, count).
@@ -318,13 +89,14 @@ impl Cluster {
         }
         let id = random_id();
         let db = TestDb::create(&format!("tl_gw_{id}")).await;
-        provision_pg(&db.url).await;
+        db.provision(&Directory::site()).await;
         let mut cl = Cluster { replicas: vec![], prefix: format!("tlgw_{id}"), db, dir: dir.to_path_buf() };
         for i in 0..n {
             let node = Self::node(i);
             let config = dir.join(format!("{node}.toml"));
             std::fs::write(&config, cl.config_text(i)).unwrap();
-            let r = Replica::spawn(&node, &config, &dir.join(format!("{node}.log"))).await;
+            let r =
+                Replica::spawn(&Launch::ChildTest(REPLICA_CHILD_TEST), &node, &config, &dir.join(format!("{node}.log"))).await;
             cl.replicas.push(r);
         }
         for r in &cl.replicas {
@@ -419,93 +191,5 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("{}", self.logs(80));
         }
-    }
-}
-
-/// A TCP load balancer in front of the replicas: each new connection goes to the next backend
-/// of the list the test set (round robin), trying the others when a connect fails. Connections
-/// it carries end when their backend's socket does (a killed replica).
-pub struct Balancer {
-    pub addr: SocketAddr,
-    backends: Arc<Mutex<Vec<SocketAddr>>>,
-    routed: Arc<Mutex<Vec<SocketAddr>>>,
-    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Balancer {
-    pub async fn start(backends: &[SocketAddr]) -> Balancer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let backends = Arc::new(Mutex::new(backends.to_vec()));
-        let routed: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
-        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let accept = {
-            let (backends, routed, conns) = (backends.clone(), routed.clone(), conns.clone());
-            tokio::spawn(async move {
-                let mut next = 0usize;
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    let list = backends.lock().unwrap().clone();
-                    let start = next;
-                    next = next.wrapping_add(1);
-                    let routed = routed.clone();
-                    let task = tokio::spawn(async move {
-                        for k in 0..list.len() {
-                            let to = list[(start + k) % list.len()];
-                            let Ok(Ok(mut out)) =
-                                tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(to)).await
-                            else {
-                                continue;
-                            };
-                            routed.lock().unwrap().push(to);
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                            return;
-                        }
-                    });
-                    conns.lock().unwrap().push(task.abort_handle());
-                }
-            })
-        };
-        Balancer { addr, backends, routed, conns, accept }
-    }
-
-    pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    /// Where new connections go from now on.
-    pub fn set_backends(&self, backends: &[SocketAddr]) {
-        *self.backends.lock().unwrap() = backends.to_vec();
-    }
-
-    /// The backend of every connection carried so far, in order.
-    pub fn routed(&self) -> Vec<SocketAddr> {
-        self.routed.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        self.accept.abort();
-        for c in self.conns.lock().unwrap().drain(..) {
-            c.abort();
-        }
-    }
-}
-
-/// Wait for `cond` until `deadline`; `false` if it never held.
-pub async fn within<F, Fut>(deadline: Instant, mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    loop {
-        if cond().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

@@ -18,6 +18,7 @@ use signal_server::directory::sqlite::SqliteDirectory;
 use signal_server::directory::{CallRecord, Directory};
 
 use crate::common::{WAIT, secret_of};
+pub use trunkline_test_support::{bind_retry, free_tcp_addr};
 
 /// Env var that makes the child test run the signal server: `addr|db_url|grace_secs`.
 pub const SERVER_CHILD_ENV: &str = "TRUNKLINE_FAULT_SERVER_CHILD";
@@ -49,26 +50,6 @@ pub fn server_child_main() {
         eprintln!("signal server child listening on {addr}");
         signal_server::run(cfg, listener, std::future::pending()).await.expect("signal server runs");
     });
-}
-
-async fn bind_retry(addr: SocketAddr) -> tokio::net::TcpListener {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => return l,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("cannot bind {addr}: {e}"),
-        }
-    }
-}
-
-/// A free loopback TCP port right now.
-pub fn free_tcp_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 /// The signal server as a child process on a fixed address and database.

@@ -1,7 +1,8 @@
-//! Shared fixtures for the gateway's integration tests: a real signal server (library, on a
-//! port-0 listener, temp SQLite) and real gateways (library, port-0 sockets), provisioned
-//! through the real directory; plus small helpers to run sipp, and ([`direct`]) a browser that
-//! reaches a switch over WebRTC through the cloud and presents its key on the DataChannel.
+//! Shared fixtures for the gateway's integration tests: a real signal server (the workspace's
+//! `trunkline-test-support`: library, port-0 listener, temp SQLite) with the site directory,
+//! and real gateways (library, port-0 sockets); plus small helpers to run sipp and register
+//! over SIP, and ([`direct`]) a browser that reaches a switch over WebRTC through the cloud
+//! and presents its key on the DataChannel.
 #![allow(dead_code)]
 
 pub mod direct;
@@ -11,109 +12,51 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use signal_server::credentials::{ha1_md5, ha1_sha256, hash_password};
+use signal_server::directory::Directory;
 use signal_server::directory::sqlite::SqliteDirectory;
-use signal_server::directory::{Directory, NewAccount};
-use trunkline_protocol::AccountKind;
 
 pub const WAIT: Duration = Duration::from_secs(15);
-pub const REALM: &str = "trunkline";
 
-/// A phone account: number, password, home switch.
-pub struct Phone {
-    pub number: &'static str,
-    pub password: &'static str,
-    pub switch: Option<&'static str>,
-}
+pub use trunkline_test_support::{REALM, free_udp_port, secret_of};
 
-/// Default directory: desk phones 1001/1002/1003 on hq, 3001 on branch; browsers 2001/2002.
-pub const PHONES: &[Phone] = &[
-    Phone { number: "1001", password: "pw-1001", switch: Some("hq") },
-    Phone { number: "1002", password: "pw-1002", switch: Some("hq") },
-    Phone { number: "1003", password: "pw-1003", switch: Some("hq") },
-    Phone { number: "3001", password: "pw-3001", switch: Some("branch") },
-    Phone { number: "2001", password: "pw-2001", switch: None },
-    Phone { number: "2002", password: "pw-2002", switch: None },
-];
-
-pub fn secret_of(switch: &str) -> String {
-    format!("{switch}-secret-0123456789abcdef")
-}
-
+/// The signal server (the workspace's `trunkline_test_support::Cloud`) with the site
+/// directory (`SITE_PHONES`: passwords `pw-<number>`; switches hq and branch with
+/// [`secret_of`]) in `cloud.db`.
 pub struct Cloud {
     pub addr: SocketAddr,
     pub ws_url: String,
     pub db_url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), signal_server::ServerError>>>,
+    server: trunkline_test_support::Cloud,
 }
 
 impl Cloud {
     /// A provisioned signal server in `dir` on a fresh port.
     pub async fn start(dir: &Path) -> Cloud {
-        let db_url = format!("sqlite://{}", dir.join("cloud.db").display());
-        provision(&db_url).await;
+        provision(&Self::config(dir).database_url).await;
         Cloud::start_at(dir, "127.0.0.1:0".parse().unwrap()).await
     }
 
     /// (Re)start on `addr` over the database in `dir` (already provisioned).
     pub async fn start_at(dir: &Path, addr: SocketAddr) -> Cloud {
-        let mut cfg = signal_server::Config {
-            database_url: format!("sqlite://{}", dir.join("cloud.db").display()),
-            web_root: dir.join("no-web"),
-            ..Default::default()
-        };
-        cfg.auth.password_hash_memory_kib = 64;
-        cfg.auth.password_hash_iterations = 1;
-        let listener = bind_retry(addr).await;
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let db_url = cfg.database_url.clone();
-        let task = tokio::spawn(signal_server::run(cfg, listener, async move {
-            let _ = rx.await;
-        }));
-        Cloud { addr, ws_url: format!("ws://{addr}/ws"), db_url, stop: Some(tx), task: Some(task) }
+        let server = trunkline_test_support::Cloud::start_at(Self::config(dir), addr).await;
+        Cloud { addr: server.addr, ws_url: server.ws_url.clone(), db_url: server.db_url.clone(), server }
     }
 
-    pub async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let _ = tokio::time::timeout(WAIT, self.task.take().unwrap()).await;
+    fn config(dir: &Path) -> signal_server::Config {
+        let mut cfg = trunkline_test_support::Cloud::config(dir);
+        cfg.database_url = format!("sqlite://{}", dir.join("cloud.db").display());
+        cfg
+    }
+
+    /// Stop, waiting up to [`WAIT`]; how the server ended is not checked.
+    pub async fn stop(self) {
+        let _ = self.server.stop_within(WAIT).await;
     }
 }
 
-/// Binding the same port right after a stop can race the old socket's close; retry briefly.
-async fn bind_retry(addr: SocketAddr) -> tokio::net::TcpListener {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => return l,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                let _ = e;
-                tokio::task::yield_now().await;
-            }
-            Err(e) => panic!("cannot bind {addr}: {e}"),
-        }
-    }
-}
-
+/// Provision the site directory at `db_url`.
 pub async fn provision(db_url: &str) {
-    let dir = SqliteDirectory::open(db_url).await.expect("open directory");
-    for id in ["hq", "branch"] {
-        dir.add_switch(id, &hash_password(&secret_of(id), 64, 1).unwrap()).await.expect("add switch");
-    }
-    for p in PHONES {
-        dir.add_account(NewAccount {
-            number: p.number.into(),
-            display_name: format!("Phone {}", p.number),
-            kind: if p.switch.is_some() { AccountKind::Deskphone } else { AccountKind::Browser },
-            home_switch: p.switch.map(Into::into),
-            password_hash: hash_password(p.password, 64, 1).unwrap(),
-            ha1_md5: p.switch.map(|_| ha1_md5(p.number, REALM, p.password)),
-            ha1_sha256: p.switch.map(|_| ha1_sha256(p.number, REALM, p.password)),
-        })
-        .await
-        .expect("add account");
-    }
+    trunkline_test_support::provision_with(db_url, &trunkline_test_support::Directory::site()).await
 }
 
 pub struct Gateway {
@@ -121,6 +64,8 @@ pub struct Gateway {
     /// SIP (UDP and TCP) address: the only port it listens on (callers come over WebRTC).
     pub sip: SocketAddr,
     pub config: switch_gateway::Config,
+    /// The patent steps the gateway's core traced, per cloud call.
+    pub steps: switch_gateway::steps::Steps,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), switch_gateway::GatewayError>>>,
 }
@@ -175,10 +120,31 @@ impl Gateway {
             None => None,
         };
         let sockets = switch_gateway::Sockets { sip_udp: udp, sip_tcp: tcp, sip_tls };
-        let task = tokio::spawn(switch_gateway::run(config.clone(), sockets, async move {
-            let _ = rx.await;
-        }));
-        Gateway { id: id.into(), sip: format!("127.0.0.1:{port}").parse().unwrap(), config, stop: Some(tx), task: Some(task) }
+        let steps = switch_gateway::steps::Steps::default();
+        let task = tokio::spawn(switch_gateway::run_with_steps(
+            config.clone(),
+            sockets,
+            async move {
+                let _ = rx.await;
+            },
+            steps.clone(),
+        ));
+        Gateway {
+            id: id.into(),
+            sip: format!("127.0.0.1:{port}").parse().unwrap(),
+            config,
+            steps,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// The steps of the one call this gateway traced (panics if it traced none or several).
+    pub fn steps_of_the_call(&self) -> Vec<trunkline_protocol::Step> {
+        match self.steps.all().as_slice() {
+            [(_, steps)] => steps.clone(),
+            other => panic!("gateway {}: expected the steps of one call, got {other:?}", self.id),
+        }
     }
 
     /// The switch's address as the cloud hands it to callers (C13, C2, C3): its name.
@@ -192,21 +158,14 @@ impl Gateway {
     }
 }
 
-/// Wait until `cond` holds, checking after each `step` (a poll with a deadline, not a sleep
-/// standing in for synchronisation).
-pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+/// Wait until `cond` holds, within [`WAIT`] (a poll with a deadline, not a sleep standing in
+/// for synchronisation).
+pub async fn eventually<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
+    trunkline_test_support::eventually(what, WAIT, cond).await
 }
 
 /// Is switch `id` online according to the signal server's directory?
@@ -267,17 +226,6 @@ pub async fn sipp(dir: &Path, target: SocketAddr, args: &[&str]) -> SippRun {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         messages,
     }
-}
-
-/// A port free right now for both UDP and TCP (sipp cannot take port 0; `-t t1` uses TCP).
-pub fn free_udp_port() -> u16 {
-    for _ in 0..100 {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP");
 }
 
 /// Register `number` at `gw` over UDP from `local` with digest (MD5, or SHA-256 when

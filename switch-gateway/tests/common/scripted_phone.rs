@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use trunkline_client::g711::Law;
 use trunkline_client::wav::tone;
+use trunkline_media::g711::Law;
 use trunkline_sip::digest::{self, Algorithm};
 use trunkline_sip::{Message, Method, Response};
 

@@ -1,7 +1,6 @@
 //! Audio checks for the real-phone tests: read a PCM WAV file and find its dominant frequency
 //! (Goertzel scan), so "a 1 kHz tone in must come out at 1 kHz" can be asserted in Rust.
-//! Included with `#[path = "common/audio.rs"] mod audio;`.
-#![allow(dead_code)]
+//! (`media` has G.711 but no tone detection; this works on what a phone recorded, any rate.)
 
 use std::path::Path;
 
@@ -81,6 +80,12 @@ pub fn read_wav(path: &Path) -> Result<Pcm, String> {
     Err(format!("{}: no data chunk", path.display()))
 }
 
+/// The samples of `pcm` from second `from` on.
+pub fn since(pcm: &Pcm, from: f64) -> Pcm {
+    let start = ((from.max(0.0) * pcm.rate as f64) as usize).min(pcm.samples.len());
+    Pcm { rate: pcm.rate, samples: pcm.samples[start..].to_vec() }
+}
+
 /// Goertzel power of `freq` over `x`.
 fn goertzel(x: &[f32], rate: u32, freq: f64) -> f64 {
     let w = 2.0 * std::f64::consts::PI * freq / rate as f64;
@@ -122,7 +127,7 @@ pub fn dominant_frequency(pcm: &Pcm) -> (f64, f64) {
 }
 
 #[cfg(test)]
-mod self_check {
+mod tests {
     use super::*;
 
     fn tone(freq: f64, rate: u32, secs: f64, amp: f32) -> Pcm {
@@ -132,7 +137,7 @@ mod self_check {
     }
 
     #[test]
-    fn finds_the_tone_and_not_in_silence() {
+    fn the_dominant_frequency_is_the_tone_and_silence_has_none() {
         let (f, share) = dominant_frequency(&tone(1000.0, 8000, 1.0, 0.5));
         assert!((f - 1000.0).abs() < 2.0 && share > 0.9, "{f} {share}");
         let (f, _) = dominant_frequency(&tone(440.0, 16000, 0.5, 0.1));

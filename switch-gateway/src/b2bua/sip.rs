@@ -1,0 +1,348 @@
+//! SIP in and out: request checks and dispatch, server and client transactions around the
+//! state machines of `transaction.rs`, and their timers.
+
+use super::dialog::DialogRequest;
+use super::transaction::{ClientTimeout, ServerTimeout};
+use super::*;
+
+impl Core {
+    // ============================================================ SIP requests
+
+    pub(super) fn on_request(&mut self, now: Instant, src: SocketAddr, transport: Transport, req: Request) {
+        // A blocked source is ignored (the driver drops it before parsing; this is the backstop).
+        if self.guard.is_blocked(now, src.ip()) {
+            metrics::counter!("trunkline_sip_dropped_total", "reason" => "blocked").increment(1);
+            return;
+        }
+        let Ok(via) = req.top_via() else { return };
+        let sent_by = format!("{}:{}", host_str(&via.host), via.port.unwrap_or(5060));
+        let branch = match via.branch() {
+            Some(b) if via.is_rfc3261_branch() => b.to_string(),
+            // RFC 2543 peers: identify the transaction by what they do send.
+            _ => format!(
+                "2543-{}-{}-{}",
+                req.call_id().unwrap_or(""),
+                req.cseq().map(|c| c.seq).unwrap_or(0),
+                req.from().ok().and_then(|f| f.tag().map(str::to_string)).unwrap_or_default()
+            ),
+        };
+        let method = match &req.method {
+            Method::Ack => "INVITE".to_string(),
+            m => m.as_str().to_string(),
+        };
+        let key = ServerKey { branch, sent_by, method };
+
+        if req.method == Method::Ack {
+            // The ACK of our non-2xx final is the transaction's; that of a 2xx is the call's.
+            if self.server_txs.get_mut(&key).is_some_and(|mut tx| tx.on_ack(now)) {
+                return;
+            }
+            self.on_ack_2xx(now, &req);
+            return;
+        }
+        if let Some(tx) = self.server_txs.get(&key) {
+            // A retransmission: repeat our last answer, if any.
+            if let Some(data) = tx.last_response() {
+                self.out.push_back(Output::Sip { to: src, transport, data: data.to_vec() });
+            }
+            return;
+        }
+
+        // RFC 3261 §8.2: checks every UAS makes before looking at the method. These answers,
+        // like every answer that needs no authentication and changes nothing (challenges, 403,
+        // OPTIONS, 405, 481), are sent without a server transaction: a retransmission gets the
+        // same answer again, and a flood of them costs no memory.
+        if !matches!(req.uri.scheme, Scheme::Sip | Scheme::Sips) {
+            return self.reply_unauthenticated(now, src, transport, &req, 416, "Unsupported URI Scheme", |_| {});
+        }
+        if let Ok(Some(0)) = req.max_forwards()
+            && req.method != Method::Options
+        {
+            return self.reply_unauthenticated(now, src, transport, &req, 483, "Too Many Hops", |_| {});
+        }
+        if let Some(req_ext) = req.headers.get("Require")
+            && req.method != Method::Cancel
+        {
+            let unsupported: Vec<&str> = req_ext.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+            if !unsupported.is_empty() {
+                let list = unsupported.join(", ");
+                return self.reply_unauthenticated(now, src, transport, &req, 420, "Bad Extension", |r| {
+                    r.headers.push("Unsupported", list)
+                });
+            }
+        }
+        if !req.body.is_empty()
+            && let Ok(Some(ct)) = req.content_type()
+            && !ct.trim().to_ascii_lowercase().starts_with("application/sdp")
+            && req.method == Method::Invite
+        {
+            return self.reply_unauthenticated(now, src, transport, &req, 415, "Unsupported Media Type", |r| {
+                r.headers.push("Accept", "application/sdp")
+            });
+        }
+
+        let in_dialog = req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_some();
+        match req.method {
+            Method::Register => self.on_register(now, &key, src, transport, &req),
+            Method::Invite if !in_dialog => self.on_invite(now, &key, src, transport, req),
+            Method::Cancel => {
+                let invite_key = ServerKey { method: "INVITE".into(), ..key.clone() };
+                if self.server_txs.get(&invite_key).and_then(|t| t.call).is_none() {
+                    return self.reply_unauthenticated(now, src, transport, &req, 481, "Call/Transaction Does Not Exist", |_| {});
+                }
+                if self.open_tx(&key, &req, src, transport) {
+                    self.on_cancel(now, &key, &req);
+                }
+            }
+            Method::Options if !in_dialog => self.reply_unauthenticated(now, src, transport, &req, 200, "OK", |r| {
+                r.headers.push("Allow", ALLOW);
+                r.headers.push("Accept", "application/sdp");
+            }),
+            _ if in_dialog => {
+                let cid = req.call_id().unwrap_or("");
+                if !self.by_a.contains_key(cid) && !self.by_b.contains_key(cid) {
+                    return self.reply_unauthenticated(now, src, transport, &req, 481, "Call/Transaction Does Not Exist", |_| {});
+                }
+                if self.open_tx(&key, &req, src, transport) {
+                    self.on_in_dialog(now, &key, src, transport, req);
+                }
+            }
+            Method::Bye => self.reply_unauthenticated(now, src, transport, &req, 481, "Call/Transaction Does Not Exist", |_| {}),
+            _ => self
+                .reply_unauthenticated(now, src, transport, &req, 405, "Method Not Allowed", |r| r.headers.push("Allow", ALLOW)),
+        }
+    }
+
+    /// Open server transaction `key` for a request we will act on. At the table's cap, the
+    /// request gets a stateless 503 instead (and `false`).
+    pub(super) fn open_tx(&mut self, key: &ServerKey, req: &Request, src: SocketAddr, transport: Transport) -> bool {
+        if self.server_txs.len() >= self.cfg.guard.max_server_transactions {
+            metrics::counter!("trunkline_sip_dropped_total", "reason" => "transactions_full").increment(1);
+            tracing::warn!(%src, limit = self.cfg.guard.max_server_transactions, "server transaction table full: 503");
+            self.reply_stateless(src, transport, req, 503, "Service Unavailable", |r| r.headers.push("Retry-After", "5"));
+            return false;
+        }
+        self.seq += 1;
+        self.server_txs.insert(key.clone(), ServerTx::new(req.method == Method::Invite, src, transport, self.seq));
+        true
+    }
+
+    /// Answer without a server transaction.
+    pub(super) fn reply_stateless(
+        &mut self,
+        src: SocketAddr,
+        transport: Transport,
+        req: &Request,
+        status: u16,
+        reason: &str,
+        edit: impl FnOnce(&mut Response),
+    ) {
+        let mut r = Response::to_request(req, status, reason);
+        if status > 100 && req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_none() {
+            r.set_to_tag(&new_tag(&mut self.rng));
+        }
+        r.headers.push("Server", "Trunkline");
+        edit(&mut r);
+        self.out.push_back(Output::Sip { to: src, transport, data: r.to_bytes() });
+    }
+
+    /// Send a response within server transaction `key`.
+    pub(super) fn reply(
+        &mut self,
+        now: Instant,
+        key: &ServerKey,
+        req: &Request,
+        status: u16,
+        reason: &str,
+        edit: impl FnOnce(&mut Response),
+    ) {
+        let mut r = Response::to_request(req, status, reason);
+        if status > 100 && req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_none() {
+            r.set_to_tag(&new_tag(&mut self.rng));
+        }
+        r.headers.push("Server", "Trunkline");
+        edit(&mut r);
+        self.send_response(now, key, r);
+    }
+
+    pub(super) fn send_response(&mut self, now: Instant, key: &ServerKey, r: Response) {
+        let Some(mut tx) = self.server_txs.get_mut(key) else { return };
+        let data = r.to_bytes();
+        self.out.push_back(Output::Sip { to: tx.to, transport: tx.transport, data: data.clone() });
+        tx.on_send(now, r.status, data);
+    }
+
+    /// Send `r` to leg A's caller at `src`: within its INVITE transaction `key` while that
+    /// lives, else as it is.
+    pub(super) fn send_to_a(&mut self, now: Instant, key: &ServerKey, src: SocketAddr, transport: Transport, r: Response) {
+        if self.server_txs.contains_key(key) {
+            self.send_response(now, key, r);
+        } else {
+            self.out.push_back(Output::Sip { to: src, transport, data: r.to_bytes() });
+        }
+    }
+
+    // ============================================================ SIP responses (our forks)
+
+    pub(super) fn on_response(&mut self, now: Instant, resp: Response) {
+        let Some(branch) = resp.top_via().ok().and_then(|v| v.branch().map(str::to_string)) else { return };
+        // A CANCEL shares its INVITE's branch: tell them apart by the CSeq method.
+        let branch = match resp.cseq() {
+            Ok(c) if c.method == Method::Cancel => format!("{branch}-cancel"),
+            _ => branch,
+        };
+        let Some(mut tx) = self.client_txs.get_mut(&branch) else { return };
+        let received = tx.on_response(now, resp.status);
+        if received.ack
+            && let Some(req) = &tx.request
+        {
+            // A non-2xx final to our INVITE is ACKed in its transaction, each time it comes.
+            let ack = DialogRequest::ack_non_2xx(req, &resp).build(Method::Ack);
+            self.out.push_back(Output::Sip { to: tx.to, transport: tx.transport, data: ack.to_bytes() });
+        }
+        let Some(first_final) = received.deliver else { return };
+        let owner = match &tx.owner {
+            ClientOwner::Fork { call, fork } => Some((*call, *fork)),
+            ClientOwner::Fire => None,
+        };
+        drop(tx);
+        if let Some((call, fork)) = owner {
+            self.fork_response(now, call, fork, &branch, resp, first_final);
+        }
+    }
+
+    // ============================================================ client transactions + timers
+
+    pub(super) fn send_client(
+        &mut self,
+        now: Instant,
+        key: String,
+        req: Request,
+        to: SocketAddr,
+        transport: Transport,
+        owner: ClientOwner,
+    ) {
+        self.seq += 1;
+        let tx = ClientTx::new(now, req, to, transport, owner, self.seq);
+        self.out.push_back(Output::Sip { to, transport, data: tx.data().to_vec() });
+        self.client_txs.insert(key, tx);
+    }
+
+    pub(super) fn set_call_timer(&mut self, now: Instant, id: u64, after: Duration, which: CallTimer) {
+        self.seq += 1;
+        let order = self.seq;
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.deadline = Some(CallDeadline { at: now + after, which, order });
+            self.call_deadlines.push(now + after, order, id);
+        }
+    }
+
+    pub(super) fn cancel_timer(&mut self, id: u64) {
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.deadline = None;
+        }
+    }
+
+    /// Fire every transaction and call timer due at `now`: earliest first, ties in the order
+    /// they were set (so a run is the same every time), until none is due.
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        loop {
+            let calls = &self.calls;
+            let call_current = |id: &u64| calls.get(id).and_then(|c| c.deadline.map(|d| (d.at, d.order)));
+            let candidates = [
+                self.server_txs.peek_due(now).map(|d| (d, 0)),
+                self.client_txs.peek_due(now).map(|d| (d, 1)),
+                self.call_deadlines.peek_due(now, call_current).map(|d| (d, 2)),
+            ];
+            let Some((_, which)) = candidates.into_iter().flatten().min() else { return };
+            match which {
+                0 => {
+                    if let Some(key) = self.server_txs.pop_due() {
+                        self.server_timeout(now, &key);
+                    }
+                }
+                1 => {
+                    if let Some(key) = self.client_txs.pop_due() {
+                        self.client_timeout(now, &key);
+                    }
+                }
+                _ => {
+                    if let Some(id) = self.call_deadlines.pop() {
+                        self.call_timeout(now, id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn server_timeout(&mut self, now: Instant, key: &ServerKey) {
+        let Some(mut tx) = self.server_txs.get_mut(key) else { return };
+        let events = tx.on_timeout(now);
+        let (to, transport, call, done) = (tx.to, tx.transport, tx.call, tx.is_terminated());
+        drop(tx);
+        if done {
+            self.server_txs.remove(key);
+        }
+        for ev in events {
+            match ev {
+                ServerTimeout::Retransmit(data) => self.out.push_back(Output::Sip { to, transport, data }),
+                ServerTimeout::NoAck => {
+                    if let Some(id) = call
+                        && self.calls.get(&id).is_some_and(|c| c.state == CallState::Answered)
+                    {
+                        // RFC 3261 §13.3.1.4: no ACK 64·T1 after our 2xx; the dialog is
+                        // confirmed and at once ended (BYE), on both legs.
+                        tracing::warn!(call = id, "no ACK for our 200 OK: hanging up");
+                        self.hangup(now, id, true, true);
+                    }
+                }
+            }
+        }
+    }
+
+    fn client_timeout(&mut self, now: Instant, key: &str) {
+        let Some(mut tx) = self.client_txs.get_mut(key) else { return };
+        let events = tx.on_timeout(now);
+        let (to, transport, done) = (tx.to, tx.transport, tx.is_terminated());
+        let owner = match tx.owner {
+            ClientOwner::Fork { call, fork } => Some((call, fork)),
+            ClientOwner::Fire => None,
+        };
+        drop(tx);
+        if done {
+            self.client_txs.remove(key);
+        }
+        for ev in events {
+            match ev {
+                ClientTimeout::Retransmit(data) => self.out.push_back(Output::Sip { to, transport, data }),
+                // Timer B: as a 408 from that contact.
+                ClientTimeout::TimedOut => {
+                    if let Some((call, fork)) = owner
+                        && let Some(c) = self.calls.get_mut(&call)
+                        && let Some(f) = c.forks.get_mut(fork)
+                        && matches!(f.state, ForkState::Trying | ForkState::Ringing)
+                    {
+                        f.state = ForkState::Failed(408);
+                        let all_done = c.forks.iter().all(|f| matches!(f.state, ForkState::Failed(_) | ForkState::Cancelled));
+                        if all_done && c.winner.is_none() {
+                            self.fail_call(now, call, Failure::NoAnswer(Some("the callee's phone did not respond")));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn call_timeout(&mut self, now: Instant, id: u64) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(d) = call.deadline.filter(|d| d.at <= now) else { return };
+        call.deadline = None;
+        match d.which {
+            CallTimer::Ring if call.state == CallState::Ringing => self.fail_call(now, id, Failure::NoAnswer(Some("no answer"))),
+            CallTimer::Route if call.state == CallState::Routing => {
+                self.fail_call(now, id, Failure::Unavailable("the cloud did not answer in time".into()))
+            }
+            _ => {}
+        }
+    }
+}

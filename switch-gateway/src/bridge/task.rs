@@ -1,0 +1,519 @@
+//! A bridge's tokio task: the WebRTC leg's socket and str0m `Rtc`, the phone leg's RTP/RTCP
+//! sockets, STUN probes and TURN allocations for a session, and the commands from the driver.
+//! What happens to each packet between the legs (latching, law conversion, DTMF) is
+//! `trunkline_media::bridge::BridgeCore`; this file only moves bytes and drives str0m.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::channel::ChannelId;
+use str0m::format::{Codec, CodecExtra};
+use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt, TelephoneEvent};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::sync::mpsc;
+use trunkline_media::bridge::{BridgeCore, FromPhone, FromWebRtc};
+use trunkline_media::latch::{DropReason, drop_counter};
+use trunkline_media::ports::{LegSockets, send_now};
+use trunkline_media::rtp::DtmfEvent;
+use trunkline_media::srflx::{ProbeEvent, ProbeTiming, SrflxProbe};
+use trunkline_media::turn::{RelayEvent, Relays, StreamId};
+use trunkline_media::webrtc::{choose_payload, law_of};
+
+use super::turn::{StreamEvent, Turn};
+use super::{BridgeCmd, DIRECT_CHANNEL, ICE_BURST, ICE_PACE, PendingBridge, STR0M_TA, SessionEvent, SessionIce};
+
+/// How long an F2 caller's session waits for its DataChannel before the call fails.
+const SESSION_OPEN_WAIT: Duration = Duration::from_secs(20);
+
+/// How long a session waits for its key before it gives up (the key's own TTL is shorter).
+const SESSION_KEY_WAIT: Duration = Duration::from_secs(60);
+
+/// A session's own state inside the bridge task.
+struct SessionState {
+    events: mpsc::UnboundedSender<SessionEvent>,
+    probe: Option<SrflxProbe>,
+    dc: Option<ChannelId>,
+    /// DataChannel text queued before the channel opened.
+    dc_queue: Vec<String>,
+    key_deadline: Instant,
+    /// F2 caller side: the DataChannel must open by then, or the connection failed.
+    open_deadline: Option<Instant>,
+    /// TURN allocations, when the cloud gave TURN servers.
+    turn: Option<Turn>,
+}
+
+async fn recv_opt(sock: Option<&tokio::net::UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    match sock {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(super) async fn run(
+    p: PendingBridge,
+    phone_remote: Option<SocketAddr>,
+    mut cmds: mpsc::UnboundedReceiver<BridgeCmd>,
+    session: Option<(SessionIce, Option<String>, mpsc::UnboundedSender<SessionEvent>)>,
+) {
+    let PendingBridge { mut rtc, ice, candidate, phone, offer: _, mid, remote_ips } = p;
+    let (mut phone, media) = match phone {
+        Some(leg) => (Some(leg.sockets), Some(leg.media)),
+        None => (None, None),
+    };
+    let ice = ice.rtp_socket();
+    let (stream_tx, mut stream_rx) = mpsc::unbounded_channel();
+    let mut session = session.map(|(servers, on_open, events)| {
+        let now = Instant::now();
+        let turn = (!servers.turn.is_empty()).then(|| {
+            let mut relays = Relays::new(&servers.turn, candidate, now);
+            for ip in remote_ips {
+                relays.permit(ip, now);
+            }
+            Turn { relays, tls: servers.turn_tls.clone(), streams: HashMap::new(), stream_events: stream_tx }
+        });
+        SessionState {
+            events,
+            probe: (!servers.stun.is_empty()).then(|| SrflxProbe::new(&servers.stun, ProbeTiming::default(), now)),
+            dc: None,
+            open_deadline: on_open.is_some().then_some(now + SESSION_OPEN_WAIT),
+            dc_queue: on_open.into_iter().collect(),
+            key_deadline: now + SESSION_KEY_WAIT,
+            turn: turn.filter(|t| !t.relays.is_empty()),
+        }
+    });
+    let mut core = BridgeCore::new(media, phone_remote);
+    let why = run_loop(&mut rtc, ice, candidate, &mut phone, &mut core, &mut cmds, &mut session, mid, &mut stream_rx).await;
+    if let Some(s) = session {
+        let _ = s.events.send(SessionEvent::Gone(why));
+        if let Some(turn) = s.turn {
+            turn.release(ice).await;
+        }
+    }
+}
+
+/// Send one of str0m's datagrams: through TURN when it leaves from one of our relayed
+/// addresses, else straight from the session's socket.
+fn transmit(t: &str0m::net::Transmit, ice: &tokio::net::UdpSocket, session: &mut Option<SessionState>) {
+    if let Some(turn) = session.as_mut().and_then(|s| s.turn.as_mut())
+        && turn.relays.is_relayed(t.source)
+    {
+        if let Err(e) = turn.relays.send(t.source, t.destination, &t.contents, Instant::now()) {
+            tracing::trace!(relayed = %t.source, peer = %t.destination, error = %e, "session: cannot relay");
+        }
+        turn.flush(ice);
+        return;
+    }
+    let _ = send_now(ice, &t.contents, t.destination);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_loop(
+    rtc: &mut Rtc,
+    ice: &tokio::net::UdpSocket,
+    candidate: SocketAddr,
+    phone: &mut Option<LegSockets>,
+    core: &mut BridgeCore,
+    cmds: &mut mpsc::UnboundedReceiver<BridgeCmd>,
+    session: &mut Option<SessionState>,
+    mid: Option<Mid>,
+    stream_rx: &mut mpsc::UnboundedReceiver<(StreamId, StreamEvent)>,
+) -> &'static str {
+    // str0m matches STUN to a candidate by the exact destination address; the socket may be
+    // bound to 0.0.0.0 while the candidate names the advertised address.
+    let ice_local = Some(candidate);
+    let foreign = drop_counter(DropReason::ForeignSource);
+    let mut mid: Option<Mid> = mid;
+    let mut webrtc_pts: Vec<(Pt, Codec)> = vec![];
+    let mut ice_buf = vec![0u8; 2000];
+    let mut rtp_buf = vec![0u8; 2000];
+    let mut rtcp_buf = vec![0u8; 2000];
+    let started = Instant::now();
+    let mut kick = false;
+    let mut admit = Admit::default();
+    let mut ice_checking = true;
+    let mut burst = 0u32;
+    loop {
+        // Drain str0m until it only has a timeout for us.
+        let mut sent_stun = false;
+        let next_timeout = loop {
+            match rtc.poll_output() {
+                Ok(Output::Timeout(t)) => break t,
+                Ok(Output::Transmit(t)) => {
+                    sent_stun |= t.contents.first().is_some_and(|b| *b < 4);
+                    transmit(&t, ice, session)
+                }
+                Ok(Output::Event(e)) => match e {
+                    Event::MediaAdded(m) if m.kind == MediaKind::Audio => mid = Some(m.mid),
+                    Event::ChannelOpen(id, label) => {
+                        // Only the agreed channel carries the direct protocol; others are ignored.
+                        if let Some(s) = session.as_mut()
+                            && s.dc.is_none()
+                            && label == DIRECT_CHANNEL
+                        {
+                            tracing::debug!(%label, "session: DataChannel open");
+                            s.dc = Some(id);
+                            s.open_deadline = None;
+                            if let Some(mut ch) = rtc.channel(id) {
+                                for text in s.dc_queue.drain(..) {
+                                    let _ = ch.write(false, text.as_bytes());
+                                }
+                            }
+                        }
+                    }
+                    Event::ChannelData(d) => {
+                        if let Some(s) = session.as_ref()
+                            && Some(d.id) == s.dc
+                            && !d.binary
+                            && let Ok(text) = String::from_utf8(d.data)
+                        {
+                            let _ = s.events.send(SessionEvent::Dc(text));
+                        }
+                    }
+                    Event::ChannelClose(id) if session.as_ref().is_some_and(|s| s.dc == Some(id)) => {
+                        return "the caller closed the DataChannel";
+                    }
+                    Event::Connected => {
+                        if let Some(w) = mid.and_then(|m| rtc.writer(m)) {
+                            webrtc_pts = w.payload_params().map(|p| (p.pt(), p.spec().codec)).collect();
+                        }
+                        tracing::debug!(after = ?started.elapsed(), "bridge: WebRTC leg connected");
+                    }
+                    Event::IceConnectionStateChange(state) => {
+                        ice_checking = matches!(state, IceConnectionState::New | IceConnectionState::Checking);
+                        if state == IceConnectionState::Disconnected {
+                            tracing::debug!("bridge: WebRTC leg disconnected");
+                        }
+                    }
+                    Event::MediaData(data) => {
+                        let Some(sockets) = phone.as_ref() else { continue };
+                        let timestamp = data.time.rebase(Frequency::EIGHT_KHZ).numer() as u32;
+                        let codec = data.params.spec().codec;
+                        let frame = match (law_of(codec), &data.codec_extra) {
+                            (Some(law), _) => FromWebRtc::Audio { law, timestamp, payload: &data.data },
+                            (None, CodecExtra::Tele(ev)) if codec == Codec::Tele => {
+                                let duration = (ev.duration.as_millis() * 8).min(u128::from(u16::MAX)) as u16;
+                                let event = DtmfEvent { event: ev.event, end: ev.end, volume: ev.volume, duration };
+                                FromWebRtc::Event { event, timestamp }
+                            }
+                            _ => continue,
+                        };
+                        if let Some(out) = core.from_webrtc(frame) {
+                            for pkt in out.packets {
+                                let _ = send_now(sockets.rtp_socket(), &pkt, out.to);
+                            }
+                        }
+                    }
+                    _ => {}
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "bridge: str0m error; closing");
+                    return "WebRTC error";
+                }
+            }
+        };
+        if !rtc.is_alive() {
+            return "the WebRTC leg closed";
+        }
+        let mut next_timeout = next_timeout;
+        // While checking, drive ICE every ICE_PACE instead of its own Ta of 50 ms (a deadline
+        // within Ta is str0m saying "a check is due, but not before Ta").
+        if ice_checking {
+            let now = Instant::now();
+            if next_timeout <= now + STR0M_TA {
+                next_timeout = next_timeout.min(now + ICE_PACE);
+            }
+        }
+        if let Some(s) = session.as_mut() {
+            // Only while waiting: a deadline in the past would make the loop spin.
+            if phone.is_none() {
+                if Instant::now() >= s.key_deadline {
+                    let _ = rtc.close();
+                    return "no key was presented in time";
+                }
+                next_timeout = next_timeout.min(s.key_deadline);
+            }
+            if let Some(t) = s.open_deadline {
+                if Instant::now() >= t {
+                    let _ = rtc.close();
+                    return "the direct connection could not be made";
+                }
+                next_timeout = next_timeout.min(t);
+            }
+            let mut probe_done = false;
+            if let Some(probe) = s.probe.as_mut() {
+                let now = Instant::now();
+                probe.handle_timeout(now);
+                while let Some((to, bytes)) = probe.poll_transmit(now) {
+                    let _ = send_now(ice, &bytes, to);
+                }
+                while let Some(ev) = probe.poll_event() {
+                    match ev {
+                        ProbeEvent::Mapped { server, mapped } => match Candidate::server_reflexive(mapped, candidate, "udp") {
+                            Ok(c) => {
+                                let line = c.to_sdp_string();
+                                if mapped != candidate && rtc.add_local_candidate(c).is_some() {
+                                    burst = ICE_BURST;
+                                    tracing::debug!(%server, %mapped, "session: server-reflexive candidate");
+                                    let _ = s.events.send(SessionEvent::Candidate(line));
+                                }
+                            }
+                            Err(e) => tracing::debug!(error = %e, "session: unusable mapped address"),
+                        },
+                        ProbeEvent::Unreachable { server, why } => {
+                            tracing::debug!(%server, %why, "session: STUN server unreachable")
+                        }
+                        // Every server answered or gave up: no more work on this per-packet path.
+                        ProbeEvent::Done => probe_done = true,
+                    }
+                }
+                if let Some(t) = probe.poll_timeout() {
+                    next_timeout = next_timeout.min(t);
+                }
+            }
+            if probe_done {
+                s.probe = None;
+            }
+            if let Some(turn) = s.turn.as_mut() {
+                let now = Instant::now();
+                if turn.relays.poll_timeout().is_some_and(|t| t <= now) {
+                    turn.relays.handle_timeout(now);
+                }
+                turn.connect();
+                while let Some(ev) = turn.relays.poll_event() {
+                    match ev {
+                        RelayEvent::Allocated { server, transport, relayed, local } => {
+                            match Candidate::relayed(relayed, local, "udp") {
+                                Ok(c) => {
+                                    let line = c.to_sdp_string();
+                                    if rtc.add_local_candidate(c).is_some() {
+                                        burst = ICE_BURST;
+                                        tracing::info!(%server, transport = transport.as_str(), %relayed, "session: relayed candidate");
+                                        let _ = s.events.send(SessionEvent::Candidate(line));
+                                    }
+                                }
+                                Err(e) => tracing::debug!(error = %e, "session: unusable relayed address"),
+                            }
+                        }
+                        RelayEvent::Failed { server, transport, why } => {
+                            tracing::debug!(%server, transport = transport.as_str(), %why, "session: no TURN allocation")
+                        }
+                    }
+                }
+                turn.flush(ice);
+                if let Some(t) = turn.relays.poll_timeout() {
+                    next_timeout = next_timeout.min(t);
+                }
+            }
+        }
+        // New candidates: their first checks now, not one per pacing step behind older pairs
+        // (str0m sends at most one check per input, the pair due first). Stops at the first
+        // input that sends no STUN.
+        if burst > 0 {
+            burst = if sent_stun || burst == ICE_BURST { burst - 1 } else { 0 };
+            if burst > 0 {
+                if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
+                    return "WebRTC error";
+                }
+                continue;
+            }
+        }
+        if std::mem::take(&mut kick) {
+            if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
+                return "WebRTC error";
+            }
+            continue;
+        }
+        let wait = next_timeout.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+        tokio::select! {
+            r = ice.recv_from(&mut ice_buf) => {
+                let Ok((n, source)) = r else { continue };
+                // Our STUN probe's answers share the socket with ICE, DTLS and SRTP.
+                if let Some(probe) = session.as_mut().and_then(|s| s.probe.as_mut())
+                    && probe.is_ours(source, &ice_buf[..n])
+                {
+                    probe.handle_input(source, &ice_buf[..n], Instant::now());
+                    continue;
+                }
+                // So are the answers of a UDP TURN server (and what it relays to us).
+                if let Some(turn) = session.as_mut().and_then(|s| s.turn.as_mut())
+                    && turn.relays.is_from_server(source)
+                {
+                    turn.relays.udp_data(source, &ice_buf[..n], Instant::now());
+                    turn.flush(ice);
+                    if turn.deliver(rtc, &mut admit).is_err() {
+                        return "WebRTC error";
+                    }
+                    continue;
+                }
+                let Some(destination) = ice_local else { continue };
+                let Ok(contents) = ice_buf[..n].try_into() else { continue };
+                let input = Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source, destination, contents });
+                if admit.admit(rtc, &input, &ice_buf[..n]) && rtc.handle_input(input).is_err() {
+                    return "WebRTC error";
+                }
+            }
+            r = recv_opt(phone.as_ref().map(|p| p.rtp_socket()), &mut rtp_buf) => {
+                let Ok((n, source)) = r else { continue };
+                // Symmetric RTP: answer where the phone really sends from, and only hear it.
+                let before = core.latched();
+                let from_phone = core.on_phone_rtp(source, &rtp_buf[..n], Instant::now());
+                if core.latched() != before {
+                    tracing::debug!(%source, previous = ?before, "bridge: phone RTP latched");
+                }
+                let to = match from_phone {
+                    FromPhone::Forward(to) => to,
+                    FromPhone::Dropped(reason) => {
+                        tracing::trace!(%source, ?reason, "bridge: RTP from a foreign source dropped");
+                        foreign.increment(1);
+                        continue;
+                    }
+                    FromPhone::Nothing | FromPhone::Invalid => continue,
+                };
+                let Some(m) = mid else { continue };
+                if webrtc_pts.is_empty() {
+                    // Known once the WebRTC leg negotiated (MediaAdded may follow Connected).
+                    if let Some(w) = rtc.writer(m) {
+                        webrtc_pts = w.payload_params().map(|p| (p.pt(), p.spec().codec)).collect();
+                    }
+                    if webrtc_pts.is_empty() {
+                        continue;
+                    }
+                }
+                let now = Instant::now();
+                // The WebRTC side may have taken only the other law: then re-code.
+                let Some((pt, law)) = choose_payload(&webrtc_pts, to.law) else { continue };
+                let payload = to.law.transcode(&to.payload, law);
+                let Some(mut w) = rtc.writer(m) else { continue };
+                if let Some(ev) = to.event {
+                    // str0m sends the RFC 4733 packets for it, attached to this frame.
+                    let duration = Duration::from_millis(u64::from(ev.duration) / 8);
+                    w = w.telephone_event(TelephoneEvent { event: ev.event, end: true, volume: ev.volume, duration });
+                }
+                let time = MediaTime::new(u64::from(to.timestamp), Frequency::EIGHT_KHZ);
+                if let Err(e) = w.write(pt, now, time, payload) {
+                    tracing::debug!(error = %e, "bridge: cannot write to the WebRTC leg");
+                    continue;
+                }
+                // str0m releases queued media on its next input: give it one right after the
+                // drain (≈ 1 ms of added delay otherwise, waiting for the timer tick).
+                kick = true;
+            }
+            // RTCP from the phone is not forwarded (str0m makes its own reports): drain it, and
+            // count what comes from elsewhere as the relay does.
+            r = recv_opt(phone.as_ref().map(|p| p.rtcp_socket()), &mut rtcp_buf) => {
+                if let Ok((n, source)) = r
+                    && core.on_phone_rtcp(source, &rtcp_buf[..n], Instant::now()).is_some()
+                {
+                    foreign.increment(1);
+                }
+            }
+            cmd = cmds.recv() => match cmd {
+                Some(BridgeCmd::PhoneRemote(addr)) => {
+                    if core.set_signalled(Some(addr)) {
+                        tracing::debug!(%addr, "bridge: phone leg re-pointed by signalling");
+                    }
+                }
+                Some(BridgeCmd::Attach(leg, remote)) => {
+                    *phone = Some(leg.sockets);
+                    core.attach(leg.media, remote);
+                }
+                Some(BridgeCmd::RemoteCandidate(line)) => {
+                    let line = line.strip_prefix("a=").unwrap_or(&line);
+                    match Candidate::from_sdp_string(line) {
+                        Ok(c) => {
+                            // The far end may send to our relayed addresses from there.
+                            if let Some(turn) = session.as_mut().and_then(|s| s.turn.as_mut()) {
+                                turn.relays.permit(c.addr().ip(), Instant::now());
+                                turn.flush(ice);
+                            }
+                            rtc.add_remote_candidate(c);
+                            burst = ICE_BURST;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "session: unusable remote candidate"),
+                    }
+                }
+                Some(BridgeCmd::Dc(text)) => {
+                    if let Some(s) = session.as_mut() {
+                        match s.dc.and_then(|id| rtc.channel(id)) {
+                            Some(mut ch) => {
+                                let _ = ch.write(false, text.as_bytes());
+                            }
+                            None => s.dc_queue.push(text),
+                        }
+                        kick = true;
+                    }
+                }
+                Some(BridgeCmd::Stop) | None => {
+                    // RTCP BYE + DTLS close_notify, so the caller's side sees the end too.
+                    let _ = rtc.close();
+                    while let Ok(o) = rtc.poll_output() {
+                        match o {
+                            Output::Transmit(t) => transmit(&t, ice, session),
+                            Output::Timeout(_) => break,
+                            Output::Event(_) => {}
+                        }
+                    }
+                    return "stopped";
+                }
+            },
+            Some((id, ev)) = stream_rx.recv() => {
+                let Some(turn) = session.as_mut().and_then(|s| s.turn.as_mut()) else { continue };
+                let now = Instant::now();
+                match ev {
+                    StreamEvent::Connected(local) => turn.relays.stream_connected(id, local, now),
+                    StreamEvent::Data(data) => turn.relays.stream_data(id, &data, now),
+                    StreamEvent::Closed(why) => {
+                        turn.streams.remove(&id);
+                        turn.relays.stream_closed(id, &why, now);
+                    }
+                }
+                turn.flush(ice);
+                if turn.deliver(rtc, &mut admit).is_err() {
+                    return "WebRTC error";
+                }
+            }
+            _ = tokio::time::sleep(wait) => {
+                if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
+                    return "WebRTC error";
+                }
+            }
+        }
+    }
+}
+
+/// Which datagrams str0m gets.
+///
+/// Not only what `Rtc::accepts` takes: that is meant to pick one of many `Rtc`s sharing a socket,
+/// and it refuses DTLS (and media) from an address until *our own* check on a pair with it has
+/// succeeded. The caller is the controlling agent and starts DTLS as soon as *its* check succeeds,
+/// which is usually first (our check to it may still be on its way, or lost to its NAT), so its
+/// first DTLS flight was dropped here and came again only after its retransmission timer: 50 ms
+/// and doubling in Chromium, a whole second in str0m (the headless client, another gateway).
+/// This socket belongs to one session, so also admit anything from an address that has sent us
+/// an ICE message str0m authenticated (it knows the ICE password of our answer). str0m holds its
+/// DTLS answer until ICE has nominated a pair, so nothing goes back to an unchecked address.
+#[derive(Default)]
+pub(super) struct Admit {
+    /// Sources of authenticated STUN (a handful per call: host, server-reflexive, relayed).
+    peers: Vec<SocketAddr>,
+}
+
+impl Admit {
+    pub(super) fn admit(&mut self, rtc: &Rtc, input: &Input, data: &[u8]) -> bool {
+        let Input::Receive(_, r) = input else { return true };
+        let accepted = rtc.accepts(input);
+        // RFC 7983: a first byte of 0..=3 is STUN; `accepts` checked its MESSAGE-INTEGRITY.
+        if data.first().is_some_and(|b| *b < 4) {
+            if accepted && !self.peers.contains(&r.source) {
+                if self.peers.len() >= 16 {
+                    self.peers.remove(0);
+                }
+                self.peers.push(r.source);
+            }
+            return accepted;
+        }
+        accepted || self.peers.contains(&r.source)
+    }
+}
