@@ -3,7 +3,7 @@
 
 sip_message: the RFC 4475 torture messages (/work/shared/testdata or sip/tests/rfc4475).
 sip_digest:  Authorization header values found in those messages and in the tests.
-sdp:         SDP bodies of the torture messages and SDP literals from media/src/sdp.rs tests.
+sdp:         SDP bodies of the torture messages and SDP literals from media/src/sdp/ tests.
 protocol:    every {"type":...} JSON example in docs/protocol.md and the protocol crate's tests.
 stun:        STUN/TURN messages built here byte by byte (RFC 8489 / RFC 8656 layouts).
 rtp_rtcp:    RTP and RTCP packets built here (RFC 3550 layouts).
@@ -51,7 +51,8 @@ put("sip_digest", 'Digest username="1001", realm="trunkline", nonce="' + "0" * 6
 put("sip_digest", "00000000690f3c4f000000000000000159d4b4b1a1e1c27e28b2a6f2bc9d0e5f")  # nonce-shaped
 
 # --- SDP ---------------------------------------------------------------------------------
-text = open(os.path.join(ROOT, "media/src/sdp.rs"), encoding="utf-8").read()
+sdp_dir = os.path.join(ROOT, "media/src/sdp")
+text = "".join(open(os.path.join(sdp_dir, f), encoding="utf-8").read() for f in sorted(os.listdir(sdp_dir)) if f.endswith(".rs"))
 for m in re.finditer(r'"(v=0(?:[^"\\]|\\.)*)"', text):
     s = m.group(1)
     s = re.sub(r"\\\n\s*", "", s)  # Rust line continuations
