@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use common::direct::{Browser, forge};
 use tokio::net::UdpSocket;
-use trunkline_client::g711::Law;
 use trunkline_client::softphone::{Softphone, SoftphoneConfig};
 use trunkline_client::wav::{dominant_frequency, tone};
 use trunkline_client::webrtc::{AudioSource, PeerOptions};
+use trunkline_media::g711::Law;
+use trunkline_media::rtp::{RtpStream, parse_rtp};
 use trunkline_protocol::{DirectServerMsg, ErrorCode, Outcome, Step};
 
 fn softphone_config(cloud: &Cloud) -> SoftphoneConfig {
@@ -44,13 +45,11 @@ async fn f1_key_on_the_datachannel_then_the_phone_rings_and_audio_flows_both_way
     let sender = {
         let tx = phone_rtp.clone();
         tokio::spawn(async move {
+            let mut stream = RtpStream::new(7, 0);
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             for (i, frame) in tone(440.0, 3.0, 8000).chunks(160).enumerate() {
                 tick.tick().await;
-                let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
-                pkt[2..4].copy_from_slice(&(i as u16).to_be_bytes());
-                pkt[4..8].copy_from_slice(&((i * 160) as u32).to_be_bytes());
-                pkt.extend(Law::Mu.encode_frame(frame));
+                let pkt = stream.packet(Law::Mu.payload_type(), (i * 160) as u32, &Law::Mu.encode_frame(frame));
                 let _ = tx.send_to(&pkt, gw_rtp).await;
             }
         })
@@ -59,8 +58,10 @@ async fn f1_key_on_the_datachannel_then_the_phone_rings_and_audio_flows_both_way
     let mut buf = vec![0u8; 2048];
     while heard.len() < 8000 {
         let (n, _) = tokio::time::timeout(WAIT, phone_rtp.recv_from(&mut buf)).await.expect("audio from the browser").unwrap();
-        if n > 12 && buf[1] & 0x7f == 0 {
-            Law::Mu.decode_into(&buf[12..n], &mut heard);
+        if let Ok(h) = parse_rtp(&buf[..n])
+            && h.payload_type == Law::Mu.payload_type()
+        {
+            Law::Mu.decode_into(h.payload(&buf[..n]), &mut heard);
         }
     }
     let f_phone = dominant_frequency(&heard[heard.len() - 4000..], 8000);

@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use common::direct::Browser;
 use tokio::net::UdpSocket;
-use trunkline_client::g711::Law;
 use trunkline_client::wav::{dominant_frequency, tone};
 use trunkline_client::webrtc::{AudioSource, PeerOptions};
+use trunkline_media::g711::Law;
+use trunkline_media::rtp::{DtmfEvent, RtpFields, RtpStream, build_rtp, parse_rtp};
 use trunkline_protocol::{CallEvent, DirectServerMsg};
 
 /// Answer the next INVITE on `sip` with an SDP for `rtp`; returns the gateway's RTP address.
@@ -84,20 +85,14 @@ async fn f1_browser_key_offer_answer_and_audio_both_ways_through_the_bridge() {
     // The phone plays 440 Hz (PCMU, 20 ms packets) and records what the browser sends.
     let phone_tone = tone(440.0, 2.0, 8000);
     let sender = {
-        let phone_rtp_addr = phone_rtp.local_addr().unwrap();
-        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        drop(sock);
-        let _ = phone_rtp_addr;
         let rtp = std::sync::Arc::new(phone_rtp);
         let tx = rtp.clone();
         let send = tokio::spawn(async move {
+            let mut stream = RtpStream::new(7, 0);
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             for (i, frame) in phone_tone.chunks(160).enumerate() {
                 tick.tick().await;
-                let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
-                pkt[2..4].copy_from_slice(&(i as u16).to_be_bytes());
-                pkt[4..8].copy_from_slice(&((i * 160) as u32).to_be_bytes());
-                pkt.extend(Law::Mu.encode_frame(frame));
+                let pkt = stream.packet(Law::Mu.payload_type(), (i * 160) as u32, &Law::Mu.encode_frame(frame));
                 let _ = tx.send_to(&pkt, gw_rtp).await;
             }
         });
@@ -108,8 +103,10 @@ async fn f1_browser_key_offer_answer_and_audio_both_ways_through_the_bridge() {
     let mut buf = vec![0u8; 2048];
     while heard.len() < 8000 {
         let (n, _) = tokio::time::timeout(WAIT, rtp.recv_from(&mut buf)).await.expect("audio from the browser").unwrap();
-        if n > 12 && buf[1] & 0x7f == 0 {
-            Law::Mu.decode_into(&buf[12..n], &mut heard);
+        if let Ok(h) = parse_rtp(&buf[..n])
+            && h.payload_type == Law::Mu.payload_type()
+        {
+            Law::Mu.decode_into(h.payload(&buf[..n]), &mut heard);
         }
     }
     send.await.unwrap();
@@ -126,17 +123,20 @@ async fn f1_browser_key_offer_answer_and_audio_both_ways_through_the_bridge() {
     let mut got_event = None;
     while got_event.is_none() {
         let (n, _) = tokio::time::timeout(WAIT, rtp.recv_from(&mut buf)).await.expect("DTMF in time").unwrap();
-        if n >= 16 && buf[1] & 0x7f == 101 && buf[13] & 0x80 != 0 {
-            got_event = Some(buf[12]);
+        if let Ok(h) = parse_rtp(&buf[..n])
+            && h.payload_type == 101
+            && let Some(e) = DtmfEvent::parse(h.payload(&buf[..n]))
+            && e.end
+        {
+            got_event = Some(e.event);
         }
     }
     assert_eq!(got_event, Some(4), "the phone received the browser's digit");
-    for i in 0..6u8 {
-        let end = i >= 3;
-        let mut pkt = vec![0x80, 101, 0, 200 + i, 0, 0, 0x40, 0, 0, 0, 0, 7];
-        let dur = (160 * (u16::from(i) + 1)).to_be_bytes();
-        pkt.extend([7, if end { 0x8a } else { 0x0a }, dur[0], dur[1]]);
-        rtp.send_to(&pkt, gw_rtp).await.unwrap();
+    for i in 0..6u16 {
+        // RFC 4733 §2.5.1.3: the marker starts the event; all its packets share the timestamp.
+        let fields = RtpFields { marker: i == 0, payload_type: 101, sequence: 200 + i, timestamp: 0x4000, ssrc: 7 };
+        let event = DtmfEvent { event: 7, end: i >= 3, volume: 10, duration: 160 * (i + 1) };
+        rtp.send_to(&build_rtp(&fields, &event.to_bytes()), gw_rtp).await.unwrap();
     }
     assert_eq!(media.wait_dtmf(1, WAIT).await.expect("the browser receives the phone's digit"), "7");
 
@@ -146,13 +146,12 @@ async fn f1_browser_key_offer_answer_and_audio_both_ways_through_the_bridge() {
     let keep = {
         let rtp = rtp.clone();
         tokio::spawn(async move {
+            let mut stream = RtpStream::new(7, 1000);
+            let frame = Law::Mu.encode_frame(&tone(440.0, 0.02, 8000));
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             for i in 0..250u32 {
                 tick.tick().await;
-                let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
-                pkt[2..4].copy_from_slice(&((1000 + i) as u16).to_be_bytes());
-                pkt[4..8].copy_from_slice(&(100_000 + i * 160).to_be_bytes());
-                pkt.extend(Law::Mu.encode_frame(&tone(440.0, 0.02, 8000)));
+                let pkt = stream.packet(Law::Mu.payload_type(), 100_000 + i * 160, &frame);
                 let _ = rtp.send_to(&pkt, gw_rtp).await;
             }
         })

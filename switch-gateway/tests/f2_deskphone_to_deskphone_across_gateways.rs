@@ -18,6 +18,7 @@ use std::sync::Arc;
 use signal_server::directory::Directory;
 use tokio::net::UdpSocket;
 use trunkline_client::wav::dominant_frequency;
+use trunkline_media::rtp::{DtmfEvent, RtpFields, build_rtp, parse_rtp};
 use trunkline_protocol::Step;
 use trunkline_sip::Message;
 
@@ -55,17 +56,20 @@ async fn f2_deskphone_on_hq_calls_deskphone_on_branch_with_audio_both_ways_and_t
 
     // DTMF across the two gateways: 1001 presses 9, 3001's phone receives the RFC 4733 event.
     for i in 0..6u16 {
-        let end = i >= 3;
-        let mut pkt = vec![0x80, 101, 0, 50 + i as u8, 0, 1, 0, 0, 0, 0, 0, 9];
-        let dur = (160 * (i + 1)).to_be_bytes();
-        pkt.extend([9, if end { 0x8a } else { 0x0a }, dur[0], dur[1]]);
-        caller_rtp.send_to(&pkt, hq_rtp).await.unwrap();
+        // RFC 4733 §2.5.1.3: the marker starts the event; all its packets share the timestamp.
+        let fields = RtpFields { marker: i == 0, payload_type: 101, sequence: 50 + i, timestamp: 0x1_0000, ssrc: 9 };
+        let event = DtmfEvent { event: 9, end: i >= 3, volume: 10, duration: 160 * (i + 1) };
+        caller_rtp.send_to(&build_rtp(&fields, &event.to_bytes()), hq_rtp).await.unwrap();
     }
     let mut buf = vec![0u8; 2048];
     let digit = loop {
         let (n, _) = tokio::time::timeout(WAIT, callee_rtp.recv_from(&mut buf)).await.expect("DTMF in time").unwrap();
-        if n >= 16 && buf[1] & 0x7f == 101 && buf[13] & 0x80 != 0 {
-            break buf[12];
+        if let Ok(h) = parse_rtp(&buf[..n])
+            && h.payload_type == 101
+            && let Some(e) = DtmfEvent::parse(h.payload(&buf[..n]))
+            && e.end
+        {
+            break e.event;
         }
     };
     assert_eq!(digit, 9, "3001 received 1001's digit");

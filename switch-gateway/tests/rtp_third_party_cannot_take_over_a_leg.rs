@@ -32,9 +32,10 @@ use sipcheck::wait_phone_list;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
-use trunkline_client::g711::Law;
 use trunkline_client::wav::{dominant_frequency, tone};
 use trunkline_client::webrtc::{AudioSource, PeerOptions};
+use trunkline_media::g711::Law;
+use trunkline_media::rtp::{RtpStream, parse_rtp};
 use trunkline_protocol::{CallEvent, DirectClientMsg, DirectServerMsg};
 use trunkline_test_support::audio;
 
@@ -94,15 +95,14 @@ impl Attacker {
             let (sock, sent, stop) = (sock.clone(), sent.clone(), stop.clone());
             tokio::spawn(async move {
                 let samples = tone(ATTACK_HZ as f32, 1.0, 8000);
+                // Well-formed PCMU of its own SSRC: only its source tells it apart.
+                let mut stream = RtpStream::new(0x0bad_beef, 0);
                 let mut tick = tokio::time::interval(Duration::from_millis(20));
                 let mut i = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     tick.tick().await;
                     let frame = &samples[(i % 50) * 160..(i % 50 + 1) * 160];
-                    let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0x0b, 0xad, 0xbe, 0xef];
-                    pkt[2..4].copy_from_slice(&(i as u16).to_be_bytes());
-                    pkt[4..8].copy_from_slice(&((i * 160) as u32).to_be_bytes());
-                    pkt.extend(Law::Mu.encode_frame(frame));
+                    let pkt = stream.packet(Law::Mu.payload_type(), (i * 160) as u32, &Law::Mu.encode_frame(frame));
                     for t in &targets {
                         if sock.send_to(&pkt, t).await.is_ok() {
                             sent.fetch_add(1, Ordering::Relaxed);
@@ -219,6 +219,7 @@ async fn third_party_rtp_at_the_f7_relay_is_never_heard_even_while_a_leg_is_sile
         let rtp = rtp.clone();
         tokio::spawn(async move {
             let samples = tone(1000.0, 1.0, 8000);
+            let mut stream = RtpStream::new(0x1001, 0);
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             let start = Instant::now();
             let mut i = 0usize;
@@ -229,10 +230,7 @@ async fn third_party_rtp_at_the_f7_relay_is_never_heard_even_while_a_leg_is_sile
                     continue; // this leg is silent: not a single packet
                 }
                 let frame = &samples[(i % 50) * 160..(i % 50 + 1) * 160];
-                let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0x01];
-                pkt[2..4].copy_from_slice(&(i as u16).to_be_bytes());
-                pkt[4..8].copy_from_slice(&((i * 160) as u32).to_be_bytes());
-                pkt.extend(Law::Mu.encode_frame(frame));
+                let pkt = stream.packet(Law::Mu.payload_type(), (i * 160) as u32, &Law::Mu.encode_frame(frame));
                 let _ = rtp.send_to(&pkt, relay_a).await;
                 i += 1;
             }
@@ -245,8 +243,8 @@ async fn third_party_rtp_at_the_f7_relay_is_never_heard_even_while_a_leg_is_sile
         tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             while let Ok((n, _)) = rtp.recv_from(&mut buf).await {
-                if let Ok(h) = trunkline_media::rtp::parse_rtp(&buf[..n])
-                    && h.payload_type == 0
+                if let Ok(h) = parse_rtp(&buf[..n])
+                    && h.payload_type == Law::Mu.payload_type()
                 {
                     Law::Mu.decode_into(h.payload(&buf[..n]), &mut heard.lock().unwrap());
                 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use trunkline_client::wav::tone;
 use trunkline_media::g711::Law;
+use trunkline_media::rtp::{RtpStream, parse_rtp};
 use trunkline_sip::digest::{self, Algorithm};
 use trunkline_sip::{Message, Method, Response};
 
@@ -104,13 +105,11 @@ pub async fn play_and_record(sock: Arc<UdpSocket>, to: SocketAddr, freq: f32, se
     let samples = tone(freq, secs, 8000);
     let tx = sock.clone();
     let send = tokio::spawn(async move {
+        let mut stream = RtpStream::new(9, 0);
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         for (i, frame) in samples.chunks(160).enumerate() {
             tick.tick().await;
-            let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
-            pkt[2..4].copy_from_slice(&(i as u16).to_be_bytes());
-            pkt[4..8].copy_from_slice(&((i * 160) as u32).to_be_bytes());
-            pkt.extend(Law::Mu.encode_frame(frame));
+            let pkt = stream.packet(Law::Mu.payload_type(), (i * 160) as u32, &Law::Mu.encode_frame(frame));
             let _ = tx.send_to(&pkt, to).await;
         }
     });
@@ -119,8 +118,10 @@ pub async fn play_and_record(sock: Arc<UdpSocket>, to: SocketAddr, freq: f32, se
     let want = (secs * 8000.0 * 0.6) as usize;
     while heard.len() < want {
         let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf)).await.expect("audio in time").unwrap();
-        if n > 12 && buf[1] & 0x7f == 0 {
-            Law::Mu.decode_into(&buf[12..n], &mut heard);
+        if let Ok(h) = parse_rtp(&buf[..n])
+            && h.payload_type == Law::Mu.payload_type()
+        {
+            Law::Mu.decode_into(h.payload(&buf[..n]), &mut heard);
         }
     }
     send.await.unwrap();
