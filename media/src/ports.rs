@@ -10,6 +10,9 @@
 //! (a quarter of the range, at most [`MAX_COOLING`] pairs) before it can be drawn again, so late
 //! packets of an ended call are unlikely to reach the next one; when nothing else is free, cooling
 //! pairs are used.
+//!
+//! [`ReadyPairs`] keeps a few pairs bound ahead of need, so a sans-IO core can be handed one
+//! without a syscall in its call stack; its driver tops it up between the core's calls.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -299,5 +302,167 @@ impl LegSockets {
     /// Whether the pair came from a [`PortAllocator`].
     pub fn is_pooled(&self) -> bool {
         self.lease.is_some()
+    }
+
+    /// Drop every datagram the reactor has seen queued on either socket; how many. Only
+    /// datagrams tokio already knows of: no syscall on a quiet socket, and one that arrived a
+    /// moment ago may stay.
+    pub fn discard_queued(&self) -> usize {
+        // A short buffer is enough: the rest of a longer datagram is discarded with it.
+        let mut buf = [0u8; 16];
+        let mut n = 0;
+        for sock in [&self.rtp, &self.rtcp] {
+            while sock.try_recv_from(&mut buf).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// Pairs bound ahead of need: [`ReadyPairs::take`] only pops one (no syscall, so a sans-IO
+/// core may call it), [`ReadyPairs::refill`] binds new ones up to the target (the driver calls
+/// it between the core's calls). Taken pairs are ordinary [`LegSockets`]: dropping them gives
+/// the ports back to the allocator. Cheap to clone; clones share the pairs.
+#[derive(Clone)]
+pub struct ReadyPairs {
+    alloc: PortAllocator,
+    target: usize,
+    ready: Arc<Mutex<VecDeque<LegSockets>>>,
+}
+
+impl fmt::Debug for ReadyPairs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadyPairs").field("ready", &self.len()).field("target", &self.target).finish()
+    }
+}
+
+impl ReadyPairs {
+    /// Up to `target` pairs of `alloc` kept bound (never more than the range holds). Empty until
+    /// the first [`ReadyPairs::refill`].
+    pub fn new(alloc: PortAllocator, target: usize) -> Self {
+        let target = target.min(alloc.capacity());
+        Self { alloc, target, ready: Arc::default() }
+    }
+
+    fn ready(&self) -> MutexGuard<'_, VecDeque<LegSockets>> {
+        // Popping or pushing cannot leave the queue inconsistent: keep going after a panic.
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A bound pair, if one is ready: the oldest (ports were drawn at random when bound).
+    pub fn take(&self) -> Option<LegSockets> {
+        self.ready().pop_front()
+    }
+
+    /// Discard what strangers sent to the waiting pairs (it must not latch a future call's
+    /// leg), then bind pairs until `target` are ready. An error when the allocator could not
+    /// give enough (exhausted, or a bind failed); the pairs it could give are kept.
+    pub fn refill(&self) -> Result<(), AllocError> {
+        let mut ready = self.ready();
+        for pair in ready.iter() {
+            pair.discard_queued();
+        }
+        while ready.len() < self.target {
+            ready.push_back(self.alloc.allocate()?);
+        }
+        Ok(())
+    }
+
+    /// Pairs ready now.
+    pub fn len(&self) -> usize {
+        self.ready().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn allocator(&self) -> &PortAllocator {
+        &self.alloc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    /// `pairs` even/odd pairs free on 127.0.0.1 now, different per call and per process.
+    fn free_range(pairs: u16) -> RangeInclusive<u16> {
+        static NEXT: AtomicU16 = AtomicU16::new(0);
+        let slots = (60990 - 56000) / 16;
+        let seed = (std::process::id() as u16).wrapping_mul(7919);
+        loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            assert!(n < slots, "no free port range found");
+            let start = 56000 + (seed.wrapping_add(n) % slots) * 16;
+            let range = start..=start + pairs * 2 - 1;
+            if range.clone().all(|p| std::net::UdpSocket::bind((LOCALHOST, p)).is_ok()) {
+                return range;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn taking_a_ready_pair_binds_nothing_and_refill_tops_the_pool_up() {
+        let alloc = PortAllocator::new(free_range(6), LOCALHOST).unwrap();
+        let pool = ReadyPairs::new(alloc.clone(), 4);
+        assert!(pool.take().is_none(), "nothing is bound before the first refill");
+        pool.refill().unwrap();
+        assert_eq!((pool.len(), alloc.available()), (4, 2));
+        let taken = pool.take().unwrap();
+        assert!(taken.is_pooled());
+        // Already bound: the allocator did not move.
+        assert_eq!((pool.len(), alloc.available()), (3, 2));
+        pool.refill().unwrap();
+        assert_eq!((pool.len(), alloc.available()), (4, 1));
+        // A taken pair dropped goes back to the allocator, as any pair does.
+        drop(taken);
+        assert_eq!(alloc.available(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_exhausted_range_empties_the_pool_and_freed_pairs_refill_it() {
+        let alloc = PortAllocator::new(free_range(3), LOCALHOST).unwrap();
+        // More than the range holds: the target is the range.
+        let pool = ReadyPairs::new(alloc.clone(), 32);
+        pool.refill().unwrap();
+        assert_eq!(pool.len(), 3);
+        let taken: Vec<LegSockets> = std::iter::from_fn(|| pool.take()).collect();
+        assert_eq!(taken.len(), 3);
+        assert!(pool.take().is_none(), "no ports left: nothing to hand out");
+        assert!(matches!(pool.refill(), Err(AllocError::Exhausted { .. })));
+        drop(taken);
+        pool.refill().unwrap();
+        assert_eq!(pool.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn datagrams_sent_to_a_waiting_pair_are_discarded_before_a_call_gets_it() {
+        let alloc = PortAllocator::new(free_range(1), LOCALHOST).unwrap();
+        let pool = ReadyPairs::new(alloc, 1);
+        pool.refill().unwrap();
+        let waiting = pool.take().unwrap();
+        let stranger = std::net::UdpSocket::bind((LOCALHOST, 0)).unwrap();
+        stranger.send_to(b"junk rtp", waiting.rtp_local_addr()).unwrap();
+        stranger.send_to(b"junk rtcp", waiting.rtcp_local_addr()).unwrap();
+        // Once the reactor has seen them, as it will have by the time a later call comes.
+        let seen = async {
+            waiting.rtp_socket().readable().await.unwrap();
+            waiting.rtcp_socket().readable().await.unwrap();
+        };
+        tokio::time::timeout(Duration::from_secs(5), seen).await.expect("the datagrams arrive");
+        pool.ready().push_front(waiting);
+        pool.refill().unwrap();
+        let pair = pool.take().unwrap();
+        let mut buf = [0u8; 64];
+        assert!(pair.rtp_socket().try_recv_from(&mut buf).is_err(), "nothing left for the call");
+        assert!(pair.rtcp_socket().try_recv_from(&mut buf).is_err());
     }
 }

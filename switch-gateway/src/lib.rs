@@ -6,7 +6,8 @@
 //! - [`cloud_link`]: the persistent WebSocket to the signal server.
 //! - [`bridge`]: the WebRTC legs of C14 over WebRTC and their bridges to desk phones (C15).
 //! - this module: the thin tokio driver (the core's task, RTP relays, timers); `driver/`: SIP over
-//!   UDP/TCP/TLS, the metrics endpoint, the session ⇄ cloud glue.
+//!   UDP/TCP/TLS, the metrics endpoint, the session ⇄ cloud glue, the relay and echo ports the
+//!   core takes (bound ahead of its calls: it does no IO).
 //!
 //! The gateway listens only for its desk phones (SIP) and on the UDP ports of its calls.
 //! Callers elsewhere never connect to it: they reach it over WebRTC, with the offer/answer and
@@ -27,19 +28,20 @@ pub mod registrar;
 pub mod steps;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
-use trunkline_media::ports::{LegSockets, PortAllocator};
+use trunkline_media::ports::{PortAllocator, ReadyPairs};
 use trunkline_media::relay::{Leg, Relay, RelayHandle};
 use trunkline_protocol::{ClientMsg, DirectClientMsg, DirectServerMsg, ServerMsg};
 
-use crate::b2bua::{Core, CoreConfig, EchoSetup, MediaLeg, MediaPair, MediaPorts, Output};
+use crate::b2bua::{Core, CoreConfig, MediaLeg, Output};
 use crate::cloud_link::{LinkConfig, LinkEvent};
 pub use crate::config::Config;
+use crate::driver::media::{DriverMedia, PendingEchoes, PendingRelays};
 use crate::driver::metrics_http::{metrics_handle, serve_metrics};
 use crate::driver::sessions::{resolve_stun, session_events};
 use crate::driver::sip_net::{Blocklist, TcpWriters, send_tcp, tcp_accept_loop, tls_accept_loop, tls_acceptor, udp_loop};
@@ -110,53 +112,6 @@ enum CoreIn {
     Carried(tokio::sync::oneshot::Sender<Vec<String>>),
 }
 
-/// Relay ports: pairs are bound at allocation (so the SDP can name them) and started later.
-struct DriverMedia {
-    alloc: Arc<PortAllocator>,
-    adv_ip: IpAddr,
-    pending: Arc<Mutex<HashMap<u64, (LegSockets, LegSockets)>>>,
-    echoes: Echoes,
-    next: u64,
-}
-
-type Echoes = Arc<Mutex<HashMap<u64, tokio::task::AbortHandle>>>;
-
-impl MediaPorts for DriverMedia {
-    fn allocate(&mut self) -> Option<MediaPair> {
-        let a = self.alloc.allocate().map_err(|e| tracing::error!(error = %e, "no RTP ports")).ok()?;
-        let b = self.alloc.allocate().map_err(|e| tracing::error!(error = %e, "no RTP ports")).ok()?;
-        self.next += 1;
-        let pair = MediaPair {
-            id: self.next,
-            a_local: SocketAddr::new(self.adv_ip, a.rtp_port()),
-            b_local: SocketAddr::new(self.adv_ip, b.rtp_port()),
-        };
-        self.pending.lock().unwrap().insert(self.next, (a, b));
-        Some(pair)
-    }
-
-    fn start_echo(&mut self, offer: &str) -> Option<EchoSetup> {
-        let sdp = trunkline_media::sdp::Sdp::parse(offer).ok()?;
-        let audio = sdp.audio.as_ref()?;
-        let pt = audio.payload_types.iter().copied().find(|p| *p == 0 || *p == 8)?;
-        let remote = sdp.audio_rtp_addr();
-        let sock = self.alloc.allocate().map_err(|e| tracing::error!(error = %e, "no RTP ports for the echo test")).ok()?;
-        self.next += 1;
-        let port = sock.rtp_port();
-        let ip = self.adv_ip;
-        let law = trunkline_media::g711::Law::from_payload_type(pt)?;
-        let answer = trunkline_media::sdp::AudioSdp::new(ip, port)
-            .origin("trunkline-echo", self.next)
-            .session_name("Echo test")
-            .law(law)
-            .build()
-            .ok()?;
-        let task = tokio::spawn(echo::run(sock, remote, pt));
-        self.echoes.lock().unwrap().insert(self.next, task.abort_handle());
-        Some(EchoSetup { id: self.next, local: SocketAddr::new(ip, port), answer })
-    }
-}
-
 /// Run the gateway until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -196,10 +151,15 @@ pub async fn run_with_steps(
     let sip_port = udp.local_addr()?.port();
     let adv_ip = config.advertise_ip();
     let bind_ip = config.sip_listen.ip();
-    let alloc = Arc::new(PortAllocator::new(config.rtp_range()?, bind_ip).map_err(|e| GatewayError::Media(e.to_string()))?);
-    let pending = Arc::new(Mutex::new(HashMap::new()));
-    let echoes: Echoes = Arc::default();
-    let media = DriverMedia { alloc: alloc.clone(), adv_ip, pending: pending.clone(), echoes: echoes.clone(), next: 0 };
+    let alloc = PortAllocator::new(config.rtp_range()?, bind_ip).map_err(|e| GatewayError::Media(e.to_string()))?;
+    // The core is handed pairs bound here beforehand: no bind in its call stack.
+    let ready = ReadyPairs::new(alloc, READY_PAIRS);
+    let certs = bridge::ReadyCerts::default();
+    let mut refill = Refill { ready: ready.clone(), certs: certs.clone(), failing: false };
+    refill.run();
+    let pending: PendingRelays = Arc::default();
+    let pending_echoes: PendingEchoes = Arc::default();
+    let media = DriverMedia { ready: ready.clone(), adv_ip, relays: pending.clone(), echoes: pending_echoes.clone(), next: 0 };
     let pending_bridges: bridge::PendingBridges = Arc::default();
     let attachments: bridge::Attachments = Arc::default();
     // TURN over TLS (`turns:`) trusts what the cloud link trusts: the public roots plus
@@ -243,7 +203,14 @@ pub async fn run_with_steps(
         },
         phones,
         Box::new(media),
-        Box::new(bridge::DriverBridges::new(alloc.clone(), adv_ip, pending_bridges.clone(), attachments.clone())),
+        Box::new(bridge::DriverBridges::new(
+            ready.clone(),
+            certs,
+            adv_ip,
+            pending_bridges.clone(),
+            attachments.clone(),
+            <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng()),
+        )),
         inputs,
     );
     let phone_store = spawn_phone_store(config.state_dir.clone());
@@ -326,10 +293,11 @@ pub async fn run_with_steps(
         tcp_writers,
         link_out_tx,
         pending,
+        pending_echoes,
+        refill,
         pending_bridges,
         attachments,
         stun_servers,
-        echoes,
         phone_store,
         core_tx.clone(),
         blocklist,
@@ -365,11 +333,12 @@ async fn core_loop(
     udp: Arc<UdpSocket>,
     tcp: TcpWriters,
     link: mpsc::Sender<ClientMsg>,
-    pending: Arc<Mutex<HashMap<u64, (LegSockets, LegSockets)>>>,
+    pending: PendingRelays,
+    pending_echoes: PendingEchoes,
+    mut refill: Refill,
     pending_bridges: bridge::PendingBridges,
     attachments: bridge::Attachments,
     stun_servers: bridge::StunServers,
-    echoes: Echoes,
     phone_store: mpsc::UnboundedSender<phones::PhoneList>,
     core_tx: mpsc::Sender<CoreIn>,
     blocklist: Blocklist,
@@ -377,6 +346,7 @@ async fn core_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut relays: HashMap<u64, RelayHandle> = HashMap::new();
+    let mut echoes: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
     // Running sessions (their bridge tasks) by id.
     let mut bridges: HashMap<u64, mpsc::UnboundedSender<bridge::BridgeCmd>> = HashMap::new();
     // F2 caller side: sessions waiting for their answer, and early candidates.
@@ -405,10 +375,13 @@ async fn core_loop(
                             let _ = reply.send(core.cloud_calls());
                         }
                     }
+                    // After each input, not each batch: a burst of calls must not empty the pool.
+                    refill.run();
                 }
             }
             _ = async { match deadline { Some(t) => tokio::time::sleep_until(t.into()).await, None => std::future::pending().await } } => {
                 core.handle_timeout(Instant::now());
+                refill.run();
             }
             _ = stopped(&mut stop) => break,
         }
@@ -476,6 +449,11 @@ async fn core_loop(
                         relays.insert(id, Relay::start(a, b, a_remote, b_remote));
                     }
                 }
+                Output::EchoStart { id } => {
+                    if let Some(p) = pending_echoes.lock().unwrap().remove(&id) {
+                        echoes.insert(id, tokio::spawn(echo::run(p.sock, p.remote, p.pt)).abort_handle());
+                    }
+                }
                 Output::MediaRemote { id, leg, addr } => {
                     if let Some(r) = relays.get(&id) {
                         r.set_remote(if leg == MediaLeg::A { Leg::A } else { Leg::B }, addr);
@@ -527,7 +505,8 @@ async fn core_loop(
                 }
                 Output::MediaStop { id } => {
                     pending.lock().unwrap().remove(&id);
-                    if let Some(task) = echoes.lock().unwrap().remove(&id) {
+                    pending_echoes.lock().unwrap().remove(&id);
+                    if let Some(task) = echoes.remove(&id) {
                         task.abort();
                     }
                     if let Some(r) = relays.remove(&id) {
@@ -538,6 +517,37 @@ async fn core_loop(
         }
         for done in stopping.drain(..) {
             let _ = done.send(());
+        }
+    }
+}
+
+/// Port pairs kept bound for the core to take ([`ReadyPairs`]): a call takes at most two, so
+/// this covers any burst of calls between two refills with room to spare.
+const READY_PAIRS: usize = 32;
+
+/// Tops up what the core's calls take without IO: port pairs ([`ReadyPairs`], logging when
+/// that starts and stops failing, not on every call) and DTLS certificates.
+struct Refill {
+    ready: ReadyPairs,
+    certs: bridge::ReadyCerts,
+    failing: bool,
+}
+
+impl Refill {
+    fn run(&mut self) {
+        self.certs.refill();
+        let ready = &self.ready;
+        match ready.refill() {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                tracing::info!(ready = ready.len(), "RTP port pairs available again");
+            }
+            Ok(()) => {}
+            Err(e) if !self.failing => {
+                self.failing = true;
+                tracing::warn!(error = %e, ready = ready.len(), "cannot bind RTP port pairs ahead of calls");
+            }
+            Err(_) => {}
         }
     }
 }

@@ -261,6 +261,7 @@ impl Core {
             return self.fail_call(now, id, Failure::Unavailable("the echo test cannot start (no media ports)".into()));
         };
         tracing::info!(call = id, "answered by the echo test");
+        self.out.push_back(Output::EchoStart { id: echo.id });
         let call = self.calls.get_mut(&id).expect("live call");
         call.echo = Some(echo.id);
         match &call.a {

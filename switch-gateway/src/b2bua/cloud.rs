@@ -70,7 +70,7 @@ impl Core {
         }
         let (caller, phone_offer) = (call.caller.clone(), call.offer_sdp.clone());
         // C14 over WebRTC: offer through the cloud, the key on the DataChannel.
-        let setup = match self.bridges.offer_session(&phone_offer) {
+        let setup = match self.bridges.offer_session(now, &phone_offer) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%call_id, error = %e, "cannot set up the direct leg");

@@ -164,7 +164,7 @@ impl Core {
                     tracing::warn!(%call_id, "C14: a second WebRTC offer for the same call; ignored");
                     return;
                 }
-                match self.bridges.open_session(&sdp) {
+                match self.bridges.open_session(now, &sdp) {
                     Ok((id, answer)) => {
                         tracing::info!(%call_id, session = id, "C14: WebRTC leg answered; waiting for the key on its DataChannel");
                         self.sessions.insert(id, WebRtcSession { call_id: call_id.clone() });

@@ -130,11 +130,13 @@ pub struct EchoSetup {
     pub answer: String,
 }
 
-/// Where relay ports come from (the driver binds sockets; tests hand out fake addresses).
+/// Where relay ports come from (the driver hands out sockets it bound beforehand; tests hand
+/// out fake addresses). Called in the core's stack: no IO, no clock, no OS randomness.
 pub trait MediaPorts: Send {
     fn allocate(&mut self) -> Option<MediaPair>;
-    /// Start an echo endpoint for a peer that offered `offer`: it plays a short prompt tone,
-    /// then sends back what it hears. Stopped with [`Output::MediaStop`].
+    /// Set up an echo endpoint for a peer that offered `offer`; it runs from
+    /// [`Output::EchoStart`]: a short prompt tone, then it sends back what it hears. Stopped
+    /// (or, if never started, freed) with [`Output::MediaStop`].
     fn start_echo(&mut self, offer: &str) -> Option<EchoSetup>;
 }
 
@@ -167,13 +169,15 @@ impl BridgeError {
 
 /// Builds the WebRTC legs of C14 over WebRTC and bridges them to desk phones (the driver runs
 /// str0m + an RTP socket pair per call; tests fake it). A session's id is also its bridge's id
-/// and the id its DataChannel is known by ([`Core::on_direct`], [`Output::Direct`]).
+/// and the id its DataChannel is known by ([`Core::on_direct`], [`Output::Direct`]). Called in
+/// the core's stack: the driver's sockets are bound beforehand, its tasks start from outputs,
+/// and time is the core's `now`.
 pub trait Bridges: Send {
     /// C14 over WebRTC, carrier side: a WebRTC leg (full ICE, DTLS, a DataChannel) answering
     /// `offer`, which came through the cloud before any key: returns the session's id and the
     /// answer. Nothing rings: the key is checked when the connecting party presents it on the
     /// DataChannel.
-    fn open_session(&mut self, offer: &str) -> Result<(u64, String), BridgeError>;
+    fn open_session(&mut self, now: Instant, offer: &str) -> Result<(u64, String), BridgeError>;
     /// C15 for a session: add the desk-phone side to session `id`'s leg (an offer of the law
     /// the WebRTC side prefers, or the answer to `phone_offer`). `BridgeSetup::answer` is empty:
     /// the session's answer already went out.
@@ -181,7 +185,7 @@ pub trait Bridges: Send {
     /// F2 caller side: a full-ICE leg offering audio and the `trunkline-direct` DataChannel to
     /// present the key on (the offer in `BridgeSetup::answer`), with the phone side answering
     /// `phone_offer`.
-    fn offer_session(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError>;
+    fn offer_session(&mut self, now: Instant, phone_offer: &str) -> Result<BridgeSetup, BridgeError>;
     /// F2 caller side: apply the callee switch's answer to bridge `id`'s offer.
     fn remote_answer(&mut self, id: u64, answer: &str) -> Result<(), BridgeError>;
 }
@@ -227,7 +231,11 @@ pub enum Output {
         leg: MediaLeg,
         addr: SocketAddr,
     },
-    /// Stop (or, if never started, just free) relay `id`.
+    /// Start echo endpoint `id` ([`MediaPorts::start_echo`]).
+    EchoStart {
+        id: u64,
+    },
+    /// Stop (or, if never started, just free) relay or echo endpoint `id`.
     MediaStop {
         id: u64,
     },

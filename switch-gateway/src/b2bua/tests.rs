@@ -41,7 +41,7 @@ fn fake_phone_sdp(id: u64) -> String {
 }
 
 impl Bridges for FakeBridges {
-    fn open_session(&mut self, offer: &str) -> Result<(u64, String), BridgeError> {
+    fn open_session(&mut self, _now: Instant, offer: &str) -> Result<(u64, String), BridgeError> {
         if !offer.starts_with("v=0") {
             return Err(BridgeError::BadOffer("not SDP".into()));
         }
@@ -53,7 +53,7 @@ impl Bridges for FakeBridges {
         Ok(BridgeSetup { id, answer: String::new(), phone_sdp: fake_phone_sdp(id) })
     }
 
-    fn offer_session(&mut self, _phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
+    fn offer_session(&mut self, _now: Instant, _phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
         self.0 += 1;
         Ok(BridgeSetup { id: self.0, answer: format!("v=0\r\nsession-offer-{}", self.0), phone_sdp: fake_phone_sdp(self.0) })
     }

@@ -251,6 +251,8 @@ fn the_echo_number_answers_at_once_without_any_phone() {
     let ok = h.responses_to(addr(5062)).pop().unwrap();
     assert_eq!(ok.status, 200);
     assert!(String::from_utf8_lossy(&ok.body).contains("m=audio 24002 "));
+    // The driver starts the endpoint it set up (not the core's call into it).
+    assert!(h.out.contains(&Output::EchoStart { id: 1 }), "{:?}", h.out);
     // Over the cloud too (C11): always accepted, registered or not.
     h.core.on_cloud(
         h.now,

@@ -20,28 +20,30 @@
 //! new SDP address from the phone (re-INVITE) re-points the leg. All of that per-packet logic is
 //! the sans-IO `trunkline_media::bridge::BridgeCore` (tested there); the str0m configuration is
 //! `trunkline_media::webrtc::rtc_config` and the phone's SDP `trunkline_media::sdp::AudioSdp`.
+//!
+//! The core sets bridges up through [`DriverBridges`] (`setup.rs`: no IO in the core's call
+//! stack); the driver starts their tasks from the core's outputs ([`start_session`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{Direction as MediaDirection, MediaKind, Mid};
+use str0m::change::SdpPendingOffer;
+use str0m::config::DtlsCert;
+use str0m::crypto::{CryptoProvider, from_feature_flags};
+use str0m::media::Mid;
 use str0m::{Candidate, Rtc};
 use tokio::sync::mpsc;
 use trunkline_media::bridge::PhoneMedia;
-use trunkline_media::g711::Law;
-use trunkline_media::ports::{LegSockets, PortAllocator};
-use trunkline_media::rtp::RtpStream;
-use trunkline_media::sdp::{AudioSdp, Sdp};
+use trunkline_media::ports::LegSockets;
 use trunkline_media::turn::TurnServer;
-use trunkline_media::webrtc::{RtcOptions, rtc_config};
 
-use crate::b2bua::{BridgeError, BridgeSetup, Bridges};
-
+mod setup;
 mod task;
 mod turn;
+
+pub use setup::DriverBridges;
 
 /// `telephone-event/8000` payload type we offer phones.
 const PHONE_TE_PT: u8 = 101;
@@ -97,6 +99,43 @@ impl std::fmt::Debug for SessionIce {
     }
 }
 
+/// DTLS certificates made ahead of need: making one generates a key pair (the crypto provider's
+/// OS randomness, and CPU), which must not happen in the core's call stack. [`DriverBridges`]
+/// takes one per WebRTC leg; the driver tops them up between the core's calls.
+#[derive(Clone, Default)]
+pub struct ReadyCerts(Arc<Mutex<VecDeque<DtlsCert>>>);
+
+/// Certificates kept ready: one core input starts at most one WebRTC leg.
+const READY_CERTS: usize = 4;
+
+impl ReadyCerts {
+    pub fn take(&self) -> Option<DtlsCert> {
+        self.0.lock().unwrap().pop_front()
+    }
+
+    /// Make certificates until [`READY_CERTS`] are ready, with the provider str0m would use.
+    pub fn refill(&self) {
+        let mut ready = self.0.lock().unwrap();
+        if ready.len() >= READY_CERTS {
+            return;
+        }
+        let provider =
+            CryptoProvider::get_default().map(|p| p.dtls_provider).unwrap_or_else(|| from_feature_flags().dtls_provider);
+        while ready.len() < READY_CERTS {
+            let Some(cert) = provider.generate_certificate() else { return };
+            ready.push_back(cert);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The driver's current [`SessionIce`].
 pub type StunServers = Arc<Mutex<SessionIce>>;
 
@@ -133,142 +172,6 @@ fn candidate_ips(sdp: &str) -> Vec<IpAddr> {
         .collect();
     ips.dedup();
     ips
-}
-
-pub struct DriverBridges {
-    alloc: Arc<PortAllocator>,
-    adv_ip: IpAddr,
-    pending: PendingBridges,
-    attach: Attachments,
-    /// Each session's WebRTC law (the one its answer lists first), for its phone side.
-    session_law: HashMap<u64, Law>,
-    next: u64,
-}
-
-impl DriverBridges {
-    pub fn new(alloc: Arc<PortAllocator>, adv_ip: IpAddr, pending: PendingBridges, attach: Attachments) -> Self {
-        DriverBridges { alloc, adv_ip, pending, attach, session_law: HashMap::new(), next: 0 }
-    }
-}
-
-/// Which law the WebRTC side listed first in `answer` (offer the phone that one first).
-fn first_law(answer: &str) -> Option<Law> {
-    Sdp::parse(answer).ok()?.audio?.first_law()
-}
-
-/// A full ICE agent on both sides (carrier and F2 caller): behind NAT our own checks open the
-/// pinhole the far end's checks come through.
-const RTC_OPTIONS: RtcOptions = RtcOptions { ice_lite: false, initial_stun_rto: Some(ICE_INITIAL_RTO) };
-
-impl DriverBridges {
-    /// A UDP socket for the WebRTC leg and an `Rtc` with its host candidate on it.
-    fn rtc_and_socket(&self) -> Result<(Rtc, LegSockets, SocketAddr), BridgeError> {
-        let ice = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
-        let mut rtc = rtc_config(RTC_OPTIONS).build(Instant::now());
-        let addr = SocketAddr::new(self.adv_ip, ice.rtp_port());
-        let candidate = Candidate::host(addr, "udp").map_err(|e| BridgeError::BadOffer(e.to_string()))?;
-        rtc.add_local_candidate(candidate);
-        Ok((rtc, ice, addr))
-    }
-
-    /// The phone side: an offer of `law` first (F1), or the answer to the phone's offer (C3, F2).
-    fn phone_side(
-        &mut self,
-        id: u64,
-        sockets: LegSockets,
-        law: Law,
-        phone_offer: Option<&str>,
-    ) -> Result<(String, PhoneLeg), BridgeError> {
-        let sdp = AudioSdp::new(self.adv_ip, sockets.rtp_port()).origin("trunkline", id);
-        let (sdp, law, te) = match phone_offer {
-            None => (sdp.law(law).law(law.other()).telephone_event(PHONE_TE_PT), law, Some(PHONE_TE_PT)),
-            Some(po) => {
-                let parsed = Sdp::parse(po).map_err(|e| BridgeError::BadOffer(format!("phone SDP: {e}")))?;
-                let audio = parsed.audio.as_ref().ok_or_else(|| BridgeError::BadOffer("phone offered no audio".into()))?;
-                // Static payload types only: our RTP to the phone is sent with 0 or 8.
-                let law = audio
-                    .payload_types
-                    .iter()
-                    .find_map(|&pt| Law::from_payload_type(pt))
-                    .ok_or_else(|| BridgeError::BadOffer("the phone offers neither PCMU nor PCMA".into()))?;
-                let te = audio.telephone_event_pt();
-                (sdp.law(law).telephone_event(te), law, te)
-            }
-        };
-        // The answer's telephone-event PT is the phone's own, which may be static in a broken offer.
-        let sdp = sdp.build().map_err(|e| BridgeError::BadOffer(format!("phone SDP: {e}")))?;
-        let media = PhoneMedia::new(law, te, RtpStream::new(rand::random(), rand::random()));
-        Ok((sdp, PhoneLeg { sockets, media }))
-    }
-}
-
-impl DriverBridges {
-    /// F2 caller side: a full-ICE leg offering audio and the DataChannel the key goes on, with
-    /// the phone side answering `phone_offer`.
-    fn make_offer(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
-        let (mut rtc, ice, candidate) = self.rtc_and_socket()?;
-        let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
-        self.next += 1;
-        let id = self.next;
-        let (phone_sdp, phone) = self.phone_side(id, phone, Law::Mu, Some(phone_offer))?;
-        let phone = Some(phone);
-        let mut change = rtc.sdp_api();
-        let mid = change.add_media(MediaKind::Audio, MediaDirection::SendRecv, None, None, None);
-        change.add_channel(DIRECT_CHANNEL.to_string());
-        let (offer, pending) = change.apply().ok_or_else(|| BridgeError::BadOffer("no media to offer".into()))?;
-        self.pending
-            .lock()
-            .unwrap()
-            .insert(id, PendingBridge { rtc, ice, candidate, phone, offer: Some(pending), mid: Some(mid), remote_ips: vec![] });
-        Ok(BridgeSetup { id, answer: offer.to_sdp_string(), phone_sdp })
-    }
-}
-
-impl Bridges for DriverBridges {
-    fn open_session(&mut self, offer: &str) -> Result<(u64, String), BridgeError> {
-        let remote_ips = candidate_ips(offer);
-        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?;
-        if !offer.media_lines.iter().any(|m| m.typ.to_string() == "audio") {
-            return Err(BridgeError::BadOffer("no audio m-line".into()));
-        }
-        if !offer.media_lines.iter().any(|m| m.typ.to_string() == "application") {
-            return Err(BridgeError::BadOffer("no DataChannel (m=application) to present the key on".into()));
-        }
-        // Full ICE: behind NAT our own checks open the pinhole the caller's checks come through.
-        let (mut rtc, ice, candidate) = self.rtc_and_socket()?;
-        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| BridgeError::BadOffer(e.to_string()))?.to_sdp_string();
-        let law = first_law(&answer).ok_or_else(|| BridgeError::BadOffer("the offer has neither PCMU nor PCMA".into()))?;
-        self.next += 1;
-        let id = self.next;
-        self.session_law.insert(id, law);
-        self.pending
-            .lock()
-            .unwrap()
-            .insert(id, PendingBridge { rtc, ice, candidate, phone: None, offer: None, mid: None, remote_ips });
-        Ok((id, answer))
-    }
-
-    fn attach(&mut self, id: u64, phone_offer: Option<&str>) -> Result<BridgeSetup, BridgeError> {
-        let webrtc_law = self.session_law.remove(&id).ok_or_else(|| BridgeError::BadOffer("no such session".into()))?;
-        let phone = self.alloc.allocate().map_err(|_| BridgeError::NoPorts)?;
-        let (phone_sdp, phone) = self.phone_side(id, phone, webrtc_law, phone_offer)?;
-        self.attach.lock().unwrap().insert(id, phone);
-        Ok(BridgeSetup { id, answer: String::new(), phone_sdp })
-    }
-
-    fn offer_session(&mut self, phone_offer: &str) -> Result<BridgeSetup, BridgeError> {
-        self.make_offer(phone_offer)
-    }
-
-    fn remote_answer(&mut self, id: u64, answer: &str) -> Result<(), BridgeError> {
-        let remote_ips = candidate_ips(answer);
-        let answer = SdpAnswer::from_sdp_string(answer).map_err(|e| BridgeError::BadOffer(e.to_string()))?;
-        let mut pending = self.pending.lock().unwrap();
-        let b = pending.get_mut(&id).ok_or_else(|| BridgeError::BadOffer("no such bridge".into()))?;
-        b.remote_ips.extend(remote_ips);
-        let offer = b.offer.take().ok_or_else(|| BridgeError::BadOffer("no offer pending".into()))?;
-        b.rtc.sdp_api().accept_answer(offer, answer).map_err(|e| BridgeError::BadOffer(e.to_string()))
-    }
 }
 
 /// Commands to a running bridge.
@@ -390,40 +293,5 @@ mod tests {
                    a=rtpmap:0 PCMU/8000\r\n";
         let ips: Vec<String> = candidate_ips(sdp).iter().map(|i| i.to_string()).collect();
         assert_eq!(ips, ["10.77.1.2", "203.0.113.101", "203.0.113.10"]);
-    }
-
-    #[tokio::test]
-    async fn the_phone_is_offered_the_webrtc_law_first_and_answered_in_its_own() {
-        let alloc = Arc::new(PortAllocator::new(40000..=60999, "127.0.0.1".parse().unwrap()).unwrap());
-        let mut b = DriverBridges::new(alloc.clone(), "192.0.2.7".parse().unwrap(), Default::default(), Default::default());
-        let sockets = || alloc.allocate().unwrap();
-        // F1: an offer, A-law first because the browser's answer put it first.
-        let (offer, leg) = b.phone_side(3, sockets(), Law::A, None).unwrap();
-        let audio = Sdp::parse(&offer).unwrap().audio.unwrap();
-        assert_eq!((audio.payload_types.clone(), audio.telephone_event_pt()), (vec![8, 0, PHONE_TE_PT], Some(PHONE_TE_PT)));
-        assert_eq!((leg.media.law(), leg.media.telephone_event_pt()), (Law::A, Some(PHONE_TE_PT)));
-        // C3/F2: the phone's offer decides; its own telephone-event PT is kept.
-        let phone = "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
-                     m=audio 4000 RTP/AVP 18 0 8 96\r\na=rtpmap:96 telephone-event/8000\r\n";
-        let (answer, leg) = b.phone_side(4, sockets(), Law::A, Some(phone)).unwrap();
-        let parsed = Sdp::parse(&answer).unwrap();
-        assert_eq!(parsed.audio.as_ref().unwrap().payload_types, vec![0, 96]);
-        assert_eq!(parsed.audio_rtp_addr().unwrap().ip().to_string(), "192.0.2.7");
-        assert_eq!((leg.media.law(), leg.media.telephone_event_pt()), (Law::Mu, Some(96)));
-        // No G.711: refused, as is a phone SDP that does not parse.
-        let g729 = phone.replace("18 0 8 96", "18 96");
-        assert!(matches!(b.phone_side(5, sockets(), Law::A, Some(&g729)), Err(BridgeError::BadOffer(_))));
-        assert!(matches!(b.phone_side(6, sockets(), Law::A, Some("m=audio")), Err(BridgeError::BadOffer(_))));
-    }
-
-    #[test]
-    fn first_law_of_a_webrtc_answer() {
-        let answer = |pts: &str| {
-            format!("v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 9 UDP/TLS/RTP/SAVPF {pts}\r\na=rtpmap:126 telephone-event/8000\r\n")
-        };
-        assert_eq!(first_law(&answer("126 8 0")), Some(Law::A));
-        assert_eq!(first_law(&answer("0 8 126")), Some(Law::Mu));
-        assert_eq!(first_law(&answer("126")), None);
-        assert_eq!(first_law("not SDP"), None);
     }
 }

@@ -1,6 +1,8 @@
 //! The gateway's tokio plumbing outside the core's own loop (`run` and `core_loop` in the crate
-//! root): SIP sockets, the metrics endpoint, and the glue between sessions and the cloud.
+//! root): SIP sockets, the metrics endpoint, the glue between sessions and the cloud, and the
+//! media ports the core calls (`media.rs`: no IO in its call stack).
 
+pub(crate) mod media;
 pub(crate) mod metrics_http;
 pub(crate) mod sessions;
 pub(crate) mod sip_net;
