@@ -366,3 +366,76 @@ fn with_direction(sdp: &str, dir: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invite() -> Request {
+        let text = "INVITE sip:1002@192.168.1.60:5070 SIP/2.0\r\n\
+            Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKfork1;rport\r\n\
+            Max-Forwards: 70\r\n\
+            From: <sip:1001@hq>;tag=ours\r\n\
+            To: <sip:1002@hq>\r\n\
+            Call-ID: c1@hq\r\n\
+            CSeq: 7 INVITE\r\n\
+            Contact: <sip:hq@10.0.0.1:5060>\r\n\
+            Content-Length: 0\r\n\r\n";
+        match trunkline_sip::parse(text.as_bytes()).unwrap() {
+            Message::Request(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn response(status: u16, to_tag: &str) -> Response {
+        let mut r = Response::to_request(&invite(), status, "Busy Here");
+        r.set_to_tag(to_tag);
+        r
+    }
+
+    #[test]
+    fn cancel_copies_the_invite_s_uri_top_via_from_to_call_id_and_cseq_number() {
+        let inv = invite();
+        let c = DialogRequest::cancel(&inv).build(Method::Cancel);
+        assert_eq!(c.method, Method::Cancel);
+        assert_eq!(c.uri, inv.uri);
+        for h in ["Via", "From", "To", "Call-ID"] {
+            assert_eq!(c.headers.get(h), inv.headers.get(h), "{h}");
+        }
+        let cseq = c.cseq().unwrap();
+        assert_eq!((cseq.seq, cseq.method), (7, Method::Cancel));
+        assert_eq!(c.headers.get("Max-Forwards"), Some("70"));
+    }
+
+    #[test]
+    fn ack_of_a_non_2xx_stays_in_the_invite_transaction_with_the_response_s_to_tag() {
+        let inv = invite();
+        let ack = DialogRequest::ack_non_2xx(&inv, &response(486, "callee")).build(Method::Ack);
+        assert_eq!(ack.uri, inv.uri, "RFC 3261 §17.1.1.3: the INVITE's Request-URI");
+        assert_eq!(ack.headers.get("Via"), inv.headers.get("Via"), "the same branch: the same transaction");
+        assert_eq!(ack.to().unwrap().tag(), Some("callee"));
+        assert_eq!(ack.from().unwrap().tag(), Some("ours"));
+        let cseq = ack.cseq().unwrap();
+        assert_eq!((cseq.seq, cseq.method), (7, Method::Ack));
+    }
+
+    #[test]
+    fn an_in_dialog_request_carries_exactly_the_dialog_s_identifiers() {
+        let d = DialogRequest {
+            target: "sip:1002@192.168.1.60:5070".parse().unwrap(),
+            via: "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKbye".into(),
+            from: "<sip:1001@hq>;tag=ours".into(),
+            to: "<sip:1002@hq>;tag=callee".into(),
+            call_id: "c1@hq".into(),
+            cseq: 8,
+        };
+        let bye = d.build(Method::Bye);
+        assert_eq!(bye.to().unwrap().tag(), Some("callee"));
+        assert_eq!(bye.call_id().ok(), Some("c1@hq"));
+        assert_eq!(bye.cseq().unwrap().seq, 8);
+        let text = String::from_utf8(bye.to_bytes()).unwrap();
+        assert!(text.starts_with("BYE sip:1002@192.168.1.60:5070 SIP/2.0\r\n"), "{text}");
+        // It parses back as what it is.
+        assert!(matches!(trunkline_sip::parse(text.as_bytes()), Ok(Message::Request(r)) if r.method == Method::Bye));
+    }
+}
