@@ -65,16 +65,14 @@ impl Core {
             Some(u) => u,
             None => return,
         };
-        if !self.open_tx(key, req, src, transport) {
-            return;
-        }
+        // No server transaction: the answer is remembered for retransmissions instead (`Answered`).
         if user != aor {
             tracing::warn!(%src, %user, %aor, "REGISTER for another number refused");
-            return self.reply(now, key, req, 403, "Forbidden", |_| {});
+            return self.reply_remembered(now, key, src, transport, req, 403, "Forbidden", |_| {});
         }
         let contacts = match req.contacts() {
             Ok(c) => c,
-            Err(_) => return self.reply(now, key, req, 400, "Bad Contact", |_| {}),
+            Err(_) => return self.reply_remembered(now, key, src, transport, req, 400, "Bad Contact", |_| {}),
         };
         let header_expires = req.expires().ok().flatten();
         let wildcard = contacts.iter().any(|c| matches!(c, Contact::Star));
@@ -90,7 +88,7 @@ impl Core {
         match self.registrar.register(now, &aor, &updates, wildcard, header_expires, src, transport, &call_id, cseq) {
             Ok(bindings) => {
                 tracing::info!(number = %aor, %src, contacts = bindings.len(), "registered");
-                self.reply(now, key, req, 200, "OK", |r| {
+                self.reply_remembered(now, key, src, transport, req, 200, "OK", |r| {
                     for b in &bindings {
                         let left = b.expires.saturating_duration_since(now).as_secs().max(1);
                         r.headers.push("Contact", format!("{};expires={left}", b.contact));
@@ -98,11 +96,15 @@ impl Core {
                 });
             }
             Err(RegisterError::TooBrief(min)) => {
-                self.reply(now, key, req, 423, "Interval Too Brief", |r| r.headers.push("Min-Expires", min.to_string()))
+                self.reply_remembered(now, key, src, transport, req, 423, "Interval Too Brief", |r| {
+                    r.headers.push("Min-Expires", min.to_string())
+                })
             }
             Err(e) => {
                 let text = e.to_string();
-                self.reply(now, key, req, 400, "Bad Request", |r| r.headers.push("Warning", warning(&text)))
+                self.reply_remembered(now, key, src, transport, req, 400, "Bad Request", |r| {
+                    r.headers.push("Warning", warning(&text))
+                })
             }
         }
     }

@@ -475,6 +475,8 @@ pub struct Core {
     nonces: NonceSource,
     /// (nonce, nc) pairs already accepted: no replay.
     nonce_uses: NonceUses,
+    /// The answers to recent REGISTERs, which keep no transaction (see `sip::Answered`).
+    answered: sip::Answered,
     guard: Guard,
     media: Box<dyn MediaPorts>,
     cloud_up: bool,
@@ -527,6 +529,7 @@ impl Core {
             queue,
             nonces: NonceSource::new(nonce_secret),
             nonce_uses: NonceUses::new(MAX_NONCE_USES),
+            answered: sip::Answered::default(),
             guard,
             media,
             cloud_up: false,

@@ -47,6 +47,11 @@ impl Core {
             }
             return;
         }
+        if let Some(data) = self.answered.get(now, &key) {
+            // A retransmitted REGISTER that was answered already: the same answer again.
+            self.out.push_back(Output::Sip { to: src, transport, data: data.to_vec() });
+            return;
+        }
 
         // RFC 3261 §8.2: checks every UAS makes before looking at the method. These answers,
         // like every answer that needs no authentication and changes nothing (challenges, 403,
@@ -144,6 +149,33 @@ impl Core {
         r.headers.push("Server", "Trunkline");
         edit(&mut r);
         self.out.push_back(Output::Sip { to: src, transport, data: r.to_bytes() });
+    }
+
+    /// Answer without a server transaction but remember the answer, so a retransmission of the
+    /// request gets the same bytes (REGISTER: see [`Answered`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn reply_remembered(
+        &mut self,
+        now: Instant,
+        key: &ServerKey,
+        src: SocketAddr,
+        transport: Transport,
+        req: &Request,
+        status: u16,
+        reason: &str,
+        edit: impl FnOnce(&mut Response),
+    ) {
+        let mut r = Response::to_request(req, status, reason);
+        if status > 100 && req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_none() {
+            r.set_to_tag(&new_tag(&mut self.rng));
+        }
+        r.headers.push("Server", "Trunkline");
+        edit(&mut r);
+        let data = r.to_bytes();
+        if transport == Transport::Udp {
+            self.answered.insert(now, key.clone(), data.clone());
+        }
+        self.out.push_back(Output::Sip { to: src, transport, data });
     }
 
     /// Send a response within server transaction `key`.
@@ -344,5 +376,54 @@ impl Core {
             }
             _ => {}
         }
+    }
+}
+
+/// The answers to recent REGISTERs (UDP), for their retransmissions (RFC 3261 §17.2.2 timer J's
+/// job) without a server transaction each: a registration storm (a site's phones after a power
+/// cut) must not fill the transaction table that INVITEs need, nor cost a timer per REGISTER.
+/// Kept for timer J (64·T1) or until [`ANSWERED_MAX`] newer ones; an answer forgotten early only
+/// means a very late retransmission is handled as a new request (a fresh challenge, as its
+/// nonce-count was used).
+#[derive(Default)]
+pub(super) struct Answered {
+    by_key: HashMap<ServerKey, Vec<u8>>,
+    order: VecDeque<(Instant, ServerKey)>,
+}
+
+/// How many REGISTER answers are kept at most (~300 bytes each).
+const ANSWERED_MAX: usize = 20_000;
+
+impl Answered {
+    pub(super) fn insert(&mut self, now: Instant, key: ServerKey, data: Vec<u8>) {
+        self.expire(now);
+        while self.order.len() >= ANSWERED_MAX {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.by_key.remove(&old);
+            }
+        }
+        if self.by_key.insert(key.clone(), data).is_none() {
+            self.order.push_back((now + super::transaction::T64, key));
+        }
+    }
+
+    pub(super) fn get(&mut self, now: Instant, key: &ServerKey) -> Option<&[u8]> {
+        self.expire(now);
+        self.by_key.get(key).map(Vec::as_slice)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front()
+            && *at <= now
+        {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.by_key.remove(&old);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.by_key.len()
     }
 }

@@ -592,9 +592,36 @@ fn challenges_and_refusals_keep_no_server_transaction() {
     h.sip(a, &format!("OPTIONS sip:1001@{GW} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bKo1\nFrom: <sip:x@{GW}>;tag=o\nTo: <sip:1001@{GW}>\nCall-ID: o@x\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n"));
     assert_eq!(h.last_status(a), 200);
     assert_eq!(h.core.server_transactions(), 0);
-    // A successful REGISTER keeps its transaction (retransmissions are absorbed).
+    // A successful REGISTER keeps no transaction either: its answer is remembered, so a
+    // retransmission (its 200 lost) gets the same bytes, not a replay challenge.
     assert_eq!(h.register("1001", 5072), 200);
-    assert_eq!(h.core.server_transactions(), 1);
+    assert_eq!(h.core.server_transactions(), 0);
+    assert_eq!(h.core.answered.len(), 1);
+}
+
+#[test]
+fn a_retransmitted_register_gets_the_same_200_and_a_storm_keeps_no_transactions() {
+    let mut h = H::new();
+    let a = addr(5070);
+    h.sip(a, &register_text(a, "1001", "r1", None));
+    let auth = h.auth(a, "1001", "pw-1001", "REGISTER", &format!("sip:{GW}"));
+    let authed = register_text(a, "1001", "r2", Some(&auth));
+    h.sip(a, &authed);
+    let first = h.sent_to(a);
+    h.sip(a, &authed);
+    let again = h.sent_to(a);
+    assert_eq!(first.len(), 1, "the 200 (the 401 was read by `auth`)");
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        first[0].to_bytes(),
+        again[0].to_bytes(),
+        "the retransmission gets the very same 200 (same To tag), not a replay challenge"
+    );
+    // Timer J later it is forgotten (a very late retransmission is a new request: challenged).
+    h.advance(Duration::from_secs(33));
+    h.sip(a, &authed);
+    assert_eq!(h.last_status(a), 401);
+    assert_eq!(h.core.server_transactions(), 0);
 }
 
 #[test]
