@@ -300,10 +300,15 @@ fn init_tracing() {
     // Never trace for these, whatever RUST_LOG says: at trace they print every WebSocket frame
     // and message, i.e. passwords, switch secrets and session tokens. (A filter of its own, so
     // it only ever removes: a `tungstenite=debug` directive would raise them under RUST_LOG=warn.)
+    // The hint (the env filter's, which this only narrows) is what `log` records and disabled
+    // callsites are checked against first: without it every tungstenite `log::trace!` (several
+    // per frame) went through the whole subscriber, a quarter of a steering decision's CPU.
+    let hint = filter.max_level_hint().unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
     let no_frames = tracing_subscriber::filter::filter_fn(|m| {
         *m.level() != tracing::Level::TRACE
             || !(m.target().starts_with("tungstenite") || m.target().starts_with("tokio_tungstenite"))
-    });
+    })
+    .with_max_level_hint(hint);
     // Logs go to stderr; stdout carries the one "listening" line.
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();

@@ -663,7 +663,7 @@ async fn connection(s: Arc<Shared>, mut socket: WebSocket, conn: ConnId, ip: IpA
                         break;
                     }
                 };
-                metrics::counter!("trunkline_ws_messages_total").increment(1);
+                hot::ws_messages().increment(1);
                 if is_device {
                     let now = Instant::now();
                     tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate * 2.0);
@@ -1150,7 +1150,11 @@ impl Hub {
                     let _ = bus.send(BusCmd::PresencePut { party, calls });
                 }
             }
-            EngineCmd::Msg { conn, msg } => h.engine.handle(now, conn, msg),
+            EngineCmd::Msg { conn, msg } => {
+                // The trace log's level can only be known here (the filter is the process's).
+                h.engine.set_trace_details(tracing::enabled!(target: "trunkline::trace", tracing::Level::INFO));
+                h.engine.handle(now, conn, msg)
+            }
             EngineCmd::Gone { conn } => {
                 h.outboxes.remove(&conn);
                 let gone = h.engine.disconnected(now, conn);
@@ -1173,7 +1177,7 @@ impl Hub {
         drain(&mut h.engine, &mut h.outboxes, &self.store, self.wake.as_ref(), self.bus.as_ref());
         // Calls the engine holds open (those of a switch whose link is lost included): a
         // phantom call would show here.
-        metrics::gauge!("trunkline_calls_in_progress").set(h.engine.active_calls() as f64);
+        hot::calls_in_progress().set(h.engine.active_calls() as f64);
         let next = h.engine.poll_timeout();
         let earlier = match (next, h.timer_target) {
             (Some(n), Some(t)) => n < t,
@@ -1386,11 +1390,11 @@ fn drain_one(
             }
         }
         Output::Trace { call_id, step, detail } => {
-            metrics::counter!("trunkline_steps_total", "step" => step.as_str()).increment(1);
+            hot::step(step).increment(1);
             tracing::info!(target: "trunkline::trace", %call_id, step = step.as_str(), "{detail}");
         }
         Output::Ended { call_id, outcome, why } => {
-            metrics::counter!("trunkline_calls_total", "outcome" => outcome.as_str()).increment(1);
+            hot::outcome(outcome).increment(1);
             tracing::info!(target: "trunkline::trace", %call_id, outcome = outcome.as_str(), "call ended: {why}");
         }
         Output::Record(r) => {
@@ -1434,6 +1438,48 @@ fn drain_one(
     }
 }
 
+/// The metrics bumped for every message or step, each registered on its first use: the
+/// `counter!` macro builds its key and looks it up in the registry on every call.
+mod hot {
+    use std::sync::OnceLock;
+
+    use metrics::{Counter, Gauge};
+    use trunkline_protocol::{Outcome, Step};
+
+    fn get<T>(cell: &'static OnceLock<T>, make: impl FnOnce() -> T) -> &'static T {
+        cell.get_or_init(|| {
+            // The recorder first: a handle taken before it is installed would count nowhere.
+            let _ = super::metrics_handle();
+            make()
+        })
+    }
+
+    pub fn step(step: Step) -> &'static Counter {
+        static C: [OnceLock<Counter>; Step::ALL.len()] = [const { OnceLock::new() }; Step::ALL.len()];
+        let i = Step::ALL.iter().position(|s| *s == step).unwrap_or(0);
+        get(&C[i], || metrics::counter!("trunkline_steps_total", "step" => step.as_str()))
+    }
+
+    pub fn outcome(outcome: Outcome) -> &'static Counter {
+        static C: [OnceLock<Counter>; Outcome::ALL.len()] = [const { OnceLock::new() }; Outcome::ALL.len()];
+        let i = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        get(&C[i], || metrics::counter!("trunkline_calls_total", "outcome" => outcome.as_str()))
+    }
+
+    pub fn calls_in_progress() -> &'static Gauge {
+        static G: OnceLock<Gauge> = OnceLock::new();
+        get(&G, || metrics::gauge!("trunkline_calls_in_progress"))
+    }
+
+    pub fn ws_messages() -> &'static Counter {
+        static C: OnceLock<Counter> = OnceLock::new();
+        get(&C, || metrics::counter!("trunkline_ws_messages_total"))
+    }
+}
+
+/// How long the store task lets records gather after the first of a batch.
+const STORE_GATHER: Duration = Duration::from_millis(10);
+
 /// Call records kept in memory while the disk is full, at most (oldest dropped beyond, counted).
 const MAX_RECORDS_WAITING: usize = 100_000;
 
@@ -1465,6 +1511,18 @@ async fn store_loop(
         };
         if got == 0 {
             break;
+        }
+        // Let a burst gather for a moment: one transaction for many records costs far less
+        // than one each (every commit writes and checksums each page it touched, in the table
+        // and its four indexes). Records are written after the outcome is sent anyway. Not in
+        // cluster mode: attempt rows go through here too, and other replicas read them.
+        let gather_until = tokio::time::Instant::now() + STORE_GATHER;
+        while cluster.is_none() && batch.len() < 512 {
+            let room = 512 - batch.len();
+            match tokio::time::timeout_at(gather_until, rx.recv_many(&mut batch, room)).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
         }
         for cmd in batch.drain(..) {
             match cmd {

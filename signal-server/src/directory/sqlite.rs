@@ -712,7 +712,14 @@ impl Directory for SqliteDirectory {
             rows.push((r, duration, format_trace(&r.trace)));
         }
         let mut tx = self.pool.begin().await.map_err(|e| db_err("writing call records", e))?;
-        for chunk in rows.chunks(200) {
+        // Chunks of 128, 64, …, 1 rows: a handful of statement shapes, each prepared once and
+        // then taken from the statement cache (parsing a many-row INSERT cost more than
+        // running it when every batch size was a statement of its own).
+        let mut rest = &rows[..];
+        while !rest.is_empty() {
+            let n = 1usize << rest.len().min(128).ilog2();
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
             // First writer wins: a call id already recorded is skipped, so a repeated end report
             // (a switch re-sending what it queued, to a server that restarted) writes nothing.
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(

@@ -95,6 +95,7 @@ pub enum Output {
     /// Persist a finished call attempt.
     Record(CallRecord),
     /// A patent step happened for `call_id` (for logs/metrics; the steps also go in the record).
+    /// `detail` is empty when the driver turned details off ([`Engine::set_trace_details`]).
     Trace { call_id: CallId, step: Step, detail: String },
     /// The attempt ended (for logs; the `Record` that follows carries the details).
     Ended { call_id: CallId, outcome: Outcome, why: String },
@@ -241,6 +242,8 @@ pub struct Engine {
     new_key: Box<dyn FnMut() -> String + Send>,
     /// Wake offline switchless callees by Web Push (else they end `callee_offline` at once).
     wake_up: bool,
+    /// Format each trace's detail (on by default; a driver that does not log them turns it off).
+    trace_details: bool,
     /// Callee number → the attempts waiting for it to sign in.
     wakes: HashMap<String, Vec<CallId>>,
     /// The last [`RECENT_ENDS`] attempts that ended, so a repeated end report (a switch
@@ -284,6 +287,7 @@ impl Engine {
             outputs: Default::default(),
             new_key,
             wake_up: false,
+            trace_details: true,
             wakes: HashMap::new(),
             recent: Default::default(),
             recent_set: Default::default(),
@@ -294,6 +298,12 @@ impl Engine {
     /// switchless callee ends `callee_offline` at once).
     pub fn set_wake_up(&mut self, on: bool) {
         self.wake_up = on;
+    }
+
+    /// Whether [`Output::Trace`] carries its detail text: formatting it costs more than the
+    /// rest of the step, so a driver whose trace log is off turns it off.
+    pub fn set_trace_details(&mut self, on: bool) {
+        self.trace_details = on;
     }
 
     /// Cluster mode: parties may sit on other replicas ([`Engine::remote_online`]), messages
@@ -913,16 +923,16 @@ impl Engine {
         }
         let caller = Party::Device(me.to_string());
         self.start_call(now, &call_id, caller, me, &to);
-        self.trace(&call_id, Step::A, "request via the cloud");
-        self.trace(&call_id, Step::C1, "browser dials");
+        self.trace(&call_id, Step::A, format_args!("request via the cloud"));
+        self.trace(&call_id, Step::C1, format_args!("browser dials"));
         let Some(callee) = self.validate_callee(now, &call_id, me, &to) else { return Ok(()) };
         match callee.home_switch {
             Some(sw) => {
-                self.trace(&call_id, Step::B5, &format!("callee {to} is on switch {sw}"));
+                self.trace(&call_id, Step::B5, format_args!("callee {to} is on switch {sw}"));
                 self.ask_switch(now, &call_id, &sw);
             }
             None => {
-                self.trace(&call_id, Step::B6, &format!("callee {to} is a switchless device"));
+                self.trace(&call_id, Step::B6, format_args!("callee {to} is a switchless device"));
                 self.ring_peer(now, &call_id);
             }
         }
@@ -939,9 +949,9 @@ impl Engine {
         }
         self.check_new_call(&call_id)?;
         self.start_call(now, &call_id, Party::Switch(me.to_string()), &from, &to);
-        self.trace(&call_id, Step::A, "request via a caller-side switch");
-        self.trace(&call_id, Step::B1, &format!("switch {me} got a call from {from}"));
-        self.trace(&call_id, Step::B2, "switch asks the cloud to validate");
+        self.trace(&call_id, Step::A, format_args!("request via a caller-side switch"));
+        self.trace(&call_id, Step::B1, format_args!("switch {me} got a call from {from}"));
+        self.trace(&call_id, Step::B2, format_args!("switch asks the cloud to validate"));
         let Some(callee) = self.validate_callee(now, &call_id, &from, &to) else { return Ok(()) };
         match callee.home_switch {
             Some(sw) if sw == me => {
@@ -955,7 +965,7 @@ impl Engine {
                 self.set_state(now, &call_id, CallState::Ringing);
             }
             Some(sw) => {
-                self.trace(&call_id, Step::B5, &format!("callee {to} is on switch {sw}"));
+                self.trace(&call_id, Step::B5, format_args!("callee {to} is on switch {sw}"));
                 if !self.switches.contains_key(&sw) {
                     self.finish(now, &call_id, Outcome::SwitchUnavailable, &format!("switch {sw} is offline"));
                     return Ok(());
@@ -968,7 +978,7 @@ impl Engine {
                 self.ask_switch(now, &call_id, &sw);
             }
             None => {
-                self.trace(&call_id, Step::B6, &format!("callee {to} is a switchless device"));
+                self.trace(&call_id, Step::B6, format_args!("callee {to} is a switchless device"));
                 let online = self.devices.contains_key(&to);
                 if !online && !self.wake_up {
                     self.finish(now, &call_id, Outcome::CalleeOffline, &format!("{to} has no live connection"));
@@ -1001,16 +1011,16 @@ impl Engine {
         match answer {
             QueryAnswer::Accept { url, key, expires_in_ms } => {
                 check_own_address(me, &url)?;
-                self.trace(call_id, Step::C12, &format!("switch {me} queued the call and issued a key"));
+                self.trace(call_id, Step::C12, format_args!("switch {me} queued the call and issued a key"));
                 let step = if matches!(caller, Party::Switch(_)) { Step::C2 } else { Step::C13 };
-                self.trace(call_id, step, "address + key relayed to the caller");
+                self.trace(call_id, step, format_args!("address + key relayed to the caller"));
                 self.send_party(&caller, ServerMsg::Connect { call_id: call_id.to_string(), url, key, expires_in_ms });
                 let ttl = Duration::from_millis(expires_in_ms).min(self.cfg.key_ttl()) + KEY_GRACE;
                 self.set_state_deadline(call_id, CallState::AwaitDirectConnect, now + ttl);
             }
             QueryAnswer::Decline { reason } => {
-                self.trace(call_id, Step::C12, &format!("switch {me} declined: {reason:?}"));
-                self.trace(call_id, Step::C13, "decline relayed to the caller");
+                self.trace(call_id, Step::C12, format_args!("switch {me} declined: {reason:?}"));
+                self.trace(call_id, Step::C13, format_args!("decline relayed to the caller"));
                 self.finish(now, call_id, reason.outcome(), "callee's switch declined");
             }
         }
@@ -1057,7 +1067,7 @@ impl Engine {
         let detail = format!("callee {callee} told to connect to switch {}", c.carrier.as_deref().unwrap_or("?"));
         let from = c.caller_number.clone();
         let from_name = self.display_name(&from);
-        self.trace(call_id, Step::C3, &detail);
+        self.trace(call_id, Step::C3, format_args!("{detail}"));
         self.send_party(
             &Party::Device(callee),
             ServerMsg::Incoming {
@@ -1084,7 +1094,7 @@ impl Engine {
             CallEvent::KeyAccepted
                 if is_carrier && (adopted || matches!(state, CallState::AwaitDirectConnect | CallState::Ringing)) =>
             {
-                self.trace(call_id, Step::C14, &format!("switch {me} accepted the key"));
+                self.trace(call_id, Step::C14, format_args!("switch {me} accepted the key"));
                 self.set_state(now, call_id, CallState::KeyAccepted);
                 Ok(())
             }
@@ -1096,7 +1106,7 @@ impl Engine {
                 Ok(())
             }
             CallEvent::Connected if is_carrier && pre_connect => {
-                self.trace(call_id, Step::C15, &format!("switch {me} bridged the call"));
+                self.trace(call_id, Step::C15, format_args!("switch {me} bridged the call"));
                 self.notify_caller(&caller, me, call_id, CallEvent::Connected);
                 let c = self.calls.get_mut(call_id).expect("checked");
                 c.connected_at = Some(now);
@@ -1168,7 +1178,7 @@ impl Engine {
             return Err(wrong_state(call_id, call.state, "accept"));
         }
         let caller = call.caller.clone();
-        self.trace(call_id, Step::F4, &format!("{me} accepted"));
+        self.trace(call_id, Step::F4, format_args!("{me} accepted"));
         self.send_party(&caller, ServerMsg::CallEvent { call_id: call_id.to_string(), event: CallEvent::Connected });
         let c = self.calls.get_mut(call_id).expect("checked");
         c.connected_at = Some(now);
@@ -1196,7 +1206,7 @@ impl Engine {
             call.caller.clone()
         };
         if !call.trace.contains(&Step::F4) {
-            self.trace(call_id, Step::F4, "relaying WebRTC negotiation");
+            self.trace(call_id, Step::F4, format_args!("relaying WebRTC negotiation"));
         }
         self.send_party(&other, ServerMsg::Signal { call_id: call_id.to_string(), payload });
         Ok(())
@@ -1337,16 +1347,16 @@ impl Engine {
         match self.accounts.get(to) {
             Some(a) if to != from => {
                 let a = a.clone();
-                self.trace(call_id, Step::B4, &format!("callee {to} is valid"));
+                self.trace(call_id, Step::B4, format_args!("callee {to} is valid"));
                 Some(a)
             }
             Some(_) => {
-                self.trace(call_id, Step::B3, "a device cannot call itself");
+                self.trace(call_id, Step::B3, format_args!("a device cannot call itself"));
                 self.reject_invalid(now, call_id, "you cannot call your own number");
                 None
             }
             None => {
-                self.trace(call_id, Step::B3, &format!("callee {to} does not exist"));
+                self.trace(call_id, Step::B3, format_args!("callee {to} does not exist"));
                 self.reject_invalid(now, call_id, &format!("number {to} does not exist"));
                 None
             }
@@ -1381,7 +1391,7 @@ impl Engine {
             from_name: self.display_name(&c.caller_number),
             to: c.callee_number.clone(),
         };
-        self.trace(call_id, Step::C11, &format!("asking switch {switch_id}"));
+        self.trace(call_id, Step::C11, format_args!("asking switch {switch_id}"));
         self.send_party(&Party::Switch(switch_id.to_string()), msg);
         let until = now + self.cfg.switch_answer_timeout();
         self.set_state_deadline(call_id, CallState::AwaitSwitchAnswer, until);
@@ -1426,7 +1436,7 @@ impl Engine {
         c.callee_device = Some(callee.clone());
         c.peer_key = Some(key.clone());
         let from_name = self.display_name(&from);
-        self.trace(call_id, Step::F4, &format!("ringing {callee} with a cloud-issued key"));
+        self.trace(call_id, Step::F4, format_args!("ringing {callee} with a cloud-issued key"));
         self.send_party(
             &Party::Device(callee),
             ServerMsg::Incoming { call_id: call_id.to_string(), from, from_name, via: IncomingVia::Peer { key: key.clone() } },
@@ -1443,7 +1453,7 @@ impl Engine {
         c.waking = true;
         let from = c.caller_number.clone();
         let from_name = self.display_name(&from);
-        self.trace(call_id, Step::Push, &format!("{callee} has no live connection: waking it by Web Push"));
+        self.trace(call_id, Step::Push, format_args!("{callee} has no live connection: waking it by Web Push"));
         self.wakes.entry(callee.to_string()).or_default().push(call_id.to_string());
         self.outputs.push_back(Output::WakeUp { call_id: call_id.to_string(), number: callee.to_string(), from, from_name });
     }
@@ -1619,11 +1629,13 @@ impl Engine {
         self.accounts.get(number).map(|a| a.display_name.clone()).unwrap_or_else(|| number.to_string())
     }
 
-    fn trace(&mut self, call_id: &str, step: Step, detail: &str) {
+    fn trace(&mut self, call_id: &str, step: Step, detail: std::fmt::Arguments<'_>) {
         if let Some(c) = self.calls.get_mut(call_id) {
             c.trace.push(step);
         }
-        self.outputs.push_back(Output::Trace { call_id: call_id.to_string(), step, detail: detail.to_string() });
+        // Formatted only for a driver that logs it: several per decision otherwise.
+        let detail = if self.trace_details { detail.to_string() } else { String::new() };
+        self.outputs.push_back(Output::Trace { call_id: call_id.to_string(), step, detail });
     }
 
     fn send(&mut self, conn: ConnId, msg: ServerMsg) {

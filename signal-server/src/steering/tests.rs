@@ -1375,3 +1375,23 @@ fn restarted_switch_that_replaced_its_old_connection_ends_the_calls_it_no_longer
     let r = h.one_record();
     assert_eq!((r.call_id.as_str(), r.outcome, r.duration_ms), ("gone", Outcome::Connected, Some(9_000)));
 }
+
+#[test]
+fn trace_details_off_keeps_every_step_and_only_drops_the_text() {
+    let mut h = H::new();
+    h.e.set_trace_details(false);
+    h.msg(HQ, r#"{"type":"route_query","call_id":"quiet","from":"1001","to":"3001"}"#);
+    h.msg(BRANCH, r#"{"type":"query_answer","call_id":"quiet","answer":{"answer":"decline","reason":"busy"}}"#);
+    let traces: Vec<(Step, String)> = h
+        .out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Trace { step, detail, .. } => Some((*step, detail.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(!traces.is_empty() && traces.iter().all(|(_, d)| d.is_empty()), "{traces:?}");
+    let r = h.one_record();
+    assert_eq!(steps(&r), traces.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(","));
+    assert_eq!(r.outcome, Outcome::Busy);
+}
