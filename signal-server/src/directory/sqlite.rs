@@ -26,6 +26,24 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Every patent step, for parsing stored traces.
 const ALL_STEPS: [Step; 17] = Step::ALL;
 
+/// The multi-row INSERT for `rows` call records (a power of two ≤ 128), its text built once:
+/// building it per batch cost as much as binding the values. First writer wins: a call id
+/// already recorded (unique index, migration 0004) is skipped, so a repeated end report (a
+/// switch re-sending what it queued, to a server that restarted) writes nothing; only that
+/// conflict is ignored, any other constraint still fails the batch.
+fn insert_call_records_sql(rows: usize) -> &'static str {
+    static SQL: [std::sync::OnceLock<String>; 8] = [const { std::sync::OnceLock::new() }; 8];
+    debug_assert!(rows.is_power_of_two() && rows <= 128);
+    SQL[rows.ilog2() as usize].get_or_init(|| {
+        let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
+        format!(
+            "INSERT INTO call_records (call_id, caller, callee, switch_id, started_ms, ended_ms, outcome, duration_ms, trace) \
+             VALUES {} ON CONFLICT (call_id) DO NOTHING",
+            vec![row; rows].join(", ")
+        )
+    })
+}
+
 /// The directory stored in one SQLite database.
 #[derive(Clone, Debug)]
 pub struct SqliteDirectory {
@@ -720,25 +738,20 @@ impl Directory for SqliteDirectory {
             let n = 1usize << rest.len().min(128).ilog2();
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
-            // First writer wins: a call id already recorded is skipped, so a repeated end report
-            // (a switch re-sending what it queued, to a server that restarted) writes nothing.
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO call_records (call_id, caller, callee, switch_id, started_ms, ended_ms, outcome, duration_ms, trace) \
-                 SELECT * FROM (",
-            );
-            q.push_values(chunk, |mut b, (r, duration, trace)| {
-                b.push_bind(&r.call_id)
-                    .push_bind(&r.caller)
-                    .push_bind(&r.callee)
-                    .push_bind(&r.switch_id)
-                    .push_bind(r.started_ms)
-                    .push_bind(r.ended_ms)
-                    .push_bind(r.outcome.as_str())
-                    .push_bind(*duration)
-                    .push_bind(trace.as_str());
-            });
-            q.push(") AS v WHERE NOT EXISTS (SELECT 1 FROM call_records c WHERE c.call_id = v.column1)");
-            q.build().execute(&mut *tx).await.map_err(|e| db_err("writing call records", e))?;
+            let mut q = sqlx::query(insert_call_records_sql(n));
+            for (r, duration, trace) in chunk {
+                q = q
+                    .bind(&r.call_id)
+                    .bind(&r.caller)
+                    .bind(&r.callee)
+                    .bind(&r.switch_id)
+                    .bind(r.started_ms)
+                    .bind(r.ended_ms)
+                    .bind(r.outcome.as_str())
+                    .bind(*duration)
+                    .bind(trace.as_str());
+            }
+            q.execute(&mut *tx).await.map_err(|e| db_err("writing call records", e))?;
         }
         tx.commit().await.map_err(|e| db_err("writing call records", e))?;
         storage_ok();
@@ -866,6 +879,34 @@ mod tests {
         assert_eq!(d.session("tok", 0).await.unwrap().as_deref(), Some("200"));
         assert_eq!(d.call_records(None, 10).await.unwrap().len(), 1);
         assert!(d.directory_version().await.unwrap() >= 2);
+    }
+
+    #[tokio::test]
+    async fn upgrade_to_a_unique_call_id_keeps_the_first_record_of_a_repeated_call_id() {
+        // Before version 3 a repeated end report was written again: such a database must still
+        // take migration 4 (a UNIQUE index), keeping the first row as first writer wins would.
+        let tmp = tempfile::tempdir().unwrap();
+        let url = url_for(&tmp);
+        {
+            let pool = SqlitePool::connect(&format!("{url}?mode=rwc")).await.unwrap();
+            MIGRATOR.run_to(3, &pool).await.unwrap();
+            sqlx::query(
+                "INSERT INTO call_records (call_id, caller, callee, started_ms, ended_ms, outcome) VALUES \
+                 ('c1', '100', '200', 1, 2, 'connected'), ('c1', '100', '200', 3, 4, 'busy'), ('c2', '100', '200', 5, 6, 'busy')",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let d = SqliteDirectory::open(&url).await.unwrap();
+        let all = d.call_records(None, 10).await.unwrap();
+        assert_eq!(all.iter().map(|r| (r.call_id.as_str(), r.started_ms)).collect::<Vec<_>>(), [("c2", 5), ("c1", 1)]);
+        d.insert_call_records(&[record("c2", "100", "200", 7), record("c3", "100", "200", 8), record("c3", "100", "200", 9)])
+            .await
+            .unwrap();
+        let all = d.call_records(None, 10).await.unwrap();
+        assert_eq!(all.iter().map(|r| (r.call_id.as_str(), r.started_ms)).collect::<Vec<_>>(), [("c3", 8), ("c2", 5), ("c1", 1)]);
     }
 
     #[tokio::test]
