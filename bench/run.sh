@@ -30,6 +30,9 @@
 # CALL_HOLD_MS (100), CALL_SECS (6), CALL_SIPPS (2), CALL_IN_FLIGHT ("100 300 500" per instance),
 # SETUP_CALLS (200), SETUP_CONCURRENCY (4),
 # MEDIA_STEPS (10,25,50,...,2000), MEDIA_SECS (5), MEDIA_MAX_SECS (240: no further step after).
+# Part "mediacpu" (plain RTP relay, the gateway beside rtpengine; rtpengine-daemon is installed
+# when missing): MEDIACPU_STEPS (50,200,500,1000,1500 calls), MEDIACPU_SECS (5 s per step),
+# MEDIACPU_MAX_SECS (120 per relay: no further step after).
 set -euo pipefail
 
 # The whole run is bounded: re-run this script under `timeout`, which on expiry signals the
@@ -64,7 +67,7 @@ CLUSTER_RATE_SECS=${CLUSTER_RATE_SECS:-5}
 F4_CALLS=${F4_CALLS:-300}
 F4_CONCURRENCY=${F4_CONCURRENCY:-4}
 NATLAB_CALLS=${NATLAB_CALLS:-20}
-GW_PARTS=${GW_PARTS:-register calls setup media}
+GW_PARTS=${GW_PARTS:-register calls setup media mediacpu}
 REG_SECS=${REG_SECS:-6}
 REG_WARMUP=${REG_WARMUP:-2}
 REG_SIPPS=${REG_SIPPS:-2}
@@ -82,6 +85,9 @@ SETUP_CONCURRENCY=${SETUP_CONCURRENCY:-4}
 MEDIA_STEPS=${MEDIA_STEPS:-10,25,50,100,200,400,600,800,1000,1250,1500,1750,2000}
 MEDIA_SECS=${MEDIA_SECS:-5}
 MEDIA_MAX_SECS=${MEDIA_MAX_SECS:-240}
+MEDIACPU_STEPS=${MEDIACPU_STEPS:-50,200,500,1000,1500}
+MEDIACPU_SECS=${MEDIACPU_SECS:-5}
+MEDIACPU_MAX_SECS=${MEDIACPU_MAX_SECS:-120}
 OUT=${OUT:-$BENCH_DIR/results/latest.md}
 
 log() { printf 'run.sh: %s\n' "$*" >&2; }
@@ -136,6 +142,10 @@ need=()
 if wants kamailio || wants gateway; then
     command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
     command -v kamailio >/dev/null 2>&1 || [[ -x /usr/sbin/kamailio ]] || need+=(kamailio)
+fi
+# rtpengine (userspace forwarding; the kernel module is not needed) for the mediacpu part.
+if wants gateway && gw_wants mediacpu; then
+    command -v rtpengine >/dev/null 2>&1 || need+=(rtpengine-daemon)
 fi
 if (( ${#need[@]} )); then
     SUDO=; [[ $(id -u) == 0 ]] || SUDO=sudo
@@ -717,6 +727,12 @@ run_gateway() {
     local media_max media_last
     media_max=$(tr ',' '\n' <<<"$MEDIA_STEPS" | sort -n | tail -n1)
     media_last=$((40000 + media_max - 1))
+    # mediacpu: callers 40000.., callees 40000+max(MEDIACPU_STEPS)..
+    if gw_wants mediacpu; then
+        local mcpu_max
+        mcpu_max=$(tr ',' '\n' <<<"$MEDIACPU_STEPS" | sort -n | tail -n1)
+        (( 40000 + 2 * mcpu_max - 1 > media_last )) && media_last=$((40000 + 2 * mcpu_max - 1))
+    fi
     # The signal server (a database of its own), provisioned over the admin API.
     GW_SPORT=$("$BENCH" free-port)
     head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$GW/admin.token"
@@ -808,7 +824,44 @@ EOT
             --steps "$MEDIA_STEPS" --secs "$MEDIA_SECS" --max-secs "$MEDIA_MAX_SECS" >"$GW/media.kv" || log "warning: media-ramp failed"
         gwkv media "$GW/media.kv"
     fi
+    if gw_wants mediacpu; then
+        measure_mediacpu "$hq_sip" "$hq_pid"
+    fi
     for p in "$spid" "$hq_pid" "$GW_PID"; do stop_pid "$p"; done
+}
+
+# Plain RTP ⇄ RTP relaying, CPU per forwarded packet: the gateway's F7 relay (hq) and rtpengine
+# (userspace only: --table=-1, no kernel module) carry the same streams in turn, the load
+# generator pinned to core 0 and the relay under test to core 1 (bench/src/mediacpu.rs).
+# measure_mediacpu GATEWAY_SIP GATEWAY_PID
+measure_mediacpu() {
+    local sip=$1 gpid=$2 ng rpid= rte_args=() rtpengine
+    rtpengine=$(command -v rtpengine || echo /usr/bin/rtpengine)
+    if [[ -x $rtpengine ]]; then
+        ng=$("$BENCH" free-port --udp)
+        "$rtpengine" --foreground --log-stderr --config-file=none --table=-1 --interface=127.0.0.1 \
+            --listen-ng="127.0.0.1:$ng" --port-min=10000 --port-max=19999 --log-level=4 --delete-delay=0 \
+            >"$GW/rtpengine.log" 2>&1 &
+        rpid=$!
+        PIDS+=("$rpid")
+        sleep 1
+        if kill -0 "$rpid" 2>/dev/null; then
+            rte_args=(--rtpengine-ng "127.0.0.1:$ng" --rtpengine-pid "$rpid")
+            gwset mediacpu_rtpengine_version "$("$rtpengine" --version 2>&1 | sed -n 's/^Version: //p' | head -n1)"
+        else
+            log "rtpengine exited at start (see $GW/rtpengine.log); mediacpu measures the gateway alone"
+        fi
+    else
+        log "rtpengine is not installed; mediacpu measures the gateway alone"
+    fi
+    log "media CPU per packet: plain RTP relay, steps $MEDIACPU_STEPS calls, ${MEDIACPU_SECS}s each, gateway then rtpengine"
+    timeout $((2 * MEDIACPU_MAX_SECS + 300)) "$BENCH" media-cpu --gateway-sip "$sip" --gateway-pid "$gpid" "${rte_args[@]}" \
+        --phone-first 40000 --steps "$MEDIACPU_STEPS" --secs "$MEDIACPU_SECS" --max-secs "$MEDIACPU_MAX_SECS" \
+        --generator-cpu 0 --relay-cpu 1 >"$GW/mediacpu.kv" 2>"$GW/mediacpu.err" ||
+        log "warning: media-cpu failed: $(tail -n1 "$GW/mediacpu.err")"
+    gwkv mediacpu "$GW/mediacpu.kv"
+    [[ -n $rpid ]] && stop_pid "$rpid"
+    log "mediacpu: $(grep -E '_(max_calls_zero_loss|cpu_us_per_pkt|pps_per_core|stop)=' "$GW/mediacpu.kv" | tr '\n' ' ')"
 }
 
 # ------------------------------------------------------------------ run, report

@@ -6,9 +6,11 @@ mod f4lat;
 mod gwprov;
 mod idle;
 mod media;
+mod mediacpu;
 mod procfs;
 mod provision;
 mod report;
+mod rtpengine;
 mod setup;
 mod sippstat;
 mod sipua;
@@ -236,6 +238,39 @@ enum Cmd {
         /// Start no further step after this many seconds.
         #[arg(long, default_value_t = 300.0)]
         max_secs: f64,
+    },
+    /// CPU per forwarded packet of plain RTP ⇄ RTP relaying: the gateway's F7 relay and/or
+    /// rtpengine (over `ng`), the same streams, the generator pinned to one core and the relay
+    /// to another; ramps calls until loss or a saturated core.
+    MediaCpu {
+        #[arg(long)]
+        gateway_sip: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        gateway_pid: Option<u32>,
+        /// rtpengine's `--listen-ng` address.
+        #[arg(long)]
+        rtpengine_ng: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        rtpengine_pid: Option<u32>,
+        /// Gateway desk phones: callers FIRST.., callees FIRST+max(steps)..
+        #[arg(long, default_value_t = 40000)]
+        phone_first: u64,
+        /// Concurrent calls at each step, comma-separated, ascending.
+        #[arg(long, default_value = "50,200,500,1000,1500,2000")]
+        steps: String,
+        /// Length of the measured window at each step.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 0)]
+        generator_cpu: usize,
+        #[arg(long, default_value_t = 1)]
+        relay_cpu: usize,
+        /// Per peer: start no further step after this many seconds.
+        #[arg(long, default_value_t = 120.0)]
+        max_secs: f64,
+        /// Nice value of the generator and of the relay while it is measured (root: < 0).
+        #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+        nice: i32,
     },
     /// Print the markdown table from the files the measurements wrote (missing: n/a).
     Table {
@@ -477,6 +512,34 @@ fn main() -> ExitCode {
                 setup_concurrency,
                 max_secs,
             })),
+        },
+        Cmd::MediaCpu {
+            gateway_sip,
+            gateway_pid,
+            rtpengine_ng,
+            rtpengine_pid,
+            phone_first,
+            steps,
+            secs,
+            generator_cpu,
+            relay_cpu,
+            max_secs,
+            nice,
+        } => match steps.split(',').map(|s| s.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>() {
+            Err(e) => Err(format!("--steps: {e}")),
+            Ok(steps) => mediacpu::run(mediacpu::Params {
+                gateway_sip,
+                gateway_pid,
+                rtpengine_ng,
+                rtpengine_pid,
+                phone_first,
+                steps,
+                secs,
+                generator_cpu,
+                relay_cpu,
+                max_secs,
+                nice,
+            }),
         },
         Cmd::Table { saturate, rate, idle, kamailio, gateway, web, natlab, cluster, date } => {
             let date = date.unwrap_or_else(|| {

@@ -295,6 +295,7 @@ fn gateway_rows(out: &mut String, g: &Kv) {
         "| concurrent bridged WebRTC⇄RTP G.711 calls on one gateway with no loss and p99 added delay < 1 ms{limit} | {} | — | — | ≥ 2,000 |\n",
         or_na(best)
     ));
+    crate::mediacpu::rows(out, g);
 }
 
 fn gateway_notes(notes: &mut Vec<String>, g: &Kv) {

@@ -203,6 +203,8 @@ pub struct OutCall {
     pub invited_at: Instant,
     pub ringing_at: Option<Instant>,
     pub rtp: Option<RtpProbe>,
+    /// Where the far end wants this call's RTP (the 200 OK's SDP).
+    pub remote_rtp: Option<SocketAddr>,
     from_tag: String,
     to_header: String,
     target: String,
@@ -440,7 +442,8 @@ impl Ua {
             srv = self.server.ip()
         );
         let _ = self.sock.send_to(ack.as_bytes(), self.server).await;
-        if let Some(remote) = sdp_audio_addr(&resp.body) {
+        let remote_rtp = sdp_audio_addr(&resp.body);
+        if let Some(remote) = remote_rtp {
             remote_tx.send_replace(Some(remote));
         }
         // Keep the remote-address channel alive as long as the RTP task runs.
@@ -457,6 +460,7 @@ impl Ua {
             invited_at,
             ringing_at,
             rtp: probe,
+            remote_rtp,
             from_tag,
             to_header: to_h,
             target,
