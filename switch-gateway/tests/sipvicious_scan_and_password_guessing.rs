@@ -44,7 +44,11 @@ impl GwProc {
         let secret_file = dir.join("hq.secret");
         std::fs::write(&secret_file, common::secret_of("hq")).unwrap();
         let state_dir = dir.join("hq-state");
-        let rtp = 30000 + (std::process::id() % 200) as u16 * 40;
+        // A range of its own per gateway: each binds its whole (small) range ahead of calls, so
+        // gateways of parallel tests must not share one.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let rtp = 30000 + ((std::process::id() * 8 + slot) % 375) as u16 * 40;
         let config = format!(
             "id = \"hq\"\nsecret_file = \"{}\"\ncloud_url = \"{cloud_ws}\"\nsip_listen = \"127.0.0.1:{port}\"\n\
              rtp_ports = \"{rtp}-{}\"\nstate_dir = \"{}\"\necho_number = \"{ECHO}\"\nring_timeout_secs = 10\n\
