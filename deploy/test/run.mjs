@@ -264,9 +264,14 @@ try {
     await gatewayUp('first start');
     // What listens on the site (nothing else runs there yet): the gateway's SIP, for its desk
     // phones, and nothing for callers from outside (they come over WebRTC through the cloud).
+    // Media sockets in rtp_ports (30000-30199) are bound ahead of calls (up to 32 pairs, so the
+    // core never binds one mid-call); they are UDP only, carry no signalling, and what reaches
+    // an idle one is discarded. Every other port must be the SIP one.
     const ss = spawnSync('ss', ['-Hlntu'], { encoding: 'utf8' }).stdout.trim().split('\n').filter(Boolean);
-    const ports = [...new Set(ss.map((l) => l.split(/\s+/)[4].split(':').pop()))];
+    const media = (l) => { const [proto, , , , local] = l.split(/\s+/); const p = Number(local.split(':').pop()); return proto === 'udp' && p >= 30000 && p <= 30199; };
+    const ports = [...new Set(ss.filter((l) => !media(l)).map((l) => l.split(/\s+/)[4].split(':').pop()))];
     assert.deepEqual(ports, [String(sipPort)], `listening on the site:\n${ss.join('\n')}`);
+    assert.ok(ss.filter(media).length <= 64, `at most 32 RTP/RTCP pairs bound ahead of calls:\n${ss.join('\n')}`);
   });
 
   await check('both images: under 25 MB, user 10001 in /etc/passwd, a HEALTHCHECK, no shell; both run as uid/gid 10001', () => {
