@@ -132,6 +132,18 @@ impl Core {
         true
     }
 
+    /// Our response to `req`: a To tag of ours on anything above 100 that has none, the Server
+    /// header, then `edit`.
+    fn response(&mut self, req: &Request, status: u16, reason: &str, edit: impl FnOnce(&mut Response)) -> Response {
+        let mut r = Response::to_request(req, status, reason);
+        if status > 100 && req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_none() {
+            r.set_to_tag(&new_tag(&mut self.rng));
+        }
+        r.headers.push("Server", "Trunkline");
+        edit(&mut r);
+        r
+    }
+
     /// Answer without a server transaction.
     pub(super) fn reply_stateless(
         &mut self,
@@ -142,12 +154,7 @@ impl Core {
         reason: &str,
         edit: impl FnOnce(&mut Response),
     ) {
-        let mut r = Response::to_request(req, status, reason);
-        if status > 100 && req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_none() {
-            r.set_to_tag(&new_tag(&mut self.rng));
-        }
-        r.headers.push("Server", "Trunkline");
-        edit(&mut r);
+        let r = self.response(req, status, reason, edit);
         self.out.push_back(Output::Sip { to: src, transport, data: r.to_bytes() });
     }
 
@@ -165,12 +172,7 @@ impl Core {
         reason: &str,
         edit: impl FnOnce(&mut Response),
     ) {
-        let mut r = Response::to_request(req, status, reason);
-        if status > 100 && req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_none() {
-            r.set_to_tag(&new_tag(&mut self.rng));
-        }
-        r.headers.push("Server", "Trunkline");
-        edit(&mut r);
+        let r = self.response(req, status, reason, edit);
         let data = r.to_bytes();
         if transport == Transport::Udp {
             self.answered.insert(now, key.clone(), data.clone());
@@ -188,12 +190,7 @@ impl Core {
         reason: &str,
         edit: impl FnOnce(&mut Response),
     ) {
-        let mut r = Response::to_request(req, status, reason);
-        if status > 100 && req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_none() {
-            r.set_to_tag(&new_tag(&mut self.rng));
-        }
-        r.headers.push("Server", "Trunkline");
-        edit(&mut r);
+        let r = self.response(req, status, reason, edit);
         self.send_response(now, key, r);
     }
 
