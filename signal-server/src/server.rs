@@ -1268,8 +1268,9 @@ impl HubOps for Hub {
             let _ = tx.try_send(Out::Msg(Box::new(msg)));
         }
     }
-    fn presence_rows(&self, rows: Vec<crate::cluster::store::PresenceRow>) {
+    fn presence_rows(&self, rows: Vec<crate::cluster::store::PresenceRow>) -> bool {
         use crate::cluster::presence::Entry;
+        let mut wants_live = false;
         self.with_presence(|v| {
             let mut changes = Vec::new();
             for r in rows {
@@ -1277,11 +1278,21 @@ impl HubOps for Hub {
                 let entry = r.online.then_some(Entry { node: r.node, incarnation: r.incarnation, calls: r.calls });
                 changes.extend(v.row(party, r.rev, entry));
             }
+            wants_live = v.take_wants_live();
             changes
-        })
+        });
+        wants_live
     }
-    fn presence_live(&self, live: HashMap<String, String>) {
-        self.with_presence(|v| v.set_live(live))
+    fn live_read_begin(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).presence.begin_live_read()
+    }
+    fn presence_live(&self, stamp: u64, live: HashMap<String, String>) -> bool {
+        let mut applied = false;
+        self.with_presence(|v| {
+            applied = v.is_newer_read(stamp);
+            v.live_read(stamp, live)
+        });
+        applied
     }
     fn presence_local_rev(&self, party: &Party, rev: i64) {
         self.with_presence(|v| v.local_rev(party, rev))

@@ -374,6 +374,60 @@ async fn session_replaced_across_replicas_closes_the_old_socket_and_calls_reach_
     cl.finish(&["sr1"], PROMPT).await;
 }
 
+#[tokio::test]
+async fn a_browser_moving_to_a_replica_that_just_joined_is_reachable_from_the_others_at_once() {
+    // r3 restarts with a new incarnation, just after r2's periodic read of the live leases.
+    // When bob's session moves to r3, r2 must not take him for offline (nor keep him on r1)
+    // until its next lease tick: it reads the live set as soon as a row names a replica it
+    // does not know. Reads 5 s apart make the periodic read easy to tell apart.
+    let opts = Opts { lease_ttl_ms: 15_000, lease_renew_ms: 5_000, ..Opts::default() };
+    let Some(mut cl) = Cluster::start("moving_to_a_replica_that_just_joined", opts).await else { return };
+    nodes_live_seen_by(&cl, 1, 3).await;
+    cl.replica(2).sigterm();
+    let status = cl.replica_mut(2).wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "r3 stops cleanly on SIGTERM: {status:?}");
+    nodes_live_seen_by(&cl, 1, 2).await;
+    let renewals = lease_renewals(&cl, 1).await;
+    cl.restart(2).await;
+    let mut old = cl.browser(0, BOB).await;
+    let token = old.session_token.clone().unwrap();
+    let mut alice = cl.browser(1, ALICE).await;
+    cl.wait_remote_presence(1, 1, PROMPT).await;
+    let mut new = cl.connect(BOB.0, &cl.ws(2)).await;
+    new.resume(&token).await.expect("resume on the restarted r3");
+    old.expect_error(ErrorCode::SessionReplaced, PROMPT).await;
+    nodes_live_seen_by(&cl, 1, 3).await;
+    assert_eq!(
+        lease_renewals(&cl, 1).await,
+        renewals,
+        "r2 learnt of the restarted r3 from bob's presence row, not from its next lease tick"
+    );
+    alice.send(r#"{"type":"dial","call_id":"mj1","to":"2002"}"#).await;
+    new.wait_for("incoming on the restarted r3", PROMPT, |m| {
+        matches!(m, ServerMsg::Incoming { call_id, .. } if call_id == "mj1").then_some(())
+    })
+    .await;
+    alice.send(r#"{"type":"cancel","call_id":"mj1"}"#).await;
+    assert_eq!(alice.expect_outcome("mj1", PROMPT).await.0, Outcome::Cancelled);
+    assert_eq!(new.expect_outcome("mj1", PROMPT).await.0, Outcome::Cancelled);
+    drop((old, alice, new));
+    cl.finish(&["mj1"], PROMPT).await;
+}
+
+/// Wait until replica `i`'s last read of the leases found `n` live replicas.
+async fn nodes_live_seen_by(cl: &Cluster, i: usize, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
+    while cl.metric(i, "trunkline_cluster_nodes_live").await != Some(n as f64) {
+        assert!(std::time::Instant::now() < deadline, "{} never counted {n} live replicas", Cluster::node(i));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Replica `i`'s lease renewals that worked so far (each is followed by a live-set read).
+async fn lease_renewals(cl: &Cluster, i: usize) -> f64 {
+    cl.metric(i, r#"trunkline_cluster_lease_renew_total{result="ok"}"#).await.unwrap_or(0.0)
+}
+
 /// A local push service: every POST to `/push/{id}` is answered 201 and reported.
 async fn push_service() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
     use axum::extract::{Path, State};

@@ -46,6 +46,16 @@ pub struct PresenceView {
     local: HashMap<Party, Option<i64>>,
     /// Rows of a party that arrived while its local row was being written.
     held: HashMap<Party, Vec<(i64, Option<Entry>)>>,
+    /// Replica incarnations named by fresh rows but not in the live set: a replica that just
+    /// joined, which this view's last live read predates. Their parties stay as the engine was
+    /// told (no Offline blip for a party that merely moved) until a live read begun after the
+    /// row (stamp greater than the one kept here) settles it.
+    unknown: HashMap<(NodeId, String), u64>,
+    /// Live reads begun, and the stamp of the newest one applied (older ones are dropped).
+    reads_begun: u64,
+    read_applied: u64,
+    /// A fresh row named an unknown replica: the runtime should read the live set now.
+    wants_live: bool,
 }
 
 impl PresenceView {
@@ -73,7 +83,25 @@ impl PresenceView {
             }
             _ => {}
         }
+        if let Some(e) = &entry {
+            if e.node != self.me && self.live.get(&e.node) != Some(&e.incarnation) {
+                self.unknown.insert((e.node.clone(), e.incarnation.clone()), self.reads_begun);
+                self.wants_live = true;
+            }
+        }
         self.apply(party, entry)
+    }
+
+    /// Did a row since the last call name a replica this view does not know as live? Then the
+    /// live set should be read now rather than at the next lease tick.
+    pub fn take_wants_live(&mut self) -> bool {
+        std::mem::take(&mut self.wants_live)
+    }
+
+    /// A read of the live leases is about to start: its stamp for `live_read`.
+    pub fn begin_live_read(&mut self) -> u64 {
+        self.reads_begun += 1;
+        self.reads_begun
     }
 
     fn apply(&mut self, party: Party, entry: Option<Entry>) -> Vec<Change> {
@@ -134,6 +162,23 @@ impl PresenceView {
         self.settle(party, false).into_iter().collect()
     }
 
+    /// Would the read stamped `stamp` be applied (no newer one was)?
+    pub fn is_newer_read(&self, stamp: u64) -> bool {
+        stamp > self.read_applied
+    }
+
+    /// The live leases (node → incarnation) as read by the read stamped `stamp`. A read that
+    /// finishes after a newer one is old news.
+    pub fn live_read(&mut self, stamp: u64, live: HashMap<NodeId, String>) -> Vec<Change> {
+        if !self.is_newer_read(stamp) {
+            return vec![];
+        }
+        self.read_applied = stamp;
+        // A read begun after a row settles that row's replica: live now, or dead.
+        self.unknown.retain(|_, begun_before| stamp <= *begun_before);
+        self.set_live(live)
+    }
+
     /// The live leases now (node → incarnation).
     pub fn set_live(&mut self, live: HashMap<NodeId, String>) -> Vec<Change> {
         self.live = live;
@@ -144,7 +189,9 @@ impl PresenceView {
 
     /// Forget everything (the replica fenced; it starts over with a fresh snapshot).
     pub fn reset(&mut self) {
-        *self = PresenceView::new(&self.me);
+        // Reads begun before the reset describe the old membership: their stamps stay spent.
+        let begun = self.reads_begun;
+        *self = PresenceView { reads_begun: begun, read_applied: begun, ..PresenceView::new(&self.me) };
     }
 
     /// Parties on other replicas, as told to the engine.
@@ -161,6 +208,9 @@ impl PresenceView {
     /// Tell the engine what changed for `party`; `fresh`: its entry was just written (a new
     /// sign-in on the same replica is news too: the switch's call list, a wake-up).
     fn settle(&mut self, party: &Party, fresh: bool) -> Option<Change> {
+        if self.entries.get(party).is_some_and(|e| self.unknown.contains_key(&(e.node.clone(), e.incarnation.clone()))) {
+            return None;
+        }
         let now = self.effective(party).cloned();
         let before = self.told.get(party).cloned();
         match (before, now) {
@@ -259,6 +309,46 @@ mod tests {
         assert!(w.local_rev(&hq, 2).is_empty());
         assert!(w.set_live(live(&[("r2", "b")])).is_empty());
         assert_eq!(w.remote_count(), 0);
+    }
+
+    #[test]
+    fn a_party_moving_to_a_replica_that_joined_after_the_last_live_read_stays_online_until_a_newer_read() {
+        // Seen on r2: bob moved from r1 to r3, which joined just after r2's last live read.
+        // Telling the engine "offline" there would fail a dial to bob (and end his ringing calls).
+        let mut v = PresenceView::new("r2");
+        let s = v.begin_live_read();
+        assert!(v.live_read(s, live(&[("r1", "a"), ("r2", "b")])).is_empty());
+        assert_eq!(v.row(bob(), 1, Some(entry("r1", "a"))).len(), 1);
+        assert!(!v.take_wants_live());
+        // A read begun before r3's row (and finishing after it) does not settle it.
+        let stale = v.begin_live_read();
+        assert!(v.row(bob(), 2, Some(entry("r3", "c"))).is_empty(), "r3 unknown: no change yet");
+        assert!(v.take_wants_live(), "the runtime is asked to read the live set now");
+        assert!(!v.take_wants_live());
+        assert!(v.live_read(stale, live(&[("r1", "a"), ("r2", "b")])).is_empty());
+        // The read asked for finds r3: bob is there.
+        let fresh = v.begin_live_read();
+        assert_eq!(
+            v.live_read(fresh, live(&[("r1", "a"), ("r2", "b"), ("r3", "c")])),
+            vec![Change::Online { party: bob(), node: "r3".into(), calls: None }]
+        );
+        // An older read finishing late changes nothing.
+        assert!(v.live_read(stale, live(&[("r2", "b")])).is_empty());
+        // A row of a dead incarnation: after a newer read that does not list it, offline.
+        assert!(v.row(bob(), 3, Some(entry("r1", "dead"))).is_empty());
+        assert!(v.take_wants_live());
+        let s = v.begin_live_read();
+        assert_eq!(
+            v.live_read(s, live(&[("r1", "a"), ("r2", "b"), ("r3", "c")])),
+            vec![Change::Offline { party: bob(), node: "r3".into() }]
+        );
+        // After a fence, reads begun before it are spent.
+        let before = v.begin_live_read();
+        v.reset();
+        assert!(v.live_read(before, live(&[("r2", "b")])).is_empty());
+        let s = v.begin_live_read();
+        v.live_read(s, live(&[("r2", "b"), ("r3", "c")]));
+        assert_eq!(v.row(bob(), 4, Some(entry("r3", "c"))).len(), 1);
     }
 
     #[test]

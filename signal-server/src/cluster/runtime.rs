@@ -31,9 +31,14 @@ pub trait HubOps: Send + Sync + 'static {
     fn reply(&self, conn: ConnId, msg: ServerMsg);
     /// Presence rows read or announced (the hub's `PresenceView` filters them, under the same
     /// lock as the engine, so a local sign-in and an older row elsewhere cannot interleave).
-    fn presence_rows(&self, rows: Vec<PresenceRow>);
-    /// The live leases now.
-    fn presence_live(&self, live: HashMap<NodeId, String>);
+    /// True when a row names a replica the view does not know as live (one that joined after
+    /// the last live read): the caller reads the live set at once.
+    fn presence_rows(&self, rows: Vec<PresenceRow>) -> bool;
+    /// A read of the live leases begins: its stamp (reads applied out of order are dropped).
+    fn live_read_begin(&self) -> u64;
+    /// The live leases, as read by the read stamped `stamp`; false if a newer read was
+    /// already applied (this one changed nothing).
+    fn presence_live(&self, stamp: u64, live: HashMap<NodeId, String>) -> bool;
     /// The row of a local sign-in was written at `rev`.
     fn presence_local_rev(&self, party: &Party, rev: i64);
     fn adopt(&self, row: AttemptRow);
@@ -289,13 +294,7 @@ impl Runtime {
             } else {
                 continue;
             }
-            match self.lease.live_nodes().await {
-                Ok(live) => {
-                    metrics::gauge!("trunkline_cluster_nodes_live").set(live.len() as f64);
-                    self.hub.presence_live(live);
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot read the live replicas"),
-            }
+            read_live(&self.lease, &*self.hub).await;
             if last_sweep.elapsed() >= cfg.sweep_interval() {
                 last_sweep = Instant::now();
                 match self.lease.adopt_orphans(self.state.node(), inc, 200).await {
@@ -310,6 +309,21 @@ impl Runtime {
                 }
             }
         }
+    }
+}
+
+/// Read the live leases and hand them to the presence view.
+async fn read_live(store: &ClusterStore, hub: &dyn HubOps) {
+    let stamp = hub.live_read_begin();
+    match store.live_nodes().await {
+        Ok(live) => {
+            let n = live.len() as f64;
+            // A read that finished after a newer one changes nothing, the gauge included.
+            if hub.presence_live(stamp, live) {
+                metrics::gauge!("trunkline_cluster_nodes_live").set(n);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the live replicas"),
     }
 }
 
@@ -616,7 +630,9 @@ async fn presence_loop(client: async_nats::Client, store: ClusterStore, state: A
                 let Some(m) = m else { return };
                 let Ok(row) = serde_json::from_slice::<PresenceRow>(&m.payload) else { continue };
                 max_rev = max_rev.max(row.rev);
-                hub.presence_rows(vec![row]);
+                if hub.presence_rows(vec![row]) {
+                    read_live(&store, &*hub).await;
+                }
             }
             _ = poll.tick() => {
                 let mut after = (max_rev - PRESENCE_LOOKBACK).max(0);
@@ -627,8 +643,8 @@ async fn presence_loop(client: async_nats::Client, store: ClusterStore, state: A
                             if let Some(l) = last {
                                 max_rev = max_rev.max(l);
                             }
-                            if !rows.is_empty() {
-                                hub.presence_rows(rows);
+                            if !rows.is_empty() && hub.presence_rows(rows) {
+                                read_live(&store, &*hub).await;
                             }
                             match last {
                                 Some(l) if n == 5000 => after = l,

@@ -61,6 +61,9 @@ pub struct Opts {
     pub switch_answer_timeout_ms: u64,
     pub direct_offer_timeout_ms: u64,
     pub drain_timeout_secs: u64,
+    pub lease_ttl_ms: u64,
+    /// How often a replica renews its lease and re-reads the live set.
+    pub lease_renew_ms: u64,
 }
 
 impl Default for Opts {
@@ -73,6 +76,8 @@ impl Default for Opts {
             switch_answer_timeout_ms: 3_000,
             direct_offer_timeout_ms: 3_000,
             drain_timeout_secs: 10,
+            lease_ttl_ms: LEASE_TTL.as_millis() as u64,
+            lease_renew_ms: 300,
         }
     }
 }
@@ -503,7 +508,7 @@ node_id = "{node}"
 nats_url = "nats://{nats}"
 name_prefix = "{prefix}"
 lease_ttl_ms = {ttl}
-lease_renew_ms = 300
+lease_renew_ms = {renew}
 sweep_interval_ms = 300
 forward_timeout_ms = 2000
 drain_timeout_secs = {drain}
@@ -511,7 +516,8 @@ drain_timeout_secs = {drain}
                 node = Self::node(i),
                 nats = self.proxies[i].addr,
                 prefix = self.prefix,
-                ttl = LEASE_TTL.as_millis(),
+                ttl = o.lease_ttl_ms,
+                renew = o.lease_renew_ms,
                 drain = o.drain_timeout_secs,
             );
         }
