@@ -49,7 +49,9 @@ async fn two_servers_on_one_postgres_database_share_sessions_and_records_through
     assert_eq!(alice.expect_outcome("h2", PROMPT).await.0, Outcome::Cancelled);
     assert_eq!(bob.expect_outcome("h2", PROMPT).await.0, Outcome::Cancelled);
 
-    // The admin CLI reads the same database.
+    // The admin CLI reads the same database (once h2's record is written: records are
+    // stored a few milliseconds after the outcome).
+    cl.record("h2", PROMPT).await;
     let out = cl.cli(1, &["calls", "--json"]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
