@@ -83,11 +83,12 @@ impl PresenceView {
             }
             _ => {}
         }
-        if let Some(e) = &entry {
-            if e.node != self.me && self.live.get(&e.node) != Some(&e.incarnation) {
-                self.unknown.insert((e.node.clone(), e.incarnation.clone()), self.reads_begun);
-                self.wants_live = true;
-            }
+        if let Some(e) = &entry
+            && e.node != self.me
+            && self.live.get(&e.node) != Some(&e.incarnation)
+        {
+            self.unknown.insert((e.node.clone(), e.incarnation.clone()), self.reads_begun);
+            self.wants_live = true;
         }
         self.apply(party, entry)
     }
