@@ -28,7 +28,7 @@ use trunkline_protocol::{
 };
 
 use crate::signal::{self, Session, SignalClient, SignalError, SignalInbox, SignalSender};
-use crate::webrtc::{AudioSource, MediaEvent, MediaSession, PeerOptions, WebRtcError, WebRtcPeer};
+use crate::webrtc::{AudioSource, MediaEvent, MediaSession, PeerOptions, ReadyRtcs, WebRtcError, WebRtcPeer};
 use crate::ws::TlsOptions;
 use str0m::IceConnectionState;
 
@@ -110,6 +110,8 @@ struct Inner {
     session: Session,
     signal: SignalSender,
     media: PeerOptions,
+    /// Calls' `Rtc`s built ahead of them (see [`ReadyRtcs`]).
+    rtcs: ReadyRtcs,
     timeouts: Timeouts,
     routes: Mutex<HashMap<CallId, mpsc::UnboundedSender<ServerMsg>>>,
     closed: watch::Sender<Option<String>>,
@@ -136,17 +138,21 @@ pub struct Softphone {
 impl Softphone {
     /// Connect to the signal server and `login`.
     pub async fn login(cfg: SoftphoneConfig) -> Result<Softphone, SoftphoneError> {
-        let client = SignalClient::login(&cfg.server, &cfg.number, &cfg.password, &cfg.tls).await?;
-        Ok(Self::start(client, cfg))
+        // The first calls' `Rtc`s are built while signing in, not when the first call is placed.
+        let rtcs = ReadyRtcs::new(&cfg.media);
+        let (client, ()) =
+            tokio::join!(SignalClient::login(&cfg.server, &cfg.number, &cfg.password, &cfg.tls), rtcs.fill_in_background());
+        Ok(Self::start(client?, cfg, rtcs))
     }
 
     /// Connect and `resume` with a session token (the password in `cfg` is not used).
     pub async fn resume(cfg: SoftphoneConfig, token: &str) -> Result<Softphone, SoftphoneError> {
-        let client = SignalClient::resume(&cfg.server, token, &cfg.tls).await?;
-        Ok(Self::start(client, cfg))
+        let rtcs = ReadyRtcs::new(&cfg.media);
+        let (client, ()) = tokio::join!(SignalClient::resume(&cfg.server, token, &cfg.tls), rtcs.fill_in_background());
+        Ok(Self::start(client?, cfg, rtcs))
     }
 
-    fn start(client: SignalClient, cfg: SoftphoneConfig) -> Softphone {
+    fn start(client: SignalClient, cfg: SoftphoneConfig, rtcs: ReadyRtcs) -> Softphone {
         let (session, signal, inbox) = client.into_parts();
         let (closed, _) = watch::channel(None);
         let mut media = cfg.media;
@@ -156,7 +162,7 @@ impl Softphone {
             media.stun = stun_addrs(&session.ice_servers);
         }
         let inner =
-            Arc::new(Inner { session, signal, media, timeouts: cfg.timeouts, routes: Mutex::new(HashMap::new()), closed });
+            Arc::new(Inner { session, signal, media, rtcs, timeouts: cfg.timeouts, routes: Mutex::new(HashMap::new()), closed });
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         tokio::spawn(dispatch(inner.clone(), inbox, incoming_tx));
         Softphone { inner, incoming: tokio::sync::Mutex::new(incoming_rx) }
@@ -772,7 +778,7 @@ impl CallTask {
             },
             Action::MakeOffer { channel } => {
                 let r = async {
-                    let mut peer = WebRtcPeer::bind(self.inner.media.clone()).await?;
+                    let mut peer = WebRtcPeer::bind_ready(self.inner.media.clone(), &self.inner.rtcs).await?;
                     let offer = if channel { peer.create_offer_with_channel(DIRECT_CHANNEL)? } else { peer.create_offer()? };
                     Ok::<_, WebRtcError>((peer, offer))
                 }
@@ -787,7 +793,7 @@ impl CallTask {
             }
             Action::MakeAnswer { offer } => {
                 let r = async {
-                    let peer = WebRtcPeer::bind(self.inner.media.clone()).await?;
+                    let peer = WebRtcPeer::bind_ready(self.inner.media.clone(), &self.inner.rtcs).await?;
                     peer.accept_offer(&offer, self.source.clone())
                 }
                 .await;

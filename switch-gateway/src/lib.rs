@@ -155,7 +155,8 @@ pub async fn run_with_steps(
     // The core is handed pairs bound here beforehand: no bind in its call stack.
     let ready = ReadyPairs::new(alloc, READY_PAIRS);
     let certs = bridge::ReadyCerts::default();
-    let mut refill = Refill { ready: ready.clone(), certs: certs.clone(), failing: false };
+    let rtcs = bridge::ReadyRtcs::default();
+    let mut refill = Refill { ready: ready.clone(), certs: certs.clone(), rtcs: rtcs.clone(), failing: false };
     refill.run();
     let pending: PendingRelays = Arc::default();
     let pending_echoes: PendingEchoes = Arc::default();
@@ -203,14 +204,17 @@ pub async fn run_with_steps(
         },
         phones,
         Box::new(media),
-        Box::new(bridge::DriverBridges::new(
-            ready.clone(),
-            certs,
-            adv_ip,
-            pending_bridges.clone(),
-            attachments.clone(),
-            <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng()),
-        )),
+        Box::new(
+            bridge::DriverBridges::new(
+                ready.clone(),
+                certs,
+                adv_ip,
+                pending_bridges.clone(),
+                attachments.clone(),
+                <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng()),
+            )
+            .with_ready_rtcs(rtcs),
+        ),
         inputs,
     );
     let phone_store = spawn_phone_store(config.state_dir.clone());
@@ -526,15 +530,19 @@ async fn core_loop(
 const READY_PAIRS: usize = 32;
 
 /// Tops up what the core's calls take without IO: port pairs ([`ReadyPairs`], logging when
-/// that starts and stops failing, not on every call) and DTLS certificates.
+/// that starts and stops failing, not on every call), DTLS certificates and legs' `Rtc`s
+/// (those on the blocking pool).
 struct Refill {
     ready: ReadyPairs,
     certs: bridge::ReadyCerts,
+    rtcs: bridge::ReadyRtcs,
     failing: bool,
 }
 
 impl Refill {
     fn run(&mut self) {
+        // Off this task: about 1 ms of CPU per `Rtc`, which must not delay the core's outputs.
+        self.rtcs.top_up();
         self.certs.refill();
         let ready = &self.ready;
         match ready.refill() {

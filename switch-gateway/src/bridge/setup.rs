@@ -17,7 +17,7 @@ use rand::distr::Alphanumeric;
 use rand::rngs::StdRng;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction as MediaDirection, MediaKind};
-use str0m::{Candidate, IceCreds, Rtc};
+use str0m::{Candidate, IceCreds, Input, Rtc};
 use trunkline_media::bridge::PhoneMedia;
 use trunkline_media::g711::Law;
 use trunkline_media::ports::{LegSockets, ReadyPairs};
@@ -26,7 +26,8 @@ use trunkline_media::sdp::{AudioSdp, Sdp};
 use trunkline_media::webrtc::{RtcOptions, rtc_config};
 
 use super::{
-    Attachments, DIRECT_CHANNEL, ICE_INITIAL_RTO, PHONE_TE_PT, PendingBridge, PendingBridges, PhoneLeg, ReadyCerts, candidate_ips,
+    Attachments, DIRECT_CHANNEL, ICE_INITIAL_RTO, PHONE_TE_PT, PendingBridge, PendingBridges, PhoneLeg, ReadyCerts, ReadyRtcs,
+    candidate_ips,
 };
 use crate::b2bua::{BridgeError, BridgeSetup, Bridges};
 
@@ -35,6 +36,8 @@ pub struct DriverBridges {
     /// the core's calls).
     ready: ReadyPairs,
     certs: ReadyCerts,
+    /// Legs' `Rtc`s built beforehand (see [`ReadyRtcs`]); `certs` are for a leg built here.
+    rtcs: Option<ReadyRtcs>,
     adv_ip: IpAddr,
     pending: PendingBridges,
     attach: Attachments,
@@ -55,7 +58,13 @@ impl DriverBridges {
         attach: Attachments,
         rng: StdRng,
     ) -> Self {
-        DriverBridges { ready, certs, adv_ip, pending, attach, session_law: HashMap::new(), next: 0, rng }
+        DriverBridges { ready, certs, rtcs: None, adv_ip, pending, attach, session_law: HashMap::new(), next: 0, rng }
+    }
+
+    /// Take legs' `Rtc`s from `rtcs` while it has some.
+    pub fn with_ready_rtcs(mut self, rtcs: ReadyRtcs) -> Self {
+        self.rtcs = Some(rtcs);
+        self
     }
 
     fn take(&self) -> Result<LegSockets, BridgeError> {
@@ -78,7 +87,7 @@ fn first_law(answer: &str) -> Option<Law> {
 
 /// A full ICE agent on both sides (carrier and F2 caller): behind NAT our own checks open the
 /// pinhole the far end's checks come through.
-const RTC_OPTIONS: RtcOptions = RtcOptions { ice_lite: false, initial_stun_rto: Some(ICE_INITIAL_RTO) };
+pub(super) const RTC_OPTIONS: RtcOptions = RtcOptions { ice_lite: false, initial_stun_rto: Some(ICE_INITIAL_RTO) };
 
 impl DriverBridges {
     /// A UDP socket for the WebRTC leg and an `Rtc` (started at `now`) with its host candidate
@@ -87,13 +96,26 @@ impl DriverBridges {
         let ice = self.take()?;
         // RFC 8445 §5.3: at least 24 random bits in the ufrag, 128 in the password.
         let creds = IceCreds { ufrag: ice_chars(&mut self.rng, 16), pass: ice_chars(&mut self.rng, 22) };
-        let mut cfg = rtc_config(RTC_OPTIONS).set_local_ice_credentials(creds);
-        match self.certs.take() {
-            Some(cert) => cfg = cfg.set_dtls_cert(cert),
-            // Not expected: the driver makes one per core input. str0m makes it then.
-            None => tracing::warn!("no DTLS certificate made ahead of this leg"),
-        }
-        let mut rtc = cfg.build(now);
+        let mut rtc = match self.rtcs.as_ref().and_then(|r| r.take()) {
+            Some(mut rtc) => {
+                rtc.direct_api().set_local_ice_credentials(creds);
+                // Its clock stopped when it was built, maybe long ago: negotiation starts DTLS
+                // at the `Rtc`'s last time, and the handshake's deadline (40 s) counts from there.
+                if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
+                    tracing::debug!(error = %e, "a ready Rtc refused the time");
+                }
+                rtc
+            }
+            None => {
+                let mut cfg = rtc_config(RTC_OPTIONS).set_local_ice_credentials(creds);
+                match self.certs.take() {
+                    Some(cert) => cfg = cfg.set_dtls_cert(cert),
+                    // Not expected: the driver makes one per core input. str0m makes it then.
+                    None => tracing::warn!("no DTLS certificate made ahead of this leg"),
+                }
+                cfg.build(now)
+            }
+        };
         let addr = SocketAddr::new(self.adv_ip, ice.rtp_port());
         let candidate = Candidate::host(addr, "udp").map_err(|e| BridgeError::BadOffer(e.to_string()))?;
         rtc.add_local_candidate(candidate);
@@ -290,6 +312,37 @@ mod tests {
         }
         assert_eq!(ufrags[0], ufrags[1], "the same seed, the same credentials: none drawn from the OS");
         assert_eq!(ufrags[0].len(), 16);
+    }
+
+    #[tokio::test]
+    async fn a_session_takes_a_ready_rtc_and_gives_it_the_seeded_ice_credentials() {
+        let alloc = PortAllocator::new(40000..=60999, "127.0.0.1".parse().unwrap()).unwrap();
+        let offer = browser_offer();
+        let mut ufrags = vec![];
+        for with_ready in [false, true] {
+            let ready = ReadyPairs::new(alloc.clone(), 2);
+            ready.refill().unwrap();
+            let rtcs = ReadyRtcs::default();
+            let mut b = DriverBridges::new(
+                ready,
+                ReadyCerts::default(),
+                "192.0.2.7".parse().unwrap(),
+                Default::default(),
+                Default::default(),
+                StdRng::seed_from_u64(9),
+            );
+            if with_ready {
+                rtcs.fill();
+                b = b.with_ready_rtcs(rtcs.clone());
+            }
+            let before = rtcs.len();
+            let (_, answer) = b.open_session(Instant::now(), &offer).unwrap();
+            if with_ready {
+                assert_eq!(rtcs.len(), before - 1, "one ready Rtc taken");
+            }
+            ufrags.push(ice_ufrag(&answer));
+        }
+        assert_eq!(ufrags[0], ufrags[1], "a ready Rtc answers with the seeded RNG's credentials too");
     }
 
     #[tokio::test]
