@@ -24,7 +24,7 @@
 # CLUSTER_RATE (2000/s at most; half the cluster's saturation if lower), CLUSTER_RATE_SECS (5),
 # F4_CALLS (300), F4_CONCURRENCY (4).
 # NAT lab phase (root): NATLAB_CALLS (20 calls per scenario: F1 cone→cone, sym→sym, UDP-blocked).
-# Gateway phase: GW_PARTS="register calls setup media" (a subset), REG_SECS (6), REG_WARMUP (2),
+# Gateway phase: GW_PARTS="register calls setup media mediacpu mediawebrtc" (a subset), REG_SECS (6), REG_WARMUP (2),
 # REG_SIPPS (2 sipp instances), REG_IN_FLIGHT ("50 200 400" per instance: one run each, the best
 # counts), REG_RATE (2000/s), REG_RATE_SECS (5), CALL_RATE (500/s), CALL_RATE_SECS (10),
 # CALL_HOLD_MS (100), CALL_SECS (6), CALL_SIPPS (2), CALL_IN_FLIGHT ("100 300 500" per instance),
@@ -33,6 +33,9 @@
 # Part "mediacpu" (plain RTP relay, the gateway beside rtpengine; rtpengine-daemon is installed
 # when missing): MEDIACPU_STEPS (50,200,500,1000,1500 calls), MEDIACPU_SECS (5 s per step),
 # MEDIACPU_MAX_SECS (120 per relay: no further step after).
+# Part "mediawebrtc" (WebRTC ⇄ RTP bridging, the gateway's F1 bridge beside rtpengine with
+# ICE=force DTLS=passive SDES-off): MEDIAWEBRTC_STEPS (50,200,500,750,1000 calls), MEDIAWEBRTC_SECS
+# (5 s per step), MEDIAWEBRTC_MAX_SECS (60 per bridge: no further step after).
 set -euo pipefail
 
 # The whole run is bounded: re-run this script under `timeout`, which on expiry signals the
@@ -67,7 +70,7 @@ CLUSTER_RATE_SECS=${CLUSTER_RATE_SECS:-5}
 F4_CALLS=${F4_CALLS:-300}
 F4_CONCURRENCY=${F4_CONCURRENCY:-4}
 NATLAB_CALLS=${NATLAB_CALLS:-20}
-GW_PARTS=${GW_PARTS:-register calls setup media mediacpu}
+GW_PARTS=${GW_PARTS:-register calls setup media mediacpu mediawebrtc}
 REG_SECS=${REG_SECS:-6}
 REG_WARMUP=${REG_WARMUP:-2}
 REG_SIPPS=${REG_SIPPS:-2}
@@ -88,6 +91,9 @@ MEDIA_MAX_SECS=${MEDIA_MAX_SECS:-240}
 MEDIACPU_STEPS=${MEDIACPU_STEPS:-50,200,500,1000,1500}
 MEDIACPU_SECS=${MEDIACPU_SECS:-5}
 MEDIACPU_MAX_SECS=${MEDIACPU_MAX_SECS:-120}
+MEDIAWEBRTC_STEPS=${MEDIAWEBRTC_STEPS:-50,200,500,750,1000}
+MEDIAWEBRTC_SECS=${MEDIAWEBRTC_SECS:-5}
+MEDIAWEBRTC_MAX_SECS=${MEDIAWEBRTC_MAX_SECS:-60}
 OUT=${OUT:-$BENCH_DIR/results/latest.md}
 
 log() { printf 'run.sh: %s\n' "$*" >&2; }
@@ -143,8 +149,8 @@ if wants kamailio || wants gateway; then
     command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
     command -v kamailio >/dev/null 2>&1 || [[ -x /usr/sbin/kamailio ]] || need+=(kamailio)
 fi
-# rtpengine (userspace forwarding; the kernel module is not needed) for the mediacpu part.
-if wants gateway && gw_wants mediacpu; then
+# rtpengine (userspace forwarding; the kernel module is not needed) for the media CPU parts.
+if wants gateway && { gw_wants mediacpu || gw_wants mediawebrtc; }; then
     command -v rtpengine >/dev/null 2>&1 || need+=(rtpengine-daemon)
 fi
 if (( ${#need[@]} )); then
@@ -733,6 +739,13 @@ run_gateway() {
         mcpu_max=$(tr ',' '\n' <<<"$MEDIACPU_STEPS" | sort -n | tail -n1)
         (( 40000 + 2 * mcpu_max - 1 > media_last )) && media_last=$((40000 + 2 * mcpu_max - 1))
     fi
+    # mediawebrtc: callees 43000.. (numbers no other part registered: a second contact on a
+    # number would make the gateway fork to a dead address).
+    if gw_wants mediawebrtc; then
+        local mw_max
+        mw_max=$(tr ',' '\n' <<<"$MEDIAWEBRTC_STEPS" | sort -n | tail -n1)
+        (( 43000 + mw_max - 1 > media_last )) && media_last=$((43000 + mw_max - 1))
+    fi
     # The signal server (a database of its own), provisioned over the admin API.
     GW_SPORT=$("$BENCH" free-port)
     head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$GW/admin.token"
@@ -827,7 +840,37 @@ EOT
     if gw_wants mediacpu; then
         measure_mediacpu "$hq_sip" "$hq_pid"
     fi
+    if gw_wants mediawebrtc; then
+        measure_mediawebrtc "$hq_sip" "$hq_pid"
+    fi
     for p in "$spid" "$hq_pid" "$GW_PID"; do stop_pid "$p"; done
+}
+
+# Start rtpengine for a media CPU part (userspace forwarding only: --table=-1, no kernel module);
+# sets RTE_PID and RTE_ARGS (the bench's --rtpengine-* arguments; empty when it cannot run).
+# start_rtpengine PART
+start_rtpengine() {
+    local part=$1 ng rtpengine
+    RTE_PID= RTE_ARGS=()
+    rtpengine=$(command -v rtpengine || echo /usr/bin/rtpengine)
+    if [[ -x $rtpengine ]]; then
+        ng=$("$BENCH" free-port --udp)
+        "$rtpengine" --foreground --log-stderr --config-file=none --table=-1 --interface=127.0.0.1 \
+            --listen-ng="127.0.0.1:$ng" --port-min=10000 --port-max=19999 --log-level=4 --delete-delay=0 \
+            >"$GW/rtpengine-$part.log" 2>&1 &
+        RTE_PID=$!
+        PIDS+=("$RTE_PID")
+        sleep 1
+        if kill -0 "$RTE_PID" 2>/dev/null; then
+            RTE_ARGS=(--rtpengine-ng "127.0.0.1:$ng" --rtpengine-pid "$RTE_PID")
+            gwset "${part}_rtpengine_version" "$("$rtpengine" --version 2>&1 | sed -n 's/^Version: //p' | head -n1)"
+        else
+            log "rtpengine exited at start (see $GW/rtpengine-$part.log); $part measures the gateway alone"
+            RTE_PID=
+        fi
+    else
+        log "rtpengine is not installed; $part measures the gateway alone"
+    fi
 }
 
 # Plain RTP ⇄ RTP relaying, CPU per forwarded packet: the gateway's F7 relay (hq) and rtpengine
@@ -835,33 +878,35 @@ EOT
 # generator pinned to core 0 and the relay under test to core 1 (bench/src/mediacpu.rs).
 # measure_mediacpu GATEWAY_SIP GATEWAY_PID
 measure_mediacpu() {
-    local sip=$1 gpid=$2 ng rpid= rte_args=() rtpengine
-    rtpengine=$(command -v rtpengine || echo /usr/bin/rtpengine)
-    if [[ -x $rtpengine ]]; then
-        ng=$("$BENCH" free-port --udp)
-        "$rtpengine" --foreground --log-stderr --config-file=none --table=-1 --interface=127.0.0.1 \
-            --listen-ng="127.0.0.1:$ng" --port-min=10000 --port-max=19999 --log-level=4 --delete-delay=0 \
-            >"$GW/rtpengine.log" 2>&1 &
-        rpid=$!
-        PIDS+=("$rpid")
-        sleep 1
-        if kill -0 "$rpid" 2>/dev/null; then
-            rte_args=(--rtpengine-ng "127.0.0.1:$ng" --rtpengine-pid "$rpid")
-            gwset mediacpu_rtpengine_version "$("$rtpengine" --version 2>&1 | sed -n 's/^Version: //p' | head -n1)"
-        else
-            log "rtpengine exited at start (see $GW/rtpengine.log); mediacpu measures the gateway alone"
-        fi
-    else
-        log "rtpengine is not installed; mediacpu measures the gateway alone"
-    fi
+    local sip=$1 gpid=$2
+    start_rtpengine mediacpu
     log "media CPU per packet: plain RTP relay, steps $MEDIACPU_STEPS calls, ${MEDIACPU_SECS}s each, gateway then rtpengine"
-    timeout $((2 * MEDIACPU_MAX_SECS + 300)) "$BENCH" media-cpu --gateway-sip "$sip" --gateway-pid "$gpid" "${rte_args[@]}" \
+    timeout $((2 * MEDIACPU_MAX_SECS + 300)) "$BENCH" media-cpu --gateway-sip "$sip" --gateway-pid "$gpid" "${RTE_ARGS[@]}" \
         --phone-first 40000 --steps "$MEDIACPU_STEPS" --secs "$MEDIACPU_SECS" --max-secs "$MEDIACPU_MAX_SECS" \
         --generator-cpu 0 --relay-cpu 1 >"$GW/mediacpu.kv" 2>"$GW/mediacpu.err" ||
         log "warning: media-cpu failed: $(tail -n1 "$GW/mediacpu.err")"
     gwkv mediacpu "$GW/mediacpu.kv"
-    [[ -n $rpid ]] && stop_pid "$rpid"
+    [[ -n $RTE_PID ]] && stop_pid "$RTE_PID"
     log "mediacpu: $(grep -E '_(max_calls_zero_loss|cpu_us_per_pkt|pps_per_core|stop)=' "$GW/mediacpu.kv" | tr '\n' ' ')"
+}
+
+# WebRTC (ICE, DTLS-SRTP) ⇄ RTP bridging, CPU per forwarded packet: the gateway's F1 bridge (hq;
+# real F1 calls through the signal server, browsers 50024..50031, desk phones 43000..) and
+# rtpengine (ICE=force DTLS=passive SDES-off towards the WebRTC side), the same streams in turn,
+# the generator on core 0 and the bridge under test on core 1 (bench/src/mediawebrtc.rs).
+# measure_mediawebrtc GATEWAY_SIP GATEWAY_PID
+measure_mediawebrtc() {
+    local sip=$1 gpid=$2
+    start_rtpengine mediawebrtc
+    log "media CPU per packet: WebRTC ⇄ RTP bridge, steps $MEDIAWEBRTC_STEPS calls, ${MEDIAWEBRTC_SECS}s each, gateway then rtpengine"
+    timeout $((2 * MEDIAWEBRTC_MAX_SECS + 300)) "$BENCH" media-webrtc --server "ws://127.0.0.1:$GW_SPORT/ws" \
+        --gateway-sip "$sip" --gateway-pid "$gpid" "${RTE_ARGS[@]}" --browser-first 50024 --browsers 8 \
+        --browser-password "$GW_BROWSER_PW" --phone-first 43000 --steps "$MEDIAWEBRTC_STEPS" --secs "$MEDIAWEBRTC_SECS" \
+        --max-secs "$MEDIAWEBRTC_MAX_SECS" --generator-cpu 0 --relay-cpu 1 >"$GW/mediawebrtc.kv" 2>"$GW/mediawebrtc.err" ||
+        log "warning: media-webrtc failed: $(tail -n1 "$GW/mediawebrtc.err")"
+    gwkv mediawebrtc "$GW/mediawebrtc.kv"
+    [[ -n $RTE_PID ]] && stop_pid "$RTE_PID"
+    log "mediawebrtc: $(grep -E '_(max_calls_zero_loss|cpu_us_per_pkt|calls_per_core|stop)=' "$GW/mediawebrtc.kv" | tr '\n' ' ')"
 }
 
 # ------------------------------------------------------------------ run, report

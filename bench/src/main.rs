@@ -5,8 +5,10 @@
 mod f4lat;
 mod gwprov;
 mod idle;
+mod loadgen;
 mod media;
 mod mediacpu;
+mod mediawebrtc;
 mod procfs;
 mod provision;
 mod report;
@@ -271,6 +273,49 @@ enum Cmd {
         /// Nice value of the generator and of the relay while it is measured (root: < 0).
         #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
         nice: i32,
+    },
+    /// CPU per forwarded packet of WebRTC (ICE, DTLS-SRTP) ⇄ RTP bridging: the gateway's F1
+    /// bridge and/or rtpengine (ICE=force, DTLS=passive, SDES-off over `ng`), the same streams
+    /// from str0m peers and plain RTP, the generator pinned to one core and the bridge to
+    /// another; ramps calls until loss or a saturated core.
+    MediaWebrtc {
+        /// The signal server's WebSocket URL (needed for the gateway).
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        gateway_sip: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        gateway_pid: Option<u32>,
+        #[arg(long, default_value_t = 50024)]
+        browser_first: u64,
+        #[arg(long, default_value_t = 8)]
+        browsers: usize,
+        #[arg(long, default_value = "")]
+        browser_password: String,
+        /// Desk phones (callees) FIRST..FIRST+max(steps).
+        #[arg(long, default_value_t = 43000)]
+        phone_first: u64,
+        #[arg(long)]
+        rtpengine_ng: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        rtpengine_pid: Option<u32>,
+        /// Concurrent calls at each step, comma-separated, ascending.
+        #[arg(long, default_value = "50,200,500,750,1000")]
+        steps: String,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 0)]
+        generator_cpu: usize,
+        #[arg(long, default_value_t = 1)]
+        relay_cpu: usize,
+        /// Per bridge: start no further step after this many seconds.
+        #[arg(long, default_value_t = 90.0)]
+        max_secs: f64,
+        #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+        nice: i32,
+        /// Gateway calls being set up at once.
+        #[arg(long, default_value_t = 32)]
+        setup_concurrency: usize,
     },
     /// Print the markdown table from the files the measurements wrote (missing: n/a).
     Table {
@@ -539,6 +584,44 @@ fn main() -> ExitCode {
                 relay_cpu,
                 max_secs,
                 nice,
+            }),
+        },
+        Cmd::MediaWebrtc {
+            server,
+            gateway_sip,
+            gateway_pid,
+            browser_first,
+            browsers,
+            browser_password,
+            phone_first,
+            rtpengine_ng,
+            rtpengine_pid,
+            steps,
+            secs,
+            generator_cpu,
+            relay_cpu,
+            max_secs,
+            nice,
+            setup_concurrency,
+        } => match steps.split(',').map(|s| s.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>() {
+            Err(e) => Err(format!("--steps: {e}")),
+            Ok(steps) => mediawebrtc::run(mediawebrtc::Params {
+                server,
+                gateway_sip,
+                gateway_pid,
+                browser_first,
+                browsers,
+                browser_password,
+                phone_first,
+                rtpengine_ng,
+                rtpengine_pid,
+                steps,
+                secs,
+                generator_cpu,
+                relay_cpu,
+                max_secs,
+                nice,
+                setup_concurrency,
             }),
         },
         Cmd::Table { saturate, rate, idle, kamailio, gateway, web, natlab, cluster, date } => {

@@ -361,15 +361,15 @@ async fn drive(
 }
 
 /// Messages of the signal connections, by call id.
-type Routes = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<ServerMsg>>>>;
+pub(crate) type Routes = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<ServerMsg>>>>;
 
-struct Browser {
-    number: String,
-    sender: SignalSender,
-    routes: Routes,
+pub(crate) struct Browser {
+    pub(crate) number: String,
+    pub(crate) sender: SignalSender,
+    pub(crate) routes: Routes,
 }
 
-async fn browser(server: &str, number: String, password: &str) -> Result<Browser, String> {
+pub(crate) async fn browser(server: &str, number: String, password: &str) -> Result<Browser, String> {
     let client = SignalClient::login(server, &number, password, &TlsOptions::default())
         .await
         .map_err(|e| format!("login {number}: {e}"))?;
@@ -395,6 +395,30 @@ struct Call {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Dial `callee` as call `call_id` and wait for the cloud's `connect` (C13); its key.
+pub(crate) async fn dial(
+    b: &Browser,
+    call_id: &str,
+    callee: &str,
+    rx: &mut mpsc::UnboundedReceiver<ServerMsg>,
+    within: Duration,
+) -> Result<String, String> {
+    b.sender.dial_with_id(call_id, callee).map_err(|e| e.to_string())?;
+    tokio::time::timeout(within, async {
+        while let Some(m) = rx.recv().await {
+            match m {
+                ServerMsg::Connect { key, .. } => return Ok(key),
+                ServerMsg::Outcome { outcome, .. } => return Err(format!("outcome {outcome} before connect")),
+                ServerMsg::Error { code, message, .. } => return Err(format!("{code}: {message}")),
+                _ => {}
+            }
+        }
+        Err("signal connection closed".to_string())
+    })
+    .await
+    .map_err(|_| "no connect in time".to_string())?
+}
+
 /// One F1 call, up to connected media: dial → connect → offer/answer through the cloud →
 /// ICE/DTLS → the key on the DataChannel → accepted.
 async fn place(b: &Browser, callee: &str, idx: u32, shared: Arc<Shared>) -> Result<Call, String> {
@@ -403,20 +427,7 @@ async fn place(b: &Browser, callee: &str, idx: u32, shared: Arc<Shared>) -> Resu
     let (tx, mut rx) = mpsc::unbounded_channel();
     b.routes.lock().unwrap().insert(call_id.clone(), tx);
     let result = async {
-        b.sender.dial_with_id(&call_id, callee).map_err(|e| e.to_string())?;
-        let key = tokio::time::timeout(within, async {
-            while let Some(m) = rx.recv().await {
-                match m {
-                    ServerMsg::Connect { key, .. } => return Ok(key),
-                    ServerMsg::Outcome { outcome, .. } => return Err(format!("outcome {outcome} before connect")),
-                    ServerMsg::Error { code, message, .. } => return Err(format!("{code}: {message}")),
-                    _ => {}
-                }
-            }
-            Err("signal connection closed".to_string())
-        })
-        .await
-        .map_err(|_| "no connect in time".to_string())??;
+        let key = dial(b, &call_id, callee, &mut rx, within).await?;
         let (mut o, offer) = offerer().await?;
         let send =
             |payload| b.sender.send(&ClientMsg::DirectSignal { call_id: call_id.clone(), payload }).map_err(|e| e.to_string());

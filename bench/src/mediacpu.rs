@@ -27,14 +27,16 @@
 
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use trunkline_media::g711::Law;
 use trunkline_media::rtp::{RTP_HEADER_LEN, RtpFields, parse_rtp, rtp_header};
-use trunkline_media::sdp::AudioSdp;
 
+use crate::loadgen::{
+    BATCH, Compare, Meter, Step, Windows, best_kv, bind_generator_socket, hold_generator, hold_relay, num, params_kv, phone_sdp,
+    pin_process, ratio, recv_batch, release_relay, sockaddr_in, steps_kv, v4,
+};
 use crate::procfs;
 use crate::rtpengine::Ng;
 use crate::sipua::{Media, OutCall, Ua, sdp_audio_addr};
@@ -42,10 +44,8 @@ use crate::sipua::{Media, OutCall, Ua, sdp_audio_addr};
 const MAGIC: &[u8; 4] = b"TLM1";
 const PAYLOAD: usize = 160;
 const PKT: usize = RTP_HEADER_LEN + PAYLOAD;
-/// Windows are numbered in a byte of the payload; window 0 is the warm-up (never counted).
-const WINDOWS: usize = 256;
-/// Datagrams per sendmmsg/recvmmsg call.
-const BATCH: usize = 64;
+/// telephone-event's payload type in the desk phones' SDP, as the bench UA writes it.
+const EVENT_PT: u8 = 101;
 
 pub struct Params {
     pub gateway_sip: Option<SocketAddr>,
@@ -74,39 +74,10 @@ struct CallMedia {
 
 /// What the generator thread shares with the measuring thread.
 struct Gen {
+    /// Directions: 0 = A → B, 1 = B → A.
+    m: Meter,
     calls: Mutex<Vec<CallMedia>>,
     calls_version: AtomicU64,
-    /// Window number stamped into packets now.
-    window: AtomicUsize,
-    /// [direction][window]: 0 = A → B, 1 = B → A.
-    sent: [Vec<AtomicU64>; 2],
-    recv: [Vec<AtomicU64>; 2],
-    send_errors: AtomicU64,
-    /// Calls with packets received both ways.
-    flowing: AtomicUsize,
-    /// Loop iterations where the generator was more than 5 ms behind its schedule.
-    late: AtomicU64,
-    stop: AtomicBool,
-}
-
-fn counters() -> Vec<AtomicU64> {
-    (0..WINDOWS).map(|_| AtomicU64::new(0)).collect()
-}
-
-fn v4(a: SocketAddr) -> Result<SocketAddrV4, String> {
-    match a {
-        SocketAddr::V4(a) => Ok(a),
-        SocketAddr::V6(a) => Err(format!("{a}: IPv4 expected")),
-    }
-}
-
-fn sockaddr_in(a: &SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
-        sin_zero: [0; 8],
-    }
 }
 
 /// Send `pkts[i]` to `dests[i]` with sendmmsg; returns how many went out.
@@ -136,30 +107,6 @@ fn send_batch(fd: i32, pkts: &mut [[u8; PKT]], dests: &mut [libc::sockaddr_in]) 
     done
 }
 
-/// Receive up to BATCH datagrams (non-blocking) into `bufs`; lengths and IPv4 sources out.
-fn recv_batch(fd: i32, bufs: &mut [[u8; 2048]; BATCH], out: &mut Vec<(usize, SocketAddrV4)>) {
-    out.clear();
-    let mut iov: [libc::iovec; BATCH] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH];
-    // SAFETY: zeroed sockaddr_in / mmsghdr are valid plain values.
-    let mut names: [libc::sockaddr_in; BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for j in 0..BATCH {
-        iov[j] = libc::iovec { iov_base: bufs[j].as_mut_ptr() as *mut libc::c_void, iov_len: 2048 };
-        msgs[j].msg_hdr.msg_name = &mut names[j] as *mut _ as *mut libc::c_void;
-        msgs[j].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        msgs[j].msg_hdr.msg_iov = &mut iov[j];
-        msgs[j].msg_hdr.msg_iovlen = 1;
-    }
-    // SAFETY: every pointer in `msgs` points into locals or `bufs`, alive for the call.
-    let r = unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
-    for j in 0..r.max(0) as usize {
-        let a = &names[j];
-        let src = SocketAddrV4::new(u32::from_be(a.sin_addr.s_addr).into(), u16::from_be(a.sin_port));
-        out.push((msgs[j].msg_len as usize, src));
-    }
-}
-
 /// Payload: magic, call index, direction, window.
 fn stamp(pkt: &mut [u8; PKT], idx: u32, dir: u8, window: u8) {
     let p = &mut pkt[RTP_HEADER_LEN..];
@@ -178,7 +125,7 @@ fn unstamp(datagram: &[u8]) -> Option<(u32, u8, u8)> {
     Some((u32::from_be_bytes(p[4..8].try_into().ok()?), p[8], p[9]))
 }
 
-/// The generator: runs until `g.stop`.
+/// The generator: runs until `g.m.stop`.
 fn generate(g: Arc<Gen>, a: UdpSocket, b: UdpSocket) {
     let (fa, fb) = (a.as_raw_fd(), b.as_raw_fd());
     let mut calls: Vec<CallMedia> = Vec::new();
@@ -194,7 +141,7 @@ fn generate(g: Arc<Gen>, a: UdpSocket, b: UdpSocket) {
     let mut dests: Vec<libc::sockaddr_in> = Vec::new();
     let mut bufs = Box::new([[0u8; 2048]; BATCH]);
     let mut rx = Vec::with_capacity(BATCH);
-    while !g.stop.load(Ordering::Relaxed) {
+    while !g.m.stop.load(Ordering::Relaxed) {
         let v = g.calls_version.load(Ordering::Acquire);
         if v != version {
             version = v;
@@ -206,12 +153,12 @@ fn generate(g: Arc<Gen>, a: UdpSocket, b: UdpSocket) {
         // Sends due: every slot (1 ms) up to now, at most one period behind.
         let now_slot = start.elapsed().as_millis() as u64;
         if now_slot > next_slot + 5 {
-            g.late.fetch_add(1, Ordering::Relaxed);
+            g.m.late.fetch_add(1, Ordering::Relaxed);
         }
         if now_slot >= next_slot + 20 {
             next_slot = now_slot + 1 - 20;
         }
-        let window = g.window.load(Ordering::Relaxed);
+        let window = g.m.window.load(Ordering::Relaxed);
         while next_slot <= now_slot {
             let slot = (next_slot % 20) as usize;
             for dir in 0..2u8 {
@@ -236,8 +183,8 @@ fn generate(g: Arc<Gen>, a: UdpSocket, b: UdpSocket) {
                     dests.push(sockaddr_in(&to));
                 }
                 let sent = send_batch(if dir == 0 { fa } else { fb }, &mut pkts, &mut dests);
-                g.sent[dir as usize][window].fetch_add(sent as u64, Ordering::Relaxed);
-                g.send_errors.fetch_add((pkts.len() - sent) as u64, Ordering::Relaxed);
+                g.m.sent[dir as usize][window].fetch_add(sent as u64, Ordering::Relaxed);
+                g.m.send_errors.fetch_add((pkts.len() - sent) as u64, Ordering::Relaxed);
             }
             next_slot += 1;
         }
@@ -246,7 +193,7 @@ fn generate(g: Arc<Gen>, a: UdpSocket, b: UdpSocket) {
             loop {
                 recv_batch(fd, &mut bufs, &mut rx);
                 for (j, &(n, src)) in rx.iter().enumerate() {
-                    let Some((idx, d, w)) = unstamp(&bufs[j][..n.min(2048)]) else { continue };
+                    let Some((idx, d, w)) = unstamp(&bufs[j][..n]) else { continue };
                     let idx = idx as usize;
                     if d as usize != dir || idx >= calls.len() {
                         continue;
@@ -260,14 +207,14 @@ fn generate(g: Arc<Gen>, a: UdpSocket, b: UdpSocket) {
                             flowing += 1;
                         }
                     }
-                    g.recv[dir][w as usize].fetch_add(1, Ordering::Relaxed);
+                    g.m.recv[dir][w as usize].fetch_add(1, Ordering::Relaxed);
                 }
                 if rx.len() < BATCH {
                     break;
                 }
             }
         }
-        g.flowing.store(flowing, Ordering::Relaxed);
+        g.m.flowing.store(flowing, Ordering::Relaxed);
         // Sleep to the next slot.
         let next_at = start + Duration::from_millis(next_slot);
         let now = Instant::now();
@@ -275,77 +222,6 @@ fn generate(g: Arc<Gen>, a: UdpSocket, b: UdpSocket) {
             std::thread::sleep(next_at - now);
         }
     }
-}
-
-/// Pin every thread of `pid` to `cpu` (None: back to every core). Threads started later
-/// inherit the mask of the thread that starts them. Returns how many threads were pinned.
-fn pin_process(pid: u32, cpu: Option<usize>) -> usize {
-    // Online cores, not available_parallelism: that one follows this process's own mask.
-    // SAFETY: sysconf has no preconditions.
-    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays within its fixed size.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for c in 0..cores {
-        if cpu.is_none_or(|want| want == c) {
-            // SAFETY: as above.
-            unsafe { libc::CPU_SET(c, &mut set) };
-        }
-    }
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
-    let mut pinned = 0;
-    for e in rd.flatten() {
-        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else { continue };
-        // SAFETY: sched_setaffinity reads the local set of the size given.
-        if unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) } == 0 {
-            pinned += 1;
-        }
-    }
-    pinned
-}
-
-/// Set the nice value of every thread of `pid` (a busy shared machine would otherwise give the
-/// generator and the relay a third of their core each; -10 asks the scheduler to prefer them,
-/// the same for both relays). Fails quietly without the privilege.
-fn renice_process(pid: u32, nice: i32) {
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return };
-    for e in rd.flatten() {
-        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<libc::id_t>().ok()) else { continue };
-        // SAFETY: setpriority has no memory preconditions.
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
-    }
-}
-
-fn bind_generator_socket() -> Result<UdpSocket, String> {
-    let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    s.set_nonblocking(true).map_err(|e| e.to_string())?;
-    // Big buffers each way, so that the generator's own sockets are not where packets are lost (the
-    // kernel caps it at rmem_max/wmem_max; the kernel's drop counter is reported).
-    // As root, the *FORCE options pass the cap (32 MB: ~40,000 datagrams, 0.25 s at 150,000/s).
-    let v: libc::c_int = 32 << 20;
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF, libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-        // SAFETY: setsockopt with a pointer to a local int of the right size.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                &v as *const _ as *const libc::c_void,
-                size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
-    Ok(s)
-}
-
-/// A desk phone's SDP, as the bench UA writes it (PCMU, telephone-event 101).
-fn phone_sdp(id: u64, rtp: SocketAddrV4) -> String {
-    AudioSdp::new((*rtp.ip()).into(), rtp.port())
-        .origin("bench", id)
-        .session_name("-")
-        .law(Law::Mu)
-        .telephone_event(101)
-        .build()
-        .unwrap_or_default()
 }
 
 /// The relay under test and its calls.
@@ -388,8 +264,8 @@ impl Peer {
                 let mut media = Vec::new();
                 for k in range {
                     let (call_id, from_tag) = (format!("tlbench-{}-{k}", std::process::id()), format!("a{k}"));
-                    let for_b = ng.offer(&call_id, &from_tag, &phone_sdp(k as u64, a), &[])?;
-                    let for_a = ng.answer(&call_id, &from_tag, &format!("b{k}"), &phone_sdp(k as u64, b), &[])?;
+                    let for_b = ng.offer(&call_id, &from_tag, &phone_sdp(k as u64, a, EVENT_PT), &[])?;
+                    let for_a = ng.answer(&call_id, &from_tag, &format!("b{k}"), &phone_sdp(k as u64, b, EVENT_PT), &[])?;
                     calls.push((call_id, from_tag));
                     let addr = |sdp: &str| sdp_audio_addr(sdp.as_bytes()).ok_or_else(|| format!("no audio address in {sdp:?}"));
                     media.push(CallMedia { a_to: v4(addr(&for_a)?)?, b_to: Some(v4(addr(&for_b)?)?) });
@@ -425,100 +301,12 @@ impl Peer {
     }
 }
 
-struct Step {
-    calls: usize,
-    secs: f64,
-    sent: u64,
-    forwarded: u64,
-    send_errors: u64,
-    /// Datagrams the kernel dropped at the generator's own sockets (full receive buffer).
-    gen_drops: u64,
-    cpu_us: u64,
-    gen_cpu_us: u64,
-    rss_growth: i64,
-    late: u64,
-    attempts: u32,
-}
-
-impl Step {
-    fn lost(&self) -> u64 {
-        self.sent.saturating_sub(self.forwarded)
-    }
-    fn us_per_pkt(&self) -> f64 {
-        if self.forwarded == 0 { 0.0 } else { self.cpu_us as f64 / self.forwarded as f64 }
-    }
-    fn cores(&self) -> f64 {
-        self.cpu_us as f64 / 1e6 / self.secs
-    }
-    fn gen_cores(&self) -> f64 {
-        self.gen_cpu_us as f64 / 1e6 / self.secs
-    }
-    /// Packets sent ÷ the nominal 100 per call per second: below 1 when the generator fell
-    /// behind (a busy core: it skips what it is more than one period late for).
-    fn offered(&self) -> f64 {
-        self.sent as f64 / (self.calls as f64 * 100.0 * self.secs)
-    }
-    /// Lost in the relay: lost minus what the kernel dropped at the generator's sockets.
-    fn relay_lost(&self) -> u64 {
-        self.lost().saturating_sub(self.gen_drops)
-    }
-    /// The generator spoilt the step: it sent < 95 % of the nominal packets, could not send
-    /// some, or its own sockets dropped some.
-    fn generator_fault(&self) -> bool {
-        self.offered() < 0.95 || self.send_errors > 0 || self.gen_drops > 0
-    }
-    /// A step that counts: no loss, nothing unsent, and at least 95 % of the nominal load.
-    fn clean(&self) -> bool {
-        self.lost() == 0 && !self.generator_fault()
-    }
-}
-
 struct Ctx<'a> {
     g: &'a Arc<Gen>,
     a: SocketAddrV4,
     b: SocketAddrV4,
-    /// The generator's socket ports (for the kernel's drop counter).
-    ports: [u16; 2],
     p: &'a Params,
-    next_window: usize,
-}
-
-/// One measuring window at `n` calls.
-fn measure_window(ctx: &mut Ctx, pid: u32, n: usize, rss0: i64, attempts: u32) -> Step {
-    let g = ctx.g;
-    let w = 1 + (ctx.next_window - 1) % (WINDOWS - 1); // never 0, the warm-up
-    ctx.next_window += 1;
-    for d in 0..2 {
-        g.sent[d][w].store(0, Ordering::Relaxed);
-        g.recv[d][w].store(0, Ordering::Relaxed);
-    }
-    let late0 = g.late.load(Ordering::Relaxed);
-    let err0 = g.send_errors.load(Ordering::Relaxed);
-    let drops0 = crate::udp::drops(&ctx.ports);
-    let c0 = procfs::cpu_us(pid, false).unwrap_or(0);
-    let s0 = procfs::self_cpu_us();
-    let t0 = Instant::now();
-    g.window.store(w, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_secs_f64(ctx.p.secs));
-    g.window.store(0, Ordering::Relaxed);
-    let secs = t0.elapsed().as_secs_f64();
-    let c1 = procfs::cpu_us(pid, false).unwrap_or(0);
-    let s1 = procfs::self_cpu_us();
-    std::thread::sleep(Duration::from_millis(300)); // stragglers of the window
-    let sum = |c: &[Vec<AtomicU64>; 2]| c[0][w].load(Ordering::Relaxed) + c[1][w].load(Ordering::Relaxed);
-    Step {
-        calls: n,
-        secs,
-        sent: sum(&g.sent),
-        forwarded: sum(&g.recv),
-        send_errors: g.send_errors.load(Ordering::Relaxed) - err0,
-        gen_drops: crate::udp::drops(&ctx.ports).saturating_sub(drops0),
-        cpu_us: c1.saturating_sub(c0),
-        gen_cpu_us: s1.saturating_sub(s0),
-        rss_growth: procfs::rss_bytes(pid).unwrap_or(0) as i64 - rss0,
-        late: g.late.load(Ordering::Relaxed) - late0,
-        attempts,
-    }
+    windows: Windows<'a>,
 }
 
 /// Ramp one peer through the steps; its kv lines prefixed with `name`.
@@ -527,10 +315,7 @@ fn measure_peer(ctx: &mut Ctx, name: &str, pid: u32, mut peer: Peer) -> Vec<(Str
     let mut kv: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: String| kv.push((format!("{name}_{k}"), v));
     let rss0 = procfs::rss_bytes(pid).unwrap_or(0) as i64;
-    set("threads_pinned", pin_process(pid, Some(ctx.p.relay_cpu)).to_string());
-    renice_process(pid, ctx.p.nice);
-    // The relay's session (run.sh's) gets the same autogroup nice as the generator's.
-    let _ = std::fs::write(format!("/proc/{pid}/autogroup"), ctx.p.nice.to_string());
+    set("threads_pinned", hold_relay(pid, ctx.p.relay_cpu, ctx.p.nice).to_string());
     let started = Instant::now();
     let mut media: Vec<CallMedia> = Vec::new();
     let mut steps: Vec<Step> = Vec::new();
@@ -551,28 +336,11 @@ fn measure_peer(ctx: &mut Ctx, name: &str, pid: u32, mut peer: Peer) -> Vec<(Str
             *g.calls.lock().unwrap() = media.clone();
             g.calls_version.fetch_add(1, Ordering::Release);
         }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while g.flowing.load(Ordering::Relaxed) < n && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let flowing = g.flowing.load(Ordering::Relaxed);
-        if flowing < n {
-            stop = format!("only {flowing} of {n} calls had media both ways after 15 s");
+        if let Err(why) = ctx.windows.wait_flowing(n) {
+            stop = why;
             break;
         }
-        std::thread::sleep(Duration::from_secs(1)); // warm-up
-        // A step the generator spoilt (late on its busy core, or datagrams dropped at its own
-        // sockets) is measured again, twice at most; loss the relay caused never is.
-        let mut attempts = 0;
-        let step = loop {
-            attempts += 1;
-            let step = measure_window(ctx, pid, n, rss0, attempts);
-            if step.generator_fault() && step.relay_lost() == 0 && attempts < 3 {
-                eprintln!("mediacpu {name}: {n} calls: the generator fell behind; measuring again");
-                continue;
-            }
-            break step;
-        };
+        let step = ctx.windows.measure_step(pid, n, rss0, &format!("mediacpu {name}"));
         eprintln!(
             "mediacpu {name}: {n} calls: {} sent, {} forwarded, {} lost ({} at the generator's sockets), {:.2} µs/packet, relay {:.2} cores, generator {:.2} cores",
             step.sent,
@@ -583,22 +351,7 @@ fn measure_peer(ctx: &mut Ctx, name: &str, pid: u32, mut peer: Peer) -> Vec<(Str
             step.cores(),
             step.gen_cores()
         );
-        let why = if step.relay_lost() > 0 {
-            Some(format!("{} packets lost in the relay at {n} calls", step.relay_lost()))
-        } else if step.cores() >= 0.9 {
-            Some(format!("relay at {:.2} of its core at {n} calls", step.cores()))
-        } else if step.generator_fault() {
-            Some(format!(
-                "generator fell behind at {n} calls ({:.0} % of the nominal packets sent, {} dropped at its own sockets, {} unsent; 3 tries), its core busy with other work",
-                step.offered() * 100.0,
-                step.gen_drops,
-                step.send_errors
-            ))
-        } else if step.gen_cores() >= 0.9 {
-            Some(format!("generator at {:.2} of its core at {n} calls (its limit, not the relay's)", step.gen_cores()))
-        } else {
-            None
-        };
+        let why = step.stop_reason(n, "relay", ", its core busy with other work");
         steps.push(step);
         if let Some(why) = why {
             stop = why;
@@ -608,41 +361,10 @@ fn measure_peer(ctx: &mut Ctx, name: &str, pid: u32, mut peer: Peer) -> Vec<(Str
     peer.teardown();
     *g.calls.lock().unwrap() = Vec::new();
     g.calls_version.fetch_add(1, Ordering::Release);
-    pin_process(pid, None);
-    renice_process(pid, 0);
-    let _ = std::fs::write(format!("/proc/{pid}/autogroup"), "0");
+    release_relay(pid);
 
-    set("steps_run", steps.len().to_string());
-    for (i, s) in steps.iter().enumerate() {
-        let mut st = |k: &str, v: String| set(&format!("step{i}_{k}"), v);
-        st("calls", s.calls.to_string());
-        st("secs", format!("{:.2}", s.secs));
-        st("sent", s.sent.to_string());
-        st("forwarded", s.forwarded.to_string());
-        st("lost", s.lost().to_string());
-        st("send_errors", s.send_errors.to_string());
-        st("gen_socket_drops", s.gen_drops.to_string());
-        st("attempts", s.attempts.to_string());
-        st("pps", format!("{:.0}", s.forwarded as f64 / s.secs));
-        st("offered_pct", format!("{:.1}", s.offered() * 100.0));
-        st("cpu_us", s.cpu_us.to_string());
-        st("cpu_us_per_pkt", format!("{:.3}", s.us_per_pkt()));
-        st("relay_cores", format!("{:.3}", s.cores()));
-        st("gen_cores", format!("{:.3}", s.gen_cores()));
-        st("rss_kb_per_call", format!("{:.1}", s.rss_growth as f64 / 1024.0 / s.calls as f64));
-        st("gen_late", s.late.to_string());
-    }
-    if let Some(best) = steps.iter().rfind(|s| s.clean()) {
-        set("max_calls_zero_loss", best.calls.to_string());
-        set("pps_zero_loss", format!("{:.0}", best.forwarded as f64 / best.secs));
-        set("cpu_us_per_pkt", format!("{:.3}", best.us_per_pkt()));
-        if best.us_per_pkt() > 0.0 {
-            set("pps_per_core", format!("{:.0}", 1e6 / best.us_per_pkt()));
-        }
-        set("relay_cores", format!("{:.3}", best.cores()));
-        set("gen_cores", format!("{:.3}", best.gen_cores()));
-        set("rss_kb_per_call", format!("{:.1}", best.rss_growth as f64 / 1024.0 / best.calls as f64));
-    }
+    steps_kv(&steps, &mut set);
+    best_kv(&steps, &mut set, false);
     set("stop", stop);
     kv
 }
@@ -652,44 +374,21 @@ pub fn run(p: Params) -> Result<Vec<(String, String)>, String> {
     if p.steps.is_empty() || p.steps.contains(&0) {
         return Err("--steps: positive call counts expected".into());
     }
-    // This process (and every thread it starts from here on) on the generator's core.
-    pin_process(std::process::id(), Some(p.generator_cpu));
-    renice_process(std::process::id(), p.nice);
-    // With scheduler autogroups a thread's nice only counts inside its session: a session of
-    // its own, with the same nice, so the generator is not starved by other sessions' work.
-    // SAFETY: setsid has no memory preconditions; it fails harmlessly for a group leader.
-    if unsafe { libc::setsid() } >= 0 {
-        let _ = std::fs::write("/proc/self/autogroup", p.nice.to_string());
-    }
+    hold_generator(p.generator_cpu, p.nice);
     let sa = bind_generator_socket()?;
     let sb = bind_generator_socket()?;
     let a = v4(sa.local_addr().map_err(|e| e.to_string())?)?;
     let b = v4(sb.local_addr().map_err(|e| e.to_string())?)?;
-    let g = Arc::new(Gen {
-        calls: Mutex::new(Vec::new()),
-        calls_version: AtomicU64::new(0),
-        window: AtomicUsize::new(0),
-        sent: [counters(), counters()],
-        recv: [counters(), counters()],
-        send_errors: AtomicU64::new(0),
-        flowing: AtomicUsize::new(0),
-        late: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-    });
+    let g = Arc::new(Gen { m: Meter::default(), calls: Mutex::new(Vec::new()), calls_version: AtomicU64::new(0) });
     let generator = {
         let g = g.clone();
         std::thread::spawn(move || generate(g, sa, sb))
     };
     let rt = Arc::new(tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?);
     let max = *p.steps.iter().max().unwrap_or(&0);
-    let mut kv = vec![
-        ("steps".to_string(), p.steps.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")),
-        ("secs".to_string(), p.secs.to_string()),
-        ("generator_cpu".to_string(), p.generator_cpu.to_string()),
-        ("relay_cpu".to_string(), p.relay_cpu.to_string()),
-        ("nice".to_string(), p.nice.to_string()),
-    ];
-    let mut ctx = Ctx { g: &g, a, b, ports: [a.port(), b.port()], p: &p, next_window: 1 };
+    let mut kv = params_kv(&p.steps, p.secs, p.generator_cpu, p.relay_cpu, p.nice);
+    let windows = Windows { m: &g.m, ports: [a.port(), b.port()], secs: p.secs, next: 1 };
+    let mut ctx = Ctx { g: &g, a, b, p: &p, windows };
     let result = (|| {
         if let (Some(sip), Some(pid)) = (p.gateway_sip, p.gateway_pid) {
             // Callees registered from the UA whose SDP names socket B; callers on a UA whose
@@ -710,14 +409,10 @@ pub fn run(p: Params) -> Result<Vec<(String, String)>, String> {
         }
         Ok::<(), String>(())
     })();
-    g.stop.store(true, Ordering::Relaxed);
+    g.m.stop.store(true, Ordering::Relaxed);
     let _ = generator.join();
     pin_process(std::process::id(), None);
     result.map(|()| kv)
-}
-
-fn num(g: &crate::report::Kv, k: &str) -> Option<f64> {
-    g.get(k)?.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
 /// The bench table's rows (measure | Trunkline | peer | ratio | target) from gateway.kv's
@@ -728,23 +423,9 @@ pub fn rows(out: &mut String, g: &crate::report::Kv) {
     }
     let fmt = crate::report::fmt_num;
     let na = || "n/a".to_string();
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-        _ => na(),
-    };
-    let step_of = |peer: &str, calls: f64| {
-        let n = num(g, &format!("mediacpu_{peer}_steps_run")).unwrap_or(0.0) as usize;
-        (0..n).find(|i| num(g, &format!("mediacpu_{peer}_step{i}_calls")) == Some(calls))
-    };
     // Compare at the largest call count both relays carried with zero loss.
-    let common = match (num(g, "mediacpu_gw_max_calls_zero_loss"), num(g, "mediacpu_rte_max_calls_zero_loss")) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let at = |peer: &str, k: &str| {
-        let i = step_of(peer, common?)?;
-        num(g, &format!("mediacpu_{peer}_step{i}_{k}"))
-    };
+    let c = Compare::new(g, "mediacpu");
+    let (common, at) = (c.common, |peer: &str, k: &str| c.at(peer, k));
     let (a, b) = (at("gw", "cpu_us_per_pkt"), at("rte", "cpu_us_per_pkt"));
     let gen_cores = |peer: &str| at(peer, "gen_cores").map(|v| format!("{v:.2}")).unwrap_or_else(na);
     out.push_str(&format!(
@@ -784,6 +465,8 @@ pub fn rows(out: &mut String, g: &crate::report::Kv) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
+
     use super::*;
 
     #[test]
@@ -824,38 +507,32 @@ mod tests {
             })
         };
         let g = Arc::new(Gen {
+            m: Meter::default(),
             calls: Mutex::new(vec![CallMedia { a_to: v4(ra.local_addr().unwrap()).unwrap(), b_to: None }]),
             calls_version: AtomicU64::new(1),
-            window: AtomicUsize::new(0),
-            sent: [counters(), counters()],
-            recv: [counters(), counters()],
-            send_errors: AtomicU64::new(0),
-            flowing: AtomicUsize::new(0),
-            late: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
         });
         let t = {
             let g = g.clone();
             std::thread::spawn(move || generate(g, gen_a, gen_b))
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while g.flowing.load(Ordering::Relaxed) < 1 && Instant::now() < deadline {
+        while g.m.flowing.load(Ordering::Relaxed) < 1 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(g.flowing.load(Ordering::Relaxed), 1, "B learnt where to send from A's packets");
-        g.window.store(3, Ordering::Relaxed);
+        assert_eq!(g.m.flowing.load(Ordering::Relaxed), 1, "B learnt where to send from A's packets");
+        g.m.window.store(3, Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while g.recv[1][3].load(Ordering::Relaxed) < 2 && Instant::now() < deadline {
+        while g.m.recv[1][3].load(Ordering::Relaxed) < 2 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        g.window.store(0, Ordering::Relaxed);
-        g.stop.store(true, Ordering::Relaxed);
+        g.m.window.store(0, Ordering::Relaxed);
+        g.m.stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
         done.store(true, Ordering::Relaxed);
         relay.join().unwrap();
-        assert!(g.recv[0][3].load(Ordering::Relaxed) >= 2 && g.recv[1][3].load(Ordering::Relaxed) >= 2);
-        assert!(g.recv[0][3].load(Ordering::Relaxed) <= g.sent[0][3].load(Ordering::Relaxed));
-        assert_eq!(g.recv[0][5].load(Ordering::Relaxed), 0, "nothing counted in a window never opened");
+        assert!(g.m.recv[0][3].load(Ordering::Relaxed) >= 2 && g.m.recv[1][3].load(Ordering::Relaxed) >= 2);
+        assert!(g.m.recv[0][3].load(Ordering::Relaxed) <= g.m.sent[0][3].load(Ordering::Relaxed));
+        assert_eq!(g.m.recv[0][5].load(Ordering::Relaxed), 0, "nothing counted in a window never opened");
     }
 
     #[test]

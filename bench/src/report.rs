@@ -296,6 +296,7 @@ fn gateway_rows(out: &mut String, g: &Kv) {
         or_na(best)
     ));
     crate::mediacpu::rows(out, g);
+    crate::mediawebrtc::rows(out, g);
 }
 
 fn gateway_notes(notes: &mut Vec<String>, g: &Kv) {
