@@ -30,6 +30,12 @@ const SESSION_OPEN_WAIT: Duration = Duration::from_secs(20);
 /// How long a session waits for its key before it gives up (the key's own TTL is shorter).
 const SESSION_KEY_WAIT: Duration = Duration::from_secs(60);
 
+/// While the phone's audio flows (a frame every 20 ms), each frame gives str0m a timeout input,
+/// which runs every timer of its that is due (RTCP reports, NACK, ICE consent, SCTP). Its own
+/// deadlines (one about every 33 ms on an audio call) then need no wake-up of their own: they
+/// are held back to this long after the last frame, so they only fire when the phone goes quiet.
+const MEDIA_TIMER_SLACK: Duration = Duration::from_millis(30);
+
 /// A session's own state inside the bridge task.
 struct SessionState {
     events: mpsc::UnboundedSender<SessionEvent>,
@@ -134,6 +140,8 @@ async fn run_loop(
     let mut admit = Admit::default();
     let mut ice_checking = true;
     let mut burst = 0u32;
+    // When the phone's last frame went to str0m (with a timeout input).
+    let mut last_frame: Option<Instant> = None;
     loop {
         // Drain str0m until it only has a timeout for us.
         let mut sent_stun = false;
@@ -325,6 +333,10 @@ async fn run_loop(
             }
             continue;
         }
+        // Not while ICE checks (a restart): those keep their own pace.
+        if !ice_checking && let Some(t) = last_frame {
+            next_timeout = next_timeout.max(t + MEDIA_TIMER_SLACK);
+        }
         let wait = next_timeout.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
         tokio::select! {
             r = ice.recv_from(&mut ice_buf) => {
@@ -399,6 +411,7 @@ async fn run_loop(
                 // str0m releases queued media on its next input: give it one right after the
                 // drain (≈ 1 ms of added delay otherwise, waiting for the timer tick).
                 kick = true;
+                last_frame = Some(now);
             }
             // RTCP from the phone is not forwarded (str0m makes its own reports): drain it, and
             // count what comes from elsewhere as the relay does.
