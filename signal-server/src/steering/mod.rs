@@ -1130,6 +1130,13 @@ impl Engine {
                 self.finish(now, call_id, outcome, &format!("switch {me} reported the end"));
                 Ok(())
             }
+            // An adopted call's messages may come again: a forward whose answer was lost with
+            // the dead owner is asked again of the adopter. Progress it already has is done.
+            CallEvent::KeyAccepted | CallEvent::Ringing | CallEvent::Connected
+                if call.adopted && is_carrier && state == CallState::Connected =>
+            {
+                Ok(())
+            }
             ev => Err(ProtocolError::new(
                 ErrorCode::WrongState,
                 format!("call {call_id} is {state:?}; a {} event from this switch does not fit", event_name(&ev)),

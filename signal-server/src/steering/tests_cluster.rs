@@ -748,6 +748,27 @@ fn owner_dies_mid_call_f1_the_adopter_records_the_switch_end_with_its_duration_a
 }
 
 #[test]
+fn owner_dies_mid_call_f1_progress_the_dead_owner_had_taken_is_done_again_at_the_adopter() {
+    // The switch's `connected` reached r1, whose answer was lost when it was cut off: the
+    // switch's replica asks the adopter again, which has the call connected already.
+    let mut c = Cluster::new(2);
+    c.device_online(R1, ALICE, "2001");
+    c.switch_online(R2, HQ, "hq", None);
+    f1_connected(&mut c, "m");
+    let row = c.last_attempt(R1, "m");
+    c.kill(R1);
+    c.adopt(R2, row);
+    for ev in ["key_accepted", "connected"] {
+        c.msg(HQ, &event_json("m", ev));
+        assert!(c.to(HQ).is_empty(), "a repeated {ev} is already done");
+    }
+    c.msg(HQ, &ended_json("m", "connected", 4_000));
+    assert_eq!(outcome_of(&c.to(HQ)), Some((Outcome::Connected, Some(4_000))));
+    c.one_record("m");
+    c.assert_all_done();
+}
+
+#[test]
 fn owner_dies_mid_call_f1_the_adopter_takes_the_switch_call_report() {
     let mut c = Cluster::new(2);
     c.device_online(R1, ALICE, "2001");
