@@ -86,3 +86,36 @@ async fn replica_cut_from_nats_fences_before_its_lease_expires_its_clients_move_
     drop((alice, bob, branch, hq));
     cl.finish(&["p1", "p2", "p3"], PROMPT).await;
 }
+
+#[tokio::test]
+async fn a_switch_end_report_sent_just_after_its_owner_was_cut_off_reaches_the_adopter() {
+    // The owner's subscription to the call stays on the NATS server after the cut (the server
+    // has not noticed yet), so the forwarded report goes there and gets no answer, rather than
+    // "no responders". It must be asked again until the adopter answers, not dropped.
+    let Some(cl) = Cluster::start("end_report_while_owner_cut_off", Opts::default()).await else { return };
+    let mut alice = cl.browser(0, ALICE).await;
+    let mut branch = cl.switch(2, BRANCH).await;
+    cl.wait_remote_presence(0, 1, PROMPT).await;
+    alice.send(r#"{"type":"dial","call_id":"q1","to":"3001"}"#).await;
+    branch.wait_for("callee_query", PROMPT, |m| matches!(m, ServerMsg::CalleeQuery { .. }).then_some(())).await;
+    branch.accept_query("q1").await;
+    alice.wait_for("connect", PROMPT, |m| matches!(m, ServerMsg::Connect { .. }).then_some(())).await;
+    branch.event("q1", "key_accepted").await;
+    branch.event("q1", "connected").await;
+    alice
+        .wait_for("connected", PROMPT, |m| matches!(m, ServerMsg::CallEvent { event: CallEvent::Connected, .. }).then_some(()))
+        .await;
+    cl.wait_attempt_written("q1", true, PROMPT).await;
+
+    cl.proxy(0).set(Chaos::Blackhole);
+    branch.ended("q1", "connected", Some(9_000)).await;
+    let rec = cl.record("q1", LEASE_TTL + AFTER_LEASE + PROMPT).await;
+    assert_eq!((rec.outcome.as_str(), rec.duration_ms), ("connected", Some(9_000)), "the switch's report made the record");
+    let errors: Vec<_> = branch.sync().await.into_iter().filter(|m| matches!(m, ServerMsg::Error { .. })).collect();
+    assert!(errors.is_empty(), "the switch was told {errors:?}");
+
+    cl.proxy(0).set(Chaos::Pass);
+    cl.wait_ready(0, Duration::from_secs(10)).await;
+    drop((alice, branch));
+    cl.finish(&["q1"], PROMPT).await;
+}

@@ -387,6 +387,12 @@ async fn bus_loop(
                 BusCmd::Open(_) => {}
                 BusCmd::Adopt(row) => {
                     subscribe_call(&client, &state, &hub, &mut subs, row.call_id.clone()).await;
+                    // The adopted call's parties may act on what the engine says next (an
+                    // outcome, sent over their WebSockets) before the server has read our SUB on
+                    // this connection: make sure it has, so their next message finds us.
+                    if tokio::time::timeout(state.cfg.forward_timeout(), client.flush()).await.is_err() {
+                        tracing::warn!(call_id = %row.call_id, "NATS did not confirm the adopted call's subscription in time");
+                    }
                     hub.adopt(row);
                 }
                 BusCmd::Unsubscribe(call_id) => {
@@ -572,6 +578,18 @@ async fn forward(
                 return;
             }
             _ => {
+                // No answer. A replica cut off without its connection closing (a silent
+                // partition) keeps its subscriptions on the NATS server until the server's own
+                // pings give up, so requests go there and time out instead of finding nobody.
+                // While the attempt's row exists, its owner is dead, fencing or being replaced by
+                // an adopter: ask again (the adopter answers) until the adoption deadline.
+                // A live but slow owner may then see the message twice; the engine answers a
+                // repeat as for a call in that state (an `ended` is already done).
+                let row = store.attempt_owner_live(&call_id).await;
+                if matches!(row, Ok(Some(_))) && Instant::now() < give_up {
+                    metrics::counter!("trunkline_cluster_forward_total", "result" => "retry").increment(1);
+                    continue;
+                }
                 metrics::counter!("trunkline_cluster_forward_total", "result" => "timeout").increment(1);
                 let e = ProtocolError::new(ErrorCode::Internal, "the replica handling this call did not answer; try again");
                 hub.reply(conn, e.to_msg(Some(call_id)));
