@@ -1268,7 +1268,7 @@ impl HubOps for Hub {
             let _ = tx.try_send(Out::Msg(Box::new(msg)));
         }
     }
-    fn presence_rows(&self, rows: Vec<crate::cluster::store::PresenceRow>) -> bool {
+    fn presence_rows(&self, rows: Vec<crate::cluster::store::PresenceRow>, announced: bool) -> bool {
         use crate::cluster::presence::Entry;
         let mut wants_live = false;
         self.with_presence(|v| {
@@ -1276,7 +1276,7 @@ impl HubOps for Hub {
             for r in rows {
                 let Some(party) = crate::cluster::parse_party(&r.party) else { continue };
                 let entry = r.online.then_some(Entry { node: r.node, incarnation: r.incarnation, calls: r.calls });
-                changes.extend(v.row(party, r.rev, entry));
+                changes.extend(if announced { v.announced(party, r.rev, entry) } else { v.row(party, r.rev, entry) });
             }
             wants_live = v.take_wants_live();
             changes

@@ -93,6 +93,25 @@ impl PresenceView {
         self.apply(party, entry)
     }
 
+    /// A row its replica announced just now (the presence broadcast, sent right after that
+    /// replica wrote it while a member): that replica counts as live at once, so a party
+    /// moving to a replica that joined after the last live read is reachable there without
+    /// waiting for the read it triggers. The read still decides: one begun after this row
+    /// that does not list the replica takes the party offline.
+    pub fn announced(&mut self, party: Party, rev: i64, entry: Option<Entry>) -> Vec<Change> {
+        let fresh = self.seen.get(&party).is_none_or(|&s| s < rev);
+        if fresh
+            && let Some(e) = &entry
+            && e.node != self.me
+            && self.live.get(&e.node) != Some(&e.incarnation)
+        {
+            self.unknown.insert((e.node.clone(), e.incarnation.clone()), self.reads_begun);
+            self.wants_live = true;
+            self.live.insert(e.node.clone(), e.incarnation.clone());
+        }
+        self.row(party, rev, entry)
+    }
+
     /// Did a row since the last call name a replica this view does not know as live? Then the
     /// live set should be read now rather than at the next lease tick.
     pub fn take_wants_live(&mut self) -> bool {
@@ -209,7 +228,11 @@ impl PresenceView {
     /// Tell the engine what changed for `party`; `fresh`: its entry was just written (a new
     /// sign-in on the same replica is news too: the switch's call list, a wake-up).
     fn settle(&mut self, party: &Party, fresh: bool) -> Option<Change> {
-        if self.entries.get(party).is_some_and(|e| self.unknown.contains_key(&(e.node.clone(), e.incarnation.clone()))) {
+        // Named by a row but not (or no longer, after an older read) in the live set: wait for
+        // the read that settles it.
+        if self.entries.get(party).is_some_and(|e| {
+            self.unknown.contains_key(&(e.node.clone(), e.incarnation.clone())) && self.live.get(&e.node) != Some(&e.incarnation)
+        }) {
             return None;
         }
         let now = self.effective(party).cloned();
@@ -350,6 +373,36 @@ mod tests {
         let s = v.begin_live_read();
         v.live_read(s, live(&[("r2", "b"), ("r3", "c")]));
         assert_eq!(v.row(bob(), 4, Some(entry("r3", "c"))).len(), 1);
+    }
+
+    #[test]
+    fn an_announced_row_of_a_replica_not_yet_read_live_counts_at_once_and_a_newer_read_decides() {
+        let mut v = PresenceView::new("r2");
+        let s = v.begin_live_read();
+        v.live_read(s, live(&[("r1", "a"), ("r2", "b")]));
+        assert_eq!(v.row(bob(), 1, Some(entry("r1", "a"))).len(), 1);
+        let stale = v.begin_live_read();
+        // r3 announces bob's sign-in there: he is on r3 at once (one Online, a move).
+        assert_eq!(
+            v.announced(bob(), 2, Some(entry("r3", "c"))),
+            vec![Change::Online { party: bob(), node: "r3".into(), calls: None }]
+        );
+        assert!(v.take_wants_live(), "a read still confirms r3");
+        // A read begun before the row does not undo it; one begun after it that lists r3 changes nothing.
+        assert!(v.live_read(stale, live(&[("r1", "a"), ("r2", "b")])).is_empty());
+        let s = v.begin_live_read();
+        assert!(v.live_read(s, live(&[("r1", "a"), ("r2", "b"), ("r3", "c")])).is_empty());
+        // An announcement of an incarnation the next read does not list: offline after that read.
+        assert_eq!(v.announced(bob(), 3, Some(entry("r4", "d"))).len(), 1);
+        assert!(v.take_wants_live());
+        let s = v.begin_live_read();
+        assert_eq!(
+            v.live_read(s, live(&[("r1", "a"), ("r2", "b"), ("r3", "c")])),
+            vec![Change::Offline { party: bob(), node: "r4".into() }]
+        );
+        // Old news changes nothing, announced or not.
+        assert!(v.announced(bob(), 2, Some(entry("r5", "e"))).is_empty());
+        assert!(!v.take_wants_live());
     }
 
     #[test]

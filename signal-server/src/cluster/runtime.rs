@@ -33,7 +33,9 @@ pub trait HubOps: Send + Sync + 'static {
     /// lock as the engine, so a local sign-in and an older row elsewhere cannot interleave).
     /// True when a row names a replica the view does not know as live (one that joined after
     /// the last live read): the caller reads the live set at once.
-    fn presence_rows(&self, rows: Vec<PresenceRow>) -> bool;
+    /// `announced`: the rows come from the presence broadcast (their replica sent them just
+    /// now), not from reading the table.
+    fn presence_rows(&self, rows: Vec<PresenceRow>, announced: bool) -> bool;
     /// A read of the live leases begins: its stamp (reads applied out of order are dropped).
     fn live_read_begin(&self) -> u64;
     /// The live leases, as read by the read stamped `stamp`; false if a newer read was
@@ -648,7 +650,7 @@ async fn presence_loop(client: async_nats::Client, store: ClusterStore, state: A
                 let Some(m) = m else { return };
                 let Ok(row) = serde_json::from_slice::<PresenceRow>(&m.payload) else { continue };
                 max_rev = max_rev.max(row.rev);
-                if hub.presence_rows(vec![row]) {
+                if hub.presence_rows(vec![row], true) {
                     read_live(&store, &*hub).await;
                 }
             }
@@ -661,7 +663,7 @@ async fn presence_loop(client: async_nats::Client, store: ClusterStore, state: A
                             if let Some(l) = last {
                                 max_rev = max_rev.max(l);
                             }
-                            if !rows.is_empty() && hub.presence_rows(rows) {
+                            if !rows.is_empty() && hub.presence_rows(rows, false) {
                                 read_live(&store, &*hub).await;
                             }
                             match last {
