@@ -28,7 +28,7 @@ use trunkline_protocol::{
 };
 
 use crate::signal::{self, Session, SignalClient, SignalError, SignalInbox, SignalSender};
-use crate::webrtc::{AudioSource, MediaEvent, MediaSession, PeerOptions, ReadyRtcs, WebRtcError, WebRtcPeer};
+use crate::webrtc::{AudioSource, MediaEvent, MediaSession, PeerOptions, ReadyRtcs, WebRtcError, WebRtcPeer, ready_rtcs};
 use crate::ws::TlsOptions;
 use str0m::IceConnectionState;
 
@@ -139,7 +139,7 @@ impl Softphone {
     /// Connect to the signal server and `login`.
     pub async fn login(cfg: SoftphoneConfig) -> Result<Softphone, SoftphoneError> {
         // The first calls' `Rtc`s are built while signing in, not when the first call is placed.
-        let rtcs = ReadyRtcs::new(&cfg.media);
+        let rtcs = ready_rtcs(&cfg.media);
         let (client, ()) =
             tokio::join!(SignalClient::login(&cfg.server, &cfg.number, &cfg.password, &cfg.tls), rtcs.fill_in_background());
         Ok(Self::start(client?, cfg, rtcs))
@@ -147,7 +147,7 @@ impl Softphone {
 
     /// Connect and `resume` with a session token (the password in `cfg` is not used).
     pub async fn resume(cfg: SoftphoneConfig, token: &str) -> Result<Softphone, SoftphoneError> {
-        let rtcs = ReadyRtcs::new(&cfg.media);
+        let rtcs = ready_rtcs(&cfg.media);
         let (client, ()) = tokio::join!(SignalClient::resume(&cfg.server, token, &cfg.tls), rtcs.fill_in_background());
         Ok(Self::start(client?, cfg, rtcs))
     }

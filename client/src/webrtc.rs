@@ -25,7 +25,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +37,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, watch};
 use trunkline_media::g711::Law;
 use trunkline_media::ports::send_now;
+pub use trunkline_media::webrtc::ReadyRtcs;
 use trunkline_media::webrtc::{RtcOptions, choose_payload, law_of, rtc_config};
 
 use crate::wav::{self, RATE, WavError};
@@ -203,76 +203,15 @@ impl PeerOptions {
     }
 }
 
-/// `Rtc`s built ahead of calls, on the blocking pool. Building one costs about a millisecond of
-/// CPU (the DTLS library checks its crypto provider on every new configuration: two ECDHE
-/// exchanges in each of P-256, P-384 and X25519), and the first one in a process about 30 ms
-/// more (the crypto library's entropy source starting up): paid at dial time, that delayed
-/// every offer, and the first call's by those 30 ms. [`WebRtcPeer::bind_ready`] takes
-/// one (building as before when none is ready) and tops the pool up in the background.
-#[derive(Clone)]
-pub struct ReadyRtcs {
-    /// The ICE role the `Rtc`s are built for ([`PeerOptions::ice_lite`]).
-    ice_lite: bool,
-    ready: Arc<Mutex<Vec<Rtc>>>,
-    /// A top-up is under way on the blocking pool.
-    filling: Arc<AtomicBool>,
+/// `Rtc`s a softphone keeps ready for its calls ([`ReadyRtcs`]): a softphone sets up one call
+/// at a time, or answers one while placing one.
+pub fn ready_rtcs(opts: &PeerOptions) -> ReadyRtcs {
+    ReadyRtcs::new(rtc_options(opts), 2)
 }
 
-/// `Rtc`s kept ready: a softphone sets up one call at a time, or answers one while placing one.
-const READY_RTCS: usize = 2;
-
-impl ReadyRtcs {
-    pub fn new(opts: &PeerOptions) -> Self {
-        ReadyRtcs { ice_lite: opts.ice_lite, ready: Arc::default(), filling: Arc::default() }
-    }
-
-    fn config(ice_lite: bool) -> str0m::RtcConfig {
-        // Both roles: G.711 only, telephone-event at 8 kHz (the gateway's and the bench's too).
-        rtc_config(RtcOptions { ice_lite, initial_stun_rto: None })
-    }
-
-    fn take(&self, opts: &PeerOptions) -> Option<Rtc> {
-        if opts.ice_lite != self.ice_lite {
-            return None;
-        }
-        self.ready.lock().unwrap_or_else(|p| p.into_inner()).pop()
-    }
-
-    pub fn len(&self) -> usize {
-        self.ready.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Build until the pool is full, here and now (blocking: about 1 ms each).
-    pub fn fill(&self) {
-        while self.len() < READY_RTCS {
-            // Built outside the lock: `take` must not wait for a build.
-            let rtc = Self::config(self.ice_lite).build(Instant::now());
-            self.ready.lock().unwrap_or_else(|p| p.into_inner()).push(rtc);
-        }
-    }
-
-    /// Fill the pool on the blocking pool; returns when it is full.
-    pub async fn fill_in_background(&self) {
-        let this = self.clone();
-        // A panic in str0m's build is not ours to hide, but it must not take the caller down.
-        let _ = tokio::task::spawn_blocking(move || this.fill()).await;
-    }
-
-    /// Top the pool up on the blocking pool, unless it is full or a top-up is under way.
-    pub fn top_up(&self) {
-        if self.len() >= READY_RTCS || self.filling.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            this.fill();
-            this.filling.store(false, Ordering::Release);
-        });
-    }
+/// Both roles: G.711 only, telephone-event at 8 kHz (the gateway's and the bench's too).
+fn rtc_options(opts: &PeerOptions) -> RtcOptions {
+    RtcOptions { ice_lite: opts.ice_lite, initial_stun_rto: None }
 }
 
 /// A peer before negotiation: an `Rtc` with its host candidates and bound socket(s).
@@ -289,9 +228,10 @@ impl WebRtcPeer {
         Self::bind_with(opts, None).await
     }
 
-    /// [`bind`](Self::bind) with an `Rtc` from `ready` when it has one (and top it up).
+    /// [`bind`](Self::bind) with an `Rtc` from `ready` when it has one of `opts`' kind (and
+    /// top it up).
     pub async fn bind_ready(opts: PeerOptions, ready: &ReadyRtcs) -> Result<WebRtcPeer, WebRtcError> {
-        let rtc = ready.take(&opts);
+        let rtc = if ready.options() == rtc_options(&opts) { ready.take(Instant::now()) } else { None };
         ready.top_up();
         Self::bind_with(opts, rtc).await
     }
@@ -302,15 +242,8 @@ impl WebRtcPeer {
             return Err(WebRtcError::NoAddress(opts.bind));
         }
         let mut rtc = match rtc {
-            Some(mut rtc) => {
-                // Its clock stopped when it was built, maybe long ago: negotiation starts DTLS at
-                // the `Rtc`'s last time, and the handshake's deadline (40 s) counts from there.
-                if let Err(e) = rtc.handle_input(Input::Timeout(Instant::now())) {
-                    tracing::debug!("a ready Rtc refused the time: {e}");
-                }
-                rtc
-            }
-            None => ReadyRtcs::config(opts.ice_lite).build(Instant::now()),
+            Some(rtc) => rtc,
+            None => rtc_config(rtc_options(&opts)).build(Instant::now()),
         };
         let mut sockets = Vec::with_capacity(ips.len());
         for ip in ips {

@@ -5,11 +5,13 @@
 //! PCMA; no Opus, so the gateway bridges to desk phones without transcoding) and RFC 4733
 //! `telephone-event/8000` on [`TELEPHONE_EVENT_PT`], events 0–16.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use str0m::RtcConfig;
 use str0m::format::{Codec, FormatParams};
 use str0m::media::{Frequency, Pt};
+use str0m::{Input, Rtc, RtcConfig};
 
 use crate::g711::Law;
 
@@ -25,6 +27,85 @@ pub struct RtcOptions {
     pub ice_lite: bool,
     /// The first retransmission timeout of a connectivity check; `None`: str0m's (250 ms).
     pub initial_stun_rto: Option<Duration>,
+}
+
+/// `Rtc`s of one [`RtcOptions`] built ahead of need, on tokio's blocking pool. Building one
+/// costs about a millisecond of CPU, nearly all of it the DTLS library checking its crypto
+/// provider on every new configuration (two ECDHE exchanges in each of P-256, P-384 and
+/// X25519), and the first one in a process about 30 ms more (the crypto library's entropy
+/// source starting up). Paid when a call is set up, that delayed every offer and answer; the
+/// gateway's bridge and the headless softphone take one from here instead and build inline
+/// only when the pool is empty.
+#[derive(Clone)]
+pub struct ReadyRtcs {
+    opts: RtcOptions,
+    capacity: usize,
+    ready: Arc<Mutex<Vec<Rtc>>>,
+    /// A top-up is under way on the blocking pool.
+    filling: Arc<AtomicBool>,
+}
+
+impl ReadyRtcs {
+    /// An empty pool that keeps up to `capacity` `Rtc`s built with `opts`.
+    pub fn new(opts: RtcOptions, capacity: usize) -> ReadyRtcs {
+        ReadyRtcs { opts, capacity, ready: Arc::default(), filling: Arc::default() }
+    }
+
+    /// What the pool's `Rtc`s are built with.
+    pub fn options(&self) -> RtcOptions {
+        self.opts
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Rtc>> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A ready `Rtc`, brought to `now`: its clock stopped when it was built, maybe long ago,
+    /// and negotiation starts DTLS at the `Rtc`'s last time (the handshake's 40 s deadline
+    /// counts from there).
+    pub fn take(&self, now: Instant) -> Option<Rtc> {
+        let mut rtc = self.slots().pop()?;
+        if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
+            tracing::debug!(error = %e, "a ready Rtc refused the time");
+        }
+        Some(rtc)
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Build until the pool is full, here and now (blocking: about 1 ms each).
+    pub fn fill(&self) {
+        while self.len() < self.capacity {
+            // Built outside the lock: `take` must not wait for a build.
+            let rtc = rtc_config(self.opts).build(Instant::now());
+            self.slots().push(rtc);
+        }
+    }
+
+    /// Fill the pool on the blocking pool; returns when it is full.
+    pub async fn fill_in_background(&self) {
+        let this = self.clone();
+        // A panic in str0m's build is not ours to hide, but it must not take the caller down.
+        let _ = tokio::task::spawn_blocking(move || this.fill()).await;
+    }
+
+    /// Top the pool up on the blocking pool, unless it is full or a top-up is under way.
+    pub fn top_up(&self) {
+        if self.len() >= self.capacity || self.filling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            this.fill();
+            this.filling.store(false, Ordering::Release);
+        });
+    }
 }
 
 /// The `RtcConfig` of an audio leg: PCMU, PCMA and telephone-event, ICE as `opts` says.

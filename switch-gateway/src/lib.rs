@@ -155,7 +155,7 @@ pub async fn run_with_steps(
     // The core is handed pairs bound here beforehand: no bind in its call stack.
     let ready = ReadyPairs::new(alloc, READY_PAIRS);
     let certs = bridge::ReadyCerts::default();
-    let rtcs = bridge::ReadyRtcs::default();
+    let rtcs = bridge::ready_rtcs();
     let mut refill = Refill { ready: ready.clone(), certs: certs.clone(), rtcs: rtcs.clone(), failing: false };
     refill.run();
     let pending: PendingRelays = Arc::default();

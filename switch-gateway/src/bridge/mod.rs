@@ -26,9 +26,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use str0m::change::SdpPendingOffer;
 use str0m::config::DtlsCert;
@@ -39,7 +38,7 @@ use tokio::sync::mpsc;
 use trunkline_media::bridge::PhoneMedia;
 use trunkline_media::ports::LegSockets;
 use trunkline_media::turn::TurnServer;
-use trunkline_media::webrtc::rtc_config;
+pub use trunkline_media::webrtc::ReadyRtcs;
 
 mod setup;
 mod task;
@@ -138,57 +137,16 @@ impl ReadyCerts {
     }
 }
 
-/// WebRTC legs' `Rtc`s built ahead of need, on the blocking pool. Building one costs about a
-/// millisecond of CPU, nearly all of it the DTLS library checking its crypto provider on every
-/// new configuration (two ECDHE exchanges in each of P-256, P-384 and X25519), and the first
-/// one in a process about 30 ms more (the crypto library's entropy source starting up). In the core's call stack that was spent on every offer or answer
-/// before it went out, and on the first call that paid the start-up too. [`DriverBridges`]
-/// takes one per leg and gives it the leg's ICE credentials (from its seeded RNG); the driver
-/// tops the pool up after the core's calls. Empty: the leg's `Rtc` is built as before.
-#[derive(Clone, Default)]
-pub struct ReadyRtcs {
-    ready: Arc<Mutex<Vec<Rtc>>>,
-    /// A top-up is under way on the blocking pool.
-    filling: Arc<AtomicBool>,
+/// WebRTC legs' `Rtc`s kept ready ([`trunkline_media::webrtc::ReadyRtcs`]): the driver tops
+/// the pool up after the core's calls, off the core's task; [`DriverBridges`] takes one per leg
+/// and gives it the leg's ICE credentials (from its seeded RNG). Empty: the leg's `Rtc` is
+/// built in the core's call stack as before.
+pub fn ready_rtcs() -> ReadyRtcs {
+    ReadyRtcs::new(setup::RTC_OPTIONS, READY_RTCS)
 }
 
 /// `Rtc`s kept ready: a burst of calls between two top-ups beyond this builds the rest inline.
 const READY_RTCS: usize = 4;
-
-impl ReadyRtcs {
-    pub fn take(&self) -> Option<Rtc> {
-        self.ready.lock().unwrap().pop()
-    }
-
-    pub fn len(&self) -> usize {
-        self.ready.lock().unwrap().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Build until [`READY_RTCS`] are ready, here and now (blocking: about 1 ms each).
-    pub fn fill(&self) {
-        while self.len() < READY_RTCS {
-            // Built outside the lock: `take` must not wait for a build.
-            let rtc = rtc_config(setup::RTC_OPTIONS).build(Instant::now());
-            self.ready.lock().unwrap().push(rtc);
-        }
-    }
-
-    /// Top the pool up on the blocking pool, unless it is full or a top-up is under way.
-    pub fn top_up(&self) {
-        if self.len() >= READY_RTCS || self.filling.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            this.fill();
-            this.filling.store(false, Ordering::Release);
-        });
-    }
-}
 
 /// The driver's current [`SessionIce`].
 pub type StunServers = Arc<Mutex<SessionIce>>;

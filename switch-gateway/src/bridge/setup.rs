@@ -17,7 +17,7 @@ use rand::distr::Alphanumeric;
 use rand::rngs::StdRng;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction as MediaDirection, MediaKind};
-use str0m::{Candidate, IceCreds, Input, Rtc};
+use str0m::{Candidate, IceCreds, Rtc};
 use trunkline_media::bridge::PhoneMedia;
 use trunkline_media::g711::Law;
 use trunkline_media::ports::{LegSockets, ReadyPairs};
@@ -96,14 +96,9 @@ impl DriverBridges {
         let ice = self.take()?;
         // RFC 8445 §5.3: at least 24 random bits in the ufrag, 128 in the password.
         let creds = IceCreds { ufrag: ice_chars(&mut self.rng, 16), pass: ice_chars(&mut self.rng, 22) };
-        let mut rtc = match self.rtcs.as_ref().and_then(|r| r.take()) {
+        let mut rtc = match self.rtcs.as_ref().and_then(|r| r.take(now)) {
             Some(mut rtc) => {
                 rtc.direct_api().set_local_ice_credentials(creds);
-                // Its clock stopped when it was built, maybe long ago: negotiation starts DTLS
-                // at the `Rtc`'s last time, and the handshake's deadline (40 s) counts from there.
-                if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
-                    tracing::debug!(error = %e, "a ready Rtc refused the time");
-                }
                 rtc
             }
             None => {
@@ -322,7 +317,7 @@ mod tests {
         for with_ready in [false, true] {
             let ready = ReadyPairs::new(alloc.clone(), 2);
             ready.refill().unwrap();
-            let rtcs = ReadyRtcs::default();
+            let rtcs = super::super::ready_rtcs();
             let mut b = DriverBridges::new(
                 ready,
                 ReadyCerts::default(),
