@@ -363,6 +363,16 @@ impl ReadyPairs {
         for pair in ready.iter() {
             pair.discard_queued();
         }
+        self.bind_missing(&mut ready)
+    }
+
+    /// Bind pairs until `target` are ready, without looking at the waiting ones: the cheap
+    /// half of [`ReadyPairs::refill`] for a driver that discards less often than it refills.
+    pub fn top_up(&self) -> Result<(), AllocError> {
+        self.bind_missing(&mut self.ready())
+    }
+
+    fn bind_missing(&self, ready: &mut VecDeque<LegSockets>) -> Result<(), AllocError> {
         while ready.len() < self.target {
             ready.push_back(self.alloc.allocate()?);
         }

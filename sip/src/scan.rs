@@ -251,7 +251,8 @@ impl<'a> Cur<'a> {
             return Err(SyntaxError("expected quoted string"));
         }
         let b = self.s.as_bytes();
-        let mut out = Vec::new();
+        let body = self.pos;
+        let mut escaped = false;
         loop {
             let Some(&c) = b.get(self.pos) else {
                 return Err(SyntaxError("unterminated quoted string"));
@@ -267,19 +268,32 @@ impl<'a> Cur<'a> {
                     if e == b'\r' || e == b'\n' || e >= 0x80 {
                         return Err(SyntaxError("bad escape in quoted string"));
                     }
-                    out.push(e);
+                    escaped = true;
                     self.pos += 1;
                 }
                 // qdtext excludes raw control characters other than HTAB.
                 c if (c < 0x20 && c != b'\t') || c == 0x7f => {
                     return Err(SyntaxError("control character in quoted string"));
                 }
-                c => out.push(c),
+                _ => {}
             }
         }
         let raw = self.s.get(start..self.pos).unwrap_or("");
-        // Only ASCII backslashes were removed from valid UTF-8, so this cannot fail.
-        let text = String::from_utf8(out).map_err(|_| SyntaxError("quoted string is not UTF-8"))?;
+        // Between two ASCII quotes of a `str`: char boundaries.
+        let inner = self.s.get(body..self.pos - 1).unwrap_or("");
+        if !escaped {
+            // The usual case (nonces, realms, URIs): one copy, no byte-by-byte building.
+            return Ok((raw, inner.to_owned()));
+        }
+        // Checked above: every backslash is followed by an ASCII character.
+        let mut text = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => text.extend(chars.next()),
+                c => text.push(c),
+            }
+        }
         Ok((raw, text))
     }
 }
@@ -403,4 +417,27 @@ pub(crate) fn parse_u32(s: &str) -> Option<u32> {
         v = v.checked_mul(10)?.checked_add(u32::from(c - b'0'))?;
     }
     Some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quoted(s: &str) -> Result<(&str, String, usize), SyntaxError> {
+        let mut cur = Cur::new(s);
+        let (raw, text) = cur.quoted()?;
+        Ok((raw, text, cur.pos))
+    }
+
+    #[test]
+    fn quoted_strings_with_and_without_escapes() {
+        assert_eq!(quoted(r#""abc" rest"#), Ok((r#""abc""#, "abc".to_string(), 5)));
+        assert_eq!(quoted(r#""""#), Ok((r#""""#, String::new(), 2)));
+        assert_eq!(quoted(r#""a\"b\\c" x"#), Ok((r#""a\"b\\c""#, r#"a"b\c"#.to_string(), 9)));
+        assert_eq!(quoted("\"caf\u{e9} \\x\""), Ok(("\"caf\u{e9} \\x\"", "caf\u{e9} x".to_string(), 10)));
+        assert_eq!(quoted("\"tab\there\""), Ok(("\"tab\there\"", "tab\there".to_string(), 10)));
+        for bad in ["abc", "\"open", "\"ends in \\", "\"ctl \u{1} \"", "\"esc \\\u{e9}\"", "\"esc \\\r\""] {
+            assert!(quoted(bad).is_err(), "{bad:?}");
+        }
+    }
 }

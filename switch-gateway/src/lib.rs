@@ -30,7 +30,7 @@ pub mod steps;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
@@ -156,7 +156,7 @@ pub async fn run_with_steps(
     let ready = ReadyPairs::new(alloc, READY_PAIRS);
     let certs = bridge::ReadyCerts::default();
     let rtcs = bridge::ready_rtcs();
-    let mut refill = Refill { ready: ready.clone(), certs: certs.clone(), rtcs: rtcs.clone(), failing: false };
+    let mut refill = Refill { ready: ready.clone(), certs: certs.clone(), rtcs: rtcs.clone(), failing: false, discarded: None };
     refill.run();
     let pending: PendingRelays = Arc::default();
     let pending_echoes: PendingEchoes = Arc::default();
@@ -358,6 +358,8 @@ async fn core_loop(
     let mut early_candidates: HashMap<u64, Vec<String>> = HashMap::new();
     let mut batch = Vec::with_capacity(64);
     let mut stopping: Vec<tokio::sync::oneshot::Sender<()>> = vec![];
+    // Registered once, not looked up by name every turn (the recorder is installed before this).
+    let transactions = metrics::gauge!("trunkline_sip_server_transactions");
     loop {
         let deadline = core.poll_timeout();
         tokio::select! {
@@ -389,7 +391,7 @@ async fn core_loop(
             }
             _ = stopped(&mut stop) => break,
         }
-        metrics::gauge!("trunkline_sip_server_transactions").set(core.server_transactions() as f64);
+        transactions.set(core.server_transactions() as f64);
         while let Some(out) = core.poll_output() {
             match out {
                 Output::Block { ip, until } => blocklist.block(ip, until),
@@ -537,7 +539,16 @@ struct Refill {
     certs: bridge::ReadyCerts,
     rtcs: bridge::ReadyRtcs,
     failing: bool,
+    /// When strangers' datagrams were last discarded from the waiting pairs.
+    discarded: Option<Instant>,
 }
+
+/// How often, at most, the waiting pairs are emptied of what strangers sent them (after an
+/// input). Each time looks at all 64 sockets: after every input of a registration storm that
+/// was 4 % of a registration's instructions. As before, a datagram that reaches a waiting pair
+/// just before the call that takes it may stay; a leg whose SDP address is usable latches to
+/// that address anyway (`media::latch`).
+const DISCARD_EVERY: Duration = Duration::from_millis(20);
 
 impl Refill {
     fn run(&mut self) {
@@ -545,7 +556,15 @@ impl Refill {
         self.rtcs.top_up();
         self.certs.refill();
         let ready = &self.ready;
-        match ready.refill() {
+        let now = Instant::now();
+        let due = self.discarded.is_none_or(|t| now.saturating_duration_since(t) >= DISCARD_EVERY);
+        let filled = if due {
+            self.discarded = Some(now);
+            ready.refill()
+        } else {
+            ready.top_up()
+        };
+        match filled {
             Ok(()) if self.failing => {
                 self.failing = false;
                 tracing::info!(ready = ready.len(), "RTP port pairs available again");

@@ -363,9 +363,28 @@ impl Headers {
 
     /// Adds a tag to To if it parses and has none; returns whether it did.
     pub fn set_to_tag(&mut self, tag: &str) -> bool {
+        self.set_to_tag_with(|| tag.to_owned())
+    }
+
+    /// Adds the tag `tag()` makes to To if it parses and has none (`tag` is called only then);
+    /// returns whether it did.
+    pub fn set_to_tag_with(&mut self, tag: impl FnOnce() -> String) -> bool {
         let Ok(mut to) = self.to() else { return false };
         if to.tag().is_some() {
             return false;
+        }
+        let tag = tag();
+        let tag = tag.as_str();
+        if scan::is_token(tag) {
+            // Header parameters follow the whole name-addr or addr-spec (an addr-spec whose URI
+            // has a `;` must be in angle brackets, RFC 3261 §20), so the tag goes at the end of
+            // the text as the peer wrote it: no re-serialising of the header.
+            let q = query("To");
+            if let Some((_, v)) = self.entries.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(q)) {
+                v.push_str(";tag=");
+                v.push_str(tag);
+                return true;
+            }
         }
         to.set_tag(tag);
         self.set_to(&to);
@@ -426,5 +445,23 @@ mod tests {
         assert!(h.set_to_tag("t1"));
         assert!(!h.set_to_tag("t2"));
         assert_eq!(h.to().unwrap().tag(), Some("t1"));
+    }
+
+    #[test]
+    fn a_to_tag_is_appended_to_the_text_as_the_peer_wrote_it() {
+        for (to, want) in [
+            ("\"Bob B\" <sip:b@c;transport=udp>;x=1", "\"Bob B\" <sip:b@c;transport=udp>;x=1;tag=t9"),
+            // An addr-spec without brackets: its `;` parameters are the header's, not the URI's.
+            ("sip:b@c;x=1", "sip:b@c;x=1;tag=t9"),
+            ("<sip:b@c>", "<sip:b@c>;tag=t9"),
+        ] {
+            let mut h = Headers::new();
+            h.push("t", to);
+            assert!(h.set_to_tag("t9"));
+            assert_eq!(h.get("To"), Some(want));
+            let parsed = h.to().unwrap();
+            assert_eq!(parsed.tag(), Some("t9"));
+            assert_eq!(h.count("To"), 1);
+        }
     }
 }

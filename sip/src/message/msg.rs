@@ -97,6 +97,9 @@ macro_rules! header_methods {
             pub fn set_to_tag(&mut self, tag: &str) -> bool {
                 self.hdrs_mut().set_to_tag(tag)
             }
+            pub fn set_to_tag_with(&mut self, tag: impl FnOnce() -> String) -> bool {
+                self.hdrs_mut().set_to_tag_with(tag)
+            }
         }
     };
 }

@@ -136,8 +136,10 @@ impl Core {
     /// header, then `edit`.
     fn response(&mut self, req: &Request, status: u16, reason: &str, edit: impl FnOnce(&mut Response)) -> Response {
         let mut r = Response::to_request(req, status, reason);
-        if status > 100 && req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_none() {
-            r.set_to_tag(&new_tag(&mut self.rng));
+        if status > 100 {
+            // The request's To, copied: tagged only if it has no tag (a tag drawn only then).
+            let rng = &mut self.rng;
+            r.set_to_tag_with(|| new_tag(rng));
         }
         r.headers.push("Server", "Trunkline");
         edit(&mut r);
