@@ -7,10 +7,13 @@
 # zeroed before the first and dumped after each. Sign-in, probes and start-up cost the same in
 # both runs, so (Ir(N2) − Ir(N1)) / (N2 − N1) is the cost of one decision (B2 route_query →
 # B5 route → C11 callee_query → C12 decline → outcome to both switches → call record).
-# Prints Ir per decision and the top functions (inclusive) of the second run.
+# Prints Ir per decision and the top functions (inclusive) of the second run; then Kamailio's
+# Ir per 302 (bench/kamailio/redirect.cfg: INVITE → 302 with the registered Contact → ACK, as
+# in bench/run.sh; see callgrind-lib.sh). Both count user-space instructions only: the
+# kernel's share (TCP and WebSocket for us, UDP for Kamailio) is not in these figures.
 #
 # Knobs: N1 (500), N2 (2500), CG_RATE (500 decisions/s, which the server keeps up with under callgrind),
-# PAIRS (4), WINDOW (16), TOP (15), SKIP_BUILD=1, KEEP_TMP=1, SERVER / BENCH (binaries to use
+# PAIRS (4), WINDOW (16), TOP (15), PEER (1; 0 skips Kamailio), KAM_RUNS (3), SKIP_BUILD=1, KEEP_TMP=1, SERVER / BENCH (binaries to use
 # instead of the release build's, e.g. a copy kept from before a change).
 set -euo pipefail
 
@@ -22,6 +25,7 @@ CG_RATE=${CG_RATE:-500}
 PAIRS=${PAIRS:-4}
 WINDOW=${WINDOW:-16}
 TOP=${TOP:-15}
+PEER=${PEER:-1}
 SECRET=bench-switch-secret-0123456789
 
 log() { printf 'callgrind.sh: %s\n' "$*" >&2; }
@@ -30,19 +34,8 @@ command -v valgrind >/dev/null || die "valgrind is not installed"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/trunkline-callgrind.XXXXXX")
 PIDS=()
-stop_pid() {
-    local pid=$1
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
+# shellcheck source=callgrind-lib.sh
+source "$BENCH_DIR/callgrind-lib.sh"
 
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     (cd "$ROOT" && cargo build --release -p trunkline-signal-server -p trunkline-bench >&2)
@@ -105,12 +98,6 @@ load() {
     got=$(sed -n 's/^outcomes=//p' "$TMP/load-$n.kv")
     [[ $got -ge $n ]] || log "warning: $got outcomes of $n planned; see $TMP/load-$n.kv"
 }
-# Ir of the last dump (the "summary:" / "totals:" line of the newest part file).
-last_ir() {
-    local f
-    f=$(ls -t "$OUT".* | head -n1)
-    awk '/^(summary|totals):/ { print $2; exit }' "$f"
-}
 
 log "warm-up"
 load 100
@@ -118,12 +105,12 @@ callgrind_control -z "$CG_PID" >/dev/null
 log "run 1: $N1 decisions"
 load "$N1"
 callgrind_control -d "run1" "$CG_PID" >/dev/null
-IR1=$(last_ir)
+IR1=$(last_ir "$OUT")
 log "run 2: $N2 decisions"
 load "$N2"
 callgrind_control -d "run2" "$CG_PID" >/dev/null
 F2=$(ls -t "$OUT".* | head -n1)
-IR2=$(last_ir)
+IR2=$(last_ir "$OUT")
 stop_pid "$CG_PID"
 
 per=$(awk -v a="$IR1" -v b="$IR2" -v n1="$N1" -v n2="$N2" 'BEGIN { printf "%.0f", (b - a) / (n2 - n1) }')
@@ -132,15 +119,32 @@ echo "ir_run2=$IR2 decisions_run2=$N2"
 echo "ir_per_decision=$per"
 echo
 echo "Top $TOP functions, inclusive, run 2 (Ir per decision = Ir / $N2; thread and runtime frames left out):"
-callgrind_annotate --inclusive=yes --threshold=100 "$F2" 2>/dev/null |
-    awk -v n="$N2" -v top="$TOP" '
-        /^-+$/ { sep++; next }
-        sep >= 3 && $1 ~ /^[0-9,]+$/ {
-            ir = $1; gsub(",", "", ir); line = $0
-            sub(/^ *[0-9,]+ *(\( *[0-9.]+%\))? */, "", line)
-            if (line !~ /\[/) next
-            sub(/ *\[[^]]*\]$/, "", line)
-            if (line ~ /PROGRAM TOTALS|clone\.S|pthread_create|thread_start|call_once|__rust_begin_short_backtrace|tokio::runtime::|on_upgrade|PollFn/) next
-            sub(/\/root\/\.cargo\/registry\/src\/[^\/]*\//, "", line)
-            printf "%10.0f  %s\n", ir / n, substr(line, 1, 150); if (++k >= top) exit
-        }'
+top_functions "$F2" "$N2" "$TOP"
+
+[[ $PEER == 1 ]] || exit 0
+SIPP=$(command -v sipp || true)
+[[ -n $SIPP ]] || die "sipp is not installed (apt-get install sip-tester)"
+# sipp_302 PORT DIR N: N INVITEs answered 302 (with the registered Contact), each ACKed.
+sipp_302() {
+    mkdir -p "$2"
+    (cd "$2" && timeout $(($3 / CG_RATE * 3 + 60)) "$SIPP" "127.0.0.1:$1" -sf "$BENCH_DIR/sipp/invite_302.xml" -s 3001 \
+        -i 127.0.0.1 -p "$("$BENCH" free-port --udp)" -r "$CG_RATE" -m "$3" -nostdin -recv_timeout 10000 \
+        -trace_stat -stf stat.csv >out.txt 2>&1) || true
+    sipp_all_ok "$2" "$3"
+}
+# The callee's registration, retried until Kamailio (slow to start under valgrind) answers;
+# then the same warm-up as ours.
+kam_setup() {
+    local i
+    for i in $(seq 60); do
+        (cd "$2" && timeout 10 "$SIPP" "127.0.0.1:$1" -sf "$BENCH_DIR/sipp/register.xml" -s 3001 -i 127.0.0.1 \
+            -p "$("$BENCH" free-port --udp)" -m 1 -nostdin -timeout 3s -timeout_error >/dev/null 2>&1) && break
+        sleep 0.5
+    done
+    sipp_302 "$1" "$2/warm-up" 100
+}
+kam_load() { sipp_302 "$1" "$2/load" "$3"; }
+kam=$(KAM_MEM="-m 64 -M 8" kamailio_ir_per_job "$BENCH_DIR/kamailio/redirect.cfg" "$TMP/kam" "$N1" "$N2" kam_setup kam_load)
+echo
+echo "kamailio_ir_per_302=$kam"
+awk -v a="$per" -v b="$kam" 'BEGIN { printf "ratio=%.2f (Trunkline ÷ Kamailio, instructions per decision / per 302)\n", a / b }'

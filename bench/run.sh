@@ -24,7 +24,8 @@
 # CLUSTER_RATE (2000/s at most; half the cluster's saturation if lower), CLUSTER_RATE_SECS (5),
 # F4_CALLS (300), F4_CONCURRENCY (4).
 # NAT lab phase (root): NATLAB_CALLS (20 calls per scenario: F1 cone→cone, sym→sym, UDP-blocked).
-# Gateway phase: GW_PARTS="register calls setup media mediacpu mediawebrtc" (a subset), REG_SECS (6), REG_WARMUP (2),
+# Gateway phase: GW_PARTS="register calls setup media mediacpu mediawebrtc" (a subset), GATEWAY_BIN (another
+# gateway binary, e.g. one kept from before a change), REG_SECS (6), REG_WARMUP (2),
 # REG_SIPPS (2 sipp instances), REG_IN_FLIGHT ("50 200 400" per instance: one run each, the best
 # counts), REG_RATE (2000/s), REG_RATE_SECS (5), CALL_RATE (500/s), CALL_RATE_SECS (10),
 # CALL_HOLD_MS (100), CALL_SECS (6), CALL_SIPPS (2), CALL_IN_FLIGHT ("100 300 500" per instance),
@@ -170,7 +171,8 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
         -p trunkline-bench) >&2
 fi
 SERVER=$TARGET_DIR/release/signal-server
-GATEWAY=$TARGET_DIR/release/switch-gateway
+# GATEWAY_BIN: another gateway binary (e.g. one kept from before a change), for before/after runs.
+GATEWAY=${GATEWAY_BIN:-$TARGET_DIR/release/switch-gateway}
 BENCH=$TARGET_DIR/release/trunkline-bench
 [[ -x $SERVER && -x $BENCH ]] || die "missing $SERVER or $BENCH"
 [[ -x $GATEWAY ]] || ! wants gateway || die "missing $GATEWAY"

@@ -86,10 +86,11 @@ impl Core {
             });
         }
 
-        let in_dialog = req.to().ok().and_then(|t| t.tag().map(str::to_string)).is_some();
+        // Parsed only where it decides (a REGISTER never needs it).
+        let in_dialog = |req: &Request| req.to().is_ok_and(|t| t.tag().is_some());
         match req.method {
             Method::Register => self.on_register(now, &key, src, transport, &req),
-            Method::Invite if !in_dialog => self.on_invite(now, &key, src, transport, req),
+            Method::Invite if !in_dialog(&req) => self.on_invite(now, &key, src, transport, req),
             Method::Cancel => {
                 let invite_key = ServerKey { method: "INVITE".into(), ..key.clone() };
                 if self.server_txs.get(&invite_key).and_then(|t| t.call).is_none() {
@@ -99,11 +100,11 @@ impl Core {
                     self.on_cancel(now, &key, &req);
                 }
             }
-            Method::Options if !in_dialog => self.reply_unauthenticated(now, src, transport, &req, 200, "OK", |r| {
+            Method::Options if !in_dialog(&req) => self.reply_unauthenticated(now, src, transport, &req, 200, "OK", |r| {
                 r.headers.push("Allow", ALLOW);
                 r.headers.push("Accept", "application/sdp");
             }),
-            _ if in_dialog => {
+            _ if in_dialog(&req) => {
                 let cid = req.call_id().unwrap_or("");
                 if !self.by_a.contains_key(cid) && !self.by_b.contains_key(cid) {
                     return self.reply_unauthenticated(now, src, transport, &req, 481, "Call/Transaction Does Not Exist", |_| {});
