@@ -24,7 +24,8 @@
 # CLUSTER_RATE (2000/s at most; half the cluster's saturation if lower), CLUSTER_RATE_SECS (5),
 # F4_CALLS (300), F4_CONCURRENCY (4).
 # NAT lab phase (root): NATLAB_CALLS (20 calls per scenario: F1 cone→cone, sym→sym, UDP-blocked).
-# Gateway phase: GW_PARTS="register calls setup media mediacpu mediawebrtc" (a subset), GATEWAY_BIN (another
+# Gateway phase: GW_PARTS="register calls setup mediacpu mediawebrtc" (a subset; add "media" for the old
+# p99-delay ramp), GATEWAY_BIN (another
 # gateway binary, e.g. one kept from before a change), REG_SECS (6), REG_WARMUP (2),
 # REG_SIPPS (2 sipp instances), REG_IN_FLIGHT ("50 200 400" per instance: one run each, the best
 # counts), REG_RATE (2000/s), REG_RATE_SECS (5), CALL_RATE (500/s), CALL_RATE_SECS (10),
@@ -71,7 +72,7 @@ CLUSTER_RATE_SECS=${CLUSTER_RATE_SECS:-5}
 F4_CALLS=${F4_CALLS:-300}
 F4_CONCURRENCY=${F4_CONCURRENCY:-4}
 NATLAB_CALLS=${NATLAB_CALLS:-20}
-GW_PARTS=${GW_PARTS:-register calls setup media mediacpu mediawebrtc}
+GW_PARTS=${GW_PARTS:-register calls setup mediacpu mediawebrtc}
 REG_SECS=${REG_SECS:-6}
 REG_WARMUP=${REG_WARMUP:-2}
 REG_SIPPS=${REG_SIPPS:-2}
@@ -559,6 +560,10 @@ ring_timeout_secs = 30
 # Thousands of registrations a second from one address: the SIP guard's limits would stop them.
 [sip_guard]
 enabled = false
+# A call keeps two server transactions for 32 s after it is answered and hung up (its INVITE's
+# Accepted state, its BYE's Completed state: RFC 6026 / 3261 timers L and J), so the default
+# cap of 10,000 holds ~156 calls/s; the saturation and media ramps place thousands.
+max_server_transactions = 1000000
 EOT
         RUST_LOG=warn "$GATEWAY" run --config "$GW/$id.toml" >"$GW/$id.log" 2>&1 &
         GW_PID=$!
