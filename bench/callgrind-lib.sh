@@ -44,6 +44,34 @@ top_functions() {
             }'
 }
 
+# measure_jobs PID OUT WARM-UP WHAT: the process PID under callgrind (dumps OUT.*): WARM-UP jobs,
+# counters zeroed, N1 jobs, a dump, N2 jobs, a dump, each through the caller's `load N`. Start
+# and sign-in cost the same in both runs, so (Ir(N2) − Ir(N1)) / (N2 − N1) is one job. Prints
+# it (ir_per_WHAT) and the top functions of the second run (TOP); sets PER to it.
+measure_jobs() {
+    local pid=$1 out=$2 warm=$3 what=$4 ir1 ir2 f2
+    log "warm-up"
+    load "$warm"
+    callgrind_control -z "$pid" >/dev/null
+    log "run 1: $N1 ${what}s"
+    load "$N1"
+    callgrind_control -d "run1" "$pid" >/dev/null
+    ir1=$(last_ir "$out")
+    log "run 2: $N2 ${what}s"
+    load "$N2"
+    callgrind_control -d "run2" "$pid" >/dev/null
+    f2=$(ls -t "$out".* | head -n1)
+    ir2=$(last_ir "$out")
+    stop_pid "$pid"
+    PER=$(awk -v a="$ir1" -v b="$ir2" -v n1="$N1" -v n2="$N2" 'BEGIN { printf "%.0f", (b - a) / (n2 - n1) }')
+    echo "ir_run1=$ir1 ${what}s_run1=$N1"
+    echo "ir_run2=$ir2 ${what}s_run2=$N2"
+    echo "ir_per_${what}=$PER"
+    echo
+    echo "Top $TOP functions, inclusive, run 2 (Ir per $what = Ir / $N2; thread and runtime frames left out):"
+    top_functions "$f2" "$N2" "$TOP"
+}
+
 # ---- Kamailio under callgrind
 #
 # Kamailio forks its workers, so the counters cannot be zeroed on one process as ours are.

@@ -99,27 +99,8 @@ load() {
     [[ $got -ge $n ]] || log "warning: $got outcomes of $n planned; see $TMP/load-$n.kv"
 }
 
-log "warm-up"
-load 100
-callgrind_control -z "$CG_PID" >/dev/null
-log "run 1: $N1 decisions"
-load "$N1"
-callgrind_control -d "run1" "$CG_PID" >/dev/null
-IR1=$(last_ir "$OUT")
-log "run 2: $N2 decisions"
-load "$N2"
-callgrind_control -d "run2" "$CG_PID" >/dev/null
-F2=$(ls -t "$OUT".* | head -n1)
-IR2=$(last_ir "$OUT")
-stop_pid "$CG_PID"
-
-per=$(awk -v a="$IR1" -v b="$IR2" -v n1="$N1" -v n2="$N2" 'BEGIN { printf "%.0f", (b - a) / (n2 - n1) }')
-echo "ir_run1=$IR1 decisions_run1=$N1"
-echo "ir_run2=$IR2 decisions_run2=$N2"
-echo "ir_per_decision=$per"
-echo
-echo "Top $TOP functions, inclusive, run 2 (Ir per decision = Ir / $N2; thread and runtime frames left out):"
-top_functions "$F2" "$N2" "$TOP"
+measure_jobs "$CG_PID" "$OUT" 100 decision
+per=$PER
 
 [[ $PEER == 1 ]] || exit 0
 SIPP=$(command -v sipp || true)
