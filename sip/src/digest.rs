@@ -103,6 +103,11 @@ impl NonceSource {
         NonceSource { mac, counter: AtomicU64::new(0) }
     }
 
+    /// HMAC-SHA256 of `msg` under the secret (a copy of the keyed state, so no re-keying).
+    fn mac_of(&self, msg: &[u8]) -> [u8; 32] {
+        self.mac.clone().chain_update(msg).finalize().into_bytes().into()
+    }
+
     /// A fresh nonce: 64 hex chars = issue time (8 bytes), counter (8), MAC (16).
     pub fn issue(&self, now_unix_secs: u64) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -257,18 +262,17 @@ impl std::fmt::Debug for NonceSource {
     }
 }
 
-impl NonceSource {
-    fn mac_of(&self, msg: &[u8]) -> [u8; 32] {
-        self.mac.clone().chain_update(msg).finalize().into_bytes().into()
-    }
-}
-
 /// Compares without an early exit, so timing reveals at most the length.
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    ct_eq_by(a, b, |y| y)
+}
+
+/// Byte-wise comparison of `a` with `b` mapped by `map`, without an early exit.
+fn ct_eq_by(a: &[u8], b: &[u8], map: impl Fn(u8) -> u8) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ map(*y))) == 0
 }
 
 /// WWW-Authenticate (or Proxy-Authenticate) header value offering qop=auth.
@@ -406,10 +410,7 @@ pub fn verify(creds: &Credentials, method: &str, ha1_hex: &str) -> bool {
 
 /// [`ct_eq`] of `lower` with `any` lowercased, without a lowercased copy.
 fn ct_eq_lowercase(lower: &[u8], any: &[u8]) -> bool {
-    if lower.len() != any.len() {
-        return false;
-    }
-    lower.iter().zip(any).fold(0u8, |acc, (x, y)| acc | (x ^ y.to_ascii_lowercase())) == 0
+    ct_eq_by(lower, any, |y| y.to_ascii_lowercase())
 }
 
 #[cfg(test)]
