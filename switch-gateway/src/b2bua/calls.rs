@@ -509,7 +509,7 @@ impl Core {
         if let Some(cid) = report {
             self.end_report(now, id, cid, outcome, None);
         }
-        self.finish(id);
+        self.finish(now, id);
     }
 
     /// BYE: `bye_a` / `bye_b` say which sides we must still hang up.
@@ -561,10 +561,10 @@ impl Core {
         if let Some(cid) = report {
             self.end_report(now, id, cid, Outcome::Connected, duration_ms);
         }
-        self.finish(id);
+        self.finish(now, id);
     }
 
-    pub(super) fn finish(&mut self, id: u64) {
+    pub(super) fn finish(&mut self, now: Instant, id: u64) {
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.deadline = None;
         if let Some(m) = call.media.take() {
@@ -593,6 +593,8 @@ impl Core {
             if let Some(mut tx) = self.server_txs.get_mut(&a.tx) {
                 tx.stop_2xx();
             }
+            let key = a.tx.clone();
+            self.retire_tx(now, &key);
         }
         let conns: Vec<u64> = match &call.a {
             CallerSide::Direct(d) => vec![d.conn],

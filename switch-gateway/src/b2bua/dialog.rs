@@ -11,8 +11,12 @@ impl Core {
             call.state = CallState::Connected;
             call.connected_at.get_or_insert(now);
             tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "call connected");
-            if let Some(mut tx) = call.a.sip().and_then(|a| self.server_txs.get_mut(&a.tx)) {
-                tx.stop_2xx();
+            if let Some(a) = call.a.sip() {
+                let key = a.tx.clone();
+                if let Some(mut tx) = self.server_txs.get_mut(&key) {
+                    tx.stop_2xx();
+                }
+                self.retire_tx(now, &key);
             }
         }
     }

@@ -48,8 +48,11 @@ impl Core {
             return;
         }
         if let Some(data) = self.answered.get(now, &key) {
-            // A retransmitted REGISTER that was answered already: the same answer again.
-            self.out.push_back(Output::Sip { to: src, transport, data: data.to_vec() });
+            // A retransmission of a request answered already (a REGISTER, a retired
+            // transaction's): the same answer again; nothing for an ACKed INVITE's.
+            if !data.is_empty() {
+                self.out.push_back(Output::Sip { to: src, transport, data: data.to_vec() });
+            }
             return;
         }
 
@@ -202,6 +205,33 @@ impl Core {
         let data = r.to_bytes();
         self.out.push_back(Output::Sip { to: tx.to, transport: tx.transport, data: data.clone() });
         tx.on_send(now, r.status, data);
+        let done = tx.lingers_only();
+        drop(tx);
+        if done {
+            self.retire_tx(now, key);
+        }
+    }
+
+    /// Take a server transaction that now only lingers for retransmissions (a non-INVITE's
+    /// final answer sent; an INVITE's 2xx ACKed or its call over) out of the table that
+    /// `max_server_transactions` caps, into the bounded [`Answered`] table: otherwise every
+    /// ended call held two entries for 64·T1 (its INVITE by timer L, its BYE by timer J) and
+    /// the cap throttled a busy site's call rate, not just a flood.
+    pub(super) fn retire_tx(&mut self, now: Instant, key: &ServerKey) {
+        let Some(tx) = self.server_txs.get(key) else { return };
+        if !tx.lingers_only() {
+            return;
+        }
+        // Over TCP nothing is retransmitted; an ACKed INVITE's repeat is absorbed silently.
+        let keep = match tx.last_response() {
+            _ if !super::transaction::unreliable(tx.transport) => None,
+            Some(data) if !matches!(tx.state, super::transaction::ServerState::Invite(_)) => Some(data.to_vec()),
+            _ => Some(Vec::new()),
+        };
+        self.server_txs.remove(key);
+        if let Some(data) = keep {
+            self.answered.insert(now, key.clone(), data);
+        }
     }
 
     /// Send `r` to leg A's caller at `src`: within its INVITE transaction `key` while that
@@ -379,9 +409,11 @@ impl Core {
     }
 }
 
-/// The answers to recent REGISTERs (UDP), for their retransmissions (RFC 3261 §17.2.2 timer J's
-/// job) without a server transaction each: a registration storm (a site's phones after a power
-/// cut) must not fill the transaction table that INVITEs need, nor cost a timer per REGISTER.
+/// The answers to recent REGISTERs and retired transactions (UDP), for their retransmissions
+/// (RFC 3261 §17.2.2 timer J's job, RFC 6026 timer L's) without a server transaction each: a
+/// registration storm (a site's phones after a power cut) or a busy site's ended calls must not
+/// fill the transaction table that new INVITEs need, nor cost a timer each. An empty answer
+/// means "absorb" (a repeated INVITE whose 2xx was ACKed).
 /// Kept for timer J (64·T1) or until [`ANSWERED_MAX`] newer ones; an answer forgotten early only
 /// means a very late retransmission is handled as a new request (a fresh challenge, as its
 /// nonce-count was used).
@@ -391,7 +423,7 @@ pub(super) struct Answered {
     order: VecDeque<(Instant, ServerKey)>,
 }
 
-/// How many REGISTER answers are kept at most (~300 bytes each).
+/// How many answers are kept at most (a few hundred bytes each).
 const ANSWERED_MAX: usize = 20_000;
 
 impl Answered {

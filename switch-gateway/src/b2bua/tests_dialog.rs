@@ -513,3 +513,45 @@ fn a_seeded_core_is_deterministic_the_same_inputs_give_the_same_bytes() {
     assert!(one.iter().filter(|d| d.starts_with(b"INVITE sip:1002@")).count() == 2, "{}", one.len());
     assert_eq!(one, two);
 }
+
+#[test]
+fn an_ended_call_leaves_no_server_transaction_behind_and_its_retransmissions_still_get_answers() {
+    // Each ended call used to hold its INVITE (timer L) and its BYE (timer J) in the table
+    // `max_server_transactions` caps for 64·T1: at 10,000 a site could end at most ~156 calls/s
+    // before every new INVITE got 503.
+    let mut h = H::new();
+    assert_eq!(h.register("1002", 5070), 200);
+    let text = h.invite("1002");
+    let (a, b) = (addr(5062), addr(5070));
+    let inv = only_request(h.sent_to(b));
+    h.sip(b, &reply_text(&inv, 200, "OK", "callee", Some(SDP_B)));
+    let ok = h.responses_to(a).pop().expect("our 200 to the caller");
+    assert_eq!(ok.status, 200);
+    h.out.clear();
+    assert_eq!(h.core.server_transactions(), 1, "our 200 repeats until the ACK");
+    let tag = ok.to().unwrap().tag().unwrap().to_string();
+    h.sip(a, &format!("ACK sip:hq@{GW} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bKack\nFrom: <sip:1001@{GW}>;tag=caller\nTo: <sip:1002@{GW}>;tag={tag}\nCall-ID: call-1@x\nCSeq: 2 ACK\nContent-Length: 0\n\n"));
+    assert_eq!(h.core.server_transactions(), 0, "the ACKed INVITE only lingers: not counted");
+    let bye = from_a(&ok, "BYE", 3, "bye1", None);
+    h.sip(a, &bye);
+    let bye_b = only_request(h.sent_to(b));
+    assert_eq!(bye_b.method, Method::Bye);
+    h.sip(b, &reply_text(&bye_b, 200, "OK", "callee", None));
+    let first = h.responses_to(a);
+    assert_eq!(first.iter().map(|r| r.status).collect::<Vec<_>>(), vec![200]);
+    assert_eq!(h.core.active_calls(), 0);
+    assert_eq!(h.core.server_transactions(), 0, "the answered BYE only lingers: not counted");
+    // A retransmitted BYE still gets the very same 200 (timer J's job) ...
+    h.advance(T1);
+    h.sip(a, &bye);
+    let again = h.responses_to(a);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].to_bytes(), first[0].to_bytes());
+    assert!(h.sent_to(b).is_empty(), "the callee is not hung up twice");
+    // ... and a late copy of the ACKed INVITE is absorbed (timer L's job): no answer, no call.
+    h.sip(a, &text);
+    assert!(h.responses_to(a).is_empty());
+    assert!(h.sent_to(b).is_empty());
+    assert!(h.cloud_msgs().is_empty());
+    assert_eq!(h.core.active_calls(), 0);
+}

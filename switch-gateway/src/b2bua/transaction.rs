@@ -98,7 +98,7 @@ impl TimerTable {
     }
 }
 
-fn unreliable(transport: Transport) -> bool {
+pub(super) fn unreliable(transport: Transport) -> bool {
     transport == Transport::Udp
 }
 
@@ -229,6 +229,18 @@ impl ServerTx {
 
     pub(super) fn next_timeout(&self) -> Option<Instant> {
         self.timers.next_timeout()
+    }
+
+    /// Only absorbing retransmissions from now on: a non-INVITE answered finally, or an
+    /// INVITE whose 2xx is no longer repeated (ACKed, or its call is over).
+    pub(super) fn lingers_only(&self) -> bool {
+        match self.state {
+            ServerState::NonInvite(ServerNonInviteState::Completed) => true,
+            ServerState::Invite(ServerInviteState::Accepted) => {
+                self.timers.get(Timer::G).is_none() && self.timers.get(Timer::H).is_none()
+            }
+            _ => false,
+        }
     }
 
     pub(super) fn is_terminated(&self) -> bool {
