@@ -244,13 +244,18 @@ pub async fn run(
 
     let cluster_state = clustered.then(|| Arc::new(ClusterState::new(config.cluster.clone())));
     let (bus_tx, bus_rx) = mpsc::unbounded_channel::<BusCmd>();
-    let connect_store = || async {
-        crate::cluster::store::ClusterStore::connect(&config.database_url, config.database.statement_timeout_ms)
-            .await
-            .map_err(|e| ServerError::Cluster(e.to_string()))
-    };
     let (cluster_store, lease_store) = match clustered {
-        true => (Some(connect_store().await?), Some(connect_store().await?)),
+        true => {
+            use crate::cluster::store::ClusterStore;
+            let (url, timeout) = (&config.database_url, config.database.statement_timeout_ms);
+            let cluster_err = |e: crate::cluster::store::StoreError| ServerError::Cluster(e.to_string());
+            // Attempts and presence: busy, retried. Leases: pinged (a dead connection must not
+            // cost a renewal).
+            (
+                Some(ClusterStore::connect_unpinged(url, timeout).await.map_err(cluster_err)?),
+                Some(ClusterStore::connect(url, timeout).await.map_err(cluster_err)?),
+            )
+        }
         false => (None, None),
     };
     let nats = match &cluster_state {
@@ -1349,30 +1354,59 @@ fn drain(
 ) {
     if bus.is_none() {
         // One server: straight through, nothing collected (this runs for every message).
-        let none = std::collections::HashSet::new();
         while let Some(out) = engine.poll_output() {
-            drain_one(engine, outboxes, store, wake, None, &none, out);
+            drain_one(engine, outboxes, store, wake, None, out);
         }
         return;
     }
     // Cluster mode, in batches: an attempt that ends in the same batch (an instant reject)
-    // needs no row.
-    let mut outs = Vec::new();
+    // needs no row, and one that changes state several times gets one row, its last.
+    let mut outs: Vec<Option<Output>> = Vec::new();
     loop {
-        outs.extend(std::iter::from_fn(|| engine.poll_output()));
+        outs.extend(std::iter::from_fn(|| engine.poll_output().map(Some)));
         if outs.is_empty() {
             return;
         }
-        let ended: std::collections::HashSet<CallId> = outs
-            .iter()
-            .filter_map(|o| match o {
-                Output::Record(r) => Some(r.call_id.clone()),
-                _ => None,
-            })
-            .collect();
-        for out in outs.drain(..) {
-            drain_one(engine, outboxes, store, wake, bus, &ended, out);
+        let mut ended = std::collections::HashSet::new();
+        // Per call: the index of its first and last row in the batch, and whether it is new.
+        let mut rows: HashMap<&str, (usize, usize, bool)> = HashMap::new();
+        for (i, o) in outs.iter().enumerate() {
+            match o {
+                Some(Output::Record(r)) => {
+                    ended.insert(r.call_id.clone());
+                }
+                Some(Output::Attempt { row, new }) => {
+                    let e = rows.entry(row.call_id.as_str()).or_insert((i, i, false));
+                    e.1 = i;
+                    e.2 |= *new;
+                }
+                _ => {}
+            }
         }
+        let rows: HashMap<usize, (usize, bool)> = rows.into_values().map(|(first, last, new)| (first, (last, new))).collect();
+        for i in 0..outs.len() {
+            let Some(out) = outs[i].take() else { continue };
+            let Output::Attempt { .. } = out else {
+                drain_one(engine, outboxes, store, wake, bus, out);
+                continue;
+            };
+            // At the call's first row in the batch (so the bus opens it before anything that
+            // follows about it), its last state.
+            let Some(&(last, new)) = rows.get(&i) else { continue };
+            let Some(Output::Attempt { row, .. }) = (if last == i { Some(out) } else { outs[last].take() }) else { continue };
+            if ended.contains(&row.call_id) {
+                continue;
+            }
+            if new {
+                // Subscribed to and written ahead by the bus task, in order.
+                if let Some(bus) = bus {
+                    let _ = bus.send(BusCmd::Open(row));
+                }
+            } else {
+                let _ = store.send(StoreCmd::Attempt { row, released: false });
+            }
+        }
+        outs.clear();
     }
 }
 
@@ -1382,7 +1416,6 @@ fn drain_one(
     store: &mpsc::UnboundedSender<StoreCmd>,
     wake: Option<&mpsc::UnboundedSender<WakeCmd>>,
     bus: Option<&mpsc::UnboundedSender<BusCmd>>,
-    ended: &std::collections::HashSet<CallId>,
     out: Output,
 ) {
     match out {
@@ -1425,14 +1458,8 @@ fn drain_one(
             }
             None => engine.handle_unowned(Instant::now(), conn, msg),
         },
-        Output::Attempt(row) => {
-            if let Some(bus) = bus
-                && !ended.contains(&row.call_id)
-            {
-                let _ = bus.send(BusCmd::Open(row.clone()));
-            }
-            let _ = store.send(StoreCmd::Attempt { row, released: false });
-        }
+        // Only in cluster mode, where `drain` handles them.
+        Output::Attempt { .. } => {}
         Output::Released(row) => {
             if let Some(bus) = bus {
                 let _ = bus.send(BusCmd::Unsubscribe(row.call_id.clone()));
@@ -1525,10 +1552,11 @@ async fn store_loop(
         }
         // Let a burst gather for a moment: one transaction for many records costs far less
         // than one each (every commit writes and checksums each page it touched, in the table
-        // and its four indexes). Records are written after the outcome is sent anyway. Not in
-        // cluster mode: attempt rows go through here too, and other replicas read them.
+        // and its four indexes). Records are written after the outcome is sent anyway. In
+        // cluster mode too: a new attempt's row is written ahead by the bus task, not here;
+        // what waits here is its record, the deletion of its row and its later states.
         let gather_until = tokio::time::Instant::now() + STORE_GATHER;
-        while cluster.is_none() && batch.len() < 512 {
+        while batch.len() < 512 {
             let room = 512 - batch.len();
             match tokio::time::timeout_at(gather_until, rx.recv_many(&mut batch, room)).await {
                 Ok(n) if n > 0 => {}

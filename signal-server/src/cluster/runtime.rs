@@ -352,7 +352,7 @@ async fn bus_loop(
     // Aborted when removed, and all at once if this task is aborted (a detached subscription
     // task would keep the hub, and so the server's stores, alive after shutdown).
     let mut subs: HashMap<CallId, AbortOnDrop> = HashMap::new();
-    let mut forwarders: HashMap<(ConnId, CallId), mpsc::UnboundedSender<(Party, ClientMsg)>> = HashMap::new();
+    let queues: ForwardQueues = Default::default();
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
         // New attempts first, one write for the batch: doing that earlier than commands queued
@@ -374,7 +374,11 @@ async fn bus_loop(
                 subscribe_call(&client, &state, &hub, &mut subs, row.call_id.clone()).await;
             }
             let (node, inc) = (state.node().to_string(), state.incarnation());
-            if let Err(e) = store.open_attempts(&node, &inc, &new).await {
+            let written = store.retry(|s| {
+                let (node, inc, new) = (&node, &inc, &new);
+                async move { s.open_attempts(node, inc, new).await }
+            });
+            if let Err(e) = written.await {
                 tracing::warn!(error = %e, count = new.len(), "could not write new attempt rows ahead");
             }
         }
@@ -406,27 +410,33 @@ async fn bus_loop(
                     // One queue per connection and call: a party's messages about one call reach
                     // the owner in the order it sent them (a switch's `connected` before its
                     // `ended`), while other calls do not wait behind them.
+                    // A queue lives only while it has messages (it takes itself out of
+                    // `queues` under the lock this send holds, so none is lost in between).
                     let key = (conn, msg.call_id().unwrap_or_default().to_string());
+                    let mut open = queues.lock().unwrap_or_else(|e| e.into_inner());
                     let mut item = Some((from, msg));
-                    if let Some(tx) = forwarders.get(&key)
+                    if let Some(tx) = open.get(&key)
                         && let Err(mpsc::error::SendError(back)) = tx.send(item.take().expect("set above"))
                     {
+                        // Its task is gone (aborted): start another.
                         item = Some(back);
                     }
                     if let Some(item) = item {
                         let (tx, rx) = mpsc::unbounded_channel();
                         let _ = tx.send(item);
-                        forwarders.insert(key, tx);
+                        open.insert(key.clone(), tx);
+                        drop(open);
                         let ctx = (client.clone(), state.clone(), store.clone(), hub.clone());
-                        tokio::spawn(forward_queue(ctx, conn, rx));
-                    }
-                    if forwarders.len() > 1024 {
-                        forwarders.retain(|_, tx| !tx.is_closed());
+                        tokio::spawn(forward_queue(ctx, queues.clone(), key, rx));
                     }
                 }
                 BusCmd::PresencePut { party, calls } => {
                     let (node, inc) = (state.node().to_string(), state.incarnation());
-                    match store.presence_put(&party_str(&party), &node, &inc, calls.as_deref()).await {
+                    let put = store.retry(|s| {
+                        let (p, node, inc, calls) = (party_str(&party), &node, &inc, calls.as_deref());
+                        async move { s.presence_put(&p, node, inc, calls).await }
+                    });
+                    match put.await {
                         Ok(row) => {
                             hub.presence_local_rev(&party, row.rev);
                             announce(&client, &state, &row).await;
@@ -437,7 +447,11 @@ async fn bus_loop(
                 BusCmd::PresenceDelete(party) => {
                     let (node, inc) = (state.node().to_string(), state.incarnation());
                     // Only our own row: a newer sign-in elsewhere names another replica.
-                    match store.presence_delete(&party_str(&party), &node, &inc).await {
+                    let deleted = store.retry(|s| {
+                        let (p, node, inc) = (party_str(&party), &node, &inc);
+                        async move { s.presence_delete(&p, node, inc).await }
+                    });
+                    match deleted.await {
                         Ok(Some(row)) => announce(&client, &state, &row).await,
                         Ok(None) => {}
                         Err(e) => tracing::warn!(error = %e, party = %party_str(&party), "presence not cleared"),
@@ -508,30 +522,37 @@ fn parse_forward(payload: &[u8]) -> Option<(Party, ClientMsg)> {
 }
 
 type ForwardCtx = (async_nats::Client, Arc<ClusterState>, ClusterStore, Arc<dyn HubOps>);
+type ForwardKey = (ConnId, CallId);
+/// The forward queues with messages, by connection and call.
+type ForwardQueues = Arc<std::sync::Mutex<HashMap<ForwardKey, mpsc::UnboundedSender<(Party, ClientMsg)>>>>;
 
-/// Forward one connection's messages about one call, in order; ends when idle.
-async fn forward_queue(ctx: ForwardCtx, conn: ConnId, mut rx: mpsc::UnboundedReceiver<(Party, ClientMsg)>) {
+/// Forward one connection's messages about one call, in order; ends when none is left. (A
+/// queue that idled for a while instead kept thousands of tasks and timers alive at a few
+/// thousand calls a second, and a sweep over them for each message.)
+async fn forward_queue(
+    ctx: ForwardCtx,
+    queues: ForwardQueues,
+    key: ForwardKey,
+    mut rx: mpsc::UnboundedReceiver<(Party, ClientMsg)>,
+) {
     let (client, state, store, hub) = ctx;
     loop {
-        let next = match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-            Ok(Some(m)) => Some(m),
-            Ok(None) => None,
+        let (from, msg) = match rx.try_recv() {
+            Ok(m) => m,
             Err(_) => {
-                // Idle: refuse new messages (the bus task starts a new queue), then finish
-                // what was queued in the meantime.
-                rx.close();
-                None
+                // Empty: leave `queues` under its lock, so the bus task either sent before
+                // (and it is received here) or starts a new queue after.
+                let mut open = queues.lock().unwrap_or_else(|e| e.into_inner());
+                match rx.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => {
+                        open.remove(&key);
+                        return;
+                    }
+                }
             }
         };
-        match next {
-            Some((from, msg)) => forward(client.clone(), state.clone(), store.clone(), hub.clone(), conn, from, msg).await,
-            None => {
-                while let Ok((from, msg)) = rx.try_recv() {
-                    forward(client.clone(), state.clone(), store.clone(), hub.clone(), conn, from, msg).await;
-                }
-                return;
-            }
-        }
+        forward(client.clone(), state.clone(), store.clone(), hub.clone(), key.0, from, msg).await;
     }
 }
 

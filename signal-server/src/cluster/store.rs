@@ -53,6 +53,40 @@ impl ClusterStore {
         Ok(ClusterStore { pool })
     }
 
+    /// As [`ClusterStore::connect`], for the attempt and presence writes of every call: a
+    /// connection is not pinged before each use (a round trip to PostgreSQL per statement, on
+    /// the path of every new attempt). A connection that died since (PostgreSQL restarted)
+    /// fails its statement and is dropped; the callers try again ([`ClusterStore::retry`]).
+    pub async fn connect_unpinged(url: &str, statement_timeout_ms: u64) -> Result<ClusterStore, StoreError> {
+        use std::str::FromStr;
+        let timeout = format!("{statement_timeout_ms}ms");
+        let opts =
+            PgConnectOptions::from_str(url)?.options([("statement_timeout", timeout.as_str()), ("synchronous_commit", "off")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(2))
+            .test_before_acquire(false)
+            .connect_lazy_with(opts);
+        Ok(ClusterStore { pool })
+    }
+
+    /// Run `op` up to three times: an unpinged pool hands out a connection that died (with
+    /// PostgreSQL's restart) once, and the pool then replaces it.
+    pub async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(ClusterStore) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut last = None;
+        for _ in 0..3 {
+            match op(self.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("tried at least once"))
+    }
+
     /// Take the node's lease with a new incarnation. Refused if another live process holds
     /// the same node_id (`previous`: our own earlier incarnation, which we may replace).
     pub async fn join(

@@ -85,8 +85,9 @@ pub enum Output {
     Forward { conn: ConnId, from: Party, msg: ClientMsg },
     /// Cluster mode: the attempt's state after a change, for the write-ahead attempt row that
     /// lets another replica finish the attempt if this one dies. The `Record` that ends the
-    /// attempt replaces the row.
-    Attempt(AttemptRow),
+    /// attempt replaces the row. `new`: the attempt's first row (written ahead, before any
+    /// party on another replica hears of it); later ones are state changes.
+    Attempt { row: AttemptRow, new: bool },
     /// Cluster mode, at shutdown: a connected call carried by a switch is handed over, not
     /// ended: the media runs on, and the switch's end report (to any replica) makes its record.
     Released(AttemptRow),
@@ -723,7 +724,7 @@ impl Engine {
             let until = c.connected_at.unwrap_or(now) + self.cfg.max_call_duration();
             self.set_state_deadline(&call_id, CallState::Connected, until.max(now));
         } else if let Some(row) = self.attempt_row(&call_id) {
-            self.outputs.push_back(Output::Attempt(row));
+            self.outputs.push_back(Output::Attempt { row, new: false });
         }
     }
 
@@ -1345,7 +1346,7 @@ impl Engine {
         if self.cluster
             && let Some(row) = self.attempt_row(call_id)
         {
-            self.outputs.push_back(Output::Attempt(row));
+            self.outputs.push_back(Output::Attempt { row, new: true });
         }
     }
 
@@ -1722,7 +1723,7 @@ impl Engine {
         if self.cluster
             && let Some(row) = self.attempt_row(call_id)
         {
-            self.outputs.push_back(Output::Attempt(row));
+            self.outputs.push_back(Output::Attempt { row, new: false });
         }
     }
 }

@@ -250,7 +250,7 @@ impl Cluster {
                     None => self.r[i].e.handle_unowned(self.now, conn, msg),
                 }
             }
-            Output::Attempt(row) => self.r[i].attempts.push(row),
+            Output::Attempt { row, .. } => self.r[i].attempts.push(row),
             Output::Released(row) => self.r[i].released.push(row),
             Output::Record(rec) => self.r[i].records.push(rec),
             Output::WakeUp { call_id, number, .. } => self.r[i].wakeups.push((call_id, number)),
