@@ -23,6 +23,9 @@
 # CLUSTER_WINDOW (64), CLUSTER_SAT_WARMUP (1), CLUSTER_SAT_SECS (3), CLUSTER_SAT_RUNS (2),
 # CLUSTER_RATE (2000/s at most; half the cluster's saturation if lower), CLUSTER_RATE_SECS (5),
 # F4_CALLS (300), F4_CONCURRENCY (4).
+# Kamailio phase: RATE and RATE_SECS (its fixed-rate 302s, as ours), then 302s at saturation:
+# KAM_SAT_SIPPS (2 sipp instances; 0 skips it), KAM_SAT_IN_FLIGHT ("50 200 400" INVITEs in flight
+# per instance: one run each, the best with ≤ 1 % failed counts), KAM_SAT_SECS (5 after REG_WARMUP).
 # NAT lab phase (root): NATLAB_CALLS (20 calls per scenario: F1 cone→cone, sym→sym, UDP-blocked).
 # Gateway phase: GW_PARTS="register calls setup mediacpu mediawebrtc" (a subset; add "media" for the old
 # p99-delay ramp), GATEWAY_BIN (another
@@ -73,6 +76,10 @@ F4_CALLS=${F4_CALLS:-300}
 F4_CONCURRENCY=${F4_CONCURRENCY:-4}
 NATLAB_CALLS=${NATLAB_CALLS:-20}
 GW_PARTS=${GW_PARTS:-register calls setup mediacpu mediawebrtc}
+# Kamailio's 302s at saturation (closed loop, as the REGISTER and F7 saturation rows).
+KAM_SAT_SIPPS=${KAM_SAT_SIPPS:-2}
+KAM_SAT_IN_FLIGHT=${KAM_SAT_IN_FLIGHT:-50 200 400}
+KAM_SAT_SECS=${KAM_SAT_SECS:-5}
 REG_SECS=${REG_SECS:-6}
 REG_WARMUP=${REG_WARMUP:-2}
 REG_SIPPS=${REG_SIPPS:-2}
@@ -237,6 +244,18 @@ run_kamailio() {
         echo "retransmissions=$(csv_col "$dir/sipp_stat.csv" 'Retransmissions(C)')"
         echo "sipp_exit=$rc"
     } >"$TMP/kamailio.kv"
+    # At saturation: KAM_SAT_SIPPS sipps, each keeping L INVITEs in flight, for each L of
+    # KAM_SAT_IN_FLIGHT (the best level with ≤ 1 % failed counts), as the gateway phase measures
+    # the registrar's and F7's saturation (sat_run and saturate, with this phase's folder).
+    if (( KAM_SAT_SIPPS > 0 )); then
+        local GW=$dir GWKV=$dir/sat.kv
+        mkdir -p "$dir/sipp"
+        : >"$GWKV"
+        printf 'SEQUENTIAL\n3001\n' >"$dir/sat.csv"
+        saturate kamsat "$KAM_SAT_IN_FLIGHT" "127.0.0.1:$port" "$kpid" --children "$KAM_SAT_SIPPS" "$KAM_SAT_SECS" \
+            "$BENCH_DIR/sipp/invite_302.xml" "$dir/sat" -s 3001
+        sed 's/^kamsat_/sat_/' "$GWKV" >>"$TMP/kamailio.kv"
+    fi
     stop_pid "$kpid"
     log "Kamailio: $(tr '\n' ' ' <"$TMP/kamailio.kv")"
 }

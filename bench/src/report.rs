@@ -77,9 +77,16 @@ pub fn table(i: &Inputs) -> String {
 
     out.push_str("| measure | Trunkline | Kamailio | ratio | target |\n");
     out.push_str("|---|---:|---:|---:|---|\n");
+    let kam_sat = num(&i.kamailio, "sat_per_sec");
+    let kam_sat_note = match (i.kamailio.get("sat_in_flight"), i.kamailio.get("sat_cores")) {
+        (Some(l), Some(c)) => format!(" (Kamailio: 302s/s, {l} INVITEs in flight per sipp, {c} cores)"),
+        _ => String::new(),
+    };
     out.push_str(&format!(
-        "| steering decisions/s at saturation (B2 `route_query` answered with B5 `route`) | {} | — | — | ≥ 26,000/s |\n",
-        or_na(sat.map(|v| fmt_num(v, 0)))
+        "| steering decisions/s at saturation (B2 `route_query` answered with B5 `route`) / 302s/s{kam_sat_note} | {} | {} | {} | ratio ≥ 2 |\n",
+        or_na(sat.map(|v| fmt_num(v, 0))),
+        or_na(kam_sat.map(|v| fmt_num(v, 0))),
+        or_na(sat.zip(kam_sat).filter(|(_, k)| *k > 0.0).map(|(s, k)| format!("{:.2}", s / k))),
     ));
     out.push_str(&format!(
         "| CPU µs per decision (Trunkline) / per 302 (Kamailio), both at {rate_s} | {} | {} | {} | ratio ≤ 0.50 |\n",
