@@ -18,9 +18,17 @@
 //! `backoff_max_secs`. A counter is forgotten after `failure_window_secs` without a failure.
 //!
 //! Atomic under concurrency: [`Throttle::begin`] checks *and counts the attempt as a failure*
-//! in one directory transaction, before the password is checked; a success (or an attempt
-//! that was never checked) takes that count back. So 300 parallel guesses see the counter
-//! grow one by one, and only the budget's worth get to the password check.
+//! on the **source** and **account** counters in one directory transaction, before the
+//! password is checked; a success (or an attempt that was never checked) takes that count back.
+//! So 300 parallel guesses at one account see those counters grow one by one, and only the
+//! budget's worth get to the password check.
+//!
+//! The **address** counter is checked there but counted only when a check fails
+//! ([`Throttle::failed`]): an office behind one NAT signs in (or resumes, after a server
+//! restart) dozens of browsers at once, and counting each one in flight as a failure refused
+//! the 21st with `rate_limited` though nobody had failed. A burst of guesses at many accounts
+//! from one address can therefore pass the address budget by the checks in flight (at most
+//! `max_concurrent_hashes` + `max_queued_hashes`) once, before its failures land.
 
 use crate::config::AuthConfig;
 use crate::directory::{Directory, DirectoryError, ThrottleCounter, UnixMs};
@@ -98,8 +106,8 @@ pub struct Refused {
     pub retry_after_ms: i64,
 }
 
-/// An attempt that passed the check and was counted; settle it with [`Throttle::succeeded`]
-/// or [`Throttle::not_checked`] (a failure needs nothing more: it is already counted).
+/// An attempt that passed the check; settle it with [`Throttle::succeeded`],
+/// [`Throttle::failed`] or [`Throttle::not_checked`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attempt {
     keys: Vec<String>,
@@ -159,7 +167,9 @@ impl Throttle {
                 refused = Some(w);
                 return false;
             }
-            for counter in c.iter_mut() {
+            // Not the address counter (the last): see the module's doc.
+            let n = c.len() - 1;
+            for counter in c[..n].iter_mut() {
                 counter.failures = p.current(counter, now).saturating_add(1);
                 counter.last_failure_ms = now;
             }
@@ -175,30 +185,48 @@ impl Throttle {
     /// The password was right: take the attempt's count back, and remember the source as
     /// trusted for the account (its failures are cleared).
     pub async fn succeeded(&self, dir: &dyn Directory, attempt: Attempt, now: UnixMs) -> Result<(), DirectoryError> {
-        let single = attempt.keys.len() == 1;
+        if attempt.keys.len() == 1 {
+            // A `resume`: only the address counter, which `begin` did not count.
+            return Ok(());
+        }
+        let keys = &attempt.keys[..attempt.keys.len() - 1];
         let mut settle = |c: &mut [ThrottleCounter]| -> bool {
-            for (i, counter) in c.iter_mut().enumerate() {
-                if i == 0 && !single {
-                    counter.failures = 0;
-                    counter.last_success_ms = Some(now);
-                } else {
-                    counter.failures = counter.failures.saturating_sub(1);
-                }
+            c[0].failures = 0;
+            c[0].last_success_ms = Some(now);
+            for counter in c[1..].iter_mut() {
+                counter.failures = counter.failures.saturating_sub(1);
             }
             true
         };
-        dir.update_throttle(&attempt.keys, &mut settle).await.map(|_| ())
+        dir.update_throttle(keys, &mut settle).await.map(|_| ())
+    }
+
+    /// The password (or token) was wrong: the source and account counters already hold the
+    /// failure; count it on the address's too.
+    pub async fn failed(&self, dir: &dyn Directory, attempt: Attempt, now: UnixMs) -> Result<(), DirectoryError> {
+        let p = &self.policy;
+        let keys = &attempt.keys[attempt.keys.len() - 1..];
+        let mut count = |c: &mut [ThrottleCounter]| -> bool {
+            c[0].failures = p.current(&c[0], now).saturating_add(1);
+            c[0].last_failure_ms = now;
+            true
+        };
+        dir.update_throttle(keys, &mut count).await.map(|_| ())
     }
 
     /// The attempt was never checked (e.g. the server was too busy to hash): take its count back.
     pub async fn not_checked(&self, dir: &dyn Directory, attempt: Attempt) -> Result<(), DirectoryError> {
+        if attempt.keys.len() == 1 {
+            return Ok(());
+        }
+        let keys = &attempt.keys[..attempt.keys.len() - 1];
         let mut undo = |c: &mut [ThrottleCounter]| -> bool {
             for counter in c.iter_mut() {
                 counter.failures = counter.failures.saturating_sub(1);
             }
             true
         };
-        dir.update_throttle(&attempt.keys, &mut undo).await.map(|_| ())
+        dir.update_throttle(keys, &mut undo).await.map(|_| ())
     }
 
     /// Rows nobody needs any more: no failure within the window, no success within the
@@ -278,6 +306,51 @@ mod tests {
         t.succeeded(&dir, a, 1_000).await.unwrap();
         // Another account from an attacker address is fine (address budget 10 not used up).
         assert!(t.begin(&dir, Some("2002"), "10.0.0.1", 1_000).await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn many_sign_ins_in_flight_from_one_address_are_not_failures() {
+        // An office behind one NAT: 50 browsers sign in (or resume) at once, more than the
+        // address budget (10): every one gets to its check, and succeeds.
+        let dir = std::sync::Arc::new(SqliteDirectory::open("sqlite::memory:").await.unwrap());
+        let t = std::sync::Arc::new(Throttle::new(policy()));
+        let mut tasks = vec![];
+        for i in 0..50 {
+            let (dir, t) = (dir.clone(), t.clone());
+            tasks.push(tokio::spawn(async move {
+                let account = format!("{}", 3000 + i);
+                let a = t.begin(&*dir, Some(&account), "10.0.0.7", 1_000).await.unwrap().ok()?;
+                let r = t.begin(&*dir, None, "10.0.0.7", 1_000).await.unwrap().ok()?;
+                Some((a, r))
+            }));
+        }
+        let mut began = vec![];
+        for task in tasks {
+            began.push(task.await.unwrap().expect("no sign-in in flight is refused"));
+        }
+        for (a, r) in began {
+            t.succeeded(&*dir, a, 1_000).await.unwrap();
+            t.succeeded(&*dir, r, 1_000).await.unwrap();
+        }
+        assert!(t.begin(&*dir, Some("4000"), "10.0.0.7", 1_000).await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn failures_at_many_accounts_use_up_the_address_budget() {
+        // Password spraying: one guess at each of many accounts from one address.
+        let dir = SqliteDirectory::open("sqlite::memory:").await.unwrap();
+        let t = Throttle::new(policy());
+        for i in 0..10 {
+            let a = t.begin(&dir, Some(&format!("{}", 3000 + i)), "10.0.0.8", 1_000).await.unwrap().unwrap();
+            t.failed(&dir, a, 1_000).await.unwrap();
+        }
+        let r = t.begin(&dir, Some("3999"), "10.0.0.8", 1_000).await.unwrap().unwrap_err();
+        assert_eq!(r.limit, Limit::Address);
+        // Bad resume tokens count there too.
+        let r = t.begin(&dir, None, "10.0.0.8", 1_000).await.unwrap().unwrap_err();
+        assert_eq!(r.limit, Limit::Address);
+        // Another address is not affected.
+        assert!(t.begin(&dir, Some("3999"), "10.0.0.9", 1_000).await.unwrap().is_ok());
     }
 
     #[tokio::test]

@@ -974,7 +974,7 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 }
             };
             if !ok {
-                // Already counted by `begin`.
+                s.throttle.failed(&*s.dir, attempt, now).await.map_err(internal)?;
                 metrics::counter!("trunkline_auth_failures_total", "kind" => "login").increment(1);
                 tracing::warn!(%ip, %number, "sign-in failed: wrong number or password");
                 return Err(PE::new(ErrorCode::AuthFailed, "wrong number or password"));
@@ -1035,6 +1035,7 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 None => None,
             };
             let (Some((session_id, _)), Some(account)) = (rotated, account) else {
+                s.throttle.failed(&*s.dir, attempt, now).await.map_err(internal)?;
                 metrics::counter!("trunkline_auth_failures_total", "kind" => "resume").increment(1);
                 tracing::warn!(%ip, "session resume failed: unknown, expired or revoked token");
                 return Err(PE::new(ErrorCode::AuthFailed, "session expired or unknown; sign in again"));
@@ -1076,6 +1077,7 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 }
             };
             if !ok {
+                s.throttle.failed(&*s.dir, attempt, now).await.map_err(internal)?;
                 metrics::counter!("trunkline_auth_failures_total", "kind" => "switch").increment(1);
                 tracing::warn!(%ip, %switch_id, "switch sign-in failed: wrong id or secret");
                 return Err(PE::new(ErrorCode::AuthFailed, "wrong switch id or secret"));

@@ -129,6 +129,57 @@ async fn a_flood_of_wrong_passwords_from_one_address_gets_typed_refusals_while_t
 }
 
 #[tokio::test]
+async fn an_office_behind_one_address_signs_in_forty_browsers_at_once_and_resumes_them_all_at_once() {
+    // More sign-ins in flight from one address than its failure budget (20): none has failed,
+    // so none may be refused (each used to be counted as a failure until its check passed).
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(tmp.path());
+    cfg.limits.max_unauthenticated_per_address = 1_000;
+    let mut directory = trunkline_test_support::directory::Directory::standard();
+    for i in 0..40 {
+        let number: &'static str = Box::leak(format!("{}", 6000 + i).into_boxed_str());
+        let password: &'static str = Box::leak(format!("office-pw-{i}").into_boxed_str());
+        directory.accounts.push(trunkline_test_support::directory::Account { number, password, switch: None });
+    }
+    assert!(40 > cfg.auth.max_failures_per_address as usize);
+    trunkline_test_support::directory::provision_with(&cfg.database_url, &directory).await;
+    let srv = TestServer::start_with(cfg).await;
+    let ws = srv.ws_url.clone();
+    let sign_in = |i: usize| {
+        let ws = ws.clone();
+        tokio::spawn(async move {
+            let mut c = Client::connect_from(&ws, ip("127.0.0.1")).await;
+            c.send(&login_json((&format!("{}", 6000 + i), &format!("office-pw-{i}")))).await;
+            match c.recv().await {
+                ServerMsg::Welcome { session_token, .. } => session_token,
+                other => panic!("browser {i} of the office was refused: {other:?}"),
+            }
+        })
+    };
+    let tasks: Vec<_> = (0..40).map(sign_in).collect();
+    let mut tokens = Vec::new();
+    for t in tasks {
+        tokens.push(t.await.unwrap());
+    }
+    // The server restarts its connections: all of them resume at once.
+    let resumes: Vec<_> =
+        tokens.into_iter().map(|t| (ws.clone(), t)).map(|(ws, t)| tokio::spawn(async move { resume(&ws, &t).await })).collect();
+    for (i, r) in resumes.into_iter().enumerate() {
+        assert!(r.await.unwrap().is_ok(), "resume {i} of the office was refused");
+    }
+    // Failures still count: the address's budget of wrong passwords is used up as before.
+    let budget = 20;
+    for i in 0..budget {
+        let mut c = Client::connect_from(&ws, ip("127.0.0.1")).await;
+        c.send(&login_json((&format!("{}", 6000 + i), "wrong"))).await;
+        c.expect_error(ErrorCode::AuthFailed).await;
+    }
+    let mut c = Client::connect_from(&ws, ip("127.0.0.1")).await;
+    c.send(&login_json(("6039", "office-pw-39"))).await;
+    c.expect_error(ErrorCode::RateLimited).await;
+}
+
+#[tokio::test]
 async fn a_flood_from_many_addresses_at_one_account_is_held_to_the_account_budget_and_the_real_user_still_signs_in() {
     let tmp = tempfile::tempdir().unwrap();
     let srv = admin_server(&tmp).await;
