@@ -20,20 +20,31 @@ const SDP_B_MOVED: &str = "v=0\r\no=b 1 2 IN IP4 192.168.1.60\r\ns=-\r\nc=IN IP4
 /// An F7 call from 1001 (port 5062) to 1002 (port 5070), answered by 1002. With `ack`, 1001
 /// ACKs our 200. Returns our INVITE to 1002 and our 200 to 1001.
 fn answered_call(h: &mut H, ack: bool) -> (Request, Response) {
+    let (_, inv, ok) = answered_call_unacked(h);
+    if ack {
+        ack_our_200(h, &ok);
+    }
+    h.out.clear();
+    (inv, ok)
+}
+
+/// 1001 ACKs our 200 `ok`.
+fn ack_our_200(h: &mut H, ok: &Response) {
+    let tag = ok.to().unwrap().tag().unwrap().to_string();
+    let a = addr(5062);
+    h.sip(a, &format!("ACK sip:hq@{GW} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bKack\nFrom: <sip:1001@{GW}>;tag=caller\nTo: <sip:1002@{GW}>;tag={tag}\nCall-ID: call-1@x\nCSeq: 2 ACK\nContent-Length: 0\n\n"));
+}
+
+/// As [`answered_call`] without the caller's ACK; also returns the caller's INVITE text.
+fn answered_call_unacked(h: &mut H) -> (String, Request, Response) {
     assert_eq!(h.register("1002", 5070), 200);
-    h.invite("1002");
+    let text = h.invite("1002");
     let inv = only_request(h.sent_to(addr(5070)));
     h.sip(addr(5070), &reply_text(&inv, 200, "OK", "callee", Some(SDP_B)));
     assert_eq!(only_request(h.sent_to(addr(5070))).method, Method::Ack);
     let ok = h.responses_to(addr(5062)).pop().expect("our 200 to the caller");
     assert_eq!(ok.status, 200);
-    if ack {
-        let tag = ok.to().unwrap().tag().unwrap().to_string();
-        let a = addr(5062);
-        h.sip(a, &format!("ACK sip:hq@{GW} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bKack\nFrom: <sip:1001@{GW}>;tag=caller\nTo: <sip:1002@{GW}>;tag={tag}\nCall-ID: call-1@x\nCSeq: 2 ACK\nContent-Length: 0\n\n"));
-    }
-    h.out.clear();
-    (inv, ok)
+    (text, inv, ok)
 }
 
 /// A request from the caller (1001) inside its dialog with us.
@@ -520,17 +531,11 @@ fn an_ended_call_leaves_no_server_transaction_behind_and_its_retransmissions_sti
     // `max_server_transactions` caps for 64·T1: at 10,000 a site could end at most ~156 calls/s
     // before every new INVITE got 503.
     let mut h = H::new();
-    assert_eq!(h.register("1002", 5070), 200);
-    let text = h.invite("1002");
+    let (text, _inv, ok) = answered_call_unacked(&mut h);
     let (a, b) = (addr(5062), addr(5070));
-    let inv = only_request(h.sent_to(b));
-    h.sip(b, &reply_text(&inv, 200, "OK", "callee", Some(SDP_B)));
-    let ok = h.responses_to(a).pop().expect("our 200 to the caller");
-    assert_eq!(ok.status, 200);
     h.out.clear();
     assert_eq!(h.core.server_transactions(), 1, "our 200 repeats until the ACK");
-    let tag = ok.to().unwrap().tag().unwrap().to_string();
-    h.sip(a, &format!("ACK sip:hq@{GW} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bKack\nFrom: <sip:1001@{GW}>;tag=caller\nTo: <sip:1002@{GW}>;tag={tag}\nCall-ID: call-1@x\nCSeq: 2 ACK\nContent-Length: 0\n\n"));
+    ack_our_200(&mut h, &ok);
     assert_eq!(h.core.server_transactions(), 0, "the ACKed INVITE only lingers: not counted");
     let bye = from_a(&ok, "BYE", 3, "bye1", None);
     h.sip(a, &bye);
