@@ -167,13 +167,14 @@ impl Throttle {
                 refused = Some(w);
                 return false;
             }
-            // Not the address counter (the last): see the module's doc.
+            // Not the address counter (the last): see the module's doc. Nothing counted (a
+            // `resume`): nothing to write.
             let n = c.len() - 1;
             for counter in c[..n].iter_mut() {
                 counter.failures = p.current(counter, now).saturating_add(1);
                 counter.last_failure_ms = now;
             }
-            true
+            n > 0
         };
         dir.update_throttle(&keys, &mut decide).await?;
         Ok(match refused {

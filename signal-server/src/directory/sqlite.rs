@@ -486,16 +486,23 @@ impl Directory for SqliteDirectory {
 
     async fn create_session(&self, token_sha256: &str, number: &str, expires_ms: UnixMs) -> Result<i64, DirectoryError> {
         let now = now_ms();
-        let res = sqlx::query_scalar(
-            "INSERT INTO sessions (token_sha256, number, created_ms, expires_ms, last_used_ms) VALUES (?, ?, ?, ?, ?) \
-             RETURNING id",
-        )
-        .bind(token_sha256)
-        .bind(number)
-        .bind(now)
-        .bind(expires_ms)
-        .bind(now)
-        .fetch_one(&self.pool)
+        // In a transaction of its own, as every `RETURNING` here: see `rotate_session`.
+        let res = async {
+            let mut tx = self.pool.begin().await?;
+            let id = sqlx::query_scalar(
+                "INSERT INTO sessions (token_sha256, number, created_ms, expires_ms, last_used_ms) VALUES (?, ?, ?, ?, ?) \
+                 RETURNING id",
+            )
+            .bind(token_sha256)
+            .bind(number)
+            .bind(now)
+            .bind(expires_ms)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<i64, sqlx::Error>(id)
+        }
         .await;
         match res {
             Ok(id) => {
@@ -532,7 +539,12 @@ impl Directory for SqliteDirectory {
         now: UnixMs,
         expires_ms: UnixMs,
     ) -> Result<Option<(i64, String)>, DirectoryError> {
-        // One statement: two resumes racing with the same token cannot both win.
+        // One statement: two resumes racing with the same token cannot both win. In an explicit
+        // transaction: SQLite hands out a `RETURNING` row before the statement ends, and in
+        // autocommit mode the commit happens when sqlx resets the statement, whose error (a
+        // full disk) nobody sees: the server then handed out a token that was never stored.
+        let err = |e| db_err("rotating session", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
         let row: Option<(i64, String)> = sqlx::query_as(
             "UPDATE sessions SET token_sha256 = ?, expires_ms = ?, last_used_ms = ? \
              WHERE token_sha256 = ? AND expires_ms > ? RETURNING id, number",
@@ -542,9 +554,10 @@ impl Directory for SqliteDirectory {
         .bind(now)
         .bind(old_token_sha256)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(|e| db_err("rotating session", e))?;
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
         Ok(row)
     }
 
@@ -571,11 +584,16 @@ impl Directory for SqliteDirectory {
     }
 
     async fn revoke_session(&self, id: i64) -> Result<Option<String>, DirectoryError> {
-        sqlx::query_scalar("DELETE FROM sessions WHERE id = ? RETURNING number")
+        // In a transaction of its own, as every `RETURNING` here: see `rotate_session`.
+        let err = |e| db_err("revoking session", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let number = sqlx::query_scalar("DELETE FROM sessions WHERE id = ? RETURNING number")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(|e| db_err("revoking session", e))
+            .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(number)
     }
 
     async fn revoke_sessions(&self, number: &str) -> Result<u64, DirectoryError> {
