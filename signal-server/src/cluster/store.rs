@@ -40,6 +40,18 @@ pub struct NodeStatus {
 impl ClusterStore {
     /// A small pool of its own (leases must not wait behind the directory's queries).
     pub async fn connect(url: &str, statement_timeout_ms: u64) -> Result<ClusterStore, StoreError> {
+        Self::pool(url, statement_timeout_ms, true)
+    }
+
+    /// As [`ClusterStore::connect`], for the attempt and presence writes of every call: a
+    /// connection is not pinged before each use (a round trip to PostgreSQL per statement, on
+    /// the path of every new attempt). A connection that died since (PostgreSQL restarted)
+    /// fails its statement and is dropped; the callers try again ([`ClusterStore::retry`]).
+    pub async fn connect_unpinged(url: &str, statement_timeout_ms: u64) -> Result<ClusterStore, StoreError> {
+        Self::pool(url, statement_timeout_ms, false)
+    }
+
+    fn pool(url: &str, statement_timeout_ms: u64, ping: bool) -> Result<ClusterStore, StoreError> {
         use std::str::FromStr;
         let timeout = format!("{statement_timeout_ms}ms");
         // synchronous_commit off: a commit is visible to the other replicas at once, without
@@ -49,23 +61,10 @@ impl ClusterStore {
         // lose nothing. Call records go through the directory's pool, fully durable.
         let opts =
             PgConnectOptions::from_str(url)?.options([("statement_timeout", timeout.as_str()), ("synchronous_commit", "off")]);
-        let pool = PgPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(2)).connect_lazy_with(opts);
-        Ok(ClusterStore { pool })
-    }
-
-    /// As [`ClusterStore::connect`], for the attempt and presence writes of every call: a
-    /// connection is not pinged before each use (a round trip to PostgreSQL per statement, on
-    /// the path of every new attempt). A connection that died since (PostgreSQL restarted)
-    /// fails its statement and is dropped; the callers try again ([`ClusterStore::retry`]).
-    pub async fn connect_unpinged(url: &str, statement_timeout_ms: u64) -> Result<ClusterStore, StoreError> {
-        use std::str::FromStr;
-        let timeout = format!("{statement_timeout_ms}ms");
-        let opts =
-            PgConnectOptions::from_str(url)?.options([("statement_timeout", timeout.as_str()), ("synchronous_commit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(2))
-            .test_before_acquire(false)
+            .test_before_acquire(ping)
             .connect_lazy_with(opts);
         Ok(ClusterStore { pool })
     }

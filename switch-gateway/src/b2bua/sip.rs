@@ -205,11 +205,8 @@ impl Core {
         let data = r.to_bytes();
         self.out.push_back(Output::Sip { to: tx.to, transport: tx.transport, data: data.clone() });
         tx.on_send(now, r.status, data);
-        let done = tx.lingers_only();
         drop(tx);
-        if done {
-            self.retire_tx(now, key);
-        }
+        self.retire_tx(now, key);
     }
 
     /// Take a server transaction that now only lingers for retransmissions (a non-INVITE's
