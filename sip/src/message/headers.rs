@@ -392,9 +392,11 @@ impl Headers {
     }
 }
 
-/// Query names are canonicalized so `get("v")` finds Via.
+/// The name to compare stored names with (case-insensitively), so `get("v")` finds Via. Only a
+/// compact form needs expanding: a longer known name already equals its canonical spelling but
+/// for case.
 fn query(name: &str) -> &str {
-    canonical_name(name).unwrap_or(name)
+    if name.len() == 1 { canonical_name(name).unwrap_or(name) } else { name }
 }
 
 fn invalid(header: &'static str) -> impl Fn(SyntaxError) -> HeaderError {
