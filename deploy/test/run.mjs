@@ -359,6 +359,9 @@ try {
     const mount = podman(['volume', 'inspect', '--format', '{{.Mountpoint}}', `${ID}-site-state`]).stdout.trim();
     const list = fs.readFileSync(path.join(mount, 'phones.json'), 'utf8');
     assert.ok(list.includes('"1001"') && list.includes('"1002"'), `phones.json in the volume: ${list}`);
+    // Saved at the stop: the new container reaches the phones before they register again.
+    const regs = fs.readFileSync(path.join(mount, 'registrations.json'), 'utf8');
+    assert.ok(regs.includes('"number":"1001"') && regs.includes('"number":"1002"'), `registrations.json in the volume: ${regs}`);
     const st = fs.statSync(mount);
     assert.equal(`${st.uid}`, USER, 'the state volume belongs to the image user');
     const seen = [phones['1001'].events.length, phones['1002'].events.length];

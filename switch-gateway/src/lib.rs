@@ -183,7 +183,7 @@ pub async fn run_with_steps(
         rand::rng().fill_bytes(&mut inputs.nonce_secret);
         inputs
     };
-    let core = Core::new(
+    let mut core = Core::new(
         CoreConfig {
             switch_id: config.id.clone(),
             adv_ip,
@@ -217,7 +217,13 @@ pub async fn run_with_steps(
         ),
         inputs,
     );
-    let phone_store = spawn_phone_store(config.state_dir.clone());
+    let restored = core.restore_registrations(Instant::now(), phones::load_registrations(&config.state_dir));
+    if restored > 0 {
+        tracing::info!(bindings = restored, "registrations restored from the state directory");
+    }
+    let (phone_store, _) = spawn_store(config.state_dir.clone(), "local phone list", phones::save);
+    let (registration_store, registrations_saved) =
+        spawn_store(config.state_dir.clone(), "registrations", phones::save_registrations);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (core_tx, core_rx) = mpsc::channel::<CoreIn>(16 * 1024);
@@ -303,6 +309,7 @@ pub async fn run_with_steps(
         attachments,
         stun_servers,
         phone_store,
+        registration_store,
         core_tx.clone(),
         blocklist,
         steps,
@@ -327,6 +334,8 @@ pub async fn run_with_steps(
         let _ = t.await;
     }
     let _ = core_task.await;
+    // The core's last outputs included the registrations to save: written before we return.
+    let _ = registrations_saved.await;
     Ok(())
 }
 
@@ -344,6 +353,7 @@ async fn core_loop(
     attachments: bridge::Attachments,
     stun_servers: bridge::StunServers,
     phone_store: mpsc::UnboundedSender<phones::PhoneList>,
+    registration_store: mpsc::UnboundedSender<registrar::SavedRegistrations>,
     core_tx: mpsc::Sender<CoreIn>,
     blocklist: Blocklist,
     steps: steps::Steps,
@@ -398,6 +408,9 @@ async fn core_loop(
                 Output::Step { call_id, step, detail } => steps.record(&call_id, step, &detail),
                 Output::SavePhones(list) => {
                     let _ = phone_store.send(list);
+                }
+                Output::SaveRegistrations(saved) => {
+                    let _ = registration_store.send(saved);
                 }
                 Output::Sip { to, transport: Transport::Udp, data } => {
                     if let Err(e) = udp.try_send_to(&data, to) {
@@ -579,24 +592,30 @@ impl Refill {
     }
 }
 
-/// Saves the phone lists the core hands over, in order, on the blocking pool (a file write and
-/// an fsync must not stall the core's task); of a burst only the latest is written.
-fn spawn_phone_store(state_dir: std::path::PathBuf) -> mpsc::UnboundedSender<phones::PhoneList> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<phones::PhoneList>();
-    tokio::spawn(async move {
-        while let Some(mut list) = rx.recv().await {
+/// Saves what the core hands over (`what`: the phone list, the registrations) with `save`, in
+/// order, on the blocking pool (a file write and an fsync must not stall the core's task); of
+/// a burst only the latest is written. The task ends, after its last write, once the core's
+/// side is dropped.
+fn spawn_store<T: Send + 'static>(
+    state_dir: std::path::PathBuf,
+    what: &'static str,
+    save: fn(&std::path::Path, &T) -> std::io::Result<()>,
+) -> (mpsc::UnboundedSender<T>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<T>();
+    let task = tokio::spawn(async move {
+        while let Some(mut latest) = rx.recv().await {
             while let Ok(newer) = rx.try_recv() {
-                list = newer;
+                latest = newer;
             }
             let dir = state_dir.clone();
-            match tokio::task::spawn_blocking(move || phones::save(&dir, &list)).await {
+            match tokio::task::spawn_blocking(move || save(&dir, &latest)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(dir = %state_dir.display(), error = %e, "cannot save local phone list"),
-                Err(e) => tracing::error!(error = %e, "phone list save task failed"),
+                Ok(Err(e)) => tracing::error!(dir = %state_dir.display(), error = %e, "cannot save the {what}"),
+                Err(e) => tracing::error!(error = %e, "the task saving the {what} failed"),
             }
         }
     });
-    tx
+    (tx, task)
 }
 
 fn unix_ms_now() -> i64 {

@@ -1,11 +1,14 @@
 //! The desk phones this gateway serves, as last told by the cloud, with a copy on disk so
 //! phones can register and local calls connect while the cloud is unreachable (even across a
-//! gateway restart).
+//! gateway restart); and the files of the state directory (this list, the registrar's saved
+//! bindings).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use trunkline_protocol::PhoneEntry;
+
+use crate::registrar::SavedRegistrations;
 
 /// The phone list the core works with: in memory only. Its disk copy is read by the driver at
 /// start ([`Phones::load`]) and written by the driver when the core asks
@@ -109,12 +112,40 @@ impl Phones {
     }
 }
 
-/// Save `list` as `state_dir/phones.json`, atomically (a temporary file, fsync, rename) and
-/// owner-only. Driver side: blocking file I/O, run off the core's task.
+/// Save `list` as `state_dir/phones.json` ([`write_private`]). Driver side: blocking file I/O,
+/// run off the core's task.
 pub fn save(state_dir: &Path, list: &PhoneList) -> std::io::Result<()> {
+    write_private(state_dir, FILE, &serde_json::to_vec_pretty(list)?)
+}
+
+const REGISTRATIONS_FILE: &str = "registrations.json";
+
+/// The registrar's bindings as the last process saved them (none if there is no copy or it is
+/// unreadable: the phones then come back at their next REGISTER, as before). Driver side.
+pub fn load_registrations(state_dir: &Path) -> SavedRegistrations {
+    let path = state_dir.join(REGISTRATIONS_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => match serde_json::from_slice::<SavedRegistrations>(&bytes) {
+            Ok(saved) => return saved,
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable saved registrations"),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot read saved registrations"),
+    }
+    SavedRegistrations::default()
+}
+
+/// Save the registrar's bindings as `state_dir/registrations.json` (atomically, owner-only:
+/// they say where every phone is). Driver side, off the core's task.
+pub fn save_registrations(state_dir: &Path, saved: &SavedRegistrations) -> std::io::Result<()> {
+    write_private(state_dir, REGISTRATIONS_FILE, &serde_json::to_vec(saved)?)
+}
+
+/// Write `state_dir/name` atomically (a temporary file, fsync, rename) and owner-only, so a
+/// crash mid-write leaves the previous copy.
+fn write_private(state_dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(state_dir)?;
-    let path = state_dir.join(FILE);
-    let data = serde_json::to_vec_pretty(list)?;
+    let path = state_dir.join(name);
     let tmp = path.with_extension("json.tmp");
     {
         use std::io::Write;
@@ -126,7 +157,7 @@ pub fn save(state_dir: &Path, list: &PhoneList) -> std::io::Result<()> {
         #[cfg(unix)]
         opts.mode(0o600);
         let mut f = opts.open(&tmp)?;
-        f.write_all(&data)?;
+        f.write_all(data)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, &path)

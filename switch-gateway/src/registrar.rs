@@ -1,12 +1,15 @@
 //! Registrar bindings (RFC 3261 §10.3), sans-IO: which contacts each desk phone number has,
 //! until when, and where their packets actually came from (phones behind NAT or with a wrong
 //! idea of their own address are reached at the source address, as with symmetric RTP).
+//! Its disk copy ([`SavedRegistrations`], `state_dir/registrations.json`) lets a restarted
+//! gateway reach its phones before they register again.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Transport {
     Udp,
     Tcp,
@@ -60,6 +63,29 @@ pub struct Registrar {
     bindings: HashMap<String, Vec<Binding>>,
     min_expires: u32,
     max_expires: u32,
+    /// Bindings were added, refreshed or removed since [`Registrar::take_changed`].
+    changed: bool,
+}
+
+/// The bindings as saved in `state_dir/registrations.json`: what a restarted gateway needs to
+/// reach its phones before they register again (after an upgrade, a phone may wait up to
+/// `max_expires_secs` before it does).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedRegistrations {
+    pub bindings: Vec<SavedBinding>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedBinding {
+    pub number: String,
+    pub contact: String,
+    pub source: SocketAddr,
+    pub transport: Transport,
+    /// Wall time (Unix ms) the binding expires at: a monotonic `Instant` means nothing to the
+    /// next process.
+    pub expires_unix_ms: i64,
+    pub call_id: String,
+    pub cseq: u32,
 }
 
 /// Most contacts one number may hold (a phone plus a few soft clients).
@@ -67,7 +93,63 @@ pub const MAX_CONTACTS: usize = 10;
 
 impl Registrar {
     pub fn new(min_expires: u32, max_expires: u32) -> Self {
-        Registrar { bindings: HashMap::new(), min_expires, max_expires }
+        Registrar { bindings: HashMap::new(), min_expires, max_expires, changed: false }
+    }
+
+    /// Whether bindings changed since the last call (then the disk copy is out of date).
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// The live bindings, for the disk copy; `unix_ms` is `now` in wall time. Sorted, so an
+    /// unchanged registrar saves the same file.
+    pub fn snapshot(&self, now: Instant, unix_ms: i64) -> SavedRegistrations {
+        let mut bindings: Vec<SavedBinding> = self
+            .bindings
+            .iter()
+            .flat_map(|(number, list)| list.iter().map(move |b| (number, b)))
+            .filter(|(_, b)| b.expires > now)
+            .map(|(number, b)| SavedBinding {
+                number: number.clone(),
+                contact: b.contact.clone(),
+                source: b.source,
+                transport: b.transport,
+                expires_unix_ms: unix_ms.saturating_add(b.expires.duration_since(now).as_millis() as i64),
+                call_id: b.call_id.clone(),
+                cseq: b.cseq,
+            })
+            .collect();
+        bindings.sort_by(|a, b| (&a.number, &a.contact).cmp(&(&b.number, &b.contact)));
+        SavedRegistrations { bindings }
+    }
+
+    /// Take the disk copy's bindings of the numbers `keep` accepts that have not expired at
+    /// `now` (`unix_ms` in wall time). Left out: TLS bindings (the phone's connection died with
+    /// the old process and we do not dial out over TLS), and anything past this registrar's
+    /// limits (a copy from a differently configured gateway). Returns how many were taken.
+    pub fn restore(&mut self, now: Instant, unix_ms: i64, saved: SavedRegistrations, keep: impl Fn(&str) -> bool) -> usize {
+        let mut taken = 0;
+        for s in saved.bindings {
+            let left_ms = s.expires_unix_ms.saturating_sub(unix_ms);
+            if left_ms <= 0 || s.transport == Transport::Tls || s.contact.is_empty() || !keep(&s.number) {
+                continue;
+            }
+            let left = Duration::from_millis(left_ms as u64).min(Duration::from_secs(self.max_expires.into()));
+            let list = self.bindings.entry(s.number).or_default();
+            if list.len() >= MAX_CONTACTS || list.iter().any(|b| same_contact(&b.contact, &s.contact)) {
+                continue;
+            }
+            list.push(Binding {
+                contact: s.contact,
+                source: s.source,
+                transport: s.transport,
+                expires: now + left,
+                call_id: s.call_id,
+                cseq: s.cseq,
+            });
+            taken += 1;
+        }
+        taken
     }
 
     /// Apply a REGISTER for `aor` (already authenticated). `contacts` empty = a query.
@@ -95,7 +177,7 @@ impl Registrar {
             {
                 return Err(RegisterError::OutOfOrder(cseq));
             }
-            self.bindings.remove(aor);
+            self.changed |= self.bindings.remove(aor).is_some();
             return Ok(vec![]);
         }
         // Check everything before changing anything.
@@ -110,6 +192,7 @@ impl Registrar {
                 return Err(RegisterError::OutOfOrder(cseq));
             }
         }
+        self.changed |= !contacts.is_empty();
         let list = self.bindings.entry(aor.to_string()).or_default();
         for c in contacts {
             list.retain(|b| !same_contact(&b.contact, &c.contact));
@@ -151,7 +234,7 @@ impl Registrar {
 
     /// Forget a number entirely (it left this switch's phone list).
     pub fn remove_aor(&mut self, aor: &str) {
-        self.bindings.remove(aor);
+        self.changed |= self.bindings.remove(aor).is_some();
     }
 
     pub fn registered_numbers(&self) -> usize {
@@ -250,5 +333,70 @@ mod tests {
         let mut r = Registrar::new(60, 3600);
         let b = r.register(t, "1001", &[c("sip:1001@a", 999_999)], false, None, src(), Transport::Udp, "x", 1).unwrap();
         assert_eq!(b[0].expires, t + Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn saved_bindings_come_back_in_a_new_registrar_with_the_time_they_had_left() {
+        let t = Instant::now();
+        let unix_ms = 1_700_000_000_000;
+        let mut r = Registrar::new(60, 3600);
+        assert!(!r.take_changed());
+        r.register(t, "1001", &[c("<sip:1001@10.0.0.5:5062>", 600)], false, None, src(), Transport::Udp, "a", 7).unwrap();
+        r.register(t, "1002", &[c("<sip:1002@10.0.0.6:5062;transport=tcp>", 120)], false, None, src(), Transport::Tcp, "b", 1)
+            .unwrap();
+        r.register(t, "1003", &[c("<sips:1003@10.0.0.7>", 600)], false, None, src(), Transport::Tls, "c", 1).unwrap();
+        assert!(r.take_changed(), "a REGISTER that adds bindings changes the registrar");
+        assert!(!r.take_changed());
+        let saved = r.snapshot(t + Duration::from_secs(60), unix_ms);
+        assert_eq!(saved.bindings.len(), 3);
+        assert_eq!(saved.bindings[0].number, "1001");
+        assert_eq!(saved.bindings[0].expires_unix_ms, unix_ms + 540_000);
+        let json = serde_json::to_string(&saved).unwrap();
+        let saved: SavedRegistrations = serde_json::from_str(&json).unwrap();
+
+        // The new process starts 40 s of wall time later, with its own clock.
+        let t2 = t + Duration::from_secs(5000);
+        let mut fresh = Registrar::new(60, 3600);
+        let taken = fresh.restore(t2, unix_ms + 40_000, saved.clone(), |_| true);
+        assert_eq!(taken, 2, "the TLS binding is not taken: its connection is gone");
+        let b = fresh.lookup(t2, "1001");
+        assert_eq!(b.len(), 1);
+        assert_eq!((b[0].source, b[0].transport, b[0].call_id.as_str(), b[0].cseq), (src(), Transport::Udp, "a", 7));
+        assert_eq!(b[0].expires, t2 + Duration::from_secs(500));
+        assert!(fresh.is_registered(t2, "1002"));
+        assert!(!fresh.is_registered(t2 + Duration::from_secs(20), "1002"), "120 s − 60 − 40 = 20 s left");
+        assert!(!fresh.is_registered(t2, "1003"));
+        // The same REGISTER's retransmission is still refused as out of order after the restart.
+        assert_eq!(
+            fresh.register(t2, "1001", &[c("<sip:1001@10.0.0.5:5062>", 0)], false, None, src(), Transport::Udp, "a", 7),
+            Err(RegisterError::OutOfOrder(7))
+        );
+
+        // Expired in the meantime, or no longer this switch's phone: not taken.
+        let mut later = Registrar::new(60, 3600);
+        assert_eq!(later.restore(t2, unix_ms + 600_000, saved.clone(), |_| true), 0);
+        let mut other = Registrar::new(60, 3600);
+        assert_eq!(other.restore(t2, unix_ms, saved.clone(), |n| n == "1002"), 1);
+        // A registrar with a shorter maximum clamps what it takes.
+        let mut short = Registrar::new(60, 300);
+        short.restore(t2, unix_ms, saved, |_| true);
+        assert_eq!(short.lookup(t2, "1001")[0].expires, t2 + Duration::from_secs(300));
+        assert!(!short.take_changed(), "restoring is not a change to save again");
+    }
+
+    #[test]
+    fn removing_bindings_is_a_change_and_refusals_are_not() {
+        let t = Instant::now();
+        let mut r = Registrar::new(60, 3600);
+        r.register(t, "1001", &[c("<sip:1001@a>", 600)], false, None, src(), Transport::Udp, "x", 1).unwrap();
+        assert!(r.take_changed());
+        assert!(r.register(t, "1001", &[c("<sip:1001@b>", 30)], false, None, src(), Transport::Udp, "x", 2).is_err());
+        assert!(!r.take_changed(), "a refused REGISTER changes nothing");
+        r.register(t, "1001", &[], false, None, src(), Transport::Udp, "x", 3).unwrap();
+        assert!(!r.take_changed(), "a query changes nothing");
+        r.remove_aor("1001");
+        assert!(r.take_changed());
+        r.remove_aor("1001");
+        assert!(!r.take_changed(), "nothing left to remove");
     }
 }

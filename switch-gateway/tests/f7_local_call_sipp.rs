@@ -218,6 +218,34 @@ async fn f7_call_rings_answers_and_hangs_up() {
     site.stop().await;
 }
 
+/// An upgrade in place: the gateway stops (SIGTERM's path) and starts again on its state
+/// directory and SIP port. A phone that registered before is reached at once, without
+/// registering again: its binding came back from `registrations.json`. (Before, every call to it
+/// got 480 until its next REGISTER, up to `max_expires_secs` later.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f7_callee_registered_before_a_gateway_restart_is_reached_after_it() {
+    let Site { dir, cloud, gw } = Site::start().await;
+    let port = free_udp_port();
+    let site = Site { dir, cloud, gw };
+    site.register("1002", port).await;
+    let Site { dir, cloud, gw } = site;
+    let gw = gw.restart().await;
+    let site = Site { dir, cloud, gw };
+
+    let saved = site.gw.config.state_dir.join("registrations.json");
+    let text = std::fs::read_to_string(&saved).expect("registrations saved in the state directory");
+    assert!(text.contains("\"number\":\"1002\"") && text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "where every phone is: owner-only");
+    }
+    let (callee, caller) =
+        call(site.callee("callee_answer.xml", "1002", port), port, site.caller("caller.xml", "1001", "1002", false)).await;
+    check_answered_call(&site, &callee, &caller, "UDP");
+    site.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f7_call_from_a_tcp_phone() {
     let site = Site::start().await;

@@ -85,7 +85,9 @@ impl Core {
             })
             .collect();
         let (call_id, cseq) = (req.call_id().unwrap_or("").to_string(), req.cseq().map(|c| c.seq).unwrap_or(0));
-        match self.registrar.register(now, &aor, &updates, wildcard, header_expires, src, transport, &call_id, cseq) {
+        let result = self.registrar.register(now, &aor, &updates, wildcard, header_expires, src, transport, &call_id, cseq);
+        self.registrations_changed(now);
+        match result {
             Ok(bindings) => {
                 tracing::info!(number = %aor, %src, contacts = bindings.len(), "registered");
                 self.reply_remembered(now, key, src, transport, req, 200, "OK", |r| {

@@ -10,8 +10,8 @@ impl Core {
 
     pub(super) fn on_cloud_msg(&mut self, now: Instant, m: ServerMsg) {
         match m {
-            ServerMsg::SwitchWelcome { sip_realm, phones, .. } => self.set_phones(Some(&sip_realm), phones),
-            ServerMsg::PhonesUpdate { phones } => self.set_phones(None, phones),
+            ServerMsg::SwitchWelcome { sip_realm, phones, .. } => self.set_phones(now, Some(&sip_realm), phones),
+            ServerMsg::PhonesUpdate { phones } => self.set_phones(now, None, phones),
             ServerMsg::DirectSignal { call_id, payload } => self.direct_signal(now, call_id, payload),
             ServerMsg::CalleeQuery { call_id, from, to, .. } => self.callee_query(now, call_id, from, to),
             ServerMsg::Route { call_id, route } => self.route_answer(now, &call_id, route),
@@ -150,10 +150,11 @@ impl Core {
         }
     }
 
-    pub(super) fn set_phones(&mut self, realm: Option<&str>, phones: Vec<PhoneEntry>) {
+    pub(super) fn set_phones(&mut self, now: Instant, realm: Option<&str>, phones: Vec<PhoneEntry>) {
         for gone in self.phones.replace(realm, phones) {
             self.registrar.remove_aor(&gone);
         }
+        self.registrations_changed(now);
         self.out.push_back(Output::SavePhones(self.phones.snapshot()));
         tracing::info!(count = self.phones.len(), "phone list updated");
     }

@@ -41,7 +41,7 @@ use crate::cloud_link::LinkEvent;
 use crate::guard::{Admit, BlockEvent, Blocked, Guard, GuardConfig};
 use crate::phones::{PhoneList, Phones};
 use crate::queue::{Direction, KeyError, WaitingQueue};
-use crate::registrar::{ContactUpdate, RegisterError, Registrar, Transport};
+use crate::registrar::{ContactUpdate, RegisterError, Registrar, SavedRegistrations, Transport};
 
 mod auth;
 mod calls;
@@ -101,6 +101,10 @@ pub struct CoreInputs {
     /// The secret digest nonces are MACed with.
     pub nonce_secret: [u8; 32],
 }
+
+/// How long changed registrations wait before they go to disk: a burst of REGISTERs is one save.
+/// A crash loses at most this much; a SIGTERM saves at once.
+pub const SAVE_REGISTRATIONS_EVERY: Duration = Duration::from_secs(1);
 
 /// Accepted (nonce, nc) pairs remembered at most (only successful authentications add one).
 const MAX_NONCE_USES: usize = 65_536;
@@ -280,6 +284,10 @@ pub enum Output {
     /// The phone list changed: save it as the local copy (`phones.json`). The driver writes
     /// it off this task, in order; the core keeps working from memory.
     SavePhones(PhoneList),
+    /// The registrar's bindings changed (at most once per [`SAVE_REGISTRATIONS_EVERY`], and at
+    /// shutdown): save them as `registrations.json`, so a restarted gateway reaches its phones
+    /// before they register again.
+    SaveRegistrations(SavedRegistrations),
     /// A patent step this switch took for cloud call `call_id` (B1, B2, C2, C12, C14, C15),
     /// for the trace: the driver logs it (target `trunkline::trace`) and keeps it per call.
     Step {
@@ -471,6 +479,8 @@ pub struct Core {
     remote_by_call: HashMap<String, u64>,
     phones: Phones,
     registrar: Registrar,
+    /// When the registrar's changed bindings go to the driver to save; `None`: nothing to save.
+    save_registrations_at: Option<Instant>,
     queue: WaitingQueue,
     nonces: NonceSource,
     /// (nonce, nc) pairs already accepted: no replay.
@@ -526,6 +536,7 @@ impl Core {
             remote_by_call: HashMap::new(),
             phones,
             registrar,
+            save_registrations_at: None,
             queue,
             nonces: NonceSource::new(nonce_secret),
             nonce_uses: NonceUses::new(MAX_NONCE_USES),
@@ -570,7 +581,29 @@ impl Core {
         let servers = self.server_txs.next_timeout().map(|(at, _)| at);
         let clients = self.client_txs.next_timeout().map(|(at, _)| at);
         let calls = self.call_deadlines.peek().map(|(at, _)| at);
-        servers.into_iter().chain(clients).chain(calls).chain(self.queue.poll_timeout()).min()
+        servers.into_iter().chain(clients).chain(calls).chain(self.queue.poll_timeout()).chain(self.save_registrations_at).min()
+    }
+
+    /// Take the bindings a previous process saved (`registrations.json`, read by the driver)
+    /// before any input: those of numbers still in the phone list that have not expired.
+    pub fn restore_registrations(&mut self, now: Instant, saved: SavedRegistrations) -> usize {
+        let unix_ms = self.unix_ms(now);
+        let phones = &self.phones;
+        self.registrar.restore(now, unix_ms, saved, |number| phones.contains(number))
+    }
+
+    /// After the registrar changed: its bindings are saved within [`SAVE_REGISTRATIONS_EVERY`]
+    /// (a REGISTER storm is one file write a second, not one per REGISTER).
+    fn registrations_changed(&mut self, now: Instant) {
+        if self.registrar.take_changed() && self.save_registrations_at.is_none() {
+            self.save_registrations_at = Some(now + SAVE_REGISTRATIONS_EVERY);
+        }
+    }
+
+    fn save_registrations(&mut self, now: Instant) {
+        self.save_registrations_at = None;
+        let unix_ms = self.unix_ms(now);
+        self.out.push_back(Output::SaveRegistrations(self.registrar.snapshot(now, unix_ms)));
     }
 
     pub fn active_calls(&self) -> usize {
@@ -609,6 +642,10 @@ impl Core {
         let conns: Vec<u64> = self.direct.keys().copied().collect();
         for conn in conns {
             self.direct_gone(now, conn);
+        }
+        // Bindings not saved yet go now: the next process starts from them.
+        if self.save_registrations_at.is_some() {
+            self.save_registrations(now);
         }
     }
 
@@ -665,6 +702,9 @@ impl Core {
             }
         }
         self.fire_timers(now);
+        if self.save_registrations_at.is_some_and(|t| t <= now) {
+            self.save_registrations(now);
+        }
     }
 
     /// Unix seconds at `now` (digest nonces).

@@ -282,6 +282,52 @@ fn register_is_challenged_then_accepted_and_lists_the_binding() {
     assert!(h.core.is_registered(h.now, "1001"));
 }
 
+/// The registrations the core handed over to save since the last call, consumed.
+fn saved_registrations(h: &mut H) -> Vec<SavedRegistrations> {
+    let mut got = vec![];
+    h.out.retain(|o| match o {
+        Output::SaveRegistrations(s) => {
+            got.push(s.clone());
+            false
+        }
+        _ => true,
+    });
+    got
+}
+
+#[test]
+fn registrations_are_saved_a_second_after_they_change_and_at_shutdown_and_a_new_core_takes_them() {
+    let mut h = H::new();
+    assert_eq!(h.register("1001", 5062), 200);
+    assert_eq!(h.register("1002", 5064), 200);
+    assert!(saved_registrations(&mut h).is_empty(), "not a file write per REGISTER");
+    assert!(h.core.poll_timeout().is_some_and(|t| t <= h.now + SAVE_REGISTRATIONS_EVERY));
+    h.advance(SAVE_REGISTRATIONS_EVERY);
+    let saved = saved_registrations(&mut h);
+    assert_eq!(saved.len(), 1, "one save for the burst");
+    let numbers: Vec<(&str, SocketAddr)> = saved[0].bindings.iter().map(|b| (b.number.as_str(), b.source)).collect();
+    assert_eq!(numbers, [("1001", addr(5062)), ("1002", addr(5064))]);
+    assert_eq!(saved[0].bindings[0].expires_unix_ms, WALL_MS + 600_000, "registered at the start, for 600 s");
+    h.advance(Duration::from_secs(30));
+    assert!(saved_registrations(&mut h).is_empty(), "nothing changed, nothing saved");
+
+    // A change not saved yet goes at shutdown, at once.
+    assert_eq!(h.register("1003", 5066), 200);
+    h.core.shutdown(h.now);
+    h.drain();
+    let last = saved_registrations(&mut h).pop().expect("saved at shutdown");
+    assert_eq!(last.bindings.len(), 3);
+
+    // The next process: its core reaches the phones before they register again.
+    let mut next = H::new();
+    next.now = h.now + Duration::from_secs(5);
+    assert_eq!(next.core.restore_registrations(next.now, last), 3);
+    assert!(next.core.is_registered(next.now, "1001"));
+    assert!(next.core.is_registered(next.now, "1003"));
+    next.advance(SAVE_REGISTRATIONS_EVERY);
+    assert!(saved_registrations(&mut next).is_empty(), "what was restored is already on disk");
+}
+
 #[test]
 fn wrong_password_and_unknown_number_get_the_same_answer() {
     let mut h = H::new();

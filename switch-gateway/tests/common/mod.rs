@@ -113,6 +113,17 @@ impl Gateway {
             ..Default::default()
         };
         edit(&mut config);
+        Self::launch(id, config, udp, tcp).await
+    }
+
+    /// Run the gateway with `config` on sockets already bound.
+    async fn launch(
+        id: &str,
+        config: switch_gateway::Config,
+        udp: tokio::net::UdpSocket,
+        tcp: tokio::net::TcpListener,
+    ) -> Gateway {
+        let port = udp.local_addr().unwrap().port();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         // SIP over TLS when the test configured it (its listener on a fresh port).
         let sip_tls = match &config.sip_tls {
@@ -137,6 +148,31 @@ impl Gateway {
             stop: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// Stop as on SIGTERM and start again with the same config and state directory, on the
+    /// same SIP port (phones keep sending there): an upgrade in place.
+    pub async fn restart(self) -> Gateway {
+        let (id, config, sip) = (self.id.clone(), self.config.clone(), self.sip);
+        self.stop().await;
+        let mut bound = None;
+        eventually(&format!("SIP port {sip} free again after the stop"), || {
+            let ok = match (std::net::UdpSocket::bind(sip), std::net::TcpListener::bind(sip)) {
+                (Ok(u), Ok(t)) => {
+                    bound = Some((u, t));
+                    true
+                }
+                _ => false,
+            };
+            async move { ok }
+        })
+        .await;
+        let (udp, tcp) = bound.unwrap();
+        udp.set_nonblocking(true).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let udp = tokio::net::UdpSocket::from_std(udp).unwrap();
+        let tcp = tokio::net::TcpListener::from_std(tcp).unwrap();
+        Self::launch(&id, config, udp, tcp).await
     }
 
     /// The steps of the one call this gateway traced (panics if it traced none or several).
