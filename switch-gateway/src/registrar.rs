@@ -63,8 +63,22 @@ pub struct Registrar {
     bindings: HashMap<String, Vec<Binding>>,
     min_expires: u32,
     max_expires: u32,
-    /// Bindings were added, refreshed or removed since [`Registrar::take_changed`].
-    changed: bool,
+    /// How bindings changed since [`Registrar::take_changed`].
+    changed: Change,
+}
+
+/// How the bindings changed since the disk copy was taken: what decides how soon it is
+/// taken again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Change {
+    #[default]
+    None,
+    /// Only expiry times moved: phones refreshed their registrations from where they were.
+    /// The old copy still reaches them (a phone refreshes well before its binding expires).
+    Refreshed,
+    /// A binding was added or removed, or a phone now sends from elsewhere: the old copy
+    /// would not reach it.
+    Moved,
 }
 
 /// The bindings as saved in `state_dir/registrations.json`: what a restarted gateway needs to
@@ -93,18 +107,17 @@ pub const MAX_CONTACTS: usize = 10;
 
 impl Registrar {
     pub fn new(min_expires: u32, max_expires: u32) -> Self {
-        Registrar { bindings: HashMap::new(), min_expires, max_expires, changed: false }
+        Registrar { bindings: HashMap::new(), min_expires, max_expires, changed: Change::None }
     }
 
-    /// Whether bindings changed since the last call (then the disk copy is out of date).
-    pub fn take_changed(&mut self) -> bool {
+    /// How bindings changed since the last call (the disk copy is out of date unless `None`).
+    pub fn take_changed(&mut self) -> Change {
         std::mem::take(&mut self.changed)
     }
 
-    /// The live bindings, for the disk copy; `unix_ms` is `now` in wall time. Sorted, so an
-    /// unchanged registrar saves the same file.
+    /// The live bindings, for the disk copy; `unix_ms` is `now` in wall time.
     pub fn snapshot(&self, now: Instant, unix_ms: i64) -> SavedRegistrations {
-        let mut bindings: Vec<SavedBinding> = self
+        let bindings: Vec<SavedBinding> = self
             .bindings
             .iter()
             .flat_map(|(number, list)| list.iter().map(move |b| (number, b)))
@@ -119,7 +132,6 @@ impl Registrar {
                 cseq: b.cseq,
             })
             .collect();
-        bindings.sort_by(|a, b| (&a.number, &a.contact).cmp(&(&b.number, &b.contact)));
         SavedRegistrations { bindings }
     }
 
@@ -177,7 +189,9 @@ impl Registrar {
             {
                 return Err(RegisterError::OutOfOrder(cseq));
             }
-            self.changed |= self.bindings.remove(aor).is_some();
+            if self.bindings.remove(aor).is_some() {
+                self.changed = Change::Moved;
+            }
             return Ok(vec![]);
         }
         // Check everything before changing anything.
@@ -192,9 +206,16 @@ impl Registrar {
                 return Err(RegisterError::OutOfOrder(cseq));
             }
         }
-        self.changed |= !contacts.is_empty();
         let list = self.bindings.entry(aor.to_string()).or_default();
         for c in contacts {
+            let refresh = c.expires != 0
+                && list.iter().any(|b| {
+                    same_contact(&b.contact, &c.contact)
+                        && b.contact == c.contact
+                        && b.source == source
+                        && b.transport == transport
+                });
+            self.changed = self.changed.max(if refresh { Change::Refreshed } else { Change::Moved });
             list.retain(|b| !same_contact(&b.contact, &c.contact));
             if c.expires == 0 {
                 continue;
@@ -234,7 +255,9 @@ impl Registrar {
 
     /// Forget a number entirely (it left this switch's phone list).
     pub fn remove_aor(&mut self, aor: &str) {
-        self.changed |= self.bindings.remove(aor).is_some();
+        if self.bindings.remove(aor).is_some() {
+            self.changed = Change::Moved;
+        }
     }
 
     pub fn registered_numbers(&self) -> usize {
@@ -340,14 +363,15 @@ mod tests {
         let t = Instant::now();
         let unix_ms = 1_700_000_000_000;
         let mut r = Registrar::new(60, 3600);
-        assert!(!r.take_changed());
+        assert_eq!(r.take_changed(), Change::None);
         r.register(t, "1001", &[c("<sip:1001@10.0.0.5:5062>", 600)], false, None, src(), Transport::Udp, "a", 7).unwrap();
         r.register(t, "1002", &[c("<sip:1002@10.0.0.6:5062;transport=tcp>", 120)], false, None, src(), Transport::Tcp, "b", 1)
             .unwrap();
         r.register(t, "1003", &[c("<sips:1003@10.0.0.7>", 600)], false, None, src(), Transport::Tls, "c", 1).unwrap();
-        assert!(r.take_changed(), "a REGISTER that adds bindings changes the registrar");
-        assert!(!r.take_changed());
-        let saved = r.snapshot(t + Duration::from_secs(60), unix_ms);
+        assert_eq!(r.take_changed(), Change::Moved, "a REGISTER that adds bindings");
+        assert_eq!(r.take_changed(), Change::None);
+        let mut saved = r.snapshot(t + Duration::from_secs(60), unix_ms);
+        saved.bindings.sort_by(|a, b| a.number.cmp(&b.number));
         assert_eq!(saved.bindings.len(), 3);
         assert_eq!(saved.bindings[0].number, "1001");
         assert_eq!(saved.bindings[0].expires_unix_ms, unix_ms + 540_000);
@@ -381,22 +405,27 @@ mod tests {
         let mut short = Registrar::new(60, 300);
         short.restore(t2, unix_ms, saved, |_| true);
         assert_eq!(short.lookup(t2, "1001")[0].expires, t2 + Duration::from_secs(300));
-        assert!(!short.take_changed(), "restoring is not a change to save again");
+        assert_eq!(short.take_changed(), Change::None, "restoring is not a change to save again");
     }
 
     #[test]
-    fn removing_bindings_is_a_change_and_refusals_are_not() {
+    fn a_refresh_from_where_the_phone_was_is_not_a_move_and_refusals_change_nothing() {
         let t = Instant::now();
         let mut r = Registrar::new(60, 3600);
         r.register(t, "1001", &[c("<sip:1001@a>", 600)], false, None, src(), Transport::Udp, "x", 1).unwrap();
-        assert!(r.take_changed());
-        assert!(r.register(t, "1001", &[c("<sip:1001@b>", 30)], false, None, src(), Transport::Udp, "x", 2).is_err());
-        assert!(!r.take_changed(), "a refused REGISTER changes nothing");
-        r.register(t, "1001", &[], false, None, src(), Transport::Udp, "x", 3).unwrap();
-        assert!(!r.take_changed(), "a query changes nothing");
+        assert_eq!(r.take_changed(), Change::Moved);
+        r.register(t, "1001", &[c("<sip:1001@a>", 600)], false, None, src(), Transport::Udp, "x", 2).unwrap();
+        assert_eq!(r.take_changed(), Change::Refreshed);
+        let elsewhere: SocketAddr = "127.0.0.1:5099".parse().unwrap();
+        r.register(t, "1001", &[c("<sip:1001@a>", 600)], false, None, elsewhere, Transport::Udp, "x", 3).unwrap();
+        assert_eq!(r.take_changed(), Change::Moved, "the phone now sends from another port");
+        assert!(r.register(t, "1001", &[c("<sip:1001@b>", 30)], false, None, src(), Transport::Udp, "x", 4).is_err());
+        assert_eq!(r.take_changed(), Change::None, "a refused REGISTER changes nothing");
+        r.register(t, "1001", &[], false, None, src(), Transport::Udp, "x", 5).unwrap();
+        assert_eq!(r.take_changed(), Change::None, "a query changes nothing");
+        r.register(t, "1001", &[c("<sip:1001@a>", 0)], false, None, elsewhere, Transport::Udp, "x", 6).unwrap();
+        assert_eq!(r.take_changed(), Change::Moved, "an unregistration");
         r.remove_aor("1001");
-        assert!(r.take_changed());
-        r.remove_aor("1001");
-        assert!(!r.take_changed(), "nothing left to remove");
+        assert_eq!(r.take_changed(), Change::None, "nothing left to remove");
     }
 }

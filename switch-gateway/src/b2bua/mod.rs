@@ -41,7 +41,7 @@ use crate::cloud_link::LinkEvent;
 use crate::guard::{Admit, BlockEvent, Blocked, Guard, GuardConfig};
 use crate::phones::{PhoneList, Phones};
 use crate::queue::{Direction, KeyError, WaitingQueue};
-use crate::registrar::{ContactUpdate, RegisterError, Registrar, SavedRegistrations, Transport};
+use crate::registrar::{Change, ContactUpdate, RegisterError, Registrar, SavedRegistrations, Transport};
 
 mod auth;
 mod calls;
@@ -105,6 +105,18 @@ pub struct CoreInputs {
 /// How long changed registrations wait before they go to disk: a burst of REGISTERs is one save.
 /// A crash loses at most this much; a SIGTERM saves at once.
 pub const SAVE_REGISTRATIONS_EVERY: Duration = Duration::from_secs(1);
+
+/// The same when phones only refreshed (each save copies every binding: 10,000 phones
+/// refreshing every half hour would otherwise mean a copy every second). A crash then loses
+/// refreshes of the last minute: those bindings come back with their previous expiry, which a
+/// phone refreshing well before it expires has not reached.
+pub const SAVE_REFRESHES_EVERY: Duration = Duration::from_secs(60);
+
+/// Saves are at least this much per binding of the last save apart (10,000 phones: 10 s), so
+/// saving costs about the same CPU a second however large the site; a crash during a storm of
+/// new registrations then loses up to that much of it (those phones come back at their next
+/// REGISTER).
+pub const SAVE_PER_BINDING: Duration = Duration::from_millis(1);
 
 /// Accepted (nonce, nc) pairs remembered at most (only successful authentications add one).
 const MAX_NONCE_USES: usize = 65_536;
@@ -481,6 +493,8 @@ pub struct Core {
     registrar: Registrar,
     /// When the registrar's changed bindings go to the driver to save; `None`: nothing to save.
     save_registrations_at: Option<Instant>,
+    /// The last save: when, and how many bindings it copied (which paces the next one).
+    registrations_saved: Option<(Instant, usize)>,
     queue: WaitingQueue,
     nonces: NonceSource,
     /// (nonce, nc) pairs already accepted: no replay.
@@ -537,6 +551,7 @@ impl Core {
             phones,
             registrar,
             save_registrations_at: None,
+            registrations_saved: None,
             queue,
             nonces: NonceSource::new(nonce_secret),
             nonce_uses: NonceUses::new(MAX_NONCE_USES),
@@ -593,17 +608,27 @@ impl Core {
     }
 
     /// After the registrar changed: its bindings are saved within [`SAVE_REGISTRATIONS_EVERY`]
-    /// (a REGISTER storm is one file write a second, not one per REGISTER).
+    /// if a phone is now elsewhere (a REGISTER storm is one file write a second, not one per
+    /// REGISTER), within [`SAVE_REFRESHES_EVERY`] if phones only refreshed.
     fn registrations_changed(&mut self, now: Instant) {
-        if self.registrar.take_changed() && self.save_registrations_at.is_none() {
-            self.save_registrations_at = Some(now + SAVE_REGISTRATIONS_EVERY);
-        }
+        let within = match self.registrar.take_changed() {
+            Change::None => return,
+            Change::Refreshed => SAVE_REFRESHES_EVERY,
+            Change::Moved => SAVE_REGISTRATIONS_EVERY,
+        };
+        // Each save copies and writes every binding: a large site saves less often (one
+        // binding a millisecond, at most), so a storm costs what a small site's does.
+        let paced = self.registrations_saved.map(|(at, n)| at + SAVE_PER_BINDING * u32::try_from(n).unwrap_or(u32::MAX));
+        let at = (now + within).max(paced.unwrap_or(now));
+        self.save_registrations_at = Some(self.save_registrations_at.map_or(at, |t| t.min(at)));
     }
 
     fn save_registrations(&mut self, now: Instant) {
         self.save_registrations_at = None;
         let unix_ms = self.unix_ms(now);
-        self.out.push_back(Output::SaveRegistrations(self.registrar.snapshot(now, unix_ms)));
+        let saved = self.registrar.snapshot(now, unix_ms);
+        self.registrations_saved = Some((now, saved.bindings.len()));
+        self.out.push_back(Output::SaveRegistrations(saved));
     }
 
     pub fn active_calls(&self) -> usize {
