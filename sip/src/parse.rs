@@ -308,10 +308,11 @@ fn trim_bytes(mut b: &[u8]) -> &[u8] {
     b
 }
 
-/// Header being assembled from its first line and continuation lines.
+/// Header being assembled from its first line and continuation lines: its value is the
+/// headers' text from `start` on (nothing else is appended to it meanwhile).
 struct Pending {
     name: Cow<'static, str>,
-    value: String,
+    start: usize,
 }
 
 /// Splits lines (CRLF, or bare LF for robustness), unfolds continuations, expands
@@ -355,12 +356,12 @@ fn split(bytes: &[u8]) -> Option<Split<'_>> {
                 Some(pd) => {
                     let cont = trim_bytes(line);
                     if !cont.is_empty() {
-                        if !pd.value.is_empty() {
-                            pd.value.push(' ');
+                        if !sp.headers.text_from(pd.start).is_empty() {
+                            sp.headers.append_text(" ");
                         }
-                        pd.value.push_str(&String::from_utf8_lossy(cont));
+                        sp.headers.append_text(&String::from_utf8_lossy(cont));
                     }
-                    if pd.name.len() + pd.value.len() > MAX_HEADER_LINE {
+                    if pd.name.len() + sp.headers.text_from(pd.start).len() > MAX_HEADER_LINE {
                         sp.err = Some(fail(513, "header line too long"));
                         return Some(sp);
                     }
@@ -392,16 +393,18 @@ fn split(bytes: &[u8]) -> Option<Split<'_>> {
             sp.err = Some(fail(513, "header line too long"));
             return Some(sp);
         }
-        let value = trim_bytes(line.get(colon + 1..).unwrap_or(b""));
-        let value = match std::str::from_utf8(value) {
-            Ok(v) => v.to_owned(),
-            Err(_) => String::from_utf8_lossy(value).into_owned(),
-        };
         let name = match canonical_name(name) {
             Some(c) => Cow::Borrowed(c),
             None => Cow::Owned(name.to_owned()),
         };
-        pending = Some(Pending { name, value });
+        let start = sp.headers.text_len();
+        let value = trim_bytes(line.get(colon + 1..).unwrap_or(b""));
+        match std::str::from_utf8(value) {
+            Ok(v) => sp.headers.append_text(v),
+            // Lossy decoding walks the bytes far slower: only for a value that needs it.
+            Err(_) => sp.headers.append_text(&String::from_utf8_lossy(value)),
+        }
+        pending = Some(Pending { name, start });
     }
     let _ = finish(&mut sp, pending.take());
     Some(sp)
@@ -416,21 +419,8 @@ fn note(slot: &mut Option<Fail>, e: Fail) {
 /// Stores a finished header; returns `None` (the new pending state).
 fn finish(sp: &mut Split<'_>, pd: Option<Pending>) -> Option<Pending> {
     let pd = pd?;
-    let mut over = false;
-    if crate::message::is_split_list(&pd.name) && pd.value.contains(',') {
-        scan::split_commas(&pd.value, |item| {
-            if sp.headers.len() >= MAX_HEADERS {
-                over = true;
-            } else {
-                sp.headers.push_raw(pd.name.clone(), item.to_owned());
-            }
-        });
-    } else if sp.headers.len() >= MAX_HEADERS {
-        over = true;
-    } else {
-        sp.headers.push_raw(pd.name, pd.value);
-    }
-    if over {
+    let split = crate::message::is_split_list(&pd.name);
+    if !sp.headers.name_text_from(pd.name, pd.start, split, MAX_HEADERS) {
         sp.err = Some(fail(513, "too many headers"));
     }
     None

@@ -298,13 +298,16 @@ impl<'a> Cur<'a> {
     }
 }
 
-/// Splits a header value on top-level commas (outside quotes and `<...>`).
-pub(crate) fn split_commas(v: &str, mut each: impl FnMut(&str)) {
+/// Splits a header value on top-level commas (outside quotes and `<...>`), handing `each`
+/// the byte range of every item, trimmed of spaces and tabs.
+pub(crate) fn split_commas(v: &str, mut each: impl FnMut(std::ops::Range<usize>)) {
     let b = v.as_bytes();
-    if !b.contains(&b',') {
-        each(trim_ws(v));
-        return;
-    }
+    let mut item = |start: usize, end: usize| {
+        let s = b.get(start..end).unwrap_or(b"");
+        let lead = s.iter().take_while(|&&c| is_ws(c)).count();
+        let trail = s.get(lead..).unwrap_or(b"").iter().rev().take_while(|&&c| is_ws(c)).count();
+        each(start + lead..end - trail);
+    };
     let (mut in_q, mut esc, mut angle) = (false, false, false);
     let mut start = 0;
     for (i, &c) in b.iter().enumerate() {
@@ -323,13 +326,13 @@ pub(crate) fn split_commas(v: &str, mut each: impl FnMut(&str)) {
             b'<' => angle = true,
             b'>' => angle = false,
             b',' if !angle => {
-                each(trim_ws(v.get(start..i).unwrap_or("")));
+                item(start, i);
                 start = i + 1;
             }
             _ => {}
         }
     }
-    each(trim_ws(v.get(start..).unwrap_or("")));
+    item(start, b.len());
 }
 
 /// Generic parameters: `*( SEMI token [ EQUAL ( token / host / quoted-string ) ] )`.

@@ -217,3 +217,39 @@ fn build_request_and_answer_it() {
     assert!(again.headers.get("Contact").is_none());
     assert!(again.to_string().starts_with("SIP/2.0 180 Ringing\r\n"));
 }
+
+#[test]
+fn folded_lists_are_split_into_exact_items_and_other_values_keep_their_text() {
+    let msg = "INVITE sip:b@example.com SIP/2.0\r\n\
+v: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1 ,\r\n \t SIP/2.0/TCP 192.0.2.2;branch=z9hG4bK2\r\n\
+Via: SIP/2.0/UDP 192.0.2.3;branch=z9hG4bK3\r\n\
+m: <sip:a@192.0.2.1>;q=0.5,  \"x, y\" <sip:c@192.0.2.9;a=b>\r\n\
+Subject: one,\r\n  two ,\r\n\tthree\r\n\
+From: <sip:a@example.com>;tag=1\r\n\
+To: <sip:b@example.com>\r\n\
+Call-ID: c1\r\n\
+CSeq: 1 INVITE\r\n\
+X-Odd: caf\u{e9}\r\n\
+Content-Length: 0\r\n\r\n";
+    let r = request(msg.as_bytes());
+    let all: Vec<(&str, &str)> = r.headers.iter().collect();
+    assert_eq!(
+        all,
+        [
+            ("Via", "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1"),
+            ("Via", "SIP/2.0/TCP 192.0.2.2;branch=z9hG4bK2"),
+            ("Via", "SIP/2.0/UDP 192.0.2.3;branch=z9hG4bK3"),
+            ("Contact", "<sip:a@192.0.2.1>;q=0.5"),
+            ("Contact", "\"x, y\" <sip:c@192.0.2.9;a=b>"),
+            ("Subject", "one, two , three"),
+            ("From", "<sip:a@example.com>;tag=1"),
+            ("To", "<sip:b@example.com>"),
+            ("Call-ID", "c1"),
+            ("CSeq", "1 INVITE"),
+            ("X-Odd", "caf\u{e9}"),
+            ("Content-Length", "0"),
+        ]
+    );
+    assert_eq!(r.vias().unwrap().len(), 3);
+    assert_eq!(r.contacts().unwrap().len(), 2);
+}

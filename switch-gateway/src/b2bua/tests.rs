@@ -313,7 +313,7 @@ fn registrations_are_saved_a_second_after_they_change_and_at_shutdown_and_a_new_
     let mut saved = saved_registrations(&mut h);
     assert_eq!(saved.len(), 1, "one save for the burst");
     saved[0].bindings.sort_by(|a, b| a.number.cmp(&b.number));
-    let numbers: Vec<(&str, SocketAddr)> = saved[0].bindings.iter().map(|b| (b.number.as_str(), b.source)).collect();
+    let numbers: Vec<(&str, SocketAddr)> = saved[0].bindings.iter().map(|b| (&*b.number, b.source)).collect();
     assert_eq!(numbers, [("1001", addr(5062)), ("1002", addr(5064))]);
     assert_eq!(saved[0].bindings[0].expires_unix_ms, WALL_MS + 600_000, "registered at the start, for 600 s");
     h.advance(Duration::from_secs(30));
