@@ -14,7 +14,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod source;
 pub mod validate;
+pub use source::address_key;
 pub use validate::*;
 
 /// The protocol version this crate speaks. A peer announcing another version gets

@@ -13,7 +13,7 @@
 //!   deadline; HTTP/2's version sniffing and streams would not be.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,20 +35,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// Largest request head (request line + headers) hyper buffers; bigger ones get 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// The key connections are counted under: an IPv4 address (also when mapped into IPv6), or the
-/// /64 prefix of an IPv6 address (one subscriber usually holds a whole /64).
-pub fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
+/// The key connections are counted under (shared with the gateway's SIP guard).
+pub use trunkline_protocol::address_key;
 
 /// Connections not (yet) signed in, per address.
 pub struct ConnLimiter {

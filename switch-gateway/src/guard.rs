@@ -15,6 +15,9 @@
 //!   the number is under attack from elsewhere.
 //! - A source or account is forgotten after `forget_after_secs` without a failure (and unblocked).
 //!
+//! A source is an IPv4 address or the /64 of an IPv6 one ([`address_key`]): an attacker who
+//! holds a /64 must not get a fresh budget from each of its 2^64 addresses.
+//!
 //! Memory is bounded: at most `max_tracked` sources and as many accounts (the oldest quiet ones
 //! are forgotten first); trusted pairs only come from successful authentications.
 
@@ -23,6 +26,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use trunkline_protocol::address_key;
 
 /// `[sip_guard]` in the gateway config (see `switch-gateway.example.toml`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -95,7 +99,7 @@ impl GuardConfig {
 /// What a new block is about (each is reported once, when it starts).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Blocked {
-    /// This address is ignored.
+    /// This source is ignored: an IPv4 address, or an IPv6 /64 (its prefix, the rest zero).
     Source(IpAddr),
     /// This number's credentials are not checked from untrusted addresses.
     Account(String),
@@ -169,11 +173,13 @@ impl Guard {
 
     /// Is `ip` being ignored right now?
     pub fn is_blocked(&self, now: Instant, ip: IpAddr) -> bool {
+        let ip = address_key(ip);
         self.cfg.enabled && self.sources.get(&ip).and_then(|s| s.blocked_until).is_some_and(|t| t > now)
     }
 
     /// Must `account`'s credentials from `ip` go unchecked (and unanswered) right now?
     pub fn account_locked(&self, now: Instant, account: &str, ip: IpAddr) -> bool {
+        let ip = address_key(ip);
         self.cfg.enabled
             && self.accounts.get(key(account)).and_then(|a| a.blocked_until).is_some_and(|t| t > now)
             && !self.is_trusted(now, account, ip)
@@ -197,6 +203,7 @@ impl Guard {
     /// A request from `ip` that will be answered without authentication (a challenge, OPTIONS,
     /// 405 …): spend one from the source's bucket.
     pub fn on_unauthenticated(&mut self, now: Instant, ip: IpAddr) -> Admit {
+        let ip = address_key(ip);
         if !self.cfg.enabled {
             return Admit::Answer;
         }
@@ -228,6 +235,7 @@ impl Guard {
     /// Wrong credentials for `account` from `ip` (also for a number nobody has: the same
     /// treatment, so the limits tell nothing). Returns the blocks that start now.
     pub fn on_failure(&mut self, now: Instant, ip: IpAddr, account: &str) -> Vec<BlockEvent> {
+        let ip = address_key(ip);
         let mut events = vec![];
         if !self.cfg.enabled {
             return events;
@@ -270,6 +278,7 @@ impl Guard {
     /// `ip` authenticated as `account`: it is trusted for that number from now on, and its own
     /// failure count starts again.
     pub fn on_success(&mut self, now: Instant, ip: IpAddr, account: &str) {
+        let ip = address_key(ip);
         if !self.cfg.enabled {
             return;
         }
@@ -562,5 +571,41 @@ mod tests {
             assert_eq!(g.on_unauthenticated(t0, a), Admit::Answer);
         }
         assert!(!g.is_blocked(t0, a));
+    }
+
+    #[test]
+    fn an_ipv6_attacker_gets_one_budget_per_64_not_per_address() {
+        let mut g = Guard::new(cfg());
+        let now = Instant::now();
+        let in_64 = |n: u16| IpAddr::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 7, 1, n, n, n, n));
+        let cap = cfg().max_unauthenticated_per_minute;
+        for n in 0..cap {
+            assert_eq!(g.on_unauthenticated(now, in_64(n as u16)), Admit::Answer, "request {n}");
+        }
+        // A new address of the same /64 has no budget of its own: the /64 is blocked.
+        let Admit::Block(ev) = g.on_unauthenticated(now, in_64(999)) else { panic!("not blocked") };
+        assert_eq!(ev.what, Blocked::Source(ip("2001:db8:7:1::")));
+        assert!(g.is_blocked(now, in_64(4242)));
+        assert_eq!(g.on_unauthenticated(now, in_64(4243)), Admit::Drop);
+        // Another /64 is another source.
+        let other = IpAddr::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 7, 2, 0, 0, 0, 1));
+        assert!(!g.is_blocked(now, other));
+        assert_eq!(g.on_unauthenticated(now, other), Admit::Answer);
+        assert_eq!(g.tracked().0, 2);
+
+        // Wrong passwords too: the per-source failure budget is the /64's.
+        let mut g = Guard::new(cfg());
+        let max = cfg().max_failures_per_source;
+        let mut blocked = vec![];
+        for n in 0..max {
+            blocked.extend(g.on_failure(now, in_64(100 + n as u16), &format!("{}", 1000 + n)));
+        }
+        assert!(blocked.iter().any(|e| e.what == Blocked::Source(ip("2001:db8:7:1::"))), "{blocked:?}");
+        // A phone of that /64 that authenticated is trusted as the /64, as behind an IPv4 NAT.
+        let mut g = Guard::new(cfg());
+        g.on_success(now, in_64(1), "1001");
+        for n in 0..cap + 5 {
+            assert_eq!(g.on_unauthenticated(now, in_64(2 + n as u16)), Admit::Answer, "request {n}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use super::stopped;
 use crate::registrar::Transport;
 use crate::{CoreIn, GatewayError};
+use trunkline_protocol::address_key;
 
 /// The writer of each open SIP stream connection, by peer.
 pub(crate) type TcpWriters = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
@@ -239,26 +240,76 @@ async fn tcp_conn<S>(
 #[derive(Clone, Default)]
 pub(crate) struct Blocklist(Arc<Mutex<HashMap<IpAddr, Instant>>>);
 
+/// Sources the blocklist holds at most. The guard's own table is bounded by `max_tracked`;
+/// this copy only saves parsing what the guard would drop anyway, so past it the blocks that
+/// end soonest are forgotten first (the core still drops their requests).
+const BLOCKLIST_MAX: usize = 100_000;
+
 impl Blocklist {
-    pub(crate) fn block(&self, ip: IpAddr, until: Instant) {
-        let mut m = self.0.lock().unwrap();
-        // Bounded like the guard's own table: expired blocks go when it grows.
-        if m.len() >= 100_000 {
+    /// Ignore `source` (an IPv4 address or an IPv6 /64 prefix, as the guard keys it) until `until`.
+    pub(crate) fn block(&self, source: IpAddr, until: Instant) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let source = address_key(source);
+        if m.len() >= BLOCKLIST_MAX && !m.contains_key(&source) {
             let now = Instant::now();
             m.retain(|_, t| *t > now);
+            if m.len() >= BLOCKLIST_MAX {
+                // Every block is live (a flood from many /64s): keep the longest ones.
+                let mut ends: Vec<Instant> = m.values().copied().collect();
+                let cut = ends.len() - BLOCKLIST_MAX * 9 / 10;
+                let (_, nth, _) = ends.select_nth_unstable(cut);
+                let nth = *nth;
+                m.retain(|_, t| *t > nth);
+            }
         }
-        m.insert(ip, until);
+        m.insert(source, until);
     }
 
     fn is_blocked(&self, ip: IpAddr) -> bool {
-        let mut m = self.0.lock().unwrap();
-        match m.get(&ip) {
+        let key = address_key(ip);
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get(&key) {
             Some(t) if *t > Instant::now() => true,
             Some(_) => {
-                m.remove(&ip);
+                m.remove(&key);
                 false
             }
             None => false,
         }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_blocked_ipv6_source_is_its_whole_64_and_the_list_stays_bounded() {
+        let list = Blocklist::default();
+        let until = Instant::now() + Duration::from_secs(600);
+        list.block("2001:db8:5:6::".parse().unwrap(), until);
+        assert!(list.is_blocked("2001:db8:5:6:1:2:3:4".parse().unwrap()));
+        assert!(list.is_blocked("2001:db8:5:6::ffff".parse().unwrap()));
+        assert!(!list.is_blocked("2001:db8:5:7::1".parse().unwrap()));
+        list.block("::ffff:192.0.2.9".parse().unwrap(), until);
+        assert!(list.is_blocked("192.0.2.9".parse().unwrap()));
+        assert!(!list.is_blocked("192.0.2.10".parse().unwrap()));
+
+        // A flood of live blocks from distinct /64s: the list keeps its bound, and the newest
+        // (longest) block is kept.
+        let base = Instant::now() + Duration::from_secs(60);
+        for i in 0..(BLOCKLIST_MAX as u32 + 5_000) {
+            let ip = std::net::Ipv6Addr::new(0x2001, 0xdb9, (i >> 16) as u16, i as u16, 0, 0, 0, 0);
+            list.block(ip.into(), base + Duration::from_millis(u64::from(i)));
+        }
+        assert!(list.len() <= BLOCKLIST_MAX, "{}", list.len());
+        let last = BLOCKLIST_MAX as u32 + 4_999;
+        assert!(list.is_blocked(std::net::Ipv6Addr::new(0x2001, 0xdb9, (last >> 16) as u16, last as u16, 0, 0, 0, 9).into()));
     }
 }
