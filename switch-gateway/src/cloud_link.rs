@@ -11,8 +11,12 @@
 //! after the next sign-in, as are those sent in the last [`RESEND_WINDOW`] before a drop (they
 //! may not have been read; the cloud takes a repeated report as done). Each sign-in lists the
 //! calls the gateway still carries (`switch_auth.calls`), so the cloud can end the others.
+//!
+//! A report the cloud answers with `internal` or `unavailable` for its call (a cluster replica
+//! that owned the call did not answer in time; storage that cannot take writes) is sent again
+//! after [`REFUSED_RETRY_MIN`], doubling up to [`REFUSED_RETRY_MAX`], [`MAX_REFUSALS`] times.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,21 +53,44 @@ pub const MAX_QUEUED_REPORTS: usize = 10_000;
 /// cloud may not have read them (a killed server's socket buffer).
 pub const RESEND_WINDOW: Duration = Duration::from_secs(30);
 
+/// A report refused with `internal` or `unavailable` goes again after this, doubling with
+/// each refusal …
+pub const REFUSED_RETRY_MIN: Duration = Duration::from_secs(1);
+/// … up to this …
+pub const REFUSED_RETRY_MAX: Duration = Duration::from_secs(60);
+/// … and is dropped (with a warning and `trunkline_gateway_end_reports_dropped_total`) after
+/// this many refusals in a row: about 7 minutes of trying.
+pub const MAX_REFUSALS: u32 = 12;
+
 /// Is `m` an end-of-call report (kept while the link is down)?
 fn is_end_report(m: &ClientMsg) -> bool {
-    matches!(m, ClientMsg::CallReport { .. } | ClientMsg::CallEvent { event: trunkline_protocol::CallEvent::Ended { .. }, .. })
+    report_call_id(m).is_some()
 }
 
-/// End reports waiting for the link, and those recently sent on it.
+/// The call an end-of-call report is about; `None` for any other message.
+fn report_call_id(m: &ClientMsg) -> Option<&str> {
+    match m {
+        ClientMsg::CallReport { call_id, .. } => Some(call_id),
+        ClientMsg::CallEvent { call_id, event: trunkline_protocol::CallEvent::Ended { .. } } => Some(call_id),
+        _ => None,
+    }
+}
+
+/// End reports waiting for the link, those recently sent on it, and those the cloud refused
+/// for now. Sans-IO: `now` comes in, the session loop does the sending.
 #[derive(Default)]
 struct Reports {
     queued: VecDeque<ClientMsg>,
-    sent: VecDeque<(Instant, ClientMsg)>,
+    /// When each was sent, and how many times the cloud had refused it before.
+    sent: VecDeque<(Instant, u32, ClientMsg)>,
+    /// Refused reports by when they go again (and a sequence number, for equal times).
+    retry: BTreeMap<(Instant, u64), (u32, ClientMsg)>,
+    retry_seq: u64,
 }
 
 impl Reports {
     fn keep(&mut self, m: ClientMsg) {
-        if self.queued.len() >= MAX_QUEUED_REPORTS {
+        if self.queued.len() + self.retry.len() >= MAX_QUEUED_REPORTS {
             self.queued.pop_front();
             metrics::counter!("trunkline_gateway_end_reports_dropped_total").increment(1);
             tracing::warn!(max = MAX_QUEUED_REPORTS, "cloud link down too long: dropped the oldest queued end-of-call report");
@@ -71,20 +98,56 @@ impl Reports {
         self.queued.push_back(m);
     }
 
-    fn sent(&mut self, now: Instant, m: &ClientMsg) {
+    /// `m` went out; `refusals`: how many times the cloud refused it before.
+    fn sent(&mut self, now: Instant, m: &ClientMsg, refusals: u32) {
         if is_end_report(m) {
-            self.sent.push_back((now, m.clone()));
+            self.sent.push_back((now, refusals, m.clone()));
         }
-        while self.sent.front().is_some_and(|(t, _)| now.duration_since(*t) > RESEND_WINDOW) {
+        while self.sent.front().is_some_and(|(t, _, _)| now.duration_since(*t) > RESEND_WINDOW) {
             self.sent.pop_front();
         }
+    }
+
+    /// The cloud answered `internal` or `unavailable` for `call_id`: if that was the answer to
+    /// an end report we sent, it goes again later. Returns when (`None`: not a report of ours,
+    /// or refused too often and dropped).
+    fn refused(&mut self, now: Instant, call_id: &str) -> Option<Instant> {
+        let i = self.sent.iter().rposition(|(_, _, m)| report_call_id(m) == Some(call_id))?;
+        let (_, refusals, m) = self.sent.remove(i)?;
+        let refusals = refusals + 1;
+        if refusals > MAX_REFUSALS {
+            metrics::counter!("trunkline_gateway_end_reports_dropped_total").increment(1);
+            tracing::warn!(%call_id, refusals, "the cloud kept refusing this end-of-call report: dropped");
+            return None;
+        }
+        let wait = REFUSED_RETRY_MIN.saturating_mul(1 << (refusals - 1).min(16)).min(REFUSED_RETRY_MAX);
+        let due = now + wait;
+        self.retry_seq += 1;
+        self.retry.insert((due, self.retry_seq), (refusals, m));
+        Some(due)
+    }
+
+    /// When the next refused report is due.
+    fn next_retry(&self) -> Option<Instant> {
+        self.retry.keys().next().map(|(t, _)| *t)
+    }
+
+    /// The refused reports due at `now`, with their refusal counts, oldest first.
+    fn take_due(&mut self, now: Instant) -> Vec<(u32, ClientMsg)> {
+        let later = self.retry.split_off(&(now, u64::MAX));
+        std::mem::replace(&mut self.retry, later).into_values().collect()
     }
 
     /// The link dropped: the recent ones go out again, before those queued since.
     fn link_dropped(&mut self, now: Instant) {
         let recent: Vec<ClientMsg> =
-            self.sent.drain(..).filter(|(t, _)| now.duration_since(*t) <= RESEND_WINDOW).map(|(_, m)| m).collect();
+            self.sent.drain(..).filter(|(t, _, _)| now.duration_since(*t) <= RESEND_WINDOW).map(|(_, _, m)| m).collect();
         for m in recent.into_iter().rev() {
+            self.queued.push_front(m);
+        }
+        // Refused ones are older still: they go first after the next sign-in.
+        let refused: Vec<ClientMsg> = std::mem::take(&mut self.retry).into_values().map(|(_, m)| m).collect();
+        for m in refused.into_iter().rev() {
             self.queued.push_front(m);
         }
         while self.queued.len() > MAX_QUEUED_REPORTS {
@@ -228,7 +291,7 @@ async fn session(
     while let Some(m) = reports.queued.front() {
         ws.send(Message::Text(m.encode().into())).await.map_err(|e| io(&e))?;
         let m = reports.queued.pop_front().expect("just seen");
-        reports.sent(Instant::now(), &m);
+        reports.sent(Instant::now(), &m, 0);
         resent += 1;
     }
     if resent > 0 {
@@ -245,6 +308,11 @@ async fn session(
                     }
                     Ok(ServerMsg::Pong) => {}
                     Ok(m) => {
+                        if let ServerMsg::Error { code: ErrorCode::Internal | ErrorCode::Unavailable, call_id: Some(cid), message } = &m
+                            && let Some(due) = reports.refused(Instant::now(), cid)
+                        {
+                            tracing::warn!(call_id = %cid, %message, retry_in = ?due.saturating_duration_since(Instant::now()), "the cloud refused an end-of-call report for now: sending it again later");
+                        }
                         if events.send(LinkEvent::Msg(m)).await.is_err() {
                             return Ok(());
                         }
@@ -261,7 +329,7 @@ async fn session(
                         reports.while_down(m);
                         return Err(io(&e));
                     }
-                    reports.sent(Instant::now(), &m);
+                    reports.sent(Instant::now(), &m, 0);
                     idle.reset();
                 }
                 // The core is gone (the gateway is stopping): everything it sent is out.
@@ -270,6 +338,20 @@ async fn session(
                     return Ok(());
                 }
             },
+            _ = until(reports.next_retry()) => {
+                let mut due = reports.take_due(Instant::now()).into_iter();
+                while let Some((refusals, m)) = due.next() {
+                    if let Err(e) = ws.send(Message::Text(m.encode().into())).await {
+                        // This one and the rest go after the next sign-in.
+                        for (_, m) in std::iter::once((refusals, m)).chain(due) {
+                            reports.while_down(m);
+                        }
+                        return Err(io(&e));
+                    }
+                    reports.sent(Instant::now(), &m, refusals);
+                }
+                idle.reset();
+            }
             _ = idle.tick() => {
                 ws.send(Message::Text(ClientMsg::Ping.encode().into())).await.map_err(|e| io(&e))?;
             }
@@ -278,6 +360,14 @@ async fn session(
                 return Ok(());
             }
         }
+    }
+}
+
+/// Resolves at `t`; never for `None`.
+async fn until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -367,4 +457,62 @@ async fn sign_in(cfg: &LinkConfig, events: &mpsc::Sender<LinkEvent>) -> Result<W
         None => return Err(SessionError::Io("closed during sign-in".into())),
     }
     Ok(ws)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trunkline_protocol::{CallEvent, Outcome};
+
+    fn ended(call_id: &str) -> ClientMsg {
+        ClientMsg::CallEvent {
+            call_id: call_id.into(),
+            event: CallEvent::Ended { outcome: Outcome::Connected, duration_ms: Some(1000) },
+        }
+    }
+
+    #[test]
+    fn a_refused_end_report_goes_again_later_doubling_until_it_is_dropped() {
+        let t0 = Instant::now();
+        let mut r = Reports::default();
+        r.sent(t0, &ended("c1"), 0);
+        r.sent(t0, &ClientMsg::Ping, 0);
+        // An error about another call, or a message that was no report: nothing to retry.
+        assert_eq!(r.refused(t0, "c2"), None);
+        assert_eq!(r.next_retry(), None);
+
+        let mut now = t0;
+        let mut refusals = 0;
+        let mut waits = vec![];
+        while let Some(due) = r.refused(now, "c1") {
+            waits.push(due - now);
+            assert_eq!(r.next_retry(), Some(due));
+            assert!(r.take_due(due - Duration::from_millis(1)).is_empty(), "not before it is due");
+            let again = r.take_due(due);
+            assert_eq!(again.len(), 1);
+            let (n, m) = again.into_iter().next().unwrap();
+            refusals += 1;
+            assert_eq!((n, report_call_id(&m)), (refusals, Some("c1")));
+            now = due;
+            r.sent(now, &m, n);
+        }
+        let secs: Vec<u64> = waits.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60, 60, 60]);
+        assert_eq!(refusals, MAX_REFUSALS);
+        assert_eq!(r.next_retry(), None, "dropped after {MAX_REFUSALS} refusals");
+    }
+
+    #[test]
+    fn refused_reports_waiting_when_the_link_drops_go_first_after_the_next_sign_in() {
+        let t0 = Instant::now();
+        let mut r = Reports::default();
+        r.sent(t0, &ended("old"), 0);
+        r.sent(t0, &ended("recent"), 0);
+        assert!(r.refused(t0, "old").is_some());
+        r.while_down(ended("later"));
+        r.link_dropped(t0 + Duration::from_millis(10));
+        let order: Vec<&str> = r.queued.iter().filter_map(report_call_id).collect();
+        assert_eq!(order, ["old", "recent", "later"]);
+        assert_eq!(r.next_retry(), None);
+    }
 }
