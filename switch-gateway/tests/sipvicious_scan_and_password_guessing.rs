@@ -3,11 +3,12 @@
 //! get the same answer for REGISTER, INVITE, OPTIONS, SUBSCRIBE and MESSAGE; `svcrack` is
 //! ignored after the guard's budget while a registered baresip on another address keeps
 //! registering and calling; a pipelined guesser from one address (and from many) is cut off and
-//! the gateway's memory stays flat; a captured `Authorization` replayed gets a fresh 401.
+//! the gateway's memory stays flat; a captured `Authorization` replayed gets a fresh 401; an
+//! IPv6 scanner hopping addresses inside its /64 is ignored across the whole /64.
 //!
 //! The gateway runs as its own process (the `switch-gateway` binary): its RSS, its log and its
 //! `/metrics` are its own. Different attackers are different loopback addresses (Linux routes
-//! all of 127/8 to `lo`).
+//! all of 127/8 to `lo`; the IPv6 test adds documentation-range addresses to `lo`, as root).
 
 #[path = "common/baresip.rs"]
 mod baresip;
@@ -39,7 +40,13 @@ struct GwProc {
 
 impl GwProc {
     async fn start(dir: &Path, cloud_ws: &str, guard_toml: &str) -> GwProc {
-        let port = free_udp_port();
+        GwProc::start_on(dir, cloud_ws, guard_toml, "127.0.0.1".parse().unwrap()).await
+    }
+
+    /// A gateway whose SIP listens on `ip` (a free port there).
+    async fn start_on(dir: &Path, cloud_ws: &str, guard_toml: &str, ip: std::net::IpAddr) -> GwProc {
+        let port = std::net::UdpSocket::bind((ip, 0)).expect("a free UDP port").local_addr().unwrap().port();
+        let sip = SocketAddr::new(ip, port);
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let secret_file = dir.join("hq.secret");
         std::fs::write(&secret_file, common::secret_of("hq")).unwrap();
@@ -50,7 +57,7 @@ impl GwProc {
         let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rtp = 30000 + ((std::process::id() * 8 + slot) % 375) as u16 * 40;
         let config = format!(
-            "id = \"hq\"\nsecret_file = \"{}\"\ncloud_url = \"{cloud_ws}\"\nsip_listen = \"127.0.0.1:{port}\"\n\
+            "id = \"hq\"\nsecret_file = \"{}\"\ncloud_url = \"{cloud_ws}\"\nsip_listen = \"{sip}\"\n\
              rtp_ports = \"{rtp}-{}\"\nstate_dir = \"{}\"\necho_number = \"{ECHO}\"\nring_timeout_secs = 10\n\
              metrics_listen = \"127.0.0.1:{metrics_port}\"\n{guard_toml}\n",
             secret_file.display(),
@@ -72,13 +79,7 @@ impl GwProc {
             .kill_on_drop(true)
             .spawn()
             .expect("the gateway starts");
-        let gw = GwProc {
-            child,
-            sip: format!("127.0.0.1:{port}").parse().unwrap(),
-            metrics: format!("127.0.0.1:{metrics_port}").parse().unwrap(),
-            log,
-            state_dir,
-        };
+        let gw = GwProc { child, sip, metrics: format!("127.0.0.1:{metrics_port}").parse().unwrap(), log, state_dir };
         wait_phone_list(&gw.state_dir, &["1001", "1002", "1003"]).await;
         gw
     }
@@ -568,6 +569,80 @@ async fn a_replayed_authorization_gets_a_fresh_challenge() {
     sock.send_to(request("REGISTER", &sock, gw.sip, "1001", "1001", "r4", "reg-c", &auth2).as_bytes(), gw.sip).await.unwrap();
     assert_eq!(status_of(&next_response(&sock, WAIT).await.unwrap()), Some(401));
     assert!(gw.log_text().lines().any(|l| l.contains("replayed_nonce") && l.contains("src=127.0.0.42")));
+    gw.stop().await;
+    cloud.stop().await;
+}
+
+/// IPv6 addresses of the documentation range added to `lo` for one test, so sockets can bind
+/// them (`nodad`: usable at once); removed again on drop. Needs root (CI runs the tests as root).
+struct LoAddresses(Vec<std::net::IpAddr>);
+
+impl LoAddresses {
+    fn add(addrs: &[std::net::IpAddr]) -> LoAddresses {
+        let uid = std::process::Command::new("id").arg("-u").output().expect("run `id -u`");
+        assert_eq!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "this test needs root to add IPv6 addresses to lo (CI runs the tests as root)"
+        );
+        let mut added = LoAddresses(vec![]);
+        for a in addrs {
+            let out = std::process::Command::new("ip")
+                .args(["-6", "addr", "replace", &format!("{a}/128"), "dev", "lo", "nodad"])
+                .output()
+                .expect("run ip");
+            assert!(out.status.success(), "ip -6 addr replace {a}/128 dev lo: {}", String::from_utf8_lossy(&out.stderr));
+            added.0.push(*a);
+        }
+        added
+    }
+}
+
+impl Drop for LoAddresses {
+    fn drop(&mut self) {
+        for a in &self.0 {
+            let _ = std::process::Command::new("ip").args(["-6", "addr", "del", &format!("{a}/128"), "dev", "lo"]).status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_scanner_is_ignored_across_its_whole_64_and_another_64_is_answered() {
+    // Addresses in a /48 of 2001:db8::/32 of this run's own, so parallel runs do not meet.
+    let r = (std::process::id() % 0xfff0) as u16 + 1;
+    let addr = |net: u16, host: u16| -> std::net::IpAddr { std::net::Ipv6Addr::new(0x2001, 0xdb8, r, net, 0, 0, 0, host).into() };
+    let _lo = LoAddresses::add(&[addr(0xff, 1), addr(1, 0xa), addr(1, 0xb), addr(1, 0xc), addr(1, 0x1234), addr(2, 0xa)]);
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(dir.path()).await;
+    let guard = "[sip_guard]\nmax_unauthenticated_per_minute = 5\n";
+    let gw = GwProc::start_on(dir.path(), &cloud.ws_url, guard, addr(0xff, 1)).await;
+
+    let options = |sock: &UdpSocket, tag: &str| request("OPTIONS", sock, gw.sip, "1001", "1001", tag, tag, "");
+    // The scanner's first address spends the /64's budget of 5: each is answered.
+    let first = UdpSocket::bind((addr(1, 0xa), 0)).await.unwrap();
+    for i in 0..5 {
+        first.send_to(options(&first, &format!("a{i}")).as_bytes(), gw.sip).await.unwrap();
+        let answer = next_response(&first, WAIT).await.expect("answered within the budget");
+        assert_eq!(status_of(&answer), Some(200), "{answer}");
+    }
+    // A new address in the same /64 has no budget of its own: the /64 is blocked, and every
+    // address in it is ignored.
+    for host in [0xb_u16, 0xc, 0x1234] {
+        let sock = UdpSocket::bind((addr(1, host), 0)).await.unwrap();
+        sock.send_to(options(&sock, &format!("b{host}")).as_bytes(), gw.sip).await.unwrap();
+        assert_eq!(next_response(&sock, Duration::from_secs(1)).await, None, "an address of the blocked /64 got an answer");
+    }
+    // Another /64 is another source.
+    let other = UdpSocket::bind((addr(2, 0xa), 0)).await.unwrap();
+    other.send_to(options(&other, "c1").as_bytes(), gw.sip).await.unwrap();
+    let answer = next_response(&other, WAIT).await.expect("another /64 is answered");
+    assert_eq!(status_of(&answer), Some(200), "{answer}");
+
+    let log = gw.log_text();
+    let blocked_64 = format!("src=2001:db8:{r:x}:1:: ");
+    let blocks: Vec<&str> = log.lines().filter(|l| l.contains("SIP source blocked")).collect();
+    assert_eq!(blocks.len(), 1, "one block, for the /64:\n{log}");
+    assert!(blocks[0].contains(&blocked_64), "the block names the /64 ({blocked_64}): {}", blocks[0]);
     gw.stop().await;
     cloud.stop().await;
 }
