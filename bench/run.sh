@@ -16,7 +16,8 @@
 # median is reported), SAT_WARMUP_SECS (2), PAIRS (16 switch pairs), WINDOW (256 queries in
 # flight per caller switch), IDLE_CONNS (10000),
 # IDLE_SETTLE_SECS (12), TIME_LIMIT (1200 s for the whole run), SKIP_BUILD=1, KEEP_TMP=1,
-# ONLY="kamailio rate saturate idle cluster gateway web natlab" (a subset), OUT (default bench/results/latest.md).
+# ONLY="kamailio rate saturate idle cluster gateway web natlab" (a subset), OUT (default bench/results/latest.md;
+# bench/results/partial-TIME.md when ONLY or GW_PARTS is set).
 # Cluster phase (needs PostgreSQL and NATS; skipped with the reason otherwise): CLUSTER_PG_URL
 # (postgres://postgres@127.0.0.1:5432/postgres: a URL that may CREATE DATABASE; the bench makes
 # and drops a database of its own), CLUSTER_NATS_URL (nats://127.0.0.1:4222), CLUSTER_PAIRS (16),
@@ -62,6 +63,7 @@ PAIRS=${PAIRS:-16}
 WINDOW=${WINDOW:-256}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_SETTLE_SECS=${IDLE_SETTLE_SECS:-12}
+ONLY_GIVEN=${ONLY:-}
 ONLY=${ONLY:-kamailio rate saturate idle cluster gateway web natlab}
 CLUSTER_PG_URL=${CLUSTER_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 CLUSTER_NATS_URL=${CLUSTER_NATS_URL:-nats://127.0.0.1:4222}
@@ -75,6 +77,7 @@ CLUSTER_RATE_SECS=${CLUSTER_RATE_SECS:-5}
 F4_CALLS=${F4_CALLS:-300}
 F4_CONCURRENCY=${F4_CONCURRENCY:-4}
 NATLAB_CALLS=${NATLAB_CALLS:-20}
+GW_PARTS_GIVEN=${GW_PARTS:-}
 GW_PARTS=${GW_PARTS:-register calls setup mediacpu mediawebrtc}
 # Kamailio's 302s at saturation (closed loop, as the REGISTER and F7 saturation rows).
 KAM_SAT_SIPPS=${KAM_SAT_SIPPS:-2}
@@ -103,6 +106,10 @@ MEDIACPU_MAX_SECS=${MEDIACPU_MAX_SECS:-120}
 MEDIAWEBRTC_STEPS=${MEDIAWEBRTC_STEPS:-50,200,500,750,1000}
 MEDIAWEBRTC_SECS=${MEDIAWEBRTC_SECS:-5}
 MEDIAWEBRTC_MAX_SECS=${MEDIAWEBRTC_MAX_SECS:-60}
+# A partial run (ONLY or GW_PARTS set) must not replace the full run's table.
+if [[ -z ${OUT:-} && ( -n ${ONLY_GIVEN:-} || -n ${GW_PARTS_GIVEN:-} ) ]]; then
+    OUT=$BENCH_DIR/results/partial-$(date -u +%Y%m%d-%H%M%S).md
+fi
 OUT=${OUT:-$BENCH_DIR/results/latest.md}
 
 log() { printf 'run.sh: %s\n' "$*" >&2; }
