@@ -138,6 +138,11 @@ impl Reports {
         std::mem::replace(&mut self.retry, later).into_values().collect()
     }
 
+    /// Every refused report still waiting, oldest first (the gateway is stopping: one last try).
+    fn take_all(&mut self) -> Vec<ClientMsg> {
+        std::mem::take(&mut self.retry).into_values().map(|(_, m)| m).collect()
+    }
+
     /// The link dropped: the recent ones go out again, before those queued since.
     fn link_dropped(&mut self, now: Instant) {
         let recent: Vec<ClientMsg> =
@@ -146,8 +151,7 @@ impl Reports {
             self.queued.push_front(m);
         }
         // Refused ones are older still: they go first after the next sign-in.
-        let refused: Vec<ClientMsg> = std::mem::take(&mut self.retry).into_values().map(|(_, m)| m).collect();
-        for m in refused.into_iter().rev() {
+        for m in self.take_all().into_iter().rev() {
             self.queued.push_front(m);
         }
         while self.queued.len() > MAX_QUEUED_REPORTS {
@@ -334,7 +338,7 @@ async fn session(
                 }
                 // The core is gone (the gateway is stopping): everything it sent is out.
                 None => {
-                    close(ws, outgoing).await;
+                    close(ws, reports.take_all(), outgoing).await;
                     return Ok(());
                 }
             },
@@ -356,7 +360,7 @@ async fn session(
                 ws.send(Message::Text(ClientMsg::Ping.encode().into())).await.map_err(|e| io(&e))?;
             }
             _ = stopping(shutdown) => {
-                close(ws, outgoing).await;
+                close(ws, reports.take_all(), outgoing).await;
                 return Ok(());
             }
         }
@@ -376,10 +380,14 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-/// Stopping: send what is queued, then the close handshake (the cloud has read everything
-/// before it answers the close), within a few seconds.
-async fn close(mut ws: Ws, outgoing: &mut mpsc::Receiver<ClientMsg>) {
+/// Stopping: send the refused reports still waiting (`refused`, one last try) and what is
+/// queued, then the close handshake (the cloud has read everything before it answers the
+/// close), within a few seconds.
+async fn close(mut ws: Ws, refused: Vec<ClientMsg>, outgoing: &mut mpsc::Receiver<ClientMsg>) {
     let flush = async {
+        for m in refused {
+            ws.send(Message::Text(m.encode().into())).await?;
+        }
         while let Ok(m) = outgoing.try_recv() {
             ws.send(Message::Text(m.encode().into())).await?;
         }

@@ -120,22 +120,21 @@ impl Registrar {
 
     /// The live bindings, for the disk copy; `unix_ms` is `now` in wall time.
     pub fn snapshot(&self, now: Instant, unix_ms: i64) -> SavedRegistrations {
-        let mut bindings = Vec::with_capacity(self.bindings.len());
-        bindings.extend(
-            self.bindings
-                .iter()
-                .flat_map(|(number, list)| list.iter().map(move |b| (number, b)))
-                .filter(|(_, b)| b.expires > now)
-                .map(|(number, b)| SavedBinding {
-                    number: number.clone(),
-                    contact: b.contact.clone(),
-                    source: b.source,
-                    transport: b.transport,
-                    expires_unix_ms: unix_ms.saturating_add(b.expires.duration_since(now).as_millis() as i64),
-                    call_id: b.call_id.clone(),
-                    cseq: b.cseq,
-                }),
-        );
+        let bindings = self
+            .bindings
+            .iter()
+            .flat_map(|(number, list)| list.iter().map(move |b| (number, b)))
+            .filter(|(_, b)| b.expires > now)
+            .map(|(number, b)| SavedBinding {
+                number: number.clone(),
+                contact: b.contact.clone(),
+                source: b.source,
+                transport: b.transport,
+                expires_unix_ms: unix_ms.saturating_add(b.expires.duration_since(now).as_millis() as i64),
+                call_id: b.call_id.clone(),
+                cseq: b.cseq,
+            })
+            .collect();
         SavedRegistrations { bindings }
     }
 
@@ -212,10 +211,11 @@ impl Registrar {
                 return Err(RegisterError::OutOfOrder(cseq));
             }
         }
+        // The key is allocated only for a new number (`entry` would want one every time).
         if !self.bindings.contains_key(aor) {
             self.bindings.insert(Arc::from(aor), Vec::new());
         }
-        let Some(list) = self.bindings.get_mut(aor) else { return Ok(vec![]) };
+        let list = self.bindings.get_mut(aor).expect("just inserted");
         let mut call_id_shared: Option<Arc<str>> = None;
         for c in contacts {
             let refresh = c.expires != 0
