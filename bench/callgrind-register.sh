@@ -8,11 +8,15 @@
 # 401 → REGISTER with MD5 credentials → 200) at CG_RATE/s, twice on the same process: N1 then
 # N2 registrations, the counters zeroed before the first and dumped after each. Start-up and
 # the cloud link cost the same in both runs, so (Ir(N2) − Ir(N1)) / (N2 − N1) is the cost of
-# one registration (two REGISTERs in, two answers out). Prints that and the top functions
+# one registration (two REGISTERs in, two answers out). Every user registers from one sipp
+# port and the warm-up registers them all first, so the measured registrations are refreshes
+# from where each phone already is (a site's pattern); MOVES=1 sends each sipp run from a new
+# port instead, so every registration moves its phone (the disk copy is then written every
+# second). Prints that and the top functions
 # (inclusive) of the second run; then Kamailio's Ir per registration for the same scenario,
 # users and rate (bench/kamailio/proxy.cfg, as in bench/run.sh; see callgrind-lib.sh).
 #
-# Knobs: N1 (400), N2 (2000), CG_RATE (200 registrations/s, which the gateway keeps up with
+# Knobs: N1 (400), N2 (2000), MOVES (0), CG_RATE (200 registrations/s, which the gateway keeps up with
 # under callgrind), TOP (25), PEER (1; 0 skips Kamailio), KAM_RUNS (3), SKIP_BUILD=1, KEEP_TMP=1, GATEWAY /
 # SERVER / BENCH (binaries to use instead of the release build's, e.g. a copy kept from before
 # a change).
@@ -78,6 +82,7 @@ mkdir -p "$TMP/sip"
 # The gateway under callgrind, as bench/run.sh configures it (guard off: one address registers
 # thousands of users).
 SPORT=$("$BENCH" free-port --both)
+PHONE_PORT=$("$BENCH" free-port --udp)
 printf '%s' "$SECRET" >"$TMP/hq.secret"
 cat >"$TMP/hq.toml" <<EOF
 id = "hq"
@@ -104,10 +109,11 @@ grep -q '"number": "1999"' "$TMP/hq-state/phones.json" 2>/dev/null || die "the g
 # sipp_register TARGET_PORT DIR N RATE: N registrations at RATE/s into DIR; fails unless
 # every one succeeded.
 sipp_register() {
-    local port=$1 dir=$2 n=$3 rate=$4
+    local port=$1 dir=$2 n=$3 rate=$4 phone_port=$PHONE_PORT
+    [[ ${MOVES:-0} == 1 ]] && phone_port=$("$BENCH" free-port --udp)
     mkdir -p "$dir"
     (cd "$dir" && timeout $((n / rate * 3 + 60)) "$SIPP" "127.0.0.1:$port" -i 127.0.0.1 -nostdin -trace_err \
-        -sf "$BENCH_DIR/sipp/register_auth.xml" -inf "$TMP/sip/users.csv" -p "$("$BENCH" free-port --udp)" \
+        -sf "$BENCH_DIR/sipp/register_auth.xml" -inf "$TMP/sip/users.csv" -p "$phone_port" \
         -r "$rate" -m "$n" -recv_timeout 10000 -trace_stat -stf stat.csv -fd 1 >out.txt 2>&1) || true
     sipp_all_ok "$dir" "$n"
 }
@@ -116,7 +122,8 @@ load() {
     sipp_register "$SPORT" "$TMP/sipp-$1-$RANDOM" "$1" "$CG_RATE" || die "registrations at the gateway failed"
 }
 
-measure_jobs "$CG_PID" "$OUT" 200 registration
+# The warm-up registers every user once (users.csv holds 1000).
+measure_jobs "$CG_PID" "$OUT" 1000 registration
 per=$PER
 
 [[ $PEER == 1 ]] || exit 0
@@ -130,7 +137,7 @@ kam_setup() {
         sipp_register "$1" "$2/probe-$i" 1 10 2>/dev/null && break
         sleep 0.5
     done
-    sipp_register "$1" "$2/warm-up" 200 "$CG_RATE"
+    sipp_register "$1" "$2/warm-up" 1000 "$CG_RATE"
 }
 kam_load() { sipp_register "$1" "$2/load" "$3" "$CG_RATE"; }
 kam=$(KAM_MEM="-m 1024 -M 64" kamailio_ir_per_job "$TMP/kam/proxy.cfg" "$TMP/kam" "$N1" "$N2" kam_setup kam_load)

@@ -114,6 +114,7 @@ OUT=${OUT:-$BENCH_DIR/results/latest.md}
 
 log() { printf 'run.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+SAT_PORTS=()
 wants() { [[ " $ONLY " == *" $1 "* ]]; }
 gw_wants() { [[ " $GW_PARTS " == *" $1 "* ]]; }
 
@@ -642,17 +643,18 @@ wait_sipps() {
 # One saturation run: SIPPS sipps with IN_FLIGHT calls each in flight (-users) of SCENARIO for
 # REG_WARMUP + SECS; the rate after the warm-up goes to $GW/NAME.kv with the failures, the
 # kernel's drops at the peer's socket and the peer's busy cores. Sipp i reads CSV-i.csv if it
-# exists, else CSV.csv.
+# exists, else CSV.csv; it sends from port i of SAT_PORTS (an array) if set, else a free one.
 # sat_run NAME TARGET PID CFLAG SIPPS IN_FLIGHT SECS SCENARIO CSV [more sipp args...]
 sat_run() {
     local name=$1 target=$2 pid=$3 cflag=$4 n=$5 users=$6 secs=$7 sf=$8 csv=$9
     shift 9
-    local pids=() files=() i f c0 c1 t0 t1 d0 SIPP_PID
+    local pids=() files=() i f p c0 c1 t0 t1 d0 SIPP_PID
     d0=$(kv drops <("$BENCH" udp-drops --ports "${target##*:}"))
     c0=$(kv cpu_us <("$BENCH" cpu --pid "$pid" ${cflag:+"$cflag"})); t0=$(date +%s.%N)
     for i in $(seq "$n"); do
         f=$csv.csv; [[ -f $csv-$i.csv ]] && f=$csv-$i.csv
-        sipp_bg "$name-$i" "$target" -sf "$sf" -inf "$f" -p "$("$BENCH" free-port --udp)" -mp "$("$BENCH" free-port --udp)" \
+        p=${SAT_PORTS[i - 1]:-$("$BENCH" free-port --udp)}
+        sipp_bg "$name-$i" "$target" -sf "$sf" -inf "$f" -p "$p" -mp "$("$BENCH" free-port --udp)" \
             -users "$users" -m 100000000 \
             -timeout $((REG_WARMUP + secs)) -recv_timeout 5000 "$@"
         pids+=("$SIPP_PID")
@@ -695,30 +697,42 @@ saturate() {
 }
 
 # REGISTER at saturation: REG_SIPPS sipps × REG_IN_FLIGHT registrations in flight for
-# REG_WARMUP + REG_SECS; then REG_RATE/s for REG_RATE_SECS with CPU from /proc.
+# REG_WARMUP + REG_SECS; then REG_RATE/s for REG_RATE_SECS with CPU from /proc. Sipp i always
+# registers users-i.csv from the same port, in every run of the phase, so after the first
+# pass every REGISTER is a refresh from where the phone already is: a site's pattern, for both
+# peers (a phone that moves costs the gateway more: its disk copy is written within a second).
 # measure_register TAG TARGET PID CHILDREN(0/1)
 measure_register() {
-    local tag=$1 target=$2 pid=$3 children=$4 c0 c1 t0 t1 rc=0
+    local tag=$1 target=$2 pid=$3 children=$4 c0 c1 t0 t1 i ok=0 failed=0 files=()
     local cflag=; [[ $children == 1 ]] && cflag=--children
+    SAT_PORTS=()
+    for i in $(seq "$REG_SIPPS"); do SAT_PORTS+=("$("$BENCH" free-port --udp)"); done
     saturate "reg_$tag" "$REG_IN_FLIGHT" "$target" "$pid" "$cflag" "$REG_SIPPS" "$REG_SECS" \
         "$BENCH_DIR/sipp/register_auth.xml" "$GW/sip/users"
-    # Fixed rate.
+    # Fixed rate: the same sipps, ports and users, REG_RATE/s in all.
     c0=$(kv cpu_us <("$BENCH" cpu --pid "$pid" $cflag))
     t0=$(date +%s.%N)
-    mkdir -p "$GW/sipp/regfix-$tag"
-    (cd "$GW/sipp/regfix-$tag" && timeout $((REG_RATE_SECS * 3 + 30)) "$SIPP" "$target" -i 127.0.0.1 -nostdin -buff_size "$SIPP_BUF" -trace_err \
-        -sf "$BENCH_DIR/sipp/register_auth.xml" -inf "$GW/sip/users.csv" -p "$("$BENCH" free-port --udp)" \
-        -r "$REG_RATE" -m $((REG_RATE * REG_RATE_SECS)) -recv_timeout 5000 -trace_stat -stf stat.csv -fd 1 >out.txt 2>&1) || rc=$?
+    local pids=() SIPP_PID
+    for i in $(seq "$REG_SIPPS"); do
+        sipp_bg "regfix-$tag-$i" "$target" -sf "$BENCH_DIR/sipp/register_auth.xml" -inf "$GW/sip/users-$i.csv" \
+            -p "${SAT_PORTS[i - 1]}" -r $((REG_RATE / REG_SIPPS)) -m $((REG_RATE / REG_SIPPS * REG_RATE_SECS)) -recv_timeout 5000
+        pids+=("$SIPP_PID")
+        files+=("$GW/sipp/regfix-$tag-$i/stat.csv")
+    done
+    wait_sipps $((REG_RATE_SECS * 3 + 30)) "${pids[@]}"
     t1=$(date +%s.%N)
     c1=$(kv cpu_us <("$BENCH" cpu --pid "$pid" $cflag))
-    (( rc == 0 || rc == 1 )) || log "warning: sipp (fixed-rate REGISTER, $tag) exited with $rc"
+    SAT_PORTS=()
+    for i in "${files[@]}"; do
+        ok=$((ok + $(csv_col "$i" 'SuccessfulCall(C)'))); failed=$((failed + $(csv_col "$i" 'FailedCall(C)')))
+    done
     gwset "regfix_rate" "$REG_RATE"
-    gwset "regfix_sent" $((REG_RATE * REG_RATE_SECS))
+    gwset "regfix_sent" $((REG_RATE / REG_SIPPS * REG_SIPPS * REG_RATE_SECS))
     gwset "regfix_${tag}_cpu_us" $((c1 - c0))
     gwset "regfix_${tag}_secs" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')"
-    gwset "regfix_${tag}_ok" "$(csv_col "$GW/sipp/regfix-$tag/stat.csv" 'SuccessfulCall(C)')"
-    gwset "regfix_${tag}_failed" "$(csv_col "$GW/sipp/regfix-$tag/stat.csv" 'FailedCall(C)')"
-    log "REGISTER at $REG_RATE/s ($tag): CPU $((c1 - c0)) µs, $(csv_col "$GW/sipp/regfix-$tag/stat.csv" 'SuccessfulCall(C)') ok"
+    gwset "regfix_${tag}_ok" "$ok"
+    gwset "regfix_${tag}_failed" "$failed"
+    log "REGISTER at $REG_RATE/s ($tag): CPU $((c1 - c0)) µs, $ok ok"
 }
 
 # F7 through TARGET: register the callees from the UAS's port, run the UAS, then the callers
@@ -814,7 +828,7 @@ EOT
         --hq "1000-5999,20000-$setup_hq_last,40000-$media_last" --br "30000-$setup_br_last" --browsers 50000-50031 \
         --browser-password "$GW_BROWSER_PW" >"$GW/provision.kv" || die "gateway provisioning failed"
     log "provisioned: $(tr '\n' ' ' <"$GW/provision.kv")"
-    "$BENCH" sip-files --dir "$GW/sip" --users 1000-1999 --callers 2000-3999 --callees 4000-5999 >/dev/null ||
+    "$BENCH" sip-files --dir "$GW/sip" --users 1000-1999 --callers 2000-3999 --callees 4000-5999 --parts "$REG_SIPPS" >/dev/null ||
         die "cannot write the sipp/Kamailio files"
     gwset call_callers 2000-3999
     gwset call_callees 4000-5999

@@ -110,12 +110,16 @@ fn auth_keyword(number: &str) -> String {
 
 /// Write `users.csv` (REGISTER: number;password;auth), `callees.csv` (the same for the UAS's
 /// numbers), `callers.csv` (caller;auth;callee, caller i calls callee i) and `credentials.cfg`
-/// (Kamailio: `$sht(ha1=>N) = "HA1";` for the users, callers and callees) into `dir`.
+/// (Kamailio: `$sht(ha1=>N) = "HA1";` for the users, callers and callees) into `dir`. With
+/// `parts` > 1, also `users-1.csv` … `users-<parts>.csv`: the users split into that many
+/// contiguous runs, one per sipp, so each phone always registers from the same sipp (and port)
+/// as a real phone refreshes from where it is.
 pub fn sip_files(
     dir: &Path,
     users: &[RangeInclusive<u64>],
     callers: RangeInclusive<u64>,
     callees: RangeInclusive<u64>,
+    parts: usize,
 ) -> Result<Vec<(String, String)>, String> {
     use std::fmt::Write;
     let w = |name: &str, text: String| std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"));
@@ -129,6 +133,13 @@ pub fn sip_files(
             let ha1 = trunkline_sip::digest::ha1(trunkline_sip::digest::Algorithm::Md5, &n, REALM, &phone_password(&n));
             let _ = writeln!(creds, "$sht(ha1=>{n}) = \"{ha1}\";");
             n_users += 1;
+        }
+    }
+    if parts > 1 {
+        let lines: Vec<&str> = reg.lines().skip(1).collect();
+        let per = lines.len().div_ceil(parts).max(1);
+        for (i, chunk) in lines.chunks(per).enumerate() {
+            w(&format!("users-{}.csv", i + 1), format!("SEQUENTIAL\n{}\n", chunk.join("\n")))?;
         }
     }
     w("users.csv", reg)?;
@@ -169,9 +180,13 @@ mod tests {
     #[test]
     fn files() {
         let d = tempdir();
-        sip_files(&d, &[1000..=1001], 1000..=1000, 1001..=1001).unwrap();
+        sip_files(&d, &[1000..=1002], 1000..=1000, 1001..=1001, 2).unwrap();
         let users = std::fs::read_to_string(d.join("users.csv")).unwrap();
         assert_eq!(users.lines().nth(1), Some("1000;pw-1000;[authentication username=1000 password=pw-1000]"));
+        let part = |i: usize| std::fs::read_to_string(d.join(format!("users-{i}.csv"))).unwrap();
+        assert_eq!(part(1).lines().skip(1).map(|l| &l[..4]).collect::<Vec<_>>(), ["1000", "1001"]);
+        assert_eq!(part(2).lines().skip(1).map(|l| &l[..4]).collect::<Vec<_>>(), ["1002"]);
+        assert!(part(2).starts_with("SEQUENTIAL\n"));
         let creds = std::fs::read_to_string(d.join("credentials.cfg")).unwrap();
         // MD5("1000:trunkline:pw-1000")
         assert!(creds.starts_with("$sht(ha1=>1000) = \"6aea906294ddefffceded9f27e892a0b\";"), "{creds}");

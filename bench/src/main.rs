@@ -176,6 +176,9 @@ enum Cmd {
         callers: String,
         #[arg(long)]
         callees: String,
+        /// Also split the users into this many files, users-1.csv …, one per sipp.
+        #[arg(long, default_value_t = 1)]
+        parts: usize,
     },
     /// Successful calls per second from sipp statistics files (-trace_stat), summed.
     SippRate {
@@ -500,11 +503,11 @@ fn main() -> ExitCode {
                 })),
             }
         }
-        Cmd::SipFiles { dir, users, callers, callees } => (|| {
+        Cmd::SipFiles { dir, users, callers, callees, parts } => (|| {
             let one = |s: &str| -> Result<std::ops::RangeInclusive<u64>, String> {
                 gwprov::parse_ranges(s)?.into_iter().next().ok_or_else(|| format!("{s:?}: one range expected"))
             };
-            gwprov::sip_files(&dir, &gwprov::parse_ranges(&users)?, one(&callers)?, one(&callees)?)
+            gwprov::sip_files(&dir, &gwprov::parse_ranges(&users)?, one(&callers)?, one(&callees)?, parts)
         })(),
         Cmd::SippRate { skip, secs, files } => sippstat::rates(&files, skip, secs),
         Cmd::SetupTimes {
