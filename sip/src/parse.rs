@@ -4,9 +4,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use crate::message::{
-    CSeq, Contact, HeaderError, Headers, Message, Method, NameAddr, Request, Response, Uri, Via, canonical_name,
-};
+use crate::message::{CSeq, HeaderError, Headers, Message, Method, NameAddr, Request, Response, Uri, Via, canonical_name};
 use crate::scan::{self, is_ws};
 
 /// Largest message accepted (datagram, or stream frame including body).
@@ -186,9 +184,10 @@ fn status_line(line: &[u8]) -> Result<Start, Fail> {
 /// to be verified at reception.
 fn validate_headers(h: &Headers, method: Option<&Method>) -> Result<(), Fail> {
     let bad = |e: HeaderError| fail(400, e.to_string());
-    h.vias().map_err(bad)?;
-    h.from().map_err(bad)?;
-    h.to().map_err(bad)?;
+    // Parsed here once and kept: the core reads the same values again.
+    h.vias_ref().map_err(bad)?;
+    h.from_ref().map_err(bad)?;
+    h.to_ref().map_err(bad)?;
     h.call_id().map_err(bad)?;
     let cseq: CSeq = h.cseq().map_err(bad)?;
     if let Some(m) = method
@@ -197,9 +196,7 @@ fn validate_headers(h: &Headers, method: Option<&Method>) -> Result<(), Fail> {
         return Err(fail(400, "CSeq method does not match the request method"));
     }
     h.single("Max-Forwards").map_err(bad)?;
-    for c in h.get_all("Contact") {
-        Contact::parse(c).map_err(|e| fail(400, format!("bad Contact header: {e}")))?;
-    }
+    h.contacts_ref().map_err(bad)?;
     if let Some(d) = h.single("Date").map_err(bad)?
         && !is_sip_date(d)
     {

@@ -55,6 +55,22 @@ macro_rules! header_methods {
             pub fn contacts(&self) -> Result<Vec<Contact>, HeaderError> {
                 self.hdrs().contacts()
             }
+            /// From, parsed once per message (see [`Headers`]).
+            pub fn from_ref(&self) -> Result<&NameAddr, HeaderError> {
+                self.hdrs().from_ref()
+            }
+            /// To, parsed once per message (see [`Headers`]).
+            pub fn to_ref(&self) -> Result<&NameAddr, HeaderError> {
+                self.hdrs().to_ref()
+            }
+            /// The top Via, parsed once per message (see [`Headers`]).
+            pub fn top_via_ref(&self) -> Result<&Via, HeaderError> {
+                self.hdrs().top_via_ref()
+            }
+            /// The Contact values, parsed once per message (see [`Headers`]).
+            pub fn contacts_ref(&self) -> Result<&[Contact], HeaderError> {
+                self.hdrs().contacts_ref()
+            }
             pub fn routes(&self) -> Result<Vec<NameAddr>, HeaderError> {
                 self.hdrs().routes()
             }

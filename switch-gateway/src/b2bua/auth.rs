@@ -57,7 +57,7 @@ impl Core {
     // ------------------------------------------------------------ REGISTER
 
     pub(super) fn on_register(&mut self, now: Instant, key: &ServerKey, src: SocketAddr, transport: Transport, req: &Request) {
-        let Ok(to) = req.to() else {
+        let Ok(to) = req.to_ref() else {
             return self.reply_unauthenticated(now, src, transport, req, 400, "Bad Request", |_| {});
         };
         let aor = to.uri.user.clone().unwrap_or_default();
@@ -70,7 +70,7 @@ impl Core {
             tracing::warn!(%src, %user, %aor, "REGISTER for another number refused");
             return self.reply_remembered(now, key, src, transport, req, 403, "Forbidden", |_| {});
         }
-        let contacts = match req.contacts() {
+        let contacts = match req.contacts_ref() {
             Ok(c) => c,
             Err(_) => return self.reply_remembered(now, key, src, transport, req, 400, "Bad Contact", |_| {}),
         };

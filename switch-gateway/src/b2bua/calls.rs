@@ -81,7 +81,7 @@ impl Core {
         if !self.open_tx(key, &req, src, transport) {
             return;
         }
-        let from_user = req.from().ok().and_then(|f| f.uri.user.clone());
+        let from_user = req.from_ref().ok().and_then(|f| f.uri.user.clone());
         if from_user.as_deref() != Some(caller.as_str()) {
             return self.reply(now, key, &req, 403, "Forbidden", |r| {
                 r.headers.push("Warning", warning("From does not match the authenticated number"))
@@ -107,10 +107,10 @@ impl Core {
             });
         }
         let remote_target = req
-            .contacts()
+            .contacts_ref()
             .ok()
-            .and_then(|c| c.into_iter().find_map(|c| c.name_addr().map(|n| n.uri.clone())))
-            .unwrap_or_else(|| req.from().map(|f| f.uri).unwrap_or_else(|_| req.uri.clone()));
+            .and_then(|c| c.iter().find_map(|c| c.name_addr().map(|n| n.uri.clone())))
+            .unwrap_or_else(|| req.from_ref().map(|f| f.uri.clone()).unwrap_or_else(|_| req.uri.clone()));
         let id = self.next_call;
         self.next_call += 1;
         // 100 Trying at once so the phone stops retransmitting.
@@ -119,7 +119,7 @@ impl Core {
             tx.call = Some(id);
         }
         let offer_sdp = String::from_utf8_lossy(&req.body).into_owned();
-        let caller_name = req.from().ok().and_then(|f| f.display);
+        let caller_name = req.from_ref().ok().and_then(|f| f.display.clone());
         self.calls.insert(
             id,
             Call {
@@ -302,7 +302,7 @@ impl Core {
             return;
         };
         let Some(fork) = call.forks.get_mut(fi) else { return };
-        if let Ok(to) = resp.to()
+        if let Ok(to) = resp.to_ref()
             && let Some(tag) = to.tag()
         {
             fork.to_tag.get_or_insert_with(|| tag.to_string());
@@ -317,7 +317,7 @@ impl Core {
             }
             200..=299 => {
                 fork.remote_target =
-                    resp.contacts().ok().and_then(|c| c.into_iter().find_map(|c| c.name_addr().map(|n| n.uri.clone())));
+                    resp.contacts_ref().ok().and_then(|c| c.iter().find_map(|c| c.name_addr().map(|n| n.uri.clone())));
                 let already = call.winner.is_some() && call.winner != Some(fi);
                 // Every 2xx gets an ACK (retransmissions included).
                 let ack = self.ack_2xx(id, fi);

@@ -65,7 +65,7 @@ impl Core {
         let is_invite = req.method == Method::Invite;
         let Some(call) = self.calls.get_mut(&id) else { return };
         // Target refresh (RFC 3261 §12.2.2): a new Contact is where our next requests go.
-        if let Some(target) = req.contacts().ok().and_then(|c| c.into_iter().find_map(|c| c.name_addr().map(|n| n.uri.clone()))) {
+        if let Some(target) = req.contacts_ref().ok().and_then(|c| c.iter().find_map(|c| c.name_addr().map(|n| n.uri.clone()))) {
             match side {
                 Side::A => {
                     if let Some(a) = call.a.sip_mut() {
@@ -172,9 +172,9 @@ impl Core {
         let Some(req) = tx.request.clone() else { return };
         let (to_addr, tr) = (tx.to, tx.transport);
         let target = resp
-            .contacts()
+            .contacts_ref()
             .ok()
-            .and_then(|c| c.into_iter().find_map(|c| c.name_addr().map(|n| n.uri.clone())))
+            .and_then(|c| c.iter().find_map(|c| c.name_addr().map(|n| n.uri.clone())))
             .unwrap_or_else(|| req.uri.clone());
         let methods: &[(Method, u32)] = if bye { &[(Method::Ack, 1), (Method::Bye, 2)] } else { &[(Method::Ack, 1)] };
         for (method, cseq) in methods.iter().cloned() {

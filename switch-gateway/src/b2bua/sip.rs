@@ -14,7 +14,7 @@ impl Core {
             metrics::counter!("trunkline_sip_dropped_total", "reason" => "blocked").increment(1);
             return;
         }
-        let Ok(via) = req.top_via() else { return };
+        let Ok(via) = req.top_via_ref() else { return };
         let sent_by = format!("{}:{}", host_str(&via.host), via.port.unwrap_or(5060));
         let branch = match via.branch() {
             Some(b) if via.is_rfc3261_branch() => b.to_string(),
@@ -23,7 +23,7 @@ impl Core {
                 "2543-{}-{}-{}",
                 req.call_id().unwrap_or(""),
                 req.cseq().map(|c| c.seq).unwrap_or(0),
-                req.from().ok().and_then(|f| f.tag().map(str::to_string)).unwrap_or_default()
+                req.from_ref().ok().and_then(|f| f.tag()).unwrap_or_default()
             ),
         };
         let method = match &req.method {
@@ -90,7 +90,7 @@ impl Core {
         }
 
         // Parsed only where it decides (a REGISTER never needs it).
-        let in_dialog = |req: &Request| req.to().is_ok_and(|t| t.tag().is_some());
+        let in_dialog = |req: &Request| req.to_ref().is_ok_and(|t| t.tag().is_some());
         match req.method {
             Method::Register => self.on_register(now, &key, src, transport, &req),
             Method::Invite if !in_dialog(&req) => self.on_invite(now, &key, src, transport, req),
@@ -244,7 +244,7 @@ impl Core {
     // ============================================================ SIP responses (our forks)
 
     pub(super) fn on_response(&mut self, now: Instant, resp: Response) {
-        let Some(branch) = resp.top_via().ok().and_then(|v| v.branch().map(str::to_string)) else { return };
+        let Some(branch) = resp.top_via_ref().ok().and_then(|v| v.branch().map(str::to_string)) else { return };
         // A CANCEL shares its INVITE's branch: tell them apart by the CSeq method.
         let branch = match resp.cseq() {
             Ok(c) if c.method == Method::Cancel => format!("{branch}-cancel"),
