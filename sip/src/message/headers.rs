@@ -181,7 +181,6 @@ struct Parsed {
     from: OnceLock<Result<NameAddr, HeaderError>>,
     to: OnceLock<Result<NameAddr, HeaderError>>,
     vias: OnceLock<Result<Vec<Via>, HeaderError>>,
-    top_via: OnceLock<Result<Via, HeaderError>>,
     contacts: OnceLock<Result<Vec<Contact>, HeaderError>>,
 }
 
@@ -440,19 +439,11 @@ impl Headers {
         self.top_via_ref().cloned()
     }
 
-    /// The top Via, parsed once. Only it has to parse: a lower Via that does not is not its
-    /// error (a message built here may carry one; a received message had them all checked).
+    /// The top Via, from the Vias parsed once (a received message had them all checked, so a
+    /// lower Via never fails here unless a message built in code carries a bad one).
     pub fn top_via_ref(&self) -> Result<&Via, HeaderError> {
-        if let Some(Ok(vias)) = self.parsed().vias.get()
-            && let Some(top) = vias.first()
-        {
-            return Ok(top);
-        }
-        let r = self
-            .parsed()
-            .top_via
-            .get_or_init(|| Via::parse(self.get("Via").ok_or(HeaderError::Missing("Via"))?).map_err(invalid("Via")));
-        r.as_ref().map_err(|e| *e)
+        // `vias_ref` is never an empty list.
+        self.vias_ref()?.first().ok_or(HeaderError::Missing("Via"))
     }
 
     /// All Contact values (empty if there is none).
