@@ -123,26 +123,25 @@ pub fn sip_files(
 ) -> Result<Vec<(String, String)>, String> {
     use std::fmt::Write;
     let w = |name: &str, text: String| std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"));
-    let mut reg = String::from("SEQUENTIAL\n");
+    // sipp's -inf format: a first line naming the order, then one row per line.
+    let sequential = |rows: &[String]| rows.iter().fold(String::from("SEQUENTIAL\n"), |t, r| t + r + "\n");
+    let mut rows = Vec::new();
     let mut creds = String::new();
-    let mut n_users = 0;
     for r in users {
         for n in r.clone() {
             let n = n.to_string();
-            let _ = writeln!(reg, "{n};{};{}", phone_password(&n), auth_keyword(&n));
+            rows.push(format!("{n};{};{}", phone_password(&n), auth_keyword(&n)));
             let ha1 = trunkline_sip::digest::ha1(trunkline_sip::digest::Algorithm::Md5, &n, REALM, &phone_password(&n));
             let _ = writeln!(creds, "$sht(ha1=>{n}) = \"{ha1}\";");
-            n_users += 1;
         }
     }
+    let n_users = rows.len();
     if parts > 1 {
-        let lines: Vec<&str> = reg.lines().skip(1).collect();
-        let per = lines.len().div_ceil(parts).max(1);
-        for (i, chunk) in lines.chunks(per).enumerate() {
-            w(&format!("users-{}.csv", i + 1), format!("SEQUENTIAL\n{}\n", chunk.join("\n")))?;
+        for (i, chunk) in rows.chunks(n_users.div_ceil(parts).max(1)).enumerate() {
+            w(&format!("users-{}.csv", i + 1), sequential(chunk))?;
         }
     }
-    w("users.csv", reg)?;
+    w("users.csv", sequential(&rows))?;
     for n in callers.clone().chain(callees.clone()) {
         let n = n.to_string();
         let ha1 = trunkline_sip::digest::ha1(trunkline_sip::digest::Algorithm::Md5, &n, REALM, &phone_password(&n));
