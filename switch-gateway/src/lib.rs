@@ -44,7 +44,9 @@ pub use crate::config::Config;
 use crate::driver::media::{DriverMedia, PendingEchoes, PendingRelays};
 use crate::driver::metrics_http::{metrics_handle, serve_metrics};
 use crate::driver::sessions::{resolve_stun, session_events};
-use crate::driver::sip_net::{Blocklist, TcpWriters, send_tcp, tcp_accept_loop, tls_accept_loop, tls_acceptor, udp_loop};
+use crate::driver::sip_net::{
+    Blocklist, Datagram, TcpWriters, send_tcp, tcp_accept_loop, tls_accept_loop, tls_acceptor, udp_datagram,
+};
 use crate::driver::stopped;
 use crate::phones::Phones;
 use crate::registrar::Transport;
@@ -278,7 +280,6 @@ pub async fn run_with_steps(
         tokio::spawn(serve_metrics(listener, metrics_handle(), stop_rx.clone()));
     }
     let blocklist = Blocklist::default();
-    let udp_task = tokio::spawn(udp_loop(udp.clone(), core_tx.clone(), blocklist.clone(), stop_rx.clone()));
     let tcp_task =
         tokio::spawn(tcp_accept_loop(sockets.sip_tcp, core_tx.clone(), tcp_writers.clone(), blocklist.clone(), stop_rx.clone()));
     let tls_task = match (sockets.sip_tls, tls_acceptor) {
@@ -328,7 +329,6 @@ pub async fn run_with_steps(
     drop(core_tx);
     let _ = stop_tx.send(true);
     let _ = link.await;
-    let _ = udp_task.await;
     let _ = tcp_task.await;
     if let Some(t) = tls_task {
         let _ = t.await;
@@ -338,6 +338,9 @@ pub async fn run_with_steps(
     let _ = registrations_saved.await;
     Ok(())
 }
+
+/// SIP datagrams the core reads per turn before it looks at its other inputs and timers.
+const UDP_BATCH: usize = 64;
 
 #[allow(clippy::too_many_arguments)]
 async fn core_loop(
@@ -367,6 +370,7 @@ async fn core_loop(
     let mut outbound: HashMap<u64, (String, String)> = HashMap::new();
     let mut early_candidates: HashMap<u64, Vec<String>> = HashMap::new();
     let mut batch = Vec::with_capacity(64);
+    let mut udp_buf = vec![0u8; 65_536];
     let mut stopping: Vec<tokio::sync::oneshot::Sender<()>> = vec![];
     // Registered once, not looked up by name every turn (the recorder is installed before this).
     let transactions = metrics::gauge!("trunkline_sip_server_transactions");
@@ -392,6 +396,28 @@ async fn core_loop(
                         }
                     }
                     // After each input, not each batch: a burst of calls must not empty the pool.
+                    refill.run();
+                }
+            }
+            // SIP over UDP, read here rather than by a task of its own (`udp_datagram`): up to
+            // a batch of datagrams per turn, then the timers and other inputs get theirs.
+            r = udp.readable() => {
+                if r.is_err() { continue }
+                let now = Instant::now();
+                for _ in 0..UDP_BATCH {
+                    let (n, src) = match udp.try_recv_from(&mut udp_buf) {
+                        Ok(x) => x,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // ICMP port unreachable and the like surface here on some systems.
+                        Err(_) => continue,
+                    };
+                    match udp_datagram(&udp_buf[..n], src, &blocklist) {
+                        Datagram::Sip(msg) => core.on_sip(now, src, Transport::Udp, msg),
+                        Datagram::Reply(reply) => {
+                            let _ = udp.try_send_to(&reply, src);
+                        }
+                        Datagram::Ignore => continue,
+                    }
                     refill.run();
                 }
             }
