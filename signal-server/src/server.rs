@@ -1525,6 +1525,11 @@ mod hot {
 /// 0.38 (bench/README.md, "Steering: records gathered for 100 ms").
 const STORE_GATHER: Duration = Duration::from_millis(100);
 
+/// The same in cluster mode, where the batch also carries attempt rows' later states (C12's
+/// key, ringing, connected): a replica that dies loses what it had not written yet, and the
+/// one that adopts the attempt starts from the row (`cluster_kill_owner_while_ringing`).
+const STORE_GATHER_CLUSTER: Duration = Duration::from_millis(10);
+
 /// At most this many store commands per batch (one transaction).
 const STORE_BATCH: usize = 1024;
 
@@ -1564,8 +1569,11 @@ async fn store_loop(
         // than one each (every commit writes and checksums each page it touched, in the table
         // and its four indexes). Records are written after the outcome is sent anyway. In
         // cluster mode too: a new attempt's row is written ahead by the bus task, not here;
-        // what waits here is its record, the deletion of its row and its later states.
-        let gather_until = tokio::time::Instant::now() + STORE_GATHER;
+        // what waits here is its record, the deletion of its row and its later states. Those
+        // later states are what another replica adopts if this one dies, so in cluster mode
+        // the wait stays short (`STORE_GATHER_CLUSTER`).
+        let gather = if cluster.is_some() { STORE_GATHER_CLUSTER } else { STORE_GATHER };
+        let gather_until = tokio::time::Instant::now() + gather;
         while batch.len() < STORE_BATCH {
             let room = STORE_BATCH - batch.len();
             match tokio::time::timeout_at(gather_until, rx.recv_many(&mut batch, room)).await {
