@@ -105,10 +105,6 @@ async fn f4_connected(alice: &mut Client, bob: &mut Client, call_id: &str) {
     }
 }
 
-/// How often a test asks for the history while it waits for a record (records are written in
-/// batches gathered for up to 100 ms; asking in a tight loop meets the browser's rate limit).
-const HISTORY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
-
 /// The call ids in a browser's history (a read: works with the disk full).
 async fn history(c: &mut Client) -> Vec<String> {
     c.send(r#"{"type":"history"}"#).await;

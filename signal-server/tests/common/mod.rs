@@ -14,6 +14,11 @@ pub use trunkline_test_support::{
 
 pub const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
+/// How often a test asks for a browser's history while it waits (within `WAIT`) for a call's
+/// record: records are written in batches gathered for up to 100 ms, and asking in a tight
+/// loop meets the browser's message rate limit.
+pub const HISTORY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Fast test timeouts; everything else as shipped.
 pub fn test_config(dir: &Path) -> signal_server::Config {
     TestServer::test_config(dir)
