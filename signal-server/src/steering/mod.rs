@@ -26,6 +26,7 @@
 //!   woken ([`Engine::wake_failed`]), or the ring timeout passes — both `callee_offline`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use trunkline_protocol::{
@@ -96,9 +97,11 @@ pub enum Output {
     /// Persist a finished call attempt.
     Record(CallRecord),
     /// A patent step happened for `call_id` (for logs/metrics; the steps also go in the record).
-    /// `detail` is empty when the driver turned details off ([`Engine::set_trace_details`]).
+    /// `call_id` and `detail` are empty when the driver turned details off
+    /// ([`Engine::set_trace_details`]): it then only counts the step.
     Trace { call_id: CallId, step: Step, detail: String },
-    /// The attempt ended (for logs; the `Record` that follows carries the details).
+    /// The attempt ended (for logs; the `Record` that follows carries the details). `call_id`
+    /// and `why` are empty when details are off, as for `Trace`.
     Ended { call_id: CallId, outcome: Outcome, why: String },
     /// The switchless callee `number` has no live connection: wake it by Web Push with an
     /// incoming-call message (F4, or C3 after B6). If it has no subscription, or no push is
@@ -249,8 +252,9 @@ pub struct Engine {
     wakes: HashMap<String, Vec<CallId>>,
     /// The last [`RECENT_ENDS`] attempts that ended, so a repeated end report (a switch
     /// re-sending what it queued while its link was down) is recognised as done.
-    recent: std::collections::VecDeque<CallId>,
-    recent_set: std::collections::HashSet<CallId>,
+    /// One shared copy of each id in both (an end costs one allocation here, not two).
+    recent: std::collections::VecDeque<Arc<str>>,
+    recent_set: std::collections::HashSet<Arc<str>>,
 }
 
 /// Extra time past a key's TTL before the cloud gives up waiting for C14 (clock skew, RTT).
@@ -680,7 +684,7 @@ impl Engine {
     ///
     /// Ignored if the call is already known here, or already ended here.
     pub fn adopt(&mut self, now: Instant, row: AttemptRow) {
-        if self.calls.contains_key(&row.call_id) || self.recent_set.contains(&row.call_id) {
+        if self.calls.contains_key(&row.call_id) || self.recent_set.contains(row.call_id.as_str()) {
             return;
         }
         let call_id = row.call_id.clone();
@@ -926,8 +930,8 @@ impl Engine {
         self.start_call(now, &call_id, caller, me, &to);
         self.trace(&call_id, Step::A, format_args!("request via the cloud"));
         self.trace(&call_id, Step::C1, format_args!("browser dials"));
-        let Some(callee) = self.validate_callee(now, &call_id, me, &to) else { return Ok(()) };
-        match callee.home_switch {
+        let Some(home_switch) = self.validate_callee(now, &call_id, me, &to) else { return Ok(()) };
+        match home_switch {
             Some(sw) => {
                 self.trace(&call_id, Step::B5, format_args!("callee {to} is on switch {sw}"));
                 self.ask_switch(now, &call_id, &sw);
@@ -953,14 +957,11 @@ impl Engine {
         self.trace(&call_id, Step::A, format_args!("request via a caller-side switch"));
         self.trace(&call_id, Step::B1, format_args!("switch {me} got a call from {from}"));
         self.trace(&call_id, Step::B2, format_args!("switch asks the cloud to validate"));
-        let Some(callee) = self.validate_callee(now, &call_id, &from, &to) else { return Ok(()) };
-        match callee.home_switch {
+        let Some(home_switch) = self.validate_callee(now, &call_id, &from, &to) else { return Ok(()) };
+        match home_switch {
             Some(sw) if sw == me => {
                 // The switch's phone list was stale: it can connect the call itself (F7).
-                self.send_party(
-                    &Party::Switch(me.to_string()),
-                    ServerMsg::Route { call_id: call_id.clone(), route: Route::Local },
-                );
+                self.send_switch(me, ServerMsg::Route { call_id: call_id.clone(), route: Route::Local });
                 let c = self.calls.get_mut(&call_id).expect("just started");
                 c.carrier = Some(me.to_string());
                 self.set_state(now, &call_id, CallState::Ringing);
@@ -972,8 +973,8 @@ impl Engine {
                     return Ok(());
                 }
                 let url = trunkline_protocol::switch_address(&sw);
-                self.send_party(
-                    &Party::Switch(me.to_string()),
+                self.send_switch(
+                    me,
                     ServerMsg::Route { call_id: call_id.clone(), route: Route::Switch { switch_id: sw.clone(), url } },
                 );
                 self.ask_switch(now, &call_id, &sw);
@@ -992,10 +993,7 @@ impl Engine {
                     // Wake it while the switch queues the call and makes its offer.
                     self.start_wake(&call_id, &to);
                 }
-                self.send_party(
-                    &Party::Switch(me.to_string()),
-                    ServerMsg::Route { call_id: call_id.clone(), route: Route::Device { device_id: to } },
-                );
+                self.send_switch(me, ServerMsg::Route { call_id: call_id.clone(), route: Route::Device { device_id: to } });
                 self.set_state(now, &call_id, CallState::AwaitDirectOffer);
             }
         }
@@ -1004,13 +1002,13 @@ impl Engine {
 
     /// C12: the callee's switch answers C11.
     fn query_answer(&mut self, now: Instant, me: &str, call_id: &str, answer: QueryAnswer) -> Result<(), ProtocolError> {
-        let call = self.party_call(call_id, &Party::Switch(me.to_string()))?;
+        let call = self.switch_call(call_id, me)?;
         if call.state != CallState::AwaitSwitchAnswer || call.carrier.as_deref() != Some(me) {
             return Err(wrong_state(call_id, call.state, "query_answer"));
         }
-        let caller = call.caller.clone();
         match answer {
             QueryAnswer::Accept { url, key, expires_in_ms } => {
+                let caller = call.caller.clone();
                 check_own_address(me, &url)?;
                 self.trace(call_id, Step::C12, format_args!("switch {me} queued the call and issued a key"));
                 let step = if matches!(caller, Party::Switch(_)) { Step::C2 } else { Step::C13 };
@@ -1351,12 +1349,13 @@ impl Engine {
     }
 
     /// B3/B4: is the callee a valid account? Invalid → the attempt ends `rejected_invalid`.
-    fn validate_callee(&mut self, now: Instant, call_id: &str, from: &str, to: &str) -> Option<DirEntry> {
+    /// The callee's home switch (`None` inside: a switchless device), or `None` if invalid.
+    fn validate_callee(&mut self, now: Instant, call_id: &str, from: &str, to: &str) -> Option<Option<String>> {
         match self.accounts.get(to) {
             Some(a) if to != from => {
-                let a = a.clone();
+                let home_switch = a.home_switch.clone();
                 self.trace(call_id, Step::B4, format_args!("callee {to} is valid"));
-                Some(a)
+                Some(home_switch)
             }
             Some(_) => {
                 self.trace(call_id, Step::B3, format_args!("a device cannot call itself"));
@@ -1400,7 +1399,7 @@ impl Engine {
             to: c.callee_number.clone(),
         };
         self.trace(call_id, Step::C11, format_args!("asking switch {switch_id}"));
-        self.send_party(&Party::Switch(switch_id.to_string()), msg);
+        self.send_switch(switch_id, msg);
         let until = now + self.cfg.switch_answer_timeout();
         self.set_state_deadline(call_id, CallState::AwaitSwitchAnswer, until);
     }
@@ -1474,7 +1473,7 @@ impl Engine {
     /// [`Engine::finish`] for an attempt that really ended at `end` (≤ `now`): the link to its
     /// switch was lost then. A call whose switch's link is lost ended at the latest then.
     fn finish_at(&mut self, now: Instant, end: Instant, call_id: &str, outcome: Outcome, why: &str) {
-        let Some(mut call) = self.calls.remove(call_id) else { return };
+        let Some((id, mut call)) = self.calls.remove_entry(call_id) else { return };
         let end = match call.link_lost {
             Some(lost) if matches!(outcome, Outcome::Connected | Outcome::MediaLost) => end.min(now).min(lost),
             _ => end.min(now),
@@ -1495,22 +1494,27 @@ impl Engine {
             (Outcome::Connected, None) => Some(0),
             _ => None,
         };
-        self.outputs.push_back(Output::Ended { call_id: call_id.to_string(), outcome, why: why.to_string() });
-        let msg = ServerMsg::Outcome { call_id: call_id.to_string(), outcome, duration_ms };
-        let mut told: Vec<Party> = vec![call.caller.clone()];
-        if let Some(s) = &call.carrier {
-            told.push(Party::Switch(s.clone()));
-        }
-        if let Some(d) = &call.callee_device {
-            told.push(Party::Device(d.clone()));
-        }
-        told.dedup();
-        for p in &told {
-            self.send_party(p, msg.clone());
+        let (ended_id, why) = if self.trace_details { (id.clone(), why.to_string()) } else { (String::new(), String::new()) };
+        self.outputs.push_back(Output::Ended { call_id: ended_id, outcome, why });
+        // Every party once: the caller, then the carrier and the callee device unless one of
+        // them is the caller (F7: the caller's own switch carries the call).
+        let msg = ServerMsg::Outcome { call_id: id.clone(), outcome, duration_ms };
+        let carrier = call.carrier.as_deref().filter(|s| !matches!(&call.caller, Party::Switch(c) if c == s));
+        let device = call.callee_device.as_deref().filter(|d| !matches!(&call.caller, Party::Device(c) if c == d));
+        if carrier.is_none() && device.is_none() {
+            self.send_party(&call.caller, msg);
+        } else {
+            self.send_party(&call.caller, msg.clone());
+            if let Some(s) = carrier {
+                self.send_switch(s, msg.clone());
+            }
+            if let Some(d) = device {
+                self.send_device(d, msg);
+            }
         }
         let to_ms = |t: Instant| self.unix_ms_of(t);
         let record = CallRecord {
-            call_id: call_id.to_string(),
+            call_id: id,
             caller: std::mem::take(&mut call.caller_number),
             callee: std::mem::take(&mut call.callee_number),
             switch_id: call.carrier.take(),
@@ -1525,8 +1529,10 @@ impl Engine {
 
     /// Remember an ended attempt (bounded), to recognise a repeated end report.
     fn remember(&mut self, call_id: &str) {
-        if self.recent_set.insert(call_id.to_string()) {
-            self.recent.push_back(call_id.to_string());
+        if !self.recent_set.contains(call_id) {
+            let id: Arc<str> = Arc::from(call_id);
+            self.recent_set.insert(id.clone());
+            self.recent.push_back(id);
             if self.recent.len() > RECENT_ENDS
                 && let Some(old) = self.recent.pop_front()
             {
@@ -1627,6 +1633,19 @@ impl Engine {
         Ok(call)
     }
 
+    /// [`Engine::party_call`] for switch `me` (no `Party` to build on the hot path).
+    fn switch_call(&self, call_id: &str, me: &str) -> Result<&Call, ProtocolError> {
+        let call = self
+            .calls
+            .get(call_id)
+            .ok_or_else(|| ProtocolError::new(ErrorCode::UnknownCall, format!("no call {call_id} in progress")))?;
+        let caller = matches!(&call.caller, Party::Switch(s) if s == me);
+        if !caller && call.carrier.as_deref() != Some(me) {
+            return Err(ProtocolError::new(ErrorCode::NotYourCall, format!("you are not a party of call {call_id}")));
+        }
+        Ok(call)
+    }
+
     fn notify_caller(&mut self, caller: &Party, reporter: &str, call_id: &str, event: CallEvent) {
         if caller != &Party::Switch(reporter.to_string()) {
             self.send_party(caller, ServerMsg::CallEvent { call_id: call_id.to_string(), event });
@@ -1641,9 +1660,10 @@ impl Engine {
         if let Some(c) = self.calls.get_mut(call_id) {
             c.trace.push(step);
         }
-        // Formatted only for a driver that logs it: several per decision otherwise.
-        let detail = if self.trace_details { detail.to_string() } else { String::new() };
-        self.outputs.push_back(Output::Trace { call_id: call_id.to_string(), step, detail });
+        // Formatted (and the id copied) only for a driver that logs them: several per decision.
+        let (call_id, detail) =
+            if self.trace_details { (call_id.to_string(), detail.to_string()) } else { (String::new(), String::new()) };
+        self.outputs.push_back(Output::Trace { call_id, step, detail });
     }
 
     fn send(&mut self, conn: ConnId, msg: ServerMsg) {
@@ -1651,18 +1671,37 @@ impl Engine {
     }
 
     fn send_party(&mut self, p: &Party, msg: ServerMsg) {
-        let loc = match p {
-            Party::Device(n) => self.devices.get(n),
-            Party::Switch(s) => self.switches.get(s),
-        };
-        match loc {
+        match p {
+            Party::Device(n) => self.send_device(n, msg),
+            Party::Switch(s) => self.send_switch(s, msg),
+        }
+    }
+
+    /// [`Engine::send_party`] to a switch by id (no `Party` to build for a local one).
+    fn send_switch(&mut self, id: &str, msg: ServerMsg) {
+        match self.switches.get(id) {
             Some(Loc::Local(conn)) => {
                 let conn = *conn;
                 self.send(conn, msg);
             }
             Some(Loc::Remote(node)) => {
                 let node = node.clone();
-                self.outputs.push_back(Output::SendRemote { node, to: p.clone(), msg });
+                self.outputs.push_back(Output::SendRemote { node, to: Party::Switch(id.to_string()), msg });
+            }
+            None => {}
+        }
+    }
+
+    /// [`Engine::send_party`] to a device by number.
+    fn send_device(&mut self, number: &str, msg: ServerMsg) {
+        match self.devices.get(number) {
+            Some(Loc::Local(conn)) => {
+                let conn = *conn;
+                self.send(conn, msg);
+            }
+            Some(Loc::Remote(node)) => {
+                let node = node.clone();
+                self.outputs.push_back(Output::SendRemote { node, to: Party::Device(number.to_string()), msg });
             }
             None => {}
         }
