@@ -148,19 +148,22 @@ enum Out {
 /// WebSocket close code when a replica fences itself (RFC 6455 1012: service restart).
 pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 
+/// What the store task writes. Boxed, so a command is two words: the unbounded channel
+/// allocates its slots 32 at a time, and a block of 32 unboxed records (≈ 7 kB) is a large
+/// allocation, for which glibc first consolidates its free lists (`perf` at saturation showed
+/// that under the channel's push).
 enum StoreCmd {
-    Record(CallRecord),
+    Record(Box<CallRecord>),
     /// Cluster mode: a write-ahead attempt row (`released`: handed over at shutdown).
-    Attempt {
-        row: AttemptRow,
-        released: bool,
-    },
-    SwitchState {
-        id: String,
-        online: bool,
-        urls: Vec<String>,
-        at: UnixMs,
-    },
+    Attempt(Box<(AttemptRow, bool)>),
+    SwitchState(Box<SwitchStateCmd>),
+}
+
+struct SwitchStateCmd {
+    id: String,
+    online: bool,
+    urls: Vec<String>,
+    at: UnixMs,
 }
 
 struct Shared {
@@ -1089,7 +1092,12 @@ async fn authenticate(s: &Shared, msg: ClientMsg, ip: IpAddr) -> AuthResult {
                 // are handed the switch's name and reach it over WebRTC through the cloud.
                 tracing::info!(%switch_id, urls = ?direct_urls, "switch advertised direct_urls (not used)");
             }
-            let _ = s.store.send(StoreCmd::SwitchState { id: switch_id.clone(), online: true, urls: direct_urls, at: unix_ms() });
+            let _ = s.store.send(StoreCmd::SwitchState(Box::new(SwitchStateCmd {
+                id: switch_id.clone(),
+                online: true,
+                urls: direct_urls,
+                at: unix_ms(),
+            })));
             // The engine sends switch_welcome (it knows the phones).
             let ice_servers = s.ice.mint(&switch_id, unix_s());
             Ok((Online::Switch { id: switch_id, ice_servers, calls }, None, None))
@@ -1171,7 +1179,12 @@ impl Hub {
                 }
                 if let Some(Party::Switch(id)) = gone {
                     tracing::info!(switch_id = %id, "switch went offline");
-                    let _ = self.store.send(StoreCmd::SwitchState { id, online: false, urls: vec![], at: unix_ms() });
+                    let _ = self.store.send(StoreCmd::SwitchState(Box::new(SwitchStateCmd {
+                        id,
+                        online: false,
+                        urls: vec![],
+                        at: unix_ms(),
+                    })));
                 }
             }
             EngineCmd::Directory(accounts) => h.engine.set_directory(accounts),
@@ -1405,7 +1418,7 @@ fn drain(
                     let _ = bus.send(BusCmd::Open(row));
                 }
             } else {
-                let _ = store.send(StoreCmd::Attempt { row, released: false });
+                let _ = store.send(StoreCmd::Attempt(Box::new((row, false))));
             }
         }
         outs.clear();
@@ -1447,7 +1460,7 @@ fn drain_one(
             if let Some(bus) = bus {
                 let _ = bus.send(BusCmd::Unsubscribe(r.call_id.clone()));
             }
-            let _ = store.send(StoreCmd::Record(r));
+            let _ = store.send(StoreCmd::Record(Box::new(r)));
         }
         Output::SendRemote { node, to, msg } => {
             if let Some(bus) = bus {
@@ -1466,7 +1479,7 @@ fn drain_one(
             if let Some(bus) = bus {
                 let _ = bus.send(BusCmd::Unsubscribe(row.call_id.clone()));
             }
-            let _ = store.send(StoreCmd::Attempt { row, released: true });
+            let _ = store.send(StoreCmd::Attempt(Box::new((row, true))));
         }
         Output::WakeUp { call_id, number, from, from_name } => {
             let payload = push::incoming_payload(&call_id, &from, &from_name);
@@ -1583,9 +1596,10 @@ async fn store_loop(
         }
         for cmd in batch.drain(..) {
             match cmd {
-                StoreCmd::Record(r) => records.push(r),
-                StoreCmd::Attempt { row, released } => attempts.push((row, released)),
-                StoreCmd::SwitchState { id, online, urls, at } => {
+                StoreCmd::Record(r) => records.push(*r),
+                StoreCmd::Attempt(a) => attempts.push(*a),
+                StoreCmd::SwitchState(cmd) => {
+                    let SwitchStateCmd { id, online, urls, at } = *cmd;
                     flush(&*dir, &mut records).await;
                     match dir.set_switch_online(&id, online, &urls, at).await {
                         Ok(()) => {}

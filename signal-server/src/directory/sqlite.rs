@@ -13,8 +13,10 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, error::ErrorKind};
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Arguments, Row, error::ErrorKind};
 use trunkline_protocol::{AccountKind, Outcome, Step};
 
 use super::{
@@ -763,20 +765,27 @@ impl Directory for SqliteDirectory {
             let n = 1usize << rest.len().min(128).ilog2();
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
-            let mut q = sqlx::query(insert_call_records_sql(n));
+            // The arguments sized once: growing them by doubling to 9 × 128 values moved each
+            // value several times, and each growth was a large allocation.
+            let mut args = SqliteArguments::default();
+            args.reserve(n * 9, 0);
             for (r, duration, trace) in chunk {
-                q = q
-                    .bind(&r.call_id)
-                    .bind(&r.caller)
-                    .bind(&r.callee)
-                    .bind(&r.switch_id)
-                    .bind(r.started_ms)
-                    .bind(r.ended_ms)
-                    .bind(r.outcome.as_str())
-                    .bind(*duration)
-                    .bind(trace.as_str());
+                let bound = args
+                    .add(&r.call_id)
+                    .and_then(|_| args.add(&r.caller))
+                    .and_then(|_| args.add(&r.callee))
+                    .and_then(|_| args.add(&r.switch_id))
+                    .and_then(|_| args.add(r.started_ms))
+                    .and_then(|_| args.add(r.ended_ms))
+                    .and_then(|_| args.add(r.outcome.as_str()))
+                    .and_then(|_| args.add(*duration))
+                    .and_then(|_| args.add(trace.as_str()));
+                bound.map_err(|e| DirectoryError::Invalid(format!("call {}: {e}", r.call_id)))?;
             }
-            q.execute(&mut *tx).await.map_err(|e| db_err("writing call records", e))?;
+            sqlx::query_with(insert_call_records_sql(n), args)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_err("writing call records", e))?;
         }
         tx.commit().await.map_err(|e| db_err("writing call records", e))?;
         storage_ok();
