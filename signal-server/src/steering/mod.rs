@@ -232,7 +232,8 @@ pub struct Engine {
     clock_base: (Instant, UnixMs),
     accounts: HashMap<String, DirEntry>,
     /// Parties signed in on this replica, by connection.
-    conns: HashMap<ConnId, Party>,
+    /// Shared, so handling a message takes the sender's identity without copying its name.
+    conns: HashMap<ConnId, Arc<Party>>,
     /// Online devices by number: where their live connection is.
     devices: HashMap<String, Loc>,
     /// Online switches by id: where their live connection is.
@@ -355,7 +356,7 @@ impl Engine {
 
     /// The device number signed in on `conn`, if `conn` is a browser's live connection.
     pub fn device_of(&self, conn: ConnId) -> Option<&str> {
-        match self.conns.get(&conn)? {
+        match &**self.conns.get(&conn)? {
             Party::Device(n) => Some(n),
             Party::Switch(_) => None,
         }
@@ -425,7 +426,7 @@ impl Engine {
         {
             self.replace_conn(old, "signed in on another connection");
         }
-        self.conns.insert(conn, Party::Device(number.to_string()));
+        self.conns.insert(conn, Arc::new(Party::Device(number.to_string())));
         self.wake_calls_of(now, number);
     }
 
@@ -490,7 +491,7 @@ impl Engine {
         {
             self.replace_conn(old, "switch signed in on another connection");
         }
-        self.conns.insert(conn, Party::Switch(switch_id.to_string()));
+        self.conns.insert(conn, Arc::new(Party::Switch(switch_id.to_string())));
         let phones = self.phones_of(switch_id);
         self.send(
             conn,
@@ -506,7 +507,7 @@ impl Engine {
 
     /// A connection closed. Returns the party it was (if it had signed in and was not replaced).
     pub fn disconnected(&mut self, now: Instant, conn: ConnId) -> Option<Party> {
-        let party = self.conns.remove(&conn)?;
+        let party = Arc::unwrap_or_clone(self.conns.remove(&conn)?);
         let map = match &party {
             Party::Device(_) => &mut self.devices,
             Party::Switch(_) => &mut self.switches,
@@ -857,7 +858,7 @@ impl Engine {
             && let Some(party) = self.conns.get(&conn)
         {
             // Owned by another replica, or by none (the driver then calls handle_unowned).
-            let from = party.clone();
+            let from = Party::clone(party);
             self.outputs.push_back(Output::Forward { conn, from, msg });
             return;
         }
