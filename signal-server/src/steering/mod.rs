@@ -1680,29 +1680,25 @@ impl Engine {
 
     /// [`Engine::send_party`] to a switch by id (no `Party` to build for a local one).
     fn send_switch(&mut self, id: &str, msg: ServerMsg) {
-        match self.switches.get(id) {
-            Some(Loc::Local(conn)) => {
-                let conn = *conn;
-                self.send(conn, msg);
-            }
-            Some(Loc::Remote(node)) => {
-                let node = node.clone();
-                self.outputs.push_back(Output::SendRemote { node, to: Party::Switch(id.to_string()), msg });
-            }
-            None => {}
-        }
+        self.send_named(true, id, msg);
     }
 
     /// [`Engine::send_party`] to a device by number.
     fn send_device(&mut self, number: &str, msg: ServerMsg) {
-        match self.devices.get(number) {
+        self.send_named(false, number, msg);
+    }
+
+    fn send_named(&mut self, switch: bool, name: &str, msg: ServerMsg) {
+        let at = if switch { &self.switches } else { &self.devices };
+        match at.get(name) {
             Some(Loc::Local(conn)) => {
                 let conn = *conn;
                 self.send(conn, msg);
             }
             Some(Loc::Remote(node)) => {
                 let node = node.clone();
-                self.outputs.push_back(Output::SendRemote { node, to: Party::Device(number.to_string()), msg });
+                let to = if switch { Party::Switch(name.to_string()) } else { Party::Device(name.to_string()) };
+                self.outputs.push_back(Output::SendRemote { node, to, msg });
             }
             None => {}
         }
