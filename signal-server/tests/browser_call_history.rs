@@ -18,7 +18,7 @@ async fn browser_gets_its_call_records_newest_first_and_only_its_own() {
     bob.send(r#"{"type":"decline","call_id":"h2","reason":"declined"}"#).await;
     assert_eq!(alice.expect_outcome("h2").await.0, Outcome::Declined);
     assert_eq!(bob.expect_outcome("h2").await.0, Outcome::Declined);
-    // Records are written in the background, in batches: ask every `HISTORY_POLL` until both
+    // Records are written in the background, in batches: ask every `POLL` until both
     // are there (bounded by `WAIT`).
     let deadline = tokio::time::Instant::now() + WAIT;
     let calls = loop {
@@ -28,7 +28,7 @@ async fn browser_gets_its_call_records_newest_first_and_only_its_own() {
             ServerMsg::History { .. } => assert!(tokio::time::Instant::now() < deadline, "records never appeared"),
             other => panic!("{other:?}"),
         }
-        tokio::time::sleep(HISTORY_POLL).await;
+        tokio::time::sleep(POLL).await;
     };
     assert_eq!(calls[0].call_id, "h2", "newest first");
     assert_eq!((calls[0].caller.as_str(), calls[0].callee.as_str(), calls[0].outcome), ("2001", "2002", Outcome::Declined));

@@ -146,7 +146,7 @@ async fn disk_full_sign_in_and_calls_get_unavailable_nothing_corrupted_service_r
     let deadline = tokio::time::Instant::now() + WAIT;
     while !history(&mut alice).await.contains(&"before".to_string()) {
         assert!(tokio::time::Instant::now() < deadline, "the first call's record was never written");
-        tokio::time::sleep(HISTORY_POLL).await;
+        tokio::time::sleep(POLL).await;
     }
     f4_connected(&mut alice, &mut bob, "during").await;
 
@@ -238,7 +238,7 @@ async fn disk_full_sign_in_and_calls_get_unavailable_nothing_corrupted_service_r
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "records after the episode: {seen:?}");
-        tokio::time::sleep(HISTORY_POLL).await;
+        tokio::time::sleep(POLL).await;
     }
     eprintln!(
         "FIGURE disk_full_call_records_lost 0 records | a call that ended while the SQLite disk was full, recorded once space returned"

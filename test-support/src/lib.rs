@@ -34,7 +34,7 @@ pub mod directory;
 pub mod ws;
 
 pub use ports::{free_tcp_addr, free_tcp_port, free_udp_port};
-pub use wait::{WAIT, eventually, wait_until};
+pub use wait::{POLL, WAIT, eventually, wait_until};
 
 #[cfg(feature = "cloud")]
 pub use cloud::{Cloud, bind_retry};

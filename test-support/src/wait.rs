@@ -8,7 +8,11 @@ use tokio::time::Instant;
 /// Upper bound for one wait on the server or a peer; reached only when a test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// Poll the async `cond` every 50 ms until it holds; panic naming `what` after `within`.
+/// How often [`eventually`] asks; also for loops that cannot lend a `&mut` client to a closure
+/// (a browser's `history`, which a tight loop would push past its message rate limit).
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// Poll the async `cond` every [`POLL`] until it holds; panic naming `what` after `within`.
 pub async fn eventually<F, Fut>(what: &str, within: Duration, mut cond: F)
 where
     F: FnMut() -> Fut,
@@ -19,7 +23,7 @@ where
         if cond().await {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     }
     panic!("timed out waiting for: {what}");
 }

@@ -8,16 +8,11 @@ pub mod cluster;
 use std::path::Path;
 
 pub use trunkline_test_support::{
-    ALICE, BOB, BRANCH, BRANCH_URL, Cloud as TestServer, HQ, HQ_URL, WAIT, WsClient as Client, http_get, http_request, provision,
-    ws::temp_path,
+    ALICE, BOB, BRANCH, BRANCH_URL, Cloud as TestServer, HQ, HQ_URL, POLL, WAIT, WsClient as Client, http_get, http_request,
+    provision, ws::temp_path,
 };
 
 pub const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-
-/// How often a test asks for a browser's history while it waits (within `WAIT`) for a call's
-/// record: records are written in batches gathered for up to 100 ms, and asking in a tight
-/// loop meets the browser's message rate limit.
-pub const HISTORY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Fast test timeouts; everything else as shipped.
 pub fn test_config(dir: &Path) -> signal_server::Config {
