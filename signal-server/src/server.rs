@@ -1177,6 +1177,9 @@ impl Hub {
                     h.presence.local_gone(p);
                     let _ = bus.send(BusCmd::PresenceDelete(p.clone()));
                 }
+                if let Some(Party::Device(number)) = &gone {
+                    tracing::info!(conn, %number, "browser connection closed");
+                }
                 if let Some(Party::Switch(id)) = gone {
                     tracing::info!(switch_id = %id, "switch went offline");
                     let _ = self.store.send(StoreCmd::SwitchState(Box::new(SwitchStateCmd {
