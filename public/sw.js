@@ -87,9 +87,14 @@ self.addEventListener('push', (event) => {
     }
     const windows = await self.clients.matchAll({ type: 'window', includeUncontrolled: true });
     // A window the user is looking at rings by itself (it gets the call over its WebSocket).
-    if (windows.some((w) => w.focused && w.visibilityState === 'visible')) return;
+    const seen = windows.find((w) => w.focused && w.visibilityState === 'visible');
+    if (seen) {
+      console.info(`push: call ${data.call_id}: ${seen.url} is in front, it rings by itself`);
+      return;
+    }
     const callId = typeof data.call_id === 'string' ? data.call_id : '';
-    await self.registration.showNotification(callTitle(data), {
+    console.info(`push: call ${callId}: showing the notification (${windows.length} windows open)`);
+    const shown = self.registration.showNotification(callTitle(data), {
       body: 'Incoming call — tap to answer',
       tag: 'incoming-call',
       renotify: true,
@@ -100,6 +105,13 @@ self.addEventListener('push', (event) => {
       // Opening /?answer=<call_id> signs the app in and answers that call when it arrives.
       data: { type: 'incoming', call_id: callId || null, from: data.from || null, url: callId ? `/?answer=${encodeURIComponent(callId)}` : '/' },
     });
+    try {
+      await shown;
+    } catch (err) {
+      console.warn(`push: call ${callId}: the notification failed: ${err}`);
+      throw err;
+    }
+    console.info(`push: call ${callId}: notification shown`);
     // No push comes when the call ends: the notification goes away after the ring time.
     await new Promise((r) => setTimeout(r, RING_MS));
     for (const n of await self.registration.getNotifications({ tag: 'incoming-call' })) {
