@@ -389,9 +389,17 @@ const forgeTurn = (p) => p.routeWebSocket(/\/ws$/, (ws) => {
   });
 });
 
-// Not here: F1 with forged browser credentials between symmetric NATs, which the gateway's own
-// relay should still carry. It passed alone but timed out (no `connected` in 30 s) in 2 of 4
-// full runs; left out until that is understood (see the issue notes).
+test('F1 with forged TURN credentials in the browser, symmetric NATs both sides: the gateway\'s own relay still carries the call', async () => {
+  const page = await browserIn('hs', 1, MIC_2001, { beforeLoad: forgeTurn });
+  await signIn(page, '2001');
+  await dial(page, '3001');
+  await callState(page, 'connected');
+  await audioArrives(page, '2001');
+  const pair = await selectedPair(page);
+  assert.ok(pair && pair.local !== 'relay' && pair.remote === 'relay', `the gateway's relay expected: ${JSON.stringify(pair)}`);
+  assert.match(fs.readFileSync(L.TURN_LOG, 'utf8'), /401/, 'coturn refused the forged credential');
+  await hangup(page);
+});
 
 test('F4 with forged TURN credentials, both browsers behind symmetric NATs: "Could not connect — network" within seconds, recorded connect_failed', async () => {
   const a = await browserIn('hs', 1, MIC_2001, { beforeLoad: forgeTurn });
