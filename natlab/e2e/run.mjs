@@ -375,6 +375,11 @@ test('F3 desk phone at a site behind a symmetric NAT → switchless browser behi
   await hangup(page);
 });
 
+/** A credential that is certainly not `c`: its first character changed. (Overwriting it with a
+ * fixed "x" left one credential in 64 intact, a base64 HMAC that already began with "x": that
+ * browser then got a working relay, and the F4 case below could connect instead of failing.) */
+const forged = (c) => `${c[0] === 'x' ? 'y' : 'x'}${c.slice(1)}`;
+
 /** Forge every TURN credential the page gets (welcome / ice_servers): coturn answers 401. */
 const forgeTurn = (p) => p.routeWebSocket(/\/ws$/, (ws) => {
   const server = ws.connectToServer();
@@ -382,18 +387,24 @@ const forgeTurn = (p) => p.routeWebSocket(/\/ws$/, (ws) => {
   server.onMessage((m) => {
     const msg = typeof m === 'string' ? JSON.parse(m) : null;
     if (msg && (msg.type === 'welcome' || msg.type === 'ice_servers')) {
-      for (const s of msg.ice_servers || []) if (s.credential) s.credential = `x${s.credential.slice(1)}`;
+      for (const s of msg.ice_servers || []) if (s.credential) s.credential = forged(s.credential);
       return ws.send(JSON.stringify(msg));
     }
     ws.send(m);
   });
 });
 
-// Not here: F1 with forged browser credentials between symmetric NATs, which the gateway's own
-// relay should still carry. It timed out (no `connected` in 30 s) in 2 of 4 full runs on
-// 12-03. On 12-06 it passed 6 of 6, but in the fresh-clone run that had it back, the next case
-// (F4 with forged credentials, same home `hs`) missed its `ended` in 40 s on its first attempt,
-// which it had not done before. Left out until that is understood (see the issue notes).
+test('F1 with forged TURN credentials in the browser, symmetric NATs both sides: the gateway\'s own relay still carries the call', async () => {
+  const page = await browserIn('hs', 1, MIC_2001, { beforeLoad: forgeTurn });
+  await signIn(page, '2001');
+  await dial(page, '3001');
+  await callState(page, 'connected');
+  await audioArrives(page, '2001');
+  const pair = await selectedPair(page);
+  assert.ok(pair && pair.local !== 'relay' && pair.remote === 'relay', `the gateway's relay expected: ${JSON.stringify(pair)}`);
+  assert.match(fs.readFileSync(L.TURN_LOG, 'utf8'), /401/, 'coturn refused the forged credential');
+  await hangup(page);
+});
 
 test('F4 with forged TURN credentials, both browsers behind symmetric NATs: "Could not connect — network" within seconds, recorded connect_failed', async () => {
   const a = await browserIn('hs', 1, MIC_2001, { beforeLoad: forgeTurn });
