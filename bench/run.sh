@@ -16,7 +16,7 @@
 # median is reported), SAT_WARMUP_SECS (2), PAIRS (16 switch pairs), WINDOW (256 queries in
 # flight per caller switch), IDLE_CONNS (10000),
 # IDLE_SETTLE_SECS (12), TIME_LIMIT (1200 s for the whole run but the first-time web and NAT lab
-# setup), SKIP_BUILD=1, KEEP_TMP=1,
+# setup), SKIP_BUILD=1, KEEP_TMP=1, SERVER_BIN (another signal-server binary, e.g. one kept from before a change),
 # ONLY="kamailio rate saturate idle cluster gateway web natlab" (a subset), OUT (default bench/results/latest.md;
 # bench/results/partial-TIME.md when ONLY or GW_PARTS is set).
 # Cluster phase (needs PostgreSQL and NATS; skipped with the reason otherwise): CLUSTER_PG_URL
@@ -200,7 +200,7 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     (cd "$ROOT" && timeout 1800 cargo build --release -q -p trunkline-signal-server -p trunkline-switch-gateway \
         -p trunkline-bench) >&2
 fi
-SERVER=$TARGET_DIR/release/signal-server
+SERVER=${SERVER_BIN:-$TARGET_DIR/release/signal-server}
 # GATEWAY_BIN: another gateway binary (e.g. one kept from before a change), for before/after runs.
 GATEWAY=${GATEWAY_BIN:-$TARGET_DIR/release/switch-gateway}
 BENCH=$TARGET_DIR/release/trunkline-bench

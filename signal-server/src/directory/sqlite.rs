@@ -51,6 +51,14 @@ fn insert_call_records_sql(rows: usize) -> &'static str {
 #[derive(Clone, Debug)]
 pub struct SqliteDirectory {
     pool: SqlitePool,
+    /// One connection of its own for the call records (a file database; the same pool in
+    /// memory). In WAL mode a connection drops its whole page cache when another one wrote
+    /// since its last transaction, and the pool hands out its idle connections in turn: record
+    /// batches on the shared pool found a cold cache each time and read the B-tree pages of
+    /// the table and its four indexes again (`pread`, ≈ 0.4 per decision while steering
+    /// 5,000 calls/s). On a connection of their own they find them where the last batch left
+    /// them, as long as nothing else wrote in between.
+    records: SqlitePool,
     /// Serialises this process's throttle updates (SQLite's write lock does it across
     /// processes; this only spares the busy-wait under a flood).
     throttle_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
@@ -259,28 +267,41 @@ impl SqliteDirectory {
             // steering 5,000 calls/s (bench/README.md). A statement's journal holds the pages
             // it changed: at most a few hundred kB for the largest record batch.
             .pragma("temp_store", "memory");
+        // A write refused for lack of space (SQLITE_FULL) or an I/O error makes SQLite roll its
+        // transaction back by itself; sqlx's own ROLLBACK then fails and the connection still
+        // counts a transaction, refusing every later `BEGIN`. Such a connection is closed
+        // before it is handed out and the pool opens a fresh one, so service resumes when
+        // space returns, without a restart.
+        let file_pool = |max: u32| {
+            SqlitePoolOptions::new()
+                .max_connections(max)
+                .before_acquire(|conn, _| Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) }))
+        };
         let pool_options = if memory {
             // One connection that never closes: every query must see the same in-memory DB.
             SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
         } else {
             options = options.journal_mode(SqliteJournalMode::Wal);
-            SqlitePoolOptions::new().max_connections(4).before_acquire(|conn, _| {
-                Box::pin(async move {
-                    // A write refused for lack of space (SQLITE_FULL) or an I/O error makes
-                    // SQLite roll its transaction back by itself; sqlx's own ROLLBACK then fails
-                    // and the connection still counts a transaction, refusing every later
-                    // `BEGIN`. Such a connection is closed here and the pool opens a fresh one,
-                    // so service resumes when space returns, without a restart.
-                    Ok(!sqlx::Connection::is_in_transaction(conn))
-                })
-            })
+            file_pool(4)
         };
         let pool = pool_options
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| db_err(&format!("opening {database_url}"), e))?;
         MIGRATOR.run(&pool).await.map_err(migrate_err)?;
+        let records = if memory {
+            pool.clone()
+        } else {
+            // Opened after the migrations: it only ever sees the current schema.
+            file_pool(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .map_err(|e| db_err(&format!("opening {database_url}"), e))?
+        };
         if !memory && let Some(path) = file_path(database_url) {
             // SQLite gives the -wal / -shm files the main file's mode; older ones may be looser.
             for suffix in ["-wal", "-shm"] {
@@ -291,11 +312,12 @@ impl SqliteDirectory {
                 }
             }
         }
-        Ok(SqliteDirectory { pool, throttle_lock: Default::default() })
+        Ok(SqliteDirectory { pool, records, throttle_lock: Default::default() })
     }
 
     /// Close the pool (waits for connections to be returned). Optional: dropping works too.
     pub async fn close(&self) {
+        self.records.close().await;
         self.pool.close().await;
     }
 
@@ -756,7 +778,7 @@ impl Directory for SqliteDirectory {
                 .transpose()?;
             rows.push((r, duration, format_trace(&r.trace)));
         }
-        let mut tx = self.pool.begin().await.map_err(|e| db_err("writing call records", e))?;
+        let mut tx = self.records.begin().await.map_err(|e| db_err("writing call records", e))?;
         // Chunks of 128, 64, …, 1 rows: a handful of statement shapes, each prepared once and
         // then taken from the statement cache (parsing a many-row INSERT cost more than
         // running it when every batch size was a statement of its own).
