@@ -86,11 +86,28 @@ async function selectedPair(page) {
   });
 }
 
-async function energyDelta(page, ms = 1200) {
+/** Audio energy the page receives per second (getStats' totalAudioEnergy), measured over `ms`. */
+async function energyRate(page, ms = 1200) {
   const a = await inboundAudio(page);
-  await sleep(ms);
+  const t0 = Date.now();
+  await sleep(ms); // the measuring window itself
   const b = await inboundAudio(page);
-  return b.totalAudioEnergy - a.totalAudioEnergy;
+  return ((b.totalAudioEnergy - a.totalAudioEnergy) * 1000) / (Date.now() - t0);
+}
+
+/** Waits (up to 5 s) until a 400 ms window of received energy passes `ok(rate)`; the rate. */
+async function energyBecomes(page, what, ok) {
+  const seen = [];
+  try {
+    const hit = await waitFor(what, async () => {
+      const rate = await energyRate(page, 400);
+      seen.push(rate.toFixed(4));
+      return ok(rate) ? { rate } : null;
+    }, 5000, 0);
+    return hit.rate;
+  } catch (e) {
+    throw new Error(`${e.message} (energy per second, 400 ms windows: ${seen.join(', ')})`);
+  }
 }
 
 async function ensureGateway() {
@@ -236,26 +253,22 @@ test('F4: browser → browser through the cloud relay: audio both ways, mute, ho
   }
 
   // Mute: 2002 stops hearing 2001; unmute: it hears again.
-  const before = await energyDelta(bob);
+  // Each change is waited for as a condition (with a deadline), not after a fixed settle time.
+  const before = await energyRate(bob);
+  assert.ok(before > 0, `2002 hears 2001 before the mute (energy per second ${before})`);
   await byId(alice, 'call-mute').click();
   assert.equal(await byId(alice, 'call-mute').getAttribute('aria-pressed'), 'true');
-  await sleep(600);
-  const muted = await energyDelta(bob);
+  const muted = await energyBecomes(bob, `muted: 2002's energy under a tenth of ${before}`, (e) => e < before / 10);
   await byId(alice, 'call-mute').click();
   assert.equal(await byId(alice, 'call-mute').getAttribute('aria-pressed'), 'false');
-  await sleep(600);
-  const after = await energyDelta(bob);
+  const after = await energyBecomes(bob, `unmuted: 2002's energy over a quarter of ${before}`, (e) => e > before / 4);
   metrics.f4.mute_energy = { before, muted, after };
-  assert.ok(muted < before / 10, `muted: 2002 still gets energy ${muted} (before ${before})`);
-  assert.ok(after > before / 4, `unmuted: 2002 gets energy ${after} (before ${before})`);
 
   // Hold: nothing is sent and nothing played; resume brings both back.
   await byId(alice, 'call-hold').click();
   await alice.waitForSelector('[data-testid="call-hold"][aria-pressed="true"]');
   assert.equal((await byId(alice, 'call-state').textContent()).trim(), 'On hold');
-  await sleep(600);
-  const held = await energyDelta(bob);
-  assert.ok(held < before / 10, `on hold: 2002 still gets energy ${held}`);
+  await energyBecomes(bob, `on hold: 2002's energy under a tenth of ${before}`, (e) => e < before / 10);
   await byId(alice, 'call-hold').click();
   await alice.waitForSelector('[data-testid="call-hold"][aria-pressed="false"]');
 
@@ -263,8 +276,8 @@ test('F4: browser → browser through the cloud relay: audio both ways, mute, ho
   for (const k of ['dtmf-1', 'dtmf-star', 'dtmf-hash', 'dtmf-0']) assert.ok(await byId(alice, k).isEnabled(), `${k} enabled`);
   await byId(alice, 'dtmf-1').click();
   await alice.keyboard.press('5');
-
-  await sleep(1000);
+  // Hang up once the tones have gone out (the sender's tone buffer is empty).
+  await waitFor('2001: DTMF tones sent', () => alice.evaluate(() => window.trunkline.pc.getSenders().every((s) => !s.dtmf || s.dtmf.toneBuffer === '')), 5000);
   await byId(alice, 'call-hangup').click();
   await waitCallState(alice, 'ended');
   await waitCallState(bob, 'ended');
@@ -361,6 +374,7 @@ test('F1: a forged key is refused on the DataChannel: "the key was refused", not
   assert.equal(forged.length, 1, 'the connect message was forged');
   assert.equal((await byId(alice, 'call-outcome').textContent()).trim(), 'Call failed — the key was refused');
   const rec = await waitFor('the call record', () => cloud.calls().find((c) => c.call_id === forged[0] && c.outcome));
+  // Proving that something did not happen takes a window: 1.5 s more for a late INVITE.
   await sleep(1500);
   assert.ok(!phone.events.some((e) => /^CALL_/.test(e.type)), `the desk phone did not ring (events: ${phone.events.map((e) => e.type)})`);
   metrics.f1_forged_key = { outcome: rec.outcome, trace: rec.trace.join(',') };
