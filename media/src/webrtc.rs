@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use str0m::format::{Codec, FormatParams};
 use str0m::media::{Frequency, Pt};
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Input, Rtc, RtcConfig};
 
 use crate::g711::Law;
@@ -27,6 +28,13 @@ pub struct RtcOptions {
     pub ice_lite: bool,
     /// The first retransmission timeout of a connectivity check; `None`: str0m's (250 ms).
     pub initial_stun_rto: Option<Duration>,
+    /// Negotiate only the `mid` RTP header extension (what BUNDLE needs), not str0m's standard
+    /// set (Chrome's: transport-wide congestion control, absolute send time, audio level…).
+    /// For the gateway: an audio bridge at G.711's fixed rate estimates no bandwidth, and with
+    /// transport-wide CC each call also carried a feedback packet every 100 ms each way, and
+    /// every packet a sequence number for it to track. The headless softphone and the bench's
+    /// browsers keep the standard set, as a browser offers it.
+    pub mid_extension_only: bool,
 }
 
 /// `Rtc`s of one [`RtcOptions`] built ahead of need, on tokio's blocking pool. Building one
@@ -111,6 +119,10 @@ impl ReadyRtcs {
 /// The `RtcConfig` of an audio leg: PCMU, PCMA and telephone-event, ICE as `opts` says.
 pub fn rtc_config(opts: RtcOptions) -> RtcConfig {
     let mut cfg = RtcConfig::new().set_ice_lite(opts.ice_lite).clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
+    if opts.mid_extension_only {
+        let mid = ExtensionMap::standard().id_of(Extension::RtpMid).unwrap_or(4);
+        cfg = cfg.clear_extension_map().set_extension(mid, Extension::RtpMid);
+    }
     if let Some(rto) = opts.initial_stun_rto {
         cfg.set_initial_stun_rto(rto);
     }
@@ -181,8 +193,25 @@ mod tests {
 
     #[test]
     fn ice_lite_is_a_parameter() {
-        let text = offer(RtcOptions { ice_lite: true, initial_stun_rto: Some(Duration::from_millis(50)) });
+        let text = offer(RtcOptions { ice_lite: true, initial_stun_rto: Some(Duration::from_millis(50)), ..Default::default() });
         assert!(text.contains("a=ice-lite"), "{text}");
+    }
+
+    fn extmaps(sdp: &str) -> Vec<&str> {
+        sdp.lines().filter(|l| l.starts_with("a=extmap:")).map(|l| l.split_whitespace().nth(1).unwrap_or("")).collect()
+    }
+
+    #[test]
+    fn the_gateway_negotiates_the_mid_extension_only_and_a_browser_the_standard_set() {
+        let browser = offer(RtcOptions::default());
+        assert!(extmaps(&browser).iter().any(|e| e.contains("transport-wide-cc")), "{browser}");
+        let gateway = RtcOptions { mid_extension_only: true, ..Default::default() };
+        assert_eq!(extmaps(&offer(gateway)), ["urn:ietf:params:rtp-hdrext:sdes:mid"]);
+        // Answering a browser's offer: the standard set offered, mid answered.
+        let mut rtc = rtc_config(gateway).build(Instant::now());
+        let offer = str0m::change::SdpOffer::from_sdp_string(&browser).unwrap();
+        let answer = rtc.sdp_api().accept_offer(offer).expect("an answer").to_sdp_string();
+        assert_eq!(extmaps(&answer), ["urn:ietf:params:rtp-hdrext:sdes:mid"], "{answer}");
     }
 
     #[test]
