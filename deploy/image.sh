@@ -6,6 +6,12 @@
 #
 #   deploy/image.sh            build trunkline/signal-server and trunkline/switch-gateway
 #                              (tags :latest and :<workspace version>) with podman or docker
+#   deploy/image.sh --binaries-only
+#                              only the two stripped release binaries (what `./trunkline test`
+#                              starts early in the background); no container engine needed
+#
+# The binaries are built in target/image/ (CARGO_TARGET_DIR overrides), a cargo target folder of
+# their own: this build then never waits on, or holds up, another cargo build of the checkout.
 #
 # Env:
 #   TRUNKLINE_IMAGE_ENGINE=podman|docker   pick the engine (default: podman if installed, else a
@@ -30,6 +36,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 UID_GID=10001           # the images' user "trunkline" (numeric, in their /etc/passwd)
 MUSL=x86_64-unknown-linux-musl
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/image}
 MAX_MB=${TRUNKLINE_IMAGE_MAX_MB:-25}
 PREFIX=${TRUNKLINE_IMAGE_PREFIX:-trunkline}
 VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
@@ -83,12 +90,12 @@ build_binaries() {
     # aws-lc and SQLite are C: musl-gcc compiles them for the static target.
     command -v musl-gcc >/dev/null 2>&1 || apt_install musl-tools
     say "building signal-server and switch-gateway (release, static $MUSL; first time: several minutes)"
-    env "${env[@]}" cargo build --release --locked -q --target "$MUSL" "${pkgs[@]}"
-    BIN_DIR=$ROOT/target/$MUSL/release
+    env "${env[@]}" CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --locked -q --target "$MUSL" "${pkgs[@]}"
+    BIN_DIR=$TARGET_DIR/$MUSL/release
   else
     say "building signal-server and switch-gateway (release, glibc)"
-    env "${env[@]}" cargo build --release --locked -q "${pkgs[@]}"
-    BIN_DIR=$ROOT/target/release
+    env "${env[@]}" CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --locked -q "${pkgs[@]}"
+    BIN_DIR=$TARGET_DIR/release
   fi
 }
 
@@ -180,6 +187,11 @@ cleanup() { [ ${#CONTEXTS[@]} -eq 0 ] || rm -rf "${CONTEXTS[@]}"; }
 trap cleanup EXIT
 
 main() {
+  if [ "${1:-}" = --binaries-only ] && [ $# -eq 1 ]; then
+    build_binaries
+    say "binaries in $BIN_DIR ($LIBC)"
+    return 0
+  fi
   [ $# -eq 0 ] || { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
   pick_engine
   build_binaries

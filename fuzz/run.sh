@@ -6,6 +6,8 @@
 #   fuzz/run.sh --smoke                 build everything, ~10 s per target, record nothing
 #                                       (what `./trunkline test` runs; fuzz/smoke.sh is the same)
 #   fuzz/run.sh --update-corpus ...     afterwards, merge new coverage into fuzz/corpus/<target>
+#   fuzz/run.sh --build-only            only build the targets (`./trunkline test` does this early,
+#                                       in the background)
 #
 # Prints a table (target, runs, seconds, crashes) and, from the whole ledger fuzz/results.tsv,
 # one `FIGURE fuzz_seconds_<target> ...` line per target. A crash input is copied to
@@ -18,13 +20,15 @@ ALL_TARGETS=(sip_message sip_digest sdp protocol stun rtp_rtcp)
 
 smoke=0
 update_corpus=0
+build_only=0
 secs=60
 targets=()
 for arg in "$@"; do
     case "$arg" in
         --smoke) smoke=1 ;;
         --update-corpus) update_corpus=1 ;;
-        -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+        --build-only) build_only=1 ;;
+        -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
         '' | *[!0-9]*)
             if [[ " ${ALL_TARGETS[*]} " == *" $arg "* ]]; then targets+=("$arg"); else
                 echo "run.sh: unknown target or option '$arg' (targets: ${ALL_TARGETS[*]})" >&2; exit 2
@@ -51,6 +55,7 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$FUZZ_DIR/target}"
 cargo fuzz build -O --debug-assertions --sanitizer none --target-dir "$TARGET_DIR" >&2
 build_secs=$((SECONDS - build_start))
 BIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release"
+[[ $build_only == 1 ]] && { echo "run.sh: built in ${build_secs} s ($BIN)" >&2; exit 0; }
 
 rows=()
 failed=0
