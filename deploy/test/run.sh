@@ -40,8 +40,10 @@ if [ "${TRUNKLINE_SKIP_IMAGE_BUILD:-}" != 1 ]; then
   deploy/image.sh
 fi
 command -v podman >/dev/null 2>&1 || { echo "error: podman missing" >&2; exit 1; }
-echo "==> building the headless softphone (debug)" >&2
-cargo build -q --locked -p trunkline-client
+if [ "${TRUNKLINE_DEBUG_BUILT:-}" != 1 ]; then  # ./trunkline test built it (web/e2e/run.sh says why)
+  echo "==> building the headless softphone (debug)" >&2
+  cargo build -q --locked -p trunkline-client
+fi
 
 # A short random id: namespaces, containers and volumes are named tli<id>-*, so runs side by
 # side do not meet, and everything of this run is found again for cleaning up.

@@ -30,7 +30,8 @@ if [ "${1:-}" = "--bench" ]; then
   echo "==> building signal-server and switch-gateway (release)" >&2
   cargo build -q --release --locked -p trunkline-signal-server -p trunkline-switch-gateway
   export TRUNKLINE_BIN_DIR="${TRUNKLINE_BIN_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/release}"
-else
+elif [ "${TRUNKLINE_DEBUG_BUILT:-}" != 1 ]; then
+  # (TRUNKLINE_DEBUG_BUILT=1: ./trunkline test already built them, see web/e2e/run.sh.)
   echo "==> building signal-server and switch-gateway (debug)" >&2
   cargo build -q --locked -p trunkline-signal-server -p trunkline-switch-gateway
 fi
