@@ -6,7 +6,8 @@
 # softphone on the cloud side. Needs root (network namespaces, rootful podman).
 #   deploy/test/run.sh                 KEEP=1 keeps the temp folder, containers and namespaces
 # Env: TRUNKLINE_SKIP_IMAGE_TEST=1 skips it (say so: CI runs it); TRUNKLINE_SKIP_IMAGE_BUILD=1
-# uses the images already built (trunkline/signal-server:latest, trunkline/switch-gateway:latest).
+# uses the images already built (trunkline/signal-server:latest, trunkline/switch-gateway:latest);
+# TRUNKLINE_DEBUG_BUILT=1 uses target/debug/trunkline-client as it is.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)

@@ -5,6 +5,7 @@
 # the tests as root. The last line says "N passed, N failed".
 #   natlab/e2e/run.sh [test-name-filter]        KEEP=1 keeps the lab and every log
 #   natlab/e2e/run.sh --bench [N]               dial → first audio (release binaries)
+# Env: TRUNKLINE_DEBUG_BUILT=1 uses target/debug's binaries as they are (no build).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$HOME/.cargo/bin:$PATH"
