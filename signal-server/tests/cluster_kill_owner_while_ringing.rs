@@ -66,7 +66,8 @@ async fn f1_owner_killed_while_the_desk_phone_rings_the_switch_end_report_makes_
         .wait_for("ringing", PROMPT, |m| matches!(m, ServerMsg::CallEvent { event: CallEvent::Ringing, .. }).then_some(()))
         .await;
 
-    cl.wait_attempt_written("k2", false, PROMPT).await;
+    // The steps asserted below must be stored before the kill (later states are written behind).
+    cl.wait_attempt_trace("k2", "C13", PROMPT).await;
     let token = alice.session_token.clone().unwrap();
     cl.kill9(0);
     let mut alice = cl.resume_via_lb(ALICE.0, &token, BACK).await;

@@ -745,6 +745,25 @@ drain_timeout_secs = {drain}
         }
     }
 
+    /// Waits until the attempt row's written trace holds `step`: later states are written
+    /// behind the owner's work (a short gather window), so a test that kills the owner and then
+    /// asserts on those steps must first see them stored.
+    pub async fn wait_attempt_trace(&self, call_id: &str, step: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let trace: Option<String> = sqlx::query_scalar("SELECT trace FROM call_attempts WHERE call_id = $1")
+                .bind(call_id)
+                .fetch_optional(&self.db.pool)
+                .await
+                .expect("read call_attempts");
+            if trace.as_deref().is_some_and(|t| t.split(',').any(|s| s == step)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "attempt {call_id}: step {step} not written ahead within {within:?} (trace {trace:?})");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Milliseconds left on `node`'s lease by the database's clock (negative: expired), or
     /// `None` if it has no row.
     pub async fn lease_left_ms(&self, node: &str) -> Option<f64> {
