@@ -759,7 +759,10 @@ drain_timeout_secs = {drain}
             if trace.as_deref().is_some_and(|t| t.split(',').any(|s| s == step)) {
                 return;
             }
-            assert!(Instant::now() < deadline, "attempt {call_id}: step {step} not written ahead within {within:?} (trace {trace:?})");
+            assert!(
+                Instant::now() < deadline,
+                "attempt {call_id}: step {step} not written ahead within {within:?} (trace {trace:?})"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

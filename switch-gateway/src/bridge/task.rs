@@ -4,7 +4,10 @@
 //! `trunkline_media::bridge::BridgeCore`; this file only moves bytes and drives str0m.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use str0m::channel::ChannelId;
@@ -12,6 +15,8 @@ use str0m::format::{Codec, CodecExtra};
 use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt, TelephoneEvent};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::io::ReadBuf;
+use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use trunkline_media::bridge::{BridgeCore, FromPhone, FromWebRtc};
 use trunkline_media::latch::{DropReason, drop_counter};
@@ -50,11 +55,72 @@ struct SessionState {
     turn: Option<Turn>,
 }
 
-async fn recv_opt(sock: Option<&tokio::net::UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
-    match sock {
-        Some(s) => s.recv_from(buf).await,
-        None => std::future::pending().await,
+/// What woke a bridge task: one datagram, command, TURN stream event or the timer.
+enum Wake {
+    Ice(std::io::Result<(usize, SocketAddr)>),
+    Rtp(std::io::Result<(usize, SocketAddr)>),
+    Rtcp(std::io::Result<(usize, SocketAddr)>),
+    Cmd(Option<BridgeCmd>),
+    Stream(StreamId, StreamEvent),
+    Timer,
+}
+
+struct Sockets<'a> {
+    ice: &'a UdpSocket,
+    rtp: Option<&'a UdpSocket>,
+    rtcp: Option<&'a UdpSocket>,
+}
+
+struct Bufs<'a> {
+    ice: &'a mut [u8],
+    rtp: &'a mut [u8],
+    rtcp: &'a mut [u8],
+}
+
+/// One datagram from `sock` (never ready without a socket).
+fn poll_recv(cx: &mut Context<'_>, sock: Option<&UdpSocket>, buf: &mut [u8]) -> Poll<std::io::Result<(usize, SocketAddr)>> {
+    let Some(sock) = sock else { return Poll::Pending };
+    let mut rb = ReadBuf::new(buf);
+    match sock.poll_recv_from(cx, &mut rb) {
+        Poll::Ready(Ok(from)) => Poll::Ready(Ok((rb.filled().len(), from))),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
     }
+}
+
+/// The bridge task's wait, polled by hand rather than with `select!`: that macro builds a
+/// `recv_from` future per socket on every turn, and each one not ready links itself into the
+/// socket's waiter list under its lock and unlinks itself when dropped, twice or three times
+/// per forwarded packet. `poll_recv_from` keeps one waker slot per socket instead. The first
+/// source polled rotates with `rotation`, so a flooded socket cannot starve the others (as
+/// `select!`'s random start ensures).
+fn poll_wake(
+    cx: &mut Context<'_>,
+    rotation: u32,
+    sockets: Sockets<'_>,
+    bufs: Bufs<'_>,
+    cmds: &mut mpsc::UnboundedReceiver<BridgeCmd>,
+    stream_rx: &mut mpsc::UnboundedReceiver<(StreamId, StreamEvent)>,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+) -> Poll<Wake> {
+    for i in 0..6u32 {
+        let ready = match rotation.wrapping_add(i) % 6 {
+            0 => poll_recv(cx, Some(sockets.ice), bufs.ice).map(Wake::Ice),
+            1 => poll_recv(cx, sockets.rtp, bufs.rtp).map(Wake::Rtp),
+            2 => poll_recv(cx, sockets.rtcp, bufs.rtcp).map(Wake::Rtcp),
+            3 => cmds.poll_recv(cx).map(Wake::Cmd),
+            // Closed (no TURN in this call): never ready.
+            4 => match stream_rx.poll_recv(cx) {
+                Poll::Ready(Some((id, ev))) => Poll::Ready(Wake::Stream(id, ev)),
+                _ => Poll::Pending,
+            },
+            _ => timer.as_mut().poll(cx).map(|()| Wake::Timer),
+        };
+        if ready.is_ready() {
+            return ready;
+        }
+    }
+    Poll::Pending
 }
 
 pub(super) async fn run(
@@ -142,6 +208,9 @@ async fn run_loop(
     let mut burst = 0u32;
     // When the phone's last frame went to str0m (with a timeout input).
     let mut last_frame: Option<Instant> = None;
+    // One timer for the task's life, moved when str0m's deadline moves.
+    let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+    let mut rotation = 0u32;
     loop {
         // Drain str0m until it only has a timeout for us.
         let mut sent_stun = false;
@@ -337,9 +406,20 @@ async fn run_loop(
         if !ice_checking && let Some(t) = last_frame {
             next_timeout = next_timeout.max(t + MEDIA_TIMER_SLACK);
         }
-        let wait = next_timeout.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
-        tokio::select! {
-            r = ice.recv_from(&mut ice_buf) => {
+        let deadline = tokio::time::Instant::from_std(next_timeout.min(Instant::now() + Duration::from_secs(1)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        rotation = rotation.wrapping_add(1);
+        let wake = std::future::poll_fn(|cx| {
+            let sockets =
+                Sockets { ice, rtp: phone.as_ref().map(|p| p.rtp_socket()), rtcp: phone.as_ref().map(|p| p.rtcp_socket()) };
+            let bufs = Bufs { ice: &mut ice_buf, rtp: &mut rtp_buf, rtcp: &mut rtcp_buf };
+            poll_wake(cx, rotation, sockets, bufs, cmds, stream_rx, timer.as_mut())
+        })
+        .await;
+        match wake {
+            Wake::Ice(r) => {
                 let Ok((n, source)) = r else { continue };
                 // Our STUN probe's answers share the socket with ICE, DTLS and SRTP.
                 if let Some(probe) = session.as_mut().and_then(|s| s.probe.as_mut())
@@ -366,7 +446,7 @@ async fn run_loop(
                     return "WebRTC error";
                 }
             }
-            r = recv_opt(phone.as_ref().map(|p| p.rtp_socket()), &mut rtp_buf) => {
+            Wake::Rtp(r) => {
                 let Ok((n, source)) = r else { continue };
                 // Symmetric RTP: answer where the phone really sends from, and only hear it.
                 let before = core.latched();
@@ -415,14 +495,14 @@ async fn run_loop(
             }
             // RTCP from the phone is not forwarded (str0m makes its own reports): drain it, and
             // count what comes from elsewhere as the relay does.
-            r = recv_opt(phone.as_ref().map(|p| p.rtcp_socket()), &mut rtcp_buf) => {
+            Wake::Rtcp(r) => {
                 if let Ok((n, source)) = r
                     && core.on_phone_rtcp(source, &rtcp_buf[..n], Instant::now()).is_some()
                 {
                     foreign.increment(1);
                 }
             }
-            cmd = cmds.recv() => match cmd {
+            Wake::Cmd(cmd) => match cmd {
                 Some(BridgeCmd::PhoneRemote(addr)) => {
                     if core.set_signalled(Some(addr)) {
                         tracing::debug!(%addr, "bridge: phone leg re-pointed by signalling");
@@ -471,7 +551,7 @@ async fn run_loop(
                     return "stopped";
                 }
             },
-            Some((id, ev)) = stream_rx.recv() => {
+            Wake::Stream(id, ev) => {
                 let Some(turn) = session.as_mut().and_then(|s| s.turn.as_mut()) else { continue };
                 let now = Instant::now();
                 match ev {
@@ -487,7 +567,7 @@ async fn run_loop(
                     return "WebRTC error";
                 }
             }
-            _ = tokio::time::sleep(wait) => {
+            Wake::Timer => {
                 if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
                     return "WebRTC error";
                 }
