@@ -610,3 +610,57 @@ impl Admit {
         accepted || self.peers.contains(&r.source)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(w: &Wake) -> &'static str {
+        match w {
+            Wake::Ice(_) => "ice",
+            Wake::Rtp(_) => "rtp",
+            Wake::Rtcp(_) => "rtcp",
+            Wake::Cmd(_) => "cmd",
+            Wake::Stream(..) => "stream",
+            Wake::Timer => "timer",
+        }
+    }
+
+    /// A caller flooding the WebRTC socket must not starve the phone's RTP (nor the commands):
+    /// each source gets its turn to be polled first.
+    #[tokio::test]
+    async fn a_flooded_socket_does_not_starve_the_others() {
+        let bind = || async { UdpSocket::bind("127.0.0.1:0").await.unwrap() };
+        let (ice, rtp, rtcp, peer) = (bind().await, bind().await, bind().await, bind().await);
+        for _ in 0..200 {
+            peer.send_to(b"flood", ice.local_addr().unwrap()).await.unwrap();
+        }
+        peer.send_to(b"rtp", rtp.local_addr().unwrap()).await.unwrap();
+        // The reactor knows both are readable before the first turn.
+        ice.readable().await.unwrap();
+        rtp.readable().await.unwrap();
+        let (cmd_tx, mut cmds) = mpsc::unbounded_channel();
+        cmd_tx.send(BridgeCmd::Stop).unwrap();
+        let (_stream_tx, mut stream_rx) = mpsc::unbounded_channel();
+        let mut timer = Box::pin(tokio::time::sleep(Duration::from_secs(3600)));
+        let (mut ice_buf, mut rtp_buf, mut rtcp_buf) = ([0u8; 64], [0u8; 64], [0u8; 64]);
+        let mut seen = vec![];
+        for rotation in 0..6u32 {
+            let wake = std::future::poll_fn(|cx| {
+                let sockets = Sockets { ice: &ice, rtp: Some(&rtp), rtcp: Some(&rtcp) };
+                let bufs = Bufs { ice: &mut ice_buf, rtp: &mut rtp_buf, rtcp: &mut rtcp_buf };
+                poll_wake(cx, rotation, sockets, bufs, &mut cmds, &mut stream_rx, timer.as_mut())
+            })
+            .await;
+            if let Wake::Rtp(r) = &wake {
+                let (n, _) = r.as_ref().unwrap();
+                assert_eq!(&rtp_buf[..*n], b"rtp");
+            }
+            seen.push(kind(&wake));
+        }
+        assert!(seen.contains(&"rtp"), "the phone's RTP was never taken: {seen:?}");
+        assert!(seen.contains(&"cmd"), "the command was never taken: {seen:?}");
+        assert!(seen.contains(&"ice"), "{seen:?}");
+        assert!(!seen.contains(&"timer") && !seen.contains(&"stream"), "nothing else was ready: {seen:?}");
+    }
+}
