@@ -37,11 +37,11 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use trunkline_protocol::{ErrorCode, Outcome, ServerMsg};
 
-use trunkline_test_support::Directory;
 pub use trunkline_test_support::cluster::{
     LEASE_TTL, Launch, LoadBalancer, NATS_ADDR, PG_ADMIN_URL, Replica, TestDb, http_probe, http_status, metric, random_id,
     services_available,
 };
+use trunkline_test_support::{Directory, eventually};
 
 use super::{Client, KEY};
 /// What a party may wait, beyond the lease, for a typed outcome after its owner died.
@@ -730,41 +730,31 @@ drain_timeout_secs = {drain}
     /// killed within that window loses an attempt that cannot have connected in real life; a
     /// scripted switch connects within a millisecond), so a test kills the owner after this.
     pub async fn wait_attempt_written(&self, call_id: &str, connected: bool, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let row = sqlx::query("SELECT connected_ms IS NOT NULL AS connected FROM call_attempts WHERE call_id = $1")
-                .bind(call_id)
-                .fetch_optional(&self.db.pool)
-                .await
-                .expect("read call_attempts");
-            if row.is_some_and(|r| !connected || r.get::<bool, _>("connected")) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "attempt {call_id} (connected: {connected}) not written ahead within {within:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let what = format!("attempt {call_id} (connected: {connected}) written ahead");
+        eventually(&what, within, || async move { self.attempt_row(call_id).await.is_some_and(|(c, _)| c || !connected) }).await;
     }
 
-    /// Waits until the attempt row's written trace holds `step`: later states are written
+    /// Waits until the attempt row's stored trace holds `step`: later states are written
     /// behind the owner's work (a short gather window), so a test that kills the owner and then
     /// asserts on those steps must first see them stored.
     pub async fn wait_attempt_trace(&self, call_id: &str, step: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let trace: Option<String> = sqlx::query_scalar("SELECT trace FROM call_attempts WHERE call_id = $1")
-                .bind(call_id)
-                .fetch_optional(&self.db.pool)
-                .await
-                .expect("read call_attempts");
-            if trace.as_deref().is_some_and(|t| t.split(',').any(|s| s == step)) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "attempt {call_id}: step {step} not written ahead within {within:?} (trace {trace:?})"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let what = format!("step {step} of attempt {call_id} written ahead");
+        eventually(&what, within, || async move {
+            self.attempt_row(call_id).await.is_some_and(|(_, trace)| trace.split(',').any(|s| s == step))
+        })
+        .await;
+    }
+
+    /// `call_id`'s attempt row as stored: whether it connected, and its trace.
+    async fn attempt_row(&self, call_id: &str) -> Option<(bool, String)> {
+        sqlx::query(
+            "SELECT connected_ms IS NOT NULL AS connected, coalesce(trace, '') AS trace FROM call_attempts WHERE call_id = $1",
+        )
+        .bind(call_id)
+        .fetch_optional(&self.db.pool)
+        .await
+        .expect("read call_attempts")
+        .map(|r| (r.get("connected"), r.get("trace")))
     }
 
     /// Milliseconds left on `node`'s lease by the database's clock (negative: expired), or
