@@ -81,11 +81,7 @@ struct Bufs<'a> {
 fn poll_recv(cx: &mut Context<'_>, sock: Option<&UdpSocket>, buf: &mut [u8]) -> Poll<std::io::Result<(usize, SocketAddr)>> {
     let Some(sock) = sock else { return Poll::Pending };
     let mut rb = ReadBuf::new(buf);
-    match sock.poll_recv_from(cx, &mut rb) {
-        Poll::Ready(Ok(from)) => Poll::Ready(Ok((rb.filled().len(), from))),
-        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Pending => Poll::Pending,
-    }
+    sock.poll_recv_from(cx, &mut rb).map_ok(|from| (rb.filled().len(), from))
 }
 
 /// The bridge task's wait, polled by hand rather than with `select!`: that macro builds a
