@@ -211,7 +211,7 @@ pub fn ready_rtcs(opts: &PeerOptions) -> ReadyRtcs {
 
 /// Both roles: G.711 only, telephone-event at 8 kHz (the gateway's and the bench's too).
 fn rtc_options(opts: &PeerOptions) -> RtcOptions {
-    RtcOptions { ice_lite: opts.ice_lite, initial_stun_rto: None, mid_extension_only: false }
+    RtcOptions { ice_lite: opts.ice_lite, initial_stun_rto: None, mid_extension_only: false, rtp_mode: false }
 }
 
 /// A peer before negotiation: an `Rtc` with its host candidates and bound socket(s).

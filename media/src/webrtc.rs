@@ -35,6 +35,11 @@ pub struct RtcOptions {
     /// every packet a sequence number for it to track. The headless softphone and the bench's
     /// browsers keep the standard set, as a browser offers it.
     pub mid_extension_only: bool,
+    /// str0m's RTP mode: media in and out as RTP packets (`Event::RtpPacket`,
+    /// `StreamTx::write_rtp`), not frames. For the gateway's bridge, which forwards one G.711
+    /// frame per packet: it skips str0m's reordering buffer, depacketizer and packetizer on
+    /// every packet, and numbers its own packets. The headless softphone keeps frames.
+    pub rtp_mode: bool,
 }
 
 /// `Rtc`s of one [`RtcOptions`] built ahead of need, on tokio's blocking pool. Building one
@@ -119,6 +124,9 @@ impl ReadyRtcs {
 /// The `RtcConfig` of an audio leg: PCMU, PCMA and telephone-event, ICE as `opts` says.
 pub fn rtc_config(opts: RtcOptions) -> RtcConfig {
     let mut cfg = RtcConfig::new().set_ice_lite(opts.ice_lite).clear_codecs().enable_pcmu(true, false).enable_pcma(true, false);
+    if opts.rtp_mode {
+        cfg = cfg.set_rtp_mode(true);
+    }
     if opts.mid_extension_only {
         let mid = ExtensionMap::standard().id_of(Extension::RtpMid).unwrap_or(4);
         cfg = cfg.clear_extension_map().set_extension(mid, Extension::RtpMid);

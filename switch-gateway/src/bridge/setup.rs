@@ -88,7 +88,7 @@ fn first_law(answer: &str) -> Option<Law> {
 /// A full ICE agent on both sides (carrier and F2 caller): behind NAT our own checks open the
 /// pinhole the far end's checks come through.
 pub(super) const RTC_OPTIONS: RtcOptions =
-    RtcOptions { ice_lite: false, initial_stun_rto: Some(ICE_INITIAL_RTO), mid_extension_only: true };
+    RtcOptions { ice_lite: false, initial_stun_rto: Some(ICE_INITIAL_RTO), mid_extension_only: true, rtp_mode: true };
 
 impl DriverBridges {
     /// A UDP socket for the WebRTC leg and an `Rtc` (started at `now`) with its host candidate

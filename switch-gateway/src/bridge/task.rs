@@ -11,9 +11,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use str0m::channel::ChannelId;
-use str0m::format::{Codec, CodecExtra};
-use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt, TelephoneEvent};
+use str0m::format::Codec;
+use str0m::media::{MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
@@ -176,6 +177,29 @@ fn transmit(t: &str0m::net::Transmit, ice: &tokio::net::UdpSocket, session: &mut
     let _ = send_now(ice, &t.contents, t.destination);
 }
 
+/// The payload types the WebRTC leg's far end took, with their codecs.
+fn negotiated(rtc: &Rtc, mid: Mid) -> Vec<(Pt, Codec)> {
+    let Some(media) = rtc.media(mid) else { return vec![] };
+    let remote = media.remote_pts();
+    rtc.codec_config().params().iter().filter(|p| remote.contains(&p.pt())).map(|p| (p.pt(), p.spec().codec)).collect()
+}
+
+/// The sequence numbers of the RTP the WebRTC leg sends: in str0m's RTP mode they are ours.
+/// The first is random (RFC 3550 §5.1); the extended count carries SRTP's rollover counter.
+struct TxSeq(u64);
+
+impl TxSeq {
+    fn new() -> TxSeq {
+        TxSeq(u64::from(rand::random::<u16>() & 0x7fff))
+    }
+
+    fn next(&mut self) -> SeqNo {
+        let n = self.0;
+        self.0 += 1;
+        n.into()
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_loop(
     rtc: &mut Rtc,
@@ -194,11 +218,14 @@ async fn run_loop(
     let foreign = drop_counter(DropReason::ForeignSource);
     let mut mid: Option<Mid> = mid;
     let mut webrtc_pts: Vec<(Pt, Codec)> = vec![];
+    let mut tx_seq = TxSeq::new();
     let mut ice_buf = vec![0u8; 2000];
     let mut rtp_buf = vec![0u8; 2000];
     let mut rtcp_buf = vec![0u8; 2000];
     let started = Instant::now();
     let mut kick = false;
+    // Datagrams came through a TURN relay and wait to be handed to str0m.
+    let mut relay_pending = false;
     let mut admit = Admit::default();
     let mut ice_checking = true;
     let mut burst = 0u32;
@@ -248,8 +275,8 @@ async fn run_loop(
                         return "the caller closed the DataChannel";
                     }
                     Event::Connected => {
-                        if let Some(w) = mid.and_then(|m| rtc.writer(m)) {
-                            webrtc_pts = w.payload_params().map(|p| (p.pt(), p.spec().codec)).collect();
+                        if let Some(m) = mid {
+                            webrtc_pts = negotiated(rtc, m);
                         }
                         tracing::debug!(after = ?started.elapsed(), "bridge: WebRTC leg connected");
                     }
@@ -259,22 +286,34 @@ async fn run_loop(
                             tracing::debug!("bridge: WebRTC leg disconnected");
                         }
                     }
-                    Event::MediaData(data) => {
+                    Event::RtpPacket(p) => {
                         let Some(sockets) = phone.as_ref() else { continue };
-                        let timestamp = data.time.rebase(Frequency::EIGHT_KHZ).numer() as u32;
-                        let codec = data.params.spec().codec;
-                        let frame = match (law_of(codec), &data.codec_extra) {
-                            (Some(law), _) => FromWebRtc::Audio { law, timestamp, payload: &data.data },
-                            (None, CodecExtra::Tele(ev)) if codec == Codec::Tele => {
-                                let duration = (ev.duration.as_millis() * 8).min(u128::from(u16::MAX)) as u16;
-                                let event = DtmfEvent { event: ev.event, end: ev.end, volume: ev.volume, duration };
-                                FromWebRtc::Event { event, timestamp }
+                        if webrtc_pts.is_empty()
+                            && let Some(m) = mid
+                        {
+                            webrtc_pts = negotiated(rtc, m);
+                        }
+                        let pt = p.header.payload_type;
+                        let Some(codec) = webrtc_pts.iter().find(|(x, _)| *x == pt).map(|(_, c)| *c) else { continue };
+                        let timestamp = p.header.timestamp;
+                        if let Some(law) = law_of(codec) {
+                            if let Some(out) = core.from_webrtc(FromWebRtc::Audio { law, timestamp, payload: &p.payload }) {
+                                for pkt in out.packets {
+                                    let _ = send_now(sockets.rtp_socket(), &pkt, out.to);
+                                }
                             }
-                            _ => continue,
-                        };
-                        if let Some(out) = core.from_webrtc(frame) {
-                            for pkt in out.packets {
-                                let _ = send_now(sockets.rtp_socket(), &pkt, out.to);
+                        } else if codec == Codec::Tele {
+                            // RFC 4733 §2.5.1.4: a packet may carry several events back to back,
+                            // each starting where the one before it ended.
+                            let mut at = timestamp;
+                            for report in p.payload.chunks_exact(4) {
+                                let Some(event) = DtmfEvent::parse(report) else { break };
+                                if let Some(out) = core.from_webrtc(FromWebRtc::Event { event, timestamp: at }) {
+                                    for pkt in out.packets {
+                                        let _ = send_now(sockets.rtp_socket(), &pkt, out.to);
+                                    }
+                                }
+                                at = at.wrapping_add(u32::from(event.duration));
                             }
                         }
                     }
@@ -380,6 +419,15 @@ async fn run_loop(
                 }
             }
         }
+        // What came through the relays, one datagram per turn: in RTP mode str0m holds one
+        // received packet for the next `poll_output`, so each must be drained before the next.
+        if relay_pending {
+            match session.as_mut().and_then(|s| s.turn.as_mut()).map(|t| t.deliver_one(rtc, &mut admit)) {
+                Some(Err(())) => return "WebRTC error",
+                Some(Ok(true)) => continue,
+                _ => relay_pending = false,
+            }
+        }
         // New candidates: their first checks now, not one per pacing step behind older pairs
         // (str0m sends at most one check per input, the pair due first). Stops at the first
         // input that sends no STUN.
@@ -430,9 +478,7 @@ async fn run_loop(
                 {
                     turn.relays.udp_data(source, &ice_buf[..n], Instant::now());
                     turn.flush(ice);
-                    if turn.deliver(rtc, &mut admit).is_err() {
-                        return "WebRTC error";
-                    }
+                    relay_pending = true;
                     continue;
                 }
                 let Some(destination) = ice_local else { continue };
@@ -462,9 +508,7 @@ async fn run_loop(
                 let Some(m) = mid else { continue };
                 if webrtc_pts.is_empty() {
                     // Known once the WebRTC leg negotiated (MediaAdded may follow Connected).
-                    if let Some(w) = rtc.writer(m) {
-                        webrtc_pts = w.payload_params().map(|p| (p.pt(), p.spec().codec)).collect();
-                    }
+                    webrtc_pts = negotiated(rtc, m);
                     if webrtc_pts.is_empty() {
                         continue;
                     }
@@ -473,16 +517,22 @@ async fn run_loop(
                 // The WebRTC side may have taken only the other law: then re-code.
                 let Some((pt, law)) = choose_payload(&webrtc_pts, to.law) else { continue };
                 let payload = to.law.transcode(&to.payload, law);
-                let Some(mut w) = rtc.writer(m) else { continue };
-                if let Some(ev) = to.event {
-                    // str0m sends the RFC 4733 packets for it, attached to this frame.
-                    let duration = Duration::from_millis(u64::from(ev.duration) / 8);
-                    w = w.telephone_event(TelephoneEvent { event: ev.event, end: true, volume: ev.volume, duration });
-                }
-                let time = MediaTime::new(u64::from(to.timestamp), Frequency::EIGHT_KHZ);
-                if let Err(e) = w.write(pt, now, time, payload) {
-                    tracing::debug!(error = %e, "bridge: cannot write to the WebRTC leg");
-                    continue;
+                let mut api = rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(m, None) else { continue };
+                tx.write_rtp(RtpWrite::new(pt, tx_seq.next(), to.timestamp, now, &*payload));
+                if let Some(ev) = to.event
+                    && let Some(te) = webrtc_pts.iter().find(|(_, c)| *c == Codec::Tele).map(|(pt, _)| *pt)
+                {
+                    // The phone's key has ended: the whole event at once, at its own timestamp. A
+                    // first packet marked as its start (receivers such as baresip report a key on
+                    // a packet without the end bit), then the end packet three times (RFC 4733
+                    // §2.5.1.4).
+                    let start = DtmfEvent { end: false, ..ev }.to_bytes();
+                    tx.write_rtp(RtpWrite::new(te, tx_seq.next(), to.timestamp, now, &start[..]).marker(true));
+                    let end = DtmfEvent { end: true, ..ev }.to_bytes();
+                    for _ in 0..3 {
+                        tx.write_rtp(RtpWrite::new(te, tx_seq.next(), to.timestamp, now, &end[..]));
+                    }
                 }
                 // str0m releases queued media on its next input: give it one right after the
                 // drain (≈ 1 ms of added delay otherwise, waiting for the timer tick).
@@ -559,9 +609,7 @@ async fn run_loop(
                     }
                 }
                 turn.flush(ice);
-                if turn.deliver(rtc, &mut admit).is_err() {
-                    return "WebRTC error";
-                }
+                relay_pending = true;
             }
             Wake::Timer => {
                 if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
@@ -620,6 +668,19 @@ mod tests {
             Wake::Stream(..) => "stream",
             Wake::Timer => "timer",
         }
+    }
+
+    /// In RTP mode the WebRTC leg's sequence numbers are ours: consecutive from a random start
+    /// low enough to leave the first rollover far off, and on past 65,535 into SRTP's rollover
+    /// counter (the extended number) rather than back to zero.
+    #[test]
+    fn the_webrtc_legs_sequence_numbers_count_on_through_the_rollover() {
+        for _ in 0..100 {
+            assert!(*TxSeq::new().next() < 0x8000);
+        }
+        let mut seq = TxSeq(0xfffe);
+        let got: Vec<u64> = (0..3).map(|_| *seq.next()).collect();
+        assert_eq!(got, [0xfffe, 0xffff, 0x1_0000]);
     }
 
     /// A caller flooding the WebRTC socket must not starve the phone's RTP (nor the commands):

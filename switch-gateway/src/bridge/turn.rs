@@ -68,17 +68,19 @@ impl Turn {
         }
     }
 
-    /// Hand what came through the relays to str0m, as received at the relayed address.
-    pub(super) fn deliver(&mut self, rtc: &mut Rtc, admit: &mut Admit) -> Result<(), ()> {
+    /// Hand the next datagram that came through the relays to str0m, as received at the
+    /// relayed address; `false` when none is left. One at a time: str0m's output must be
+    /// drained between two received RTP packets (RTP mode keeps only the last one).
+    pub(super) fn deliver_one(&mut self, rtc: &mut Rtc, admit: &mut Admit) -> Result<bool, ()> {
         while let Some((relayed, peer, data)) = self.relays.poll_peer_data() {
             let Ok(contents) = data.as_slice().try_into() else { continue };
             let input =
                 Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source: peer, destination: relayed, contents });
-            if admit.admit(rtc, &input, &data) && rtc.handle_input(input).is_err() {
-                return Err(());
+            if admit.admit(rtc, &input, &data) {
+                return rtc.handle_input(input).map(|()| true).map_err(|_| ());
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Release the allocations and give the deletes a moment to leave and be answered (the
