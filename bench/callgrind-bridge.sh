@@ -3,7 +3,7 @@
 # forwards, and where they go.
 #
 # CPU per packet on a shared 2-core machine moves by ±20 % from run to run (rtpengine's too);
-# instruction counts do not (two runs of one binary agree within 0.3 %). This runs
+# instruction counts do not (runs of one binary agree within 1 %). This runs
 # `bench/run.sh`'s bridge phase (`ONLY=gateway GW_PARTS=mediawebrtc`) with the `hq` gateway
 # under `valgrind --tool=callgrind` and CALLS bridged calls (the bench's str0m browsers and
 # desk phones: 50 packets a second each way per call). Once the calls are set up and have run
@@ -88,4 +88,7 @@ awk -v ir="$ir" -v t1="$t1" -v t2="$t2" -v calls="$CALLS" 'BEGIN {
     printf "Ir per forwarded packet: %.0f (%d Ir over %.2f s, %d calls ≈ %.0f packets)\n", ir / pkts, ir, secs, calls, pkts
 }'
 echo "top functions, inclusive (the dump: $dump):"
-callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | sed -n "2,$((TOP + 1))p" | cut -c1-200
+# Without the frames every sample sits under (the thread, tokio's worker and task harness).
+callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | sed 1d |
+    grep -vE 'clone\.S|pthread_create|/rustc/|tokio-[0-9.]+/src/runtime/(context|blocking|task|scheduler/multi_thread/worker)' |
+    head -n "$TOP" | cut -c1-200
