@@ -526,7 +526,7 @@ async fn run_loop(
                     // The phone's key has ended: the whole event at once, at its own timestamp. A
                     // first packet marked as its start (receivers such as baresip report a key on
                     // a packet without the end bit), then the end packet three times (RFC 4733
-                    // §2.5.1.4).
+                    // retransmits the final packet).
                     let start = DtmfEvent { end: false, ..ev }.to_bytes();
                     tx.write_rtp(RtpWrite::new(te, tx_seq.next(), to.timestamp, now, &start[..]).marker(true));
                     let end = DtmfEvent { end: true, ..ev }.to_bytes();
