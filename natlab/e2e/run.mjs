@@ -607,6 +607,11 @@ async function main() {
       if (attempt === 2) {
         failed++;
         console.log(`FAIL ${t.name}: ${error.stack || error}`);
+        // What the parts said last: a run without KEEP=1 (CI) deletes the lab folder.
+        for (const p of procs) console.log(`--- ${p.name}${p.alive() ? '' : ' (exited)'}, last lines\n${p.tail()}`);
+        if (L.TURN_LOG && fs.existsSync(L.TURN_LOG)) {
+          console.log(`--- coturn, last lines\n${fs.readFileSync(L.TURN_LOG, 'utf8').split('\n').slice(-30).join('\n')}`);
+        }
       } else {
         console.log(`retry ${t.name} after: ${String(error.message || error).split('\n')[0]}`);
       }
