@@ -296,23 +296,22 @@ async fn run_loop(
                         let pt = p.header.payload_type;
                         let Some(codec) = webrtc_pts.iter().find(|(x, _)| *x == pt).map(|(_, c)| *c) else { continue };
                         let timestamp = p.header.timestamp;
-                        if let Some(law) = law_of(codec) {
-                            if let Some(out) = core.from_webrtc(FromWebRtc::Audio { law, timestamp, payload: &p.payload }) {
+                        let mut to_phone = |frame| {
+                            if let Some(out) = core.from_webrtc(frame) {
                                 for pkt in out.packets {
                                     let _ = send_now(sockets.rtp_socket(), &pkt, out.to);
                                 }
                             }
+                        };
+                        if let Some(law) = law_of(codec) {
+                            to_phone(FromWebRtc::Audio { law, timestamp, payload: &p.payload });
                         } else if codec == Codec::Tele {
                             // RFC 4733 §2.5.1.4: a packet may carry several events back to back,
                             // each starting where the one before it ended.
                             let mut at = timestamp;
                             for report in p.payload.chunks_exact(4) {
                                 let Some(event) = DtmfEvent::parse(report) else { break };
-                                if let Some(out) = core.from_webrtc(FromWebRtc::Event { event, timestamp: at }) {
-                                    for pkt in out.packets {
-                                        let _ = send_now(sockets.rtp_socket(), &pkt, out.to);
-                                    }
-                                }
+                                to_phone(FromWebRtc::Event { event, timestamp: at });
                                 at = at.wrapping_add(u32::from(event.duration));
                             }
                         }
