@@ -12,9 +12,14 @@
 # kernel's part (the `sendto`/`recvfrom` of each packet, about 60 % of the gateway's CPU at
 # 1,000 calls) is not in these figures.
 #
-# Knobs: CALLS (10, which the gateway keeps up with under callgrind), SETTLE (5 s), WINDOW
-# (20 s), TOP (25 functions, inclusive), GATEWAY_BIN (the gateway binary, default the release
-# build: e.g. a copy kept from before a change), SKIP_BUILD=1 (as for run.sh). Prints the Ir per
+# PEER=rtpengine counts rtpengine instead, doing the same job in the same phase (the bench's
+# `ICE=force`, `DTLS=passive`, `SDES-off` offers; userspace forwarding): the two counts side by
+# side say what each one's own code costs per packet, without the kernel both pay for.
+#
+# Knobs: PEER (gateway or rtpengine), CALLS (10, which the gateway keeps up with under
+# callgrind), SETTLE (5 s), WINDOW (20 s), TOP (25 functions, inclusive), GATEWAY_BIN (the
+# gateway binary, default the release build: e.g. a copy kept from before a change),
+# RTPENGINE_BIN (default the installed one), SKIP_BUILD=1 (as for run.sh). Prints the Ir per
 # packet and keeps the dump (callgrind_annotate it for more).
 set -euo pipefail
 
@@ -24,6 +29,8 @@ CALLS=${CALLS:-10}
 SETTLE=${SETTLE:-5}
 WINDOW=${WINDOW:-20}
 TOP=${TOP:-25}
+PEER=${PEER:-gateway}
+[[ $PEER == gateway || $PEER == rtpengine ]] || { echo "callgrind-bridge.sh: PEER is gateway or rtpengine" >&2; exit 2; }
 
 log() { printf 'callgrind-bridge.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -39,19 +46,38 @@ REAL_GW=${GATEWAY_BIN:-$ROOT/target/release/switch-gateway}
 [[ -x $REAL_GW ]] || die "no gateway binary at $REAL_GW"
 
 # run.sh starts both gateways with GATEWAY_BIN; only hq carries the bridged calls. exec keeps
-# the PID, which the wrapper leaves for us.
-cat >"$TMP/gateway" <<EOT
+# the PID, which the wrapper leaves for us. run.sh asks rtpengine for its version too (not
+# counted) and starts the daemon (`--foreground`) once, for the bridge part.
+if [[ $PEER == gateway ]]; then
+    cat >"$TMP/gateway" <<EOT
 #!/usr/bin/env bash
 case "\$*" in
-  *hq.toml*) echo \$\$ >"$TMP/hq.pid"
+  *hq.toml*) echo \$\$ >"$TMP/peer.pid"
              exec valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.%p" "$REAL_GW" "\$@" ;;
   *) exec "$REAL_GW" "\$@" ;;
 esac
 EOT
-chmod +x "$TMP/gateway"
+    chmod +x "$TMP/gateway"
+    export GATEWAY_BIN="$TMP/gateway"
+    what="hq gateway"; prefix="mediawebrtc gw"
+else
+    REAL_RTE=${RTPENGINE_BIN:-$(command -v rtpengine || echo /usr/bin/rtpengine)}
+    [[ -x $REAL_RTE ]] || die "rtpengine is not installed (apt-get install rtpengine-daemon)"
+    cat >"$TMP/rtpengine" <<EOT
+#!/usr/bin/env bash
+case "\$*" in
+  *--foreground*) echo \$\$ >"$TMP/peer.pid"
+                  exec valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.%p" "$REAL_RTE" "\$@" ;;
+  *) exec "$REAL_RTE" "\$@" ;;
+esac
+EOT
+    chmod +x "$TMP/rtpengine"
+    export RTPENGINE_BIN="$TMP/rtpengine" GATEWAY_BIN=$REAL_GW
+    what="rtpengine"; prefix="mediawebrtc rte"
+fi
 
-log "bridge phase with hq under callgrind: $CALLS calls, ${WINDOW}s window after ${SETTLE}s"
-GATEWAY_BIN="$TMP/gateway" SKIP_BUILD=1 ONLY=gateway GW_PARTS=mediawebrtc MEDIAWEBRTC_STEPS="$CALLS" \
+log "bridge phase with $what under callgrind: $CALLS calls, ${WINDOW}s window after ${SETTLE}s"
+SKIP_BUILD=1 ONLY=gateway GW_PARTS=mediawebrtc MEDIAWEBRTC_STEPS="$CALLS" \
     MEDIAWEBRTC_SECS=$((SETTLE + WINDOW + 15)) MEDIAWEBRTC_MAX_SECS=$((SETTLE + WINDOW + 120)) \
     OUT="$TMP/partial.md" "$BENCH_DIR/run.sh" >"$TMP/run.log" 2>&1 &
 RUN=$!
@@ -61,13 +87,13 @@ trap 'kill "$RUN" 2>/dev/null || true' EXIT
 err=
 for _ in $(seq 900); do
     err=$(ls -t "${TMPDIR:-/tmp}"/trunkline-bench.*/gw/mediawebrtc.err 2>/dev/null | head -n1 || true)
-    [[ -n $err && -s $TMP/hq.pid ]] && grep -q "set up in" "$err" && break
+    [[ -n $err && -s $TMP/peer.pid ]] && grep -q "$prefix: calls .* set up in" "$err" && break
     kill -0 "$RUN" 2>/dev/null || die "run.sh ended before the calls were up; see $TMP/run.log"
     sleep 1
 done
-grep -q "set up in" "$err" 2>/dev/null || die "the calls were not set up in 15 minutes; see $TMP/run.log"
-pid=$(cat "$TMP/hq.pid")
-log "$(grep 'set up in' "$err" | tail -n1); gateway pid $pid"
+grep -q "$prefix: calls .* set up in" "$err" 2>/dev/null || die "the calls were not set up in 15 minutes; see $TMP/run.log"
+pid=$(cat "$TMP/peer.pid")
+log "$(grep "$prefix: calls .* set up in" "$err" | tail -n1); $what pid $pid"
 sleep "$SETTLE"
 callgrind_control -z "$pid" >/dev/null
 t1=$(date +%s.%N)

@@ -31,7 +31,8 @@
 # NAT lab phase (root): NATLAB_CALLS (20 calls per scenario: F1 cone→cone, sym→sym, UDP-blocked).
 # Gateway phase: GW_PARTS="register calls setup mediacpu mediawebrtc" (a subset; add "media" for the old
 # p99-delay ramp), GATEWAY_BIN (another
-# gateway binary, e.g. one kept from before a change), REG_SECS (6), REG_WARMUP (2),
+# gateway binary, e.g. one kept from before a change), RTPENGINE_BIN (another rtpengine command, e.g.
+# a wrapper that runs it under callgrind), REG_SECS (6), REG_WARMUP (2),
 # REG_SIPPS (2 sipp instances), REG_IN_FLIGHT ("50 200 400" per instance: one run each, the best
 # counts), REG_RATE (2000/s), REG_RATE_SECS (5), CALL_RATE (500/s), CALL_RATE_SECS (10),
 # CALL_HOLD_MS (100), CALL_SECS (6), CALL_SIPPS (2), CALL_IN_FLIGHT ("100 300 500" per instance),
@@ -242,14 +243,17 @@ run_kamailio() {
     procs=$(kv processes <("$BENCH" processes --pid "$kpid"))
     log "Kamailio: $procs processes; sipp sends $calls INVITEs at $RATE/s"
     sport=$("$BENCH" free-port --udp)
-    c0=$(kv cpu_us <("$BENCH" cpu --pid "$kpid" --children))
+    local k0 k1
+    "$BENCH" cpu --pid "$kpid" --children >"$dir/cpu0.kv"
+    c0=$(kv cpu_us "$dir/cpu0.kv"); k0=$(kv sys_us "$dir/cpu0.kv")
     t0=$(date +%s.%N)
     (cd "$dir" && timeout $((RATE_SECS * 3 + 60)) "$SIPP" "127.0.0.1:$port" -sf "$BENCH_DIR/sipp/invite_302.xml" \
         -s 3001 -i 127.0.0.1 -p "$sport" -r "$RATE" -rp 1000 -m "$calls" -nostdin \
         -timeout $((RATE_SECS * 3 + 30))s -trace_stat -stf sipp_stat.csv -fd 1 -trace_counts \
         -trace_err -error_file sipp_errors.log >"$dir/sipp_invite.out" 2>&1) || rc=$?
     t1=$(date +%s.%N)
-    c1=$(kv cpu_us <("$BENCH" cpu --pid "$kpid" --children))
+    "$BENCH" cpu --pid "$kpid" --children >"$dir/cpu1.kv"
+    c1=$(kv cpu_us "$dir/cpu1.kv"); k1=$(kv sys_us "$dir/cpu1.kv")
     # sipp: 0 = every call succeeded, 1 = some failed; anything else is a sipp problem.
     (( rc == 0 || rc == 1 )) || die "sipp exited with $rc; see $dir/sipp_invite.out"
     local counts
@@ -258,6 +262,7 @@ run_kamailio() {
         echo "rate=$RATE"
         echo "secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')"
         echo "cpu_us=$((c1 - c0))"
+        echo "sys_us=$((k1 - k0))"
         echo "processes=$procs"
         echo "invites_sent=$(csv_col "$counts" 0_INVITE_Sent)"
         echo "replies_302=$(csv_col "$counts" 2_302_Recv)"
@@ -915,7 +920,7 @@ EOT
 start_rtpengine() {
     local part=$1 ng rtpengine
     RTE_PID= RTE_ARGS=()
-    rtpengine=$(command -v rtpengine || echo /usr/bin/rtpengine)
+    rtpengine=${RTPENGINE_BIN:-$(command -v rtpengine || echo /usr/bin/rtpengine)}
     if [[ -x $rtpengine ]]; then
         ng=$("$BENCH" free-port --udp)
         "$rtpengine" --foreground --log-stderr --config-file=none --table=-1 --interface=127.0.0.1 \

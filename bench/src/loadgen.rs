@@ -173,6 +173,30 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
+/// The row that splits a part's CPU per packet into the kernel's share and ours (at the same
+/// call count as the CPU row before it): what the peers' code costs apart from the syscalls
+/// and the loopback delivery both pay for. `what` names the part in the row ("WebRTC ⇄ RTP
+/// bridge").
+pub fn kernel_row(out: &mut String, c: &Compare, what: &str) {
+    let fmt = crate::report::fmt_num;
+    let split = |peer: &str| match (c.at(peer, "cpu_us_per_pkt"), c.at(peer, "sys_us_per_pkt")) {
+        (Some(all), Some(sys)) => Some((all - sys, sys)),
+        _ => None,
+    };
+    let (gw, rte) = (split("gw"), split("rte"));
+    let cell = |v: Option<(f64, f64)>| match v {
+        Some((user, sys)) => format!("{} + {}", fmt(user, 2), fmt(sys, 2)),
+        None => "n/a".to_string(),
+    };
+    out.push_str(&format!(
+        "| {what}: the CPU per packet above split into user space + kernel (system time: the syscalls, and on loopback the delivery each send does for its receiver), µs; ratio of the user-space parts | {} | {} | {} | — |
+",
+        cell(gw),
+        cell(rte),
+        ratio(gw.map(|v| v.0), rte.map(|v| v.0)),
+    ));
+}
+
 /// One part's `{part}_{peer}_*` keys of gateway.kv, read at the largest call count both
 /// peers (`gw`, `rte`) carried with zero loss.
 pub struct Compare<'a> {
@@ -256,6 +280,8 @@ pub struct Step {
     /// Datagrams the kernel dropped at the generator's own sockets (full receive buffer).
     pub gen_drops: u64,
     pub cpu_us: u64,
+    /// The system (kernel) part of `cpu_us`.
+    pub sys_us: u64,
     pub gen_cpu_us: u64,
     pub rss_growth: i64,
     pub late: u64,
@@ -268,6 +294,10 @@ impl Step {
     }
     pub fn us_per_pkt(&self) -> f64 {
         if self.forwarded == 0 { 0.0 } else { self.cpu_us as f64 / self.forwarded as f64 }
+    }
+    /// The kernel's part of `us_per_pkt`.
+    pub fn sys_us_per_pkt(&self) -> f64 {
+        if self.forwarded == 0 { 0.0 } else { self.sys_us as f64 / self.forwarded as f64 }
     }
     pub fn cores(&self) -> f64 {
         self.cpu_us as f64 / 1e6 / self.secs
@@ -367,14 +397,14 @@ impl Windows<'_> {
         let late0 = g.late.load(Ordering::Relaxed);
         let err0 = g.send_errors.load(Ordering::Relaxed);
         let drops0 = crate::udp::drops(&self.ports);
-        let c0 = procfs::cpu_us(pid, false).unwrap_or(0);
+        let (u0, k0) = procfs::cpu_split_us(pid).unwrap_or((0, 0));
         let s0 = procfs::self_cpu_us();
         let t0 = Instant::now();
         g.window.store(w, Ordering::Relaxed);
         std::thread::sleep(Duration::from_secs_f64(self.secs));
         g.window.store(0, Ordering::Relaxed);
         let secs = t0.elapsed().as_secs_f64();
-        let c1 = procfs::cpu_us(pid, false).unwrap_or(0);
+        let (u1, k1) = procfs::cpu_split_us(pid).unwrap_or((0, 0));
         let s1 = procfs::self_cpu_us();
         std::thread::sleep(Duration::from_millis(300)); // stragglers of the window
         let sum = |c: &[Vec<AtomicU64>; 2]| c[0][w].load(Ordering::Relaxed) + c[1][w].load(Ordering::Relaxed);
@@ -385,7 +415,8 @@ impl Windows<'_> {
             forwarded: sum(&g.recv),
             send_errors: g.send_errors.load(Ordering::Relaxed) - err0,
             gen_drops: crate::udp::drops(&self.ports).saturating_sub(drops0),
-            cpu_us: c1.saturating_sub(c0),
+            cpu_us: (u1 + k1).saturating_sub(u0 + k0),
+            sys_us: k1.saturating_sub(k0),
             gen_cpu_us: s1.saturating_sub(s0),
             rss_growth: procfs::rss_bytes(pid).unwrap_or(0) as i64 - rss0,
             late: g.late.load(Ordering::Relaxed) - late0,
@@ -411,6 +442,7 @@ pub fn steps_kv(steps: &[Step], set: &mut impl FnMut(&str, String)) {
         st("offered_pct", format!("{:.1}", s.offered() * 100.0));
         st("cpu_us", s.cpu_us.to_string());
         st("cpu_us_per_pkt", format!("{:.3}", s.us_per_pkt()));
+        st("sys_us_per_pkt", format!("{:.3}", s.sys_us_per_pkt()));
         st("relay_cores", format!("{:.3}", s.cores()));
         st("gen_cores", format!("{:.3}", s.gen_cores()));
         st("rss_kb_per_call", format!("{:.1}", s.rss_growth as f64 / 1024.0 / s.calls as f64));

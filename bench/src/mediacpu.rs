@@ -439,6 +439,7 @@ pub fn rows(out: &mut String, g: &crate::report::Kv) {
         b.map(|v| fmt(v, 2)).unwrap_or_else(na),
         ratio(a, b),
     ));
+    crate::loadgen::kernel_row(out, &c, "plain RTP relay");
     let cell = |peer: &str| match (
         num(g, &format!("mediacpu_{peer}_pps_per_core")),
         num(g, &format!("mediacpu_{peer}_max_calls_zero_loss")),
@@ -542,6 +543,7 @@ mod tests {
             ("gw_steps_run", "2"),
             ("gw_step0_calls", "50"),
             ("gw_step0_cpu_us_per_pkt", "4.0"),
+            ("gw_step0_sys_us_per_pkt", "2.5"),
             ("gw_step0_pps", "5000"),
             ("gw_step1_calls", "200"),
             ("gw_step1_cpu_us_per_pkt", "3.0"),
@@ -551,6 +553,7 @@ mod tests {
             ("rte_steps_run", "1"),
             ("rte_step0_calls", "50"),
             ("rte_step0_cpu_us_per_pkt", "8.0"),
+            ("rte_step0_sys_us_per_pkt", "5.0"),
             ("rte_max_calls_zero_loss", "50"),
             ("rte_pps_per_core", "125000"),
         ] {
@@ -561,6 +564,8 @@ mod tests {
         let first = out.lines().next().unwrap();
         assert!(first.contains("at 50 calls") && first.contains("| 4.00 | 8.00 | 0.50 |"), "{first}");
         assert!(out.contains("333,333 (200 calls) | 125,000 (50 calls) | 2.67"), "{out}");
+        // User space + kernel at the same 50 calls: 1.5 + 2.5 against 3 + 5.
+        assert!(out.contains("| 1.50 + 2.50 | 3.00 + 5.00 | 0.50 |"), "{out}");
         let mut empty = String::new();
         rows(&mut empty, &crate::report::Kv::new());
         assert!(empty.is_empty());

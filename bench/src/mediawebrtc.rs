@@ -883,6 +883,7 @@ pub fn rows(out: &mut String, g: &crate::report::Kv) {
         b.map(|v| fmt(v, 2)).unwrap_or_else(na),
         ratio(a, b),
     ));
+    crate::loadgen::kernel_row(out, &c, "WebRTC ⇄ RTP bridge");
     let cell = |peer: &str| match (
         num(g, &format!("mediawebrtc_{peer}_pps_per_core")),
         num(g, &format!("mediawebrtc_{peer}_calls_per_core")),

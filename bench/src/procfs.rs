@@ -22,12 +22,19 @@ fn stat_fields(pid: u32) -> io::Result<Vec<String>> {
     Ok(rest.split_whitespace().map(str::to_string).collect())
 }
 
-/// utime + stime of one process (all its threads, including ones that exited), in ticks.
-fn cpu_ticks_one(pid: u32) -> io::Result<u64> {
+/// utime and stime of one process (all its threads, including ones that exited), in ticks.
+fn cpu_split_ticks(pid: u32) -> io::Result<(u64, u64)> {
     let f = stat_fields(pid)?;
     // proc(5): utime is field 14, stime field 15 → indexes 11 and 12 here.
     let parse = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    Ok(parse(11) + parse(12))
+    Ok((parse(11), parse(12)))
+}
+
+/// CPU time of `pid` alone so far, split into user and system (kernel) time, in microseconds.
+/// The system part is the process's syscalls and the softirq work charged to it (on loopback,
+/// a send also delivers the datagram to the receiving socket).
+pub fn cpu_split_us(pid: u32) -> io::Result<(u64, u64)> {
+    cpu_tree_split_us(pid, false)
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
@@ -59,12 +66,20 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
 /// CPU time used so far, in microseconds: of `pid` alone, or of `pid` and its descendants
 /// (Kamailio is several processes).
 pub fn cpu_us(pid: u32, with_children: bool) -> io::Result<u64> {
+    cpu_tree_split_us(pid, with_children).map(|(user, system)| user + system)
+}
+
+/// As [`cpu_us`], split into user and system (kernel) time, in microseconds.
+pub fn cpu_tree_split_us(pid: u32, with_children: bool) -> io::Result<(u64, u64)> {
     let pids = if with_children { process_tree(pid) } else { vec![pid] };
-    let mut ticks = cpu_ticks_one(pid)?;
+    let (mut user, mut system) = cpu_split_ticks(pid)?;
     for p in pids.into_iter().filter(|p| *p != pid) {
-        ticks += cpu_ticks_one(p).unwrap_or(0);
+        let (u, s) = cpu_split_ticks(p).unwrap_or((0, 0));
+        user += u;
+        system += s;
     }
-    Ok(ticks * 1_000_000 / clock_ticks_per_sec())
+    let hz = clock_ticks_per_sec();
+    Ok((user * 1_000_000 / hz, system * 1_000_000 / hz))
 }
 
 /// CPU time of this process so far, in microseconds.

@@ -95,6 +95,7 @@ struct Snap {
     at: Instant,
     decisions: u64,
     server_cpu: u64,
+    server_sys: u64,
     client_cpu: u64,
     server_switches: u64,
 }
@@ -103,6 +104,8 @@ struct Sample {
     secs: f64,
     decisions: u64,
     server_cpu: u64,
+    /// The system (kernel) part of `server_cpu`.
+    server_sys: u64,
     client_cpu: u64,
     server_switches: u64,
 }
@@ -113,6 +116,7 @@ impl Sample {
             secs: (b.at - a.at).as_secs_f64(),
             decisions: b.decisions - a.decisions,
             server_cpu: b.server_cpu.saturating_sub(a.server_cpu),
+            server_sys: b.server_sys.saturating_sub(a.server_sys),
             client_cpu: b.client_cpu.saturating_sub(a.client_cpu),
             server_switches: b.server_switches.saturating_sub(a.server_switches),
         }
@@ -443,10 +447,15 @@ pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
         pids.iter().map(|&pid| procfs::cpu_us(pid, false).map_err(|e| format!("server pid {pid}: {e}"))).collect()
     };
     let snap = || -> Result<Snap, String> {
+        let split = pids
+            .iter()
+            .map(|&pid| procfs::cpu_split_us(pid).map_err(|e| format!("server pid {pid}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Snap {
             at: Instant::now(),
             decisions: stats.decisions.load(Ordering::Relaxed),
-            server_cpu: cpu_each()?.iter().sum(),
+            server_cpu: split.iter().map(|(u, s)| u + s).sum(),
+            server_sys: split.iter().map(|(_, s)| s).sum(),
             client_cpu: procfs::self_cpu_us(),
             server_switches: pids.iter().map(|&pid| procfs::context_switches(pid)).sum(),
         })
@@ -510,6 +519,7 @@ pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
         ("decisions_per_sec_runs".into(), all_rates.join(" ")),
         ("server_cpu_us".into(), m.server_cpu.to_string()),
         ("server_cpu_us_per_decision".into(), format!("{:.2}", m.server_cpu as f64 / m.decisions.max(1) as f64)),
+        ("server_sys_us_per_decision".into(), format!("{:.2}", m.server_sys as f64 / m.decisions.max(1) as f64)),
         ("server_cpu_cores".into(), format!("{:.2}", m.server_cpu as f64 / 1e6 / m.secs)),
         ("client_cpu_cores".into(), format!("{:.2}", m.client_cpu as f64 / 1e6 / m.secs)),
         ("server_context_switches_per_decision".into(), format!("{:.1}", m.server_switches as f64 / m.decisions.max(1) as f64)),
