@@ -94,21 +94,6 @@ pub fn table(i: &Inputs) -> String {
         or_na(kam_cpu.map(|v| fmt_num(v, 1))),
         or_na(ratio.map(|v| format!("{v:.2}"))),
     ));
-    // The kernel's share (TCP sends and receives of the WebSocket frames and SQLite's writes for
-    // us; UDP datagrams for Kamailio) beside what each one's own code costs.
-    let split = |cpu: Option<f64>, sys: Option<f64>| cpu.zip(sys).map(|(c, s)| (c - s, s));
-    let ours_split = split(ours_cpu, num(&i.rate, "server_sys_us_per_decision"));
-    let kam_split = match (num(&i.kamailio, "sys_us"), num(&i.kamailio, "replies_302")) {
-        (Some(s), Some(n)) if n > 0.0 => split(kam_cpu, Some(s / n)),
-        _ => None,
-    };
-    let cell = |v: Option<(f64, f64)>| or_na(v.map(|(u, s)| format!("{} + {}", fmt_num(u, 1), fmt_num(s, 1))));
-    out.push_str(&format!(
-        "| the CPU per decision / per 302 above split into user space + kernel (system time), µs; ratio of the user-space parts | {} | {} | {} | — |\n",
-        cell(ours_split),
-        cell(kam_split),
-        or_na(ours_split.zip(kam_split).filter(|(_, k)| k.0 > 0.0).map(|(o, k)| format!("{:.2}", o.0 / k.0))),
-    ));
     out.push_str(&format!(
         "| memory per idle authenticated WebSocket (bytes, RSS growth over {}) | {} | — | — | < 8 kB |\n",
         conns.unwrap_or_else(|| "the idle connections".into()),
@@ -150,7 +135,7 @@ pub fn table(i: &Inputs) -> String {
         notes.push(format!(
             "saturation: median of {} runs (decisions/s: {}); that run: {} decisions in {} s over {} switch pairs, \
              {} queries in flight per caller switch; server used {} cores ({} µs CPU per decision, {} of it in the \
-             kernel), load generator {} cores; {} errors, {} switch disconnects",
+             kernel as it accounts it at each tick), load generator {} cores; {} errors, {} switch disconnects",
             or_na(s.get("runs").cloned()),
             or_na(s.get("decisions_per_sec_runs").cloned()),
             or_na(num(s, "decisions").map(|v| fmt_num(v, 0))),
@@ -620,25 +605,6 @@ mod tests {
         assert!(t.contains("(20 calls, headless Chromium) | 120.5 / n/a |"), "{t}");
         assert!(t.contains("**skipped: NATS is not reachable**"), "{t}");
         assert!(t.contains("cluster phase skipped: NATS is not reachable"), "{t}");
-    }
-
-    #[test]
-    fn decision_cpu_is_split_into_user_space_and_kernel() {
-        let kv = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Kv>();
-        let t = table(&Inputs {
-            saturate: Kv::new(),
-            rate: kv(&[("server_cpu_us_per_decision", "40.0"), ("server_sys_us_per_decision", "30.0")]),
-            idle: Kv::new(),
-            kamailio: kv(&[("cpu_us", "950000"), ("sys_us", "600000"), ("replies_302", "50000"), ("rate", "5000")]),
-            gateway: Kv::new(),
-            web: Kv::new(),
-            natlab: Kv::new(),
-            cluster: Kv::new(),
-            cores: 2,
-            date: "today".into(),
-        });
-        // Ours 10 + 30 µs, Kamailio's 19 µs per 302 = 7 + 12: user-space ratio 10 / 7.
-        assert!(t.contains("| 10.0 + 30.0 | 7.0 + 12.0 | 1.43 |"), "{t}");
     }
 
     #[test]
