@@ -660,6 +660,15 @@ impl MediaSession {
         self.stats()
     }
 
+    /// Stop at once with no goodbye at all, as a killed browser tab or a dropped network does:
+    /// no RTCP BYE, no DTLS close_notify, no SCTP abort, nothing more on the wire. The far end
+    /// can only notice the silence. (`close` is the polite way.)
+    pub fn vanish(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+
     /// Has the session ended?
     pub fn is_closed(&self) -> bool {
         self.shared.read(|s| s.stats.closed)

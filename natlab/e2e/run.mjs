@@ -340,6 +340,9 @@ test('F1 softphone behind a symmetric NAT → site behind a symmetric NAT: relay
   } finally {
     await cloud.restart();
   }
+  // Hang up over the DataChannel (no cloud needed). Closing the browser instead leaves the
+  // gateway to notice the silence (30 s), and 3001 would still be busy for the next case.
+  await hangup(page);
 });
 
 test('F1 from a home network that drops all outgoing UDP: TURN over TCP/TLS, audio both ways', async () => {

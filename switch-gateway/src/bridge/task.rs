@@ -36,6 +36,14 @@ const SESSION_OPEN_WAIT: Duration = Duration::from_secs(20);
 /// How long a session waits for its key before it gives up (the key's own TTL is shorter).
 const SESSION_KEY_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a connected WebRTC leg may send nothing at all before the call is ended. A live
+/// browser sends media every 20 ms, and besides that RTCP and an ICE consent check every few
+/// seconds (RFC 7675 lets consent lapse 30 s after the last answer), so 30 s of silence means
+/// it is gone: a closed tab, a lost network. Its goodbye (DTLS close, SCTP abort) is one
+/// datagram that may never arrive, and str0m does not give up a nominated pair by itself; without
+/// this the desk phone would stay in the call, busy to every later caller.
+const WEBRTC_SILENCE_LIMIT: Duration = Duration::from_secs(30);
+
 /// While the phone's audio flows (a frame every 20 ms), each frame gives str0m a timeout input,
 /// which runs every timer of its that is due (RTCP reports, NACK, ICE consent, SCTP). Its own
 /// deadlines (one about every 33 ms on an audio call) then need no wake-up of their own: they
@@ -231,6 +239,9 @@ async fn run_loop(
     let mut burst = 0u32;
     // When the phone's last frame went to str0m (with a timeout input).
     let mut last_frame: Option<Instant> = None;
+    // When str0m last took a datagram from the WebRTC peer, and whether the leg ever connected.
+    let mut last_heard = Instant::now();
+    let mut connected = false;
     // One timer for the task's life, moved when str0m's deadline moves.
     let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
     let mut rotation = 0u32;
@@ -275,6 +286,7 @@ async fn run_loop(
                         return "the caller closed the DataChannel";
                     }
                     Event::Connected => {
+                        connected = true;
                         if let Some(m) = mid {
                             webrtc_pts = negotiated(rtc, m);
                         }
@@ -335,6 +347,16 @@ async fn run_loop(
             if next_timeout <= now + STR0M_TA {
                 next_timeout = next_timeout.min(now + ICE_PACE);
             }
+        }
+        // Once connected, the leg's own silence ends it (the setup has its deadlines below).
+        if connected {
+            let silent_until = last_heard + WEBRTC_SILENCE_LIMIT;
+            if Instant::now() >= silent_until {
+                tracing::info!(after = ?WEBRTC_SILENCE_LIMIT, "bridge: nothing from the WebRTC peer; ending the call");
+                let _ = rtc.close();
+                return "the WebRTC peer went silent";
+            }
+            next_timeout = next_timeout.min(silent_until);
         }
         if let Some(s) = session.as_mut() {
             // Only while waiting: a deadline in the past would make the loop spin.
@@ -423,7 +445,10 @@ async fn run_loop(
         if relay_pending {
             match session.as_mut().and_then(|s| s.turn.as_mut()).map(|t| t.deliver_one(rtc, &mut admit)) {
                 Some(Err(())) => return "WebRTC error",
-                Some(Ok(true)) => continue,
+                Some(Ok(true)) => {
+                    last_heard = Instant::now();
+                    continue;
+                }
                 _ => relay_pending = false,
             }
         }
@@ -482,9 +507,13 @@ async fn run_loop(
                 }
                 let Some(destination) = ice_local else { continue };
                 let Ok(contents) = ice_buf[..n].try_into() else { continue };
-                let input = Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source, destination, contents });
-                if admit.admit(rtc, &input, &ice_buf[..n]) && rtc.handle_input(input).is_err() {
-                    return "WebRTC error";
+                let now = Instant::now();
+                let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination, contents });
+                if admit.admit(rtc, &input, &ice_buf[..n]) {
+                    if rtc.handle_input(input).is_err() {
+                        return "WebRTC error";
+                    }
+                    last_heard = now;
                 }
             }
             Wake::Rtp(r) => {
