@@ -340,18 +340,17 @@ async fn run_loop(
             return "the WebRTC leg closed";
         }
         let mut next_timeout = next_timeout;
+        // One clock read for this turn's ICE pacing, silence check and the timer's 1 s cap below.
+        let turn_now = Instant::now();
         // While checking, drive ICE every ICE_PACE instead of its own Ta of 50 ms (a deadline
         // within Ta is str0m saying "a check is due, but not before Ta").
-        if ice_checking {
-            let now = Instant::now();
-            if next_timeout <= now + STR0M_TA {
-                next_timeout = next_timeout.min(now + ICE_PACE);
-            }
+        if ice_checking && next_timeout <= turn_now + STR0M_TA {
+            next_timeout = next_timeout.min(turn_now + ICE_PACE);
         }
         // Once connected, the leg's own silence ends it (the setup has its deadlines below).
         if connected {
             let silent_until = last_heard + WEBRTC_SILENCE_LIMIT;
-            if Instant::now() >= silent_until {
+            if turn_now >= silent_until {
                 tracing::info!(after = ?WEBRTC_SILENCE_LIMIT, "bridge: nothing from the WebRTC peer; ending the call");
                 let _ = rtc.close();
                 return "the WebRTC peer went silent";
@@ -474,7 +473,7 @@ async fn run_loop(
         if !ice_checking && let Some(t) = last_frame {
             next_timeout = next_timeout.max(t + MEDIA_TIMER_SLACK);
         }
-        let deadline = tokio::time::Instant::from_std(next_timeout.min(Instant::now() + Duration::from_secs(1)));
+        let deadline = tokio::time::Instant::from_std(next_timeout.min(turn_now + Duration::from_secs(1)));
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }
