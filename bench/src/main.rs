@@ -38,7 +38,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Print the CPU time (user + system, µs) a process has used so far, and its system part.
+    /// Print the CPU time (user + system, µs) a process has used so far.
     Cpu {
         #[arg(long)]
         pid: u32,
@@ -419,9 +419,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     raise_nofile();
     let result: Result<Vec<(String, String)>, String> = match cli.cmd {
-        Cmd::Cpu { pid, children } => procfs::cpu_tree_split_us(pid, children)
-            .map(|(user, system)| vec![("cpu_us".into(), (user + system).to_string()), ("sys_us".into(), system.to_string())])
-            .map_err(|e| format!("pid {pid}: {e}")),
+        Cmd::Cpu { pid, children } => {
+            procfs::cpu_us(pid, children).map(|us| vec![("cpu_us".into(), us.to_string())]).map_err(|e| format!("pid {pid}: {e}"))
+        }
         Cmd::Processes { pid } => Ok(vec![("processes".into(), procfs::process_tree(pid).len().to_string())]),
         Cmd::UdpDrops { ports } => Ok(vec![("drops".into(), udp::drops(&ports).to_string())]),
         Cmd::FreePort { udp, both } => {

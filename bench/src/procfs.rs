@@ -70,7 +70,7 @@ pub fn cpu_us(pid: u32, with_children: bool) -> io::Result<u64> {
 }
 
 /// As [`cpu_us`], split into user and system (kernel) time, in microseconds.
-pub fn cpu_tree_split_us(pid: u32, with_children: bool) -> io::Result<(u64, u64)> {
+fn cpu_tree_split_us(pid: u32, with_children: bool) -> io::Result<(u64, u64)> {
     let pids = if with_children { process_tree(pid) } else { vec![pid] };
     let (mut user, mut system) = cpu_split_ticks(pid)?;
     for p in pids.into_iter().filter(|p| *p != pid) {

@@ -443,14 +443,13 @@ pub async fn run(p: Params) -> Result<Vec<(String, String)>, String> {
     }
 
     let pids = p.server_pids.clone();
-    let cpu_each = || -> Result<Vec<u64>, String> {
-        pids.iter().map(|&pid| procfs::cpu_us(pid, false).map_err(|e| format!("server pid {pid}: {e}"))).collect()
+    // Each server's (user, system) CPU time so far.
+    let split_each = || -> Result<Vec<(u64, u64)>, String> {
+        pids.iter().map(|&pid| procfs::cpu_split_us(pid).map_err(|e| format!("server pid {pid}: {e}"))).collect()
     };
+    let cpu_each = || -> Result<Vec<u64>, String> { Ok(split_each()?.iter().map(|(u, s)| u + s).collect()) };
     let snap = || -> Result<Snap, String> {
-        let split = pids
-            .iter()
-            .map(|&pid| procfs::cpu_split_us(pid).map_err(|e| format!("server pid {pid}: {e}")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let split = split_each()?;
         Ok(Snap {
             at: Instant::now(),
             decisions: stats.decisions.load(Ordering::Relaxed),
