@@ -19,6 +19,7 @@ use trunkline_client::softphone::{Softphone, SoftphoneConfig};
 use trunkline_client::webrtc::AudioSource;
 use trunkline_media::g711::Law;
 use trunkline_media::rtp::{RtpStream, parse_rtp};
+use trunkline_protocol::Outcome;
 use trunkline_sip::{Message, Method, Response};
 
 /// The gateway's silence limit (30 s) and room for a slow machine.
@@ -90,16 +91,8 @@ async fn f1_browser_vanishes_mid_call_the_phone_gets_a_bye_and_takes_the_next_ca
 
     // The cloud has the call as ended (connected, with its talk time).
     let call_id = call.call_id().to_string();
-    eventually("the vanished call's record", || {
-        let (db, call_id) = (cloud.db_url.clone(), call_id.clone());
-        async move {
-            let dir = signal_server::directory::sqlite::SqliteDirectory::open(&db).await.unwrap();
-            let recs = signal_server::directory::Directory::call_records(&dir, None, 10).await.unwrap();
-            dir.close().await;
-            recs.iter().any(|r| r.call_id == call_id && r.duration_ms.is_some())
-        }
-    })
-    .await;
+    let recs = call_records_of(&cloud.db_url, &call_id).await;
+    assert!(recs.iter().all(|r| r.outcome == Outcome::Connected && r.duration_ms.is_some()), "{recs:?}");
 
     // The phone is free: the next call rings it and audio flows.
     let bob = Softphone::login(SoftphoneConfig::new(cloud.ws_url.clone(), "2002", "pw-2002")).await.unwrap();

@@ -77,19 +77,7 @@ async fn f1_key_on_the_datachannel_then_the_phone_rings_and_audio_flows_both_way
     assert_eq!(status.outcome.map(|o| o.0), Some(Outcome::Connected), "{status:?}");
     // The cloud's record has the patent's F1 steps, the key accepted (C14) before the bridge.
     let call_id = call.call_id().to_string();
-    eventually("the call record", || {
-        let (db, call_id) = (cloud.db_url.clone(), call_id.clone());
-        async move {
-            let dir = signal_server::directory::sqlite::SqliteDirectory::open(&db).await.unwrap();
-            let recs = signal_server::directory::Directory::call_records(&dir, None, 10).await.unwrap();
-            dir.close().await;
-            recs.iter().any(|r| r.call_id == call_id)
-        }
-    })
-    .await;
-    let dir = signal_server::directory::sqlite::SqliteDirectory::open(&cloud.db_url).await.unwrap();
-    let recs = signal_server::directory::Directory::call_records(&dir, None, 10).await.unwrap();
-    let trace = recs.into_iter().find(|r| r.call_id == call_id).unwrap().trace;
+    let trace = call_records_of(&cloud.db_url, &call_id).await.remove(0).trace;
     let pos = |s: Step| trace.iter().position(|t| *t == s).unwrap_or_else(|| panic!("step {s} in {trace:?}"));
     assert!(pos(Step::C13) < pos(Step::C14) && pos(Step::C14) < pos(Step::C15), "{trace:?}");
     gw.stop().await;

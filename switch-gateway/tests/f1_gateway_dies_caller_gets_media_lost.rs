@@ -84,20 +84,7 @@ async fn f1_gateway_killed_mid_call_the_caller_gets_media_lost_and_the_record_sa
 
     // The record says so, once.
     let call_id = call.call_id().to_string();
-    eventually("the call record", || {
-        let (db, call_id) = (cloud.db_url.clone(), call_id.clone());
-        async move {
-            let dir = signal_server::directory::sqlite::SqliteDirectory::open(&db).await.unwrap();
-            let recs = signal_server::directory::Directory::call_records(&dir, None, 10).await.unwrap();
-            dir.close().await;
-            recs.iter().any(|r| r.call_id == call_id)
-        }
-    })
-    .await;
-    let db = signal_server::directory::sqlite::SqliteDirectory::open(&cloud.db_url).await.unwrap();
-    let recs = signal_server::directory::Directory::call_records(&db, None, 10).await.unwrap();
-    db.close().await;
-    let mine: Vec<_> = recs.iter().filter(|r| r.call_id == call_id).collect();
+    let mine = call_records_of(&cloud.db_url, &call_id).await;
     assert_eq!(mine.len(), 1, "one record: {mine:?}");
     assert_eq!((mine[0].outcome, mine[0].duration_ms), (Outcome::MediaLost, duration_ms), "{:?}", mine[0]);
 

@@ -204,6 +204,23 @@ where
     trunkline_test_support::eventually(what, WAIT, cond).await
 }
 
+/// The newest call records (up to 100) in the signal server's directory, newest first.
+pub async fn call_records(db_url: &str) -> Vec<signal_server::directory::CallRecord> {
+    let dir = SqliteDirectory::open(db_url).await.unwrap();
+    let recs = dir.call_records(None, 100).await.unwrap();
+    dir.close().await;
+    recs
+}
+
+/// The records of `call_id`, once there is one (within [`WAIT`]).
+pub async fn call_records_of(db_url: &str, call_id: &str) -> Vec<signal_server::directory::CallRecord> {
+    eventually(&format!("a record of call {call_id}"), move || async move {
+        call_records(db_url).await.iter().any(|r| r.call_id == call_id)
+    })
+    .await;
+    call_records(db_url).await.into_iter().filter(|r| r.call_id == call_id).collect()
+}
+
 /// Is switch `id` online according to the signal server's directory?
 pub async fn switch_online(db_url: &str, id: &str) -> bool {
     let dir = SqliteDirectory::open(db_url).await.unwrap();
